@@ -1,0 +1,85 @@
+"""The catalog: one row per source record, and the source fingerprint.
+
+The validation job writes ``catalog.parquet`` (schema :data:`SCHEMA`) next to
+``report.json``. Every later stage reads records through it: the planner needs
+names and labels, the build job needs each record's file, byte offset and
+framed length for ranged reads, and the verifier compares output records with
+the ``data_crc`` stored in the source framing (so byte identity is checked
+without re-reading the source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from beam_jobs import storage
+from beam_jobs.storage import FileInfo
+
+CATALOG_FILE = "catalog.parquet"
+REPORT_FILE = "report.json"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("filename", pa.string(), nullable=False),  # image/filename
+        pa.field("label", pa.int32(), nullable=False),  # image/class/label
+        pa.field("synset", pa.string(), nullable=False),  # image/class/synset or ""
+        pa.field("file", pa.string(), nullable=False),  # source shard URI
+        pa.field("record", pa.int32(), nullable=False),  # index of the record in its shard
+        pa.field("offset", pa.int64(), nullable=False),  # byte offset of the framed record
+        pa.field("length", pa.int64(), nullable=False),  # framed length (data + 16)
+        pa.field("data_crc", pa.uint32(), nullable=False),  # masked CRC32C from the footer
+    ]
+)
+
+SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+    """``train``, 7, 1024 -> ``train-00007-of-01024``."""
+    return f"{prefix}-{index:05d}-of-{count:05d}"
+
+
+def fingerprint(files: Iterable[FileInfo]) -> str:
+    """sha256 over the source shards' names and identities.
+
+    For gs:// the identity is size, CRC32C and generation (any rewrite changes
+    the generation); for local files size and mtime (nanoseconds). Paths enter
+    by base name, so the same objects copied to another folder keep their
+    fingerprint only if their identity does (GCS copies get new generations).
+    """
+    lines = sorted(f"{storage.basename(f.path)}\t{f.identity()}" for f in files)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def table_to_parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_table(uri: str, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+    """Write a Parquet file atomically to a local path or gs://."""
+    storage.write_bytes(uri, table_to_parquet_bytes(table, metadata))
+
+
+def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file from a local path or gs://."""
+    if storage.is_gcs(uri):
+        return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
+    return pq.read_table(uri, columns=columns)
+
+
+def read_catalog(catalog_dir: str, columns: list[str] | None = None) -> pa.Table:
+    return read_table(storage.join(catalog_dir, CATALOG_FILE), columns=columns)
+
+
+def empty_columns() -> dict[str, list]:
+    return {name: [] for name in SCHEMA.names}

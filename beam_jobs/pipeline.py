@@ -1,0 +1,85 @@
+"""Shared plumbing for the Beam jobs: options, logging, metrics, job names."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from typing import Any
+
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging() -> None:
+    """Log INFO to stdout: Airflow's Beam hook shows stdout lines as INFO and
+    stderr lines as WARNING, so progress goes to stdout."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_ssl_splits", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._ssl_splits = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("apache_beam", "urllib3", "google", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def job_name(*parts: str) -> str:
+    """A Dataflow-legal job name: ``[a-z]([-a-z0-9]*[a-z0-9])?``, at most 63 chars."""
+    raw = "-".join(p for p in parts if p).lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")
+    name = re.sub(r"-{2,}", "-", name)
+    if not name or not name[0].isalpha():
+        name = "ssl-" + name
+    return name[:63].rstrip("-")
+
+
+def make_options(beam_args: list[str], default_job_name: str) -> PipelineOptions:
+    """PipelineOptions from the args a job did not know, with local defaults.
+
+    On the DirectRunner, unless told otherwise, use every core with one worker
+    process each (the work is CPU-bound Python: threads would share one GIL).
+    """
+    options = PipelineOptions(beam_args)
+    std = options.view_as(StandardOptions)
+    if not std.runner:
+        std.runner = "DirectRunner"
+    gcp = options.view_as(GoogleCloudOptions)
+    if not gcp.job_name:
+        gcp.job_name = default_job_name
+    if std.runner in ("DirectRunner", "direct", "BundleBasedDirectRunner"):
+        direct = options.view_as(DirectOptions)
+        given = " ".join(beam_args)
+        if "direct_num_workers" not in given:
+            direct.direct_num_workers = max(1, min(os.cpu_count() or 1, 8))
+        if "direct_running_mode" not in given:
+            direct.direct_running_mode = (
+                "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
+            )
+    return options
+
+
+def is_local_runner(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in (
+        "DirectRunner", "direct", "BundleBasedDirectRunner", "PrismRunner",
+    )
+
+
+def counters(result: Any) -> dict[str, int]:
+    """Beam counter totals of a finished pipeline, by name (committed values)."""
+    out: dict[str, int] = {}
+    try:
+        for c in result.metrics().query()["counters"]:
+            value = c.committed if c.committed is not None else c.attempted
+            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    except Exception:  # some runners do not report metrics
+        pass
+    return out

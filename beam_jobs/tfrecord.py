@@ -1,0 +1,205 @@
+"""TFRecord framing, the container format of ImageNet's TFRecord shards.
+
+Each record in a TFRecord file is framed as (all little-endian)::
+
+    uint64 length
+    uint32 masked_crc32c(the 8 length bytes)
+    bytes  data[length]
+    uint32 masked_crc32c(data)
+
+with ``masked(crc) = ((crc >> 15) | (crc << 17)) + 0xA282EAD8  (mod 2**32)``.
+
+This module reads and writes that framing with byte offsets, so that a catalog
+can point at every framed record and a build job can copy records byte for
+byte with ranged reads. CRCs use google-crc32c (hardware accelerated).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import google_crc32c
+
+MASK_DELTA = 0xA282EAD8
+HEADER_LEN = 12  # uint64 length + uint32 masked crc of the length
+FOOTER_LEN = 4  # uint32 masked crc of the data
+OVERHEAD = HEADER_LEN + FOOTER_LEN
+_U32 = 0xFFFFFFFF
+_LEN = struct.Struct("<Q")
+_HEADER = struct.Struct("<QI")
+_CRC = struct.Struct("<I")
+# A single record longer than this is treated as a framing error: ImageNet's
+# largest JPEG is a few MB; a corrupt length field would otherwise make us try
+# to read terabytes.
+MAX_RECORD_LEN = 1 << 30
+
+
+def crc32c(data: bytes) -> int:
+    """Plain (unmasked) CRC32C of ``data``."""
+    return int(google_crc32c.value(bytes(data)))
+
+
+def mask(crc: int) -> int:
+    """TFRecord's CRC mask: rotate right by 15 bits and add a constant."""
+    return ((((crc >> 15) | (crc << 17)) & _U32) + MASK_DELTA) & _U32
+
+
+def masked_crc32c(data: bytes) -> int:
+    """Masked CRC32C as stored in TFRecord framing."""
+    return mask(crc32c(data))
+
+
+def frame(data: bytes) -> bytes:
+    """Return ``data`` framed as one TFRecord record."""
+    length = _LEN.pack(len(data))
+    return b"".join(
+        (length, _CRC.pack(masked_crc32c(length)), data, _CRC.pack(masked_crc32c(data)))
+    )
+
+
+class RecordError(ValueError):
+    """A framing problem at a byte offset of a TFRecord file.
+
+    ``kind`` is a short machine-readable tag (``truncated_header``,
+    ``truncated_record``, ``length_crc``, ``data_crc``, ``too_long``);
+    ``fatal`` says whether reading can go on after it (a bad data CRC leaves
+    the framing intact; a bad length does not).
+    """
+
+    def __init__(self, path: str, offset: int, kind: str, detail: str, fatal: bool) -> None:
+        self.path = path
+        self.offset = offset
+        self.kind = kind
+        self.detail = detail
+        self.fatal = fatal
+        super().__init__(f"{path} at byte offset {offset}: {kind}: {detail}")
+
+
+@dataclass(frozen=True)
+class Framed:
+    """One framed record: where it starts, its framed length, its payload."""
+
+    offset: int
+    length: int  # framed length: len(data) + 16
+    data: bytes
+    data_crc: int  # the masked CRC32C stored in the footer
+
+
+def parse_header(header: bytes, path: str, offset: int) -> int:
+    """Check a 12-byte header and return the payload length."""
+    if len(header) < HEADER_LEN:
+        raise RecordError(
+            path, offset, "truncated_header",
+            f"file ends {len(header)} bytes into a 12-byte record header", fatal=True,
+        )
+    length, length_crc = _HEADER.unpack(header)
+    if masked_crc32c(header[:8]) != length_crc:
+        raise RecordError(
+            path, offset, "length_crc",
+            "length field fails its CRC32C check (corrupt data or not a TFRecord file)",
+            fatal=True,
+        )
+    if length > MAX_RECORD_LEN:
+        raise RecordError(
+            path, offset, "too_long", f"record length {length} exceeds {MAX_RECORD_LEN}",
+            fatal=True,
+        )
+    return int(length)
+
+
+def check_framed(buf: bytes, path: str, offset: int) -> Framed:
+    """Check one complete framed record held in ``buf`` (header, data, footer)."""
+    length = parse_header(buf[:HEADER_LEN], path, offset)
+    if len(buf) != length + OVERHEAD:
+        raise RecordError(
+            path, offset, "truncated_record",
+            f"expected {length + OVERHEAD} framed bytes, got {len(buf)}", fatal=True,
+        )
+    data = buf[HEADER_LEN:HEADER_LEN + length]
+    (stored,) = _CRC.unpack_from(buf, HEADER_LEN + length)
+    if masked_crc32c(data) != stored:
+        raise RecordError(
+            path, offset, "data_crc", f"data CRC32C mismatch in a {length}-byte record",
+            fatal=False,
+        )
+    return Framed(offset, length + OVERHEAD, data, stored)
+
+
+def iter_framed(
+    f: BinaryIO, path: str, *, start: int = 0
+) -> Iterator[Framed | RecordError]:
+    """Yield each record of an open TFRecord stream, or the error found there.
+
+    Non-fatal errors (a bad data CRC) are yielded and reading goes on; a fatal
+    one (truncation, bad length) is yielded last. ``f`` should be buffered:
+    this makes two or three small reads per record.
+    """
+    offset = start
+    while True:
+        header = f.read(HEADER_LEN)
+        if not header:
+            return
+        try:
+            length = parse_header(header, path, offset)
+        except RecordError as err:
+            yield err
+            return
+        body = f.read(length + FOOTER_LEN)
+        if len(body) < length + FOOTER_LEN:
+            yield RecordError(
+                path, offset, "truncated_record",
+                f"file ends {len(body)} bytes into a record of {length} data bytes",
+                fatal=True,
+            )
+            return
+        data = body[:length]
+        (stored,) = _CRC.unpack_from(body, length)
+        if masked_crc32c(data) != stored:
+            yield RecordError(
+                path, offset, "data_crc",
+                f"data CRC32C mismatch in a {length}-byte record", fatal=False,
+            )
+        else:
+            yield Framed(offset, length + OVERHEAD, data, stored)
+        offset += length + OVERHEAD
+
+
+def iter_records(f: BinaryIO, path: str = "<stream>") -> Iterator[bytes]:
+    """Yield the payloads of a TFRecord stream; raise on the first problem."""
+    for item in iter_framed(f, path):
+        if isinstance(item, RecordError):
+            raise item
+        yield item.data
+
+
+class Writer:
+    """Write framed records to a binary stream, tracking count, bytes and CRC32C.
+
+    The running CRC32C is of the whole file as written, as GCS reports it
+    (``crc32c`` object metadata), so a shard can be checked against storage
+    without reading it back.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.num_records = 0
+        self.num_bytes = 0
+        self._crc = 0
+
+    def write(self, data: bytes) -> None:
+        """Frame ``data`` and write it."""
+        self.write_framed(frame(data))
+
+    def write_framed(self, framed: bytes) -> None:
+        """Write an already framed record exactly as given (byte-identical copy)."""
+        self._f.write(framed)
+        self.num_records += 1
+        self.num_bytes += len(framed)
+        self._crc = google_crc32c.extend(self._crc, framed)
+
+    @property
+    def crc32c(self) -> int:
+        """CRC32C (unmasked) of everything written so far."""
+        return int(self._crc)

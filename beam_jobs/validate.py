@@ -1,0 +1,442 @@
+"""Beam job: validate an ImageNet TFRecord source and write its catalog.
+
+Reads every ``train-*`` shard under ``--source_uri`` (local path or gs://) and
+checks each record: the framing and both CRC32Cs, that it parses as a
+``tf.train.Example``, and its required features (non-empty ``image/encoded``,
+``image/filename``, ``image/class/label`` in range, ``image/class/synset`` when
+present). Across the set: file names follow ``train-SSSSS-of-NNNNN`` with one
+``N``, no gaps; file names are unique; each label has one synset; an optional
+expected total.
+
+Writes to ``--catalog_dir``:
+  * ``catalog.parquet``: one row per record (see ``beam_jobs.catalog.SCHEMA``),
+    only when the source is valid;
+  * ``report.json``: counts per shard, totals, class histogram, and problems
+    (the first few of each kind, each naming file and byte offset).
+
+Exits 0 when the source is valid, 1 when it is not (the problems are printed),
+2 on bad arguments. One Beam element per source shard, not per record.
+
+Example::
+
+    python -m beam_jobs.validate --source_uri=/data/imagenet \\
+        --catalog_dir=/data/ssl/_work/catalog --num_classes=1000 --expected_total=1281167
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+
+from beam_jobs import __version__, storage
+from beam_jobs.catalog import (
+    CATALOG_FILE,
+    REPORT_FILE,
+    SCHEMA,
+    SHARD_RE,
+    empty_columns,
+    fingerprint,
+    read_table,
+    shard_name,
+    write_table,
+)
+from beam_jobs.example_proto import ExampleError, parse_image_record
+from beam_jobs.pipeline import counters, make_options, setup_logging
+from beam_jobs.storage import FileInfo
+from beam_jobs.tfrecord import RecordError, iter_framed
+
+log = logging.getLogger("beam_jobs.validate")
+
+EXAMPLES_PER_KIND = 10
+PARTS_DIR = "_parts"
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What a valid record must satisfy."""
+
+    label_min: int = 1
+    label_max: int = 1000  # inclusive
+
+    def label_ok(self, label: int) -> bool:
+        return self.label_min <= label <= self.label_max
+
+
+class Problems:
+    """Problems by kind: a total count and the first few examples of each."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def add(self, kind: str, message: str, **where: Any) -> None:
+        self.counts[kind] += 1
+        if len(self.examples[kind]) < EXAMPLES_PER_KIND:
+            self.examples[kind].append({"message": message, **where})
+
+    def merge(self, other: dict[str, Any]) -> None:
+        for kind, entry in other.items():
+            self.counts[kind] += entry["count"]
+            room = EXAMPLES_PER_KIND - len(self.examples[kind])
+            self.examples[kind].extend(entry["examples"][:max(room, 0)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            kind: {"count": self.counts[kind], "examples": self.examples[kind]}
+            for kind in sorted(self.counts)
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+
+def check_listing(files: list[FileInfo], prefix: str, source_uri: str) -> tuple[list[FileInfo], Problems]:
+    """Check shard names: ``{prefix}-SSSSS-of-NNNNN``, one N, indices 0..N-1."""
+    problems = Problems()
+    pattern = storage.join(source_uri, f"{prefix}-*")
+    if not files:
+        problems.add("no_files", f"no files match {pattern}: is source_uri the folder that "
+                                 f"holds {prefix}-00000-of-NNNNN ...?", file=pattern)
+        return [], problems
+    shards: list[FileInfo] = []
+    counts: dict[int, list[str]] = defaultdict(list)
+    seen: dict[int, str] = {}
+    for f in files:
+        name = storage.basename(f.path)
+        m = SHARD_RE.match(name)
+        if not m or m.group("prefix") != prefix:
+            problems.add("bad_name", f"{f.path}: matches {prefix}-* but is not named "
+                                     f"{prefix}-SSSSS-of-NNNNN (a stray file?)", file=f.path)
+            continue
+        idx, count = int(m.group("index")), int(m.group("count"))
+        counts[count].append(name)
+        if idx >= count:
+            problems.add("bad_name", f"{f.path}: shard index {idx} is not below its count {count}",
+                         file=f.path)
+            continue
+        seen[idx] = f.path
+        shards.append(f)
+    if len(counts) > 1:
+        summary = ", ".join(f"-of-{c:05d} ({len(n)} files, e.g. {n[0]})" for c, n in sorted(counts.items()))
+        problems.add("shard_count", f"shards disagree on their total: {summary}", file=pattern)
+    elif counts:
+        (count,) = counts
+        missing = [i for i in range(count) if i not in seen]
+        for i in missing:
+            problems.add("missing_shard",
+                         f"{storage.join(source_uri, shard_name(prefix, i, count))} is missing "
+                         f"({len(missing)} of {count} shards missing)",
+                         file=storage.join(source_uri, shard_name(prefix, i, count)))
+    return shards, problems
+
+
+class ValidateShard(beam.DoFn):
+    """Read one source shard: check every record, write its catalog part."""
+
+    def __init__(self, parts_dir: str, checks: Checks, total_shards: int) -> None:
+        self.parts_dir = parts_dir
+        self.checks = checks
+        self.total_shards = total_shards
+        self.records = Metrics.counter("ssl_splits", "records_read")
+        self.bytes = Metrics.counter("ssl_splits", "bytes_read")
+        self.bad = Metrics.counter("ssl_splits", "bad_records")
+        self.done = Metrics.counter("ssl_splits", "shards_done")
+
+    def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield validate_shard(element, self.parts_dir, self.checks, self.total_shards,
+                             self.records, self.bytes, self.bad)
+        self.done.inc()
+
+
+def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, total_shards: int,
+                   records_counter: Any = None, bytes_counter: Any = None,
+                   bad_counter: Any = None) -> dict[str, Any]:
+    """Validate one shard; the pure core of :class:`ValidateShard`."""
+    t0 = time.monotonic()
+    path, index = element["path"], element["index"]
+    problems = Problems()
+    cols = empty_columns()
+    labels: Counter[int] = Counter()
+    synsets: dict[int, set[str]] = defaultdict(set)
+    n_ok = n_bad = 0
+    end = 0
+    with storage.open_read(path) as f:
+        for rec_index, item in enumerate(iter_framed(f, path)):
+            if isinstance(item, RecordError):
+                n_bad += 1
+                problems.add(item.kind, str(item), file=path, offset=item.offset, record=rec_index)
+                if item.fatal:
+                    break
+                continue
+            end = item.offset + item.length
+            try:
+                rec = parse_image_record(item.data)
+            except ExampleError as err:
+                n_bad += 1
+                problems.add(err.kind, f"{path} at byte offset {item.offset} (record {rec_index}): "
+                                       f"{err.detail}", file=path, offset=item.offset, record=rec_index)
+                continue
+            if not checks.label_ok(rec.label):
+                n_bad += 1
+                problems.add("label_range",
+                             f"{path} at byte offset {item.offset} (record {rec_index}, "
+                             f"{rec.filename}): label {rec.label} is outside "
+                             f"{checks.label_min}..{checks.label_max}",
+                             file=path, offset=item.offset, record=rec_index)
+                continue
+            n_ok += 1
+            labels[rec.label] += 1
+            if rec.synset:
+                synsets[rec.label].add(rec.synset)
+            cols["filename"].append(rec.filename)
+            cols["label"].append(rec.label)
+            cols["synset"].append(rec.synset)
+            cols["file"].append(path)
+            cols["record"].append(rec_index)
+            cols["offset"].append(item.offset)
+            cols["length"].append(item.length)
+            cols["data_crc"].append(item.data_crc)
+    if not problems and end != element["size"]:
+        problems.add("size_changed", f"{path}: read {end} bytes but the listing said "
+                                     f"{element['size']}: the file changed during validation",
+                     file=path)
+    part = storage.join(parts_dir, f"part-{index:05d}.parquet")
+    write_table(part, pa.table(cols, schema=SCHEMA))
+    if records_counter is not None:
+        records_counter.inc(n_ok + n_bad)
+        bytes_counter.inc(end)
+        bad_counter.inc(n_bad)
+    log.info("validated %s: %d records (%d bad) in %.2f s [shard %d of %d]",
+             storage.basename(path), n_ok + n_bad, n_bad, time.monotonic() - t0, index + 1,
+             total_shards)
+    return {
+        "path": path,
+        "index": index,
+        "records": n_ok,
+        "bad_records": n_bad,
+        "bytes": end,
+        "labels": dict(labels),
+        "synsets": {label: sorted(s) for label, s in synsets.items()},
+        "problems": problems.to_json(),
+        "part": part,
+    }
+
+
+def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
+             files: list[dict[str, Any]], fp: str, expected_total: int | None,
+             checks: Checks) -> dict[str, Any]:
+    """Merge the shards' results: catalog, cross-shard checks, report."""
+    summaries = sorted(summaries, key=lambda s: s["index"])
+    problems = Problems()
+    for s in summaries:
+        problems.merge(s["problems"])
+    tables = [read_table(s["part"]) for s in summaries]
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    total = table.num_rows
+
+    # Unique filenames across the whole set.
+    names = table.column("filename")
+    if pc.count_distinct(names).as_py() != total:
+        counts = pc.value_counts(names)
+        dup_mask = pc.greater(counts.field("counts"), 1)
+        dups = pc.filter(counts.field("values"), dup_mask)
+        n_dups = len(dups)
+        for name in dups.to_pylist()[:EXAMPLES_PER_KIND]:
+            rows = table.filter(pc.equal(table.column("filename"), name))
+            where = [f"{f} at byte offset {o}" for f, o in
+                     zip(rows.column("file").to_pylist(), rows.column("offset").to_pylist())]
+            problems.add("duplicate_filename",
+                         f"{name} appears {rows.num_rows} times: " + "; ".join(where),
+                         file=rows.column("file")[0].as_py(), offset=rows.column("offset")[0].as_py(),
+                         filename=name)
+        problems.counts["duplicate_filename"] += max(0, n_dups - EXAMPLES_PER_KIND)
+
+    # One synset per label.
+    synsets: dict[int, set[str]] = defaultdict(set)
+    labels: Counter[int] = Counter()
+    for s in summaries:
+        labels.update({int(k): v for k, v in s["labels"].items()})
+        for k, v in s["synsets"].items():
+            synsets[int(k)].update(v)
+    for label in sorted(synsets):
+        if len(synsets[label]) > 1:
+            problems.add("label_synset", f"label {label} comes with several synsets: "
+                                         f"{sorted(synsets[label])[:5]}", label=label)
+    if expected_total is not None and total + sum(s["bad_records"] for s in summaries) != expected_total:
+        problems.add("total", f"expected {expected_total:,} records, found "
+                              f"{total + sum(s['bad_records'] for s in summaries):,}",
+                     file=source_uri)
+
+    ok = not problems
+    catalog_uri = storage.join(catalog_dir, CATALOG_FILE)
+    if ok:
+        write_table(catalog_uri, table, {"source_fingerprint": fp, "source_uri": source_uri})
+    else:
+        storage.delete([catalog_uri])
+    storage.delete_tree(storage.join(catalog_dir, PARTS_DIR))
+    report = build_report(
+        ok=ok, source_uri=source_uri, fp=fp, files=files, summaries=summaries, total=total,
+        labels=labels, synsets=synsets, problems=problems, checks=checks,
+        catalog_uri=catalog_uri if ok else None,
+    )
+    storage.write_text(storage.join(catalog_dir, REPORT_FILE), json.dumps(report, indent=1) + "\n",
+                       "application/json")
+    return report
+
+
+def build_report(*, ok: bool, source_uri: str, fp: str, files: list[dict[str, Any]],
+                 summaries: list[dict[str, Any]], total: int, labels: Counter[int],
+                 synsets: dict[int, set[str]], problems: Problems, checks: Checks,
+                 catalog_uri: str | None) -> dict[str, Any]:
+    by_path = {s["path"]: s for s in summaries}
+    return {
+        "schema_version": 1,
+        "ok": ok,
+        "source_uri": source_uri,
+        "source_fingerprint": fp,
+        "catalog_uri": catalog_uri,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "checks": {"label_min": checks.label_min, "label_max": checks.label_max},
+        "total_records": total,
+        "bad_records": sum(s["bad_records"] for s in summaries),
+        "total_bytes": sum(s["bytes"] for s in summaries),
+        "num_shards": len(files),
+        "num_classes": len(labels),
+        "class_histogram": {str(k): labels[k] for k in sorted(labels)},
+        "synsets": {str(k): sorted(v)[0] for k, v in sorted(synsets.items()) if v},
+        "shards": [
+            {**f, "records": by_path.get(f["path"], {}).get("records"),
+             "bad_records": by_path.get(f["path"], {}).get("bad_records")}
+            for f in files
+        ],
+        "problems": problems.to_json(),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable summary of a validation report."""
+    lines = []
+    status = "VALID" if report["ok"] else "INVALID"
+    lines.append(f"source {report['source_uri']}: {status}")
+    lines.append(f"  {report['total_records']:,} records in {report['num_shards']} shards, "
+                 f"{report['total_bytes'] / 1e6:,.1f} MB, {report['num_classes']} classes")
+    hist = report.get("class_histogram") or {}
+    if hist:
+        sizes = list(hist.values())
+        lines.append(f"  class sizes {min(sizes):,}..{max(sizes):,} (mean {sum(sizes) / len(sizes):,.1f})")
+    lines.append(f"  fingerprint {report['source_fingerprint'][:16]}")
+    if report.get("catalog_uri"):
+        lines.append(f"  catalog {report['catalog_uri']}")
+    for kind, entry in report["problems"].items():
+        lines.append(f"  problem {kind}: {entry['count']}")
+        for ex in entry["examples"][:3]:
+            lines.append(f"    - {ex['message']}")
+    return "\n".join(lines)
+
+
+class ValidationFailed(RuntimeError):
+    """The source is not valid; the message lists the problems."""
+
+
+def build_pipeline(p: beam.Pipeline, shards: list[dict[str, Any]], catalog_dir: str,
+                   source_uri: str, fp: str, expected_total: int | None,
+                   checks: Checks) -> beam.PCollection:
+    parts_dir = storage.join(catalog_dir, PARTS_DIR)
+    summaries = (
+        p
+        | "Shards" >> beam.Create(shards)
+        | "Spread" >> beam.Reshuffle()
+        | "ValidateShard" >> beam.ParDo(ValidateShard(parts_dir, checks, len(shards)))
+    )
+    return (
+        summaries
+        | "Collect" >> beam.combiners.ToList()
+        | "Finalize" >> beam.Map(finalize, catalog_dir, source_uri, shards, fp, expected_total, checks)
+    )
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(
+        prog="python -m beam_jobs.validate",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other --flag is a Beam pipeline option (--runner, --project, --region, "
+               "--temp_location, --direct_num_workers, ...).",
+    )
+    p.add_argument("--source_uri", required=True,
+                   help="folder with train-SSSSS-of-NNNNN (absolute path or gs://)")
+    p.add_argument("--catalog_dir", required=True, help="where catalog.parquet and report.json go")
+    p.add_argument("--num_classes", type=int, default=1000,
+                   help="labels must lie in label_offset .. label_offset+num_classes-1 (default 1000)")
+    p.add_argument("--label_offset", type=int, default=1,
+                   help="smallest valid label (1 for the common converter, default 1)")
+    p.add_argument("--expected_total", type=int, default=None,
+                   help="fail unless the source holds exactly this many records (1281167 for ImageNet)")
+    p.add_argument("--prefix", default="train", help="shard name prefix (default train)")
+    return p.parse_known_args(argv)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the job; return the report. Raises :class:`ValidationFailed` if invalid."""
+    setup_logging()
+    args, beam_args = parse_args(argv)
+    source = storage.normalize(args.source_uri)
+    catalog_dir = storage.normalize(args.catalog_dir)
+    checks = Checks(label_min=args.label_offset, label_max=args.label_offset + args.num_classes - 1)
+    files = storage.list_files(storage.join(source, f"{args.prefix}-*"))
+    shard_files, problems = check_listing(files, args.prefix, source)
+    fp = fingerprint(shard_files)
+    shards = [
+        {"path": f.path, "index": int(SHARD_RE.match(storage.basename(f.path)).group("index")),  # type: ignore[union-attr]
+         "size": f.size, "crc32c": f.crc32c, "generation": f.generation, "mtime_ns": f.mtime_ns}
+        for f in shard_files
+    ]
+    log.info("validating %d shards under %s (fingerprint %s)", len(shards), source, fp[:16])
+    if problems:
+        report = build_report(ok=False, source_uri=source, fp=fp, files=shards, summaries=[],
+                              total=0, labels=Counter(), synsets={}, problems=problems,
+                              checks=checks, catalog_uri=None)
+        storage.delete([storage.join(catalog_dir, CATALOG_FILE)])
+        storage.write_text(storage.join(catalog_dir, REPORT_FILE),
+                           json.dumps(report, indent=1) + "\n", "application/json")
+    else:
+        options = make_options(beam_args, default_job_name="ssl-validate")
+        t0 = time.monotonic()
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, shards, catalog_dir, source, fp, args.expected_total, checks)
+        result = p.run()
+        result.wait_until_finish()
+        report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
+        seconds = time.monotonic() - t0
+        report["seconds"] = round(seconds, 3)
+        report["metrics"] = counters(result)
+        log.info("validation of %d records took %.1f s (%.0f records/s)",
+                 report["total_records"], seconds, report["total_records"] / max(seconds, 1e-9))
+    print(format_report(report), flush=True)
+    if not report["ok"]:
+        raise ValidationFailed(format_report(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except ValidationFailed:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
