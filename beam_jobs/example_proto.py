@@ -72,7 +72,9 @@ def build_example(features: Mapping[str, FeatureValue]) -> bytes:
 
     ``bytes``/``str`` become a one-value bytes_list, ``int`` an int64_list,
     ``float`` a float_list; lists of those become multi-value lists.
-    Features are written in the order given (deterministic bytes).
+    Serialized deterministically: map entries are sorted by key, whatever the
+    order given, so equal dicts give equal bytes (the same bytes as TensorFlow's
+    ``SerializeToString(deterministic=True)``).
     """
     ex = Example()
     fmap = ex.features.feature

@@ -154,6 +154,9 @@ class ValidateShard(beam.DoFn):
         self.bad = Metrics.counter("ssl_splits", "bad_records")
         self.done = Metrics.counter("ssl_splits", "shards_done")
 
+    def setup(self) -> None:
+        setup_logging()
+
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield validate_shard(element, self.parts_dir, self.checks, self.total_shards,
                              self.records, self.bytes, self.bad)

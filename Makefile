@@ -1,0 +1,30 @@
+# The two commands that matter: `make demo` and `make test`. Both create .venv
+# from the lock file when it is missing or stale.
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: demo test test-fast venv system-deps lint bench clean
+
+venv:
+	@bin/setup-venv
+
+demo: venv
+	@$(PY) -m beam_jobs.demo
+
+system-deps:
+	@bin/install-system-deps
+
+test: venv system-deps
+	@$(PY) -m pytest -n 2 --dist loadgroup -q
+
+test-fast: venv
+	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow and not browser"
+
+lint: venv
+	@.venv/bin/ruff check beam_jobs plugins dags tests
+
+bench: venv
+	@$(PY) -m benchmarks.run
+
+clean:
+	rm -rf .demo .bench .airflow test-artifacts

@@ -1,0 +1,525 @@
+"""Beam job: build one split's shards from its plan, copying records byte for byte.
+
+Plan mode (a labelled split or the reshuffle)::
+
+    python -m beam_jobs.build --split=train128116.1 \\
+        --plan_uri=/data/ssl/_work/plans/train128116.1.csv \\
+        --catalog_dir=/data/ssl/_work/catalog/5160864c129f5846 \\
+        --output_uri=/data/ssl
+
+Copy mode (the validation set, copied beside the splits as the seed's
+procedure does)::
+
+    python -m beam_jobs.build --split=validation --copy_from=/data/imagenet --output_uri=/data/ssl
+
+What it guarantees:
+
+* Output ``{output_uri}/{split}-SSSSS-of-NNNNN`` holds exactly the planned
+  records in planned order, each byte-identical to its source record (the
+  framed bytes are copied; nothing is parsed or re-serialized).
+* It reads only what the split needs: one ranged read per record, at the
+  offset and length the catalog recorded (read amplification ~1.0). Every
+  record read is checked against the catalog (framed length, both CRC32Cs,
+  the stored data CRC), so a source changed since validation fails the job.
+* Memory is bounded by a few records per read thread, not by the shard, the
+  split or the dataset.
+* Shards are written to a staging folder first (each file appears only when
+  complete), with a small sidecar per finished shard; the split takes its
+  final names only once every shard is staged. A killed job leaves nothing
+  partial under the final names; rerunning it reuses the shards already
+  staged or promoted (byte-identical: the bytes are a function of the plan).
+* Per-shard stats (records, bytes, CRC32C of the file) go to
+  ``{work_uri}/stats/{split}.json`` for the verifier and the manifest.
+
+Exit codes: 0 built, 1 the plan or the source is unusable (the message says
+which names, files or records), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as dt
+import hashlib
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from beam_jobs import __version__, storage
+from beam_jobs.catalog import REPORT_FILE, SHARD_RE, read_catalog, read_table, shard_name, write_table
+from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
+from beam_jobs.planner import PlanError, parse_plan_text
+from beam_jobs.storage import RangeReader, crc32c_hex
+from beam_jobs.tfrecord import RecordError, Writer, check_framed, iter_framed
+
+log = logging.getLogger("beam_jobs.build")
+
+STATS_DIR = "stats"
+STAGING_DIR = "staging"
+
+
+class BuildError(RuntimeError):
+    """The split cannot be built as planned; the message says why."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def work_default(output_uri: str) -> str:
+    return storage.join(output_uri, "_work")
+
+
+def final_path(output_uri: str, split: str, shard: int, num_shards: int) -> str:
+    return storage.join(output_uri, shard_name(split, shard, num_shards))
+
+
+def stats_uri(work_uri: str, split: str) -> str:
+    return storage.join(work_uri, STATS_DIR, f"{split}.json")
+
+
+def staging_dir(work_uri: str, split: str, token: str) -> str:
+    return storage.join(work_uri, STAGING_DIR, split, token)
+
+
+# --------------------------------------------------------------------------- reading records
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], threads: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, with up to ``threads`` calls in flight and a
+    bounded window of finished results (memory stays a few items per thread)."""
+    if threads <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    window = threads * 2
+    with cf.ThreadPoolExecutor(threads) as pool:
+        futures: list[cf.Future] = []
+        it = iter(items)
+        for item in it:
+            futures.append(pool.submit(fn, item))
+            if len(futures) >= window:
+                break
+        head = 0
+        for item in it:
+            yield futures[head].result()
+            futures[head] = None  # type: ignore[call-overload]
+            head += 1
+            futures.append(pool.submit(fn, item))
+        for f in futures[head:]:
+            yield f.result()
+
+
+def default_read_threads(uri: str) -> int:
+    """GCS ranged reads are latency-bound: many in flight. Local reads: one."""
+    return 16 if storage.is_gcs(uri) else 1
+
+
+# --------------------------------------------------------------------------- the build table
+
+
+def build_table(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, list[str], str]:
+    """Join a plan file with the catalog: one row per output record, sorted by
+    (shard, index), with the source file, offset, length and data CRC.
+
+    Returns the table, the source files it reads, and the plan's sha256.
+    Raises PlanError (missing names, malformed file) before anything is written.
+    """
+    raw = storage.read_bytes(plan_uri)
+    sha = hashlib.sha256(raw).hexdigest()
+    names, shards, indices = parse_plan_text(raw.decode("utf-8"), plan_uri)
+    plan = pa.table({"filename": pa.array(names.tolist(), pa.string()),
+                     "shard": pa.array(shards, pa.int32()), "index": pa.array(indices, pa.int32())})
+    catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
+    joined = plan.join(catalog, keys="filename", join_type="left outer")
+    missing_mask = pc.is_null(joined.column("file"))
+    n_missing = pc.sum(missing_mask).as_py() or 0
+    if n_missing:
+        missing = joined.filter(missing_mask).column("filename").to_pylist()
+        raise PlanError(
+            f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
+            f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
+        )
+    joined = joined.sort_by([("shard", "ascending"), ("index", "ascending")])
+    files = sorted(set(pc.unique(joined.column("file")).to_pylist()))
+    file_ids = pa.array(np.searchsorted(np.asarray(files, dtype=object),
+                                        np.asarray(joined.column("file").to_pylist(), dtype=object)),
+                        pa.int32())
+    table = pa.table({
+        "shard": joined.column("shard"), "index": joined.column("index"),
+        "filename": joined.column("filename"), "file_id": file_ids,
+        "offset": joined.column("offset"), "length": joined.column("length"),
+        "data_crc": joined.column("data_crc"),
+    })
+    return table, files, sha
+
+
+def check_source_unchanged(catalog_dir: str, files: Iterable[str]) -> None:
+    """Fail if a source shard the build reads changed since validation (size,
+    and CRC32C and generation on GCS; mtime locally)."""
+    report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
+    known = {s["path"]: s for s in report["shards"]}
+    changed = []
+    for path in files:
+        then = known.get(path)
+        now = storage.stat(path)
+        if then is None or now is None:
+            changed.append(f"{path}: {'missing now' if now is None else 'not in the validation report'}")
+            continue
+        then_info = storage.FileInfo(path, then["size"], then.get("crc32c"), then.get("generation"),
+                                     then.get("mtime_ns"))
+        if then_info.identity() != now.identity():
+            changed.append(f"{path}: was {then_info.identity()}, now {now.identity()}")
+    if changed:
+        raise BuildError(
+            f"{len(changed)} source shard(s) changed since validation (re-run validation): "
+            + "; ".join(changed[:5])
+        )
+
+
+# --------------------------------------------------------------------------- writing shards
+
+
+_TABLES: dict[str, tuple[pa.Table, np.ndarray]] = {}
+_TABLES_LOCK = threading.Lock()
+
+
+def _load_build_table(uri: str, num_shards: int) -> tuple[pa.Table, np.ndarray]:
+    """The build table, read once per worker process (runners may create many
+    DoFn instances; the table is immutable, named by the plan's hash)."""
+    with _TABLES_LOCK:
+        if uri not in _TABLES:
+            table = read_table(uri)
+            starts = np.searchsorted(table.column("shard").to_numpy(), np.arange(num_shards + 1))
+            _TABLES.clear()  # keep one: a worker builds one split at a time
+            _TABLES[uri] = (table, starts)
+        return _TABLES[uri]
+
+
+class WriteShard(beam.DoFn):
+    """Write one output shard to staging from its planned records."""
+
+    def __init__(self, table_uri: str, files: list[str], split: str, num_shards: int,
+                 output_uri: str, staging: str, read_threads: int) -> None:
+        self.table_uri = table_uri
+        self.files = files
+        self.split = split
+        self.num_shards = num_shards
+        self.output_uri = output_uri
+        self.staging = staging
+        self.read_threads = read_threads
+        self.records = Metrics.counter("ssl_splits", "records_written")
+        self.bytes_written = Metrics.counter("ssl_splits", "bytes_written")
+        self.bytes_read = Metrics.counter("ssl_splits", "bytes_read")
+        self.reused = Metrics.counter("ssl_splits", "shards_reused")
+
+    def setup(self) -> None:
+        setup_logging()
+
+    def _rows(self, shard: int) -> pa.Table:
+        table, starts = _load_build_table(self.table_uri, self.num_shards)
+        lo, hi = int(starts[shard]), int(starts[shard + 1])
+        return table.slice(lo, hi - lo)
+
+    def process(self, shard: int) -> Iterator[dict[str, Any]]:
+        stats = write_shard(
+            shard, self._rows(shard), self.files, split=self.split, num_shards=self.num_shards,
+            output_uri=self.output_uri, staging=self.staging, read_threads=self.read_threads,
+        )
+        if stats.get("reused"):
+            self.reused.inc()
+        else:
+            self.records.inc(stats["num_records"])
+            self.bytes_written.inc(stats["num_bytes"])
+            self.bytes_read.inc(stats["bytes_read"])
+        yield stats
+
+
+def _sidecar(staging: str, shard: int) -> str:
+    return storage.join(staging, f"shard-{shard:05d}.json")
+
+
+def _reusable(staging: str, shard: int, final: str) -> dict[str, Any] | None:
+    """Stats of a shard a previous attempt finished (still staged, or already
+    promoted), if its file is still there and intact by size and CRC32C."""
+    side = _sidecar(staging, shard)
+    if not storage.exists(side):
+        return None
+    stats = json.loads(storage.read_text(side))
+    for candidate in (stats["staged"], final):
+        info = storage.stat(candidate)
+        if info is not None and info.size == stats["num_bytes"] and \
+                storage.file_crc32c(candidate) == stats["crc32c"]:
+            return {**stats, "reused": True}
+    return None
+
+
+def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num_shards: int,
+                output_uri: str, staging: str, read_threads: int) -> dict[str, Any]:
+    """Copy a shard's planned records into a staged file; return its stats."""
+    t0 = time.monotonic()
+    name = shard_name(split, shard, num_shards)
+    final = storage.join(output_uri, name)
+    reused = _reusable(staging, shard, final)
+    if reused is not None:
+        log.info("%s: shard %d/%d already staged by an earlier attempt, reused", split,
+                 shard + 1, num_shards)
+        return reused
+    staged = storage.join(staging, name)
+    file_ids = rows.column("file_id").to_numpy()
+    offsets = rows.column("offset").to_numpy()
+    lengths = rows.column("length").to_numpy()
+    crcs = rows.column("data_crc").to_numpy()
+    names = rows.column("filename").to_pylist()
+    indices = rows.column("index").to_numpy()
+    if len(indices) and not np.array_equal(indices, np.arange(len(indices))):
+        raise BuildError(f"{split}: shard {shard} rows are not indices 0..{len(indices) - 1}")
+    with RangeReader() as reader:
+
+        def fetch(i: int) -> bytes:
+            path = files[file_ids[i]]
+            data = reader.read(path, int(offsets[i]), int(lengths[i]))
+            try:
+                framed = check_framed(data, path, int(offsets[i]))
+            except RecordError as err:
+                raise BuildError(f"{split}: record {names[i]} ({err}); the source changed since "
+                                 "validation") from None
+            if framed.data_crc != int(crcs[i]):
+                raise BuildError(f"{split}: record {names[i]} at {path} offset {offsets[i]} differs "
+                                 "from the catalog (CRC); the source changed since validation")
+            return data
+
+        with storage.open_write(staged) as f:
+            w = Writer(f)
+            for data in ordered_map(fetch, range(len(names)), read_threads):
+                w.write_framed(data)
+        bytes_read = reader.bytes_read
+    stats = {
+        "shard": shard, "path": final, "staged": staged, "num_records": w.num_records,
+        "num_bytes": w.num_bytes, "crc32c": crc32c_hex(w.crc32c), "bytes_read": bytes_read,
+        "first": names[0] if names else None, "last": names[-1] if names else None,
+    }
+    storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json")
+    log.info("%s: shard %d/%d staged: %d records, %.1f MB in %.2f s", split, shard + 1, num_shards,
+             w.num_records, w.num_bytes / 1e6, time.monotonic() - t0)
+    return stats
+
+
+class CopyShard(beam.DoFn):
+    """Copy one whole shard (the validation set) to staging, counting and
+    checking its records on the way."""
+
+    def __init__(self, split: str, output_uri: str, staging: str) -> None:
+        self.split = split
+        self.output_uri = output_uri
+        self.staging = staging
+
+    def setup(self) -> None:
+        setup_logging()
+
+    def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield copy_shard(element, split=self.split, output_uri=self.output_uri,
+                         staging=self.staging)
+
+
+def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
+               staging: str) -> dict[str, Any]:
+    src, shard, num_shards = element["path"], element["shard"], element["num_shards"]
+    name = shard_name(split, shard, num_shards)
+    final = storage.join(output_uri, name)
+    reused = _reusable(staging, shard, final)
+    if reused is not None:
+        return reused
+    staged = storage.join(staging, name)
+    with storage.open_read(src) as fin, storage.open_write(staged) as fout:
+        w = Writer(fout)
+        for item in iter_framed(fin, src):
+            if isinstance(item, RecordError):
+                raise BuildError(f"{split}: cannot copy {src}: {item}")
+            w.write(item.data)
+    stats = {"shard": shard, "path": final, "staged": staged, "num_records": w.num_records,
+             "num_bytes": w.num_bytes, "crc32c": crc32c_hex(w.crc32c), "bytes_read": w.num_bytes,
+             "source": src}
+    storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json")
+    log.info("%s: shard %d/%d copied: %d records", split, shard + 1, num_shards, w.num_records)
+    return stats
+
+
+# --------------------------------------------------------------------------- promotion
+
+
+def promote(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_uri: str,
+            staging: str, expected: list[int] | None, meta: dict[str, Any],
+            stats_path: str) -> dict[str, Any]:
+    """Check every shard is staged as planned, then give the split its final names.
+
+    New shards replace old ones under the same names; files of an earlier
+    build with another shard count are removed afterwards. The stats file is
+    written last: it is what says the split is complete.
+    """
+    stats = sorted(stats, key=lambda s: s["shard"])
+    got = [s["shard"] for s in stats]
+    if got != list(range(num_shards)):
+        raise BuildError(f"{split}: staged shards {got[:10]}... are not 0..{num_shards - 1}")
+    if expected is not None:
+        bad = [(s["shard"], s["num_records"], e) for s, e in zip(stats, expected)
+               if s["num_records"] != e]
+        if bad:
+            raise BuildError(f"{split}: shard record counts differ from the plan "
+                             f"(shard, written, planned): {bad[:5]}")
+    for s in stats:
+        if storage.exists(s["staged"]):
+            storage.rename(s["staged"], s["path"])
+    keep = {s["path"] for s in stats}
+    stale = [f.path for f in storage.list_files(storage.join(output_uri, f"{split}-*"))
+             if f.path not in keep and SHARD_RE.match(storage.basename(f.path))
+             and SHARD_RE.match(storage.basename(f.path)).group("prefix") == split]  # type: ignore[union-attr]
+    if stale:
+        log.info("%s: removing %d files of an earlier build with another shard count", split,
+                 len(stale))
+        storage.delete(stale)
+    summary = {
+        **meta,
+        "split": split,
+        "num_shards": num_shards,
+        "num_examples": sum(s["num_records"] for s in stats),
+        "num_bytes": sum(s["num_bytes"] for s in stats),
+        "bytes_read": sum(s.get("bytes_read", 0) for s in stats if not s.get("reused")),
+        "shards_reused": sum(1 for s in stats if s.get("reused")),
+        "file_pattern": storage.join(output_uri, f"{split}-*-of-{num_shards:05d}"),
+        "shards": [{k: s[k] for k in ("path", "num_records", "num_bytes", "crc32c")} for s in stats],
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": __version__,
+    }
+    storage.write_text(stats_path, json.dumps(summary, indent=1) + "\n", "application/json")
+    storage.delete_tree(staging)
+    log.info("%s: complete: %d shards, %d records, %.1f MB", split, num_shards,
+             summary["num_examples"], summary["num_bytes"] / 1e6)
+    return summary
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(
+        prog="python -m beam_jobs.build",
+        description="Build one split's TFRecord shards from its plan (records copied byte for "
+                    "byte with ranged reads), or copy the validation shards.",
+        epilog="Any other --flag is a Beam pipeline option (--runner, --project, --region, "
+               "--temp_location, --direct_num_workers, ...).",
+    )
+    p.add_argument("--split", required=True, help="split name: train128116.3, train or validation")
+    p.add_argument("--output_uri", required=True, help="folder for the split's shards")
+    p.add_argument("--work_uri", help="folder for staging and stats (default {output_uri}/_work)")
+    p.add_argument("--plan_uri", help="filename,shard,index file (plan mode)")
+    p.add_argument("--catalog_dir", help="the validation job's catalog folder (plan mode)")
+    p.add_argument("--copy_from", help="source folder whose {split}-* shards are copied (copy mode)")
+    p.add_argument("--read_threads", type=int, default=0,
+                   help="ranged reads in flight per shard (default: 16 on gs://, 1 locally)")
+    p.add_argument("--skip_source_check", action="store_true",
+                   help="do not compare the source shards with the validation report")
+    args, beam_args = p.parse_known_args(argv)
+    if bool(args.plan_uri) == bool(args.copy_from):
+        p.error("give either --plan_uri (with --catalog_dir) or --copy_from")
+    if args.plan_uri and not args.catalog_dir:
+        p.error("--plan_uri needs --catalog_dir")
+    return args, beam_args
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the build; return the split's stats. Raises PlanError/BuildError."""
+    setup_logging()
+    args, beam_args = parse_args(argv)
+    output = storage.normalize(args.output_uri)
+    work = storage.normalize(args.work_uri or work_default(output))
+    split = args.split
+    t0 = time.monotonic()
+    meta: dict[str, Any] = {"job_name": job_name("ssl", split)}
+    p_options = make_options(beam_args, default_job_name=meta["job_name"])
+    meta["runner"] = p_options.get_all_options()["runner"]
+    if args.plan_uri:
+        table, files, sha = build_table(args.plan_uri, args.catalog_dir)
+        if not args.skip_source_check:
+            check_source_unchanged(args.catalog_dir, files)
+        shards_col = table.column("shard").to_numpy()
+        num_shards = int(shards_col.max()) + 1
+        expected = np.bincount(shards_col, minlength=num_shards).tolist()
+        token = sha[:16]
+        staging = staging_dir(work, split, token)
+        table_uri = storage.join(staging, "records.parquet")
+        write_table(table_uri, table)
+        threads = args.read_threads or default_read_threads(files[0])
+        meta.update(plan_uri=args.plan_uri, plan_sha256=sha, catalog_dir=args.catalog_dir,
+                    source_files=len(files))
+        log.info("%s: building %d records in %d shards from %d source files (%d read threads)",
+                 split, table.num_rows, num_shards, len(files), threads)
+        elements: list[Any] = list(range(num_shards))
+        fn: beam.DoFn = WriteShard(table_uri, files, split, num_shards, output, staging, threads)
+        del table
+    else:
+        src = storage.normalize(args.copy_from)
+        listing = storage.list_files(storage.join(src, f"{split}-*"))
+        named = [(f, SHARD_RE.match(storage.basename(f.path))) for f in listing]
+        shards = [(f, m) for f, m in named if m and m.group("prefix") == split]
+        if not shards:
+            raise BuildError(f"nothing to copy: no {split}-SSSSS-of-NNNNN files in {src}")
+        num_shards = int(shards[0][1].group("count"))
+        idx = sorted(int(m.group("index")) for _, m in shards)
+        if idx != list(range(num_shards)) or len({m.group("count") for _, m in shards}) != 1:
+            raise BuildError(f"{src}: {split} shards are not 0..{num_shards - 1} of {num_shards}")
+        fp = hashlib.sha256("\n".join(f"{storage.basename(f.path)}\t{f.identity()}"
+                                      for f, _ in shards).encode()).hexdigest()
+        token = fp[:16]
+        staging = staging_dir(work, split, token)
+        expected = None
+        meta.update(copied_from=src, source_fingerprint=fp)
+        elements = [{"path": f.path, "shard": int(m.group("index")), "num_shards": num_shards}
+                    for f, m in shards]
+        fn = CopyShard(split, output, staging)
+    spath = stats_uri(work, split)
+    p = beam.Pipeline(options=p_options)
+    (
+        p
+        | "Shards" >> beam.Create(elements)
+        | "Spread" >> beam.Reshuffle()
+        | "WriteShard" >> beam.ParDo(fn)
+        | "Collect" >> beam.combiners.ToList()
+        | "Promote" >> beam.Map(lambda st: promote(
+            st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
+            expected=expected, meta=meta, stats_path=spath))
+    )
+    result = p.run()
+    result.wait_until_finish()
+    summary = json.loads(storage.read_text(spath))
+    seconds = time.monotonic() - t0
+    metrics = counters(result)
+    print(f"{split}: {summary['num_examples']:,} records in {summary['num_shards']} shards "
+          f"({summary['num_bytes'] / 1e6:,.1f} MB written, {summary['bytes_read'] / 1e6:,.1f} MB "
+          f"read, {summary['shards_reused']} shards reused) in {seconds:.1f} s -> "
+          f"{summary['file_pattern']}", flush=True)
+    if metrics:
+        print(f"{split}: metrics {json.dumps(metrics, sort_keys=True)}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except (PlanError, BuildError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Split planning: which records each split takes, in which shard, at which index.
+
+A plan is a pure function of (catalog content, seed, fraction or count,
+sampling, shard count). It does not depend on source file order, runner,
+workers, process, ``PYTHONHASHSEED`` or machine: every random choice comes
+from SHA-256 of the record's file name, and every sort has a total order.
+
+The algorithm (version ``v1``; README "How a split is derived" says the same):
+
+1. Records are identified by ``image/filename``; catalog order is ignored.
+2. ``key(purpose, seed, name)`` is the first 8 bytes, read as a big-endian
+   unsigned integer, of ``SHA-256("ssl-imagenet-splits:v1:{purpose}:{seed}:{name}")``
+   (UTF-8), with ``purpose`` ``select`` or ``order``. Ties (never seen in
+   practice) are broken by the name, in code point order.
+3. Size: ``n = floor(N * fraction)`` with ``N`` records in the catalog; the
+   fraction is the exact decimal written (``0.1`` is 1/10, not the nearest
+   binary float), or ``n`` is given as a count (then ``fraction = n / N``).
+4. ``stratified`` (default): class ``c`` with ``N_c`` records gets
+   ``floor(N_c * fraction)`` records; the ``n - sum(...)`` records left over go
+   one each to the classes with the largest dropped fraction
+   ``N_c * fraction - floor(N_c * fraction)``, ties to the smaller label.
+   So every seed has the same per-class counts. Inside each class the records
+   with the smallest ``select`` keys are taken. ``uniform``: the ``n`` records
+   with the smallest ``select`` keys overall.
+5. The chosen records are ordered by their ``order`` key.
+6. That sequence is dealt into ``S`` shards contiguously: the first
+   ``n mod S`` shards hold ``floor(n / S) + 1`` records, the rest
+   ``floor(n / S)``; shard ``s`` takes the next block; the index is the
+   position inside the block. Default ``S = max(1, floor(n * source_shards /
+   source_records))`` (102 for 10% of ImageNet, 1,024 for all of it).
+7. The full reshuffle (``train``) takes every record, ordered by its
+   ``order`` key with the unsupervised seed, in ``S`` shards by the same rule.
+
+Plans are written as ``filename,shard,index`` lines sorted by (shard, index)
+with no header: FixMatch's published format. Such a file can also be used as
+a plan as given (``read_plan_file`` checks it first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from beam_jobs import storage
+
+ALGORITHM = "v1"
+SAMPLINGS = ("stratified", "uniform")
+MAX_SHARD_COUNT = 100_000
+
+
+class PlanError(ValueError):
+    """A plan cannot be made or a plan file is not usable; says what and where."""
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def exact_fraction(value: float | str | Fraction) -> Fraction:
+    """The fraction as written: ``0.1`` -> 1/10 (via the shortest repr of a float)."""
+    if isinstance(value, Fraction):
+        frac = value
+    else:
+        try:
+            frac = Fraction(str(value).strip())
+        except (ValueError, ZeroDivisionError):
+            raise PlanError(f"fraction {value!r} is not a number") from None
+    if not 0 < frac <= 1:
+        raise PlanError(f"fraction must be in (0, 1], got {value!r}")
+    return frac
+
+
+def split_size(total: int, fraction: Fraction) -> int:
+    """``floor(total * fraction)``, exactly."""
+    return math.floor(total * fraction)
+
+
+def default_num_shards(n: int, source_shards: int, source_records: int) -> int:
+    """``max(1, floor(n * source_shards / source_records))``: the source's shard
+    size kept (102 for a 10% split of ImageNet's 1,024 shards)."""
+    if source_records <= 0:
+        return 1
+    return max(1, (n * source_shards) // source_records)
+
+
+def shard_sizes(n: int, num_shards: int) -> list[int]:
+    """Records per shard: the first ``n mod S`` shards one longer."""
+    if num_shards < 1:
+        raise PlanError(f"num_shards must be >= 1, got {num_shards}")
+    q, r = divmod(n, num_shards)
+    return [q + 1 if s < r else q for s in range(num_shards)]
+
+
+def class_quotas(class_sizes: dict[int, int], fraction: Fraction, n: int) -> dict[int, int]:
+    """Per-class counts: floor(N_c * f), then largest remainders (ties: smaller label)
+    until they sum to ``n``."""
+    base = {c: math.floor(size * fraction) for c, size in class_sizes.items()}
+    left = n - sum(base.values())
+    if left < 0 or left > len(class_sizes):
+        raise PlanError(f"cannot split {n} records over classes {class_sizes}")  # pragma: no cover
+    remainders = sorted(class_sizes, key=lambda c: (-(class_sizes[c] * fraction - base[c]), c))
+    for c in remainders[:left]:
+        base[c] += 1
+    return base
+
+
+def hash_keys(names: Sequence[str], purpose: str, seed: int) -> np.ndarray:
+    """``key(purpose, seed, name)`` for every name, as uint64."""
+    prefix = f"ssl-imagenet-splits:{ALGORITHM}:{purpose}:{seed}:".encode()
+    sha = hashlib.sha256
+    frombytes = int.from_bytes
+    return np.fromiter(
+        (frombytes(sha(prefix + name.encode("utf-8")).digest()[:8], "big") for name in names),
+        dtype=np.uint64,
+        count=len(names),
+    )
+
+
+def _argsort_by_key(keys: np.ndarray) -> np.ndarray:
+    # Names are already in code point order, and the sort is stable: ties by name.
+    return np.argsort(keys, kind="stable")
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which records a split holds and where: ``names[i]`` goes to
+    ``shards[i]`` at ``indices[i]``; rows sorted by (shard, index)."""
+
+    split: str
+    kind: str  # "supervised" or "unsupervised"
+    names: np.ndarray  # object array of str
+    shards: np.ndarray  # int32
+    indices: np.ndarray  # int32
+    num_shards: int
+    seed: int | None = None
+    fraction: str | None = None  # exact decimal or "n/N"
+    sampling: str | None = None
+    source: str = "computed"  # "computed" or the URI of a published plan file
+    class_counts: dict[str, int] = field(default_factory=dict)  # synset or label -> count
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.names)
+
+    def shard_lengths(self) -> list[int]:
+        return np.bincount(self.shards, minlength=self.num_shards).astype(int).tolist()
+
+    def to_csv_bytes(self) -> bytes:
+        """``filename,shard,index`` lines, sorted by (shard, index), no header."""
+        lines = [f"{n},{s},{i}\n" for n, s, i in zip(self.names.tolist(), self.shards.tolist(),
+                                                     self.indices.tolist())]
+        return "".join(lines).encode("utf-8")
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_csv_bytes()).hexdigest()
+
+    def shard_names(self, shard: int) -> list[str]:
+        lo, hi = np.searchsorted(self.shards, [shard, shard + 1])
+        return self.names[lo:hi].tolist()
+
+
+def _deal(split: str, kind: str, ordered: np.ndarray, num_shards: int, **meta) -> Plan:
+    n = len(ordered)
+    sizes = shard_sizes(n, num_shards)
+    shards = np.repeat(np.arange(num_shards, dtype=np.int32), sizes)
+    starts = np.repeat(np.cumsum([0] + sizes[:-1]), sizes)
+    indices = (np.arange(n) - starts).astype(np.int32)
+    return Plan(split=split, kind=kind, names=ordered, shards=shards, indices=indices,
+                num_shards=num_shards, **meta)
+
+
+def supervised_split_name(n: int, seed: int) -> str:
+    """``train128116.3``: FixMatch's naming (size, then seed)."""
+    return f"train{n}.{seed}"
+
+
+UNSUPERVISED_SPLIT = "train"
+
+
+def _canonical(names: Sequence[str], labels: Sequence[int] | None):
+    arr = np.asarray(names, dtype=object)
+    order = np.argsort(arr, kind="stable")
+    arr = arr[order]
+    if len(arr) > 1:
+        dup = arr[1:] == arr[:-1]
+        if dup.any():
+            raise PlanError(f"duplicate file name in the catalog: {arr[1:][dup][0]}")
+    lab = None if labels is None else np.asarray(labels, dtype=np.int64)[order]
+    return arr, lab
+
+
+def plan_supervised(
+    names: Sequence[str],
+    labels: Sequence[int],
+    *,
+    seed: int,
+    fraction: float | str | Fraction | None = None,
+    count: int | None = None,
+    sampling: str = "stratified",
+    num_shards: int | None = None,
+    source_shards: int | None = None,
+    class_names: dict[int, str] | None = None,
+) -> Plan:
+    """Plan a seeded labelled split (see the module docstring for the algorithm)."""
+    if sampling not in SAMPLINGS:
+        raise PlanError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if (fraction is None) == (count is None):
+        raise PlanError("give exactly one of fraction and count")
+    arr, lab = _canonical(names, labels)
+    total = len(arr)
+    if total == 0:
+        raise PlanError("the catalog is empty")
+    if count is not None:
+        if not 0 < count <= total:
+            raise PlanError(f"count must be in 1..{total}, got {count}")
+        frac, n = Fraction(count, total), count
+    else:
+        frac = exact_fraction(fraction)  # type: ignore[arg-type]
+        n = split_size(total, frac)
+        if n == 0:
+            raise PlanError(f"fraction {fraction} of {total} records is 0 records")
+    S = num_shards or default_num_shards(n, source_shards or 1, total)
+    if not 1 <= S <= min(n, MAX_SHARD_COUNT):
+        raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
+    assert lab is not None
+    select = hash_keys(arr.tolist(), "select", seed)
+    if sampling == "uniform":
+        chosen = _argsort_by_key(select)[:n]
+    else:
+        classes, inverse, sizes = np.unique(lab, return_inverse=True, return_counts=True)
+        quotas = class_quotas(dict(zip(classes.tolist(), sizes.tolist())), frac, n)
+        # Group by class, inside each class by select key (stable: ties by name).
+        by_class = np.lexsort((select, inverse))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        chosen = np.concatenate([
+            by_class[start:start + quotas[c]] for c, start in zip(classes.tolist(), starts.tolist())
+        ])
+    chosen_names, chosen_labels = arr[chosen], lab[chosen]
+    # Restore name order before ordering by the order key, so ties go by name.
+    by_name = np.argsort(chosen_names, kind="stable")
+    chosen_names, chosen_labels = chosen_names[by_name], chosen_labels[by_name]
+    order = _argsort_by_key(hash_keys(chosen_names.tolist(), "order", seed))
+    ordered = chosen_names[order]
+    labs, counts = np.unique(chosen_labels, return_counts=True)
+    class_counts = {
+        (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
+    }
+    frac_text = f"{count}/{total}" if count is not None else str(fraction)
+    return _deal(supervised_split_name(n, seed), "supervised", ordered, S, seed=seed,
+                 fraction=frac_text, sampling=sampling, class_counts=class_counts)
+
+
+def plan_unsupervised(
+    names: Sequence[str],
+    *,
+    seed: int = 0,
+    num_shards: int | None = None,
+    source_shards: int | None = None,
+) -> Plan:
+    """Plan the full reshuffle ``train``: every record once, in seeded order."""
+    arr, _ = _canonical(names, None)
+    n = len(arr)
+    if n == 0:
+        raise PlanError("the catalog is empty")
+    S = num_shards or default_num_shards(n, source_shards or 1, n)
+    if not 1 <= S <= min(n, MAX_SHARD_COUNT):
+        raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
+    ordered = arr[_argsort_by_key(hash_keys(arr.tolist(), "order", seed))]
+    return _deal(UNSUPERVISED_SPLIT, "unsupervised", ordered, S, seed=seed, fraction="1",
+                 sampling="all")
+
+
+# --------------------------------------------------------------------------- plan files
+
+
+def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse and check ``filename,shard,index`` lines; return rows sorted by position.
+
+    Checks: well-formed lines (reported with line numbers), unique names,
+    unique positions, shards 0..S-1 all present, indices 0..n-1 in every
+    shard. Blank lines are ignored; there is no header.
+    """
+    names: list[str] = []
+    shards: list[int] = []
+    indices: list[int] = []
+    lines_of: list[int] = []
+    bad: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(",")
+        if len(parts) != 3:
+            bad.append(f"line {lineno}: expected 'filename,shard,index', got {line[:80]!r}")
+            continue
+        name, s, i = (p.strip() for p in parts)
+        if not name or not s.isdigit() or not i.isdigit():
+            bad.append(f"line {lineno}: expected a name and two non-negative integers, got {line[:80]!r}")
+            continue
+        names.append(name)
+        shards.append(int(s))
+        indices.append(int(i))
+        lines_of.append(lineno)
+        if len(bad) >= 10:
+            break
+    if bad:
+        raise PlanError(f"{origin}: malformed plan file:\n  " + "\n  ".join(bad))
+    if not names:
+        raise PlanError(f"{origin}: the plan file is empty")
+    name_arr = np.asarray(names, dtype=object)
+    sh = np.asarray(shards, dtype=np.int64)
+    ix = np.asarray(indices, dtype=np.int64)
+    line_arr = np.asarray(lines_of)
+    problems: list[str] = []
+    by_name = np.argsort(name_arr, kind="stable")
+    dup = np.nonzero(name_arr[by_name][1:] == name_arr[by_name][:-1])[0]
+    for d in dup[:5]:
+        a, b = line_arr[by_name][d], line_arr[by_name][d + 1]
+        problems.append(f"name {name_arr[by_name][d]} appears twice (lines {a} and {b})")
+    if len(dup) > 5:
+        problems.append(f"... {len(dup)} duplicate names in all")
+    order = np.lexsort((ix, sh))
+    sh, ix, name_arr, line_arr = sh[order], ix[order], name_arr[order], line_arr[order]
+    same = np.nonzero((sh[1:] == sh[:-1]) & (ix[1:] == ix[:-1]))[0]
+    for d in same[:5]:
+        problems.append(f"position shard {sh[d]} index {ix[d]} is used twice "
+                        f"(lines {line_arr[d]} and {line_arr[d + 1]})")
+    num_shards = int(sh.max()) + 1
+    present = np.bincount(sh, minlength=num_shards)
+    missing_shards = np.nonzero(present == 0)[0]
+    if len(missing_shards):
+        problems.append(f"shards must be 0..{num_shards - 1}; missing shard(s) "
+                        f"{missing_shards[:10].tolist()}")
+    if not same.size:
+        starts = np.concatenate([[0], np.cumsum(present)[:-1]])
+        expected = np.arange(len(ix)) - np.repeat(starts, present)
+        gaps = np.nonzero(ix != expected)[0]
+        if gaps.size:
+            g = gaps[0]
+            problems.append(f"indices in shard {sh[g]} must be 0..{present[sh[g]] - 1} without "
+                            f"gaps; index {expected[g]} is missing (line {line_arr[g]} has "
+                            f"index {ix[g]})")
+    if problems:
+        raise PlanError(f"{origin}: unusable plan file:\n  " + "\n  ".join(problems))
+    return name_arr, sh.astype(np.int32), ix.astype(np.int32)
+
+
+def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = None) -> Plan:
+    """A published ``filename,shard,index`` file as a plan, exactly as given."""
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError:
+        raise PlanError(f"plan file {uri} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{uri}: not UTF-8 text ({err})") from None
+    names, shards, indices = parse_plan_text(text, uri)
+    n = len(names)
+    return Plan(
+        split=split or (supervised_split_name(n, seed) if seed is not None else f"train{n}"),
+        kind="supervised", names=names, shards=shards, indices=indices,
+        num_shards=int(shards.max()) + 1, seed=seed, fraction=None, sampling="published",
+        source=uri,
+    )
+
+
+def check_names_exist(plan: Plan, catalog_names: Iterable[str]) -> None:
+    """Fail with the count and the first missing names if the catalog lacks any."""
+    have = set(catalog_names)
+    missing = [n for n in plan.names.tolist() if n not in have]
+    if missing:
+        raise PlanError(
+            f"plan {plan.source}: {len(missing):,} of {plan.num_examples:,} names are not in the "
+            f"source catalog, e.g. {', '.join(missing[:5])}"
+        )
+
+
+def with_class_counts(plan: Plan, name_to_class: dict[str, str]) -> Plan:
+    """A copy of ``plan`` with per-class counts filled from a name->class map."""
+    counts: dict[str, int] = {}
+    for name in plan.names.tolist():
+        c = name_to_class[name]
+        counts[c] = counts.get(c, 0) + 1
+    return Plan(**{**plan.__dict__, "class_counts": dict(sorted(counts.items()))})

@@ -1,0 +1,95 @@
+"""Shared fixtures: the repo on sys.path, a GCS emulator on loopback, small
+synthetic ImageNets (generated once per session, copied per test when a test
+must modify one)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, ROOT / "plugins"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+REFERENCE = ROOT.parent / "shared" / "reference" / "fixmatch_data_splits"
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A gcp-storage-emulator on loopback; STORAGE_EMULATOR_HOST points at it
+    for this process and every subprocess (Beam jobs) it starts."""
+    port = free_port()
+    proc = subprocess.Popen([PYTHON, str(ROOT / "tests" / "gcs_emulator.py"), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    host = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"GCS emulator did not start: {proc.stderr.read().decode()}")
+            time.sleep(0.1)
+    old = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    os.environ["GOOGLE_CLOUD_PROJECT"] = "test-project"
+    yield host
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+    """A fresh, empty bucket on the emulator: ``gs://test-xxxxxxxx``."""
+    from beam_jobs import storage
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    storage.gcs_client().create_bucket(name)
+    return f"gs://{name}"
+
+
+def run_module(module: str, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as users do; capture output."""
+    return subprocess.run([PYTHON, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def small_source(tmp_path_factory) -> Path:
+    """A small synthetic ImageNet (10 classes, 8 train shards), generated once."""
+    from beam_jobs.synthetic import Spec, generate
+
+    out = tmp_path_factory.mktemp("small_source")
+    generate(Spec(num_classes=10, min_per_class=30, max_per_class=50, train_shards=8,
+                  validation_shards=2, validation_per_class=4, seed=7), str(out), workers=1)
+    return out
+
+
+@pytest.fixture
+def source_copy(small_source, tmp_path) -> Path:
+    """A private copy of ``small_source`` that a test may damage."""
+    dst = tmp_path / "source"
+    shutil.copytree(small_source, dst)
+    return dst

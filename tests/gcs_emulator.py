@@ -1,0 +1,83 @@
+"""Run gcp-storage-emulator on loopback for the tests.
+
+The emulator is a real HTTP server speaking the GCS JSON API (the same
+google-cloud-storage client code paths run as against GCS). It lacks one GCS
+feature the product relies on: generation preconditions
+(``ifGenerationMatch``) on uploads and deletes, which make the manifest
+publish safe against concurrent publishers. This launcher adds them, with
+GCS's semantics (412 conditionNotMet; 0 means "must not exist"), before
+starting the server. Its HTTP server handles one request at a time, so the
+check and the write are atomic, as they are on GCS.
+
+Usage: python tests/gcs_emulator.py PORT
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from http import HTTPStatus
+
+from gcp_storage_emulator.exceptions import NotFound
+from gcp_storage_emulator.handlers import objects
+
+
+def _current_generation(storage, bucket: str, name: str) -> int:
+    try:
+        return int(storage.get_file_obj(bucket, name)["generation"])
+    except NotFound:
+        return 0
+
+
+def _precondition_failed(response) -> None:
+    response.status = HTTPStatus.PRECONDITION_FAILED
+    message = "At least one of the pre-conditions you specified did not hold."
+    response.json({"error": {"code": 412, "message": message,
+                             "errors": [{"reason": "conditionNotMet", "message": message}]}})
+
+
+def _holds(request, storage, bucket: str, name: str | None) -> bool:
+    want = request.query.get("ifGenerationMatch")
+    if not want or name is None:
+        return True
+    return _current_generation(storage, bucket, name) == int(want[0])
+
+
+_insert = objects.insert
+_delete = objects.delete
+
+
+def insert(request, response, storage, *args, **kwargs):
+    upload = (request.query.get("uploadType") or [""])[0]
+    name = None
+    if "name" in request.query:
+        name = request.query["name"][0]
+    elif upload == "multipart" and isinstance(request.data, dict):
+        name = request.data["meta"].get("name")
+    elif upload == "resumable" and isinstance(request.data, dict):
+        name = request.data.get("name")
+    if not _holds(request, storage, request.params["bucket_name"], name):
+        return _precondition_failed(response)
+    return _insert(request, response, storage, *args, **kwargs)
+
+
+def delete(request, response, storage, *args, **kwargs):
+    if not _holds(request, storage, request.params["bucket_name"], request.params["object_id"]):
+        return _precondition_failed(response)
+    return _delete(request, response, storage, *args, **kwargs)
+
+
+objects.insert = insert
+objects.delete = delete
+
+from gcp_storage_emulator.server import create_server  # noqa: E402  (after the patch)
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    logging.basicConfig(level=logging.CRITICAL)
+    create_server("127.0.0.1", port, in_memory=True).run()
+
+
+if __name__ == "__main__":
+    main()
