@@ -9,7 +9,7 @@ venv:
 	@bin/setup-venv
 
 demo: venv
-	@$(PY) -m beam_jobs.demo
+	@bin/demo
 
 system-deps:
 	@bin/install-system-deps

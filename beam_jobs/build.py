@@ -445,10 +445,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     split = args.split
     t0 = time.monotonic()
     meta: dict[str, Any] = {"job_name": job_name("ssl", split)}
-    p_options = make_options(beam_args, default_job_name=meta["job_name"])
-    meta["runner"] = p_options.get_all_options()["runner"]
     if args.plan_uri:
         table, files, sha = build_table(args.plan_uri, args.catalog_dir)
+        work_bytes = int(pc.sum(table.column("length")).as_py() or 0)
         if not args.skip_source_check:
             check_source_unchanged(args.catalog_dir, files)
         shards_col = table.column("shard").to_numpy()
@@ -479,6 +478,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             raise BuildError(f"{src}: {split} shards are not 0..{num_shards - 1} of {num_shards}")
         fp = hashlib.sha256("\n".join(f"{storage.basename(f.path)}\t{f.identity()}"
                                       for f, _ in shards).encode()).hexdigest()
+        work_bytes = sum(f.size for f, _ in shards)
         token = fp[:16]
         staging = staging_dir(work, split, token)
         expected = None
@@ -487,6 +487,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                     for f, m in shards]
         fn = CopyShard(split, output, staging)
     spath = stats_uri(work, split)
+    p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes)
+    meta["runner"] = p_options.get_all_options()["runner"]
     p = beam.Pipeline(options=p_options)
     (
         p

@@ -47,11 +47,19 @@ def job_name(*parts: str) -> str:
     return name[:63].rstrip("-")
 
 
-def make_options(beam_args: list[str], default_job_name: str) -> PipelineOptions:
+# Below this much data a DirectRunner job runs in-process: starting one worker
+# process per core costs several seconds (each imports Beam), more than the work.
+MULTIPROCESS_MIN_BYTES = 256 * 1024 * 1024
+
+
+def make_options(beam_args: list[str], default_job_name: str,
+                 work_bytes: int | None = None) -> PipelineOptions:
     """PipelineOptions from the args a job did not know, with local defaults.
 
-    On the DirectRunner, unless told otherwise, use every core with one worker
-    process each (the work is CPU-bound Python: threads would share one GIL).
+    On the DirectRunner, unless told otherwise: for ``work_bytes`` of at least
+    ``MULTIPROCESS_MIN_BYTES`` (or unknown), one worker process per core (the
+    work is CPU-bound Python: threads would share one GIL); below it, one
+    in-process worker.
     """
     options = PipelineOptions(beam_args)
     std = options.view_as(StandardOptions)
@@ -63,8 +71,9 @@ def make_options(beam_args: list[str], default_job_name: str) -> PipelineOptions
     if std.runner in ("DirectRunner", "direct", "BundleBasedDirectRunner"):
         direct = options.view_as(DirectOptions)
         given = " ".join(beam_args)
+        small = work_bytes is not None and work_bytes < MULTIPROCESS_MIN_BYTES
         if "direct_num_workers" not in given:
-            direct.direct_num_workers = max(1, min(os.cpu_count() or 1, 8))
+            direct.direct_num_workers = 1 if small else max(1, min(os.cpu_count() or 1, 8))
         if "direct_running_mode" not in given:
             direct.direct_running_mode = (
                 "multi_processing" if direct.direct_num_workers > 1 else "in_memory"

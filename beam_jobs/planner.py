@@ -292,25 +292,35 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
     indices: list[int] = []
     lines_of: list[int] = []
     bad: list[str] = []
+    n_bad = 0
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(",")
+        problem = None
         if len(parts) != 3:
-            bad.append(f"line {lineno}: expected 'filename,shard,index', got {line[:80]!r}")
-            continue
-        name, s, i = (p.strip() for p in parts)
-        if not name or not s.isdigit() or not i.isdigit():
-            bad.append(f"line {lineno}: expected a name and two non-negative integers, got {line[:80]!r}")
+            problem = f"line {lineno}: expected 'filename,shard,index', got {line[:80]!r}"
+        else:
+            name, s, i = (p.strip() for p in parts)
+            # ASCII digits only: str.isdigit() also accepts '²', which int() rejects.
+            if not name or not (s.isascii() and s.isdigit() and i.isascii() and i.isdigit()):
+                problem = (f"line {lineno}: expected a name and two non-negative integers, "
+                           f"got {line[:80]!r}")
+            elif int(s) >= MAX_SHARD_COUNT or int(i) >= 2**31:
+                problem = (f"line {lineno}: shard {s} or index {i} is too large (at most "
+                           f"{MAX_SHARD_COUNT - 1} and {2**31 - 1}), got {line[:80]!r}")
+        if problem is not None:
+            n_bad += 1
+            if len(bad) < 10:
+                bad.append(problem)
             continue
         names.append(name)
         shards.append(int(s))
         indices.append(int(i))
         lines_of.append(lineno)
-        if len(bad) >= 10:
-            break
     if bad:
-        raise PlanError(f"{origin}: malformed plan file:\n  " + "\n  ".join(bad))
+        more = f"\n  ... {n_bad:,} malformed lines in all" if n_bad > len(bad) else ""
+        raise PlanError(f"{origin}: malformed plan file:\n  " + "\n  ".join(bad) + more)
     if not names:
         raise PlanError(f"{origin}: the plan file is empty")
     name_arr = np.asarray(names, dtype=object)

@@ -18,6 +18,7 @@ in the last path component of :func:`list_files` patterns only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import logging
 import os
@@ -109,6 +110,18 @@ def gcs_client():  # -> google.cloud.storage.Client
             client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
         _local.client = client
     return client
+
+
+@contextlib.contextmanager
+def use_client(client) -> Iterator[None]:
+    """Use ``client`` (a google.cloud.storage.Client) for gs:// in this thread,
+    e.g. one made from an Airflow connection, instead of default credentials."""
+    old = getattr(_local, "client", None)
+    _local.client = client
+    try:
+        yield
+    finally:
+        _local.client = old
 
 
 def _blob(uri: str, generation: int | None = None):
@@ -528,5 +541,5 @@ __all__ = [
     "AtomicWriter", "FileInfo", "RangeReader", "StorageError", "basename", "copy", "crc32c_hex", "delete",
     "delete_tree", "dirname", "exists", "file_crc32c", "gcs_client", "is_gcs", "join",
     "list_files", "list_tree", "normalize", "open_read", "open_write", "read_bytes", "read_text",
-    "rename", "split_gcs", "stat", "write_bytes", "write_text",
+    "rename", "split_gcs", "stat", "use_client", "write_bytes", "write_text",
 ]

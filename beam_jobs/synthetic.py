@@ -64,7 +64,7 @@ class Spec:
     train_shards: int = 8
     validation_shards: int = 2
     validation_per_class: int = 5
-    image_size: int = 8  # pixels per side; 1 gives tiny payloads (~300 bytes)
+    image_size: int = 8  # pixels per side; 1 gives the smallest records (~950 bytes: JPEG headers)
     jpeg_quality: int = 90
     image_pool: int = 64  # distinct JPEGs reused across records
     seed: int = 0

@@ -130,7 +130,8 @@ def check_listing(files: list[FileInfo], prefix: str, source_uri: str) -> tuple[
         shards.append(f)
     if len(counts) > 1:
         summary = ", ".join(f"-of-{c:05d} ({len(n)} files, e.g. {n[0]})" for c, n in sorted(counts.items()))
-        problems.add("shard_count", f"shards disagree on their total: {summary}", file=pattern)
+        problems.add("shard_count", f"{pattern}: shards disagree on their total: {summary}",
+                     file=pattern)
     elif counts:
         (count,) = counts
         missing = [i for i in range(count) if i not in seen]
@@ -415,7 +416,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         storage.write_text(storage.join(catalog_dir, REPORT_FILE),
                            json.dumps(report, indent=1) + "\n", "application/json")
     else:
-        options = make_options(beam_args, default_job_name="ssl-validate")
+        options = make_options(beam_args, default_job_name="ssl-validate",
+                               work_bytes=sum(f.size for f in shard_files))
         t0 = time.monotonic()
         p = beam.Pipeline(options=options)
         build_pipeline(p, shards, catalog_dir, source, fp, args.expected_total, checks)

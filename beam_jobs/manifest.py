@@ -1,0 +1,176 @@
+"""The manifest: what exists, how it was made, checksums; and a reader for it.
+
+The manifest is one JSON document, published (by the Airflow DAG) only after
+every split it describes was verified. It is the single commit point that
+training jobs read: files under the output folder without a manifest entry
+are not part of the dataset.
+
+Schema (``schema_version`` 1)::
+
+    {
+      "schema_version": 1,
+      "output_uri": "gs://bucket/ssl",
+      "updated_at": "2026-11-24T10:00:00+00:00",
+      "source": {"uri", "fingerprint", "num_records", "num_shards", "files": [...],
+                 "validation_report_uri", "catalog_uri"},
+      "splits": {
+        "train128116.1": {
+          "kind": "supervised" | "unsupervised" | "validation",
+          "seed", "fraction", "sampling",
+          "num_examples", "num_shards", "file_pattern",
+          "shards": [{"path", "num_records", "num_bytes", "crc32c"}],  # crc32c: 8 hex digits
+          "class_counts": {"n01440764": 130, ...},
+          "plan": {"uri", "sha256", "source", "algorithm"},
+          "source_fingerprint": "...",
+          "verification": {"mode", "verified_at", "report_uri"},
+          "provenance": {"code_version", "runner", "job_name", "job_id",
+                         "dag_id", "run_id", "built_at", "published_at"}
+        }
+      },
+      "provenance": {"code_version", "dag_id", "run_id", "published_at"}
+    }
+
+Reading a split from training code::
+
+    from beam_jobs.manifest import load_split
+    import tensorflow as tf
+
+    split = load_split("gs://bucket/ssl/manifest.json", "train128116.1")  # checks the files
+    ds = tf.data.TFRecordDataset(split.paths, num_parallel_reads=tf.data.AUTOTUNE)
+    assert split.num_examples == 128116
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from beam_jobs import storage
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(RuntimeError):
+    """The manifest is missing, unreadable, or disagrees with storage."""
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def empty(output_uri: str) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "output_uri": output_uri, "splits": {}}
+
+
+def merge(current: dict[str, Any] | None, *, output_uri: str, splits: dict[str, dict[str, Any]],
+          source: dict[str, Any] | None, provenance: dict[str, Any]) -> dict[str, Any]:
+    """A new manifest: ``current`` with the given split entries replaced.
+
+    Pure. Other splits' entries are kept exactly as they were, so rebuilding
+    one seed changes only that split's entry (plus the top-level ``source``,
+    ``updated_at`` and ``provenance``).
+    """
+    base = copy.deepcopy(current) if current else empty(output_uri)
+    if base.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+        raise ManifestError(f"manifest schema_version {base['schema_version']} is newer than "
+                            f"this code's {SCHEMA_VERSION}; upgrade before publishing")
+    base["schema_version"] = SCHEMA_VERSION
+    base["output_uri"] = output_uri
+    base.setdefault("splits", {})
+    for name, entry in splits.items():
+        base["splits"][name] = copy.deepcopy(entry)
+    base["splits"] = dict(sorted(base["splits"].items()))
+    if source is not None:
+        base["source"] = copy.deepcopy(source)
+    base["provenance"] = copy.deepcopy(provenance)
+    base["updated_at"] = provenance.get("published_at") or now()
+    return base
+
+
+def dumps(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, indent=1, sort_keys=False) + "\n"
+
+
+def load(uri: str) -> dict[str, Any]:
+    """Read a manifest (local path or gs://)."""
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError:
+        raise ManifestError(f"no manifest at {uri}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{uri} is not valid JSON: {err}") from None
+    if not isinstance(doc, dict) or "splits" not in doc:
+        raise ManifestError(f"{uri} has no 'splits': not a manifest of this product")
+    return doc
+
+
+def load_or_none(uri: str) -> dict[str, Any] | None:
+    try:
+        return load(uri)
+    except ManifestError:
+        if storage.exists(uri):
+            raise
+        return None
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """A split as training code needs it."""
+
+    name: str
+    paths: list[str]
+    num_examples: int
+    shard_lengths: list[int]
+    file_pattern: str
+    entry: dict[str, Any]
+
+
+def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFiles:
+    """Shard paths and expected counts of ``split``; with ``check`` (default),
+    fail unless every shard exists with the size the manifest records and
+    nothing else matches the split's glob."""
+    doc = load(manifest_uri)
+    if split not in doc["splits"]:
+        raise ManifestError(f"{manifest_uri} has no split {split!r}; it has "
+                            f"{', '.join(sorted(doc['splits'])) or 'none'}")
+    entry = doc["splits"][split]
+    paths = [s["path"] for s in entry["shards"]]
+    lengths = [int(s["num_records"]) for s in entry["shards"]]
+    if sum(lengths) != entry["num_examples"] or len(paths) != entry["num_shards"]:
+        raise ManifestError(f"{manifest_uri}: split {split} is inconsistent: "
+                            f"{len(paths)} shards with {sum(lengths)} records, entry says "
+                            f"{entry['num_shards']} and {entry['num_examples']}")
+    if check:
+        problems = []
+        folder = storage.dirname(paths[0]) if paths else storage.dirname(entry["file_pattern"])
+        listed = {f.path: f for f in storage.list_files(storage.join(folder, f"{split}-*"))}
+        for s in entry["shards"]:
+            info = listed.get(s["path"])
+            if info is None:
+                problems.append(f"missing shard {s['path']}")
+            elif info.size != s["num_bytes"]:
+                problems.append(f"{s['path']} is {info.size} bytes, the manifest says {s['num_bytes']}")
+        for extra in sorted(set(listed) - set(paths)):
+            problems.append(f"unexpected file {extra} matches the split's glob")
+        if problems:
+            raise ManifestError(f"split {split} of {manifest_uri} does not match storage: "
+                                + "; ".join(problems[:10]))
+    return SplitFiles(name=split, paths=paths, num_examples=int(entry["num_examples"]),
+                      shard_lengths=lengths, file_pattern=entry["file_pattern"], entry=entry)
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per split, for logs and the demo."""
+    out = []
+    for name, e in doc["splits"].items():
+        size = sum(s["num_bytes"] for s in e["shards"])
+        extra = f"seed {e.get('seed')}, " if e.get("kind") == "supervised" else ""
+        out.append(f"{name:<22} {e['kind']:<12} {extra}{e['num_examples']:>9,} examples in "
+                   f"{e['num_shards']:>5} shards, {size / 1e6:,.1f} MB")
+    return out

@@ -1,0 +1,118 @@
+"""ssl_imagenet_splits: reproducible semi-supervised ImageNet splits.
+
+The DAG wires tasks together; the work is in ``plugins/ssl_splits`` (Airflow
+side) and ``beam_jobs`` (Beam jobs). Nothing heavy happens at parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Asset, get_current_context, task
+
+from ssl_splits.config import params
+from ssl_splits.operators import SplitBeamOperator
+
+MANIFEST_ASSET = Asset("ssl_imagenet_splits_manifest")
+
+DOC_MD = """
+### Reproducible semi-supervised ImageNet splits
+
+From ImageNet `train-*` TFRecords (`source_uri`), builds five seeded,
+class-stratified 10% labelled splits `train{N}.{seed}` and the full reshuffle
+`train` as sharded TFRecords under `output_uri`, copies `validation-*` beside
+them, verifies every shard, and publishes a manifest (`manifest_uri`, default
+`{output_uri}/manifest.json`), the single commit point training jobs read.
+
+**Tasks**: `check_params` (params as a whole, source fingerprint) ->
+`validate_source` (Beam: every record's CRCs and features; writes the catalog,
+skipped when this exact source was validated before) -> `plan` (which record
+goes where; or a published FixMatch file, exactly) -> `build` (Beam, one task
+per split) -> `verify` (per split; deep re-read on DirectRunner) ->
+`publish_manifest` (updates only the splits built in this run).
+
+**Common runs**
+* everything: `{"source_uri": "gs://b/imagenet", "output_uri": "gs://b/ssl"}`
+* rebuild seed 3 only: add `"seeds": [3], "unsupervised": false`
+* FixMatch's published split 3: `"seeds": [3], "sharding_files": {"3": "gs://.../files2shards_train_size128116_split3.txt"}`
+* on Dataflow: `"runner": "DataflowRunner"` with the `dataflow_*` params.
+
+Rerunning with the same params skips splits whose verified files already match
+their plan (unless `force`). See the README for the split algorithm.
+"""
+
+with DAG(
+    dag_id="ssl_imagenet_splits",
+    description="Seeded, stratified ImageNet splits for semi-supervised learning, verified "
+                "and published with a manifest",
+    doc_md=DOC_MD,
+    schedule=os.environ.get("SSL_SPLITS_SCHEDULE") or None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # runs queue: two runs never write one output folder at once
+    params=params(),
+    tags=["ssl", "imagenet", "beam", "datasets"],
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=1), "owner": "data-platform"},
+) as dag:
+
+    @task(multiple_outputs=True)
+    def check_params() -> dict:
+        """Check the params as a whole and describe the source (no data read)."""
+        from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import check_params as run
+
+        with airflow_storage():
+            return run(dict(get_current_context()["params"]))
+
+    checked = check_params()
+
+    validate_source = SplitBeamOperator(
+        task_id="validate_source", job="validate",
+        config=checked["config"], spec=checked["source"],
+        execution_timeout=timedelta(hours=6),
+    )
+
+    @task(retries=0)
+    def plan(config: dict, source: dict) -> list[dict]:
+        """Plan every requested split; decide which to build."""
+        from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import plan as run
+
+        with airflow_storage():
+            return run(config, source)
+
+    specs = plan(checked["config"], checked["source"])
+    validate_source >> specs
+
+    build = SplitBeamOperator.partial(
+        task_id="build", job="build", config=checked["config"],
+        map_index_template="{{ task.spec['split'] }}",
+        max_active_tis_per_dagrun=int(os.environ.get("SSL_SPLITS_MAX_PARALLEL_BUILDS") or "3"),
+        execution_timeout=timedelta(hours=12),
+    ).expand(spec=specs)
+
+    verify = SplitBeamOperator.partial(
+        task_id="verify", job="verify", config=checked["config"],
+        map_index_template="{{ task.spec['split'] }}",
+        trigger_rule="none_failed",
+        execution_timeout=timedelta(hours=6),
+    ).expand(spec=specs)
+    build >> verify
+
+    @task(outlets=[MANIFEST_ASSET], trigger_rule="none_failed", retries=3)
+    def publish_manifest(config: dict, source: dict, specs: list[dict]) -> dict:
+        """Publish the verified splits' entries to the manifest."""
+        from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import publish_manifest as run
+
+        ctx = get_current_context()
+        jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids="build") or []) if r}
+        run_info = {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]}
+        with airflow_storage():
+            result = run(config, source, specs, jobs, run_info)
+        ctx["outlet_events"][MANIFEST_ASSET].extra = {
+            "manifest_uri": result["manifest_uri"], "changed": result["changed"]}
+        return result
+
+    verify >> publish_manifest(checked["config"], checked["source"], specs)

@@ -1,0 +1,298 @@
+"""The DAG's params: JSON schema for the trigger form, and the run config.
+
+``PARAMS`` is what the Airflow UI renders as the trigger form and what the
+CLI's ``--conf`` is validated against (per param, by JSON schema).
+``resolve(params)`` adds the checks a per-param schema cannot express (URIs
+that overlap, a sharding file for a seed that is not built, Dataflow settings
+when running on Dataflow) and fills the defaults that depend on other params.
+It runs in the DAG's first task, before any Beam job starts.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow.sdk import Param
+
+# gs://bucket/any/path, or an absolute local path; no ".." components.
+URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
+DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
+MAX_SEED = 1_000_000
+RUNNERS = ["DirectRunner", "DataflowRunner"]
+SAMPLINGS = ["stratified", "uniform"]
+
+
+class ConfigError(ValueError):
+    """A param or a combination of params is not acceptable; says which and why."""
+
+
+def _uri_param(default: Any, title: str, description: str, nullable: bool = False) -> Param:
+    string = {"type": "string", "pattern": URI_PATTERN, "not": {"pattern": DOTDOT_PATTERN}}
+    if nullable:
+        return Param(default, type=["null", "string"], title=title, description=description,
+                     anyOf=[{"type": "null"}, string])
+    return Param(default, title=title, description=description, minLength=1, **string)
+
+
+def params() -> dict[str, Param]:
+    """The trigger form: every param with a title, help text and a fitting widget."""
+    env = os.environ.get
+    return {
+        "source_uri": _uri_param(
+            None, "Source folder",
+            "Folder holding ImageNet train-SSSSS-of-NNNNN TFRecords (and optional "
+            "validation-*): gs://bucket/path or an absolute local path. Required.",
+        ),
+        "output_uri": _uri_param(
+            None, "Output folder",
+            "Where the splits are written as {split}-SSSSS-of-NNNNN. Must not be the source "
+            "folder, inside it, or contain it. Required.",
+        ),
+        "manifest_uri": _uri_param(
+            None, "Manifest URI",
+            "Where the manifest JSON is published. Empty: {output_uri}/manifest.json.",
+            nullable=True,
+        ),
+        "seeds": Param(
+            [1, 2, 3, 4, 5], type="array", title="Seeds",
+            description="Labelled splits to build, one per seed (train{N}.{seed}). [3] rebuilds "
+                        "seed 3 only; [] builds none.",
+            items={"type": "integer", "minimum": 1, "maximum": MAX_SEED}, uniqueItems=True,
+            maxItems=100,
+        ),
+        "fraction": Param(
+            0.1, type="number", title="Fraction",
+            description="Share of the training set in each labelled split, in (0, 1]. "
+                        "0.1 gives 128,116 of ImageNet's 1,281,167.",
+            exclusiveMinimum=0, maximum=1,
+        ),
+        "sampling": Param(
+            "stratified", type="string", enum=SAMPLINGS, title="Sampling",
+            description="stratified: the same share of every class (as FixMatch's published "
+                        "splits); uniform: a plain random draw.",
+        ),
+        "sharding_files": Param(
+            {}, type="object", title="Published split files",
+            description='{"seed": "uri"} of filename,shard,index files to reproduce exactly, '
+                        'e.g. {"1": "gs://bucket/fixmatch/files2shards_train_size128116_split1.txt"}. '
+                        "Each seed must also be in Seeds.",
+            patternProperties={"^[0-9]+$": {"type": "string", "pattern": URI_PATTERN}},
+            additionalProperties=False,
+        ),
+        "unsupervised": Param(
+            True, type="boolean", title="Build the full reshuffle",
+            description="Also build 'train': every training record once, reshuffled "
+                        "(the unlabelled data).",
+        ),
+        "runner": Param(
+            "DirectRunner", type="string", enum=RUNNERS, title="Beam runner",
+            description="DirectRunner runs the Beam jobs on this Airflow worker; "
+                        "DataflowRunner on Google Cloud Dataflow (set the Dataflow params).",
+        ),
+        "force": Param(
+            False, type="boolean", title="Force rebuild",
+            description="Rebuild splits even if a verified identical split already exists.",
+        ),
+        "unsupervised_seed": Param(
+            0, type="integer", minimum=0, maximum=MAX_SEED, title="Reshuffle seed",
+            description="Seed of the full reshuffle's order.",
+        ),
+        "num_shards": Param(
+            None, type=["null", "integer"], minimum=1, maximum=100000,
+            title="Shards per labelled split",
+            description="Empty: keep the source's shard size (102 for 10% of ImageNet).",
+        ),
+        "unsupervised_shards": Param(
+            None, type=["null", "integer"], minimum=1, maximum=100000,
+            title="Shards of the reshuffle", description="Empty: as many as the source (1,024).",
+        ),
+        "copy_validation": Param(
+            True, type="boolean", title="Copy the validation set",
+            description="Copy validation-* shards beside the splits, when the source has them.",
+        ),
+        "num_classes": Param(
+            1000, type="integer", minimum=1, maximum=100000, title="Number of classes",
+            description="Valid labels are 1..num_classes (the common converter's labels).",
+        ),
+        "expected_total": Param(
+            None, type=["null", "integer"], minimum=1, title="Expected training records",
+            description="Fail validation unless the source holds exactly this many "
+                        "(1281167 for ImageNet). Empty: no check.",
+        ),
+        "deep_verify": Param(
+            None, type=["null", "boolean"], title="Deep verification",
+            description="Re-read every output record (a Beam job). Empty: yes on DirectRunner, "
+                        "no on Dataflow (storage checksums only).",
+        ),
+        "work_uri": _uri_param(
+            None, "Work folder",
+            "Catalog, plans, staging and reports. Empty: {output_uri}/_work.", nullable=True,
+        ),
+        "direct_num_workers": Param(
+            0, type="integer", minimum=0, maximum=64, title="DirectRunner workers",
+            description="Worker processes per local Beam job; 0: one per core.",
+        ),
+        "dataflow_project": Param(
+            env("SSL_SPLITS_DATAFLOW_PROJECT") or None, type=["null", "string"],
+            title="Dataflow project", description="Google Cloud project for Dataflow jobs.",
+        ),
+        "dataflow_region": Param(
+            env("SSL_SPLITS_DATAFLOW_REGION") or "us-central1", type="string",
+            title="Dataflow region", description="Region for Dataflow jobs.",
+        ),
+        "dataflow_temp_location": Param(
+            env("SSL_SPLITS_DATAFLOW_TEMP_LOCATION") or None, type=["null", "string"],
+            title="Dataflow temp location", description="gs:// folder for Dataflow's temp and "
+                                                       "staging files.",
+        ),
+        "dataflow_machine_type": Param(
+            "n2-standard-4", type="string", title="Dataflow machine type",
+            description="Worker machine type.",
+        ),
+        "dataflow_max_workers": Param(
+            20, type="integer", minimum=1, maximum=1000, title="Dataflow max workers",
+            description="Upper bound for autoscaling, per job.",
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Resolved, checked params of one DAG run (JSON-serializable via to_dict)."""
+
+    source_uri: str
+    output_uri: str
+    manifest_uri: str
+    work_uri: str
+    seeds: list[int]
+    fraction: str
+    sampling: str
+    sharding_files: dict[str, str]
+    unsupervised: bool
+    unsupervised_seed: int
+    runner: str
+    force: bool
+    num_shards: int | None
+    unsupervised_shards: int | None
+    copy_validation: bool
+    num_classes: int
+    expected_total: int | None
+    deep_verify: bool
+    direct_num_workers: int
+    dataflow: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return cls(**d)
+
+    @property
+    def is_dataflow(self) -> bool:
+        return self.runner == "DataflowRunner"
+
+
+def check_uri(name: str, value: Any) -> str:
+    """A gs:// URI or an absolute local path without '..'; normalized."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} is required (a gs:// URI or an absolute local path)")
+    v = value.strip()
+    if re.search(DOTDOT_PATTERN, v):
+        raise ConfigError(f"{name}={value!r}: '..' is not allowed in paths")
+    if v.startswith("gs://"):
+        if not re.match(URI_PATTERN, v):
+            raise ConfigError(f"{name}={value!r}: not a valid gs://bucket/path URI")
+        return v.rstrip("/")
+    if "://" in v:
+        raise ConfigError(f"{name}={value!r}: unsupported scheme; use gs:// or an absolute path")
+    if not v.startswith("/"):
+        raise ConfigError(f"{name}={value!r}: a local path must be absolute")
+    return posixpath.normpath(v)
+
+
+def _inside(a: str, b: str) -> bool:
+    """Is ``a`` equal to ``b`` or inside it?"""
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def resolve(p: dict[str, Any]) -> RunConfig:
+    """Check a run's params as a whole and fill derived defaults."""
+    source = check_uri("source_uri", p.get("source_uri"))
+    output = check_uri("output_uri", p.get("output_uri"))
+    if _inside(output, source):
+        raise ConfigError(f"output_uri {output} must not be the source folder or inside it "
+                          f"({source})")
+    if _inside(source, output):
+        raise ConfigError(f"source_uri {source} must not be inside output_uri {output}")
+    manifest = check_uri("manifest_uri", p["manifest_uri"]) if p.get("manifest_uri") else \
+        f"{output}/manifest.json"
+    if _inside(manifest, source):
+        raise ConfigError(f"manifest_uri {manifest} must not be inside source_uri {source}")
+    work = check_uri("work_uri", p["work_uri"]) if p.get("work_uri") else f"{output}/_work"
+    if _inside(work, source):
+        raise ConfigError(f"work_uri {work} must not be inside source_uri {source}")
+    seeds = p.get("seeds", [1, 2, 3, 4, 5])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                             for s in seeds):
+        raise ConfigError(f"seeds must be a list of integers, got {seeds!r}")
+    bad = [s for s in seeds if not 1 <= s <= MAX_SEED]
+    if bad:
+        raise ConfigError(f"seeds must be between 1 and {MAX_SEED}, got {bad}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must not repeat, got {seeds}")
+    fraction = p.get("fraction", 0.1)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    sampling = p.get("sampling", "stratified")
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    runner = p.get("runner", "DirectRunner")
+    if runner not in RUNNERS:
+        raise ConfigError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    files = p.get("sharding_files") or {}
+    if not isinstance(files, dict):
+        raise ConfigError("sharding_files must be an object {seed: uri}")
+    sharding: dict[str, str] = {}
+    for k, v in files.items():
+        if not str(k).isdigit() or int(k) not in seeds:
+            raise ConfigError(f"sharding_files names seed {k!r}, which is not in seeds {seeds}")
+        sharding[str(int(k))] = check_uri(f"sharding_files[{k}]", v)
+    unsupervised = bool(p.get("unsupervised", True))
+    copy_validation = bool(p.get("copy_validation", True))
+    if not seeds and not unsupervised:
+        raise ConfigError("nothing to build: seeds is empty and unsupervised is false")
+    dataflow: dict[str, Any] = {}
+    if runner == "DataflowRunner":
+        project = p.get("dataflow_project")
+        temp = p.get("dataflow_temp_location")
+        if not project:
+            raise ConfigError("runner DataflowRunner needs dataflow_project")
+        if not temp or not str(temp).startswith("gs://"):
+            raise ConfigError("runner DataflowRunner needs dataflow_temp_location (a gs:// folder)")
+        for name, uri in (("source_uri", source), ("output_uri", output), ("work_uri", work)):
+            if not uri.startswith("gs://"):
+                raise ConfigError(f"runner DataflowRunner reads and writes GCS: {name} must be "
+                                  f"gs://, got {uri}")
+        dataflow = {
+            "project": project, "region": p.get("dataflow_region") or "us-central1",
+            "temp_location": check_uri("dataflow_temp_location", temp),
+            "machine_type": p.get("dataflow_machine_type") or "n2-standard-4",
+            "max_num_workers": int(p.get("dataflow_max_workers") or 20),
+        }
+    deep = p.get("deep_verify")
+    return RunConfig(
+        source_uri=source, output_uri=output, manifest_uri=manifest, work_uri=work,
+        seeds=list(seeds), fraction=repr(float(fraction)) if isinstance(fraction, float) else str(fraction),
+        sampling=sampling, sharding_files=sharding, unsupervised=unsupervised,
+        unsupervised_seed=int(p.get("unsupervised_seed") or 0), runner=runner,
+        force=bool(p.get("force", False)), num_shards=p.get("num_shards"),
+        unsupervised_shards=p.get("unsupervised_shards"), copy_validation=copy_validation,
+        num_classes=int(p.get("num_classes") or 1000), expected_total=p.get("expected_total"),
+        deep_verify=(runner == "DirectRunner") if deep is None else bool(deep),
+        direct_num_workers=int(p.get("direct_num_workers") or 0), dataflow=dataflow,
+    )

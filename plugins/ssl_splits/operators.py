@@ -1,0 +1,171 @@
+"""``SplitBeamOperator``: the Beam provider's Python operator, configured per run.
+
+A thin subclass of ``BeamRunPythonPipelineOperator``: it launches one of the
+``beam_jobs`` modules (``python -m beam_jobs.validate|build|verify``) with the
+pipeline options derived from the run's config (an XCom of the DAG's first
+task) and, for mapped tasks, from one split's spec. So one DAG runs the jobs
+on the DirectRunner (a subprocess of the Airflow worker) or submits them to
+Dataflow, where the provider tracks the job, links it in the UI and cancels it
+on kill. Airflow workers never read the dataset themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from beam_jobs import storage
+from beam_jobs.pipeline import job_name
+from ssl_splits.config import RunConfig
+from ssl_splits.gcp import gcp_credentials_for_subprocess
+
+log = logging.getLogger(__name__)
+
+JOBS = ("validate", "build", "verify")
+
+
+def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``--flags`` a job gets: its own args plus runner options (pure)."""
+    opts: dict[str, Any] = {}
+    if job == "validate":
+        opts.update(source_uri=cfg.source_uri, catalog_dir=spec["catalog_dir"] if spec else None,
+                    num_classes=cfg.num_classes, expected_total=cfg.expected_total)
+    else:
+        assert spec is not None
+        opts.update(split=spec["split"], output_uri=cfg.output_uri, work_uri=cfg.work_uri)
+        if spec["kind"] == "validation":
+            opts["copy_from"] = cfg.source_uri
+        else:
+            opts.update(plan_uri=spec["plan_uri"], catalog_dir=spec["catalog_dir"])
+        if job == "verify":
+            opts["deep"] = bool(cfg.deep_verify)
+    if cfg.is_dataflow:
+        df = cfg.dataflow
+        opts.update(
+            project=df["project"], region=df["region"], temp_location=df["temp_location"],
+            staging_location=storage.join(df["temp_location"], "staging"),
+            machine_type=df["machine_type"], max_num_workers=df["max_num_workers"],
+            extra_packages=[df["worker_package"]] if df.get("worker_package") else None,
+            labels={"app": "ssl-imagenet-splits", "split": job_name(spec["split"]) if spec else "source"},
+        )
+    elif cfg.direct_num_workers:
+        opts["direct_num_workers"] = cfg.direct_num_workers
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def dataflow_config(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> DataflowConfiguration | None:
+    """Dataflow job settings: the job name carries the split (``ssl-build-train128116-3``)."""
+    if not cfg.is_dataflow:
+        return None
+    return DataflowConfiguration(
+        job_name=job_name("ssl", job, spec["split"] if spec else "source"),
+        append_job_name=True,
+        project_id=cfg.dataflow["project"],
+        location=cfg.dataflow["region"],
+        gcp_conn_id="google_cloud_default",
+        wait_until_finished=True,
+        max_num_workers=cfg.dataflow["max_num_workers"],
+    )
+
+
+class OutputFolderLink(BaseOperatorLink):
+    """A link from a build task to the folder its split was written to."""
+
+    name = "Output folder"
+
+    def get_link(self, operator, *, ti_key) -> str:  # type: ignore[override]
+        from airflow.sdk.execution_time.xcom import XCom
+
+        value = XCom.get_value(ti_key=ti_key, key="output_folder")
+        if not value:
+            return ""
+        if value.startswith("gs://"):
+            return "https://console.cloud.google.com/storage/browser/" + value[len("gs://"):]
+        return "file://" + value
+
+
+class SplitBeamOperator(BeamRunPythonPipelineOperator):
+    """Run a ``beam_jobs`` job for this DAG run (and one split, when mapped).
+
+    :param job: ``validate``, ``build`` or ``verify``.
+    :param config: the run config (``RunConfig.to_dict()``), usually an XComArg.
+    :param spec: one split's spec from the plan task (build and verify), or
+        the source spec (validate). A spec with ``action == "skip"`` skips the
+        task with the reason in the log.
+    """
+
+    template_fields: Sequence[str] = (*BeamRunPythonPipelineOperator.template_fields, "config", "spec")
+    operator_extra_links = (OutputFolderLink(),)
+
+    def __init__(self, *, job: str, config: Any, spec: Any = None, **kwargs: Any) -> None:
+        if job not in JOBS:
+            raise ValueError(f"job must be one of {JOBS}, got {job!r}")
+        kwargs.setdefault("py_file", f"beam_jobs.{job}")
+        kwargs.setdefault("py_options", ["-m"])
+        kwargs.setdefault("py_interpreter", sys.executable)
+        # Local runs stay in the worker: deferrable mode would run the pipeline
+        # inside the triggerer.
+        kwargs.setdefault("deferrable", False)
+        super().__init__(**kwargs)
+        self.job = job
+        self.config = config
+        self.spec = spec
+
+    def execute(self, context: Any) -> Any:
+        cfg = RunConfig.from_dict(self.config)
+        spec = self.spec
+        if spec and spec.get("action") == "skip":
+            raise AirflowSkipException(f"{spec.get('split', 'source')}: {spec.get('reason')}")
+        if spec and spec.get("action") == "cached":
+            log.info("not running %s: %s", self.job, spec.get("reason"))
+            return {"split": "source", "job": self.job, "runner": cfg.runner, "cached": True}
+        self.runner = cfg.runner
+        self.pipeline_options = pipeline_options(cfg, self.job, spec)
+        df = dataflow_config(cfg, self.job, spec)
+        if df is not None:
+            self.dataflow_config = df
+        label = spec.get("split", "source") if spec else "source"
+        log.info("%s %s on %s with %s", self.job, label, cfg.runner,
+                 json.dumps(self.pipeline_options, sort_keys=True))
+        if self.job == "build" and spec:
+            context["ti"].xcom_push(key="output_folder", value=cfg.output_uri)
+        with gcp_credentials_for_subprocess():
+            try:
+                result = super().execute(context)
+            except Exception as err:
+                raise self._explain(cfg, spec, err) from err
+        return {"split": label, "job": self.job, "runner": cfg.runner,
+                "dataflow_job_id": self.dataflow_job_id,
+                **(result if isinstance(result, dict) else {})}
+
+    def _explain(self, cfg: RunConfig, spec: dict[str, Any] | None, err: Exception) -> Exception:
+        """Turn "process failed with return code 1" into what the job found."""
+        from beam_jobs.catalog import REPORT_FILE
+        from beam_jobs.validate import format_report
+        from beam_jobs.verify import report_uri
+
+        try:
+            if self.job == "validate" and spec:
+                uri = storage.join(spec["catalog_dir"], REPORT_FILE)
+                if storage.exists(uri):
+                    report = json.loads(storage.read_text(uri))
+                    if not report["ok"]:
+                        return AirflowFailException("the source is invalid:\n" + format_report(report))
+            if self.job == "verify" and spec:
+                uri = report_uri(cfg.work_uri, spec["split"])
+                if storage.exists(uri):
+                    report = json.loads(storage.read_text(uri))
+                    if not report["ok"]:
+                        return AirflowFailException(
+                            f"{spec['split']} failed verification; nothing was published:\n  "
+                            + "\n  ".join(report["findings"][:20]))
+        except Exception as inner:  # explaining must never hide the original error
+            log.warning("could not read the job's report: %s", inner)
+        return err

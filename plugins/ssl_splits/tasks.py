@@ -1,0 +1,260 @@
+"""What the DAG's Python tasks do; the DAG file only wires these together.
+
+* ``check_params``: resolve and check the run's params; describe the source
+  (its fingerprint from storage metadata) and whether a valid catalog for
+  exactly this source already exists.
+* ``plan``: compute or import every requested plan, write the plan files, and
+  decide per split whether to build it or skip it (its verified output
+  already matches its plan and source).
+* ``publish``: gather build stats and verification reports, refuse anything
+  unverified, and merge the new split entries into the manifest.
+
+None of these read the dataset: only listings, the catalog and small files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from beam_jobs import __version__, storage
+from beam_jobs.build import stats_uri
+from beam_jobs.catalog import REPORT_FILE, SHARD_RE, fingerprint
+from beam_jobs.manifest import load_or_none, merge, now, summary_lines
+from beam_jobs.plan import PlanRequest, make_plans, write_plans
+from beam_jobs.planner import ALGORITHM
+from beam_jobs.verify import report_uri
+from ssl_splits.config import RunConfig, resolve
+from ssl_splits.publish import Published, publish
+
+log = logging.getLogger(__name__)
+
+
+class TaskError(RuntimeError):
+    """A task cannot go on; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- check_params
+
+
+def describe_source(cfg: RunConfig) -> dict[str, Any]:
+    """The source as storage describes it (no data read): fingerprint, catalog folder,
+    validation shards, and whether a valid catalog of exactly this source exists."""
+    train = storage.list_files(storage.join(cfg.source_uri, "train-*"))
+    fp = fingerprint(train)
+    catalog_dir = storage.join(cfg.work_uri, "catalog", fp[:16])
+    val = [f for f in storage.list_files(storage.join(cfg.source_uri, "validation-*"))
+           if (m := SHARD_RE.match(storage.basename(f.path))) and m.group("prefix") == "validation"]
+    report_path = storage.join(catalog_dir, REPORT_FILE)
+    action, reason = "run", "no catalog for this source yet"
+    if storage.exists(report_path):
+        report = json.loads(storage.read_text(report_path))
+        same_checks = report.get("checks", {}).get("label_max") == cfg.num_classes
+        if report.get("ok") and report.get("source_fingerprint") == fp and same_checks \
+                and cfg.expected_total in (None, report.get("total_records")):
+            action, reason = "cached", f"source unchanged since it was validated ({report_path})"
+        else:
+            reason = "the last validation of this source failed or used other checks"
+    return {
+        "source_uri": cfg.source_uri, "fingerprint": fp, "catalog_dir": catalog_dir,
+        "num_train_files": len(train), "action": action, "reason": reason,
+        "validation_files": len(val),
+        "validation_fingerprint": fingerprint(val) if val else None,
+    }
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Resolve params (raises ConfigError naming the param) and describe the source."""
+    cfg = resolve(params)
+    for seed, uri in cfg.sharding_files.items():
+        if not storage.exists(uri):
+            raise TaskError(f"sharding_files[{seed}]: {uri} does not exist")
+    if not storage.list_files(storage.join(cfg.source_uri, "train-*")) and \
+            not storage.exists(cfg.source_uri) and not storage.is_gcs(cfg.source_uri):
+        raise TaskError(f"source_uri {cfg.source_uri} does not exist")
+    source = describe_source(cfg)
+    log.info("run config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
+    log.info("source: %d train shards, fingerprint %s; %s", source["num_train_files"],
+             source["fingerprint"][:16], source["reason"])
+    return {"config": cfg.to_dict(), "source": source}
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _files_intact(entry: dict[str, Any]) -> str | None:
+    """None if the split's files are exactly those of its manifest entry (names,
+    sizes, CRC32C: metadata on GCS, computed locally); else what differs."""
+    shards = entry.get("shards") or []
+    if not shards:
+        return "the manifest entry lists no shards"
+    folder = storage.dirname(shards[0]["path"])
+    split = storage.basename(shards[0]["path"]).rsplit("-", 3)[0]
+    listed = {f.path: f for f in storage.list_files(storage.join(folder, f"{split}-*"))}
+    want = {s["path"]: s for s in shards}
+    if set(listed) != set(want):
+        return f"files under {split}-* differ from the manifest ({len(listed)} vs {len(want)})"
+    for path, s in want.items():
+        info = listed[path]
+        if info.size != s["num_bytes"]:
+            return f"{path} changed size"
+        crc = info.crc32c if info.crc32c is not None else storage.file_crc32c(path)
+        if crc != s["crc32c"]:
+            return f"{path} changed content (CRC32C)"
+    return None
+
+
+def decide(split: str, plan_sha: str | None, source_fp: str | None,
+           manifest: dict[str, Any] | None, force: bool) -> tuple[str, str]:
+    """``("build"|"skip", reason)`` for one split."""
+    if force:
+        return "build", "force is set"
+    entry = (manifest or {}).get("splits", {}).get(split)
+    if entry is None:
+        return "build", "not in the manifest yet"
+    if plan_sha is not None and (entry.get("plan") or {}).get("sha256") != plan_sha:
+        return "build", "its plan changed"
+    if entry.get("source_fingerprint") != source_fp:
+        return "build", "the source changed"
+    problem = _files_intact(entry)
+    if problem:
+        return "build", f"published files do not match the manifest: {problem}"
+    return "skip", "up to date: its verified files already match this plan and source"
+
+
+def plan_summary_uri(plan_uri: str) -> str:
+    return plan_uri[:-len(".csv")] + ".json" if plan_uri.endswith(".csv") else plan_uri + ".json"
+
+
+def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]:
+    """Write the plans and return one spec per split for the build and verify tasks."""
+    cfg = RunConfig.from_dict(config)
+    catalog_dir = source["catalog_dir"]
+    report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
+    if not report.get("ok"):
+        raise TaskError(f"the catalog at {catalog_dir} is not valid; see its report.json")
+    req = PlanRequest(
+        seeds=tuple(cfg.seeds), fraction=cfg.fraction, sampling=cfg.sampling,
+        num_shards=cfg.num_shards, unsupervised=cfg.unsupervised,
+        unsupervised_seed=cfg.unsupervised_seed, unsupervised_shards=cfg.unsupervised_shards,
+        sharding_files=tuple((int(k), v) for k, v in sorted(cfg.sharding_files.items())),
+    )
+    plans = make_plans(catalog_dir, req)
+    names = [p.split for p in plans]
+    if len(set(names)) != len(names):
+        raise TaskError(f"two plans would write the same split name: {names}")
+    summaries = write_plans(plans, storage.join(cfg.work_uri, "plans"))
+    manifest = load_or_none(cfg.manifest_uri)
+    specs = []
+    for s in summaries:
+        storage.write_text(plan_summary_uri(s["plan_uri"]), json.dumps(s) + "\n", "application/json")
+        action, reason = decide(s["split"], s["plan_sha256"], source["fingerprint"], manifest,
+                                cfg.force)
+        specs.append({
+            "split": s["split"], "kind": s["kind"], "action": action, "reason": reason,
+            "plan_uri": s["plan_uri"], "plan_sha256": s["plan_sha256"],
+            "catalog_dir": catalog_dir, "num_examples": s["num_examples"],
+            "num_shards": s["num_shards"], "seed": s["seed"],
+        })
+    if cfg.copy_validation and source.get("validation_files"):
+        action, reason = decide("validation", None, source["validation_fingerprint"], manifest,
+                                cfg.force)
+        specs.append({"split": "validation", "kind": "validation", "action": action,
+                      "reason": reason, "plan_uri": None, "plan_sha256": None,
+                      "catalog_dir": catalog_dir, "num_examples": None, "num_shards": None,
+                      "seed": None})
+    for s in specs:
+        log.info("%-20s %-5s %s", s["split"], s["action"], s["reason"])
+    return specs
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
+                job: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
+    """The manifest entry of one freshly built and verified split."""
+    split = spec["split"]
+    stats = json.loads(storage.read_text(stats_uri(cfg.work_uri, split)))
+    vpath = report_uri(cfg.work_uri, split)
+    if not storage.exists(vpath):
+        raise TaskError(f"{split} has no verification report: not publishing it")
+    verification = json.loads(storage.read_text(vpath))
+    if not verification.get("ok"):
+        raise TaskError(f"{split} failed verification: not publishing it")
+    if verification.get("plan_sha256") != spec.get("plan_sha256") or \
+            stats.get("plan_sha256") != spec.get("plan_sha256"):
+        raise TaskError(f"{split}: the verified build is not of this run's plan; not publishing it")
+    if verification.get("verified_at", "") < stats.get("built_at", ""):
+        raise TaskError(f"{split}: verified before it was last built; not publishing it")
+    entry: dict[str, Any] = {"kind": spec["kind"]}
+    if spec["kind"] != "validation":
+        summary = json.loads(storage.read_text(plan_summary_uri(spec["plan_uri"])))
+        entry.update(seed=summary["seed"], fraction=summary["fraction"],
+                     sampling=summary["sampling"])
+    entry.update(
+        num_examples=stats["num_examples"], num_shards=stats["num_shards"],
+        file_pattern=stats["file_pattern"], shards=stats["shards"],
+    )
+    if spec["kind"] != "validation":
+        entry["class_counts"] = summary["class_counts"]
+        entry["plan"] = {"uri": spec["plan_uri"], "sha256": spec["plan_sha256"],
+                         "source": summary["plan_source"], "algorithm": ALGORITHM}
+        entry["source_fingerprint"] = source["fingerprint"]
+    else:
+        entry["copied_from"] = cfg.source_uri
+        entry["source_fingerprint"] = source["validation_fingerprint"]
+    entry["verification"] = {"mode": verification["mode"], "verified_at": verification["verified_at"],
+                             "report_uri": vpath}
+    entry["provenance"] = {
+        "code_version": __version__, "runner": cfg.runner,
+        "job_name": stats.get("job_name"), "job_id": (job or {}).get("dataflow_job_id"),
+        "dag_id": run.get("dag_id"), "run_id": run.get("run_id"),
+        "built_at": stats.get("built_at"), "published_at": run["published_at"],
+        "bytes_read": stats.get("bytes_read"),
+    }
+    return entry
+
+
+def source_section(cfg: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
+    report_path = storage.join(source["catalog_dir"], REPORT_FILE)
+    report = json.loads(storage.read_text(report_path))
+    return {
+        "uri": cfg.source_uri, "fingerprint": source["fingerprint"],
+        "num_records": report["total_records"], "num_shards": report["num_shards"],
+        "num_classes": report["num_classes"], "validation_report_uri": report_path,
+        "catalog_uri": report.get("catalog_uri"),
+        "files": [{"name": storage.basename(s["path"]), "size": s["size"], "crc32c": s.get("crc32c"),
+                   "generation": s.get("generation"), "mtime_ns": s.get("mtime_ns")}
+                  for s in report["shards"]],
+    }
+
+
+def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list[dict[str, Any]],
+                     jobs: dict[str, dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    """Merge the built splits' entries into the manifest (only verified ones)."""
+    cfg = RunConfig.from_dict(config)
+    built = [s for s in specs if s["action"] == "build"]
+    if not built:
+        log.info("every split is up to date; the manifest %s is unchanged", cfg.manifest_uri)
+        current = load_or_none(cfg.manifest_uri) or {"splits": {}}
+        return {"manifest_uri": cfg.manifest_uri, "changed": [], "version_uri": None,
+                "splits": sorted(current["splits"])}
+    run = {**run, "published_at": now()}
+    entries = {s["split"]: split_entry(cfg, source, s, jobs.get(s["split"]), run) for s in built}
+    src = source_section(cfg, source)
+    provenance = {"code_version": __version__, "dag_id": run.get("dag_id"),
+                  "run_id": run.get("run_id"), "published_at": run["published_at"]}
+    result: Published = publish(
+        cfg.manifest_uri,
+        lambda current: merge(current, output_uri=cfg.output_uri, splits=entries, source=src,
+                              provenance=provenance),
+    )
+    for line in summary_lines(result.manifest):
+        log.info("%s", line)
+    log.info("published %s (version %s) with %s", result.uri, result.version_uri,
+             ", ".join(sorted(entries)))
+    return {"manifest_uri": result.uri, "version_uri": result.version_uri,
+            "changed": sorted(entries), "splits": sorted(result.manifest["splits"]),
+            "generation": result.generation}
