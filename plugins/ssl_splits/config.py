@@ -153,6 +153,13 @@ def params() -> dict[str, Param]:
             "n2-standard-4", type="string", title="Dataflow machine type",
             description="Worker machine type.",
         ),
+        "dataflow_worker_package": Param(
+            env("SSL_SPLITS_WORKER_PACKAGE") or None, type=["null", "string"],
+            title="Dataflow worker package",
+            description="The beam_jobs wheel Dataflow workers install (bin/build-worker-package "
+                        "writes dist/ssl_imagenet_splits-*.whl): a path on the Airflow worker or "
+                        "gs://.",
+        ),
         "dataflow_max_workers": Param(
             20, type="integer", minimum=1, maximum=1000, title="Dataflow max workers",
             description="Upper bound for autoscaling, per job.",
@@ -278,7 +285,12 @@ def resolve(p: dict[str, Any]) -> RunConfig:
             if not uri.startswith("gs://"):
                 raise ConfigError(f"runner DataflowRunner reads and writes GCS: {name} must be "
                                   f"gs://, got {uri}")
+        package = p.get("dataflow_worker_package")
+        if not package:
+            raise ConfigError("runner DataflowRunner needs dataflow_worker_package: build it with "
+                              "bin/build-worker-package (or set SSL_SPLITS_WORKER_PACKAGE)")
         dataflow = {
+            "worker_package": check_uri("dataflow_worker_package", package),
             "project": project, "region": p.get("dataflow_region") or "us-central1",
             "temp_location": check_uri("dataflow_temp_location", temp),
             "machine_type": p.get("dataflow_machine_type") or "n2-standard-4",

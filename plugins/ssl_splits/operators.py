@@ -53,7 +53,7 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
             staging_location=storage.join(df["temp_location"], "staging"),
             machine_type=df["machine_type"], max_num_workers=df["max_num_workers"],
             extra_packages=[df["worker_package"]] if df.get("worker_package") else None,
-            labels={"app": "ssl-imagenet-splits", "split": job_name(spec["split"]) if spec else "source"},
+            labels={"app": "ssl-imagenet-splits", "split": job_name((spec or {}).get("split", "source"))},
         )
     elif cfg.direct_num_workers:
         opts["direct_num_workers"] = cfg.direct_num_workers
@@ -65,7 +65,7 @@ def dataflow_config(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> Da
     if not cfg.is_dataflow:
         return None
     return DataflowConfiguration(
-        job_name=job_name("ssl", job, spec["split"] if spec else "source"),
+        job_name=job_name("ssl", job, (spec or {}).get("split", "source")),
         append_job_name=True,
         project_id=cfg.dataflow["project"],
         location=cfg.dataflow["region"],
