@@ -77,11 +77,11 @@ def dirname(uri: str) -> str:
 
 
 def normalize(uri: str) -> str:
-    """Strip a trailing slash; collapse ``//`` inside local paths."""
+    """Strip a trailing slash; make local paths absolute and collapse ``//``."""
     if is_gcs(uri):
         bucket, name = split_gcs(uri)
         return f"{GCS_PREFIX}{bucket}/{name.strip('/')}".rstrip("/")
-    return posixpath.normpath(uri) if uri else uri
+    return posixpath.normpath(os.path.abspath(uri)) if uri else uri
 
 
 # --------------------------------------------------------------------------- GCS client
@@ -130,9 +130,13 @@ def _blob(uri: str, generation: int | None = None):
 
 
 def _retry():
+    """google-cloud-storage's retry policy (exponential backoff with jitter on
+    429, 5xx, timeouts and dropped connections), giving up after
+    ``SSL_SPLITS_GCS_RETRY_DEADLINE`` seconds (default 300)."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    return DEFAULT_RETRY.with_timeout(300.0)
+    deadline = float(os.environ.get("SSL_SPLITS_GCS_RETRY_DEADLINE") or 300)
+    return DEFAULT_RETRY.with_timeout(deadline).with_delay(initial=0.5, maximum=10.0)
 
 
 def crc32c_from_gcs(b64: str | None) -> str | None:

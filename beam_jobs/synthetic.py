@@ -78,6 +78,13 @@ class Spec:
             problems.append("need 1 <= min_per_class <= max_per_class")
         if self.train_shards < 1 or self.validation_shards < 0:
             problems.append("train_shards must be >= 1 and validation_shards >= 0")
+        if self.validation_per_class < 0:
+            problems.append("validation_per_class must be >= 0")
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append("jpeg_quality must be in 1..100")
+        if self.train_shards > self.num_classes * self.min_per_class and self.train_total is None:
+            problems.append(f"train_shards={self.train_shards} could leave shards empty: at most "
+                            f"{self.num_classes * self.min_per_class} records are certain")
         if self.image_size < 1 or self.image_pool < 1:
             problems.append("image_size and image_pool must be >= 1")
         if not 0 <= self.full_class_share <= 1:
