@@ -27,7 +27,8 @@ What it guarantees:
   complete), with a small sidecar per finished shard; the split takes its
   final names only once every shard is staged. A killed job leaves nothing
   partial under the final names; rerunning it reuses the shards already
-  staged or promoted (byte-identical: the bytes are a function of the plan).
+  staged or promoted (byte-identical: the bytes are a function of the plan
+  and the catalog's records, which name the staging folder).
 * Per-shard stats (records, bytes, CRC32C of the file) go to
   ``{work_uri}/stats/{split}.json`` for the verifier and the manifest.
 
@@ -59,6 +60,7 @@ from beam_jobs import __version__, storage
 from beam_jobs.catalog import REPORT_FILE, SHARD_RE, read_catalog, read_table, shard_name, write_table
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import PlanError, parse_plan_text
+from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import RangeReader, crc32c_hex
 from beam_jobs.tfrecord import RecordError, Writer, check_framed, iter_framed
 
@@ -134,9 +136,15 @@ def build_table(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, list[str], s
     Returns the table, the source files it reads, and the plan's sha256.
     Raises PlanError (missing names, malformed file) before anything is written.
     """
-    raw = storage.read_bytes(plan_uri)
+    try:
+        raw = storage.read_bytes(plan_uri)
+        text = raw.decode("utf-8")
+    except FileNotFoundError:
+        raise PlanError(f"plan file {plan_uri} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{plan_uri}: not UTF-8 text ({err})") from None
     sha = hashlib.sha256(raw).hexdigest()
-    names, shards, indices = parse_plan_text(raw.decode("utf-8"), plan_uri)
+    names, shards, indices = parse_plan_text(text, plan_uri)
     plan = pa.table({"filename": pa.array(names.tolist(), pa.string()),
                      "shard": pa.array(shards, pa.int32()), "index": pa.array(indices, pa.int32())})
     catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
@@ -161,6 +169,17 @@ def build_table(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, list[str], s
         "data_crc": joined.column("data_crc"),
     })
     return table, files, sha
+
+
+def build_token(plan_sha: str, table: pa.Table, files: list[str]) -> str:
+    """Name of the staging folder: a function of the plan *and* of the source
+    records it copies (file, offset, length, data CRC), so that shards staged
+    from an older source (replaced and validated again since) are never reused."""
+    h = hashlib.sha256(plan_sha.encode())
+    h.update("\n".join(files).encode("utf-8"))
+    for col in ("file_id", "offset", "length", "data_crc"):
+        h.update(np.ascontiguousarray(table.column(col).to_numpy()).tobytes())
+    return h.hexdigest()[:16]
 
 
 def check_source_unchanged(catalog_dir: str, files: Iterable[str]) -> None:
@@ -209,7 +228,9 @@ class WriteShard(beam.DoFn):
     """Write one output shard to staging from its planned records."""
 
     def __init__(self, table_uri: str, files: list[str], split: str, num_shards: int,
-                 output_uri: str, staging: str, read_threads: int) -> None:
+                 output_uri: str, staging: str, read_threads: int,
+                 progress: str | None = None) -> None:
+        self.progress = progress  # marker folder (beam_jobs.progress)
         self.table_uri = table_uri
         self.files = files
         self.split = split
@@ -241,6 +262,7 @@ class WriteShard(beam.DoFn):
             self.records.inc(stats["num_records"])
             self.bytes_written.inc(stats["num_bytes"])
             self.bytes_read.inc(stats["bytes_read"])
+        mark_done(self.progress, shard, stats["num_records"], stats["num_bytes"])
         yield stats
 
 
@@ -318,7 +340,9 @@ class CopyShard(beam.DoFn):
     """Copy one whole shard (the validation set) to staging, counting and
     checking its records on the way."""
 
-    def __init__(self, split: str, output_uri: str, staging: str) -> None:
+    def __init__(self, split: str, output_uri: str, staging: str,
+                 progress: str | None = None) -> None:
+        self.progress = progress  # marker folder (beam_jobs.progress)
         self.split = split
         self.output_uri = output_uri
         self.staging = staging
@@ -327,8 +351,10 @@ class CopyShard(beam.DoFn):
         setup_logging()
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        yield copy_shard(element, split=self.split, output_uri=self.output_uri,
-                         staging=self.staging)
+        stats = copy_shard(element, split=self.split, output_uri=self.output_uri,
+                           staging=self.staging)
+        mark_done(self.progress, element["shard"], stats["num_records"], stats["num_bytes"])
+        yield stats
 
 
 def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
@@ -453,7 +479,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         shards_col = table.column("shard").to_numpy()
         num_shards = int(shards_col.max()) + 1
         expected = np.bincount(shards_col, minlength=num_shards).tolist()
-        token = sha[:16]
+        token = build_token(sha, table, files)
         staging = staging_dir(work, split, token)
         table_uri = storage.join(staging, "records.parquet")
         write_table(table_uri, table)
@@ -463,7 +489,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         log.info("%s: building %d records in %d shards from %d source files (%d read threads)",
                  split, table.num_rows, num_shards, len(files), threads)
         elements: list[Any] = list(range(num_shards))
-        fn: beam.DoFn = WriteShard(table_uri, files, split, num_shards, output, staging, threads)
+        fn: beam.DoFn = WriteShard(table_uri, files, split, num_shards, output, staging, threads,
+                                   progress_dir(work, "build", split))
         del table
     else:
         src = storage.normalize(args.copy_from)
@@ -485,7 +512,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         meta.update(copied_from=src, source_fingerprint=fp)
         elements = [{"path": f.path, "shard": int(m.group("index")), "num_shards": num_shards}
                     for f, m in shards]
-        fn = CopyShard(split, output, staging)
+        fn = CopyShard(split, output, staging, progress_dir(work, "build", split))
     spath = stats_uri(work, split)
     p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes)
     meta["runner"] = p_options.get_all_options()["runner"]
@@ -500,8 +527,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
             expected=expected, meta=meta, stats_path=spath))
     )
-    result = p.run()
-    result.wait_until_finish()
+    with Progress(split, progress_dir(work, "build", split), num_shards,
+                  total_records=sum(expected) if expected is not None else None,
+                  total_bytes=work_bytes, logger=log):
+        result = p.run()
+        result.wait_until_finish()
     summary = json.loads(storage.read_text(spath))
     seconds = time.monotonic() - t0
     metrics = counters(result)

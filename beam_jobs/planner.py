@@ -81,10 +81,11 @@ def split_size(total: int, fraction: Fraction) -> int:
 
 def default_num_shards(n: int, source_shards: int, source_records: int) -> int:
     """``max(1, floor(n * source_shards / source_records))``: the source's shard
-    size kept (102 for a 10% split of ImageNet's 1,024 shards)."""
+    size kept (102 for a 10% split of ImageNet's 1,024 shards); never more
+    shards than records."""
     if source_records <= 0:
         return 1
-    return max(1, (n * source_shards) // source_records)
+    return max(1, min(n, (n * source_shards) // source_records))
 
 
 def shard_sizes(n: int, num_shards: int) -> list[int]:

@@ -1,0 +1,600 @@
+"""The split planner (pure): shard-count rule, dealing, stratified quotas,
+determinism, the documented algorithm re-derived independently, published
+plan file checks, and the plan CLI on a tiny hand-written catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+from collections import Counter
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import REFERENCE
+
+from beam_jobs import plan as plan_cli
+from beam_jobs import planner, storage
+from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
+from beam_jobs.planner import (
+    MAX_SHARD_COUNT,
+    PlanError,
+    check_names_exist,
+    class_quotas,
+    default_num_shards,
+    exact_fraction,
+    parse_plan_text,
+    plan_supervised,
+    plan_unsupervised,
+    read_plan_file,
+    shard_sizes,
+    split_size,
+)
+from beam_jobs.synthetic import Spec, layout
+
+SPLIT1 = REFERENCE / "files2shards_train_size128116_split1.txt"
+SPLIT1_SHA = "d897658efd96e71ebf79042287a0975e6215f5b9e772a275e25aad050f554666"
+IMAGENET_TRAIN, IMAGENET_SHARDS = 1_281_167, 1024
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+@pytest.mark.parametrize("n, source_shards, source_records, expected", [
+    (128_116, IMAGENET_SHARDS, IMAGENET_TRAIN, 102),   # FixMatch's published 10% splits
+    (IMAGENET_TRAIN, IMAGENET_SHARDS, IMAGENET_TRAIN, 1024),  # the full reshuffle
+    (64_058, IMAGENET_SHARDS, IMAGENET_TRAIN, 51),     # 5%
+    (12_811, IMAGENET_SHARDS, IMAGENET_TRAIN, 10),     # 1%
+    (100, 40, 1000, 4),
+    (99, 40, 1000, 3),                                 # floor, not round
+    (5, 8, 1000, 1),                                   # max(1, 0)
+    (0, 8, 1000, 1),
+    (10, 8, 0, 1),                                     # no source: one shard
+])
+def test_default_num_shards(n, source_shards, source_records, expected):
+    assert default_num_shards(n, source_shards, source_records) == expected
+
+
+@pytest.mark.parametrize("n, num_shards, expected", [
+    (10, 3, [4, 3, 3]),
+    (9, 3, [3, 3, 3]),
+    (11, 3, [4, 4, 3]),
+    (2, 5, [1, 1, 0, 0, 0]),
+    (7, 1, [7]),
+    (0, 2, [0, 0]),
+])
+def test_shard_sizes_first_n_mod_s_one_longer(n, num_shards, expected):
+    assert shard_sizes(n, num_shards) == expected
+
+
+def test_shard_sizes_of_the_published_splits():
+    sizes = shard_sizes(128_116, 102)
+    assert sizes == [1257] * 4 + [1256] * 98  # NOTICE.md: shards 0-3 hold 1,257
+    assert sum(sizes) == 128_116
+
+
+@pytest.mark.parametrize("num_shards", [0, -1])
+def test_shard_sizes_rejects_no_shards(num_shards):
+    with pytest.raises(PlanError, match="num_shards must be >= 1"):
+        shard_sizes(10, num_shards)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0.1", Fraction(1, 10)),
+    (0.1, Fraction(1, 10)),       # the decimal written, not the nearest binary float
+    (" 0.05 ", Fraction(1, 20)),
+    ("1/3", Fraction(1, 3)),
+    (1, Fraction(1)),
+    (Fraction(2, 7), Fraction(2, 7)),
+])
+def test_exact_fraction(value, expected):
+    assert exact_fraction(value) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "must be in"), (0, "must be in"), ("1.5", "must be in"), ("-0.1", "must be in"),
+    ("ten percent", "is not a number"), ("1/0", "is not a number"),
+])
+def test_exact_fraction_rejects(value, message):
+    with pytest.raises(PlanError, match=message):
+        exact_fraction(value)
+
+
+@pytest.mark.parametrize("total, fraction, expected", [
+    (IMAGENET_TRAIN, "0.1", 128_116),
+    (IMAGENET_TRAIN, "0.05", 64_058),
+    (IMAGENET_TRAIN, "0.01", 12_811),
+    (30, "0.1", 3),   # 30 * float(0.1) = 3.0000000000000004, floor is still exact
+    (29, "0.1", 2),
+])
+def test_split_size_is_floor_of_exact_product(total, fraction, expected):
+    assert split_size(total, exact_fraction(fraction)) == expected
+
+
+def rule_quotas(class_sizes: dict[int, int], fraction: Fraction) -> dict[int, int]:
+    """The documented per-class rule, written independently of the planner:
+    floor(N_c * f) each, then one more to the largest remainders (ties to the
+    smaller label) until the total is floor(N * f)."""
+    n = math.floor(sum(class_sizes.values()) * fraction)
+    out = {}
+    rem = []
+    for label in sorted(class_sizes):
+        exact = class_sizes[label] * fraction
+        out[label] = exact.numerator // exact.denominator
+        rem.append((exact - out[label], label))
+    left = n - sum(out.values())
+    rem.sort(key=lambda t: (-t[0], t[1]))
+    for _, label in rem[:left]:
+        out[label] += 1
+    return out
+
+
+@pytest.mark.parametrize("sizes, fraction, expected", [
+    # Ties (all remainders 0.5): the smaller labels win, whatever the dict order.
+    ({4: 5, 3: 25, 2: 15, 1: 15}, Fraction(1, 10), {1: 2, 2: 2, 3: 2, 4: 0}),
+    # n = 5, floors sum to 4: the largest remainder (19 -> 1.9) beats 17 -> 1.7, 12, 11.
+    ({1: 11, 2: 12, 3: 19, 4: 17}, Fraction(1, 10), {1: 1, 2: 1, 3: 2, 4: 1}),
+    # A larger remainder beats a smaller label: 18 -> 0.9 over 2 x 0.5.
+    ({1: 5, 2: 5, 3: 9}, Fraction(1, 10), {1: 0, 2: 0, 3: 1}),
+    # Exact: no remainders.
+    ({1: 10, 2: 20}, Fraction(1, 10), {1: 1, 2: 2}),
+])
+def test_class_quotas_table(sizes, fraction, expected):
+    n = split_size(sum(sizes.values()), fraction)
+    got = class_quotas(sizes, fraction, n)
+    assert got == expected
+    assert got == rule_quotas(sizes, fraction)
+    assert sum(got.values()) == n
+
+
+# --------------------------------------------------------------------------- stratified / uniform
+
+
+@pytest.fixture(scope="module")
+def uneven():
+    """A synthetic set with ImageNet-like uneven classes (a few thousand records)."""
+    lay = layout(Spec(num_classes=120, min_per_class=12, max_per_class=60, full_class_share=0.6,
+                      train_shards=40, seed=5))
+    names = [n for shard in lay.train for n, _ in shard]
+    labels = [lay.classes[c].label for shard in lay.train for _, c in shard]
+    return names, labels
+
+
+def test_uneven_fixture_is_uneven(uneven):
+    names, labels = uneven
+    sizes = Counter(labels)
+    assert 3000 < len(names) < 8000
+    assert len(set(sizes.values())) > 10  # many distinct class sizes
+    # Remainders differ between classes, so the largest-remainder step matters.
+    assert len({(s * Fraction(1, 10)) % 1 for s in sizes.values()}) > 5
+
+
+def test_stratified_per_class_counts_follow_the_rule(uneven):
+    names, labels = uneven
+    sizes = dict(Counter(labels))
+    expected = rule_quotas(sizes, Fraction(1, 10))
+    label_of = dict(zip(names, labels))
+    total = split_size(len(names), Fraction(1, 10))
+    assert sum(expected.values()) == total == len(names) // 10
+    per_seed = []
+    for seed in range(1, 6):
+        plan = plan_supervised(names, labels, seed=seed, fraction="0.1", source_shards=40)
+        assert plan.num_examples == total
+        assert plan.split == f"train{total}.{seed}"
+        got = Counter(label_of[n] for n in plan.names.tolist())
+        assert {c: got.get(c, 0) for c in sizes} == expected
+        assert plan.class_counts == {str(c): k for c, k in expected.items() if k}
+        per_seed.append(set(plan.names.tolist()))
+    # Five seeds are independent draws: any two share about 10% of their records.
+    for a, b in itertools.combinations(per_seed, 2):
+        assert 0.05 * total <= len(a & b) <= 0.15 * total, len(a & b)
+
+
+def test_stratified_takes_smallest_select_keys_inside_each_class(uneven):
+    names, labels = uneven
+    plan = plan_supervised(names, labels, seed=3, fraction="0.1")
+    chosen = set(plan.names.tolist())
+    by_class: dict[int, list[str]] = {}
+    for n, c in zip(names, labels):
+        by_class.setdefault(c, []).append(n)
+    for c, members in by_class.items():
+        ranked = sorted(members, key=lambda n: (ref_key("select", 3, n), n))
+        k = sum(1 for n in members if n in chosen)
+        assert set(ranked[:k]) == chosen & set(members), c
+
+
+def test_uniform_total_and_not_stratified(uneven):
+    names, labels = uneven
+    total = len(names) // 10
+    label_of = dict(zip(names, labels))
+    strat = plan_supervised(names, labels, seed=1, fraction="0.1")
+    uni = plan_supervised(names, labels, seed=1, fraction="0.1", sampling="uniform")
+    assert uni.num_examples == total
+    assert uni.sampling == "uniform"
+    # The n smallest select keys overall.
+    ranked = sorted(names, key=lambda n: (ref_key("select", 1, n), n))
+    assert set(uni.names.tolist()) == set(ranked[:total])
+    uni_counts = Counter(label_of[n] for n in uni.names.tolist())
+    strat_counts = Counter(label_of[n] for n in strat.names.tolist())
+    assert uni_counts != strat_counts
+
+
+def test_count_instead_of_fraction(uneven):
+    names, labels = uneven
+    plan = plan_supervised(names, labels, seed=2, count=500, num_shards=7)
+    assert plan.num_examples == 500
+    assert plan.fraction == f"500/{len(names)}"
+    assert plan.shard_lengths() == shard_sizes(500, 7)
+    expected = rule_quotas(dict(Counter(labels)), Fraction(500, len(names)))
+    label_of = dict(zip(names, labels))
+    got = Counter(label_of[n] for n in plan.names.tolist())
+    assert {c: got.get(c, 0) for c in expected} == expected
+
+
+def test_default_shard_count_and_dealing(uneven):
+    names, labels = uneven
+    plan = plan_supervised(names, labels, seed=1, fraction="0.1", source_shards=40)
+    n = plan.num_examples
+    S = default_num_shards(n, 40, len(names))
+    assert S == (n * 40) // len(names) and S > 1
+    assert plan.num_shards == S
+    assert plan.shard_lengths() == shard_sizes(n, S)
+    # Sorted by (shard, index), indices 0..len-1 in every shard, blocks contiguous.
+    assert np.all(np.diff(plan.shards) >= 0)
+    for s, length in enumerate(shard_sizes(n, S)):
+        assert plan.indices[plan.shards == s].tolist() == list(range(length))
+    unsup = plan_unsupervised(names, seed=0, source_shards=40)
+    assert unsup.num_shards == 40 and unsup.num_examples == len(names)
+    assert sorted(unsup.names.tolist()) == sorted(names)
+    assert unsup.shard_lengths() == shard_sizes(len(names), 40)
+
+
+@pytest.mark.parametrize("sampling", ["stratified", "uniform"])
+def test_plan_ignores_input_order(uneven, sampling):
+    names, labels = uneven
+    a = plan_supervised(names, labels, seed=4, fraction="0.1", sampling=sampling,
+                        source_shards=40)
+    rows = list(zip(names, labels))
+    random.Random(99).shuffle(rows)
+    b = plan_supervised([r[0] for r in rows], [r[1] for r in rows], seed=4, fraction="0.1",
+                        sampling=sampling, source_shards=40)
+    assert a.names.tolist() == b.names.tolist()
+    assert a.shards.tolist() == b.shards.tolist()
+    assert a.indices.tolist() == b.indices.tolist()
+    assert a.sha256() == b.sha256()
+    ua = plan_unsupervised(names, seed=7, num_shards=9)
+    ub = plan_unsupervised([r[0] for r in rows], seed=7, num_shards=9)
+    assert ua.to_csv_bytes() == ub.to_csv_bytes()
+
+
+def test_seed_changes_the_plan(uneven):
+    names, labels = uneven
+    a = plan_supervised(names, labels, seed=1, fraction="0.1")
+    b = plan_supervised(names, labels, seed=2, fraction="0.1")
+    assert a.sha256() != b.sha256()
+    assert plan_unsupervised(names, seed=0).sha256() != plan_unsupervised(names, seed=1).sha256()
+
+
+# --------------------------------------------------------------------------- the documented algorithm
+
+
+def ref_key(purpose: str, seed: int, name: str) -> int:
+    """Step 2 of the documented algorithm, from its text."""
+    digest = hashlib.sha256(f"ssl-imagenet-splits:v1:{purpose}:{seed}:{name}".encode())
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+def ref_plan(records, *, seed, fraction=None, count=None, sampling="stratified",
+             num_shards=None, source_shards=1, key=ref_key):
+    """The module docstring / README algorithm, re-derived with hashlib and sorted()."""
+    N = len(records)
+    if count is None:
+        f = Fraction(str(fraction))
+        n = math.floor(N * f)
+    else:
+        f, n = Fraction(count, N), count
+    sel = {name: (key("select", seed, name), name) for name, _ in records}
+    if sampling == "uniform":
+        chosen = sorted(sel, key=sel.get)[:n]
+    else:
+        sizes = Counter(label for _, label in records)
+        quotas = rule_quotas(dict(sizes), f)
+        chosen = []
+        for label in sorted(sizes):
+            members = sorted((nm for nm, lb in records if lb == label), key=sel.get)
+            chosen += members[:quotas[label]]
+    ordered = sorted(chosen, key=lambda nm: (key("order", seed, nm), nm))
+    S = num_shards or max(1, n * source_shards // N)
+    return deal(ordered, S)
+
+
+def deal(ordered, S):
+    n = len(ordered)
+    rows, pos = [], 0
+    for s in range(S):
+        size = n // S + (1 if s < n % S else 0)
+        rows += [(ordered[pos + i], s, i) for i in range(size)]
+        pos += size
+    return rows
+
+
+def plan_rows(plan):
+    return list(zip(plan.names.tolist(), plan.shards.tolist(), plan.indices.tolist()))
+
+
+@pytest.fixture(scope="module")
+def few():
+    """A few dozen records, four uneven classes, names that sort differently by
+    code point than by any locale (capitals, accents)."""
+    rng = random.Random(3)
+    records = []
+    for label, size in ((1, 7), (2, 13), (3, 19), (4, 21)):
+        for k in range(size):
+            stem = rng.choice(["n0", "N0", "é0", "z0"])
+            records.append((f"{stem}{label}_{k * 37 % 101}.JPEG", label))
+    rng.shuffle(records)
+    assert len({r[0] for r in records}) == len(records) == 60
+    return records
+
+
+@pytest.mark.parametrize("kw", [
+    {"seed": 1, "fraction": "0.25", "num_shards": 4},
+    {"seed": 2, "fraction": "0.1", "num_shards": 2},
+    {"seed": 3, "fraction": "0.5", "source_shards": 8},  # default S = floor(30 * 8 / 60) = 4
+    {"seed": 4, "count": 17, "num_shards": 5},
+    {"seed": 5, "fraction": "0.3", "sampling": "uniform", "num_shards": 3},
+])
+def test_supervised_matches_independent_reimplementation(few, kw):
+    names = [r[0] for r in few]
+    labels = [r[1] for r in few]
+    got = plan_supervised(names, labels, **kw)
+    assert plan_rows(got) == ref_plan(few, **kw)
+
+
+@pytest.mark.parametrize("seed, S", [(0, 1), (0, 7), (11, 60)])
+def test_unsupervised_matches_independent_reimplementation(few, seed, S):
+    names = [r[0] for r in few]
+    ordered = sorted(names, key=lambda nm: (ref_key("order", seed, nm), nm))
+    assert plan_rows(plan_unsupervised(names, seed=seed, num_shards=S)) == deal(ordered, S)
+
+
+def test_key_ties_are_broken_by_name_in_code_point_order(few, monkeypatch):
+    # Ties never happen with SHA-256 in practice; force them to test the documented rule.
+    monkeypatch.setattr(planner, "hash_keys",
+                        lambda names, purpose, seed: np.zeros(len(names), dtype=np.uint64))
+    names = [r[0] for r in few]
+    labels = [r[1] for r in few]
+    flat = lambda purpose, seed, name: 0
+    for kw in ({"seed": 1, "fraction": "0.25", "num_shards": 3},
+               {"seed": 1, "fraction": "0.25", "num_shards": 3, "sampling": "uniform"}):
+        got = plan_rows(plan_supervised(names, labels, **kw))
+        assert got == ref_plan(few, key=flat, **kw)
+    uni = plan_supervised(names, labels, seed=1, fraction="0.25", sampling="uniform")
+    assert uni.names.tolist() == sorted(names)[:15]  # "N0..." < "n0..." < "z0..." < "é0..."
+
+
+def test_hash_keys_are_the_documented_keys(few):
+    names = [r[0] for r in few]
+    for purpose in ("select", "order"):
+        keys = planner.hash_keys(names, purpose, 42)
+        assert keys.dtype == np.uint64
+        assert [int(k) for k in keys] == [ref_key(purpose, 42, n) for n in names]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"seed": 1}, "exactly one of fraction and count"),
+    ({"seed": 1, "fraction": "0.1", "count": 3}, "exactly one of fraction and count"),
+    ({"seed": 1, "count": 0}, r"count must be in 1\.\.60"),
+    ({"seed": 1, "count": 61}, r"count must be in 1\.\.60"),
+    ({"seed": 1, "fraction": "0.01"}, "is 0 records"),
+    ({"seed": 1, "fraction": "0.1", "sampling": "random"}, "sampling must be one of"),
+    ({"seed": 1, "fraction": "0.1", "num_shards": 7}, r"num_shards must be in 1\.\.6"),
+])
+def test_plan_supervised_rejects(few, kw, message):
+    with pytest.raises(PlanError, match=message):
+        plan_supervised([r[0] for r in few], [r[1] for r in few], **kw)
+
+
+def test_plans_reject_duplicate_names_and_empty_catalogs():
+    with pytest.raises(PlanError, match="duplicate file name in the catalog: b"):
+        plan_supervised(["a", "b", "c", "b"], [1, 1, 2, 2], seed=1, fraction="0.5")
+    with pytest.raises(PlanError, match="duplicate file name in the catalog: a"):
+        plan_unsupervised(["a", "a"])
+    with pytest.raises(PlanError, match="catalog is empty"):
+        plan_unsupervised([])
+
+
+# --------------------------------------------------------------------------- plan files
+
+
+def test_csv_round_trip(few):
+    plan = plan_supervised([r[0] for r in few], [r[1] for r in few], seed=1, fraction="0.5",
+                           num_shards=4)
+    data = plan.to_csv_bytes()
+    assert data.decode().splitlines()[0] == f"{plan.names[0]},0,0"
+    assert plan.sha256() == hashlib.sha256(data).hexdigest()
+    names, shards, indices = parse_plan_text(data.decode(), "mem")
+    assert plan_rows(plan) == list(zip(names.tolist(), shards.tolist(), indices.tolist()))
+    assert plan.shard_names(1) == [n for n, s, _ in plan_rows(plan) if s == 1]
+
+
+def test_read_published_plan_file():
+    plan = read_plan_file(str(SPLIT1), seed=1)
+    assert plan.split == "train128116.1"
+    assert plan.num_examples == 128_116 and plan.num_shards == 102
+    assert plan.shard_lengths() == [1257] * 4 + [1256] * 98
+    assert plan.sampling == "published" and plan.source == str(SPLIT1)
+    # Written back, the plan is the published file byte for byte.
+    assert plan.to_csv_bytes() == SPLIT1.read_bytes()
+    assert plan.sha256() == SPLIT1_SHA
+    assert plan.names[0] == "n01770081_5195.JPEG"
+
+
+def test_plan_file_rows_come_back_sorted_by_position():
+    text = "c,1,0\r\nb,0,1\r\n\r\na,0,0\n  \nd , 1 , 1\n"
+    names, shards, indices = parse_plan_text(text, "mem")
+    assert names.tolist() == ["a", "b", "c", "d"]
+    assert shards.tolist() == [0, 0, 1, 1]
+    assert indices.tolist() == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("text, pattern", [
+    pytest.param("", r"mem: the plan file is empty", id="empty"),
+    pytest.param("\n  \n\n", r"mem: the plan file is empty", id="blank-lines-only"),
+    pytest.param("a,0,0\nb;0;1\n", r"line 2: expected 'filename,shard,index', got 'b;0;1'",
+                 id="wrong-separator"),
+    pytest.param("a,0,0,x\n", r"line 1: expected 'filename,shard,index'", id="four-fields"),
+    pytest.param("filename,shard,index\na,0,0\n",
+                 r"line 1: expected a name and two non-negative integers", id="header"),
+    pytest.param("a,0,0\nb,0,x\n", r"line 2: expected a name and two non-negative integers",
+                 id="not-a-number"),
+    pytest.param("a,-1,0\n", r"line 1: expected a name and two non-negative", id="negative"),
+    pytest.param(",0,0\n", r"line 1: expected a name", id="no-name"),
+    pytest.param("a,0,0\nb,\u00b2,1\n", r"line 2: expected a name and two non-negative integers",
+                 id="unicode-digit"),
+    pytest.param(f"a,0,0\nb,{MAX_SHARD_COUNT},0\n", r"line 2: .*shard", id="shard-too-large"),
+    pytest.param("a,0,0\nb,0,1\na,1,0\n", r"name a appears twice \(lines 1 and 3\)",
+                 id="duplicate-name"),
+    pytest.param("a,0,0\nb,0,0\n", r"position shard 0 index 0 is used twice \(lines 1 and 2\)",
+                 id="duplicate-position"),
+    pytest.param("a,0,0\nb,2,0\n", r"shards must be 0\.\.2; missing shard\(s\) \[1\]",
+                 id="shard-gap"),
+    pytest.param("a,1,0\nb,1,1\n", r"shards must be 0\.\.1; missing shard\(s\) \[0\]",
+                 id="shards-not-from-0"),
+    pytest.param("a,0,0\nb,0,2\n",
+                 r"indices in shard 0 must be 0\.\.1 without gaps; index 1 is missing "
+                 r"\(line 2 has index 2\)", id="index-gap"),
+    pytest.param("a,0,0\nb,1,1\n", r"indices in shard 1 .*index 0 is missing \(line 2",
+                 id="index-not-from-0"),
+])
+def test_plan_file_checks(text, pattern):
+    with pytest.raises(PlanError) as err:
+        parse_plan_text(text, "mem")
+    assert re.search(pattern, str(err.value)), str(err.value)
+    assert str(err.value).startswith("mem: ")
+
+
+def test_many_malformed_lines_give_a_short_message():
+    text = "".join(f"n0_{i}.JPEG\t0\t{i}\n" for i in range(5000))  # tab-separated
+    with pytest.raises(PlanError) as err:
+        parse_plan_text(text, "mem")
+    msg = str(err.value)
+    assert "line 1: expected 'filename,shard,index'" in msg
+    assert len(msg.splitlines()) <= 12, msg[:500]
+    assert "5,000" in msg or "5000" in msg  # says how many in all
+
+
+def test_read_plan_file_errors(tmp_path):
+    with pytest.raises(PlanError, match="does not exist"):
+        read_plan_file(str(tmp_path / "nope.csv"))
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("caf\xe9,0,0\n".encode("latin-1"))
+    with pytest.raises(PlanError, match="not UTF-8"):
+        read_plan_file(str(bad))
+
+
+def test_check_names_exist_reports_count_and_first_names():
+    plan = planner.Plan(split="x", kind="supervised",
+                        names=np.asarray(["a", "zz1", "b", "zz2", "zz3", "zz4", "zz5", "zz6"],
+                                         dtype=object),
+                        shards=np.zeros(8, np.int32), indices=np.arange(8, dtype=np.int32),
+                        num_shards=1, source="plan.csv")
+    check_names_exist(plan, ["a", "b"] + [f"zz{i}" for i in range(1, 7)])
+    with pytest.raises(PlanError) as err:
+        check_names_exist(plan, ["a", "b", "zz2"])
+    msg = str(err.value)
+    assert "plan plan.csv: 5 of 8 names are not in the source catalog" in msg
+    assert "e.g. zz1, zz3, zz4, zz5, zz6" in msg
+
+
+# --------------------------------------------------------------------------- the plan CLI
+
+
+@pytest.fixture
+def tiny_catalog(tmp_path, few):
+    """catalog.parquet + report.json as the validation job writes them (rows in
+    an arbitrary order, spread over 6 source shards)."""
+    cat = tmp_path / "catalog"
+    rows = sorted(few, key=lambda r: hashlib.md5(r[0].encode()).hexdigest())
+    n = len(rows)
+    table = pa.table({
+        "filename": [r[0] for r in rows], "label": [r[1] for r in rows],
+        "synset": [f"n{r[1]:08d}" for r in rows],
+        "file": [f"/src/train-{i % 6:05d}-of-00006" for i in range(n)],
+        "record": [i // 6 for i in range(n)], "offset": [100 * (i // 6) for i in range(n)],
+        "length": [100] * n, "data_crc": [0] * n,
+    }, schema=SCHEMA)
+    write_table(str(cat / CATALOG_FILE), table)
+    report = {"num_shards": 6, "synsets": {str(c): f"n{c:08d}" for c in range(1, 5)}}
+    (cat / REPORT_FILE).write_text(json.dumps(report))
+    return cat
+
+
+def test_make_plans_and_write_plans(tiny_catalog, tmp_path, few):
+    req = plan_cli.PlanRequest(seeds=(1, 2), fraction="0.5", unsupervised=True)
+    plans = plan_cli.make_plans(str(tiny_catalog), req)
+    assert [p.split for p in plans] == ["train30.1", "train30.2", "train"]
+    names = [r[0] for r in few]
+    labels = [r[1] for r in few]
+    direct = plan_supervised(names, labels, seed=1, fraction="0.5", source_shards=6)
+    assert plans[0].sha256() == direct.sha256()
+    assert plans[0].num_shards == 3  # floor(30 * 6 / 60)
+    assert plans[2].num_shards == 6
+    assert plans[0].class_counts == {f"n{c:08d}": k for c, k in
+                                     rule_quotas(dict(Counter(labels)), Fraction(1, 2)).items()}
+    out = tmp_path / "plans"
+    summaries = plan_cli.write_plans(plans, str(out))
+    for plan, s in zip(plans, summaries):
+        path = out / f"{plan.split}.{plan.sha256()[:16]}.csv"
+        assert s["plan_uri"] == str(path)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == s["plan_sha256"] == plan.sha256()
+        assert s["shard_lengths"] == shard_sizes(plan.num_examples, plan.num_shards)
+
+
+def test_plan_cli_checks_published_files_against_the_catalog(tiny_catalog, tmp_path, few,
+                                                             capsys):
+    good = plan_supervised([r[0] for r in few], [r[1] for r in few], seed=9, fraction="0.25",
+                           num_shards=2)
+    good_file = tmp_path / "good.txt"
+    good_file.write_bytes(good.to_csv_bytes())
+    out = tmp_path / "plans"
+    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}", "--seeds=3",
+                        f"--sharding_file=3={good_file}"])
+    assert rc == 0
+    printed = capsys.readouterr().out.split("\t")
+    assert printed[0] == "train15.3" and printed[3] == good.sha256()
+    # Kept as given: the plan file written is the published file, byte for byte.
+    assert (out / f"train15.3.{good.sha256()[:16]}.csv").read_bytes() == good_file.read_bytes()
+
+    bad_file = tmp_path / "bad.txt"
+    lines = good.to_csv_bytes().decode().splitlines()
+    lines[2] = "n99999999_1.JPEG," + lines[2].split(",", 1)[1]
+    lines[5] = "n99999999_2.JPEG," + lines[5].split(",", 1)[1]
+    bad_file.write_text("\n".join(lines) + "\n")
+    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={tmp_path / 'p2'}",
+                        "--seeds=3", f"--sharding_file=3={bad_file}"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "2 of 15 names are not in the source catalog, e.g. n99999999_1.JPEG, n99999999_2.JPEG" \
+        in err
+    assert not (tmp_path / "p2").exists()
+
+
+def test_plan_cli_rejects_bad_sharding_file_argument(tiny_catalog, tmp_path, capsys):
+    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={tmp_path}",
+                        "--sharding_file=/no/seed.txt"])
+    assert rc == 1
+    assert "--sharding_file takes SEED=URI" in capsys.readouterr().err
+
+
+def test_storage_reads_plan_files_by_uri(tmp_path):
+    # read_plan_file goes through storage (local paths here; gs:// in test_build).
+    p = tmp_path / "p.csv"
+    p.write_text("b,0,0\na,0,1\n")
+    plan = read_plan_file(storage.normalize(str(p)), split="custom")
+    assert plan.split == "custom" and plan.names.tolist() == ["b", "a"]
