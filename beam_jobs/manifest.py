@@ -133,8 +133,9 @@ class SplitFiles:
 
 def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFiles:
     """Shard paths and expected counts of ``split``; with ``check`` (default),
-    fail unless every shard exists with the size the manifest records and
-    nothing else matches the split's glob."""
+    fail unless every shard exists with the size the manifest records (and,
+    on GCS, the CRC32C: object metadata, no data read) and nothing else
+    matches the split's glob."""
     doc = load(manifest_uri)
     if split not in doc["splits"]:
         raise ManifestError(f"{manifest_uri} has no split {split!r}; it has "
@@ -156,6 +157,10 @@ def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFil
                 problems.append(f"missing shard {s['path']}")
             elif info.size != s["num_bytes"]:
                 problems.append(f"{s['path']} is {info.size} bytes, the manifest says {s['num_bytes']}")
+            elif info.crc32c is not None and info.crc32c != s.get("crc32c"):
+                # GCS lists each object's CRC32C: content is checked without reading it.
+                problems.append(f"{s['path']} has CRC32C {info.crc32c}, the manifest says "
+                                f"{s.get('crc32c')}")
         for extra in sorted(set(listed) - set(paths)):
             problems.append(f"unexpected file {extra} matches the split's glob")
         if problems:

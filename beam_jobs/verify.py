@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import sys
 import time
+import uuid
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -40,6 +42,7 @@ from beam_jobs.catalog import SHARD_RE, read_catalog, shard_name
 from beam_jobs.example_proto import ExampleError, parse_image_record
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import parse_plan_text
+from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.tfrecord import RecordError, iter_framed
 
 log = logging.getLogger("beam_jobs.verify")
@@ -168,12 +171,15 @@ _PLANS: dict[str, tuple[pa.Table, np.ndarray]] = {}
 
 
 class DeepCheck(beam.DoFn):
-    def __init__(self, split: str, table_uri: str | None, num_shards: int) -> None:
+    def __init__(self, split: str, table_uri: str | None, num_shards: int,
+                 progress: str | None = None) -> None:
+        self.progress = progress  # marker folder (beam_jobs.progress)
         self.split = split
         self.table_uri = table_uri
         self.num_shards = num_shards
         self.records = Metrics.counter("ssl_splits", "records_verified")
         self.bad = Metrics.counter("ssl_splits", "bad_records")
+        self.bytes = Metrics.counter("ssl_splits", "bytes_read")
 
     def setup(self) -> None:
         setup_logging()
@@ -194,6 +200,9 @@ class DeepCheck(beam.DoFn):
                                element.get("crc32c"), planned)
         self.records.inc(out["num_records"])
         self.bad.inc(len(out["findings"]))
+        self.bytes.inc(int(element.get("num_bytes") or 0))
+        mark_done(self.progress, element["shard"], out["num_records"],
+                  int(element.get("num_bytes") or 0))
         log.info("%s: verified shard %d/%d: %d records%s", self.split, element["shard"] + 1,
                  self.num_shards, out["num_records"],
                  f", {len(out['findings'])} problems" if out["findings"] else "")
@@ -236,20 +245,26 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     work = storage.normalize(args.work_uri or work_default(output))
     split = args.split
     t0 = time.monotonic()
+    # A report from an earlier verification must not outlive this one: if this
+    # run fails before it writes its own (no stats, another plan, a crash), the
+    # publish step finds no report and refuses the split.
+    storage.delete([report_uri(work, split)])
     spath = stats_uri(work, split)
     if not storage.exists(spath):
         raise VerificationFailed(f"{split}: no build stats at {spath}: was the split built?")
-    stats = json.loads(storage.read_text(spath))
+    stats_bytes = storage.read_bytes(spath)
+    stats = json.loads(stats_bytes)
     planned_lengths: list[int] | None = None
     plan_table = None
+    # The plan this run checks the split against (the report says so; the
+    # publish step accepts a report only for the run's own plan).
+    verified_plan: str | None = None
     if args.plan_uri:
-        if stats.get("plan_sha256"):
-            import hashlib
-
-            sha = hashlib.sha256(storage.read_bytes(args.plan_uri)).hexdigest()
-            if sha != stats["plan_sha256"]:
-                raise VerificationFailed(f"{split}: the build used plan {stats['plan_sha256'][:16]}, "
-                                         f"not {args.plan_uri} ({sha[:16]})")
+        verified_plan = hashlib.sha256(storage.read_bytes(args.plan_uri)).hexdigest()
+        if verified_plan != stats.get("plan_sha256"):
+            raise VerificationFailed(f"{split}: the build used plan "
+                                     f"{(stats.get('plan_sha256') or 'none')[:16]}, "
+                                     f"not {args.plan_uri} ({verified_plan[:16]})")
         if args.catalog_dir:
             plan_table = plan_table_with_crcs(args.plan_uri, args.catalog_dir)
             shards_col = plan_table.column("shard").to_numpy()
@@ -272,12 +287,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.deep and not findings:
         table_uri = None
         if plan_table is not None:
-            table_uri = storage.join(work, VERIFY_DIR, f"{split}.{stats.get('plan_sha256', 'x')[:16]}.parquet")
+            # A name of its own per run: workers cache the table by its URI
+            # (_PLANS), and the same plan checked against a re-validated
+            # catalog must not be compared with the old catalog's CRCs.
+            table_uri = storage.join(work, VERIFY_DIR,
+                                     f"{split}.{uuid.uuid4().hex[:16]}.parquet")
             from beam_jobs.catalog import write_table
 
             write_table(table_uri, plan_table.select(["shard", "index", "filename", "data_crc"]))
         elements = [{"path": storage.join(output, shard_name(split, i, stats["num_shards"])),
-                     "shard": i, "crc32c": e["crc32c"]}
+                     "shard": i, "crc32c": e["crc32c"], "num_bytes": e.get("num_bytes")}
                     for i, e in enumerate(stats["shards"])]
         options = make_options(beam_args, default_job_name=job_name("ssl-verify", split),
                                work_bytes=int(stats.get("num_bytes") or 0))
@@ -291,12 +310,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             p
             | "Shards" >> beam.Create(elements)
             | "Spread" >> beam.Reshuffle()
-            | "DeepCheck" >> beam.ParDo(DeepCheck(split, table_uri, len(elements)))
+            | "DeepCheck" >> beam.ParDo(DeepCheck(split, table_uri, len(elements),
+                                                  progress_dir(work, "verify", split)))
             | "Collect" >> beam.combiners.ToList()
             | "Write" >> beam.Map(collect)
         )
-        result = p.run()
-        result.wait_until_finish()
+        with Progress(split, progress_dir(work, "verify", split), len(elements),
+                      total_records=int(stats["num_examples"]),
+                      total_bytes=int(stats.get("num_bytes") or 0), logger=log):
+            result = p.run()
+            result.wait_until_finish()
         metrics = counters(result)
         deep = json.loads(storage.read_text(results_path))
         storage.delete([results_path] + ([table_uri] if table_uri else []))
@@ -310,8 +333,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "num_findings": len(findings),
         "num_shards": stats["num_shards"],
         "num_examples": stats["num_examples"],
-        "plan_sha256": stats.get("plan_sha256"),
+        "plan_sha256": verified_plan,
         "stats_uri": spath,
+        # Which build this verdict is about (its stats file, byte for byte).
+        "stats_sha256": hashlib.sha256(stats_bytes).hexdigest(),
+        "built_at": stats.get("built_at"),
         "verified_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 3),
         "metrics": metrics,
@@ -319,9 +345,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     }
     storage.write_text(report_uri(work, split), json.dumps(report, indent=1) + "\n",
                        "application/json")
+    if metrics:
+        print(f"{split}: metrics {json.dumps(metrics, sort_keys=True)}", flush=True)
     if findings:
         msg = f"{split}: verification FAILED ({len(findings)} problems):\n  " + "\n  ".join(findings[:20])
-        print(msg, flush=True)
         raise VerificationFailed(msg)
     print(f"{split}: verified ({mode}): {stats['num_examples']:,} records in "
           f"{stats['num_shards']} shards match the plan", flush=True)
@@ -331,7 +358,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
-    except VerificationFailed:
+    except VerificationFailed as err:
+        # Every failure says why on stdout (the Airflow task log), also those
+        # found before any shard is looked at (no stats, another plan).
+        print(err, flush=True)
         return 1
     return 0
 

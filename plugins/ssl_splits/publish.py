@@ -83,6 +83,9 @@ def _publish_gcs(uri: str, update: Update, attempts: int) -> Published:
         try:
             # Conditional, so safe to retry on transient errors (the library's
             # default policy retries only conditional writes).
+            # no-cache: readers of a public bucket must not see an old manifest
+            # from an edge cache.
+            blob.cache_control = "no-cache"
             blob.upload_from_string(text, content_type="application/json",
                                     if_generation_match=generation, retry=retry)
         except gexc.PreconditionFailed:

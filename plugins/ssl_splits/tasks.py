@@ -14,6 +14,7 @@ None of these read the dataset: only listings, the catalog and small files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -83,9 +84,10 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- plan
 
 
-def _files_intact(entry: dict[str, Any]) -> str | None:
+def _files_intact(entry: dict[str, Any], local_crc: bool = True) -> str | None:
     """None if the split's files are exactly those of its manifest entry (names,
-    sizes, CRC32C: metadata on GCS, computed locally); else what differs."""
+    sizes, CRC32C: metadata on GCS, computed locally unless ``local_crc`` is
+    off); else what differs."""
     shards = entry.get("shards") or []
     if not shards:
         return "the manifest entry lists no shards"
@@ -99,6 +101,8 @@ def _files_intact(entry: dict[str, Any]) -> str | None:
         info = listed[path]
         if info.size != s["num_bytes"]:
             return f"{path} changed size"
+        if info.crc32c is None and not local_crc:
+            continue
         crc = info.crc32c if info.crc32c is not None else storage.file_crc32c(path)
         if crc != s["crc32c"]:
             return f"{path} changed content (CRC32C)"
@@ -158,8 +162,11 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
             "num_shards": s["num_shards"], "seed": s["seed"],
         })
     if cfg.copy_validation and source.get("validation_files"):
+        # force rebuilds the splits asked for (seeds, the reshuffle); the validation copy is
+        # redone only when it differs from the source, so "seeds": [2], "force": true
+        # rebuilds seed 2 alone.
         action, reason = decide("validation", None, source["validation_fingerprint"], manifest,
-                                cfg.force)
+                                force=False)
         specs.append({"split": "validation", "kind": "validation", "action": action,
                       "reason": reason, "plan_uri": None, "plan_sha256": None,
                       "catalog_dir": catalog_dir, "num_examples": None, "num_shards": None,
@@ -176,7 +183,8 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
                 job: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
     """The manifest entry of one freshly built and verified split."""
     split = spec["split"]
-    stats = json.loads(storage.read_text(stats_uri(cfg.work_uri, split)))
+    stats_bytes = storage.read_bytes(stats_uri(cfg.work_uri, split))
+    stats = json.loads(stats_bytes)
     vpath = report_uri(cfg.work_uri, split)
     if not storage.exists(vpath):
         raise TaskError(f"{split} has no verification report: not publishing it")
@@ -186,8 +194,9 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
     if verification.get("plan_sha256") != spec.get("plan_sha256") or \
             stats.get("plan_sha256") != spec.get("plan_sha256"):
         raise TaskError(f"{split}: the verified build is not of this run's plan; not publishing it")
-    if verification.get("verified_at", "") < stats.get("built_at", ""):
-        raise TaskError(f"{split}: verified before it was last built; not publishing it")
+    if verification.get("stats_sha256") != hashlib.sha256(stats_bytes).hexdigest():
+        raise TaskError(f"{split}: the verification report is of another build of this split "
+                        "(stats differ); not publishing it")
     entry: dict[str, Any] = {"kind": spec["kind"]}
     if spec["kind"] != "validation":
         summary = json.loads(storage.read_text(plan_summary_uri(spec["plan_uri"])))
@@ -243,6 +252,18 @@ def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list
                 "splits": sorted(current["splits"])}
     run = {**run, "published_at": now()}
     entries = {s["split"]: split_entry(cfg, source, s, jobs.get(s["split"]), run) for s in built}
+    # Last checks before the commit point: the files are still those verified
+    # (from metadata on GCS; names and sizes locally, which were just re-read),
+    # and the source is still the one validated.
+    for name, entry in entries.items():
+        problem = _files_intact(entry, local_crc=False)
+        if problem:
+            raise TaskError(f"{name} changed after verification: {problem}; not publishing")
+    now_fp = describe_source(cfg)["fingerprint"]
+    if now_fp != source["fingerprint"]:
+        raise TaskError(f"the source {cfg.source_uri} changed during this run (fingerprint "
+                        f"{source['fingerprint'][:16]} -> {now_fp[:16]}); nothing was published. "
+                        "Trigger the DAG again to validate and build from the new source.")
     src = source_section(cfg, source)
     provenance = {"code_version": __version__, "dag_id": run.get("dag_id"),
                   "run_id": run.get("run_id"), "published_at": run["published_at"]}
@@ -255,6 +276,24 @@ def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list
         log.info("%s", line)
     log.info("published %s (version %s) with %s", result.uri, result.version_uri,
              ", ".join(sorted(entries)))
+    tfds = describe_for_tfds(cfg)
     return {"manifest_uri": result.uri, "version_uri": result.version_uri,
             "changed": sorted(entries), "splits": sorted(result.manifest["splits"]),
-            "generation": result.generation}
+            "generation": result.generation, "tfds_metadata": tfds}
+
+
+def describe_for_tfds(cfg: RunConfig) -> list[str]:
+    """Write TFDS metadata (dataset_info.json, features.json) for the published
+    manifest, so ``tfds.builder_from_directory(output_uri)`` reads the splits.
+    Derived from the manifest and rewritable at any time: a failure is a
+    warning, never a failed publication."""
+    from beam_jobs.manifest import load
+    from beam_jobs.tfds_meta import TfdsMetadataError, write_tfds_metadata
+
+    try:
+        uris = write_tfds_metadata(load(cfg.manifest_uri), cfg.output_uri)
+    except TfdsMetadataError as err:
+        log.warning("TFDS metadata not written: %s", err)
+        return []
+    log.info("TFDS metadata: %s", ", ".join(uris))
+    return uris

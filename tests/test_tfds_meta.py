@@ -1,0 +1,160 @@
+"""TFDS metadata for the published splits: pure units, then splits built by
+the real jobs read back with ``tfds.builder_from_directory``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import built_splits as bs
+import pytest
+
+from beam_jobs import storage
+from beam_jobs import tfds_meta as tm
+from beam_jobs.example_proto import parse_image_record
+from beam_jobs.tfrecord import iter_records
+
+
+def entry(folder: str, split: str, lengths: list[int]) -> dict:
+    n = len(lengths)
+    return {"num_examples": sum(lengths), "num_shards": n,
+            "file_pattern": f"{folder}/{split}-*-of-{n:05d}",
+            "shards": [{"path": f"{folder}/{split}-{i:05d}-of-{n:05d}", "num_records": r,
+                        "num_bytes": 100 * r, "crc32c": "00000000"}
+                       for i, r in enumerate(lengths)]}
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    ("train128116.1", "train128116_1"), ("train128116.5", "train128116_5"),
+    ("train12811.3", "train12811_3"), ("train", "train"), ("validation", "validation"),
+])
+def test_split_names_map_dots_to_underscores(ours, theirs):
+    assert tm.tfds_split_name(ours) == theirs
+
+
+def test_split_infos_keep_our_file_names_and_counts():
+    doc = {"splits": {"train10.2": entry("/o", "train10.2", [4, 3, 3]),
+                      "train": entry("/o", "train", [7])}}
+    infos = tm.split_infos(doc, "/o/")
+    assert infos == [
+        {"name": "train", "numShards": "1", "shardLengths": ["7"], "numBytes": "700",
+         "filepathTemplate": "train-{SHARD_X_OF_Y}"},
+        {"name": "train10_2", "numShards": "3", "shardLengths": ["4", "3", "3"],
+         "numBytes": "1000", "filepathTemplate": "train10.2-{SHARD_X_OF_Y}"},
+    ]
+    info = tm.dataset_info(doc, "/o")
+    assert info["fileFormat"] == "tfrecord" and info["sizeInBytes"] == "1700"
+    assert "train10.2 -> train10_2" in info["description"]
+
+
+def test_names_that_collide_or_files_elsewhere_are_refused(tmp_path):
+    both = {"splits": {"train1.1": entry("/o", "train1.1", [1]),
+                       "train1_1": entry("/o", "train1_1", [1])}}
+    with pytest.raises(tm.TfdsMetadataError, match="would both be the TFDS split 'train1_1'"):
+        tm.split_infos(both, "/o")
+    elsewhere = {"splits": {"train1.1": entry("/elsewhere", "train1.1", [1])}}
+    with pytest.raises(tm.TfdsMetadataError, match=rf"train1\.1: shard 0 is /elsewhere/train1\.1-"
+                                                   rf"00000-of-00001, not {tmp_path}/train1\.1"):
+        tm.write_tfds_metadata(elsewhere, str(tmp_path), features=tm.REQUIRED_FEATURES)
+    with pytest.raises(tm.TfdsMetadataError, match="no TFDS name"):
+        tm.tfds_split_name("train 1")
+    assert list(tmp_path.iterdir()) == [], "nothing is written when a split cannot be described"
+
+
+def test_features_nest_by_slash():
+    cfg = tm.features_config(["image/encoded", "image/class/label", "image/filename"])
+    image = cfg["featuresDict"]["features"]["image"]["featuresDict"]["features"]
+    assert sorted(image) == ["class", "encoded", "filename"]
+    assert image["encoded"]["image"]["encodingFormat"] == "jpeg"
+    assert image["class"]["featuresDict"]["features"]["label"]["tensor"]["dtype"] == "int64"
+    with pytest.raises(tm.TfdsMetadataError, match="no TFDS description for feature 'x/y'"):
+        tm.features_config(["x/y"])
+
+
+# --------------------------------------------------------------------------- read by TFDS
+
+
+@pytest.fixture(scope="module")
+def published(small_source, tmp_path_factory):
+    """Seed 1, the reshuffle and the validation copy, built, verified and published."""
+    out = tmp_path_factory.mktemp("tfds") / "out"
+    p = bs.params(str(small_source), str(out), seeds=[1], unsupervised=True,
+                  copy_validation=True)
+    run, _ = bs.full_run(p, tmp_path_factory.mktemp("catalogs"))
+    return run, bs.manifest(run)
+
+
+def names_in(paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        with open(p, "rb") as f:
+            out += [parse_image_record(r).filename for r in iter_records(f, p)]
+    return out
+
+
+def test_tfds_reads_every_published_split_in_place(published):
+    import tensorflow_datasets as tfds
+
+    run, doc = published
+    assert sorted(doc["splits"]) == ["train", "train97.1", "validation"]
+    written = tm.write_tfds_metadata(doc, run.output_uri)
+    assert written == [f"{run.output_uri}/features.json", f"{run.output_uri}/dataset_info.json"]
+    assert not [p for p in Path(run.output_uri).iterdir() if ".tmp-" in p.name]
+
+    builder = tfds.builder_from_directory(run.output_uri)
+    assert sorted(builder.info.splits) == ["train", "train97_1", "validation"]
+    for split, e in doc["splits"].items():
+        info = builder.info.splits[tm.tfds_split_name(split)]
+        assert info.num_examples == e["num_examples"]
+        assert info.shard_lengths == [s["num_records"] for s in e["shards"]]
+        assert [str(p) for p in info.filepaths] == [s["path"] for s in e["shards"]]
+        names = []
+        in_order = tfds.ReadConfig(interleave_cycle_length=1)  # one shard after the other
+        for ex in tfds.as_numpy(builder.as_dataset(split=tm.tfds_split_name(split),
+                                                   shuffle_files=False, read_config=in_order)):
+            img = ex["image"]
+            names.append(img["filename"].decode())
+            assert img["encoded"].shape == (8, 8, 3) and img["encoded"].dtype.name == "uint8"
+            assert 1 <= img["class"]["label"] <= 10
+            assert img["class"]["synset"].decode().startswith("n")
+        assert len(names) == e["num_examples"]
+        assert names == names_in([s["path"] for s in e["shards"]]), "planned order, every record"
+        default = builder.as_dataset(split=tm.tfds_split_name(split))  # shards interleaved
+        assert sorted(ex["image"]["filename"].decode() for ex in tfds.as_numpy(default)) == \
+            sorted(names)
+    first = [ex["image"]["filename"].decode() for ex in tfds.as_numpy(
+        builder.as_dataset(split="train97_1[:10]", shuffle_files=False))]
+    assert first == names_in([doc["splits"]["train97.1"]["shards"][0]["path"]])[:10]
+
+
+def test_optional_features_are_described_only_when_asked_or_present(published):
+    import tensorflow_datasets as tfds
+
+    run, doc = published
+    assert tm.present_features(doc) == list(tm.REQUIRED_FEATURES) + [
+        "image/class/synset", "image/class/text", "image/height", "image/width",
+        "image/channels", "image/colorspace", "image/format"]
+    tm.write_tfds_metadata(doc, run.output_uri, features=tm.REQUIRED_FEATURES)
+    builder = tfds.builder_from_directory(run.output_uri)
+    ex = next(iter(tfds.as_numpy(builder.as_dataset(split="train97_1"))))
+    assert sorted(ex["image"]) == ["class", "encoded", "filename"]
+    assert sorted(ex["image"]["class"]) == ["label"]
+
+
+@pytest.mark.gcs
+def test_written_to_gcs_next_to_the_shards(published, gcs_bucket):
+    _, doc = published
+    folder = f"{gcs_bucket}/ssl"
+    e = json.loads(json.dumps(doc["splits"]["train97.1"]))
+    for s in e["shards"]:
+        gs = f"{folder}/{storage.basename(s['path'])}"
+        storage.write_bytes(gs, Path(s["path"]).read_bytes())
+        s["path"] = gs
+    gdoc = {**doc, "output_uri": folder, "splits": {"train97.1": e}}
+    written = tm.write_tfds_metadata(gdoc, folder + "/")
+    assert written == [f"{folder}/features.json", f"{folder}/dataset_info.json"]
+    info = json.loads(storage.read_text(written[1]))
+    assert info["splits"] == tm.split_infos(gdoc, folder)
+    # The features were read from the first record on GCS: the same as locally.
+    assert json.loads(storage.read_text(written[0])) == tm.features_config(
+        tm.present_features(doc))
