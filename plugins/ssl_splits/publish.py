@@ -58,7 +58,18 @@ def _stamp() -> str:
 def publish(uri: str, update: Update, *, attempts: int = 8) -> Published:
     """Apply ``update`` (current manifest or None -> new manifest) and commit it."""
     if storage.is_gcs(uri):
-        return _publish_gcs(uri, update, attempts)
+        from google.api_core import exceptions as gexc
+
+        try:
+            return _publish_gcs(uri, update, attempts)
+        except (gexc.RetryError, gexc.GoogleAPIError, ConnectionError) as err:
+            cause = getattr(err, "cause", None) or err
+            raise PublishError(
+                f"could not publish {uri}: Cloud Storage kept failing "
+                f"({type(cause).__name__}: {str(cause)[:300]}); retried with backoff for "
+                f"{os.environ.get('SSL_SPLITS_GCS_RETRY_DEADLINE') or 300} s. The manifest is "
+                "unchanged; the task can be retried."
+            ) from err
     return _publish_local(uri, update)
 
 

@@ -1,0 +1,256 @@
+"""Faults and hostile conditions (issue 8): a build killed halfway, flaky and
+failing storage, a source changed under a run, concurrent writers.
+
+Bad params and bad plan files are in test_dag.py and test_planner.py; the
+secrets check is in test_dag.py (it needs a whole DAG run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import built_splits as bs
+from beam_jobs import storage
+from beam_jobs.synthetic import Spec, generate
+from conftest import PYTHON, ROOT
+from gcs_fault_proxy import FaultProxy, Faults
+
+pytest.importorskip("airflow")
+
+from ssl_splits import lock  # noqa: E402
+from ssl_splits.publish import PublishError  # noqa: E402
+from ssl_splits.tasks import TaskError  # noqa: E402
+
+
+def shard_files(folder: str, split: str) -> dict[str, bytes]:
+    return {storage.basename(f.path): storage.read_bytes(f.path)
+            for f in storage.list_files(storage.join(folder, f"{split}-*"))}
+
+
+# --------------------------------------------------------------------------- killed build
+
+
+@pytest.fixture(scope="module")
+def medium_source(tmp_path_factory) -> Path:
+    """Large enough that building the reshuffle takes a few seconds (64 shards)."""
+    out = tmp_path_factory.mktemp("medium_source")
+    generate(Spec(num_classes=10, min_per_class=380, max_per_class=420, train_shards=16,
+                  validation_shards=0, image_size=48, jpeg_quality=95, seed=3), str(out),
+             workers=2)
+    return out
+
+
+@pytest.mark.slow
+def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medium_source, tmp_path):
+    p = bs.params(str(medium_source), str(tmp_path / "out"), seeds=[1], unsupervised=True,
+                  unsupervised_shards=64)
+    run = bs.start(p)
+    # Publish seed 1 first, so there is a manifest the kill must not touch.
+    bs.build(run, run.supervised()[0])
+    bs.verify(run, run.supervised()[0])
+    spec_1 = run.spec(run.supervised()[0])
+    from ssl_splits import tasks
+
+    tasks.publish_manifest(run.config, run.source, [spec_1], {}, {"dag_id": bs.DAG_ID,
+                                                                  "run_id": "r1"})
+    manifest_before = storage.read_bytes(run.manifest_uri)
+
+    args = bs.job_args(run, run.spec("train"))
+    proc = subprocess.Popen([PYTHON, "-m", "beam_jobs.build", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    staged_seen = 0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if " staged: " in line:
+            staged_seen += 1
+            if staged_seen >= 20:
+                os.killpg(proc.pid, signal.SIGKILL)  # the Beam process and any workers
+                break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    assert shard_files(run.output_uri, "train") == {}, "partial files under the final names"
+    assert storage.read_bytes(run.manifest_uri) == manifest_before
+    staging = storage.list_tree(storage.join(run.work_uri, "staging", "train"))
+    sidecars = {storage.basename(p)[len("shard-"):-len(".json")] for p in staging
+                if storage.basename(p).startswith("shard-")}
+    staged = {storage.basename(p) for p in staging if "-of-00064" in storage.basename(p)
+              and ".tmp-" not in p}
+    assert len(sidecars) >= 20
+    # Every shard under its staged name is complete: it has its sidecar.
+    assert {n.split("-")[1] for n in staged} <= sidecars
+
+    # The retry: finishes, reuses what the killed attempt completed.
+    stats = bs.build(run, "train")
+    assert stats["num_shards"] == 64 and stats["shards_reused"] >= 20
+    resumed = shard_files(run.output_uri, "train")
+    assert len(resumed) == 64
+
+    # An uninterrupted build of the same plan elsewhere gives the same bytes.
+    clean = bs.start(bs.params(str(medium_source), str(tmp_path / "clean"), seeds=[1],
+                               unsupervised=True, unsupervised_shards=64))
+    assert clean.spec("train")["plan_sha256"] == run.spec("train")["plan_sha256"]
+    bs.build(clean, "train")
+    assert shard_files(clean.output_uri, "train") == resumed
+    bs.verify(run, "train")
+    tasks.publish_manifest(run.config, run.source, [run.spec("train")], {},
+                           {"dag_id": bs.DAG_ID, "run_id": "r2"})
+    assert "train" in json.loads(storage.read_text(run.manifest_uri))["splits"]
+
+
+# --------------------------------------------------------------------------- flaky storage
+
+
+@pytest.fixture
+def proxy(gcs_emulator, monkeypatch):
+    """Route all GCS traffic (this process and subprocesses) through a fault proxy."""
+    with FaultProxy(gcs_emulator, Faults()) as px:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", px.url)
+        monkeypatch.setenv("SSL_SPLITS_GCS_RETRY_DEADLINE", "60")
+        with storage.use_client(None):  # a fresh client for the proxy's address
+            yield px
+
+
+def upload_to_gcs(local: Path, uri: str) -> None:
+    for f in local.iterdir():
+        if f.is_file():
+            storage.write_bytes(storage.join(uri, f.name), f.read_bytes())
+
+
+@pytest.mark.gcs
+def test_flaky_storage_run_succeeds(small_source, gcs_bucket, proxy):
+    proxy.faults.error_every = 5
+    proxy.faults.error_status = 503
+    proxy.faults.drop_every = 13
+    upload_to_gcs(small_source, f"{gcs_bucket}/src")
+    run, result = bs.full_run(bs.params(f"{gcs_bucket}/src", f"{gcs_bucket}/out"))
+    # A Beam job in its own process through the same proxy, as the DAG runs it.
+    proxy.faults.error_status = 429
+    out = subprocess.run([PYTHON, "-m", "beam_jobs.verify", *bs.job_args(run, run.spec(
+        run.supervised()[0])), "--deep"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(storage.read_text(run.manifest_uri))
+    assert sorted(doc["splits"]) == sorted(run.supervised())
+    assert proxy.faults.stats["errors"] >= 10 and proxy.faults.stats["drops"] >= 3, proxy.faults.stats
+    for entry in doc["splits"].values():
+        for shard in entry["shards"]:
+            assert storage.stat(shard["path"]).crc32c == shard["crc32c"]
+
+
+@pytest.mark.gcs
+def test_persistent_storage_failure_fails_publish_clearly(small_source, gcs_bucket, proxy,
+                                                          monkeypatch):
+    upload_to_gcs(small_source, f"{gcs_bucket}/src")
+    run = bs.start(bs.params(f"{gcs_bucket}/src", f"{gcs_bucket}/out", seeds=[1]))
+    bs.build_all(run)
+    assert not storage.exists(run.manifest_uri)
+    monkeypatch.setenv("SSL_SPLITS_GCS_RETRY_DEADLINE", "4")
+    proxy.faults.fail_path = r"uploadType=multipart"  # every small upload: the manifest's too
+    proxy.faults.fail_method = "POST"
+    t0 = time.monotonic()
+    with pytest.raises(PublishError, match=r"could not publish .*manifest\.json.*unchanged"):
+        bs.publish(run)
+    assert time.monotonic() - t0 < 60
+    assert proxy.faults.stats["persistent"] >= 2, "the upload was not retried"
+    proxy.faults.fail_path = None
+    assert not storage.exists(run.manifest_uri), "something was published"
+
+
+# --------------------------------------------------------------------------- source changed
+
+
+def test_source_rewritten_after_validation_fails_the_build(source_copy, tmp_path):
+    run = bs.start(bs.params(str(source_copy), str(tmp_path / "out"), seeds=[1]))
+    shard = sorted(source_copy.glob("train-*"))[0]
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))  # same size, new bytes and mtime
+    from beam_jobs.build import BuildError
+
+    with pytest.raises(BuildError, match=r"changed since validation.*" + shard.name):
+        bs.build(run, run.supervised()[0])
+    assert shard_files(run.output_uri, run.supervised()[0]) == {}
+
+
+def test_source_rewritten_before_publish_publishes_nothing(source_copy, tmp_path):
+    run = bs.start(bs.params(str(source_copy), str(tmp_path / "out"), seeds=[1]))
+    bs.build_all(run)
+    shard = sorted(source_copy.glob("train-*"))[-1]
+    os.utime(shard, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    with pytest.raises(TaskError, match="source .* changed during this run"):
+        bs.publish(run)
+    assert not os.path.exists(run.manifest_uri)
+
+
+# --------------------------------------------------------------------------- locks
+
+
+@pytest.fixture(params=["local", "gcs"])
+def work_uri(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "work")
+    bucket = request.getfixturevalue("gcs_bucket")
+    return f"{bucket}/out/_work"
+
+
+def test_lock_excludes_a_second_run(work_uri):
+    kw = {"dag_id": "d", "output_uri": "/out"}
+    uri = lock.acquire(work_uri, run_id="run-a", **kw)
+    assert lock.acquire(work_uri, run_id="run-a", **kw) == uri  # a retry of the same run
+    with pytest.raises(lock.LockHeld, match=r"run-a .* delete .*lock\.json"):
+        lock.acquire(work_uri, run_id="run-b", **kw)
+    assert lock.release(work_uri, run_id="run-b") is False  # never another run's lock
+    assert storage.exists(uri)
+    assert lock.release(work_uri, run_id="run-a") is True
+    lock.acquire(work_uri, run_id="run-b", **kw)
+
+
+def test_stale_lock_is_taken_over(work_uri):
+    import datetime as dt
+
+    kw = {"dag_id": "d", "output_uri": "/out"}
+    lock.acquire(work_uri, run_id="crashed", **kw)
+    with pytest.raises(lock.LockHeld):
+        lock.acquire(work_uri, run_id="new", **kw)
+    lock.acquire(work_uri, run_id="new", ttl=dt.timedelta(seconds=0), **kw)
+    holder = json.loads(storage.read_text(lock.lock_uri(work_uri)))
+    assert holder["run_id"] == "new"
+
+
+def test_racing_runs_one_wins(work_uri):
+    kw = {"dag_id": "d", "output_uri": "/out"}
+    barrier = threading.Barrier(4)
+    won, lost = [], []
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        try:
+            with storage.use_client(None):
+                lock.acquire(work_uri, run_id=f"run-{i}", **kw)
+            won.append(i)
+        except lock.LockHeld:
+            lost.append(i)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 3, (won, lost)
+    assert json.loads(storage.read_text(lock.lock_uri(work_uri)))["run_id"] == f"run-{won[0]}"
+
+
+def test_lock_cli_free():
+    # The lock module must not need Airflow at import time beyond storage.
+    out = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'plugins'); "
+                          "import ssl_splits.lock"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
