@@ -54,6 +54,7 @@ from beam_jobs.catalog import (
 )
 from beam_jobs.example_proto import ExampleError, parse_image_record
 from beam_jobs.pipeline import counters, make_options, setup_logging
+from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import FileInfo
 from beam_jobs.tfrecord import RecordError, iter_framed
 
@@ -146,10 +147,12 @@ def check_listing(files: list[FileInfo], prefix: str, source_uri: str) -> tuple[
 class ValidateShard(beam.DoFn):
     """Read one source shard: check every record, write its catalog part."""
 
-    def __init__(self, parts_dir: str, checks: Checks, total_shards: int) -> None:
+    def __init__(self, parts_dir: str, checks: Checks, total_shards: int,
+                 progress: str | None = None) -> None:
         self.parts_dir = parts_dir
         self.checks = checks
         self.total_shards = total_shards
+        self.progress = progress  # marker folder (beam_jobs.progress)
         self.records = Metrics.counter("ssl_splits", "records_read")
         self.bytes = Metrics.counter("ssl_splits", "bytes_read")
         self.bad = Metrics.counter("ssl_splits", "bad_records")
@@ -159,8 +162,11 @@ class ValidateShard(beam.DoFn):
         setup_logging()
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        yield validate_shard(element, self.parts_dir, self.checks, self.total_shards,
+        out = validate_shard(element, self.parts_dir, self.checks, self.total_shards,
                              self.records, self.bytes, self.bad)
+        mark_done(self.progress, element["index"], out["records"] + out["bad_records"],
+                  out["bytes"])
+        yield out
         self.done.inc()
 
 
@@ -363,7 +369,8 @@ def build_pipeline(p: beam.Pipeline, shards: list[dict[str, Any]], catalog_dir: 
         p
         | "Shards" >> beam.Create(shards)
         | "Spread" >> beam.Reshuffle()
-        | "ValidateShard" >> beam.ParDo(ValidateShard(parts_dir, checks, len(shards)))
+        | "ValidateShard" >> beam.ParDo(ValidateShard(parts_dir, checks, len(shards),
+                                                      progress_dir(catalog_dir, "validate")))
     )
     return (
         summaries
@@ -421,8 +428,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.monotonic()
         p = beam.Pipeline(options=options)
         build_pipeline(p, shards, catalog_dir, source, fp, args.expected_total, checks)
-        result = p.run()
-        result.wait_until_finish()
+        with Progress("validate", progress_dir(catalog_dir, "validate"), len(shards),
+                      total_bytes=sum(f.size for f in shard_files), logger=log):
+            result = p.run()
+            result.wait_until_finish()
         report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
         seconds = time.monotonic() - t0
         report["seconds"] = round(seconds, 3)
@@ -430,6 +439,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         log.info("validation of %d records took %.1f s (%.0f records/s)",
                  report["total_records"], seconds, report["total_records"] / max(seconds, 1e-9))
     print(format_report(report), flush=True)
+    if report.get("metrics"):
+        print(f"validate: metrics {json.dumps(report['metrics'], sort_keys=True)}", flush=True)
     if not report["ok"]:
         raise ValidationFailed(format_report(report))
     return report

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
+# The DAG processor imports the airflow.* modules a DAG file names once, before it
+# forks a parser per file (parsing_pre_import_modules): naming the Beam operator here
+# keeps the provider's heavy imports (Google Dataflow hooks) out of every parse.
+from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator  # noqa: F401
 from airflow.sdk import DAG, Asset, get_current_context, task
 
 from ssl_splits.config import params
@@ -107,7 +111,9 @@ with DAG(
         from ssl_splits.tasks import publish_manifest as run
 
         ctx = get_current_context()
-        jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids="build") or []) if r}
+        # task_ids as a list: a list back even when one split was built (a str pulls the
+        # single mapped value itself, a dict).
+        jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids=["build"]) or []) if r}
         run_info = {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]}
         with airflow_storage():
             result = run(config, source, specs, jobs, run_info)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow.sdk import Param
+from airflow.sdk.exceptions import AirflowFailException
 
 # gs://bucket/any/path, or an absolute local path; no ".." components.
 URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
@@ -24,18 +25,26 @@ DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
 MAX_SEED = 1_000_000
 RUNNERS = ["DirectRunner", "DataflowRunner"]
 SAMPLINGS = ["stratified", "uniform"]
+DEEP_VERIFY = {"auto": None, "always": True, "never": False}
+# Trigger-form sections (collapsed by default; the main fields stay in "Run Parameters").
+ADVANCED = "Advanced: shards, checks, folders"
+DATAFLOW = "Dataflow (runner DataflowRunner)"
 
 
-class ConfigError(ValueError):
-    """A param or a combination of params is not acceptable; says which and why."""
+class ConfigError(AirflowFailException, ValueError):
+    """A param or a combination of params is not acceptable; says which and why.
+
+    An AirflowFailException: the task fails at once, without retries (the same
+    params would fail again)."""
 
 
-def _uri_param(default: Any, title: str, description: str, nullable: bool = False) -> Param:
+def _uri_param(default: Any, title: str, description: str, nullable: bool = False,
+               **extra: Any) -> Param:
     string = {"type": "string", "pattern": URI_PATTERN, "not": {"pattern": DOTDOT_PATTERN}}
     if nullable:
         return Param(default, type=["null", "string"], title=title, description=description,
-                     anyOf=[{"type": "null"}, string])
-    return Param(default, title=title, description=description, minLength=1, **string)
+                     anyOf=[{"type": "null"}, string], **extra)
+    return Param(default, title=title, description=description, minLength=1, **string, **extra)
 
 
 def params() -> dict[str, Param]:
@@ -74,6 +83,8 @@ def params() -> dict[str, Param]:
             "stratified", type="string", enum=SAMPLINGS, title="Sampling",
             description="stratified: the same share of every class (as FixMatch's published "
                         "splits); uniform: a plain random draw.",
+            values_display={"stratified": "stratified (same share of every class)",
+                            "uniform": "uniform (plain random draw)"},
         ),
         "sharding_files": Param(
             {}, type="object", title="Published split files",
@@ -92,66 +103,85 @@ def params() -> dict[str, Param]:
             "DirectRunner", type="string", enum=RUNNERS, title="Beam runner",
             description="DirectRunner runs the Beam jobs on this Airflow worker; "
                         "DataflowRunner on Google Cloud Dataflow (set the Dataflow params).",
+            values_display={"DirectRunner": "DirectRunner (local, on the Airflow worker)",
+                            "DataflowRunner": "DataflowRunner (Google Cloud Dataflow)"},
         ),
         "force": Param(
             False, type="boolean", title="Force rebuild",
-            description="Rebuild splits even if a verified identical split already exists.",
+            description="Rebuild the requested splits even if a verified identical split "
+                        "already exists (the validation copy is redone only when it differs "
+                        "from the source).",
         ),
         "unsupervised_seed": Param(
             0, type="integer", minimum=0, maximum=MAX_SEED, title="Reshuffle seed",
-            description="Seed of the full reshuffle's order.",
+            description="Seed of the full reshuffle's order.", section=ADVANCED,
         ),
         "num_shards": Param(
             None, type=["null", "integer"], minimum=1, maximum=100000,
             title="Shards per labelled split",
             description="Empty: keep the source's shard size (102 for 10% of ImageNet).",
+            section=ADVANCED,
         ),
         "unsupervised_shards": Param(
             None, type=["null", "integer"], minimum=1, maximum=100000,
             title="Shards of the reshuffle", description="Empty: as many as the source (1,024).",
+            section=ADVANCED,
         ),
         "copy_validation": Param(
             True, type="boolean", title="Copy the validation set",
             description="Copy validation-* shards beside the splits, when the source has them.",
+            section=ADVANCED,
         ),
         "num_classes": Param(
             1000, type="integer", minimum=1, maximum=100000, title="Number of classes",
             description="Valid labels are 1..num_classes (the common converter's labels).",
+            section=ADVANCED,
         ),
         "expected_total": Param(
             None, type=["null", "integer"], minimum=1, title="Expected training records",
             description="Fail validation unless the source holds exactly this many "
                         "(1281167 for ImageNet). Empty: no check.",
+            section=ADVANCED,
         ),
         "deep_verify": Param(
-            None, type=["null", "boolean"], title="Deep verification",
-            description="Re-read every output record (a Beam job). Empty: yes on DirectRunner, "
-                        "no on Dataflow (storage checksums only).",
+            "auto", type="string", enum=list(DEEP_VERIFY), title="Deep verification",
+            description="Re-read every output record (a Beam job), or only compare sizes and "
+                        "CRC32Cs. auto: always on DirectRunner, never on Dataflow.",
+            values_display={"auto": "auto (always on DirectRunner, never on Dataflow)",
+                            "always": "always: re-read every record",
+                            "never": "never: sizes and checksums only"},
+            section=ADVANCED,
         ),
         "work_uri": _uri_param(
             None, "Work folder",
             "Catalog, plans, staging and reports. Empty: {output_uri}/_work.", nullable=True,
+            section=ADVANCED,
         ),
         "direct_num_workers": Param(
             0, type="integer", minimum=0, maximum=64, title="DirectRunner workers",
             description="Worker processes per local Beam job; 0: one per core.",
+            section=ADVANCED,
         ),
         "dataflow_project": Param(
             env("SSL_SPLITS_DATAFLOW_PROJECT") or None, type=["null", "string"],
             title="Dataflow project", description="Google Cloud project for Dataflow jobs.",
+            section=DATAFLOW,
         ),
         "dataflow_region": Param(
             env("SSL_SPLITS_DATAFLOW_REGION") or "us-central1", type="string",
             title="Dataflow region", description="Region for Dataflow jobs.",
+            section=DATAFLOW,
         ),
         "dataflow_temp_location": Param(
             env("SSL_SPLITS_DATAFLOW_TEMP_LOCATION") or None, type=["null", "string"],
             title="Dataflow temp location", description="gs:// folder for Dataflow's temp and "
                                                        "staging files.",
+            section=DATAFLOW,
         ),
         "dataflow_machine_type": Param(
             "n2-standard-4", type="string", title="Dataflow machine type",
             description="Worker machine type.",
+            section=DATAFLOW,
         ),
         "dataflow_worker_package": Param(
             env("SSL_SPLITS_WORKER_PACKAGE") or None, type=["null", "string"],
@@ -159,10 +189,12 @@ def params() -> dict[str, Param]:
             description="The beam_jobs wheel Dataflow workers install (bin/build-worker-package "
                         "writes dist/ssl_imagenet_splits-*.whl): a path on the Airflow worker or "
                         "gs://.",
+            section=DATAFLOW,
         ),
         "dataflow_max_workers": Param(
             20, type="integer", minimum=1, maximum=1000, title="Dataflow max workers",
             description="Upper bound for autoscaling, per job.",
+            section=DATAFLOW,
         ),
     }
 
@@ -297,6 +329,10 @@ def resolve(p: dict[str, Any]) -> RunConfig:
             "max_num_workers": int(p.get("dataflow_max_workers") or 20),
         }
     deep = p.get("deep_verify")
+    if isinstance(deep, str):  # the form's "auto" | "always" | "never"
+        if deep not in DEEP_VERIFY:
+            raise ConfigError(f"deep_verify must be one of {list(DEEP_VERIFY)}, got {deep!r}")
+        deep = DEEP_VERIFY[deep]
     return RunConfig(
         source_uri=source, output_uri=output, manifest_uri=manifest, work_uri=work,
         seeds=list(seeds), fraction=repr(float(fraction)) if isinstance(fraction, float) else str(fraction),

@@ -22,7 +22,6 @@ from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from beam_jobs import storage
-from beam_jobs.pipeline import job_name
 from ssl_splits.config import RunConfig
 from ssl_splits.gcp import gcp_credentials_for_subprocess
 
@@ -33,6 +32,8 @@ JOBS = ("validate", "build", "verify")
 
 def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> dict[str, Any]:
     """The ``--flags`` a job gets: its own args plus runner options (pure)."""
+    from beam_jobs.pipeline import job_name  # imports Apache Beam: not at DAG parse time
+
     opts: dict[str, Any] = {}
     if job == "validate":
         opts.update(source_uri=cfg.source_uri, catalog_dir=spec["catalog_dir"] if spec else None,
@@ -64,6 +65,8 @@ def dataflow_config(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> Da
     """Dataflow job settings: the job name carries the split (``ssl-build-train128116-3``)."""
     if not cfg.is_dataflow:
         return None
+    from beam_jobs.pipeline import job_name  # imports Apache Beam: not at DAG parse time
+
     return DataflowConfiguration(
         job_name=job_name("ssl", job, (spec or {}).get("split", "source")),
         append_job_name=True,
@@ -102,7 +105,8 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
     """
 
     template_fields: Sequence[str] = (*BeamRunPythonPipelineOperator.template_fields, "config", "spec")
-    operator_extra_links = (OutputFolderLink(),)
+    # Ours, and the provider's Dataflow job link (a URL only for jobs run on Dataflow).
+    operator_extra_links = (OutputFolderLink(), *BeamRunPythonPipelineOperator.operator_extra_links)
 
     def __init__(self, *, job: str, config: Any, spec: Any = None, **kwargs: Any) -> None:
         if job not in JOBS:
@@ -141,6 +145,12 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
                 result = super().execute(context)
             except Exception as err:
                 raise self._explain(cfg, spec, err) from err
+            finally:
+                # The provider clears operator_extra_links off Dataflow, ours included (the
+                # worker stores these links when the task ends); Dataflow's only on Dataflow
+                # (elsewhere it would be a link to job "None").
+                self.operator_extra_links = type(self).operator_extra_links if cfg.is_dataflow \
+                    else (OutputFolderLink(),)
         return {"split": label, "job": self.job, "runner": cfg.runner,
                 "dataflow_job_id": self.dataflow_job_id,
                 **(result if isinstance(result, dict) else {})}

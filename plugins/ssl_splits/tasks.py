@@ -215,13 +215,15 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
         entry["copied_from"] = cfg.source_uri
         entry["source_fingerprint"] = source["validation_fingerprint"]
     entry["verification"] = {"mode": verification["mode"], "verified_at": verification["verified_at"],
-                             "report_uri": vpath}
+                             "report_uri": vpath, "seconds": verification.get("seconds"),
+                             "metrics": verification.get("metrics") or {}}
     entry["provenance"] = {
         "code_version": __version__, "runner": cfg.runner,
         "job_name": stats.get("job_name"), "job_id": (job or {}).get("dataflow_job_id"),
         "dag_id": run.get("dag_id"), "run_id": run.get("run_id"),
         "built_at": stats.get("built_at"), "published_at": run["published_at"],
-        "bytes_read": stats.get("bytes_read"),
+        "bytes_read": stats.get("bytes_read"), "bytes_written": stats.get("num_bytes"),
+        "shards_reused": stats.get("shards_reused"),
     }
     return entry
 
@@ -232,7 +234,8 @@ def source_section(cfg: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
     return {
         "uri": cfg.source_uri, "fingerprint": source["fingerprint"],
         "num_records": report["total_records"], "num_shards": report["num_shards"],
-        "num_classes": report["num_classes"], "validation_report_uri": report_path,
+        "num_classes": report["num_classes"], "num_bytes": report.get("total_bytes"),
+        "bad_records": report.get("bad_records"), "validation_report_uri": report_path,
         "catalog_uri": report.get("catalog_uri"),
         "files": [{"name": storage.basename(s["path"]), "size": s["size"], "crc32c": s.get("crc32c"),
                    "generation": s.get("generation"), "mtime_ns": s.get("mtime_ns")}

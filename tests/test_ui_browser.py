@@ -1,0 +1,526 @@
+"""The DAG from the Airflow UI, in a real browser (Debian's Chromium through Playwright).
+
+The browser test walks what a user does: start Airflow (API server, scheduler, DAG
+processor, triggerer) with a private AIRFLOW_HOME, open the DAG, open the
+trigger form, fill it for a small synthetic ImageNet on local disk (seed 2
+only, no reshuffle), trigger, wait for the run to succeed, then open the
+"Splits" view (plugins/ssl_splits_ui.py) and check that it lists train{N}.2
+with the counts the published manifest has. On the way it checks, through
+the REST API, that the build task's log shows progress and Beam metrics and
+that the build task has its extra links.
+
+Screenshots go to test-artifacts/ui/ (trigger form, run success, manifest
+view, and one per failed step); the trigger form and the manifest view are
+also copied to docs/img/ for the README. Every failure says which step failed,
+with the page's text and a screenshot path.
+
+No browser can be downloaded here: the test drives /usr/bin/chromium
+(``bin/install-system-deps`` installs it) and fails, not skips, without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow_env import BIN_AIRFLOW, DAG_ID, airflow_env, migrated_home
+from conftest import ROOT, free_port
+
+
+CHROMIUM = os.environ.get("SSL_SPLITS_CHROMIUM", "/usr/bin/chromium")
+# Chromium on a closed network: no background connections (they are refused and
+# slow everything down), no GPU, no sandbox (containers), no QUIC.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ARTIFACTS = ROOT / "test-artifacts" / "ui"
+DOCS_IMG = ROOT / "docs" / "img"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+NUM_CLASSES = 10
+SEED = 2
+VIEWPORT = {"width": 1280, "height": 900}
+
+
+# --------------------------------------------------------------------------- Airflow
+
+
+class Airflow:
+    """Airflow's four components on 127.0.0.1, each a process group of our own."""
+
+    def __init__(self, home: Path, logs: Path) -> None:
+        self.home = home
+        self.logs = logs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = airflow_env(
+            home,
+            AIRFLOW__CORE__AUTH_MANAGER=(
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"),
+            # For this test only: everyone is an admin, no login page.
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
+            AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+            AIRFLOW__CORE__PARALLELISM="4",
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+            AIRFLOW__API__HOST="127.0.0.1",
+            AIRFLOW__API__PORT=str(self.port),
+            AIRFLOW__API__BASE_URL=self.url,
+            AIRFLOW__API__WORKERS="1",
+            AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{self.url}/execution/",
+            AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),
+            AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
+            AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
+            AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+        )
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.token: str | None = None
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for name in COMPONENTS:
+            with open(self.logs / f"{name}.log", "wb") as out:
+                self.procs[name] = subprocess.Popen(
+                    [str(BIN_AIRFLOW), name], env=self.env, cwd=ROOT, stdout=out,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+            alive = [p for p in self.procs.values() if p.poll() is None]
+            for p in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, sig)  # the group we started: the component and its children
+            deadline = time.monotonic() + wait
+            for p in alive:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def log_tails(self, n: int = 25) -> str:
+        out = []
+        for name in COMPONENTS:
+            path = self.logs / f"{name}.log"
+            lines = path.read_text(errors="replace").splitlines()[-n:] if path.exists() else []
+            state = self.procs[name].poll() if name in self.procs else "not started"
+            out.append(f"--- {name} (exit code {state}; {path}) ---\n" + "\n".join(lines))
+        return "\n".join(out)
+
+    def api(self, path: str, **query: Any) -> Any:
+        """GET a REST API path (JSON), with a token from the auth manager."""
+        if self.token is None:
+            with urllib.request.urlopen(f"{self.url}/auth/token", timeout=30) as r:
+                self.token = json.load(r)["access_token"]
+        url = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Every component healthy and the DAG parsed."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                raise AssertionError(f"Airflow component(s) {dead} exited:\n{self.log_tails()}")
+            try:
+                health = self.api("/api/v2/monitor/health")
+                bad = [k for k, v in health.items() if v.get("status") != "healthy"]
+                if not bad:
+                    dag = self.api(f"/api/v2/dags/{DAG_ID}")
+                    if not dag.get("is_paused"):
+                        return
+                    last = "the DAG is paused"
+                else:
+                    last = f"not healthy yet: {bad}"
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                last = str(err)
+            time.sleep(2)
+        raise AssertionError(f"Airflow was not ready after {timeout:.0f} s ({last}):\n"
+                             f"{self.log_tails()}")
+
+    def wait_run(self, run_id: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        run: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            run = self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
+            if run["state"] in ("success", "failed"):
+                return run
+            time.sleep(3)
+        return run
+
+    def task_states(self, run_id: str) -> list[tuple[str, int, str | None]]:
+        tis = self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+                       "/taskInstances")["task_instances"]
+        return [(t["task_id"], t["map_index"], t["state"]) for t in tis]
+
+    def task_log(self, run_id: str, task_id: str, map_index: int = -1, try_number: int = 1) -> str:
+        """The task's log as text (the REST API's structured log, one event a line)."""
+        data = self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+                        f"/taskInstances/{task_id}/logs/{try_number}", map_index=map_index)
+        content = data.get("content")
+        if isinstance(content, list):
+            return "\n".join(str(e.get("event", e)) if isinstance(e, dict) else str(e)
+                             for e in content)
+        return str(content)
+
+    def failure_report(self, run_id: str) -> str:
+        lines = []
+        for task_id, map_index, state in self.task_states(run_id):
+            lines.append(f"{task_id}[{map_index}]: {state}")
+            if state in ("failed", "up_for_retry", "upstream_failed"):
+                with contextlib.suppress(Exception):
+                    lines.append("    " + "\n    ".join(
+                        self.task_log(run_id, task_id, map_index).splitlines()[-30:]))
+        return "\n".join(lines)
+
+
+@pytest.fixture
+def airflow(tmp_path) -> Iterator[Airflow]:
+    t0 = time.monotonic()
+    af = Airflow(migrated_home(tmp_path / "airflow"), tmp_path / "airflow-logs")
+    af.migrate_s = time.monotonic() - t0
+    af.start()
+    try:
+        yield af
+    finally:
+        af.stop()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Source and output, under a short path (it shows in the README's pictures)."""
+    path = Path(tempfile.mkdtemp(prefix="ssl-splits-ui-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def synthetic_source(data_dir) -> tuple[Path, dict[str, Any]]:
+    """A small synthetic ImageNet: 10 classes, 4 train shards, no validation set."""
+    from beam_jobs.synthetic import Spec, generate
+
+    out = data_dir / "imagenet"
+    summary = generate(Spec(num_classes=NUM_CLASSES, min_per_class=20, max_per_class=30,
+                            train_shards=4, validation_shards=0, seed=3), str(out), workers=1)
+    return out, summary
+
+
+# --------------------------------------------------------------------------- the browser
+
+
+class Steps:
+    """Named steps: a failure says which one, with the page's text and a screenshot."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+
+    def shot(self, name: str, full_page: bool = False) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=full_page)
+        return path
+
+    def text(self, frame=None) -> str:
+        with contextlib.suppress(Exception):
+            body = (frame or self.page).locator("body").inner_text(timeout=5000)
+            return re.sub(r"\n{2,}", "\n", body)[:3000]
+        return "<no page text>"
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:
+            shot = "<no screenshot>"
+            with contextlib.suppress(Exception):
+                shot = str(self.shot(f"failed-{name}", full_page=True))
+            # The plugin's page, when the step shows it (an iframe in Airflow's page).
+            frame = next((f for f in self.page.frames if "/ssl-splits/" in (f.url or "")), None)
+            raise AssertionError(
+                f"step '{name}' failed: {type(err).__name__}: {err}\n"
+                f"page: {self.page.url}\nscreenshot: {shot}\n"
+                f"page text:\n{self.text()}"
+                + (f"\nframe text:\n{self.text(frame)}" if frame is not None else "")
+            ) from err
+
+
+def small_png(src: Path, dst: Path, width: int = 1100) -> None:
+    """A copy for the README: scaled to ``width`` and palette-quantized (small file)."""
+    from PIL import Image
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        if im.width > width:
+            im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+        im.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+
+
+def fill_number(dialog, name: str, value: int) -> None:
+    """A param's number input (Chakra: the input is named by its +/- buttons)."""
+    input_id = dialog.locator(f'[id="number-input:element_{name}:inc"]').get_attribute(
+        "aria-controls")
+    box = dialog.locator(f'[id="{input_id}"]')
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def fill_json_editor(page, dialog, name: str, value: str) -> None:
+    """A param's JSON editor (Monaco). Typing an opening bracket over a selection
+    wraps it (auto-surround), so: select all, type the inner value, select all,
+    type the bracket; the form then re-formats the parsed value."""
+    assert value.startswith("[") and value.endswith("]"), value
+    editor = dialog.locator(f"#element_{name} .monaco-editor")
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(value[1:-1])
+    page.keyboard.press("Control+A")
+    page.keyboard.type("[")
+    shown = re.sub(r"\s+", "", dialog.locator(f"#element_{name} .view-lines").inner_text())
+    assert shown == value.replace(" ", ""), f"the {name} editor shows {shown!r}, not {value!r}"
+
+
+# --------------------------------------------------------------------------- the test
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, data_dir):
+    t0 = airflow.started_at
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run bin/install-system-deps (installs Debian's "
+                    "chromium; Playwright cannot download a browser here)")
+    from playwright.sync_api import expect, sync_playwright
+
+    source, summary = synthetic_source
+    output = data_dir / "bucket" / "ssl-imagenet"
+    airflow.wait_ready(timeout=240)
+    ready = time.monotonic() - t0
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(60_000)
+        s = Steps(page)
+
+        with s.step("open-dag"):
+            page.goto(f"{airflow.url}/dags/{DAG_ID}")
+            expect(page.get_by_role("heading", name=DAG_ID).first).to_be_visible()
+
+        with s.step("trigger-form"):
+            page.get_by_role("button", name="Trigger").first.click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog.get_by_text("Run Parameters").first).to_be_visible()
+            # Required fields say so before they are filled.
+            expect(dialog.get_by_text("This field is required").first).to_be_visible()
+            dialog.locator("#element_source_uri").fill(str(source))
+            dialog.locator("#element_output_uri").fill(str(output))
+            fill_json_editor(page, dialog, "seeds", f"[{SEED}]")
+            switch = dialog.locator('[id="switch:element_unsupervised"]')
+            dialog.locator('[id="switch:element_unsupervised:control"]').click()
+            expect(switch).to_have_attribute("data-state", "unchecked")
+            dialog.get_by_role("button", name=re.compile(r"^Advanced: shards")).click()
+            fill_number(dialog, "num_classes", NUM_CLASSES)
+            fill_number(dialog, "direct_num_workers", 1)
+            expect(dialog.get_by_text("This field is required")).to_have_count(0)
+            # Back to the main section (one section is open at a time) for the picture.
+            dialog.get_by_role("button", name="Run Parameters").click()
+            dialog.locator("#element_source_uri").scroll_into_view_if_needed()
+            expect(dialog.locator("#element_source_uri")).to_have_value(str(source))
+            page.set_viewport_size({**VIEWPORT, "height": 1300})  # more of the form
+            form_png = s.shot("trigger-form")
+            page.set_viewport_size(VIEWPORT)
+
+        with s.step("trigger"):
+            submit = dialog.get_by_test_id("trigger-dag-submit")
+            expect(submit).to_be_enabled()
+            submit.click()
+            page.wait_for_url(re.compile(r"/runs/[^/]+$"), timeout=60_000)
+            run_id = urllib.parse.unquote(page.url.rstrip("/").rsplit("/runs/", 1)[1])
+        triggered = time.monotonic() - t0
+
+        run = airflow.wait_run(run_id, timeout=480)
+        assert run.get("state") == "success", (
+            f"run {run_id} ended {run.get('state')!r} (expected success):\n"
+            f"{airflow.failure_report(run_id)}\n{airflow.log_tails(10)}")
+        finished = time.monotonic() - t0
+
+        with s.step("run-success"):
+            page.reload()
+            expect(page.get_by_text("Success").first).to_be_visible()
+            s.shot("run-success")
+
+        manifest = json.loads((output / "manifest.json").read_text())
+        splits = [n for n in manifest["splits"] if re.fullmatch(rf"train\d+\.{SEED}", n)]
+        assert len(splits) == 1 and list(manifest["splits"]) == splits, manifest["splits"].keys()
+        split = splits[0]
+        entry = manifest["splits"][split]
+        assert split == f"train{entry['num_examples']}.{SEED}"
+
+        with s.step("manifest-view"):
+            page.goto(f"{airflow.url}/plugin/ssl-splits")
+            frame = page.frame_locator('iframe[title="Splits"]')
+            row = frame.locator(f'table[data-testid="splits"] tr[data-split="{split}"]')
+            expect(row).to_be_visible()
+            cells = [c.strip() for c in row.locator("td").all_inner_texts()]
+            assert cells[0] == split and cells[1] == "supervised" and cells[2] == str(SEED), cells
+            assert cells[5] == f"{entry['num_examples']:,}", cells
+            assert cells[6] == f"{entry['num_shards']:,}", cells
+            section = frame.locator(f'section[data-split="{split}"]')
+            expect(section.locator("svg.chart")).to_have_count(2)  # classes, shards
+            expect(section.locator("svg.chart").first.locator("rect")).to_have_count(NUM_CLASSES)
+            expect(frame.locator('[data-testid="source"]')).to_contain_text(str(source))
+            expect(frame.locator('[data-testid="source"]')).to_contain_text(
+                f"{summary['train_records']:,}")
+            view_png = s.shot("manifest-view")
+
+        with s.step("manifest-of-a-run-and-json"):
+            # The view of one run's manifest, and the raw JSON, with the browser's session.
+            by_run = page.request.get(f"{airflow.url}/ssl-splits/",
+                                      params={"run_id": run_id})
+            assert by_run.ok and f'data-split="{split}"' in by_run.text(), by_run.text()[:2000]
+            raw = page.request.get(f"{airflow.url}/ssl-splits/api/manifest",
+                                   params={"uri": str(output / "manifest.json")})
+            assert raw.ok and raw.json()["splits"][split]["num_examples"] == entry["num_examples"]
+
+    # The progress the build logged, its Beam metrics, and its extra links (REST API).
+    build_map = next(m for t, m, _ in airflow.task_states(run_id) if t == "build")
+    log = airflow.task_log(run_id, "build", build_map)
+    for needle in (f"{split}: starting: {entry['num_shards']} shards",
+                   (f"{split}: done: {entry['num_shards']}/{entry['num_shards']} shards, "
+                    f"{entry['num_examples']:,}/{entry['num_examples']:,} records"),
+                   f"{split}: metrics {{"):
+        assert needle in log, f"the build task log lacks {needle!r}:\n{log[-3000:]}"
+    links = airflow.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+                        "/taskInstances/build/links", map_index=build_map)["extra_links"]
+    assert links.get("Output folder") == f"file://{output}", links
+    assert "Dataflow Job" in links and not links["Dataflow Job"], links  # only on Dataflow
+
+    small_png(form_png, DOCS_IMG / "trigger-form.png")
+    small_png(view_png, DOCS_IMG / "manifest-view.png")
+    total = time.monotonic() - t0
+    (ARTIFACTS / "timings.json").write_text(json.dumps({
+        "db_migrate_s": round(airflow.migrate_s, 1), "airflow_ready_s": round(ready, 1), "triggered_s": round(triggered, 1),
+        "run_finished_s": round(finished, 1), "total_s": round(total, 1)}, indent=1))
+
+
+# --------------------------------------------------------------------------- the view, fast
+
+
+def _manifest(num_classes: int = 1000, shards: int = 102) -> dict[str, Any]:
+    per_shard = [1257 if i < 4 else 1256 for i in range(shards)]
+    counts = {f"n{i:08d}": 128 + (i % 3) for i in range(num_classes)}
+    return {
+        "schema_version": 1, "output_uri": "gs://b/ssl", "updated_at": "2026-11-24T10:00:00+00:00",
+        "source": {"uri": "gs://b/imagenet", "fingerprint": "f" * 64, "num_records": 1281167,
+                   "num_shards": 1024, "num_classes": 1000,
+                   "files": [{"name": "train-00000-of-01024", "size": 10}]},
+        "splits": {
+            "train128116.2": {
+                "kind": "supervised", "seed": 2, "fraction": "0.1", "sampling": "stratified",
+                "num_examples": sum(per_shard), "num_shards": shards,
+                "file_pattern": "gs://b/ssl/train128116.2-*-of-00102",
+                "shards": [{"path": f"gs://b/ssl/train128116.2-{i:05d}-of-{shards:05d}",
+                            "num_records": n, "num_bytes": n * 110_000, "crc32c": "0a0b0c0d"}
+                           for i, n in enumerate(per_shard)],
+                "class_counts": counts,
+                "plan": {"uri": "gs://b/ssl/_work/plans/p.csv", "sha256": "a" * 64,
+                         "source": "computed", "algorithm": "v1"},
+                "verification": {"mode": "shallow", "verified_at": "2026-11-24T09:00:00+00:00",
+                                 "report_uri": "gs://b/ssl/_work/verify/x.json"},
+                "provenance": {"runner": "DataflowRunner", "job_id": "2026-11-24_01_02_03-123",
+                               "run_id": "manual__x", "built_at": "2026-11-24T08:00:00+00:00",
+                               "bytes_read": 14_000_000_000},
+            },
+            "validation": {
+                "kind": "validation", "num_examples": 50000, "num_shards": 128,
+                "file_pattern": "gs://b/ssl/validation-*-of-00128", "copied_from": "gs://b/imagenet",
+                "shards": [{"path": f"gs://b/ssl/validation-{i:05d}-of-00128",
+                            "num_records": 390 + (i < 80), "num_bytes": 1, "crc32c": "00000000"}
+                           for i in range(128)],
+            },
+        },
+        "provenance": {"run_id": "manual__x", "code_version": "0.1.0"},
+    }
+
+
+def test_the_plugin_adds_an_app_and_a_nav_view():
+    import ssl_splits_ui as ui
+    from airflow.plugins_manager import AirflowPlugin
+
+    plugin = ui.SslSplitsUIPlugin
+    assert issubclass(plugin, AirflowPlugin)
+    (app,) = plugin.fastapi_apps
+    assert app["url_prefix"] == "/ssl-splits" and callable(app["app"])
+    (view,) = plugin.external_views
+    assert view["href"] == "/ssl-splits/" and view["destination"] == "nav"
+    assert view["url_route"] == "ssl-splits"
+    assert (Path(ui.STATIC) / "icon.svg").exists() and (Path(ui.TEMPLATES) / "manifest.html").exists()
+
+
+def test_the_page_shows_splits_counts_charts_and_source():
+    import ssl_splits_ui as ui
+
+    page = ui.render_page(uri="gs://b/ssl/manifest.json", doc=_manifest())
+    row = re.search(r'<tr data-split="train128116.2">(.*?)</tr>', page, re.S).group(1)
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    assert cells[:7] == ["train128116.2", "supervised", "2", "0.1", "stratified", "128,116", "102"]
+    assert cells[8] == "1,256..1,257 (mean 1,256.0)"
+    section = page.split('<section class="split" id="split-train128116-2"', 1)[1].split("</section>")[0]
+    charts = re.findall(r'<svg class="chart".*?</svg>', section, re.S)
+    assert [c.count("<rect") for c in charts] == [1000, 102]  # per class, per shard
+    assert "n00000000: 128" in charts[0] and "train128116.2-00101-of-00102: 1,256 records" in charts[1]
+    assert "1,000 classes, 128..130" in section
+    validation = page.split('id="split-validation"', 1)[1].split("</section>")[0]
+    assert validation.count('<svg class="chart"') == 1  # no class counts: shards only
+    assert "gs://b/imagenet" in page and "1,281,167 in 1,024 shards" in page
+    assert page.count('<tr><td class="mono"') == 102 + 128  # the shard tables
+    many = ui.render_page(uri="gs://b/ssl/manifest.json", doc=_manifest(shards=250))
+    assert many.count('<tr><td class="mono"') == ui.MAX_SHARD_ROWS + 128
+    assert f"… and {250 - ui.MAX_SHARD_ROWS} more" in many
+
+
+def test_the_page_escapes_what_the_manifest_says():
+    import ssl_splits_ui as ui
+
+    doc = _manifest(num_classes=3, shards=2)
+    entry = doc["splits"].pop("train128116.2")
+    entry["class_counts"] = {"<img src=x onerror=alert(1)>": 1}
+    doc["splits"]["<script>alert(1)</script>"] = entry
+    page = ui.render_page(uri='gs://b/"><script>x</script>.json', doc=doc,
+                          error="<b>not bold</b>")
+    assert "<script>alert(1)</script>" not in page and "<script>x</script>" not in page
+    assert "<img src=x" not in page and "<b>not bold</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+@pytest.mark.parametrize("uri, ok", [
+    ("gs://b/ssl/manifest.json", True), ("/data/ssl/manifest.json", True),
+    ("relative/manifest.json", False), ("/etc/passwd", False), ("http://h/manifest.json", False),
+    ("/data/../etc/x.json", False), ("", False),
+])
+def test_only_manifest_uris_are_read(uri, ok):
+    import ssl_splits_ui as ui
+
+    if ok:
+        assert ui.check_manifest_uri(uri) == uri
+    else:
+        with pytest.raises(ValueError):
+            ui.check_manifest_uri(uri)
