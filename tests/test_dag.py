@@ -1,0 +1,468 @@
+"""The DAG ``ssl_imagenet_splits`` as Airflow parses it, validates its params
+and runs it (issue 5).
+
+* DagBag: no import errors; a parse as the DAG processor does it stays well
+  under 2 s (and never imports Apache Beam or TensorFlow); the structure the
+  design promises (tasks, dependencies, mapped Beam operators, manifest asset,
+  params and their documented defaults, one run at a time, retries, docs).
+* Bad params fail the run before any Beam job starts, with a message that
+  names the param (one interpreter runs every case through ``dag.test``).
+* End to end on the GCS emulator through ``bin/airflow dags test``: build,
+  rebuild one seed (only its manifest entry and files change), rerun (nothing
+  is built, the manifest stays as it was).
+* FixMatch's published split 3 reproduced through the DAG, record by record.
+
+Airflow and Beam run for real: every Airflow here has its own AIRFLOW_HOME and
+SQLite DB (tests/airflow_env.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow_env import (
+    DAG_FILE,
+    DAG_ID,
+    GCP_CONN_ANONYMOUS,
+    PYTHON,
+    airflow_env,
+    copy_home,
+    dags_test,
+    migrated_home,
+    run_cases,
+)
+from conftest import REFERENCE
+
+TASK_IDS = {"check_params", "validate_source", "plan", "build", "verify", "publish_manifest"}
+MANIFEST_ASSET = "ssl_imagenet_splits_manifest"
+# DESIGN.md's params table: name -> documented default (None: required or derived).
+DESIGN_DEFAULTS = {
+    "source_uri": None,
+    "output_uri": None,
+    "manifest_uri": None,  # {output_uri}/manifest.json, filled by resolve()
+    "seeds": [1, 2, 3, 4, 5],
+    "fraction": 0.1,
+    "sampling": "stratified",
+    "sharding_files": {},
+    "unsupervised": True,
+    "runner": "DirectRunner",
+    "force": False,
+}
+SPLIT3 = REFERENCE / "files2shards_train_size128116_split3.txt"
+
+
+@pytest.fixture(scope="module")
+def template_home(tmp_path_factory) -> Path:
+    """An AIRFLOW_HOME migrated once per module; tests run on copies of its DB."""
+    return migrated_home(tmp_path_factory.mktemp("airflow-template"))
+
+
+@pytest.fixture
+def airflow_home(template_home, tmp_path) -> Path:
+    return copy_home(template_home, tmp_path / "airflow")
+
+
+# --------------------------------------------------------------------------- parse & structure
+
+PARSE_SCRIPT = r"""
+import importlib, json, os, sys, time
+# Warm-up, as the DAG processor does before it forks a parser per file: Airflow
+# itself, plus the airflow.* modules the DAG file names (parsing_pre_import_modules).
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils.file import iter_airflow_imports
+path = sys.argv[1]
+for module in iter_airflow_imports(path):
+    importlib.import_module(module)
+before = set(sys.modules)
+t0, c0 = time.perf_counter(), time.process_time()
+bag = DagBag(dag_folder=path)
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+t0 = time.perf_counter()
+DagBag(dag_folder=path)
+reparse = time.perf_counter() - t0
+print("RESULT " + json.dumps({
+    "import_errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "dag_ids": sorted(bag.dag_ids), "wall": wall, "cpu": cpu, "reparse": reparse,
+    "heavy": sorted(m for m in set(sys.modules) - before
+                    if m.split(".")[0] in ("apache_beam", "tensorflow", "pandas")),
+}))
+"""
+
+
+def test_dagbag_imports_without_errors_and_parses_fast(tmp_path):
+    env = airflow_env(tmp_path / "airflow")
+    proc = subprocess.run([PYTHON, "-c", PARSE_SCRIPT, str(DAG_FILE)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("RESULT "):])
+    assert r["import_errors"] == {}
+    assert r["dag_ids"] == [DAG_ID]
+    # Nothing heavy at parse time: the Beam jobs import Beam, the DAG file must not.
+    assert r["heavy"] == [], f"parsing the DAG file imported {r['heavy'][:10]}"
+    print(f"parse: {r['wall']:.3f} s wall, {r['cpu']:.3f} s CPU; re-parse {r['reparse']:.3f} s")
+    assert r["wall"] < 2.0, f"parsing {DAG_FILE.name} took {r['wall']:.2f} s (CPU {r['cpu']:.2f} s)"
+
+
+@pytest.fixture(scope="module")
+def airflow_in_process(tmp_path_factory):
+    """Airflow importable in this process, with a throwaway AIRFLOW_HOME (not ~/airflow)."""
+    if "airflow" not in sys.modules:  # Airflow reads AIRFLOW_HOME once, on import
+        os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow-home")))
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_in_process):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAG_FILE))
+    assert bag.import_errors == {}
+    return bag.dags[DAG_ID]  # (get_dag would consult the metadata DB)
+
+
+def test_dag_tasks_and_dependencies(dag):
+    assert set(dag.task_ids) == TASK_IDS
+    up = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
+    assert "validate_source" in up["plan"]
+    assert "plan" in up["build"]
+    assert "build" in up["verify"]
+    assert "verify" in up["publish_manifest"]
+    assert up["validate_source"] == {"check_params"}
+    assert up["check_params"] == set()
+    # check_params is the only root, publish_manifest the only leaf: nothing runs around them.
+    assert [t.task_id for t in dag.roots] == ["check_params"]
+    assert [t.task_id for t in dag.leaves] == ["publish_manifest"]
+    # Skipped (up-to-date) builds must not block verify and publishing.
+    assert dag.get_task("verify").trigger_rule == "none_failed"
+    assert dag.get_task("publish_manifest").trigger_rule == "none_failed"
+
+
+def test_beam_tasks_use_the_provider_operator(dag):
+    from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+    from ssl_splits.operators import SplitBeamOperator
+
+    assert issubclass(SplitBeamOperator, BeamRunPythonPipelineOperator)
+    validate = dag.get_task("validate_source")
+    assert isinstance(validate, SplitBeamOperator) and validate.job == "validate"
+    assert validate.deferrable is False  # a local pipeline must not run inside the triggerer
+    for task_id in ("build", "verify"):
+        task = dag.get_task(task_id)
+        assert isinstance(task, MappedOperator), f"{task_id} is not mapped"
+        assert task.operator_class is SplitBeamOperator
+        assert task.partial_kwargs["job"] == task_id
+        assert "spec" in task.expand_input.value  # one task instance per planned split
+        template = task.partial_kwargs.get("map_index_template") or task.map_index_template
+        assert template and "split" in template, f"{task_id}: map_index_template {template!r}"
+
+
+def test_manifest_asset_and_run_policy(dag):
+    outlets = dag.get_task("publish_manifest").outlets
+    assert [a.name for a in outlets] == [MANIFEST_ASSET]
+    assert dag.max_active_runs == 1
+    assert dag.default_args.get("retries", 0) >= 1
+    assert dag.get_task("validate_source").retries >= 1
+    assert dag.get_task("build").partial_kwargs["retries"] >= 1
+    assert dag.get_task("publish_manifest").retries >= 1
+    assert dag.tags and all(isinstance(t, str) and t for t in dag.tags)
+    assert dag.doc_md and len(dag.doc_md) > 200
+    for word in ("source_uri", "output_uri", "manifest", *sorted(TASK_IDS)):
+        assert word in dag.doc_md, f"doc_md does not mention {word}"
+
+
+def test_params_form_has_every_design_param_with_its_default(dag):
+    from ssl_splits.config import resolve
+
+    params = dag.params
+    for name, default in DESIGN_DEFAULTS.items():
+        assert name in params, f"param {name} is missing"
+        param = params.get_param(name)
+        assert param.value == default, f"{name} defaults to {param.value!r}, not {default!r}"
+        assert param.schema.get("title") and param.description, f"{name} has no title/help"
+    assert set(params.get_param("sampling").schema["enum"]) == {"stratified", "uniform"}
+    assert set(params.get_param("runner").schema["enum"]) == {"DirectRunner", "DataflowRunner"}
+    # Defaults that depend on other params.
+    cfg = resolve({"source_uri": "/data/imagenet", "output_uri": "/data/ssl"})
+    assert cfg.manifest_uri == "/data/ssl/manifest.json"
+    assert (cfg.seeds, cfg.fraction, cfg.sampling, cfg.sharding_files, cfg.unsupervised,
+            cfg.runner, cfg.force) == ([1, 2, 3, 4, 5], "0.1", "stratified", {}, True,
+                                       "DirectRunner", False)
+
+
+def test_trigger_form_requires_the_two_folders(dag):
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError, match="source_uri"):
+        params.validate()
+    params["source_uri"] = "gs://bucket/imagenet"
+    params["output_uri"] = "/data/ssl"
+    resolved = params.validate()
+    assert resolved["seeds"] == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- bad params
+
+
+def _bad_cases(src: Path, out: Path) -> list[dict]:
+    """(name, conf, the param the message must name, where it is caught)."""
+    ok = {"source_uri": str(src), "output_uri": str(out)}
+    return [
+        {"name": "seed_negative", "conf": {**ok, "seeds": [-1]}, "param": "seeds"},
+        {"name": "seed_zero", "conf": {**ok, "seeds": [1, 0]}, "param": "seeds"},
+        {"name": "seed_huge", "conf": {**ok, "seeds": [10**12]}, "param": "seeds"},
+        {"name": "fraction_zero", "conf": {**ok, "fraction": 0}, "param": "fraction"},
+        {"name": "fraction_above_one", "conf": {**ok, "fraction": 1.5}, "param": "fraction"},
+        {"name": "output_is_source", "conf": {**ok, "output_uri": str(src)},
+         "param": "output_uri"},
+        {"name": "output_inside_source", "conf": {**ok, "output_uri": f"{src}/splits"},
+         "param": "output_uri"},
+        {"name": "dotdot_in_path", "conf": {**ok, "output_uri": f"{out}/../escaped"},
+         "param": "output_uri"},
+        {"name": "relative_path", "conf": {**ok, "source_uri": "data/imagenet"},
+         "param": "source_uri"},
+        {"name": "unknown_scheme", "conf": {**ok, "source_uri": "s3://bucket/imagenet"},
+         "param": "source_uri"},
+        {"name": "sharding_file_seed_not_built",
+         "conf": {**ok, "seeds": [1], "sharding_files": {"3": str(SPLIT3)}},
+         "param": "sharding_files"},
+        {"name": "dataflow_without_project",
+         "conf": {**ok, "runner": "DataflowRunner", "dataflow_project": None},
+         "param": "dataflow_project"},
+        {"name": "source_missing", "conf": {"output_uri": str(out)}, "param": "source_uri"},
+    ]
+
+
+@pytest.fixture(scope="module")
+def bad_param_runs(template_home, tmp_path_factory):
+    """Every bad case triggered through dag.test(run_conf=...) in one interpreter."""
+    work = tmp_path_factory.mktemp("bad-params")
+    src = work / "source"
+    src.mkdir()
+    (src / "train-00000-of-00001").write_bytes(b"")  # a source folder that exists
+    home = copy_home(template_home, work / "airflow")
+    cases = _bad_cases(src, work / "out")
+    results = run_cases([{"name": c["name"], "conf": c["conf"]} for c in cases],
+                        airflow_env(home), work)
+    return {c["name"]: (c, r) for c, r in zip(cases, results, strict=True)}, src, work
+
+
+@pytest.mark.xdist_group("dag_bad_params")
+@pytest.mark.parametrize("name", [c["name"] for c in _bad_cases(Path("/s"), Path("/o"))])
+def test_bad_params_fail_before_any_job_starts(bad_param_runs, name):
+    runs, src, work = bad_param_runs
+    case, r = runs[name]
+    param = case["param"]
+    if r["error"] is not None:
+        # Rejected when the run is created: the trigger form's JSON schema.
+        assert "ParamValidationError" in r["error"], r["error"]
+        assert f"param {param}" in r["error"], r["error"]
+        assert r["run_id"] is None and r["tasks"] == {}
+    else:
+        # Created, then failed in check_params, the first task, without retries.
+        assert r["state"] == "failed", (r["state"], r["tasks"])
+        assert r["tasks"]["check_params"] == "failed"
+        errors = [ln for ln in r["log"].splitlines() if "ConfigError:" in ln]
+        assert errors and param in errors[-1], r["log"][-3000:]
+        assert "up_for_retry" not in r["log"]
+    # No Beam job: validate_source never ran, nothing was written for the output.
+    assert r["tasks"].get("validate_source") in (None, "upstream_failed"), r["tasks"]
+    assert "Running command:" not in r["log"] and "-m beam_jobs" not in r["log"], \
+        "a Beam job was launched"
+    assert not (work / "out").exists() and not (work / "escaped").exists()
+    assert sorted(p.name for p in src.iterdir()) == ["train-00000-of-00001"]
+
+
+# --------------------------------------------------------------------------- GCS end to end
+
+
+@pytest.mark.gcs
+def test_airflow_side_reaches_gcs_through_the_connection(airflow_in_process, gcs_bucket,
+                                                         monkeypatch):
+    """The tasks' own gs:// calls use a client made from google_cloud_default (here with
+    its own project, to tell it from the default client)."""
+    from ssl_splits.gcp import airflow_storage
+
+    from beam_jobs import storage
+
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT",
+                       "google-cloud-platform://?project=conn-project&is_anonymous=true")
+    storage.write_text(f"{gcs_bucket}/hello.txt", "hello")
+    default = storage.gcs_client()
+    with airflow_storage():
+        client = storage.gcs_client()
+        assert client is not default and client.project == "conn-project"
+        assert storage.read_text(f"{gcs_bucket}/hello.txt") == "hello"
+    assert storage.gcs_client() is default
+
+
+def _manifest(uri: str) -> dict:
+    from beam_jobs import storage
+
+    return json.loads(storage.read_text(uri))
+
+
+def _versions(manifest_uri: str) -> list[str]:
+    from ssl_splits.publish import versions_folder
+
+    from beam_jobs import storage
+
+    return [f.path for f in storage.list_files(storage.join(versions_folder(manifest_uri), "*"))]
+
+
+def _check_split_files(name: str, entry: dict) -> dict[str, int]:
+    """Every shard the manifest lists exists with its size and CRC32C (GCS metadata),
+    nothing else matches the split's glob; returns path -> generation."""
+    from beam_jobs import storage
+
+    shards = entry["shards"]
+    assert len(shards) == entry["num_shards"]
+    assert sum(s["num_records"] for s in shards) == entry["num_examples"]
+    folder = storage.dirname(shards[0]["path"])
+    listed = {f.path: f for f in storage.list_files(storage.join(folder, f"{name}-*"))}
+    assert set(listed) == {s["path"] for s in shards}, name
+    for i, s in enumerate(shards):
+        assert s["path"].endswith(f"/{name}-{i:05d}-of-{entry['num_shards']:05d}")
+        info = listed[s["path"]]
+        assert info.size == s["num_bytes"], s["path"]
+        assert info.crc32c is not None and info.crc32c == s["crc32c"], s["path"]
+    return {p: f.generation for p, f in listed.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.gcs
+def test_end_to_end_on_gcs_build_rebuild_one_seed_rerun(gcs_bucket, airflow_home, tmp_path):
+    from beam_jobs.synthetic import Spec, generate, layout
+
+    spec = Spec(num_classes=10, min_per_class=35, max_per_class=45, train_shards=8,
+                validation_shards=2, validation_per_class=4, seed=5)
+    source, output = f"{gcs_bucket}/imagenet", f"{gcs_bucket}/ssl"
+    manifest_uri = f"{gcs_bucket}/published/ssl-imagenet.json"
+    summary = generate(spec, source, workers=1)
+    total = summary["train_records"]
+    n = total // 10  # floor(N * 0.1)
+    lay = layout(spec)
+    class_sizes = {c.synset: size for c, size in zip(lay.classes, lay.class_sizes(), strict=True)}
+    sup1, sup2 = f"train{n}.1", f"train{n}.2"
+
+    env = airflow_env(airflow_home, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=GCP_CONN_ANONYMOUS)
+    conf = {"source_uri": source, "output_uri": output, "manifest_uri": manifest_uri,
+            "seeds": [1, 2], "num_classes": 10, "direct_num_workers": 1}
+
+    # 1. Everything: two seeded splits, the reshuffle, the validation copy.
+    r1 = dags_test(conf, env, log=tmp_path / "run1.log")
+    assert r1.returncode == 0 and r1.state == "success", r1.tail()
+    assert set(r1.states("build").values()) == {"success"}, r1.tasks
+    assert set(r1.states("build")) == {sup1, sup2, "train", "validation"}
+    assert set(r1.states("verify").values()) == {"success"}, r1.tasks
+    m1 = _manifest(manifest_uri)
+    assert set(m1["splits"]) == {sup1, sup2, "train", "validation"}
+    assert m1["splits"]["train"]["num_examples"] == total
+    assert m1["splits"]["train"]["num_shards"] == spec.train_shards
+    assert m1["splits"]["validation"]["num_examples"] == summary["validation_records"]
+    assert m1["splits"]["validation"]["num_shards"] == spec.validation_shards
+    for name in (sup1, sup2):
+        e = m1["splits"][name]
+        assert e["num_examples"] == n and e["seed"] == int(name[-1])
+        counts = e["class_counts"]
+        assert sum(counts.values()) == n and set(counts) == set(class_sizes)
+        # Stratified: floor(N_c / 10) records of each class, at most one more.
+        for synset, size in class_sizes.items():
+            assert size // 10 <= counts[synset] <= size // 10 + 1, (name, synset, size)
+        assert e["provenance"]["run_id"] == r1.run_id
+    assert m1["splits"][sup1]["plan"]["sha256"] != m1["splits"][sup2]["plan"]["sha256"]
+    gens1 = {name: _check_split_files(name, e) for name, e in m1["splits"].items()}
+    versions1 = _versions(manifest_uri)
+    assert len(versions1) == 1
+
+    # 2. Rebuild seed 2 alone: only its entry changes, nobody else's files are touched.
+    r2 = dags_test({**conf, "seeds": [2], "unsupervised": False, "force": True}, env,
+                   log=tmp_path / "run2.log")
+    assert r2.returncode == 0 and r2.state == "success", r2.tail()
+    assert r2.states("build") == {sup2: "success", "validation": "skipped"}, r2.tasks
+    m2 = _manifest(manifest_uri)
+    assert set(m2["splits"]) == set(m1["splits"])
+    for name in (sup1, "train", "validation"):
+        assert m2["splits"][name] == m1["splits"][name], f"{name} changed"
+    new, old = m2["splits"][sup2], m1["splits"][sup2]
+    assert new != old
+    assert new["provenance"]["run_id"] == r2.run_id != old["provenance"]["run_id"]
+    assert new["plan"]["sha256"] == old["plan"]["sha256"]  # same seed, same plan
+    assert [s["crc32c"] for s in new["shards"]] == [s["crc32c"] for s in old["shards"]]
+    gens2 = {name: _check_split_files(name, e) for name, e in m2["splits"].items()}
+    for name in (sup1, "train", "validation"):
+        assert gens2[name] == gens1[name], f"files of {name} were rewritten"
+    versions2 = _versions(manifest_uri)
+    assert len(versions2) == 2 and set(versions1) < set(versions2)
+
+    # 3. The first params again: nothing to build, the manifest stays as it is.
+    text2 = _manifest_text(manifest_uri)
+    r3 = dags_test(conf, env, log=tmp_path / "run3.log")
+    assert r3.returncode == 0 and r3.state == "success", r3.tail()
+    assert set(r3.states("build")) == {sup1, sup2, "train", "validation"}
+    assert set(r3.states("build").values()) == {"skipped"}, r3.tasks
+    assert set(r3.states("verify").values()) == {"skipped"}, r3.tasks
+    assert "Running command:" not in r3.output  # no Beam job at all (source cached)
+    assert r3.tasks[("publish_manifest", "-1")] == "success"
+    assert _manifest_text(manifest_uri) == text2
+    assert _versions(manifest_uri) == versions2
+    assert {name: _check_split_files(name, e) for name, e in m2["splits"].items()} == gens2
+
+
+def _manifest_text(uri: str) -> str:
+    from beam_jobs import storage
+
+    return storage.read_text(uri)
+
+
+# --------------------------------------------------------------------------- FixMatch split 3
+
+
+@pytest.mark.slow
+def test_reproduces_fixmatch_split3_through_the_dag(airflow_home, tmp_path):
+    from beam_jobs import example_proto, tfrecord
+    from beam_jobs.synthetic import Spec, generate
+
+    source, output = tmp_path / "imagenet", tmp_path / "ssl"
+    generate(Spec(names_from=(str(SPLIT3),), num_classes=1000, min_per_class=1,
+                  max_per_class=140, image_size=1, train_shards=32, validation_shards=0),
+             str(source), workers=2)
+    conf = {"source_uri": str(source), "output_uri": str(output), "seeds": [3],
+            "sharding_files": {"3": str(SPLIT3)}, "unsupervised": False, "num_classes": 1000,
+            "copy_validation": False}
+    r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
+    assert r.returncode == 0 and r.state == "success", r.tail()
+    assert r.states("build") == {"train128116.3": "success"}
+
+    expected: dict[int, list[str]] = {}
+    for line in SPLIT3.read_text().splitlines():
+        name, shard, index = line.split(",")
+        names = expected.setdefault(int(shard), [])
+        assert int(index) == len(names)  # the file is sorted by (shard, index)
+        names.append(name)
+    assert len(expected) == 102
+
+    shards = sorted(p.name for p in output.glob("train128116.3-*"))
+    assert shards == [f"train128116.3-{s:05d}-of-00102" for s in range(102)]
+    for s in range(102):
+        with open(output / shards[s], "rb") as f:
+            got = [example_proto.parse_image_record(rec).filename
+                   for rec in tfrecord.iter_records(f, shards[s])]
+        assert got == expected[s], f"shard {s}: first difference at index " \
+            f"{next(i for i, (a, b) in enumerate(zip(got + [None], expected[s] + [None])) if a != b)}"
+
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"train128116.3"}
+    entry = manifest["splits"]["train128116.3"]
+    assert entry["num_examples"] == 128116 and entry["num_shards"] == 102 and entry["seed"] == 3
+    assert entry["plan"]["sha256"] == hashlib.sha256(SPLIT3.read_bytes()).hexdigest()
+    assert entry["plan"]["source"] == str(SPLIT3)  # imported as is, read where it lies
+    assert Path(entry["plan"]["uri"]).is_relative_to(output)  # our copy: beside the output
