@@ -30,11 +30,13 @@ them, verifies every shard, and publishes a manifest (`manifest_uri`, default
 `{output_uri}/manifest.json`), the single commit point training jobs read.
 
 **Tasks**: `check_params` (params as a whole, source fingerprint) ->
+`acquire_lock` (setup: one run at a time per output folder) ->
 `validate_source` (Beam: every record's CRCs and features; writes the catalog,
 skipped when this exact source was validated before) -> `plan` (which record
 goes where; or a published FixMatch file, exactly) -> `build` (Beam, one task
 per split) -> `verify` (per split; deep re-read on DirectRunner) ->
-`publish_manifest` (updates only the splits built in this run).
+`publish_manifest` (updates only the splits built in this run) ->
+`release_lock` (teardown: frees the output folder, whatever happened).
 
 **Common runs**
 * everything: `{"source_uri": "gs://b/imagenet", "output_uri": "gs://b/ssl"}`
@@ -71,6 +73,18 @@ with DAG(
 
     checked = check_params()
 
+    @task(retries=0)
+    def acquire_lock(config: dict) -> str:
+        """Setup: one run at a time writes an output folder (fails, naming the holder)."""
+        from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import acquire_lock as run
+
+        ctx = get_current_context()
+        with airflow_storage():
+            return run(config, {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]})
+
+    locked = acquire_lock(checked["config"]).as_setup()
+
     validate_source = SplitBeamOperator(
         task_id="validate_source", job="validate",
         config=checked["config"], spec=checked["source"],
@@ -87,7 +101,7 @@ with DAG(
             return run(config, source)
 
     specs = plan(checked["config"], checked["source"])
-    validate_source >> specs
+    locked >> validate_source >> specs
 
     build = SplitBeamOperator.partial(
         task_id="build", job="build", config=checked["config"],
@@ -121,4 +135,17 @@ with DAG(
             "manifest_uri": result["manifest_uri"], "changed": result["changed"]}
         return result
 
-    verify >> publish_manifest(checked["config"], checked["source"], specs)
+    published = publish_manifest(checked["config"], checked["source"], specs)
+    verify >> published
+
+    @task(retries=2)
+    def release_lock() -> bool:
+        """Teardown: free the output folder for the next run, whatever happened."""
+        from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import release_lock as run
+
+        ctx = get_current_context()
+        with airflow_storage():
+            return run(dict(ctx["params"]), {"run_id": ctx["run_id"]})
+
+    published >> release_lock().as_teardown(setups=locked)

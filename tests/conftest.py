@@ -15,6 +15,12 @@ from pathlib import Path
 
 import pytest
 
+# In-process imports of Airflow (the plugins' modules) must not create or read
+# ~/airflow: give them a private home before anything imports airflow.
+os.environ.setdefault("AIRFLOW_HOME", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"ssl-splits-tests-airflow-{os.getuid()}"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "plugins"):
     if str(p) not in sys.path:

@@ -39,7 +39,8 @@ from airflow_env import (
 )
 from conftest import REFERENCE
 
-TASK_IDS = {"check_params", "validate_source", "plan", "build", "verify", "publish_manifest"}
+TASK_IDS = {"check_params", "acquire_lock", "validate_source", "plan", "build", "verify",
+            "publish_manifest", "release_lock"}
 MANIFEST_ASSET = "ssl_imagenet_splits_manifest"
 # DESIGN.md's params table: name -> documented default (None: required or derived).
 DESIGN_DEFAULTS = {
@@ -133,11 +134,17 @@ def test_dag_tasks_and_dependencies(dag):
     assert "plan" in up["build"]
     assert "build" in up["verify"]
     assert "verify" in up["publish_manifest"]
-    assert up["validate_source"] == {"check_params"}
+    assert up["validate_source"] == {"check_params", "acquire_lock"}
+    assert up["acquire_lock"] == {"check_params"}
     assert up["check_params"] == set()
-    # check_params is the only root, publish_manifest the only leaf: nothing runs around them.
+    # check_params is the only root; acquire_lock takes the output folder's lock (a
+    # setup); release_lock, after publishing, is the only leaf and its teardown: it
+    # runs whatever happened in between, so a failed run never leaves the lock held.
     assert [t.task_id for t in dag.roots] == ["check_params"]
-    assert [t.task_id for t in dag.leaves] == ["publish_manifest"]
+    assert [t.task_id for t in dag.leaves] == ["release_lock"]
+    assert {"publish_manifest", "acquire_lock"} <= up["release_lock"]
+    assert dag.get_task("acquire_lock").is_setup
+    assert dag.get_task("release_lock").is_teardown
     # Skipped (up-to-date) builds must not block verify and publishing.
     assert dag.get_task("verify").trigger_rule == "none_failed"
     assert dag.get_task("publish_manifest").trigger_rule == "none_failed"

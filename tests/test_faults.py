@@ -254,3 +254,70 @@ def test_lock_cli_free():
     out = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'plugins'); "
                           "import ssl_splits.lock"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------- whole DAG runs
+
+CANARY_PASSWORD = "canary-pw-3f9a61"
+CANARY_EXTRA = "canary-extra-77c2d0"
+
+
+@pytest.mark.slow
+def test_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
+    """Two DAG runs (two Airflow homes, as two installations would be) on one
+    output folder at once: the second fails at acquire_lock saying who holds
+    it; the first succeeds and its teardown frees the folder. The connection
+    carries a password and an extra field: neither appears in any log, XCom,
+    the manifest or a work file."""
+    import sqlite3
+
+    from airflow_env import airflow_env, dags_test, migrated_home
+
+    conn = (f"google-cloud-platform://svc:{CANARY_PASSWORD}@/?project=test-project"
+            f"&is_anonymous=true&note={CANARY_EXTRA}")
+    homes = [migrated_home(tmp_path / f"airflow{i}") for i in (1, 2)]
+    envs = [airflow_env(h, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=conn,
+                        SSL_SPLITS_SECRET_TOKEN=CANARY_PASSWORD) for h in homes]
+    output = tmp_path / "out"
+    conf = {"source_uri": str(small_source), "output_uri": str(output), "seeds": [1],
+            "unsupervised": False, "copy_validation": False, "num_classes": 10,
+            "direct_num_workers": 1}
+    lock_file = output / "_work" / "lock.json"
+    results: dict[str, object] = {}
+    first = threading.Thread(target=lambda: results.setdefault(
+        "a", dags_test(conf, envs[0], log=tmp_path / "a.log")))
+    first.start()
+    deadline = time.monotonic() + 300
+    while not lock_file.exists():
+        assert first.is_alive() and time.monotonic() < deadline, "run A never took the lock"
+        time.sleep(0.2)
+    holder = json.loads(lock_file.read_text())
+    b = dags_test(conf, envs[1], log=tmp_path / "b.log")
+    first.join(timeout=600)
+    a = results["a"]
+    assert a.state == "success", a.tail()  # type: ignore[attr-defined]
+    assert b.state == "failed"
+    assert b.tasks[("acquire_lock", "-1")] == "failed", b.tasks
+    assert b.tasks.get(("validate_source", "-1")) in (None, "upstream_failed"), b.tasks
+    assert f"is being written by run {holder['run_id']}" in b.output
+    assert not lock_file.exists(), "the teardown did not release the lock"
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert list(manifest["splits"]) == [f"train{manifest['source']['num_records'] // 10}.1"]
+
+    # No secret anywhere: task logs, run output, XCom, manifest, work files.
+    places: dict[str, str] = {"run A output": a.output, "run B output": b.output}  # type: ignore[attr-defined]
+    for home in homes:
+        for f in home.rglob("*"):
+            if f.is_file() and f.suffix != ".db":
+                places[str(f)] = f.read_text(errors="replace")
+        with sqlite3.connect(home / "airflow.db") as db:
+            places[f"{home} xcom"] = " ".join(str(v) for (v,) in db.execute("SELECT value FROM xcom"))
+            places[f"{home} rendered fields"] = " ".join(
+                str(v) for (v,) in db.execute("SELECT rendered_fields FROM rendered_task_instance_fields"))
+    for f in output.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".csv", ".log", ".txt"):
+            places[str(f)] = f.read_text(errors="replace")
+    assert len(places) > 10
+    leaks = [where for where, text in places.items()
+             if CANARY_PASSWORD in text or CANARY_EXTRA in text]
+    assert leaks == [], f"secrets found in: {leaks}"

@@ -28,7 +28,13 @@ LOCK_NAME = "lock.json"
 DEFAULT_TTL = dt.timedelta(hours=24)
 
 
-class LockHeld(RuntimeError):
+try:  # fail the task at once: retrying cannot help while the other run goes on
+    from airflow.sdk.exceptions import AirflowFailException as _Base
+except ImportError:  # pragma: no cover - used without Airflow
+    _Base = RuntimeError  # type: ignore[misc,assignment]
+
+
+class LockHeld(_Base):
     """Another run is writing this output folder."""
 
 

@@ -26,6 +26,7 @@ from beam_jobs.manifest import load_or_none, merge, now, summary_lines
 from beam_jobs.plan import PlanRequest, make_plans, write_plans
 from beam_jobs.planner import ALGORITHM
 from beam_jobs.verify import report_uri
+from ssl_splits import lock
 from ssl_splits.config import RunConfig, resolve
 from ssl_splits.publish import Published, publish
 
@@ -79,6 +80,27 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     log.info("source: %d train shards, fingerprint %s; %s", source["num_train_files"],
              source["fingerprint"][:16], source["reason"])
     return {"config": cfg.to_dict(), "source": source}
+
+
+def acquire_lock(config: dict[str, Any], run: dict[str, Any]) -> str:
+    """Take the output folder's lock for this DAG run (raises LockHeld saying
+    who holds it); the DAG's teardown releases it."""
+    cfg = RunConfig.from_dict(config)
+    uri = lock.acquire(cfg.work_uri, run_id=run["run_id"], dag_id=run["dag_id"],
+                       output_uri=cfg.output_uri)
+    log.info("holding %s for this run", uri)
+    return uri
+
+
+def release_lock(params: dict[str, Any], run: dict[str, Any]) -> bool:
+    """Release the output folder's lock if this run holds it (the DAG's teardown)."""
+    try:
+        cfg = resolve(params)
+    except ValueError:
+        return False  # params never passed check_params: no lock was taken
+    released = lock.release(cfg.work_uri, run_id=run["run_id"])
+    log.info("%s %s", "released" if released else "did not hold", lock.lock_uri(cfg.work_uri))
+    return released
 
 
 # --------------------------------------------------------------------------- plan
