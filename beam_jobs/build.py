@@ -53,11 +53,17 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from beam_jobs import __version__, storage
-from beam_jobs.catalog import REPORT_FILE, SHARD_RE, read_catalog, read_table, shard_name, write_table
+from beam_jobs.catalog import (
+    REPORT_FILE,
+    SHARD_RE,
+    read_catalog,
+    read_table,
+    shard_name,
+    write_table,
+)
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import PlanError, parse_plan_text
 from beam_jobs.progress import Progress, mark_done, progress_dir

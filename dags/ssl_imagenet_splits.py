@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 # keeps the provider's heavy imports (Google Dataflow hooks) out of every parse.
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator  # noqa: F401
 from airflow.sdk import DAG, Asset, get_current_context, task
-
 from ssl_splits.config import params
 from ssl_splits.operators import SplitBeamOperator
 

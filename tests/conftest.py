@@ -50,7 +50,8 @@ def gcs_emulator():
                 break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"GCS emulator did not start: {proc.stderr.read().decode()}")
+                raise RuntimeError(
+                    f"GCS emulator did not start: {proc.stderr.read().decode()}") from None
             time.sleep(0.1)
     old = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
     os.environ["STORAGE_EMULATOR_HOST"] = host

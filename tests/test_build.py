@@ -363,8 +363,8 @@ def test_source_order_does_not_matter(small, tmp_path):
     run_validate(str(src), cat)
     before = read_catalog(small.catalog, ["filename", "file", "offset"]).to_pydict()
     after = read_catalog(cat, ["filename", "file", "offset"]).to_pydict()
-    where = lambda t: {n: (Path(f).name, o) for n, f, o in
-                       zip(t["filename"], t["file"], t["offset"])}
+    def where(t):
+        return {n: (Path(f).name, o) for n, f, o in zip(t["filename"], t["file"], t["offset"])}
     moved = sum(where(before)[k] != v for k, v in where(after).items())
     assert sorted(before["filename"]) == sorted(after["filename"])
     assert moved > 0.9 * len(after["filename"])

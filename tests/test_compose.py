@@ -607,7 +607,8 @@ def _start_emulator(port: int, data: Path) -> subprocess.Popen:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"emulator did not start: {proc.stderr.read().decode()}")
+                raise RuntimeError(
+                    f"emulator did not start: {proc.stderr.read().decode()}") from None
             time.sleep(0.1)
 
 

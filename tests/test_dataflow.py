@@ -15,7 +15,6 @@ import zipfile
 from email.parser import Parser
 
 import pytest
-
 from conftest import ROOT
 
 pytest.importorskip("airflow")

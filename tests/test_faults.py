@@ -16,13 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import built_splits as bs
-from beam_jobs import storage
-from beam_jobs.synthetic import Spec, generate
+import pytest
 from conftest import PYTHON, ROOT
 from gcs_fault_proxy import FaultProxy, Faults
+
+from beam_jobs import storage
+from beam_jobs.synthetic import Spec, generate
 
 pytest.importorskip("airflow")
 

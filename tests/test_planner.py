@@ -369,7 +369,8 @@ def test_key_ties_are_broken_by_name_in_code_point_order(few, monkeypatch):
                         lambda names, purpose, seed: np.zeros(len(names), dtype=np.uint64))
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
-    flat = lambda purpose, seed, name: 0
+    def flat(purpose, seed, name):
+        return 0
     for kw in ({"seed": 1, "fraction": "0.25", "num_shards": 3},
                {"seed": 1, "fraction": "0.25", "num_shards": 3, "sampling": "uniform"}):
         got = plan_rows(plan_supervised(names, labels, **kw))

@@ -41,7 +41,6 @@ import pytest
 from airflow_env import BIN_AIRFLOW, DAG_ID, airflow_env, migrated_home
 from conftest import ROOT, free_port
 
-
 CHROMIUM = os.environ.get("SSL_SPLITS_CHROMIUM", "/usr/bin/chromium")
 # Chromium on a closed network: no background connections (they are refused and
 # slow everything down), no GPU, no sandbox (containers), no QUIC.

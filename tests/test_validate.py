@@ -322,7 +322,7 @@ def test_many_problems_are_counted_and_examples_capped(source_copy, tmp_path):
         path = shard(source_copy, i)
         records = walk(path.read_bytes())
         data = bytearray(path.read_bytes())
-        for offset, framed in records:
+        for offset, _framed in records:
             data[offset + 20] ^= 0xFF
         path.write_bytes(bytes(data))
         n_bad += len(records)
