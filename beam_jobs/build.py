@@ -65,7 +65,7 @@ from beam_jobs.catalog import (
     write_table,
 )
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
-from beam_jobs.planner import PlanError, parse_plan_text
+from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import RangeReader, crc32c_hex
 from beam_jobs.tfrecord import RecordError, Writer, check_framed, iter_framed
@@ -150,9 +150,8 @@ def build_table(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, list[str], s
     except UnicodeDecodeError as err:
         raise PlanError(f"{plan_uri}: not UTF-8 text ({err})") from None
     sha = hashlib.sha256(raw).hexdigest()
-    names, shards, indices = parse_plan_text(text, plan_uri)
-    plan = pa.table({"filename": pa.array(names.tolist(), pa.string()),
-                     "shard": pa.array(shards, pa.int32()), "index": pa.array(indices, pa.int32())})
+    del text
+    plan = parse_plan_table(raw, plan_uri)
     catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
     joined = plan.join(catalog, keys="filename", join_type="left outer")
     missing_mask = pc.is_null(joined.column("file"))
@@ -164,10 +163,13 @@ def build_table(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, list[str], s
             f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
         )
     joined = joined.sort_by([("shard", "ascending"), ("index", "ascending")])
-    files = sorted(set(pc.unique(joined.column("file")).to_pylist()))
-    file_ids = pa.array(np.searchsorted(np.asarray(files, dtype=object),
-                                        np.asarray(joined.column("file").to_pylist(), dtype=object)),
-                        pa.int32())
+    # File ids into the sorted list of source files, without a Python object
+    # per record: dictionary-encode, then renumber the (small) dictionary.
+    encoded = pc.dictionary_encode(joined.column("file")).combine_chunks()
+    seen = encoded.dictionary.to_pylist()
+    files = sorted(seen)
+    rank = np.array([files.index(f) for f in seen], dtype=np.int32)
+    file_ids = pa.array(rank[encoded.indices.to_numpy(zero_copy_only=False)], pa.int32())
     table = pa.table({
         "shard": joined.column("shard"), "index": joined.column("index"),
         "filename": joined.column("filename"), "file_id": file_ids,
@@ -330,13 +332,15 @@ def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num
             w = Writer(f)
             for data in ordered_map(fetch, range(len(names)), read_threads):
                 w.write_framed(data)
-        bytes_read = reader.bytes_read
+        bytes_read = int(lengths.sum())  # every read is checked to return exactly its length
     stats = {
         "shard": shard, "path": final, "staged": staged, "num_records": w.num_records,
         "num_bytes": w.num_bytes, "crc32c": crc32c_hex(w.crc32c), "bytes_read": bytes_read,
         "first": names[0] if names else None, "last": names[-1] if names else None,
     }
-    storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json")
+    # Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten.
+    storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json",
+                       durable=False)
     log.info("%s: shard %d/%d staged: %d records, %.1f MB in %.2f s", split, shard + 1, num_shards,
              w.num_records, w.num_bytes / 1e6, time.monotonic() - t0)
     return stats
@@ -381,7 +385,9 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
     stats = {"shard": shard, "path": final, "staged": staged, "num_records": w.num_records,
              "num_bytes": w.num_bytes, "crc32c": crc32c_hex(w.crc32c), "bytes_read": w.num_bytes,
              "source": src}
-    storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json")
+    # Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten.
+    storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json",
+                       durable=False)
     log.info("%s: shard %d/%d copied: %d records", split, shard + 1, num_shards, w.num_records)
     return stats
 

@@ -52,7 +52,8 @@ class PlanRequest:
 
 def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     """All plans a request asks for (pure given the catalog)."""
-    table = read_catalog(catalog_dir, ["filename", "label", "synset"])
+    # Sorted once here, so each plan only checks the order (see planner._canonical).
+    table = read_catalog(catalog_dir, ["filename", "label", "synset"]).sort_by("filename")
     report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
     source_shards = int(report["num_shards"])
     names = table.column("filename").to_pylist()

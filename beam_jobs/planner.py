@@ -45,6 +45,9 @@ from fractions import Fraction
 from typing import Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from beam_jobs import storage
 
@@ -186,14 +189,21 @@ UNSUPERVISED_SPLIT = "train"
 
 
 def _canonical(names: Sequence[str], labels: Sequence[int] | None):
+    """Names in code point order (= UTF-8 byte order), checked unique, with labels.
+
+    Fast path: names already sorted (``make_plans`` sorts the catalog once for
+    all of a run's plans) are only checked, not sorted again.
+    """
     arr = np.asarray(names, dtype=object)
-    order = np.argsort(arr, kind="stable")
-    arr = arr[order]
+    lab = None if labels is None else np.asarray(labels, dtype=np.int64)
+    if len(arr) > 1 and not bool(np.all(arr[1:] > arr[:-1])):
+        order = pc.sort_indices(pa.array(arr, pa.string())).to_numpy()
+        arr = arr[order]
+        lab = None if lab is None else lab[order]
     if len(arr) > 1:
         dup = arr[1:] == arr[:-1]
         if dup.any():
             raise PlanError(f"duplicate file name in the catalog: {arr[1:][dup][0]}")
-    lab = None if labels is None else np.asarray(labels, dtype=np.int64)[order]
     return arr, lab
 
 
@@ -360,6 +370,55 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
     if problems:
         raise PlanError(f"{origin}: unusable plan file:\n  " + "\n  ".join(problems))
     return name_arr, sh.astype(np.int32), ix.astype(np.int32)
+
+
+def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
+    """``filename,shard,index`` bytes as a table (filename, shard, index) sorted
+    by position, with the same checks as :func:`parse_plan_text`.
+
+    The common case (a well-formed file) is parsed and checked in Arrow
+    (C++), without a Python object per line; anything unusual is handed to
+    :func:`parse_plan_text`, which reports it with line numbers.
+    """
+    def fallback() -> pa.Table:
+        names, shards, indices = parse_plan_text(raw.decode("utf-8"), origin)
+        return pa.table({"filename": pa.array(names.tolist(), pa.string()),
+                         "shard": pa.array(shards, pa.int32()),
+                         "index": pa.array(indices, pa.int32())})
+
+    try:
+        t = pacsv.read_csv(
+            pa.py_buffer(raw),
+            read_options=pacsv.ReadOptions(column_names=["filename", "shard", "index"]),
+            parse_options=pacsv.ParseOptions(quote_char=False, escape_char=False),
+            convert_options=pacsv.ConvertOptions(column_types={
+                "filename": pa.string(), "shard": pa.string(), "index": pa.string()}),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return fallback()
+    n = t.num_rows
+    if n == 0:
+        return fallback()
+    name = t.column("filename")
+    digits = "^[0-9]{1,9}$"
+    if not (pc.all(pc.match_substring_regex(t.column("shard"), digits)).as_py()
+            and pc.all(pc.match_substring_regex(t.column("index"), digits)).as_py()
+            and pc.all(pc.greater(pc.utf8_length(name), 0)).as_py()
+            and pc.all(pc.equal(name, pc.utf8_trim_whitespace(name))).as_py()
+            and pc.count_distinct(name).as_py() == n):
+        return fallback()
+    shard = pc.cast(t.column("shard"), pa.int64()).to_numpy()
+    index = pc.cast(t.column("index"), pa.int64()).to_numpy()
+    if shard.max() >= MAX_SHARD_COUNT:
+        return fallback()
+    order = np.lexsort((index, shard))
+    shard, index = shard[order], index[order]
+    present = np.bincount(shard)
+    starts = np.concatenate([[0], np.cumsum(present)[:-1]])
+    if (present == 0).any() or not np.array_equal(index, np.arange(n) - np.repeat(starts, present)):
+        return fallback()  # gaps, repeats or missing shards: let it say where
+    return pa.table({"filename": pc.take(name, pa.array(order)),
+                     "shard": pa.array(shard, pa.int32()), "index": pa.array(index, pa.int32())})
 
 
 def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = None) -> Plan:

@@ -46,7 +46,7 @@ def mark_done(folder: str | None, shard: int, records: int, nbytes: int) -> None
         return
     try:
         storage.write_bytes(storage.join(folder, f"{int(shard):05d}-{int(records)}-{int(nbytes)}"),
-                            b"")
+                            b"", durable=False)
     except Exception as err:  # noqa: BLE001 (progress must never fail the job)
         log.warning("could not write a progress marker in %s: %s", folder, err)
 

@@ -276,8 +276,13 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-    """Write a whole file atomically: readers see the old file or the new one."""
+def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream",
+                durable: bool = True) -> None:
+    """Write a whole file atomically: readers see the old file or the new one.
+
+    ``durable`` (local files): fsync before the rename, so the file survives a
+    power loss too; off for small bookkeeping files that can be recomputed.
+    """
     if is_gcs(uri):
         # Single-request uploads are atomic on GCS; crc32c is checked server-side.
         _blob(uri).upload_from_string(
@@ -288,13 +293,14 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
     tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, uri)
 
 
-def write_text(uri: str, text: str, content_type: str = "text/plain") -> None:
-    write_bytes(uri, text.encode("utf-8"), content_type)
+def write_text(uri: str, text: str, content_type: str = "text/plain", durable: bool = True) -> None:
+    write_bytes(uri, text.encode("utf-8"), content_type, durable)
 
 
 # --------------------------------------------------------------------------- streams
@@ -401,9 +407,7 @@ class RangeReader:
     def __init__(self, generations: dict[str, int] | None = None) -> None:
         self._generations = generations or {}
         self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self.bytes_read = 0
-        self.requests = 0
+        self._lock = threading.Lock()  # guards the descriptor cache only
 
     def read(self, uri: str, offset: int, length: int) -> bytes:
         if is_gcs(uri):
@@ -428,9 +432,6 @@ class RangeReader:
                         fd = os.open(uri, os.O_RDONLY)
                         self._fds[uri] = fd
             data = os.pread(fd, length, offset)
-        with self._lock:
-            self.bytes_read += len(data)
-            self.requests += 1
         if len(data) != length:
             raise StorageError(
                 f"{uri}: short read at offset {offset}: wanted {length} bytes, got {len(data)}"

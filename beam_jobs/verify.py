@@ -41,7 +41,7 @@ from beam_jobs.build import STATS_DIR, stats_uri, work_default
 from beam_jobs.catalog import SHARD_RE, read_catalog, shard_name
 from beam_jobs.example_proto import ExampleError, parse_image_record
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
-from beam_jobs.planner import parse_plan_text
+from beam_jobs.planner import parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.tfrecord import RecordError, iter_framed
 
@@ -211,9 +211,7 @@ class DeepCheck(beam.DoFn):
 
 def plan_table_with_crcs(plan_uri: str, catalog_dir: str) -> pa.Table:
     """Plan rows (shard, index, filename) with each source record's data CRC."""
-    names, shards, indices = parse_plan_text(storage.read_text(plan_uri), plan_uri)
-    plan = pa.table({"filename": pa.array(names.tolist(), pa.string()),
-                     "shard": pa.array(shards, pa.int32()), "index": pa.array(indices, pa.int32())})
+    plan = parse_plan_table(storage.read_bytes(plan_uri), plan_uri)
     catalog = read_catalog(catalog_dir, ["filename", "data_crc"])
     return plan.join(catalog, keys="filename", join_type="left outer").sort_by(
         [("shard", "ascending"), ("index", "ascending")])
@@ -269,7 +267,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             plan_table = plan_table_with_crcs(args.plan_uri, args.catalog_dir)
             shards_col = plan_table.column("shard").to_numpy()
         else:
-            _, shards_col, _ = parse_plan_text(storage.read_text(args.plan_uri), args.plan_uri)
+            shards_col = parse_plan_table(storage.read_bytes(args.plan_uri),
+                                          args.plan_uri).column("shard").to_numpy()
         planned_lengths = np.bincount(shards_col, minlength=int(shards_col.max()) + 1).tolist()
     findings = shallow_findings(split, output, stats, planned_lengths)
     source_crcs: dict[int, str] = {}
