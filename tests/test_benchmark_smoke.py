@@ -1,0 +1,93 @@
+"""Smoke test of the benchmark harness (``python -m benchmarks.run --quick``).
+
+Runs the quick COUNT dataset with one seed (product: validate, plan, two
+builds, the validation copy, the builds again three at a time; the seed
+reference on the same plans; the raw copies) in a temp dir and checks
+results.json: its fields, sane figures, read amplification of the 10% split
+(the job's count and, with strace installed, measured), and equal record
+counts of the product's and the seed reference's outputs. 35-90 s on 2 cores,
+depending on the load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_quick_benchmark(tmp_path):
+    repo_md = ROOT / "benchmarks" / "RESULTS.md"
+    md_before = repo_md.stat().st_mtime_ns if repo_md.exists() else None
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "count", "--seeds", "1",
+         "--skip-verify", "--no-profile", f"--work_dir={tmp_path / 'bench'}",
+         # share the (git-ignored) bytecode cache between runs: compiling Beam
+         # and TensorFlow from source takes longer than the benchmark itself
+         f"--pycache_dir={ROOT / '.bench' / 'pycache'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=580, check=False)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    res = json.loads((tmp_path / "bench" / "results.json").read_text())
+    for key in ("meta", "datasets", "jobs", "targets", "totals", "comparisons"):
+        assert key in res, key
+    assert res["meta"]["quick"] is True
+    (ds,) = res["datasets"]
+    assert res["datasets"][ds]["train_records"] == 20_000
+
+    jobs = {j["name"]: j for j in res["jobs"]}
+    for name in ("product validate", "product plan", "product build train", "seed build train",
+                 "product copy validation", "seed copy validation", "raw cp -r source",
+                 "raw cat train-* >/dev/null"):
+        assert name in jobs, (name, sorted(jobs))
+    for j in res["jobs"]:
+        assert j["returncode"] == 0
+        assert j["wall_seconds"] > 0
+        assert j["records"] and j["records"] > 0, j["name"]
+        for field in ("cpu_seconds", "peak_rss_tree", "max_rss_process", "records_per_s",
+                      "mb_per_s", "bytes_read", "bytes_written", "read_amplification"):
+            assert field in j, (j["name"], field)
+        if j["side"] in ("product", "seed") and j["stage"] != "copy":
+            # Python + Beam: at least ~50 MiB, far below the machine
+            assert 50 * 2**20 < j["peak_rss_tree"] < 8 * 2**30, (j["name"], j["peak_rss_tree"])
+            assert j["max_rss_process"] <= j["peak_rss_tree"] * 1.5 + 2**27
+            assert j["cpu_seconds"] and j["cpu_seconds"] > 0
+
+    ten = [j for j in res["jobs"] if j["side"] == "product" and j["stage"] == "build"
+           and j["kind"] == "10%"]
+    assert len(ten) == 1
+    assert 0.99 <= ten[0]["read_amplification"] < 1.5
+    if "read_amplification_strace" in ten[0]:  # measured (strace installed)
+        assert 0.99 <= ten[0]["read_amplification_strace"] < 1.5
+    assert ten[0]["seed_speedup"] and ten[0]["seed_speedup"] > 0
+    seed_ten = jobs[f"seed build {ten[0]['split']}"]
+    assert seed_ten["read_amplification"] > 5  # the seed reads the whole source per split
+    assert jobs["product build train"]["read_amplification"] == pytest.approx(1.0, abs=0.01)
+
+    comps = {c["split"]: c for c in res["comparisons"]}
+    assert set(comps) == {ten[0]["split"], "train"}
+    for c in comps.values():
+        assert c["counts_equal"], c
+        assert c["records_product"] == c["records_seed"] > 0
+        # re-serialization keeps every feature (the seed reorders fields)
+        assert c["differing_records_same_features"] == c["differing_records_parsed"]
+
+    names = {t["target"] for t in res["targets"]}
+    assert any("read amplification" in n for n in names)
+    assert any("faster than the seed" in n for n in names)
+    assert (tmp_path / "bench" / "RESULTS.md").read_text().count("| product build") >= 2
+    # --quick never touches the committed results
+    assert (repo_md.stat().st_mtime_ns if repo_md.exists() else None) == md_before
+    print(f"quick benchmark: {seconds:.0f} s")
