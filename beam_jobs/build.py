@@ -21,8 +21,8 @@ What it guarantees:
   offset and length the catalog recorded (read amplification ~1.0). Every
   record read is checked against the catalog (framed length, both CRC32Cs,
   the stored data CRC), so a source changed since validation fails the job.
-* Memory is bounded by a few records per read thread, not by the shard, the
-  split or the dataset.
+* Memory is bounded by a batch of records (``BATCH_BYTES``, 16 MiB, or one
+  record if it is larger), not by the shard, the split or the dataset.
 * Shards are written to a staging folder first (each file appears only when
   complete), with a small sidecar per finished shard; the split takes its
   final names only once every shard is staged. A killed job leaves nothing
@@ -39,7 +39,6 @@ which names, files or records), 2 bad arguments.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import datetime as dt
 import hashlib
 import json
@@ -47,7 +46,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -68,7 +67,7 @@ from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import RangeReader, crc32c_hex
-from beam_jobs.tfrecord import RecordError, Writer, check_framed, iter_framed
+from beam_jobs.tfrecord import RecordError, Writer, check_concatenated, iter_framed
 
 log = logging.getLogger("beam_jobs.build")
 
@@ -102,29 +101,24 @@ def staging_dir(work_uri: str, split: str, token: str) -> str:
 # --------------------------------------------------------------------------- reading records
 
 
-def ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], threads: int) -> Iterator[Any]:
-    """``map(fn, items)`` in order, with up to ``threads`` calls in flight and a
-    bounded window of finished results (memory stays a few items per thread)."""
-    if threads <= 1:
-        for item in items:
-            yield fn(item)
-        return
-    window = threads * 2
-    with cf.ThreadPoolExecutor(threads) as pool:
-        futures: list[cf.Future] = []
-        it = iter(items)
-        for item in it:
-            futures.append(pool.submit(fn, item))
-            if len(futures) >= window:
-                break
-        head = 0
-        for item in it:
-            yield futures[head].result()
-            futures[head] = None  # type: ignore[call-overload]
-            head += 1
-            futures.append(pool.submit(fn, item))
-        for f in futures[head:]:
-            yield f.result()
+# Records are read, checked and written in batches of about this many bytes:
+# per-record work stays a pread (or ranged GET) and a CRC, the rest is
+# vectorised; memory stays a batch, never the shard.
+BATCH_BYTES = 16 * 1024 * 1024
+
+
+def batches(lengths: np.ndarray, max_bytes: int) -> Iterator[tuple[int, int]]:
+    """Cut rows with these byte lengths into consecutive [lo, hi) runs of at
+    most ``max_bytes`` (at least one row each)."""
+    n = len(lengths)
+    ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
+    lo = 0
+    while lo < n:
+        base = int(ends[lo - 1]) if lo else 0
+        hi = int(np.searchsorted(ends, base + max_bytes, side="right"))
+        hi = max(hi, lo + 1)
+        yield lo, hi
+        lo = hi
 
 
 def default_read_threads(uri: str) -> int:
@@ -153,26 +147,29 @@ def build_table(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, list[str], s
     del text
     plan = parse_plan_table(raw, plan_uri)
     catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
-    joined = plan.join(catalog, keys="filename", join_type="left outer")
-    missing_mask = pc.is_null(joined.column("file"))
+    # The plan comes sorted by (shard, index); look each name up in the
+    # catalog (names are unique there: validation rejects duplicates).
+    pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
+    missing_mask = pc.is_null(pos)
     n_missing = pc.sum(missing_mask).as_py() or 0
     if n_missing:
-        missing = joined.filter(missing_mask).column("filename").to_pylist()
+        missing = plan.filter(missing_mask).column("filename").to_pylist()
         raise PlanError(
             f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
             f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
         )
-    joined = joined.sort_by([("shard", "ascending"), ("index", "ascending")])
+    joined = catalog.select(["file", "offset", "length", "data_crc"]).take(pos)
     # File ids into the sorted list of source files, without a Python object
     # per record: dictionary-encode, then renumber the (small) dictionary.
     encoded = pc.dictionary_encode(joined.column("file")).combine_chunks()
     seen = encoded.dictionary.to_pylist()
     files = sorted(seen)
-    rank = np.array([files.index(f) for f in seen], dtype=np.int32)
+    where = {f: i for i, f in enumerate(files)}
+    rank = np.array([where[f] for f in seen], dtype=np.int32)
     file_ids = pa.array(rank[encoded.indices.to_numpy(zero_copy_only=False)], pa.int32())
     table = pa.table({
-        "shard": joined.column("shard"), "index": joined.column("index"),
-        "filename": joined.column("filename"), "file_id": file_ids,
+        "shard": plan.column("shard"), "index": plan.column("index"),
+        "filename": plan.column("filename"), "file_id": file_ids,
         "offset": joined.column("offset"), "length": joined.column("length"),
         "data_crc": joined.column("data_crc"),
     })
@@ -253,6 +250,14 @@ class WriteShard(beam.DoFn):
 
     def setup(self) -> None:
         setup_logging()
+        # One reader per DoFn instance: source files stay open across shards
+        # (a reshuffle shard reads from nearly every source file).
+        self._reader = RangeReader()
+
+    def teardown(self) -> None:
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.close()
 
     def _rows(self, shard: int) -> pa.Table:
         table, starts = _load_build_table(self.table_uri, self.num_shards)
@@ -263,6 +268,7 @@ class WriteShard(beam.DoFn):
         stats = write_shard(
             shard, self._rows(shard), self.files, split=self.split, num_shards=self.num_shards,
             output_uri=self.output_uri, staging=self.staging, read_threads=self.read_threads,
+            reader=self._reader,
         )
         if stats.get("reused"):
             self.reused.inc()
@@ -293,9 +299,48 @@ def _reusable(staging: str, shard: int, final: str) -> dict[str, Any] | None:
     return None
 
 
+def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: str, *,
+                 read_threads: int, what: str) -> Writer:
+    """Write the framed records ``rows`` point at (file_id, offset, length,
+    data_crc; ``index`` 0..n-1) to a new file ``staged``, in row order, in
+    batches of ``BATCH_BYTES``: one ranged read per record, then each batch is
+    checked against the catalog (framing, both CRC32Cs, the stored data CRC)
+    before it is written. Returns the closed file's Writer (counts, CRC32C)."""
+    file_ids = rows.column("file_id").to_numpy()
+    offsets = rows.column("offset").to_numpy()
+    lengths = rows.column("length").to_numpy()
+    crcs = rows.column("data_crc").to_numpy().astype(np.uint32)
+    indices = rows.column("index").to_numpy()
+    if len(indices) and not np.array_equal(indices, np.arange(len(indices))):
+        raise BuildError(f"{what}: rows are not indices 0..{len(indices) - 1}")
+    with storage.open_write(staged) as f:
+        w = Writer(f)
+        for lo, hi in batches(lengths, BATCH_BYTES):
+            blob = b"".join(reader.read_many(files, file_ids[lo:hi].tolist(),
+                                             offsets[lo:hi].tolist(), lengths[lo:hi].tolist(),
+                                             read_threads))
+            stored, bad, why = check_concatenated(blob, lengths[lo:hi])
+            if bad < 0:
+                differs = np.flatnonzero(stored != crcs[lo:hi])
+                if len(differs):
+                    bad, why = int(differs[0]), "its stored data CRC differs from the catalog's"
+            if bad >= 0:
+                i = lo + bad
+                raise BuildError(
+                    f"{what}: record {rows.column('filename')[i].as_py()} at "
+                    f"{files[file_ids[i]]} offset {offsets[i]}: {why}; the source changed since "
+                    "validation (validate it again)")
+            w.write_framed_batch(blob, hi - lo)
+    return w
+
+
 def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num_shards: int,
-                output_uri: str, staging: str, read_threads: int) -> dict[str, Any]:
-    """Copy a shard's planned records into a staged file; return its stats."""
+                output_uri: str, staging: str, read_threads: int,
+                reader: RangeReader | None = None) -> dict[str, Any]:
+    """Copy a shard's planned records into a staged file; return its stats.
+
+    ``reader`` keeps source files open across calls (one is made and closed
+    here if not given)."""
     t0 = time.monotonic()
     name = shard_name(split, shard, num_shards)
     final = storage.join(output_uri, name)
@@ -305,38 +350,21 @@ def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num
                  shard + 1, num_shards)
         return reused
     staged = storage.join(staging, name)
-    file_ids = rows.column("file_id").to_numpy()
-    offsets = rows.column("offset").to_numpy()
-    lengths = rows.column("length").to_numpy()
-    crcs = rows.column("data_crc").to_numpy()
-    names = rows.column("filename").to_pylist()
-    indices = rows.column("index").to_numpy()
-    if len(indices) and not np.array_equal(indices, np.arange(len(indices))):
-        raise BuildError(f"{split}: shard {shard} rows are not indices 0..{len(indices) - 1}")
-    with RangeReader() as reader:
-
-        def fetch(i: int) -> bytes:
-            path = files[file_ids[i]]
-            data = reader.read(path, int(offsets[i]), int(lengths[i]))
-            try:
-                framed = check_framed(data, path, int(offsets[i]))
-            except RecordError as err:
-                raise BuildError(f"{split}: record {names[i]} ({err}); the source changed since "
-                                 "validation") from None
-            if framed.data_crc != int(crcs[i]):
-                raise BuildError(f"{split}: record {names[i]} at {path} offset {offsets[i]} differs "
-                                 "from the catalog (CRC); the source changed since validation")
-            return data
-
-        with storage.open_write(staged) as f:
-            w = Writer(f)
-            for data in ordered_map(fetch, range(len(names)), read_threads):
-                w.write_framed(data)
-        bytes_read = int(lengths.sum())  # every read is checked to return exactly its length
+    own_reader = reader is None
+    reader = reader or RangeReader()
+    try:
+        w = copy_records(rows, files, reader, staged, read_threads=read_threads,
+                         what=f"{split}: shard {shard}")
+    finally:
+        if own_reader:
+            reader.close()
+    bytes_read = w.num_bytes  # every read is checked to return exactly its length
+    names = rows.column("filename")
     stats = {
         "shard": shard, "path": final, "staged": staged, "num_records": w.num_records,
         "num_bytes": w.num_bytes, "crc32c": crc32c_hex(w.crc32c), "bytes_read": bytes_read,
-        "first": names[0] if names else None, "last": names[-1] if names else None,
+        "first": names[0].as_py() if len(names) else None,
+        "last": names[-1].as_py() if len(names) else None,
     }
     # Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten.
     storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json",

@@ -439,6 +439,66 @@ def test_changed_source_fails_the_build(small, tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_small_batches_give_the_same_files(small, tmp_path, monkeypatch):
+    # Batches of one or a few records (and a record larger than the batch)
+    # write the same bytes as one batch per shard.
+    monkeypatch.setattr(build_mod, "BATCH_BYTES", 3000)
+    out = str(tmp_path / "out")
+    run_build(small.split, small.plans[small.split]["plan_uri"], small.catalog, out)
+    assert read_all(shard_files(out, small.split)) == \
+        read_all(shard_files(small.ref_out, small.split))
+
+
+def test_batches_cover_every_row_once_within_the_limit():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 500):
+        lengths = rng.integers(1, 400, n)
+        runs = list(build_mod.batches(lengths, 1000))
+        assert [lo for lo, _ in runs] == ([0] + [hi for _, hi in runs][:-1] if n else [])
+        assert (runs[-1][1] if runs else 0) == n
+        for lo, hi in runs:
+            assert hi > lo
+            assert hi - lo == 1 or lengths[lo:hi].sum() <= 1000
+            if hi < n:  # greedy: the next row would not have fitted
+                assert lengths[lo:hi + 1].sum() > 1000
+    assert list(build_mod.batches(np.array([5000, 10, 5000]), 1000)) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_range_reader_reads_many_and_bounds_open_files(tmp_path, monkeypatch):
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(bytes([i]) * 100)
+        paths.append(str(p))
+    monkeypatch.setattr(storage, "_max_open_files", lambda: 4)
+    with storage.RangeReader() as reader:
+        got = reader.read_many(paths, [0, 5, 3, 5, 1, 2, 4], [0, 10, 99, 0, 50, 1, 7],
+                               [3, 2, 1, 100, 0, 4, 5])
+        assert got == [b"\x00" * 3, b"\x05" * 2, b"\x03", b"\x05" * 100, b"", b"\x02" * 4,
+                       b"\x04" * 5]
+        assert len(reader._fds) <= 4
+        assert reader.read_many(paths, [], [], []) == []
+        with pytest.raises(storage.StorageError, match=r"f2: short read at offset 98: wanted 5"):
+            reader.read_many(paths, [1, 2], [0, 98], [1, 5])
+
+
+def test_a_source_truncated_after_the_check_fails_with_its_name(small, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(small.source, src)
+    cat = str(tmp_path / "catalog")
+    run_validate(str(src), cat)
+    plans = plan_files(cat, str(tmp_path / "plans"), seeds=(1,), unsupervised=False)
+    plan_uri = plans[small.split]["plan_uri"]
+    victim = sorted(src.glob("train-*"))[0]
+    os.truncate(victim, victim.stat().st_size // 2)
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match=f"{victim.name}: short read"):
+        run_build(small.split, plan_uri, cat, str(out), "--skip_source_check")
+    assert not list(out.glob(f"{small.split}-*"))
+
+
 # --------------------------------------------------------------------------- staging and reuse
 
 

@@ -315,3 +315,66 @@ def test_tensorflow_rejects_what_we_reject(tf, tmp_path):
     path.write_bytes(_flip(_file_of(PAYLOADS), offsets[1] + HEADER_LEN))
     with pytest.raises(tf.errors.DataLossError):
         list(tf.data.TFRecordDataset(str(path)))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_mask_array_matches_mask():
+    import numpy as np
+
+    values = [0, 1, 0xFFFFFFFF, 0x12345678, 0xA282EAD8, 0x80000000]
+    got = tfrecord.mask_array(np.array(values, dtype=np.uint32))
+    assert got.dtype == np.uint32
+    assert got.tolist() == [tfrecord.mask(v) for v in values]
+
+
+def test_check_concatenated_accepts_good_records():
+    import numpy as np
+
+    framed = [frame(p) for p in PAYLOADS]
+    blob = b"".join(framed)
+    stored, bad, why = tfrecord.check_concatenated(blob, np.array([len(f) for f in framed]))
+    assert (bad, why) == (-1, "")
+    assert stored.tolist() == [check_framed(f, "p", 0).data_crc for f in framed]
+
+
+@pytest.mark.parametrize(
+    "flip_at, expect",
+    [(0, "length field says"), (9, "length field fails its CRC32C check"),
+     (HEADER_LEN + 2, "data CRC32C mismatch"), (-1, "data CRC32C mismatch")],
+    ids=["length", "length_crc", "data", "footer"],
+)
+def test_check_concatenated_names_the_first_bad_record(flip_at, expect):
+    import numpy as np
+
+    framed = [frame(p) for p in PAYLOADS]
+    target = 3
+    framed[target] = _flip(framed[target], flip_at % len(framed[target]))
+    framed[4] = _flip(framed[4], HEADER_LEN)  # a later bad record is not the one reported
+    lengths = np.array([len(frame(p)) for p in PAYLOADS])
+    _, bad, why = tfrecord.check_concatenated(b"".join(framed), lengths)
+    assert bad == target
+    assert expect in why
+
+
+def test_check_concatenated_rejects_lengths_that_do_not_add_up():
+    import numpy as np
+
+    blob = frame(b"abc") + frame(b"defg")
+    with pytest.raises(ValueError, match="do not hold records"):
+        tfrecord.check_concatenated(blob, np.array([len(frame(b"abc")), 5]))
+    with pytest.raises(ValueError, match="do not hold records"):
+        tfrecord.check_concatenated(blob[:-1], np.array([len(frame(b"abc")), len(frame(b"defg"))]))
+
+
+def test_write_framed_batch_equals_one_by_one(tmp_path):
+    framed = [frame(p) for p in PAYLOADS]
+    a, b = io.BytesIO(), io.BytesIO()
+    w1, w2 = Writer(a), Writer(b)
+    for f in framed:
+        w1.write_framed(f)
+    w2.write_framed_batch(b"".join(framed[:2]), 2)
+    w2.write_framed_batch(b"".join(framed[2:]), len(framed) - 2)
+    assert a.getvalue() == b.getvalue()
+    assert (w1.num_records, w1.num_bytes, w1.crc32c) == (w2.num_records, w2.num_bytes, w2.crc32c)
