@@ -21,7 +21,7 @@ What it guarantees:
   offset and length the catalog recorded (read amplification ~1.0). Every
   record read is checked against the catalog (framed length, both CRC32Cs,
   the stored data CRC), so a source changed since validation fails the job.
-* Memory is bounded by a batch of records (``BATCH_BYTES``, 16 MiB, or one
+* Memory is bounded by a batch of records (``BATCH_BYTES``, 1 MiB, or one
   record if it is larger), not by the shard, the split or the dataset.
 * Shards are written to a staging folder first (each file appears only when
   complete), with a small sidecar per finished shard; the split takes its
@@ -67,7 +67,7 @@ from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import RangeReader, crc32c_hex
-from beam_jobs.tfrecord import RecordError, Writer, check_concatenated, iter_framed
+from beam_jobs.tfrecord import RecordError, Writer, check_records, iter_framed
 
 log = logging.getLogger("beam_jobs.build")
 
@@ -102,9 +102,12 @@ def staging_dir(work_uri: str, split: str, token: str) -> str:
 
 
 # Records are read, checked and written in batches of about this many bytes:
-# per-record work stays a pread (or ranged GET) and a CRC, the rest is
-# vectorised; memory stays a batch, never the shard.
-BATCH_BYTES = 16 * 1024 * 1024
+# per-record Python work stays a pread (or ranged GET), two slices and a CRC,
+# the rest is vectorised over the batch; memory stays a batch, never the
+# shard. Measured side by side (COUNT's 1 KB and BYTES' 110 KB records), 1 MiB
+# is as fast as 4 MiB for small records and faster for large ones, whose
+# batches then stay in the CPU caches.
+BATCH_BYTES = 1024 * 1024
 
 
 def batches(lengths: np.ndarray, max_bytes: int) -> Iterator[tuple[int, int]]:
@@ -316,10 +319,9 @@ def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: 
     with storage.open_write(staged) as f:
         w = Writer(f)
         for lo, hi in batches(lengths, BATCH_BYTES):
-            blob = b"".join(reader.read_many(files, file_ids[lo:hi].tolist(),
-                                             offsets[lo:hi].tolist(), lengths[lo:hi].tolist(),
-                                             read_threads))
-            stored, bad, why = check_concatenated(blob, lengths[lo:hi])
+            records = reader.read_many(files, file_ids[lo:hi].tolist(), offsets[lo:hi].tolist(),
+                                       lengths[lo:hi].tolist(), read_threads)
+            stored, bad, why = check_records(records, lengths[lo:hi])
             if bad < 0:
                 differs = np.flatnonzero(stored != crcs[lo:hi])
                 if len(differs):
@@ -330,7 +332,7 @@ def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: 
                     f"{what}: record {rows.column('filename')[i].as_py()} at "
                     f"{files[file_ids[i]]} offset {offsets[i]}: {why}; the source changed since "
                     "validation (validate it again)")
-            w.write_framed_batch(blob, hi - lo)
+            w.write_framed_batch(records)
     return w
 
 

@@ -347,6 +347,9 @@ class AtomicWriter:
     def write(self, data: bytes) -> int:
         return self._f.write(data)
 
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        self._f.writelines(chunks)
+
     def flush(self) -> None:
         if self._tmp is not None:
             self._f.flush()

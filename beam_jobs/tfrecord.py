@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 import google_crc32c
 import numpy as np
@@ -200,13 +200,16 @@ class Writer:
         self.num_bytes += len(framed)
         self._crc = google_crc32c.extend(self._crc, framed)
 
-    def write_framed_batch(self, blob: bytes, num_records: int) -> None:
-        """Write ``num_records`` framed records laid end to end in ``blob``
-        (checked by the caller, e.g. with ``check_concatenated``), in one call."""
-        self._f.write(blob)
-        self.num_records += num_records
-        self.num_bytes += len(blob)
-        self._crc = google_crc32c.extend(self._crc, blob)
+    def write_framed_batch(self, records: Sequence[bytes]) -> None:
+        """Write already framed records (checked by the caller, e.g. with
+        ``check_records``) exactly as given."""
+        self._f.writelines(records)
+        crc, extend = self._crc, google_crc32c.extend
+        for r in records:
+            crc = extend(crc, r)
+        self._crc = crc
+        self.num_records += len(records)
+        self.num_bytes += sum(map(len, records))
 
     @property
     def crc32c(self) -> int:
@@ -221,38 +224,33 @@ def mask_array(crc: np.ndarray) -> np.ndarray:
              + np.uint64(MASK_DELTA)) & np.uint64(_U32)).astype(np.uint32)
 
 
-def check_concatenated(blob: bytes, framed_lengths: np.ndarray) -> tuple[np.ndarray, int, str]:
-    """Check framed records laid end to end in ``blob`` (the expected framed
-    length of each is given, e.g. by a catalog): each header's length field,
-    its CRC, and each data CRC, vectorised over the batch.
+def check_records(records: Sequence[bytes], framed_lengths: np.ndarray) -> tuple[np.ndarray, int, str]:
+    """Check a batch of complete framed records (each ``bytes`` of the
+    expected framed length, e.g. from a catalog): each header's length field,
+    its CRC, and each data CRC. The per-record Python work is two slices and
+    one CRC call; the comparisons are vectorised over the batch.
 
     Returns the stored (masked) data CRCs, the index of the first bad record
     (-1 if all are good) and what is wrong with it.
     """
     lengths = np.asarray(framed_lengths, dtype=np.int64)
-    n = len(lengths)
+    n = len(records)
     if n == 0:
         return np.zeros(0, np.uint32), -1, ""
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    if int(ends[-1]) != len(blob) or int(lengths.min()) < OVERHEAD:
-        raise ValueError(f"{len(blob)} bytes do not hold records of the given lengths")
-    arr = np.frombuffer(blob, np.uint8)
-
-    def gather(pos: np.ndarray, width: int, dtype: str) -> np.ndarray:
-        return arr[pos[:, None] + np.arange(width)].view(dtype).ravel()
-
-    payload = gather(starts, 8, "<u8")
+    if n != len(lengths) or any(len(r) != int(k) for r, k in zip(records, lengths.tolist())) \
+            or int(lengths.min()) < OVERHEAD:
+        raise ValueError("records do not have the given framed lengths")
+    headers = np.frombuffer(b"".join([r[:HEADER_LEN] for r in records]),
+                            dtype=np.dtype([("length", "<u8"), ("crc", "<u4")]))
+    stored = np.frombuffer(b"".join([r[-FOOTER_LEN:] for r in records]), dtype="<u4")
+    payload = headers["length"]
     bad_length = payload != (lengths - OVERHEAD).astype(np.uint64)
     uniq, inverse = np.unique(payload, return_inverse=True)
     expected = np.array([masked_crc32c(_LEN.pack(int(u))) for u in uniq], np.uint32)[inverse]
-    bad_length_crc = gather(starts + 8, 4, "<u4") != expected
-    stored = gather(ends - 4, 4, "<u4")
+    bad_length_crc = headers["crc"] != expected
     value = google_crc32c.value
-    computed = np.fromiter(
-        (value(blob[s:e]) for s, e in zip((starts + HEADER_LEN).tolist(), (ends - FOOTER_LEN).tolist())),
-        dtype=np.uint32, count=n,
-    )
+    computed = np.fromiter((value(r[HEADER_LEN:-FOOTER_LEN]) for r in records),
+                           dtype=np.uint32, count=n)
     bad_data = mask_array(computed) != stored
     bad = np.flatnonzero(bad_length | bad_length_crc | bad_data)
     if not len(bad):

@@ -329,12 +329,11 @@ def test_mask_array_matches_mask():
     assert got.tolist() == [tfrecord.mask(v) for v in values]
 
 
-def test_check_concatenated_accepts_good_records():
+def test_check_records_accepts_good_records():
     import numpy as np
 
     framed = [frame(p) for p in PAYLOADS]
-    blob = b"".join(framed)
-    stored, bad, why = tfrecord.check_concatenated(blob, np.array([len(f) for f in framed]))
+    stored, bad, why = tfrecord.check_records(framed, np.array([len(f) for f in framed]))
     assert (bad, why) == (-1, "")
     assert stored.tolist() == [check_framed(f, "p", 0).data_crc for f in framed]
 
@@ -345,7 +344,7 @@ def test_check_concatenated_accepts_good_records():
      (HEADER_LEN + 2, "data CRC32C mismatch"), (-1, "data CRC32C mismatch")],
     ids=["length", "length_crc", "data", "footer"],
 )
-def test_check_concatenated_names_the_first_bad_record(flip_at, expect):
+def test_check_records_names_the_first_bad_record(flip_at, expect):
     import numpy as np
 
     framed = [frame(p) for p in PAYLOADS]
@@ -353,19 +352,19 @@ def test_check_concatenated_names_the_first_bad_record(flip_at, expect):
     framed[target] = _flip(framed[target], flip_at % len(framed[target]))
     framed[4] = _flip(framed[4], HEADER_LEN)  # a later bad record is not the one reported
     lengths = np.array([len(frame(p)) for p in PAYLOADS])
-    _, bad, why = tfrecord.check_concatenated(b"".join(framed), lengths)
+    _, bad, why = tfrecord.check_records(framed, lengths)
     assert bad == target
     assert expect in why
 
 
-def test_check_concatenated_rejects_lengths_that_do_not_add_up():
+def test_check_records_rejects_records_of_other_lengths():
     import numpy as np
 
-    blob = frame(b"abc") + frame(b"defg")
-    with pytest.raises(ValueError, match="do not hold records"):
-        tfrecord.check_concatenated(blob, np.array([len(frame(b"abc")), 5]))
-    with pytest.raises(ValueError, match="do not hold records"):
-        tfrecord.check_concatenated(blob[:-1], np.array([len(frame(b"abc")), len(frame(b"defg"))]))
+    framed = [frame(b"abc"), frame(b"defg")]
+    with pytest.raises(ValueError, match="do not have the given framed lengths"):
+        tfrecord.check_records(framed, np.array([len(framed[0]), 5]))
+    with pytest.raises(ValueError, match="do not have the given framed lengths"):
+        tfrecord.check_records(framed[:1], np.array([len(f) for f in framed]))
 
 
 def test_write_framed_batch_equals_one_by_one(tmp_path):
@@ -374,7 +373,8 @@ def test_write_framed_batch_equals_one_by_one(tmp_path):
     w1, w2 = Writer(a), Writer(b)
     for f in framed:
         w1.write_framed(f)
-    w2.write_framed_batch(b"".join(framed[:2]), 2)
-    w2.write_framed_batch(b"".join(framed[2:]), len(framed) - 2)
+    w2.write_framed_batch(framed[:2])
+    w2.write_framed_batch(framed[2:])
+    w2.write_framed_batch([])
     assert a.getvalue() == b.getvalue()
     assert (w1.num_records, w1.num_bytes, w1.crc32c) == (w2.num_records, w2.num_bytes, w2.crc32c)
