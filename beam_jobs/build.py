@@ -318,7 +318,12 @@ def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: 
         raise BuildError(f"{what}: rows are not indices 0..{len(indices) - 1}")
     with storage.open_write(staged) as f:
         w = Writer(f)
-        for lo, hi in batches(lengths, BATCH_BYTES):
+        batch_bytes = BATCH_BYTES
+        if read_threads > 1 and len(lengths):
+            # Remote reads are latency-bound: a batch keeps every thread busy
+            # several times over, whatever the record size (bounded memory still).
+            batch_bytes = max(BATCH_BYTES, 4 * read_threads * int(lengths.mean()))
+        for lo, hi in batches(lengths, batch_bytes):
             records = reader.read_many(files, file_ids[lo:hi].tolist(), offsets[lo:hi].tolist(),
                                        lengths[lo:hi].tolist(), read_threads)
             stored, bad, why = check_records(records, lengths[lo:hi])

@@ -427,7 +427,9 @@ class RangeReader:
     def __init__(self, generations: dict[str, int] | None = None) -> None:
         self._generations = generations or {}
         self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()  # guards the descriptor cache only
+        self._lock = threading.Lock()  # guards the descriptor cache and the pool
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._pool_threads = 0
 
     def read(self, uri: str, offset: int, length: int) -> bytes:
         if is_gcs(uri):
@@ -465,9 +467,9 @@ class RangeReader:
         if not len(file_ids):
             return []
         if any(is_gcs(u) for u in uris) or threads > 1:
-            with cf.ThreadPoolExecutor(max(1, threads)) as pool:
-                return list(pool.map(lambda a: self.read(uris[a[0]], a[1], a[2]),
-                                     zip(file_ids, offsets, lengths)))
+            pool = self._executor(max(1, threads))
+            return list(pool.map(lambda a: self.read(uris[a[0]], a[1], a[2]),
+                                 zip(file_ids, offsets, lengths)))
         fds: dict[int, int] = {}
         temps: list[int] = []
         for f in set(file_ids):
@@ -489,6 +491,16 @@ class RangeReader:
                                        f"{offsets[i]}: wanted {n} bytes, got {len(data)}")
         return out
 
+    def _executor(self, threads: int) -> cf.ThreadPoolExecutor:
+        """A thread pool kept for the reader's lifetime (not one per batch)."""
+        with self._lock:
+            if self._pool is None or self._pool_threads != threads:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+                self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="range-read")
+                self._pool_threads = threads
+            return self._pool
+
     def _cached_fd(self, uri: str) -> int | None:
         """The cached descriptor of a local file, opened and cached if there
         is room; None when the cache is full (the caller opens the file for
@@ -505,6 +517,9 @@ class RangeReader:
 
     def close(self) -> None:
         with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()

@@ -479,6 +479,12 @@ def test_range_reader_reads_many_and_bounds_open_files(tmp_path, monkeypatch):
         assert got == [b"\x00" * 3, b"\x05" * 2, b"\x03", b"\x05" * 100, b"", b"\x02" * 4,
                        b"\x04" * 5]
         assert len(reader._fds) <= 4
+        # with threads (as on GCS): same results, in order, from one pool per reader
+        assert reader.read_many(paths, [0, 5, 3, 5, 1, 2, 4], [0, 10, 99, 0, 50, 1, 7],
+                                [3, 2, 1, 100, 0, 4, 5], threads=3) == got
+        pool = reader._pool
+        reader.read_many(paths, [1], [0], [1], threads=3)
+        assert reader._pool is pool
         assert reader.read_many(paths, [], [], []) == []
         with pytest.raises(storage.StorageError, match=r"f2: short read at offset 98: wanted 5"):
             reader.read_many(paths, [1, 2], [0, 98], [1, 5])

@@ -226,8 +226,30 @@ def test_stale_lock_is_taken_over(work_uri):
     assert holder["run_id"] == "new"
 
 
-def test_racing_runs_one_wins(work_uri):
+@pytest.mark.parametrize("stale", [False, True], ids=["free", "stale"])
+def test_racing_runs_one_wins(work_uri, stale):
+    # Rounds of 4 racing takers, on a free folder or on a crashed run's stale
+    # lock: exactly one wins each round (a lock created empty, then written,
+    # once let a racing reader take it for stale: two winners).
+    import datetime as dt
+
     kw = {"dag_id": "d", "output_uri": "/out"}
+    for _ in range(5 if storage.is_gcs(work_uri) else 20):
+        if stale:  # a lock a crashed run took two days ago
+            lock.acquire(work_uri, run_id="crashed", **kw)
+            uri = lock.lock_uri(work_uri)
+            holder = json.loads(storage.read_text(uri))
+            holder["acquired_at"] = (dt.datetime.now(dt.timezone.utc)
+                                     - 2 * lock.DEFAULT_TTL).isoformat()
+            storage.write_text(uri, json.dumps(holder), "application/json")
+        _race_once(work_uri, kw)
+        storage.delete([lock.lock_uri(work_uri)])
+    if not storage.is_gcs(work_uri):
+        # no litter: at most the (empty) guard of stale takeovers
+        assert set(os.listdir(work_uri)) <= {"lock.json" + lock.GUARD_SUFFIX}
+
+
+def _race_once(work_uri, kw):
     barrier = threading.Barrier(4)
     won, lost = [], []
 

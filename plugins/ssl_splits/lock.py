@@ -8,23 +8,28 @@ its first task and releases it in a teardown task that runs whatever
 happened; a second run fails at once and says who holds the lock, since when,
 and how to clear it if that run is dead.
 
-Creation is atomic: ``if_generation_match=0`` on GCS, ``O_CREAT|O_EXCL``
-locally. A lock older than ``ttl`` (a crashed run that never released it) is
-taken over, conditionally on the generation that was read, so two runs cannot
-both take over the same stale lock.
+Creation is atomic: ``if_generation_match=0`` on GCS; locally a complete
+file hard-linked to the lock's name (never an empty lock a racing reader
+could take for stale). A lock older than ``ttl`` (a crashed run that never
+released it) is taken over, conditionally on the generation that was read
+(locally: under an flock, after reading it again), so two runs cannot both
+take over the same stale lock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import socket
+import uuid
 from typing import Any
 
 from beam_jobs import storage
 
 LOCK_NAME = "lock.json"
+GUARD_SUFFIX = ".guard"  # local only: serialises takeovers of a stale lock (flock)
 DEFAULT_TTL = dt.timedelta(hours=24)
 
 
@@ -94,27 +99,59 @@ def acquire(work_uri: str, *, run_id: str, dag_id: str, output_uri: str,
             raise _held(uri, json.loads(blob.download_as_bytes())) from None
         return uri
     os.makedirs(os.path.dirname(uri), exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(uri, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
+    for _ in range(3):
+        if _create_local(uri, body):
             return uri
-        except FileExistsError:
+        try:
+            with open(uri, encoding="utf-8") as f:
+                seen = f.read()
+            holder = json.loads(seen)
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
+        except json.JSONDecodeError:
+            seen, holder = None, {}
+        if holder.get("run_id") == run_id:
+            return uri
+        if _age(holder) < ttl:
+            raise _held(uri, holder) from None
+        # Stale: remove it under a guard (flock) that every taker of a stale
+        # lock holds, after checking it is still the lock that was read; a
+        # fresh lock is never removed. Creation itself needs no guard.
+        with open(f"{uri}{GUARD_SUFFIX}", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
             try:
-                holder = json.loads(storage.read_text(uri))
-            except (FileNotFoundError, json.JSONDecodeError):
-                holder = {}
-            if holder.get("run_id") == run_id:
-                return uri
-            if _age(holder) < ttl:
-                raise _held(uri, holder) from None
-            # Stale: move it aside atomically; only one taker's rename succeeds.
-            try:
-                os.rename(uri, f"{uri}.stale-{os.getpid()}")
+                with open(uri, encoding="utf-8") as f:
+                    now = f.read()
             except FileNotFoundError:
-                pass
+                continue
+            if now != seen:
+                try:
+                    holder = json.loads(now)
+                except json.JSONDecodeError:
+                    holder = {}
+                if holder.get("run_id") == run_id:
+                    return uri
+                if _age(holder) < ttl:
+                    raise _held(uri, holder) from None
+            os.remove(uri)
     raise _held(uri, {})
+
+
+def _create_local(uri: str, body: str) -> bool:
+    """Create ``uri`` holding ``body``, atomically and complete (never an
+    empty or half-written lock that a racing reader could take for stale):
+    write a private file, then hard-link it to the lock's name, which fails
+    if the name exists. True if this call created it."""
+    tmp = f"{uri}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(body)
+    try:
+        os.link(tmp, uri)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
 
 
 def release(work_uri: str, *, run_id: str) -> bool:
