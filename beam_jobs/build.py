@@ -110,6 +110,18 @@ def staging_dir(work_uri: str, split: str, token: str) -> str:
 BATCH_BYTES = 1024 * 1024
 
 
+# One local worker's throughput (benchmarks/RESULTS.md, 2 cores): ~700 MB/s
+# of 110 KB records, ~170,000 records/s of 1 KB ones.
+WORKER_BYTES_PER_S = 700e6
+WORKER_RECORDS_PER_S = 170e3
+
+
+def estimated_seconds(num_bytes: int, num_records: int | None) -> float:
+    """One local worker's time for a build, roughly: decides between an
+    in-process DirectRunner and one worker process per core."""
+    return num_bytes / WORKER_BYTES_PER_S + (num_records or 0) / WORKER_RECORDS_PER_S
+
+
 def batches(lengths: np.ndarray, max_bytes: int) -> Iterator[tuple[int, int]]:
     """Cut rows with these byte lengths into consecutive [lo, hi) runs of at
     most ``max_bytes`` (at least one row each)."""
@@ -521,6 +533,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.plan_uri:
         table, files, sha = build_table(args.plan_uri, args.catalog_dir)
         work_bytes = int(pc.sum(table.column("length")).as_py() or 0)
+        work_records: int | None = table.num_rows
         if not args.skip_source_check:
             check_source_unchanged(args.catalog_dir, files)
         shards_col = table.column("shard").to_numpy()
@@ -553,6 +566,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         fp = hashlib.sha256("\n".join(f"{storage.basename(f.path)}\t{f.identity()}"
                                       for f, _ in shards).encode()).hexdigest()
         work_bytes = sum(f.size for f, _ in shards)
+        work_records = None
         token = fp[:16]
         staging = staging_dir(work, split, token)
         expected = None
@@ -561,7 +575,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                     for f, m in shards]
         fn = CopyShard(split, output, staging, progress_dir(work, "build", split))
     spath = stats_uri(work, split)
-    p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes)
+    p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes,
+                             work_seconds=estimated_seconds(work_bytes, work_records))
     meta["runner"] = p_options.get_all_options()["runner"]
     p = beam.Pipeline(options=p_options)
     (

@@ -686,3 +686,27 @@ def test_gcs_source_and_output(gcs_bucket, tmp_path):
     for u in copied:
         assert storage.read_bytes(u) == storage.read_bytes(f"{src}/{storage.basename(u)}")
     assert vstats["num_examples"] == TINY.num_classes * TINY.validation_per_class
+
+
+def test_local_runner_mode_follows_the_estimated_work(monkeypatch):
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from beam_jobs.pipeline import make_options
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+    def mode(*args, **kw):
+        d = make_options(list(args), "j", **kw).view_as(DirectOptions)
+        return d.direct_num_workers, d.direct_running_mode
+
+    # BYTES' reshuffle (1.45 GB of 110 KB records): seconds of work, in-process
+    bytes_s = build_mod.estimated_seconds(1_454_324_057, 13_000)
+    # COUNT's (1.28M records of 1 KB): worth one worker process per core
+    count_s = build_mod.estimated_seconds(1_227_665_480, 1_281_167)
+    assert bytes_s < 8 < count_s
+    assert mode(work_bytes=1_454_324_057, work_seconds=bytes_s) == (1, "in_memory")
+    assert mode(work_bytes=1_227_665_480, work_seconds=count_s) == (2, "multi_processing")
+    # without an estimate, by bytes; what the user says wins
+    assert mode(work_bytes=10**6) == (1, "in_memory")
+    assert mode(work_bytes=10**10) == (2, "multi_processing")
+    assert mode("--direct_num_workers=1", work_seconds=count_s) == (1, "in_memory")
