@@ -446,13 +446,7 @@ class RangeReader:
                     ) from None
                 raise
         else:
-            fd = self._cached_fd(uri)
-            temp = os.open(uri, os.O_RDONLY) if fd is None else None
-            try:
-                data = os.pread(fd if temp is None else temp, length, offset)
-            finally:
-                if temp is not None:
-                    os.close(temp)
+            return self._pread_many([uri], [0], [offset], [length])[0]
         if len(data) != length:
             raise StorageError(
                 f"{uri}: short read at offset {offset}: wanted {length} bytes, got {len(data)}"
@@ -470,6 +464,13 @@ class RangeReader:
             pool = self._executor(max(1, threads))
             return list(pool.map(lambda a: self.read(uris[a[0]], a[1], a[2]),
                                  zip(file_ids, offsets, lengths)))
+        return self._pread_many(uris, file_ids, offsets, lengths)
+
+    def _pread_many(self, uris: Sequence[str], file_ids: Sequence[int], offsets: Sequence[int],
+                    lengths: Sequence[int]) -> list[bytes]:
+        """Local files: one ``pread`` per record in a tight loop, on cached
+        descriptors (or ones opened for this call when the cache is full);
+        a short read names the file and offset."""
         fds: dict[int, int] = {}
         temps: list[int] = []
         for f in set(file_ids):

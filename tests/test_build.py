@@ -409,13 +409,19 @@ def test_malformed_or_missing_plan_fails_before_any_output(small, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_changed_source_fails_the_build(small, tmp_path):
+def _own_source(small, tmp_path) -> tuple[Path, str, str]:
+    """A copy of the small source, validated, and seed 1's plan on it:
+    (source folder, catalog, plan uri), for tests that damage the source."""
     src = tmp_path / "src"
     shutil.copytree(small.source, src)
     cat = str(tmp_path / "catalog")
     run_validate(str(src), cat)
     plans = plan_files(cat, str(tmp_path / "plans"), seeds=(1,), unsupervised=False)
-    plan_uri = plans[small.split]["plan_uri"]
+    return src, cat, plans[small.split]["plan_uri"]
+
+
+def test_changed_source_fails_the_build(small, tmp_path):
+    src, cat, plan_uri = _own_source(small, tmp_path)
     first = parse_plan_text(Path(plan_uri).read_text(), "p")[0][0]
     table = read_catalog(cat, ["filename", "file", "offset", "length"]).to_pydict()
     i = table["filename"].index(first)
@@ -491,12 +497,7 @@ def test_range_reader_reads_many_and_bounds_open_files(tmp_path, monkeypatch):
 
 
 def test_a_source_truncated_after_the_check_fails_with_its_name(small, tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(small.source, src)
-    cat = str(tmp_path / "catalog")
-    run_validate(str(src), cat)
-    plans = plan_files(cat, str(tmp_path / "plans"), seeds=(1,), unsupervised=False)
-    plan_uri = plans[small.split]["plan_uri"]
+    src, cat, plan_uri = _own_source(small, tmp_path)
     victim = sorted(src.glob("train-*"))[0]
     os.truncate(victim, victim.stat().st_size // 2)
     out = tmp_path / "out"

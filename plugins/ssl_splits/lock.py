@@ -102,39 +102,47 @@ def acquire(work_uri: str, *, run_id: str, dag_id: str, output_uri: str,
     for _ in range(3):
         if _create_local(uri, body):
             return uri
-        try:
-            with open(uri, encoding="utf-8") as f:
-                seen = f.read()
-            holder = json.loads(seen)
-        except FileNotFoundError:
+        seen = _read_local(uri)
+        if seen is None:
             continue  # released meanwhile: try again
-        except json.JSONDecodeError:
-            seen, holder = None, {}
-        if holder.get("run_id") == run_id:
+        if _ours_or_held(uri, seen, run_id, ttl):
             return uri
-        if _age(holder) < ttl:
-            raise _held(uri, holder) from None
         # Stale: remove it under a guard (flock) that every taker of a stale
         # lock holds, after checking it is still the lock that was read; a
         # fresh lock is never removed. Creation itself needs no guard.
         with open(f"{uri}{GUARD_SUFFIX}", "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
-            try:
-                with open(uri, encoding="utf-8") as f:
-                    now = f.read()
-            except FileNotFoundError:
+            now = _read_local(uri)
+            if now is None:
                 continue
-            if now != seen:
-                try:
-                    holder = json.loads(now)
-                except json.JSONDecodeError:
-                    holder = {}
-                if holder.get("run_id") == run_id:
-                    return uri
-                if _age(holder) < ttl:
-                    raise _held(uri, holder) from None
+            if now != seen and _ours_or_held(uri, now, run_id, ttl):
+                return uri
             os.remove(uri)
     raise _held(uri, {})
+
+
+def _read_local(uri: str) -> str | None:
+    """A local lock's text, or None if there is none."""
+    try:
+        with open(uri, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _ours_or_held(uri: str, text: str, run_id: str, ttl: dt.timedelta) -> bool:
+    """True if the lock ``text`` is ``run_id``'s own (a retry); raise
+    LockHeld if another run's lock is younger than ``ttl``; False if it is
+    stale (or unreadable)."""
+    try:
+        holder = json.loads(text)
+    except json.JSONDecodeError:
+        holder = {}
+    if holder.get("run_id") == run_id:
+        return True
+    if _age(holder) < ttl:
+        raise _held(uri, holder)
+    return False
 
 
 def _create_local(uri: str, body: str) -> bool:
