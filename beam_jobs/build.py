@@ -63,6 +63,7 @@ from beam_jobs.catalog import (
     shard_name,
     write_table,
 )
+from beam_jobs.layout import staging_dir, stats_uri, work_default
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
@@ -71,31 +72,10 @@ from beam_jobs.tfrecord import RecordError, Writer, check_records, iter_framed
 
 log = logging.getLogger("beam_jobs.build")
 
-STATS_DIR = "stats"
-STAGING_DIR = "staging"
 
 
 class BuildError(RuntimeError):
     """The split cannot be built as planned; the message says why."""
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def work_default(output_uri: str) -> str:
-    return storage.join(output_uri, "_work")
-
-
-def final_path(output_uri: str, split: str, shard: int, num_shards: int) -> str:
-    return storage.join(output_uri, shard_name(split, shard, num_shards))
-
-
-def stats_uri(work_uri: str, split: str) -> str:
-    return storage.join(work_uri, STATS_DIR, f"{split}.json")
-
-
-def staging_dir(work_uri: str, split: str, token: str) -> str:
-    return storage.join(work_uri, STAGING_DIR, split, token)
 
 
 # --------------------------------------------------------------------------- reading records

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beam_jobs import storage
+from beam_jobs.layout import SHARD_RE, shard_name  # noqa: F401 (re-exported)
 from beam_jobs.storage import FileInfo
 
 CATALOG_FILE = "catalog.parquet"
@@ -36,14 +36,6 @@ SCHEMA = pa.schema(
         pa.field("data_crc", pa.uint32(), nullable=False),  # masked CRC32C from the footer
     ]
 )
-
-SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
-
-
-def shard_name(prefix: str, index: int, count: int) -> str:
-    """``train``, 7, 1024 -> ``train-00007-of-01024``."""
-    return f"{prefix}-{index:05d}-of-{count:05d}"
-
 
 def fingerprint(files: Iterable[FileInfo]) -> str:
     """sha256 over the source shards' names and identities.

@@ -24,6 +24,7 @@ from typing import Any
 
 from beam_jobs import storage
 from beam_jobs.catalog import REPORT_FILE, read_catalog
+from beam_jobs.layout import plan_file
 from beam_jobs.planner import (
     Plan,
     PlanError,
@@ -101,7 +102,7 @@ def write_plans(plans: list[Plan], out_dir: str) -> list[dict[str, Any]]:
     for plan in plans:
         data = plan.to_csv_bytes()
         sha = plan.sha256()
-        uri = storage.join(out_dir, f"{plan.split}.{sha[:16]}.csv")
+        uri = plan_file(out_dir, plan.split, sha)
         if not storage.exists(uri):
             storage.write_bytes(uri, data, "text/csv")
         out.append(plan_summary(plan, uri))

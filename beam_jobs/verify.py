@@ -37,9 +37,9 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from beam_jobs import __version__, storage
-from beam_jobs.build import STATS_DIR, stats_uri, work_default
 from beam_jobs.catalog import SHARD_RE, read_catalog, shard_name
 from beam_jobs.example_proto import ExampleError, parse_image_record
+from beam_jobs.layout import VERIFY_DIR, report_uri, stats_uri, work_default
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
@@ -47,16 +47,11 @@ from beam_jobs.tfrecord import RecordError, iter_framed
 
 log = logging.getLogger("beam_jobs.verify")
 
-VERIFY_DIR = "verify"
 MAX_FINDINGS = 20
 
 
 class VerificationFailed(RuntimeError):
     """The split does not match its plan; the message lists what differs."""
-
-
-def report_uri(work_uri: str, split: str) -> str:
-    return storage.join(work_uri, VERIFY_DIR, f"{split}.json")
 
 
 def shallow_findings(split: str, output_uri: str, stats: dict[str, Any],
@@ -365,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["STATS_DIR", "VerificationFailed", "deep_check_shard", "report_uri", "run",
+__all__ = ["VerificationFailed", "deep_check_shard", "report_uri", "run",
            "shallow_findings"]
 
 if __name__ == "__main__":

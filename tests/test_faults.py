@@ -21,7 +21,7 @@ import pytest
 from conftest import PYTHON, ROOT
 from gcs_fault_proxy import FaultProxy, Faults
 
-from beam_jobs import storage
+from beam_jobs import layout, storage
 from beam_jobs.synthetic import Spec, generate
 
 pytest.importorskip("airflow")
@@ -222,7 +222,7 @@ def test_stale_lock_is_taken_over(work_uri):
     with pytest.raises(lock.LockHeld):
         lock.acquire(work_uri, run_id="new", **kw)
     lock.acquire(work_uri, run_id="new", ttl=dt.timedelta(seconds=0), **kw)
-    holder = json.loads(storage.read_text(lock.lock_uri(work_uri)))
+    holder = json.loads(storage.read_text(layout.lock_uri(work_uri)))
     assert holder["run_id"] == "new"
 
 
@@ -237,13 +237,13 @@ def test_racing_runs_one_wins(work_uri, stale):
     for _ in range(5 if storage.is_gcs(work_uri) else 20):
         if stale:  # a lock a crashed run took two days ago
             lock.acquire(work_uri, run_id="crashed", **kw)
-            uri = lock.lock_uri(work_uri)
+            uri = layout.lock_uri(work_uri)
             holder = json.loads(storage.read_text(uri))
             holder["acquired_at"] = (dt.datetime.now(dt.timezone.utc)
                                      - 2 * lock.DEFAULT_TTL).isoformat()
             storage.write_text(uri, json.dumps(holder), "application/json")
         _race_once(work_uri, kw)
-        storage.delete([lock.lock_uri(work_uri)])
+        storage.delete([layout.lock_uri(work_uri)])
     if not storage.is_gcs(work_uri):
         # no litter: at most the (empty) guard of stale takeovers
         assert set(os.listdir(work_uri)) <= {"lock.json" + lock.GUARD_SUFFIX}
@@ -268,7 +268,7 @@ def _race_once(work_uri, kw):
     for t in threads:
         t.join()
     assert len(won) == 1 and len(lost) == 3, (won, lost)
-    assert json.loads(storage.read_text(lock.lock_uri(work_uri)))["run_id"] == f"run-{won[0]}"
+    assert json.loads(storage.read_text(layout.lock_uri(work_uri)))["run_id"] == f"run-{won[0]}"
 
 
 def test_lock_cli_free():

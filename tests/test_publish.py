@@ -24,9 +24,8 @@ import pytest
 from ssl_splits.publish import PublishError, publish, versions_folder
 
 from beam_jobs import storage
-from beam_jobs.build import stats_uri
+from beam_jobs.layout import report_uri, stats_uri
 from beam_jobs.manifest import load, load_split, merge
-from beam_jobs.verify import report_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -181,7 +180,8 @@ def test_two_publisher_processes_on_a_local_path_keep_both_splits(tmp_path):
 def crafted(tmp_path):
     """A run config and a split that looks built and verified (small files only)."""
     from ssl_splits.config import resolve
-    from ssl_splits.tasks import plan_summary_uri
+
+    from beam_jobs.layout import plan_summary_uri
 
     cfg = resolve(bs.params(str(tmp_path / "src"), str(tmp_path / "out")))
     split, sha = "train10.1", "ab" * 32

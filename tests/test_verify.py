@@ -23,12 +23,12 @@ import pyarrow.compute as pc
 import pytest
 
 from beam_jobs import storage
-from beam_jobs.build import stats_uri
 from beam_jobs.catalog import CATALOG_FILE, read_table, write_table
 from beam_jobs.example_proto import build_example, parse_features
+from beam_jobs.layout import report_uri, stats_uri
 from beam_jobs.storage import crc32c_hex
 from beam_jobs.tfrecord import frame, iter_framed
-from beam_jobs.verify import VerificationFailed, report_uri
+from beam_jobs.verify import VerificationFailed
 
 SPLIT = "train97.1"
 SHARD = 1  # the shard the tests damage (of 3)

@@ -27,8 +27,8 @@ import uuid
 from typing import Any
 
 from beam_jobs import storage
+from beam_jobs.layout import lock_uri
 
-LOCK_NAME = "lock.json"
 GUARD_SUFFIX = ".guard"  # local only: serialises takeovers of a stale lock (flock)
 DEFAULT_TTL = dt.timedelta(hours=24)
 
@@ -41,10 +41,6 @@ except ImportError:  # pragma: no cover - used without Airflow
 
 class LockHeld(_Base):
     """Another run is writing this output folder."""
-
-
-def lock_uri(work_uri: str) -> str:
-    return storage.join(work_uri, LOCK_NAME)
 
 
 def _body(run_id: str, dag_id: str, output_uri: str) -> str:

@@ -158,8 +158,8 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
     def _explain(self, cfg: RunConfig, spec: dict[str, Any] | None, err: Exception) -> Exception:
         """Turn "process failed with return code 1" into what the job found."""
         from beam_jobs.catalog import REPORT_FILE
+        from beam_jobs.layout import report_uri
         from beam_jobs.validate import format_report
-        from beam_jobs.verify import report_uri
 
         try:
             if self.job == "validate" and spec:

@@ -19,13 +19,13 @@ import json
 import logging
 from typing import Any
 
-from beam_jobs import __version__, storage
-from beam_jobs.build import stats_uri
+from beam_jobs import __version__, layout, storage
 from beam_jobs.catalog import REPORT_FILE, SHARD_RE, fingerprint
+from beam_jobs.layout import catalog_dir as catalog_folder
+from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
 from beam_jobs.manifest import load_or_none, merge, now, summary_lines
 from beam_jobs.plan import PlanRequest, make_plans, write_plans
 from beam_jobs.planner import ALGORITHM
-from beam_jobs.verify import report_uri
 from ssl_splits import lock
 from ssl_splits.config import RunConfig, resolve
 from ssl_splits.publish import Published, publish
@@ -45,7 +45,7 @@ def describe_source(cfg: RunConfig) -> dict[str, Any]:
     validation shards, and whether a valid catalog of exactly this source exists."""
     train = storage.list_files(storage.join(cfg.source_uri, "train-*"))
     fp = fingerprint(train)
-    catalog_dir = storage.join(cfg.work_uri, "catalog", fp[:16])
+    catalog_dir = catalog_folder(cfg.work_uri, fp)
     val = [f for f in storage.list_files(storage.join(cfg.source_uri, "validation-*"))
            if (m := SHARD_RE.match(storage.basename(f.path))) and m.group("prefix") == "validation"]
     report_path = storage.join(catalog_dir, REPORT_FILE)
@@ -99,7 +99,7 @@ def release_lock(params: dict[str, Any], run: dict[str, Any]) -> bool:
     except ValueError:
         return False  # params never passed check_params: no lock was taken
     released = lock.release(cfg.work_uri, run_id=run["run_id"])
-    log.info("%s %s", "released" if released else "did not hold", lock.lock_uri(cfg.work_uri))
+    log.info("%s %s", "released" if released else "did not hold", layout.lock_uri(cfg.work_uri))
     return released
 
 
@@ -149,10 +149,6 @@ def decide(split: str, plan_sha: str | None, source_fp: str | None,
     return "skip", "up to date: its verified files already match this plan and source"
 
 
-def plan_summary_uri(plan_uri: str) -> str:
-    return plan_uri[:-len(".csv")] + ".json" if plan_uri.endswith(".csv") else plan_uri + ".json"
-
-
 def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]:
     """Write the plans and return one spec per split for the build and verify tasks."""
     cfg = RunConfig.from_dict(config)
@@ -170,7 +166,7 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
     names = [p.split for p in plans]
     if len(set(names)) != len(names):
         raise TaskError(f"two plans would write the same split name: {names}")
-    summaries = write_plans(plans, storage.join(cfg.work_uri, "plans"))
+    summaries = write_plans(plans, plans_dir(cfg.work_uri))
     manifest = load_or_none(cfg.manifest_uri)
     specs = []
     for s in summaries:

@@ -1,0 +1,151 @@
+"""The output folder's layout: every name the product reads or writes, in one place.
+
+Readers (training jobs) look at the published shard names only::
+
+    {output_uri}/{split}-SSSSS-of-NNNNN          a published split's shards
+    {output_uri}/manifest.json                   the commit point (default manifest_uri)
+
+Everything else lives under the work folder (default ``{output_uri}/_work``),
+which no split glob matches::
+
+    _work/catalog/{fingerprint[:16]}/            catalog.parquet + report.json (validation)
+    _work/plans/{split}.{sha256[:16]}.csv        plans (+ .json summaries)
+    _work/staging/{split}/{token}/               a build's shards before they are published
+    _work/stats/{split}.json                     what the last build of a split wrote
+    _work/verify/{split}.json                    the last verification report of a split
+    _work/switch/{split}.json                    a publication in progress (the switch journal)
+    _work/lock.json                              one writer per output folder
+    _work/_progress/{job}-{split}/               progress markers of a running job
+
+The shard naming rule (``shard_name``) is the product's contract: readers glob
+``{split}-*``; a split's own files are those whose name parses back to it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from beam_jobs import storage
+
+WORK_DIR = "_work"
+CATALOG_DIR = "catalog"
+PLANS_DIR = "plans"
+STAGING_DIR = "staging"
+STATS_DIR = "stats"
+VERIFY_DIR = "verify"
+SWITCH_DIR = "switch"
+LOCK_NAME = "lock.json"
+
+SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
+
+
+# --------------------------------------------------------------------------- shard names
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+    """``train``, 7, 1024 -> ``train-00007-of-01024``."""
+    return f"{prefix}-{index:05d}-of-{count:05d}"
+
+
+def shard_path(folder: str, split: str, index: int, count: int) -> str:
+    return storage.join(folder, shard_name(split, index, count))
+
+
+def parse_shard_name(name: str) -> tuple[str, int, int] | None:
+    """``train-00007-of-01024`` -> ``("train", 7, 1024)``; None for other names."""
+    m = SHARD_RE.match(name)
+    if m is None:
+        return None
+    return m.group("prefix"), int(m.group("index")), int(m.group("count"))
+
+
+def split_glob(folder: str, split: str) -> str:
+    """The pattern readers glob for a split: ``{folder}/{split}-*``."""
+    return storage.join(folder, f"{split}-*")
+
+
+def file_pattern(folder: str, split: str, count: int) -> str:
+    """The manifest's ``file_pattern`` of a split with ``count`` shards."""
+    return storage.join(folder, f"{split}-*-of-{count:05d}")
+
+
+def split_files(folder: str, split: str) -> list[storage.FileInfo]:
+    """The files in ``folder`` named as shards of ``split`` (of any shard
+    count), sorted by path. Files of another split that share the glob
+    (``train-*`` also matches ``train128116.1-...``) are left out."""
+    out = []
+    for f in storage.list_files(split_glob(folder, split)):
+        parsed = parse_shard_name(storage.basename(f.path))
+        if parsed is not None and parsed[0] == split:
+            out.append(f)
+    return out
+
+
+def glob_strays(folder: str, split: str, listed: list[storage.FileInfo]) -> list[str]:
+    """Of the files listed under a split's glob, those a reader of the glob
+    would take for the split's but that are not shards of another split:
+    anything that is not a shard name, or a shard name of this split."""
+    out = []
+    for f in listed:
+        parsed = parse_shard_name(storage.basename(f.path))
+        if parsed is None or parsed[0] == split:
+            out.append(f.path)
+    return out
+
+
+# --------------------------------------------------------------------------- the work folder
+
+
+def work_default(output_uri: str) -> str:
+    return storage.join(output_uri, WORK_DIR)
+
+
+def catalog_dir(work_uri: str, fingerprint: str) -> str:
+    return storage.join(work_uri, CATALOG_DIR, fingerprint[:16])
+
+
+def plans_dir(work_uri: str) -> str:
+    return storage.join(work_uri, PLANS_DIR)
+
+
+def plan_file(plans_folder: str, split: str, sha256: str) -> str:
+    """Plans are content-addressed: a plan file never changes under a build."""
+    return storage.join(plans_folder, f"{split}.{sha256[:16]}.csv")
+
+
+def plan_summary_uri(plan_uri: str) -> str:
+    return plan_uri[:-len(".csv")] + ".json" if plan_uri.endswith(".csv") else plan_uri + ".json"
+
+
+def staging_root(work_uri: str, split: str) -> str:
+    return storage.join(work_uri, STAGING_DIR, split)
+
+
+def staging_dir(work_uri: str, split: str, token: str) -> str:
+    return storage.join(staging_root(work_uri, split), token)
+
+
+def stats_uri(work_uri: str, split: str) -> str:
+    return storage.join(work_uri, STATS_DIR, f"{split}.json")
+
+
+def verify_dir(work_uri: str) -> str:
+    return storage.join(work_uri, VERIFY_DIR)
+
+
+def report_uri(work_uri: str, split: str) -> str:
+    """The verification report of a split."""
+    return storage.join(work_uri, VERIFY_DIR, f"{split}.json")
+
+
+def switch_uri(work_uri: str, split: str) -> str:
+    """The journal of a split's publication in progress."""
+    return storage.join(work_uri, SWITCH_DIR, f"{split}.json")
+
+
+def switch_dir(work_uri: str) -> str:
+    return storage.join(work_uri, SWITCH_DIR)
+
+
+def lock_uri(work_uri: str) -> str:
+    return storage.join(work_uri, LOCK_NAME)
