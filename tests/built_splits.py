@@ -114,6 +114,13 @@ def verify(run: Run, split: str, deep: bool = True) -> dict[str, Any]:
     return verify_job.run(job_args(run, run.spec(split)) + (["--deep"] if deep else []))
 
 
+def stage_all(run: Run) -> None:
+    """Build (stage) every split the run decided to build; verify none."""
+    for spec in run.specs:
+        if spec["action"] == "build":
+            build(run, spec["split"])
+
+
 def build_all(run: Run, deep: bool = True) -> None:
     for spec in run.specs:
         if spec["action"] == "build":
