@@ -148,7 +148,7 @@ def observe(paths: list[str], folder: str, split: str) -> tuple[dict[str, storag
                 crcs[path] = storage.file_crc32c(path)
                 read += info.size
         failpoint("verify.shard")
-        if i and i % max(1, len(paths) // 10) == 0:
+        if len(paths) >= 20 and i and i % (len(paths) // 10) == 0:
             log.info("%s: checked %d/%d shards", split, i, len(paths))
     strays = sorted(set(listed) - set(paths))
     return listed, crcs, strays, read
@@ -244,6 +244,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     work = storage.normalize(args.work_uri or work_default(output))
     split = args.split
     t0 = time.monotonic()
+    failpoint("verify.start")
     # A report from an earlier verification must not outlive this one: if this
     # run fails before it writes its own (no stats, another plan, a crash), the
     # publish step finds no report and refuses the split.
