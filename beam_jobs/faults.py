@@ -1,6 +1,6 @@
 """Failpoints: named places where a test can have the process killed.
 
-``failpoint("publish.renamed")`` does nothing unless the environment
+``failpoint("publish.placed")`` does nothing unless the environment
 variable ``SSL_SPLITS_FAILPOINT`` names it, as ``name`` (the first time the
 point is reached) or ``name@N`` (the N-th time, counted per process). Then
 the whole process group gets SIGKILL, as an OOM killer or a lost machine

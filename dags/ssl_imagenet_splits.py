@@ -33,8 +33,10 @@ them, verifies every shard, and publishes a manifest (`manifest_uri`, default
 `validate_source` (Beam: every record's CRCs and features; writes the catalog,
 skipped when this exact source was validated before) -> `plan` (which record
 goes where; or a published FixMatch file, exactly) -> `build` (Beam, one task
-per split) -> `verify` (per split; deep re-read on DirectRunner) ->
-`publish_manifest` (updates only the splits built in this run) ->
+per split, into staging) -> `verify` (per split: exact sizes and CRC32Cs from
+the catalog; `deep_verify: always` re-reads every record) -> `publish_manifest`
+(verified shards take their names, then the manifest commits; only the splits
+built in this run) ->
 `release_lock` (teardown: frees the output folder, whatever happened).
 
 **Common runs**

@@ -1,0 +1,216 @@
+"""Publication (``ssl_splits.commit``) through the DAG's tasks: staged,
+verified shards take their published names only in ``publish_manifest``;
+what a reader sees when a publication stops half-way; how the next run
+finishes it; reruns that decide from metadata alone.
+
+The kill matrix (real SIGKILLs at every step) is in test_kills.py; here the
+stops are exceptions raised at the same failpoints, which is enough to see
+each intermediate state quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import built_splits as bs
+import pytest
+
+from beam_jobs import layout, storage
+from beam_jobs.manifest import ManifestError, load, load_split
+
+pytest.importorskip("airflow")
+
+from ssl_splits import commit  # noqa: E402
+from ssl_splits.publish import PublishError  # noqa: E402
+from ssl_splits.tasks import TaskError  # noqa: E402
+
+SPLIT = "train97.1"
+
+
+class Stop(Exception):
+    """Raised at a failpoint instead of a SIGKILL."""
+
+
+def stop_at(monkeypatch, point: str) -> None:
+    name, _, nth = point.partition("@")
+    hits = {"n": 0}
+
+    def fp(where: str) -> None:
+        if where == name:
+            hits["n"] += 1
+            if hits["n"] >= int(nth or 1):
+                raise Stop(point)
+
+    monkeypatch.setattr(commit, "failpoint", fp)
+
+
+def names(folder: str, split: str) -> list[str]:
+    return [storage.basename(f.path) for f in layout.split_files(folder, split)]
+
+
+def contents(folder: str, split: str) -> dict[str, bytes]:
+    return {storage.basename(f.path): storage.read_bytes(f.path)
+            for f in layout.split_files(folder, split)}
+
+
+@pytest.fixture
+def published(small_source, tmp_path, catalog_cache):
+    """Seeds 1 and 2 at 3 shards and the reshuffle at 4, published."""
+    p = bs.params(str(small_source), str(tmp_path / "out"), unsupervised=True,
+                  unsupervised_shards=4)
+    run, _ = bs.full_run(p, catalog_cache)
+    return p, run
+
+
+@pytest.fixture(scope="module")
+def catalog_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("catalogs")
+
+
+def test_nothing_has_a_published_name_before_publish(small_source, tmp_path, catalog_cache):
+    run = bs.start(bs.params(str(small_source), str(tmp_path / "out")), catalog_cache)
+    bs.build_all(run, deep=False)
+    assert names(run.output_uri, SPLIT) == []
+    assert not storage.exists(run.manifest_uri)
+    bs.publish(run)
+    assert names(run.output_uri, SPLIT) == [layout.shard_name(SPLIT, s, 3) for s in range(3)]
+    # The staged copies are gone (renamed), and so is the journal.
+    assert not storage.exists(layout.journal_uri(run.work_uri))
+    assert not list(Path(run.work_uri, "staging").rglob(f"{SPLIT}-*"))
+
+
+def test_a_new_shard_count_replaces_only_that_splits_shards(published, catalog_cache):
+    p, run = published
+    out = run.output_uri
+    Path(out, "train-notes.txt").write_text("not a shard")
+    sup = {s: (Path(out, n).read_bytes(), Path(out, n).stat().st_mtime_ns)
+           for s in run.supervised() for n in names(out, s)}
+    run6, result = bs.full_run({**p, "seeds": [], "unsupervised_shards": 6}, catalog_cache,
+                               run_id="manual__2")
+    assert result["changed"] == ["train"]
+    assert names(out, "train") == [layout.shard_name("train", s, 6) for s in range(6)]
+    assert Path(out, "train-notes.txt").exists()  # not a shard: never touched
+    assert {s: (Path(out, n).read_bytes(), Path(out, n).stat().st_mtime_ns)
+            for s in run.supervised() for n in names(out, s)} == sup
+    doc = load(run.manifest_uri)
+    assert doc["splits"]["train"]["num_shards"] == 6
+    assert sorted(doc["splits"]) == sorted(run.supervised() + ["train"])
+
+
+def test_a_staged_shard_changed_after_verification_is_not_published(small_source, tmp_path,
+                                                                   catalog_cache):
+    run = bs.start(bs.params(str(small_source), str(tmp_path / "out"), seeds=[1]), catalog_cache)
+    bs.build_all(run, deep=False)
+    staged = json.loads(storage.read_text(layout.stats_uri(run.work_uri, SPLIT)))["shards"][0]
+    path = Path(staged["staged"])
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(TaskError, match=rf"{SPLIT}: .*{path.name} changed or disappeared since it "
+                                        r"was verified; nothing was published"):
+        bs.publish(run)
+    assert names(run.output_uri, SPLIT) == [] and not storage.exists(run.manifest_uri)
+    assert not storage.exists(layout.journal_uri(run.work_uri))
+
+
+@pytest.mark.parametrize("point", ["publish.journaled", "publish.placed@2", "publish.switched",
+                                   "publish.committed"])
+def test_an_interrupted_publication_is_refused_then_finished_by_the_next_run(
+        published, catalog_cache, monkeypatch, point):
+    p, run = published
+    old = {s: contents(run.output_uri, s) for s in run.supervised() + ["train"]}
+    again = bs.start({**p, "seeds": [1], "num_shards": 4, "force": True, "unsupervised": False},
+                     catalog_cache)
+    bs.build_all(again, deep=False)
+    stop_at(monkeypatch, point)
+    with pytest.raises((Stop, PublishError)):  # storage failing mid-switch: PublishError
+        bs.publish(again, "manual__2")
+    monkeypatch.undo()
+    journal = layout.journal_uri(run.work_uri)
+    assert storage.exists(journal)
+    # Untouched splits load; the one being replaced loads only while its files
+    # are still the old ones, else it is refused, saying why.
+    load_split(run.manifest_uri, "train97.2")
+    load_split(run.manifest_uri, "train")
+    assert contents(run.output_uri, "train97.2") == old["train97.2"]
+    committed = point == "publish.committed"
+    try:
+        files = load_split(run.manifest_uri, SPLIT)
+        assert committed or point == "publish.journaled"
+        assert len(files.paths) == (4 if committed else 3)
+    except ManifestError as err:
+        assert point in ("publish.placed@2", "publish.switched")
+        assert f"split {SPLIT} of {run.manifest_uri} is being replaced: run manual__2 started " \
+               "publishing a new build of it" in str(err)
+        assert "The next run of the DAG completes the publication" in str(err)
+    # The next run's plan task finishes it first, then finds everything up to date.
+    rerun = bs.start({**p, "seeds": [1], "num_shards": 4, "unsupervised": False}, catalog_cache)
+    assert not storage.exists(journal)
+    assert [s["action"] for s in rerun.specs] == ["skip"]
+    files = load_split(run.manifest_uri, SPLIT)
+    assert names(run.output_uri, SPLIT) == [layout.shard_name(SPLIT, s, 4) for s in range(4)]
+    assert load(run.manifest_uri)["splits"][SPLIT]["provenance"]["run_id"] == "manual__2"
+    assert files.num_examples == 97
+
+
+def test_a_retried_publish_task_finishes_its_own_publication(published, catalog_cache,
+                                                            monkeypatch):
+    p, run = published
+    again = bs.start({**p, "seeds": [1], "force": True, "unsupervised": False}, catalog_cache)
+    bs.build_all(again, deep=False)
+    stop_at(monkeypatch, "publish.placed@1")
+    with pytest.raises((Stop, PublishError)):  # storage failing mid-switch: PublishError
+        bs.publish(again, "manual__2")
+    monkeypatch.undo()
+    result = bs.publish(again, "manual__2")  # the task's retry, same run
+    assert result["changed"] == [SPLIT]
+    assert not storage.exists(layout.journal_uri(run.work_uri))
+    load_split(run.manifest_uri, SPLIT)
+
+
+def test_reruns_decide_from_metadata_without_reading_a_shard(published, catalog_cache,
+                                                            monkeypatch):
+    p, run = published
+    read: list[str] = []
+    for fn in ("open_read", "read_bytes", "file_crc32c"):
+        real = getattr(storage, fn)
+        monkeypatch.setattr(storage, fn, lambda uri, *a, _r=real, **k: read.append(uri) or
+                            _r(uri, *a, **k))
+    rerun = bs.start(p, catalog_cache)
+    assert {s["action"] for s in rerun.specs} == {"skip"}
+    shards = {s["path"] for e in load(run.manifest_uri)["splits"].values() for s in e["shards"]}
+    assert not set(read) & shards, "a published shard was read to decide"
+    # A shard replaced by a same-size file: seen from its modification time alone.
+    victim = next(iter(sorted(shards)))
+    data = Path(victim).read_bytes()
+    Path(victim).write_bytes(bytes(b ^ 0xFF for b in data))
+    read.clear()
+    rerun = bs.start(p, catalog_cache)
+    decided = {s["split"]: s for s in rerun.specs}
+    split = layout.parse_shard_name(Path(victim).name)[0]
+    assert decided[split]["action"] == "build"
+    assert "was replaced or modified since it was published" in decided[split]["reason"]
+    assert not set(read) & shards
+    with pytest.raises(ManifestError, match="was replaced or modified since it was published"):
+        load_split(run.manifest_uri, split)
+
+
+def test_an_entry_without_modification_times_is_checked_by_reading(published, catalog_cache):
+    """Manifests published before modification times were recorded: the
+    rerun reads those shards' CRC32C once instead of trusting their sizes."""
+    p, run = published
+    doc = load(run.manifest_uri)
+    for e in doc["splits"].values():
+        for s in e["shards"]:
+            s.pop("mtime_ns")
+    storage.write_text(run.manifest_uri, json.dumps(doc))
+    assert {s["action"] for s in bs.start(p, catalog_cache).specs} == {"skip"}
+    victim = Path(doc["splits"][SPLIT]["shards"][0]["path"])
+    st = victim.stat()
+    victim.write_bytes(bytes(b ^ 0xFF for b in victim.read_bytes()))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    decided = {s["split"]: s for s in bs.start(p, catalog_cache).specs}
+    assert decided[SPLIT]["action"] == "build"
+    assert "another CRC32C" in decided[SPLIT]["reason"]
