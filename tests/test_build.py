@@ -700,3 +700,19 @@ def test_local_runner_mode_follows_the_estimated_work(monkeypatch):
     assert mode(work_bytes=10**6) == (1, "in_memory")
     assert mode(work_bytes=10**10) == (2, "multi_processing")
     assert mode("--direct_num_workers=1", work_seconds=count_s) == (1, "in_memory")
+
+
+def test_bytes_read_is_what_the_readers_fetched(small, tmp_path, monkeypatch):
+    """Measured, not derived from the output: a reader that fetches every
+    record twice makes the build report twice the bytes it wrote."""
+    real = storage.RangeReader._pread_many
+
+    def twice(self, *args):
+        real(self, *args)
+        return real(self, *args)
+
+    monkeypatch.setattr(storage.RangeReader, "_pread_many", twice)
+    stats = run_build(small.split, small.plan_uri, small.catalog, str(tmp_path / "out"))
+    assert stats["bytes_read"] == 2 * stats["num_bytes"] == 2 * stats["bytes_written"]
+    assert read_all(staged_files(str(tmp_path / "out"), small.split)) == \
+        read_all(staged_files(small.ref_out, small.split))

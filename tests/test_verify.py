@@ -429,3 +429,37 @@ def test_gcs_damage_is_caught_from_metadata(gcs, record_reads, damage):
         storage.delete([stray])
         storage.write_bytes(path, original)
     assert bs.verify(gcs, SPLIT, deep=False)["ok"]
+
+
+def test_the_deep_checks_plan_table_is_loaded_once_per_process_under_threads(run, monkeypatch):
+    """Dataflow runs several DoFn threads per worker process: they share one
+    copy of the plan table, loaded once."""
+    import threading
+    import time
+
+    from beam_jobs import deep_verify
+    from beam_jobs.catalog import write_table as write
+
+    table, _ = __import__("beam_jobs.verify", fromlist=["x"]).planned_records(
+        run.spec(SPLIT)["plan_uri"], run.spec(SPLIT)["catalog_dir"])
+    uri = str(Path(run.work_uri) / "plan-table.parquet")
+    write(uri, table.select(["shard", "index", "filename", "data_crc"]))
+    loads = []
+    real = deep_verify.read_table
+
+    def slow_read(u, *a, **k):
+        loads.append(u)
+        time.sleep(0.2)  # a slow (remote) read: every thread arrives meanwhile
+        return real(u, *a, **k)
+
+    monkeypatch.setattr(deep_verify, "read_table", slow_read)
+    monkeypatch.setattr(deep_verify, "_PLANS", {})
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(deep_verify._plan(uri, 3)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == [uri]
+    assert len(got) == 8 and all(g[0] is got[0][0] for g in got)
