@@ -276,8 +276,11 @@ def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list
     if not builds:
         log.info("nothing to publish (every split is up to date or was published by this run); "
                  "the manifest %s is unchanged", cfg.manifest_uri)
+        # Derived from the manifest: rewritten here too, in case a run was
+        # stopped between its manifest commit and these files.
+        tfds = describe_for_tfds(cfg) if current["splits"] else []
         return {"manifest_uri": cfg.manifest_uri, "changed": sorted(s["split"] for s in built),
-                "version_uri": None, "splits": sorted(current["splits"])}
+                "version_uri": None, "splits": sorted(current["splits"]), "tfds_metadata": tfds}
     run = {**run, "published_at": now()}
     by_name = {s["split"]: s for s in built}
     entries = {name: split_entry(cfg, source, by_name[name], stats, verification,
