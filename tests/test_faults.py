@@ -515,3 +515,68 @@ def test_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
     leaks = [where for where, text in places.items()
              if CANARY_PASSWORD in text or CANARY_EXTRA in text]
     assert leaks == [], f"secrets found in: {leaks}"
+
+
+@pytest.mark.slow
+def test_a_sigkilled_dags_test_frees_its_folder_at_once_and_a_live_run_keeps_its_lease(
+        small_source, tmp_path):
+    """``bin/airflow dags test`` SIGKILLed mid-run, then run again at once: the
+    rerun takes the folder at once (the dead run's process is gone), not after
+    the dead run's lease (300 s). The rerun runs with a lease of 4 s, shorter
+    than each of its Beam jobs: an intruder that tries to take the folder all
+    along never gets it, since every task renews the lease while it runs."""
+    from airflow_env import airflow_env, dags_test, migrated_home
+
+    home = migrated_home(tmp_path / "airflow")
+    output = tmp_path / "out"
+    conf = {"source_uri": str(small_source), "output_uri": str(output), "seeds": [1],
+            "unsupervised": False, "copy_validation": False, "num_classes": 10,
+            "direct_num_workers": 1}
+    lock_file = output / "_work" / "lock.json"
+    killed = subprocess.Popen(
+        [str(ROOT / "bin" / "airflow"), "dags", "test", bs.DAG_ID, "--conf", json.dumps(conf)],
+        env=airflow_env(home), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not lock_file.exists():
+            assert killed.poll() is None and time.monotonic() < deadline, "no lock taken"
+            time.sleep(0.2)
+        dead = json.loads(lock_file.read_text())
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)  # airflow and its Beam jobs
+        killed.wait()
+    assert dead["in_process"] is True and dead["pid"] == killed.pid, dead
+    assert dead["lease_seconds"] == lock.DEFAULT_LEASE.total_seconds()
+
+    results: dict[str, object] = {}
+    rerun = threading.Thread(target=lambda: results.setdefault("run", dags_test(
+        conf, airflow_env(home, SSL_SPLITS_LOCK_LEASE_SECONDS="4"), log=tmp_path / "rerun.log")))
+    rerun.start()
+    intruder = {"held": 0, "won": [], "renewals": set()}
+    while rerun.is_alive():
+        try:
+            holder = json.loads(lock_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.1)
+            continue
+        if holder["run_id"] == dead["run_id"]:
+            time.sleep(0.1)  # not yet taken by the rerun
+            continue
+        intruder["renewals"].add(holder["renewed_at"])
+        try:
+            lock.acquire(str(output / "_work"), run_id="intruder", dag_id="d",
+                         output_uri=str(output))
+            intruder["won"].append(holder)
+            lock.release(str(output / "_work"), run_id="intruder")
+        except lock.LockHeld:
+            intruder["held"] += 1
+        time.sleep(0.3)
+    rerun.join()
+    run = results["run"]
+    assert run.state == "success", run.tail()  # type: ignore[attr-defined]
+    assert f"took over {lock_file}" in run.output and "is gone" in run.output  # type: ignore[attr-defined]
+    print(f"intruder: held off {intruder['held']} times, {len(intruder['renewals'])} renewals seen")
+    assert intruder["won"] == [], f"the intruder took the folder from a live run: {intruder}"
+    assert intruder["held"] >= 20 and len(intruder["renewals"]) >= 10, intruder
+    assert not lock_file.exists(), "the teardown did not release the lock"

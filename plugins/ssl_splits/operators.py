@@ -123,6 +123,15 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         self.spec = spec
 
     def execute(self, context: Any) -> Any:
+        from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import holding_lock
+
+        # The run's lock: renewed now (a run whose lock was taken over stops
+        # here) and in the background while the job runs, for hours if need be.
+        with airflow_storage(), holding_lock(self.config, {"run_id": context["run_id"]}):
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> Any:
         cfg = RunConfig.from_dict(self.config)
         spec = self.spec
         if spec and spec.get("action") == "skip":
