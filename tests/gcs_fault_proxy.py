@@ -9,7 +9,9 @@ forwards requests to the emulator, except that, deterministically:
   reaching the emulator;
 * every ``drop_every``-th request has its connection closed without an answer;
 * requests whose path matches ``fail_path`` (a regex; with ``fail_method``, only
-  that method) fail every time: a persistent outage of part of the API;
+  that method; with ``fail_body``, only requests whose body matches that regex
+  too, e.g. the object name in a multipart upload's metadata) fail every time:
+  a persistent outage of part of the API;
 * ``before(method, path)``, when set, runs before a request is forwarded: a
   test makes another client's change land at an exact moment (between a
   read of an object's metadata and its download, say) with ``emulator_write``
@@ -42,17 +44,19 @@ class Faults:
     drop_every: int = 0
     fail_path: str | None = None
     fail_method: str | None = None
+    fail_body: str | None = None
     before: Callable[[str, str], None] | None = None
     stats: dict[str, int] = field(default_factory=lambda: {
         "requests": 0, "forwarded": 0, "errors": 0, "drops": 0, "persistent": 0})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def decide(self, method: str, path: str) -> str:
+    def decide(self, method: str, path: str, body: bytes = b"") -> str:
         with self.lock:
             self.stats["requests"] += 1
             n = self.stats["requests"]
             if self.fail_path and re.search(self.fail_path, path) and \
-                    (self.fail_method is None or self.fail_method == method):
+                    (self.fail_method is None or self.fail_method == method) and \
+                    (self.fail_body is None or re.search(self.fail_body.encode(), body)):
                 self.stats["persistent"] += 1
                 return "error"
             if self.drop_every and n % self.drop_every == 0:
@@ -84,7 +88,7 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                action = proxy.faults.decide(self.command, self.path)
+                action = proxy.faults.decide(self.command, self.path, body)
                 if action == "drop":
                     self.close_connection = True
                     self.connection.close()

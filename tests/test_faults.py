@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import built_splits as bs
 import pytest
 from conftest import PYTHON, ROOT
-from gcs_fault_proxy import FaultProxy, Faults, emulator_delete, emulator_write
+from gcs_fault_proxy import emulator_delete, emulator_write
 
 from beam_jobs import layout, storage
 from beam_jobs.synthetic import Spec, generate
@@ -111,16 +111,6 @@ def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medi
 
 
 # --------------------------------------------------------------------------- flaky storage
-
-
-@pytest.fixture
-def proxy(gcs_emulator, monkeypatch):
-    """Route all GCS traffic (this process and subprocesses) through a fault proxy."""
-    with FaultProxy(gcs_emulator, Faults()) as px:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", px.url)
-        monkeypatch.setenv("SSL_SPLITS_GCS_RETRY_DEADLINE", "60")
-        with storage.use_client(None):  # a fresh client for the proxy's address
-            yield px
 
 
 def upload_to_gcs(local: Path, uri: str) -> None:
