@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,6 +183,42 @@ def test_source_rewritten_before_publish_publishes_nothing(source_copy, tmp_path
     with pytest.raises(TaskError, match="source .* changed during this run"):
         bs.publish(run)
     assert not os.path.exists(run.manifest_uri)
+
+
+@pytest.mark.parametrize("how", ["mv", "cp -a, rm"])
+def test_a_moved_source_is_read_from_where_it_is_now(source_copy, tmp_path, how):
+    # The same files in another folder keep their fingerprint (names, sizes,
+    # mtimes), so the cached catalog is used again; the build must read them
+    # where they are now, and the manifest name that place.
+    out = str(tmp_path / "out")
+    run, _ = bs.full_run(bs.params(str(source_copy), out, seeds=[1], copy_validation=True))
+    split = run.supervised()[0]
+    before = shard_files(out, split)
+    moved = tmp_path / "moved" / "imagenet"
+    moved.parent.mkdir()
+    if how == "mv":
+        os.rename(source_copy, moved)
+    else:
+        subprocess.run(["cp", "-a", str(source_copy), str(moved)], check=True)
+        shutil.rmtree(source_copy)
+    again = bs.start(bs.params(str(moved), out, seeds=[1, 2], copy_validation=True, force=True))
+    assert again.source["fingerprint"] == run.source["fingerprint"]
+    assert again.source["action"] == "cached"  # not validated again
+    bs.build_all(again)
+    bs.publish(again, "manual__2")
+    for name in again.supervised():
+        stats = json.loads(storage.read_text(layout.stats_uri(again.work_uri, name)))
+        assert stats["source_uri"] == str(moved), stats
+    assert shard_files(out, split) == before  # the same records, from the new place
+    doc = bs.manifest(again)
+    assert doc["source"]["uri"] == str(moved)
+    assert sorted(doc["splits"]) == sorted([*again.supervised(), "validation"])
+    for name in again.supervised():
+        assert doc["splits"][name]["provenance"]["source_uri"] == str(moved)
+    # The validation copy was not redone (same files): its entry keeps the
+    # folder it was copied from, which was true when it was copied.
+    assert again.spec("validation")["action"] == "skip"
+    assert doc["splits"]["validation"]["copied_from"] == str(source_copy)
 
 
 # --------------------------------------------------------------------------- locks

@@ -45,6 +45,8 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
             opts["copy_from"] = cfg.source_uri
         else:
             opts.update(plan_uri=spec["plan_uri"], catalog_dir=spec["catalog_dir"])
+            if job == "build":  # read where the source is now (it may have moved)
+                opts["source_uri"] = cfg.source_uri
         if job == "verify":
             opts["deep"] = bool(cfg.deep_verify)
     if cfg.is_dataflow:

@@ -262,6 +262,7 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
         "job_name": stats.get("job_name"), "job_id": (job or {}).get("dataflow_job_id"),
         "dag_id": run.get("dag_id"), "run_id": run.get("run_id"),
         "built_at": stats.get("built_at"), "published_at": run["published_at"],
+        "source_uri": stats.get("source_uri") or stats.get("copied_from"),
         "bytes_read": stats.get("bytes_read"), "bytes_written": stats.get("num_bytes"),
         "shards_reused": stats.get("shards_reused"),
     }
