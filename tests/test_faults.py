@@ -484,12 +484,20 @@ CANARY_EXTRA = "canary-extra-77c2d0"
 
 
 @pytest.mark.slow
-def test_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
-    """Two DAG runs (two Airflow homes, as two installations would be) on one
-    output folder at once: the second fails at acquire_lock saying who holds
-    it; the first succeeds and its teardown frees the folder. The connection
-    carries a password and an extra field: neither appears in any log, XCom,
-    the manifest or a work file."""
+def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
+    """Runs on one output folder, as users meet them:
+
+    * K: ``bin/airflow dags test`` SIGKILLed mid-run (with its Beam jobs).
+    * A: the same command again at once: it takes the folder at once (K's
+      process is gone), not after K's lease (300 s). A runs with a lease of
+      4 s, shorter than each of its Beam jobs: an intruder that tries to take
+      the folder all along never gets it, since every task of A renews the
+      lease while it runs; A succeeds and its teardown frees the folder.
+    * B: a run in a second Airflow (another home, as another installation)
+      while A runs: it fails at acquire_lock saying A holds the folder.
+
+    The connection carries a password and an extra field: neither appears in
+    any log, XCom, the manifest or a work file."""
     import sqlite3
 
     from airflow_env import airflow_env, dags_test, migrated_home
@@ -500,33 +508,83 @@ def test_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
     envs = [airflow_env(h, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=conn,
                         SSL_SPLITS_SECRET_TOKEN=CANARY_PASSWORD) for h in homes]
     output = tmp_path / "out"
+    work = str(output / "_work")
     conf = {"source_uri": str(small_source), "output_uri": str(output), "seeds": [1],
             "unsupervised": False, "copy_validation": False, "num_classes": 10,
             "direct_num_workers": 1}
     lock_file = output / "_work" / "lock.json"
+
+    # K, killed once it holds the folder.
+    with open(tmp_path / "k.log", "w") as k_log:
+        killed = subprocess.Popen(
+            [str(ROOT / "bin" / "airflow"), "dags", "test", bs.DAG_ID, "--conf",
+             json.dumps(conf)], env=envs[0], cwd=ROOT, stdout=k_log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not lock_file.exists():
+                assert killed.poll() is None and time.monotonic() < deadline, "K took no lock"
+                time.sleep(0.2)
+            dead = json.loads(lock_file.read_text())
+        finally:
+            os.killpg(killed.pid, signal.SIGKILL)  # airflow and its Beam jobs
+            killed.wait()
+    assert dead["in_process"] is True and dead["pid"] == killed.pid, dead
+    assert dead["lease_seconds"] == lock.DEFAULT_LEASE.total_seconds()
+
+    # A, at once; B and the intruder while A holds the folder.
     results: dict[str, object] = {}
-    first = threading.Thread(target=lambda: results.setdefault(
-        "a", dags_test(conf, envs[0], log=tmp_path / "a.log")))
+    first = threading.Thread(target=lambda: results.setdefault("a", dags_test(
+        conf, {**envs[0], "SSL_SPLITS_LOCK_LEASE_SECONDS": "4"}, log=tmp_path / "a.log")))
     first.start()
     deadline = time.monotonic() + 300
-    while not lock_file.exists():
+    while True:
+        try:
+            holder = json.loads(lock_file.read_text())
+            if holder["run_id"] != dead["run_id"]:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
         assert first.is_alive() and time.monotonic() < deadline, "run A never took the lock"
-        time.sleep(0.2)
-    holder = json.loads(lock_file.read_text())
-    b = dags_test(conf, envs[1], log=tmp_path / "b.log")
-    first.join(timeout=600)
-    a = results["a"]
+        time.sleep(0.1)
+    second = threading.Thread(target=lambda: results.setdefault("b", dags_test(
+        conf, envs[1], log=tmp_path / "b.log")))
+    second.start()
+    intruder = {"held": 0, "won": [], "renewals": set()}
+    while first.is_alive():
+        try:
+            now = json.loads(lock_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.1)
+            continue
+        intruder["renewals"].add(now["renewed_at"])
+        try:
+            lock.acquire(work, run_id="intruder", dag_id="d", output_uri=str(output))
+            intruder["won"].append(now)
+            lock.release(work, run_id="intruder")
+        except lock.LockHeld:
+            intruder["held"] += 1
+        time.sleep(0.3)
+    first.join()
+    second.join(timeout=600)
+    a, b = results["a"], results["b"]
     assert a.state == "success", a.tail()  # type: ignore[attr-defined]
-    assert b.state == "failed"
-    assert b.tasks[("acquire_lock", "-1")] == "failed", b.tasks
-    assert b.tasks.get(("validate_source", "-1")) in (None, "upstream_failed"), b.tasks
-    assert f"is being written by run {holder['run_id']}" in b.output
+    assert f"took over {lock_file}" in a.output and "is gone" in a.output  # type: ignore[attr-defined]
+    print(f"intruder: held off {intruder['held']} times, {len(intruder['renewals'])} "
+          "renewals seen")
+    assert intruder["won"] == [], f"the intruder took the folder from a live run: {intruder}"
+    assert intruder["held"] >= 20 and len(intruder["renewals"]) >= 10, intruder
+    assert b.state == "failed"  # type: ignore[attr-defined]
+    assert b.tasks[("acquire_lock", "-1")] == "failed", b.tasks  # type: ignore[attr-defined]
+    assert b.tasks.get(("validate_source", "-1")) in (None, "upstream_failed"), b.tasks  # type: ignore[attr-defined]
+    assert f"is being written by run {holder['run_id']}" in b.output  # type: ignore[attr-defined]
     assert not lock_file.exists(), "the teardown did not release the lock"
     manifest = json.loads((output / "manifest.json").read_text())
     assert list(manifest["splits"]) == [f"train{manifest['source']['num_records'] // 10}.1"]
 
     # No secret anywhere: task logs, run output, XCom, manifest, work files.
-    places: dict[str, str] = {"run A output": a.output, "run B output": b.output}  # type: ignore[attr-defined]
+    places: dict[str, str] = {"run A output": a.output, "run B output": b.output,  # type: ignore[attr-defined]
+                              "run K output": (tmp_path / "k.log").read_text()}
     for home in homes:
         for f in home.rglob("*"):
             if f.is_file() and f.suffix != ".db":
@@ -542,68 +600,3 @@ def test_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
     leaks = [where for where, text in places.items()
              if CANARY_PASSWORD in text or CANARY_EXTRA in text]
     assert leaks == [], f"secrets found in: {leaks}"
-
-
-@pytest.mark.slow
-def test_a_sigkilled_dags_test_frees_its_folder_at_once_and_a_live_run_keeps_its_lease(
-        small_source, tmp_path):
-    """``bin/airflow dags test`` SIGKILLed mid-run, then run again at once: the
-    rerun takes the folder at once (the dead run's process is gone), not after
-    the dead run's lease (300 s). The rerun runs with a lease of 4 s, shorter
-    than each of its Beam jobs: an intruder that tries to take the folder all
-    along never gets it, since every task renews the lease while it runs."""
-    from airflow_env import airflow_env, dags_test, migrated_home
-
-    home = migrated_home(tmp_path / "airflow")
-    output = tmp_path / "out"
-    conf = {"source_uri": str(small_source), "output_uri": str(output), "seeds": [1],
-            "unsupervised": False, "copy_validation": False, "num_classes": 10,
-            "direct_num_workers": 1}
-    lock_file = output / "_work" / "lock.json"
-    killed = subprocess.Popen(
-        [str(ROOT / "bin" / "airflow"), "dags", "test", bs.DAG_ID, "--conf", json.dumps(conf)],
-        env=airflow_env(home), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not lock_file.exists():
-            assert killed.poll() is None and time.monotonic() < deadline, "no lock taken"
-            time.sleep(0.2)
-        dead = json.loads(lock_file.read_text())
-    finally:
-        os.killpg(killed.pid, signal.SIGKILL)  # airflow and its Beam jobs
-        killed.wait()
-    assert dead["in_process"] is True and dead["pid"] == killed.pid, dead
-    assert dead["lease_seconds"] == lock.DEFAULT_LEASE.total_seconds()
-
-    results: dict[str, object] = {}
-    rerun = threading.Thread(target=lambda: results.setdefault("run", dags_test(
-        conf, airflow_env(home, SSL_SPLITS_LOCK_LEASE_SECONDS="4"), log=tmp_path / "rerun.log")))
-    rerun.start()
-    intruder = {"held": 0, "won": [], "renewals": set()}
-    while rerun.is_alive():
-        try:
-            holder = json.loads(lock_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            time.sleep(0.1)
-            continue
-        if holder["run_id"] == dead["run_id"]:
-            time.sleep(0.1)  # not yet taken by the rerun
-            continue
-        intruder["renewals"].add(holder["renewed_at"])
-        try:
-            lock.acquire(str(output / "_work"), run_id="intruder", dag_id="d",
-                         output_uri=str(output))
-            intruder["won"].append(holder)
-            lock.release(str(output / "_work"), run_id="intruder")
-        except lock.LockHeld:
-            intruder["held"] += 1
-        time.sleep(0.3)
-    rerun.join()
-    run = results["run"]
-    assert run.state == "success", run.tail()  # type: ignore[attr-defined]
-    assert f"took over {lock_file}" in run.output and "is gone" in run.output  # type: ignore[attr-defined]
-    print(f"intruder: held off {intruder['held']} times, {len(intruder['renewals'])} renewals seen")
-    assert intruder["won"] == [], f"the intruder took the folder from a live run: {intruder}"
-    assert intruder["held"] >= 20 and len(intruder["renewals"]) >= 10, intruder
-    assert not lock_file.exists(), "the teardown did not release the lock"
