@@ -23,14 +23,17 @@ What it guarantees:
   the stored data CRC), so a source changed since validation fails the job.
 * Memory is bounded by a batch of records (``BATCH_BYTES``, 1 MiB, or one
   record if it is larger), not by the shard, the split or the dataset.
-* Shards are written to a staging folder first (each file appears only when
-  complete), with a small sidecar per finished shard; the split takes its
-  final names only once every shard is staged. A killed job leaves nothing
-  partial under the final names; rerunning it reuses the shards already
-  staged or promoted (byte-identical: the bytes are a function of the plan
-  and the catalog's records, which name the staging folder).
-* Per-shard stats (records, bytes, CRC32C of the file) go to
-  ``{work_uri}/stats/{split}.json`` for the verifier and the manifest.
+* The job never writes a published name: shards go to a staging folder
+  ``{work_uri}/staging/{split}/{token}/`` (each file appears only when
+  complete), with a small sidecar per finished shard. They take their final
+  names only when the DAG's ``publish_manifest`` has seen them verified
+  (``ssl_splits.commit``). A killed job leaves nothing partial anywhere a
+  reader looks; rerunning it reuses the shards already staged (byte-identical:
+  the bytes are a function of the plan and the catalog's records, which name
+  the staging folder through ``token``).
+* Per-shard stats (records, bytes, CRC32C of the file, bytes fetched from the
+  source) go to ``{work_uri}/stats/{split}.json`` for the verifier and the
+  manifest; they are written last and say the staged split is complete.
 
 Exit codes: 0 built, 1 the plan or the source is unusable (the message says
 which names, files or records), 2 bad arguments.
@@ -55,15 +58,19 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from beam_jobs import __version__, storage
-from beam_jobs.catalog import (
-    REPORT_FILE,
-    SHARD_RE,
-    read_catalog,
-    read_table,
+from beam_jobs.catalog import REPORT_FILE, read_catalog, read_table, write_table
+from beam_jobs.faults import failpoint
+from beam_jobs.layout import (
+    ShardSetError,
+    file_pattern,
+    journal_uri,
     shard_name,
-    write_table,
+    shard_set,
+    staging_dir,
+    staging_root,
+    stats_uri,
+    work_default,
 )
-from beam_jobs.layout import staging_dir, stats_uri, work_default
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
@@ -280,6 +287,7 @@ class WriteShard(beam.DoFn):
             self.records.inc(stats["num_records"])
             self.bytes_written.inc(stats["num_bytes"])
             self.bytes_read.inc(stats["bytes_read"])
+        failpoint("build.shard")
         mark_done(self.progress, shard, stats["num_records"], stats["num_bytes"])
         yield stats
 
@@ -288,18 +296,19 @@ def _sidecar(staging: str, shard: int) -> str:
     return storage.join(staging, f"shard-{shard:05d}.json")
 
 
-def _reusable(staging: str, shard: int, final: str) -> dict[str, Any] | None:
-    """Stats of a shard a previous attempt finished (still staged, or already
-    promoted), if its file is still there and intact by size and CRC32C."""
+def _reusable(staging: str, shard: int, name: str, final: str) -> dict[str, Any] | None:
+    """Stats of a shard a previous attempt finished, if its staged file is
+    still there and intact by size and CRC32C (paths as they are now: the
+    output folder may have been moved since)."""
     side = _sidecar(staging, shard)
     if not storage.exists(side):
         return None
     stats = json.loads(storage.read_text(side))
-    for candidate in (stats["staged"], final):
-        info = storage.stat(candidate)
-        if info is not None and info.size == stats["num_bytes"] and \
-                storage.file_crc32c(candidate) == stats["crc32c"]:
-            return {**stats, "reused": True}
+    staged = storage.join(staging, name)
+    info = storage.stat(staged)
+    if info is not None and info.size == stats["num_bytes"] and \
+            storage.file_crc32c(staged) == stats["crc32c"]:
+        return {**stats, "staged": staged, "path": final, "reused": True}
     return None
 
 
@@ -352,21 +361,23 @@ def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num
     t0 = time.monotonic()
     name = shard_name(split, shard, num_shards)
     final = storage.join(output_uri, name)
-    reused = _reusable(staging, shard, final)
+    reused = _reusable(staging, shard, name, final)
     if reused is not None:
-        log.info("%s: shard %d/%d already staged by an earlier attempt, reused", split,
-                 shard + 1, num_shards)
+        log.debug("%s: shard %d/%d already staged by an earlier attempt, reused", split,
+                  shard + 1, num_shards)
         return reused
     staged = storage.join(staging, name)
     own_reader = reader is None
     reader = reader or RangeReader()
+    fetched_before = reader.bytes_fetched
     try:
         w = copy_records(rows, files, reader, staged, read_threads=read_threads,
                          what=f"{split}: shard {shard}")
     finally:
         if own_reader:
             reader.close()
-    bytes_read = w.num_bytes  # every read is checked to return exactly its length
+    # Measured: what the reader fetched for this shard (retried requests included).
+    bytes_read = reader.bytes_fetched - fetched_before
     names = rows.column("filename")
     stats = {
         "shard": shard, "path": final, "staged": staged, "num_records": w.num_records,
@@ -377,8 +388,8 @@ def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num
     # Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten.
     storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json",
                        durable=False)
-    log.info("%s: shard %d/%d staged: %d records, %.1f MB in %.2f s", split, shard + 1, num_shards,
-             w.num_records, w.num_bytes / 1e6, time.monotonic() - t0)
+    log.debug("%s: shard %d/%d staged: %d records, %.1f MB in %.2f s", split, shard + 1,
+              num_shards, w.num_records, w.num_bytes / 1e6, time.monotonic() - t0)
     return stats
 
 
@@ -400,6 +411,7 @@ class CopyShard(beam.DoFn):
         stats = copy_shard(element, split=self.split, output_uri=self.output_uri,
                            staging=self.staging)
         mark_done(self.progress, element["shard"], stats["num_records"], stats["num_bytes"])
+        failpoint("build.shard")
         yield stats
 
 
@@ -408,7 +420,7 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
     src, shard, num_shards = element["path"], element["shard"], element["num_shards"]
     name = shard_name(split, shard, num_shards)
     final = storage.join(output_uri, name)
-    reused = _reusable(staging, shard, final)
+    reused = _reusable(staging, shard, name, final)
     if reused is not None:
         return reused
     staged = storage.join(staging, name)
@@ -424,21 +436,21 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
     # Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten.
     storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json",
                        durable=False)
-    log.info("%s: shard %d/%d copied: %d records", split, shard + 1, num_shards, w.num_records)
+    log.debug("%s: shard %d/%d copied: %d records", split, shard + 1, num_shards, w.num_records)
     return stats
 
 
-# --------------------------------------------------------------------------- promotion
+# --------------------------------------------------------------------------- finishing
 
 
-def promote(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_uri: str,
-            staging: str, expected: list[int] | None, meta: dict[str, Any],
-            stats_path: str) -> dict[str, Any]:
-    """Check every shard is staged as planned, then give the split its final names.
+def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_uri: str,
+           staging: str, expected: list[int] | None, meta: dict[str, Any],
+           stats_path: str) -> dict[str, Any]:
+    """Check every shard is staged as planned and write the split's stats.
 
-    New shards replace old ones under the same names; files of an earlier
-    build with another shard count are removed afterwards. The stats file is
-    written last: it is what says the split is complete.
+    The stats file is written last: it is what says the staged split is
+    complete. Nothing is renamed here: the shards keep their staged names
+    until ``publish_manifest`` has seen them verified.
     """
     stats = sorted(stats, key=lambda s: s["shard"])
     got = [s["shard"] for s in stats]
@@ -450,35 +462,53 @@ def promote(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_
         if bad:
             raise BuildError(f"{split}: shard record counts differ from the plan "
                              f"(shard, written, planned): {bad[:5]}")
-    for s in stats:
-        if storage.exists(s["staged"]):
-            storage.rename(s["staged"], s["path"])
-    keep = {s["path"] for s in stats}
-    stale = [f.path for f in storage.list_files(storage.join(output_uri, f"{split}-*"))
-             if f.path not in keep and SHARD_RE.match(storage.basename(f.path))
-             and SHARD_RE.match(storage.basename(f.path)).group("prefix") == split]  # type: ignore[union-attr]
-    if stale:
-        log.info("%s: removing %d files of an earlier build with another shard count", split,
-                 len(stale))
-        storage.delete(stale)
     summary = {
         **meta,
         "split": split,
         "num_shards": num_shards,
         "num_examples": sum(s["num_records"] for s in stats),
         "num_bytes": sum(s["num_bytes"] for s in stats),
+        # Measured by the readers (this attempt's shards; reused shards read nothing now).
         "bytes_read": sum(s.get("bytes_read", 0) for s in stats if not s.get("reused")),
+        "bytes_written": sum(s["num_bytes"] for s in stats if not s.get("reused")),
         "shards_reused": sum(1 for s in stats if s.get("reused")),
-        "file_pattern": storage.join(output_uri, f"{split}-*-of-{num_shards:05d}"),
-        "shards": [{k: s[k] for k in ("path", "num_records", "num_bytes", "crc32c")} for s in stats],
+        "staging": staging,
+        "file_pattern": file_pattern(output_uri, split, num_shards),
+        "shards": [{k: s[k] for k in ("path", "staged", "num_records", "num_bytes", "crc32c")}
+                   for s in stats],
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": __version__,
     }
     storage.write_text(stats_path, json.dumps(summary, indent=1) + "\n", "application/json")
-    storage.delete_tree(staging)
-    log.info("%s: complete: %d shards, %d records, %.1f MB", split, num_shards,
-             summary["num_examples"], summary["num_bytes"] / 1e6)
+    log.info("%s: staged: %d shards, %d records, %.1f MB (%d shards reused)", split, num_shards,
+             summary["num_examples"], summary["num_bytes"] / 1e6, summary["shards_reused"])
     return summary
+
+
+def clear_other_stagings(work: str, split: str, keep: str) -> None:
+    """Remove staging folders of ``split`` left by builds of other plans or
+    sources (interrupted or superseded), except ``keep`` and any folder a
+    publication in progress still needs (its journal names it)."""
+    pending: set[str] = set()
+    try:
+        journal = json.loads(storage.read_text(journal_uri(work)))
+        pending = {sp.get("staging") for sp in journal.get("splits", {}).values()}
+    except FileNotFoundError:
+        pass
+    root = staging_root(work, split)
+    tokens = {storage.dirname(p) for p in storage.list_tree(root)}
+    for folder in sorted(tokens - {keep} - pending):
+        if storage.dirname(folder) == root:
+            storage.delete_tree(folder)
+
+
+def copy_sources(src: str, split: str) -> list[storage.FileInfo]:
+    """The source files a copied split (the validation set) is made of, by
+    shard index; raises BuildError unless they are one complete shard set."""
+    try:
+        return shard_set(src, split)
+    except ShardSetError as err:
+        raise BuildError(f"nothing to copy: {err}") from None
 
 
 # --------------------------------------------------------------------------- the job
@@ -521,6 +551,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     split = args.split
     t0 = time.monotonic()
     meta: dict[str, Any] = {"job_name": job_name("ssl", split)}
+    spath = stats_uri(work, split)
+    # Stats say a staged build is complete: an earlier build's must not outlive
+    # the start of this one (if this one dies, verify finds no stats, not old ones).
+    storage.delete([spath])
     if args.plan_uri:
         source = storage.normalize(args.source_uri) if args.source_uri else None
         table, files, sha = build_table(args.plan_uri, args.catalog_dir, source)
@@ -547,27 +581,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         del table
     else:
         src = storage.normalize(args.copy_from)
-        listing = storage.list_files(storage.join(src, f"{split}-*"))
-        named = [(f, SHARD_RE.match(storage.basename(f.path))) for f in listing]
-        shards = [(f, m) for f, m in named if m and m.group("prefix") == split]
-        if not shards:
-            raise BuildError(f"nothing to copy: no {split}-SSSSS-of-NNNNN files in {src}")
-        num_shards = int(shards[0][1].group("count"))
-        idx = sorted(int(m.group("index")) for _, m in shards)
-        if idx != list(range(num_shards)) or len({m.group("count") for _, m in shards}) != 1:
-            raise BuildError(f"{src}: {split} shards are not 0..{num_shards - 1} of {num_shards}")
+        shards = copy_sources(src, split)
+        num_shards = len(shards)
         fp = hashlib.sha256("\n".join(f"{storage.basename(f.path)}\t{f.identity()}"
-                                      for f, _ in shards).encode()).hexdigest()
-        work_bytes = sum(f.size for f, _ in shards)
+                                      for f in shards).encode()).hexdigest()
+        work_bytes = sum(f.size for f in shards)
         work_records = None
         token = fp[:16]
         staging = staging_dir(work, split, token)
         expected = None
         meta.update(copied_from=src, source_fingerprint=fp)
-        elements = [{"path": f.path, "shard": int(m.group("index")), "num_shards": num_shards}
-                    for f, m in shards]
+        elements = [{"path": f.path, "shard": i, "num_shards": num_shards}
+                    for i, f in enumerate(shards)]
         fn = CopyShard(split, output, staging, progress_dir(work, "build", split))
-    spath = stats_uri(work, split)
+    clear_other_stagings(work, split, keep=staging)
     p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes,
                              work_seconds=estimated_seconds(work_bytes, work_records))
     meta["runner"] = p_options.get_all_options()["runner"]
@@ -578,7 +605,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         | "Spread" >> beam.Reshuffle()
         | "WriteShard" >> beam.ParDo(fn)
         | "Collect" >> beam.combiners.ToList()
-        | "Promote" >> beam.Map(lambda st: promote(
+        | "Finish" >> beam.Map(lambda st: finish(
             st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
             expected=expected, meta=meta, stats_path=spath))
     )
@@ -591,9 +618,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = time.monotonic() - t0
     metrics = counters(result)
     print(f"{split}: {summary['num_examples']:,} records in {summary['num_shards']} shards "
-          f"({summary['num_bytes'] / 1e6:,.1f} MB written, {summary['bytes_read'] / 1e6:,.1f} MB "
-          f"read, {summary['shards_reused']} shards reused) in {seconds:.1f} s -> "
-          f"{summary['file_pattern']}", flush=True)
+          f"staged ({summary['bytes_written'] / 1e6:,.1f} MB written, "
+          f"{summary['bytes_read'] / 1e6:,.1f} MB read, {summary['shards_reused']} shards "
+          f"reused) in {seconds:.1f} s -> {summary['staging']} (published by publish_manifest "
+          "once verified)", flush=True)
     if metrics:
         print(f"{split}: metrics {json.dumps(metrics, sort_keys=True)}", flush=True)
     return summary

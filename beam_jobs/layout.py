@@ -13,7 +13,7 @@ which no split glob matches::
     _work/staging/{split}/{token}/               a build's shards before they are published
     _work/stats/{split}.json                     what the last build of a split wrote
     _work/verify/{split}.json                    the last verification report of a split
-    _work/switch/{split}.json                    a publication in progress (the switch journal)
+    _work/publishing.json                        a publication in progress (its journal)
     _work/lock.json                              one writer per output folder
     _work/_progress/{job}-{split}/               progress markers of a running job
 
@@ -33,7 +33,7 @@ PLANS_DIR = "plans"
 STAGING_DIR = "staging"
 STATS_DIR = "stats"
 VERIFY_DIR = "verify"
-SWITCH_DIR = "switch"
+JOURNAL_NAME = "publishing.json"
 LOCK_NAME = "lock.json"
 
 SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
@@ -79,6 +79,26 @@ def split_files(folder: str, split: str) -> list[storage.FileInfo]:
         if parsed is not None and parsed[0] == split:
             out.append(f)
     return out
+
+
+class ShardSetError(ValueError):
+    """A folder's shards of a split are not one complete set; says what is wrong."""
+
+
+def shard_set(folder: str, split: str) -> list[storage.FileInfo]:
+    """The complete shard set ``{split}-00000-of-NNNNN`` .. ``-{N-1}-of-NNNNN``
+    in ``folder``, by index; ShardSetError if there is none, or gaps, or two counts."""
+    files = split_files(folder, split)
+    if not files:
+        raise ShardSetError(f"no {split}-SSSSS-of-NNNNN files in {folder}")
+    parsed = [(parse_shard_name(storage.basename(f.path)), f) for f in files]
+    counts = {p[2] for p, _ in parsed if p}
+    count = max(counts)
+    indices = sorted(p[1] for p, _ in parsed if p)
+    if len(counts) != 1 or indices != list(range(count)):
+        raise ShardSetError(f"{folder}: the {split} shards are not 0..{count - 1} of {count} "
+                            f"(found {len(files)} files, counts {sorted(counts)})")
+    return [f for _, f in sorted(parsed, key=lambda pf: pf[0][1])]  # type: ignore[index]
 
 
 def glob_strays(folder: str, split: str, listed: list[storage.FileInfo]) -> list[str]:
@@ -138,13 +158,9 @@ def report_uri(work_uri: str, split: str) -> str:
     return storage.join(work_uri, VERIFY_DIR, f"{split}.json")
 
 
-def switch_uri(work_uri: str, split: str) -> str:
-    """The journal of a split's publication in progress."""
-    return storage.join(work_uri, SWITCH_DIR, f"{split}.json")
-
-
-def switch_dir(work_uri: str) -> str:
-    return storage.join(work_uri, SWITCH_DIR)
+def journal_uri(work_uri: str) -> str:
+    """The journal of a publication in progress (``ssl_splits.commit``)."""
+    return storage.join(work_uri, JOURNAL_NAME)
 
 
 def lock_uri(work_uri: str) -> str:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from beam_jobs import storage
+from beam_jobs.layout import glob_strays, journal_uri, parse_shard_name, split_glob, work_default
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -67,7 +68,8 @@ def empty(output_uri: str) -> dict[str, Any]:
 
 
 def merge(current: dict[str, Any] | None, *, output_uri: str, splits: dict[str, dict[str, Any]],
-          source: dict[str, Any] | None, provenance: dict[str, Any]) -> dict[str, Any]:
+          source: dict[str, Any] | None, provenance: dict[str, Any],
+          work_uri: str | None = None) -> dict[str, Any]:
     """A new manifest: ``current`` with the given split entries replaced.
 
     Pure. Other splits' entries are kept exactly as they were, so rebuilding
@@ -80,6 +82,8 @@ def merge(current: dict[str, Any] | None, *, output_uri: str, splits: dict[str, 
                             f"this code's {SCHEMA_VERSION}; upgrade before publishing")
     base["schema_version"] = SCHEMA_VERSION
     base["output_uri"] = output_uri
+    if work_uri is not None:
+        base["work_uri"] = work_uri
     base.setdefault("splits", {})
     for name, entry in splits.items():
         base["splits"][name] = copy.deepcopy(entry)
@@ -131,11 +135,75 @@ class SplitFiles:
     entry: dict[str, Any]
 
 
+def shard_identity(info: storage.FileInfo) -> dict[str, int]:
+    """What a manifest records of a shard beyond its size and CRC32C, to see a
+    replaced file without reading it: locally the modification time (kept by
+    the rename that publishes it), nothing more on GCS (its listing carries
+    the CRC32C)."""
+    return {"mtime_ns": info.mtime_ns} if info.crc32c is None and info.mtime_ns is not None \
+        else {}
+
+
+def entry_problems(entry: dict[str, Any], *, read_legacy: bool = False) -> list[str]:
+    """What differs between a split's manifest entry and the files under its
+    glob, from storage metadata only: missing shards, sizes, CRC32C (GCS
+    listings carry it), modification times (local files), and files a
+    reader of the glob would take for the split's. An entry written before
+    local modification times were recorded is checked by size only, or with
+    ``read_legacy`` by reading each file's CRC32C."""
+    shards = entry.get("shards") or []
+    if not shards:
+        return ["the manifest entry lists no shards"]
+    folder = storage.dirname(shards[0]["path"])
+    parsed = parse_shard_name(storage.basename(shards[0]["path"]))
+    if parsed is None:
+        return [f"{shards[0]['path']} is not a shard name"]
+    split = parsed[0]
+    listed_all = storage.list_files(split_glob(folder, split))
+    listed = {f.path: f for f in listed_all}
+    problems = []
+    for s in shards:
+        info = listed.get(s["path"])
+        if info is None:
+            problems.append(f"missing shard {s['path']}")
+        elif info.size != s["num_bytes"]:
+            problems.append(f"{s['path']} is {info.size} bytes, the manifest says {s['num_bytes']}")
+        elif info.crc32c is not None:
+            if info.crc32c != s.get("crc32c"):
+                problems.append(f"{s['path']} has CRC32C {info.crc32c}, the manifest says "
+                                f"{s.get('crc32c')}")
+        elif s.get("mtime_ns") is not None:
+            if info.mtime_ns != s["mtime_ns"]:
+                problems.append(f"{s['path']} was replaced or modified since it was published "
+                                f"(modification time {info.mtime_ns}, the manifest says "
+                                f"{s['mtime_ns']})")
+        elif read_legacy and storage.file_crc32c(s["path"]) != s.get("crc32c"):
+            problems.append(f"{s['path']} has another CRC32C than the manifest's {s.get('crc32c')}")
+    paths = {s["path"] for s in shards}
+    for extra in glob_strays(folder, split, [f for f in listed_all if f.path not in paths]):
+        problems.append(f"unexpected file {extra} matches the split's glob")
+    return problems
+
+
+def pending_publication(doc: dict[str, Any], manifest_uri: str) -> dict[str, Any] | None:
+    """The journal of a publication into this manifest's folder that started
+    and did not finish (``ssl_splits.commit``), if there is one."""
+    work = doc.get("work_uri") or work_default(doc.get("output_uri") or
+                                               storage.dirname(manifest_uri))
+    try:
+        journal = json.loads(storage.read_text(journal_uri(work)))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return journal if journal.get("manifest_uri") == manifest_uri else None
+
+
 def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFiles:
     """Shard paths and expected counts of ``split``; with ``check`` (default),
-    fail unless every shard exists with the size the manifest records (and,
-    on GCS, the CRC32C: object metadata, no data read) and nothing else
-    matches the split's glob."""
+    fail unless every shard exists as the manifest records it (size; CRC32C on
+    GCS and modification time locally, from metadata: no data read) and
+    nothing else matches the split's glob. A split caught in the middle of
+    being replaced (a publication that was interrupted) is refused with a
+    message saying so; the next run of the DAG completes it."""
     doc = load(manifest_uri)
     if split not in doc["splits"]:
         raise ManifestError(f"{manifest_uri} has no split {split!r}; it has "
@@ -148,22 +216,16 @@ def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFil
                             f"{len(paths)} shards with {sum(lengths)} records, entry says "
                             f"{entry['num_shards']} and {entry['num_examples']}")
     if check:
-        problems = []
-        folder = storage.dirname(paths[0]) if paths else storage.dirname(entry["file_pattern"])
-        listed = {f.path: f for f in storage.list_files(storage.join(folder, f"{split}-*"))}
-        for s in entry["shards"]:
-            info = listed.get(s["path"])
-            if info is None:
-                problems.append(f"missing shard {s['path']}")
-            elif info.size != s["num_bytes"]:
-                problems.append(f"{s['path']} is {info.size} bytes, the manifest says {s['num_bytes']}")
-            elif info.crc32c is not None and info.crc32c != s.get("crc32c"):
-                # GCS lists each object's CRC32C: content is checked without reading it.
-                problems.append(f"{s['path']} has CRC32C {info.crc32c}, the manifest says "
-                                f"{s.get('crc32c')}")
-        for extra in sorted(set(listed) - set(paths)):
-            problems.append(f"unexpected file {extra} matches the split's glob")
+        problems = entry_problems(entry)
         if problems:
+            journal = pending_publication(doc, manifest_uri)
+            if journal is not None and split in journal.get("splits", {}):
+                raise ManifestError(
+                    f"split {split} of {manifest_uri} is being replaced: run "
+                    f"{journal.get('run_id')} started publishing a new build of it at "
+                    f"{journal.get('started_at')} and did not finish; its files are no longer "
+                    f"the ones the manifest describes. The next run of the DAG completes the "
+                    f"publication. ({'; '.join(problems[:3])})")
             raise ManifestError(f"split {split} of {manifest_uri} does not match storage: "
                                 + "; ".join(problems[:10]))
     return SplitFiles(name=split, paths=paths, num_examples=int(entry["num_examples"]),

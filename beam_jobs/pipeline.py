@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import sys
 from typing import Any
 
 from apache_beam.options.pipeline_options import (
@@ -15,26 +13,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging() -> None:
-    """Log the ``beam_jobs`` loggers at INFO to stdout, in the launcher and in
-    every worker (call it from ``DoFn.setup``).
-
-    Airflow's Beam hook shows a job's stdout lines as INFO and stderr lines as
-    WARNING; DirectRunner worker processes inherit the launcher's stdout, so
-    progress printed there reaches the Airflow task log on every runner mode.
-    """
-    logger = logging.getLogger("beam_jobs")
-    if not any(getattr(h, "_ssl_splits", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler._ssl_splits = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+from beam_jobs.logs import LOG_FORMAT, setup_logging  # noqa: F401 (re-exported)
 
 
 def job_name(*parts: str) -> str:
@@ -91,12 +70,6 @@ def make_options(beam_args: list[str], default_job_name: str,
                 "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
             )
     return options
-
-
-def is_local_runner(options: PipelineOptions) -> bool:
-    return options.view_as(StandardOptions).runner in (
-        "DirectRunner", "direct", "BundleBasedDirectRunner", "PrismRunner",
-    )
 
 
 def counters(result: Any) -> dict[str, int]:

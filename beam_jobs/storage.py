@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import contextlib
+import errno
 import fnmatch
 import functools
 import logging
@@ -131,14 +132,20 @@ def _blob(uri: str, generation: int | None = None):
     return gcs_client().bucket(bucket).blob(name, generation=generation)
 
 
-def _retry():
+def _retry(on_error=None):
     """google-cloud-storage's retry policy (exponential backoff with jitter on
     429, 5xx, timeouts and dropped connections), giving up after
-    ``SSL_SPLITS_GCS_RETRY_DEADLINE`` seconds (default 300)."""
+    ``SSL_SPLITS_GCS_RETRY_DEADLINE`` seconds (default 300). ``on_error`` is
+    called with each error that is retried."""
+    from google.api_core.retry import Retry
     from google.cloud.storage.retry import DEFAULT_RETRY
 
     deadline = float(os.environ.get("SSL_SPLITS_GCS_RETRY_DEADLINE") or 300)
-    return DEFAULT_RETRY.with_timeout(deadline).with_delay(initial=0.5, maximum=10.0)
+    retry = DEFAULT_RETRY.with_timeout(deadline).with_delay(initial=0.5, maximum=10.0)
+    if on_error is None:
+        return retry
+    return Retry(predicate=retry._predicate, initial=retry._initial, maximum=retry._maximum,
+                 multiplier=retry._multiplier, timeout=retry._timeout, on_error=on_error)
 
 
 def crc32c_from_gcs(b64: str | None) -> str | None:
@@ -422,6 +429,11 @@ class RangeReader:
     read (``Range: bytes=a-b``), pinned to the generation when one is given,
     so a source replaced since validation is read as it was, or fails loudly.
     Safe to share between threads.
+
+    ``bytes_fetched`` counts what the reader really asked storage for: the
+    bytes every local ``pread`` returned, and for GCS every ranged GET that
+    succeeded plus, for each attempt that failed and was retried, the bytes
+    it asked for (the lineage's ``bytes_read``).
     """
 
     def __init__(self, generations: dict[str, int] | None = None) -> None:
@@ -430,14 +442,24 @@ class RangeReader:
         self._lock = threading.Lock()  # guards the descriptor cache and the pool
         self._pool: cf.ThreadPoolExecutor | None = None
         self._pool_threads = 0
+        self._count_lock = threading.Lock()
+        self.bytes_fetched = 0
+        self.requests = 0
+
+    def _count(self, nbytes: int, requests: int = 1) -> None:
+        with self._count_lock:
+            self.bytes_fetched += nbytes
+            self.requests += requests
 
     def read(self, uri: str, offset: int, length: int) -> bytes:
         if is_gcs(uri):
             blob = _blob(uri, self._generations.get(uri))
             try:
                 data = blob.download_as_bytes(
-                    start=offset, end=offset + length - 1, retry=_retry(), checksum=None
+                    start=offset, end=offset + length - 1, checksum=None,
+                    retry=_retry(on_error=lambda _err: self._count(length)),
                 )
+                self._count(len(data))
             except Exception as err:
                 if type(err).__name__ == "NotFound":
                     raise StorageError(
@@ -485,6 +507,7 @@ class RangeReader:
         finally:
             for fd in temps:
                 os.close(fd)
+        self._count(sum(map(len, out)), len(out))
         if sum(map(len, out)) != sum(lengths):  # pread never returns more than asked
             for i, (data, n) in enumerate(zip(out, lengths)):
                 if len(data) != n:
@@ -607,6 +630,43 @@ def copy(src: str, dst: str) -> None:
             fout.write(chunk)
 
 
+def place(src: str, dst: str, *, source_generation: int | None = None) -> None:
+    """Give the file ``src`` the name ``dst`` (replacing what is there), atomically
+    for readers of ``dst``: they see the old file or the new one, never a part.
+
+    Locally ``rename(2)``, which keeps the file's modification time, the
+    identity a manifest records (across file systems: a copy that keeps it,
+    then a rename). On GCS a server-side copy (rewrite), only of the object
+    generation given (a replaced source fails with 412 instead of being
+    published); ``src`` stays until the caller deletes it.
+    """
+    if is_gcs(src) and is_gcs(dst):
+        sb, sn = split_gcs(src)
+        db, dn = split_gcs(dst)
+        client = gcs_client()
+        source = client.bucket(sb).blob(sn, generation=source_generation)
+        dst_blob = client.bucket(db).blob(dn)
+        kw = {} if source_generation is None else {"if_source_generation_match": source_generation}
+        token, _, _ = dst_blob.rewrite(source, retry=_retry(), **kw)
+        while token is not None:
+            token, _, _ = dst_blob.rewrite(source, token=token, retry=_retry(), **kw)
+        return
+    if is_gcs(src) or is_gcs(dst):
+        raise ValueError(f"cannot place {src} at {dst}: both must be local or both gs://")
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copy2(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        os.remove(src)
+
+
 def rename(src: str, dst: str) -> None:
     """Move one file: atomic ``rename(2)`` locally, copy then delete on GCS."""
     if is_gcs(src) or is_gcs(dst):
@@ -625,7 +685,7 @@ def iter_chunks(uri: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
 
 __all__ = [
     "AtomicWriter", "FileInfo", "RangeReader", "StorageError", "basename", "copy", "crc32c_hex", "delete",
-    "delete_tree", "dirname", "exists", "file_crc32c", "gcs_client", "is_gcs", "join",
+    "delete_tree", "dirname", "place", "exists", "file_crc32c", "gcs_client", "is_gcs", "join",
     "list_files", "list_tree", "normalize", "open_read", "open_write", "read_bytes", "read_text",
     "rename", "split_gcs", "stat", "use_client", "write_bytes", "write_text",
 ]

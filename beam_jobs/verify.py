@@ -1,22 +1,41 @@
-"""Verify a built split against its plan before anything is published.
+"""Verify a staged split against its plan before anything is published.
 
-Shallow checks (no data read on GCS, which reports every object's CRC32C):
-exactly the ``S`` shard files with the contract's names and nothing stray
-under the split's glob; each file's size and CRC32C equal what the build job
-recorded; each shard's record count and the total equal the plan.
+The build job leaves a split's shards in its staging folder
+(``{work_uri}/staging/{split}/{token}/``); this check decides whether they
+may take their published names.
 
-Deep checks (a Beam job, one element per shard, so the data never streams
-through an Airflow worker): re-read every record, check both framing CRCs,
-that the record at (shard, index) is the planned file name, and that its data
-CRC equals the source record's (from the catalog): byte identity to the
-source without reading the source again. For the copied validation set, each
-shard's CRC32C must equal its source file's.
+**Exact, from metadata** (always; no Beam job, no record data moved on GCS).
+A framed record's CRC32C follows from its length and the data CRC in its
+footer, and a shard's CRC32C is the combination of its records' in order
+(``beam_jobs.crc32c_combine``). From the plan and the catalog alone this
+predicts, for every shard, its record count, its size and its CRC32C as if
+it held exactly the planned records, byte-identical to the source, in the
+planned order. These are compared with what storage reports for each staged
+object: the CRC32C GCS computes server-side (a local file's CRC32C is
+computed here, reading it once). A swapped, dropped, duplicated, foreign or
+changed record changes a shard's size or CRC32C; a missing or stray shard
+shows in the listing. Also compared: the build's own stats, which must agree
+with both.
+
+For the copied validation set the prediction is each source file's size and
+CRC32C (a byte-identical copy has the same).
+
+**Deep** (``--deep``, the DAG's ``deep_verify: always``): additionally a Beam
+job re-reads every staged record (``beam_jobs.deep_verify``): both framing
+CRCs, the planned file name at every position, the data CRC against the
+catalog's. It names the record that differs where the exact check can only
+name the shard.
+
+The report (``{work_uri}/verify/{split}.json``) lists every verified shard
+with the identity storage gave it (size, CRC32C, and generation on GCS or
+mtime locally): ``publish_manifest`` publishes exactly those objects, and
+only if they are still those.
 
 CLI (exit 0 verified, 1 failed: the report names split, shard and what differs)::
 
     python -m beam_jobs.verify --split=train128116.1 --output_uri=/data/ssl \\
         --plan_uri=... --catalog_dir=... [--deep]
-    python -m beam_jobs.verify --split=validation --output_uri=/data/ssl --copy_from=/data/imagenet --deep
+    python -m beam_jobs.verify --split=validation --output_uri=/data/ssl --copy_from=/data/imagenet
 """
 
 from __future__ import annotations
@@ -28,22 +47,29 @@ import json
 import logging
 import sys
 import time
-import uuid
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.metrics import Metrics
+import pyarrow.compute as pc
 
 from beam_jobs import __version__, storage
-from beam_jobs.catalog import SHARD_RE, read_catalog, shard_name
-from beam_jobs.example_proto import ExampleError, parse_image_record
-from beam_jobs.layout import VERIFY_DIR, report_uri, stats_uri, work_default
-from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
-from beam_jobs.planner import parse_plan_table
-from beam_jobs.progress import Progress, mark_done, progress_dir
-from beam_jobs.tfrecord import RecordError, iter_framed
+from beam_jobs.catalog import read_catalog
+from beam_jobs.crc32c_combine import shard_crcs
+from beam_jobs.faults import failpoint
+from beam_jobs.layout import (
+    ShardSetError,
+    report_uri,
+    shard_name,
+    shard_set,
+    split_files,
+    stats_uri,
+    work_default,
+)
+from beam_jobs.logs import setup_logging
+from beam_jobs.planner import PlanError, parse_plan_table
+from beam_jobs.storage import crc32c_hex
 
 log = logging.getLogger("beam_jobs.verify")
 
@@ -54,162 +80,136 @@ class VerificationFailed(RuntimeError):
     """The split does not match its plan; the message lists what differs."""
 
 
-def shallow_findings(split: str, output_uri: str, stats: dict[str, Any],
-                     planned_lengths: list[int] | None) -> list[str]:
-    """Compare the files under the split's glob with the build stats and plan."""
+@dataclass(frozen=True)
+class Expected:
+    """What each shard of a split must be: record counts (None when only the
+    bytes are known, as for a copy), sizes and CRC32Cs (8 hex digits)."""
+
+    num_records: list[int] | None
+    sizes: list[int]
+    crc32c: list[str]
+
+
+def planned_records(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, str]:
+    """The plan's rows (shard, index, filename) sorted by position, with each
+    source record's framed length and data CRC from the catalog; and the plan
+    file's sha256. Names missing from the catalog are a PlanError."""
+    try:
+        raw = storage.read_bytes(plan_uri)
+    except FileNotFoundError:
+        raise PlanError(f"plan file {plan_uri} does not exist") from None
+    plan = parse_plan_table(raw, plan_uri)
+    catalog = read_catalog(catalog_dir, ["filename", "length", "data_crc"])
+    pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
+    missing = pc.sum(pc.is_null(pos)).as_py() or 0
+    if missing:
+        raise PlanError(f"plan {plan_uri}: {missing:,} names are not in the catalog {catalog_dir}")
+    joined = catalog.select(["length", "data_crc"]).take(pos)
+    table = plan.append_column("length", joined.column("length")).append_column(
+        "data_crc", joined.column("data_crc"))
+    return table, hashlib.sha256(raw).hexdigest()
+
+
+def expected_from_plan(table: pa.Table) -> Expected:
+    """Every shard's count, size and CRC32C if it holds exactly the planned
+    records in order (pure; ``table`` as from :func:`planned_records`)."""
+    shard = table.column("shard").to_numpy()
+    num_shards = int(shard.max()) + 1 if len(shard) else 0
+    counts = np.bincount(shard, minlength=num_shards)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    sizes, crcs = shard_crcs(table.column("length").to_numpy(),
+                             table.column("data_crc").to_numpy(), starts)
+    return Expected(counts.tolist(), sizes.tolist(), [crc32c_hex(int(c)) for c in crcs])
+
+
+def expected_from_copy(src: str, split: str) -> Expected:
+    """A byte-identical copy of the source's ``split`` shards has their sizes and CRC32Cs."""
+    try:
+        files = shard_set(src, split)
+    except ShardSetError as err:
+        raise VerificationFailed(f"{split}: cannot check the copy: {err}") from None
+    return Expected(None, [f.size for f in files],
+                    [f.crc32c or storage.file_crc32c(f.path) for f in files])
+
+
+def observe(paths: list[str], folder: str, split: str) -> tuple[dict[str, storage.FileInfo], dict[str, str], list[str], int]:
+    """What storage says of the staged shards: FileInfo by path, CRC32C by
+    path (GCS: metadata; locally computed, reading the file), files under the
+    staged split's glob that are not among ``paths``, and the bytes read."""
+    listed = {f.path: f for f in split_files(folder, split)}
+    crcs: dict[str, str] = {}
+    read = 0
+    for i, path in enumerate(paths):
+        info = listed.get(path)
+        if info is not None:
+            if info.crc32c is not None:
+                crcs[path] = info.crc32c
+            else:
+                crcs[path] = storage.file_crc32c(path)
+                read += info.size
+        failpoint("verify.shard")
+        if len(paths) >= 20 and i and i % (len(paths) // 10) == 0:
+            log.info("%s: checked %d/%d shards", split, i, len(paths))
+    strays = sorted(set(listed) - set(paths))
+    return listed, crcs, strays, read
+
+
+def exact_findings(split: str, stats: dict[str, Any], expected: Expected,
+                   listed: dict[str, storage.FileInfo], crcs: dict[str, str],
+                   strays: list[str]) -> list[str]:
+    """Compare the staged shards (and the build's stats) with the prediction (pure)."""
     findings: list[str] = []
-    num_shards = int(stats["num_shards"])
-    expected = {storage.join(output_uri, shard_name(split, s, num_shards)): s
-                for s in range(num_shards)}
-    listed = {f.path: f for f in storage.list_files(storage.join(output_uri, f"{split}-*"))}
-    for path in sorted(set(listed) - set(expected)):
-        m = SHARD_RE.match(storage.basename(path))
-        if m is None or m.group("prefix") == split:
-            findings.append(f"{split}: stray file {path} under the split's glob {split}-*")
-    for path, s in sorted(expected.items(), key=lambda kv: kv[1]):
-        if path not in listed:
-            findings.append(f"{split}: shard {s} is missing: {path}")
-    if planned_lengths is not None:
-        if len(planned_lengths) != num_shards:
-            findings.append(f"{split}: built {num_shards} shards, the plan has {len(planned_lengths)}")
-        if sum(planned_lengths) != stats["num_examples"]:
-            findings.append(f"{split}: built {stats['num_examples']} records, the plan has "
-                            f"{sum(planned_lengths)}")
-    for s, entry in enumerate(stats["shards"]):
-        path = storage.join(output_uri, shard_name(split, s, num_shards))
-        if storage.basename(entry["path"]) != storage.basename(path):
-            findings.append(f"{split}: the build recorded {entry['path']} as shard {s}")
+    num_shards = len(expected.sizes)
+    shards = stats["shards"]
+    if len(shards) != num_shards:
+        findings.append(f"{split}: the build staged {len(shards)} shards, the plan has "
+                        f"{num_shards}")
+    for path in strays:
+        findings.append(f"{split}: stray file {path} among the staged shards")
+    for s, entry in enumerate(shards[:num_shards]):
+        path = entry["staged"]
+        want = shard_name(split, s, num_shards)
+        if storage.basename(path) != want or storage.basename(entry["path"]) != want:
+            findings.append(f"{split}: the build recorded {path} as shard {s} ({want})")
             continue
-        if planned_lengths is not None and s < len(planned_lengths) \
-                and entry["num_records"] != planned_lengths[s]:
+        if expected.num_records is not None and entry["num_records"] != expected.num_records[s]:
             findings.append(f"{split}: shard {s} has {entry['num_records']} records, the plan "
-                            f"{planned_lengths[s]}")
+                            f"{expected.num_records[s]}")
         info = listed.get(path)
         if info is None:
+            findings.append(f"{split}: shard {s} is missing: {path}")
             continue
-        if info.size != entry["num_bytes"]:
-            findings.append(f"{split}: shard {s} is {info.size} bytes, the build wrote "
-                            f"{entry['num_bytes']}: {path}")
-            continue
-        # GCS reports each object's CRC32C; a local file is read to compute it.
-        actual = info.crc32c if info.crc32c is not None else storage.file_crc32c(path)
-        if actual != entry["crc32c"]:
-            findings.append(f"{split}: shard {s} CRC32C is {actual} in storage, the build "
-                            f"wrote {entry['crc32c']}: {path}")
+        if info.size != expected.sizes[s]:
+            findings.append(f"{split}: shard {s} is {info.size} bytes, its planned records make "
+                            f"{expected.sizes[s]}: {path}")
+        elif crcs[path] != expected.crc32c[s]:
+            findings.append(f"{split}: shard {s} CRC32C is {crcs[path]} in storage, its planned "
+                            f"records give {expected.crc32c[s]} (a record is out of place, "
+                            f"changed or not planned; deep_verify: always names it): {path}")
+        elif entry["num_bytes"] != info.size or entry["crc32c"] != crcs[path]:
+            findings.append(f"{split}: shard {s} is as planned but the build recorded "
+                            f"{entry['num_bytes']} bytes, CRC32C {entry['crc32c']}: {path}")
+        if len(findings) >= MAX_FINDINGS * 10:
+            break
     return findings
 
 
-# --------------------------------------------------------------------------- deep
-
-
-def _planned_shard(plan_table: pa.Table | None, starts: np.ndarray | None, shard: int) -> tuple[list[str], list[int]] | None:
-    if plan_table is None or starts is None:
-        return None
-    lo, hi = int(starts[shard]), int(starts[shard + 1])
-    rows = plan_table.slice(lo, hi - lo)
-    return rows.column("filename").to_pylist(), rows.column("data_crc").to_pylist()
-
-
-def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None,
-                     planned: tuple[list[str], list[int]] | None) -> dict[str, Any]:
-    """Re-read one shard: CRCs, count, file CRC32C, planned names and data CRCs."""
-    import google_crc32c
-
-    findings: list[str] = []
-    crc = 0
-    count = 0
-    names, data_crcs = planned if planned is not None else (None, None)
-    with storage.open_read(path) as f:
-        # Hash the bytes as read, through a small wrapper, so the file is read once.
-        class Tee:
-            def read(self, n: int) -> bytes:
-                nonlocal crc
-                b = f.read(n)
-                crc = google_crc32c.extend(crc, b)
-                return b
-
-        for item in iter_framed(Tee(), path):  # type: ignore[arg-type]
-            if isinstance(item, RecordError):
-                findings.append(f"{split}: shard {shard} record {count}: {item}")
-                if item.fatal:
-                    break
-                count += 1
-                continue
-            if names is not None:
-                if count >= len(names):
-                    findings.append(f"{split}: shard {shard} has more records than the plan's "
-                                    f"{len(names)} (extra record at byte offset {item.offset})")
-                    break
-                try:
-                    got = parse_image_record(item.data).filename
-                except ExampleError as err:
-                    got = f"<unparseable: {err}>"
-                if got != names[count]:
-                    findings.append(f"{split}: shard {shard} index {count} holds {got}, the plan "
-                                    f"says {names[count]}")
-                elif data_crcs is not None and item.data_crc != data_crcs[count]:
-                    findings.append(f"{split}: shard {shard} index {count} ({got}) differs from "
-                                    f"the source record")
-            count += 1
-            if len(findings) >= MAX_FINDINGS:
-                break
-    if names is not None and count < len(names) and len(findings) < MAX_FINDINGS:
-        findings.append(f"{split}: shard {shard} has {count} records, the plan {len(names)}")
-    file_crc = f"{crc & 0xFFFFFFFF:08x}"
-    if expected_crc is not None and not findings and file_crc != expected_crc:
-        findings.append(f"{split}: shard {shard} CRC32C {file_crc} != expected {expected_crc}: {path}")
-    return {"shard": shard, "path": path, "num_records": count, "crc32c": file_crc,
-            "findings": findings}
-
-
-_PLANS: dict[str, tuple[pa.Table, np.ndarray]] = {}
-
-
-class DeepCheck(beam.DoFn):
-    def __init__(self, split: str, table_uri: str | None, num_shards: int,
-                 progress: str | None = None) -> None:
-        self.progress = progress  # marker folder (beam_jobs.progress)
-        self.split = split
-        self.table_uri = table_uri
-        self.num_shards = num_shards
-        self.records = Metrics.counter("ssl_splits", "records_verified")
-        self.bad = Metrics.counter("ssl_splits", "bad_records")
-        self.bytes = Metrics.counter("ssl_splits", "bytes_read")
-
-    def setup(self) -> None:
-        setup_logging()
-
-    def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        from beam_jobs.catalog import read_table
-
-        planned = None
-        if self.table_uri:
-            if self.table_uri not in _PLANS:
-                t = read_table(self.table_uri)
-                _PLANS.clear()
-                _PLANS[self.table_uri] = (t, np.searchsorted(t.column("shard").to_numpy(),
-                                                             np.arange(self.num_shards + 1)))
-            table, starts = _PLANS[self.table_uri]
-            planned = _planned_shard(table, starts, element["shard"])
-        out = deep_check_shard(element["path"], element["shard"], self.split,
-                               element.get("crc32c"), planned)
-        self.records.inc(out["num_records"])
-        self.bad.inc(len(out["findings"]))
-        self.bytes.inc(int(element.get("num_bytes") or 0))
-        mark_done(self.progress, element["shard"], out["num_records"],
-                  int(element.get("num_bytes") or 0))
-        log.info("%s: verified shard %d/%d: %d records%s", self.split, element["shard"] + 1,
-                 self.num_shards, out["num_records"],
-                 f", {len(out['findings'])} problems" if out["findings"] else "")
-        yield out
-
-
-def plan_table_with_crcs(plan_uri: str, catalog_dir: str) -> pa.Table:
-    """Plan rows (shard, index, filename) with each source record's data CRC."""
-    plan = parse_plan_table(storage.read_bytes(plan_uri), plan_uri)
-    catalog = read_catalog(catalog_dir, ["filename", "data_crc"])
-    return plan.join(catalog, keys="filename", join_type="left outer").sort_by(
-        [("shard", "ascending"), ("index", "ascending")])
+def verified_shards(stats: dict[str, Any], listed: dict[str, storage.FileInfo],
+                    crcs: dict[str, str]) -> list[dict[str, Any]]:
+    """The report's record of each verified staged object: the manifest entry's
+    shard (final path, records, bytes, CRC32C) plus the staged object's identity."""
+    out = []
+    for entry in stats["shards"]:
+        info = listed[entry["staged"]]
+        shard = {"path": entry["path"], "num_records": entry["num_records"],
+                 "num_bytes": info.size, "crc32c": crcs[entry["staged"]],
+                 "staged": entry["staged"]}
+        if info.generation is not None:
+            shard["generation"] = info.generation
+        if info.mtime_ns is not None:
+            shard["mtime_ns"] = info.mtime_ns
+        out.append(shard)
+    return out
 
 
 # --------------------------------------------------------------------------- the job
@@ -218,17 +218,23 @@ def plan_table_with_crcs(plan_uri: str, catalog_dir: str) -> pa.Table:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
         prog="python -m beam_jobs.verify",
-        description="Verify a built split against its plan and the build's stats.",
+        description="Verify a staged split against its plan and the build's stats.",
         epilog="Any other --flag is a Beam pipeline option (used with --deep).",
     )
     p.add_argument("--split", required=True)
     p.add_argument("--output_uri", required=True)
     p.add_argument("--work_uri", help="default {output_uri}/_work")
     p.add_argument("--plan_uri", help="the split's plan (labelled splits and the reshuffle)")
-    p.add_argument("--catalog_dir", help="the source catalog (deep mode compares data CRCs)")
+    p.add_argument("--catalog_dir", help="the source catalog (with --plan_uri)")
     p.add_argument("--copy_from", help="source folder of a copied split (validation)")
-    p.add_argument("--deep", action="store_true", help="re-read every record (a Beam job)")
-    return p.parse_known_args(argv)
+    p.add_argument("--deep", action="store_true",
+                   help="also re-read every staged record (a Beam job)")
+    args, beam_args = p.parse_known_args(argv)
+    if bool(args.plan_uri) == bool(args.copy_from):
+        p.error("give either --plan_uri (with --catalog_dir) or --copy_from")
+    if args.plan_uri and not args.catalog_dir:
+        p.error("--plan_uri needs --catalog_dir")
+    return args, beam_args
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -238,6 +244,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     work = storage.normalize(args.work_uri or work_default(output))
     split = args.split
     t0 = time.monotonic()
+    failpoint("verify.start")
     # A report from an earlier verification must not outlive this one: if this
     # run fails before it writes its own (no stats, another plan, a crash), the
     # publish step finds no report and refuses the split.
@@ -247,78 +254,32 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         raise VerificationFailed(f"{split}: no build stats at {spath}: was the split built?")
     stats_bytes = storage.read_bytes(spath)
     stats = json.loads(stats_bytes)
-    planned_lengths: list[int] | None = None
-    plan_table = None
-    # The plan this run checks the split against (the report says so; the
-    # publish step accepts a report only for the run's own plan).
     verified_plan: str | None = None
+    plan_table = None
     if args.plan_uri:
-        verified_plan = hashlib.sha256(storage.read_bytes(args.plan_uri)).hexdigest()
+        try:
+            plan_table, verified_plan = planned_records(args.plan_uri, args.catalog_dir)
+        except PlanError as err:
+            raise VerificationFailed(f"{split}: {err}") from None
         if verified_plan != stats.get("plan_sha256"):
             raise VerificationFailed(f"{split}: the build used plan "
                                      f"{(stats.get('plan_sha256') or 'none')[:16]}, "
                                      f"not {args.plan_uri} ({verified_plan[:16]})")
-        if args.catalog_dir:
-            plan_table = plan_table_with_crcs(args.plan_uri, args.catalog_dir)
-            shards_col = plan_table.column("shard").to_numpy()
-        else:
-            shards_col = parse_plan_table(storage.read_bytes(args.plan_uri),
-                                          args.plan_uri).column("shard").to_numpy()
-        planned_lengths = np.bincount(shards_col, minlength=int(shards_col.max()) + 1).tolist()
-    findings = shallow_findings(split, output, stats, planned_lengths)
-    source_crcs: dict[int, str] = {}
-    if args.copy_from:
-        for f in storage.list_files(storage.join(args.copy_from, f"{split}-*")):
-            m = SHARD_RE.match(storage.basename(f.path))
-            if m and m.group("prefix") == split:
-                source_crcs[int(m.group("index"))] = storage.file_crc32c(f.path)
-        for s, entry in enumerate(stats["shards"]):
-            if source_crcs.get(s) != entry["crc32c"]:
-                findings.append(f"{split}: shard {s} CRC32C {entry['crc32c']} differs from its "
-                                f"source's {source_crcs.get(s)}")
+        expected = expected_from_plan(plan_table)
+    else:
+        expected = expected_from_copy(storage.normalize(args.copy_from), split)
+    staged = [e["staged"] for e in stats["shards"]]
+    listed, crcs, strays, bytes_read = observe(staged, stats["staging"], split)
+    findings = exact_findings(split, stats, expected, listed, crcs, strays)
     metrics: dict[str, int] = {}
-    mode = "deep" if args.deep else "shallow"
+    mode = "exact"
     if args.deep and not findings:
-        table_uri = None
-        if plan_table is not None:
-            # A name of its own per run: workers cache the table by its URI
-            # (_PLANS), and the same plan checked against a re-validated
-            # catalog must not be compared with the old catalog's CRCs.
-            table_uri = storage.join(work, VERIFY_DIR,
-                                     f"{split}.{uuid.uuid4().hex[:16]}.parquet")
-            from beam_jobs.catalog import write_table
+        from beam_jobs.deep_verify import run_deep
 
-            write_table(table_uri, plan_table.select(["shard", "index", "filename", "data_crc"]))
-        elements = [{"path": storage.join(output, shard_name(split, i, stats["num_shards"])),
-                     "shard": i, "crc32c": e["crc32c"], "num_bytes": e.get("num_bytes")}
-                    for i, e in enumerate(stats["shards"])]
-        options = make_options(beam_args, default_job_name=job_name("ssl-verify", split),
-                               work_bytes=int(stats.get("num_bytes") or 0))
-        p = beam.Pipeline(options=options)
-        results_path = storage.join(work, VERIFY_DIR, f"{split}.deep.json")
-
-        def collect(results: list[dict[str, Any]]) -> None:
-            storage.write_text(results_path, json.dumps(sorted(results, key=lambda r: r["shard"])))
-
-        (
-            p
-            | "Shards" >> beam.Create(elements)
-            | "Spread" >> beam.Reshuffle()
-            | "DeepCheck" >> beam.ParDo(DeepCheck(split, table_uri, len(elements),
-                                                  progress_dir(work, "verify", split)))
-            | "Collect" >> beam.combiners.ToList()
-            | "Write" >> beam.Map(collect)
-        )
-        with Progress(split, progress_dir(work, "verify", split), len(elements),
-                      total_records=int(stats["num_examples"]),
-                      total_bytes=int(stats.get("num_bytes") or 0), logger=log):
-            result = p.run()
-            result.wait_until_finish()
-        metrics = counters(result)
-        deep = json.loads(storage.read_text(results_path))
-        storage.delete([results_path] + ([table_uri] if table_uri else []))
-        for r in deep:
-            findings.extend(r["findings"])
+        mode = "deep"
+        deep_findings, metrics = run_deep(split, work, stats, plan_table, beam_args)
+        findings.extend(deep_findings)
+        bytes_read += int(metrics.get("bytes_read", 0))
     report = {
         "split": split,
         "ok": not findings,
@@ -334,18 +295,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "built_at": stats.get("built_at"),
         "verified_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 3),
+        "bytes_read": bytes_read,
         "metrics": metrics,
+        "shards": verified_shards(stats, listed, crcs) if not findings else [],
         "code_version": __version__,
     }
     storage.write_text(report_uri(work, split), json.dumps(report, indent=1) + "\n",
                        "application/json")
-    if metrics:
-        print(f"{split}: metrics {json.dumps(metrics, sort_keys=True)}", flush=True)
     if findings:
-        msg = f"{split}: verification FAILED ({len(findings)} problems):\n  " + "\n  ".join(findings[:20])
+        msg = (f"{split}: verification FAILED ({len(findings)} problems):\n  "
+               + "\n  ".join(findings[:MAX_FINDINGS]))
         raise VerificationFailed(msg)
     print(f"{split}: verified ({mode}): {stats['num_examples']:,} records in "
-          f"{stats['num_shards']} shards match the plan", flush=True)
+          f"{stats['num_shards']} staged shards are exactly as planned ({bytes_read / 1e6:,.1f} MB "
+          f"read, {report['seconds']:.1f} s)", flush=True)
     return report
 
 
@@ -360,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["VerificationFailed", "deep_check_shard", "report_uri", "run",
-           "shallow_findings"]
+__all__ = ["Expected", "VerificationFailed", "exact_findings", "expected_from_plan", "run"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,6 +30,17 @@ def shard_files(folder: Path, split: str) -> list[Path]:
                   if p.name[len(split) + 1:].split("-of-")[0].isdigit())
 
 
+def built_files(output_dir: Path, split: str) -> list[Path]:
+    """The shards a product build of ``split`` into ``output_dir`` wrote: staged
+    (its stats say where) until the DAG's publish step gives them their names."""
+    import json
+
+    stats = output_dir / "_work" / "stats" / f"{split}.json"
+    if stats.exists():
+        return [Path(s["staged"]) for s in json.loads(stats.read_text())["shards"]]
+    return shard_files(output_dir, split)
+
+
 CONTENT_SAMPLE = 1000
 
 
@@ -49,7 +60,7 @@ def compare_split(product_dir: Path, seed_dir: Path, split: str) -> dict:
     Of the records whose bytes differ, up to ``CONTENT_SAMPLE`` are parsed to
     check they still hold the same features (re-serialization reorders fields).
     """
-    a, b = shard_files(product_dir, split), shard_files(seed_dir, split)
+    a, b = built_files(product_dir, split), shard_files(seed_dir, split)
     counts_a, counts_b = [], []
     same_records = same_files = 0
     bytes_a = bytes_b = 0

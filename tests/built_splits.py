@@ -120,6 +120,13 @@ def verify(run: Run, split: str, deep: bool = True) -> dict[str, Any]:
     return verify_job.run(job_args(run, run.spec(split)) + (["--deep"] if deep else []))
 
 
+def stage_all(run: Run) -> None:
+    """Build (stage) every split the run decided to build; verify none."""
+    for spec in run.specs:
+        if spec["action"] == "build":
+            build(run, spec["split"])
+
+
 def build_all(run: Run, deep: bool = True) -> None:
     for spec in run.specs:
         if spec["action"] == "build":
@@ -144,3 +151,25 @@ def full_run(p: dict[str, Any], catalog_cache: Path | None = None,
 
 def manifest(run: Run) -> dict[str, Any]:
     return json.loads(storage.read_text(run.manifest_uri))
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/built_splits.py PARAMS_JSON [RUN_ID] [CATALOG_CACHE]``: one whole
+    run in this process (the kill tests start it in its own process group and
+    stop it at a failpoint, see beam_jobs.faults); exact verification as the
+    DAG's default. Prints the publish result as JSON."""
+    params = json.loads(argv[0])
+    run_id = argv[1] if len(argv) > 1 else "manual__1"
+    cache = Path(argv[2]) if len(argv) > 2 else None
+    run = start(params, cache)
+    build_all(run, deep=bool(params.get("deep_verify") == "always"))
+    print(json.dumps(publish(run, run_id)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path[:0] = [str(root), str(root / "plugins")]
+    sys.exit(main(sys.argv[1:]))

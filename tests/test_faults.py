@@ -69,20 +69,13 @@ def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medi
     manifest_before = storage.read_bytes(run.manifest_uri)
 
     args = bs.job_args(run, run.spec("train"))
-    proc = subprocess.Popen([PYTHON, "-m", "beam_jobs.build", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    staged_seen = 0
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if " staged: " in line:
-            staged_seen += 1
-            if staged_seen >= 20:
-                os.killpg(proc.pid, signal.SIGKILL)  # the Beam process and any workers
-                break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
-    assert shard_files(run.output_uri, "train") == {}, "partial files under the final names"
+    # SIGKILL to the job's whole process group once its 20th shard is staged
+    # (beam_jobs.faults): no cleanup of any kind runs.
+    proc = subprocess.run([PYTHON, "-m", "beam_jobs.build", *args], cwd=ROOT,
+                          capture_output=True, text=True, start_new_session=True, timeout=300,
+                          env={**os.environ, "SSL_SPLITS_FAILPOINT": "build.shard@20"})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert shard_files(run.output_uri, "train") == {}, "files under the final names"
     assert storage.read_bytes(run.manifest_uri) == manifest_before
     staging = storage.list_tree(storage.join(run.work_uri, "staging", "train"))
     sidecars = {storage.basename(p)[len("shard-"):-len(".json")] for p in staging
@@ -96,6 +89,11 @@ def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medi
     # The retry: finishes, reuses what the killed attempt completed.
     stats = bs.build(run, "train")
     assert stats["num_shards"] == 64 and stats["shards_reused"] >= 20
+    assert shard_files(run.output_uri, "train") == {}
+    bs.verify(run, "train")
+    tasks.publish_manifest(run.config, run.source, [run.spec("train")], {},
+                           {"dag_id": bs.DAG_ID, "run_id": "r2"})
+    assert "train" in json.loads(storage.read_text(run.manifest_uri))["splits"]
     resumed = shard_files(run.output_uri, "train")
     assert len(resumed) == 64
 
@@ -103,12 +101,9 @@ def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medi
     clean = bs.start(bs.params(str(medium_source), str(tmp_path / "clean"), seeds=[1],
                                unsupervised=True, unsupervised_shards=64))
     assert clean.spec("train")["plan_sha256"] == run.spec("train")["plan_sha256"]
-    bs.build(clean, "train")
+    bs.build_all(clean)
+    bs.publish(clean)
     assert shard_files(clean.output_uri, "train") == resumed
-    bs.verify(run, "train")
-    tasks.publish_manifest(run.config, run.source, [run.spec("train")], {},
-                           {"dag_id": bs.DAG_ID, "run_id": "r2"})
-    assert "train" in json.loads(storage.read_text(run.manifest_uri))["splits"]
 
 
 # --------------------------------------------------------------------------- flaky storage
@@ -126,18 +121,27 @@ def test_flaky_storage_run_succeeds(small_source, gcs_bucket, proxy):
     proxy.faults.error_status = 503
     proxy.faults.drop_every = 13
     upload_to_gcs(small_source, f"{gcs_bucket}/src")
-    run, result = bs.full_run(bs.params(f"{gcs_bucket}/src", f"{gcs_bucket}/out"))
+    run = bs.start(bs.params(f"{gcs_bucket}/src", f"{gcs_bucket}/out"))
+    bs.stage_all(run)
+    first, second = run.supervised()
     # A Beam job in its own process through the same proxy, as the DAG runs it.
     proxy.faults.error_status = 429
-    out = subprocess.run([PYTHON, "-m", "beam_jobs.verify", *bs.job_args(run, run.spec(
-        run.supervised()[0])), "--deep"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([PYTHON, "-m", "beam_jobs.verify", *bs.job_args(run, run.spec(first)),
+                          "--deep"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+    bs.verify(run, second, deep=False)
+    bs.publish(run)
     doc = json.loads(storage.read_text(run.manifest_uri))
     assert sorted(doc["splits"]) == sorted(run.supervised())
     assert proxy.faults.stats["errors"] >= 10 and proxy.faults.stats["drops"] >= 3, proxy.faults.stats
     for entry in doc["splits"].values():
         for shard in entry["shards"]:
             assert storage.stat(shard["path"]).crc32c == shard["crc32c"]
+    # Retried reads are counted in what the builds report having read.
+    built = [json.loads(storage.read_text(layout.stats_uri(run.work_uri, s)))
+             for s in (first, second)]
+    assert all(b["bytes_read"] >= b["num_bytes"] for b in built)
+    assert sum(b["bytes_read"] for b in built) > sum(b["num_bytes"] for b in built)
 
 
 @pytest.mark.gcs
@@ -151,12 +155,17 @@ def test_persistent_storage_failure_fails_publish_clearly(small_source, gcs_buck
     proxy.faults.fail_path = r"uploadType=multipart"  # every small upload: the manifest's too
     proxy.faults.fail_method = "POST"
     t0 = time.monotonic()
-    with pytest.raises(PublishError, match=r"could not publish .*manifest\.json.*unchanged"):
+    with pytest.raises(PublishError, match=r"could not publish .*manifest\.json.*Nothing was "
+                                           r"changed: the manifest is unchanged"):
         bs.publish(run)
     assert time.monotonic() - t0 < 60
     assert proxy.faults.stats["persistent"] >= 2, "the upload was not retried"
     proxy.faults.fail_path = None
     assert not storage.exists(run.manifest_uri), "something was published"
+    assert shard_files(f"{gcs_bucket}/out", run.supervised()[0]) == {}
+    # The retry (storage is back): publishes.
+    bs.publish(run, "manual__1")
+    assert sorted(json.loads(storage.read_text(run.manifest_uri))["splits"]) == run.supervised()
 
 
 # --------------------------------------------------------------------------- source changed

@@ -282,15 +282,20 @@ def crafted(tmp_path):
     storage.write_text(plan_summary_uri(plan_uri), json.dumps({
         "seed": 1, "fraction": "0.2", "sampling": "stratified", "class_counts": {"n1": 10},
         "plan_source": "computed"}))
-    shards = [{"path": f"{cfg.output_uri}/{split}-00000-of-00001", "num_records": 10,
+    staging = f"{cfg.work_uri}/staging/{split}/0123456789abcdef"
+    shards = [{"path": f"{cfg.output_uri}/{split}-00000-of-00001",
+               "staged": f"{staging}/{split}-00000-of-00001", "num_records": 10,
                "num_bytes": 100, "crc32c": "0badc0de"}]
     stats = {"split": split, "plan_sha256": sha, "built_at": "2026-01-01T00:00:00+00:00",
              "num_examples": 10, "num_shards": 1, "shards": shards, "job_name": "ssl-train10-1",
-             "file_pattern": f"{cfg.output_uri}/{split}-*-of-00001", "bytes_read": 100}
-    # As the verify job does: the report names the exact stats file it checked.
+             "file_pattern": f"{cfg.output_uri}/{split}-*-of-00001", "bytes_read": 100,
+             "staging": staging}
+    # As the verifier does: the report names the exact stats file it checked,
+    # and the staged objects it saw.
     report = {"split": split, "ok": True, "mode": "deep", "plan_sha256": sha,
               "verified_at": "2026-01-01T00:00:05+00:00",
-              "stats_sha256": hashlib.sha256(json.dumps(stats).encode()).hexdigest()}
+              "stats_sha256": hashlib.sha256(json.dumps(stats).encode()).hexdigest(),
+              "shards": [{**shards[0], "mtime_ns": 1}]}
     storage.write_text(stats_uri(cfg.work_uri, split), json.dumps(stats))
     storage.write_text(report_uri(cfg.work_uri, split), json.dumps(report))
     spec = {"split": split, "kind": "supervised", "action": "build", "plan_uri": plan_uri,
@@ -302,9 +307,14 @@ def crafted(tmp_path):
 def test_split_entry_of_a_verified_split(crafted):
     from ssl_splits.tasks import split_entry
 
-    e = split_entry(crafted.cfg, crafted.source, crafted.spec, {"dataflow_job_id": "j-1"},
+    e = split_entry(crafted.cfg, crafted.source, crafted.spec, crafted.stats, crafted.report,
+                    {"dataflow_job_id": "j-1"},
                     {"dag_id": "d", "run_id": "r", "published_at": "2026-01-01T00:01:00+00:00"})
-    assert e["shards"] == crafted.stats["shards"] and e["num_examples"] == 10
+    # The verified objects, under their published names (with the identity a
+    # reader checks without reading them); not where they were staged.
+    assert e["shards"] == [{"path": crafted.stats["shards"][0]["path"], "num_records": 10,
+                            "num_bytes": 100, "crc32c": "0badc0de", "mtime_ns": 1}]
+    assert e["num_examples"] == 10
     assert (e["seed"], e["fraction"], e["sampling"]) == (1, "0.2", "stratified")
     assert e["plan"]["sha256"] == crafted.spec["plan_sha256"]
     assert e["verification"]["mode"] == "deep"

@@ -1,12 +1,13 @@
-"""The verifier (``beam_jobs.verify``) on splits built by the real jobs, and
-what the DAG's publish step does with its verdict.
+"""The verifier (``beam_jobs.verify``) on splits built (staged) by the real
+jobs, and what the DAG's publish step does with its verdict.
 
-Every tampering is undone after its test (the split is built once per module).
-Shallow damage (a record dropped, a byte flipped, a stray or missing shard)
-is caught from storage metadata and the build's stats; damage that a buggy
-build would have recorded in its own stats (records reordered, re-encoded,
-corrupt) only by the deep re-read, which compares every record with the plan
-and the source catalog.
+The exact check predicts every shard's size and CRC32C from the plan and the
+catalog and compares them with storage's: it must catch a record swapped,
+foreign, dropped, duplicated or changed, and a stray or missing shard,
+reading no record data on GCS. The deep check (a Beam job) re-reads every
+record and names the one that differs.
+
+Every tampering is undone after its test (the splits are built once per module).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -31,58 +33,54 @@ from beam_jobs.tfrecord import frame, iter_framed
 from beam_jobs.verify import VerificationFailed
 
 SPLIT = "train97.1"
+OTHER = "train97.2"
 SHARD = 1  # the shard the tests damage (of 3)
 
 
-def shard_path(run: bs.Run, shard: int = SHARD, of: int = 3) -> str:
-    return storage.join(run.output_uri, f"{SPLIT}-{shard:05d}-of-{of:05d}")
+def stats(run: bs.Run, split: str = SPLIT) -> dict:
+    return json.loads(storage.read_text(stats_uri(run.work_uri, split)))
+
+
+def staged(run: bs.Run, shard: int = SHARD, split: str = SPLIT) -> str:
+    return stats(run, split)["shards"][shard]["staged"]
 
 
 def framed_records(path: str) -> list[bytes]:
+    """The whole framed records of a TFRecord file, in order."""
+    data = storage.read_bytes(path)
     with storage.open_read(path) as f:
-        return [item.data for item in iter_framed(f, path)]
+        return [data[item.offset:item.offset + item.length] for item in iter_framed(f, path)]
 
 
-def write_records(path: str, payloads: list[bytes], raw: list[bytes] | None = None) -> None:
-    storage.write_bytes(path, b"".join(raw) if raw is not None else
-                        b"".join(frame(p) for p in payloads))
-
-
-def restate(run: bs.Run, shard: int = SHARD) -> None:
-    """Rewrite the build's stats for ``shard`` to describe the file as it is now:
-    what a buggy build that wrote the wrong bytes would have recorded."""
-    import google_crc32c
-
-    spath = stats_uri(run.work_uri, SPLIT)
-    stats = json.loads(storage.read_text(spath))
-    data = storage.read_bytes(shard_path(run, shard))
-    stats["shards"][shard].update(num_bytes=len(data),
-                                  crc32c=crc32c_hex(google_crc32c.value(data)))
-    stats["num_bytes"] = sum(s["num_bytes"] for s in stats["shards"])
-    storage.write_text(spath, json.dumps(stats))
+def write_framed(path: str, records: list[bytes]) -> None:
+    storage.write_bytes(path, b"".join(records))
 
 
 def refuses_to_publish(run: bs.Run) -> None:
-    """The DAG's publish step refuses the split; the manifest is untouched."""
+    """The DAG's publish step refuses the split; the manifest and every
+    published name are untouched."""
     from ssl_splits.publish import versions_folder
     from ssl_splits.tasks import TaskError
 
-    before = storage.read_bytes(run.manifest_uri)
+    before = storage.read_bytes(run.manifest_uri) if storage.exists(run.manifest_uri) else None
+    published = storage.list_files(storage.join(run.output_uri, "train*"))
     versions = storage.list_tree(versions_folder(run.manifest_uri))
     with pytest.raises(TaskError, match=rf"{SPLIT} (failed verification|has no verification "
                                         r"report): not publishing it"):
         bs.publish(run, "manual__tampered")
-    assert storage.read_bytes(run.manifest_uri) == before
+    after = storage.read_bytes(run.manifest_uri) if storage.exists(run.manifest_uri) else None
+    assert after == before
+    assert storage.list_files(storage.join(run.output_uri, "train*")) == published
     assert storage.list_tree(versions_folder(run.manifest_uri)) == versions
 
 
 @pytest.fixture(scope="module")
 def local(small_source, tmp_path_factory) -> bs.Run:
-    """Seeds 1 and 2 planned, built, verified (deep) and published on a local disk."""
+    """Seeds 1 and 2 planned and built (staged, not yet verified) on a local disk."""
     out = tmp_path_factory.mktemp("verify") / "out"
-    run, result = bs.full_run(bs.params(str(small_source), str(out)),
-                              tmp_path_factory.mktemp("catalogs"))
-    assert result["changed"] == [SPLIT, "train97.2"]
+    run = bs.start(bs.params(str(small_source), str(out)), tmp_path_factory.mktemp("catalogs"))
+    for split in run.supervised():
+        bs.build(run, split)
     return run
 
 
@@ -90,156 +88,228 @@ def local(small_source, tmp_path_factory) -> bs.Run:
 def run(local: bs.Run):
     """The module's run; every file under its output folder is restored afterwards."""
     root = Path(local.output_uri)
-    saved = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    saved = root.parent / f"saved-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(root, saved)
     yield local
-    for p in root.rglob("*"):
-        if p.is_file() and p not in saved:
-            p.unlink()
-    for p, data in saved.items():
-        if not p.exists() or p.read_bytes() != data:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data)
+    shutil.rmtree(root)
+    shutil.move(saved, root)
 
 
-def test_a_built_split_verifies_deep_and_shallow(run):
+def test_a_staged_split_verifies_exactly_and_deep(run):
+    exact = bs.verify(run, SPLIT, deep=False)
+    assert exact["ok"] and exact["mode"] == "exact" and exact["findings"] == []
+    assert exact["num_examples"] == 97 and exact["num_shards"] == 3
+    assert exact["plan_sha256"] == run.spec(SPLIT)["plan_sha256"]
+    assert json.loads(storage.read_text(report_uri(run.work_uri, SPLIT))) == exact
+    stats_bytes = storage.read_bytes(stats_uri(run.work_uri, SPLIT))
+    assert exact["stats_sha256"] == hashlib.sha256(stats_bytes).hexdigest()
+    st = json.loads(stats_bytes)
+    # Each verified shard: its published name, and the staged object's identity.
+    for shard, built in zip(exact["shards"], st["shards"]):
+        data = Path(built["staged"]).read_bytes()
+        assert shard["path"] == built["path"] and shard["staged"] == built["staged"]
+        assert shard["num_bytes"] == len(data)
+        assert shard["crc32c"] == crc32c_hex(int(__import__("google_crc32c").value(data)))
+        assert shard["mtime_ns"] == Path(built["staged"]).stat().st_mtime_ns
+    # Locally the staged files are read once for their CRC32C; nothing else.
+    assert exact["bytes_read"] == st["num_bytes"]
     deep = bs.verify(run, SPLIT, deep=True)
-    assert deep["ok"] and deep["mode"] == "deep" and deep["findings"] == []
-    assert deep["num_examples"] == 97 and deep["num_shards"] == 3
+    assert deep["ok"] and deep["mode"] == "deep"
     assert deep["metrics"].get("records_verified") == 97
-    assert deep["plan_sha256"] == run.spec(SPLIT)["plan_sha256"]
-    assert json.loads(storage.read_text(report_uri(run.work_uri, SPLIT))) == deep
-    stats = storage.read_bytes(stats_uri(run.work_uri, SPLIT))
-    assert deep["stats_sha256"] == hashlib.sha256(stats).hexdigest()
-    assert deep["built_at"] == json.loads(stats)["built_at"]
-    shallow = bs.verify(run, SPLIT, deep=False)
-    assert shallow["ok"] and shallow["mode"] == "shallow"
 
 
-def test_deep_check_dofn_reports_each_shard(run):
-    """The DoFn alone, as Beam tests do: shards in, one result per shard out."""
-    import apache_beam as beam
-    from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import assert_that, equal_to
+# --------------------------------------------------------------------------- what the exact check catches
 
-    from beam_jobs.verify import DeepCheck
 
-    stats = json.loads(storage.read_text(stats_uri(run.work_uri, SPLIT)))
-    flip_byte(run)  # shard 1 now differs from what the build recorded
-    elements = [{"path": s["path"], "shard": i, "crc32c": s["crc32c"]}
-                for i, s in enumerate(stats["shards"])]
-    with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(bs.BEAM)) as p:
-        out = (p | beam.Create(elements) | beam.ParDo(DeepCheck(SPLIT, None, 3))
-               | beam.Map(lambda r: (r["shard"], r["num_records"], len(r["findings"]) > 0)))
-        assert_that(out, equal_to([(0, 33, False), (1, 32, True), (2, 32, False)]))
+def swap_records(run):
+    """Two records exchanged inside a shard: same size, same records."""
+    path = staged(run)
+    records = framed_records(path)
+    records[3], records[4] = records[4], records[3]
+    write_framed(path, records)
+
+
+def foreign_record(run):
+    """A record of the other split in place of one of ours."""
+    path = staged(run)
+    records = framed_records(path)
+    theirs = set(framed_records(staged(run, SHARD, OTHER)))
+    foreign = next(r for r in sorted(theirs, key=len) if r not in set(records))
+    records[5] = foreign
+    write_framed(path, records)
+
+
+def same_size_foreign(records: list[bytes], donor: bytes, i: int = 2) -> list[bytes]:
+    """Record ``i`` replaced by a well-framed record of exactly its size whose
+    payload comes from ``donor`` (another split's record): only a CRC can tell."""
+    n = len(records[i]) - 16
+    payload = (donor[12:-4] * (n // max(1, len(donor) - 16) + 1))[:n]
+    assert frame(payload) != records[i]
+    return records[:i] + [frame(payload)] + records[i + 1:]
+
+
+def foreign_record_same_size(run):
+    path = staged(run)
+    write_framed(path, same_size_foreign(framed_records(path),
+                                         framed_records(staged(run, 0, OTHER))[0]))
 
 
 def drop_record(run):
-    path = shard_path(run)
+    path = staged(run)
     records = framed_records(path)
-    write_records(path, records[:5] + records[6:])
+    write_framed(path, records[:5] + records[6:])
+
+
+def duplicate_record(run):
+    """Record 6 written twice in place of records 6 and 7."""
+    path = staged(run)
+    records = framed_records(path)
+    records[7] = records[6]
+    write_framed(path, records)
 
 
 def flip_byte(run):
-    path = shard_path(run)
+    path = staged(run)
     data = bytearray(Path(path).read_bytes())
     data[len(data) // 2] ^= 0x01
     Path(path).write_bytes(bytes(data))
 
 
 def add_stray_shard(run):
-    Path(shard_path(run, 3, 4)).write_bytes(Path(shard_path(run, 0)).read_bytes())
+    folder = stats(run)["staging"]
+    Path(folder, f"{SPLIT}-00003-of-00004").write_bytes(Path(staged(run, 0)).read_bytes())
 
 
 def delete_shard(run):
-    Path(shard_path(run)).unlink()
+    Path(staged(run)).unlink()
 
 
-SHALLOW = {
-    "drop a record": (
-        drop_record,
-        rf"{SPLIT}: shard 1 is \d+ bytes, the build wrote \d+: .*{SPLIT}-00001-of-00003"),
-    "flip a byte": (
-        flip_byte,
-        (rf"{SPLIT}: shard 1 CRC32C is [0-9a-f]{{8}} in storage, the build wrote [0-9a-f]{{8}}: "
-         rf".*{SPLIT}-00001-of-00003")),
-    "add a stray shard": (
-        add_stray_shard, rf"{SPLIT}: stray file .*/{SPLIT}-00003-of-00004 under the split's glob"),
-    "delete a shard": (delete_shard, rf"{SPLIT}: shard 1 is missing: .*{SPLIT}-00001-of-00003"),
+SHARD1 = rf".*{re.escape(SPLIT)}-00001-of-00003"
+SIZE = rf"{SPLIT}: shard 1 is \d+ bytes, its planned records make \d+: {SHARD1}"
+CRC = (rf"{SPLIT}: shard 1 CRC32C is [0-9a-f]{{8}} in storage, its planned records give "
+       rf"[0-9a-f]{{8}} \(a record is out of place, changed or not planned; deep_verify: always "
+       rf"names it\): {SHARD1}")
+DAMAGE = {
+    "two records swapped": (swap_records, CRC),
+    "a record of another split": (foreign_record, f"({SIZE}|{CRC})"),
+    "a foreign record of the same size": (foreign_record_same_size, CRC),
+    "a record dropped": (drop_record, SIZE),
+    "a record duplicated": (duplicate_record, f"({SIZE}|{CRC})"),
+    "one byte flipped": (flip_byte, CRC),
+    "a stray shard": (add_stray_shard,
+                      rf"{SPLIT}: stray file .*/{SPLIT}-00003-of-00004 among the staged shards"),
+    "a missing shard": (delete_shard, rf"{SPLIT}: shard 1 is missing: {SHARD1}"),
 }
 
 
-@pytest.mark.parametrize("damage", list(SHALLOW))
-def test_damage_fails_verification_and_publishing(run, damage):
-    tamper, finding = SHALLOW[damage]
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_exact_check_catches(run, damage):
+    tamper, finding = DAMAGE[damage]
     tamper(run)
     with pytest.raises(VerificationFailed, match=rf"{SPLIT}: verification FAILED") as err:
-        bs.verify(run, SPLIT, deep=True)
-    assert any(re.search(finding, line) for line in str(err.value).splitlines()), \
+        bs.verify(run, SPLIT, deep=False)
+    assert any(re.fullmatch(finding, line.strip()) for line in str(err.value).splitlines()), \
         str(err.value)
     report = json.loads(storage.read_text(report_uri(run.work_uri, SPLIT)))
-    assert report["ok"] is False and report["num_findings"] >= 1
+    assert report["ok"] is False and report["num_findings"] >= 1 and report["shards"] == []
     refuses_to_publish(run)
 
 
-def swap_records(run):
-    path = shard_path(run)
-    records = framed_records(path)
-    records[0], records[1] = records[1], records[0]
-    write_records(path, records)
-    return rf"{SPLIT}: shard 1 index 0 holds \S+, the plan says \S+"
+def test_a_build_that_recorded_other_bytes_than_it_wrote_is_caught(run):
+    """The staged files are right, the build's stats are not: the manifest
+    would describe other files, so the check fails too."""
+    spath = stats_uri(run.work_uri, SPLIT)
+    st = json.loads(storage.read_text(spath))
+    st["shards"][SHARD]["crc32c"] = "00000000"
+    storage.write_text(spath, json.dumps(st))
+    with pytest.raises(VerificationFailed, match=rf"{SPLIT}: shard 1 is as planned but the build "
+                                                 r"recorded \d+ bytes, CRC32C 00000000"):
+        bs.verify(run, SPLIT, deep=False)
+
+
+def test_the_check_uses_the_current_catalog(run):
+    """A source re-validated with another record under the same name: the same
+    plan, checked again, compares with the new catalog (exact and deep)."""
+    bs.verify(run, SPLIT, deep=True)
+    catalog = storage.join(run.spec(SPLIT)["catalog_dir"], CATALOG_FILE)
+    table = read_table(catalog)
+    record = framed_records(staged(run))[3]
+    name = parse_features(record[12:-4])["image/filename"][0].decode()
+    crcs = pc.if_else(pc.equal(table.column("filename"), name),
+                      pa.scalar(12345, pa.uint32()), table.column("data_crc"))
+    write_table(catalog, table.set_column(table.schema.get_field_index("data_crc"), "data_crc",
+                                          crcs))
+    with pytest.raises(VerificationFailed, match=rf"{SPLIT}: shard 1 CRC32C is"):
+        bs.verify(run, SPLIT, deep=False)
+
+
+# --------------------------------------------------------------------------- deep
 
 
 def reencode_record(run):
-    """Same file name, same features, other bytes: the seed pipeline's re-serialization."""
-    path = shard_path(run)
+    """Same file name, other bytes: the seed pipeline's re-serialization."""
+    path = staged(run)
     records = framed_records(path)
-    features = parse_features(records[2])
+    features = parse_features(records[2][12:-4])
     features["image/extra"] = [b"re-encoded"]
-    records[2] = build_example(features)
-    write_records(path, records)
+    records[2] = frame(build_example(features))
+    write_framed(path, records)
     name = features["image/filename"][0].decode()
     return rf"{SPLIT}: shard 1 index 2 \({name}\) differs from the source record"
 
 
+def swap_named(run):
+    swap_records(run)
+    return rf"{SPLIT}: shard 1 index 3 holds \S+, the plan says \S+"
+
+
 def corrupt_record_data(run):
-    path = shard_path(run)
+    path = staged(run)
     data = bytearray(Path(path).read_bytes())
     data[40] ^= 0xFF  # inside record 0's payload; its framing CRC no longer matches
     Path(path).write_bytes(bytes(data))
     return rf"{SPLIT}: shard 1 record 0: .*data_crc: data CRC32C mismatch"
 
 
-@pytest.mark.parametrize("tamper", [swap_records, reencode_record, corrupt_record_data],
+@pytest.mark.parametrize("tamper", [swap_named, reencode_record, corrupt_record_data],
                          ids=["records reordered", "record re-encoded", "record corrupt"])
-def test_only_the_deep_check_sees_what_a_buggy_build_recorded_as_written(run, tamper):
+def test_the_deep_check_names_the_record(run, tamper, monkeypatch):
+    """With the exact check's verdict set aside, the deep job alone finds the
+    record at fault (it runs after the exact check passes)."""
+    from beam_jobs import verify
+
     finding = tamper(run)
-    restate(run)
-    assert bs.verify(run, SPLIT, deep=False)["ok"], "the stats agree with the files"
+    monkeypatch.setattr(verify, "exact_findings", lambda *a, **k: [])
     with pytest.raises(VerificationFailed) as err:
         bs.verify(run, SPLIT, deep=True)
     assert re.search(finding, str(err.value)), str(err.value)
     refuses_to_publish(run)
 
 
-def test_deep_check_uses_the_current_catalog_not_a_cached_one(run):
-    """A source re-validated with another record under the same name: the same
-    plan, checked again in the same process, compares with the new catalog."""
-    bs.verify(run, SPLIT, deep=True)
-    catalog = storage.join(run.spec(SPLIT)["catalog_dir"], CATALOG_FILE)
-    table = read_table(catalog)
-    name = parse_features(framed_records(shard_path(run))[3])["image/filename"][0].decode()
-    crcs = pc.if_else(pc.equal(table.column("filename"), name),
-                      pa.scalar(12345, pa.uint32()), table.column("data_crc"))
-    write_table(catalog, table.set_column(table.schema.get_field_index("data_crc"), "data_crc",
-                                          crcs))
-    with pytest.raises(VerificationFailed, match=rf"shard 1 index 3 \({name}\) differs from the "
-                                                 r"source record"):
-        bs.verify(run, SPLIT, deep=True)
+def test_deep_check_dofn_reports_each_shard(run):
+    """The transform alone, as Beam tests do: shards in, one result per shard out."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_jobs.deep_verify import DeepVerify
+
+    st = stats(run)
+    flip_byte(run)  # shard 1 now differs from what the build recorded
+    elements = [{"path": s["staged"], "shard": i, "crc32c": s["crc32c"]}
+                for i, s in enumerate(st["shards"])]
+    with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(bs.BEAM)) as p:
+        out = (p | beam.Create(elements) | DeepVerify(SPLIT, None, 3)
+               | beam.Map(lambda r: (r["shard"], r["num_records"], len(r["findings"]) > 0)))
+        assert_that(out, equal_to([(0, 33, False), (1, 32, True), (2, 32, False)]))
+
+
+# --------------------------------------------------------------------------- the report and the CLI
 
 
 def test_a_failed_verification_leaves_no_earlier_ok_report_behind(run):
     assert bs.verify(run, SPLIT)["ok"]
-    other = run.spec("train97.2")["plan_uri"]
+    other = run.spec(OTHER)["plan_uri"]
     args = [a if not a.startswith("--plan_uri=") else f"--plan_uri={other}"
             for a in bs.job_args(run, run.spec(SPLIT))]
     from beam_jobs import verify
@@ -251,22 +321,12 @@ def test_a_failed_verification_leaves_no_earlier_ok_report_behind(run):
     refuses_to_publish(run)
 
 
-def test_a_report_that_did_not_check_the_plan_is_not_accepted_for_publishing(run):
-    from ssl_splits.tasks import TaskError
-
-    args = [a for a in bs.job_args(run, run.spec(SPLIT)) if not a.startswith("--plan_uri=")]
-    from beam_jobs import verify
-
-    report = verify.run(args)
-    assert report["ok"] and report["plan_sha256"] is None
-    with pytest.raises(TaskError, match=rf"{SPLIT}: the verified build is not of this run's plan"):
-        bs.publish(run, "manual__unchecked")
-
-
 def test_cli_says_why_when_it_fails_before_looking_at_shards(run, capsys):
     from beam_jobs import verify
 
-    args = ["--split=train97.9", f"--output_uri={run.output_uri}", f"--work_uri={run.work_uri}"]
+    args = ["--split=train97.9", f"--output_uri={run.output_uri}", f"--work_uri={run.work_uri}",
+            f"--plan_uri={run.spec(SPLIT)['plan_uri']}",
+            f"--catalog_dir={run.spec(SPLIT)['catalog_dir']}"]
     assert verify.main(args) == 1
     assert "train97.9: no build stats at" in capsys.readouterr().out
 
@@ -280,6 +340,18 @@ def test_cli_exits_1_and_names_split_shard_and_difference(run):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"{SPLIT}: verification FAILED (1 problems)" in proc.stdout
     assert f"{SPLIT}: shard 1 CRC32C is" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_the_exact_check_imports_no_beam():
+    """The DAG runs it inside its verify task, without a pipeline's start-up."""
+    import subprocess
+    import sys
+
+    code = "import sys, beam_jobs.verify; print('apache_beam' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
 
 
 # --------------------------------------------------------------------------- on GCS
@@ -287,17 +359,19 @@ def test_cli_exits_1_and_names_split_shard_and_difference(run):
 
 @pytest.fixture(scope="module")
 def gcs(gcs_emulator, small_source, tmp_path_factory) -> bs.Run:
-    """Seed 1 built, verified and published on the emulator."""
+    """Seeds 1 and 2 built (staged) on the emulator."""
     bucket = f"test-{uuid.uuid4().hex[:10]}"
     storage.gcs_client().create_bucket(bucket)
-    run, _ = bs.full_run(bs.params(str(small_source), f"gs://{bucket}/ssl", seeds=[1]),
-                         tmp_path_factory.mktemp("catalogs"))
+    run = bs.start(bs.params(str(small_source), f"gs://{bucket}/ssl"),
+                   tmp_path_factory.mktemp("catalogs"))
+    for split in run.supervised():
+        bs.build(run, split)
     return run
 
 
 @pytest.fixture
-def no_data_reads(monkeypatch):
-    """Record every URI whose bytes are read through beam_jobs.storage."""
+def record_reads(monkeypatch):
+    """Every URI whose bytes are read through beam_jobs.storage."""
     reads: list[str] = []
     for name in ("open_read", "read_bytes", "iter_chunks"):
         real = getattr(storage, name)
@@ -314,39 +388,44 @@ def no_data_reads(monkeypatch):
 
 
 @pytest.mark.gcs
-def test_gcs_shard_with_right_size_but_other_bytes_is_caught_from_metadata(gcs, no_data_reads):
-    path = shard_path(gcs)
-    original = storage.read_bytes(path)
-    generation = storage.stat(gcs.manifest_uri).generation
-    storage.write_bytes(path, bytes(b ^ 0x5A for b in original))  # same size
-    no_data_reads.clear()
-    try:
-        with pytest.raises(VerificationFailed, match=rf"{SPLIT}: shard 1 CRC32C is [0-9a-f]{{8}} "
-                                                     rf"in storage, the build wrote"):
-            bs.verify(gcs, SPLIT, deep=False)  # as on Dataflow: storage checksums only
-        shards = [shard_path(gcs, i) for i in range(3)]
-        assert not set(no_data_reads) & set(shards), "no shard was read"
-        refuses_to_publish(gcs)
-        assert storage.stat(gcs.manifest_uri).generation == generation
-    finally:
-        storage.write_bytes(path, original)
-    assert bs.verify(gcs, SPLIT, deep=False)["ok"]
+def test_gcs_exact_check_reads_no_record_data(gcs, record_reads):
+    report = bs.verify(gcs, SPLIT, deep=False)
+    assert report["ok"] and report["bytes_read"] == 0
+    shards = set(s["staged"] for s in stats(gcs)["shards"])
+    assert not set(record_reads) & shards, "no shard was read"
+    assert all(s.get("generation") for s in report["shards"])
 
 
 @pytest.mark.gcs
-def test_gcs_missing_and_stray_shards(gcs):
-    path, stray = shard_path(gcs), shard_path(gcs, 3, 4)
+@pytest.mark.parametrize("damage", ["two records swapped", "a foreign record of the same size",
+                                    "a stray shard", "a missing shard"])
+def test_gcs_damage_is_caught_from_metadata(gcs, record_reads, damage):
+    tamper, finding = DAMAGE[damage]
+    path = staged(gcs)
     original = storage.read_bytes(path)
-    storage.delete([path])
-    storage.write_bytes(stray, original)
+    folder = stats(gcs)["staging"]
+    stray = storage.join(folder, f"{SPLIT}-00003-of-00004")
+    if damage == "a stray shard":
+        storage.write_bytes(stray, original)
+    elif damage == "a missing shard":
+        storage.delete([path])
+    else:
+        records = framed_records(path)
+        if damage == "two records swapped":
+            records[3], records[4] = records[4], records[3]
+        else:
+            records = same_size_foreign(records, framed_records(staged(gcs, 0, OTHER))[0])
+        write_framed(path, records)
+    record_reads.clear()
     try:
         with pytest.raises(VerificationFailed) as err:
-            bs.verify(gcs, SPLIT, deep=True)
-        msg = str(err.value)
-        assert f"{SPLIT}: shard 1 is missing: {path}" in msg
-        assert f"{SPLIT}: stray file {stray}" in msg
+            bs.verify(gcs, SPLIT, deep=False)
+        assert any(re.fullmatch(finding, line.strip()) for line in str(err.value).splitlines()), \
+            str(err.value)
+        shards = {s["staged"] for s in stats(gcs)["shards"]}
+        assert not set(record_reads) & shards, "no shard was read"
         refuses_to_publish(gcs)
     finally:
         storage.delete([stray])
         storage.write_bytes(path, original)
-    assert bs.verify(gcs, SPLIT, deep=True)["ok"]
+    assert bs.verify(gcs, SPLIT, deep=False)["ok"]

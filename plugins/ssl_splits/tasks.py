@@ -26,12 +26,12 @@ from beam_jobs import __version__, layout, storage
 from beam_jobs.catalog import REPORT_FILE, SHARD_RE, fingerprint
 from beam_jobs.layout import catalog_dir as catalog_folder
 from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
-from beam_jobs.manifest import load_or_none, merge, now, summary_lines
+from beam_jobs.manifest import entry_problems, load_or_none, now, summary_lines
 from beam_jobs.plan import PlanRequest, make_plans, write_plans
 from beam_jobs.planner import ALGORITHM
-from ssl_splits import lock
+from ssl_splits import commit, lock
 from ssl_splits.config import RunConfig, resolve
-from ssl_splits.publish import Published, publish
+from ssl_splits.publish import Published
 
 log = logging.getLogger(__name__)
 
@@ -128,31 +128,6 @@ def release_lock(params: dict[str, Any], run: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- plan
 
 
-def _files_intact(entry: dict[str, Any], local_crc: bool = True) -> str | None:
-    """None if the split's files are exactly those of its manifest entry (names,
-    sizes, CRC32C: metadata on GCS, computed locally unless ``local_crc`` is
-    off); else what differs."""
-    shards = entry.get("shards") or []
-    if not shards:
-        return "the manifest entry lists no shards"
-    folder = storage.dirname(shards[0]["path"])
-    split = storage.basename(shards[0]["path"]).rsplit("-", 3)[0]
-    listed = {f.path: f for f in storage.list_files(storage.join(folder, f"{split}-*"))}
-    want = {s["path"]: s for s in shards}
-    if set(listed) != set(want):
-        return f"files under {split}-* differ from the manifest ({len(listed)} vs {len(want)})"
-    for path, s in want.items():
-        info = listed[path]
-        if info.size != s["num_bytes"]:
-            return f"{path} changed size"
-        if info.crc32c is None and not local_crc:
-            continue
-        crc = info.crc32c if info.crc32c is not None else storage.file_crc32c(path)
-        if crc != s["crc32c"]:
-            return f"{path} changed content (CRC32C)"
-    return None
-
-
 def decide(split: str, plan_sha: str | None, source_fp: str | None,
            manifest: dict[str, Any] | None, force: bool) -> tuple[str, str]:
     """``("build"|"skip", reason)`` for one split."""
@@ -165,15 +140,22 @@ def decide(split: str, plan_sha: str | None, source_fp: str | None,
         return "build", "its plan changed"
     if entry.get("source_fingerprint") != source_fp:
         return "build", "the source changed"
-    problem = _files_intact(entry)
-    if problem:
-        return "build", f"published files do not match the manifest: {problem}"
+    # Storage metadata only (GCS: sizes and CRC32Cs; locally: sizes and the
+    # modification times recorded at publication): no shard is read.
+    problems = entry_problems(entry, read_legacy=True)
+    if problems:
+        return "build", f"published files do not match the manifest: {problems[0]}"
     return "skip", "up to date: its verified files already match this plan and source"
 
 
 def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]:
     """Write the plans and return one spec per split for the build and verify tasks."""
     cfg = RunConfig.from_dict(config)
+    # A publication an earlier run left half-done is finished first, so that
+    # the decisions below see published splits as they are meant to be.
+    finished = commit.recover(cfg.work_uri)
+    if finished:
+        log.info("finished the interrupted publication of %s", ", ".join(finished))
     catalog_dir = source["catalog_dir"]
     report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
     if not report.get("ok"):
@@ -219,9 +201,9 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------- publish
 
 
-def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
-                job: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
-    """The manifest entry of one freshly built and verified split."""
+def verified_build(cfg: RunConfig, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The build stats and verification report of one split of this run;
+    TaskError unless the report passed, for this run's plan, of this very build."""
     split = spec["split"]
     stats_bytes = storage.read_bytes(stats_uri(cfg.work_uri, split))
     stats = json.loads(stats_bytes)
@@ -237,14 +219,29 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
     if verification.get("stats_sha256") != hashlib.sha256(stats_bytes).hexdigest():
         raise TaskError(f"{split}: the verification report is of another build of this split "
                         "(stats differ); not publishing it")
+    if not verification.get("shards"):
+        raise TaskError(f"{split}: the verification report lists no verified shards (written "
+                        "by an older version?); not publishing it")
+    return stats, verification
+
+
+def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
+                stats: dict[str, Any], verification: dict[str, Any],
+                job: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
+    """The manifest entry of one freshly built and verified split: its shards
+    are the verified objects (final names, records, bytes, CRC32C, and locally
+    the modification time that their rename keeps)."""
     entry: dict[str, Any] = {"kind": spec["kind"]}
     if spec["kind"] != "validation":
         summary = json.loads(storage.read_text(plan_summary_uri(spec["plan_uri"])))
         entry.update(seed=summary["seed"], fraction=summary["fraction"],
                      sampling=summary["sampling"])
+    shards = [{k: s[k] for k in ("path", "num_records", "num_bytes", "crc32c")}
+              | ({"mtime_ns": s["mtime_ns"]} if "mtime_ns" in s else {})
+              for s in verification["shards"]]
     entry.update(
-        num_examples=stats["num_examples"], num_shards=stats["num_shards"],
-        file_pattern=stats["file_pattern"], shards=stats["shards"],
+        num_examples=sum(s["num_records"] for s in shards), num_shards=len(shards),
+        file_pattern=stats["file_pattern"], shards=shards,
     )
     if spec["kind"] != "validation":
         entry["class_counts"] = summary["class_counts"]
@@ -255,7 +252,10 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
         entry["copied_from"] = cfg.source_uri
         entry["source_fingerprint"] = source["validation_fingerprint"]
     entry["verification"] = {"mode": verification["mode"], "verified_at": verification["verified_at"],
-                             "report_uri": vpath, "seconds": verification.get("seconds"),
+                             "report_uri": report_uri(cfg.work_uri, spec["split"]),
+                             "seconds": verification.get("seconds"),
+                             "bytes_read": verification.get("bytes_read"),
+                             "stats_sha256": verification["stats_sha256"],
                              "metrics": verification.get("metrics") or {}}
     entry["provenance"] = {
         "code_version": __version__, "runner": cfg.runner,
@@ -263,7 +263,7 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
         "dag_id": run.get("dag_id"), "run_id": run.get("run_id"),
         "built_at": stats.get("built_at"), "published_at": run["published_at"],
         "source_uri": stats.get("source_uri") or stats.get("copied_from"),
-        "bytes_read": stats.get("bytes_read"), "bytes_written": stats.get("num_bytes"),
+        "bytes_read": stats.get("bytes_read"), "bytes_written": stats.get("bytes_written"),
         "shards_reused": stats.get("shards_reused"),
     }
     return entry
@@ -286,36 +286,44 @@ def source_section(cfg: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
 
 def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list[dict[str, Any]],
                      jobs: dict[str, dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
-    """Merge the built splits' entries into the manifest (only verified ones)."""
+    """Publish this run's verified builds: their shards take their final names
+    and the manifest their entries (``ssl_splits.commit``), only if each was
+    verified for this run's plan and is still the object verified."""
     cfg = RunConfig.from_dict(config)
+    # A retry of this task (or a run after a killed one) first finishes what was started.
+    commit.recover(cfg.work_uri)
+    current = load_or_none(cfg.manifest_uri) or {"splits": {}}
     built = [s for s in specs if s["action"] == "build"]
-    if not built:
-        log.info("every split is up to date; the manifest %s is unchanged", cfg.manifest_uri)
-        current = load_or_none(cfg.manifest_uri) or {"splits": {}}
-        return {"manifest_uri": cfg.manifest_uri, "changed": [], "version_uri": None,
-                "splits": sorted(current["splits"])}
+    builds = {s["split"]: verified_build(cfg, s) for s in built
+              if not _already_published(current, s["split"], cfg, run)}
+    if not builds:
+        log.info("nothing to publish (every split is up to date or was published by this run); "
+                 "the manifest %s is unchanged", cfg.manifest_uri)
+        return {"manifest_uri": cfg.manifest_uri, "changed": sorted(s["split"] for s in built),
+                "version_uri": None, "splits": sorted(current["splits"])}
     run = {**run, "published_at": now()}
-    entries = {s["split"]: split_entry(cfg, source, s, jobs.get(s["split"]), run) for s in built}
-    # Last checks before the commit point: the files are still those verified
-    # (from metadata on GCS; names and sizes locally, which were just re-read),
-    # and the source is still the one validated.
-    for name, entry in entries.items():
-        problem = _files_intact(entry, local_crc=False)
-        if problem:
-            raise TaskError(f"{name} changed after verification: {problem}; not publishing")
+    by_name = {s["split"]: s for s in built}
+    entries = {name: split_entry(cfg, source, by_name[name], stats, verification,
+                                 jobs.get(name), run)
+               for name, (stats, verification) in builds.items()}
     now_fp = describe_source(cfg)["fingerprint"]
     if now_fp != source["fingerprint"]:
         raise TaskError(f"the source {cfg.source_uri} changed during this run (fingerprint "
                         f"{source['fingerprint'][:16]} -> {now_fp[:16]}); nothing was published. "
                         "Trigger the DAG again to validate and build from the new source.")
-    src = source_section(cfg, source)
-    provenance = {"code_version": __version__, "dag_id": run.get("dag_id"),
-                  "run_id": run.get("run_id"), "published_at": run["published_at"]}
-    result: Published = publish(
-        cfg.manifest_uri,
-        lambda current: merge(current, output_uri=cfg.output_uri, splits=entries, source=src,
-                              provenance=provenance),
-    )
+    pub = commit.prepare(
+        run_id=run["run_id"], manifest_uri=cfg.manifest_uri, output_uri=cfg.output_uri,
+        work_uri=cfg.work_uri, entries=entries,
+        shards={name: v["shards"] for name, (_, v) in builds.items()},
+        stagings={name: st["staging"] for name, (st, _) in builds.items()},
+        source=source_section(cfg, source),
+        provenance={"code_version": __version__, "dag_id": run.get("dag_id"),
+                    "run_id": run.get("run_id"), "published_at": run["published_at"]})
+    try:
+        commit.check_staged(pub)
+    except commit.PublicationError as err:
+        raise TaskError(str(err)) from None
+    result: Published = commit.execute(pub)
     for line in summary_lines(result.manifest):
         log.info("%s", line)
     log.info("published %s (version %s) with %s", result.uri, result.version_uri,
@@ -324,6 +332,20 @@ def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list
     return {"manifest_uri": result.uri, "version_uri": result.version_uri,
             "changed": sorted(entries), "splits": sorted(result.manifest["splits"]),
             "generation": result.generation, "tfds_metadata": tfds}
+
+
+def _already_published(manifest: dict[str, Any], split: str, cfg: RunConfig,
+                       run: dict[str, Any]) -> bool:
+    """Did this run already publish this very build (a retried task, after
+    recovery finished its first attempt)?"""
+    entry = manifest.get("splits", {}).get(split)
+    if not entry or (entry.get("provenance") or {}).get("run_id") != run.get("run_id"):
+        return False
+    try:
+        report = json.loads(storage.read_text(report_uri(cfg.work_uri, split)))
+    except FileNotFoundError:
+        return False
+    return (entry.get("verification") or {}).get("stats_sha256") == report.get("stats_sha256")
 
 
 def describe_for_tfds(cfg: RunConfig) -> list[str]:

@@ -1,0 +1,194 @@
+"""The deep check: a Beam job that re-reads every staged record of a split.
+
+Run by ``beam_jobs.verify --deep`` (the DAG's ``deep_verify: always``) after
+the exact check from metadata passed. One element per shard, so the data
+never streams through the Airflow worker, and on Dataflow the shards spread
+over workers. Per record: both framing CRCs, the planned file name at its
+position, and its data CRC against the source record's (from the catalog:
+byte identity to the source without reading the source again). The exact
+check already proves the same bytes; this one names the record that differs
+and reads the Examples themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from typing import Any, Iterator
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+from beam_jobs import storage
+from beam_jobs.catalog import read_table, write_table
+from beam_jobs.example_proto import ExampleError, parse_image_record
+from beam_jobs.layout import verify_dir
+from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
+from beam_jobs.progress import Progress, mark_done, progress_dir
+from beam_jobs.tfrecord import RecordError, iter_framed
+
+MAX_FINDINGS = 20
+
+Planned = tuple[list[str], list[int]]
+
+
+def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None,
+                     planned: Planned | None) -> dict[str, Any]:
+    """Re-read one shard: CRCs, count, file CRC32C, planned names and data CRCs."""
+    import google_crc32c
+
+    findings: list[str] = []
+    crc = 0
+    count = 0
+    nbytes = 0
+    names, data_crcs = planned if planned is not None else (None, None)
+    with storage.open_read(path) as f:
+        # Hash the bytes as read, through a small wrapper, so the file is read once.
+        class Tee:
+            def read(self, n: int) -> bytes:
+                nonlocal crc, nbytes
+                b = f.read(n)
+                crc = google_crc32c.extend(crc, b)
+                nbytes += len(b)
+                return b
+
+        for item in iter_framed(Tee(), path):  # type: ignore[arg-type]
+            if isinstance(item, RecordError):
+                findings.append(f"{split}: shard {shard} record {count}: {item}")
+                if item.fatal:
+                    break
+                count += 1
+                continue
+            if names is not None:
+                if count >= len(names):
+                    findings.append(f"{split}: shard {shard} has more records than the plan's "
+                                    f"{len(names)} (extra record at byte offset {item.offset})")
+                    break
+                try:
+                    got = parse_image_record(item.data).filename
+                except ExampleError as err:
+                    got = f"<unparseable: {err}>"
+                if got != names[count]:
+                    findings.append(f"{split}: shard {shard} index {count} holds {got}, the plan "
+                                    f"says {names[count]}")
+                elif data_crcs is not None and item.data_crc != data_crcs[count]:
+                    findings.append(f"{split}: shard {shard} index {count} ({got}) differs from "
+                                    f"the source record")
+            count += 1
+            if len(findings) >= MAX_FINDINGS:
+                break
+    if names is not None and count < len(names) and len(findings) < MAX_FINDINGS:
+        findings.append(f"{split}: shard {shard} has {count} records, the plan {len(names)}")
+    file_crc = f"{crc & 0xFFFFFFFF:08x}"
+    if expected_crc is not None and not findings and file_crc != expected_crc:
+        findings.append(f"{split}: shard {shard} CRC32C {file_crc} != expected {expected_crc}: {path}")
+    return {"shard": shard, "path": path, "num_records": count, "crc32c": file_crc,
+            "bytes_read": nbytes, "findings": findings}
+
+
+# One plan table per worker process, shared by the DoFn instances and threads
+# of that process (Dataflow runs several DoFn threads per process): loaded
+# under a lock, keyed by its URI, which is unique per verification.
+_PLANS: dict[str, tuple[pa.Table, np.ndarray]] = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def _plan(uri: str, num_shards: int) -> tuple[pa.Table, np.ndarray]:
+    with _PLANS_LOCK:
+        if uri not in _PLANS:
+            t = read_table(uri)
+            _PLANS.clear()  # keep one: a worker verifies one split at a time
+            _PLANS[uri] = (t, np.searchsorted(t.column("shard").to_numpy(),
+                                              np.arange(num_shards + 1)))
+        return _PLANS[uri]
+
+
+class DeepCheck(beam.DoFn):
+    """One staged shard in, its deep-check result out."""
+
+    def __init__(self, split: str, table_uri: str | None, num_shards: int,
+                 progress: str | None = None) -> None:
+        self.progress = progress  # marker folder (beam_jobs.progress)
+        self.split = split
+        self.table_uri = table_uri
+        self.num_shards = num_shards
+        self.records = Metrics.counter("ssl_splits", "records_verified")
+        self.bad = Metrics.counter("ssl_splits", "bad_records")
+        self.bytes = Metrics.counter("ssl_splits", "bytes_read")
+
+    def setup(self) -> None:
+        setup_logging()
+
+    def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        planned = None
+        if self.table_uri:
+            table, starts = _plan(self.table_uri, self.num_shards)
+            lo, hi = int(starts[element["shard"]]), int(starts[element["shard"] + 1])
+            rows = table.slice(lo, hi - lo)
+            planned = (rows.column("filename").to_pylist(), rows.column("data_crc").to_pylist())
+        out = deep_check_shard(element["path"], element["shard"], self.split,
+                               element.get("crc32c"), planned)
+        self.records.inc(out["num_records"])
+        self.bad.inc(len(out["findings"]))
+        self.bytes.inc(out["bytes_read"])
+        mark_done(self.progress, element["shard"], out["num_records"], out["bytes_read"])
+        yield out
+
+
+class DeepVerify(beam.PTransform):
+    """Shards (``{"path", "shard", "crc32c"}``) -> one deep-check result each.
+
+    The Reshuffle after Create lets a runner spread the shards over workers
+    instead of fusing them onto the one that created them."""
+
+    def __init__(self, split: str, table_uri: str | None, num_shards: int,
+                 progress: str | None = None) -> None:
+        super().__init__()
+        self._fn = DeepCheck(split, table_uri, num_shards, progress)
+        self._elements: list[dict[str, Any]] | None = None
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        return shards | "Spread" >> beam.Reshuffle() | "DeepCheck" >> beam.ParDo(self._fn)
+
+
+def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table | None,
+             beam_args: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Run the deep check of a staged split; return its findings and the job's counters."""
+    table_uri = None
+    if plan_table is not None:
+        # A name of its own per run: workers cache the table by its URI, and the
+        # same plan checked against a re-validated catalog must not be compared
+        # with the old catalog's CRCs.
+        table_uri = storage.join(verify_dir(work), f"{split}.{uuid.uuid4().hex[:16]}.parquet")
+        write_table(table_uri, plan_table.select(["shard", "index", "filename", "data_crc"]))
+    elements = [{"path": e["staged"], "shard": i, "crc32c": e["crc32c"]}
+                for i, e in enumerate(stats["shards"])]
+    options = make_options(beam_args, default_job_name=job_name("ssl-verify", split),
+                           work_bytes=int(stats.get("num_bytes") or 0))
+    results_path = storage.join(verify_dir(work), f"{split}.deep.json")
+
+    def collect(results: list[dict[str, Any]]) -> None:
+        storage.write_text(results_path, json.dumps(sorted(results, key=lambda r: r["shard"])))
+
+    p = beam.Pipeline(options=options)
+    (
+        p
+        | "Shards" >> beam.Create(elements)
+        | "Verify" >> DeepVerify(split, table_uri, len(elements),
+                                 progress_dir(work, "verify", split))
+        | "Collect" >> beam.combiners.ToList()
+        | "Write" >> beam.Map(collect)
+    )
+    with Progress(split, progress_dir(work, "verify", split), len(elements),
+                  total_records=int(stats["num_examples"]),
+                  total_bytes=int(stats.get("num_bytes") or 0), logger=None):
+        result = p.run()
+        result.wait_until_finish()
+    metrics = counters(result)
+    deep = json.loads(storage.read_text(results_path))
+    storage.delete([results_path] + ([table_uri] if table_uri else []))
+    findings = [f for r in deep for f in r["findings"]]
+    return findings, metrics
