@@ -209,6 +209,30 @@ def test_a_failed_versioned_copy_on_a_local_path_says_the_manifest_was_published
     assert f"{uri} was published" in message and "was not written" in message, message
 
 
+def test_publish_manifest_whose_versioned_copy_fails_says_so_and_its_retry_writes_it(
+        small_source, catalog_cache, tmp_path):
+    from ssl_splits.publish import VersionNotWritten
+
+    run = bs.start(bs.params(str(small_source), str(tmp_path / "out"), seeds=[1]), catalog_cache)
+    bs.build_all(run)
+    split = run.supervised()[0]
+    folder = Path(versions_folder(run.manifest_uri))
+    folder.write_text("not a folder")  # the versioned copy cannot be written
+    with pytest.raises(VersionNotWritten) as caught:
+        bs.publish(run, "manual__1")
+    message = str(caught.value)
+    assert f"{run.manifest_uri} was published" in message, message
+    assert "unchanged" not in message and "refuses" not in message, message
+    # Readers see the new manifest and its files.
+    assert load_split(run.manifest_uri, split).num_examples == run.spec(split)["num_examples"]
+    folder.unlink()
+    result = bs.publish(run, "manual__1")  # the task's retry
+    assert set(load(run.manifest_uri)["splits"]) == {split}
+    vs = versions(run.manifest_uri)
+    assert len(vs) == 1 and json.loads(storage.read_text(vs[0]))["splits"].keys() == {split}
+    assert result["splits"] == [split]
+
+
 # --------------------------------------------------------------------------- local publishing
 
 
