@@ -78,7 +78,7 @@ class LockLost(_Base):
 
 def lease_from_env() -> dt.timedelta:
     """The lease (``SSL_SPLITS_LOCK_LEASE_SECONDS``, default 300 s)."""
-    raw = os.environ.get(LEASE_ENV)
+    raw = os.environ.get("SSL_SPLITS_LOCK_LEASE_SECONDS")
     if not raw:
         return DEFAULT_LEASE
     try:
