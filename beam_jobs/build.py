@@ -131,9 +131,16 @@ def default_read_threads(uri: str) -> int:
 # --------------------------------------------------------------------------- the build table
 
 
-def build_table(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, list[str], str]:
+def build_table(plan_uri: str, catalog_dir: str,
+                source_uri: str | None = None) -> tuple[pa.Table, list[str], str]:
     """Join a plan file with the catalog: one row per output record, sorted by
     (shard, index), with the source file, offset, length and data CRC.
+
+    ``source_uri``: the folder the source is in now. The catalog names each
+    file where validation read it; a catalog is keyed by the source's
+    fingerprint (base names and identities, not the folder), so the same files
+    moved or copied with ``cp -a`` share it, and they are read by base name
+    from ``source_uri``. None: read them where validation did.
 
     Returns the table, the source files it reads, and the plan's sha256.
     Raises PlanError (missing names, malformed file) before anything is written.
@@ -165,6 +172,8 @@ def build_table(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, list[str], s
     # per record: dictionary-encode, then renumber the (small) dictionary.
     encoded = pc.dictionary_encode(joined.column("file")).combine_chunks()
     seen = encoded.dictionary.to_pylist()
+    if source_uri is not None:
+        seen = [storage.join(source_uri, storage.basename(f)) for f in seen]
     files = sorted(seen)
     where = {f: i for i, f in enumerate(files)}
     rank = np.array([where[f] for f in seen], dtype=np.int32)
@@ -193,10 +202,10 @@ def check_source_unchanged(catalog_dir: str, files: Iterable[str]) -> None:
     """Fail if a source shard the build reads changed since validation (size,
     and CRC32C and generation on GCS; mtime locally)."""
     report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
-    known = {s["path"]: s for s in report["shards"]}
+    known = {storage.basename(s["path"]): s for s in report["shards"]}  # the source may move
     changed = []
     for path in files:
-        then = known.get(path)
+        then = known.get(storage.basename(path))
         now = storage.stat(path)
         if then is None or now is None:
             changed.append(f"{path}: {'missing now' if now is None else 'not in the validation report'}")
@@ -518,6 +527,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--work_uri", help="folder for staging and stats (default {output_uri}/_work)")
     p.add_argument("--plan_uri", help="filename,shard,index file (plan mode)")
     p.add_argument("--catalog_dir", help="the validation job's catalog folder (plan mode)")
+    p.add_argument("--source_uri", help="the source folder now, if it moved since validation "
+                   "(plan mode; default: where validation read it)")
     p.add_argument("--copy_from", help="source folder whose {split}-* shards are copied (copy mode)")
     p.add_argument("--read_threads", type=int, default=0,
                    help="ranged reads in flight per shard (default: 16 on gs://, 1 locally)")
@@ -545,7 +556,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # the start of this one (if this one dies, verify finds no stats, not old ones).
     storage.delete([spath])
     if args.plan_uri:
-        table, files, sha = build_table(args.plan_uri, args.catalog_dir)
+        source = storage.normalize(args.source_uri) if args.source_uri else None
+        table, files, sha = build_table(args.plan_uri, args.catalog_dir, source)
         work_bytes = int(pc.sum(table.column("length")).as_py() or 0)
         work_records: int | None = table.num_rows
         if not args.skip_source_check:
@@ -560,6 +572,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         threads = args.read_threads or default_read_threads(files[0])
         meta.update(plan_uri=args.plan_uri, plan_sha256=sha, catalog_dir=args.catalog_dir,
                     source_files=len(files))
+        meta["source_uri"] = storage.dirname(files[0])  # where the records were read
         log.info("%s: building %d records in %d shards from %d source files (%d read threads)",
                  split, table.num_rows, num_shards, len(files), threads)
         elements: list[Any] = list(range(num_shards))

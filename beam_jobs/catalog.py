@@ -29,7 +29,9 @@ SCHEMA = pa.schema(
         pa.field("filename", pa.string(), nullable=False),  # image/filename
         pa.field("label", pa.int32(), nullable=False),  # image/class/label
         pa.field("synset", pa.string(), nullable=False),  # image/class/synset or ""
-        pa.field("file", pa.string(), nullable=False),  # source shard URI
+        # source shard URI where validation read it; the build reads it by base name
+        # from the run's source folder (the same files may have moved since)
+        pa.field("file", pa.string(), nullable=False),
         pa.field("record", pa.int32(), nullable=False),  # index of the record in its shard
         pa.field("offset", pa.int64(), nullable=False),  # byte offset of the framed record
         pa.field("length", pa.int64(), nullable=False),  # framed length (data + 16)
@@ -43,7 +45,9 @@ def fingerprint(files: Iterable[FileInfo]) -> str:
     For gs:// the identity is size, CRC32C and generation (any rewrite changes
     the generation); for local files size and mtime (nanoseconds). Paths enter
     by base name, so the same objects copied to another folder keep their
-    fingerprint only if their identity does (GCS copies get new generations).
+    fingerprint only if their identity does (GCS copies get new generations;
+    local ``mv`` and ``cp -a`` keep sizes and mtimes): a catalog, keyed by the
+    fingerprint, then serves the source wherever it is now.
     """
     lines = sorted(f"{storage.basename(f.path)}\t{f.identity()}" for f in files)
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()

@@ -78,11 +78,13 @@ with DAG(
     def acquire_lock(config: dict) -> str:
         """Setup: one run at a time writes an output folder (fails, naming the holder)."""
         from ssl_splits.gcp import airflow_storage
+        from ssl_splits.lock import runs_whole_dag_in_process
         from ssl_splits.tasks import acquire_lock as run
 
         ctx = get_current_context()
         with airflow_storage():
-            return run(config, {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]})
+            return run(config, {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"],
+                                "in_process": runs_whole_dag_in_process(ctx["dag_run"])})
 
     locked = acquire_lock(checked["config"]).as_setup()
 
@@ -96,9 +98,10 @@ with DAG(
     def plan(config: dict, source: dict) -> list[dict]:
         """Plan every requested split; decide which to build."""
         from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import holding_lock
         from ssl_splits.tasks import plan as run
 
-        with airflow_storage():
+        with airflow_storage(), holding_lock(config, {"run_id": get_current_context()["run_id"]}):
             return run(config, source)
 
     specs = plan(checked["config"], checked["source"])
@@ -123,6 +126,7 @@ with DAG(
     def publish_manifest(config: dict, source: dict, specs: list[dict]) -> dict:
         """Publish the verified splits' entries to the manifest."""
         from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import holding_lock
         from ssl_splits.tasks import publish_manifest as run
 
         ctx = get_current_context()
@@ -130,7 +134,7 @@ with DAG(
         # single mapped value itself, a dict).
         jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids=["build"]) or []) if r}
         run_info = {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]}
-        with airflow_storage():
+        with airflow_storage(), holding_lock(config, run_info):
             result = run(config, source, specs, jobs, run_info)
         ctx["outlet_events"][MANIFEST_ASSET].extra = {
             "manifest_uri": result["manifest_uri"], "changed": result["changed"]}

@@ -114,6 +114,15 @@ def db_task_states(home: Path, run_id: str) -> dict[tuple[str, str], str | None]
         return {(t, r if r is not None else str(m)): s for t, m, r, s in rows}
 
 
+def db_task_tries(home: Path, run_id: str) -> dict[tuple[str, str], int]:
+    """(task_id, rendered split or map index) -> try_number of its last try."""
+    with sqlite3.connect(home / "airflow.db") as c:
+        rows = c.execute(
+            "SELECT task_id, map_index, rendered_map_index, try_number FROM task_instance "
+            "WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id))
+        return {(t, r if r is not None else str(m)): n for t, m, r, n in rows}
+
+
 def dags_test(conf: dict[str, Any], env: dict[str, str], *, log: Path | None = None,
               timeout: float = 600) -> DagRunResult:
     """``bin/airflow dags test ssl_imagenet_splits --conf JSON``, then the run's states."""

@@ -72,6 +72,12 @@ def job_args(run: Run, spec: dict[str, Any]) -> list[str]:
     return args + BEAM
 
 
+def build_args(run: Run, spec: dict[str, Any]) -> list[str]:
+    """The build job's flags: the job flags, and where the source is now."""
+    extra = [] if spec["kind"] == "validation" else [f"--source_uri={run.config['source_uri']}"]
+    return job_args(run, spec) + extra
+
+
 def start(p: dict[str, Any], catalog_cache: Path | None = None) -> Run:
     """check_params, validation (or a cached catalog of the same source), plan."""
     from ssl_splits import tasks
@@ -104,7 +110,7 @@ def start(p: dict[str, Any], catalog_cache: Path | None = None) -> Run:
 def build(run: Run, split: str) -> dict[str, Any]:
     from beam_jobs import build as build_job
 
-    return build_job.run(job_args(run, run.spec(split)))
+    return build_job.run(build_args(run, run.spec(split)))
 
 
 def verify(run: Run, split: str, deep: bool = True) -> dict[str, Any]:

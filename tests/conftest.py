@@ -67,6 +67,21 @@ def gcs_emulator():
 
 
 @pytest.fixture
+def proxy(gcs_emulator, monkeypatch):
+    """Route all GCS traffic (this process and subprocesses) through a fault
+    proxy (tests/gcs_fault_proxy.py)."""
+    from gcs_fault_proxy import FaultProxy, Faults
+
+    from beam_jobs import storage
+
+    with FaultProxy(gcs_emulator, Faults()) as px:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", px.url)
+        monkeypatch.setenv("SSL_SPLITS_GCS_RETRY_DEADLINE", "60")
+        with storage.use_client(None):  # a fresh client for the proxy's address
+            yield px
+
+
+@pytest.fixture
 def gcs_bucket(gcs_emulator) -> str:
     """A fresh, empty bucket on the emulator: ``gs://test-xxxxxxxx``."""
     from beam_jobs import storage

@@ -3,11 +3,13 @@
 The emulator is a real HTTP server speaking the GCS JSON API (the same
 google-cloud-storage client code paths run as against GCS). It lacks one GCS
 feature the product relies on: generation preconditions
-(``ifGenerationMatch``) on uploads and deletes, which make the manifest
-publish safe against concurrent publishers. This launcher adds them, with
-GCS's semantics (412 conditionNotMet; 0 means "must not exist"), before
-starting the server. Its HTTP server handles one request at a time, so the
-check and the write are atomic, as they are on GCS.
+(``ifGenerationMatch``), which make the manifest publish and the output
+folder's lock safe against concurrent writers. This launcher adds them, with
+GCS's semantics, before starting the server: on uploads and deletes (412
+conditionNotMet; 0 means "must not exist") and on reads, the object's
+metadata and its media (412 when the object exists at another generation;
+404 when it does not exist). Its HTTP server handles one request at a time,
+so the check and the write are atomic, as they are on GCS.
 
 Usage: python tests/gcs_emulator.py PORT
 """
@@ -43,8 +45,20 @@ def _holds(request, storage, bucket: str, name: str | None) -> bool:
     return _current_generation(storage, bucket, name) == int(want[0])
 
 
+def _read_holds(request, storage, bucket: str, name: str) -> bool:
+    """A read's precondition: only an existing object at another generation fails
+    it (a missing one is the handler's 404, as on GCS)."""
+    want = request.query.get("ifGenerationMatch")
+    if not want:
+        return True
+    current = _current_generation(storage, bucket, name)
+    return current == 0 or current == int(want[0])
+
+
 _insert = objects.insert
 _delete = objects.delete
+_get = objects.get
+_download = objects.download
 
 
 def insert(request, response, storage, *args, **kwargs):
@@ -67,8 +81,24 @@ def delete(request, response, storage, *args, **kwargs):
     return _delete(request, response, storage, *args, **kwargs)
 
 
+def get(request, response, storage, *args, **kwargs):
+    if not _read_holds(request, storage, request.params["bucket_name"],
+                       request.params["object_id"]):
+        return _precondition_failed(response)
+    return _get(request, response, storage, *args, **kwargs)
+
+
+def download(request, response, storage, *args, **kwargs):
+    if not _read_holds(request, storage, request.params["bucket_name"],
+                       request.params["object_id"]):
+        return _precondition_failed(response)
+    return _download(request, response, storage, *args, **kwargs)
+
+
 objects.insert = insert
 objects.delete = delete
+objects.get = get
+objects.download = download  # also what get() calls for alt=media
 
 from gcp_storage_emulator.server import create_server  # noqa: E402  (after the patch)
 

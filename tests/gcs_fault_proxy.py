@@ -9,7 +9,13 @@ forwards requests to the emulator, except that, deterministically:
   reaching the emulator;
 * every ``drop_every``-th request has its connection closed without an answer;
 * requests whose path matches ``fail_path`` (a regex; with ``fail_method``, only
-  that method) fail every time: a persistent outage of part of the API.
+  that method; with ``fail_body``, only requests whose body matches that regex
+  too, e.g. the object name in a multipart upload's metadata) fail every time:
+  a persistent outage of part of the API;
+* ``before(method, path)``, when set, runs before a request is forwarded: a
+  test makes another client's change land at an exact moment (between a
+  read of an object's metadata and its download, say) with ``emulator_write``
+  and ``emulator_delete``, which talk to the emulator directly.
 
 ``stats`` counts what was forwarded and what was injected, so a test can
 check that faults really happened.
@@ -23,7 +29,8 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from typing import Callable
+from urllib.parse import quote, urlparse
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
@@ -37,16 +44,19 @@ class Faults:
     drop_every: int = 0
     fail_path: str | None = None
     fail_method: str | None = None
+    fail_body: str | None = None
+    before: Callable[[str, str], None] | None = None
     stats: dict[str, int] = field(default_factory=lambda: {
         "requests": 0, "forwarded": 0, "errors": 0, "drops": 0, "persistent": 0})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def decide(self, method: str, path: str) -> str:
+    def decide(self, method: str, path: str, body: bytes = b"") -> str:
         with self.lock:
             self.stats["requests"] += 1
             n = self.stats["requests"]
             if self.fail_path and re.search(self.fail_path, path) and \
-                    (self.fail_method is None or self.fail_method == method):
+                    (self.fail_method is None or self.fail_method == method) and \
+                    (self.fail_body is None or re.search(self.fail_body.encode(), body)):
                 self.stats["persistent"] += 1
                 return "error"
             if self.drop_every and n % self.drop_every == 0:
@@ -66,6 +76,7 @@ class FaultProxy:
         u = urlparse(upstream)
         self.upstream_host, self.upstream_port = u.hostname, u.port
         self.faults = faults
+        self.hook_errors: list[BaseException] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,7 +88,7 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                action = proxy.faults.decide(self.command, self.path)
+                action = proxy.faults.decide(self.command, self.path, body)
                 if action == "drop":
                     self.close_connection = True
                     self.connection.close()
@@ -93,6 +104,12 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
+                if proxy.faults.before is not None:
+                    try:
+                        proxy.faults.before(self.command, self.path)
+                    except BaseException as err:  # surfaced when the proxy closes
+                        proxy.hook_errors.append(err)
+                        raise
                 conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
                                                   timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -100,6 +117,11 @@ class FaultProxy:
                 conn.request(self.command, self.path, body=body or None, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                if "json" in (resp.getheader("Content-Type") or ""):
+                    # Object resources carry absolute URLs (mediaLink): a client that
+                    # downloads by mediaLink must come back through the proxy too.
+                    data = data.replace(f"{proxy.upstream_host}:{proxy.upstream_port}".encode(),
+                                        f"127.0.0.1:{proxy.port}".encode())
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP_BY_HOP:
@@ -132,3 +154,33 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+        if self.hook_errors:
+            raise RuntimeError("a test's before() hook failed") from self.hook_errors[0]
+
+
+def _emulator_request(upstream: str, method: str, path: str, body: bytes | None = None) -> int:
+    u = urlparse(upstream)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request(method, path, body=body,
+                     headers={"Content-Type": "application/octet-stream"} if body is not None
+                     else {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def emulator_write(upstream: str, bucket: str, name: str, data: bytes) -> None:
+    """Write an object on the emulator directly (another client's write)."""
+    status = _emulator_request(upstream, "POST", f"/upload/storage/v1/b/{bucket}/o?uploadType="
+                               f"media&name={quote(name, safe='')}", data)
+    assert status == 200, status
+
+
+def emulator_delete(upstream: str, bucket: str, name: str) -> None:
+    """Delete an object on the emulator directly (another client's delete)."""
+    status = _emulator_request(upstream, "DELETE",
+                               f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+    assert status in (200, 204), status

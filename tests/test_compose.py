@@ -51,7 +51,8 @@ PRODUCT_SETTINGS = (
 )
 # Set by the Airflow image or the container runtime, not by the compose file.
 PROVIDED_BY_RUNTIME = {"HOME", "PATH", "HOSTNAME", "USER", "PYTHONPATH", "TMPDIR",
-                       "AIRFLOW_HOME", "AIRFLOW_VERSION", "AIRFLOW_USER_HOME_DIR"}
+                       "AIRFLOW_HOME", "AIRFLOW_VERSION", "AIRFLOW_USER_HOME_DIR",
+                       "AIRFLOW_TEST_MODE"}  # (set by `airflow tasks test` itself)
 # Services that run DAG or plugin code (parse DAGs, run tasks, serve the UI).
 DAG_CODE_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
                      "airflow-triggerer")

@@ -34,6 +34,7 @@ from airflow_env import (
     airflow_env,
     copy_home,
     dags_test,
+    db_task_tries,
     migrated_home,
     run_cases,
 )
@@ -286,6 +287,23 @@ def test_bad_params_fail_before_any_job_starts(bad_param_runs, name):
         "a Beam job was launched"
     assert not (work / "out").exists() and not (work / "escaped").exists()
     assert sorted(p.name for p in src.iterdir()) == ["train-00000-of-00001"]
+
+
+def test_an_error_that_cannot_heal_fails_at_once_without_a_retry(airflow_home, tmp_path):
+    # A sharding file that does not exist stays missing a minute later: the
+    # task fails on its first try (no retry after the DAG's retry_delay).
+    src = tmp_path / "source"
+    src.mkdir()
+    (src / "train-00000-of-00001").write_bytes(b"")
+    missing = tmp_path / "files2shards_split1.txt"
+    conf = {"source_uri": str(src), "output_uri": str(tmp_path / "out"), "seeds": [1],
+            "unsupervised": False, "sharding_files": {"1": str(missing)}}
+    r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
+    assert r.state == "failed", r.tail()
+    assert r.tasks[("check_params", "-1")] == "failed", r.tasks
+    assert db_task_tries(airflow_home, r.run_id)[("check_params", "-1")] == 1, r.tail()
+    assert f"sharding_files[1]: {missing} does not exist" in r.output
+    assert "up_for_retry" not in r.output
 
 
 # --------------------------------------------------------------------------- GCS end to end

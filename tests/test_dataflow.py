@@ -43,6 +43,7 @@ def test_build_options_for_dataflow():
     opts = pipeline_options(cfg, "build", SPEC)
     assert opts["split"] == "train128116.3"
     assert opts["plan_uri"] == SPEC["plan_uri"] and opts["catalog_dir"] == SPEC["catalog_dir"]
+    assert opts["source_uri"] == "gs://src-bucket/imagenet"  # where it is now (it may move)
     assert opts["output_uri"] == "gs://out-bucket/ssl"
     assert opts["work_uri"] == "gs://out-bucket/ssl/_work"
     assert opts["project"] == "my-project" and opts["region"] == "europe-west4"
@@ -61,6 +62,7 @@ def test_verify_and_validate_options():
     cfg = resolve(DATAFLOW_PARAMS)
     verify = pipeline_options(cfg, "verify", SPEC)
     assert verify["deep"] is False  # default on Dataflow: storage checksums only
+    assert "source_uri" not in verify
     val = pipeline_options(cfg, "validate", {"catalog_dir": "gs://out-bucket/ssl/_work/catalog/x"})
     assert val["source_uri"] == "gs://src-bucket/imagenet" and val["num_classes"] == 1000
     copy = pipeline_options(cfg, "build", {"split": "validation", "kind": "validation"})

@@ -7,25 +7,29 @@ secrets check is in test_dag.py (it needs a whole DAG run).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import built_splits as bs
 import pytest
 from conftest import PYTHON, ROOT
-from gcs_fault_proxy import FaultProxy, Faults
+from gcs_fault_proxy import emulator_delete, emulator_write
 
 from beam_jobs import layout, storage
 from beam_jobs.synthetic import Spec, generate
 
 pytest.importorskip("airflow")
 
+from airflow.sdk.exceptions import AirflowFailException  # noqa: E402
 from ssl_splits import lock  # noqa: E402
 from ssl_splits.publish import PublishError  # noqa: E402
 from ssl_splits.tasks import TaskError  # noqa: E402
@@ -103,16 +107,6 @@ def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medi
 
 
 # --------------------------------------------------------------------------- flaky storage
-
-
-@pytest.fixture
-def proxy(gcs_emulator, monkeypatch):
-    """Route all GCS traffic (this process and subprocesses) through a fault proxy."""
-    with FaultProxy(gcs_emulator, Faults()) as px:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", px.url)
-        monkeypatch.setenv("SSL_SPLITS_GCS_RETRY_DEADLINE", "60")
-        with storage.use_client(None):  # a fresh client for the proxy's address
-            yield px
 
 
 def upload_to_gcs(local: Path, uri: str) -> None:
@@ -200,6 +194,42 @@ def test_source_rewritten_before_publish_publishes_nothing(source_copy, tmp_path
     assert not os.path.exists(run.manifest_uri)
 
 
+@pytest.mark.parametrize("how", ["mv", "cp -a, rm"])
+def test_a_moved_source_is_read_from_where_it_is_now(source_copy, tmp_path, how):
+    # The same files in another folder keep their fingerprint (names, sizes,
+    # mtimes), so the cached catalog is used again; the build must read them
+    # where they are now, and the manifest name that place.
+    out = str(tmp_path / "out")
+    run, _ = bs.full_run(bs.params(str(source_copy), out, seeds=[1], copy_validation=True))
+    split = run.supervised()[0]
+    before = shard_files(out, split)
+    moved = tmp_path / "moved" / "imagenet"
+    moved.parent.mkdir()
+    if how == "mv":
+        os.rename(source_copy, moved)
+    else:
+        subprocess.run(["cp", "-a", str(source_copy), str(moved)], check=True)
+        shutil.rmtree(source_copy)
+    again = bs.start(bs.params(str(moved), out, seeds=[1, 2], copy_validation=True, force=True))
+    assert again.source["fingerprint"] == run.source["fingerprint"]
+    assert again.source["action"] == "cached"  # not validated again
+    bs.build_all(again)
+    bs.publish(again, "manual__2")
+    for name in again.supervised():
+        stats = json.loads(storage.read_text(layout.stats_uri(again.work_uri, name)))
+        assert stats["source_uri"] == str(moved), stats
+    assert shard_files(out, split) == before  # the same records, from the new place
+    doc = bs.manifest(again)
+    assert doc["source"]["uri"] == str(moved)
+    assert sorted(doc["splits"]) == sorted([*again.supervised(), "validation"])
+    for name in again.supervised():
+        assert doc["splits"][name]["provenance"]["source_uri"] == str(moved)
+    # The validation copy was not redone (same files): its entry keeps the
+    # folder it was copied from, which was true when it was copied.
+    assert again.spec("validation")["action"] == "skip"
+    assert doc["splits"]["validation"]["copied_from"] == str(source_copy)
+
+
 # --------------------------------------------------------------------------- locks
 
 
@@ -211,8 +241,12 @@ def work_uri(request, tmp_path):
     return f"{bucket}/out/_work"
 
 
+KW = {"dag_id": "d", "output_uri": "/out"}
+RACE_ROUNDS = 20  # on GCS too: the README's faults table says so
+
+
 def test_lock_excludes_a_second_run(work_uri):
-    kw = {"dag_id": "d", "output_uri": "/out"}
+    kw = KW
     uri = lock.acquire(work_uri, run_id="run-a", **kw)
     assert lock.acquire(work_uri, run_id="run-a", **kw) == uri  # a retry of the same run
     with pytest.raises(lock.LockHeld, match=r"run-a .* delete .*lock\.json"):
@@ -223,35 +257,200 @@ def test_lock_excludes_a_second_run(work_uri):
     lock.acquire(work_uri, run_id="run-b", **kw)
 
 
-def test_stale_lock_is_taken_over(work_uri):
-    import datetime as dt
+def _holder(work_uri: str) -> dict:
+    return json.loads(storage.read_text(layout.lock_uri(work_uri)))
 
-    kw = {"dag_id": "d", "output_uri": "/out"}
-    lock.acquire(work_uri, run_id="crashed", **kw)
-    with pytest.raises(lock.LockHeld):
-        lock.acquire(work_uri, run_id="new", **kw)
-    lock.acquire(work_uri, run_id="new", ttl=dt.timedelta(seconds=0), **kw)
-    holder = json.loads(storage.read_text(layout.lock_uri(work_uri)))
-    assert holder["run_id"] == "new"
+
+def test_a_lease_not_renewed_lapses_and_its_run_learns_who_took_over(work_uri):
+    # A run killed without its teardown (an OOM-killed worker) stops renewing:
+    # its lock blocks the folder for one lease, not a day; when it comes back
+    # its next renewal fails naming the run that took over, and it cannot
+    # release that run's lock.
+    lease = dt.timedelta(seconds=1)
+    lock.acquire(work_uri, run_id="run-a", lease=lease, **KW)
+    with pytest.raises(lock.LockHeld, match=r"run run-a of d .*lease"):
+        lock.acquire(work_uri, run_id="run-b", **KW)
+    time.sleep(1.3)
+    lock.acquire(work_uri, run_id="run-b", **KW)
+    assert _holder(work_uri)["run_id"] == "run-b"
+    with pytest.raises(lock.LockLost, match=r"no longer holds .*run run-b of d"):
+        lock.renew(work_uri, run_id="run-a")
+    assert issubclass(lock.LockLost, AirflowFailException)  # fails the task, no retry
+    assert lock.release(work_uri, run_id="run-a") is False
+    assert _holder(work_uri)["run_id"] == "run-b"
+
+
+def test_a_renewed_lease_keeps_a_long_run_s_lock(work_uri):
+    lease = dt.timedelta(seconds=1)
+    lock.acquire(work_uri, run_id="run-a", lease=lease, **KW)
+    first = _holder(work_uri)
+    with lock.holding(work_uri, run_id="run-a", lease=lease, every=0.2):
+        t_end = time.monotonic() + 3 * lease.total_seconds()
+        while time.monotonic() < t_end:  # three leases long: kept by the renewals
+            with pytest.raises(lock.LockHeld):
+                lock.acquire(work_uri, run_id="run-b", **KW)
+            time.sleep(0.25)
+        renewed = _holder(work_uri)
+    assert renewed["run_id"] == "run-a" and renewed["acquired_at"] == first["acquired_at"]
+    assert renewed["expires_at"] > first["expires_at"]
+    time.sleep(1.3)  # renewals stopped with the task: the lease lapses
+    lock.acquire(work_uri, run_id="run-b", **KW)
+
+
+def test_a_run_whose_lock_was_taken_fails_naming_the_taker(work_uri):
+    lock.acquire(work_uri, run_id="run-a", **KW)
+    with pytest.raises(lock.LockLost, match=r"run run-b of d"):
+        with lock.holding(work_uri, run_id="run-a", every=0.1):
+            storage.delete([layout.lock_uri(work_uri)])  # deleted by hand ("if it is dead")
+            lock.acquire(work_uri, run_id="run-b", **KW)
+            time.sleep(0.5)  # the renewal thread notices
+    # Its next task fails at its start.
+    with pytest.raises(lock.LockLost, match=r"run run-b of d"):
+        with lock.holding(work_uri, run_id="run-a"):
+            pass
+    assert _holder(work_uri)["run_id"] == "run-b"
+    storage.delete([layout.lock_uri(work_uri)])
+    with pytest.raises(lock.LockLost, match=r"was removed"):
+        lock.renew(work_uri, run_id="run-a")
+
+
+HOLD_AND_WAIT = """
+import sys, time
+sys.path.insert(0, "plugins")
+from ssl_splits import lock
+lock.acquire(sys.argv[1], run_id="killed", dag_id="d", output_uri="/out", in_process=True)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_in_process_run_frees_the_folder_at_once(work_uri):
+    # `airflow dags test` runs the whole DAG run in its own process; SIGKILLed,
+    # its lock names a process that is gone: a rerun takes the folder at once,
+    # well within the dead run's lease.
+    proc = subprocess.Popen([PYTHON, "-c", HOLD_AND_WAIT, work_uri], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        holder = _holder(work_uri)
+        assert holder["in_process"] is True and holder["pid"] == proc.pid
+        with pytest.raises(lock.LockHeld, match="run killed"):  # alive: it keeps it
+            lock.acquire(work_uri, run_id="rerun", **KW)
+    finally:
+        proc.kill()
+        proc.wait()
+    lock.acquire(work_uri, run_id="rerun", **KW)
+    assert _holder(work_uri)["run_id"] == "rerun"
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.parametrize("change, free", [
+    ({"pid": "dead"}, True),
+    ({"pid": "mine", "pid_started": -1000.0}, True),  # the pid was reused
+    ({"pid": "mine"}, False),  # alive
+    ({"pid": "dead", "in_process": False}, False),  # a worker's task: the lease rules
+    ({"pid": "dead", "host": "elsewhere"}, False),
+    ({"pid": "dead", "boot_id": "another-boot"}, False),
+    ({"pid": "dead", "pid_ns": "pid:[1]"}, False),  # another container on this host
+], ids=["dead", "pid-reused", "alive", "not-in-process", "other-host", "rebooted",
+        "other-pid-namespace"])
+def test_only_a_gone_in_process_holder_on_this_machine_is_free_before_its_lease(tmp_path,
+                                                                                change, free):
+    work = str(tmp_path / "work")
+    lock.acquire(work, run_id="old", in_process=True, **KW)
+    holder = _holder(work)
+    change = dict(change)
+    pid = change.pop("pid")
+    holder["pid"] = _dead_pid() if pid == "dead" else os.getpid()
+    if "pid_started" in change:
+        holder["pid_started"] += change.pop("pid_started")
+    holder.update(change)
+    storage.write_text(layout.lock_uri(work), json.dumps(holder), "application/json")
+    if free:
+        lock.acquire(work, run_id="new", **KW)
+        assert _holder(work)["run_id"] == "new"
+    else:
+        with pytest.raises(lock.LockHeld, match="run old"):
+            lock.acquire(work, run_id="new", **KW)
+
+
+@pytest.mark.gcs
+def test_a_lock_released_between_its_metadata_read_and_download_is_free(gcs_emulator,
+                                                                        gcs_bucket, proxy):
+    work = f"{gcs_bucket}/out/_work"
+    lock.acquire(work, run_id="run-a", **KW)
+    bucket, name = storage.split_gcs(layout.lock_uri(work))
+    fired: list[str] = []
+
+    def release_before_download(method: str, path: str) -> None:
+        if method == "GET" and "alt=media" in path and name in unquote(path) and not fired:
+            fired.append(path)
+            emulator_delete(gcs_emulator, bucket, name)  # run-a's teardown, just then
+
+    proxy.faults.before = release_before_download
+    lock.acquire(work, run_id="run-b", **KW)
+    assert fired, "the lock was never downloaded"
+    assert _holder(work)["run_id"] == "run-b"
+
+
+@pytest.mark.gcs
+def test_release_on_gcs_leaves_a_lock_taken_over_in_between(gcs_emulator, gcs_bucket, proxy):
+    work = f"{gcs_bucket}/out/_work"
+    lock.acquire(work, run_id="run-a", **KW)
+    bucket, name = storage.split_gcs(layout.lock_uri(work))
+    other = json.dumps({**_holder(work), "run_id": "run-b"}).encode()
+    fired: list[str] = []
+
+    def take_over_before_delete(method: str, path: str) -> None:
+        if method == "DELETE" and name in unquote(path) and not fired:
+            fired.append(path)
+            emulator_write(gcs_emulator, bucket, name, other)
+
+    proxy.faults.before = take_over_before_delete
+    assert lock.release(work, run_id="run-a") is False
+    assert fired
+    assert _holder(work)["run_id"] == "run-b"
+
+
+def test_release_on_a_local_folder_leaves_a_lock_taken_over_in_between(tmp_path):
+    import fcntl
+
+    work = str(tmp_path / "work")
+    uri = lock.acquire(work, run_id="run-a", **KW)
+    result: list[bool] = []
+    with open(uri + lock.GUARD_SUFFIX, "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # a takeover in progress
+        t = threading.Thread(target=lambda: result.append(lock.release(work, run_id="run-a")))
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive(), "release did not wait for the guard"
+        storage.write_text(uri, json.dumps({**_holder(work), "run_id": "run-b"}),
+                           "application/json")
+        fcntl.flock(guard, fcntl.LOCK_UN)
+    t.join(timeout=10)
+    assert result == [False]
+    assert _holder(work)["run_id"] == "run-b"
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["free", "stale"])
 def test_racing_runs_one_wins(work_uri, stale):
-    # Rounds of 4 racing takers, on a free folder or on a crashed run's stale
-    # lock: exactly one wins each round (a lock created empty, then written,
-    # once let a racing reader take it for stale: two winners).
-    import datetime as dt
-
-    kw = {"dag_id": "d", "output_uri": "/out"}
-    for _ in range(5 if storage.is_gcs(work_uri) else 20):
-        if stale:  # a lock a crashed run took two days ago
-            lock.acquire(work_uri, run_id="crashed", **kw)
+    # Rounds of 4 racing takers, on a free folder or on a crashed run's
+    # lapsed lease: exactly one wins each round (a lock created empty, then
+    # written, once let a racing reader take it for stale: two winners).
+    for _ in range(RACE_ROUNDS):
+        if stale:  # a lock whose run crashed two days ago
+            lock.acquire(work_uri, run_id="crashed", **KW)
             uri = layout.lock_uri(work_uri)
             holder = json.loads(storage.read_text(uri))
-            holder["acquired_at"] = (dt.datetime.now(dt.timezone.utc)
-                                     - 2 * lock.DEFAULT_TTL).isoformat()
+            holder["expires_at"] = (dt.datetime.now(dt.timezone.utc)
+                                    - dt.timedelta(days=2)).isoformat()
             storage.write_text(uri, json.dumps(holder), "application/json")
-        _race_once(work_uri, kw)
+        _race_once(work_uri, KW)
         storage.delete([layout.lock_uri(work_uri)])
     if not storage.is_gcs(work_uri):
         # no litter: at most the (empty) guard of stale takeovers
@@ -294,12 +493,20 @@ CANARY_EXTRA = "canary-extra-77c2d0"
 
 
 @pytest.mark.slow
-def test_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
-    """Two DAG runs (two Airflow homes, as two installations would be) on one
-    output folder at once: the second fails at acquire_lock saying who holds
-    it; the first succeeds and its teardown frees the folder. The connection
-    carries a password and an extra field: neither appears in any log, XCom,
-    the manifest or a work file."""
+def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
+    """Runs on one output folder, as users meet them:
+
+    * K: ``bin/airflow dags test`` SIGKILLed mid-run (with its Beam jobs).
+    * A: the same command again at once: it takes the folder at once (K's
+      process is gone), not after K's lease (300 s). A runs with a lease of
+      4 s, shorter than each of its Beam jobs: an intruder that tries to take
+      the folder all along never gets it, since every task of A renews the
+      lease while it runs; A succeeds and its teardown frees the folder.
+    * B: a run in a second Airflow (another home, as another installation)
+      while A runs: it fails at acquire_lock saying A holds the folder.
+
+    The connection carries a password and an extra field: neither appears in
+    any log, XCom, the manifest or a work file."""
     import sqlite3
 
     from airflow_env import airflow_env, dags_test, migrated_home
@@ -310,33 +517,83 @@ def test_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
     envs = [airflow_env(h, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=conn,
                         SSL_SPLITS_SECRET_TOKEN=CANARY_PASSWORD) for h in homes]
     output = tmp_path / "out"
+    work = str(output / "_work")
     conf = {"source_uri": str(small_source), "output_uri": str(output), "seeds": [1],
             "unsupervised": False, "copy_validation": False, "num_classes": 10,
             "direct_num_workers": 1}
     lock_file = output / "_work" / "lock.json"
+
+    # K, killed once it holds the folder.
+    with open(tmp_path / "k.log", "w") as k_log:
+        killed = subprocess.Popen(
+            [str(ROOT / "bin" / "airflow"), "dags", "test", bs.DAG_ID, "--conf",
+             json.dumps(conf)], env=envs[0], cwd=ROOT, stdout=k_log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not lock_file.exists():
+                assert killed.poll() is None and time.monotonic() < deadline, "K took no lock"
+                time.sleep(0.2)
+            dead = json.loads(lock_file.read_text())
+        finally:
+            os.killpg(killed.pid, signal.SIGKILL)  # airflow and its Beam jobs
+            killed.wait()
+    assert dead["in_process"] is True and dead["pid"] == killed.pid, dead
+    assert dead["lease_seconds"] == lock.DEFAULT_LEASE.total_seconds()
+
+    # A, at once; B and the intruder while A holds the folder.
     results: dict[str, object] = {}
-    first = threading.Thread(target=lambda: results.setdefault(
-        "a", dags_test(conf, envs[0], log=tmp_path / "a.log")))
+    first = threading.Thread(target=lambda: results.setdefault("a", dags_test(
+        conf, {**envs[0], "SSL_SPLITS_LOCK_LEASE_SECONDS": "4"}, log=tmp_path / "a.log")))
     first.start()
     deadline = time.monotonic() + 300
-    while not lock_file.exists():
+    while True:
+        try:
+            holder = json.loads(lock_file.read_text())
+            if holder["run_id"] != dead["run_id"]:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
         assert first.is_alive() and time.monotonic() < deadline, "run A never took the lock"
-        time.sleep(0.2)
-    holder = json.loads(lock_file.read_text())
-    b = dags_test(conf, envs[1], log=tmp_path / "b.log")
-    first.join(timeout=600)
-    a = results["a"]
+        time.sleep(0.1)
+    second = threading.Thread(target=lambda: results.setdefault("b", dags_test(
+        conf, envs[1], log=tmp_path / "b.log")))
+    second.start()
+    intruder = {"held": 0, "won": [], "renewals": set()}
+    while first.is_alive():
+        try:
+            now = json.loads(lock_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.1)
+            continue
+        intruder["renewals"].add(now["renewed_at"])
+        try:
+            lock.acquire(work, run_id="intruder", dag_id="d", output_uri=str(output))
+            intruder["won"].append(now)
+            lock.release(work, run_id="intruder")
+        except lock.LockHeld:
+            intruder["held"] += 1
+        time.sleep(0.3)
+    first.join()
+    second.join(timeout=600)
+    a, b = results["a"], results["b"]
     assert a.state == "success", a.tail()  # type: ignore[attr-defined]
-    assert b.state == "failed"
-    assert b.tasks[("acquire_lock", "-1")] == "failed", b.tasks
-    assert b.tasks.get(("validate_source", "-1")) in (None, "upstream_failed"), b.tasks
-    assert f"is being written by run {holder['run_id']}" in b.output
+    assert f"took over {lock_file}" in a.output and "is gone" in a.output  # type: ignore[attr-defined]
+    print(f"intruder: held off {intruder['held']} times, {len(intruder['renewals'])} "
+          "renewals seen")
+    assert intruder["won"] == [], f"the intruder took the folder from a live run: {intruder}"
+    assert intruder["held"] >= 20 and len(intruder["renewals"]) >= 10, intruder
+    assert b.state == "failed"  # type: ignore[attr-defined]
+    assert b.tasks[("acquire_lock", "-1")] == "failed", b.tasks  # type: ignore[attr-defined]
+    assert b.tasks.get(("validate_source", "-1")) in (None, "upstream_failed"), b.tasks  # type: ignore[attr-defined]
+    assert f"is being written by run {holder['run_id']}" in b.output  # type: ignore[attr-defined]
     assert not lock_file.exists(), "the teardown did not release the lock"
     manifest = json.loads((output / "manifest.json").read_text())
     assert list(manifest["splits"]) == [f"train{manifest['source']['num_records'] // 10}.1"]
 
     # No secret anywhere: task logs, run output, XCom, manifest, work files.
-    places: dict[str, str] = {"run A output": a.output, "run B output": b.output}  # type: ignore[attr-defined]
+    places: dict[str, str] = {"run A output": a.output, "run B output": b.output,  # type: ignore[attr-defined]
+                              "run K output": (tmp_path / "k.log").read_text()}
     for home in homes:
         for f in home.rglob("*"):
             if f.is_file() and f.suffix != ".db":

@@ -18,6 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import unquote
 
 import built_splits as bs
 import pytest
@@ -115,6 +116,121 @@ def test_gcs_publish_gives_up_without_writing_when_the_manifest_keeps_changing(g
     final = load(uri)
     assert "mine" not in final["splits"] and "other3" in final["splits"]
     assert len(versions(uri)) == 1, "no version is written for a publication that failed"
+
+
+@pytest.mark.gcs
+def test_the_emulator_checks_generation_preconditions_on_reads(gcs_bucket):
+    # As GCS does (tests/gcs_emulator.py): a read with ifGenerationMatch of a
+    # replaced object answers 412, on the metadata and on the media.
+    from google.api_core import exceptions as gexc
+
+    uri = f"{gcs_bucket}/ssl/manifest.json"
+    storage.write_text(uri, "{}")
+    old = storage.stat(uri).generation
+    storage.write_text(uri, '{"a": 1}')
+    bucket, name = storage.split_gcs(uri)
+    blob = storage.gcs_client().bucket(bucket).blob(name)
+    with pytest.raises(gexc.PreconditionFailed):
+        blob.download_as_bytes(if_generation_match=old)
+    with pytest.raises(gexc.PreconditionFailed):
+        blob.reload(if_generation_match=old)
+    blob.reload(if_generation_match=storage.stat(uri).generation)
+    assert blob.download_as_bytes(if_generation_match=blob.generation) == b'{"a": 1}'
+    missing = storage.gcs_client().bucket(bucket).blob("ssl/none.json")
+    with pytest.raises(gexc.NotFound):
+        missing.download_as_bytes(if_generation_match=old)
+
+
+@pytest.mark.gcs
+def test_a_manifest_replaced_between_reload_and_download_is_read_again(gcs_emulator, gcs_bucket,
+                                                                       proxy):
+    from gcs_fault_proxy import emulator_write
+
+    uri = f"{gcs_bucket}/ssl/manifest.json"
+    publish(uri, adder("train5.1", 1, []))
+    bucket, name = storage.split_gcs(uri)
+    other = merge(load(uri), output_uri="/x", splits={"train5.2": entry("train5.2", 2)},
+                  source=None, provenance=prov("other"))
+    fired: list[str] = []
+
+    def replace_before_download(method: str, path: str) -> None:
+        if method == "GET" and "alt=media" in path and name in unquote(path) and not fired:
+            fired.append(path)  # another publisher commits between our reload and download
+            emulator_write(gcs_emulator, bucket, name, json.dumps(other).encode())
+
+    proxy.faults.before = replace_before_download
+    calls: list = []
+    result = publish(uri, adder("train5.3", 3, calls))
+    assert fired
+    # The download of the generation read first failed its precondition: the
+    # update ran once, on the manifest as the other publisher left it (never
+    # on a body that does not match the generation it is committed against).
+    assert calls == [["train5.1", "train5.2"]]
+    assert set(load(uri)["splits"]) == {"train5.1", "train5.2", "train5.3"}
+    assert result.attempts == 2
+
+
+@pytest.mark.gcs
+def test_a_failed_versioned_copy_says_the_manifest_was_published(gcs_bucket, proxy,
+                                                                 monkeypatch):
+    uri = f"{gcs_bucket}/ssl/manifest.json"
+    publish(uri, adder("train5.1", 1, []))
+    monkeypatch.setenv("SSL_SPLITS_GCS_RETRY_DEADLINE", "3")
+    proxy.faults.fail_path = r"uploadType=multipart"  # the versioned copy's upload, every time
+    proxy.faults.fail_method = "POST"
+    proxy.faults.fail_body = r'"name": ?"ssl/manifest\.versions/'
+    with pytest.raises(PublishError) as caught:
+        publish(uri, adder("train5.2", 2, []))
+    message = str(caught.value)
+    proxy.faults.fail_path = None
+    now = load(uri)
+    assert set(now["splits"]) == {"train5.1", "train5.2"}  # it was published
+    generation = storage.stat(uri).generation
+    assert "unchanged" not in message, message
+    assert f"{uri} was published (generation {generation};" in message, message
+    assert "versioned copy" in message and "was not written" in message, message
+    assert "503" in message  # why
+    assert len(versions(uri)) == 1
+
+
+def test_a_failed_versioned_copy_on_a_local_path_says_the_manifest_was_published(tmp_path):
+    uri = str(tmp_path / "out" / "manifest.json")
+    publish(uri, adder("train5.1", 1, []))
+    folder = Path(versions_folder(uri))
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    folder.write_text("not a folder")  # the versioned copy cannot be written
+    with pytest.raises(PublishError) as caught:
+        publish(uri, adder("train5.2", 2, []))
+    message = str(caught.value)
+    assert set(load(uri)["splits"]) == {"train5.1", "train5.2"}
+    assert "unchanged" not in message, message
+    assert f"{uri} was published" in message and "was not written" in message, message
+
+
+def test_publish_manifest_whose_versioned_copy_fails_says_so_and_its_retry_writes_it(
+        small_source, catalog_cache, tmp_path):
+    from ssl_splits.publish import VersionNotWritten
+
+    run = bs.start(bs.params(str(small_source), str(tmp_path / "out"), seeds=[1]), catalog_cache)
+    bs.build_all(run)
+    split = run.supervised()[0]
+    folder = Path(versions_folder(run.manifest_uri))
+    folder.write_text("not a folder")  # the versioned copy cannot be written
+    with pytest.raises(VersionNotWritten) as caught:
+        bs.publish(run, "manual__1")
+    message = str(caught.value)
+    assert f"{run.manifest_uri} was published" in message, message
+    assert "unchanged" not in message and "refuses" not in message, message
+    # Readers see the new manifest and its files.
+    assert load_split(run.manifest_uri, split).num_examples == run.spec(split)["num_examples"]
+    folder.unlink()
+    result = bs.publish(run, "manual__1")  # the task's retry
+    assert set(load(run.manifest_uri)["splits"]) == {split}
+    vs = versions(run.manifest_uri)
+    assert len(vs) == 1 and json.loads(storage.read_text(vs[0]))["splits"].keys() == {split}
+    assert result["splits"] == [split]
 
 
 # --------------------------------------------------------------------------- local publishing

@@ -49,7 +49,7 @@ from typing import Any
 from beam_jobs import layout, storage
 from beam_jobs.faults import failpoint
 from beam_jobs.manifest import merge
-from ssl_splits.publish import Published, PublishError, publish
+from ssl_splits.publish import Published, PublishError, VersionNotWritten, publish
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,10 @@ def _finish(pub: Publication) -> Published | None:
             result = publish(pub.manifest_uri, lambda current: merge(
                 current, output_uri=pub.output_uri, splits=entries, source=pub.source,
                 provenance=pub.provenance, work_uri=pub.work_uri))
+        except VersionNotWritten:
+            # Committed: its message says so. The journal stays, so a retry of this task
+            # (or the next run) publishes the same entries again, with the copy.
+            raise
         except PublishError as err:
             raise PublishError(
                 f"{err} The shards of {names} already have their published names (verified); "

@@ -46,6 +46,8 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
             opts["copy_from"] = cfg.source_uri
         else:
             opts.update(plan_uri=spec["plan_uri"], catalog_dir=spec["catalog_dir"])
+            if job == "build":  # read where the source is now (it may have moved)
+                opts["source_uri"] = cfg.source_uri
         if job == "verify":
             opts["deep"] = bool(cfg.deep_verify)
     if cfg.is_dataflow:
@@ -161,6 +163,15 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         return out
 
     def execute(self, context: Any) -> Any:
+        from ssl_splits.gcp import airflow_storage
+        from ssl_splits.tasks import holding_lock
+
+        # The run's lock: renewed now (a run whose lock was taken over stops
+        # here) and in the background while the job runs, for hours if need be.
+        with airflow_storage(), holding_lock(self.config, {"run_id": context["run_id"]}):
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> Any:
         cfg = RunConfig.from_dict(self.config)
         spec = self.spec
         if spec and spec.get("action") == "skip":

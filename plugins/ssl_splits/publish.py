@@ -6,7 +6,10 @@ the update, write with ``if_generation_match`` = that generation (0 when
 there is none). If another publisher committed in between, GCS answers 412:
 re-read, re-apply, retry with backoff. A single-request upload replaces the
 object atomically. After the commit, the same document is also written as
-``{manifest stem}.versions/{UTC time}-{generation}.json``.
+``{manifest stem}.versions/{UTC time}-{generation}.json``; if that copy
+cannot be written, :class:`VersionNotWritten` says that the manifest *was*
+published (at which generation) and that only its copy is missing. Every
+other PublishError means the manifest is unchanged.
 
 On a local path: the same read-modify-write under an exclusive ``flock`` on
 ``{manifest}.lock``, committed with ``rename(2)``.
@@ -34,7 +37,16 @@ Update = Callable[[dict[str, Any] | None], dict[str, Any]]
 
 
 class PublishError(RuntimeError):
-    """The manifest could not be published; the old one is unchanged."""
+    """The manifest could not be published; the old one is unchanged (except
+    for :class:`VersionNotWritten`, whose message says what was published)."""
+
+
+class VersionNotWritten(PublishError):
+    """The manifest was published, but its versioned copy was not written."""
+
+    def __init__(self, message: str, published: "Published") -> None:
+        super().__init__(message)
+        self.published = published
 
 
 @dataclass(frozen=True)
@@ -61,16 +73,38 @@ def publish(uri: str, update: Update, *, attempts: int = 8) -> Published:
         from google.api_core import exceptions as gexc
 
         try:
-            return _publish_gcs(uri, update, attempts)
+            committed = _publish_gcs(uri, update, attempts)
         except (gexc.RetryError, gexc.GoogleAPIError, ConnectionError) as err:
-            cause = getattr(err, "cause", None) or err
             raise PublishError(
-                f"could not publish {uri}: Cloud Storage kept failing "
-                f"({type(cause).__name__}: {str(cause)[:300]}); retried with backoff for "
-                f"{os.environ.get('SSL_SPLITS_GCS_RETRY_DEADLINE') or 300} s. The manifest is "
-                "unchanged; the task can be retried."
+                f"could not publish {uri}: Cloud Storage kept failing ({_cause(err)}); retried "
+                f"with backoff for {os.environ.get('SSL_SPLITS_GCS_RETRY_DEADLINE') or 300} s. "
+                "The manifest is unchanged; the task can be retried."
             ) from err
+        _write_version(committed, f"generation {committed.generation}")
+        return committed
     return _publish_local(uri, update)
+
+
+def _cause(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err
+    return f"{type(cause).__name__}: {str(cause)[:300]}"
+
+
+def _write_version(published: Published, which: str) -> None:
+    """Write the versioned copy of a manifest just committed; if that fails,
+    say so truthfully: the manifest *was* published."""
+    try:
+        storage.write_text(published.version_uri, dumps(published.manifest), "application/json")
+    except Exception as err:  # noqa: BLE001 - any storage failure, reported as what it means
+        raise VersionNotWritten(
+            f"{published.uri} was published ({which}; splits: "
+            f"{', '.join(sorted(published.manifest.get('splits', {})))}), but its versioned copy "
+            f"{published.version_uri} was not written ({_cause(err)}). Readers of the manifest "
+            f"see the new version; only its copy under {versions_folder(published.uri)} is "
+            "missing. Retrying the task publishes the same splits again (a new version, with its "
+            f"copy); or copy {published.uri} to {published.version_uri} by hand.",
+            published,
+        ) from err
 
 
 def _publish_gcs(uri: str, update: Update, attempts: int) -> Published:
@@ -107,8 +141,7 @@ def _publish_gcs(uri: str, update: Update, attempts: int) -> Published:
             continue
         new_generation = int(blob.generation) if blob.generation is not None else None
         version = storage.join(versions_folder(uri), f"{_stamp()}-{new_generation}.json")
-        storage.write_text(version, text, "application/json")
-        return Published(uri, version, new_generation, attempt, doc)
+        return Published(uri, version, new_generation, attempt, doc)  # committed
     raise PublishError(f"could not publish {uri}: it kept changing under {attempts} attempts "
                        "(another publisher?); the manifest is unchanged by this run")
 
@@ -121,10 +154,15 @@ def _publish_local(uri: str, update: Update) -> Published:
             current = json.loads(storage.read_text(uri)) if os.path.exists(uri) else None
             doc = update(current)
             text = dumps(doc)
-            storage.write_text(uri, text, "application/json")
+            try:
+                storage.write_text(uri, text, "application/json")  # rename(2): all or nothing
+            except OSError as err:
+                raise PublishError(f"could not publish {uri}: {err}. The manifest is unchanged; "
+                                   "the task can be retried.") from err
             sha = hashlib.sha256(text.encode()).hexdigest()[:12]
             version = storage.join(versions_folder(uri), f"{_stamp()}-{sha}.json")
-            storage.write_text(version, text, "application/json")
+            published = Published(uri, version, None, 1, doc)
+            _write_version(published, f"sha256 {sha}")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return Published(uri, version, None, 1, doc)
+    return published

@@ -14,10 +14,13 @@ None of these read the dataset: only listings, the catalog and small files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, Iterator
+
+from airflow.sdk.exceptions import AirflowFailException
 
 from beam_jobs import __version__, layout, storage
 from beam_jobs.catalog import REPORT_FILE, SHARD_RE, fingerprint
@@ -33,8 +36,12 @@ from ssl_splits.publish import Published
 log = logging.getLogger(__name__)
 
 
-class TaskError(RuntimeError):
-    """A task cannot go on; the message says why and what to do."""
+class TaskError(AirflowFailException, RuntimeError):
+    """A task cannot go on; the message says why and what to do.
+
+    An AirflowFailException: the task fails at once, without retries (a
+    missing sharding file, an invalid catalog or an unverified split are
+    still so a minute later)."""
 
 
 # --------------------------------------------------------------------------- check_params
@@ -84,12 +91,27 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def acquire_lock(config: dict[str, Any], run: dict[str, Any]) -> str:
     """Take the output folder's lock for this DAG run (raises LockHeld saying
-    who holds it); the DAG's teardown releases it."""
+    who holds it); the DAG's teardown releases it. ``run["in_process"]``: this
+    process runs the whole DAG run (``airflow dags test``)."""
     cfg = RunConfig.from_dict(config)
+    lease = lock.lease_from_env()
     uri = lock.acquire(cfg.work_uri, run_id=run["run_id"], dag_id=run["dag_id"],
-                       output_uri=cfg.output_uri)
-    log.info("holding %s for this run", uri)
+                       output_uri=cfg.output_uri, lease=lease,
+                       in_process=bool(run.get("in_process")))
+    log.info("holding %s for this run (a lease of %.0f s, renewed while its tasks run%s)", uri,
+             lease.total_seconds(),
+             "; free as soon as this process is gone" if run.get("in_process") else "")
     return uri
+
+
+@contextlib.contextmanager
+def holding_lock(config: dict[str, Any], run: dict[str, Any]) -> Iterator[None]:
+    """Run a task's body holding this run's lock: renewed at the start (raises
+    LockLost naming the run that took it over) and in the background while
+    the body runs (``ssl_splits.lock.holding``)."""
+    cfg = RunConfig.from_dict(config)
+    with lock.holding(cfg.work_uri, run_id=run["run_id"]):
+        yield
 
 
 def release_lock(params: dict[str, Any], run: dict[str, Any]) -> bool:
@@ -240,6 +262,7 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
         "job_name": stats.get("job_name"), "job_id": (job or {}).get("dataflow_job_id"),
         "dag_id": run.get("dag_id"), "run_id": run.get("run_id"),
         "built_at": stats.get("built_at"), "published_at": run["published_at"],
+        "source_uri": stats.get("source_uri") or stats.get("copied_from"),
         "bytes_read": stats.get("bytes_read"), "bytes_written": stats.get("bytes_written"),
         "shards_reused": stats.get("shards_reused"),
     }
