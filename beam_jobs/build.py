@@ -64,7 +64,7 @@ from beam_jobs.catalog import (
     write_table,
 )
 from beam_jobs.layout import staging_dir, stats_uri, work_default
-from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
+from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
 from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import RangeReader, crc32c_hex
@@ -569,6 +569,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
             expected=expected, meta=meta, stats_path=spath))
     )
+    staged = stage_template(p, p_options, "build")
+    if staged:
+        return {**staged, "split": split}
     with Progress(split, progress_dir(work, "build", split), num_shards,
                   total_records=sum(expected) if expected is not None else None,
                   total_bytes=work_bytes, logger=log):

@@ -40,7 +40,7 @@ from beam_jobs import __version__, storage
 from beam_jobs.catalog import SHARD_RE, read_catalog, shard_name
 from beam_jobs.example_proto import ExampleError, parse_image_record
 from beam_jobs.layout import VERIFY_DIR, report_uri, stats_uri, work_default
-from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
+from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
 from beam_jobs.planner import parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.tfrecord import RecordError, iter_framed
@@ -309,6 +309,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             | "Collect" >> beam.combiners.ToList()
             | "Write" >> beam.Map(collect)
         )
+        staged = stage_template(p, options, "verify")
+        if staged:
+            return {**staged, "split": split}
         with Progress(split, progress_dir(work, "verify", split), len(elements),
                       total_records=int(stats["num_examples"]),
                       total_bytes=int(stats.get("num_bytes") or 0), logger=log):
