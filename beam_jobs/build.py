@@ -116,9 +116,15 @@ def batches(lengths: np.ndarray, max_bytes: int) -> Iterator[tuple[int, int]]:
         lo = hi
 
 
+# Ranged GETs in flight per shard on gs://. Measured (benchmarks/latency.py, RESULTS.md):
+# at 30-80 ms per request, one worker process's reads of ~112 KB records stop getting
+# faster at 48 in flight, where its CPU (about 1.5 ms per GET in the client) is the limit.
+GCS_READ_THREADS = 48
+
+
 def default_read_threads(uri: str) -> int:
     """GCS ranged reads are latency-bound: many in flight. Local reads: one."""
-    return 16 if storage.is_gcs(uri) else 1
+    return GCS_READ_THREADS if storage.is_gcs(uri) else 1
 
 
 # --------------------------------------------------------------------------- the build table
@@ -490,7 +496,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--catalog_dir", help="the validation job's catalog folder (plan mode)")
     p.add_argument("--copy_from", help="source folder whose {split}-* shards are copied (copy mode)")
     p.add_argument("--read_threads", type=int, default=0,
-                   help="ranged reads in flight per shard (default: 16 on gs://, 1 locally)")
+                   help=f"ranged reads in flight per shard (default: {GCS_READ_THREADS} on gs://, "
+                        "1 locally)")
     p.add_argument("--skip_source_check", action="store_true",
                    help="do not compare the source shards with the validation report")
     args, beam_args = p.parse_known_args(argv)
