@@ -118,8 +118,10 @@ def batches(lengths: np.ndarray, max_bytes: int) -> Iterator[tuple[int, int]]:
 
 # Ranged GETs in flight per shard on gs://. Measured (benchmarks/latency.py, RESULTS.md):
 # at 30-80 ms per request, one worker process's reads of ~112 KB records stop getting
-# faster at 48 in flight, where its CPU (about 1.5 ms per GET in the client) is the limit.
-GCS_READ_THREADS = 48
+# faster at 48-64 in flight (runs differ on a shared machine), where its CPU (about
+# 1.5 ms per GET in the client) is the limit; 64 also keeps a faster core busy, and
+# more costs CPU per read (threads contend for the GIL).
+GCS_READ_THREADS = 64
 
 
 def default_read_threads(uri: str) -> int:

@@ -18,8 +18,8 @@ record and its CPU use (cores), and the requests the proxy saw.
 
 The setting that saturates a worker is the smallest whose build throughput is
 within 10% of the best of the sweep; ``default_read_threads`` for gs:// is
-compared with it. A second proxy without latency gives the ceiling: the
-same work when only CPU limits it.
+compared with it. A second proxy, without latency, measures this process's
+CPU per GET and per byte received.
 
 Then the per-record CPU costs of each job's inner loop
 (``benchmarks.unit_costs``), the other input of ``docs/scale.md``.
@@ -296,6 +296,32 @@ def measure(mode: str, threads: int, table, files: list[str], proxy: str, proxy_
     return best
 
 
+def client_costs(files: list[str], paths: list[Path], quick: bool) -> dict[str, float]:
+    """This process's CPU per ranged GET and per byte received (through the proxy that
+    holds nothing back): small GETs (1 KB) give the per-request part, whole-file GETs
+    the per-byte part. Plain HTTP here: real GCS adds TLS (not measured)."""
+    from beam_jobs import storage
+
+    reader = storage.RangeReader()
+    n_small = 100 if quick else 600
+    ids = [i % len(files) for i in range(n_small)]
+    reader.read_many(files, ids[:16], [0] * 16, [1024] * 16, 16)  # warm the pool's clients
+    c0 = time.process_time()
+    reader.read_many(files, ids, [(i * 4099) % 100_000 for i in range(n_small)], [1024] * n_small, 16)
+    per_get = (time.process_time() - c0) / n_small
+    sizes = [p.stat().st_size for p in paths]
+    rounds = 1 if quick else 4
+    ids = [i for _ in range(rounds) for i in range(len(files))]
+    c0 = time.process_time()
+    reader.read_many(files, ids, [0] * len(ids), [sizes[i] for i in ids], 4)
+    cpu = time.process_time() - c0
+    nbytes = sum(sizes[i] for i in ids)
+    reader.close()
+    return {"cpu_ms_per_get": round(per_get * 1e3, 3),
+            "cpu_ns_per_byte": round(max(cpu - len(ids) * per_get, 0.0) / nbytes * 1e9, 3),
+            "small_gets": n_small, "large_gets": len(ids), "large_bytes": nbytes}
+
+
 def saturating(points: list[Point]) -> Point:
     """The smallest setting within 10% of the best throughput (of the reads: more
     reads in flight speed up the reads only; the shard's upload after them does
@@ -334,11 +360,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"{p.cores:.2f} cores; proxy {p.requests} requests", flush=True)
         sat = saturating([p for p in points if p.mode == "reads"])
         os.environ["STORAGE_EMULATOR_HOST"] = servers.direct
-        ceiling = measure("reads", sat.threads, table.slice(0, _records_for(sat.threads,
-                                                                            args.quick)),
-                          files, servers.direct, servers.direct_pid, args.repeats)
-        print(f"ceiling (no latency) at {sat.threads} threads: {ceiling.mb_per_s:.1f} MB/s, "
-              f"CPU {ceiling.cpu_ms_per_record:.2f} ms/record", flush=True)
+        net = client_costs(files, paths, args.quick)
+        print(f"client CPU per GET: {net['cpu_ms_per_get']:.2f} ms + "
+              f"{net['cpu_ns_per_byte']:.2f} ns per byte", flush=True)
     finally:
         if old_host is None:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
@@ -356,7 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "points": [p.to_dict() for p in points],
         "saturating_threads": sat.threads,
         "default_read_threads_gcs": default_read_threads("gs://bucket/x"),
-        "ceiling": ceiling.to_dict(),
+        "client": net,
     }
     from benchmarks import unit_costs
 
@@ -389,7 +413,6 @@ def render(res: dict[str, Any]) -> str:
                     f"{b['bytes'] / (b['wall_s'] - b['store_s']) / 1e6:.1f} | "
                     f"{b['cpu_ms_per_record']:.2f} | {b['cores']:.2f} | {b['store_s']:.2f} of "
                     f"{b['wall_s']:.2f} | {b['batch_bytes'] / 1e6:.1f} |")
-    c = res["ceiling"]
     one = pts[("reads", threads[0])]
     return "\n".join([
         f"Run {m['finished_at']} on {m['cpus']} CPUs (load average {m['loadavg']} at the end), "
@@ -406,11 +429,17 @@ def render(res: dict[str, Any]) -> str:
         "",
         f"* The reads saturate one worker process at **{sat} in flight**: {pts[('reads', sat)]['mb_per_s']:.1f} "
         f"MB/s, within 10% of the sweep's best ({best:.1f} MB/s), {pts[('reads', sat)]['cores']:.2f} "
-        f"cores busy (one read in flight: {one['mb_per_s']:.1f} MB/s). `default_read_threads` on gs:// "
-        f"is **{default}**.",
-        f"* Without latency (a proxy that holds nothing back), the same reads at {sat} in flight: "
-        f"{c['mb_per_s']:.1f} MB/s at {c['cpu_ms_per_record']:.2f} CPU ms/read, {c['cores']:.2f} "
-        "cores: what the client's own CPU allows here.",
+        f"cores busy (one read in flight: {one['mb_per_s']:.1f} MB/s). From there on, the reads "
+        "cost the CPU they get (CPU ms/read times reads/s is the cores column), and more "
+        "threads cost more CPU per read.",
+        (f"* `default_read_threads` on gs:// is **{default}**: "
+         + (f"{pts[('reads', default)]['mb_per_s']:.1f} MB/s here "
+            f"({pts[('reads', default)]['mb_per_s'] / best:.0%} of the best)."
+            if ("reads", default) in pts else "not among the settings measured.")),
+        *([f"* The client's CPU per ranged GET (google-cloud-storage, plain HTTP to the "
+           f"emulator): {res['client']['cpu_ms_per_get']:.2f} ms per request (1 KB GETs) plus "
+           f"{res['client']['cpu_ns_per_byte']:.2f} ns per byte received (whole-file GETs); "
+           "real GCS adds TLS, not measured here."] if "client" in res else []),
         "* *build* is slower than *reads* by the shard's upload, which the build does in the "
         "thread that reads: each time 16 MiB are written, a chunk goes up (held back like any "
         "request) while no read is in flight; the column "
