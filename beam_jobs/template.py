@@ -115,6 +115,9 @@ def describe(template_uri: str) -> dict[str, Any]:
         "sdk": {"name": env.get("userAgent", {}).get("name"),
                 "version": env.get("userAgent", {}).get("version")},
         "container_images": sorted({pool.get("workerHarnessContainerImage"), *sdk_images} - {None}),
+        # One SDK process per vCPU (Python: each process uses one core, the GIL's).
+        "single_core_per_container": all(i.get("useSingleCorePerContainer", False)
+                                         for i in pool.get("sdkHarnessContainerImages", [])),
         "machine_type": pool.get("machineType"),
         "max_workers": (pool.get("autoscalingSettings") or {}).get("maxNumWorkers"),
         "labels": tpl.get("labels") or {},

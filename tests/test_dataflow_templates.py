@@ -236,6 +236,7 @@ def normalize(desc: dict[str, Any], bucket: str) -> dict[str, Any]:
         "type": desc["type"],
         "sdk": desc["sdk"],
         "container_images": desc["container_images"],
+        "single_core_per_container": desc["single_core_per_container"],
         "machine_type": desc["machine_type"],
         "max_workers": desc["max_workers"],
         "labels": {k: v for k, v in desc["labels"].items() if k != "airflow-version"},
