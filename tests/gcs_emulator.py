@@ -14,6 +14,7 @@ Usage: python tests/gcs_emulator.py PORT
 
 from __future__ import annotations
 
+import http.server
 import logging
 import sys
 from http import HTTPStatus
@@ -69,6 +70,12 @@ def delete(request, response, storage, *args, **kwargs):
 
 objects.insert = insert
 objects.delete = delete
+
+# Its HTTPServer answers one request at a time and speaks HTTP/1.0 (a connection per
+# request); socketserver's default listen backlog of 5 drops the connections of many
+# concurrent clients (the build's ranged reads: 64 in flight), which then wait for TCP's
+# 1 s retransmission. GCS accepts them all: so does the emulator, with a deep backlog.
+http.server.HTTPServer.request_queue_size = 1024
 
 from gcp_storage_emulator.server import create_server  # noqa: E402  (after the patch)
 

@@ -194,8 +194,8 @@ def params() -> dict[str, Param]:
         "dataflow_template_location": _uri_param(
             None, "Only stage Dataflow templates here",
             "A gs:// folder. Set: every Beam job of the run is translated and staged, and its "
-            "Dataflow job description (a classic template, {folder}/ssl-build-{split}) is written "
-            "here instead of being submitted, for a platform team to review or launch "
+            "Dataflow job description (a classic template, {folder}/ssl-{job}-{split}, e.g. "
+            "ssl-build-train128116-3) is written here instead of being submitted, for a platform team to review or launch "
             "(gcloud dataflow jobs run). Nothing is built, verified or published. Empty: jobs "
             "are submitted and run.", nullable=True, section=DATAFLOW,
         ),
