@@ -71,7 +71,7 @@ from beam_jobs.layout import (
     stats_uri,
     work_default,
 )
-from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
+from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
 from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import RangeReader, crc32c_hex
@@ -123,9 +123,17 @@ def batches(lengths: np.ndarray, max_bytes: int) -> Iterator[tuple[int, int]]:
         lo = hi
 
 
+# Ranged GETs in flight per shard on gs://. Measured (benchmarks/latency.py, RESULTS.md):
+# at 30-80 ms per request, one worker process's reads of ~112 KB records stop getting
+# faster at 48-64 in flight (runs differ on a shared machine), where its CPU (about
+# 1.5 ms per GET in the client) is the limit; 64 also keeps a faster core busy, and
+# more costs CPU per read (threads contend for the GIL).
+GCS_READ_THREADS = 64
+
+
 def default_read_threads(uri: str) -> int:
     """GCS ranged reads are latency-bound: many in flight. Local reads: one."""
-    return 16 if storage.is_gcs(uri) else 1
+    return GCS_READ_THREADS if storage.is_gcs(uri) else 1
 
 
 # --------------------------------------------------------------------------- the build table
@@ -531,7 +539,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                    "(plan mode; default: where validation read it)")
     p.add_argument("--copy_from", help="source folder whose {split}-* shards are copied (copy mode)")
     p.add_argument("--read_threads", type=int, default=0,
-                   help="ranged reads in flight per shard (default: 16 on gs://, 1 locally)")
+                   help=f"ranged reads in flight per shard (default: {GCS_READ_THREADS} on gs://, "
+                        "1 locally)")
     p.add_argument("--skip_source_check", action="store_true",
                    help="do not compare the source shards with the validation report")
     args, beam_args = p.parse_known_args(argv)
@@ -609,6 +618,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
             expected=expected, meta=meta, stats_path=spath))
     )
+    staged = stage_template(p, p_options, "build")
+    if staged:
+        return {**staged, "split": split}
+    staged = stage_template(p, p_options, "build")
+    if staged:
+        return {**staged, "split": split}
     with Progress(split, progress_dir(work, "build", split), num_shards,
                   total_records=sum(expected) if expected is not None else None,
                   total_bytes=work_bytes, logger=log):

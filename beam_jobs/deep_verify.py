@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -26,7 +27,7 @@ from beam_jobs import storage
 from beam_jobs.catalog import read_table, write_table
 from beam_jobs.example_proto import ExampleError, parse_image_record
 from beam_jobs.layout import verify_dir
-from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
+from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.tfrecord import RecordError, iter_framed
 
@@ -154,9 +155,18 @@ class DeepVerify(beam.PTransform):
         return shards | "Spread" >> beam.Reshuffle() | "DeepCheck" >> beam.ParDo(self._fn)
 
 
+@dataclass(frozen=True)
+class DeepResult:
+    """The deep job's findings and counters; or, in template mode, what was staged."""
+
+    findings: list[str]
+    metrics: dict[str, int]
+    staged: dict[str, Any] | None = None
+
+
 def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table | None,
-             beam_args: list[str]) -> tuple[list[str], dict[str, int]]:
-    """Run the deep check of a staged split; return its findings and the job's counters."""
+             beam_args: list[str]) -> DeepResult:
+    """Run the deep check of a staged split (or stage it as a Dataflow template)."""
     table_uri = None
     if plan_table is not None:
         # A name of its own per run: workers cache the table by its URI, and the
@@ -182,6 +192,9 @@ def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table 
         | "Collect" >> beam.combiners.ToList()
         | "Write" >> beam.Map(collect)
     )
+    staged = stage_template(p, options, "verify")
+    if staged:  # template mode: the plan table stays for the job to read when launched
+        return DeepResult([], {}, staged)
     with Progress(split, progress_dir(work, "verify", split), len(elements),
                   total_records=int(stats["num_examples"]),
                   total_bytes=int(stats.get("num_bytes") or 0), logger=None):
@@ -190,5 +203,4 @@ def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table 
     metrics = counters(result)
     deep = json.loads(storage.read_text(results_path))
     storage.delete([results_path] + ([table_uri] if table_uri else []))
-    findings = [f for r in deep for f in r["findings"]]
-    return findings, metrics
+    return DeepResult([f for r in deep for f in r["findings"]], metrics)

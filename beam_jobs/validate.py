@@ -53,7 +53,7 @@ from beam_jobs.catalog import (
     write_table,
 )
 from beam_jobs.example_proto import ExampleError, parse_image_record
-from beam_jobs.pipeline import counters, make_options, setup_logging
+from beam_jobs.pipeline import counters, make_options, setup_logging, stage_template
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import FileInfo
 from beam_jobs.tfrecord import RecordError, iter_framed
@@ -428,6 +428,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.monotonic()
         p = beam.Pipeline(options=options)
         build_pipeline(p, shards, catalog_dir, source, fp, args.expected_total, checks)
+        staged = stage_template(p, options, "validate")
+        if staged:
+            return staged
         with Progress("validate", progress_dir(catalog_dir, "validate"), len(shards),
                       total_bytes=sum(f.size for f in shard_files), logger=log):
             result = p.run()

@@ -277,8 +277,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         from beam_jobs.deep_verify import run_deep
 
         mode = "deep"
-        deep_findings, metrics = run_deep(split, work, stats, plan_table, beam_args)
-        findings.extend(deep_findings)
+        deep = run_deep(split, work, stats, plan_table, beam_args)
+        if deep.staged:  # template mode: the deep job was described, not run
+            return {**deep.staged, "split": split}
+        metrics = deep.metrics
+        findings.extend(deep.findings)
         bytes_read += int(metrics.get("bytes_read", 0))
     report = {
         "split": split,

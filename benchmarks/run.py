@@ -4,6 +4,8 @@
     python -m benchmarks.run --quick         # small sizes: a few minutes, a smoke test
     python -m benchmarks.run --only count    # or: --only bytes (BYTES and half BYTES)
     python -m benchmarks.run --skip-seed     # without the seed reference (much faster on COUNT)
+    python -m benchmarks.run --only latency  # ranged reads on simulated GCS (benchmarks.latency;
+                                             # without --only it runs after the datasets)
 
 For each dataset (made by ``beam_jobs.synthetic``, cached under
 ``{work_dir}/data``), in one run, on the same data and runner (DirectRunner):
@@ -845,7 +847,9 @@ def write_results_md(path: Path, body: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small datasets (a smoke test)")
-    p.add_argument("--only", choices=["count", "bytes"], help="COUNT only, or BYTES + half BYTES only")
+    p.add_argument("--only", choices=["count", "bytes", "latency"],
+                   help="COUNT only, or BYTES + half BYTES only, or the latency benchmark only "
+                        "(benchmarks.latency; without --only it runs last)")
     p.add_argument("--skip-seed", "--skip_seed", dest="skip_seed", action="store_true",
                    help="do not run the seed reference")
     p.add_argument("--skip-verify", "--skip_verify", dest="skip_verify", action="store_true",
@@ -894,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the run like Ctrl-C: the job running is killed with its workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
+    if args.only == "latency":
+        return _latency(args, None)
     bench = Bench(args)
     table = datasets.QUICK if args.quick else datasets.FULL
     chosen = [table["count"]] if args.only == "count" else \
@@ -958,7 +964,16 @@ def main(argv: list[str] | None = None) -> int:
          else ROOT / "benchmarks" / "RESULTS.md")
     write_results_md(md, body)
     print(f"results: {bench.work / f'results{suffix}.json'}, table: {md}")
-    return 0
+    return _latency(args, md) if args.only is None else 0
+
+
+def _latency(args: argparse.Namespace, md: Path | None) -> int:
+    """The ranged-read benchmark on simulated GCS (its own section of the same RESULTS.md)."""
+    from benchmarks import latency
+
+    return latency.main(["--work_dir", args.work_dir, *(["--quick"] if args.quick else []),
+                         *(["--results_md", str(md or args.results_md)]
+                           if (md or args.results_md) else [])])
 
 
 def _tree_hash(folder: Path) -> str:

@@ -43,7 +43,9 @@ built in this run) ->
 * everything: `{"source_uri": "gs://b/imagenet", "output_uri": "gs://b/ssl"}`
 * rebuild seed 3 only: add `"seeds": [3], "unsupervised": false`
 * FixMatch's published split 3: `"seeds": [3], "sharding_files": {"3": "gs://.../files2shards_train_size128116_split3.txt"}`
-* on Dataflow: `"runner": "DataflowRunner"` with the `dataflow_*` params.
+* on Dataflow: `"runner": "DataflowRunner"` with the `dataflow_*` params; add
+  `"dataflow_template_location": "gs://..."` to only stage the jobs' Dataflow
+  templates there (nothing runs, nothing is published).
 
 Rerunning with the same params skips splits whose verified files already match
 their plan (unless `force`). See the README for the split algorithm.
@@ -100,7 +102,9 @@ with DAG(
         from ssl_splits.gcp import airflow_storage
         from ssl_splits.tasks import holding_lock
         from ssl_splits.tasks import plan as run
+        from ssl_splits.templates import skip_plan_without_catalog
 
+        skip_plan_without_catalog(config, source)
         with airflow_storage(), holding_lock(config, {"run_id": get_current_context()["run_id"]}):
             return run(config, source)
 
@@ -128,8 +132,10 @@ with DAG(
         from ssl_splits.gcp import airflow_storage
         from ssl_splits.tasks import holding_lock
         from ssl_splits.tasks import publish_manifest as run
+        from ssl_splits.templates import skip_publish
 
         ctx = get_current_context()
+        skip_publish(config, ctx["ti"].xcom_pull(task_ids=["validate_source", "build"]) or [])
         # task_ids as a list: a list back even when one split was built (a str pulls the
         # single mapped value itself, a dict).
         jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids=["build"]) or []) if r}

@@ -16,6 +16,7 @@ Usage: python tests/gcs_emulator.py PORT
 
 from __future__ import annotations
 
+import http.server
 import logging
 import sys
 from http import HTTPStatus
@@ -99,6 +100,12 @@ objects.insert = insert
 objects.delete = delete
 objects.get = get
 objects.download = download  # also what get() calls for alt=media
+
+# Its HTTPServer answers one request at a time and speaks HTTP/1.0 (a connection per
+# request); socketserver's default listen backlog of 5 drops the connections of many
+# concurrent clients (the build's ranged reads: 64 in flight), which then wait for TCP's
+# 1 s retransmission. GCS accepts them all: so does the emulator, with a deep backlog.
+http.server.HTTPServer.request_queue_size = 1024
 
 from gcp_storage_emulator.server import create_server  # noqa: E402  (after the patch)
 

@@ -20,7 +20,7 @@ from conftest import ROOT
 pytest.importorskip("airflow")
 
 from ssl_splits.config import ConfigError, resolve  # noqa: E402
-from ssl_splits.operators import dataflow_config, pipeline_options  # noqa: E402
+from ssl_splits.operators import dataflow_config, pipeline_options, template_uri  # noqa: E402
 
 DATAFLOW_PARAMS = {
     "source_uri": "gs://src-bucket/imagenet",
@@ -91,6 +91,29 @@ def test_dataflow_job_names_carry_the_split():
 def test_dataflow_params_required(missing, message):
     with pytest.raises(ConfigError, match=message):
         resolve({**DATAFLOW_PARAMS, missing: None})
+
+
+def test_template_mode_sends_each_job_to_its_own_template():
+    cfg = resolve({**DATAFLOW_PARAMS, "dataflow_template_location": "gs://tmp-bucket/templates/"})
+    assert cfg.template_location == "gs://tmp-bucket/templates"
+    build = pipeline_options(cfg, "build", SPEC)
+    assert build["template_location"] == template_uri(cfg, "build", SPEC) == \
+        "gs://tmp-bucket/templates/ssl-build-train128116-3"
+    val = pipeline_options(cfg, "validate", {"catalog_dir": "gs://out-bucket/ssl/_work/catalog/x"})
+    assert val["template_location"] == "gs://tmp-bucket/templates/ssl-validate-source"
+    # Without the param, jobs are submitted: no template option at all.
+    assert "template_location" not in pipeline_options(resolve(DATAFLOW_PARAMS), "build", SPEC)
+    assert resolve(DATAFLOW_PARAMS).template_location is None
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"runner": "DirectRunner"}, "needs runner DataflowRunner"),
+    ({"dataflow_template_location": "/tmp/templates"}, "must be a gs:// folder"),
+    ({"dataflow_template_location": "gs://b/../x"}, "'..' is not allowed"),
+])
+def test_template_location_checked(params, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve({**DATAFLOW_PARAMS, "dataflow_template_location": "gs://tmp-bucket/t", **params})
 
 
 def test_dataflow_needs_gcs_paths():

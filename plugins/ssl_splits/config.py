@@ -196,6 +196,14 @@ def params() -> dict[str, Param]:
                         "gs://.",
             section=DATAFLOW,
         ),
+        "dataflow_template_location": _uri_param(
+            None, "Only stage Dataflow templates here",
+            "A gs:// folder. Set: every Beam job of the run is translated and staged, and its "
+            "Dataflow job description (a classic template, {folder}/ssl-{job}-{split}, e.g. "
+            "ssl-build-train128116-3) is written here instead of being submitted, for a platform team to review or launch "
+            "(gcloud dataflow jobs run). Nothing is built, verified or published. Empty: jobs "
+            "are submitted and run.", nullable=True, section=DATAFLOW,
+        ),
         "dataflow_max_workers": Param(
             20, type="integer", minimum=1, maximum=1000, title="Dataflow max workers",
             description="Upper bound for autoscaling, per job.",
@@ -239,6 +247,11 @@ class RunConfig:
     @property
     def is_dataflow(self) -> bool:
         return self.runner == "DataflowRunner"
+
+    @property
+    def template_location(self) -> str | None:
+        """Template mode: the folder Dataflow job descriptions go to instead of Dataflow."""
+        return self.dataflow.get("template_location") if self.is_dataflow else None
 
 
 def check_uri(name: str, value: Any) -> str:
@@ -332,7 +345,16 @@ def resolve(p: dict[str, Any]) -> RunConfig:
             "temp_location": check_uri("dataflow_temp_location", temp),
             "machine_type": p.get("dataflow_machine_type") or "n2-standard-4",
             "max_num_workers": int(p.get("dataflow_max_workers") or 20),
+            "template_location": None,
         }
+        if p.get("dataflow_template_location"):
+            loc = check_uri("dataflow_template_location", p["dataflow_template_location"])
+            if not loc.startswith("gs://"):
+                raise ConfigError(f"dataflow_template_location must be a gs:// folder, got {loc}")
+            dataflow["template_location"] = loc
+    elif p.get("dataflow_template_location"):
+        raise ConfigError("dataflow_template_location stages Dataflow templates: it needs runner "
+                          f"DataflowRunner (runner is {runner})")
     deep = p.get("deep_verify", "auto")
     if isinstance(deep, str):  # the form's "auto" | "always" | "never"
         if deep not in DEEP_VERIFY:

@@ -59,9 +59,22 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
             extra_packages=[df["worker_package"]] if df.get("worker_package") else None,
             labels={"app": "ssl-imagenet-splits", "split": job_name((spec or {}).get("split", "source"))},
         )
+        if cfg.template_location:
+            opts["template_location"] = template_uri(cfg, job, spec)
     elif cfg.direct_num_workers:
         opts["direct_num_workers"] = cfg.direct_num_workers
     return {k: v for k, v in opts.items() if v is not None}
+
+
+def template_uri(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> str:
+    """Where template mode writes a job's Dataflow description (pure):
+    ``{dataflow_template_location}/ssl-{job}-{split}``, the job's name without
+    the run's suffix, so a later run of the same job replaces it."""
+    from beam_jobs.pipeline import job_name  # imports Apache Beam: not at DAG parse time
+
+    assert cfg.template_location is not None
+    return storage.join(cfg.template_location,
+                        job_name("ssl", job, (spec or {}).get("split", "source")))
 
 
 def dataflow_config(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> DataflowConfiguration | None:
@@ -179,6 +192,10 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         if spec and spec.get("action") == "cached":
             log.info("not running %s: %s", self.job, spec.get("reason"))
             return {"split": "source", "job": self.job, "runner": cfg.runner, "cached": True}
+        if cfg.template_location and self.job == "verify":
+            raise AirflowSkipException(
+                f"{spec.get('split') if spec else 'source'}: template mode: the build was staged "
+                "as a Dataflow template, not run; there is nothing to verify")
         self.runner = cfg.runner
         self.pipeline_options = pipeline_options(cfg, self.job, spec)
         df = dataflow_config(cfg, self.job, spec)
@@ -223,6 +240,25 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
                 raise AirflowFailException(f"{err}\nnothing was published") from None
         return {"split": label, "job": self.job, "runner": "in-process", "mode": report["mode"],
                 "seconds": report["seconds"], "bytes_read": report["bytes_read"]}
+
+    def execute_on_dataflow(self, context: Any) -> dict[str, Any]:
+        """Submit to Dataflow and wait (the provider's), or in template mode only
+        stage: the provider's hook runs the job's launcher as for a submission,
+        and Beam's DataflowRunner writes the job description to
+        ``--template_location`` and exits without creating a job, so there is
+        no job to link or wait for."""
+        template = self.pipeline_options.get("template_location")
+        if not template:
+            return super().execute_on_dataflow(context)
+        self.beam_hook.start_python_pipeline(
+            variables=self.snake_case_pipeline_options, py_file=self.py_file,
+            py_options=self.py_options, py_interpreter=self.py_interpreter,
+            py_requirements=self.py_requirements,
+            py_system_site_packages=self.py_system_site_packages,
+            process_line_callback=self.process_line_callback,
+        )
+        log.info("staged, not run: the Dataflow job description is at %s", template)
+        return {"dataflow_job_id": None, "template_location": template}
 
     def _explain(self, cfg: RunConfig, spec: dict[str, Any] | None, err: Exception) -> Exception:
         """Turn "process failed with return code 1" into what the job found."""
