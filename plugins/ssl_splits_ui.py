@@ -507,33 +507,31 @@ class LazyASGIApp:
 
 
 class PrefillMiddleware:
-    """Pre-fills the DAG's trigger form from ``/dags/ssl_imagenet_splits?conf={json}``.
+    """Opens and pre-fills the DAG's trigger form for ``/dags/ssl_imagenet_splits?conf={json}``.
 
-    A root ASGI middleware of the API server. It acts on one request only: ``GET``
-    of this DAG's details (``/api/v2/dags/ssl_imagenet_splits/details``, where the UI's
-    trigger form takes the params' initial values) whose ``Referer`` is that DAG page
-    with a ``conf``: the response's params then carry the conf's values
-    (``ssl_splits.prefill.apply_prefill``). Airflow has already authorised the request;
-    a response other than 200 JSON passes as it is. The request is asked uncompressed
-    (no ``Accept-Encoding``) so that the JSON can be read.
+    A root ASGI middleware of the API server; it acts on two requests only, and only
+    when they concern such a page:
+
+    * the page itself (``GET /dags/ssl_imagenet_splits?conf=...``, the UI's HTML): a
+      script is added (``static/airflow-nav.js``) that presses the page's Trigger button;
+    * the DAG's details asked for by that page (``GET /api/v2/dags/ssl_imagenet_splits/details``
+      with that page as ``Referer``), where the form takes its params' initial values:
+      the params carry the conf's values (``ssl_splits.prefill.apply_prefill``).
+
+    Airflow has already answered (and authorised) the request; a response other than
+    200 HTML or JSON passes as it is. These requests are asked uncompressed (no
+    ``Accept-Encoding``) so that their body can be read.
     """
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope.get("type") != "http" or scope.get("method") != "GET" or \
-                not scope.get("path", "").endswith(DETAILS_PATH):
+        transform = self._transform(scope) if scope.get("type") == "http" else None
+        if transform is None:
             await self.app(scope, receive, send)
             return
-        from ssl_splits.prefill import conf_from_referer
-
         headers = scope.get("headers") or []
-        referer = next((v.decode("latin-1") for k, v in headers if k == b"referer"), None)
-        conf = conf_from_referer(referer)
-        if conf is None:
-            await self.app(scope, receive, send)
-            return
         scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"accept-encoding"]}
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
@@ -548,7 +546,9 @@ class PrefillMiddleware:
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return
-            body = _prefilled(start, b"".join(chunks), conf)
+            body = b"".join(chunks)
+            if _plain(start):
+                body = transform(body)
             out_headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
             out_headers.append((b"content-length", str(len(body)).encode()))
             await send({**start, "headers": out_headers})
@@ -556,24 +556,59 @@ class PrefillMiddleware:
 
         await self.app(scope, receive, capture)
 
+    @staticmethod
+    def _transform(scope):  # -> Callable[[bytes], bytes] | None
+        """What to do with this request's response body, or None to let it pass."""
+        from ssl_splits.prefill import conf_of_page
 
-def _prefilled(start: dict[str, Any], body: bytes, conf: dict[str, Any]) -> bytes:
-    """The details body with ``conf`` applied, or as it was (not 200 JSON, or encoded)."""
+        if scope.get("method") != "GET":
+            return None
+        path = scope.get("path", "")
+        if path.endswith(DETAILS_PATH):
+            referer = next((v.decode("latin-1") for k, v in scope.get("headers") or []
+                            if k == b"referer"), None)
+            conf = conf_of_page(referer)
+            return None if conf is None else (lambda body: _prefilled(body, conf))
+        page = f"/dags/{DAG_ID}"
+        if path.rstrip("/").endswith(page) and "/api/" not in path:
+            query = scope.get("query_string", b"").decode("latin-1")
+            if conf_of_page(f"{path}?{query}") is None:
+                return None
+            prefix = path.rstrip("/")[:-len(page)]
+            return lambda body: with_opener(body, f"{prefix}{URL_PREFIX}/static/airflow-nav.js")
+        return None
+
+
+def _plain(start: dict[str, Any]) -> bool:
+    """A 200 answer whose body is not encoded (compressed)."""
+    headers = {k.lower(): v for k, v in start.get("headers", [])}
+    return start.get("status") == 200 and not headers.get(b"content-encoding")
+
+
+def _prefilled(body: bytes, conf: dict[str, Any]) -> bytes:
+    """The details body with ``conf`` applied, or as it was (not a JSON object)."""
     from ssl_splits.prefill import apply_prefill
 
-    headers = {k.lower(): v for k, v in start.get("headers", [])}
-    if start.get("status") != 200 or b"json" not in headers.get(b"content-type", b"") or \
-            headers.get(b"content-encoding"):
-        return body
     try:
         details = json.loads(body)
     except ValueError:
+        return body
+    if not isinstance(details, dict):
         return body
     new, applied = apply_prefill(details, conf)
     if not applied:
         return body
     log.info("trigger form of %s pre-filled with %s", DAG_ID, ", ".join(applied))
     return json.dumps(new).encode()
+
+
+def with_opener(page: bytes, script_src: str) -> bytes:
+    """The UI's HTML page with the script that opens the trigger form, before
+    ``</head>`` (unchanged when the page has none)."""
+    tag = (f'<script src="{html.escape(script_src)}" data-open="trigger"></script>'
+           .encode())
+    i = page.find(b"</head>")
+    return page if i < 0 else page[:i] + tag + page[i:]
 
 
 class SslSplitsUIPlugin(AirflowPlugin):

@@ -75,6 +75,9 @@ def test_add_seeds_takes_the_next_seed_and_what_most_splits_share():
     doc = _doc()
     doc["splits"]["train29.1"]["fraction"] = "0.01"
     assert next_seeds(doc) == [5] and next_seeds(doc, 2) == [5, 6]
+    five = _doc()
+    five["splits"].update({f"train29.{i}": {**five["splits"]["train29.1"], "seed": i} for i in (3, 5)})
+    assert next_seeds(five) == [6]  # a sixth seed after FixMatch's five
     conf = add_seeds_conf(doc, "/o/manifest.json")
     assert conf["seeds"] == [5] and conf["fraction"] == 0.1 and conf["force"] is False
     assert conf["unsupervised"] is False and conf["copy_validation"] is False
@@ -85,17 +88,17 @@ def test_add_seeds_takes_the_next_seed_and_what_most_splits_share():
 
 
 def test_the_link_carries_the_conf_and_the_middleware_reads_it_back():
-    from ssl_splits.prefill import conf_from_referer, rebuild_conf, run_url, trigger_url
+    from ssl_splits.prefill import conf_of_page, rebuild_conf, run_url, trigger_url
 
     conf = rebuild_conf(_doc(), "train29.1", "/o/manifest.json")
     url = trigger_url(conf, ui_base="/airflow")
     assert url.startswith("/airflow/dags/ssl_imagenet_splits?conf=")
-    assert conf_from_referer("http://h:8080" + url) == conf
-    assert conf_from_referer(f"http://h/dags/other_dag?{url.split('?')[1]}") is None
-    assert conf_from_referer(f"http://h/dags/ssl_imagenet_splits/runs/r?{url.split('?')[1]}") is None
-    assert conf_from_referer("http://h/dags/ssl_imagenet_splits?conf=%5B1%5D") is None  # not an object
-    assert conf_from_referer("http://h/dags/ssl_imagenet_splits?conf=%7Bbad") is None
-    assert conf_from_referer(None) is None
+    assert conf_of_page("http://h:8080" + url) == conf
+    assert conf_of_page(f"http://h/dags/other_dag?{url.split('?')[1]}") is None
+    assert conf_of_page(f"http://h/dags/ssl_imagenet_splits/runs/r?{url.split('?')[1]}") is None
+    assert conf_of_page("http://h/dags/ssl_imagenet_splits?conf=%5B1%5D") is None  # not an object
+    assert conf_of_page("http://h/dags/ssl_imagenet_splits?conf=%7Bbad") is None
+    assert conf_of_page(None) is None
     assert run_url("manual__2026-11-30T21:48:41+00:00") == \
         "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00"
 
@@ -123,7 +126,7 @@ def _details_app():
     Airflow's API server (GZipMiddleware) when the client accepts it."""
     from starlette.applications import Starlette
     from starlette.middleware.gzip import GZipMiddleware
-    from starlette.responses import JSONResponse
+    from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
     details = {"dag_id": "ssl_imagenet_splits", "doc": "x" * 4000, "params": {
@@ -135,7 +138,13 @@ def _details_app():
             return JSONResponse({"detail": "not found"}, status_code=404)
         return JSONResponse(details)
 
-    app = Starlette(routes=[Route("/api/v2/dags/{dag_id}/details", endpoint)])
+    async def ui_page(request):  # the UI's index.html, whatever the route
+        return HTMLResponse('<!doctype html><html><head><base href="/"><title>Airflow</title>'
+                            '</head><body><div id="root"></div></body></html>' + " " * 2000)
+
+    app = Starlette(routes=[Route("/api/v2/dags/{dag_id}/details", endpoint),
+                            Route("/dags/{rest:path}", ui_page),
+                            Route("/airflow/x/dags/{rest:path}", ui_page)])
     app.add_middleware(GZipMiddleware, minimum_size=100)
     return app
 
@@ -167,6 +176,28 @@ def test_the_middleware_prefills_the_details_a_dag_page_with_conf_asks_for():
     assert other.status_code == 404 and other.json() == {"detail": "not found"}
 
 
+def test_the_middleware_adds_the_form_opener_to_the_dag_page_with_conf():
+    import ssl_splits_ui as ui
+    from ssl_splits.prefill import trigger_url
+    from starlette.testclient import TestClient
+
+    client = TestClient(ui.PrefillMiddleware(_details_app()))
+    r = client.get(trigger_url({"seeds": [3]}), headers={"Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and int(r.headers["content-length"]) == len(r.content)
+    tag = '<script src="/ssl-splits/static/airflow-nav.js" data-open="trigger"></script></head>'
+    assert r.text.count("<script") == 1 and tag in r.text
+    # Under a path prefix (Airflow's base_url), the script is found under it too.
+    r = client.get(trigger_url({"seeds": [3]}, ui_base="/airflow/x"))
+    assert 'src="/airflow/x/ssl-splits/static/airflow-nav.js"' in r.text
+    # The DAG page without conf, another DAG's page, a run's page: as they were.
+    for path in ("/dags/ssl_imagenet_splits", "/dags/other?conf=%7B%7D",
+                 "/dags/ssl_imagenet_splits/runs/r?conf=%7B%7D",
+                 "/dags/ssl_imagenet_splits?conf=notjson"):
+        r = client.get(path, headers={"Accept-Encoding": "gzip"})
+        assert "<script" not in r.text and r.headers.get("content-encoding") == "gzip", path
+    assert ui.with_opener(b"<html>no head</html>", "/x.js") == b"<html>no head</html>"
+
+
 def test_the_plugin_registers_the_middleware():
     import ssl_splits_ui as ui
 
@@ -178,13 +209,15 @@ def test_a_gzipped_or_broken_body_is_passed_on_as_it_is():
     import ssl_splits_ui as ui
 
     ok = {"status": 200, "headers": [(b"content-type", b"application/json")]}
-    assert ui._prefilled(ok, b"{not json", {"seeds": [1]}) == b"{not json"
+    assert ui._plain(ok)
+    assert not ui._plain({**ok, "headers": ok["headers"] + [(b"content-encoding", b"gzip")]})
+    assert not ui._plain({**ok, "status": 403})
+    assert ui._prefilled(b"{not json", {"seeds": [1]}) == b"{not json"
+    assert ui._prefilled(b"[1, 2]", {"seeds": [1]}) == b"[1, 2]"
     zipped = gzip.compress(b'{"params": {}}')
-    assert ui._prefilled({**ok, "headers": ok["headers"] + [(b"content-encoding", b"gzip")]},
-                         zipped, {"seeds": [1]}) == zipped
+    assert ui._prefilled(zipped, {"seeds": [1]}) == zipped
     body = json.dumps({"params": {"seeds": {"value": [1]}}}).encode()
-    assert ui._prefilled({**ok, "status": 403}, body, {"seeds": [2]}) == body
-    assert json.loads(ui._prefilled(ok, body, {"seeds": [2]}))["params"]["seeds"]["value"] == [2]
+    assert json.loads(ui._prefilled(body, {"seeds": [2]}))["params"]["seeds"]["value"] == [2]
 
 
 # --------------------------------------------------------------------------- seeds
@@ -253,7 +286,7 @@ def test_the_form_shows_seeds_as_a_text_box_one_per_line():
 
 def test_the_view_offers_rebuild_and_add_seeds_with_links_to_runs():
     import ssl_splits_ui as ui
-    from ssl_splits.prefill import conf_from_referer
+    from ssl_splits.prefill import conf_of_page
 
     active = [{"run_id": "manual__now", "state": "running", "since": "2026-11-30 22:00:00",
                "conf": {"output_uri": "/o", "seeds": ["2"]}}]
@@ -263,14 +296,14 @@ def test_the_view_offers_rebuild_and_add_seeds_with_links_to_runs():
     assert len(rebuild) == 3  # the seeded splits; not the reshuffle or the validation copy
     for name, seed in (("train29.1", 1), ("train29.2", 2), ("train29.4", 4)):
         href = re.search(r'data-testid="rebuild" href="([^"]+)"', rows[name]).group(1)
-        conf = conf_from_referer("http://h" + href.replace("&amp;", "&"))
+        conf = conf_of_page("http://h" + href.replace("&amp;", "&"))
         assert conf["seeds"] == [seed] and conf["force"] is True, conf
         assert "2026-11-30 21:50:00" in rows[name]  # the build time, to the second
         assert "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00" in rows[name]
     assert "rebuilding" in rows["train29.2"] and "rebuilding" not in rows["train29.1"]
     assert 'data-testid="rebuild"' not in rows["train"] + rows["validation"]
     add = re.search(r'data-testid="add-seeds" href="([^"]+)"', page).group(1)
-    assert conf_from_referer("http://h" + add.replace("&amp;", "&"))["seeds"] == [5]
+    assert conf_of_page("http://h" + add.replace("&amp;", "&"))["seeds"] == [5]
     running = re.search(r'data-testid="active-run">(.*?)</div>', page, re.S).group(1)
     assert "/dags/ssl_imagenet_splits/runs/manual__now" in running and "seeds 2" in running
 

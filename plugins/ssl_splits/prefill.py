@@ -7,10 +7,12 @@ validation and run history apply as to any manual run.
 
 How the form gets the values: the link is ``{ui}/dags/{dag_id}?conf={json}``
 (the URL shape Airflow 2 used, and Airflow 3's proposed one). Airflow 3.3's
-UI does not read ``conf`` from the URL itself; it fills the form from the
-param values that ``GET /api/v2/dags/{dag_id}/details`` returns. The UI
-plugin's middleware therefore puts this conf into that response when the
-request comes from such a page (its ``Referer``): ``conf_from_referer`` and
+UI neither opens the form nor reads ``conf`` from the URL itself (the feature
+was merged upstream and reverted, apache/airflow#59231 and #59769); its form
+takes its initial values from the params that ``GET /api/v2/dags/{dag_id}/details``
+returns. The UI plugin's middleware therefore, for such a page, adds a script
+that presses the page's Trigger button, and puts this conf into the details
+response requested from the page (its ``Referer``): ``conf_of_page`` and
 ``apply_prefill`` below. Nothing else changes: other pages, other DAGs and
 API clients without that referer see the DAG's own defaults.
 
@@ -138,12 +140,12 @@ def run_url(run_id: str, *, ui_base: str = "", dag_id: str = DAG_ID) -> str:
             f"{urllib.parse.quote(run_id, safe='')}")
 
 
-def conf_from_referer(referer: str | None, dag_id: str = DAG_ID) -> dict[str, Any] | None:
-    """The conf a DAG page's URL carries (``/dags/{dag_id}?conf={json object}``), or None
-    for any other page, a missing or malformed conf."""
-    if not referer:
+def conf_of_page(page_url: str | None, dag_id: str = DAG_ID) -> dict[str, Any] | None:
+    """The conf a DAG page's URL carries (``/dags/{dag_id}?conf={json object}``, a full
+    URL or its path and query), or None for any other page, a missing or malformed conf."""
+    if not page_url:
         return None
-    url = urllib.parse.urlsplit(referer)
+    url = urllib.parse.urlsplit(page_url)
     if not url.path.rstrip("/").endswith(f"/dags/{dag_id}"):
         return None
     values = urllib.parse.parse_qs(url.query).get("conf")
