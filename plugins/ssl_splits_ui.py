@@ -31,11 +31,12 @@ Wiring (Airflow 3 plugin mechanism):
   (runs, the trigger form) run ``static/airflow-nav.js`` in the UI's page,
   which moves the UI there (and presses the DAG's Trigger button).
 
-* ``fastapi_root_middlewares``: ``PrefillMiddleware`` fills the trigger form
-  of a DAG page opened as ``/dags/ssl_imagenet_splits?conf={json}``: Airflow
-  3.3's form takes its initial values from the DAG details' params, so the
-  middleware puts that conf into the details response requested from such a
-  page (``ssl_splits.prefill``). Every other request passes untouched.
+* ``fastapi_root_middlewares``: ``PrefillMiddleware`` opens and fills the
+  trigger form of the DAG page ``/dags/ssl_imagenet_splits?conf={json}``,
+  which Airflow 3.3's UI does not do itself: it adds the opener script to
+  that page, and puts the conf into the DAG details the page's form takes its
+  initial values from (``ssl_splits.prefill``). Every other request passes
+  untouched.
 
 The FastAPI app is built on its first request: other Airflow processes load
 plugins too (scheduler, workers) and import nothing heavy from here.
@@ -145,7 +146,7 @@ def histogram(values: list[int], bins: int = HISTOGRAM_BINS) -> list[tuple[int, 
     counts = [0] * ((hi - lo) // width + 1)
     for v in values:
         counts[(v - lo) // width] += 1
-    return [(lo + i * width, lo + (i + 1) * width - 1, c) for i, c in enumerate(counts)]
+    return [(lo + i * width, min(lo + (i + 1) * width - 1, hi), c) for i, c in enumerate(counts)]
 
 
 def extremes(counts: dict[str, int], k: int = EXTREMES) -> tuple[list[tuple[str, int]],

@@ -320,3 +320,15 @@ def test_the_page_escapes_the_conf_in_its_links():
     href = re.search(r'data-testid="add-seeds" href="([^"]+)"', page).group(1)
     query = urllib.parse.urlsplit(html_lib.unescape(href)).query
     assert json.loads(urllib.parse.parse_qs(query)["conf"][0])["source_uri"] == doc["source"]["uri"]
+
+
+def test_histogram_bins_cover_the_range_exactly():
+    import ssl_splits_ui as ui
+
+    assert ui.histogram([]) == []
+    assert ui.histogram([5, 5, 7]) == [(5, 5, 2), (6, 6, 0), (7, 7, 1)]  # one bin per value
+    bins = ui.histogram(list(range(73, 131)) + [130] * 300, bins=10)  # 58 values: width 6
+    assert len(bins) == 10 and bins[0][:2] == (73, 78) and bins[-1][:2] == (127, 130)
+    assert sum(c for _, _, c in bins) == 58 + 300 and bins[-1][2] == 4 + 300
+    fewest, most = ui.extremes({"b": 1, "a": 1, "c": 9, "d": 5})
+    assert fewest == [("a", 1), ("b", 1), ("d", 5)] and most == [("c", 9), ("d", 5), ("a", 1)]

@@ -216,7 +216,8 @@ def airflow(tmp_path) -> Iterator[Airflow]:
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     """Source and output, under a short path (it shows in the README's pictures)."""
-    path = Path(tempfile.mkdtemp(prefix="ssl-splits-ui-"))
+    # /tmp even when TMPDIR names a longer folder: the path shows in the pictures.
+    path = Path(tempfile.mkdtemp(prefix="ssl-splits-ui-", dir="/tmp" if Path("/tmp").is_dir() else None))
     try:
         yield path
     finally:
