@@ -6,11 +6,16 @@ Wiring (Airflow 3 plugin mechanism):
   ``/ssl-splits``:
 
   - ``GET /ssl-splits/?uri=<manifest>``: an HTML page with the manifest's
-    splits, counts, shard sizes, each split's per-class counts as a bar chart
-    (inline SVG, nothing loaded from the internet) and the source. Without
-    ``uri``: the manifest of the latest run that published one (the
-    ``manifest_uri`` in the extra of the DAG's asset event), else a form.
-    ``?run_id=`` picks the manifest a given run published.
+    splits, counts, shard sizes, each split's per-class counts (one bar per
+    class up to 60 classes, else a histogram with the extremes named; inline
+    SVG, nothing loaded from the internet) and the source. Without ``uri``:
+    the manifest of the latest run that published one (the ``manifest_uri``
+    in the extra of the DAG's asset event), else a form. ``?run_id=`` picks
+    the manifest a given run published. Actions: "Rebuild" on each seeded
+    split and "Add seeds" open the DAG's trigger form pre-filled
+    (``ssl_splits.prefill``); links to the run that built each split and to
+    runs in progress. Shard lists load when opened. A ``Server-Timing``
+    header says where the time went.
   - ``GET /ssl-splits/api/manifest?uri=...``: the manifest JSON.
   - ``GET /ssl-splits/api/recent``: recently published manifests.
 
@@ -22,6 +27,16 @@ Wiring (Airflow 3 plugin mechanism):
 * ``external_views``: a "Splits manifest" item in the UI's navigation that
   shows the page in an iframe at ``/plugin/ssl-splits`` (the iframe's own path
   follows in the browser's address bar, so a manifest view can be linked).
+  The iframe is sandboxed without top navigation: links to Airflow's own pages
+  (runs, the trigger form) run ``static/airflow-nav.js`` in the UI's page,
+  which moves the UI there (and presses the DAG's Trigger button).
+
+* ``fastapi_root_middlewares``: ``PrefillMiddleware`` opens and fills the
+  trigger form of the DAG page ``/dags/ssl_imagenet_splits?conf={json}``,
+  which Airflow 3.3's UI does not do itself: it adds the opener script to
+  that page, and puts the conf into the DAG details the page's form takes its
+  initial values from (``ssl_splits.prefill``). Every other request passes
+  untouched.
 
 The FastAPI app is built on its first request: other Airflow processes load
 plugins too (scheduler, workers) and import nothing heavy from here.
@@ -35,6 +50,7 @@ import json
 import logging
 import os
 import statistics
+import time
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -47,7 +63,11 @@ URL_PREFIX = "/ssl-splits"
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(HERE, "ssl_splits_ui", "templates")
 STATIC = os.path.join(HERE, "ssl_splits_ui", "static")
-MAX_SHARD_ROWS = 200  # per split in the shard table; the chart shows every shard
+MAX_TITLED_BARS = 240  # bars with their own tooltip; more are drawn as one path
+PER_CLASS_BARS = 60  # up to this many classes, one bar per class; more: a histogram
+HISTOGRAM_BINS = 40
+EXTREMES = 3  # classes named at each end
+DETAILS_PATH = f"/api/v2/dags/{DAG_ID}/details"
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -76,11 +96,13 @@ def check_manifest_uri(uri: str) -> str:
     return uri
 
 
-def bar_chart(values: list[float], titles: list[str], *, height: int = 120,
-              color: str = "#017cee", label: str = "") -> str:
+def bar_chart(values: list[float], titles: list[str] | None = None, *, height: int = 120,
+              color: str = "#017cee", label: str = "", mean_line: bool = True) -> str:
     """An inline SVG bar chart (one bar per value, a dashed line at the mean).
 
-    The SVG stretches to the page's width; every bar has a tooltip (``titles``).
+    The SVG stretches to the page's width. Up to ``MAX_TITLED_BARS`` bars each
+    get a tooltip (``titles``); more are drawn as a single path (thousands of
+    elements slow the first paint and no one hovers over a 1,024th bar).
     """
     n = len(values)
     if not n:
@@ -89,21 +111,78 @@ def bar_chart(values: list[float], titles: list[str], *, height: int = 120,
     top = max(values) or 1
     bw = width / n
     gap = bw * 0.15 if bw >= 3 and n > 1 else 0
-    bars = []
-    for i, (v, t) in enumerate(zip(values, titles)):
-        h = max(v / top * (height - 4), 1 if v else 0)
-        bars.append(f'<rect x="{i * bw:.3f}" y="{height - h:.3f}" width="{max(bw - gap, 0.5):.3f}" '
-                    f'height="{h:.3f}"><title>{html.escape(t)}</title></rect>')
-    mean = sum(values) / n
-    y = height - mean / top * (height - 4)
+    w = max(bw - gap, 0.5)
+    heights = [max(v / top * (height - 4), 1 if v else 0) for v in values]
+    if titles is not None and n <= MAX_TITLED_BARS:
+        bars = "".join(
+            f'<rect x="{i * bw:.3f}" y="{height - h:.3f}" width="{w:.3f}" height="{h:.3f}">'
+            f'<title>{html.escape(t)}</title></rect>' for i, (h, t) in enumerate(zip(heights, titles)))
+        body = f'<g fill="{color}">{bars}</g>'
+    else:
+        d = "".join(f"M{i * bw:.2f} {height}v{-h:.2f}h{w:.2f}v{h:.2f}z"
+                    for i, h in enumerate(heights) if h)
+        body = f'<path fill="{color}" d="{d}"/>'
+    line = ""
+    if mean_line:
+        mean = sum(values) / n
+        y = height - mean / top * (height - 4)
+        line = (f'<line x1="0" x2="{width}" y1="{y:.3f}" y2="{y:.3f}" stroke="#c2410c" '
+                f'stroke-width="1" stroke-dasharray="4 3" vector-effect="non-scaling-stroke">'
+                f'<title>mean {mean:,.1f}</title></line>')
     return (
         f'<svg class="chart" role="img" aria-label="{html.escape(label)}" viewBox="0 0 {width} '
         f'{height}" preserveAspectRatio="none" width="100%" height="{height}" '
-        f'xmlns="http://www.w3.org/2000/svg"><g fill="{color}">{"".join(bars)}</g>'
-        f'<line x1="0" x2="{width}" y1="{y:.3f}" y2="{y:.3f}" stroke="#c2410c" '
-        f'stroke-width="1" stroke-dasharray="4 3" vector-effect="non-scaling-stroke">'
-        f'<title>mean {mean:,.1f}</title></line></svg>'
+        f'xmlns="http://www.w3.org/2000/svg">{body}{line}</svg>'
     )
+
+
+def histogram(values: list[int], bins: int = HISTOGRAM_BINS) -> list[tuple[int, int, int]]:
+    """``(lo, hi, count)`` per bin over ``min..max`` of integer ``values``: one bin
+    per value when the range is small, else ``bins`` bins of equal integer width."""
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    width = max(1, -(-(hi - lo + 1) // bins))  # ceil
+    counts = [0] * ((hi - lo) // width + 1)
+    for v in values:
+        counts[(v - lo) // width] += 1
+    return [(lo + i * width, min(lo + (i + 1) * width - 1, hi), c) for i, c in enumerate(counts)]
+
+
+def extremes(counts: dict[str, int], k: int = EXTREMES) -> tuple[list[tuple[str, int]],
+                                                                 list[tuple[str, int]]]:
+    """The ``k`` classes with the fewest and with the most examples (ties by name)."""
+    items = list(counts.items())
+    fewest = sorted(items, key=lambda kv: (kv[1], kv[0]))[:k]
+    most = sorted(items, key=lambda kv: (-kv[1], kv[0]))[:k]
+    return fewest, most
+
+
+def class_view(name: str, counts: dict[str, int]) -> dict[str, Any]:
+    """Per-class counts, readable at 10 classes and at 1,000: one bar per class
+    (sorted by class) up to ``PER_CLASS_BARS``, else a histogram of the classes
+    by their number of examples, with the extremes named."""
+    keys = sorted(counts)
+    values = [counts[k] for k in keys]
+    if not keys:
+        return {"num_classes": 0, "chart": "", "spread": "–"}
+    fewest, most = extremes(counts)
+    out = {"num_classes": len(keys), "spread": spread(values),
+           "median": statistics.median(values), "fewest": fewest, "most": most,
+           "uniform": min(values) == max(values)}
+    if len(keys) <= PER_CLASS_BARS:
+        out.update(kind="bars", first=keys[0], last=keys[-1], chart=bar_chart(
+            [float(v) for v in values], [f"{k}: {v:,}" for k, v in zip(keys, values)],
+            color="#0f766e", label=f"examples per class in {name}"))
+        return out
+    bins = histogram(values)
+    out.update(kind="histogram", first=f"{bins[0][0]:,}", last=f"{bins[-1][1]:,}", chart=bar_chart(
+        [float(c) for _, _, c in bins],
+        [f"{lo:,} examples: {c:,} classes" if lo == hi else f"{lo:,}..{hi:,} examples: {c:,} classes"
+         for lo, hi, c in bins],
+        color="#0f766e", mean_line=False,
+        label=f"classes of {name} by their number of examples (histogram)"))
+    return out
 
 
 def spread(values: list[int]) -> str:
@@ -123,17 +202,24 @@ def size_spread(sizes: list[int]) -> str:
     return f"{size(lo)} each" if lo == hi else f"{size(lo)}..{size(hi)}"
 
 
-def split_view(name: str, e: dict[str, Any]) -> dict[str, Any]:
+def when(ts: Any) -> str:
+    """An ISO time as ``YYYY-MM-DD HH:MM:SS`` (UTC as written), or ``""``."""
+    return str(ts)[:19].replace("T", " ") if ts else ""
+
+
+def split_view(name: str, e: dict[str, Any], *, ui_base: str = "",
+               rebuild_url: str | None = None) -> dict[str, Any]:
     """What the page shows of one split (pure: a manifest entry in, strings out)."""
+    from ssl_splits.prefill import run_url
+
     shards = e.get("shards") or []
     records = [int(s.get("num_records") or 0) for s in shards]
     sizes = [int(s.get("num_bytes") or 0) for s in shards]
-    counts = e.get("class_counts") or {}
-    keys = sorted(counts)
-    class_values = [int(counts[k]) for k in keys]
+    counts = {str(k): int(v or 0) for k, v in (e.get("class_counts") or {}).items()}
     prov = e.get("provenance") or {}
     ver = e.get("verification") or {}
     plan = e.get("plan") or {}
+    run_id = prov.get("run_id")
     return {
         "name": name,
         "anchor": "split-" + "".join(c if c.isalnum() else "-" for c in name),
@@ -153,31 +239,52 @@ def split_view(name: str, e: dict[str, Any]) -> dict[str, Any]:
             [f"{os.path.basename(s.get('path', ''))}: {r:,} records, {size(b)}"
              for s, r, b in zip(shards, records, sizes)],
             label=f"records per shard of {name}"),
-        "num_classes": len(keys),
-        "class_spread": spread(class_values),
-        "class_chart": bar_chart(
-            [float(v) for v in class_values], [f"{k}: {v:,}" for k, v in zip(keys, class_values)],
-            color="#0f766e", label=f"examples per class in {name}") if keys else "",
-        "first_class": keys[0] if keys else "",
-        "last_class": keys[-1] if keys else "",
-        "shards": [{"name": os.path.basename(s.get("path", "")), "path": s.get("path", ""),
-                    "num_records": int(s.get("num_records") or 0),
-                    "size": size(s.get("num_bytes")), "crc32c": s.get("crc32c", "")}
-                   for s in shards[:MAX_SHARD_ROWS]],
-        "more_shards": max(0, len(shards) - MAX_SHARD_ROWS),
+        "classes": class_view(name, counts),
         "plan": plan,
         "plan_sha": (plan.get("sha256") or "")[:16],
         "verification": ver,
+        "verified_at": when(ver.get("verified_at")),
         "provenance": prov,
+        "built_at": when(prov.get("built_at")),
+        "run_id": run_id,
+        "run_url": run_url(run_id, ui_base=ui_base, dag_id=prov.get("dag_id") or DAG_ID)
+        if run_id else None,
+        "rebuild_url": rebuild_url,
         "copied_from": e.get("copied_from"),
     }
 
 
-def manifest_view(doc: dict[str, Any]) -> dict[str, Any]:
-    """What the page shows of a manifest."""
-    splits = [split_view(n, e) for n, e in (doc.get("splits") or {}).items()]
+def manifest_view(doc: dict[str, Any], *, uri: str = "", ui_base: str = "",
+                  active: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What the page shows of a manifest, with its actions: the trigger form
+    pre-filled to rebuild each seeded split or to add seeds, and the runs in
+    progress (``active``: ``active_runs()``)."""
+    from ssl_splits.prefill import add_seeds_conf, rebuild_conf, seeded_splits, trigger_url
+
+    seeded = seeded_splits(doc)
+    splits = [split_view(n, e, ui_base=ui_base, rebuild_url=trigger_url(
+                  rebuild_conf(doc, n, uri), ui_base=ui_base) if n in seeded else None)
+              for n, e in (doc.get("splits") or {}).items() if isinstance(e, dict)]
+    add = add_seeds_conf(doc, uri)
     src = doc.get("source") or {}
     files = src.get("files") or []
+    output = (doc.get("output_uri") or "").rstrip("/")
+    runs = []
+    for r in active or []:
+        conf = r.get("conf") or {}
+        mine = not conf.get("output_uri") or str(conf["output_uri"]).rstrip("/") == output
+        runs.append({**r, "this_output": mine})
+    building: dict[str, str] = {}  # split name -> the active run that rebuilds it
+    for r in runs:
+        if not r["this_output"]:
+            continue
+        seeds = (r.get("conf") or {}).get("seeds")
+        for sv in splits:
+            if sv["seed"] is not None and sv["kind"] == "supervised" and isinstance(seeds, list) \
+                    and str(sv["seed"]) in {str(x).strip() for x in seeds}:
+                building.setdefault(sv["name"], r["run_id"])
+    for sv in splits:
+        sv["building_in"] = building.get(sv["name"])
     return {
         "splits": splits,
         "total_examples": sum(s["num_examples"] for s in splits),
@@ -190,6 +297,9 @@ def manifest_view(doc: dict[str, Any]) -> dict[str, Any]:
         "output_uri": doc.get("output_uri", ""),
         "updated_at": doc.get("updated_at", ""),
         "schema_version": doc.get("schema_version"),
+        "add_seeds": add["seeds"],
+        "add_seeds_url": trigger_url(add, ui_base=ui_base),
+        "active_runs": runs,
     }
 
 
@@ -243,6 +353,28 @@ def manifest_of_run(run_id: str) -> str | None:
     return value.get("manifest_uri") if isinstance(value, dict) else None
 
 
+def active_runs(limit: int = 5) -> list[dict[str, Any]]:
+    """The DAG's runs in progress (queued or running), oldest first: run id, state,
+    start and conf (what they build)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.queued_at, DagRun.conf)
+            .where(DagRun.dag_id == DAG_ID,
+                   DagRun.state.in_([DagRunState.RUNNING, DagRunState.QUEUED]))
+            .order_by(DagRun.id)
+            .limit(limit)
+        ).all()
+    return [{"run_id": run_id, "state": str(getattr(state, "value", state)),
+             "since": when((start or queued).isoformat()) if (start or queued) else "",
+             "conf": conf if isinstance(conf, dict) else {}}
+            for run_id, state, start, queued, conf in rows]
+
+
 def read_manifest(uri: str) -> dict[str, Any]:
     """Load a manifest through beam_jobs.storage (gs:// with the Airflow connection)."""
     from ssl_splits.gcp import airflow_storage
@@ -257,8 +389,12 @@ _PAGE = None
 
 
 def render_page(*, uri: str = "", doc: dict[str, Any] | None = None, error: str | None = None,
-                note: str | None = None, recent: list[dict[str, Any]] | None = None) -> str:
-    """The HTML page (Jinja2, autoescaped: manifest values are never markup)."""
+                note: str | None = None, recent: list[dict[str, Any]] | None = None,
+                active: list[dict[str, Any]] | None = None, ui_base: str = "") -> str:
+    """The HTML page (Jinja2, autoescaped: manifest values are never markup).
+
+    ``ui_base``: the Airflow UI's path prefix ("" unless it is served under a
+    path), for links to its pages; ``active``: the runs in progress."""
     global _PAGE
     if _PAGE is None:
         import jinja2
@@ -267,15 +403,21 @@ def render_page(*, uri: str = "", doc: dict[str, Any] | None = None, error: str 
                                  autoescape=jinja2.select_autoescape(["html"]))
         env.filters["num"] = lambda v: f"{v:,}" if isinstance(v, (int, float)) else (v or "–")
         _PAGE = env.get_template("manifest.html")
+    from ssl_splits.prefill import run_url
+
+    view = manifest_view(doc, uri=uri, ui_base=ui_base, active=active) if doc else None
+    runs = view["active_runs"] if view else (active or [])
+    runs = [{**r, "url": run_url(r["run_id"], ui_base=ui_base)} for r in runs]
     return _PAGE.render(
         uri=uri or "", error=error, note=note, recent=recent or [], dag_id=DAG_ID,
-        view=manifest_view(doc) if doc else None, prefix=URL_PREFIX,
+        view=view, active=runs, prefix=f"{ui_base}{URL_PREFIX}", ui_base=ui_base,
         now=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
 
 def create_app():  # -> fastapi.FastAPI
     """The plugin's FastAPI app (built in the API server, on first use)."""
+    from airflow.api_fastapi.app import API_ROOT_PATH
     from airflow.api_fastapi.core_api.security import requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException, Query
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -288,11 +430,20 @@ def create_app():  # -> fastapi.FastAPI
     def view(uri: str | None = Query(None), run_id: str | None = Query(None)) -> HTMLResponse:
         error = note = None
         doc = None
+        timing: dict[str, float] = {}
+        t0 = time.perf_counter()
         try:
             recent = recent_manifests()
         except Exception as err:  # noqa: BLE001 (the page still works with a URI)
             log.warning("could not list published manifests: %s", err)
             recent = []
+        try:
+            active = active_runs()
+        except Exception as err:  # noqa: BLE001 (the page still works without them)
+            log.warning("could not list runs in progress: %s", err)
+            active = []
+        t1 = time.perf_counter()
+        timing["db"] = t1 - t0
         if not uri and run_id:
             uri = manifest_of_run(run_id)
             if not uri:
@@ -309,8 +460,14 @@ def create_app():  # -> fastapi.FastAPI
         elif not uri and not error:
             note = (f"No manifest published yet: trigger {DAG_ID}, or enter the URI of a "
                     "manifest.")
-        return HTMLResponse(render_page(uri=uri or "", doc=doc, error=error, note=note,
-                                        recent=recent))
+        t2 = time.perf_counter()
+        timing["manifest"] = t2 - t1
+        ui_base = API_ROOT_PATH.rstrip("/")  # the UI's path prefix: "" unless base_url has one
+        page = render_page(uri=uri or "", doc=doc, error=error, note=note, recent=recent,
+                           active=active, ui_base=ui_base)
+        timing["render"] = time.perf_counter() - t2
+        return HTMLResponse(page, headers={"Server-Timing": ", ".join(
+            f"{k};dur={v * 1000:.1f}" for k, v in timing.items())})
 
     @app.get("/api/manifest", dependencies=can_read_dag)
     def manifest_json(uri: str = Query(...)) -> JSONResponse:
@@ -329,6 +486,11 @@ def create_app():  # -> fastapi.FastAPI
     def icon() -> FileResponse:
         return FileResponse(os.path.join(STATIC, "icon.svg"), media_type="image/svg+xml")
 
+    @app.get("/static/airflow-nav.js", include_in_schema=False)
+    def nav_script() -> FileResponse:
+        return FileResponse(os.path.join(STATIC, "airflow-nav.js"),
+                            media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
     return app
 
 
@@ -345,12 +507,121 @@ class LazyASGIApp:
         await self._app(scope, receive, send)
 
 
+class PrefillMiddleware:
+    """Opens and pre-fills the DAG's trigger form for ``/dags/ssl_imagenet_splits?conf={json}``.
+
+    A root ASGI middleware of the API server; it acts on two requests only, and only
+    when they concern such a page:
+
+    * the page itself (``GET /dags/ssl_imagenet_splits?conf=...``, the UI's HTML): a
+      script is added (``static/airflow-nav.js``) that presses the page's Trigger button;
+    * the DAG's details asked for by that page (``GET /api/v2/dags/ssl_imagenet_splits/details``
+      with that page as ``Referer``), where the form takes its params' initial values:
+      the params carry the conf's values (``ssl_splits.prefill.apply_prefill``).
+
+    Airflow has already answered (and authorised) the request; a response other than
+    200 HTML or JSON passes as it is. These requests are asked uncompressed (no
+    ``Accept-Encoding``) so that their body can be read.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        transform = self._transform(scope) if scope.get("type") == "http" else None
+        if transform is None:
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"accept-encoding"]}
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            if _plain(start):
+                body = transform(body)
+            out_headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            out_headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": out_headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+    @staticmethod
+    def _transform(scope):  # -> Callable[[bytes], bytes] | None
+        """What to do with this request's response body, or None to let it pass."""
+        from ssl_splits.prefill import conf_of_page
+
+        if scope.get("method") != "GET":
+            return None
+        path = scope.get("path", "")
+        if path.endswith(DETAILS_PATH):
+            referer = next((v.decode("latin-1") for k, v in scope.get("headers") or []
+                            if k == b"referer"), None)
+            conf = conf_of_page(referer)
+            return None if conf is None else (lambda body: _prefilled(body, conf))
+        page = f"/dags/{DAG_ID}"
+        if path.rstrip("/").endswith(page) and "/api/" not in path:
+            query = scope.get("query_string", b"").decode("latin-1")
+            if conf_of_page(f"{path}?{query}") is None:
+                return None
+            prefix = path.rstrip("/")[:-len(page)]
+            return lambda body: with_opener(body, f"{prefix}{URL_PREFIX}/static/airflow-nav.js")
+        return None
+
+
+def _plain(start: dict[str, Any]) -> bool:
+    """A 200 answer whose body is not encoded (compressed)."""
+    headers = {k.lower(): v for k, v in start.get("headers", [])}
+    return start.get("status") == 200 and not headers.get(b"content-encoding")
+
+
+def _prefilled(body: bytes, conf: dict[str, Any]) -> bytes:
+    """The details body with ``conf`` applied, or as it was (not a JSON object)."""
+    from ssl_splits.prefill import apply_prefill
+
+    try:
+        details = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(details, dict):
+        return body
+    new, applied = apply_prefill(details, conf)
+    if not applied:
+        return body
+    log.info("trigger form of %s pre-filled with %s", DAG_ID, ", ".join(applied))
+    return json.dumps(new).encode()
+
+
+def with_opener(page: bytes, script_src: str) -> bytes:
+    """The UI's HTML page with the script that opens the trigger form, before
+    ``</head>`` (unchanged when the page has none)."""
+    tag = (f'<script src="{html.escape(script_src)}" data-open="trigger"></script>'
+           .encode())
+    i = page.find(b"</head>")
+    return page if i < 0 else page[:i] + tag + page[i:]
+
+
 class SslSplitsUIPlugin(AirflowPlugin):
     name = "ssl_splits_ui"
     fastapi_apps = [{
         "app": LazyASGIApp(create_app),
         "url_prefix": URL_PREFIX,
         "name": "SSL splits manifest view",
+    }]
+    fastapi_root_middlewares = [{
+        "middleware": PrefillMiddleware,
+        "name": "SSL splits: pre-filled trigger form",
     }]
     external_views = [{
         "name": "Splits",  # the nav shows about 8 characters

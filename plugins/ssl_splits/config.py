@@ -23,6 +23,10 @@ from airflow.sdk.exceptions import AirflowFailException
 URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
 DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
 MAX_SEED = 1_000_000
+# A seed as the trigger form's text box sends it: digits, spaces around them; a blank
+# line (a trailing newline) is allowed and ignored.
+SEED_LINE_PATTERN = r"^\s*([0-9]{1,7})?\s*$"
+DEFAULT_NUM_CLASSES = 1000
 RUNNERS = ["DirectRunner", "DataflowRunner"]
 SAMPLINGS = ["stratified", "uniform"]
 # Every split is verified exactly from metadata (sizes and CRC32Cs predicted
@@ -69,12 +73,17 @@ def params() -> dict[str, Param]:
             "Where the manifest JSON is published. Empty: {output_uri}/manifest.json.",
             nullable=True,
         ),
+        # Items without one "type": the form shows a text box, one seed per line (Airflow
+        # 3.3's multi-select picks only from a fixed list, and its JSON editor needs
+        # brackets); the box sends strings, which parse_seeds turns into integers.
         "seeds": Param(
             [1, 2, 3, 4, 5], type="array", title="Seeds",
-            description="Labelled splits to build, one per seed (train{N}.{seed}). [3] rebuilds "
-                        "seed 3 only; [] builds none.",
-            items={"type": "integer", "minimum": 1, "maximum": MAX_SEED}, uniqueItems=True,
-            maxItems=100,
+            description="Labelled splits to build, one seed per line (train{N}.{seed}): "
+                        "3 alone rebuilds seed 3. In --conf and the REST API a list of "
+                        "integers: [3]; [] builds none.",
+            items={"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SEED},
+                             {"type": "string", "pattern": SEED_LINE_PATTERN}]},
+            uniqueItems=True, maxItems=100,
         ),
         "fraction": Param(
             0.1, type="number", title="Fraction",
@@ -136,7 +145,8 @@ def params() -> dict[str, Param]:
             section=ADVANCED,
         ),
         "num_classes": Param(
-            1000, type="integer", minimum=1, maximum=100000, title="Number of classes",
+            DEFAULT_NUM_CLASSES, type="integer", minimum=1, maximum=100000,
+            title="Number of classes",
             description="Valid labels are 1..num_classes (the common converter's labels).",
             section=ADVANCED,
         ),
@@ -277,6 +287,36 @@ def _inside(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/")
 
 
+def parse_seeds(value: Any) -> list[int]:
+    """The ``seeds`` param as integers. A list of integers (``--conf``, the REST API) or
+    of strings of digits (the trigger form's text box, one seed per line: spaces around
+    a seed and blank lines are ignored). Names the bad item otherwise."""
+    if not isinstance(value, list):
+        raise ConfigError(f"seeds must be a list of integers, got {value!r}")
+    seeds: list[int] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            text = item.strip()
+            if not text:
+                continue  # a blank line of the form's text box
+            if not text.isascii() or not text.isdigit():
+                raise ConfigError(f"seeds: item {i + 1} ({item!r}) is not a seed number; give "
+                                  "whole numbers, one per line in the form ([3, 4] in --conf)")
+            seed = int(text)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            seed = item
+        else:
+            raise ConfigError(f"seeds must be a list of integers, got {value!r} "
+                              f"(item {i + 1} is {item!r})")
+        if not 1 <= seed <= MAX_SEED:
+            raise ConfigError(f"seeds must be between 1 and {MAX_SEED}, got {seed} "
+                              f"(item {i + 1})")
+        if seed in seeds:
+            raise ConfigError(f"seeds must not repeat: seed {seed} is given twice ({value!r})")
+        seeds.append(seed)
+    return seeds
+
+
 def resolve(p: dict[str, Any]) -> RunConfig:
     """Check a run's params as a whole and fill derived defaults."""
     source = check_uri("source_uri", p.get("source_uri"))
@@ -293,15 +333,7 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     work = check_uri("work_uri", p["work_uri"]) if p.get("work_uri") else f"{output}/_work"
     if _inside(work, source):
         raise ConfigError(f"work_uri {work} must not be inside source_uri {source}")
-    seeds = p.get("seeds", [1, 2, 3, 4, 5])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                             for s in seeds):
-        raise ConfigError(f"seeds must be a list of integers, got {seeds!r}")
-    bad = [s for s in seeds if not 1 <= s <= MAX_SEED]
-    if bad:
-        raise ConfigError(f"seeds must be between 1 and {MAX_SEED}, got {bad}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must not repeat, got {seeds}")
+    seeds = parse_seeds(p.get("seeds", [1, 2, 3, 4, 5]))
     fraction = p.get("fraction", 0.1)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
