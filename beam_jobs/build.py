@@ -561,9 +561,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     meta: dict[str, Any] = {"job_name": job_name("ssl", split)}
     spath = stats_uri(work, split)
-    # Stats say a staged build is complete: an earlier build's must not outlive
-    # the start of this one (if this one dies, verify finds no stats, not old ones).
-    storage.delete([spath])
     if args.plan_uri:
         source = storage.normalize(args.source_uri) if args.source_uri else None
         table, files, sha = build_table(args.plan_uri, args.catalog_dir, source)
@@ -603,7 +600,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         elements = [{"path": f.path, "shard": i, "num_shards": num_shards}
                     for i, f in enumerate(shards)]
         fn = CopyShard(split, output, staging, progress_dir(work, "build", split))
-    clear_other_stagings(work, split, keep=staging)
     p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes,
                              work_seconds=estimated_seconds(work_bytes, work_records))
     meta["runner"] = p_options.get_all_options()["runner"]
@@ -619,11 +615,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             expected=expected, meta=meta, stats_path=spath))
     )
     staged = stage_template(p, p_options, "build")
-    if staged:
+    if staged:  # described for Dataflow, not run: nothing of an earlier build is touched
         return {**staged, "split": split}
+    # Stats say a staged build is complete: an earlier build's must not outlive
+    # the start of this one (if this one dies, verify finds no stats, not old ones).
+    storage.delete([spath])
+    clear_other_stagings(work, split, keep=staging)
     staged = stage_template(p, p_options, "build")
-    if staged:
+    if staged:  # described for Dataflow, not run: nothing of an earlier build is touched
         return {**staged, "split": split}
+    # Stats say a staged build is complete: an earlier build's must not outlive
+    # the start of this one (if this one dies, verify finds no stats, not old ones).
+    storage.delete([spath])
+    clear_other_stagings(work, split, keep=staging)
     with Progress(split, progress_dir(work, "build", split), num_shards,
                   total_records=sum(expected) if expected is not None else None,
                   total_bytes=work_bytes, logger=log):

@@ -66,7 +66,7 @@ JOBS = {"validate": ("ValidateShard", "beam_jobs.validate", "ValidateShard"),
         "build_seeded": ("WriteShard", "beam_jobs.build", "WriteShard"),
         "build_reshuffle": ("WriteShard", "beam_jobs.build", "WriteShard"),
         "build_validation": ("WriteShard", "beam_jobs.build", "CopyShard"),
-        "verify_deep": ("DeepCheck", "beam_jobs.verify", "DeepCheck")}
+        "verify_deep": ("DeepCheck", "beam_jobs.deep_verify", "DeepCheck")}
 CREATE_URN = "beam:transform:pickled_python:v1"  # beam.Create, a Python composite
 RESHUFFLE_URN = "beam:transform:reshuffle:v1"
 PARDO_URN = "beam:transform:pardo:v1"
@@ -274,24 +274,27 @@ def test_descriptions_match_the_golden_file(staged, world):
 
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_graph_is_create_reshuffle_then_the_jobs_dofn(staged, name):
-    """Top level: Create ("Shards") -> Reshuffle ("Spread") -> ParDo(the DoFn), wired
-    output to input in the staged proto (not just named in order)."""
+    """Create ("Shards") -> Reshuffle -> ParDo(the DoFn), wired output to input in
+    the staged proto (not just named in order); the Reshuffle and the ParDo may sit
+    inside a composite of the job's (e.g. ``Verify/Spread``, ``Verify/DeepCheck``)."""
     from apache_beam.portability.api import beam_runner_api_pb2
 
     from beam_jobs import storage
 
     proto = beam_runner_api_pb2.Pipeline.FromString(
         storage.read_bytes(staged[name]["pipeline_url"]))
-    by_name = {t.unique_name: t for t in proto.components.transforms.values()}
+    transforms = list(proto.components.transforms.values())
+    by_name = {t.unique_name: t for t in transforms}
     top = [t["name"] for t in staged[name]["transforms"] if t["depth"] == 0]
     label, module, dofn = JOBS[name]
-    assert top[:3] == ["Shards", "Spread", label], top
-    create, spread, work = by_name["Shards"], by_name["Spread"], by_name[label]
+    assert top[0] == "Shards", top
+    create = by_name["Shards"]
     assert create.spec.urn == CREATE_URN and not create.inputs
-    assert spread.spec.urn == RESHUFFLE_URN
-    assert work.spec.urn == PARDO_URN
-    assert list(spread.inputs.values()) == list(create.outputs.values())
-    assert list(work.inputs.values()) == list(spread.outputs.values())
+    spread, = [t for t in transforms if t.spec.urn == RESHUFFLE_URN
+               and list(t.inputs.values()) == list(create.outputs.values())]
+    work, = [t for t in transforms if t.spec.urn == PARDO_URN
+             and list(t.inputs.values()) == list(spread.outputs.values())]
+    assert work.unique_name.split("/")[-1] == label, work.unique_name
     # The ParDo runs our DoFn class: its pickled payload (bz2, base64) names the class
     # and its module (read as bytes; nothing is unpickled).
     payload = beam_runner_api_pb2.ParDoPayload.FromString(work.spec.payload)
