@@ -63,7 +63,7 @@ from beam_jobs.catalog import (
     shard_name,
     write_table,
 )
-from beam_jobs.layout import staging_dir, stats_uri, work_default
+from beam_jobs.layout import naming, staging_dir, stats_uri, work_default
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
@@ -229,8 +229,9 @@ class WriteShard(beam.DoFn):
 
     def __init__(self, table_uri: str, files: list[str], split: str, num_shards: int,
                  output_uri: str, staging: str, read_threads: int,
-                 progress: str | None = None) -> None:
+                 progress: str | None = None, prefix: str | None = None) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
+        self.prefix = prefix  # the split's file prefix in the source's layout (beam_jobs.layout)
         self.table_uri = table_uri
         self.files = files
         self.split = split
@@ -263,7 +264,7 @@ class WriteShard(beam.DoFn):
         stats = write_shard(
             shard, self._rows(shard), self.files, split=self.split, num_shards=self.num_shards,
             output_uri=self.output_uri, staging=self.staging, read_threads=self.read_threads,
-            reader=self._reader,
+            reader=self._reader, prefix=self.prefix,
         )
         if stats.get("reused"):
             self.reused.inc()
@@ -335,13 +336,13 @@ def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: 
 
 def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num_shards: int,
                 output_uri: str, staging: str, read_threads: int,
-                reader: RangeReader | None = None) -> dict[str, Any]:
+                reader: RangeReader | None = None, prefix: str | None = None) -> dict[str, Any]:
     """Copy a shard's planned records into a staged file; return its stats.
 
     ``reader`` keeps source files open across calls (one is made and closed
-    here if not given)."""
+    here if not given). ``prefix``: the split's file prefix (default the split)."""
     t0 = time.monotonic()
-    name = shard_name(split, shard, num_shards)
+    name = shard_name(prefix or split, shard, num_shards)
     final = storage.join(output_uri, name)
     reused = _reusable(staging, shard, final)
     if reused is not None:
@@ -378,8 +379,9 @@ class CopyShard(beam.DoFn):
     checking its records on the way."""
 
     def __init__(self, split: str, output_uri: str, staging: str,
-                 progress: str | None = None) -> None:
+                 progress: str | None = None, prefix: str | None = None) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
+        self.prefix = prefix  # the split's file prefix in the source's layout
         self.split = split
         self.output_uri = output_uri
         self.staging = staging
@@ -389,15 +391,15 @@ class CopyShard(beam.DoFn):
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
         stats = copy_shard(element, split=self.split, output_uri=self.output_uri,
-                           staging=self.staging)
+                           staging=self.staging, prefix=self.prefix)
         mark_done(self.progress, element["shard"], stats["num_records"], stats["num_bytes"])
         yield stats
 
 
 def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
-               staging: str) -> dict[str, Any]:
+               staging: str, prefix: str | None = None) -> dict[str, Any]:
     src, shard, num_shards = element["path"], element["shard"], element["num_shards"]
-    name = shard_name(split, shard, num_shards)
+    name = shard_name(prefix or split, shard, num_shards)
     final = storage.join(output_uri, name)
     reused = _reusable(staging, shard, final)
     if reused is not None:
@@ -424,7 +426,7 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
 
 def promote(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_uri: str,
             staging: str, expected: list[int] | None, meta: dict[str, Any],
-            stats_path: str) -> dict[str, Any]:
+            stats_path: str, prefix: str | None = None) -> dict[str, Any]:
     """Check every shard is staged as planned, then give the split its final names.
 
     New shards replace old ones under the same names; files of an earlier
@@ -445,9 +447,10 @@ def promote(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_
         if storage.exists(s["staged"]):
             storage.rename(s["staged"], s["path"])
     keep = {s["path"] for s in stats}
-    stale = [f.path for f in storage.list_files(storage.join(output_uri, f"{split}-*"))
+    prefix = prefix or split
+    stale = [f.path for f in storage.list_files(storage.join(output_uri, f"{prefix}-*"))
              if f.path not in keep and SHARD_RE.match(storage.basename(f.path))
-             and SHARD_RE.match(storage.basename(f.path)).group("prefix") == split]  # type: ignore[union-attr]
+             and SHARD_RE.match(storage.basename(f.path)).group("prefix") == prefix]  # type: ignore[union-attr]
     if stale:
         log.info("%s: removing %d files of an earlier build with another shard count", split,
                  len(stale))
@@ -460,7 +463,7 @@ def promote(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_
         "num_bytes": sum(s["num_bytes"] for s in stats),
         "bytes_read": sum(s.get("bytes_read", 0) for s in stats if not s.get("reused")),
         "shards_reused": sum(1 for s in stats if s.get("reused")),
-        "file_pattern": storage.join(output_uri, f"{split}-*-of-{num_shards:05d}"),
+        "file_pattern": storage.join(output_uri, f"{prefix}-*-of-{num_shards:05d}"),
         "shards": [{k: s[k] for k in ("path", "num_records", "num_bytes", "crc32c")} for s in stats],
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": __version__,
@@ -489,6 +492,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--plan_uri", help="filename,shard,index file (plan mode)")
     p.add_argument("--catalog_dir", help="the validation job's catalog folder (plan mode)")
     p.add_argument("--copy_from", help="source folder whose {split}-* shards are copied (copy mode)")
+    p.add_argument("--layout", default=None,
+                   help="the source's layout, common (default) or tfds:DATASET: the output "
+                        "files are named as its readers look for them "
+                        "(imagenet2012-train128116_1.tfrecord-SSSSS-of-NNNNN for TFDS)")
     p.add_argument("--read_threads", type=int, default=0,
                    help="ranged reads in flight per shard (default: 16 on gs://, 1 locally)")
     p.add_argument("--skip_source_check", action="store_true",
@@ -508,8 +515,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     output = storage.normalize(args.output_uri)
     work = storage.normalize(args.work_uri or work_default(output))
     split = args.split
+    names = naming(args.layout)
+    prefix = names.file_prefix(split)  # the split's file names in its source's layout
     t0 = time.monotonic()
-    meta: dict[str, Any] = {"job_name": job_name("ssl", split)}
+    meta: dict[str, Any] = {"job_name": job_name("ssl", split), "layout": names.spec}
     if args.plan_uri:
         table, files, sha = build_table(args.plan_uri, args.catalog_dir)
         work_bytes = int(pc.sum(table.column("length")).as_py() or 0)
@@ -530,15 +539,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                  split, table.num_rows, num_shards, len(files), threads)
         elements: list[Any] = list(range(num_shards))
         fn: beam.DoFn = WriteShard(table_uri, files, split, num_shards, output, staging, threads,
-                                   progress_dir(work, "build", split))
+                                   progress_dir(work, "build", split), prefix)
         del table
     else:
         src = storage.normalize(args.copy_from)
-        listing = storage.list_files(storage.join(src, f"{split}-*"))
+        listing = storage.list_files(storage.join(src, f"{prefix}-*"))
         named = [(f, SHARD_RE.match(storage.basename(f.path))) for f in listing]
-        shards = [(f, m) for f, m in named if m and m.group("prefix") == split]
+        shards = [(f, m) for f, m in named if m and m.group("prefix") == prefix]
         if not shards:
-            raise BuildError(f"nothing to copy: no {split}-SSSSS-of-NNNNN files in {src}")
+            raise BuildError(f"nothing to copy: no {prefix}-SSSSS-of-NNNNN files in {src}")
         num_shards = int(shards[0][1].group("count"))
         idx = sorted(int(m.group("index")) for _, m in shards)
         if idx != list(range(num_shards)) or len({m.group("count") for _, m in shards}) != 1:
@@ -553,7 +562,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         meta.update(copied_from=src, source_fingerprint=fp)
         elements = [{"path": f.path, "shard": int(m.group("index")), "num_shards": num_shards}
                     for f, m in shards]
-        fn = CopyShard(split, output, staging, progress_dir(work, "build", split))
+        fn = CopyShard(split, output, staging, progress_dir(work, "build", split), prefix)
     spath = stats_uri(work, split)
     p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes,
                              work_seconds=estimated_seconds(work_bytes, work_records))
@@ -567,7 +576,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         | "Collect" >> beam.combiners.ToList()
         | "Promote" >> beam.Map(lambda st: promote(
             st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
-            expected=expected, meta=meta, stats_path=spath))
+            expected=expected, meta=meta, stats_path=spath, prefix=prefix))
     )
     with Progress(split, progress_dir(work, "build", split), num_shards,
                   total_records=sum(expected) if expected is not None else None,

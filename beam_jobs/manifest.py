@@ -48,7 +48,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from beam_jobs import storage
+from beam_jobs import layout, storage
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -150,7 +150,10 @@ def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFil
     if check:
         problems = []
         folder = storage.dirname(paths[0]) if paths else storage.dirname(entry["file_pattern"])
-        listed = {f.path: f for f in storage.list_files(storage.join(folder, f"{split}-*"))}
+        # The split's glob in its source's layout (train128116.3-* or, from a TFDS source,
+        # imagenet2012-train128116_3.tfrecord-*).
+        names = layout.naming(entry.get("layout") or (doc.get("source") or {}).get("layout"))
+        listed = {f.path: f for f in storage.list_files(names.split_glob(folder, split))}
         for s in entry["shards"]:
             info = listed.get(s["path"])
             if info is None:
@@ -175,7 +178,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     out = []
     for name, e in doc["splits"].items():
         size = sum(s["num_bytes"] for s in e["shards"])
-        extra = f"seed {e.get('seed')}, " if e.get("kind") == "supervised" else ""
+        extra = f"seed {e.get('seed')}, " if e.get("kind") == "supervised" \
+            and e.get("seed") is not None else ""
         out.append(f"{name:<22} {e['kind']:<12} {extra}{e['num_examples']:>9,} examples in "
                    f"{e['num_shards']:>5} shards, {size / 1e6:,.1f} MB")
     return out

@@ -12,7 +12,8 @@ wherever the code is installed:
   (one file name per line, 12,811 and 128,116 names): the split takes exactly
   those records, in the product's order and sharding.
 
-Each list is named by a reference ``published:{key}`` (``published:fixmatch/split3``),
+The module imports nothing heavy (the DAG's params list the protocols at
+parse time). Each list is named by a reference ``published:{key}`` (``published:fixmatch/split3``),
 accepted wherever a plan or name-list URI is (``sharding_files``, ``name_lists``,
 the CLIs' ``--sharding_file``/``--name_list``, the synthetic generator's
 ``--names_from``). Every load decompresses the file and checks the sha256 of
@@ -47,9 +48,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from beam_jobs import storage
-
 REF_PREFIX = "published:"
+# The label of a name list, whose split is train{n}.{label}: it starts with a
+# letter, so it never collides with a seeded split train{n}.{seed}, and holds
+# no '.', so its TFDS split name (train{n}_{label}) maps back to it.
+LABEL_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 SHARDING = "sharding"  # filename,shard,index lines (FixMatch's format)
 NAMES = "names"  # one file name per line (SimCLR's format)
 
@@ -189,6 +192,8 @@ def read_bytes(ref: str, *, root: Any = None) -> bytes:
 
 def read_text(uri: str) -> str:
     """A list's text: a shipped one (``published:...``) or a file (path or gs://)."""
+    from beam_jobs import storage
+
     if is_ref(uri):
         return read_bytes(uri).decode("utf-8")
     return storage.read_text(uri)
@@ -196,6 +201,8 @@ def read_text(uri: str) -> str:
 
 def exists(uri: str) -> bool:
     """Whether a plan or name-list URI names something: a known shipped list or a file."""
+    from beam_jobs import storage
+
     if is_ref(uri):
         return uri[len(REF_PREFIX):] in LISTS
     return storage.exists(uri)
@@ -204,6 +211,8 @@ def exists(uri: str) -> bool:
 def export(folder: str, keys: list[str] | None = None) -> dict[str, str]:
     """Write shipped lists, checked, as their published plain-text files into
     ``folder`` (local or gs://); return ``{key: uri}``."""
+    from beam_jobs import storage
+
     out = {}
     for key in keys or list(LISTS):
         entry = get(key)
@@ -220,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", metavar="DIR",
                    help="write every list as its plain-text file under DIR/{fixmatch,simclr}/")
     a = p.parse_args(argv)
+    from beam_jobs import storage
+
     try:
         for entry in LISTS.values():
             read_bytes(entry.key)

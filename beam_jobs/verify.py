@@ -38,8 +38,14 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import __version__, storage
 from beam_jobs.catalog import SHARD_RE, read_catalog, shard_name
-from beam_jobs.example_proto import ExampleError, parse_image_record
-from beam_jobs.layout import VERIFY_DIR, report_uri, stats_uri, work_default
+from beam_jobs.example_proto import (
+    COMMON_KEYS,
+    ExampleError,
+    RecordKeys,
+    parse_image_record,
+    record_keys,
+)
+from beam_jobs.layout import VERIFY_DIR, naming, report_uri, stats_uri, work_default
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging
 from beam_jobs.planner import parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
@@ -55,17 +61,19 @@ class VerificationFailed(RuntimeError):
 
 
 def shallow_findings(split: str, output_uri: str, stats: dict[str, Any],
-                     planned_lengths: list[int] | None) -> list[str]:
-    """Compare the files under the split's glob with the build stats and plan."""
+                     planned_lengths: list[int] | None, prefix: str | None = None) -> list[str]:
+    """Compare the files under the split's glob with the build stats and plan.
+    ``prefix``: the split's file prefix in its source's layout (default the split)."""
     findings: list[str] = []
+    prefix = prefix or split
     num_shards = int(stats["num_shards"])
-    expected = {storage.join(output_uri, shard_name(split, s, num_shards)): s
+    expected = {storage.join(output_uri, shard_name(prefix, s, num_shards)): s
                 for s in range(num_shards)}
-    listed = {f.path: f for f in storage.list_files(storage.join(output_uri, f"{split}-*"))}
+    listed = {f.path: f for f in storage.list_files(storage.join(output_uri, f"{prefix}-*"))}
     for path in sorted(set(listed) - set(expected)):
         m = SHARD_RE.match(storage.basename(path))
-        if m is None or m.group("prefix") == split:
-            findings.append(f"{split}: stray file {path} under the split's glob {split}-*")
+        if m is None or m.group("prefix") == prefix:
+            findings.append(f"{split}: stray file {path} under the split's glob {prefix}-*")
     for path, s in sorted(expected.items(), key=lambda kv: kv[1]):
         if path not in listed:
             findings.append(f"{split}: shard {s} is missing: {path}")
@@ -76,7 +84,7 @@ def shallow_findings(split: str, output_uri: str, stats: dict[str, Any],
             findings.append(f"{split}: built {stats['num_examples']} records, the plan has "
                             f"{sum(planned_lengths)}")
     for s, entry in enumerate(stats["shards"]):
-        path = storage.join(output_uri, shard_name(split, s, num_shards))
+        path = storage.join(output_uri, shard_name(prefix, s, num_shards))
         if storage.basename(entry["path"]) != storage.basename(path):
             findings.append(f"{split}: the build recorded {entry['path']} as shard {s}")
             continue
@@ -111,7 +119,8 @@ def _planned_shard(plan_table: pa.Table | None, starts: np.ndarray | None, shard
 
 
 def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None,
-                     planned: tuple[list[str], list[int]] | None) -> dict[str, Any]:
+                     planned: tuple[list[str], list[int]] | None,
+                     keys: RecordKeys = COMMON_KEYS) -> dict[str, Any]:
     """Re-read one shard: CRCs, count, file CRC32C, planned names and data CRCs."""
     import google_crc32c
 
@@ -141,7 +150,7 @@ def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None
                                     f"{len(names)} (extra record at byte offset {item.offset})")
                     break
                 try:
-                    got = parse_image_record(item.data).filename
+                    got = parse_image_record(item.data, keys).filename
                 except ExampleError as err:
                     got = f"<unparseable: {err}>"
                 if got != names[count]:
@@ -167,8 +176,9 @@ _PLANS: dict[str, tuple[pa.Table, np.ndarray]] = {}
 
 class DeepCheck(beam.DoFn):
     def __init__(self, split: str, table_uri: str | None, num_shards: int,
-                 progress: str | None = None) -> None:
+                 progress: str | None = None, keys: RecordKeys = COMMON_KEYS) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
+        self.keys = keys  # the records' feature keys in the source's layout
         self.split = split
         self.table_uri = table_uri
         self.num_shards = num_shards
@@ -192,7 +202,7 @@ class DeepCheck(beam.DoFn):
             table, starts = _PLANS[self.table_uri]
             planned = _planned_shard(table, starts, element["shard"])
         out = deep_check_shard(element["path"], element["shard"], self.split,
-                               element.get("crc32c"), planned)
+                               element.get("crc32c"), planned, self.keys)
         self.records.inc(out["num_records"])
         self.bad.inc(len(out["findings"]))
         self.bytes.inc(int(element.get("num_bytes") or 0))
@@ -227,6 +237,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--plan_uri", help="the split's plan (labelled splits and the reshuffle)")
     p.add_argument("--catalog_dir", help="the source catalog (deep mode compares data CRCs)")
     p.add_argument("--copy_from", help="source folder of a copied split (validation)")
+    p.add_argument("--layout", default=None,
+                   help="the source's layout, common (default) or tfds:DATASET (the split's "
+                        "file names and record features)")
     p.add_argument("--deep", action="store_true", help="re-read every record (a Beam job)")
     return p.parse_known_args(argv)
 
@@ -237,6 +250,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     output = storage.normalize(args.output_uri)
     work = storage.normalize(args.work_uri or work_default(output))
     split = args.split
+    names = naming(args.layout)
+    prefix = names.file_prefix(split)  # the split's file names in its source's layout
     t0 = time.monotonic()
     # A report from an earlier verification must not outlive this one: if this
     # run fails before it writes its own (no stats, another plan, a crash), the
@@ -265,12 +280,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             shards_col = parse_plan_table(storage.read_bytes(args.plan_uri),
                                           args.plan_uri).column("shard").to_numpy()
         planned_lengths = np.bincount(shards_col, minlength=int(shards_col.max()) + 1).tolist()
-    findings = shallow_findings(split, output, stats, planned_lengths)
+    findings = shallow_findings(split, output, stats, planned_lengths, prefix)
     source_crcs: dict[int, str] = {}
     if args.copy_from:
-        for f in storage.list_files(storage.join(args.copy_from, f"{split}-*")):
+        for f in storage.list_files(storage.join(args.copy_from, f"{prefix}-*")):
             m = SHARD_RE.match(storage.basename(f.path))
-            if m and m.group("prefix") == split:
+            if m and m.group("prefix") == prefix:
                 source_crcs[int(m.group("index"))] = storage.file_crc32c(f.path)
         for s, entry in enumerate(stats["shards"]):
             if source_crcs.get(s) != entry["crc32c"]:
@@ -289,7 +304,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             from beam_jobs.catalog import write_table
 
             write_table(table_uri, plan_table.select(["shard", "index", "filename", "data_crc"]))
-        elements = [{"path": storage.join(output, shard_name(split, i, stats["num_shards"])),
+        elements = [{"path": storage.join(output, shard_name(prefix, i, stats["num_shards"])),
                      "shard": i, "crc32c": e["crc32c"], "num_bytes": e.get("num_bytes")}
                     for i, e in enumerate(stats["shards"])]
         options = make_options(beam_args, default_job_name=job_name("ssl-verify", split),
@@ -305,7 +320,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             | "Shards" >> beam.Create(elements)
             | "Spread" >> beam.Reshuffle()
             | "DeepCheck" >> beam.ParDo(DeepCheck(split, table_uri, len(elements),
-                                                  progress_dir(work, "verify", split)))
+                                                  progress_dir(work, "verify", split),
+                                                  record_keys(names.kind)))
             | "Collect" >> beam.combiners.ToList()
             | "Write" >> beam.Map(collect)
         )
