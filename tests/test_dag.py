@@ -227,6 +227,34 @@ def test_protocol_is_a_dropdown_in_the_main_section(dag):
     assert names.index("protocol") < names.index("seeds")  # it decides what seeds mean
 
 
+def test_resolve_protocols_and_name_lists(airflow_in_process):
+    from ssl_splits.config import ConfigError, RunConfig, resolve
+
+    ok = {"source_uri": "/data/imagenet", "output_uri": "/data/ssl"}
+    # The defaults: seeded draws, as before.
+    cfg = resolve(ok)
+    assert (cfg.protocol, cfg.name_lists, cfg.seeds) == ("seeded", {}, [1, 2, 3, 4, 5])
+    # FixMatch's published splits for the seeds asked (all five by default).
+    assert resolve({**ok, "protocol": "fixmatch"}).seeds == [1, 2, 3, 4, 5]
+    assert resolve({**ok, "protocol": "fixmatch", "seeds": [3]}).seeds == [3]
+    # SimCLR: the subsets are the labelled splits; the form's seeded defaults are set aside.
+    cfg = resolve({**ok, "protocol": "simclr", "seeds": [1, 2, 3, 4, 5], "fraction": 0.1,
+                   "sampling": "stratified"})
+    assert cfg.protocol == "simclr" and cfg.seeds == []
+    cfg = resolve({**ok, "protocol": "simclr_1pct", "unsupervised": False})
+    assert cfg.seeds == [] and not cfg.unsupervised  # something to build: the subset
+    cfg = resolve({**ok, "seeds": [], "unsupervised": False,
+                   "name_lists": {"mine": "gs://bucket/lists/names.txt/"}})
+    assert cfg.name_lists == {"mine": "gs://bucket/lists/names.txt"}
+    # Round trip through the XCom, and an older XCom without the new fields.
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("protocol", "name_lists")}
+    assert RunConfig.from_dict(old).protocol == "seeded"
+    with pytest.raises(ConfigError, match=r"name_lists\[mine\]='data/x.txt': a local path must be "
+                                          "absolute"):
+        resolve({**ok, "name_lists": {"mine": "data/x.txt"}})
+
+
 def test_trigger_form_requires_the_two_folders(dag):
     import copy
 

@@ -268,3 +268,61 @@ def test_tfds_source_published_and_read_back(tfds_published):
 def names_in_tfds(path: str) -> list[str]:
     with open(path, "rb") as f:
         return [parse_image_record(r, TFDS_KEYS).filename for r in iter_records(f, path)]
+
+
+def test_verification_in_the_tfds_layout_finds_strays_missing_and_reordered(tfds_published):
+    from beam_jobs.tfrecord import frame
+    from beam_jobs.verify import VerificationFailed
+
+    run, doc, _, _, _ = tfds_published
+    split = "train97.1"
+    paths = [s["path"] for s in doc["splits"][split]["shards"]]
+    assert bs.verify(run, split, deep=True)["ok"]
+    first = Path(paths[0])
+    original = first.read_bytes()
+    stray = first.with_name("imagenet2012-train97_1.tfrecord-00003-of-00004")
+    common = first.with_name("train97.1-00000-of-00003")  # the other layout's name: not ours
+    try:
+        first.unlink()
+        stray.write_bytes(original)
+        common.write_bytes(original)
+        with pytest.raises(VerificationFailed) as err:
+            bs.verify(run, split, deep=False)
+        msg = str(err.value)
+        assert f"{split}: shard 0 is missing: {first}" in msg
+        assert f"{split}: stray file {stray} under the split's glob " \
+               "imagenet2012-train97_1.tfrecord-*" in msg
+        assert str(common) not in msg
+        # Records swapped (same size, same CRC32C recorded by a buggy build: deep only).
+        stray.unlink()
+        recs = names_and_payloads(original)
+        swapped = b"".join(frame(p) for _, p in [recs[1], recs[0], *recs[2:]])
+        first.write_bytes(swapped)
+        stats_path = Path(run.work_uri) / "stats" / f"{split}.json"
+        stats = json.loads(stats_path.read_text())
+        saved_stats = stats_path.read_bytes()
+        import google_crc32c
+
+        stats["shards"][0]["crc32c"] = f"{google_crc32c.value(swapped):08x}"
+        stats_path.write_text(json.dumps(stats))
+        try:
+            assert bs.verify(run, split, deep=False)["ok"]
+            with pytest.raises(VerificationFailed, match=rf"{split}: shard 0 index 0 holds "
+                                                         rf"{recs[1][0]}, the plan says {recs[0][0]}"):
+                bs.verify(run, split, deep=True)
+        finally:
+            stats_path.write_bytes(saved_stats)
+    finally:
+        for p in (stray, common):
+            p.unlink(missing_ok=True)
+        first.write_bytes(original)
+    assert bs.verify(run, split, deep=True)["ok"]
+
+
+def names_and_payloads(data: bytes) -> list[tuple[str, bytes]]:
+    import io
+
+    from beam_jobs.tfrecord import iter_framed
+
+    return [(parse_image_record(item.data, TFDS_KEYS).filename, item.data)
+            for item in iter_framed(io.BytesIO(data), "<shard>")]

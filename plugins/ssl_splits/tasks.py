@@ -27,7 +27,7 @@ from beam_jobs.manifest import load_or_none, merge, now, summary_lines
 from beam_jobs.plan import PlanRequest, make_plans, write_plans
 from beam_jobs.planner import ALGORITHM
 from ssl_splits import lock
-from ssl_splits.config import RunConfig, resolve
+from ssl_splits.config import ConfigError, RunConfig, resolve
 from ssl_splits.publish import Published, publish
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
             raise TaskError(f"sharding_files[{seed}]: {uri} does not exist")
     for label, uri in cfg.name_lists.items():
         if not storage.exists(uri):
-            raise TaskError(f"name_lists[{label}]: {uri} does not exist")
+            raise ConfigError(f"name_lists[{label}]: {uri} does not exist")
     if not storage.list_files(storage.join(cfg.source_uri, "*")) and \
             not storage.exists(cfg.source_uri) and not storage.is_gcs(cfg.source_uri):
         raise TaskError(f"source_uri {cfg.source_uri} does not exist")
