@@ -432,12 +432,16 @@ def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = Non
     """A published ``filename,shard,index`` file (a path, gs:// or a shipped
     ``published:...`` list) as a plan, exactly as given."""
     try:
-        text = protocols.read_text(uri)
+        raw = protocols.read_text(uri).encode("utf-8")
     except FileNotFoundError:
         raise PlanError(f"plan file {uri} does not exist") from None
     except UnicodeDecodeError as err:
         raise PlanError(f"{uri}: not UTF-8 text ({err})") from None
-    names, shards, indices = parse_plan_text(text, uri)
+    # Arrow parses and checks a well-formed file; anything else is reported by line.
+    table = parse_plan_table(raw, uri)
+    names = np.asarray(table.column("filename").to_pylist(), dtype=object)
+    shards = table.column("shard").to_numpy()
+    indices = table.column("index").to_numpy()
     n = len(names)
     return Plan(
         split=split or (supervised_split_name(n, seed) if seed is not None else f"train{n}"),
