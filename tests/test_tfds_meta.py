@@ -218,13 +218,13 @@ def tfds_published(tmp_path_factory):
     p = bs.params(str(src), str(root / "out"), seeds=[1], unsupervised=True,
                   copy_validation=True, name_lists={"every9th": str(root / "names.txt")})
     run, result = bs.full_run(p)
-    return run, bs.manifest(run), result, src, names[::9]
+    return run, bs.manifest(run), result, src, names[::9], p
 
 
 def test_tfds_source_published_and_read_back(tfds_published):
     import tensorflow_datasets as tfds
 
-    run, doc, result, src, listed = tfds_published
+    run, doc, result, src, listed, _ = tfds_published
     named = f"train{len(listed)}.every9th"
     assert sorted(doc["splits"]) == sorted(["train", "train97.1", named, "validation"])
     assert doc["source"]["layout"] == "tfds:imagenet2012"
@@ -274,7 +274,7 @@ def test_verification_in_the_tfds_layout_finds_strays_missing_and_reordered(tfds
     from beam_jobs.tfrecord import frame
     from beam_jobs.verify import VerificationFailed
 
-    run, doc, _, _, _ = tfds_published
+    run, doc, _, _, _, _ = tfds_published
     split = "train97.1"
     paths = [s["path"] for s in doc["splits"][split]["shards"]]
     assert bs.verify(run, split, deep=True)["ok"]
@@ -326,3 +326,21 @@ def names_and_payloads(data: bytes) -> list[tuple[str, bytes]]:
 
     return [(parse_image_record(item.data, TFDS_KEYS).filename, item.data)
             for item in iter_framed(io.BytesIO(data), "<shard>")]
+
+
+def test_a_rerun_in_the_tfds_layout_skips_what_is_up_to_date(tfds_published):
+    run, doc, _, _, _, params = tfds_published
+    again = bs.start(params)
+    assert again.source["action"] == "cached" and again.source["layout"] == "tfds:imagenet2012"
+    assert {s["split"]: s["action"] for s in again.specs} == dict.fromkeys(doc["splits"], "skip")
+    assert {s["layout"] for s in again.specs} == {"tfds:imagenet2012"}
+
+
+def test_an_output_folder_keeps_one_layout(tfds_published, small_source):
+    from ssl_splits.tasks import TaskError
+
+    run, _, _, _, _, _ = tfds_published
+    with pytest.raises(TaskError, match=r"holds splits of a source in the tfds:imagenet2012 "
+                                        r"layout .* this source is in the common layout: write "
+                                        "it to another output_uri"):
+        bs.start(bs.params(str(small_source), run.output_uri, seeds=[1]))
