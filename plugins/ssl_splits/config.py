@@ -82,7 +82,8 @@ def params() -> dict[str, Param]:
         "seeds": Param(
             [1, 2, 3, 4, 5], type="array", title="Seeds",
             description="Labelled splits to build, one per seed (train{N}.{seed}). [3] rebuilds "
-                        "seed 3 only; [] builds none.",
+                        "seed 3 only; [] builds none. With protocol fixmatch: which of the "
+                        "published splits 1-5.",
             items={"type": "integer", "minimum": 1, "maximum": MAX_SEED}, uniqueItems=True,
             maxItems=100,
         ),
