@@ -64,6 +64,7 @@ from beam_jobs.layout import (
     ShardSetError,
     file_pattern,
     journal_uri,
+    naming,
     shard_name,
     shard_set,
     staging_dir,
@@ -253,8 +254,9 @@ class WriteShard(beam.DoFn):
 
     def __init__(self, table_uri: str, files: list[str], split: str, num_shards: int,
                  output_uri: str, staging: str, read_threads: int,
-                 progress: str | None = None) -> None:
+                 progress: str | None = None, prefix: str | None = None) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
+        self.prefix = prefix  # the split's file prefix in the source's layout (beam_jobs.layout)
         self.table_uri = table_uri
         self.files = files
         self.split = split
@@ -287,7 +289,7 @@ class WriteShard(beam.DoFn):
         stats = write_shard(
             shard, self._rows(shard), self.files, split=self.split, num_shards=self.num_shards,
             output_uri=self.output_uri, staging=self.staging, read_threads=self.read_threads,
-            reader=self._reader,
+            reader=self._reader, prefix=self.prefix,
         )
         if stats.get("reused"):
             self.reused.inc()
@@ -361,13 +363,13 @@ def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: 
 
 def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num_shards: int,
                 output_uri: str, staging: str, read_threads: int,
-                reader: RangeReader | None = None) -> dict[str, Any]:
+                reader: RangeReader | None = None, prefix: str | None = None) -> dict[str, Any]:
     """Copy a shard's planned records into a staged file; return its stats.
 
     ``reader`` keeps source files open across calls (one is made and closed
-    here if not given)."""
+    here if not given). ``prefix``: the split's file prefix (default the split)."""
     t0 = time.monotonic()
-    name = shard_name(split, shard, num_shards)
+    name = shard_name(prefix or split, shard, num_shards)
     final = storage.join(output_uri, name)
     reused = _reusable(staging, shard, name, final)
     if reused is not None:
@@ -406,8 +408,9 @@ class CopyShard(beam.DoFn):
     checking its records on the way."""
 
     def __init__(self, split: str, output_uri: str, staging: str,
-                 progress: str | None = None) -> None:
+                 progress: str | None = None, prefix: str | None = None) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
+        self.prefix = prefix  # the split's file prefix in the source's layout
         self.split = split
         self.output_uri = output_uri
         self.staging = staging
@@ -417,16 +420,16 @@ class CopyShard(beam.DoFn):
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
         stats = copy_shard(element, split=self.split, output_uri=self.output_uri,
-                           staging=self.staging)
+                           staging=self.staging, prefix=self.prefix)
         mark_done(self.progress, element["shard"], stats["num_records"], stats["num_bytes"])
         failpoint("build.shard")
         yield stats
 
 
 def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
-               staging: str) -> dict[str, Any]:
+               staging: str, prefix: str | None = None) -> dict[str, Any]:
     src, shard, num_shards = element["path"], element["shard"], element["num_shards"]
-    name = shard_name(split, shard, num_shards)
+    name = shard_name(prefix or split, shard, num_shards)
     final = storage.join(output_uri, name)
     reused = _reusable(staging, shard, name, final)
     if reused is not None:
@@ -453,8 +456,9 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
 
 def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_uri: str,
            staging: str, expected: list[int] | None, meta: dict[str, Any],
-           stats_path: str) -> dict[str, Any]:
-    """Check every shard is staged as planned and write the split's stats.
+           stats_path: str, prefix: str | None = None) -> dict[str, Any]:
+    """Check every shard is staged as planned and write the split's stats
+    (``prefix``: the split's file prefix in its source's layout).
 
     The stats file is written last: it is what says the staged split is
     complete. Nothing is renamed here: the shards keep their staged names
@@ -481,7 +485,7 @@ def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_u
         "bytes_written": sum(s["num_bytes"] for s in stats if not s.get("reused")),
         "shards_reused": sum(1 for s in stats if s.get("reused")),
         "staging": staging,
-        "file_pattern": file_pattern(output_uri, split, num_shards),
+        "file_pattern": file_pattern(output_uri, prefix or split, num_shards),
         "shards": [{k: s[k] for k in ("path", "staged", "num_records", "num_bytes", "crc32c")}
                    for s in stats],
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -538,6 +542,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--source_uri", help="the source folder now, if it moved since validation "
                    "(plan mode; default: where validation read it)")
     p.add_argument("--copy_from", help="source folder whose {split}-* shards are copied (copy mode)")
+    p.add_argument("--layout", default=None,
+                   help="the source's layout, common (default) or tfds:DATASET: the output "
+                        "files are named as its readers look for them "
+                        "(imagenet2012-train128116_1.tfrecord-SSSSS-of-NNNNN for TFDS)")
     p.add_argument("--read_threads", type=int, default=0,
                    help=f"ranged reads in flight per shard (default: {GCS_READ_THREADS} on gs://, "
                         "1 locally)")
@@ -558,8 +566,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     output = storage.normalize(args.output_uri)
     work = storage.normalize(args.work_uri or work_default(output))
     split = args.split
+    names = naming(args.layout)
+    prefix = names.file_prefix(split)  # the split's file names in its source's layout
     t0 = time.monotonic()
-    meta: dict[str, Any] = {"job_name": job_name("ssl", split)}
+    meta: dict[str, Any] = {"job_name": job_name("ssl", split), "layout": names.spec}
     spath = stats_uri(work, split)
     if args.plan_uri:
         source = storage.normalize(args.source_uri) if args.source_uri else None
@@ -583,11 +593,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                  split, table.num_rows, num_shards, len(files), threads)
         elements: list[Any] = list(range(num_shards))
         fn: beam.DoFn = WriteShard(table_uri, files, split, num_shards, output, staging, threads,
-                                   progress_dir(work, "build", split))
+                                   progress_dir(work, "build", split), prefix)
         del table
     else:
         src = storage.normalize(args.copy_from)
-        shards = copy_sources(src, split)
+        shards = copy_sources(src, prefix)
         num_shards = len(shards)
         fp = hashlib.sha256("\n".join(f"{storage.basename(f.path)}\t{f.identity()}"
                                       for f in shards).encode()).hexdigest()
@@ -599,7 +609,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         meta.update(copied_from=src, source_fingerprint=fp)
         elements = [{"path": f.path, "shard": i, "num_shards": num_shards}
                     for i, f in enumerate(shards)]
-        fn = CopyShard(split, output, staging, progress_dir(work, "build", split))
+        fn = CopyShard(split, output, staging, progress_dir(work, "build", split), prefix)
     p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes,
                              work_seconds=estimated_seconds(work_bytes, work_records))
     meta["runner"] = p_options.get_all_options()["runner"]
@@ -612,7 +622,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         | "Collect" >> beam.combiners.ToList()
         | "Finish" >> beam.Map(lambda st: finish(
             st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
-            expected=expected, meta=meta, stats_path=spath))
+            expected=expected, meta=meta, stats_path=spath, prefix=prefix))
     )
     staged = stage_template(p, p_options, "build")
     if staged:  # described for Dataflow, not run: nothing of an earlier build is touched

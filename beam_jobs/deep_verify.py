@@ -25,7 +25,13 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import storage
 from beam_jobs.catalog import read_table, write_table
-from beam_jobs.example_proto import ExampleError, parse_image_record
+from beam_jobs.example_proto import (
+    COMMON_KEYS,
+    ExampleError,
+    RecordKeys,
+    parse_image_record,
+    record_keys,
+)
 from beam_jobs.layout import verify_dir
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
 from beam_jobs.progress import Progress, mark_done, progress_dir
@@ -37,7 +43,7 @@ Planned = tuple[list[str], list[int]]
 
 
 def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None,
-                     planned: Planned | None) -> dict[str, Any]:
+                     planned: Planned | None, keys: RecordKeys = COMMON_KEYS) -> dict[str, Any]:
     """Re-read one shard: CRCs, count, file CRC32C, planned names and data CRCs."""
     import google_crc32c
 
@@ -69,7 +75,7 @@ def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None
                                     f"{len(names)} (extra record at byte offset {item.offset})")
                     break
                 try:
-                    got = parse_image_record(item.data).filename
+                    got = parse_image_record(item.data, keys).filename
                 except ExampleError as err:
                     got = f"<unparseable: {err}>"
                 if got != names[count]:
@@ -111,8 +117,9 @@ class DeepCheck(beam.DoFn):
     """One staged shard in, its deep-check result out."""
 
     def __init__(self, split: str, table_uri: str | None, num_shards: int,
-                 progress: str | None = None) -> None:
+                 progress: str | None = None, keys: RecordKeys = COMMON_KEYS) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
+        self.keys = keys  # the records' feature keys in the source's layout
         self.split = split
         self.table_uri = table_uri
         self.num_shards = num_shards
@@ -131,7 +138,7 @@ class DeepCheck(beam.DoFn):
             rows = table.slice(lo, hi - lo)
             planned = (rows.column("filename").to_pylist(), rows.column("data_crc").to_pylist())
         out = deep_check_shard(element["path"], element["shard"], self.split,
-                               element.get("crc32c"), planned)
+                               element.get("crc32c"), planned, self.keys)
         self.records.inc(out["num_records"])
         self.bad.inc(len(out["findings"]))
         self.bytes.inc(out["bytes_read"])
@@ -146,10 +153,9 @@ class DeepVerify(beam.PTransform):
     instead of fusing them onto the one that created them."""
 
     def __init__(self, split: str, table_uri: str | None, num_shards: int,
-                 progress: str | None = None) -> None:
+                 progress: str | None = None, keys: RecordKeys = COMMON_KEYS) -> None:
         super().__init__()
-        self._fn = DeepCheck(split, table_uri, num_shards, progress)
-        self._elements: list[dict[str, Any]] | None = None
+        self._fn = DeepCheck(split, table_uri, num_shards, progress, keys)
 
     def expand(self, shards: beam.PCollection) -> beam.PCollection:
         return shards | "Spread" >> beam.Reshuffle() | "DeepCheck" >> beam.ParDo(self._fn)
@@ -165,7 +171,7 @@ class DeepResult:
 
 
 def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table | None,
-             beam_args: list[str]) -> DeepResult:
+             beam_args: list[str], layout_kind: str = "common") -> DeepResult:
     """Run the deep check of a staged split (or stage it as a Dataflow template)."""
     table_uri = None
     if plan_table is not None:
@@ -188,7 +194,7 @@ def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table 
         p
         | "Shards" >> beam.Create(elements)
         | "Verify" >> DeepVerify(split, table_uri, len(elements),
-                                 progress_dir(work, "verify", split))
+                                 progress_dir(work, "verify", split), record_keys(layout_kind))
         | "Collect" >> beam.combiners.ToList()
         | "Write" >> beam.Map(collect)
     )

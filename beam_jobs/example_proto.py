@@ -102,6 +102,31 @@ class ExampleError(ValueError):
 
 
 @dataclass(frozen=True)
+class RecordKeys:
+    """The Example keys of the fields the pipeline relies on, per source layout."""
+
+    encoded: str
+    filename: str
+    label: str
+    synset: str | None  # optional feature; None: the layout has none
+
+
+# The common converters (image/*, labels 1..1000) and TensorFlow Datasets'
+# imagenet2012 (image, file_name, label 0..999).
+COMMON_KEYS = RecordKeys("image/encoded", "image/filename", "image/class/label",
+                         "image/class/synset")
+TFDS_KEYS = RecordKeys("image", "file_name", "label", None)
+
+
+def record_keys(kind: str) -> RecordKeys:
+    """The keys of a layout kind (``common`` or ``tfds``; see ``beam_jobs.layout``)."""
+    try:
+        return {"common": COMMON_KEYS, "tfds": TFDS_KEYS}[kind]
+    except KeyError:
+        raise ValueError(f"unknown layout kind {kind!r}") from None
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """The fields of an ImageNet Example that the pipeline relies on."""
 
@@ -128,12 +153,13 @@ def _single(fmap: Any, key: str, kind: str, required: bool) -> Any:
     return values[0]
 
 
-def parse_image_record(data: bytes) -> ImageRecord:
+def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageRecord:
     """Parse an ImageNet ``tf.train.Example`` and check its required features.
 
-    Required: non-empty ``image/encoded`` (bytes), non-empty UTF-8
-    ``image/filename`` (bytes), ``image/class/label`` (one int64). Optional:
-    ``image/class/synset`` (one bytes value). Raises :class:`ExampleError`.
+    Required (common layout; ``keys`` names them for another): non-empty
+    ``image/encoded`` (bytes), non-empty UTF-8 ``image/filename`` (bytes),
+    ``image/class/label`` (one int64). Optional: ``image/class/synset`` (one
+    bytes value). Raises :class:`ExampleError`.
     """
     ex = Example()
     try:
@@ -141,18 +167,18 @@ def parse_image_record(data: bytes) -> ImageRecord:
     except Exception as err:  # protobuf raises DecodeError (a Message.Error)
         raise ExampleError("not_an_example", f"does not parse as tf.train.Example ({err})") from None
     fmap = ex.features.feature
-    encoded = _single(fmap, "image/encoded", "bytes_list", True)
+    encoded = _single(fmap, keys.encoded, "bytes_list", True)
     if not encoded:
-        raise ExampleError("empty_image", "'image/encoded' is empty")
-    raw_name = _single(fmap, "image/filename", "bytes_list", True)
+        raise ExampleError("empty_image", f"'{keys.encoded}' is empty")
+    raw_name = _single(fmap, keys.filename, "bytes_list", True)
     try:
         filename = raw_name.decode("utf-8")
     except UnicodeDecodeError:
-        raise ExampleError("bad_filename", f"'image/filename' is not UTF-8: {raw_name[:60]!r}") from None
+        raise ExampleError("bad_filename", f"'{keys.filename}' is not UTF-8: {raw_name[:60]!r}") from None
     if not filename or "," in filename or "\n" in filename:
-        raise ExampleError("bad_filename", f"'image/filename' {filename!r} is empty or has ',' or a newline")
-    label = int(_single(fmap, "image/class/label", "int64_list", True))
-    raw_synset = _single(fmap, "image/class/synset", "bytes_list", False)
+        raise ExampleError("bad_filename", f"'{keys.filename}' {filename!r} is empty or has ',' or a newline")
+    label = int(_single(fmap, keys.label, "int64_list", True))
+    raw_synset = _single(fmap, keys.synset, "bytes_list", False) if keys.synset else None
     synset = raw_synset.decode("utf-8", "replace") if raw_synset is not None else ""
     return ImageRecord(filename=filename, label=label, synset=synset, encoded_len=len(encoded))
 

@@ -19,11 +19,28 @@ which no split glob matches::
 
 The shard naming rule (``shard_name``) is the product's contract: readers glob
 ``{split}-*``; a split's own files are those whose name parses back to it.
+
+**Source layouts.** Two layouts of ImageNet TFRecords are read, and a split
+is named the way readers of its source's layout look for it (a
+:class:`Naming`; the module functions below are the common layout's)::
+
+    common  train-SSSSS-of-NNNNN                         features image/encoded,
+            {split}-SSSSS-of-NNNNN  (train128116.3-...)  image/filename, image/class/label 1..C
+    tfds    imagenet2012-train.tfrecord-SSSSS-of-NNNNN   features image, file_name,
+            {dataset}-{tfds split}.tfrecord-SSSSS-of-NNNNN   label 0..C-1
+            (imagenet2012-train128116_3.tfrecord-...)
+
+Both end in ``-SSSSS-of-NNNNN`` after a *file prefix*: the split itself
+(common), or ``{dataset}-{tfds split}.tfrecord`` (TFDS, whose split names
+replace each ``.`` by ``_``: TFDS split names are ``[\\w-]+``). Every
+function here that takes a ``prefix`` works for both; ``Naming.file_prefix``
+turns a split into its prefix.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from beam_jobs import storage
 
@@ -111,6 +128,131 @@ def glob_strays(folder: str, split: str, listed: list[storage.FileInfo]) -> list
         if parsed is None or parsed[0] == split:
             out.append(f.path)
     return out
+
+
+# --------------------------------------------------------------------------- source layouts
+
+COMMON = "common"
+TFDS = "tfds"
+TFDS_SUFFIX = ".tfrecord"
+_TFDS_SPLIT = re.compile(r"^[\w-]+$")
+_TFDS_DATASET = re.compile(r"^[a-z0-9_]+$")  # TFDS dataset names are snake_case
+_TFDS_TRAIN = re.compile(r"^(?P<dataset>[a-z0-9_]+)-train\.tfrecord-\d{5}-of-\d{5}$")
+
+
+class LayoutError(ValueError):
+    """A source folder's layout is not one of those the product reads."""
+
+
+def tfds_split_name(split: str) -> str:
+    """Our split name as a TFDS split name: ``train128116.1`` -> ``train128116_1``
+    (TFDS split names are ``[\\w-]+``: its slicing syntax has no room for a dot)."""
+    name = split.replace(".", "_")
+    if not _TFDS_SPLIT.match(name):
+        raise ValueError(f"split {split!r} has no TFDS name: TFDS split names are letters, "
+                         "digits, '_' and '-'")
+    return name
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How a source layout names shard files, and so how its splits are named.
+
+    ``Naming()`` is the common converters' layout (``train-00000-of-01024``);
+    ``Naming(TFDS, "imagenet2012")`` the layout TensorFlow Datasets prepares
+    (``imagenet2012-train.tfrecord-00000-of-01024``). ``spec`` (``common`` or
+    ``tfds:imagenet2012``) is how jobs pass it (``--layout``) and how reports
+    and the manifest record it.
+    """
+
+    kind: str = COMMON
+    dataset: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind == COMMON and self.dataset:
+            raise LayoutError("the common layout has no dataset name")
+        if self.kind == TFDS and not _TFDS_DATASET.match(self.dataset):
+            raise LayoutError(f"TFDS dataset name {self.dataset!r} must be snake_case "
+                              "(imagenet2012)")
+        if self.kind not in (COMMON, TFDS):
+            raise LayoutError(f"unknown layout {self.kind!r}: {COMMON} or {TFDS}:DATASET")
+
+    @property
+    def spec(self) -> str:
+        return self.kind if self.kind == COMMON else f"{self.kind}:{self.dataset}"
+
+    @classmethod
+    def from_spec(cls, spec: str | None) -> "Naming":
+        """``common`` (or empty) -> the common layout; ``tfds:imagenet2012`` -> TFDS's."""
+        if not spec or spec == COMMON:
+            return cls()
+        kind, _, dataset = spec.partition(":")
+        if kind != TFDS or not dataset:
+            raise LayoutError(f"layout {spec!r}: expected {COMMON} or {TFDS}:DATASET "
+                              "(tfds:imagenet2012)")
+        return cls(TFDS, dataset)
+
+    def file_prefix(self, split: str) -> str:
+        """``train128116.1`` -> ``train128116.1`` (common) or
+        ``imagenet2012-train128116_1.tfrecord`` (TFDS)."""
+        if self.kind == COMMON:
+            return split
+        return f"{self.dataset}-{tfds_split_name(split)}{TFDS_SUFFIX}"
+
+    def shard_name(self, split: str, index: int, count: int) -> str:
+        return shard_name(self.file_prefix(split), index, count)
+
+    def shard_path(self, folder: str, split: str, index: int, count: int) -> str:
+        return storage.join(folder, self.shard_name(split, index, count))
+
+    def owns(self, name: str, split: str) -> bool:
+        """Is the file name ``name`` a shard of ``split``?"""
+        parsed = parse_shard_name(name)
+        return parsed is not None and parsed[0] == self.file_prefix(split)
+
+    def split_glob(self, folder: str, split: str) -> str:
+        return split_glob(folder, self.file_prefix(split))
+
+    def file_pattern(self, folder: str, split: str, count: int) -> str:
+        return file_pattern(folder, self.file_prefix(split), count)
+
+    def split_files(self, folder: str, split: str) -> list[storage.FileInfo]:
+        return split_files(folder, self.file_prefix(split))
+
+    def glob_strays(self, folder: str, split: str, listed: list[storage.FileInfo]) -> list[str]:
+        return glob_strays(folder, self.file_prefix(split), listed)
+
+
+def naming(spec: str | None) -> Naming:
+    """The Naming of a layout spec (``common``, ``tfds:imagenet2012``; None: common)."""
+    return Naming.from_spec(spec)
+
+
+def detect_source(source_uri: str) -> Naming:
+    """Which layout the source folder uses, from its file names (nothing read).
+
+    ``train-SSSSS-of-NNNNN`` files: common; ``{dataset}-train.tfrecord-SSSSS-of-NNNNN``:
+    TFDS (one dataset name). Neither: common (validation then reports that no
+    shards were found). Both, or several TFDS dataset names: a LayoutError
+    naming the files, since the source is ambiguous.
+    """
+    names = [storage.basename(f.path) for f in storage.list_files(storage.join(source_uri, "*"))]
+    common = [n for n in names if (p := parse_shard_name(n)) is not None and p[0] == "train"]
+    datasets: dict[str, str] = {}
+    for n in names:
+        m = _TFDS_TRAIN.match(n)
+        if m:
+            datasets.setdefault(m.group("dataset"), n)
+    if common and datasets:
+        raise LayoutError(
+            f"{source_uri} holds both layouts: {common[0]} (common converters) and "
+            f"{next(iter(datasets.values()))} (TensorFlow Datasets); keep one per source folder")
+    if len(datasets) > 1:
+        raise LayoutError(f"{source_uri} holds TFDS shards of several datasets: "
+                          f"{', '.join(sorted(datasets.values()))}; keep one per source folder")
+    if datasets:
+        return Naming(TFDS, next(iter(datasets)))
+    return Naming()
 
 
 # --------------------------------------------------------------------------- the work folder

@@ -237,7 +237,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     out = []
     for name, e in doc["splits"].items():
         size = sum(s["num_bytes"] for s in e["shards"])
-        extra = f"seed {e.get('seed')}, " if e.get("kind") == "supervised" else ""
+        extra = f"seed {e.get('seed')}, " if e.get("kind") == "supervised" \
+            and e.get("seed") is not None else ""
         out.append(f"{name:<22} {e['kind']:<12} {extra}{e['num_examples']:>9,} examples in "
                    f"{e['num_shards']:>5} shards, {size / 1e6:,.1f} MB")
     return out

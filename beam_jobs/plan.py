@@ -10,6 +10,14 @@ Examples::
     python -m beam_jobs.plan --catalog_dir=... --out_dir=... --seeds=3 \\
         --sharding_file=3=/path/files2shards_train_size128116_split3.txt
 
+    # a built-in protocol: FixMatch's five published splits, or SimCLR's 1%/10% subsets
+    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --protocol=fixmatch
+    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --protocol=simclr
+
+    # a list of file names (one per line) -> the split train{N}.mysubset
+    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --seeds= \\
+        --name_list=mysubset=gs://bucket/names.txt
+
 Prints one line per plan: split, examples, shards, sha256 and the file.
 The algorithm is in ``beam_jobs.planner`` and in the README.
 """
@@ -22,15 +30,18 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from beam_jobs import storage
+from beam_jobs import protocols, storage
 from beam_jobs.catalog import REPORT_FILE, read_catalog
 from beam_jobs.layout import plan_file
 from beam_jobs.planner import (
     Plan,
     PlanError,
+    check_label,
     check_names_exist,
+    plan_named,
     plan_supervised,
     plan_unsupervised,
+    read_name_list,
     read_plan_file,
     with_class_counts,
 )
@@ -49,10 +60,35 @@ class PlanRequest:
     unsupervised_seed: int = 0
     unsupervised_shards: int | None = None
     sharding_files: tuple[tuple[int, str], ...] = ()
+    name_lists: tuple[tuple[str, str], ...] = ()  # (label, uri): split train{N}.{label}
+    protocol: str = protocols.SEEDED
+
+
+def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, str]]]:
+    """The sharding files per seed and the name lists a request's protocol and
+    its own files amount to (pure). ``fixmatch`` gives each seed its published
+    file (seeds must be 1..5); the SimCLR protocols add their name lists."""
+    proto = protocols.protocol(req.protocol)
+    files = dict(req.sharding_files)
+    if proto.sharding:
+        known = dict(proto.sharding)
+        outside = [s for s in req.seeds if s not in known]
+        if outside:
+            raise PlanError(f"protocol {proto.name} has published splits for seeds "
+                            f"{list(proto.seeds)} only, not {outside}")
+        both = sorted(set(files) & set(req.seeds))
+        if both:
+            raise PlanError(f"seeds {both} have a sharding file and protocol {proto.name}'s "
+                            "published file: give one")
+        files.update({s: protocols.LISTS[known[s]].ref for s in req.seeds})
+    lists = [(check_label(label), uri) for label, uri in req.name_lists]
+    lists += [(label, protocols.LISTS[key].ref) for label, key in proto.name_lists]
+    return files, lists
 
 
 def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     """All plans a request asks for (pure given the catalog)."""
+    files, name_lists = expand_protocol(req)
     # Sorted once here, so each plan only checks the order (see planner._canonical).
     table = read_catalog(catalog_dir, ["filename", "label", "synset"]).sort_by("filename")
     report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
@@ -60,7 +96,6 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     names = table.column("filename").to_pylist()
     labels = table.column("label").to_numpy()
     class_names = {int(k): v for k, v in report.get("synsets", {}).items()}
-    files = dict(req.sharding_files)
     plans: list[Plan] = []
     name_to_class: dict[str, str] | None = None
     for seed in req.seeds:
@@ -78,10 +113,20 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
                 sampling=req.sampling, num_shards=req.num_shards, source_shards=source_shards,
                 class_names=class_names,
             ))
+    for label, uri in name_lists:
+        listed, lines = read_name_list(uri)
+        plans.append(plan_named(listed, names, labels, label=label, origin=uri, list_lines=lines,
+                                num_shards=req.num_shards, source_shards=source_shards,
+                                class_names=class_names))
     if req.unsupervised:
         plans.append(plan_unsupervised(names, seed=req.unsupervised_seed,
                                        num_shards=req.unsupervised_shards,
                                        source_shards=source_shards))
+    splits = [p.split for p in plans]
+    twice = sorted({s for s in splits if splits.count(s) > 1})
+    if twice:
+        raise PlanError(f"two plans would write the same split {', '.join(twice)}: give the "
+                        "name lists different labels")
     return plans
 
 
@@ -119,11 +164,25 @@ def parse_sharding_files(values: list[str]) -> tuple[tuple[int, str], ...]:
     return tuple(out)
 
 
+def parse_name_lists(values: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for v in values:
+        label, sep, uri = v.partition("=")
+        if not sep or not uri.strip():
+            raise PlanError(f"--name_list takes LABEL=URI, got {v!r}")
+        out.append((check_label(label.strip()), uri.strip()))
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m beam_jobs.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--catalog_dir", required=True, help="the validation job's output folder")
     p.add_argument("--out_dir", required=True, help="where the plan files go")
-    p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds (default 1..5)")
+    p.add_argument("--protocol", default=protocols.SEEDED, choices=list(protocols.PROTOCOLS),
+                   help="seeded draws (default), FixMatch's published splits for the seeds, or "
+                        "SimCLR's subsets (see python -m beam_jobs.protocols)")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds (default 1..5; none with a SimCLR protocol)")
     p.add_argument("--fraction", default="0.1", help="share per labelled split (default 0.1)")
     p.add_argument("--count", type=int, help="absolute size per labelled split (instead of fraction)")
     p.add_argument("--sampling", default="stratified", choices=["stratified", "uniform"])
@@ -132,14 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unsupervised_seed", type=int, default=0)
     p.add_argument("--sharding_file", action="append", default=[],
                    help="SEED=URI of a published filename,shard,index file (repeatable)")
+    p.add_argument("--name_list", action="append", default=[],
+                   help="LABEL=URI of a file with one image file name per line: the split "
+                        "train{N}.{LABEL} of exactly those records (repeatable)")
     a = p.parse_args(argv)
     try:
-        seeds = tuple(int(s) for s in a.seeds.split(",") if s.strip())
+        uses_seeds = protocols.protocol(a.protocol).uses_seeds
+        seeds_text = a.seeds if a.seeds is not None else ("1,2,3,4,5" if uses_seeds else "")
+        seeds = tuple(int(s) for s in seeds_text.split(",") if s.strip())
         req = PlanRequest(
             seeds=seeds, fraction=None if a.count else a.fraction, count=a.count,
             sampling=a.sampling, num_shards=a.num_shards, unsupervised=a.unsupervised,
             unsupervised_seed=a.unsupervised_seed,
             sharding_files=parse_sharding_files(a.sharding_file),
+            name_lists=parse_name_lists(a.name_list), protocol=a.protocol,
         )
         summaries = write_plans(make_plans(a.catalog_dir, req), a.out_dir)
     except (PlanError, ValueError, FileNotFoundError) as err:

@@ -30,6 +30,10 @@ The algorithm (version ``v1``; README "How a split is derived" says the same):
    source_records))`` (102 for 10% of ImageNet, 1,024 for all of it).
 7. The full reshuffle (``train``) takes every record, ordered by its
    ``order`` key with the unsupervised seed, in ``S`` shards by the same rule.
+8. A name list (one file name per line, SimCLR's format) is the split
+   ``train{n}.{label}`` of exactly its ``n`` records, ordered by their
+   ``order`` key with seed 0, in ``S`` shards by the rule of 6 (default
+   ``S`` as there).
 
 Plans are written as ``filename,shard,index`` lines sorted by (shard, index)
 with no header: FixMatch's published format. Such a file can also be used as
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Iterable, Sequence
@@ -49,9 +54,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from beam_jobs import storage
+from beam_jobs import protocols
 
 ALGORITHM = "v1"
+LABEL_PATTERN = protocols.LABEL_PATTERN  # of a name list: its split is train{n}.{label}
+NAMES_ORDER_SEED = 0
 SAMPLINGS = ("stratified", "uniform")
 MAX_SHARD_COUNT = 100_000
 
@@ -422,14 +429,19 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
 
 
 def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = None) -> Plan:
-    """A published ``filename,shard,index`` file as a plan, exactly as given."""
+    """A published ``filename,shard,index`` file (a path, gs:// or a shipped
+    ``published:...`` list) as a plan, exactly as given."""
     try:
-        text = storage.read_text(uri)
+        raw = protocols.read_text(uri).encode("utf-8")
     except FileNotFoundError:
         raise PlanError(f"plan file {uri} does not exist") from None
     except UnicodeDecodeError as err:
         raise PlanError(f"{uri}: not UTF-8 text ({err})") from None
-    names, shards, indices = parse_plan_text(text, uri)
+    # Arrow parses and checks a well-formed file; anything else is reported by line.
+    table = parse_plan_table(raw, uri)
+    names = np.asarray(table.column("filename").to_pylist(), dtype=object)
+    shards = table.column("shard").to_numpy()
+    indices = table.column("index").to_numpy()
     n = len(names)
     return Plan(
         split=split or (supervised_split_name(n, seed) if seed is not None else f"train{n}"),
@@ -457,3 +469,121 @@ def with_class_counts(plan: Plan, name_to_class: dict[str, str]) -> Plan:
         c = name_to_class[name]
         counts[c] = counts.get(c, 0) + 1
     return Plan(**{**plan.__dict__, "class_counts": dict(sorted(counts.items()))})
+
+
+# --------------------------------------------------------------------------- name lists
+
+
+def named_split_name(n: int, label: str) -> str:
+    """``train12811.simclr``: the size, then the list's label (never all digits)."""
+    return f"train{n}.{label}"
+
+
+def check_label(label: str) -> str:
+    if not isinstance(label, str) or not re.match(LABEL_PATTERN, label):
+        raise PlanError(f"name list label {label!r} must be a lower-case letter followed by up "
+                        "to 31 lower-case letters, digits or '_' (it names the split "
+                        "train{N}.{label})")
+    return label
+
+
+def parse_name_list(text: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and check a name list: one file name per line (SimCLR's format).
+
+    Returns the names and their line numbers, in file order. Blank lines are
+    ignored and surrounding white space is dropped. Refused, with line numbers
+    (the first few of each kind and the count): a line with a ``,`` (a
+    ``filename,shard,index`` file belongs in ``sharding_files``), a name given
+    twice, an empty list.
+    """
+    names: list[str] = []
+    lines: list[int] = []
+    bad: list[str] = []
+    n_bad = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        name = line.strip()
+        if not name:
+            continue
+        if "," in name:
+            n_bad += 1
+            if len(bad) < 5:
+                bad.append(f"line {lineno}: {line[:80]!r} is not one file name (a "
+                           "filename,shard,index file is a sharding file, not a name list)")
+            continue
+        names.append(name)
+        lines.append(lineno)
+    if bad:
+        more = f"\n  ... {n_bad:,} such lines in all" if n_bad > len(bad) else ""
+        raise PlanError(f"{origin}: malformed name list:\n  " + "\n  ".join(bad) + more)
+    if not names:
+        raise PlanError(f"{origin}: the name list is empty")
+    arr = np.asarray(names, dtype=object)
+    line_arr = np.asarray(lines, dtype=np.int64)
+    by_name = np.argsort(arr, kind="stable")
+    dup = np.nonzero(arr[by_name][1:] == arr[by_name][:-1])[0]
+    if len(dup):
+        shown = [f"{arr[by_name][d]} (lines {line_arr[by_name][d]} and {line_arr[by_name][d + 1]})"
+                 for d in dup[:5]]
+        raise PlanError(f"{origin}: {len(dup):,} duplicate name(s) in the name list: "
+                        + "; ".join(shown))
+    return arr, line_arr
+
+
+def read_name_list(uri: str) -> tuple[np.ndarray, np.ndarray]:
+    """A name list from a path, gs:// or a shipped ``published:...`` list, checked."""
+    try:
+        text = protocols.read_text(uri)
+    except FileNotFoundError:
+        raise PlanError(f"name list {uri} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{uri}: not UTF-8 text ({err})") from None
+    return parse_name_list(text, uri)
+
+
+def plan_named(
+    list_names: Sequence[str],
+    catalog_names: Sequence[str],
+    catalog_labels: Sequence[int],
+    *,
+    label: str,
+    origin: str,
+    list_lines: Sequence[int] | None = None,
+    num_shards: int | None = None,
+    source_shards: int | None = None,
+    class_names: dict[int, str] | None = None,
+) -> Plan:
+    """Plan the split ``train{n}.{label}`` of exactly the records a name list
+    names (step 8 of the module docstring). Every name must be in the catalog:
+    otherwise a PlanError with the count and the first missing names and their
+    line numbers. ``list_names`` must be unique (:func:`parse_name_list`)."""
+    check_label(label)
+    arr, lab = _canonical(catalog_names, catalog_labels)
+    total = len(arr)
+    if total == 0:
+        raise PlanError("the catalog is empty")
+    wanted = pa.array(list(list_names), pa.string())
+    pos = pc.index_in(wanted, value_set=pa.array(arr.tolist(), pa.string()))
+    missing = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
+    if len(missing):
+        lines = list_lines if list_lines is not None else np.arange(1, len(wanted) + 1)
+        shown = ", ".join(f"{wanted[int(i)].as_py()} (line {lines[int(i)]})" for i in missing[:5])
+        raise PlanError(f"{origin}: {len(missing):,} of {len(wanted):,} names are not in the "
+                        f"source catalog ({total:,} records), e.g. {shown}")
+    chosen = np.sort(pos.to_numpy(zero_copy_only=False).astype(np.int64))
+    if len(chosen) > 1 and bool(np.any(chosen[1:] == chosen[:-1])):
+        raise PlanError(f"{origin}: the name list repeats names")  # parse_name_list refuses these
+    n = len(chosen)
+    S = num_shards or default_num_shards(n, source_shards or 1, total)
+    if not 1 <= S <= min(n, MAX_SHARD_COUNT):
+        raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
+    assert lab is not None
+    chosen_names, chosen_labels = arr[chosen], lab[chosen]  # in name order
+    ordered = chosen_names[_argsort_by_key(hash_keys(chosen_names.tolist(), "order",
+                                                     NAMES_ORDER_SEED))]
+    labs, counts = np.unique(chosen_labels, return_counts=True)
+    class_counts = {
+        (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
+    }
+    return _deal(named_split_name(n, label), "supervised", ordered, S, seed=None,
+                 fraction=f"{n}/{total}", sampling="names", source=origin,
+                 class_counts=class_counts)

@@ -1,4 +1,5 @@
-"""A synthetic ImageNet in the layout of the common TFRecord converters.
+"""A synthetic ImageNet in the layout of the common TFRecord converters, or of
+TensorFlow Datasets.
 
 Writes ``train-SSSSS-of-NNNNN`` and ``validation-SSSSS-of-NNNNN`` TFRecord
 shards whose records are ``tf.train.Example`` s with the converters' features
@@ -7,6 +8,15 @@ shards whose records are ``tf.train.Example`` s with the converters' features
 ``image/height``, ``image/width``, ``image/colorspace``, ``image/channels``,
 ``image/format``). Users try the pipeline on it before pointing it at 140 GB;
 the tests and the benchmark use it too.
+
+With ``--layout=tfds`` it writes what ``tfds build imagenet2012`` prepares
+instead: ``imagenet2012-train.tfrecord-SSSSS-of-NNNNN`` and
+``imagenet2012-validation.tfrecord-...`` with the features ``image`` (JPEG),
+``label`` (0..C-1) and ``file_name``, plus ``label.labels.txt`` (the synsets
+by label), ``features.json`` and ``dataset_info.json``: a folder that
+``tfds.builder_from_directory`` reads as it is. The records (names, classes,
+shards, images) are the same as in the common layout; only the features'
+keys, the labels' base and the file names differ.
 
 Everything is a pure function of the :class:`Spec` (seed included): the same
 spec writes byte-identical files. Class sizes are uneven like ImageNet's
@@ -40,8 +50,8 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from beam_jobs import storage
-from beam_jobs.catalog import shard_name
 from beam_jobs.example_proto import build_example
+from beam_jobs.layout import COMMON, TFDS, Naming
 from beam_jobs.tfrecord import Writer
 
 log = logging.getLogger("beam_jobs.synthetic")
@@ -68,7 +78,8 @@ class Spec:
     jpeg_quality: int = 90
     image_pool: int = 64  # distinct JPEGs reused across records
     seed: int = 0
-    names_from: tuple[str, ...] = field(default_factory=tuple)  # filename,shard,index files
+    names_from: tuple[str, ...] = field(default_factory=tuple)  # name lists or sharding files
+    layout: str = COMMON  # "common", or "tfds:imagenet2012" (beam_jobs.layout.Naming.spec)
 
     def check(self) -> None:
         problems = []
@@ -89,6 +100,10 @@ class Spec:
             problems.append("image_size and image_pool must be >= 1")
         if not 0 <= self.full_class_share <= 1:
             problems.append("full_class_share must be in [0, 1]")
+        try:
+            Naming.from_spec(self.layout)
+        except ValueError as err:
+            problems.append(str(err))
         if problems:
             raise ValueError("invalid synthetic spec: " + "; ".join(problems))
 
@@ -136,10 +151,13 @@ class Layout:
 
 
 def read_names_files(uris: tuple[str, ...]) -> dict[str, set[str]]:
-    """Names per synset (text before ``_``) from filename,shard,index files."""
+    """Names per synset (text before ``_``) from filename,shard,index files or
+    name lists (one name per line): paths, gs:// or shipped ``published:...`` lists."""
+    from beam_jobs.protocols import read_text
+
     by_synset: dict[str, set[str]] = defaultdict(set)
     for uri in uris:
-        for lineno, line in enumerate(storage.read_text(uri).splitlines(), 1):
+        for lineno, line in enumerate(read_text(uri).splitlines(), 1):
             if not line.strip():
                 continue
             name = line.split(",", 1)[0].strip()
@@ -263,8 +281,13 @@ def jpeg_pool(spec: Spec) -> list[bytes]:
     return out
 
 
-def example_bytes(filename: str, info: ClassInfo, jpeg: bytes, size: int) -> bytes:
-    """One record with the common converter's features, in a fixed order."""
+def example_bytes(filename: str, info: ClassInfo, jpeg: bytes, size: int,
+                  kind: str = COMMON) -> bytes:
+    """One record with the common converter's features (or TFDS's, for ``kind``
+    ``tfds``: ``image``, ``label`` 0-based, ``file_name``), in a fixed order."""
+    if kind == TFDS:
+        return build_example({"image": jpeg, "label": info.label - 1,
+                              "file_name": filename.encode()})
     return build_example(
         {
             "image/height": size,
@@ -284,8 +307,9 @@ def example_bytes(filename: str, info: ClassInfo, jpeg: bytes, size: int) -> byt
 _WORKER: dict = {}
 
 
-def _init_worker(classes: list[ClassInfo], pool: list[bytes], size: int) -> None:
-    _WORKER.update(classes=classes, pool=pool, size=size)
+def _init_worker(classes: list[ClassInfo], pool: list[bytes], size: int,
+                 kind: str = COMMON) -> None:
+    _WORKER.update(classes=classes, pool=pool, size=size, kind=kind)
 
 
 def _write_shard(job: tuple[str, list[tuple[str, int]]]) -> tuple[str, int, int]:
@@ -296,8 +320,39 @@ def _write_shard(job: tuple[str, list[tuple[str, int]]]) -> tuple[str, int, int]
         for i, (name, c) in enumerate(rows):
             # Pick the image by a stable function of the name, not Python's hash().
             jpeg = pool[(sum(name.encode()) + i) % len(pool)]
-            w.write(example_bytes(name, classes[c], jpeg, size))
+            w.write(example_bytes(name, classes[c], jpeg, size, _WORKER["kind"]))
     return uri, w.num_records, w.num_bytes
+
+
+def _write_tfds_metadata(output_uri: str, naming: Naming, classes: list[ClassInfo],
+                         written: dict[str, tuple[int, int]],
+                         shards: dict[str, int]) -> None:
+    """label.labels.txt, features.json and dataset_info.json, as TFDS writes them
+    beside its shards (described with ``beam_jobs.tfds_meta``)."""
+    from beam_jobs.tfds_meta import (
+        LABEL_NAMES_FILE,
+        TFDS_REQUIRED_FEATURES,
+        dataset_info,
+        features_config,
+    )
+
+    splits = {}
+    for split, count in shards.items():
+        if not count:
+            continue
+        paths = [naming.shard_path(output_uri, split, i, count) for i in range(count)]
+        splits[split] = {"num_shards": count, "num_examples": sum(written[p][0] for p in paths),
+                         "shards": [{"path": p, "num_records": written[p][0],
+                                     "num_bytes": written[p][1]} for p in paths]}
+    doc = {"splits": splits, "source": {"layout": naming.spec}}
+    info = dataset_info(doc, output_uri, version="5.1.0")
+    info["description"] = "A synthetic ImageNet in the layout TensorFlow Datasets prepares."
+    storage.write_text(storage.join(output_uri, LABEL_NAMES_FILE),
+                       "".join(f"{c.synset}\n" for c in classes))
+    storage.write_text(storage.join(output_uri, "features.json"), json.dumps(features_config(
+        TFDS_REQUIRED_FEATURES, kind=TFDS, num_classes=len(classes)), indent=2) + "\n")
+    storage.write_text(storage.join(output_uri, "dataset_info.json"),
+                       json.dumps(info, indent=2) + "\n")
 
 
 def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
@@ -305,36 +360,46 @@ def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
     ``synthetic.json`` beside the shards)."""
     t0 = time.monotonic()
     lay = layout(spec)
+    naming = Naming.from_spec(spec.layout)
     pool = jpeg_pool(spec)
     jobs = []
     for prefix, shards in (("train", lay.train), ("validation", lay.validation)):
         for i, rows in enumerate(shards):
-            uri = storage.join(output_uri, shard_name(prefix, i, len(shards)))
+            uri = naming.shard_path(output_uri, prefix, i, len(shards))
             jobs.append((uri, rows))
     workers = workers or os.cpu_count() or 1
     total_bytes = 0
     done = 0
+    written: dict[str, tuple[int, int]] = {}
     step = max(1, len(jobs) // 10)
     if workers > 1 and len(jobs) > 1:
         # spawn: a forked child must not inherit a parent's GCS client sockets.
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, _init_worker, (lay.classes, pool, spec.image_size)) as procs:
-            for _, _, nbytes in procs.imap_unordered(_write_shard, jobs, chunksize=4):
+        with ctx.Pool(workers, _init_worker,
+                      (lay.classes, pool, spec.image_size, naming.kind)) as procs:
+            for uri, nrec, nbytes in procs.imap_unordered(_write_shard, jobs, chunksize=4):
+                written[uri] = (nrec, nbytes)
                 total_bytes += nbytes
                 done += 1
                 if done % step == 0 or done == len(jobs):
                     log.info("synthetic: %d/%d shards written", done, len(jobs))
     else:
-        _init_worker(lay.classes, pool, spec.image_size)
+        _init_worker(lay.classes, pool, spec.image_size, naming.kind)
         for job in jobs:
-            total_bytes += _write_shard(job)[2]
+            uri, nrec, nbytes = _write_shard(job)
+            written[uri] = (nrec, nbytes)
+            total_bytes += nbytes
             done += 1
             if done % step == 0 or done == len(jobs):
                 log.info("synthetic: %d/%d shards written", done, len(jobs))
+    if naming.kind == TFDS:
+        _write_tfds_metadata(output_uri, naming, lay.classes, written,
+                             {"train": len(lay.train), "validation": len(lay.validation)})
     sizes = lay.class_sizes()
     summary = {
         "spec": {**asdict(spec), "names_from": list(spec.names_from)},
         "output_uri": output_uri,
+        "layout": naming.spec,
         "train_records": lay.train_total,
         "train_shards": len(lay.train),
         "validation_records": sum(len(s) for s in lay.validation),
@@ -371,7 +436,14 @@ def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
     p.add_argument("--image_pool", type=int, help="distinct JPEGs reused across records")
     p.add_argument("--seed", type=int)
     p.add_argument("--names_from", action="append", default=[],
-                   help="filename,shard,index file whose names the source must contain (repeatable)")
+                   help="filename,shard,index file or name list (a path, gs:// or a shipped "
+                        "list such as published:fixmatch/split3) whose names the source must "
+                        "contain (repeatable)")
+    p.add_argument("--layout", default=None,
+                   help="common (train-SSSSS-of-NNNNN, image/* features; default) or tfds "
+                        "(imagenet2012-train.tfrecord-SSSSS-of-NNNNN, image/label/file_name "
+                        "features, as TensorFlow Datasets prepares it; tfds:NAME for another "
+                        "dataset name)")
     p.add_argument("--workers", type=int, help="processes (default: CPU count)")
     a = p.parse_args(argv)
     base = imagenet_spec() if a.imagenet else d
@@ -384,6 +456,8 @@ def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
     }
     if a.names_from:
         overrides["names_from"] = tuple(a.names_from)
+    if a.layout:
+        overrides["layout"] = "tfds:imagenet2012" if a.layout == TFDS else a.layout
     return replace(base, **overrides), a.output_uri, a.workers  # type: ignore[arg-type]
 
 

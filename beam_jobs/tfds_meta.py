@@ -52,17 +52,28 @@ in every record; validation guarantees the first three, so pass
 between records. ``supervised_keys`` is not set: TFDS cannot point it into a
 nested dict; use ``ds.map(lambda ex: (ex["image"]["encoded"],
 ex["image"]["class"]["label"]))``.
+
+**A TFDS-prepared source** (``imagenet2012-train.tfrecord-*``; the manifest's
+``source.layout`` is ``tfds:imagenet2012``): the splits' files are named as
+TFDS names its own (``imagenet2012-train128116_1.tfrecord-00000-of-00102``),
+the dataset is named after the source's (``imagenet2012``), and the features
+are the source's: ``image`` (JPEG ``Image``), ``label`` (a ``ClassLabel`` of
+the run's ``num_classes``, 0-based; its names from the source's
+``label.labels.txt`` when given), ``file_name`` (``Text``), with
+``supervised_keys`` ``("image", "label")``: the records read exactly as
+``tfds.load("imagenet2012")``'s do::
+
+    builder = tfds.builder_from_directory("gs://bucket/ssl")
+    ds = builder.as_dataset(split="train128116_1", as_supervised=True)   # (image, label)
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
 
-from beam_jobs import storage
-from beam_jobs.catalog import shard_name
+from beam_jobs import layout, storage
 
 DATASET_INFO_FILE = "dataset_info.json"
 FEATURES_FILE = "features.json"
@@ -71,7 +82,6 @@ DEFAULT_VERSION = "1.0.0"
 SHARD_PLACEHOLDER = "{SHARD_X_OF_Y}"
 
 _TFDS = "tensorflow_datasets.core.features."
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _image(doc: str) -> dict[str, Any]:
@@ -105,6 +115,34 @@ KNOWN_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
 }
 REQUIRED_FEATURES = ("image/encoded", "image/filename", "image/class/label")
 
+# A TFDS-prepared source's features (imagenet2012), flat: "label" becomes a
+# ClassLabel when the number of classes is known (features_config).
+TFDS_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
+    "image": (_image("the image, JPEG-encoded in the record"), "bytes_list"),
+    "label": (_int64("the class label, 0-based as TFDS writes it"), "int64_list"),
+    "file_name": (_text("the source file name, e.g. n01440764_10026.JPEG"), "bytes_list"),
+}
+TFDS_REQUIRED_FEATURES = ("image", "label", "file_name")
+LABEL_NAMES_FILE = "label.labels.txt"  # TFDS's ClassLabel names, one per line
+
+
+def _class_label(num_classes: int) -> dict[str, Any]:
+    return {"pythonClassName": _TFDS + "class_label_feature.ClassLabel",
+            "description": "the class label, 0-based as TFDS writes it",
+            "classLabel": {"numClasses": str(int(num_classes))}}
+
+
+def manifest_naming(manifest: dict[str, Any]) -> layout.Naming:
+    """The layout of the manifest's splits: its source's (``source.layout``),
+    the same for every split (a split entry may also say its own)."""
+    specs = {e.get("layout") or (manifest.get("source") or {}).get("layout") or layout.COMMON
+             for e in manifest.get("splits", {}).values()}
+    specs = specs or {(manifest.get("source") or {}).get("layout") or layout.COMMON}
+    if len(specs) > 1:
+        raise TfdsMetadataError(f"the manifest's splits come from sources of different layouts "
+                                f"({', '.join(sorted(specs))}): one TFDS dataset cannot describe them")
+    return layout.naming(specs.pop())
+
 
 class TfdsMetadataError(ValueError):
     """The manifest's splits cannot be described for TFDS as they are."""
@@ -112,16 +150,16 @@ class TfdsMetadataError(ValueError):
 
 def tfds_split_name(split: str) -> str:
     """Our split name as a TFDS split name: ``train128116.1`` -> ``train128116_1``."""
-    name = split.replace(".", "_")
-    if not _SPLIT_NAME.match(name):
-        raise TfdsMetadataError(f"split {split!r} has no TFDS name: TFDS split names are "
-                                "letters, digits, '_' and '-'")
-    return name
+    try:
+        return layout.tfds_split_name(split)
+    except ValueError as err:
+        raise TfdsMetadataError(str(err)) from None
 
 
 def split_infos(manifest: dict[str, Any], output_uri: str) -> list[dict[str, Any]]:
     """The ``splits`` of dataset_info.json (pure): one per manifest split, by name."""
     out = storage.normalize(output_uri)
+    naming = manifest_naming(manifest)
     infos, seen = [], {}
     for split, entry in sorted(manifest["splits"].items()):
         name = tfds_split_name(split)
@@ -135,7 +173,7 @@ def split_infos(manifest: dict[str, Any], output_uri: str) -> list[dict[str, Any
             raise TfdsMetadataError(f"{split}: the manifest lists {len(shards)} shards, "
                                     f"num_shards says {n}")
         for i, s in enumerate(shards):
-            want = storage.join(out, shard_name(split, i, n))
+            want = storage.join(out, naming.shard_name(split, i, n))
             if storage.normalize(s["path"]) != want:
                 raise TfdsMetadataError(
                     f"{split}: shard {i} is {s['path']}, not {want}: TFDS reads a split's files "
@@ -146,23 +184,29 @@ def split_infos(manifest: dict[str, Any], output_uri: str) -> list[dict[str, Any
             "numShards": str(n),
             "shardLengths": [str(int(s["num_records"])) for s in shards],
             "numBytes": str(sum(int(s["num_bytes"]) for s in shards)),
-            "filepathTemplate": f"{split}-{SHARD_PLACEHOLDER}",
+            "filepathTemplate": f"{naming.file_prefix(split)}-{SHARD_PLACEHOLDER}",
         })
     return infos
 
 
-def features_config(keys: Iterable[str]) -> dict[str, Any]:
-    """features.json (pure): a nested FeaturesDict whose flattened keys are ``keys``."""
+def features_config(keys: Iterable[str], *, kind: str = layout.COMMON,
+                    num_classes: int | None = None) -> dict[str, Any]:
+    """features.json (pure): a nested FeaturesDict whose flattened keys are ``keys``,
+    described as the source layout ``kind`` has them (a TFDS source's ``label``
+    is a ClassLabel of ``num_classes`` when given)."""
+    known = TFDS_FEATURES if kind == layout.TFDS else KNOWN_FEATURES
     tree: dict[str, Any] = {}
     for key in keys:
-        if key not in KNOWN_FEATURES:
+        if key not in known:
             raise TfdsMetadataError(f"no TFDS description for feature {key!r}; known: "
-                                    f"{', '.join(KNOWN_FEATURES)}")
+                                    f"{', '.join(known)}")
         *parents, leaf = key.split("/")
         node = tree
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = KNOWN_FEATURES[key][0]
+        node[leaf] = known[key][0]
+        if kind == layout.TFDS and key == "label" and num_classes:
+            node[leaf] = _class_label(num_classes)
 
     def as_dict(node: dict[str, Any]) -> dict[str, Any]:
         feats = {k: v if "pythonClassName" in v else as_dict(v) for k, v in sorted(node.items())}
@@ -178,6 +222,9 @@ def present_features(manifest: dict[str, Any]) -> list[str]:
     from beam_jobs.example_proto import Example
     from beam_jobs.tfrecord import HEADER_LEN, OVERHEAD, check_framed, parse_header
 
+    tfds_source = manifest_naming(manifest).kind == layout.TFDS
+    required = TFDS_REQUIRED_FEATURES if tfds_source else REQUIRED_FEATURES
+    known = TFDS_FEATURES if tfds_source else KNOWN_FEATURES
     for _, entry in sorted(manifest["splits"].items()):
         shard = next((s for s in entry["shards"] if s["num_records"]), None)
         if shard is None:
@@ -189,20 +236,32 @@ def present_features(manifest: dict[str, Any]) -> list[str]:
         ex = Example()
         ex.ParseFromString(record.data)
         fmap = ex.features.feature
-        missing = [k for k in REQUIRED_FEATURES if k not in fmap]
+        missing = [k for k in required if k not in fmap]
         if missing:
             raise TfdsMetadataError(f"{path}: the first record has no {', '.join(missing)}")
-        optional = [k for k, (_, kind) in KNOWN_FEATURES.items()
-                    if k not in REQUIRED_FEATURES and k in fmap
+        optional = [k for k, (_, kind) in known.items()
+                    if k not in required and k in fmap
                     and fmap[k].WhichOneof("kind") == kind
                     and len(getattr(fmap[k], kind).value) == 1]
-        return list(REQUIRED_FEATURES) + optional
-    return list(REQUIRED_FEATURES)
+        return list(required) + optional
+    return list(required)
 
 
-def dataset_info(manifest: dict[str, Any], output_uri: str, *, name: str = DEFAULT_NAME,
+def source_num_classes(manifest: dict[str, Any]) -> int | None:
+    """A TFDS source's number of classes: its labels' range (``source.label_range``,
+    0-based) as validated, else the classes counted."""
+    src = manifest.get("source") or {}
+    rng = src.get("label_range")
+    if rng:
+        return int(rng[1]) + 1
+    return int(src["num_classes"]) if src.get("num_classes") else None
+
+
+def dataset_info(manifest: dict[str, Any], output_uri: str, *, name: str | None = None,
                  version: str = DEFAULT_VERSION) -> dict[str, Any]:
-    """dataset_info.json (pure)."""
+    """dataset_info.json (pure). ``name``: the dataset's (default: the TFDS
+    source's own, ``imagenet2012``, or ``ssl_imagenet_splits``)."""
+    naming = manifest_naming(manifest)
     splits = split_infos(manifest, output_uri)
     mapping = ", ".join(f"{s} -> {tfds_split_name(s)}" for s in sorted(manifest["splits"])
                         if tfds_split_name(s) != s)
@@ -211,8 +270,8 @@ def dataset_info(manifest: dict[str, Any], output_uri: str, *, name: str = DEFAU
             f"{storage.join(storage.normalize(output_uri), 'manifest.json')} "
             f"updated at {manifest.get('updated_at')}. TFDS split names replace '.' by '_'"
             + (f" ({mapping})." if mapping else "."))
-    return {
-        "name": name,
+    info = {
+        "name": name or (naming.dataset if naming.kind == layout.TFDS else DEFAULT_NAME),
         "version": version,
         "description": desc,
         "moduleName": __name__,
@@ -220,34 +279,52 @@ def dataset_info(manifest: dict[str, Any], output_uri: str, *, name: str = DEFAU
         "sizeInBytes": str(sum(int(s["numBytes"]) for s in splits)),
         "splits": splits,
     }
+    if naming.kind == layout.TFDS:  # as imagenet2012's: as_supervised=True gives (image, label)
+        info["supervisedKeys"] = {"tuple": {"items": [{"featureKey": "image"},
+                                                      {"featureKey": "label"}]}}
+    return info
 
 
 def write_tfds_metadata(manifest: dict[str, Any], output_uri: str, *,
-                        features: Iterable[str] | None = None, name: str = DEFAULT_NAME,
-                        version: str = DEFAULT_VERSION) -> list[str]:
+                        features: Iterable[str] | None = None, name: str | None = None,
+                        version: str = DEFAULT_VERSION,
+                        label_names: list[str] | None = None) -> list[str]:
     """Write ``features.json`` and ``dataset_info.json`` for the manifest's
     splits into ``output_uri`` (each file atomically); return their URIs.
 
     ``features``: the Example keys to describe (default: the required ones
     and the optional ones the first record has; see the module docstring).
+    ``label_names``: a TFDS source's class names (its ``label.labels.txt``),
+    written beside them for its ``label`` ClassLabel.
     Raises TfdsMetadataError, before writing anything, if a split cannot be
     described (a name collision, shards outside ``output_uri``).
     """
     out = storage.normalize(output_uri)
     info = dataset_info(manifest, out, name=name, version=version)
+    kind = manifest_naming(manifest).kind
     keys = list(features) if features is not None else present_features(manifest)
-    feats = features_config(keys)
+    num_classes = source_num_classes(manifest) if kind == layout.TFDS else None
+    if label_names and kind == layout.TFDS:
+        num_classes = len(label_names)
+    feats = features_config(keys, kind=kind, num_classes=num_classes)
+    docs: list[tuple[str, Any]] = [(FEATURES_FILE, feats), (DATASET_INFO_FILE, info)]
+    if label_names and kind == layout.TFDS and "label" in keys:
+        docs.insert(0, (LABEL_NAMES_FILE, "".join(f"{n}\n" for n in label_names)))
     written = []
     # features.json first: dataset_info.json names the splits, and a reader
     # that sees the new splits must also see features that describe them.
-    for fname, doc in ((FEATURES_FILE, feats), (DATASET_INFO_FILE, info)):
+    for fname, doc in docs:
         uri = storage.join(out, fname)
-        storage.write_text(uri, json.dumps(doc, indent=2, sort_keys=True) + "\n",
-                           "application/json")
+        if isinstance(doc, str):
+            storage.write_text(uri, doc, "text/plain")
+        else:
+            storage.write_text(uri, json.dumps(doc, indent=2, sort_keys=True) + "\n",
+                               "application/json")
         written.append(uri)
     return written
 
 
 __all__ = ["DATASET_INFO_FILE", "FEATURES_FILE", "KNOWN_FEATURES", "REQUIRED_FEATURES",
-           "TfdsMetadataError", "dataset_info", "features_config", "split_infos",
-           "tfds_split_name", "write_tfds_metadata"]
+           "TFDS_FEATURES", "TFDS_REQUIRED_FEATURES", "TfdsMetadataError", "dataset_info",
+           "features_config", "manifest_naming", "split_infos", "tfds_split_name",
+           "write_tfds_metadata"]

@@ -8,6 +8,12 @@ present). Across the set: file names follow ``train-SSSSS-of-NNNNN`` with one
 ``N``, no gaps; file names are unique; each label has one synset; an optional
 expected total.
 
+A source prepared by TensorFlow Datasets (``--layout=tfds:imagenet2012``,
+detected from the file names when ``--layout`` is not given) is checked the
+same way: shards ``imagenet2012-train.tfrecord-SSSSS-of-NNNNN``, features
+``image``, ``file_name`` and ``label``, labels ``0..num_classes-1``. The report
+records the layout (``"layout": "common"`` or ``"tfds:imagenet2012"``).
+
 Writes to ``--catalog_dir``:
   * ``catalog.parquet``: one row per record (see ``beam_jobs.catalog.SCHEMA``),
     only when the source is valid;
@@ -40,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from beam_jobs import __version__, storage
+from beam_jobs import __version__, layout, storage
 from beam_jobs.catalog import (
     CATALOG_FILE,
     REPORT_FILE,
@@ -52,7 +58,13 @@ from beam_jobs.catalog import (
     shard_name,
     write_table,
 )
-from beam_jobs.example_proto import ExampleError, parse_image_record
+from beam_jobs.example_proto import (
+    COMMON_KEYS,
+    ExampleError,
+    RecordKeys,
+    parse_image_record,
+    record_keys,
+)
 from beam_jobs.pipeline import counters, make_options, setup_logging, stage_template
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import FileInfo
@@ -70,6 +82,7 @@ class Checks:
 
     label_min: int = 1
     label_max: int = 1000  # inclusive
+    keys: RecordKeys = COMMON_KEYS  # the features' keys in the source's layout
 
     def label_ok(self, label: int) -> bool:
         return self.label_min <= label <= self.label_max
@@ -109,7 +122,9 @@ def check_listing(files: list[FileInfo], prefix: str, source_uri: str) -> tuple[
     pattern = storage.join(source_uri, f"{prefix}-*")
     if not files:
         problems.add("no_files", f"no files match {pattern}: is source_uri the folder that "
-                                 f"holds {prefix}-00000-of-NNNNN ...?", file=pattern)
+                                 f"holds {prefix}-00000-of-NNNNN ... (or, prepared by TensorFlow "
+                                 "Datasets, imagenet2012-train.tfrecord-00000-of-NNNNN ...)?",
+                     file=pattern)
         return [], problems
     shards: list[FileInfo] = []
     counts: dict[int, list[str]] = defaultdict(list)
@@ -192,7 +207,7 @@ def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, tota
                 continue
             end = item.offset + item.length
             try:
-                rec = parse_image_record(item.data)
+                rec = parse_image_record(item.data, checks.keys)
             except ExampleError as err:
                 n_bad += 1
                 problems.add(err.kind, f"{path} at byte offset {item.offset} (record {rec_index}): "
@@ -246,8 +261,12 @@ def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, tota
 
 def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
              files: list[dict[str, Any]], fp: str, expected_total: int | None,
-             checks: Checks) -> dict[str, Any]:
-    """Merge the shards' results: catalog, cross-shard checks, report."""
+             checks: Checks, layout_spec: str = layout.COMMON,
+             label_names: list[str] | None = None) -> dict[str, Any]:
+    """Merge the shards' results: catalog, cross-shard checks, report.
+
+    ``label_names``: class names by label (a TFDS source's ``label.labels.txt``)
+    for records that carry no synset of their own."""
     summaries = sorted(summaries, key=lambda s: s["index"])
     problems = Problems()
     for s in summaries:
@@ -280,6 +299,9 @@ def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
         labels.update({int(k): v for k, v in s["labels"].items()})
         for k, v in s["synsets"].items():
             synsets[int(k)].update(v)
+    for label in labels if label_names else ():
+        if not synsets.get(label) and 0 <= label < len(label_names or ()):
+            synsets[label] = {label_names[label]}  # type: ignore[index]
     for label in sorted(synsets):
         if len(synsets[label]) > 1:
             problems.add("label_synset", f"label {label} comes with several synsets: "
@@ -299,7 +321,7 @@ def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
     report = build_report(
         ok=ok, source_uri=source_uri, fp=fp, files=files, summaries=summaries, total=total,
         labels=labels, synsets=synsets, problems=problems, checks=checks,
-        catalog_uri=catalog_uri if ok else None,
+        catalog_uri=catalog_uri if ok else None, layout_spec=layout_spec,
     )
     storage.write_text(storage.join(catalog_dir, REPORT_FILE), json.dumps(report, indent=1) + "\n",
                        "application/json")
@@ -309,12 +331,13 @@ def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
 def build_report(*, ok: bool, source_uri: str, fp: str, files: list[dict[str, Any]],
                  summaries: list[dict[str, Any]], total: int, labels: Counter[int],
                  synsets: dict[int, set[str]], problems: Problems, checks: Checks,
-                 catalog_uri: str | None) -> dict[str, Any]:
+                 catalog_uri: str | None, layout_spec: str = layout.COMMON) -> dict[str, Any]:
     by_path = {s["path"]: s for s in summaries}
     return {
         "schema_version": 1,
         "ok": ok,
         "source_uri": source_uri,
+        "layout": layout_spec,
         "source_fingerprint": fp,
         "catalog_uri": catalog_uri,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -340,7 +363,8 @@ def format_report(report: dict[str, Any]) -> str:
     """A readable summary of a validation report."""
     lines = []
     status = "VALID" if report["ok"] else "INVALID"
-    lines.append(f"source {report['source_uri']}: {status}")
+    lines.append(f"source {report['source_uri']}: {status} ({report.get('layout', 'common')} "
+                 "layout)")
     lines.append(f"  {report['total_records']:,} records in {report['num_shards']} shards, "
                  f"{report['total_bytes'] / 1e6:,.1f} MB, {report['num_classes']} classes")
     hist = report.get("class_histogram") or {}
@@ -363,7 +387,8 @@ class ValidationFailed(RuntimeError):
 
 def build_pipeline(p: beam.Pipeline, shards: list[dict[str, Any]], catalog_dir: str,
                    source_uri: str, fp: str, expected_total: int | None,
-                   checks: Checks) -> beam.PCollection:
+                   checks: Checks, layout_spec: str = layout.COMMON,
+                   label_names: list[str] | None = None) -> beam.PCollection:
     parts_dir = storage.join(catalog_dir, PARTS_DIR)
     summaries = (
         p
@@ -375,8 +400,23 @@ def build_pipeline(p: beam.Pipeline, shards: list[dict[str, Any]], catalog_dir: 
     return (
         summaries
         | "Collect" >> beam.combiners.ToList()
-        | "Finalize" >> beam.Map(finalize, catalog_dir, source_uri, shards, fp, expected_total, checks)
+        | "Finalize" >> beam.Map(finalize, catalog_dir, source_uri, shards, fp, expected_total, checks,
+                                 layout_spec, label_names)
     )
+
+
+LABEL_NAMES_FILE = "label.labels.txt"
+
+
+def read_label_names(source_uri: str, naming: layout.Naming) -> list[str] | None:
+    """A TFDS source's class names by label (``label.labels.txt``, which TFDS
+    writes beside the shards: the synsets, for imagenet2012), if it has one."""
+    if naming.kind != layout.TFDS:
+        return None
+    uri = storage.join(source_uri, LABEL_NAMES_FILE)
+    if not storage.exists(uri):
+        return None
+    return [line.strip() for line in storage.read_text(uri).splitlines()]
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -387,15 +427,21 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                "--temp_location, --direct_num_workers, ...).",
     )
     p.add_argument("--source_uri", required=True,
-                   help="folder with train-SSSSS-of-NNNNN (absolute path or gs://)")
+                   help="folder with train-SSSSS-of-NNNNN, or TFDS's "
+                        "imagenet2012-train.tfrecord-SSSSS-of-NNNNN (absolute path or gs://)")
     p.add_argument("--catalog_dir", required=True, help="where catalog.parquet and report.json go")
+    p.add_argument("--layout", default=None,
+                   help="the source's layout: common or tfds:DATASET (default: from the file "
+                        "names)")
     p.add_argument("--num_classes", type=int, default=1000,
                    help="labels must lie in label_offset .. label_offset+num_classes-1 (default 1000)")
-    p.add_argument("--label_offset", type=int, default=1,
-                   help="smallest valid label (1 for the common converter, default 1)")
+    p.add_argument("--label_offset", type=int, default=None,
+                   help="smallest valid label (default 1 for the common converter, 0 for TFDS)")
     p.add_argument("--expected_total", type=int, default=None,
                    help="fail unless the source holds exactly this many records (1281167 for ImageNet)")
-    p.add_argument("--prefix", default="train", help="shard name prefix (default train)")
+    p.add_argument("--prefix", default=None,
+                   help="shard name prefix (default train, or the layout's: "
+                        "imagenet2012-train.tfrecord)")
     return p.parse_known_args(argv)
 
 
@@ -405,20 +451,26 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args, beam_args = parse_args(argv)
     source = storage.normalize(args.source_uri)
     catalog_dir = storage.normalize(args.catalog_dir)
-    checks = Checks(label_min=args.label_offset, label_max=args.label_offset + args.num_classes - 1)
-    files = storage.list_files(storage.join(source, f"{args.prefix}-*"))
-    shard_files, problems = check_listing(files, args.prefix, source)
+    naming = layout.naming(args.layout) if args.layout else layout.detect_source(source)
+    offset = args.label_offset if args.label_offset is not None else \
+        (0 if naming.kind == layout.TFDS else 1)
+    checks = Checks(label_min=offset, label_max=offset + args.num_classes - 1,
+                    keys=record_keys(naming.kind))
+    prefix = args.prefix or naming.file_prefix("train")
+    files = storage.list_files(storage.join(source, f"{prefix}-*"))
+    shard_files, problems = check_listing(files, prefix, source)
     fp = fingerprint(shard_files)
     shards = [
         {"path": f.path, "index": int(SHARD_RE.match(storage.basename(f.path)).group("index")),  # type: ignore[union-attr]
          "size": f.size, "crc32c": f.crc32c, "generation": f.generation, "mtime_ns": f.mtime_ns}
         for f in shard_files
     ]
-    log.info("validating %d shards under %s (fingerprint %s)", len(shards), source, fp[:16])
+    log.info("validating %d shards under %s (%s layout, fingerprint %s)", len(shards), source,
+             naming.spec, fp[:16])
     if problems:
         report = build_report(ok=False, source_uri=source, fp=fp, files=shards, summaries=[],
                               total=0, labels=Counter(), synsets={}, problems=problems,
-                              checks=checks, catalog_uri=None)
+                              checks=checks, catalog_uri=None, layout_spec=naming.spec)
         storage.delete([storage.join(catalog_dir, CATALOG_FILE)])
         storage.write_text(storage.join(catalog_dir, REPORT_FILE),
                            json.dumps(report, indent=1) + "\n", "application/json")
@@ -427,7 +479,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                work_bytes=sum(f.size for f in shard_files))
         t0 = time.monotonic()
         p = beam.Pipeline(options=options)
-        build_pipeline(p, shards, catalog_dir, source, fp, args.expected_total, checks)
+        build_pipeline(p, shards, catalog_dir, source, fp, args.expected_total, checks,
+                       naming.spec, read_label_names(source, naming))
         staged = stage_template(p, options, "validate")
         if staged:
             return staged

@@ -60,6 +60,7 @@ from beam_jobs.crc32c_combine import shard_crcs
 from beam_jobs.faults import failpoint
 from beam_jobs.layout import (
     ShardSetError,
+    naming,
     report_uri,
     shard_name,
     shard_set,
@@ -156,8 +157,9 @@ def observe(paths: list[str], folder: str, split: str) -> tuple[dict[str, storag
 
 def exact_findings(split: str, stats: dict[str, Any], expected: Expected,
                    listed: dict[str, storage.FileInfo], crcs: dict[str, str],
-                   strays: list[str]) -> list[str]:
-    """Compare the staged shards (and the build's stats) with the prediction (pure)."""
+                   strays: list[str], prefix: str | None = None) -> list[str]:
+    """Compare the staged shards (and the build's stats) with the prediction
+    (pure; ``prefix``: the split's file prefix in its source's layout)."""
     findings: list[str] = []
     num_shards = len(expected.sizes)
     shards = stats["shards"]
@@ -168,7 +170,7 @@ def exact_findings(split: str, stats: dict[str, Any], expected: Expected,
         findings.append(f"{split}: stray file {path} among the staged shards")
     for s, entry in enumerate(shards[:num_shards]):
         path = entry["staged"]
-        want = shard_name(split, s, num_shards)
+        want = shard_name(prefix or split, s, num_shards)
         if storage.basename(path) != want or storage.basename(entry["path"]) != want:
             findings.append(f"{split}: the build recorded {path} as shard {s} ({want})")
             continue
@@ -227,6 +229,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--plan_uri", help="the split's plan (labelled splits and the reshuffle)")
     p.add_argument("--catalog_dir", help="the source catalog (with --plan_uri)")
     p.add_argument("--copy_from", help="source folder of a copied split (validation)")
+    p.add_argument("--layout", default=None,
+                   help="the source's layout, common (default) or tfds:DATASET (the split's "
+                        "file names and record features)")
     p.add_argument("--deep", action="store_true",
                    help="also re-read every staged record (a Beam job)")
     args, beam_args = p.parse_known_args(argv)
@@ -243,6 +248,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     output = storage.normalize(args.output_uri)
     work = storage.normalize(args.work_uri or work_default(output))
     split = args.split
+    names = naming(args.layout)
+    prefix = names.file_prefix(split)  # the split's file names in its source's layout
     t0 = time.monotonic()
     failpoint("verify.start")
     # A report from an earlier verification must not outlive this one: if this
@@ -267,17 +274,17 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                      f"not {args.plan_uri} ({verified_plan[:16]})")
         expected = expected_from_plan(plan_table)
     else:
-        expected = expected_from_copy(storage.normalize(args.copy_from), split)
+        expected = expected_from_copy(storage.normalize(args.copy_from), prefix)
     staged = [e["staged"] for e in stats["shards"]]
-    listed, crcs, strays, bytes_read = observe(staged, stats["staging"], split)
-    findings = exact_findings(split, stats, expected, listed, crcs, strays)
+    listed, crcs, strays, bytes_read = observe(staged, stats["staging"], prefix)
+    findings = exact_findings(split, stats, expected, listed, crcs, strays, prefix)
     metrics: dict[str, int] = {}
     mode = "exact"
     if args.deep and not findings:
         from beam_jobs.deep_verify import run_deep
 
         mode = "deep"
-        deep = run_deep(split, work, stats, plan_table, beam_args)
+        deep = run_deep(split, work, stats, plan_table, beam_args, names.kind)
         if deep.staged:  # template mode: the deep job was described, not run
             return {**deep.staged, "split": split}
         metrics = deep.metrics

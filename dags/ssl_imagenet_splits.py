@@ -22,7 +22,8 @@ MANIFEST_ASSET = Asset("ssl_imagenet_splits_manifest")
 DOC_MD = """
 ### Reproducible semi-supervised ImageNet splits
 
-From ImageNet `train-*` TFRecords (`source_uri`), builds five seeded,
+From ImageNet `train-*` TFRecords (`source_uri`; or as TensorFlow Datasets
+prepared it, `imagenet2012-train.tfrecord-*`), builds five seeded,
 class-stratified 10% labelled splits `train{N}.{seed}` and the full reshuffle
 `train` as sharded TFRecords under `output_uri`, copies `validation-*` beside
 them, verifies every shard, and publishes a manifest (`manifest_uri`, default
@@ -42,7 +43,10 @@ built in this run) ->
 **Common runs**
 * everything: `{"source_uri": "gs://b/imagenet", "output_uri": "gs://b/ssl"}`
 * rebuild seed 3 only: add `"seeds": [3], "unsupervised": false`
-* FixMatch's published split 3: `"seeds": [3], "sharding_files": {"3": "gs://.../files2shards_train_size128116_split3.txt"}`
+* FixMatch's five published splits (built in): `"protocol": "fixmatch"`
+* SimCLR's 1% and 10% subsets (built in): `"protocol": "simclr"`
+* a published file of your own: `"seeds": [3], "sharding_files": {"3": "gs://.../files2shards_train_size128116_split3.txt"}`
+* a list of file names as a split: `"name_lists": {"mysubset": "gs://.../names.txt"}`
 * on Dataflow: `"runner": "DataflowRunner"` with the `dataflow_*` params; add
   `"dataflow_template_location": "gs://..."` to only stage the jobs' Dataflow
   templates there (nothing runs, nothing is published).

@@ -69,6 +69,8 @@ def job_args(run: Run, spec: dict[str, Any]) -> list[str]:
         args.append(f"--copy_from={run.config['source_uri']}")
     else:
         args += [f"--plan_uri={spec['plan_uri']}", f"--catalog_dir={spec['catalog_dir']}"]
+    if spec.get("layout"):
+        args.append(f"--layout={spec['layout']}")
     return args + BEAM
 
 
@@ -97,7 +99,8 @@ def start(p: dict[str, Any], catalog_cache: Path | None = None) -> Run:
         else:
             validate.run([f"--source_uri={run.config['source_uri']}",
                           f"--catalog_dir={src['catalog_dir']}",
-                          f"--num_classes={run.config['num_classes']}", *BEAM])
+                          f"--num_classes={run.config['num_classes']}",
+                          f"--layout={src['layout']}", *BEAM])
             if cached is not None:
                 cached.mkdir(parents=True, exist_ok=True)
                 for name in (CATALOG_FILE, REPORT_FILE):

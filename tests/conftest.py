@@ -4,6 +4,7 @@ must modify one)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -25,8 +26,28 @@ ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "plugins"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
-REFERENCE = ROOT.parent / "shared" / "reference" / "fixmatch_data_splits"
 PYTHON = sys.executable
+
+
+def shipped_reference() -> Path:
+    """The published lists the package ships (``beam_jobs/data``), exported once
+    as their plain-text files (each checked against its sha256 on the way) into
+    a folder named by their sha256s: ``fixmatch/files2shards_train_size128116_split{1..5}.txt``,
+    ``simclr/{1,10}percent.txt``. Tests read these; nothing outside the repo."""
+    from beam_jobs import protocols
+
+    key = hashlib.sha256("".join(e.sha256 for e in protocols.LISTS.values()).encode())
+    folder = Path(os.environ.get("TMPDIR", "/tmp")) / \
+        f"ssl-splits-published-{os.getuid()}-{key.hexdigest()[:12]}"
+    wanted = [folder / e.key.split("/")[0] / e.file_name for e in protocols.LISTS.values()]
+    if not all(p.exists() for p in wanted):
+        protocols.export(str(folder))  # atomic writes: concurrent workers write the same bytes
+    return folder
+
+
+PUBLISHED = shipped_reference()
+REFERENCE = PUBLISHED / "fixmatch"  # FixMatch's five filename,shard,index files
+SIMCLR = PUBLISHED / "simclr"  # SimCLR's 1percent.txt and 10percent.txt
 
 
 def free_port() -> int:

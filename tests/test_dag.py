@@ -11,6 +11,14 @@ and runs it (issue 5).
   rebuild one seed (only its manifest entry and files change), rerun (nothing
   is built, the manifest stays as it was).
 * FixMatch's published split 3 reproduced through the DAG, record by record.
+* The built-in protocols chosen by name (issue 15): FixMatch's five published
+  splits, each byte-identical to its file's records at its positions, and
+  SimCLR's 1% subset, exactly its 12,811 records; one synthetic source holding
+  every name of those files is generated and validated once for them (each
+  run's work folder gets a copy of that validation, as a rerun on the same
+  source would find it).
+* A TFDS-prepared source (``imagenet2012-train.tfrecord-*``) end to end, its
+  splits read back with TensorFlow Datasets.
 
 Airflow and Beam run for real: every Airflow here has its own AIRFLOW_HOME and
 SQLite DB (tests/airflow_env.py).
@@ -38,7 +46,7 @@ from airflow_env import (
     migrated_home,
     run_cases,
 )
-from conftest import REFERENCE
+from conftest import REFERENCE, SIMCLR
 
 TASK_IDS = {"check_params", "acquire_lock", "validate_source", "plan", "build", "verify",
             "publish_manifest", "release_lock"}
@@ -203,6 +211,51 @@ def test_params_form_has_every_design_param_with_its_default(dag):
                                        "DirectRunner", False)
 
 
+def test_protocol_is_a_dropdown_in_the_main_section(dag):
+    from beam_jobs import protocols
+
+    param = dag.params.get_param("protocol")
+    assert param.value == "seeded"
+    assert param.schema["enum"] == list(protocols.PROTOCOLS)
+    assert "section" not in param.schema  # with the common params, not folded away
+    shown = param.schema["values_display"]
+    assert set(shown) == set(protocols.PROTOCOLS)
+    assert "FixMatch" in shown["fixmatch"] and "1%" in shown["simclr"], shown
+    lists = dag.params.get_param("name_lists")
+    assert lists.value == {} and lists.schema["additionalProperties"] is False
+    assert lists.schema.get("title") and lists.description
+    names = list(dag.params.keys())
+    assert names.index("protocol") < names.index("seeds")  # it decides what seeds mean
+
+
+def test_resolve_protocols_and_name_lists(airflow_in_process):
+    from ssl_splits.config import ConfigError, RunConfig, resolve
+
+    ok = {"source_uri": "/data/imagenet", "output_uri": "/data/ssl"}
+    # The defaults: seeded draws, as before.
+    cfg = resolve(ok)
+    assert (cfg.protocol, cfg.name_lists, cfg.seeds) == ("seeded", {}, [1, 2, 3, 4, 5])
+    # FixMatch's published splits for the seeds asked (all five by default).
+    assert resolve({**ok, "protocol": "fixmatch"}).seeds == [1, 2, 3, 4, 5]
+    assert resolve({**ok, "protocol": "fixmatch", "seeds": [3]}).seeds == [3]
+    # SimCLR: the subsets are the labelled splits; the form's seeded defaults are set aside.
+    cfg = resolve({**ok, "protocol": "simclr", "seeds": [1, 2, 3, 4, 5], "fraction": 0.1,
+                   "sampling": "stratified"})
+    assert cfg.protocol == "simclr" and cfg.seeds == []
+    cfg = resolve({**ok, "protocol": "simclr_1pct", "unsupervised": False})
+    assert cfg.seeds == [] and not cfg.unsupervised  # something to build: the subset
+    cfg = resolve({**ok, "seeds": [], "unsupervised": False,
+                   "name_lists": {"mine": "gs://bucket/lists/names.txt/"}})
+    assert cfg.name_lists == {"mine": "gs://bucket/lists/names.txt"}
+    # Round trip through the XCom, and an older XCom without the new fields.
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("protocol", "name_lists")}
+    assert RunConfig.from_dict(old).protocol == "seeded"
+    with pytest.raises(ConfigError, match=r"name_lists\[mine\]='data/x.txt': a local path must be "
+                                          "absolute"):
+        resolve({**ok, "name_lists": {"mine": "data/x.txt"}})
+
+
 def test_trigger_form_requires_the_two_folders(dag):
     import copy
 
@@ -246,6 +299,25 @@ def _bad_cases(src: Path, out: Path) -> list[dict]:
          "conf": {**ok, "runner": "DataflowRunner", "dataflow_project": None},
          "param": "dataflow_project"},
         {"name": "source_missing", "conf": {"output_uri": str(out)}, "param": "source_uri"},
+        # The built-in protocols and name lists (issue 15).
+        {"name": "protocol_unknown", "conf": {**ok, "protocol": "simclr_5pct"},
+         "param": "protocol"},
+        {"name": "fixmatch_seed_without_a_published_split",
+         "conf": {**ok, "protocol": "fixmatch", "seeds": [2, 6]}, "param": "seeds"},
+        {"name": "fixmatch_and_sharding_files",
+         "conf": {**ok, "protocol": "fixmatch", "seeds": [3], "sharding_files": {"3": str(SPLIT3)}},
+         "param": "sharding_files"},
+        {"name": "fixmatch_other_fraction", "conf": {**ok, "protocol": "fixmatch", "fraction": 0.05},
+         "param": "fraction"},
+        {"name": "simclr_with_seeds", "conf": {**ok, "protocol": "simclr", "seeds": [3]},
+         "param": "seeds"},
+        {"name": "name_list_label_all_digits", "conf": {**ok, "name_lists": {"3": str(SPLIT3)}},
+         "param": "name_lists"},
+        {"name": "name_list_label_of_the_protocol",
+         "conf": {**ok, "protocol": "simclr", "name_lists": {"simclr": str(SPLIT3)}},
+         "param": "name_lists"},
+        {"name": "name_list_missing", "conf": {**ok, "name_lists": {"mine": f"{src}/none.txt"}},
+         "param": "name_lists"},
     ]
 
 
@@ -448,21 +520,182 @@ def _manifest_text(uri: str) -> str:
     return storage.read_text(uri)
 
 
-# --------------------------------------------------------------------------- FixMatch split 3
+# --------------------------------------------------------------------------- published protocols
+
+# Every name of FixMatch's five published splits and of SimCLR's 1% list.
+PUBLISHED_NAMES = tuple(f"published:fixmatch/split{s}" for s in range(1, 6)) + \
+    ("published:simclr/1percent",)
+
+
+@pytest.fixture(scope="module")
+def published_source(tmp_path_factory):
+    """A synthetic source holding every name of PUBLISHED_NAMES (about 590,000
+    records of ~1 KB in 32 shards: the lists' own names, a few others per
+    class), generated and validated once for the module."""
+    from beam_jobs import validate
+    from beam_jobs.synthetic import Spec, generate
+
+    root = tmp_path_factory.mktemp("published_source")
+    source, catalog = root / "imagenet", root / "catalog"
+    generate(Spec(names_from=PUBLISHED_NAMES, num_classes=1000, min_per_class=1,
+                  max_per_class=140, image_size=1, image_pool=8, train_shards=32,
+                  validation_shards=0), str(source), workers=2)
+    report = validate.run([f"--source_uri={source}", f"--catalog_dir={catalog}",
+                           "--num_classes=1000"])
+    assert report["ok"] and report["layout"] == "common"
+    return source, catalog, report
+
+
+def with_validated_catalog(published_source, output: Path) -> Path:
+    """The output's work folder with the source's catalog, where check_params
+    looks for it: the run skips validation (a rerun on an unchanged source)."""
+    from beam_jobs import layout
+
+    _, catalog, report = published_source
+    folder = Path(layout.catalog_dir(layout.work_default(str(output)),
+                                     report["source_fingerprint"]))
+    folder.mkdir(parents=True)
+    for name in ("catalog.parquet", "report.json"):
+        (folder / name).write_bytes((catalog / name).read_bytes())
+    return folder
+
+
+def source_records(catalog: Path) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Every source record's framed bytes by file name, read at the catalog's
+    file/offset/length; and each name's class (synset)."""
+    from beam_jobs.catalog import read_table
+
+    cat = read_table(str(catalog / "catalog.parquet"),
+                     ["filename", "synset", "file", "offset", "length"]).to_pydict()
+    data = {f: Path(f).read_bytes() for f in set(cat["file"])}
+    records = {n: data[f][o:o + ln] for n, f, o, ln in
+               zip(cat["filename"], cat["file"], cat["offset"], cat["length"])}
+    return records, dict(zip(cat["filename"], cat["synset"]))
+
+
+def framed(path: Path) -> list[tuple[str, bytes]]:
+    """(file name, framed bytes) of every record of an output shard, in order."""
+    from beam_jobs import example_proto, tfrecord
+
+    out = []
+    with open(path, "rb") as f:
+        for item in tfrecord.iter_framed(f, str(path)):
+            assert not isinstance(item, tfrecord.RecordError), item
+            name = example_proto.parse_image_record(item.data).filename
+            out.append((name, item.data))
+    return out
 
 
 @pytest.mark.slow
-def test_reproduces_fixmatch_split3_through_the_dag(airflow_home, tmp_path):
-    from beam_jobs import example_proto, tfrecord
-    from beam_jobs.synthetic import Spec, generate
+@pytest.mark.xdist_group("dag_published")
+def test_fixmatch_protocol_builds_the_five_published_splits(published_source, airflow_home,
+                                                           tmp_path):
+    from beam_jobs import protocols
 
-    source, output = tmp_path / "imagenet", tmp_path / "ssl"
-    generate(Spec(names_from=(str(SPLIT3),), num_classes=1000, min_per_class=1,
-                  max_per_class=140, image_size=1, train_shards=32, validation_shards=0),
-             str(source), workers=2)
+    source, catalog, _ = published_source
+    output = tmp_path / "ssl"
+    cached = with_validated_catalog(published_source, output)
+    # Shallow verification: this test itself compares every record, name and byte.
+    conf = {"source_uri": str(source), "output_uri": str(output), "protocol": "fixmatch",
+            "unsupervised": False, "num_classes": 1000, "copy_validation": False,
+            "deep_verify": "never"}
+    r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
+    assert r.returncode == 0 and r.state == "success", r.tail()
+    splits = [f"train128116.{s}" for s in range(1, 6)]
+    assert r.states("build") == dict.fromkeys(splits, "success"), r.tasks
+    assert r.states("verify") == dict.fromkeys(splits, "success"), r.tasks
+    # The source's catalog was found: validation was not run again.
+    assert not [ln for ln in r.output.splitlines()
+                if "Running command:" in ln and "beam_jobs.validate" in ln]
+
+    records, _ = source_records(catalog)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert sorted(manifest["splits"]) == splits
+    assert manifest["source"]["validation_report_uri"] == str(cached / "report.json")
+    for seed in range(1, 6):
+        split = f"train128116.{seed}"
+        published = REFERENCE / f"files2shards_train_size128116_split{seed}.txt"
+        expected: dict[int, list[str]] = {}
+        for line in published.read_text().splitlines():
+            name, shard, index = line.split(",")
+            names = expected.setdefault(int(shard), [])
+            assert int(index) == len(names)  # the file is sorted by (shard, index)
+            names.append(name)
+        shards = sorted(output.glob(f"{split}-*"))
+        assert [p.name for p in shards] == [f"{split}-{s:05d}-of-00102" for s in range(102)]
+        for s, path in enumerate(shards):
+            got = framed(path)
+            assert [n for n, _ in got] == expected[s], f"{split} shard {s}: other names"
+            # Byte for byte the source's records: the framed bytes of the source, in order.
+            assert path.read_bytes() == b"".join(records[n] for n in expected[s]), \
+                f"{split} shard {s}: bytes differ from the source records"
+        entry = manifest["splits"][split]
+        assert entry["num_examples"] == 128_116 and entry["num_shards"] == 102
+        assert entry["seed"] == seed and entry["sampling"] == "published"
+        assert entry["plan"]["source"] == f"published:fixmatch/split{seed}"
+        assert entry["plan"]["sha256"] == protocols.LISTS[f"fixmatch/split{seed}"].sha256 == \
+            hashlib.sha256(published.read_bytes()).hexdigest()
+        assert entry["layout"] == "common"
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag_published")
+def test_simclr_1pct_protocol_holds_exactly_the_listed_records(published_source, airflow_home,
+                                                              tmp_path):
+    from beam_jobs.planner import hash_keys, shard_sizes
+
+    source, catalog, report = published_source
+    output = tmp_path / "ssl"
+    with_validated_catalog(published_source, output)
+    # num_shards 10: what the default gives on ImageNet (floor(12,811 * 1,024 / 1,281,167)).
+    conf = {"source_uri": str(source), "output_uri": str(output), "protocol": "simclr_1pct",
+            "unsupervised": False, "num_classes": 1000, "copy_validation": False,
+            "num_shards": 10}
+    r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
+    assert r.returncode == 0 and r.state == "success", r.tail()
+    split = "train12811.simclr"
+    assert r.states("build") == {split: "success"}, r.tasks  # no seeded split: seeds do not apply
+
+    listed = (SIMCLR / "1percent.txt").read_text().split()
+    assert len(listed) == len(set(listed)) == 12_811
+    records, synsets = source_records(catalog)
+    shards = sorted(output.glob(f"{split}-*"))
+    assert [p.name for p in shards] == [f"{split}-{s:05d}-of-00010" for s in range(10)]
+    got = [framed(p) for p in shards]
+    names = [n for shard in got for n, _ in shard]
+    assert sorted(names) == sorted(listed)  # exactly the listed records, each once
+    # In the product's order (the order key, seed 0), dealt by its rule.
+    by_name = sorted(listed)
+    keys = hash_keys(by_name, "order", 0)
+    assert names == [by_name[i] for i in sorted(range(len(by_name)), key=lambda i: (keys[i], i))]
+    assert [len(shard) for shard in got] == shard_sizes(12_811, 10) == [1282] + [1281] * 9
+    for p in shards:
+        assert p.read_bytes() == b"".join(records[n] for n, _ in framed(p))
+
+    entry = json.loads((output / "manifest.json").read_text())["splits"][split]
+    assert entry["num_examples"] == 12_811 and entry["seed"] is None
+    assert entry["sampling"] == "names" and entry["plan"]["source"] == "published:simclr/1percent"
+    assert entry["fraction"] == f"12811/{report['total_records']}"
+    counts: dict[str, int] = {}
+    for n in listed:
+        counts[synsets[n]] = counts.get(synsets[n], 0) + 1
+    assert entry["class_counts"] == counts and sorted(set(counts.values())) == [12, 13]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag_published")
+def test_reproduces_fixmatch_split3_through_the_dag(published_source, airflow_home, tmp_path):
+    """A published file given by path (sharding_files) is used exactly as given."""
+    from beam_jobs import example_proto, tfrecord
+
+    source, _, _ = published_source
+    output = tmp_path / "ssl"
+    with_validated_catalog(published_source, output)
+    # Shallow verification: the names at every position are compared here, and the
+    # bytes of all five published splits in the test above.
     conf = {"source_uri": str(source), "output_uri": str(output), "seeds": [3],
             "sharding_files": {"3": str(SPLIT3)}, "unsupervised": False, "num_classes": 1000,
-            "copy_validation": False}
+            "copy_validation": False, "deep_verify": "never"}
     r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
     assert r.returncode == 0 and r.state == "success", r.tail()
     assert r.states("build") == {"train128116.3": "success"}
@@ -491,3 +724,85 @@ def test_reproduces_fixmatch_split3_through_the_dag(airflow_home, tmp_path):
     assert entry["plan"]["sha256"] == hashlib.sha256(SPLIT3.read_bytes()).hexdigest()
     assert entry["plan"]["source"] == str(SPLIT3)  # imported as is, read where it lies
     assert Path(entry["plan"]["uri"]).is_relative_to(output)  # our copy: beside the output
+
+
+# --------------------------------------------------------------------------- a TFDS-prepared source
+
+
+@pytest.mark.slow
+def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
+    import tensorflow_datasets as tfds
+
+    from beam_jobs import example_proto, tfrecord
+    from beam_jobs.synthetic import Spec, generate
+
+    source, output = tmp_path / "tensorflow_datasets" / "imagenet2012" / "5.1.0", tmp_path / "ssl"
+    spec = Spec(num_classes=10, min_per_class=30, max_per_class=50, train_shards=8,
+                validation_shards=2, validation_per_class=4, seed=5, layout="tfds:imagenet2012")
+    summary = generate(spec, str(source), workers=1)
+    total = summary["train_records"]
+    n = total // 10
+    # (The validation copy in this layout is built in tests/test_tfds_meta.py, in-process.)
+    conf = {"source_uri": str(source), "output_uri": str(output), "seeds": [1],
+            "num_classes": 10, "direct_num_workers": 1, "copy_validation": False}
+    r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
+    assert r.returncode == 0 and r.state == "success", r.tail()
+    splits = {f"train{n}.1", "train"}
+    assert r.tasks[("validate_source", "-1")] == "success"
+    assert r.states("build") == dict.fromkeys(splits, "success"), r.tasks
+    assert r.states("verify") == dict.fromkeys(splits, "success"), r.tasks
+
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["source"]["layout"] == "tfds:imagenet2012"
+    assert manifest["source"]["label_range"] == [0, 9]
+    assert set(manifest["splits"]) == splits
+    # Named as TFDS names its files; nothing in the common layout's names.
+    tfds_name = {f"train{n}.1": f"train{n}_1", "train": "train"}
+    for split, entry in manifest["splits"].items():
+        assert entry["layout"] == "tfds:imagenet2012"
+        k = entry["num_shards"]
+        assert [Path(s["path"]).name for s in entry["shards"]] == [
+            f"imagenet2012-{tfds_name[split]}.tfrecord-{i:05d}-of-{k:05d}" for i in range(k)]
+    assert not list(output.glob("train*")) and not list(output.glob("validation*"))
+    # Every output record is its source record, byte for byte.
+    source_recs = {}
+    for path in source.glob("imagenet2012-*.tfrecord-*"):
+        with open(path, "rb") as f:
+            for rec in tfrecord.iter_records(f, str(path)):
+                source_recs[example_proto.parse_image_record(rec, example_proto.TFDS_KEYS)
+                            .filename] = rec
+    assert len(source_recs) == total + summary["validation_records"]
+    assert summary["validation_records"] > 0
+    planned = {}
+    for split, entry in manifest["splits"].items():
+        names = []
+        for s in entry["shards"]:
+            with open(s["path"], "rb") as f:
+                for rec in tfrecord.iter_records(f, s["path"]):
+                    name = example_proto.parse_image_record(rec, example_proto.TFDS_KEYS).filename
+                    assert rec == source_recs[name]
+                    names.append(name)
+        planned[split] = names
+    assert sorted(planned["train"]) == sorted(k for k in source_recs if not k.startswith("ILSVRC"))
+    assert len(planned[f"train{n}.1"]) == n
+
+    # TensorFlow Datasets reads the output folder as it reads the source: same features.
+    builder = tfds.builder_from_directory(str(output))
+    assert builder.info.name == "imagenet2012"
+    assert sorted(builder.info.splits) == sorted(tfds_name.values())
+    assert builder.info.supervised_keys == ("image", "label")
+    labels = (source / "label.labels.txt").read_text().split()
+    assert builder.info.features["label"].names == labels
+    source_builder = tfds.builder_from_directory(str(source))
+    assert sorted(builder.info.features.keys()) == sorted(source_builder.info.features.keys()) \
+        == ["file_name", "image", "label"]
+    in_order = tfds.ReadConfig(interleave_cycle_length=1)
+    for split, names in planned.items():
+        ds = builder.as_dataset(split=tfds_name[split], shuffle_files=False, read_config=in_order)
+        got = [(ex["file_name"].decode(), int(ex["label"]), ex["image"].shape)
+               for ex in tfds.as_numpy(ds)]
+        assert [g[0] for g in got] == names, f"{split}: not the planned records in order"
+        assert all(0 <= lab < 10 and shape == (8, 8, 3) for _, lab, shape in got)
+    image, label = next(iter(tfds.as_numpy(builder.as_dataset(
+        split=tfds_name[f"train{n}.1"], as_supervised=True))))
+    assert image.dtype.name == "uint8" and 0 <= label < 10

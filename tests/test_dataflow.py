@@ -135,6 +135,15 @@ def test_worker_package_is_beam_jobs_only(tmp_path):
                    "example_proto", "catalog"):
         assert f"beam_jobs/{needed}.py" in modules
     assert not [n for n in names if n.startswith(("dags/", "plugins/", "tests/", "ssl_splits"))]
+    # The published lists travel with the package (workers and the plan task load them
+    # from it), each beside its notice, and load from the wheel itself with their sha256.
+    from beam_jobs import protocols
+
+    for entry in protocols.LISTS.values():
+        assert f"beam_jobs/data/{entry.path}" in names
+        assert f"beam_jobs/data/{entry.path.split('/')[0]}/NOTICE.md" in names
+        data = protocols.read_bytes(entry.ref, root=zipfile.Path(wheel, "beam_jobs/data/"))
+        assert len(data) and data.count(b"\n") == entry.lines
     requires = " ".join(meta.get_all("Requires-Dist") or []).lower()
     assert "apache-beam" in requires and "google-crc32c" in requires
     assert "airflow" not in requires and "tensorflow" not in requires

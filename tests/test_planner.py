@@ -599,3 +599,143 @@ def test_storage_reads_plan_files_by_uri(tmp_path):
     p.write_text("b,0,0\na,0,1\n")
     plan = read_plan_file(storage.normalize(str(p)), split="custom")
     assert plan.split == "custom" and plan.names.tolist() == ["b", "a"]
+
+
+# --------------------------------------------------------------------------- name lists (issue 15)
+
+
+@pytest.mark.parametrize("text, names, lines", [
+    ("a.JPEG\nb.JPEG\n", ["a.JPEG", "b.JPEG"], [1, 2]),
+    ("a.JPEG\r\n\r\n  b.JPEG  \n", ["a.JPEG", "b.JPEG"], [1, 3]),  # CRLF, blank lines, spaces
+    ("z\nA\né\n", ["z", "A", "é"], [1, 2, 3]),  # file order kept
+])
+def test_parse_name_list(text, names, lines):
+    got, got_lines = planner.parse_name_list(text, "names.txt")
+    assert got.tolist() == names and got_lines.tolist() == lines
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("", r"names\.txt: the name list is empty"),
+    ("\n  \n", r"names\.txt: the name list is empty"),
+    ("a\nb\na\nc\nb\n", r"names\.txt: 2 duplicate name\(s\) in the name list: a \(lines 1 and 3\); "
+                        r"b \(lines 2 and 5\)"),
+    ("a\nn01_1.JPEG,0,0\n", r"names\.txt: malformed name list:\n  line 2: 'n01_1\.JPEG,0,0' is not "
+                            r"one file name \(a filename,shard,index file is a sharding file"),
+])
+def test_name_list_checks(text, pattern):
+    with pytest.raises(PlanError, match=pattern):
+        planner.parse_name_list(text, "names.txt")
+
+
+def test_many_comma_lines_are_counted():
+    text = "".join(f"n{i},0,{i}\n" for i in range(30))
+    with pytest.raises(PlanError, match=r"line 5: .*\n  \.\.\. 30 such lines in all"):
+        planner.parse_name_list(text, "x")
+
+
+def test_plan_named_takes_exactly_the_listed_records_in_order_key_order(few):
+    names = [r[0] for r in few]
+    labels = [r[1] for r in few]
+    listed = [n for n in names if n.endswith(("1.JPEG", "3.JPEG", "5.JPEG"))][::-1]
+    assert 5 < len(listed) < len(names)
+    plan = planner.plan_named(listed, names, labels, label="mine", origin="names.txt",
+                              num_shards=3)
+    assert plan.split == f"train{len(listed)}.mine" and plan.kind == "supervised"
+    assert plan.seed is None and plan.sampling == "names" and plan.source == "names.txt"
+    assert plan.fraction == f"{len(listed)}/{len(names)}"
+    # The README's rule, re-derived: order key with seed 0 (ties by name), dealt into S shards.
+    ordered = sorted(listed, key=lambda nm: (ref_key("order", 0, nm), nm))
+    assert plan_rows(plan) == deal(ordered, 3)
+    label_of = dict(zip(names, labels))
+    assert plan.class_counts == {str(k): v for k, v in
+                                 sorted(Counter(label_of[n] for n in listed).items())}
+    # The same list in any order, or a shuffled catalog: the same plan.
+    again = planner.plan_named(sorted(listed), names[::-1], labels[::-1], label="mine",
+                               origin="other.txt", num_shards=3)
+    assert again.sha256() == plan.sha256()
+    # Default shard count: the source's shard size kept.
+    default = planner.plan_named(listed, names, labels, label="mine", origin="x", source_shards=12)
+    assert default.num_shards == max(1, len(listed) * 12 // len(names))
+
+
+def test_plan_named_reports_missing_names_with_line_numbers(few):
+    names = [r[0] for r in few]
+    labels = [r[1] for r in few]
+    text = "\n".join([names[0], "n99_1.JPEG", names[1], "", "n99_2.JPEG"]) + "\n"
+    listed, lines = planner.parse_name_list(text, "names.txt")
+    with pytest.raises(PlanError) as err:
+        planner.plan_named(listed, names, labels, label="mine", origin="names.txt",
+                           list_lines=lines)
+    assert str(err.value) == ("names.txt: 2 of 4 names are not in the source catalog (60 "
+                              "records), e.g. n99_1.JPEG (line 2), n99_2.JPEG (line 5)")
+
+
+@pytest.mark.parametrize("label", ["3", "Mine", "my.list", "", "a" * 33, "_x"])
+def test_plan_named_rejects_labels_that_could_collide(few, label):
+    with pytest.raises(PlanError, match="name list label"):
+        planner.plan_named([few[0][0]], [r[0] for r in few], [r[1] for r in few], label=label,
+                           origin="x")
+
+
+def test_make_plans_with_protocols_and_name_lists(tiny_catalog, tmp_path, few):
+    from beam_jobs import protocols
+
+    names = [r[0] for r in few]
+    lst = tmp_path / "names.txt"
+    lst.write_text("\n".join(names[:12]) + "\n")
+    req = plan_cli.PlanRequest(seeds=(1,), fraction="0.5", unsupervised=False,
+                               name_lists=(("mine", str(lst)),))
+    plans = plan_cli.make_plans(str(tiny_catalog), req)
+    assert [p.split for p in plans] == ["train30.1", "train12.mine"]
+    assert sorted(plans[1].names.tolist()) == sorted(names[:12])
+    assert plans[1].class_counts and set(plans[1].class_counts) <= {f"n{c:08d}" for c in range(1, 5)}
+
+    # fixmatch: the seeds' published files (names not in this catalog: refused, named).
+    files, lists = plan_cli.expand_protocol(plan_cli.PlanRequest(seeds=(2, 5), protocol="fixmatch"))
+    assert files == {2: "published:fixmatch/split2", 5: "published:fixmatch/split5"}
+    assert lists == []
+    with pytest.raises(PlanError, match="128,116 of 128,116 names are not in the source catalog"):
+        plan_cli.make_plans(str(tiny_catalog), plan_cli.PlanRequest(seeds=(2,), protocol="fixmatch"))
+    with pytest.raises(PlanError, match=r"published splits for seeds \[1, 2, 3, 4, 5\] only, not \[7\]"):
+        plan_cli.expand_protocol(plan_cli.PlanRequest(seeds=(1, 7), protocol="fixmatch"))
+    with pytest.raises(PlanError, match=r"seeds \[3\] have a sharding file and protocol fixmatch"):
+        plan_cli.expand_protocol(plan_cli.PlanRequest(seeds=(3,), protocol="fixmatch",
+                                                      sharding_files=((3, "/x.txt"),)))
+    _, lists = plan_cli.expand_protocol(plan_cli.PlanRequest(seeds=(), protocol="simclr"))
+    assert lists == [("simclr", "published:simclr/1percent"),
+                     ("simclr", "published:simclr/10percent")]
+    with pytest.raises(protocols.PublishedDataError, match="unknown protocol 'nope'"):
+        plan_cli.expand_protocol(plan_cli.PlanRequest(protocol="nope"))
+    # Two lists of one size under one label would be one split: refused.
+    with pytest.raises(PlanError, match="two plans would write the same split train12.mine"):
+        plan_cli.make_plans(str(tiny_catalog), plan_cli.PlanRequest(
+            seeds=(), unsupervised=False, name_lists=(("mine", str(lst)), ("mine", str(lst)))))
+
+
+def test_plan_cli_name_list_and_protocol(tiny_catalog, tmp_path, few, capsys):
+    names = [r[0] for r in few]
+    lst = tmp_path / "names.txt"
+    lst.write_text("\n".join(names[5:25]) + "\n")
+    out = tmp_path / "plans"
+    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}", "--seeds=",
+                        f"--name_list=mine={lst}", "--num_shards=4"])
+    assert rc == 0, capsys.readouterr().err
+    split, n, shards, sha, uri = capsys.readouterr().out.strip().split("\t")
+    assert (split, n, shards) == ("train20.mine", "20", "4")
+    rows = [line.split(",") for line in open(uri).read().splitlines()]
+    assert sorted(r[0] for r in rows) == sorted(names[5:25])
+    assert [int(r[1]) for r in rows] == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+    # A SimCLR protocol plans no seeded split by default; its names are not in this catalog.
+    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}",
+                        "--protocol=simclr_1pct"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "published:simclr/1percent: 12,811 of 12,811 names are not in the " \
+        "source catalog (60 records), e.g. n04235860_14959.JPEG (line 1), " in err, err
+    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}", "--name_list=x"])
+    assert rc == 1 and "--name_list takes LABEL=URI" in capsys.readouterr().err
+
+
+def test_read_plan_file_of_a_shipped_list():
+    plan = read_plan_file("published:fixmatch/split1", seed=1)
+    assert plan.source == "published:fixmatch/split1" and plan.split == "train128116.1"
+    assert plan.sha256() == SPLIT1_SHA and plan.to_csv_bytes() == SPLIT1.read_bytes()

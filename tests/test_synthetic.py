@@ -335,3 +335,65 @@ def test_generate_to_gcs(gcs_bucket, tmp_path):
             continue
         assert storage.read_bytes(f.path) == (tmp_path / name).read_bytes(), name
     assert summary["train_records"] == layout(SMALL).train_total
+
+
+# --------------------------------------------------------------------------- TFDS layout (issue 15)
+
+
+def test_tfds_layout_writes_the_same_records_under_tfds_names_and_features(tmp_path):
+    from beam_jobs.example_proto import TFDS_KEYS
+
+    common, tfds = tmp_path / "common", tmp_path / "tfds"
+    generate(SMALL, str(common), workers=1)
+    summary = generate(replace(SMALL, layout="tfds:imagenet2012"), str(tfds), workers=2)
+    assert summary["layout"] == "tfds:imagenet2012"
+    lay = layout(SMALL)
+    assert sorted(p.name for p in tfds.iterdir()) == sorted(
+        [f"imagenet2012-train.tfrecord-{i:05d}-of-00005" for i in range(5)]
+        + [f"imagenet2012-validation.tfrecord-{i:05d}-of-00002" for i in range(2)]
+        + ["dataset_info.json", "features.json", "label.labels.txt", "synthetic.json"])
+    for prefix, n in (("train", 5), ("validation", 2)):
+        for i in range(n):
+            theirs = read_payloads(tfds / f"imagenet2012-{prefix}.tfrecord-{i:05d}-of-{n:05d}")
+            ours = read_payloads(common / f"{prefix}-{i:05d}-of-{n:05d}")
+            assert len(theirs) == len(ours)
+            for t, o in zip(theirs, ours):
+                feats = parse_features(t)
+                assert sorted(feats) == ["file_name", "image", "label"]  # imagenet2012's
+                old = parse_features(o)
+                assert feats["image"] == old["image/encoded"]
+                assert feats["label"] == [old["image/class/label"][0] - 1]  # 0-based
+                assert parse_image_record(t, TFDS_KEYS).filename == \
+                    parse_image_record(o).filename
+    assert (tfds / "label.labels.txt").read_text().split() == [c.synset for c in lay.classes]
+    info = json.loads((tfds / "dataset_info.json").read_text())
+    assert info["name"] == "imagenet2012"
+    assert [(s["name"], s["filepathTemplate"]) for s in info["splits"]] == [
+        ("train", "imagenet2012-train.tfrecord-{SHARD_X_OF_Y}"),
+        ("validation", "imagenet2012-validation.tfrecord-{SHARD_X_OF_Y}")]
+    feats = json.loads((tfds / "features.json").read_text())["featuresDict"]["features"]
+    assert feats["label"]["classLabel"] == {"numClasses": "6"}
+
+
+def test_cli_tfds_layout_and_bad_layouts(tmp_path):
+    out = run_module("beam_jobs.synthetic", f"--output_uri={tmp_path / 'd'}", "--layout=tfds",
+                     "--num_classes=3", "--min_per_class=4", "--max_per_class=5",
+                     "--train_shards=2", "--validation_shards=1", "--workers=1")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "d" / "imagenet2012-train.tfrecord-00001-of-00002").exists()
+    out = run_module("beam_jobs.synthetic", f"--output_uri={tmp_path / 'e'}", "--layout=tfds:X")
+    assert out.returncode == 2 and "must be snake_case" in out.stderr
+
+
+def test_names_from_shipped_lists_and_name_lists(tmp_path):
+    from beam_jobs.protocols import read_text
+
+    lay = layout(Spec(num_classes=1000, min_per_class=1, max_per_class=20,
+                      names_from=("published:simclr/1percent",)))
+    names = {n for shard in lay.train for n, _ in shard}
+    assert set(read_text("published:simclr/1percent").split()) <= names
+    lst = tmp_path / "names.txt"  # a name list: one file name per line
+    lst.write_text("n01000001_5.JPEG\nn01000002_7.JPEG\n")
+    small = layout(Spec(num_classes=3, min_per_class=2, max_per_class=3, train_shards=2,
+                        names_from=(str(lst),)))
+    assert {"n01000001_5.JPEG", "n01000002_7.JPEG"} <= {n for s in small.train for n, _ in s}

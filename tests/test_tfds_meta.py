@@ -11,7 +11,7 @@ import pytest
 
 from beam_jobs import storage
 from beam_jobs import tfds_meta as tm
-from beam_jobs.example_proto import parse_image_record
+from beam_jobs.example_proto import TFDS_KEYS, parse_image_record
 from beam_jobs.tfrecord import iter_records
 
 
@@ -158,3 +158,189 @@ def test_written_to_gcs_next_to_the_shards(published, gcs_bucket):
     # The features were read from the first record on GCS: the same as locally.
     assert json.loads(storage.read_text(written[0])) == tm.features_config(
         tm.present_features(doc))
+
+
+# --------------------------------------------------------------------------- a TFDS-prepared source
+
+
+def tfds_entry(folder: str, split: str, lengths: list[int]) -> dict:
+    e = entry(folder, split, lengths)
+    name = split.replace(".", "_")
+    n = len(lengths)
+    for i, s in enumerate(e["shards"]):
+        s["path"] = f"{folder}/imagenet2012-{name}.tfrecord-{i:05d}-of-{n:05d}"
+    e["layout"] = "tfds:imagenet2012"
+    return e
+
+
+def test_tfds_source_splits_keep_tfds_file_names():
+    doc = {"source": {"layout": "tfds:imagenet2012", "label_range": [0, 999]},
+           "splits": {"train12811.simclr": tfds_entry("/o", "train12811.simclr", [2, 2]),
+                      "train": tfds_entry("/o", "train", [3])}}
+    assert [(s["name"], s["filepathTemplate"]) for s in tm.split_infos(doc, "/o")] == [
+        ("train", "imagenet2012-train.tfrecord-{SHARD_X_OF_Y}"),
+        ("train12811_simclr", "imagenet2012-train12811_simclr.tfrecord-{SHARD_X_OF_Y}")]
+    info = tm.dataset_info(doc, "/o")
+    assert info["name"] == "imagenet2012"
+    assert info["supervisedKeys"] == {"tuple": {"items": [{"featureKey": "image"},
+                                                          {"featureKey": "label"}]}}
+    feats = tm.features_config(tm.TFDS_REQUIRED_FEATURES, kind="tfds", num_classes=1000)
+    flat = feats["featuresDict"]["features"]
+    assert sorted(flat) == ["file_name", "image", "label"]
+    assert flat["label"]["classLabel"] == {"numClasses": "1000"}
+    assert tm.source_num_classes(doc) == 1000
+    # A split named in the other layout's way is not where TFDS would look.
+    wrong = {**doc, "splits": {"train": entry("/o", "train", [3])}}
+    with pytest.raises(tm.TfdsMetadataError, match="not /o/imagenet2012-train.tfrecord-00000"):
+        tm.split_infos(wrong, "/o")
+    mixed = {"splits": {"train": {**entry("/o", "train", [1]), "layout": "common"},
+                        "x": tfds_entry("/o", "x", [1])}}
+    with pytest.raises(tm.TfdsMetadataError, match="sources of different layouts"):
+        tm.split_infos(mixed, "/o")
+
+
+@pytest.fixture(scope="module")
+def tfds_published(tmp_path_factory):
+    """A TFDS-layout source: seed 1, a name list, the reshuffle and the validation
+    copy, built, verified and published in-process as the DAG does."""
+    from beam_jobs.synthetic import Spec, generate
+
+    root = tmp_path_factory.mktemp("tfds_source")
+    src = root / "imagenet2012" / "5.1.0"
+    generate(Spec(num_classes=10, min_per_class=30, max_per_class=50, train_shards=8,
+                  validation_shards=2, validation_per_class=4, seed=7,
+                  layout="tfds:imagenet2012"), str(src), workers=1)
+    names = []
+    for p in sorted(src.glob("imagenet2012-train.tfrecord-*")):
+        with open(p, "rb") as f:
+            names += [parse_image_record(r, TFDS_KEYS).filename for r in iter_records(f, str(p))]
+    (root / "names.txt").write_text("\n".join(names[::9]) + "\n")
+    p = bs.params(str(src), str(root / "out"), seeds=[1], unsupervised=True,
+                  copy_validation=True, name_lists={"every9th": str(root / "names.txt")})
+    run, result = bs.full_run(p)
+    return run, bs.manifest(run), result, src, names[::9], p
+
+
+def test_tfds_source_published_and_read_back(tfds_published):
+    import tensorflow_datasets as tfds
+
+    run, doc, result, src, listed, _ = tfds_published
+    named = f"train{len(listed)}.every9th"
+    assert sorted(doc["splits"]) == sorted(["train", "train97.1", named, "validation"])
+    assert doc["source"]["layout"] == "tfds:imagenet2012"
+    out = Path(run.output_uri)
+    assert result["tfds_metadata"] == [str(out / n) for n in (
+        "label.labels.txt", "features.json", "dataset_info.json")]
+    # The validation copy: the source's files byte for byte, under the same names.
+    for s in doc["splits"]["validation"]["shards"]:
+        assert Path(s["path"]).read_bytes() == (src / Path(s["path"]).name).read_bytes()
+    builder = tfds.builder_from_directory(str(out))
+    assert sorted(builder.info.splits) == sorted(
+        ["train", "train97_1", named.replace(".", "_"), "validation"])
+    assert builder.info.features["label"].names == (src / "label.labels.txt").read_text().split()
+    in_order = tfds.ReadConfig(interleave_cycle_length=1)
+    for split, e in doc["splits"].items():
+        got = [ex["file_name"].decode() for ex in tfds.as_numpy(builder.as_dataset(
+            split=tm.tfds_split_name(split), shuffle_files=False, read_config=in_order))]
+        want = []
+        for s in e["shards"]:
+            with open(s["path"], "rb") as f:
+                want += [parse_image_record(r, TFDS_KEYS).filename
+                         for r in iter_records(f, s["path"])]
+        assert got == want and len(got) == e["num_examples"]
+    assert sorted(n for s in doc["splits"][named]["shards"] for n in names_in_tfds(s["path"])) \
+        == sorted(listed)
+    # load_split checks the files under the split's glob in this layout.
+    from beam_jobs.manifest import load_split
+
+    split = load_split(run.manifest_uri, named)
+    assert split.paths == [s["path"] for s in doc["splits"][named]["shards"]]
+    stray = out / f"imagenet2012-{named.replace('.', '_')}.tfrecord-stray"
+    stray.write_bytes(b"")
+    try:
+        with pytest.raises(Exception, match="unexpected file .*tfrecord-stray matches the "
+                                            "split's glob"):
+            load_split(run.manifest_uri, named)
+    finally:
+        stray.unlink()
+
+
+def names_in_tfds(path: str) -> list[str]:
+    with open(path, "rb") as f:
+        return [parse_image_record(r, TFDS_KEYS).filename for r in iter_records(f, path)]
+
+
+def test_verification_in_the_tfds_layout_finds_strays_missing_and_reordered(tfds_published):
+    from beam_jobs.tfrecord import frame
+    from beam_jobs.verify import VerificationFailed
+
+    run, doc, _, _, _, _ = tfds_published
+    split = "train97.1"
+    paths = [s["path"] for s in doc["splits"][split]["shards"]]
+    assert bs.verify(run, split, deep=True)["ok"]
+    first = Path(paths[0])
+    original = first.read_bytes()
+    stray = first.with_name("imagenet2012-train97_1.tfrecord-00003-of-00004")
+    common = first.with_name("train97.1-00000-of-00003")  # the other layout's name: not ours
+    try:
+        first.unlink()
+        stray.write_bytes(original)
+        common.write_bytes(original)
+        with pytest.raises(VerificationFailed) as err:
+            bs.verify(run, split, deep=False)
+        msg = str(err.value)
+        assert f"{split}: shard 0 is missing: {first}" in msg
+        assert f"{split}: stray file {stray} under the split's glob " \
+               "imagenet2012-train97_1.tfrecord-*" in msg
+        assert str(common) not in msg
+        # Records swapped (same size, same CRC32C recorded by a buggy build: deep only).
+        stray.unlink()
+        recs = names_and_payloads(original)
+        swapped = b"".join(frame(p) for _, p in [recs[1], recs[0], *recs[2:]])
+        first.write_bytes(swapped)
+        stats_path = Path(run.work_uri) / "stats" / f"{split}.json"
+        stats = json.loads(stats_path.read_text())
+        saved_stats = stats_path.read_bytes()
+        import google_crc32c
+
+        stats["shards"][0]["crc32c"] = f"{google_crc32c.value(swapped):08x}"
+        stats_path.write_text(json.dumps(stats))
+        try:
+            assert bs.verify(run, split, deep=False)["ok"]
+            with pytest.raises(VerificationFailed, match=rf"{split}: shard 0 index 0 holds "
+                                                         rf"{recs[1][0]}, the plan says {recs[0][0]}"):
+                bs.verify(run, split, deep=True)
+        finally:
+            stats_path.write_bytes(saved_stats)
+    finally:
+        for p in (stray, common):
+            p.unlink(missing_ok=True)
+        first.write_bytes(original)
+    assert bs.verify(run, split, deep=True)["ok"]
+
+
+def names_and_payloads(data: bytes) -> list[tuple[str, bytes]]:
+    import io
+
+    from beam_jobs.tfrecord import iter_framed
+
+    return [(parse_image_record(item.data, TFDS_KEYS).filename, item.data)
+            for item in iter_framed(io.BytesIO(data), "<shard>")]
+
+
+def test_a_rerun_in_the_tfds_layout_skips_what_is_up_to_date(tfds_published):
+    run, doc, _, _, _, params = tfds_published
+    again = bs.start(params)
+    assert again.source["action"] == "cached" and again.source["layout"] == "tfds:imagenet2012"
+    assert {s["split"]: s["action"] for s in again.specs} == dict.fromkeys(doc["splits"], "skip")
+    assert {s["layout"] for s in again.specs} == {"tfds:imagenet2012"}
+
+
+def test_an_output_folder_keeps_one_layout(tfds_published, small_source):
+    from ssl_splits.tasks import TaskError
+
+    run, _, _, _, _, _ = tfds_published
+    with pytest.raises(TaskError, match=r"holds splits of a source in the tfds:imagenet2012 "
+                                        r"layout .* this source is in the common layout: write "
+                                        "it to another output_uri"):
+        bs.start(bs.params(str(small_source), run.output_uri, seeds=[1]))

@@ -495,3 +495,113 @@ def test_validate_shard_notices_a_file_that_changed_size(small_source, tmp_path)
     # the same shard with its true size is fine
     summary = validate.validate_shard(_element(path, 1), str(tmp_path), Checks(1, 10), 8)
     assert summary["problems"] == {} and summary["bytes"] == path.stat().st_size
+
+
+# --------------------------------------------------------------------------- a TFDS-prepared source
+
+
+@pytest.fixture(scope="module")
+def tfds_source(tmp_path_factory) -> Path:
+    """The small source's records in the layout TensorFlow Datasets prepares."""
+    from beam_jobs.synthetic import generate
+
+    out = tmp_path_factory.mktemp("tfds_source")
+    generate(Spec(num_classes=10, min_per_class=30, max_per_class=50, train_shards=8,
+                  validation_shards=2, validation_per_class=4, seed=7,
+                  layout="tfds:imagenet2012"), str(out), workers=1)
+    return out
+
+
+def tfds_shard(source: Path, i: int, n: int = 8) -> Path:
+    return source / f"imagenet2012-train.tfrecord-{i:05d}-of-{n:05d}"
+
+
+def test_tfds_source_is_detected_and_validated(tfds_source, good_run, tmp_path):
+    from beam_jobs.example_proto import TFDS_KEYS
+
+    report = run_job(tfds_source, tmp_path / "catalog")  # layout from the file names
+    assert report["ok"] and report["layout"] == "tfds:imagenet2012"
+    assert report["checks"] == {"label_min": 0, "label_max": 9}
+    assert [Path(s["path"]).name for s in report["shards"]] == [
+        tfds_shard(tfds_source, i).name for i in range(8)]
+    # The same records as the common layout's (same spec), labels one lower, and the
+    # classes' synsets from the source's label.labels.txt.
+    common_report, common_dir = good_run
+    tfds_rows = read_catalog(str(tmp_path / "catalog")).to_pylist()
+    common_rows = read_catalog(str(common_dir)).to_pylist()
+    assert sorted((r["filename"], r["label"] + 1, r["record"]) for r in tfds_rows) == \
+        sorted((r["filename"], r["label"], r["record"]) for r in common_rows)
+    assert {int(k) + 1: v for k, v in report["synsets"].items()} == \
+        {int(k): v for k, v in common_report["synsets"].items()}
+    assert report["class_histogram"] == {str(int(k) - 1): v for k, v in
+                                         common_report["class_histogram"].items()}
+    with storage.RangeReader() as reader:
+        for r in tfds_rows[:50]:
+            rec = reader.read(r["file"], r["offset"], r["length"])[12:-4]
+            assert parse_image_record(rec, TFDS_KEYS).filename == r["filename"]
+
+
+@pytest.mark.parametrize("damage, kind, where", [
+    (lambda f: f.update({"label": [10]}), "label_range", "label 10 is outside 0..9"),
+    (lambda f: f.pop("file_name"), "missing_feature", "no 'file_name' feature"),
+    (lambda f: f.update({"image": [b""]}), "empty_image", "'image' is empty"),
+])
+def test_tfds_bad_records_fail_naming_file_and_offset(tfds_source, tmp_path, damage, kind, where):
+    src = tmp_path / "src"
+    shutil.copytree(tfds_source, src)
+    path = tfds_shard(src, 3)
+    offset = rewrite_record(path, 2, damage)
+    with pytest.raises(ValidationFailed):
+        run_job(src, tmp_path / "catalog", "--layout=tfds:imagenet2012")
+    report = read_report(tmp_path / "catalog")
+    assert list(report["problems"]) == [kind]
+    (example,) = report["problems"][kind]["examples"]
+    assert example["file"] == str(path) and example["offset"] == offset
+    assert where in example["message"]
+    assert not (tmp_path / "catalog" / CATALOG_FILE).exists()
+
+
+def test_tfds_source_missing_shard_and_a_prefix_with_no_shards(tfds_source, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(tfds_source, src)
+    tfds_shard(src, 5).unlink()
+    with pytest.raises(ValidationFailed):
+        run_job(src, tmp_path / "c1")
+    (example,) = read_report(tmp_path / "c1")["problems"]["missing_shard"]["examples"]
+    assert example["file"] == str(tfds_shard(src, 5))
+    # A prefix that names no shard of this source.
+    with pytest.raises(ValidationFailed):
+        run_job(src, tmp_path / "c2", "--layout=tfds:imagenet2012", "--prefix=train")
+    assert read_report(tmp_path / "c2")["problems"]["no_files"]["count"] == 1
+
+
+def test_common_records_in_a_tfds_source_are_refused(small_source, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        shutil.copy(shard(small_source, i), tfds_shard(src, i))
+    with pytest.raises(ValidationFailed):
+        run_job(src, tmp_path / "catalog")
+    report = read_report(tmp_path / "catalog")
+    assert report["layout"] == "tfds:imagenet2012"
+    assert list(report["problems"]) == ["missing_feature"]
+    assert "no 'image' feature" in report["problems"]["missing_feature"]["examples"][0]["message"]
+
+
+def test_validate_shard_transform_with_tfds_keys(tfds_source, tmp_path):
+    """ValidateShard in a TestPipeline on TFDS records: names and 0-based labels."""
+    from beam_jobs.example_proto import TFDS_KEYS
+
+    lay = layout(spec_of(tfds_source))
+    elements = [_element(tfds_shard(tfds_source, i), i) for i in range(2)]
+    want = [(i, len(lay.train[i]), 0) for i in range(2)]
+    with test_pipeline.TestPipeline() as p:
+        out = (p | beam.Create(elements)
+               | beam.ParDo(ValidateShard(str(tmp_path), Checks(0, 9, TFDS_KEYS), 2)))
+        assert_that(out | beam.Map(lambda s: (s["index"], s["records"], s["bad_records"])),
+                    equal_to(want), label="Counts")
+        assert_that(out | beam.FlatMap(lambda s: s["labels"].items()) | beam.CombinePerKey(sum),
+                    equal_to(list(Counter(lay.classes[c].label - 1 for i in range(2)
+                                          for _, c in lay.train[i]).items())), label="Labels")
+    names = pq.read_table(f"{tmp_path}/part-00000.parquet").column("filename").to_pylist()
+    assert names == [n for n, _ in lay.train[0]]

@@ -169,7 +169,9 @@ def prepare(*, run_id: str, manifest_uri: str, output_uri: str, work_uri: str,
     splits = {}
     for name, entry in entries.items():
         keep = {s["path"] for s in entry["shards"]}
-        stale = [f.path for f in layout.split_files(output_uri, name) if f.path not in keep]
+        # The split's file prefix as its shards are named (the source's layout).
+        prefix = layout.parse_shard_name(storage.basename(entry["shards"][0]["path"]))[0]  # type: ignore[index]
+        stale = [f.path for f in layout.split_files(output_uri, prefix) if f.path not in keep]
         journal_shards = []
         for s in shards[name]:
             j = {k: s[k] for k in ("path", "staged", "num_bytes", "crc32c")}

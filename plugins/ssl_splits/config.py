@@ -19,6 +19,8 @@ from typing import Any
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 
+from beam_jobs import protocols
+
 # gs://bucket/any/path, or an absolute local path; no ".." components.
 URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
 DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
@@ -73,6 +75,17 @@ def params() -> dict[str, Param]:
             "Where the manifest JSON is published. Empty: {output_uri}/manifest.json.",
             nullable=True,
         ),
+        "protocol": Param(
+            protocols.SEEDED, type="string", enum=list(protocols.PROTOCOLS),
+            title="Labelled splits",
+            description="seeded: our own draws, one per seed (Seeds, Fraction, Sampling). "
+                        "fixmatch: FixMatch's published 10% splits, reproduced exactly: split s "
+                        "for each seed s in Seeds (1-5), train128116.{s}. simclr: SimCLR's 1% "
+                        "and 10% subsets, the standard protocol of SimCLR, BYOL, SwAV "
+                        "(train12811.simclr, train128116.simclr; Seeds, Fraction and Sampling do "
+                        "not apply). The published files ship with the product.",
+            values_display={name: f"{name}: {p.title}" for name, p in protocols.PROTOCOLS.items()},
+        ),
         # Items without one "type": the form shows a text box, one seed per line (Airflow
         # 3.3's multi-select picks only from a fixed list, and its JSON editor needs
         # brackets); the box sends strings, which parse_seeds turns into integers.
@@ -80,7 +93,8 @@ def params() -> dict[str, Param]:
             [1, 2, 3, 4, 5], type="array", title="Seeds",
             description="Labelled splits to build, one seed per line (train{N}.{seed}): "
                         "3 alone rebuilds seed 3. In --conf and the REST API a list of "
-                        "integers: [3]; [] builds none.",
+                        "integers: [3]; [] builds none. With protocol fixmatch: which of the "
+                        "published splits 1-5.",
             items={"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SEED},
                              {"type": "string", "pattern": SEED_LINE_PATTERN}]},
             uniqueItems=True, maxItems=100,
@@ -104,6 +118,17 @@ def params() -> dict[str, Param]:
                         'e.g. {"1": "gs://bucket/fixmatch/files2shards_train_size128116_split1.txt"}. '
                         "Each seed must also be in Seeds.",
             patternProperties={"^[0-9]+$": {"type": "string", "pattern": URI_PATTERN}},
+            additionalProperties=False,
+        ),
+        "name_lists": Param(
+            {}, type="object", title="Name lists",
+            description='{"label": "uri"} of files with one image file name per line '
+                        "(SimCLR's format), e.g. {\"mysubset\": \"gs://bucket/names.txt\"}: each "
+                        "gives the split train{N}.{label} of exactly those records (every name "
+                        "must be in the source), in the product's order and sharding. A label "
+                        "is a lower-case letter, then letters, digits or _.",
+            patternProperties={protocols.LABEL_PATTERN: {
+                "type": "string", "pattern": URI_PATTERN, "not": {"pattern": DOTDOT_PATTERN}}},
             additionalProperties=False,
         ),
         "unsupervised": Param(
@@ -246,6 +271,8 @@ class RunConfig:
     deep_verify: bool
     direct_num_workers: int
     dataflow: dict[str, Any] = field(default_factory=dict)
+    protocol: str = protocols.SEEDED
+    name_lists: dict[str, str] = field(default_factory=dict)  # label -> uri
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -346,14 +373,18 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     files = p.get("sharding_files") or {}
     if not isinstance(files, dict):
         raise ConfigError("sharding_files must be an object {seed: uri}")
+    proto = _protocol(p, seeds, fraction, sampling, files)
+    if not proto.uses_seeds:
+        seeds = []  # the protocol's subsets are the labelled splits
     sharding: dict[str, str] = {}
     for k, v in files.items():
         if not str(k).isdigit() or int(k) not in seeds:
             raise ConfigError(f"sharding_files names seed {k!r}, which is not in seeds {seeds}")
         sharding[str(int(k))] = check_uri(f"sharding_files[{k}]", v)
+    name_lists = _name_lists(p.get("name_lists"), proto)
     unsupervised = bool(p.get("unsupervised", True))
     copy_validation = bool(p.get("copy_validation", True))
-    if not seeds and not unsupervised:
+    if not seeds and not unsupervised and not name_lists and not proto.name_lists:
         raise ConfigError("nothing to build: seeds is empty and unsupervised is false")
     dataflow: dict[str, Any] = {}
     if runner == "DataflowRunner":
@@ -402,4 +433,63 @@ def resolve(p: dict[str, Any]) -> RunConfig:
         num_classes=int(p.get("num_classes") or 1000), expected_total=p.get("expected_total"),
         deep_verify=bool(deep),
         direct_num_workers=int(p.get("direct_num_workers") or 0), dataflow=dataflow,
+        protocol=proto.name, name_lists=name_lists,
     )
+
+
+# Params a SimCLR protocol leaves aside, with their defaults (what the form sends).
+_SEEDED_ONLY = {"seeds": [1, 2, 3, 4, 5], "fraction": 0.1, "sampling": "stratified"}
+
+
+def _protocol(p: dict[str, Any], seeds: list[int], fraction: Any, sampling: str,
+              files: dict[str, Any]) -> protocols.Protocol:
+    """The ``protocol`` param, checked against the params it decides on."""
+    name = p.get("protocol") or protocols.SEEDED
+    if name not in protocols.PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {list(protocols.PROTOCOLS)}, got {name!r}")
+    proto = protocols.PROTOCOLS[name]
+    if not proto.uses_seeds:
+        for param, default in _SEEDED_ONLY.items():
+            if p.get(param, default) != default:
+                raise ConfigError(
+                    f"{param}={p[param]!r} does not apply to protocol {name} (SimCLR's subsets are "
+                    f"given by their files): leave {param} at its default {default!r}, or use "
+                    "protocol seeded")
+        if files:
+            raise ConfigError(f"sharding_files do not apply to protocol {name}: it builds no "
+                              "seeded splits")
+    elif proto.sharding:
+        outside = [s for s in seeds if s not in proto.seeds]
+        if outside:
+            raise ConfigError(f"seeds {outside}: protocol {name} has published splits for seeds "
+                              f"{min(proto.seeds)}-{max(proto.seeds)} only")
+        if files:
+            raise ConfigError(f"sharding_files and protocol {name} both give the seeds' files: "
+                              f"use one (protocol {name} uses the published files it ships)")
+        if str(fraction) != "0.1":
+            raise ConfigError(f"fraction={fraction!r}: FixMatch's published splits are 10% "
+                              "(128,116 of ImageNet's records); leave fraction at 0.1")
+        if sampling != "stratified":
+            raise ConfigError(f"sampling={sampling!r}: FixMatch's published splits are "
+                              "stratified; leave sampling at stratified")
+    return proto
+
+
+def _name_lists(value: Any, proto: protocols.Protocol) -> dict[str, str]:
+    """The ``name_lists`` param: ``{label: uri}``, labels that name splits apart."""
+    if value in (None, {}):
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError('name_lists must be an object {"label": "uri"}')
+    out = {}
+    taken = {label for label, _ in proto.name_lists}
+    for label, uri in sorted(value.items()):
+        if not isinstance(label, str) or not re.match(protocols.LABEL_PATTERN, label):
+            raise ConfigError(f"name_lists label {label!r} must be a lower-case letter followed by "
+                              "up to 31 lower-case letters, digits or _ (it names the split "
+                              "train{N}.{label})")
+        if label in taken:
+            raise ConfigError(f"name_lists label {label!r} is protocol {proto.name}'s: choose "
+                              "another label")
+        out[label] = check_uri(f"name_lists[{label}]", uri)
+    return out

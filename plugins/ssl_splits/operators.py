@@ -39,7 +39,11 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
     if job == "validate":
         opts.update(source_uri=cfg.source_uri, catalog_dir=spec["catalog_dir"] if spec else None,
                     num_classes=cfg.num_classes, expected_total=cfg.expected_total)
-    else:
+    # The source's layout (common or tfds:DATASET), from check_params' listing and then
+    # the validation report: it names the files the jobs read and write.
+    if spec and spec.get("layout"):
+        opts["layout"] = spec["layout"]
+    if job != "validate":
         assert spec is not None
         opts.update(split=spec["split"], output_uri=cfg.output_uri, work_uri=cfg.work_uri)
         if spec["kind"] == "validation":
@@ -231,7 +235,7 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         from beam_jobs import verify
         from ssl_splits.gcp import airflow_storage
 
-        own = {"split", "output_uri", "work_uri", "plan_uri", "catalog_dir", "copy_from"}
+        own = {"split", "output_uri", "work_uri", "plan_uri", "catalog_dir", "copy_from", "layout"}
         argv = beam_options_to_args({k: v for k, v in self.pipeline_options.items() if k in own})
         with airflow_storage():
             try:

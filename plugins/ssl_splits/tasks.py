@@ -23,14 +23,14 @@ from typing import Any, Iterator
 from airflow.sdk.exceptions import AirflowFailException
 
 from beam_jobs import __version__, layout, storage
-from beam_jobs.catalog import REPORT_FILE, SHARD_RE, fingerprint
+from beam_jobs.catalog import REPORT_FILE, fingerprint
 from beam_jobs.layout import catalog_dir as catalog_folder
 from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
 from beam_jobs.manifest import entry_problems, load_or_none, now, summary_lines
 from beam_jobs.plan import PlanRequest, make_plans, write_plans
 from beam_jobs.planner import ALGORITHM
 from ssl_splits import commit, lock
-from ssl_splits.config import RunConfig, resolve
+from ssl_splits.config import ConfigError, RunConfig, resolve
 from ssl_splits.publish import Published
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,21 @@ class TaskError(AirflowFailException, RuntimeError):
 def describe_source(cfg: RunConfig) -> dict[str, Any]:
     """The source as storage describes it (no data read): fingerprint, catalog folder,
     validation shards, and whether a valid catalog of exactly this source exists."""
-    train = storage.list_files(storage.join(cfg.source_uri, "train-*"))
+    try:
+        names = layout.detect_source(cfg.source_uri)  # common or TFDS, from the file names
+    except layout.LayoutError as err:
+        raise TaskError(f"source_uri: {err}") from None
+    train = storage.list_files(names.split_glob(cfg.source_uri, "train"))
     fp = fingerprint(train)
     catalog_dir = catalog_folder(cfg.work_uri, fp)
-    val = [f for f in storage.list_files(storage.join(cfg.source_uri, "validation-*"))
-           if (m := SHARD_RE.match(storage.basename(f.path))) and m.group("prefix") == "validation"]
+    val = names.split_files(cfg.source_uri, "validation")
     report_path = storage.join(catalog_dir, REPORT_FILE)
     action, reason = "run", "no catalog for this source yet"
     if storage.exists(report_path):
         report = json.loads(storage.read_text(report_path))
-        same_checks = report.get("checks", {}).get("label_max") == cfg.num_classes
+        checks = report.get("checks", {})
+        same_checks = checks.get("label_max", 0) - checks.get("label_min", 1) + 1 == \
+            cfg.num_classes and report.get("layout", layout.COMMON) == names.spec
         if report.get("ok") and report.get("source_fingerprint") == fp and same_checks \
                 and cfg.expected_total in (None, report.get("total_records")):
             action, reason = "cached", f"source unchanged since it was validated ({report_path})"
@@ -67,6 +72,7 @@ def describe_source(cfg: RunConfig) -> dict[str, Any]:
             reason = "the last validation of this source failed or used other checks"
     return {
         "source_uri": cfg.source_uri, "fingerprint": fp, "catalog_dir": catalog_dir,
+        "layout": names.spec,
         "num_train_files": len(train), "action": action, "reason": reason,
         "validation_files": len(val),
         "validation_fingerprint": fingerprint(val) if val else None,
@@ -79,13 +85,17 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     for seed, uri in cfg.sharding_files.items():
         if not storage.exists(uri):
             raise TaskError(f"sharding_files[{seed}]: {uri} does not exist")
-    if not storage.list_files(storage.join(cfg.source_uri, "train-*")) and \
+    for label, uri in cfg.name_lists.items():
+        if not storage.exists(uri):
+            raise ConfigError(f"name_lists[{label}]: {uri} does not exist")
+    if not storage.list_files(storage.join(cfg.source_uri, "*")) and \
             not storage.exists(cfg.source_uri) and not storage.is_gcs(cfg.source_uri):
         raise TaskError(f"source_uri {cfg.source_uri} does not exist")
     source = describe_source(cfg)
     log.info("run config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
-    log.info("source: %d train shards, fingerprint %s; %s", source["num_train_files"],
-             source["fingerprint"][:16], source["reason"])
+    log.info("source: %d train shards (%s layout), fingerprint %s; %s",
+             source["num_train_files"], source["layout"], source["fingerprint"][:16],
+             source["reason"])
     return {"config": cfg.to_dict(), "source": source}
 
 
@@ -160,11 +170,14 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
     report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
     if not report.get("ok"):
         raise TaskError(f"the catalog at {catalog_dir} is not valid; see its report.json")
+    # The validated source's layout names every file the build and verify jobs write.
+    source_layout = report.get("layout", layout.COMMON)
     req = PlanRequest(
         seeds=tuple(cfg.seeds), fraction=cfg.fraction, sampling=cfg.sampling,
         num_shards=cfg.num_shards, unsupervised=cfg.unsupervised,
         unsupervised_seed=cfg.unsupervised_seed, unsupervised_shards=cfg.unsupervised_shards,
         sharding_files=tuple((int(k), v) for k, v in sorted(cfg.sharding_files.items())),
+        name_lists=tuple(sorted(cfg.name_lists.items())), protocol=cfg.protocol,
     )
     plans = make_plans(catalog_dir, req)
     names = [p.split for p in plans]
@@ -172,6 +185,11 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
         raise TaskError(f"two plans would write the same split name: {names}")
     summaries = write_plans(plans, plans_dir(cfg.work_uri))
     manifest = load_or_none(cfg.manifest_uri)
+    published_layout = ((manifest or {}).get("source") or {}).get("layout", layout.COMMON)
+    if manifest and manifest.get("splits") and published_layout != source_layout:
+        raise TaskError(f"{cfg.output_uri} holds splits of a source in the {published_layout} "
+                        f"layout (its manifest {cfg.manifest_uri}); this source is in the "
+                        f"{source_layout} layout: write it to another output_uri")
     specs = []
     for s in summaries:
         storage.write_text(plan_summary_uri(s["plan_uri"]), json.dumps(s) + "\n", "application/json")
@@ -181,7 +199,7 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
             "split": s["split"], "kind": s["kind"], "action": action, "reason": reason,
             "plan_uri": s["plan_uri"], "plan_sha256": s["plan_sha256"],
             "catalog_dir": catalog_dir, "num_examples": s["num_examples"],
-            "num_shards": s["num_shards"], "seed": s["seed"],
+            "num_shards": s["num_shards"], "seed": s["seed"], "layout": source_layout,
         })
     if cfg.copy_validation and source.get("validation_files"):
         # force rebuilds the splits asked for (seeds, the reshuffle); the validation copy is
@@ -192,7 +210,7 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
         specs.append({"split": "validation", "kind": "validation", "action": action,
                       "reason": reason, "plan_uri": None, "plan_sha256": None,
                       "catalog_dir": catalog_dir, "num_examples": None, "num_shards": None,
-                      "seed": None})
+                      "seed": None, "layout": source_layout})
     for s in specs:
         log.info("%-20s %-5s %s", s["split"], s["action"], s["reason"])
     return specs
@@ -231,7 +249,7 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
     """The manifest entry of one freshly built and verified split: its shards
     are the verified objects (final names, records, bytes, CRC32C, and locally
     the modification time that their rename keeps)."""
-    entry: dict[str, Any] = {"kind": spec["kind"]}
+    entry: dict[str, Any] = {"kind": spec["kind"], "layout": spec.get("layout", layout.COMMON)}
     if spec["kind"] != "validation":
         summary = json.loads(storage.read_text(plan_summary_uri(spec["plan_uri"])))
         entry.update(seed=summary["seed"], fraction=summary["fraction"],
@@ -272,8 +290,11 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
 def source_section(cfg: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
     report_path = storage.join(source["catalog_dir"], REPORT_FILE)
     report = json.loads(storage.read_text(report_path))
+    checks = report.get("checks", {})
     return {
         "uri": cfg.source_uri, "fingerprint": source["fingerprint"],
+        "layout": report.get("layout", layout.COMMON),
+        "label_range": [checks.get("label_min"), checks.get("label_max")],
         "num_records": report["total_records"], "num_shards": report["num_shards"],
         "num_classes": report["num_classes"], "num_bytes": report.get("total_bytes"),
         "bad_records": report.get("bad_records"), "validation_report_uri": report_path,
@@ -357,10 +378,14 @@ def describe_for_tfds(cfg: RunConfig) -> list[str]:
     Derived from the manifest and rewritable at any time: a failure is a
     warning, never a failed publication."""
     from beam_jobs.manifest import load
-    from beam_jobs.tfds_meta import TfdsMetadataError, write_tfds_metadata
+    from beam_jobs.tfds_meta import LABEL_NAMES_FILE, TfdsMetadataError, write_tfds_metadata
 
+    # A TFDS source's class names (its label.labels.txt), for the outputs' ClassLabel.
+    names_uri = storage.join(cfg.source_uri, LABEL_NAMES_FILE)
+    label_names = storage.read_text(names_uri).split() if storage.exists(names_uri) else None
     try:
-        uris = write_tfds_metadata(load(cfg.manifest_uri), cfg.output_uri)
+        uris = write_tfds_metadata(load(cfg.manifest_uri), cfg.output_uri,
+                                   label_names=label_names)
     except TfdsMetadataError as err:
         log.warning("TFDS metadata not written: %s", err)
         return []
