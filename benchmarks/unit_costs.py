@@ -68,8 +68,8 @@ def measure_size(source: Path, work: Path) -> dict[str, dict[str, float]]:
 
     from beam_jobs import storage
     from beam_jobs.build import copy_records, copy_shard
+    from beam_jobs.deep_verify import deep_check_shard
     from beam_jobs.validate import Checks, validate_shard
-    from beam_jobs.verify import deep_check_shard
 
     shards = sorted(source.glob("train-*"))
     parts = work / "parts"
