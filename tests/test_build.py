@@ -495,13 +495,14 @@ def test_range_reader_reads_many_and_bounds_open_files(tmp_path, monkeypatch):
         p = tmp_path / f"f{i}"
         p.write_bytes(bytes([i]) * 100)
         paths.append(str(p))
-    monkeypatch.setattr(storage, "_max_open_files", lambda: 4)
+    monkeypatch.setattr(storage.local, "_max_open_files", lambda: 4)
     with storage.RangeReader() as reader:
         got = reader.read_many(paths, [0, 5, 3, 5, 1, 2, 4], [0, 10, 99, 0, 50, 1, 7],
                                [3, 2, 1, 100, 0, 4, 5])
         assert got == [b"\x00" * 3, b"\x05" * 2, b"\x03", b"\x05" * 100, b"", b"\x02" * 4,
                        b"\x04" * 5]
-        assert len(reader._fds) <= 4
+        (local,) = reader._sources.values()
+        assert len(local._fds) <= 4
         # with threads (as on GCS): same results, in order, from one pool per reader
         assert reader.read_many(paths, [0, 5, 3, 5, 1, 2, 4], [0, 10, 99, 0, 50, 1, 7],
                                 [3, 2, 1, 100, 0, 4, 5], threads=3) == got
@@ -705,13 +706,13 @@ def test_local_runner_mode_follows_the_estimated_work(monkeypatch):
 def test_bytes_read_is_what_the_readers_fetched(small, tmp_path, monkeypatch):
     """Measured, not derived from the output: a reader that fetches every
     record twice makes the build report twice the bytes it wrote."""
-    real = storage.RangeReader._pread_many
+    real = storage.local.LocalRanges.read_batch
 
     def twice(self, *args):
         real(self, *args)
         return real(self, *args)
 
-    monkeypatch.setattr(storage.RangeReader, "_pread_many", twice)
+    monkeypatch.setattr(storage.local.LocalRanges, "read_batch", twice)
     stats = run_build(small.split, small.plan_uri, small.catalog, str(tmp_path / "out"))
     assert stats["bytes_read"] == 2 * stats["num_bytes"] == 2 * stats["bytes_written"]
     assert read_all(staged_files(str(tmp_path / "out"), small.split)) == \

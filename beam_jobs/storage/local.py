@@ -1,0 +1,268 @@
+"""Local files: absolute paths, through the OS directly.
+
+Atomicity comes from ``rename(2)``: every write goes to ``<name>.tmp-XXXXXXXX``
+in the same folder and is renamed into place, so readers see the old file or
+the new one. A file's identity is its size and modification time (which
+:meth:`LocalBackend.place` keeps).
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import functools
+import os
+import posixpath
+import shutil
+import threading
+import uuid
+from typing import IO, Iterable, Mapping, Sequence
+
+import google_crc32c
+
+from beam_jobs.storage.base import (
+    READ_CHUNK,
+    AtomicWriter,
+    Backend,
+    Count,
+    FileInfo,
+    RangeSource,
+    StorageError,
+    crc32c_hex,
+)
+
+
+def _tmp_name(uri: str) -> str:
+    """A private name beside ``uri`` (same file system, so rename is atomic)."""
+    return f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def _make_parent(uri: str) -> None:
+    os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+
+
+def _info(path: str) -> FileInfo:
+    st = os.stat(path)
+    return FileInfo(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+class LocalWriter(AtomicWriter):
+    """Writes ``<uri>.tmp-XXXX``; on close, fsync and rename it into place."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        _make_parent(uri)
+        self._tmp = _tmp_name(uri)
+        self._f = open(self._tmp, "wb", buffering=1 << 20)
+
+    def write(self, data: bytes) -> int:
+        return self._f.write(data)
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        self._f.writelines(chunks)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def _commit(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.uri)
+
+    def _discard(self) -> None:
+        self._f.close()
+        try:
+            os.remove(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
+@functools.cache
+def _max_open_files() -> int:
+    """How many source files a reader keeps open (more are opened for one
+    batch at a time): half the process's soft limit on descriptors (ImageNet
+    has 1,024 train shards)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 256
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        soft = 1 << 16
+    return max(16, soft // 2)
+
+
+class LocalRanges(RangeSource):
+    """``os.pread`` on cached descriptors: one call per record in a tight loop
+    (no per-record Python beyond it), which threads would not speed up.
+    Counts the bytes every pread returned."""
+
+    batched = True
+
+    def __init__(self, count: Count) -> None:
+        super().__init__(count)
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()  # guards the descriptor cache
+
+    def read(self, uri: str, offset: int, length: int) -> bytes:
+        return self.read_batch([uri], [0], [offset], [length])[0]
+
+    def read_batch(self, uris: Sequence[str], file_ids: Sequence[int], offsets: Sequence[int],
+                   lengths: Sequence[int]) -> list[bytes]:
+        """One ``pread`` per record, on cached descriptors (or ones opened for
+        this call when the cache is full); a short read names the file and offset."""
+        fds: dict[int, int] = {}
+        temps: list[int] = []
+        for f in set(file_ids):
+            fd = self._cached_fd(uris[f])
+            if fd is None:
+                fd = os.open(uris[f], os.O_RDONLY)
+                temps.append(fd)
+            fds[f] = fd
+        try:
+            pread = os.pread
+            out = [pread(fds[f], n, o) for f, o, n in zip(file_ids, offsets, lengths)]
+        finally:
+            for fd in temps:
+                os.close(fd)
+        self._count(sum(map(len, out)), len(out))
+        if sum(map(len, out)) != sum(lengths):  # pread never returns more than asked
+            for i, (data, n) in enumerate(zip(out, lengths)):
+                if len(data) != n:
+                    raise StorageError(f"{uris[file_ids[i]]}: short read at offset "
+                                       f"{offsets[i]}: wanted {n} bytes, got {len(data)}")
+        return out
+
+    def _cached_fd(self, uri: str) -> int | None:
+        """The cached descriptor of a file, opened and cached if there is room;
+        None when the cache is full (the caller opens the file for the batch at
+        hand). Cached descriptors are never closed before ``close``, so a
+        thread never reads from a descriptor closed under it."""
+        fd = self._fds.get(uri)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(uri)
+                if fd is None and len(self._fds) < _max_open_files():
+                    fd = os.open(uri, os.O_RDONLY)
+                    self._fds[uri] = fd
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+class LocalBackend(Backend):
+    """Absolute local paths."""
+
+    def normalize(self, uri: str) -> str:
+        """Absolute, ``..`` and ``//`` collapsed, no trailing slash."""
+        return posixpath.normpath(os.path.abspath(uri)) if uri else uri
+
+    # ------------------------------------------------------------------ metadata
+
+    def stat(self, uri: str) -> FileInfo | None:
+        try:
+            return _info(uri)
+        except FileNotFoundError:
+            return None
+
+    def list_files(self, pattern: str) -> list[FileInfo]:
+        folder, _, glob = pattern.rstrip("/").rpartition("/")
+        folder = folder or "/"
+        if not os.path.isdir(folder):
+            return []
+        out = []
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.is_file() and fnmatch.fnmatchcase(entry.name, glob):
+                    out.append(_info(entry.path))
+        return sorted(out, key=lambda f: f.path)
+
+    def file_crc32c(self, uri: str) -> str:
+        """By reading the file (local files have no stored checksum)."""
+        crc = 0
+        with open(uri, "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                crc = google_crc32c.extend(crc, chunk)
+        return crc32c_hex(crc)
+
+    # ------------------------------------------------------------------ whole files and streams
+
+    def read_bytes(self, uri: str) -> bytes:
+        with open(uri, "rb") as f:
+            return f.read()
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str, durable: bool) -> None:
+        """A temporary file renamed into place; ``durable``: fsync before the
+        rename (off for small bookkeeping files that can be recomputed)."""
+        _make_parent(uri)
+        tmp = _tmp_name(uri)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, uri)
+
+    def open_read(self, uri: str, buffer_size: int) -> IO[bytes]:
+        return open(uri, "rb", buffering=buffer_size)
+
+    def open_write(self, uri: str) -> AtomicWriter:
+        return LocalWriter(uri)
+
+    def ranges(self, generations: Mapping[str, int], count: Count) -> RangeSource:
+        return LocalRanges(count)  # a local file has no generations to pin
+
+    # ------------------------------------------------------------------ moving files
+
+    def delete(self, uri: str) -> bool:
+        try:
+            os.remove(uri)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def delete_tree(self, prefix_uri: str) -> int:
+        if not os.path.isdir(prefix_uri):
+            return 0
+        n = sum(len(files) for _, _, files in os.walk(prefix_uri))
+        shutil.rmtree(prefix_uri)
+        return n
+
+    def list_tree(self, prefix_uri: str) -> list[str]:
+        out = []
+        for root, _, files in os.walk(prefix_uri):
+            out.extend(os.path.join(root, f) for f in files)
+        return sorted(out)
+
+    def copy(self, src: str, dst: str) -> None:
+        _make_parent(dst)
+        tmp = _tmp_name(dst)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+    def place(self, src: str, dst: str, source_generation: int | None) -> None:
+        """``rename(2)``, which keeps the modification time; across file
+        systems a copy that keeps it (fsynced), renamed into place, then the
+        source removed."""
+        _make_parent(dst)
+        try:
+            os.replace(src, dst)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            tmp = _tmp_name(dst)
+            shutil.copy2(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dst)
+            os.remove(src)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomic ``rename(2)``."""
+        _make_parent(dst)
+        os.replace(src, dst)
