@@ -1,15 +1,19 @@
 """Run gcp-storage-emulator on loopback for the tests.
 
 The emulator is a real HTTP server speaking the GCS JSON API (the same
-google-cloud-storage client code paths run as against GCS). It lacks one GCS
-feature the product relies on: generation preconditions
-(``ifGenerationMatch``), which make the manifest publish and the output
-folder's lock safe against concurrent writers. This launcher adds them, with
-GCS's semantics, before starting the server: on uploads and deletes (412
-conditionNotMet; 0 means "must not exist") and on reads, the object's
-metadata and its media (412 when the object exists at another generation;
-404 when it does not exist). Its HTTP server handles one request at a time,
-so the check and the write are atomic, as they are on GCS.
+google-cloud-storage client code paths run as against GCS). It lacks the
+object generations the product relies on: preconditions (``ifGenerationMatch``),
+which make the manifest publish and the output folder's lock safe against
+concurrent writers, and reads of one generation, which pin a build to the
+source it validated and a publication to the shard it verified. This launcher
+adds them, with GCS's semantics, before starting the server: on uploads and
+deletes (412 conditionNotMet; 0 means "must not exist"); on reads, the
+object's metadata and its media (412 when the object exists at another
+generation; 404 when it does not exist); reads and rewrites of one generation
+(``generation``, ``sourceGeneration``: 404 once another generation is live, as
+in a bucket without versioning); and rewrites with ``ifSourceGenerationMatch``
+(412). Its HTTP server handles one request at a time, so the check and the
+write are atomic, as they are on GCS.
 
 Usage: python tests/gcs_emulator.py PORT
 """
@@ -56,10 +60,23 @@ def _read_holds(request, storage, bucket: str, name: str) -> bool:
     return current == 0 or current == int(want[0])
 
 
+def _gone(request, storage, bucket: str, name: str, param: str = "generation") -> bool:
+    """A read of one generation (``generation=N``) that is no longer the live one:
+    404 on GCS in a bucket without versioning, which keeps no old generations."""
+    want = request.query.get(param)
+    return bool(want) and _current_generation(storage, bucket, name) != int(want[0])
+
+
+def _not_found(response) -> None:
+    response.status = HTTPStatus.NOT_FOUND
+    response.json({"error": {"code": 404, "message": "No such object."}})
+
+
 _insert = objects.insert
 _delete = objects.delete
 _get = objects.get
 _download = objects.download
+_rewrite = objects.rewrite
 
 
 def insert(request, response, storage, *args, **kwargs):
@@ -83,23 +100,40 @@ def delete(request, response, storage, *args, **kwargs):
 
 
 def get(request, response, storage, *args, **kwargs):
-    if not _read_holds(request, storage, request.params["bucket_name"],
-                       request.params["object_id"]):
+    bucket, name = request.params["bucket_name"], request.params["object_id"]
+    if _gone(request, storage, bucket, name):
+        return _not_found(response)
+    if not _read_holds(request, storage, bucket, name):
         return _precondition_failed(response)
     return _get(request, response, storage, *args, **kwargs)
 
 
 def download(request, response, storage, *args, **kwargs):
-    if not _read_holds(request, storage, request.params["bucket_name"],
-                       request.params["object_id"]):
+    bucket, name = request.params["bucket_name"], request.params["object_id"]
+    if _gone(request, storage, bucket, name):
+        return _not_found(response)
+    if not _read_holds(request, storage, bucket, name):
         return _precondition_failed(response)
     return _download(request, response, storage, *args, **kwargs)
+
+
+def rewrite(request, response, storage, *args, **kwargs):
+    """A server-side copy: of ``sourceGeneration`` only (404 once replaced), and
+    only if the source is at ``ifSourceGenerationMatch`` (412 otherwise)."""
+    bucket, name = request.params["bucket_name"], request.params["object_id"]
+    if _gone(request, storage, bucket, name, "sourceGeneration"):
+        return _not_found(response)
+    want = request.query.get("ifSourceGenerationMatch")
+    if want and _current_generation(storage, bucket, name) not in (0, int(want[0])):
+        return _precondition_failed(response)
+    return _rewrite(request, response, storage, *args, **kwargs)
 
 
 objects.insert = insert
 objects.delete = delete
 objects.get = get
 objects.download = download  # also what get() calls for alt=media
+objects.rewrite = rewrite
 
 # Its HTTPServer answers one request at a time and speaks HTTP/1.0 (a connection per
 # request); socketserver's default listen backlog of 5 drops the connections of many

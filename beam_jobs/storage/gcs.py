@@ -274,10 +274,16 @@ class GcsBackend(Backend):
         )
 
     def open_read(self, uri: str, buffer_size: int) -> IO[bytes]:
+        """Chunked ranged GETs of the generation live at open (its metadata
+        read first, one request): a missing object fails here, as a local
+        file does, and an object replaced while it is read fails its next
+        chunk instead of mixing two versions."""
+        blob = _blob(uri)
         try:
-            reader = _blob(uri).open("rb", chunk_size=buffer_size, retry=retry())
+            blob.reload(retry=retry())
         except not_found():
             raise FileNotFoundError(uri) from None
+        reader = blob.open("rb", chunk_size=buffer_size, retry=retry())
         return cast("IO[bytes]", reader)  # BlobReader is already buffered by chunk_size
 
     def open_write(self, uri: str) -> AtomicWriter:

@@ -1,0 +1,289 @@
+"""Storage backends: one contract, run on every backend alike.
+
+Each test takes ``root``, a fresh folder on one backend (a local temporary
+folder; a fresh bucket on the GCS emulator), and checks what
+``beam_jobs/storage/base.py`` promises, through the function API every caller
+uses. A new scheme's backend joins the table (``ROOTS``) and passes the same
+tests. Then what is specific to a scheme (what a file's identity is made of,
+where generations pin reads), and the API's dispatch between schemes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import google_crc32c
+import pytest
+
+from beam_jobs import storage
+from beam_jobs.storage import gcs, local
+
+ROOTS = ["local", pytest.param("gcs", marks=pytest.mark.gcs)]
+
+
+@pytest.fixture(params=ROOTS)
+def root(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return request.getfixturevalue("gcs_bucket") + "/root"
+
+
+def crc_hex(data: bytes) -> str:
+    return storage.crc32c_hex(google_crc32c.value(data))
+
+
+def test_each_scheme_has_its_backend(root):
+    want = storage.BACKENDS["gs" if root.startswith("gs://") else ""]
+    assert storage.backend(root) is want
+    assert isinstance(want, gcs.GcsBackend if root.startswith("gs://") else local.LocalBackend)
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_whole_files_round_trip_and_replace(root):
+    uri = storage.join(root, "a", "b.bin")
+    storage.write_bytes(uri, b"first")
+    assert storage.read_bytes(uri) == b"first"
+    storage.write_text(uri, "second é", "text/plain", durable=False)
+    assert storage.read_text(uri) == "second é"
+    assert storage.list_tree(root) == [uri], "no temporary file is left beside it"
+
+
+def test_a_missing_file(root):
+    uri = storage.join(root, "missing.bin")
+    assert storage.stat(uri) is None
+    assert not storage.exists(uri)
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        storage.read_bytes(uri)
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        storage.open_read(uri)
+    with pytest.raises((FileNotFoundError, storage.StorageError), match="missing.bin"):
+        storage.file_crc32c(uri)
+    assert storage.delete([uri]) == 0
+    assert storage.list_files(storage.join(root, "nowhere", "*")) == []
+    assert storage.list_tree(storage.join(root, "nowhere")) == []
+    assert storage.delete_tree(storage.join(root, "nowhere")) == 0
+
+
+def test_stat_and_identity(root):
+    uri = storage.join(root, "f")
+    storage.write_bytes(uri, b"x" * 1000)
+    info = storage.stat(uri)
+    assert info is not None and info.path == uri and info.size == 1000
+    assert storage.file_crc32c(uri) == crc_hex(b"x" * 1000)
+    if root.startswith("gs://"):
+        assert info.crc32c == crc_hex(b"x" * 1000) and info.generation
+    else:
+        assert info.mtime_ns and info.crc32c is None  # read when asked: file_crc32c
+    storage.write_bytes(uri, b"y" * 1001)
+    again = storage.stat(uri)
+    assert again is not None and again.size == 1001
+    assert again.identity() != info.identity(), "a replaced file must not look the same"
+    assert storage.file_crc32c(uri) == crc_hex(b"y" * 1001)
+
+
+def test_list_files_matches_the_last_component_only_and_sorts(root):
+    for name in ["train-00001-of-00002", "train-00000-of-00002", "trainx", "validation-0",
+                 "sub/train-00000-of-00001"]:
+        storage.write_bytes(storage.join(root, name), name.encode())
+    got = storage.list_files(storage.join(root, "train-*-of-*"))
+    assert [storage.basename(f.path) for f in got] == ["train-00000-of-00002",
+                                                       "train-00001-of-00002"]
+    assert [f.size for f in got] == [len("train-00000-of-00002")] * 2
+    assert [storage.basename(f.path) for f in storage.list_files(storage.join(root, "t?ain[x]"))] \
+        == ["trainx"]
+    assert storage.list_tree(root) == sorted(storage.join(root, n) for n in [
+        "sub/train-00000-of-00001", "train-00000-of-00002", "train-00001-of-00002", "trainx",
+        "validation-0"])
+
+
+def test_a_stream_appears_only_when_closed_cleanly(root):
+    uri = storage.join(root, "out", "shard")
+    storage.write_bytes(uri, b"old")
+    with storage.open_write(uri) as f:
+        f.write(b"new ")
+        f.writelines([b"con", b"tent"])
+        f.flush()
+        assert storage.read_bytes(uri) == b"old", "readers see the old file until close"
+    assert f.closed and storage.read_bytes(uri) == b"new content"
+
+    with pytest.raises(RuntimeError, match="killed"):
+        with storage.open_write(uri) as f:
+            f.write(b"partial")
+            raise RuntimeError("killed")
+    w = storage.open_write(storage.join(root, "out", "never"))
+    w.write(b"partial")
+    w.abort()
+    w.close()  # a no-op once aborted
+    assert storage.read_bytes(uri) == b"new content"
+    assert storage.list_tree(storage.join(root, "out")) == [uri], "nothing partial, no tmp"
+
+
+def test_a_stream_reads_one_version(root):
+    uri = storage.join(root, "f")
+    storage.write_bytes(uri, b"A" * 10)
+    with storage.open_read(uri, buffer_size=4) as f:
+        head = f.read(4)
+        storage.write_bytes(uri, b"B" * 10)
+        try:
+            data = head + f.read()
+        except Exception:  # GCS: the generation read is gone
+            data = None
+    assert data in (None, b"A" * 10), "never a mix of two versions"
+    assert b"".join(storage.iter_chunks(uri, 3)) == b"B" * 10
+
+
+def test_ranged_reads_are_exact_and_counted(root):
+    a, b = storage.join(root, "a"), storage.join(root, "b")
+    storage.write_bytes(a, bytes(range(100)))
+    storage.write_bytes(b, bytes(range(100, 200)))
+    with storage.RangeReader() as reader:
+        assert reader.read(a, 10, 5) == bytes(range(10, 15))
+        got = reader.read_many([a, b], [1, 0, 1], [0, 99, 50], [2, 1, 10])
+        assert got == [bytes([100, 101]), bytes([99]), bytes(range(150, 160))]
+        assert reader.read_many([a, b], [1, 0], [0, 0], [3, 3], threads=2) == \
+            [bytes([100, 101, 102]), bytes([0, 1, 2])]
+        assert reader.bytes_fetched == 5 + 13 + 6 and reader.requests == 6
+        with pytest.raises(storage.StorageError, match=r"/b: short read at offset 98: wanted 5"):
+            reader.read_many([a, b], [0, 1], [0, 98], [1, 5])
+
+
+def test_delete_and_delete_tree(root):
+    names = ["t/x", "t/y/z", "u"]
+    for n in names:
+        storage.write_bytes(storage.join(root, n), b"1")
+    assert storage.delete([storage.join(root, "u"), storage.join(root, "u")]) == 1
+    assert storage.delete_tree(storage.join(root, "t")) == 2
+    assert storage.list_tree(root) == []
+
+
+def test_copy_rename_place(root):
+    src = storage.join(root, "src")
+    storage.write_bytes(src, b"data")
+    storage.copy(src, storage.join(root, "c", "copy"))
+    assert storage.read_bytes(storage.join(root, "c", "copy")) == b"data"
+    storage.rename(storage.join(root, "c", "copy"), storage.join(root, "r", "renamed"))
+    assert not storage.exists(storage.join(root, "c", "copy"))
+    assert storage.read_bytes(storage.join(root, "r", "renamed")) == b"data"
+
+    staged = storage.stat(src)
+    assert staged is not None
+    final = storage.join(root, "final", "f")
+    storage.write_bytes(final, b"old")
+    storage.place(src, final, source_generation=staged.generation)
+    placed = storage.stat(final)
+    assert placed is not None and storage.read_bytes(final) == b"data"
+    # What a manifest records of the staged file holds for the placed one.
+    if staged.generation is None:
+        assert placed.identity() == staged.identity() and not storage.exists(src)
+    else:
+        assert placed.crc32c == staged.crc32c and storage.exists(src)
+
+
+def test_normalize(root):
+    assert storage.normalize(storage.join(root, "a/b/")) == storage.join(root, "a/b")
+    assert storage.normalize(root + "/") == root
+
+
+# --------------------------------------------------------------------------- per scheme
+
+
+def test_local_paths_are_made_absolute_and_collapsed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.normalize("data//x/../y/") == f"{tmp_path}/data/y"
+    assert storage.normalize("gs://bucket//a/b/") == "gs://bucket/a/b"  # names keep inner //s
+
+
+def test_local_place_across_file_systems_keeps_mtime(tmp_path, monkeypatch):
+    """rename(2) fails with EXDEV across file systems: a copy that keeps the
+    modification time (the identity a manifest records) takes its place."""
+    import errno
+
+    src, dst = str(tmp_path / "staged"), str(tmp_path / "out" / "final")
+    storage.write_bytes(src, b"shard")
+    os.utime(src, ns=(1_000_000_000, 1_234_567_890_123))
+    before = storage.stat(src)
+    real = os.replace
+
+    def exdev(a, b):
+        if a == src:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(a, b)
+
+    monkeypatch.setattr(os, "replace", exdev)
+    storage.place(src, dst)
+    after = storage.stat(dst)
+    assert before is not None and after is not None and after.identity() == before.identity()
+    assert not os.path.exists(src) and os.listdir(tmp_path / "out") == ["final"]
+
+
+@pytest.mark.gcs
+def test_gcs_pins_generations(gcs_bucket):
+    """A reader given a generation reads that one or fails naming it; place
+    copies only the generation verified."""
+    uri = f"{gcs_bucket}/src"
+    storage.write_bytes(uri, b"0123456789")
+    first = storage.stat(uri)
+    assert first is not None and first.generation and first.crc32c == crc_hex(b"0123456789")
+    storage.write_bytes(uri, b"abcdefghij")
+    with storage.RangeReader({uri: first.generation}) as reader:
+        with pytest.raises(storage.StorageError,
+                           match=f"src \\(generation {first.generation}\\) no longer exists"):
+            reader.read(uri, 0, 3)
+    with pytest.raises(Exception, match="404|412"):
+        storage.place(uri, f"{gcs_bucket}/dst", source_generation=first.generation)
+    assert not storage.exists(f"{gcs_bucket}/dst")
+    with pytest.raises(storage.StorageError, match="bucket of gs://no-such-bucket-x/a/\\* does not"):
+        storage.list_files("gs://no-such-bucket-x/a/*")
+
+
+@pytest.mark.gcs
+def test_gcs_ranged_reads_count_retried_attempts(gcs_bucket, proxy):
+    """bytes_fetched counts what was asked of storage: a ranged GET answered 503
+    and retried counts twice."""
+    uri = f"{gcs_bucket}/src"
+    storage.write_bytes(uri, bytes(range(200)))
+    proxy.faults.error_every = 2  # every other request from here on fails once
+    with storage.RangeReader() as reader:
+        got = [reader.read(uri, 20 * i, 20) for i in range(4)]
+    assert got == [bytes(range(20 * i, 20 * i + 20)) for i in range(4)]
+    errors = proxy.faults.stats["errors"]
+    assert errors >= 2
+    assert reader.bytes_fetched == 20 * (4 + errors) and reader.requests == 4 + errors
+
+
+# --------------------------------------------------------------------------- between schemes
+
+
+@pytest.mark.gcs
+def test_between_schemes(tmp_path, gcs_bucket):
+    here, there = str(tmp_path / "a"), f"{gcs_bucket}/b"
+    storage.write_bytes(here, b"payload")
+    storage.copy(here, there)
+    assert storage.read_bytes(there) == b"payload"
+    storage.rename(there, str(tmp_path / "back"))
+    assert not storage.exists(there) and storage.read_bytes(str(tmp_path / "back")) == b"payload"
+    with pytest.raises(ValueError, match="both must be local or both gs://"):
+        storage.place(here, there)
+    with storage.RangeReader() as reader:
+        storage.write_bytes(there, b"remote")
+        assert reader.read_many([here, there], [0, 1], [0, 0], [3, 6]) == [b"pay", b"remote"]
+
+
+def test_an_unknown_scheme_is_named():
+    with pytest.raises(ValueError, match="'s3://bucket/x': no storage for s3:// URIs"):
+        storage.read_bytes("s3://bucket/x")
+    assert storage.backend("/data/odd://name") is storage.BACKENDS[""]
+
+
+def test_importing_storage_loads_no_gcs_library():
+    import subprocess
+    import sys
+
+    code = ("import sys; from beam_jobs import storage; "
+            "print(sorted(m for m in sys.modules if m.startswith(('google.cloud.storage', "
+            "'google.api_core', 'google.auth'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "[]"
