@@ -12,7 +12,8 @@ object's metadata and its media (412 when the object exists at another
 generation; 404 when it does not exist); reads and rewrites of one generation
 (``generation``, ``sourceGeneration``: 404 once another generation is live, as
 in a bucket without versioning); and rewrites with ``ifSourceGenerationMatch``
-(412). Its HTTP server handles one request at a time, so the check and the
+(412). A precondition is checked first: a read of generation G that must match
+G answers 412 once G is replaced. Its HTTP server handles one request at a time, so the check and the
 write are atomic, as they are on GCS.
 
 Usage: python tests/gcs_emulator.py PORT
@@ -101,19 +102,19 @@ def delete(request, response, storage, *args, **kwargs):
 
 def get(request, response, storage, *args, **kwargs):
     bucket, name = request.params["bucket_name"], request.params["object_id"]
-    if _gone(request, storage, bucket, name):
-        return _not_found(response)
     if not _read_holds(request, storage, bucket, name):
         return _precondition_failed(response)
+    if _gone(request, storage, bucket, name):
+        return _not_found(response)
     return _get(request, response, storage, *args, **kwargs)
 
 
 def download(request, response, storage, *args, **kwargs):
     bucket, name = request.params["bucket_name"], request.params["object_id"]
-    if _gone(request, storage, bucket, name):
-        return _not_found(response)
     if not _read_holds(request, storage, bucket, name):
         return _precondition_failed(response)
+    if _gone(request, storage, bucket, name):
+        return _not_found(response)
     return _download(request, response, storage, *args, **kwargs)
 
 
@@ -121,11 +122,11 @@ def rewrite(request, response, storage, *args, **kwargs):
     """A server-side copy: of ``sourceGeneration`` only (404 once replaced), and
     only if the source is at ``ifSourceGenerationMatch`` (412 otherwise)."""
     bucket, name = request.params["bucket_name"], request.params["object_id"]
-    if _gone(request, storage, bucket, name, "sourceGeneration"):
-        return _not_found(response)
     want = request.query.get("ifSourceGenerationMatch")
     if want and _current_generation(storage, bucket, name) not in (0, int(want[0])):
         return _precondition_failed(response)
+    if _gone(request, storage, bucket, name, "sourceGeneration"):
+        return _not_found(response)
     return _rewrite(request, response, storage, *args, **kwargs)
 
 

@@ -231,7 +231,9 @@ def test_gcs_pins_generations(gcs_bucket):
         with pytest.raises(storage.StorageError,
                            match=f"src \\(generation {first.generation}\\) no longer exists"):
             reader.read(uri, 0, 3)
-    with pytest.raises(Exception, match="404|412"):
+    from google.api_core.exceptions import PreconditionFailed
+
+    with pytest.raises(PreconditionFailed):
         storage.place(uri, f"{gcs_bucket}/dst", source_generation=first.generation)
     assert not storage.exists(f"{gcs_bucket}/dst")
     with pytest.raises(storage.StorageError, match="bucket of gs://no-such-bucket-x/a/\\* does not"):
