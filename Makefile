@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: demo test test-fast venv system-deps lint bench clean
+.PHONY: demo test test-fast venv system-deps lint typecheck bench clean
 
 venv:
 	@bin/setup-venv
@@ -22,6 +22,10 @@ test-fast: venv
 
 lint: venv
 	@.venv/bin/ruff check beam_jobs plugins dags tests
+
+# mypy on beam_jobs and plugins/ssl_splits ([tool.mypy] in pyproject.toml); tests/test_typecheck.py runs it too.
+typecheck: venv
+	@.venv/bin/mypy --cache-dir "$${TMPDIR:-/tmp}/ssl-splits-mypy-$$(id -u)"
 
 bench: venv
 	@$(PY) -m benchmarks.run

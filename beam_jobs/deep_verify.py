@@ -62,7 +62,7 @@ def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None
                 nbytes += len(b)
                 return b
 
-        for item in iter_framed(Tee(), path):  # type: ignore[arg-type]
+        for item in iter_framed(Tee(), path):
             if isinstance(item, RecordError):
                 findings.append(f"{split}: shard {shard} record {count}: {item}")
                 if item.fatal:

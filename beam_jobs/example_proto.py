@@ -61,8 +61,10 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
 
 
 _POOL = _build_pool()
-Example = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("tensorflow.Example"))
-Features = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("tensorflow.Features"))
+# Classes made at run time from the pool: their fields (``features``, ...) are
+# unknown to a type checker, hence Any.
+Example: Any = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("tensorflow.Example"))
+Features: Any = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("tensorflow.Features"))
 
 FeatureValue = bytes | str | int | float | list[bytes] | list[int] | list[float]
 
@@ -83,12 +85,12 @@ def build_example(features: Mapping[str, FeatureValue]) -> bytes:
         feat = fmap[key]
         if values and isinstance(values[0], (bytes, str)):
             feat.bytes_list.value.extend(
-                v.encode("utf-8") if isinstance(v, str) else v for v in values  # type: ignore[union-attr]
+                v.encode("utf-8") if isinstance(v, str) else v for v in values
             )
         elif values and isinstance(values[0], float):
-            feat.float_list.value.extend(values)  # type: ignore[arg-type]
+            feat.float_list.value.extend(values)
         else:
-            feat.int64_list.value.extend(values)  # type: ignore[arg-type]
+            feat.int64_list.value.extend(values)
     return bytes(ex.SerializeToString(deterministic=True))
 
 

@@ -47,7 +47,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -177,7 +177,7 @@ class Plan:
         return self.names[lo:hi].tolist()
 
 
-def _deal(split: str, kind: str, ordered: np.ndarray, num_shards: int, **meta) -> Plan:
+def _deal(split: str, kind: str, ordered: np.ndarray, num_shards: int, **meta: Any) -> Plan:
     n = len(ordered)
     sizes = shard_sizes(n, num_shards)
     shards = np.repeat(np.arange(num_shards, dtype=np.int32), sizes)
@@ -195,7 +195,8 @@ def supervised_split_name(n: int, seed: int) -> str:
 UNSUPERVISED_SPLIT = "train"
 
 
-def _canonical(names: Sequence[str], labels: Sequence[int] | None):
+def _canonical(names: Sequence[str],
+               labels: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Names in code point order (= UTF-8 byte order), checked unique, with labels.
 
     Fast path: names already sorted (``make_plans`` sorts the catalog once for
@@ -541,13 +542,13 @@ def read_name_list(uri: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plan_named(
-    list_names: Sequence[str],
+    list_names: Sequence[str] | np.ndarray,
     catalog_names: Sequence[str],
     catalog_labels: Sequence[int],
     *,
     label: str,
     origin: str,
-    list_lines: Sequence[int] | None = None,
+    list_lines: Sequence[int] | np.ndarray | None = None,
     num_shards: int | None = None,
     source_shards: int | None = None,
     class_names: dict[int, str] | None = None,

@@ -458,7 +458,7 @@ def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
         overrides["names_from"] = tuple(a.names_from)
     if a.layout:
         overrides["layout"] = "tfds:imagenet2012" if a.layout == TFDS else a.layout
-    return replace(base, **overrides), a.output_uri, a.workers  # type: ignore[arg-type]
+    return replace(base, **overrides), a.output_uri, a.workers
 
 
 def main(argv: list[str] | None = None) -> int:

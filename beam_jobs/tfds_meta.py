@@ -160,7 +160,8 @@ def split_infos(manifest: dict[str, Any], output_uri: str) -> list[dict[str, Any
     """The ``splits`` of dataset_info.json (pure): one per manifest split, by name."""
     out = storage.normalize(output_uri)
     naming = manifest_naming(manifest)
-    infos, seen = [], {}
+    infos: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
     for split, entry in sorted(manifest["splits"].items()):
         name = tfds_split_name(split)
         if name in seen:
@@ -270,7 +271,7 @@ def dataset_info(manifest: dict[str, Any], output_uri: str, *, name: str | None 
             f"{storage.join(storage.normalize(output_uri), 'manifest.json')} "
             f"updated at {manifest.get('updated_at')}. TFDS split names replace '.' by '_'"
             + (f" ({mapping})." if mapping else "."))
-    info = {
+    info: dict[str, Any] = {
         "name": name or (naming.dataset if naming.kind == layout.TFDS else DEFAULT_NAME),
         "version": version,
         "description": desc,

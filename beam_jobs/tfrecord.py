@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import google_crc32c
 import numpy as np
@@ -28,6 +28,21 @@ HEADER_LEN = 12  # uint64 length + uint32 masked crc of the length
 FOOTER_LEN = 4  # uint32 masked crc of the data
 OVERHEAD = HEADER_LEN + FOOTER_LEN
 _U32 = 0xFFFFFFFF
+
+
+class Readable(Protocol):
+    """What records are read from: any stream with ``read(n)`` (a file,
+    ``storage.open_read``'s, a wrapper that hashes what passes)."""
+
+    def read(self, n: int, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    """What records are written to: a file or a ``storage.open_write`` stream."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def writelines(self, lines: Iterable[bytes], /) -> object: ...
 _LEN = struct.Struct("<Q")
 _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
@@ -129,7 +144,7 @@ def check_framed(buf: bytes, path: str, offset: int) -> Framed:
 
 
 def iter_framed(
-    f: BinaryIO, path: str, *, start: int = 0
+    f: Readable, path: str, *, start: int = 0
 ) -> Iterator[Framed | RecordError]:
     """Yield each record of an open TFRecord stream, or the error found there.
 
@@ -167,7 +182,7 @@ def iter_framed(
         offset += length + OVERHEAD
 
 
-def iter_records(f: BinaryIO, path: str = "<stream>") -> Iterator[bytes]:
+def iter_records(f: Readable, path: str = "<stream>") -> Iterator[bytes]:
     """Yield the payloads of a TFRecord stream; raise on the first problem."""
     for item in iter_framed(f, path):
         if isinstance(item, RecordError):
@@ -183,7 +198,7 @@ class Writer:
     without reading it back.
     """
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: Writable) -> None:
         self._f = f
         self.num_records = 0
         self.num_bytes = 0

@@ -74,17 +74,17 @@ def gcs_client() -> Any:  # google.cloud.storage.Client (the library ships no ty
     """
     client = getattr(_local, "client", None)
     if client is None:
-        from google.cloud import storage
+        import google.cloud.storage as gcs
 
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             from google.auth.credentials import AnonymousCredentials
 
-            client = storage.Client(
+            client = gcs.Client(
                 credentials=AnonymousCredentials(),
                 project=os.environ.get("GOOGLE_CLOUD_PROJECT", "test-project"),
             )
         else:
-            client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
+            client = gcs.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
         _local.client = client
     return client
 

@@ -234,7 +234,7 @@ class LocalBackend(Backend):
         return n
 
     def list_tree(self, prefix_uri: str) -> list[str]:
-        out = []
+        out: list[str] = []
         for root, _, files in os.walk(prefix_uri):
             out.extend(os.path.join(root, f) for f in files)
         return sorted(out)

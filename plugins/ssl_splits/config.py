@@ -49,7 +49,8 @@ class ConfigError(AirflowFailException, ValueError):
 
 def _uri_param(default: Any, title: str, description: str, nullable: bool = False,
                **extra: Any) -> Param:
-    string = {"type": "string", "pattern": URI_PATTERN, "not": {"pattern": DOTDOT_PATTERN}}
+    string: dict[str, Any] = {"type": "string", "pattern": URI_PATTERN,
+                              "not": {"pattern": DOTDOT_PATTERN}}
     if nullable:
         return Param(default, type=["null", "string"], title=title, description=description,
                      anyOf=[{"type": "null"}, string], **extra)

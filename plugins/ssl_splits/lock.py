@@ -245,12 +245,12 @@ def _ours(holder: dict[str, Any], run_id: str) -> bool:
 # --------------------------------------------------------------------------- GCS
 
 
-def _gcs_blob(uri: str):
+def _gcs_blob(uri: str) -> Any:  # a google.cloud.storage.Blob
     bucket, name = storage.split_gcs(uri)
     return storage.gcs_client().bucket(bucket).blob(name)
 
 
-def _gcs_read(blob) -> tuple[int, dict[str, Any]] | None:
+def _gcs_read(blob: Any) -> tuple[int, dict[str, Any]] | None:
     """(generation, holder) of the lock, or None when there is none (also when
     it disappears between the metadata read and the download)."""
     from google.api_core import exceptions as gexc
@@ -269,7 +269,7 @@ def _gcs_read(blob) -> tuple[int, dict[str, Any]] | None:
     raise _held(blob.name, {})
 
 
-def _gcs_write(blob, holder: dict[str, Any], generation: int) -> bool:
+def _gcs_write(blob: Any, holder: dict[str, Any], generation: int) -> bool:
     """Write ``holder`` if the lock is still at ``generation`` (0: absent)."""
     from google.api_core import exceptions as gexc
 

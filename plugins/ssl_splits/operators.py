@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from airflow.providers.apache.beam.hooks.beam import BeamHook
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
@@ -25,6 +25,10 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from beam_jobs import storage
 from ssl_splits.config import RunConfig
 from ssl_splits.gcp import gcp_credentials_for_subprocess
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,7 @@ class OutputFolderLink(BaseOperatorLink):
 
     name = "Output folder"
 
-    def get_link(self, operator, *, ti_key) -> str:  # type: ignore[override]
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
         value = XCom.get_value(ti_key=ti_key, key="output_folder")
