@@ -24,7 +24,7 @@ IMPORT = re.compile(r"_find_and_load|<frozen importlib")
 # otherwise the first of these that matches a frame, innermost frame first.
 CATEGORIES: list[tuple[str, re.Pattern]] = [
     ("read records (RangeReader.read, pread, file reads)", re.compile(
-        r"RangeReader\.read|open_read|iter_framed|_read_exact|readinto")),
+        r"RangeReader\.read|read_batch|open_read|iter_framed|_read_exact|readinto")),
     ("check framing / CRC32C", re.compile(r"check_framed|crc32c|parse_header|masked_crc")),
     ("write shards (Writer, write/close/rename, sidecars)", re.compile(
         r"Writer\.write|write_framed|AtomicWriter|open_write|write_bytes|write_text|rename|"
