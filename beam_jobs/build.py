@@ -65,6 +65,7 @@ from beam_jobs.layout import (
     file_pattern,
     journal_uri,
     naming,
+    records_uri,
     shard_name,
     shard_set,
     staging_dir,
@@ -163,20 +164,26 @@ def build_table(plan_uri: str, catalog_dir: str,
         raise PlanError(f"{plan_uri}: not UTF-8 text ({err})") from None
     sha = hashlib.sha256(raw).hexdigest()
     del text
-    plan = parse_plan_table(raw, plan_uri)
-    catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
-    # The plan comes sorted by (shard, index); look each name up in the
-    # catalog (names are unique there: validation rejects duplicates).
-    pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
-    missing_mask = pc.is_null(pos)
-    n_missing = pc.sum(missing_mask).as_py() or 0
-    if n_missing:
-        missing = plan.filter(missing_mask).column("filename").to_pylist()
-        raise PlanError(
-            f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
-            f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
-        )
-    joined = catalog.select(["file", "offset", "length", "data_crc"]).take(pos)
+    records = records_uri(catalog_dir, sha)
+    if storage.exists(records):
+        # The plan task joined this plan with this catalog already: read its
+        # rows only, not the whole catalog (the verifier joins independently).
+        plan = joined = read_table(records, read_dictionary=["file"])
+    else:
+        plan = parse_plan_table(raw, plan_uri)
+        catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
+        # The plan comes sorted by (shard, index); look each name up in the
+        # catalog (names are unique there: validation rejects duplicates).
+        pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
+        missing_mask = pc.is_null(pos)
+        n_missing = pc.sum(missing_mask).as_py() or 0
+        if n_missing:
+            missing = plan.filter(missing_mask).column("filename").to_pylist()
+            raise PlanError(
+                f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
+                f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
+            )
+        joined = catalog.select(["file", "offset", "length", "data_crc"]).take(pos)
     # File ids into the sorted list of source files, without a Python object
     # per record: dictionary-encode, then renumber the (small) dictionary.
     encoded = pc.dictionary_encode(joined.column("file")).combine_chunks()

@@ -30,9 +30,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from beam_jobs import protocols, storage
-from beam_jobs.catalog import REPORT_FILE, read_catalog
-from beam_jobs.layout import plan_file
+from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, read_catalog, read_table, write_table
+from beam_jobs.layout import plan_file, records_uri
 from beam_jobs.planner import (
     Plan,
     PlanError,
@@ -154,6 +157,38 @@ def write_plans(plans: list[Plan], out_dir: str) -> list[dict[str, Any]]:
     return out
 
 
+RECORD_COLUMNS = ["filename", "file", "offset", "length", "data_crc"]
+
+
+def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
+    """For each plan, its rows joined with the catalog (shard, index, filename,
+    file, offset, length, data CRC), written next to the catalog and named by
+    the plan's sha256 (``layout.records_uri``): a build job reads only its
+    split's rows, not the whole catalog (1.28M rows on ImageNet). One lookup
+    for all plans of a run. Existing files are kept (content-addressed)."""
+    todo = [p for p in plans if not storage.exists(records_uri(catalog_dir, p.sha256()))]
+    if not todo:
+        return []
+    catalog = read_table(storage.join(catalog_dir, CATALOG_FILE), columns=RECORD_COLUMNS,
+                         read_dictionary=["file"])
+    names = pa.chunked_array([pa.array(p.names.tolist(), pa.string()) for p in todo])
+    pos = pc.index_in(names, value_set=catalog.column("filename"))
+    if pos.null_count:
+        raise PlanError(f"{pos.null_count:,} planned names are not in the catalog {catalog_dir}")
+    rows = catalog.take(pos.combine_chunks())
+    out, lo = [], 0
+    for p in todo:
+        part = rows.slice(lo, p.num_examples)
+        lo += p.num_examples
+        table = pa.table({"shard": pa.array(p.shards, pa.int32()),
+                          "index": pa.array(p.indices, pa.int32()),
+                          **{c: part.column(c) for c in RECORD_COLUMNS}})
+        uri = records_uri(catalog_dir, p.sha256())
+        write_table(uri, table, {"plan_sha256": p.sha256()})
+        out.append(uri)
+    return out
+
+
 def parse_sharding_files(values: list[str]) -> tuple[tuple[int, str], ...]:
     out = []
     for v in values:
@@ -206,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             sharding_files=parse_sharding_files(a.sharding_file),
             name_lists=parse_name_lists(a.name_list), protocol=a.protocol,
         )
-        summaries = write_plans(make_plans(a.catalog_dir, req), a.out_dir)
+        plans = make_plans(a.catalog_dir, req)
+        summaries = write_plans(plans, a.out_dir)
+        write_records(plans, a.catalog_dir)
     except (PlanError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
