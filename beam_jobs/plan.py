@@ -44,6 +44,7 @@ from beam_jobs.planner import (
     plan_named,
     plan_supervised,
     plan_unsupervised,
+    precompute_keys,
     read_name_list,
     read_plan_file,
     with_class_counts,
@@ -101,6 +102,9 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     class_names = {int(k): v for k, v in report.get("synsets", {}).items()}
     plans: list[Plan] = []
     name_to_class: dict[str, str] | None = None
+    # Every full pass of SHA-256 keys the plans need, in parallel (the rest is cheap).
+    keys = precompute_keys(names, [("select", s) for s in req.seeds if s not in files]
+                           + ([("order", req.unsupervised_seed)] if req.unsupervised else []))
     for seed in req.seeds:
         if seed in files:
             plan = read_plan_file(files[seed], seed=seed)
@@ -114,7 +118,7 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
             plans.append(plan_supervised(
                 names, labels, seed=seed, fraction=req.fraction, count=req.count,
                 sampling=req.sampling, num_shards=req.num_shards, source_shards=source_shards,
-                class_names=class_names,
+                class_names=class_names, select_keys=keys.get(("select", seed)),
             ))
     for label, uri in name_lists:
         listed, lines = read_name_list(uri)
@@ -124,7 +128,8 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     if req.unsupervised:
         plans.append(plan_unsupervised(names, seed=req.unsupervised_seed,
                                        num_shards=req.unsupervised_shards,
-                                       source_shards=source_shards))
+                                       source_shards=source_shards,
+                                       order_keys=keys.get(("order", req.unsupervised_seed))))
     splits = [p.split for p in plans]
     twice = sorted({s for s in splits if splits.count(s) > 1})
     if twice:
