@@ -6,6 +6,8 @@
     python -m benchmarks.run --skip-seed     # without the seed reference (much faster on COUNT)
     python -m benchmarks.run --only latency  # ranged reads on simulated GCS (benchmarks.latency;
                                              # without --only it runs after the datasets)
+    python -m benchmarks.run --only gcs      # exact verification on GCS, COUNT (benchmarks.gcs_verify;
+                                             # without --only it runs last)
 
 For each dataset (made by ``beam_jobs.synthetic``, cached under
 ``{work_dir}/data``), in one run, on the same data and runner (DirectRunner):
@@ -911,9 +913,10 @@ def write_results_md(path: Path, body: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small datasets (a smoke test)")
-    p.add_argument("--only", choices=["count", "bytes", "latency"],
+    p.add_argument("--only", choices=["count", "bytes", "latency", "gcs"],
                    help="COUNT only, or BYTES + half BYTES only, or the latency benchmark only "
-                        "(benchmarks.latency; without --only it runs last)")
+                        "(benchmarks.latency), or exact verification on GCS only "
+                        "(benchmarks.gcs_verify); without --only these two run last")
     p.add_argument("--skip-seed", "--skip_seed", dest="skip_seed", action="store_true",
                    help="do not run the seed reference")
     p.add_argument("--skip-dag", "--skip_dag", dest="skip_dag", action="store_true",
@@ -966,6 +969,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.only == "latency":
         return _latency(args, None)
+    if args.only == "gcs":
+        return _gcs_verify(args, None)
     bench = Bench(args)
     table = datasets.QUICK if args.quick else datasets.FULL
     chosen = [table["count"]] if args.only == "count" else \
@@ -1030,7 +1035,18 @@ def main(argv: list[str] | None = None) -> int:
          else ROOT / "benchmarks" / "RESULTS.md")
     write_results_md(md, body)
     print(f"results: {bench.work / f'results{suffix}.json'}, table: {md}")
-    return _latency(args, md) if args.only is None else 0
+    if args.only is None:
+        return _latency(args, md) or _gcs_verify(args, md)
+    return 0
+
+
+def _gcs_verify(args: argparse.Namespace, md: Path | None) -> int:
+    """COUNT on the GCS emulator: a 10% split's build against its exact verification."""
+    from benchmarks import gcs_verify
+
+    return gcs_verify.main(["--work_dir", args.work_dir, *(["--quick"] if args.quick else []),
+                            *(["--results_md", str(md or args.results_md)]
+                              if (md or args.results_md) else [])])
 
 
 def _latency(args: argparse.Namespace, md: Path | None) -> int:
