@@ -72,24 +72,24 @@ with DAG(
     @task(multiple_outputs=True)
     def check_params() -> dict:
         """Check the params as a whole and describe the source (no data read)."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import check_params as run
 
         with airflow_storage():
-            return run(dict(get_current_context()["params"]))
+            return tasks.check_params(dict(get_current_context()["params"]))
 
     checked = check_params()
 
     @task(retries=0)
     def acquire_lock(config: dict) -> str:
         """Setup: one run at a time writes an output folder (fails, naming the holder)."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
         from ssl_splits.lock import runs_whole_dag_in_process
-        from ssl_splits.tasks import acquire_lock as run
 
         ctx = get_current_context()
         with airflow_storage():
-            return run(config, {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"],
+            return tasks.acquire_lock(config, {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"],
                                 "in_process": runs_whole_dag_in_process(ctx["dag_run"])})
 
     locked = acquire_lock(checked["config"]).as_setup()
@@ -103,14 +103,13 @@ with DAG(
     @task(retries=0)
     def plan(config: dict, source: dict) -> list[dict]:
         """Plan every requested split; decide which to build."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import holding_lock
-        from ssl_splits.tasks import plan as run
         from ssl_splits.templates import skip_plan_without_catalog
 
         skip_plan_without_catalog(config, source)
-        with airflow_storage(), holding_lock(config, {"run_id": get_current_context()["run_id"]}):
-            return run(config, source)
+        with airflow_storage(), tasks.holding_lock(config, {"run_id": get_current_context()["run_id"]}):
+            return tasks.plan(config, source)
 
     specs = plan(checked["config"], checked["source"])
     locked >> validate_source >> specs
@@ -133,9 +132,8 @@ with DAG(
     @task(outlets=[MANIFEST_ASSET], trigger_rule="none_failed", retries=3)
     def publish_manifest(config: dict, source: dict, specs: list[dict]) -> dict:
         """Publish the verified splits' entries to the manifest."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import holding_lock
-        from ssl_splits.tasks import publish_manifest as run
         from ssl_splits.templates import skip_publish
 
         ctx = get_current_context()
@@ -144,8 +142,8 @@ with DAG(
         # single mapped value itself, a dict).
         jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids=["build"]) or []) if r}
         run_info = {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]}
-        with airflow_storage(), holding_lock(config, run_info):
-            result = run(config, source, specs, jobs, run_info)
+        with airflow_storage(), tasks.holding_lock(config, run_info):
+            result = tasks.publish_manifest(config, source, specs, jobs, run_info)
         ctx["outlet_events"][MANIFEST_ASSET].extra = {
             "manifest_uri": result["manifest_uri"], "changed": result["changed"]}
         return result
@@ -156,11 +154,11 @@ with DAG(
     @task(retries=2)
     def release_lock() -> bool:
         """Teardown: free the output folder for the next run, whatever happened."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import release_lock as run
 
         ctx = get_current_context()
         with airflow_storage():
-            return run(dict(ctx["params"]), {"run_id": ctx["run_id"]})
+            return tasks.release_lock(dict(ctx["params"]), {"run_id": ctx["run_id"]})
 
     published >> release_lock().as_teardown(setups=locked)
