@@ -504,6 +504,29 @@ def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_u
     return summary
 
 
+class StageSplit(beam.PTransform):
+    """Shards (shard numbers for :class:`WriteShard`, source files for
+    :class:`CopyShard`) -> the split's stats: every shard staged by ``fn``,
+    checked against the plan, the stats written (:func:`finish`, whose
+    keyword arguments this takes). The Reshuffle after the shards lets a
+    runner spread them over workers instead of fusing them onto one."""
+
+    def __init__(self, fn: beam.DoFn, **finish_kwargs: Any) -> None:
+        super().__init__()
+        self._fn = fn
+        self._finish = finish_kwargs
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        kw = self._finish
+        return (
+            shards
+            | "Spread" >> beam.Reshuffle()
+            | type(self._fn).__name__ >> beam.ParDo(self._fn)
+            | "Collect" >> beam.combiners.ToList()
+            | "Finish" >> beam.Map(lambda stats: finish(stats, **kw))
+        )
+
+
 def clear_other_stagings(work: str, split: str, keep: str) -> None:
     """Remove staging folders of ``split`` left by builds of other plans or
     sources (interrupted or superseded), except ``keep`` and any folder a
@@ -621,16 +644,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                              work_seconds=estimated_seconds(work_bytes, work_records))
     meta["runner"] = p_options.get_all_options()["runner"]
     p = beam.Pipeline(options=p_options)
-    (
-        p
-        | "Shards" >> beam.Create(elements)
-        | "Spread" >> beam.Reshuffle()
-        | "WriteShard" >> beam.ParDo(fn)
-        | "Collect" >> beam.combiners.ToList()
-        | "Finish" >> beam.Map(lambda st: finish(
-            st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
-            expected=expected, meta=meta, stats_path=spath, prefix=prefix))
-    )
+    _ = (p
+         | "Shards" >> beam.Create(elements)
+         | "Stage" >> StageSplit(fn, split=split, num_shards=num_shards, output_uri=output,
+                                 staging=staging, expected=expected, meta=meta, stats_path=spath,
+                                 prefix=prefix))
     staged = stage_template(p, p_options, "build")
     if staged:  # described for Dataflow, not run: nothing of an earlier build is touched
         return {**staged, "split": split}

@@ -389,24 +389,37 @@ class ValidationFailed(RuntimeError):
     """The source is not valid; the message lists the problems."""
 
 
-def build_pipeline(p: beam.Pipeline, shards: list[dict[str, Any]], catalog_dir: str,
-                   source_uri: str, fp: str, expected_total: int | None,
-                   checks: Checks, layout_spec: str = layout.COMMON,
-                   label_names: list[str] | None = None) -> beam.PCollection:
-    parts_dir = storage.join(catalog_dir, PARTS_DIR)
-    summaries = (
-        p
-        | "Shards" >> beam.Create(shards)
-        | "Spread" >> beam.Reshuffle()
-        | "ValidateShard" >> beam.ParDo(ValidateShard(parts_dir, checks, len(shards),
-                                                      progress_dir(catalog_dir, "validate")))
-    )
-    return (
-        summaries
-        | "Collect" >> beam.combiners.ToList()
-        | "Finalize" >> beam.Map(finalize, catalog_dir, source_uri, shards, fp, expected_total, checks,
-                                 layout_spec, label_names)
-    )
+class ValidateSource(beam.PTransform):
+    """Source shards (``{"path", "index", "size"}``) -> the validation report.
+
+    Each shard is validated on its own (framing, CRCs, Example features,
+    labels; its catalog rows go to a part file), then ``finalize`` merges the
+    parts into the catalog and checks what needs the whole set (unique names,
+    one synset per label, the expected total). The Reshuffle after the shards
+    lets a runner spread them over workers instead of fusing them onto one.
+    """
+
+    def __init__(self, catalog_dir: str, source_uri: str, shards: list[dict[str, Any]],
+                 fp: str, expected_total: int | None, checks: Checks,
+                 layout_spec: str = layout.COMMON, label_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.catalog_dir, self.source_uri, self.shards = catalog_dir, source_uri, shards
+        self.fp, self.expected_total, self.checks = fp, expected_total, checks
+        self.layout_spec, self.label_names = layout_spec, label_names
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        parts_dir = storage.join(self.catalog_dir, PARTS_DIR)
+        return (
+            shards
+            | "Spread" >> beam.Reshuffle()
+            | "ValidateShard" >> beam.ParDo(ValidateShard(
+                parts_dir, self.checks, len(self.shards),
+                progress_dir(self.catalog_dir, "validate")))
+            | "Collect" >> beam.combiners.ToList()
+            | "Finalize" >> beam.Map(finalize, self.catalog_dir, self.source_uri, self.shards,
+                                     self.fp, self.expected_total, self.checks, self.layout_spec,
+                                     self.label_names)
+        )
 
 
 LABEL_NAMES_FILE = "label.labels.txt"
@@ -483,8 +496,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                work_bytes=sum(f.size for f in shard_files))
         t0 = time.monotonic()
         p = beam.Pipeline(options=options)
-        build_pipeline(p, shards, catalog_dir, source, fp, args.expected_total, checks,
-                       naming.spec, read_label_names(source, naming))
+        _ = (p
+             | "Shards" >> beam.Create(shards)
+             | "Validate" >> ValidateSource(catalog_dir, source, shards, fp, args.expected_total,
+                                            checks, naming.spec,
+                                            read_label_names(source, naming)))
         staged = stage_template(p, options, "validate")
         if staged:
             return staged

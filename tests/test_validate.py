@@ -612,3 +612,31 @@ def test_validate_shard_transform_with_tfds_keys(tfds_source, tmp_path):
                                           for _, c in lay.train[i]).items())), label="Labels")
     names = read_arrow(f"{tmp_path}/part-00000.arrow").column("filename").to_pylist()
     assert names == [n for n, _ in lay.train[0]]
+
+
+def test_validate_source_transform(source_copy, tmp_path):
+    """The whole validation graph as a PTransform: shards in, one report out,
+    the catalog written; a duplicated name across shards makes it invalid."""
+    from beam_jobs.catalog import fingerprint
+    from beam_jobs.storage import list_files
+    from beam_jobs.validate import ValidateSource
+
+    lay = layout(spec_of(source_copy))
+    elements = [_element(shard(source_copy, i), i) for i in range(8)]
+    catalog = str(tmp_path / "catalog")
+    fp = fingerprint(list_files(f"{source_copy}/train-*"))
+    with test_pipeline.TestPipeline() as p:
+        out = (p | beam.Create(elements)
+               | ValidateSource(catalog, str(source_copy), elements, fp, None, Checks(1, 10))
+               | beam.Map(lambda r: (r["ok"], r["total_records"], r["num_shards"])))
+        assert_that(out, equal_to([(True, sum(len(s) for s in lay.train), 8)]))
+    assert read_catalog(catalog).num_rows == sum(len(s) for s in lay.train)
+    # The same records twice (shard 0 copied over shard 1): invalid, no catalog.
+    (source_copy / shard(source_copy, 1).name).write_bytes(shard(source_copy, 0).read_bytes())
+    elements = [_element(shard(source_copy, i), i) for i in range(8)]
+    with test_pipeline.TestPipeline() as p:
+        out = (p | beam.Create(elements)
+               | ValidateSource(catalog, str(source_copy), elements, fp, None, Checks(1, 10))
+               | beam.Map(lambda r: (r["ok"], sorted(r["problems"]))))
+        assert_that(out, equal_to([(False, ["duplicate_filename"])]))
+    assert not (tmp_path / "catalog" / "catalog.parquet").exists()
