@@ -328,3 +328,19 @@ def test_add_seeds_of_a_manifest_with_several_fractions_asks_for_all_of_them():
     conf = rebuild_conf(doc, "train23.2", "/o/manifest.json")
     assert (conf["seeds"], conf["fraction"], conf["force"]) == ([2], 0.05, True)
     assert "fractions" not in conf
+
+
+def test_the_nesting_measurement_counts_what_it_says(source):
+    """benchmarks/nesting.py, whose figures the README quotes, on small catalogs."""
+    from benchmarks.nesting import measure
+
+    names, labels = source
+    r = measure(names, labels, seeds=(1, 2), fractions=FIXMATCH_FRACTIONS, sampling="stratified")
+    assert (r["records"], r["classes"], r["pairs"]) == (len(names), 20, 6)
+    assert r["sizes"] == {f: split_size(len(names), Fraction(f)) for f in FIXMATCH_FRACTIONS}
+    assert (r["outside"], r["shrinking_quotas"]) == (0, 0)
+    # The counter-example above: one class's quota shrinks, one record is outside.
+    names = [f"n{c}_{k}.JPEG" for c, size in ((1, 3), (2, 5), (3, 5)) for k in range(size)]
+    r = measure(names, [int(n[1]) for n in names], seeds=(1,), fractions=("0.5", "0.55"),
+                sampling="stratified")
+    assert (r["pairs"], r["outside"], r["shrinking_quotas"]) == (1, 1, 1)
