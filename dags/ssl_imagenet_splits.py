@@ -43,6 +43,7 @@ built in this run) ->
 **Common runs**
 * everything: `{"source_uri": "gs://b/imagenet", "output_uri": "gs://b/ssl"}`
 * rebuild seed 3 only: add `"seeds": [3], "unsupervised": false`
+* everything FixMatch's trainer reads (10%, 5%, 1% for each seed): `"fractions": [0.1, 0.05, 0.01]`
 * FixMatch's five published splits (built in): `"protocol": "fixmatch"`
 * SimCLR's 1% and 10% subsets (built in): `"protocol": "simclr"`
 * a published file of your own: `"seeds": [3], "sharding_files": {"3": "gs://.../files2shards_train_size128116_split3.txt"}`
