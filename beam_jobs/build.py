@@ -57,24 +57,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from beam_jobs import __version__, storage
+from beam_jobs import __version__, split_job, storage
 from beam_jobs.catalog import REPORT_FILE, read_catalog, read_table, write_table
 from beam_jobs.faults import failpoint
 from beam_jobs.layout import (
     ShardSetError,
     file_pattern,
     journal_uri,
-    naming,
+    records_uri,
     shard_name,
     shard_set,
     staging_dir,
     staging_root,
     stats_uri,
-    work_default,
 )
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
 from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
+from beam_jobs.split_job import SplitJob
 from beam_jobs.storage import RangeReader, crc32c_hex
 from beam_jobs.tfrecord import RecordError, Writer, check_records, iter_framed
 
@@ -163,20 +163,26 @@ def build_table(plan_uri: str, catalog_dir: str,
         raise PlanError(f"{plan_uri}: not UTF-8 text ({err})") from None
     sha = hashlib.sha256(raw).hexdigest()
     del text
-    plan = parse_plan_table(raw, plan_uri)
-    catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
-    # The plan comes sorted by (shard, index); look each name up in the
-    # catalog (names are unique there: validation rejects duplicates).
-    pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
-    missing_mask = pc.is_null(pos)
-    n_missing = pc.sum(missing_mask).as_py() or 0
-    if n_missing:
-        missing = plan.filter(missing_mask).column("filename").to_pylist()
-        raise PlanError(
-            f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
-            f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
-        )
-    joined = catalog.select(["file", "offset", "length", "data_crc"]).take(pos)
+    records = records_uri(catalog_dir, sha)
+    if storage.exists(records):
+        # The plan task joined this plan with this catalog already: read its
+        # rows only, not the whole catalog (the verifier joins independently).
+        plan = joined = read_table(records, read_dictionary=["file"])
+    else:
+        plan = parse_plan_table(raw, plan_uri)
+        catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
+        # The plan comes sorted by (shard, index); look each name up in the
+        # catalog (names are unique there: validation rejects duplicates).
+        pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
+        missing_mask = pc.is_null(pos)
+        n_missing = pc.sum(missing_mask).as_py() or 0
+        if n_missing:
+            missing = plan.filter(missing_mask).column("filename").to_pylist()
+            raise PlanError(
+                f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
+                f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
+            )
+        joined = catalog.select(["file", "offset", "length", "data_crc"]).take(pos)
     # File ids into the sorted list of source files, without a Python object
     # per record: dictionary-encode, then renumber the (small) dictionary.
     encoded = pc.dictionary_encode(joined.column("file")).combine_chunks()
@@ -497,6 +503,29 @@ def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_u
     return summary
 
 
+class StageSplit(beam.PTransform):
+    """Shards (shard numbers for :class:`WriteShard`, source files for
+    :class:`CopyShard`) -> the split's stats: every shard staged by ``fn``,
+    checked against the plan, the stats written (:func:`finish`, whose
+    keyword arguments this takes). The Reshuffle after the shards lets a
+    runner spread them over workers instead of fusing them onto one."""
+
+    def __init__(self, fn: beam.DoFn, **finish_kwargs: Any) -> None:
+        super().__init__()
+        self._fn = fn
+        self._finish = finish_kwargs
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        kw = self._finish
+        return (
+            shards
+            | "Spread" >> beam.Reshuffle()
+            | type(self._fn).__name__ >> beam.ParDo(self._fn)
+            | "Collect" >> beam.combiners.ToList()
+            | "Finish" >> beam.Map(lambda stats: finish(stats, **kw))
+        )
+
+
 def clear_other_stagings(work: str, split: str, keep: str) -> None:
     """Remove staging folders of ``split`` left by builds of other plans or
     sources (interrupted or superseded), except ``keep`` and any folder a
@@ -526,50 +555,33 @@ def copy_sources(src: str, split: str) -> list[storage.FileInfo]:
 # --------------------------------------------------------------------------- the job
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SplitJob, list[str]]:
     p = argparse.ArgumentParser(
         prog="python -m beam_jobs.build",
         description="Build one split's TFRecord shards from its plan (records copied byte for "
-                    "byte with ranged reads), or copy the validation shards.",
+                    "byte with ranged reads), or copy the validation shards; they are staged "
+                    "under the work folder until the DAG publishes them.",
         epilog="Any other --flag is a Beam pipeline option (--runner, --project, --region, "
                "--temp_location, --direct_num_workers, ...).",
     )
-    p.add_argument("--split", required=True, help="split name: train128116.3, train or validation")
-    p.add_argument("--output_uri", required=True, help="folder for the split's shards")
-    p.add_argument("--work_uri", help="folder for staging and stats (default {output_uri}/_work)")
-    p.add_argument("--plan_uri", help="filename,shard,index file (plan mode)")
-    p.add_argument("--catalog_dir", help="the validation job's catalog folder (plan mode)")
+    split_job.add_args(p)
     p.add_argument("--source_uri", help="the source folder now, if it moved since validation "
                    "(plan mode; default: where validation read it)")
-    p.add_argument("--copy_from", help="source folder whose {split}-* shards are copied (copy mode)")
-    p.add_argument("--layout", default=None,
-                   help="the source's layout, common (default) or tfds:DATASET: the output "
-                        "files are named as its readers look for them "
-                        "(imagenet2012-train128116_1.tfrecord-SSSSS-of-NNNNN for TFDS)")
     p.add_argument("--read_threads", type=int, default=0,
                    help=f"ranged reads in flight per shard (default: {GCS_READ_THREADS} on gs://, "
                         "1 locally)")
     p.add_argument("--skip_source_check", action="store_true",
                    help="do not compare the source shards with the validation report")
-    args, beam_args = p.parse_known_args(argv)
-    if bool(args.plan_uri) == bool(args.copy_from):
-        p.error("give either --plan_uri (with --catalog_dir) or --copy_from")
-    if args.plan_uri and not args.catalog_dir:
-        p.error("--plan_uri needs --catalog_dir")
-    return args, beam_args
+    return split_job.parse(p, argv)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the build; return the split's stats. Raises PlanError/BuildError."""
     setup_logging()
-    args, beam_args = parse_args(argv)
-    output = storage.normalize(args.output_uri)
-    work = storage.normalize(args.work_uri or work_default(output))
-    split = args.split
-    names = naming(args.layout)
-    prefix = names.file_prefix(split)  # the split's file names in its source's layout
+    args, job, beam_args = parse_args(argv)
+    output, work, split, prefix = job.output_uri, job.work_uri, job.split, job.prefix
     t0 = time.monotonic()
-    meta: dict[str, Any] = {"job_name": job_name("ssl", split), "layout": names.spec}
+    meta: dict[str, Any] = {"job_name": job_name("ssl", split), "layout": job.naming.spec}
     spath = stats_uri(work, split)
     if args.plan_uri:
         source = storage.normalize(args.source_uri) if args.source_uri else None
@@ -596,7 +608,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                    progress_dir(work, "build", split), prefix)
         del table
     else:
-        src = storage.normalize(args.copy_from)
+        src = job.copy_from
+        assert src is not None
         shards = copy_sources(src, prefix)
         num_shards = len(shards)
         fp = hashlib.sha256("\n".join(f"{storage.basename(f.path)}\t{f.identity()}"
@@ -614,16 +627,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                              work_seconds=estimated_seconds(work_bytes, work_records))
     meta["runner"] = p_options.get_all_options()["runner"]
     p = beam.Pipeline(options=p_options)
-    (
-        p
-        | "Shards" >> beam.Create(elements)
-        | "Spread" >> beam.Reshuffle()
-        | "WriteShard" >> beam.ParDo(fn)
-        | "Collect" >> beam.combiners.ToList()
-        | "Finish" >> beam.Map(lambda st: finish(
-            st, split=split, num_shards=num_shards, output_uri=output, staging=staging,
-            expected=expected, meta=meta, stats_path=spath, prefix=prefix))
-    )
+    _ = (p
+         | "Shards" >> beam.Create(elements)
+         | "Stage" >> StageSplit(fn, split=split, num_shards=num_shards, output_uri=output,
+                                 staging=staging, expected=expected, meta=meta, stats_path=spath,
+                                 prefix=prefix))
     staged = stage_template(p, p_options, "build")
     if staged:  # described for Dataflow, not run: nothing of an earlier build is touched
         return {**staged, "split": split}

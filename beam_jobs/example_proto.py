@@ -169,6 +169,24 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
     except Exception as err:  # protobuf raises DecodeError (a Message.Error)
         raise ExampleError("not_an_example", f"does not parse as tf.train.Example ({err})") from None
     fmap = ex.features.feature
+    # Fast path (every well-formed record): one lookup per feature. Anything
+    # unusual goes the careful way below, which names what is wrong.
+    get = fmap.get
+    enc, name, lab = get(keys.encoded), get(keys.filename), get(keys.label)
+    syn = get(keys.synset) if keys.synset else None
+    if enc is not None and name is not None and lab is not None:
+        ev, nv, lv = enc.bytes_list.value, name.bytes_list.value, lab.int64_list.value
+        sv = syn.bytes_list.value if syn is not None else None
+        if len(ev) == 1 and len(nv) == 1 and len(lv) == 1 and (sv is None or len(sv) == 1) \
+                and ev[0]:
+            try:
+                filename = nv[0].decode("utf-8")
+            except UnicodeDecodeError:
+                filename = ""
+            if filename and "," not in filename and "\n" not in filename:
+                return ImageRecord(filename=filename, label=int(lv[0]),
+                                   synset=sv[0].decode("utf-8", "replace") if sv else "",
+                                   encoded_len=len(ev[0]))
     encoded = _single(fmap, keys.encoded, "bytes_list", True)
     if not encoded:
         raise ExampleError("empty_image", f"'{keys.encoded}' is empty")

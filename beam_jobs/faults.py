@@ -7,6 +7,9 @@ the whole process group gets SIGKILL, as an OOM killer or a lost machine
 would do it: no ``finally`` block, no teardown, no flush runs. The kill tests
 (``tests/test_kills.py``) start each run in its own process group and stop
 it at every step boundary of the commit protocol this way.
+
+``name~SECONDS`` instead pauses there (every time): a test that needs a run
+to be in the middle of a step while something else happens holds it there.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections import Counter
 
 ENV = "SSL_SPLITS_FAILPOINT"
@@ -24,6 +28,11 @@ def failpoint(name: str) -> None:
     """Kill the process group here if ``SSL_SPLITS_FAILPOINT`` says so."""
     spec = os.environ.get(ENV)
     if not spec:
+        return
+    if "~" in spec:
+        want, _, seconds = spec.partition("~")
+        if want == name:
+            time.sleep(float(seconds))
         return
     want, _, nth = spec.partition("@")
     if want != name:

@@ -9,6 +9,7 @@ Everything else lives under the work folder (default ``{output_uri}/_work``),
 which no split glob matches::
 
     _work/catalog/{fingerprint[:16]}/            catalog.parquet + report.json (validation)
+    _work/catalog/{fingerprint[:16]}/records/    each plan's rows of the catalog, by plan sha256
     _work/plans/{split}.{sha256[:16]}.csv        plans (+ .json summaries)
     _work/staging/{split}/{token}/               a build's shards before they are published
     _work/stats/{split}.json                     what the last build of a split wrote
@@ -48,6 +49,7 @@ WORK_DIR = "_work"
 CATALOG_DIR = "catalog"
 PLANS_DIR = "plans"
 STAGING_DIR = "staging"
+RECORDS_DIR = "records"
 STATS_DIR = "stats"
 VERIFY_DIR = "verify"
 JOURNAL_NAME = "publishing.json"
@@ -277,6 +279,17 @@ def plan_file(plans_folder: str, split: str, sha256: str) -> str:
 
 def plan_summary_uri(plan_uri: str) -> str:
     return plan_uri[:-len(".csv")] + ".json" if plan_uri.endswith(".csv") else plan_uri + ".json"
+
+
+def records_dir(catalog_folder: str) -> str:
+    return storage.join(catalog_folder, RECORDS_DIR)
+
+
+def records_uri(catalog_folder: str, plan_sha256: str) -> str:
+    """The source records of one plan (``beam_jobs.plan.write_records``): kept
+    with the catalog they come from (validation clears them with it), named
+    by the plan's content."""
+    return storage.join(records_dir(catalog_folder), f"{plan_sha256[:32]}.parquet")
 
 
 def staging_root(work_uri: str, split: str) -> str:

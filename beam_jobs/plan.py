@@ -6,6 +6,9 @@ Examples::
     python -m beam_jobs.plan --catalog_dir=/data/ssl/_work/catalog/5160864c129f5846 \\
         --out_dir=/data/ssl/_work/plans --seeds=1,2,3,4,5 --unsupervised
 
+    # every seed at 10%, 5% and 1% (what FixMatch's ImageNet trainer reads)
+    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --fraction=0.1,0.05,0.01
+
     # check a published FixMatch file against the catalog and keep it as the plan of seed 3
     python -m beam_jobs.plan --catalog_dir=... --out_dir=... --seeds=3 \\
         --sharding_file=3=/path/files2shards_train_size128116_split3.txt
@@ -18,7 +21,8 @@ Examples::
     python -m beam_jobs.plan --catalog_dir=... --out_dir=... --seeds= \\
         --name_list=mysubset=gs://bucket/names.txt
 
-Prints one line per plan: split, examples, shards, sha256 and the file.
+Prints one line per plan: split, examples, shards, sha256 and the file; with
+several fractions, then (to stderr) how the splits of each seed nest.
 The algorithm is in ``beam_jobs.planner`` and in the README.
 """
 
@@ -30,19 +34,25 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from beam_jobs import protocols, storage
-from beam_jobs.catalog import REPORT_FILE, read_catalog
-from beam_jobs.layout import plan_file
+from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, read_catalog, read_table, write_table
+from beam_jobs.layout import plan_file, records_uri
 from beam_jobs.planner import (
     Plan,
     PlanError,
     check_label,
     check_names_exist,
+    exact_fraction,
     plan_named,
     plan_supervised,
     plan_unsupervised,
+    precompute_keys,
     read_name_list,
     read_plan_file,
+    split_size,
     with_class_counts,
 )
 
@@ -62,6 +72,17 @@ class PlanRequest:
     sharding_files: tuple[tuple[int, str], ...] = ()
     name_lists: tuple[tuple[str, str], ...] = ()  # (label, uri): split train{N}.{label}
     protocol: str = protocols.SEEDED
+    # Several fractions: every seed at each, one split train{N}.{seed} per (fraction, seed),
+    # in this order; ``fraction`` is then not used. Empty: ``fraction`` (or ``count``) alone.
+    fractions: tuple[str, ...] = ()
+
+    def sizes(self) -> list[tuple[str | None, int | None]]:
+        """``(fraction, count)`` of each size the seeded splits are drawn at."""
+        if not self.fractions:
+            return [(self.fraction, self.count)]
+        if self.count is not None:
+            raise PlanError("give a count or fractions, not both")
+        return [(f, None) for f in self.fractions]
 
 
 def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, str]]]:
@@ -81,6 +102,10 @@ def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, s
             raise PlanError(f"seeds {both} have a sharding file and protocol {proto.name}'s "
                             "published file: give one")
         files.update({s: protocols.LISTS[known[s]].ref for s in req.seeds})
+    if len(req.sizes()) > 1 and set(files) & set(req.seeds):
+        raise PlanError(f"seeds {sorted(set(files) & set(req.seeds))} have a published file, "
+                        f"which is one split of one size: they cannot be drawn at the fractions "
+                        f"{', '.join(req.fractions)}; plan them in a request of their own")
     lists = [(check_label(label), uri) for label, uri in req.name_lists]
     lists += [(label, protocols.LISTS[key].ref) for label, key in proto.name_lists]
     return files, lists
@@ -96,23 +121,35 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     names = table.column("filename").to_pylist()
     labels = table.column("label").to_numpy()
     class_names = {int(k): v for k, v in report.get("synsets", {}).items()}
+    sizes = req.sizes()
+    check_sizes(sizes, len(names))
     plans: list[Plan] = []
     name_to_class: dict[str, str] | None = None
-    for seed in req.seeds:
-        if seed in files:
-            plan = read_plan_file(files[seed], seed=seed)
-            check_names_exist(plan, names)
-            if name_to_class is None:
-                name_to_class = {
-                    n: class_names.get(int(lab), str(int(lab))) for n, lab in zip(names, labels)
-                }
-            plans.append(with_class_counts(plan, name_to_class))
-        else:
-            plans.append(plan_supervised(
-                names, labels, seed=seed, fraction=req.fraction, count=req.count,
-                sampling=req.sampling, num_shards=req.num_shards, source_shards=source_shards,
-                class_names=class_names,
-            ))
+    # Every full pass of SHA-256 keys the plans need, in parallel (the rest is cheap); the
+    # select keys of a seed do not depend on the fraction: one pass serves all its fractions.
+    keys = precompute_keys(names, [("select", s) for s in req.seeds if s not in files]
+                           + ([("order", req.unsupervised_seed)] if req.unsupervised else []))
+    for fraction, count in sizes:
+        for seed in req.seeds:
+            if seed in files:
+                plan = read_plan_file(files[seed], seed=seed)
+                check_names_exist(plan, names)
+                if name_to_class is None:
+                    name_to_class = {
+                        n: class_names.get(int(lab), str(int(lab))) for n, lab in zip(names, labels)
+                    }
+                plans.append(with_class_counts(plan, name_to_class))
+                continue
+            try:
+                plans.append(plan_supervised(
+                    names, labels, seed=seed, fraction=fraction, count=count,
+                    sampling=req.sampling, num_shards=req.num_shards, source_shards=source_shards,
+                    class_names=class_names, select_keys=keys.get(("select", seed)),
+                ))
+            except PlanError as err:
+                if len(sizes) == 1:
+                    raise
+                raise PlanError(f"fraction {fraction}, seed {seed}: {err}") from None
     for label, uri in name_lists:
         listed, lines = read_name_list(uri)
         plans.append(plan_named(listed, names, labels, label=label, origin=uri, list_lines=lines,
@@ -121,13 +158,70 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     if req.unsupervised:
         plans.append(plan_unsupervised(names, seed=req.unsupervised_seed,
                                        num_shards=req.unsupervised_shards,
-                                       source_shards=source_shards))
+                                       source_shards=source_shards,
+                                       order_keys=keys.get(("order", req.unsupervised_seed))))
     splits = [p.split for p in plans]
     twice = sorted({s for s in splits if splits.count(s) > 1})
     if twice:
         raise PlanError(f"two plans would write the same split {', '.join(twice)}: give the "
                         "name lists different labels")
     return plans
+
+
+def check_sizes(sizes: list[tuple[str | None, int | None]], total: int) -> None:
+    """Refuse fractions that give one split size, hence one split name ``train{N}.{seed}``
+    (``floor(N_total * f)`` equal for both): PlanError naming them and the size."""
+    seen: dict[int, str] = {}
+    for fraction, _ in sizes:
+        if fraction is None:
+            continue
+        n = split_size(total, exact_fraction(fraction))
+        if n in seen:
+            raise PlanError(
+                f"fractions {seen[n]} and {fraction} both give {n:,} of the catalog's "
+                f"{total:,} records (floor(N x fraction)), so both would write the splits "
+                f"train{n}.{{seed}}: drop one of them")
+        seen[n] = fraction
+
+
+def nesting(plans: list[Plan]) -> list[dict[str, Any]]:
+    """How the computed seeded splits of one seed and sampling relate across sizes (pure).
+
+    For each seed with several sizes: each split against the next larger one,
+    ``{"seed", "smaller", "larger", "outside"}`` with ``outside`` the number of
+    the smaller split's records that are not in the larger (0: nested). Algorithm
+    v1 takes, per class, the records with the smallest select keys, which do not
+    depend on the fraction, so ``outside`` is 0 wherever no class's quota
+    shrinks as the fraction grows (README, "How a split is derived").
+    """
+    groups: dict[tuple[int, str | None], list[Plan]] = {}
+    for p in plans:
+        if p.kind == "supervised" and p.source == "computed" and p.seed is not None:
+            groups.setdefault((p.seed, p.sampling), []).append(p)
+    out = []
+    for (seed, _), group in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        group.sort(key=lambda p: p.num_examples)
+        for small, large in zip(group, group[1:]):
+            outside = len(set(small.names.tolist()) - set(large.names.tolist()))
+            out.append({"seed": seed, "smaller": small.split, "larger": large.split,
+                        "outside": outside})
+    return out
+
+
+def nesting_lines(plans: list[Plan]) -> list[str]:
+    """:func:`nesting` as one line per seed: ``train12811.1 in train64058.1 in train128116.1
+    (nested)``, or how many records of a smaller split are not in the larger one."""
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for r in nesting(plans):
+        by_seed.setdefault(r["seed"], []).append(r)
+    lines = []
+    for seed, rows in by_seed.items():
+        chain = " in ".join([rows[0]["smaller"]] + [r["larger"] for r in rows])
+        broken = [f"{r['outside']:,} of {r['smaller']} not in {r['larger']}"
+                  for r in rows if r["outside"]]
+        lines.append(f"seed {seed}: {chain} " + (f"(NOT nested: {'; '.join(broken)})" if broken
+                                                   else "(nested)"))
+    return lines
 
 
 def plan_summary(plan: Plan, uri: str) -> dict[str, Any]:
@@ -151,6 +245,38 @@ def write_plans(plans: list[Plan], out_dir: str) -> list[dict[str, Any]]:
         if not storage.exists(uri):
             storage.write_bytes(uri, data, "text/csv")
         out.append(plan_summary(plan, uri))
+    return out
+
+
+RECORD_COLUMNS = ["filename", "file", "offset", "length", "data_crc"]
+
+
+def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
+    """For each plan, its rows joined with the catalog (shard, index, filename,
+    file, offset, length, data CRC), written next to the catalog and named by
+    the plan's sha256 (``layout.records_uri``): a build job reads only its
+    split's rows, not the whole catalog (1.28M rows on ImageNet). One lookup
+    for all plans of a run. Existing files are kept (content-addressed)."""
+    todo = [p for p in plans if not storage.exists(records_uri(catalog_dir, p.sha256()))]
+    if not todo:
+        return []
+    catalog = read_table(storage.join(catalog_dir, CATALOG_FILE), columns=RECORD_COLUMNS,
+                         read_dictionary=["file"])
+    names = pa.chunked_array([pa.array(p.names.tolist(), pa.string()) for p in todo])
+    pos = pc.index_in(names, value_set=catalog.column("filename"))
+    if pos.null_count:
+        raise PlanError(f"{pos.null_count:,} planned names are not in the catalog {catalog_dir}")
+    rows = catalog.take(pos.combine_chunks())
+    out, lo = [], 0
+    for p in todo:
+        part = rows.slice(lo, p.num_examples)
+        lo += p.num_examples
+        table = pa.table({"shard": pa.array(p.shards, pa.int32()),
+                          "index": pa.array(p.indices, pa.int32()),
+                          **{c: part.column(c) for c in RECORD_COLUMNS}})
+        uri = records_uri(catalog_dir, p.sha256())
+        write_table(uri, table, {"plan_sha256": p.sha256()})
+        out.append(uri)
     return out
 
 
@@ -183,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                         "SimCLR's subsets (see python -m beam_jobs.protocols)")
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (default 1..5; none with a SimCLR protocol)")
-    p.add_argument("--fraction", default="0.1", help="share per labelled split (default 0.1)")
+    p.add_argument("--fraction", default="0.1",
+                   help="share per labelled split (default 0.1); several, comma-separated "
+                        "(0.1,0.05,0.01): every seed at each")
     p.add_argument("--count", type=int, help="absolute size per labelled split (instead of fraction)")
     p.add_argument("--sampling", default="stratified", choices=["stratified", "uniform"])
     p.add_argument("--num_shards", type=int, help="shards per labelled split (default: scaled)")
@@ -199,19 +327,27 @@ def main(argv: list[str] | None = None) -> int:
         uses_seeds = protocols.protocol(a.protocol).uses_seeds
         seeds_text = a.seeds if a.seeds is not None else ("1,2,3,4,5" if uses_seeds else "")
         seeds = tuple(int(s) for s in seeds_text.split(",") if s.strip())
+        fractions = tuple(f.strip() for f in a.fraction.split(",") if f.strip())
+        if a.count and len(fractions) > 1:
+            raise PlanError("--count and several --fraction values do not go together")
         req = PlanRequest(
-            seeds=seeds, fraction=None if a.count else a.fraction, count=a.count,
+            seeds=seeds, fraction=None if a.count else fractions[0], count=a.count,
+            fractions=fractions if len(fractions) > 1 else (),
             sampling=a.sampling, num_shards=a.num_shards, unsupervised=a.unsupervised,
             unsupervised_seed=a.unsupervised_seed,
             sharding_files=parse_sharding_files(a.sharding_file),
             name_lists=parse_name_lists(a.name_list), protocol=a.protocol,
         )
-        summaries = write_plans(make_plans(a.catalog_dir, req), a.out_dir)
+        plans = make_plans(a.catalog_dir, req)
+        summaries = write_plans(plans, a.out_dir)
+        write_records(plans, a.catalog_dir)
     except (PlanError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for s in summaries:
         print(f"{s['split']}\t{s['num_examples']}\t{s['num_shards']}\t{s['plan_sha256']}\t{s['plan_uri']}")
+    for line in nesting_lines(plans) if req.fractions else []:
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -54,8 +54,9 @@ from beam_jobs.catalog import (
     SHARD_RE,
     empty_columns,
     fingerprint,
-    read_table,
+    read_arrow,
     shard_name,
+    write_arrow,
     write_table,
 )
 from beam_jobs.example_proto import (
@@ -68,7 +69,7 @@ from beam_jobs.example_proto import (
 from beam_jobs.pipeline import counters, make_options, setup_logging, stage_template
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import FileInfo
-from beam_jobs.tfrecord import RecordError, iter_framed
+from beam_jobs.tfrecord import RecordError, scan_framed
 
 log = logging.getLogger("beam_jobs.validate")
 
@@ -198,7 +199,7 @@ def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, tota
     n_ok = n_bad = 0
     end = 0
     with storage.open_read(path) as f:
-        for rec_index, item in enumerate(iter_framed(f, path)):
+        for rec_index, item in enumerate(scan_framed(f, path)):
             if isinstance(item, RecordError):
                 n_bad += 1
                 problems.add(item.kind, str(item), file=path, offset=item.offset, record=rec_index)
@@ -237,13 +238,14 @@ def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, tota
         problems.add("size_changed", f"{path}: read {end} bytes but the listing said "
                                      f"{element['size']}: the file changed during validation",
                      file=path)
-    part = storage.join(parts_dir, f"part-{index:05d}.parquet")
-    write_table(part, pa.table(cols, schema=SCHEMA))
+    part = storage.join(parts_dir, f"part-{index:05d}.arrow")
+    # An intermediate file (a lost part only means validating again).
+    write_arrow(part, pa.table(cols, schema=SCHEMA))
     if records_counter is not None:
         records_counter.inc(n_ok + n_bad)
         bytes_counter.inc(end)
         bad_counter.inc(n_bad)
-    log.info("validated %s: %d records (%d bad) in %.2f s [shard %d of %d]",
+    log.debug("validated %s: %d records (%d bad) in %.2f s [shard %d of %d]",
              storage.basename(path), n_ok + n_bad, n_bad, time.monotonic() - t0, index + 1,
              total_shards)
     return {
@@ -271,7 +273,7 @@ def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
     problems = Problems()
     for s in summaries:
         problems.merge(s["problems"])
-    tables = [read_table(s["part"]) for s in summaries]
+    tables = [read_arrow(s["part"]) for s in summaries]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     total = table.num_rows
 
@@ -313,6 +315,8 @@ def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
 
     ok = not problems
     catalog_uri = storage.join(catalog_dir, CATALOG_FILE)
+    # Records tables joined with an earlier catalog in this folder (plan.write_records).
+    storage.delete_tree(layout.records_dir(catalog_dir))
     if ok:
         write_table(catalog_uri, table, {"source_fingerprint": fp, "source_uri": source_uri})
     else:
@@ -385,24 +389,37 @@ class ValidationFailed(RuntimeError):
     """The source is not valid; the message lists the problems."""
 
 
-def build_pipeline(p: beam.Pipeline, shards: list[dict[str, Any]], catalog_dir: str,
-                   source_uri: str, fp: str, expected_total: int | None,
-                   checks: Checks, layout_spec: str = layout.COMMON,
-                   label_names: list[str] | None = None) -> beam.PCollection:
-    parts_dir = storage.join(catalog_dir, PARTS_DIR)
-    summaries = (
-        p
-        | "Shards" >> beam.Create(shards)
-        | "Spread" >> beam.Reshuffle()
-        | "ValidateShard" >> beam.ParDo(ValidateShard(parts_dir, checks, len(shards),
-                                                      progress_dir(catalog_dir, "validate")))
-    )
-    return (
-        summaries
-        | "Collect" >> beam.combiners.ToList()
-        | "Finalize" >> beam.Map(finalize, catalog_dir, source_uri, shards, fp, expected_total, checks,
-                                 layout_spec, label_names)
-    )
+class ValidateSource(beam.PTransform):
+    """Source shards (``{"path", "index", "size"}``) -> the validation report.
+
+    Each shard is validated on its own (framing, CRCs, Example features,
+    labels; its catalog rows go to a part file), then ``finalize`` merges the
+    parts into the catalog and checks what needs the whole set (unique names,
+    one synset per label, the expected total). The Reshuffle after the shards
+    lets a runner spread them over workers instead of fusing them onto one.
+    """
+
+    def __init__(self, catalog_dir: str, source_uri: str, shards: list[dict[str, Any]],
+                 fp: str, expected_total: int | None, checks: Checks,
+                 layout_spec: str = layout.COMMON, label_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.catalog_dir, self.source_uri, self.shards = catalog_dir, source_uri, shards
+        self.fp, self.expected_total, self.checks = fp, expected_total, checks
+        self.layout_spec, self.label_names = layout_spec, label_names
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        parts_dir = storage.join(self.catalog_dir, PARTS_DIR)
+        return (
+            shards
+            | "Spread" >> beam.Reshuffle()
+            | "ValidateShard" >> beam.ParDo(ValidateShard(
+                parts_dir, self.checks, len(self.shards),
+                progress_dir(self.catalog_dir, "validate")))
+            | "Collect" >> beam.combiners.ToList()
+            | "Finalize" >> beam.Map(finalize, self.catalog_dir, self.source_uri, self.shards,
+                                     self.fp, self.expected_total, self.checks, self.layout_spec,
+                                     self.label_names)
+        )
 
 
 LABEL_NAMES_FILE = "label.labels.txt"
@@ -479,8 +496,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                work_bytes=sum(f.size for f in shard_files))
         t0 = time.monotonic()
         p = beam.Pipeline(options=options)
-        build_pipeline(p, shards, catalog_dir, source, fp, args.expected_total, checks,
-                       naming.spec, read_label_names(source, naming))
+        _ = (p
+             | "Shards" >> beam.Create(shards)
+             | "Validate" >> ValidateSource(catalog_dir, source, shards, fp, args.expected_total,
+                                            checks, naming.spec,
+                                            read_label_names(source, naming)))
         staged = stage_template(p, options, "validate")
         if staged:
             return staged

@@ -54,22 +54,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_jobs import __version__, storage
+from beam_jobs import __version__, split_job, storage
 from beam_jobs.catalog import read_catalog
 from beam_jobs.crc32c_combine import shard_crcs
 from beam_jobs.faults import failpoint
 from beam_jobs.layout import (
     ShardSetError,
-    naming,
     report_uri,
     shard_name,
     shard_set,
     split_files,
     stats_uri,
-    work_default,
 )
 from beam_jobs.logs import setup_logging
 from beam_jobs.planner import PlanError, parse_plan_table
+from beam_jobs.split_job import SplitJob
 from beam_jobs.storage import crc32c_hex
 
 log = logging.getLogger("beam_jobs.verify")
@@ -217,39 +216,22 @@ def verified_shards(stats: dict[str, Any], listed: dict[str, storage.FileInfo],
 # --------------------------------------------------------------------------- the job
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SplitJob, list[str]]:
     p = argparse.ArgumentParser(
         prog="python -m beam_jobs.verify",
         description="Verify a staged split against its plan and the build's stats.",
         epilog="Any other --flag is a Beam pipeline option (used with --deep).",
     )
-    p.add_argument("--split", required=True)
-    p.add_argument("--output_uri", required=True)
-    p.add_argument("--work_uri", help="default {output_uri}/_work")
-    p.add_argument("--plan_uri", help="the split's plan (labelled splits and the reshuffle)")
-    p.add_argument("--catalog_dir", help="the source catalog (with --plan_uri)")
-    p.add_argument("--copy_from", help="source folder of a copied split (validation)")
-    p.add_argument("--layout", default=None,
-                   help="the source's layout, common (default) or tfds:DATASET (the split's "
-                        "file names and record features)")
+    split_job.add_args(p)
     p.add_argument("--deep", action="store_true",
                    help="also re-read every staged record (a Beam job)")
-    args, beam_args = p.parse_known_args(argv)
-    if bool(args.plan_uri) == bool(args.copy_from):
-        p.error("give either --plan_uri (with --catalog_dir) or --copy_from")
-    if args.plan_uri and not args.catalog_dir:
-        p.error("--plan_uri needs --catalog_dir")
-    return args, beam_args
+    return split_job.parse(p, argv)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
-    args, beam_args = parse_args(argv)
-    output = storage.normalize(args.output_uri)
-    work = storage.normalize(args.work_uri or work_default(output))
-    split = args.split
-    names = naming(args.layout)
-    prefix = names.file_prefix(split)  # the split's file names in its source's layout
+    args, job, beam_args = parse_args(argv)
+    work, split, prefix, names = job.work_uri, job.split, job.prefix, job.naming
     t0 = time.monotonic()
     failpoint("verify.start")
     # A report from an earlier verification must not outlive this one: if this
@@ -274,7 +256,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                      f"not {args.plan_uri} ({verified_plan[:16]})")
         expected = expected_from_plan(plan_table)
     else:
-        expected = expected_from_copy(storage.normalize(args.copy_from), prefix)
+        assert job.copy_from is not None
+        expected = expected_from_copy(job.copy_from, prefix)
     staged = [e["staged"] for e in stats["shards"]]
     listed, crcs, strays, bytes_read = observe(staged, stats["staging"], prefix)
     findings = exact_findings(split, stats, expected, listed, crcs, strays, prefix)

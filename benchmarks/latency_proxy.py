@@ -55,6 +55,7 @@ class Stats:
     seconds_held: float = 0.0  # latency + transfer time added, summed over requests
     upstream_store_seconds: float = 0.0  # the emulator storing finished uploads (not simulated)
     per_method: dict[str, int] = field(default_factory=dict)
+    media_bytes: dict[str, int] = field(default_factory=dict)  # object path -> bytes read from it
 
 
 class LatencyProxy:
@@ -124,6 +125,7 @@ class LatencyProxy:
                     out, status = data[start:end + 1], 206
                     headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 s.reads_served += 1
+                s.media_bytes[request.path] = s.media_bytes.get(request.path, 0) + len(out)
                 return await self._answer(status, headers, out, len(body))
         if query.get("uploadType") == ["resumable"]:
             return await self._resumable(request, query, body)

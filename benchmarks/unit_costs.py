@@ -64,10 +64,10 @@ def measure_size(source: Path, work: Path) -> dict[str, dict[str, float]]:
     """CPU seconds, records and bytes of each job's inner loop on one source."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from beam_jobs import storage
     from beam_jobs.build import copy_records, copy_shard
+    from beam_jobs.catalog import read_arrow
     from beam_jobs.deep_verify import deep_check_shard
     from beam_jobs.validate import Checks, validate_shard
 
@@ -78,7 +78,10 @@ def measure_size(source: Path, work: Path) -> dict[str, dict[str, float]]:
     cpu, summaries = _cpu(lambda: [validate_shard(
         {"path": str(p), "index": i, "size": p.stat().st_size}, str(parts), checks, len(shards))
         for i, p in enumerate(shards)])
-    catalog = pa.concat_tables([pq.read_table(f) for f in sorted(parts.glob("*.parquet"))])
+    part_files = sorted(parts.glob("part-*.arrow"))
+    if not part_files:
+        raise RuntimeError(f"validation wrote no catalog parts under {parts}")
+    catalog = pa.concat_tables([read_arrow(str(f)) for f in part_files])
     records = catalog.num_rows
     nbytes = int(pa.compute.sum(catalog.column("length")).as_py())
     out["validate"] = {"cpu_s": cpu, "records": records, "bytes": nbytes}

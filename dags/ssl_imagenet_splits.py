@@ -43,6 +43,7 @@ built in this run) ->
 **Common runs**
 * everything: `{"source_uri": "gs://b/imagenet", "output_uri": "gs://b/ssl"}`
 * rebuild seed 3 only: add `"seeds": [3], "unsupervised": false`
+* everything FixMatch's trainer reads (10%, 5%, 1% for each seed): `"fractions": [0.1, 0.05, 0.01]`
 * FixMatch's five published splits (built in): `"protocol": "fixmatch"`
 * SimCLR's 1% and 10% subsets (built in): `"protocol": "simclr"`
 * a published file of your own: `"seeds": [3], "sharding_files": {"3": "gs://.../files2shards_train_size128116_split3.txt"}`
@@ -72,24 +73,24 @@ with DAG(
     @task(multiple_outputs=True)
     def check_params() -> dict:
         """Check the params as a whole and describe the source (no data read)."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import check_params as run
 
         with airflow_storage():
-            return run(dict(get_current_context()["params"]))
+            return tasks.check_params(dict(get_current_context()["params"]))
 
     checked = check_params()
 
     @task(retries=0)
     def acquire_lock(config: dict) -> str:
         """Setup: one run at a time writes an output folder (fails, naming the holder)."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
         from ssl_splits.lock import runs_whole_dag_in_process
-        from ssl_splits.tasks import acquire_lock as run
 
         ctx = get_current_context()
         with airflow_storage():
-            return run(config, {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"],
+            return tasks.acquire_lock(config, {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"],
                                 "in_process": runs_whole_dag_in_process(ctx["dag_run"])})
 
     locked = acquire_lock(checked["config"]).as_setup()
@@ -103,14 +104,13 @@ with DAG(
     @task(retries=0)
     def plan(config: dict, source: dict) -> list[dict]:
         """Plan every requested split; decide which to build."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import holding_lock
-        from ssl_splits.tasks import plan as run
         from ssl_splits.templates import skip_plan_without_catalog
 
         skip_plan_without_catalog(config, source)
-        with airflow_storage(), holding_lock(config, {"run_id": get_current_context()["run_id"]}):
-            return run(config, source)
+        with airflow_storage(), tasks.holding_lock(config, {"run_id": get_current_context()["run_id"]}):
+            return tasks.plan(config, source)
 
     specs = plan(checked["config"], checked["source"])
     locked >> validate_source >> specs
@@ -133,9 +133,8 @@ with DAG(
     @task(outlets=[MANIFEST_ASSET], trigger_rule="none_failed", retries=3)
     def publish_manifest(config: dict, source: dict, specs: list[dict]) -> dict:
         """Publish the verified splits' entries to the manifest."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import holding_lock
-        from ssl_splits.tasks import publish_manifest as run
         from ssl_splits.templates import skip_publish
 
         ctx = get_current_context()
@@ -144,8 +143,8 @@ with DAG(
         # single mapped value itself, a dict).
         jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids=["build"]) or []) if r}
         run_info = {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]}
-        with airflow_storage(), holding_lock(config, run_info):
-            result = run(config, source, specs, jobs, run_info)
+        with airflow_storage(), tasks.holding_lock(config, run_info):
+            result = tasks.publish_manifest(config, source, specs, jobs, run_info)
         ctx["outlet_events"][MANIFEST_ASSET].extra = {
             "manifest_uri": result["manifest_uri"], "changed": result["changed"]}
         return result
@@ -156,11 +155,11 @@ with DAG(
     @task(retries=2)
     def release_lock() -> bool:
         """Teardown: free the output folder for the next run, whatever happened."""
+        from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import release_lock as run
 
         ctx = get_current_context()
         with airflow_storage():
-            return run(dict(ctx["params"]), {"run_id": ctx["run_id"]})
+            return tasks.release_lock(dict(ctx["params"]), {"run_id": ctx["run_id"]})
 
     published >> release_lock().as_teardown(setups=locked)

@@ -50,8 +50,19 @@ def test_quick_benchmark(tmp_path):
     jobs = {j["name"]: j for j in res["jobs"]}
     for name in ("product validate", "product plan", "product build train", "seed build train",
                  "product copy validation", "seed copy validation", "raw cp -r source",
-                 "raw cat train-* >/dev/null"):
+                 "raw cat train-* >/dev/null", "dag first run", "dag add one seed"):
         assert name in jobs, (name, sorted(jobs))
+    # The DAG end to end: everything published on the first run, one split on the second.
+    first, more = jobs["dag first run"], jobs["dag add one seed"]
+    assert first["splits"] == sorted(["train", "validation", next(
+        s for s in first["splits"] if s.endswith(".1"))])
+    assert len(more["splits"]) == 4 and any(s.endswith(".2") for s in more["splits"])
+    assert first["task_seconds"]["validate_source"] > 0 and first["run_seconds"] > 0
+    assert "validate_source" not in more["task_seconds"] or \
+        more["task_seconds"]["validate_source"] < first["task_seconds"]["validate_source"]
+    assert any(n.startswith("raw cp train") and n.endswith("python start-up") for n in jobs)
+    assert any("the whole DAG" in t["target"] for t in res["targets"])
+    assert any("every process the product runs" in t["target"] for t in res["targets"])
     for j in res["jobs"]:
         assert j["returncode"] == 0
         assert j["wall_seconds"] > 0

@@ -717,3 +717,34 @@ def test_bytes_read_is_what_the_readers_fetched(small, tmp_path, monkeypatch):
     assert stats["bytes_read"] == 2 * stats["num_bytes"] == 2 * stats["bytes_written"]
     assert read_all(staged_files(str(tmp_path / "out"), small.split)) == \
         read_all(staged_files(small.ref_out, small.split))
+
+
+def test_stage_split_transform(small, tmp_path):
+    """The build's graph on its own, as Beam tests do: shard numbers in, the
+    split's stats out (one element), every shard staged as planned."""
+    from beam_jobs.build import StageSplit
+
+    split, plan_uri = small.split, small.plan_uri
+    table, files, sha = build_table(plan_uri, small.catalog)
+    table_uri = str(tmp_path / "records.parquet")
+    write_table(table_uri, table)
+    staging, out = str(tmp_path / "staging"), str(tmp_path / "out")
+    expected, names = expected_shards(small.catalog, plan_uri)
+    S = len(expected)
+    stats_path = str(tmp_path / "stats.json")
+    with BeamTestPipeline(options=PipelineOptions(LOCAL)) as p:
+        stats = (p
+                 | beam.Create(list(range(S)))
+                 | StageSplit(WriteShard(table_uri, files, split, S, out, staging, 1),
+                              split=split, num_shards=S, output_uri=out, staging=staging,
+                              expected=[len(names[s]) for s in range(S)],
+                              meta={"plan_sha256": sha}, stats_path=stats_path)
+                 | beam.Map(lambda st: (st["split"], st["num_shards"], st["num_examples"],
+                                        st["plan_sha256"], [s["staged"] for s in st["shards"]])))
+        assert_that(stats, equal_to([(split, S, sum(len(n) for n in names.values()), sha,
+                                      [os.path.join(staging, shard_name(split, s, S))
+                                       for s in range(S)])]))
+    assert [Path(staging, shard_name(split, s, S)).read_bytes() for s in range(S)] == \
+        [expected[s] for s in range(S)]
+    assert json.loads(Path(stats_path).read_text())["num_shards"] == S
+    assert not os.path.exists(out)

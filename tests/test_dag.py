@@ -318,6 +318,17 @@ def _bad_cases(src: Path, out: Path) -> list[dict]:
          "param": "name_lists"},
         {"name": "name_list_missing", "conf": {**ok, "name_lists": {"mine": f"{src}/none.txt"}},
          "param": "name_lists"},
+        # Several fractions (issue 20): seeded draws only.
+        {"name": "fractions_with_fixmatch",
+         "conf": {**ok, "protocol": "fixmatch", "fractions": [0.1, 0.05, 0.01]},
+         "param": "fractions"},
+        {"name": "fractions_with_sharding_files",
+         "conf": {**ok, "seeds": [3], "sharding_files": {"3": str(SPLIT3)},
+                  "fractions": [0.1, 0.01]}, "param": "fractions"},
+        {"name": "fractions_out_of_range", "conf": {**ok, "fractions": [0.1, 1.5]},
+         "param": "fractions"},
+        {"name": "fractions_repeated", "conf": {**ok, "fractions": [0.1, "0.10"]},
+         "param": "fractions"},
     ]
 
 
@@ -806,3 +817,167 @@ def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
     image, label = next(iter(tfds.as_numpy(builder.as_dataset(
         split=tfds_name[f"train{n}.1"], as_supervised=True))))
     assert image.dtype.name == "uint8" and 0 <= label < 10
+
+
+# --------------------------------------------------------------------------- several fractions
+
+# FixMatch's ImageNet input pipeline (google-research/fixmatch, imagenet/datasets/imagenet.py,
+# Apache-2.0): the file patterns and sizes of every split it reads, copied as they are.
+CONSUMER_FILE_PATTERNS = {
+    "train": "train-*", "test": "validation-*",
+    **{f"train{n}.{s}": f"train{n}.{s}-*" for n in (128116, 64058, 12811) for s in range(1, 6)},
+}
+CONSUMER_NUM_IMAGES = {
+    "train": 1281167, "test": 50000,
+    **{f"train{n}.{s}": n for n in (128116, 64058, 12811) for s in range(1, 6)},
+}
+IMAGENET_TRAIN = 1281167
+
+
+def scaled_consumer(total: int, validation: int) -> dict[str, tuple[str, int]]:
+    """The consumer's splits on a source of ``total`` training and ``validation``
+    records: each labelled size ``n`` is ``floor(1,281,167 x f)`` for one of the
+    fractions 10%, 5%, 1%, and becomes ``floor(total x f)`` in both its pattern and
+    its size. ``{consumer split: (file pattern, number of records)}``."""
+    import re
+    from fractions import Fraction
+
+    fraction_of = {IMAGENET_TRAIN * f // 1: f for f in (Fraction(1, 10), Fraction(1, 20),
+                                                       Fraction(1, 100))}
+    out = {"train": (CONSUMER_FILE_PATTERNS["train"], total),
+           "test": (CONSUMER_FILE_PATTERNS["test"], validation)}
+    for split, n in CONSUMER_NUM_IMAGES.items():
+        m = re.fullmatch(r"train(\d+)\.(\d+)", split)
+        if m is None:
+            continue
+        assert int(m.group(1)) == n and CONSUMER_FILE_PATTERNS[split] == f"{split}-*"
+        k = total * fraction_of[n] // 1
+        out[split] = (f"train{k}.{m.group(2)}-*", k)
+    return out
+
+
+def _shard_files(output: Path, manifest: dict) -> dict[str, tuple[int, str]]:
+    """Every published shard file: path -> (mtime_ns, sha256)."""
+    out = {}
+    for entry in manifest["splits"].values():
+        for s in entry["shards"]:
+            p = Path(s["path"])
+            out[str(p)] = (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+@pytest.mark.slow
+def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_path):
+    """Issue 20: ``fractions`` [0.1, 0.05, 0.01] and seeds 1-5 in one run give every
+    split FixMatch's ImageNet trainer reads; a rerun skips them all; rebuilding one
+    (fraction, seed) alone touches that split only and gives the same bytes."""
+    from fractions import Fraction
+
+    import tensorflow as tf
+    from ssl_splits.prefill import rebuild_conf
+
+    from beam_jobs.planner import class_quotas, default_num_shards
+    from beam_jobs.synthetic import Spec, generate, layout
+
+    spec = Spec(num_classes=8, min_per_class=40, max_per_class=60, train_shards=40,
+                validation_shards=2, validation_per_class=3, seed=11)
+    source, output = tmp_path / "imagenet", tmp_path / "ssl"
+    summary = generate(spec, str(source), workers=1)
+    total, validation = summary["train_records"], summary["validation_records"]
+    lay = layout(spec)
+    class_sizes = {c.label: size for c, size in zip(lay.classes, lay.class_sizes(), strict=True)}
+    synset = {c.label: c.synset for c in lay.classes}
+    fractions = ["0.1", "0.05", "0.01"]
+    n = {f: total * Fraction(f) // 1 for f in fractions}
+    labelled = {f"train{n[f]}.{s}": (f, s) for f in fractions for s in range(1, 6)}
+    everything = set(labelled) | {"train", "validation"}
+
+    env = airflow_env(airflow_home)
+    conf = {"source_uri": str(source), "output_uri": str(output), "seeds": [1, 2, 3, 4, 5],
+            "fractions": [0.1, 0.05, 0.01], "num_classes": spec.num_classes}
+
+    # 1. One run: fifteen labelled splits, the reshuffle, the validation copy.
+    r1 = dags_test(conf, env, log=tmp_path / "run1.log")
+    assert r1.returncode == 0 and r1.state == "success", r1.tail()
+    assert r1.states("build") == dict.fromkeys(everything, "success"), r1.tasks
+    assert r1.states("verify") == dict.fromkeys(everything, "success"), r1.tasks
+    for s in range(1, 6):  # the plan task says how they relate
+        assert f"seed {s}: train{n['0.01']}.{s} in train{n['0.05']}.{s} in " \
+               f"train{n['0.1']}.{s} (nested)" in r1.output
+    manifest_path = output / "manifest.json"
+    m1 = json.loads(manifest_path.read_text())
+    assert set(m1["splits"]) == everything  # one manifest update lists them all
+    assert len(list((output / "manifest.versions").iterdir())) == 1
+    assert {e["provenance"]["run_id"] for e in m1["splits"].values()} == {r1.run_id}
+
+    # 2. Read as the consumer reads: its file patterns and sizes, scaled to this source.
+    names_of: dict[str, list[str]] = {}  # by our split name
+    consumer = scaled_consumer(total, validation)
+    assert len(consumer) == 17 and {p[:-2] for p, _ in consumer.values()} == everything
+    for theirs, (pattern, size) in consumer.items():
+        split = pattern[:-len("-*")]  # ours: train12811.3 for train4.3-*, validation for test
+        files = tf.io.gfile.glob(str(output / pattern))
+        assert files, f"{theirs}: nothing matches {pattern}"
+        ds = tf.data.TFRecordDataset(sorted(files)).map(lambda r: tf.io.parse_single_example(r, {
+            "image/encoded": tf.io.FixedLenFeature((), tf.string, ""),
+            "image/filename": tf.io.FixedLenFeature((), tf.string, ""),
+            "image/class/label": tf.io.FixedLenFeature([], tf.int64, -1)}))
+        records = [(ex["image/filename"].decode(), int(ex["image/class/label"]))
+                   for ex in ds.as_numpy_iterator()]
+        assert len(records) == size, f"{theirs} ({pattern}): {len(records)} records, not {size}"
+        assert all(0 <= label - 1 < spec.num_classes for _, label in records), split
+        assert all(tf.io.decode_jpeg(ex["image/encoded"]).shape[-1] == 3
+                   for ex in ds.take(2)), split
+        names_of[split] = [name for name, _ in records]
+        if split in labelled:
+            fraction, _ = labelled[split]
+            entry = m1["splits"][split]
+            assert entry["num_examples"] == size == n[fraction]
+            assert entry["fraction"] == fraction and entry["sampling"] == "stratified"
+            # Stratified: the documented quotas, in the manifest and in the records read.
+            quotas = class_quotas(class_sizes, Fraction(fraction), size)
+            for c, k in quotas.items():
+                assert class_sizes[c] * Fraction(fraction) // 1 <= k <= \
+                    class_sizes[c] * Fraction(fraction) // 1 + 1
+            read = {synset[c]: sum(1 for _, label in records if label == c) for c in synset}
+            assert read == {synset[c]: k for c, k in quotas.items()}
+            assert entry["class_counts"] == {s: k for s, k in read.items() if k}
+    for split, (fraction, _) in labelled.items():  # the default shard count, per split
+        assert m1["splits"][split]["num_shards"] == \
+            default_num_shards(n[fraction], spec.train_shards, total) > 0
+    for s in range(1, 6):  # nested: 1% inside 5% inside 10%
+        small, mid, large = (set(names_of[f"train{n[f]}.{s}"]) for f in ("0.01", "0.05", "0.1"))
+        assert small < mid < large, s
+    assert sorted(names_of["train"]) == sorted({x for shard in lay.train for x, _ in shard})
+
+    # 3. A rerun: every split is up to date; nothing is built, the manifest is unchanged.
+    files1 = _shard_files(output, m1)
+    text1 = manifest_path.read_text()
+    r2 = dags_test(conf, env, log=tmp_path / "run2.log")
+    assert r2.returncode == 0 and r2.state == "success", r2.tail()
+    assert r2.states("build") == dict.fromkeys(everything, "skipped"), r2.tasks
+    assert "Running command:" not in r2.output
+    assert manifest_path.read_text() == text1 and _shard_files(output, m1) == files1
+
+    # 4. Rebuild one (fraction, seed), as the Splits view's Rebuild does: that split alone,
+    #    at its fraction; the others keep their files (bytes and mtimes) and entries.
+    one = f"train{n['0.05']}.2"
+    conf3 = rebuild_conf(m1, one, str(manifest_path))
+    assert conf3["seeds"] == [2] and conf3["fraction"] == 0.05 and "fractions" not in conf3
+    r3 = dags_test(conf3, env, log=tmp_path / "run3.log")
+    assert r3.returncode == 0 and r3.state == "success", r3.tail()
+    assert r3.states("build") == {one: "success"}, r3.tasks
+    m3 = json.loads(manifest_path.read_text())
+    assert set(m3["splits"]) == everything
+    for split in everything - {one}:
+        assert m3["splits"][split] == m1["splits"][split], split
+    assert m3["splits"][one]["provenance"]["run_id"] == r3.run_id
+    assert m3["splits"][one]["plan"]["sha256"] == m1["splits"][one]["plan"]["sha256"]
+    files3 = _shard_files(output, m3)
+    rebuilt = {p for p in files1 if Path(p).name.startswith(f"{one}-")}
+    assert rebuilt and set(files3) == set(files1)
+    for path, (mtime, sha) in files1.items():
+        if path in rebuilt:  # rewritten, to the same bytes: alone as with the other fractions
+            assert files3[path][1] == sha and files3[path][0] != mtime, path
+        else:
+            assert files3[path] == (mtime, sha), f"{path} was touched"

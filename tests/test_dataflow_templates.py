@@ -65,7 +65,7 @@ PROJECT = "ssl-splits-ci"
 JOBS = {"validate": ("ValidateShard", "beam_jobs.validate", "ValidateShard"),
         "build_seeded": ("WriteShard", "beam_jobs.build", "WriteShard"),
         "build_reshuffle": ("WriteShard", "beam_jobs.build", "WriteShard"),
-        "build_validation": ("WriteShard", "beam_jobs.build", "CopyShard"),
+        "build_validation": ("CopyShard", "beam_jobs.build", "CopyShard"),
         "verify_deep": ("DeepCheck", "beam_jobs.deep_verify", "DeepCheck")}
 CREATE_URN = "beam:transform:pickled_python:v1"  # beam.Create, a Python composite
 RESHUFFLE_URN = "beam:transform:reshuffle:v1"

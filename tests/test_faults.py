@@ -543,8 +543,11 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
 
     # A, at once; B and the intruder while A holds the folder.
     results: dict[str, object] = {}
+    # A pauses 20 s at the start of its verification (holding the folder, its
+    # lease renewed): B's start-up and the intruder happen while A holds it.
     first = threading.Thread(target=lambda: results.setdefault("a", dags_test(
-        conf, {**envs[0], "SSL_SPLITS_LOCK_LEASE_SECONDS": "4"}, log=tmp_path / "a.log")))
+        conf, {**envs[0], "SSL_SPLITS_LOCK_LEASE_SECONDS": "4",
+               "SSL_SPLITS_FAILPOINT": "verify.start~20"}, log=tmp_path / "a.log")))
     first.start()
     deadline = time.monotonic() + 300
     while True:

@@ -739,3 +739,18 @@ def test_read_plan_file_of_a_shipped_list():
     plan = read_plan_file("published:fixmatch/split1", seed=1)
     assert plan.source == "published:fixmatch/split1" and plan.split == "train128116.1"
     assert plan.sha256() == SPLIT1_SHA and plan.to_csv_bytes() == SPLIT1.read_bytes()
+
+
+def test_keys_computed_in_worker_processes_are_the_same(monkeypatch):
+    """Many names: one process per core computes a share of the SHA-256 keys
+    (fed through pipes); the keys are those of hash_keys, in order."""
+    from beam_jobs import planner
+
+    names = [f"n{i % 7:08d}_{i}.JPEG" for i in range(5003)] + ["é😀.JPEG"]
+    jobs = [("select", 1), ("select", 2), ("order", 0), ("select", 1)]
+    monkeypatch.setattr(planner, "PARALLEL_MIN_NAMES", 100)
+    got = planner.precompute_keys(names, jobs, workers=3)
+    assert sorted(got) == sorted(set(jobs))
+    for (purpose, seed), keys in got.items():
+        assert keys.dtype == np.uint64
+        assert keys.tolist() == planner.hash_keys(names, purpose, seed).tolist()

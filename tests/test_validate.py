@@ -18,7 +18,14 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import run_module
 
 from beam_jobs import storage, validate
-from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, fingerprint, read_catalog
+from beam_jobs.catalog import (
+    CATALOG_FILE,
+    REPORT_FILE,
+    SCHEMA,
+    fingerprint,
+    read_arrow,
+    read_catalog,
+)
 from beam_jobs.example_proto import build_example, parse_features, parse_image_record
 from beam_jobs.synthetic import Spec, layout
 from beam_jobs.tfrecord import Writer, crc32c, iter_records, mask
@@ -450,7 +457,7 @@ def test_validate_shard_transform(source_copy, tmp_path):
             equal_to(_labels_without_bad(lay)), label="CheckLabels")
     # Each shard wrote its catalog part with one row per good record.
     for i, (_, n_ok, _, _) in enumerate(expected):
-        assert pq.read_table(f"{parts}/part-{i:05d}.parquet").num_rows == n_ok
+        assert read_arrow(f"{parts}/part-{i:05d}.arrow").num_rows == n_ok
 
 
 def _labels_without_bad(lay):
@@ -603,5 +610,33 @@ def test_validate_shard_transform_with_tfds_keys(tfds_source, tmp_path):
         assert_that(out | beam.FlatMap(lambda s: s["labels"].items()) | beam.CombinePerKey(sum),
                     equal_to(list(Counter(lay.classes[c].label - 1 for i in range(2)
                                           for _, c in lay.train[i]).items())), label="Labels")
-    names = pq.read_table(f"{tmp_path}/part-00000.parquet").column("filename").to_pylist()
+    names = read_arrow(f"{tmp_path}/part-00000.arrow").column("filename").to_pylist()
     assert names == [n for n, _ in lay.train[0]]
+
+
+def test_validate_source_transform(source_copy, tmp_path):
+    """The whole validation graph as a PTransform: shards in, one report out,
+    the catalog written; a duplicated name across shards makes it invalid."""
+    from beam_jobs.catalog import fingerprint
+    from beam_jobs.storage import list_files
+    from beam_jobs.validate import ValidateSource
+
+    lay = layout(spec_of(source_copy))
+    elements = [_element(shard(source_copy, i), i) for i in range(8)]
+    catalog = str(tmp_path / "catalog")
+    fp = fingerprint(list_files(f"{source_copy}/train-*"))
+    with test_pipeline.TestPipeline() as p:
+        out = (p | beam.Create(elements)
+               | ValidateSource(catalog, str(source_copy), elements, fp, None, Checks(1, 10))
+               | beam.Map(lambda r: (r["ok"], r["total_records"], r["num_shards"])))
+        assert_that(out, equal_to([(True, sum(len(s) for s in lay.train), 8)]))
+    assert read_catalog(catalog).num_rows == sum(len(s) for s in lay.train)
+    # The same records twice (shard 0 copied over shard 1): invalid, no catalog.
+    (source_copy / shard(source_copy, 1).name).write_bytes(shard(source_copy, 0).read_bytes())
+    elements = [_element(shard(source_copy, i), i) for i in range(8)]
+    with test_pipeline.TestPipeline() as p:
+        out = (p | beam.Create(elements)
+               | ValidateSource(catalog, str(source_copy), elements, fp, None, Checks(1, 10))
+               | beam.Map(lambda r: (r["ok"], sorted(r["problems"]))))
+        assert_that(out, equal_to([(False, ["duplicate_filename"])]))
+    assert not (tmp_path / "catalog" / "catalog.parquet").exists()

@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from airflow.sdk import Param
@@ -28,6 +29,10 @@ MAX_SEED = 1_000_000
 # A seed as the trigger form's text box sends it: digits, spaces around them; a blank
 # line (a trailing newline) is allowed and ignored.
 SEED_LINE_PATTERN = r"^\s*([0-9]{1,7})?\s*$"
+# A fraction as the form's text box sends it (one per line): a decimal, spaces around it;
+# blank lines are ignored. Its range, (0, 1], is checked by resolve().
+FRACTION_LINE_PATTERN = r"^\s*([0-9]{0,3}(\.[0-9]{0,15})?)\s*$"
+MAX_FRACTIONS = 10
 DEFAULT_NUM_CLASSES = 1000
 RUNNERS = ["DirectRunner", "DataflowRunner"]
 SAMPLINGS = ["stratified", "uniform"]
@@ -105,6 +110,19 @@ def params() -> dict[str, Param]:
             description="Share of the training set in each labelled split, in (0, 1]. "
                         "0.1 gives 128,116 of ImageNet's 1,281,167.",
             exclusiveMinimum=0, maximum=1,
+        ),
+        # A text box, one fraction per line, as Seeds (the items have no single "type").
+        "fractions": Param(
+            [], type="array", title="Several fractions",
+            description="Build every seed at each of these fractions in one run, one per line: "
+                        "0.1, 0.05 and 0.01 give train128116.{seed}, train64058.{seed} and "
+                        "train12811.{seed} on ImageNet (what FixMatch's ImageNet trainer reads). "
+                        "Set, it replaces Fraction. The splits of one seed are nested: the "
+                        "smaller ones inside the larger (README, \"How a split is derived\"). "
+                        "In --conf a list of numbers: [0.1, 0.05, 0.01]. Protocol seeded only.",
+            items={"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                             {"type": "string", "pattern": FRACTION_LINE_PATTERN}]},
+            maxItems=MAX_FRACTIONS,
         ),
         "sampling": Param(
             "stratified", type="string", enum=SAMPLINGS, title="Sampling",
@@ -274,6 +292,9 @@ class RunConfig:
     dataflow: dict[str, Any] = field(default_factory=dict)
     protocol: str = protocols.SEEDED
     name_lists: dict[str, str] = field(default_factory=dict)  # label -> uri
+    # Several fractions: every seed at each (``fraction`` is then the first). Empty: the
+    # one ``fraction``, as every run before this param.
+    fractions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -281,6 +302,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         return cls(**d)
+
+    @property
+    def planned_fractions(self) -> list[str]:
+        """The fractions of the seeded splits: ``fractions``, or ``[fraction]``."""
+        return list(self.fractions) or [self.fraction]
 
     @property
     def is_dataflow(self) -> bool:
@@ -345,6 +371,54 @@ def parse_seeds(value: Any) -> list[int]:
     return seeds
 
 
+def fraction_text(value: Any) -> str:
+    """A fraction as the plans and the manifest write it: the shortest decimal of the number
+    (``0.05``; ``1`` for an integer), the same for ``0.05`` from ``--conf`` and ``"0.050"``
+    from the form. ValueError unless it is a number in (0, 1]."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(FRACTION_LINE_PATTERN, text) or not re.search(r"[0-9]", text):
+            raise ValueError(f"{value!r} is not a decimal number")
+        number: float | int = float(text)
+    elif isinstance(value, (int, float)):
+        number = value
+    else:
+        raise ValueError(f"{value!r} is not a number")
+    if not 0 < number <= 1:
+        raise ValueError(f"{value!r} is not in (0, 1]")
+    return repr(float(number)) if isinstance(number, float) else str(number)
+
+
+def parse_fractions(value: Any) -> list[str]:
+    """The ``fractions`` param as decimal texts, in the order given. A list of numbers
+    (``--conf``, the REST API) or of decimal strings (the trigger form's text box, one per
+    line; blank lines are ignored). Names the bad item, and refuses one fraction twice."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"fractions must be a list of numbers in (0, 1], got {value!r}")
+    out: list[str] = []
+    exact: dict[Fraction, Any] = {}
+    for i, item in enumerate(value):
+        if isinstance(item, str) and not item.strip():
+            continue  # a blank line of the form's text box
+        try:
+            text = fraction_text(item)
+        except ValueError as err:
+            raise ConfigError(f"fractions: item {i + 1} ({item!r}): {err}; give numbers in "
+                              "(0, 1], one per line in the form ([0.1, 0.05] in --conf)") from None
+        if Fraction(text) in exact:
+            raise ConfigError(f"fractions must not repeat: {exact[Fraction(text)]!r} and "
+                              f"{item!r} are the same fraction ({value!r})")
+        exact[Fraction(text)] = item
+        out.append(text)
+    if len(out) > MAX_FRACTIONS:
+        raise ConfigError(f"fractions: at most {MAX_FRACTIONS}, got {len(out)}")
+    return out
+
+
 def resolve(p: dict[str, Any]) -> RunConfig:
     """Check a run's params as a whole and fill derived defaults."""
     source = check_uri("source_uri", p.get("source_uri"))
@@ -365,6 +439,13 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     fraction = p.get("fraction", 0.1)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    fraction_str = fraction_text(fraction)
+    fractions = parse_fractions(p.get("fractions"))
+    if fractions and fraction != _SEEDED_ONLY["fraction"] and \
+            Fraction(fraction_str) not in {Fraction(f) for f in fractions}:
+        raise ConfigError(f"fraction={fraction!r} and fractions={p['fractions']!r}: with "
+                          "fractions set, fraction is not used; put every fraction in "
+                          f"fractions, or leave fraction at its default {_SEEDED_ONLY['fraction']}")
     sampling = p.get("sampling", "stratified")
     if sampling not in SAMPLINGS:
         raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -374,7 +455,7 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     files = p.get("sharding_files") or {}
     if not isinstance(files, dict):
         raise ConfigError("sharding_files must be an object {seed: uri}")
-    proto = _protocol(p, seeds, fraction, sampling, files)
+    proto = _protocol(p, seeds, fraction, sampling, files, fractions)
     if not proto.uses_seeds:
         seeds = []  # the protocol's subsets are the labelled splits
     sharding: dict[str, str] = {}
@@ -426,7 +507,7 @@ def resolve(p: dict[str, Any]) -> RunConfig:
         deep = DEEP_VERIFY[deep]
     return RunConfig(
         source_uri=source, output_uri=output, manifest_uri=manifest, work_uri=work,
-        seeds=list(seeds), fraction=repr(float(fraction)) if isinstance(fraction, float) else str(fraction),
+        seeds=list(seeds), fraction=fractions[0] if fractions else fraction_str,
         sampling=sampling, sharding_files=sharding, unsupervised=unsupervised,
         unsupervised_seed=int(p.get("unsupervised_seed") or 0), runner=runner,
         force=bool(p.get("force", False)), num_shards=p.get("num_shards"),
@@ -434,16 +515,17 @@ def resolve(p: dict[str, Any]) -> RunConfig:
         num_classes=int(p.get("num_classes") or 1000), expected_total=p.get("expected_total"),
         deep_verify=bool(deep),
         direct_num_workers=int(p.get("direct_num_workers") or 0), dataflow=dataflow,
-        protocol=proto.name, name_lists=name_lists,
+        protocol=proto.name, name_lists=name_lists, fractions=fractions if proto.uses_seeds else [],
     )
 
 
 # Params a SimCLR protocol leaves aside, with their defaults (what the form sends).
-_SEEDED_ONLY = {"seeds": [1, 2, 3, 4, 5], "fraction": 0.1, "sampling": "stratified"}
+_SEEDED_ONLY = {"seeds": [1, 2, 3, 4, 5], "fraction": 0.1, "sampling": "stratified",
+                "fractions": []}
 
 
 def _protocol(p: dict[str, Any], seeds: list[int], fraction: Any, sampling: str,
-              files: dict[str, Any]) -> protocols.Protocol:
+              files: dict[str, Any], fractions: list[str]) -> protocols.Protocol:
     """The ``protocol`` param, checked against the params it decides on."""
     name = p.get("protocol") or protocols.SEEDED
     if name not in protocols.PROTOCOLS:
@@ -451,7 +533,7 @@ def _protocol(p: dict[str, Any], seeds: list[int], fraction: Any, sampling: str,
     proto = protocols.PROTOCOLS[name]
     if not proto.uses_seeds:
         for param, default in _SEEDED_ONLY.items():
-            if p.get(param, default) != default:
+            if p.get(param, default) != default and not (param == "fractions" and not fractions):
                 raise ConfigError(
                     f"{param}={p[param]!r} does not apply to protocol {name} (SimCLR's subsets are "
                     f"given by their files): leave {param} at its default {default!r}, or use "
@@ -459,7 +541,12 @@ def _protocol(p: dict[str, Any], seeds: list[int], fraction: Any, sampling: str,
         if files:
             raise ConfigError(f"sharding_files do not apply to protocol {name}: it builds no "
                               "seeded splits")
-    elif proto.sharding:
+    elif len(fractions) > 1 and files:
+        raise ConfigError(f"sharding_files and fractions={p['fractions']!r} do not go together: "
+                          "a sharding file is one seed's split exactly, at one size; build "
+                          "the seeds with sharding_files in a run of their own (without "
+                          "fractions)")
+    if proto.sharding:
         outside = [s for s in seeds if s not in proto.seeds]
         if outside:
             raise ConfigError(f"seeds {outside}: protocol {name} has published splits for seeds "
@@ -470,6 +557,11 @@ def _protocol(p: dict[str, Any], seeds: list[int], fraction: Any, sampling: str,
         if str(fraction) != "0.1":
             raise ConfigError(f"fraction={fraction!r}: FixMatch's published splits are 10% "
                               "(128,116 of ImageNet's records); leave fraction at 0.1")
+        if any(Fraction(f) != Fraction(1, 10) for f in fractions):
+            raise ConfigError(f"fractions={p['fractions']!r}: protocol {name} reproduces "
+                              "FixMatch's published 10% splits, and no 5% or 1% split was "
+                              "published; leave fractions empty, or use protocol seeded to draw "
+                              "train{N}.{seed} at several fractions")
         if sampling != "stratified":
             raise ConfigError(f"sampling={sampling!r}: FixMatch's published splits are "
                               "stratified; leave sampling at stratified")

@@ -114,13 +114,19 @@ def next_seeds(doc: dict[str, Any], count: int = 1) -> list[int]:
 
 def add_seeds_conf(doc: dict[str, Any], manifest_uri: str, count: int = 1) -> dict[str, Any]:
     """The conf that adds ``count`` new seeds beside the published ones, with the
-    fraction and sampling most of them share (the form's defaults without any)."""
+    fraction and sampling most of them share (the form's defaults without any); when
+    several fractions are published for as many seeds each (FixMatch's 10%, 5% and 1%),
+    all of them, as ``fractions``, largest first."""
     conf = base_conf(doc, manifest_uri)
     conf["seeds"] = next_seeds(doc, count)
     kinds = Counter((e.get("fraction"), e.get("sampling")) for e in seeded_splits(doc).values())
     if kinds:
-        (fraction, sampling), _ = kinds.most_common(1)[0]
-        if _fraction(fraction) is not None:
+        (fraction, sampling), most = kinds.most_common(1)[0]
+        tied = sorted({f for (f, s), k in kinds.items() if k == most and s == sampling
+                       and _fraction(f) is not None}, key=lambda f: -float(f))
+        if len(tied) > 1:
+            conf["fractions"] = [_fraction(f) for f in tied]
+        elif _fraction(fraction) is not None:
             conf["fraction"] = _fraction(fraction)
         if sampling:
             conf["sampling"] = sampling

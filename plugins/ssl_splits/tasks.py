@@ -27,7 +27,7 @@ from beam_jobs.catalog import REPORT_FILE, fingerprint
 from beam_jobs.layout import catalog_dir as catalog_folder
 from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
 from beam_jobs.manifest import entry_problems, load_or_none, now, summary_lines
-from beam_jobs.plan import PlanRequest, make_plans, write_plans
+from beam_jobs.plan import PlanRequest, make_plans, nesting_lines, write_plans, write_records
 from beam_jobs.planner import ALGORITHM
 from ssl_splits import commit, lock
 from ssl_splits.config import ConfigError, RunConfig, resolve
@@ -178,12 +178,17 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
         unsupervised_seed=cfg.unsupervised_seed, unsupervised_shards=cfg.unsupervised_shards,
         sharding_files=tuple((int(k), v) for k, v in sorted(cfg.sharding_files.items())),
         name_lists=tuple(sorted(cfg.name_lists.items())), protocol=cfg.protocol,
+        fractions=tuple(cfg.fractions) if len(cfg.fractions) > 1 else (),
     )
     plans = make_plans(catalog_dir, req)
+    for line in nesting_lines(plans) if req.fractions else []:
+        # The splits of one seed across fractions (README, "How a split is derived").
+        (log.info if line.endswith("(nested)") else log.warning)("%s", line)
     names = [p.split for p in plans]
     if len(set(names)) != len(names):
         raise TaskError(f"two plans would write the same split name: {names}")
     summaries = write_plans(plans, plans_dir(cfg.work_uri))
+    write_records(plans, catalog_dir)  # each build reads only its split's rows
     manifest = load_or_none(cfg.manifest_uri)
     published_layout = ((manifest or {}).get("source") or {}).get("layout", layout.COMMON)
     if manifest and manifest.get("splits") and published_layout != source_layout:
