@@ -122,10 +122,10 @@ def add_seeds_conf(doc: dict[str, Any], manifest_uri: str, count: int = 1) -> di
     kinds = Counter((e.get("fraction"), e.get("sampling")) for e in seeded_splits(doc).values())
     if kinds:
         (fraction, sampling), most = kinds.most_common(1)[0]
-        tied = sorted({f for (f, s), k in kinds.items() if k == most and s == sampling
-                       and _fraction(f) is not None}, key=lambda f: -float(f))
+        tied = sorted({value for (f, s), k in kinds.items() if k == most and s == sampling
+                       and (value := _fraction(f)) is not None}, reverse=True)
         if len(tied) > 1:
-            conf["fractions"] = [_fraction(f) for f in tied]
+            conf["fractions"] = tied
         elif _fraction(fraction) is not None:
             conf["fraction"] = _fraction(fraction)
         if sampling:
