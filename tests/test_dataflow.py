@@ -131,8 +131,9 @@ def test_worker_package_is_beam_jobs_only(tmp_path):
         meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
         meta = Parser().parsestr(z.read(meta_name).decode())
     modules = {n for n in names if n.startswith("beam_jobs/")}
-    for needed in ("validate", "build", "verify", "planner", "storage", "tfrecord",
-                   "example_proto", "catalog"):
+    for needed in ("validate", "build", "verify", "planner", "tfrecord", "example_proto",
+                   "catalog", "storage/__init__", "storage/base", "storage/local", "storage/gcs",
+                   "storage/schemes", "storage/ranges"):
         assert f"beam_jobs/{needed}.py" in modules
     assert not [n for n in names if n.startswith(("dags/", "plugins/", "tests/", "ssl_splits"))]
     # The published lists travel with the package (workers and the plan task load them
