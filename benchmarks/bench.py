@@ -267,7 +267,7 @@ class Bench:
         row = self.job(r.name, "product", "plan", None, argv=[
             PY, "-m", "beam_jobs.plan", f"--catalog_dir={r.catalog}", f"--out_dir={r.plans_dir}",
             f"--seeds={seeds}", "--unsupervised"])
-        plans = []
+        plans: list[Plan] = []
         for line in Path(row["log"]).read_text().splitlines():
             parts = line.split("\t")
             if len(parts) == 5 and parts[1].isdigit():

@@ -53,7 +53,7 @@ def derive(jobs: list[Job]) -> None:
 
 
 def _sum(jobs: list[Job], key: str) -> float | None:
-    vals = [j.get(key) for j in jobs]
+    vals: list[Any] = [j.get(key) for j in jobs]
     return None if not vals or any(v is None for v in vals) else sum(vals)
 
 
