@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import datasets
+from benchmarks import datasets, report
 from benchmarks.latency import BUCKET, Servers, _proxy_stats, upload
 from benchmarks.measure import run_measured
 
@@ -107,17 +107,6 @@ def render(r: dict[str, Any]) -> str:
     ]) + "\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    block = f"{BEGIN}\n{body}{END}\n"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        text = pre + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n## Exact verification on GCS (COUNT)\n\n" + block
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gcs_verify",
                                 description=__doc__.split("\n\n")[0])
@@ -131,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     body = render(result)
     print(body)
     if a.results_md:
-        write_section(Path(a.results_md), body)
+        report.write_section(Path(a.results_md), body, begin=BEGIN, end=END,
+                             heading="Exact verification on GCS (COUNT)")
     return 0
 
 

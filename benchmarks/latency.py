@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import report
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 THREADS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)
@@ -452,20 +454,6 @@ def render(res: dict[str, Any]) -> str:
     ]) + "\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace this benchmark's section of ``path`` (appended the first time)."""
-    block = f"{BEGIN}\n{body}{END}\n"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        post = rest.split(END, 1)[1].lstrip("\n")
-        text = pre + block + post
-    else:
-        text = text.rstrip("\n") + "\n\n## Ranged reads on simulated GCS (latency benchmark)\n\n" \
-            + block
-    path.write_text(text)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency",
                                 description=__doc__.split("\n\n")[0])
@@ -491,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + body)
     md = Path(args.results_md) if args.results_md else \
         (Path(args.work_dir) / "RESULTS.md" if args.quick else ROOT / "benchmarks" / "RESULTS.md")
-    write_section(md, body)
+    report.write_section(md, body, begin=BEGIN, end=END,
+                         heading="Ranged reads on simulated GCS (latency benchmark)")
     print(f"results: {Path(args.work_dir) / 'latency.json'}, table: {md}")
     return 0
 
