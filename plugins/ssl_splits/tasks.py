@@ -32,6 +32,7 @@ from beam_jobs.planner import ALGORITHM
 from ssl_splits import commit, lock
 from ssl_splits.config import ConfigError, RunConfig, resolve
 from ssl_splits.publish import Published
+from ssl_splits.rerun import rerun_decision
 
 log = logging.getLogger(__name__)
 
@@ -139,23 +140,16 @@ def release_lock(params: dict[str, Any], run: dict[str, Any]) -> bool:
 
 
 def decide(split: str, plan_sha: str | None, source_fp: str | None,
-           manifest: dict[str, Any] | None, force: bool) -> tuple[str, str]:
-    """``("build"|"skip", reason)`` for one split."""
-    if force:
-        return "build", "force is set"
+           manifest: dict[str, Any] | None, force: bool,
+           num_shards: int | None = None) -> tuple[str, str]:
+    """``("build"|"skip", reason)`` for one split (``ssl_splits.rerun``)."""
     entry = (manifest or {}).get("splits", {}).get(split)
-    if entry is None:
-        return "build", "not in the manifest yet"
-    if plan_sha is not None and (entry.get("plan") or {}).get("sha256") != plan_sha:
-        return "build", "its plan changed"
-    if entry.get("source_fingerprint") != source_fp:
-        return "build", "the source changed"
     # Storage metadata only (GCS: sizes and CRC32Cs; locally: sizes and the
     # modification times recorded at publication): no shard is read.
-    problems = entry_problems(entry, read_legacy=True)
-    if problems:
-        return "build", f"published files do not match the manifest: {problems[0]}"
-    return "skip", "up to date: its verified files already match this plan and source"
+    d = rerun_decision(entry, plan_sha256=plan_sha, source_fingerprint=source_fp, force=force,
+                       num_shards=num_shards,
+                       file_problems=lambda: entry_problems(entry or {}, read_legacy=True))
+    return d.action, d.reason
 
 
 def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]:
@@ -199,7 +193,7 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
     for s in summaries:
         storage.write_text(plan_summary_uri(s["plan_uri"]), json.dumps(s) + "\n", "application/json")
         action, reason = decide(s["split"], s["plan_sha256"], source["fingerprint"], manifest,
-                                cfg.force)
+                                cfg.force, num_shards=s["num_shards"])
         specs.append({
             "split": s["split"], "kind": s["kind"], "action": action, "reason": reason,
             "plan_uri": s["plan_uri"], "plan_sha256": s["plan_sha256"],
