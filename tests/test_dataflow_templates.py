@@ -339,7 +339,7 @@ def test_options_are_the_ones_the_dag_chose(staged, world):
         assert d["max_workers"] == ours["max_num_workers"] == 37
         assert d["options"]["project"] == PROJECT and d["options"]["region"] == "europe-west4"
         assert d["options"]["template_location"] == template_uri(cfg, job, spec)
-        assert d["options"]["temp_location"].startswith(cfg.dataflow["temp_location"] + "/")
+        assert d["options"]["temp_location"].startswith(cfg.dataflow.temp_location + "/")
         assert d["options"]["staging_location"].startswith(ours["staging_location"] + "/")
 
 
