@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from support.common import ROOT
 
 pytest.importorskip("airflow")
 
@@ -372,7 +372,7 @@ def test_dag_run_in_template_mode_stages_and_publishes_nothing(world, staged, tm
     is no catalog, so plan and everything after it are skipped. Run 2, the
     validated source: the three builds stage theirs; verify and publish are
     skipped; the descriptions are those the CLI staged (the golden file's)."""
-    from airflow_env import GCP_CONN_ANONYMOUS, airflow_env, dags_test, migrated_home
+    from support.airflow_env import GCP_CONN_ANONYMOUS, airflow_env, dags_test, migrated_home
 
     from beam_jobs import storage
     from beam_jobs.template import describe

@@ -20,9 +20,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import unquote
 
-import built_splits as bs
 import pytest
 from ssl_splits.publish import PublishError, publish, versions_folder
+from support import built_splits as bs
 
 from beam_jobs import storage
 from beam_jobs.contracts import SplitSpec
@@ -121,7 +121,7 @@ def test_gcs_publish_gives_up_without_writing_when_the_manifest_keeps_changing(g
 
 @pytest.mark.gcs
 def test_the_emulator_checks_generation_preconditions_on_reads(gcs_bucket):
-    # As GCS does (tests/gcs_emulator.py): a read with ifGenerationMatch of a
+    # As GCS does (tests/support/gcs_emulator.py): a read with ifGenerationMatch of a
     # replaced object answers 412, on the metadata and on the media.
     from google.api_core import exceptions as gexc
 
@@ -145,7 +145,7 @@ def test_the_emulator_checks_generation_preconditions_on_reads(gcs_bucket):
 @pytest.mark.gcs
 def test_a_manifest_replaced_between_reload_and_download_is_read_again(gcs_emulator, gcs_bucket,
                                                                        proxy):
-    from gcs_fault_proxy import emulator_write
+    from support.gcs_fault_proxy import emulator_write
 
     uri = f"{gcs_bucket}/ssl/manifest.json"
     publish(uri, adder("train5.1", 1, []))
