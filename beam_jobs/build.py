@@ -42,6 +42,7 @@ which names, files or records), 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -59,6 +60,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import __version__, split_job, storage
 from beam_jobs.catalog import REPORT_FILE, read_catalog, read_table, write_table
+from beam_jobs.contracts import ShardStats
 from beam_jobs.faults import failpoint
 from beam_jobs.layout import (
     ShardSetError,
@@ -312,19 +314,26 @@ def _sidecar(staging: str, shard: int) -> str:
     return storage.join(staging, f"shard-{shard:05d}.json")
 
 
-def _reusable(staging: str, shard: int, name: str, final: str) -> dict[str, Any] | None:
+def _write_sidecar(staging: str, stats: ShardStats) -> None:
+    """Keep a staged shard's stats beside it, for a later attempt to reuse it.
+    Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten."""
+    storage.write_text(_sidecar(staging, stats.shard), json.dumps(stats.sidecar()) + "\n",
+                       "application/json", durable=False)
+
+
+def _reusable(staging: str, shard: int, name: str, final: str) -> ShardStats | None:
     """Stats of a shard a previous attempt finished, if its staged file is
     still there and intact by size and CRC32C (paths as they are now: the
     output folder may have been moved since)."""
     side = _sidecar(staging, shard)
     if not storage.exists(side):
         return None
-    stats = json.loads(storage.read_text(side))
+    stats = ShardStats.from_dict(json.loads(storage.read_text(side)))
     staged = storage.join(staging, name)
     info = storage.stat(staged)
-    if info is not None and info.size == stats["num_bytes"] and \
-            storage.file_crc32c(staged) == stats["crc32c"]:
-        return {**stats, "staged": staged, "path": final, "reused": True}
+    if info is not None and info.size == stats.num_bytes and \
+            storage.file_crc32c(staged) == stats.crc32c:
+        return dataclasses.replace(stats, staged=staged, path=final, reused=True)
     return None
 
 
@@ -381,7 +390,7 @@ def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num
     if reused is not None:
         log.debug("%s: shard %d/%d already staged by an earlier attempt, reused", split,
                   shard + 1, num_shards)
-        return reused
+        return reused.to_dict()
     staged = storage.join(staging, name)
     own_reader = reader is None
     reader = reader or RangeReader()
@@ -395,18 +404,16 @@ def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num
     # Measured: what the reader fetched for this shard (retried requests included).
     bytes_read = reader.bytes_fetched - fetched_before
     names = rows.column("filename")
-    stats = {
-        "shard": shard, "path": final, "staged": staged, "num_records": w.num_records,
-        "num_bytes": w.num_bytes, "crc32c": crc32c_hex(w.crc32c), "bytes_read": bytes_read,
-        "first": names[0].as_py() if len(names) else None,
-        "last": names[-1].as_py() if len(names) else None,
-    }
-    # Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten.
-    storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json",
-                       durable=False)
+    stats = ShardStats(
+        shard=shard, path=final, staged=staged, num_records=w.num_records,
+        num_bytes=w.num_bytes, crc32c=crc32c_hex(w.crc32c), bytes_read=bytes_read,
+        first=names[0].as_py() if len(names) else None,
+        last=names[-1].as_py() if len(names) else None,
+    )
+    _write_sidecar(staging, stats)
     log.debug("%s: shard %d/%d staged: %d records, %.1f MB in %.2f s", split, shard + 1,
               num_shards, w.num_records, w.num_bytes / 1e6, time.monotonic() - t0)
-    return stats
+    return stats.to_dict()
 
 
 class CopyShard(beam.DoFn):
@@ -439,7 +446,7 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
     final = storage.join(output_uri, name)
     reused = _reusable(staging, shard, name, final)
     if reused is not None:
-        return reused
+        return reused.to_dict()
     staged = storage.join(staging, name)
     with storage.open_read(src) as fin, storage.open_write(staged) as fout:
         w = Writer(fout)
@@ -447,14 +454,12 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
             if isinstance(item, RecordError):
                 raise BuildError(f"{split}: cannot copy {src}: {item}")
             w.write(item.data)
-    stats = {"shard": shard, "path": final, "staged": staged, "num_records": w.num_records,
-             "num_bytes": w.num_bytes, "crc32c": crc32c_hex(w.crc32c), "bytes_read": w.num_bytes,
-             "source": src}
-    # Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten.
-    storage.write_text(_sidecar(staging, shard), json.dumps(stats) + "\n", "application/json",
-                       durable=False)
+    stats = ShardStats(shard=shard, path=final, staged=staged, num_records=w.num_records,
+                       num_bytes=w.num_bytes, crc32c=crc32c_hex(w.crc32c),
+                       bytes_read=w.num_bytes, source=src)
+    _write_sidecar(staging, stats)
     log.debug("%s: shard %d/%d copied: %d records", split, shard + 1, num_shards, w.num_records)
-    return stats
+    return stats.to_dict()
 
 
 # --------------------------------------------------------------------------- finishing
@@ -470,13 +475,13 @@ def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_u
     complete. Nothing is renamed here: the shards keep their staged names
     until ``publish_manifest`` has seen them verified.
     """
-    stats = sorted(stats, key=lambda s: s["shard"])
-    got = [s["shard"] for s in stats]
+    shards = sorted((ShardStats.from_dict(s) for s in stats), key=lambda s: s.shard)
+    got = [s.shard for s in shards]
     if got != list(range(num_shards)):
         raise BuildError(f"{split}: staged shards {got[:10]}... are not 0..{num_shards - 1}")
     if expected is not None:
-        bad = [(s["shard"], s["num_records"], e) for s, e in zip(stats, expected)
-               if s["num_records"] != e]
+        bad = [(s.shard, s.num_records, e) for s, e in zip(shards, expected)
+               if s.num_records != e]
         if bad:
             raise BuildError(f"{split}: shard record counts differ from the plan "
                              f"(shard, written, planned): {bad[:5]}")
@@ -484,16 +489,16 @@ def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_u
         **meta,
         "split": split,
         "num_shards": num_shards,
-        "num_examples": sum(s["num_records"] for s in stats),
-        "num_bytes": sum(s["num_bytes"] for s in stats),
+        "num_examples": sum(s.num_records for s in shards),
+        "num_bytes": sum(s.num_bytes for s in shards),
         # Measured by the readers (this attempt's shards; reused shards read nothing now).
-        "bytes_read": sum(s.get("bytes_read", 0) for s in stats if not s.get("reused")),
-        "bytes_written": sum(s["num_bytes"] for s in stats if not s.get("reused")),
-        "shards_reused": sum(1 for s in stats if s.get("reused")),
+        "bytes_read": sum(s.bytes_read for s in shards if not s.reused),
+        "bytes_written": sum(s.num_bytes for s in shards if not s.reused),
+        "shards_reused": sum(1 for s in shards if s.reused),
         "staging": staging,
         "file_pattern": file_pattern(output_uri, prefix or split, num_shards),
-        "shards": [{k: s[k] for k in ("path", "staged", "num_records", "num_bytes", "crc32c")}
-                   for s in stats],
+        "shards": [{"path": s.path, "staged": s.staged, "num_records": s.num_records,
+                    "num_bytes": s.num_bytes, "crc32c": s.crc32c} for s in shards],
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": __version__,
     }
@@ -632,13 +637,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
          | "Stage" >> StageSplit(fn, split=split, num_shards=num_shards, output_uri=output,
                                  staging=staging, expected=expected, meta=meta, stats_path=spath,
                                  prefix=prefix))
-    staged = stage_template(p, p_options, "build")
-    if staged:  # described for Dataflow, not run: nothing of an earlier build is touched
-        return {**staged, "split": split}
-    # Stats say a staged build is complete: an earlier build's must not outlive
-    # the start of this one (if this one dies, verify finds no stats, not old ones).
-    storage.delete([spath])
-    clear_other_stagings(work, split, keep=staging)
     staged = stage_template(p, p_options, "build")
     if staged:  # described for Dataflow, not run: nothing of an earlier build is touched
         return {**staged, "split": split}

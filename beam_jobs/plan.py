@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_jobs import protocols, storage
+from beam_jobs import defaults, protocols, storage
 from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, read_catalog, read_table, write_table
 from beam_jobs.layout import plan_file, records_uri
 from beam_jobs.planner import (
@@ -61,10 +61,10 @@ from beam_jobs.planner import (
 class PlanRequest:
     """What to plan: the DAG's params, in planner terms."""
 
-    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
-    fraction: str | None = "0.1"
+    seeds: tuple[int, ...] = defaults.SEEDS
+    fraction: str | None = defaults.FRACTION
     count: int | None = None
-    sampling: str = "stratified"
+    sampling: str = defaults.SAMPLING
     num_shards: int | None = None
     unsupervised: bool = True
     unsupervised_seed: int = 0
@@ -308,12 +308,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="seeded draws (default), FixMatch's published splits for the seeds, or "
                         "SimCLR's subsets (see python -m beam_jobs.protocols)")
     p.add_argument("--seeds", default=None,
-                   help="comma-separated seeds (default 1..5; none with a SimCLR protocol)")
-    p.add_argument("--fraction", default="0.1",
-                   help="share per labelled split (default 0.1); several, comma-separated "
+                   help=f"comma-separated seeds (default {','.join(map(str, defaults.SEEDS))}; none "
+                        "with a SimCLR protocol)")
+    p.add_argument("--fraction", default=defaults.FRACTION,
+                   help=f"share per labelled split (default {defaults.FRACTION}); several, comma-separated "
                         "(0.1,0.05,0.01): every seed at each")
     p.add_argument("--count", type=int, help="absolute size per labelled split (instead of fraction)")
-    p.add_argument("--sampling", default="stratified", choices=["stratified", "uniform"])
+    p.add_argument("--sampling", default=defaults.SAMPLING, choices=list(defaults.SAMPLINGS))
     p.add_argument("--num_shards", type=int, help="shards per labelled split (default: scaled)")
     p.add_argument("--unsupervised", action="store_true", help="also plan the reshuffle 'train'")
     p.add_argument("--unsupervised_seed", type=int, default=0)
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         uses_seeds = protocols.protocol(a.protocol).uses_seeds
-        seeds_text = a.seeds if a.seeds is not None else ("1,2,3,4,5" if uses_seeds else "")
+        seeds_text = a.seeds if a.seeds is not None else (",".join(map(str, defaults.SEEDS)) if uses_seeds else "")
         seeds = tuple(int(s) for s in seeds_text.split(",") if s.strip())
         fractions = tuple(f.strip() for f in a.fraction.split(",") if f.strip())
         if a.count and len(fractions) > 1:

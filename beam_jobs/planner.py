@@ -55,12 +55,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from beam_jobs import protocols
+from beam_jobs import defaults, protocols
 
 ALGORITHM = "v1"
 LABEL_PATTERN = protocols.LABEL_PATTERN  # of a name list: its split is train{n}.{label}
 NAMES_ORDER_SEED = 0
-SAMPLINGS = ("stratified", "uniform")
+SAMPLINGS = defaults.SAMPLINGS
 MAX_SHARD_COUNT = 100_000
 
 
@@ -286,7 +286,7 @@ def plan_supervised(
     seed: int,
     fraction: float | str | Fraction | None = None,
     count: int | None = None,
-    sampling: str = "stratified",
+    sampling: str = defaults.SAMPLING,
     num_shards: int | None = None,
     source_shards: int | None = None,
     class_names: dict[int, str] | None = None,

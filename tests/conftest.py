@@ -4,7 +4,6 @@ must modify one)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -22,38 +21,12 @@ os.environ.setdefault("AIRFLOW_HOME", os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"ssl-splits-tests-airflow-{os.getuid()}"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "plugins"):
+_ROOT = Path(__file__).resolve().parent.parent
+for p in (_ROOT, _ROOT / "plugins"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
-PYTHON = sys.executable
-
-
-def shipped_reference() -> Path:
-    """The published lists the package ships (``beam_jobs/data``), exported once
-    as their plain-text files (each checked against its sha256 on the way) into
-    a folder named by their sha256s: ``fixmatch/files2shards_train_size128116_split{1..5}.txt``,
-    ``simclr/{1,10}percent.txt``. Tests read these; nothing outside the repo."""
-    from beam_jobs import protocols
-
-    key = hashlib.sha256("".join(e.sha256 for e in protocols.LISTS.values()).encode())
-    folder = Path(os.environ.get("TMPDIR", "/tmp")) / \
-        f"ssl-splits-published-{os.getuid()}-{key.hexdigest()[:12]}"
-    wanted = [folder / e.key.split("/")[0] / e.file_name for e in protocols.LISTS.values()]
-    if not all(p.exists() for p in wanted):
-        protocols.export(str(folder))  # atomic writes: concurrent workers write the same bytes
-    return folder
-
-
-PUBLISHED = shipped_reference()
-REFERENCE = PUBLISHED / "fixmatch"  # FixMatch's five filename,shard,index files
-SIMCLR = PUBLISHED / "simclr"  # SimCLR's 1percent.txt and 10percent.txt
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Helpers live in tests/support (a package: tests/ is on sys.path); fixtures here.
+from support.common import PYTHON, ROOT, free_port  # noqa: E402  (after sys.path is set)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +34,7 @@ def gcs_emulator():
     """A gcp-storage-emulator on loopback; STORAGE_EMULATOR_HOST points at it
     for this process and every subprocess (Beam jobs) it starts."""
     port = free_port()
-    proc = subprocess.Popen([PYTHON, str(ROOT / "tests" / "gcs_emulator.py"), str(port)],
+    proc = subprocess.Popen([PYTHON, str(ROOT / "tests" / "support" / "gcs_emulator.py"), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     host = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -90,8 +63,8 @@ def gcs_emulator():
 @pytest.fixture
 def proxy(gcs_emulator, monkeypatch):
     """Route all GCS traffic (this process and subprocesses) through a fault
-    proxy (tests/gcs_fault_proxy.py)."""
-    from gcs_fault_proxy import FaultProxy, Faults
+    proxy (tests/support/gcs_fault_proxy.py)."""
+    from support.gcs_fault_proxy import FaultProxy, Faults
 
     from beam_jobs import storage
 
@@ -110,13 +83,6 @@ def gcs_bucket(gcs_emulator) -> str:
     name = f"test-{uuid.uuid4().hex[:10]}"
     storage.gcs_client().create_bucket(name)
     return f"gs://{name}"
-
-
-def run_module(module: str, *args: str, env: dict[str, str] | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` as users do; capture output."""
-    return subprocess.run([PYTHON, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from conftest import REFERENCE, run_module
+from support.common import REFERENCE, run_module
 
 from beam_jobs import build as build_mod
 from beam_jobs import storage, validate

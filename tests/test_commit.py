@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-import built_splits as bs
 import pytest
+from support import built_splits as bs
 
 from beam_jobs import layout, storage
 from beam_jobs.manifest import ManifestError, load, load_split

@@ -21,7 +21,7 @@ and runs it (issue 5).
   splits read back with TensorFlow Datasets.
 
 Airflow and Beam run for real: every Airflow here has its own AIRFLOW_HOME and
-SQLite DB (tests/airflow_env.py).
+SQLite DB (tests/support/airflow_env.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow_env import (
+from support.airflow_env import (
     DAG_FILE,
     DAG_ID,
     GCP_CONN_ANONYMOUS,
@@ -46,7 +46,7 @@ from airflow_env import (
     migrated_home,
     run_cases,
 )
-from conftest import REFERENCE, SIMCLR
+from support.common import REFERENCE, SIMCLR
 
 TASK_IDS = {"check_params", "acquire_lock", "validate_source", "plan", "build", "verify",
             "publish_manifest", "release_lock"}

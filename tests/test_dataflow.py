@@ -15,7 +15,7 @@ import zipfile
 from email.parser import Parser
 
 import pytest
-from conftest import ROOT
+from support.common import ROOT
 
 pytest.importorskip("airflow")
 

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from support.common import ROOT
 
 pytest.importorskip("airflow")
 
@@ -339,7 +339,7 @@ def test_options_are_the_ones_the_dag_chose(staged, world):
         assert d["max_workers"] == ours["max_num_workers"] == 37
         assert d["options"]["project"] == PROJECT and d["options"]["region"] == "europe-west4"
         assert d["options"]["template_location"] == template_uri(cfg, job, spec)
-        assert d["options"]["temp_location"].startswith(cfg.dataflow["temp_location"] + "/")
+        assert d["options"]["temp_location"].startswith(cfg.dataflow.temp_location + "/")
         assert d["options"]["staging_location"].startswith(ours["staging_location"] + "/")
 
 
@@ -372,7 +372,7 @@ def test_dag_run_in_template_mode_stages_and_publishes_nothing(world, staged, tm
     is no catalog, so plan and everything after it are skipped. Run 2, the
     validated source: the three builds stage theirs; verify and publish are
     skipped; the descriptions are those the CLI staged (the golden file's)."""
-    from airflow_env import GCP_CONN_ANONYMOUS, airflow_env, dags_test, migrated_home
+    from support.airflow_env import GCP_CONN_ANONYMOUS, airflow_env, dags_test, migrated_home
 
     from beam_jobs import storage
     from beam_jobs.template import describe

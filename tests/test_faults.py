@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from urllib.parse import unquote
 
-import built_splits as bs
 import pytest
-from conftest import PYTHON, ROOT
-from gcs_fault_proxy import emulator_delete, emulator_write
+from support import built_splits as bs
+from support.common import PYTHON, ROOT
+from support.gcs_fault_proxy import emulator_delete, emulator_write
 
 from beam_jobs import layout, storage
 from beam_jobs.synthetic import Spec, generate
@@ -509,7 +509,7 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
     any log, XCom, the manifest or a work file."""
     import sqlite3
 
-    from airflow_env import airflow_env, dags_test, migrated_home
+    from support.airflow_env import airflow_env, dags_test, migrated_home
 
     conn = (f"google-cloud-platform://svc:{CANARY_PASSWORD}@/?project=test-project"
             f"&is_anonymous=true&note={CANARY_EXTRA}")

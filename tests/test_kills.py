@@ -2,7 +2,7 @@
 protocol, for a first build and for a forced rebuild of published splits,
 on local disk and on the GCS emulator.
 
-Each run is one process doing what the DAG's tasks do (tests/built_splits.py
+Each run is one process doing what the DAG's tasks do (tests/support/built_splits.py
 as a script), started in its own process group; a failpoint
 (``beam_jobs.faults``) kills the whole group at the named step: no
 ``finally``, no teardown runs. After each kill:
@@ -26,9 +26,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import built_splits as bs
 import pytest
-from conftest import PYTHON, ROOT
+from support import built_splits as bs
+from support.common import PYTHON, ROOT
 
 from beam_jobs import layout, storage
 from beam_jobs.manifest import ManifestError, load, load_split
@@ -37,7 +37,7 @@ pytest.importorskip("airflow")
 
 pytestmark = pytest.mark.slow
 
-HARNESS = str(ROOT / "tests" / "built_splits.py")
+HARNESS = str(ROOT / "tests" / "support" / "built_splits.py")
 # Where a run can be killed, in the order a run reaches them.
 POINTS = ["build.shard@2", "verify.start", "verify.shard@2", "publish.journaled",
           "publish.placed@2", "publish.switched", "publish.committed"]

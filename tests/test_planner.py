@@ -16,7 +16,7 @@ from fractions import Fraction
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import REFERENCE
+from support.common import REFERENCE
 
 from beam_jobs import plan as plan_cli
 from beam_jobs import planner, storage

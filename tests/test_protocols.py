@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import PUBLISHED, ROOT, run_module
+from support.common import PUBLISHED, ROOT, run_module
 
 from beam_jobs import protocols
 from beam_jobs.planner import parse_name_list, parse_plan_text
@@ -117,7 +117,7 @@ def test_cli_lists_and_exports(tmp_path):
 
 
 def test_tests_read_the_shipped_copies_not_an_outside_folder():
-    # conftest's PUBLISHED is this package's data, exported and checked.
+    # support.common.PUBLISHED is this package's data, exported and checked.
     assert Path(PUBLISHED).name.startswith("ssl-splits-published-")
     for entry in protocols.LISTS.values():
         exported = PUBLISHED / entry.key.split("/")[0] / entry.file_name

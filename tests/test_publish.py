@@ -20,11 +20,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import unquote
 
-import built_splits as bs
 import pytest
 from ssl_splits.publish import PublishError, publish, versions_folder
+from support import built_splits as bs
 
 from beam_jobs import storage
+from beam_jobs.contracts import SplitSpec
 from beam_jobs.layout import report_uri, stats_uri
 from beam_jobs.manifest import load, load_split, merge
 
@@ -120,7 +121,7 @@ def test_gcs_publish_gives_up_without_writing_when_the_manifest_keeps_changing(g
 
 @pytest.mark.gcs
 def test_the_emulator_checks_generation_preconditions_on_reads(gcs_bucket):
-    # As GCS does (tests/gcs_emulator.py): a read with ifGenerationMatch of a
+    # As GCS does (tests/support/gcs_emulator.py): a read with ifGenerationMatch of a
     # replaced object answers 412, on the metadata and on the media.
     from google.api_core import exceptions as gexc
 
@@ -144,7 +145,7 @@ def test_the_emulator_checks_generation_preconditions_on_reads(gcs_bucket):
 @pytest.mark.gcs
 def test_a_manifest_replaced_between_reload_and_download_is_read_again(gcs_emulator, gcs_bucket,
                                                                        proxy):
-    from gcs_fault_proxy import emulator_write
+    from support.gcs_fault_proxy import emulator_write
 
     uri = f"{gcs_bucket}/ssl/manifest.json"
     publish(uri, adder("train5.1", 1, []))
@@ -322,8 +323,9 @@ def crafted(tmp_path):
               "shards": [{**shards[0], "mtime_ns": 1}]}
     storage.write_text(stats_uri(cfg.work_uri, split), json.dumps(stats))
     storage.write_text(report_uri(cfg.work_uri, split), json.dumps(report))
-    spec = {"split": split, "kind": "supervised", "action": "build", "plan_uri": plan_uri,
-            "plan_sha256": sha}
+    spec = SplitSpec(split=split, kind="supervised", action="build", reason="crafted",
+                     plan_uri=plan_uri, plan_sha256=sha, catalog_dir=f"{cfg.work_uri}/catalog/x",
+                     num_examples=10, num_shards=1, seed=1)
     source = {"fingerprint": "f" * 64, "validation_fingerprint": None}
     return SimpleNamespace(cfg=cfg, spec=spec, source=source, stats=stats, report=report)
 
@@ -340,7 +342,7 @@ def test_split_entry_of_a_verified_split(crafted):
                             "num_bytes": 100, "crc32c": "0badc0de", "mtime_ns": 1}]
     assert e["num_examples"] == 10
     assert (e["seed"], e["fraction"], e["sampling"]) == (1, "0.2", "stratified")
-    assert e["plan"]["sha256"] == crafted.spec["plan_sha256"]
+    assert e["plan"]["sha256"] == crafted.spec.plan_sha256
     assert e["verification"]["mode"] == "deep"
     assert e["source_fingerprint"] == "f" * 64
     assert e["provenance"]["job_id"] == "j-1" and e["provenance"]["run_id"] == "r"
@@ -374,7 +376,7 @@ def test_publish_manifest_refuses_a_split_that_is_not_verified(crafted, case):
         storage.write_text(stats_uri(cfg.work_uri, "train10.1"), json.dumps(crafted.stats))
         storage.write_text(report_uri(cfg.work_uri, "train10.1"), json.dumps(crafted.report))
     with pytest.raises(TaskError, match=message):
-        publish_manifest(cfg.to_dict(), crafted.source, [crafted.spec], {},
+        publish_manifest(cfg.to_dict(), crafted.source, [crafted.spec.to_dict()], {},
                          {"dag_id": "d", "run_id": "r1"})
     assert Path(cfg.manifest_uri).read_bytes() == before
     assert versions(cfg.manifest_uri) == [first.version_uri]

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE, run_module
+from support.common import REFERENCE, run_module
 
 from beam_jobs import storage, synthetic
 from beam_jobs.catalog import SHARD_RE

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import built_splits as bs
 import pytest
+from support import built_splits as bs
 
 from beam_jobs import storage
 from beam_jobs import tfds_meta as tm

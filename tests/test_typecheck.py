@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from support.common import ROOT
 
 
 def mypy_cache_dir() -> str:

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_env import BIN_AIRFLOW, DAG_ID, airflow_env, migrated_home
-from conftest import ROOT, free_port
+from support.airflow_env import BIN_AIRFLOW, DAG_ID, airflow_env, migrated_home
+from support.common import ROOT, free_port
 
 CHROMIUM = os.environ.get("SSL_SPLITS_CHROMIUM", "/usr/bin/chromium")
 # Chromium on a closed network: no background connections (they are refused and
@@ -512,7 +512,7 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
         with s.step("imagenet-sized-view"):
             # The view of a manifest of ImageNet's size, served by this Airflow (its
             # auth, its DB queries, the manifest read from disk): time to first paint.
-            from ui_manifests import imagenet_manifest
+            from support.ui_manifests import imagenet_manifest
 
             big = data_dir / "imagenet-sized" / "manifest.json"
             big.parent.mkdir()
@@ -680,7 +680,7 @@ def _imagenet_page() -> tuple[dict[str, Any], str, dict[str, float]]:
     import statistics
 
     import ssl_splits_ui as ui
-    from ui_manifests import imagenet_manifest
+    from support.ui_manifests import imagenet_manifest
 
     doc = imagenet_manifest()
     t0 = time.perf_counter()

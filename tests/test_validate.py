@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
-from conftest import run_module
+from support.common import run_module
 
 from beam_jobs import storage, validate
 from beam_jobs.catalog import (

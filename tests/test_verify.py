@@ -19,10 +19,10 @@ import shutil
 import uuid
 from pathlib import Path
 
-import built_splits as bs
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from support import built_splits as bs
 
 from beam_jobs import storage
 from beam_jobs.catalog import CATALOG_FILE, read_table, write_table
@@ -332,7 +332,7 @@ def test_cli_says_why_when_it_fails_before_looking_at_shards(run, capsys):
 
 
 def test_cli_exits_1_and_names_split_shard_and_difference(run):
-    from conftest import run_module
+    from support.common import run_module
 
     flip_byte(run)
     args = [a for a in bs.job_args(run, run.spec(SPLIT)) if a not in bs.BEAM]

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from support.common import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -10,17 +10,18 @@ It runs in the DAG's first task, before any Beam job starts.
 
 from __future__ import annotations
 
+import copy
 import os
 import posixpath
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any
 
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 
-from beam_jobs import protocols
+from beam_jobs import defaults, layout, protocols
 
 # gs://bucket/any/path, or an absolute local path; no ".." components.
 URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
@@ -35,7 +36,11 @@ FRACTION_LINE_PATTERN = r"^\s*([0-9]{0,3}(\.[0-9]{0,15})?)\s*$"
 MAX_FRACTIONS = 10
 DEFAULT_NUM_CLASSES = 1000
 RUNNERS = ["DirectRunner", "DataflowRunner"]
-SAMPLINGS = ["stratified", "uniform"]
+SAMPLINGS = list(defaults.SAMPLINGS)
+# Dataflow settings not given in the params (the form shows them as its defaults).
+DATAFLOW_REGION = "us-central1"
+DATAFLOW_MACHINE_TYPE = "n2-standard-4"
+DATAFLOW_MAX_WORKERS = 20
 # Every split is verified exactly from metadata (sizes and CRC32Cs predicted
 # from the plan and the catalog); "always" adds a Beam job that re-reads every
 # record. "never" is kept for confs written before the exact check existed.
@@ -96,7 +101,7 @@ def params() -> dict[str, Param]:
         # 3.3's multi-select picks only from a fixed list, and its JSON editor needs
         # brackets); the box sends strings, which parse_seeds turns into integers.
         "seeds": Param(
-            [1, 2, 3, 4, 5], type="array", title="Seeds",
+            list(defaults.SEEDS), type="array", title="Seeds",
             description="Labelled splits to build, one seed per line (train{N}.{seed}): "
                         "3 alone rebuilds seed 3. In --conf and the REST API a list of "
                         "integers: [3]; [] builds none. With protocol fixmatch: which of the "
@@ -106,7 +111,7 @@ def params() -> dict[str, Param]:
             uniqueItems=True, maxItems=100,
         ),
         "fraction": Param(
-            0.1, type="number", title="Fraction",
+            float(defaults.FRACTION), type="number", title="Fraction",
             description="Share of the training set in each labelled split, in (0, 1]. "
                         "0.1 gives 128,116 of ImageNet's 1,281,167.",
             exclusiveMinimum=0, maximum=1,
@@ -125,7 +130,7 @@ def params() -> dict[str, Param]:
             maxItems=MAX_FRACTIONS,
         ),
         "sampling": Param(
-            "stratified", type="string", enum=SAMPLINGS, title="Sampling",
+            defaults.SAMPLING, type="string", enum=SAMPLINGS, title="Sampling",
             description="stratified: the same share of every class (as FixMatch's published "
                         "splits); uniform: a plain random draw.",
             values_display={"stratified": "stratified (same share of every class)",
@@ -227,7 +232,7 @@ def params() -> dict[str, Param]:
             section=DATAFLOW,
         ),
         "dataflow_region": Param(
-            env("SSL_SPLITS_DATAFLOW_REGION") or "us-central1", type="string",
+            env("SSL_SPLITS_DATAFLOW_REGION") or DATAFLOW_REGION, type="string",
             title="Dataflow region", description="Region for Dataflow jobs.",
             section=DATAFLOW,
         ),
@@ -238,7 +243,7 @@ def params() -> dict[str, Param]:
             section=DATAFLOW,
         ),
         "dataflow_machine_type": Param(
-            "n2-standard-4", type="string", title="Dataflow machine type",
+            DATAFLOW_MACHINE_TYPE, type="string", title="Dataflow machine type",
             description="Worker machine type.",
             section=DATAFLOW,
         ),
@@ -259,11 +264,36 @@ def params() -> dict[str, Param]:
             "are submitted and run.", nullable=True, section=DATAFLOW,
         ),
         "dataflow_max_workers": Param(
-            20, type="integer", minimum=1, maximum=1000, title="Dataflow max workers",
+            DATAFLOW_MAX_WORKERS, type="integer", minimum=1, maximum=1000,
+            title="Dataflow max workers",
             description="Upper bound for autoscaling, per job.",
             section=DATAFLOW,
         ),
     }
+
+
+@dataclass(frozen=True)
+class DataflowSettings:
+    """Where and how a run's Beam jobs run on Dataflow (``RunConfig.dataflow``)."""
+
+    worker_package: str  # the beam_jobs wheel the workers install
+    project: str
+    temp_location: str  # gs:// folder for Dataflow's temp and staging files
+    region: str = DATAFLOW_REGION
+    machine_type: str = DATAFLOW_MACHINE_TYPE
+    max_num_workers: int = DATAFLOW_MAX_WORKERS
+    template_location: str | None = None  # set: stage job descriptions here, run nothing
+
+    def to_dict(self) -> dict[str, Any]:
+        # The XCom's key order since the first Dataflow runs.
+        return {"worker_package": self.worker_package, "project": self.project,
+                "region": self.region, "temp_location": self.temp_location,
+                "machine_type": self.machine_type, "max_num_workers": self.max_num_workers,
+                "template_location": self.template_location}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataflowSettings:
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -289,7 +319,7 @@ class RunConfig:
     expected_total: int | None
     deep_verify: bool
     direct_num_workers: int
-    dataflow: dict[str, Any] = field(default_factory=dict)
+    dataflow: DataflowSettings | None = None  # runner DataflowRunner only
     protocol: str = protocols.SEEDED
     name_lists: dict[str, str] = field(default_factory=dict)  # label -> uri
     # Several fractions: every seed at each (``fraction`` is then the first). Empty: the
@@ -297,11 +327,17 @@ class RunConfig:
     fractions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The ``config`` XCom (JSON): every field; ``dataflow`` an object, {} when unset."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["dataflow"] = self.dataflow.to_dict() if self.dataflow else {}
+        return copy.deepcopy(d)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Read :meth:`to_dict`'s output (an XCom written before a field existed gets its
+        default)."""
+        df = d.get("dataflow")
+        return cls(**{**d, "dataflow": DataflowSettings.from_dict(df) if df else None})
 
     @property
     def planned_fractions(self) -> list[str]:
@@ -315,7 +351,7 @@ class RunConfig:
     @property
     def template_location(self) -> str | None:
         """Template mode: the folder Dataflow job descriptions go to instead of Dataflow."""
-        return self.dataflow.get("template_location") if self.is_dataflow else None
+        return self.dataflow.template_location if self.is_dataflow and self.dataflow else None
 
 
 def check_uri(name: str, value: Any) -> str:
@@ -432,11 +468,12 @@ def resolve(p: dict[str, Any]) -> RunConfig:
         f"{output}/manifest.json"
     if _inside(manifest, source):
         raise ConfigError(f"manifest_uri {manifest} must not be inside source_uri {source}")
-    work = check_uri("work_uri", p["work_uri"]) if p.get("work_uri") else f"{output}/_work"
+    work = check_uri("work_uri", p["work_uri"]) if p.get("work_uri") else \
+        layout.work_default(output)
     if _inside(work, source):
         raise ConfigError(f"work_uri {work} must not be inside source_uri {source}")
-    seeds = parse_seeds(p.get("seeds", [1, 2, 3, 4, 5]))
-    fraction = p.get("fraction", 0.1)
+    seeds = parse_seeds(p.get("seeds", _SEEDED_ONLY["seeds"]))
+    fraction = p.get("fraction", _SEEDED_ONLY["fraction"])
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
     fraction_str = fraction_text(fraction)
@@ -446,7 +483,7 @@ def resolve(p: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"fraction={fraction!r} and fractions={p['fractions']!r}: with "
                           "fractions set, fraction is not used; put every fraction in "
                           f"fractions, or leave fraction at its default {_SEEDED_ONLY['fraction']}")
-    sampling = p.get("sampling", "stratified")
+    sampling = p.get("sampling", defaults.SAMPLING)
     if sampling not in SAMPLINGS:
         raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     runner = p.get("runner", "DirectRunner")
@@ -468,7 +505,7 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     copy_validation = bool(p.get("copy_validation", True))
     if not seeds and not unsupervised and not name_lists and not proto.name_lists:
         raise ConfigError("nothing to build: seeds is empty and unsupervised is false")
-    dataflow: dict[str, Any] = {}
+    dataflow: DataflowSettings | None = None
     if runner == "DataflowRunner":
         project = p.get("dataflow_project")
         temp = p.get("dataflow_temp_location")
@@ -484,19 +521,19 @@ def resolve(p: dict[str, Any]) -> RunConfig:
         if not package:
             raise ConfigError("runner DataflowRunner needs dataflow_worker_package: build it with "
                               "bin/build-worker-package (or set SSL_SPLITS_WORKER_PACKAGE)")
-        dataflow = {
-            "worker_package": check_uri("dataflow_worker_package", package),
-            "project": project, "region": p.get("dataflow_region") or "us-central1",
-            "temp_location": check_uri("dataflow_temp_location", temp),
-            "machine_type": p.get("dataflow_machine_type") or "n2-standard-4",
-            "max_num_workers": int(p.get("dataflow_max_workers") or 20),
-            "template_location": None,
-        }
+        loc = None
         if p.get("dataflow_template_location"):
             loc = check_uri("dataflow_template_location", p["dataflow_template_location"])
             if not loc.startswith("gs://"):
                 raise ConfigError(f"dataflow_template_location must be a gs:// folder, got {loc}")
-            dataflow["template_location"] = loc
+        dataflow = DataflowSettings(
+            worker_package=check_uri("dataflow_worker_package", package), project=project,
+            region=p.get("dataflow_region") or DATAFLOW_REGION,
+            temp_location=check_uri("dataflow_temp_location", temp),
+            machine_type=p.get("dataflow_machine_type") or DATAFLOW_MACHINE_TYPE,
+            max_num_workers=int(p.get("dataflow_max_workers") or DATAFLOW_MAX_WORKERS),
+            template_location=loc,
+        )
     elif p.get("dataflow_template_location"):
         raise ConfigError("dataflow_template_location stages Dataflow templates: it needs runner "
                           f"DataflowRunner (runner is {runner})")
@@ -512,7 +549,7 @@ def resolve(p: dict[str, Any]) -> RunConfig:
         unsupervised_seed=int(p.get("unsupervised_seed") or 0), runner=runner,
         force=bool(p.get("force", False)), num_shards=p.get("num_shards"),
         unsupervised_shards=p.get("unsupervised_shards"), copy_validation=copy_validation,
-        num_classes=int(p.get("num_classes") or 1000), expected_total=p.get("expected_total"),
+        num_classes=int(p.get("num_classes") or DEFAULT_NUM_CLASSES), expected_total=p.get("expected_total"),
         deep_verify=bool(deep),
         direct_num_workers=int(p.get("direct_num_workers") or 0), dataflow=dataflow,
         protocol=proto.name, name_lists=name_lists, fractions=fractions if proto.uses_seeds else [],
@@ -520,8 +557,9 @@ def resolve(p: dict[str, Any]) -> RunConfig:
 
 
 # Params a SimCLR protocol leaves aside, with their defaults (what the form sends).
-_SEEDED_ONLY = {"seeds": [1, 2, 3, 4, 5], "fraction": 0.1, "sampling": "stratified",
-                "fractions": []}
+_SEEDED_ONLY: dict[str, Any] = {"seeds": list(defaults.SEEDS),
+                                "fraction": float(defaults.FRACTION),
+                                "sampling": defaults.SAMPLING, "fractions": []}
 
 
 def _protocol(p: dict[str, Any], seeds: list[int], fraction: Any, sampling: str,

@@ -58,13 +58,13 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
                 opts["source_uri"] = cfg.source_uri
         if job == "verify":
             opts["deep"] = bool(cfg.deep_verify)
-    if cfg.is_dataflow:
+    if cfg.is_dataflow and cfg.dataflow:
         df = cfg.dataflow
         opts.update(
-            project=df["project"], region=df["region"], temp_location=df["temp_location"],
-            staging_location=storage.join(df["temp_location"], "staging"),
-            machine_type=df["machine_type"], max_num_workers=df["max_num_workers"],
-            extra_packages=[df["worker_package"]] if df.get("worker_package") else None,
+            project=df.project, region=df.region, temp_location=df.temp_location,
+            staging_location=storage.join(df.temp_location, "staging"),
+            machine_type=df.machine_type, max_num_workers=df.max_num_workers,
+            extra_packages=[df.worker_package] if df.worker_package else None,
             labels={"app": "ssl-imagenet-splits", "split": job_name((spec or {}).get("split", "source"))},
         )
         if cfg.template_location:
@@ -87,18 +87,18 @@ def template_uri(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> str:
 
 def dataflow_config(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> DataflowConfiguration | None:
     """Dataflow job settings: the job name carries the split (``ssl-build-train128116-3``)."""
-    if not cfg.is_dataflow:
+    if not cfg.is_dataflow or not cfg.dataflow:
         return None
     from beam_jobs.pipeline import job_name  # imports Apache Beam: not at DAG parse time
 
     return DataflowConfiguration(
         job_name=job_name("ssl", job, (spec or {}).get("split", "source")),
         append_job_name=True,
-        project_id=cfg.dataflow["project"],
-        location=cfg.dataflow["region"],
+        project_id=cfg.dataflow.project,
+        location=cfg.dataflow.region,
         gcp_conn_id="google_cloud_default",
         wait_until_finished=True,
-        max_num_workers=cfg.dataflow["max_num_workers"],
+        max_num_workers=cfg.dataflow.max_num_workers,
     )
 
 

@@ -24,6 +24,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from beam_jobs import __version__, layout, storage
 from beam_jobs.catalog import REPORT_FILE, fingerprint
+from beam_jobs.contracts import SplitSpec
 from beam_jobs.layout import catalog_dir as catalog_folder
 from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
 from beam_jobs.manifest import entry_problems, load_or_none, now, summary_lines
@@ -32,6 +33,7 @@ from beam_jobs.planner import ALGORITHM
 from ssl_splits import commit, lock
 from ssl_splits.config import ConfigError, RunConfig, resolve
 from ssl_splits.publish import Published
+from ssl_splits.rerun import rerun_decision
 
 log = logging.getLogger(__name__)
 
@@ -139,23 +141,16 @@ def release_lock(params: dict[str, Any], run: dict[str, Any]) -> bool:
 
 
 def decide(split: str, plan_sha: str | None, source_fp: str | None,
-           manifest: dict[str, Any] | None, force: bool) -> tuple[str, str]:
-    """``("build"|"skip", reason)`` for one split."""
-    if force:
-        return "build", "force is set"
+           manifest: dict[str, Any] | None, force: bool,
+           num_shards: int | None = None) -> tuple[str, str]:
+    """``("build"|"skip", reason)`` for one split (``ssl_splits.rerun``)."""
     entry = (manifest or {}).get("splits", {}).get(split)
-    if entry is None:
-        return "build", "not in the manifest yet"
-    if plan_sha is not None and (entry.get("plan") or {}).get("sha256") != plan_sha:
-        return "build", "its plan changed"
-    if entry.get("source_fingerprint") != source_fp:
-        return "build", "the source changed"
     # Storage metadata only (GCS: sizes and CRC32Cs; locally: sizes and the
     # modification times recorded at publication): no shard is read.
-    problems = entry_problems(entry, read_legacy=True)
-    if problems:
-        return "build", f"published files do not match the manifest: {problems[0]}"
-    return "skip", "up to date: its verified files already match this plan and source"
+    d = rerun_decision(entry, plan_sha256=plan_sha, source_fingerprint=source_fp, force=force,
+                       num_shards=num_shards,
+                       file_problems=lambda: entry_problems(entry or {}, read_legacy=True))
+    return d.action, d.reason
 
 
 def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]:
@@ -199,35 +194,29 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
     for s in summaries:
         storage.write_text(plan_summary_uri(s["plan_uri"]), json.dumps(s) + "\n", "application/json")
         action, reason = decide(s["split"], s["plan_sha256"], source["fingerprint"], manifest,
-                                cfg.force)
-        specs.append({
-            "split": s["split"], "kind": s["kind"], "action": action, "reason": reason,
-            "plan_uri": s["plan_uri"], "plan_sha256": s["plan_sha256"],
-            "catalog_dir": catalog_dir, "num_examples": s["num_examples"],
-            "num_shards": s["num_shards"], "seed": s["seed"], "layout": source_layout,
-        })
+                                cfg.force, num_shards=s["num_shards"])
+        specs.append(SplitSpec.planned(s, action=action, reason=reason, catalog_dir=catalog_dir,
+                                       layout=source_layout))
     if cfg.copy_validation and source.get("validation_files"):
         # force rebuilds the splits asked for (seeds, the reshuffle); the validation copy is
         # redone only when it differs from the source, so "seeds": [2], "force": true
         # rebuilds seed 2 alone.
         action, reason = decide("validation", None, source["validation_fingerprint"], manifest,
                                 force=False)
-        specs.append({"split": "validation", "kind": "validation", "action": action,
-                      "reason": reason, "plan_uri": None, "plan_sha256": None,
-                      "catalog_dir": catalog_dir, "num_examples": None, "num_shards": None,
-                      "seed": None, "layout": source_layout})
-    for s in specs:
-        log.info("%-20s %-5s %s", s["split"], s["action"], s["reason"])
-    return specs
+        specs.append(SplitSpec.validation(action=action, reason=reason, catalog_dir=catalog_dir,
+                                          layout=source_layout))
+    for spec in specs:
+        log.info("%-20s %-5s %s", spec.split, spec.action, spec.reason)
+    return [spec.to_dict() for spec in specs]
 
 
 # --------------------------------------------------------------------------- publish
 
 
-def verified_build(cfg: RunConfig, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def verified_build(cfg: RunConfig, spec: SplitSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The build stats and verification report of one split of this run;
     TaskError unless the report passed, for this run's plan, of this very build."""
-    split = spec["split"]
+    split = spec.split
     stats_bytes = storage.read_bytes(stats_uri(cfg.work_uri, split))
     stats = json.loads(stats_bytes)
     vpath = report_uri(cfg.work_uri, split)
@@ -236,8 +225,8 @@ def verified_build(cfg: RunConfig, spec: dict[str, Any]) -> tuple[dict[str, Any]
     verification = json.loads(storage.read_text(vpath))
     if not verification.get("ok"):
         raise TaskError(f"{split} failed verification: not publishing it")
-    if verification.get("plan_sha256") != spec.get("plan_sha256") or \
-            stats.get("plan_sha256") != spec.get("plan_sha256"):
+    if verification.get("plan_sha256") != spec.plan_sha256 or \
+            stats.get("plan_sha256") != spec.plan_sha256:
         raise TaskError(f"{split}: the verified build is not of this run's plan; not publishing it")
     if verification.get("stats_sha256") != hashlib.sha256(stats_bytes).hexdigest():
         raise TaskError(f"{split}: the verification report is of another build of this split "
@@ -248,15 +237,16 @@ def verified_build(cfg: RunConfig, spec: dict[str, Any]) -> tuple[dict[str, Any]
     return stats, verification
 
 
-def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
+def split_entry(cfg: RunConfig, source: dict[str, Any], spec: SplitSpec,
                 stats: dict[str, Any], verification: dict[str, Any],
                 job: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
     """The manifest entry of one freshly built and verified split: its shards
     are the verified objects (final names, records, bytes, CRC32C, and locally
     the modification time that their rename keeps)."""
-    entry: dict[str, Any] = {"kind": spec["kind"], "layout": spec.get("layout", layout.COMMON)}
-    if spec["kind"] != "validation":
-        summary = json.loads(storage.read_text(plan_summary_uri(spec["plan_uri"])))
+    entry: dict[str, Any] = {"kind": spec.kind, "layout": spec.layout}
+    if not spec.is_copy:
+        assert spec.plan_uri is not None
+        summary = json.loads(storage.read_text(plan_summary_uri(spec.plan_uri)))
         entry.update(seed=summary["seed"], fraction=summary["fraction"],
                      sampling=summary["sampling"])
     shards = [{k: s[k] for k in ("path", "num_records", "num_bytes", "crc32c")}
@@ -266,16 +256,16 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: dict[str, Any],
         num_examples=sum(s["num_records"] for s in shards), num_shards=len(shards),
         file_pattern=stats["file_pattern"], shards=shards,
     )
-    if spec["kind"] != "validation":
+    if not spec.is_copy:
         entry["class_counts"] = summary["class_counts"]
-        entry["plan"] = {"uri": spec["plan_uri"], "sha256": spec["plan_sha256"],
+        entry["plan"] = {"uri": spec.plan_uri, "sha256": spec.plan_sha256,
                          "source": summary["plan_source"], "algorithm": ALGORITHM}
         entry["source_fingerprint"] = source["fingerprint"]
     else:
         entry["copied_from"] = cfg.source_uri
         entry["source_fingerprint"] = source["validation_fingerprint"]
     entry["verification"] = {"mode": verification["mode"], "verified_at": verification["verified_at"],
-                             "report_uri": report_uri(cfg.work_uri, spec["split"]),
+                             "report_uri": report_uri(cfg.work_uri, spec.split),
                              "seconds": verification.get("seconds"),
                              "bytes_read": verification.get("bytes_read"),
                              "stats_sha256": verification["stats_sha256"],
@@ -319,19 +309,19 @@ def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list
     # A retry of this task (or a run after a killed one) first finishes what was started.
     commit.recover(cfg.work_uri)
     current = load_or_none(cfg.manifest_uri) or {"splits": {}}
-    built = [s for s in specs if s["action"] == "build"]
-    builds = {s["split"]: verified_build(cfg, s) for s in built
-              if not _already_published(current, s["split"], cfg, run)}
+    built = [spec for spec in map(SplitSpec.from_dict, specs) if spec.action == "build"]
+    builds = {s.split: verified_build(cfg, s) for s in built
+              if not _already_published(current, s.split, cfg, run)}
     if not builds:
         log.info("nothing to publish (every split is up to date or was published by this run); "
                  "the manifest %s is unchanged", cfg.manifest_uri)
         # Derived from the manifest: rewritten here too, in case a run was
         # stopped between its manifest commit and these files.
         tfds = describe_for_tfds(cfg) if current["splits"] else []
-        return {"manifest_uri": cfg.manifest_uri, "changed": sorted(s["split"] for s in built),
+        return {"manifest_uri": cfg.manifest_uri, "changed": sorted(s.split for s in built),
                 "version_uri": None, "splits": sorted(current["splits"]), "tfds_metadata": tfds}
     run = {**run, "published_at": now()}
-    by_name = {s["split"]: s for s in built}
+    by_name = {s.split: s for s in built}
     entries = {name: split_entry(cfg, source, by_name[name], stats, verification,
                                  jobs.get(name), run)
                for name, (stats, verification) in builds.items()}

@@ -16,7 +16,7 @@ in a bucket without versioning); and rewrites with ``ifSourceGenerationMatch``
 G answers 412 once G is replaced. Its HTTP server handles one request at a time, so the check and the
 write are atomic, as they are on GCS.
 
-Usage: python tests/gcs_emulator.py PORT
+Usage: python tests/support/gcs_emulator.py PORT
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def manifest(run: Run) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """``python tests/built_splits.py PARAMS_JSON [RUN_ID] [CATALOG_CACHE]``: one whole
+    """``python tests/support/built_splits.py PARAMS_JSON [RUN_ID] [CATALOG_CACHE]``: one whole
     run in this process (the kill tests start it in its own process group and
     stop it at a failpoint, see beam_jobs.faults); exact verification as the
     DAG's default. Prints the publish result as JSON."""
@@ -173,6 +173,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     sys.path[:0] = [str(root), str(root / "plugins")]
     sys.exit(main(sys.argv[1:]))
