@@ -64,7 +64,7 @@ def task_times(log: str) -> dict[str, Any]:
 
 def _airflow_env(bench: Any, home: Path) -> dict[str, str]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from airflow_env import airflow_env, migrated_home  # the tests' isolated Airflow
+    from support.airflow_env import airflow_env, migrated_home  # the tests' isolated Airflow
 
     migrated_home(home)
     env = airflow_env(home)

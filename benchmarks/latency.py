@@ -127,7 +127,7 @@ class Servers:
         port = _free_port()
         emu = subprocess.Popen(
             [PY, "-c", "import http.server, logging; logging.disable(logging.CRITICAL)\n"
-                       # a deep listen backlog: many connections at once (see tests/gcs_emulator.py)
+                       # a deep listen backlog: many connections at once (see tests/support/gcs_emulator.py)
                        "http.server.HTTPServer.request_queue_size = 1024\n"
                        "from gcp_storage_emulator.server import create_server\n"
                        f"create_server('127.0.0.1', {port}, in_memory=True).run()"],

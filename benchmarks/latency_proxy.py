@@ -15,7 +15,7 @@ benchmark measures, not the worker. Object reads (``alt=media``) are
 therefore answered by the proxy from a copy of the object it fetched from the
 emulator once (GCS objects are immutable per generation; the benchmark's
 sources are never rewritten), ranged or whole, with the emulator's headers.
-This is the tests' fault-injecting proxy's job (``tests/gcs_fault_proxy.py``)
+This is the tests' fault-injecting proxy's job (``tests/support/gcs_fault_proxy.py``)
 done on asyncio (aiohttp): hundreds of reads in flight cost sleeping
 coroutines, not threads, on a 2-core machine that also runs the client.
 
