@@ -74,8 +74,8 @@ from beam_jobs.layout import (
     stats_uri,
 )
 from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
-from beam_jobs.planner import PlanError, parse_plan_table
 from beam_jobs.progress import Progress, mark_done, progress_dir
+from beam_jobs.split_algorithm import PlanError, parse_plan_table
 from beam_jobs.split_job import SplitJob
 from beam_jobs.storage import RangeReader, crc32c_hex
 from beam_jobs.tfrecord import RecordError, Writer, check_records, iter_framed

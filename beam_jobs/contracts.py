@@ -33,7 +33,7 @@ class SplitSpec:
     """
 
     split: str
-    kind: str  # supervised | unsupervised (beam_jobs.planner) | validation
+    kind: str  # supervised | unsupervised (beam_jobs.split_algorithm) | validation
     action: str
     reason: str
     plan_uri: str | None

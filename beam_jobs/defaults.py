@@ -1,4 +1,4 @@
-"""The defaults the DAG's params, the plan CLI and the planner share, in one place.
+"""The defaults the DAG's params, the plan step and the split algorithm share, in one place.
 
 Plain values, no imports: the DAG file's params (``ssl_splits.config``) read
 them at parse time. The output folder's names (``_work`` and what is in it)

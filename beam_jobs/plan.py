@@ -1,4 +1,6 @@
-"""CLI: write split plans (``filename,shard,index`` files) from a catalog.
+"""The plan step: a run's requests -> plans -> plan files (``filename,shard,index``)
+and each plan's catalog rows; also a CLI. The algorithm itself is
+:mod:`beam_jobs.split_algorithm` (pure functions).
 
 Examples::
 
@@ -23,7 +25,7 @@ Examples::
 
 Prints one line per plan: split, examples, shards, sha256 and the file; with
 several fractions, then (to stderr) how the splits of each seed nest.
-The algorithm is in ``beam_jobs.planner`` and in the README.
+The algorithm is in ``beam_jobs.split_algorithm`` and in the README.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import pyarrow.compute as pc
 from beam_jobs import defaults, protocols, storage
 from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, read_catalog, read_table, write_table
 from beam_jobs.layout import plan_file, records_uri
-from beam_jobs.planner import (
+from beam_jobs.split_algorithm import (
     Plan,
     PlanError,
     check_label,
@@ -114,7 +116,7 @@ def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, s
 def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     """All plans a request asks for (pure given the catalog)."""
     files, name_lists = expand_protocol(req)
-    # Sorted once here, so each plan only checks the order (see planner._canonical).
+    # Sorted once here, so each plan only checks the order (see split_algorithm._canonical).
     table = read_catalog(catalog_dir, ["filename", "label", "synset"]).sort_by("filename")
     report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
     source_shards = int(report["num_shards"])

@@ -67,7 +67,7 @@ from beam_jobs.layout import (
     stats_uri,
 )
 from beam_jobs.logs import setup_logging
-from beam_jobs.planner import PlanError, parse_plan_table
+from beam_jobs.split_algorithm import PlanError, parse_plan_table
 from beam_jobs.split_job import SplitJob
 from beam_jobs.storage import crc32c_hex
 

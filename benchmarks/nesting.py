@@ -28,7 +28,7 @@ import time
 from fractions import Fraction
 from typing import Any, Sequence
 
-from beam_jobs import planner, protocols
+from beam_jobs import protocols, split_algorithm
 from beam_jobs.plan import nesting
 from beam_jobs.synthetic import imagenet_spec, layout, read_names_files
 
@@ -46,8 +46,8 @@ def measure(names: Sequence[str], labels: Sequence[int], *, seeds: Sequence[int]
     outside: list[int] = []
     sizes: dict[str, int] = {}
     for seed in seeds:
-        keys = planner.hash_keys(names, "select", seed)
-        plans = [planner.plan_supervised(names, labels, seed=seed, fraction=f, sampling=sampling,
+        keys = split_algorithm.hash_keys(names, "select", seed)
+        plans = [split_algorithm.plan_supervised(names, labels, seed=seed, fraction=f, sampling=sampling,
                                          select_keys=keys) for f in fractions]
         sizes.update({f: p.num_examples for f, p in zip(fractions, plans)})
         for a, b in itertools.combinations(plans, 2):
@@ -58,7 +58,7 @@ def measure(names: Sequence[str], labels: Sequence[int], *, seeds: Sequence[int]
         class_sizes[lab] = class_sizes.get(lab, 0) + 1
     shrinking = 0
     if sampling == "stratified":
-        quotas = {f: planner.class_quotas(class_sizes, Fraction(f), sizes[f]) for f in fractions}
+        quotas = {f: split_algorithm.class_quotas(class_sizes, Fraction(f), sizes[f]) for f in fractions}
         for a, b in itertools.combinations(sorted(fractions, key=Fraction), 2):
             shrinking += sum(quotas[a][c] > quotas[b][c] for c in class_sizes)
     return {"records": len(names), "classes": len(class_sizes),

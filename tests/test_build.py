@@ -29,7 +29,7 @@ from beam_jobs.build import BuildError, WriteShard, build_table, finish
 from beam_jobs.catalog import REPORT_FILE, SHARD_RE, read_catalog, shard_name, write_table
 from beam_jobs.example_proto import parse_image_record
 from beam_jobs.plan import PlanRequest, make_plans, write_plans
-from beam_jobs.planner import PlanError, default_num_shards, parse_plan_text
+from beam_jobs.split_algorithm import PlanError, default_num_shards, parse_plan_text
 from beam_jobs.synthetic import Spec, generate
 from beam_jobs.tfrecord import RecordError, Writer, iter_framed
 

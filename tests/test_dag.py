@@ -653,7 +653,7 @@ def test_fixmatch_protocol_builds_the_five_published_splits(published_source, ai
 @pytest.mark.xdist_group("dag_published")
 def test_simclr_1pct_protocol_holds_exactly_the_listed_records(published_source, airflow_home,
                                                               tmp_path):
-    from beam_jobs.planner import hash_keys, shard_sizes
+    from beam_jobs.split_algorithm import hash_keys, shard_sizes
 
     source, catalog, report = published_source
     output = tmp_path / "ssl"
@@ -876,7 +876,7 @@ def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_p
     import tensorflow as tf
     from ssl_splits.prefill import rebuild_conf
 
-    from beam_jobs.planner import class_quotas, default_num_shards
+    from beam_jobs.split_algorithm import class_quotas, default_num_shards
     from beam_jobs.synthetic import Spec, generate, layout
 
     spec = Spec(num_classes=8, min_per_class=40, max_per_class=60, train_shards=40,

@@ -131,10 +131,13 @@ def test_worker_package_is_beam_jobs_only(tmp_path):
         meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
         meta = Parser().parsestr(z.read(meta_name).decode())
     modules = {n for n in names if n.startswith("beam_jobs/")}
-    for needed in ("validate", "build", "verify", "planner", "tfrecord", "example_proto",
+    for needed in ("validate", "build", "verify", "split_algorithm", "tfrecord", "example_proto",
                    "catalog", "storage/__init__", "storage/base", "storage/local", "storage/gcs",
                    "storage/schemes", "storage/ranges"):
         assert f"beam_jobs/{needed}.py" in modules
+    # Exactly the tree's modules: nothing stale from an in-tree build/ folder.
+    tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "beam_jobs").rglob("*.py")}
+    assert {n for n in modules if n.endswith(".py")} == tree
     assert not [n for n in names if n.startswith(("dags/", "plugins/", "tests/", "ssl_splits"))]
     # The published lists travel with the package (workers and the plan task load them
     # from it), each beside its notice, and load from the wheel itself with their sha256.

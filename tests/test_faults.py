@@ -1,7 +1,7 @@
 """Faults and hostile conditions (issue 8): a build killed halfway, flaky and
 failing storage, a source changed under a run, concurrent writers.
 
-Bad params and bad plan files are in test_dag.py and test_planner.py; the
+Bad params and bad plan files are in test_dag.py and test_split_algorithm.py; the
 secrets check is in test_dag.py (it needs a whole DAG run).
 """
 

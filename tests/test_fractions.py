@@ -18,9 +18,9 @@ import pyarrow as pa
 import pytest
 
 from beam_jobs import plan as plan_cli
-from beam_jobs import planner
+from beam_jobs import split_algorithm
 from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
-from beam_jobs.planner import PlanError, class_quotas, default_num_shards, split_size
+from beam_jobs.split_algorithm import PlanError, class_quotas, default_num_shards, split_size
 from beam_jobs.synthetic import Spec, layout
 
 OK = {"source_uri": "/data/imagenet", "output_uri": "/data/ssl"}
@@ -279,10 +279,10 @@ def test_select_keys_shared_across_fractions_give_the_same_plan(source):
     canonical = sorted(range(len(names)), key=names.__getitem__)
     names = [names[i] for i in canonical]
     labels = [labels[i] for i in canonical]
-    keys = planner.hash_keys(names, "select", 7)
+    keys = split_algorithm.hash_keys(names, "select", 7)
     for fraction in FIXMATCH_FRACTIONS:
-        a = planner.plan_supervised(names, labels, seed=7, fraction=fraction)
-        b = planner.plan_supervised(names, labels, seed=7, fraction=fraction, select_keys=keys)
+        a = split_algorithm.plan_supervised(names, labels, seed=7, fraction=fraction)
+        b = split_algorithm.plan_supervised(names, labels, seed=7, fraction=fraction, select_keys=keys)
         assert a.to_csv_bytes() == b.to_csv_bytes()
 
 

@@ -15,7 +15,7 @@ import pytest
 from support.common import PUBLISHED, ROOT, run_module
 
 from beam_jobs import protocols
-from beam_jobs.planner import parse_name_list, parse_plan_text
+from beam_jobs.split_algorithm import parse_name_list, parse_plan_text
 
 DATA = ROOT / "beam_jobs" / "data"
 

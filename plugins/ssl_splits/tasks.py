@@ -29,7 +29,7 @@ from beam_jobs.layout import catalog_dir as catalog_folder
 from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
 from beam_jobs.manifest import entry_problems, load_or_none, now, summary_lines
 from beam_jobs.plan import PlanRequest, make_plans, nesting_lines, write_plans, write_records
-from beam_jobs.planner import ALGORITHM
+from beam_jobs.split_algorithm import ALGORITHM
 from ssl_splits import commit, lock
 from ssl_splits.config import ConfigError, RunConfig, resolve
 from ssl_splits.publish import Published

@@ -19,9 +19,9 @@ import pytest
 from support.common import REFERENCE
 
 from beam_jobs import plan as plan_cli
-from beam_jobs import planner, storage
+from beam_jobs import split_algorithm, storage
 from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
-from beam_jobs.planner import (
+from beam_jobs.split_algorithm import (
     MAX_SHARD_COUNT,
     PlanError,
     check_names_exist,
@@ -365,7 +365,7 @@ def test_unsupervised_matches_independent_reimplementation(few, seed, S):
 
 def test_key_ties_are_broken_by_name_in_code_point_order(few, monkeypatch):
     # Ties never happen with SHA-256 in practice; force them to test the documented rule.
-    monkeypatch.setattr(planner, "hash_keys",
+    monkeypatch.setattr(split_algorithm, "hash_keys",
                         lambda names, purpose, seed: np.zeros(len(names), dtype=np.uint64))
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
@@ -382,7 +382,7 @@ def test_key_ties_are_broken_by_name_in_code_point_order(few, monkeypatch):
 def test_hash_keys_are_the_documented_keys(few):
     names = [r[0] for r in few]
     for purpose in ("select", "order"):
-        keys = planner.hash_keys(names, purpose, 42)
+        keys = split_algorithm.hash_keys(names, purpose, 42)
         assert keys.dtype == np.uint64
         assert [int(k) for k in keys] == [ref_key(purpose, 42, n) for n in names]
 
@@ -500,7 +500,7 @@ def test_read_plan_file_errors(tmp_path):
 
 
 def test_check_names_exist_reports_count_and_first_names():
-    plan = planner.Plan(split="x", kind="supervised",
+    plan = split_algorithm.Plan(split="x", kind="supervised",
                         names=np.asarray(["a", "zz1", "b", "zz2", "zz3", "zz4", "zz5", "zz6"],
                                          dtype=object),
                         shards=np.zeros(8, np.int32), indices=np.arange(8, dtype=np.int32),
@@ -610,7 +610,7 @@ def test_storage_reads_plan_files_by_uri(tmp_path):
     ("z\nA\né\n", ["z", "A", "é"], [1, 2, 3]),  # file order kept
 ])
 def test_parse_name_list(text, names, lines):
-    got, got_lines = planner.parse_name_list(text, "names.txt")
+    got, got_lines = split_algorithm.parse_name_list(text, "names.txt")
     assert got.tolist() == names and got_lines.tolist() == lines
 
 
@@ -624,13 +624,13 @@ def test_parse_name_list(text, names, lines):
 ])
 def test_name_list_checks(text, pattern):
     with pytest.raises(PlanError, match=pattern):
-        planner.parse_name_list(text, "names.txt")
+        split_algorithm.parse_name_list(text, "names.txt")
 
 
 def test_many_comma_lines_are_counted():
     text = "".join(f"n{i},0,{i}\n" for i in range(30))
     with pytest.raises(PlanError, match=r"line 5: .*\n  \.\.\. 30 such lines in all"):
-        planner.parse_name_list(text, "x")
+        split_algorithm.parse_name_list(text, "x")
 
 
 def test_plan_named_takes_exactly_the_listed_records_in_order_key_order(few):
@@ -638,7 +638,7 @@ def test_plan_named_takes_exactly_the_listed_records_in_order_key_order(few):
     labels = [r[1] for r in few]
     listed = [n for n in names if n.endswith(("1.JPEG", "3.JPEG", "5.JPEG"))][::-1]
     assert 5 < len(listed) < len(names)
-    plan = planner.plan_named(listed, names, labels, label="mine", origin="names.txt",
+    plan = split_algorithm.plan_named(listed, names, labels, label="mine", origin="names.txt",
                               num_shards=3)
     assert plan.split == f"train{len(listed)}.mine" and plan.kind == "supervised"
     assert plan.seed is None and plan.sampling == "names" and plan.source == "names.txt"
@@ -650,11 +650,11 @@ def test_plan_named_takes_exactly_the_listed_records_in_order_key_order(few):
     assert plan.class_counts == {str(k): v for k, v in
                                  sorted(Counter(label_of[n] for n in listed).items())}
     # The same list in any order, or a shuffled catalog: the same plan.
-    again = planner.plan_named(sorted(listed), names[::-1], labels[::-1], label="mine",
+    again = split_algorithm.plan_named(sorted(listed), names[::-1], labels[::-1], label="mine",
                                origin="other.txt", num_shards=3)
     assert again.sha256() == plan.sha256()
     # Default shard count: the source's shard size kept.
-    default = planner.plan_named(listed, names, labels, label="mine", origin="x", source_shards=12)
+    default = split_algorithm.plan_named(listed, names, labels, label="mine", origin="x", source_shards=12)
     assert default.num_shards == max(1, len(listed) * 12 // len(names))
 
 
@@ -662,9 +662,9 @@ def test_plan_named_reports_missing_names_with_line_numbers(few):
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
     text = "\n".join([names[0], "n99_1.JPEG", names[1], "", "n99_2.JPEG"]) + "\n"
-    listed, lines = planner.parse_name_list(text, "names.txt")
+    listed, lines = split_algorithm.parse_name_list(text, "names.txt")
     with pytest.raises(PlanError) as err:
-        planner.plan_named(listed, names, labels, label="mine", origin="names.txt",
+        split_algorithm.plan_named(listed, names, labels, label="mine", origin="names.txt",
                            list_lines=lines)
     assert str(err.value) == ("names.txt: 2 of 4 names are not in the source catalog (60 "
                               "records), e.g. n99_1.JPEG (line 2), n99_2.JPEG (line 5)")
@@ -673,7 +673,7 @@ def test_plan_named_reports_missing_names_with_line_numbers(few):
 @pytest.mark.parametrize("label", ["3", "Mine", "my.list", "", "a" * 33, "_x"])
 def test_plan_named_rejects_labels_that_could_collide(few, label):
     with pytest.raises(PlanError, match="name list label"):
-        planner.plan_named([few[0][0]], [r[0] for r in few], [r[1] for r in few], label=label,
+        split_algorithm.plan_named([few[0][0]], [r[0] for r in few], [r[1] for r in few], label=label,
                            origin="x")
 
 
@@ -744,13 +744,13 @@ def test_read_plan_file_of_a_shipped_list():
 def test_keys_computed_in_worker_processes_are_the_same(monkeypatch):
     """Many names: one process per core computes a share of the SHA-256 keys
     (fed through pipes); the keys are those of hash_keys, in order."""
-    from beam_jobs import planner
+    from beam_jobs import split_algorithm
 
     names = [f"n{i % 7:08d}_{i}.JPEG" for i in range(5003)] + ["é😀.JPEG"]
     jobs = [("select", 1), ("select", 2), ("order", 0), ("select", 1)]
-    monkeypatch.setattr(planner, "PARALLEL_MIN_NAMES", 100)
-    got = planner.precompute_keys(names, jobs, workers=3)
+    monkeypatch.setattr(split_algorithm, "PARALLEL_MIN_NAMES", 100)
+    got = split_algorithm.precompute_keys(names, jobs, workers=3)
     assert sorted(got) == sorted(set(jobs))
     for (purpose, seed), keys in got.items():
         assert keys.dtype == np.uint64
-        assert keys.tolist() == planner.hash_keys(names, purpose, seed).tolist()
+        assert keys.tolist() == split_algorithm.hash_keys(names, purpose, seed).tolist()

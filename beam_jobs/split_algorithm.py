@@ -142,7 +142,7 @@ def precompute_keys(names: Sequence[str], jobs: Sequence[tuple[str, int]],
                     workers: int | None = None) -> dict[tuple[str, int], np.ndarray]:
     """``hash_keys(names, purpose, seed)`` for every ``(purpose, seed)`` of
     ``jobs``: the same values, computed by one process per core when there are
-    many names (``python -m beam_jobs.planner``, fed through pipes: no fork of
+    many names (``python -m beam_jobs.split_algorithm``, fed through pipes: no fork of
     the calling process, which may be an Airflow task with threads)."""
     import os
     import subprocess
@@ -155,7 +155,7 @@ def precompute_keys(names: Sequence[str], jobs: Sequence[tuple[str, int]],
     names = list(names)
     step = -(-len(names) // workers)
     chunks = [names[i:i + step] for i in range(0, len(names), step)]
-    argv = [sys.executable, "-m", "beam_jobs.planner", *(f"{p}:{s}" for p, s in jobs)]
+    argv = [sys.executable, "-m", "beam_jobs.split_algorithm", *(f"{p}:{s}" for p, s in jobs)]
     procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
              for _ in chunks]
     for proc, chunk in zip(procs, chunks):  # each child reads all its input first
@@ -174,7 +174,7 @@ def precompute_keys(names: Sequence[str], jobs: Sequence[tuple[str, int]],
 
 
 def _keys_main(argv: list[str]) -> int:
-    """``python -m beam_jobs.planner PURPOSE:SEED ...``: names on stdin (one per
+    """``python -m beam_jobs.split_algorithm PURPOSE:SEED ...``: names on stdin (one per
     line), their keys on stdout (uint64, one array per PURPOSE:SEED, in order)."""
     import sys
 
