@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: demo test test-fast venv system-deps lint typecheck bench clean
+.PHONY: demo test test-fast venv system-deps lint format typecheck bench clean
 
 venv:
 	@bin/setup-venv
@@ -20,8 +20,13 @@ test: venv system-deps
 test-fast: venv
 	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow and not browser"
 
+# ruff: lint rules and the formatter ([tool.ruff] in pyproject.toml); `make format` applies it.
 lint: venv
-	@.venv/bin/ruff check beam_jobs plugins dags tests
+	@.venv/bin/ruff check beam_jobs plugins dags tests benchmarks
+	@.venv/bin/ruff format --check beam_jobs plugins dags tests benchmarks
+
+format: venv
+	@.venv/bin/ruff format beam_jobs plugins dags tests benchmarks
 
 # mypy on beam_jobs and plugins/ssl_splits ([tool.mypy] in pyproject.toml); tests/test_typecheck.py runs it too.
 typecheck: venv

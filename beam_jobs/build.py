@@ -83,7 +83,6 @@ from beam_jobs.tfrecord import RecordError, Writer, check_records, iter_framed
 log = logging.getLogger("beam_jobs.build")
 
 
-
 class BuildError(RuntimeError):
     """The split cannot be built as planned; the message says why."""
 
@@ -142,8 +141,9 @@ def default_read_threads(uri: str) -> int:
 # --------------------------------------------------------------------------- the build table
 
 
-def build_table(plan_uri: str, catalog_dir: str,
-                source_uri: str | None = None) -> tuple[pa.Table, list[str], str]:
+def build_table(
+    plan_uri: str, catalog_dir: str, source_uri: str | None = None
+) -> tuple[pa.Table, list[str], str]:
     """Join a plan file with the catalog: one row per output record, sorted by
     (shard, index), with the source file, offset, length and data CRC.
 
@@ -195,12 +195,17 @@ def build_table(plan_uri: str, catalog_dir: str,
     where = {f: i for i, f in enumerate(files)}
     rank = np.array([where[f] for f in seen], dtype=np.int32)
     file_ids = pa.array(rank[encoded.indices.to_numpy(zero_copy_only=False)], pa.int32())
-    table = pa.table({
-        "shard": plan.column("shard"), "index": plan.column("index"),
-        "filename": plan.column("filename"), "file_id": file_ids,
-        "offset": joined.column("offset"), "length": joined.column("length"),
-        "data_crc": joined.column("data_crc"),
-    })
+    table = pa.table(
+        {
+            "shard": plan.column("shard"),
+            "index": plan.column("index"),
+            "filename": plan.column("filename"),
+            "file_id": file_ids,
+            "offset": joined.column("offset"),
+            "length": joined.column("length"),
+            "data_crc": joined.column("data_crc"),
+        }
+    )
     return table, files, sha
 
 
@@ -225,10 +230,13 @@ def check_source_unchanged(catalog_dir: str, files: Iterable[str]) -> None:
         then = known.get(storage.basename(path))
         now = storage.stat(path)
         if then is None or now is None:
-            changed.append(f"{path}: {'missing now' if now is None else 'not in the validation report'}")
+            changed.append(
+                f"{path}: {'missing now' if now is None else 'not in the validation report'}"
+            )
             continue
-        then_info = storage.FileInfo(path, then["size"], then.get("crc32c"), then.get("generation"),
-                                     then.get("mtime_ns"))
+        then_info = storage.FileInfo(
+            path, then["size"], then.get("crc32c"), then.get("generation"), then.get("mtime_ns")
+        )
         if then_info.identity() != now.identity():
             changed.append(f"{path}: was {then_info.identity()}, now {now.identity()}")
     if changed:
@@ -260,9 +268,18 @@ def _load_build_table(uri: str, num_shards: int) -> tuple[pa.Table, np.ndarray]:
 class WriteShard(beam.DoFn):
     """Write one output shard to staging from its planned records."""
 
-    def __init__(self, table_uri: str, files: list[str], split: str, num_shards: int,
-                 output_uri: str, staging: str, read_threads: int,
-                 progress: str | None = None, prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        table_uri: str,
+        files: list[str],
+        split: str,
+        num_shards: int,
+        output_uri: str,
+        staging: str,
+        read_threads: int,
+        progress: str | None = None,
+        prefix: str | None = None,
+    ) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
         self.prefix = prefix  # the split's file prefix in the source's layout (beam_jobs.layout)
         self.table_uri = table_uri
@@ -295,9 +312,16 @@ class WriteShard(beam.DoFn):
 
     def process(self, shard: int) -> Iterator[dict[str, Any]]:
         stats = write_shard(
-            shard, self._rows(shard), self.files, split=self.split, num_shards=self.num_shards,
-            output_uri=self.output_uri, staging=self.staging, read_threads=self.read_threads,
-            reader=self._reader, prefix=self.prefix,
+            shard,
+            self._rows(shard),
+            self.files,
+            split=self.split,
+            num_shards=self.num_shards,
+            output_uri=self.output_uri,
+            staging=self.staging,
+            read_threads=self.read_threads,
+            reader=self._reader,
+            prefix=self.prefix,
         )
         if stats.get("reused"):
             self.reused.inc()
@@ -317,8 +341,12 @@ def _sidecar(staging: str, shard: int) -> str:
 def _write_sidecar(staging: str, stats: ShardStats) -> None:
     """Keep a staged shard's stats beside it, for a later attempt to reuse it.
     Bookkeeping (no fsync): a lost sidecar only means the shard is rewritten."""
-    storage.write_text(_sidecar(staging, stats.shard), json.dumps(stats.sidecar()) + "\n",
-                       "application/json", durable=False)
+    storage.write_text(
+        _sidecar(staging, stats.shard),
+        json.dumps(stats.sidecar()) + "\n",
+        "application/json",
+        durable=False,
+    )
 
 
 def _reusable(staging: str, shard: int, name: str, final: str) -> ShardStats | None:
@@ -331,14 +359,24 @@ def _reusable(staging: str, shard: int, name: str, final: str) -> ShardStats | N
     stats = ShardStats.from_dict(json.loads(storage.read_text(side)))
     staged = storage.join(staging, name)
     info = storage.stat(staged)
-    if info is not None and info.size == stats.num_bytes and \
-            storage.file_crc32c(staged) == stats.crc32c:
+    if (
+        info is not None
+        and info.size == stats.num_bytes
+        and storage.file_crc32c(staged) == stats.crc32c
+    ):
         return dataclasses.replace(stats, staged=staged, path=final, reused=True)
     return None
 
 
-def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: str, *,
-                 read_threads: int, what: str) -> Writer:
+def copy_records(
+    rows: pa.Table,
+    files: list[str],
+    reader: RangeReader,
+    staged: str,
+    *,
+    read_threads: int,
+    what: str,
+) -> Writer:
     """Write the framed records ``rows`` point at (file_id, offset, length,
     data_crc; ``index`` 0..n-1) to a new file ``staged``, in row order, in
     batches of ``BATCH_BYTES``: one ranged read per record, then each batch is
@@ -359,8 +397,13 @@ def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: 
             # several times over, whatever the record size (bounded memory still).
             batch_bytes = max(BATCH_BYTES, 4 * read_threads * int(lengths.mean()))
         for lo, hi in batches(lengths, batch_bytes):
-            records = reader.read_many(files, file_ids[lo:hi].tolist(), offsets[lo:hi].tolist(),
-                                       lengths[lo:hi].tolist(), read_threads)
+            records = reader.read_many(
+                files,
+                file_ids[lo:hi].tolist(),
+                offsets[lo:hi].tolist(),
+                lengths[lo:hi].tolist(),
+                read_threads,
+            )
             stored, bad, why = check_records(records, lengths[lo:hi])
             if bad < 0:
                 differs = np.flatnonzero(stored != crcs[lo:hi])
@@ -371,14 +414,25 @@ def copy_records(rows: pa.Table, files: list[str], reader: RangeReader, staged: 
                 raise BuildError(
                     f"{what}: record {rows.column('filename')[i].as_py()} at "
                     f"{files[file_ids[i]]} offset {offsets[i]}: {why}; the source changed since "
-                    "validation (validate it again)")
+                    "validation (validate it again)"
+                )
             w.write_framed_batch(records)
     return w
 
 
-def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num_shards: int,
-                output_uri: str, staging: str, read_threads: int,
-                reader: RangeReader | None = None, prefix: str | None = None) -> dict[str, Any]:
+def write_shard(
+    shard: int,
+    rows: pa.Table,
+    files: list[str],
+    *,
+    split: str,
+    num_shards: int,
+    output_uri: str,
+    staging: str,
+    read_threads: int,
+    reader: RangeReader | None = None,
+    prefix: str | None = None,
+) -> dict[str, Any]:
     """Copy a shard's planned records into a staged file; return its stats.
 
     ``reader`` keeps source files open across calls (one is made and closed
@@ -388,16 +442,21 @@ def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num
     final = storage.join(output_uri, name)
     reused = _reusable(staging, shard, name, final)
     if reused is not None:
-        log.debug("%s: shard %d/%d already staged by an earlier attempt, reused", split,
-                  shard + 1, num_shards)
+        log.debug(
+            "%s: shard %d/%d already staged by an earlier attempt, reused",
+            split,
+            shard + 1,
+            num_shards,
+        )
         return reused.to_dict()
     staged = storage.join(staging, name)
     own_reader = reader is None
     reader = reader or RangeReader()
     fetched_before = reader.bytes_fetched
     try:
-        w = copy_records(rows, files, reader, staged, read_threads=read_threads,
-                         what=f"{split}: shard {shard}")
+        w = copy_records(
+            rows, files, reader, staged, read_threads=read_threads, what=f"{split}: shard {shard}"
+        )
     finally:
         if own_reader:
             reader.close()
@@ -405,14 +464,26 @@ def write_shard(shard: int, rows: pa.Table, files: list[str], *, split: str, num
     bytes_read = reader.bytes_fetched - fetched_before
     names = rows.column("filename")
     stats = ShardStats(
-        shard=shard, path=final, staged=staged, num_records=w.num_records,
-        num_bytes=w.num_bytes, crc32c=crc32c_hex(w.crc32c), bytes_read=bytes_read,
+        shard=shard,
+        path=final,
+        staged=staged,
+        num_records=w.num_records,
+        num_bytes=w.num_bytes,
+        crc32c=crc32c_hex(w.crc32c),
+        bytes_read=bytes_read,
         first=names[0].as_py() if len(names) else None,
         last=names[-1].as_py() if len(names) else None,
     )
     _write_sidecar(staging, stats)
-    log.debug("%s: shard %d/%d staged: %d records, %.1f MB in %.2f s", split, shard + 1,
-              num_shards, w.num_records, w.num_bytes / 1e6, time.monotonic() - t0)
+    log.debug(
+        "%s: shard %d/%d staged: %d records, %.1f MB in %.2f s",
+        split,
+        shard + 1,
+        num_shards,
+        w.num_records,
+        w.num_bytes / 1e6,
+        time.monotonic() - t0,
+    )
     return stats.to_dict()
 
 
@@ -420,8 +491,14 @@ class CopyShard(beam.DoFn):
     """Copy one whole shard (the validation set) to staging, counting and
     checking its records on the way."""
 
-    def __init__(self, split: str, output_uri: str, staging: str,
-                 progress: str | None = None, prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        split: str,
+        output_uri: str,
+        staging: str,
+        progress: str | None = None,
+        prefix: str | None = None,
+    ) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
         self.prefix = prefix  # the split's file prefix in the source's layout
         self.split = split
@@ -432,15 +509,21 @@ class CopyShard(beam.DoFn):
         setup_logging()
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        stats = copy_shard(element, split=self.split, output_uri=self.output_uri,
-                           staging=self.staging, prefix=self.prefix)
+        stats = copy_shard(
+            element,
+            split=self.split,
+            output_uri=self.output_uri,
+            staging=self.staging,
+            prefix=self.prefix,
+        )
         mark_done(self.progress, element["shard"], stats["num_records"], stats["num_bytes"])
         failpoint("build.shard")
         yield stats
 
 
-def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
-               staging: str, prefix: str | None = None) -> dict[str, Any]:
+def copy_shard(
+    element: dict[str, Any], *, split: str, output_uri: str, staging: str, prefix: str | None = None
+) -> dict[str, Any]:
     src, shard, num_shards = element["path"], element["shard"], element["num_shards"]
     name = shard_name(prefix or split, shard, num_shards)
     final = storage.join(output_uri, name)
@@ -454,9 +537,16 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
             if isinstance(item, RecordError):
                 raise BuildError(f"{split}: cannot copy {src}: {item}")
             w.write(item.data)
-    stats = ShardStats(shard=shard, path=final, staged=staged, num_records=w.num_records,
-                       num_bytes=w.num_bytes, crc32c=crc32c_hex(w.crc32c),
-                       bytes_read=w.num_bytes, source=src)
+    stats = ShardStats(
+        shard=shard,
+        path=final,
+        staged=staged,
+        num_records=w.num_records,
+        num_bytes=w.num_bytes,
+        crc32c=crc32c_hex(w.crc32c),
+        bytes_read=w.num_bytes,
+        source=src,
+    )
     _write_sidecar(staging, stats)
     log.debug("%s: shard %d/%d copied: %d records", split, shard + 1, num_shards, w.num_records)
     return stats.to_dict()
@@ -465,9 +555,18 @@ def copy_shard(element: dict[str, Any], *, split: str, output_uri: str,
 # --------------------------------------------------------------------------- finishing
 
 
-def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_uri: str,
-           staging: str, expected: list[int] | None, meta: dict[str, Any],
-           stats_path: str, prefix: str | None = None) -> dict[str, Any]:
+def finish(
+    stats: list[dict[str, Any]],
+    *,
+    split: str,
+    num_shards: int,
+    output_uri: str,
+    staging: str,
+    expected: list[int] | None,
+    meta: dict[str, Any],
+    stats_path: str,
+    prefix: str | None = None,
+) -> dict[str, Any]:
     """Check every shard is staged as planned and write the split's stats
     (``prefix``: the split's file prefix in its source's layout).
 
@@ -480,11 +579,12 @@ def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_u
     if got != list(range(num_shards)):
         raise BuildError(f"{split}: staged shards {got[:10]}... are not 0..{num_shards - 1}")
     if expected is not None:
-        bad = [(s.shard, s.num_records, e) for s, e in zip(shards, expected)
-               if s.num_records != e]
+        bad = [(s.shard, s.num_records, e) for s, e in zip(shards, expected) if s.num_records != e]
         if bad:
-            raise BuildError(f"{split}: shard record counts differ from the plan "
-                             f"(shard, written, planned): {bad[:5]}")
+            raise BuildError(
+                f"{split}: shard record counts differ from the plan "
+                f"(shard, written, planned): {bad[:5]}"
+            )
     summary = {
         **meta,
         "split": split,
@@ -497,14 +597,28 @@ def finish(stats: list[dict[str, Any]], *, split: str, num_shards: int, output_u
         "shards_reused": sum(1 for s in shards if s.reused),
         "staging": staging,
         "file_pattern": file_pattern(output_uri, prefix or split, num_shards),
-        "shards": [{"path": s.path, "staged": s.staged, "num_records": s.num_records,
-                    "num_bytes": s.num_bytes, "crc32c": s.crc32c} for s in shards],
+        "shards": [
+            {
+                "path": s.path,
+                "staged": s.staged,
+                "num_records": s.num_records,
+                "num_bytes": s.num_bytes,
+                "crc32c": s.crc32c,
+            }
+            for s in shards
+        ],
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": __version__,
     }
     storage.write_text(stats_path, json.dumps(summary, indent=1) + "\n", "application/json")
-    log.info("%s: staged: %d shards, %d records, %.1f MB (%d shards reused)", split, num_shards,
-             summary["num_examples"], summary["num_bytes"] / 1e6, summary["shards_reused"])
+    log.info(
+        "%s: staged: %d shards, %d records, %.1f MB (%d shards reused)",
+        split,
+        num_shards,
+        summary["num_examples"],
+        summary["num_bytes"] / 1e6,
+        summary["shards_reused"],
+    )
     return summary
 
 
@@ -564,19 +678,28 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SplitJob, li
     p = argparse.ArgumentParser(
         prog="python -m beam_jobs.build",
         description="Build one split's TFRecord shards from its plan (records copied byte for "
-                    "byte with ranged reads), or copy the validation shards; they are staged "
-                    "under the work folder until the DAG publishes them.",
+        "byte with ranged reads), or copy the validation shards; they are staged "
+        "under the work folder until the DAG publishes them.",
         epilog="Any other --flag is a Beam pipeline option (--runner, --project, --region, "
-               "--temp_location, --direct_num_workers, ...).",
+        "--temp_location, --direct_num_workers, ...).",
     )
     split_job.add_args(p)
-    p.add_argument("--source_uri", help="the source folder now, if it moved since validation "
-                   "(plan mode; default: where validation read it)")
-    p.add_argument("--read_threads", type=int, default=0,
-                   help=f"ranged reads in flight per shard (default: {GCS_READ_THREADS} on gs://, "
-                        "1 locally)")
-    p.add_argument("--skip_source_check", action="store_true",
-                   help="do not compare the source shards with the validation report")
+    p.add_argument(
+        "--source_uri",
+        help="the source folder now, if it moved since validation "
+        "(plan mode; default: where validation read it)",
+    )
+    p.add_argument(
+        "--read_threads",
+        type=int,
+        default=0,
+        help=f"ranged reads in flight per shard (default: {GCS_READ_THREADS} on gs://, 1 locally)",
+    )
+    p.add_argument(
+        "--skip_source_check",
+        action="store_true",
+        help="do not compare the source shards with the validation report",
+    )
     return split_job.parse(p, argv)
 
 
@@ -603,40 +726,76 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         table_uri = storage.join(staging, "records.parquet")
         write_table(table_uri, table)
         threads = args.read_threads or default_read_threads(files[0])
-        meta.update(plan_uri=args.plan_uri, plan_sha256=sha, catalog_dir=args.catalog_dir,
-                    source_files=len(files))
+        meta.update(
+            plan_uri=args.plan_uri,
+            plan_sha256=sha,
+            catalog_dir=args.catalog_dir,
+            source_files=len(files),
+        )
         meta["source_uri"] = storage.dirname(files[0])  # where the records were read
-        log.info("%s: building %d records in %d shards from %d source files (%d read threads)",
-                 split, table.num_rows, num_shards, len(files), threads)
+        log.info(
+            "%s: building %d records in %d shards from %d source files (%d read threads)",
+            split,
+            table.num_rows,
+            num_shards,
+            len(files),
+            threads,
+        )
         elements: list[Any] = list(range(num_shards))
-        fn: beam.DoFn = WriteShard(table_uri, files, split, num_shards, output, staging, threads,
-                                   progress_dir(work, "build", split), prefix)
+        fn: beam.DoFn = WriteShard(
+            table_uri,
+            files,
+            split,
+            num_shards,
+            output,
+            staging,
+            threads,
+            progress_dir(work, "build", split),
+            prefix,
+        )
         del table
     else:
         src = job.copy_from
         assert src is not None
         shards = copy_sources(src, prefix)
         num_shards = len(shards)
-        fp = hashlib.sha256("\n".join(f"{storage.basename(f.path)}\t{f.identity()}"
-                                      for f in shards).encode()).hexdigest()
+        fp = hashlib.sha256(
+            "\n".join(f"{storage.basename(f.path)}\t{f.identity()}" for f in shards).encode()
+        ).hexdigest()
         work_bytes = sum(f.size for f in shards)
         work_records = None
         token = fp[:16]
         staging = staging_dir(work, split, token)
         expected = None
         meta.update(copied_from=src, source_fingerprint=fp)
-        elements = [{"path": f.path, "shard": i, "num_shards": num_shards}
-                    for i, f in enumerate(shards)]
+        elements = [
+            {"path": f.path, "shard": i, "num_shards": num_shards} for i, f in enumerate(shards)
+        ]
         fn = CopyShard(split, output, staging, progress_dir(work, "build", split), prefix)
-    p_options = make_options(beam_args, default_job_name=meta["job_name"], work_bytes=work_bytes,
-                             work_seconds=estimated_seconds(work_bytes, work_records))
+    p_options = make_options(
+        beam_args,
+        default_job_name=meta["job_name"],
+        work_bytes=work_bytes,
+        work_seconds=estimated_seconds(work_bytes, work_records),
+    )
     meta["runner"] = p_options.get_all_options()["runner"]
     p = beam.Pipeline(options=p_options)
-    _ = (p
-         | "Shards" >> beam.Create(elements)
-         | "Stage" >> StageSplit(fn, split=split, num_shards=num_shards, output_uri=output,
-                                 staging=staging, expected=expected, meta=meta, stats_path=spath,
-                                 prefix=prefix))
+    _ = (
+        p
+        | "Shards" >> beam.Create(elements)
+        | "Stage"
+        >> StageSplit(
+            fn,
+            split=split,
+            num_shards=num_shards,
+            output_uri=output,
+            staging=staging,
+            expected=expected,
+            meta=meta,
+            stats_path=spath,
+            prefix=prefix,
+        )
+    )
     staged = stage_template(p, p_options, "build")
     if staged:  # described for Dataflow, not run: nothing of an earlier build is touched
         return {**staged, "split": split}
@@ -644,19 +803,27 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # the start of this one (if this one dies, verify finds no stats, not old ones).
     storage.delete([spath])
     clear_other_stagings(work, split, keep=staging)
-    with Progress(split, progress_dir(work, "build", split), num_shards,
-                  total_records=sum(expected) if expected is not None else None,
-                  total_bytes=work_bytes, logger=log):
+    with Progress(
+        split,
+        progress_dir(work, "build", split),
+        num_shards,
+        total_records=sum(expected) if expected is not None else None,
+        total_bytes=work_bytes,
+        logger=log,
+    ):
         result = p.run()
         result.wait_until_finish()
     summary = json.loads(storage.read_text(spath))
     seconds = time.monotonic() - t0
     metrics = counters(result)
-    print(f"{split}: {summary['num_examples']:,} records in {summary['num_shards']} shards "
-          f"staged ({summary['bytes_written'] / 1e6:,.1f} MB written, "
-          f"{summary['bytes_read'] / 1e6:,.1f} MB read, {summary['shards_reused']} shards "
-          f"reused) in {seconds:.1f} s -> {summary['staging']} (published by publish_manifest "
-          "once verified)", flush=True)
+    print(
+        f"{split}: {summary['num_examples']:,} records in {summary['num_shards']} shards "
+        f"staged ({summary['bytes_written'] / 1e6:,.1f} MB written, "
+        f"{summary['bytes_read'] / 1e6:,.1f} MB read, {summary['shards_reused']} shards "
+        f"reused) in {seconds:.1f} s -> {summary['staging']} (published by publish_manifest "
+        "once verified)",
+        flush=True,
+    )
     if metrics:
         print(f"{split}: metrics {json.dumps(metrics, sort_keys=True)}", flush=True)
     return summary

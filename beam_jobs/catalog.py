@@ -40,6 +40,7 @@ SCHEMA = pa.schema(
     ]
 )
 
+
 def fingerprint(files: Iterable[FileInfo]) -> str:
     """sha256 over the source shards' names and identities.
 
@@ -62,15 +63,17 @@ def table_to_parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = No
     return buf.getvalue()
 
 
-def write_table(uri: str, table: pa.Table, metadata: dict[str, str] | None = None,
-                durable: bool = True) -> None:
+def write_table(
+    uri: str, table: pa.Table, metadata: dict[str, str] | None = None, durable: bool = True
+) -> None:
     """Write a Parquet file atomically to a local path or gs:// (``durable``:
     fsync a local file before it takes its name)."""
     storage.write_bytes(uri, table_to_parquet_bytes(table, metadata), durable=durable)
 
 
-def read_table(uri: str, columns: list[str] | None = None,
-               read_dictionary: list[str] | None = None) -> pa.Table:
+def read_table(
+    uri: str, columns: list[str] | None = None, read_dictionary: list[str] | None = None
+) -> pa.Table:
     """Read a Parquet file from a local path or gs://. ``read_dictionary``:
     columns kept dictionary-encoded (a few source file names repeated per
     record, not one string object each)."""

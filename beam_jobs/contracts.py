@@ -45,21 +45,40 @@ class SplitSpec:
     layout: str = COMMON  # the source's layout: it names the split's files
 
     @classmethod
-    def planned(cls, summary: dict[str, Any], *, action: str, reason: str, catalog_dir: str,
-                layout: str) -> SplitSpec:
+    def planned(
+        cls, summary: dict[str, Any], *, action: str, reason: str, catalog_dir: str, layout: str
+    ) -> SplitSpec:
         """A planned split's spec, from its plan summary (``plan.plan_summary``)."""
-        return cls(split=summary["split"], kind=summary["kind"], action=action, reason=reason,
-                   plan_uri=summary["plan_uri"], plan_sha256=summary["plan_sha256"],
-                   catalog_dir=catalog_dir, num_examples=summary["num_examples"],
-                   num_shards=summary["num_shards"], seed=summary["seed"], layout=layout)
+        return cls(
+            split=summary["split"],
+            kind=summary["kind"],
+            action=action,
+            reason=reason,
+            plan_uri=summary["plan_uri"],
+            plan_sha256=summary["plan_sha256"],
+            catalog_dir=catalog_dir,
+            num_examples=summary["num_examples"],
+            num_shards=summary["num_shards"],
+            seed=summary["seed"],
+            layout=layout,
+        )
 
     @classmethod
-    def validation(cls, *, action: str, reason: str, catalog_dir: str,
-                   layout: str) -> SplitSpec:
+    def validation(cls, *, action: str, reason: str, catalog_dir: str, layout: str) -> SplitSpec:
         """The validation copy's spec: copied whole from the source, no plan."""
-        return cls(split=VALIDATION, kind=VALIDATION, action=action, reason=reason,
-                   plan_uri=None, plan_sha256=None, catalog_dir=catalog_dir, num_examples=None,
-                   num_shards=None, seed=None, layout=layout)
+        return cls(
+            split=VALIDATION,
+            kind=VALIDATION,
+            action=action,
+            reason=reason,
+            plan_uri=None,
+            plan_sha256=None,
+            catalog_dir=catalog_dir,
+            num_examples=None,
+            num_shards=None,
+            seed=None,
+            layout=layout,
+        )
 
     @property
     def is_copy(self) -> bool:
@@ -98,9 +117,15 @@ class ShardStats:
     reused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"shard": self.shard, "path": self.path, "staged": self.staged,
-                             "num_records": self.num_records, "num_bytes": self.num_bytes,
-                             "crc32c": self.crc32c, "bytes_read": self.bytes_read}
+        d: dict[str, Any] = {
+            "shard": self.shard,
+            "path": self.path,
+            "staged": self.staged,
+            "num_records": self.num_records,
+            "num_bytes": self.num_bytes,
+            "crc32c": self.crc32c,
+            "bytes_read": self.bytes_read,
+        }
         if self.source is None:
             d.update(first=self.first, last=self.last)
         else:

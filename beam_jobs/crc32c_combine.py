@@ -97,7 +97,7 @@ def _shift_tables() -> np.ndarray:
                     power = _multmodp(bit_powers[DIGIT_BITS * k + t], power)
             basis = np.array(_times_x_basis(power), dtype=np.uint32)
             for j in range(4):
-                b = np.where(bits, basis[8 * j:8 * j + 8][None, :], 0)
+                b = np.where(bits, basis[8 * j : 8 * j + 8][None, :], 0)
                 tables[k, m, j] = np.bitwise_xor.reduce(b, axis=1)
     return tables
 
@@ -122,8 +122,12 @@ def shift(crcs: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
     for k in range(-(-top // DIGIT_BITS)):
         t = tables[k]
         base = ((n >> (DIGIT_BITS * k)) & 15).astype(np.uint32) << 10
-        c = (take(t, base | (c & 0xFF)) ^ take(t, base | (256 + ((c >> 8) & 0xFF)))
-             ^ take(t, base | (512 + ((c >> 16) & 0xFF))) ^ take(t, base | (768 + (c >> 24))))
+        c = (
+            take(t, base | (c & 0xFF))
+            ^ take(t, base | (256 + ((c >> 8) & 0xFF)))
+            ^ take(t, base | (512 + ((c >> 16) & 0xFF)))
+            ^ take(t, base | (768 + (c >> 24)))
+        )
     return c
 
 
@@ -149,8 +153,11 @@ def mask(crcs: np.ndarray) -> np.ndarray:
 
 
 def _le_bytes(values: np.ndarray, dtype: str) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(values).astype(dtype)).view(np.uint8).reshape(
-        len(values), -1)
+    return (
+        np.ascontiguousarray(np.asarray(values).astype(dtype))
+        .view(np.uint8)
+        .reshape(len(values), -1)
+    )
 
 
 def framed_record_crcs(framed_lengths: np.ndarray, masked_data_crcs: np.ndarray) -> np.ndarray:
@@ -193,8 +200,9 @@ def concat_crcs(crcs: np.ndarray, lengths: np.ndarray, starts: np.ndarray) -> np
     return out
 
 
-def shard_crcs(framed_lengths: np.ndarray, masked_data_crcs: np.ndarray,
-               starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def shard_crcs(
+    framed_lengths: np.ndarray, masked_data_crcs: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``(sizes, crc32cs)`` of files made of framed records, grouped by ``starts``
     (see :func:`concat_crcs`)."""
     lengths = np.asarray(framed_lengths, dtype=np.int64)

@@ -42,8 +42,14 @@ MAX_FINDINGS = 20
 Planned = tuple[list[str], list[int]]
 
 
-def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None,
-                     planned: Planned | None, keys: RecordKeys = COMMON_KEYS) -> dict[str, Any]:
+def deep_check_shard(
+    path: str,
+    shard: int,
+    split: str,
+    expected_crc: str | None,
+    planned: Planned | None,
+    keys: RecordKeys = COMMON_KEYS,
+) -> dict[str, Any]:
     """Re-read one shard: CRCs, count, file CRC32C, planned names and data CRCs."""
     import google_crc32c
 
@@ -71,19 +77,25 @@ def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None
                 continue
             if names is not None:
                 if count >= len(names):
-                    findings.append(f"{split}: shard {shard} has more records than the plan's "
-                                    f"{len(names)} (extra record at byte offset {item.offset})")
+                    findings.append(
+                        f"{split}: shard {shard} has more records than the plan's "
+                        f"{len(names)} (extra record at byte offset {item.offset})"
+                    )
                     break
                 try:
                     got = parse_image_record(item.data, keys).filename
                 except ExampleError as err:
                     got = f"<unparseable: {err}>"
                 if got != names[count]:
-                    findings.append(f"{split}: shard {shard} index {count} holds {got}, the plan "
-                                    f"says {names[count]}")
+                    findings.append(
+                        f"{split}: shard {shard} index {count} holds {got}, the plan "
+                        f"says {names[count]}"
+                    )
                 elif data_crcs is not None and item.data_crc != data_crcs[count]:
-                    findings.append(f"{split}: shard {shard} index {count} ({got}) differs from "
-                                    f"the source record")
+                    findings.append(
+                        f"{split}: shard {shard} index {count} ({got}) differs from "
+                        f"the source record"
+                    )
             count += 1
             if len(findings) >= MAX_FINDINGS:
                 break
@@ -91,9 +103,17 @@ def deep_check_shard(path: str, shard: int, split: str, expected_crc: str | None
         findings.append(f"{split}: shard {shard} has {count} records, the plan {len(names)}")
     file_crc = f"{crc & 0xFFFFFFFF:08x}"
     if expected_crc is not None and not findings and file_crc != expected_crc:
-        findings.append(f"{split}: shard {shard} CRC32C {file_crc} != expected {expected_crc}: {path}")
-    return {"shard": shard, "path": path, "num_records": count, "crc32c": file_crc,
-            "bytes_read": nbytes, "findings": findings}
+        findings.append(
+            f"{split}: shard {shard} CRC32C {file_crc} != expected {expected_crc}: {path}"
+        )
+    return {
+        "shard": shard,
+        "path": path,
+        "num_records": count,
+        "crc32c": file_crc,
+        "bytes_read": nbytes,
+        "findings": findings,
+    }
 
 
 # One plan table per worker process, shared by the DoFn instances and threads
@@ -108,16 +128,24 @@ def _plan(uri: str, num_shards: int) -> tuple[pa.Table, np.ndarray]:
         if uri not in _PLANS:
             t = read_table(uri)
             _PLANS.clear()  # keep one: a worker verifies one split at a time
-            _PLANS[uri] = (t, np.searchsorted(t.column("shard").to_numpy(),
-                                              np.arange(num_shards + 1)))
+            _PLANS[uri] = (
+                t,
+                np.searchsorted(t.column("shard").to_numpy(), np.arange(num_shards + 1)),
+            )
         return _PLANS[uri]
 
 
 class DeepCheck(beam.DoFn):
     """One staged shard in, its deep-check result out."""
 
-    def __init__(self, split: str, table_uri: str | None, num_shards: int,
-                 progress: str | None = None, keys: RecordKeys = COMMON_KEYS) -> None:
+    def __init__(
+        self,
+        split: str,
+        table_uri: str | None,
+        num_shards: int,
+        progress: str | None = None,
+        keys: RecordKeys = COMMON_KEYS,
+    ) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
         self.keys = keys  # the records' feature keys in the source's layout
         self.split = split
@@ -137,8 +165,9 @@ class DeepCheck(beam.DoFn):
             lo, hi = int(starts[element["shard"]]), int(starts[element["shard"] + 1])
             rows = table.slice(lo, hi - lo)
             planned = (rows.column("filename").to_pylist(), rows.column("data_crc").to_pylist())
-        out = deep_check_shard(element["path"], element["shard"], self.split,
-                               element.get("crc32c"), planned, self.keys)
+        out = deep_check_shard(
+            element["path"], element["shard"], self.split, element.get("crc32c"), planned, self.keys
+        )
         self.records.inc(out["num_records"])
         self.bad.inc(len(out["findings"]))
         self.bytes.inc(out["bytes_read"])
@@ -152,8 +181,14 @@ class DeepVerify(beam.PTransform):
     The Reshuffle after Create lets a runner spread the shards over workers
     instead of fusing them onto the one that created them."""
 
-    def __init__(self, split: str, table_uri: str | None, num_shards: int,
-                 progress: str | None = None, keys: RecordKeys = COMMON_KEYS) -> None:
+    def __init__(
+        self,
+        split: str,
+        table_uri: str | None,
+        num_shards: int,
+        progress: str | None = None,
+        keys: RecordKeys = COMMON_KEYS,
+    ) -> None:
         super().__init__()
         self._fn = DeepCheck(split, table_uri, num_shards, progress, keys)
 
@@ -170,8 +205,14 @@ class DeepResult:
     staged: dict[str, Any] | None = None
 
 
-def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table | None,
-             beam_args: list[str], layout_kind: str = "common") -> DeepResult:
+def run_deep(
+    split: str,
+    work: str,
+    stats: dict[str, Any],
+    plan_table: pa.Table | None,
+    beam_args: list[str],
+    layout_kind: str = "common",
+) -> DeepResult:
     """Run the deep check of a staged split (or stage it as a Dataflow template)."""
     table_uri = None
     if plan_table is not None:
@@ -180,10 +221,15 @@ def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table 
         # with the old catalog's CRCs.
         table_uri = storage.join(verify_dir(work), f"{split}.{uuid.uuid4().hex[:16]}.parquet")
         write_table(table_uri, plan_table.select(["shard", "index", "filename", "data_crc"]))
-    elements = [{"path": e["staged"], "shard": i, "crc32c": e["crc32c"]}
-                for i, e in enumerate(stats["shards"])]
-    options = make_options(beam_args, default_job_name=job_name("ssl-verify", split),
-                           work_bytes=int(stats.get("num_bytes") or 0))
+    elements = [
+        {"path": e["staged"], "shard": i, "crc32c": e["crc32c"]}
+        for i, e in enumerate(stats["shards"])
+    ]
+    options = make_options(
+        beam_args,
+        default_job_name=job_name("ssl-verify", split),
+        work_bytes=int(stats.get("num_bytes") or 0),
+    )
     results_path = storage.join(verify_dir(work), f"{split}.deep.json")
 
     def collect(results: list[dict[str, Any]]) -> None:
@@ -193,17 +239,28 @@ def run_deep(split: str, work: str, stats: dict[str, Any], plan_table: pa.Table 
     (
         p
         | "Shards" >> beam.Create(elements)
-        | "Verify" >> DeepVerify(split, table_uri, len(elements),
-                                 progress_dir(work, "verify", split), record_keys(layout_kind))
+        | "Verify"
+        >> DeepVerify(
+            split,
+            table_uri,
+            len(elements),
+            progress_dir(work, "verify", split),
+            record_keys(layout_kind),
+        )
         | "Collect" >> beam.combiners.ToList()
         | "Write" >> beam.Map(collect)
     )
     staged = stage_template(p, options, "verify")
     if staged:  # template mode: the plan table stays for the job to read when launched
         return DeepResult([], {}, staged)
-    with Progress(split, progress_dir(work, "verify", split), len(elements),
-                  total_records=int(stats["num_examples"]),
-                  total_bytes=int(stats.get("num_bytes") or 0), logger=None):
+    with Progress(
+        split,
+        progress_dir(work, "verify", split),
+        len(elements),
+        total_records=int(stats["num_examples"]),
+        total_bytes=int(stats.get("num_bytes") or 0),
+        logger=None,
+    ):
         result = p.run()
         result.wait_until_finish()
     metrics = counters(result)

@@ -28,9 +28,16 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
         m.name = name
         return m
 
-    def field(m: Any, name: str, number: int, type_: int, label: int = _F.LABEL_OPTIONAL,
-              type_name: str | None = None, oneof: int | None = None,
-              packed: bool = False) -> None:
+    def field(
+        m: Any,
+        name: str,
+        number: int,
+        type_: int,
+        label: int = _F.LABEL_OPTIONAL,
+        type_name: str | None = None,
+        oneof: int | None = None,
+        packed: bool = False,
+    ) -> None:
         f = m.field.add(name=name, number=number, type=type_, label=label)
         if type_name:
             f.type_name = type_name
@@ -52,8 +59,14 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
     entry.options.map_entry = True
     field(entry, "key", 1, _F.TYPE_STRING)
     field(entry, "value", 2, _F.TYPE_MESSAGE, type_name=".tensorflow.Feature")
-    field(features, "feature", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED,
-          type_name=".tensorflow.Features.FeatureEntry")
+    field(
+        features,
+        "feature",
+        1,
+        _F.TYPE_MESSAGE,
+        _F.LABEL_REPEATED,
+        type_name=".tensorflow.Features.FeatureEntry",
+    )
     field(message("Example"), "features", 1, _F.TYPE_MESSAGE, type_name=".tensorflow.Features")
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fd)
@@ -115,8 +128,9 @@ class RecordKeys:
 
 # The common converters (image/*, labels 1..1000) and TensorFlow Datasets'
 # imagenet2012 (image, file_name, label 0..999).
-COMMON_KEYS = RecordKeys("image/encoded", "image/filename", "image/class/label",
-                         "image/class/synset")
+COMMON_KEYS = RecordKeys(
+    "image/encoded", "image/filename", "image/class/label", "image/class/synset"
+)
 TFDS_KEYS = RecordKeys("image", "file_name", "label", None)
 
 
@@ -146,9 +160,7 @@ def _single(fmap: Any, key: str, kind: str, required: bool) -> Any:
     feat = fmap[key]
     which = feat.WhichOneof("kind")
     if which != kind:
-        raise ExampleError(
-            "wrong_type", f"{key!r} is {which or 'empty'}, expected {kind}"
-        )
+        raise ExampleError("wrong_type", f"{key!r} is {which or 'empty'}, expected {kind}")
     values = getattr(feat, kind).value
     if len(values) != 1:
         raise ExampleError("wrong_type", f"{key!r} has {len(values)} values, expected 1")
@@ -167,7 +179,9 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
     try:
         ex.ParseFromString(data)
     except Exception as err:  # protobuf raises DecodeError (a Message.Error)
-        raise ExampleError("not_an_example", f"does not parse as tf.train.Example ({err})") from None
+        raise ExampleError(
+            "not_an_example", f"does not parse as tf.train.Example ({err})"
+        ) from None
     fmap = ex.features.feature
     # Fast path (every well-formed record): one lookup per feature. Anything
     # unusual goes the careful way below, which names what is wrong.
@@ -177,16 +191,24 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
     if enc is not None and name is not None and lab is not None:
         ev, nv, lv = enc.bytes_list.value, name.bytes_list.value, lab.int64_list.value
         sv = syn.bytes_list.value if syn is not None else None
-        if len(ev) == 1 and len(nv) == 1 and len(lv) == 1 and (sv is None or len(sv) == 1) \
-                and ev[0]:
+        if (
+            len(ev) == 1
+            and len(nv) == 1
+            and len(lv) == 1
+            and (sv is None or len(sv) == 1)
+            and ev[0]
+        ):
             try:
                 filename = nv[0].decode("utf-8")
             except UnicodeDecodeError:
                 filename = ""
             if filename and "," not in filename and "\n" not in filename:
-                return ImageRecord(filename=filename, label=int(lv[0]),
-                                   synset=sv[0].decode("utf-8", "replace") if sv else "",
-                                   encoded_len=len(ev[0]))
+                return ImageRecord(
+                    filename=filename,
+                    label=int(lv[0]),
+                    synset=sv[0].decode("utf-8", "replace") if sv else "",
+                    encoded_len=len(ev[0]),
+                )
     encoded = _single(fmap, keys.encoded, "bytes_list", True)
     if not encoded:
         raise ExampleError("empty_image", f"'{keys.encoded}' is empty")
@@ -194,9 +216,13 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
     try:
         filename = raw_name.decode("utf-8")
     except UnicodeDecodeError:
-        raise ExampleError("bad_filename", f"'{keys.filename}' is not UTF-8: {raw_name[:60]!r}") from None
+        raise ExampleError(
+            "bad_filename", f"'{keys.filename}' is not UTF-8: {raw_name[:60]!r}"
+        ) from None
     if not filename or "," in filename or "\n" in filename:
-        raise ExampleError("bad_filename", f"'{keys.filename}' {filename!r} is empty or has ',' or a newline")
+        raise ExampleError(
+            "bad_filename", f"'{keys.filename}' {filename!r} is empty or has ',' or a newline"
+        )
     label = int(_single(fmap, keys.label, "int64_list", True))
     raw_synset = _single(fmap, keys.synset, "bytes_list", False) if keys.synset else None
     synset = raw_synset.decode("utf-8", "replace") if raw_synset is not None else ""

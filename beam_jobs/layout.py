@@ -115,8 +115,10 @@ def shard_set(folder: str, split: str) -> list[storage.FileInfo]:
     count = max(counts)
     indices = sorted(p[1] for p, _ in parsed if p)
     if len(counts) != 1 or indices != list(range(count)):
-        raise ShardSetError(f"{folder}: the {split} shards are not 0..{count - 1} of {count} "
-                            f"(found {len(files)} files, counts {sorted(counts)})")
+        raise ShardSetError(
+            f"{folder}: the {split} shards are not 0..{count - 1} of {count} "
+            f"(found {len(files)} files, counts {sorted(counts)})"
+        )
     return [f for _, f in sorted(parsed, key=lambda pf: pf[0][1])]  # type: ignore[index]
 
 
@@ -151,8 +153,9 @@ def tfds_split_name(split: str) -> str:
     (TFDS split names are ``[\\w-]+``: its slicing syntax has no room for a dot)."""
     name = split.replace(".", "_")
     if not _TFDS_SPLIT.match(name):
-        raise ValueError(f"split {split!r} has no TFDS name: TFDS split names are letters, "
-                         "digits, '_' and '-'")
+        raise ValueError(
+            f"split {split!r} has no TFDS name: TFDS split names are letters, digits, '_' and '-'"
+        )
     return name
 
 
@@ -174,8 +177,9 @@ class Naming:
         if self.kind == COMMON and self.dataset:
             raise LayoutError("the common layout has no dataset name")
         if self.kind == TFDS and not _TFDS_DATASET.match(self.dataset):
-            raise LayoutError(f"TFDS dataset name {self.dataset!r} must be snake_case "
-                              "(imagenet2012)")
+            raise LayoutError(
+                f"TFDS dataset name {self.dataset!r} must be snake_case (imagenet2012)"
+            )
         if self.kind not in (COMMON, TFDS):
             raise LayoutError(f"unknown layout {self.kind!r}: {COMMON} or {TFDS}:DATASET")
 
@@ -190,8 +194,9 @@ class Naming:
             return cls()
         kind, _, dataset = spec.partition(":")
         if kind != TFDS or not dataset:
-            raise LayoutError(f"layout {spec!r}: expected {COMMON} or {TFDS}:DATASET "
-                              "(tfds:imagenet2012)")
+            raise LayoutError(
+                f"layout {spec!r}: expected {COMMON} or {TFDS}:DATASET (tfds:imagenet2012)"
+            )
         return cls(TFDS, dataset)
 
     def file_prefix(self, split: str) -> str:
@@ -248,10 +253,13 @@ def detect_source(source_uri: str) -> Naming:
     if common and datasets:
         raise LayoutError(
             f"{source_uri} holds both layouts: {common[0]} (common converters) and "
-            f"{next(iter(datasets.values()))} (TensorFlow Datasets); keep one per source folder")
+            f"{next(iter(datasets.values()))} (TensorFlow Datasets); keep one per source folder"
+        )
     if len(datasets) > 1:
-        raise LayoutError(f"{source_uri} holds TFDS shards of several datasets: "
-                          f"{', '.join(sorted(datasets.values()))}; keep one per source folder")
+        raise LayoutError(
+            f"{source_uri} holds TFDS shards of several datasets: "
+            f"{', '.join(sorted(datasets.values()))}; keep one per source folder"
+        )
     if datasets:
         return Naming(TFDS, next(iter(datasets)))
     return Naming()
@@ -278,7 +286,7 @@ def plan_file(plans_folder: str, split: str, sha256: str) -> str:
 
 
 def plan_summary_uri(plan_uri: str) -> str:
-    return plan_uri[:-len(".csv")] + ".json" if plan_uri.endswith(".csv") else plan_uri + ".json"
+    return plan_uri[: -len(".csv")] + ".json" if plan_uri.endswith(".csv") else plan_uri + ".json"
 
 
 def records_dir(catalog_folder: str) -> str:

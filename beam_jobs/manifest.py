@@ -67,9 +67,15 @@ def empty(output_uri: str) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "output_uri": output_uri, "splits": {}}
 
 
-def merge(current: dict[str, Any] | None, *, output_uri: str, splits: dict[str, dict[str, Any]],
-          source: dict[str, Any] | None, provenance: dict[str, Any],
-          work_uri: str | None = None) -> dict[str, Any]:
+def merge(
+    current: dict[str, Any] | None,
+    *,
+    output_uri: str,
+    splits: dict[str, dict[str, Any]],
+    source: dict[str, Any] | None,
+    provenance: dict[str, Any],
+    work_uri: str | None = None,
+) -> dict[str, Any]:
     """A new manifest: ``current`` with the given split entries replaced.
 
     Pure. Other splits' entries are kept exactly as they were, so rebuilding
@@ -78,8 +84,10 @@ def merge(current: dict[str, Any] | None, *, output_uri: str, splits: dict[str, 
     """
     base = copy.deepcopy(current) if current else empty(output_uri)
     if base.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
-        raise ManifestError(f"manifest schema_version {base['schema_version']} is newer than "
-                            f"this code's {SCHEMA_VERSION}; upgrade before publishing")
+        raise ManifestError(
+            f"manifest schema_version {base['schema_version']} is newer than "
+            f"this code's {SCHEMA_VERSION}; upgrade before publishing"
+        )
     base["schema_version"] = SCHEMA_VERSION
     base["output_uri"] = output_uri
     if work_uri is not None:
@@ -140,8 +148,7 @@ def shard_identity(info: storage.FileInfo) -> dict[str, int]:
     replaced file without reading it: locally the modification time (kept by
     the rename that publishes it), nothing more on GCS (its listing carries
     the CRC32C)."""
-    return {"mtime_ns": info.mtime_ns} if info.crc32c is None and info.mtime_ns is not None \
-        else {}
+    return {"mtime_ns": info.mtime_ns} if info.crc32c is None and info.mtime_ns is not None else {}
 
 
 def entry_problems(entry: dict[str, Any], *, read_legacy: bool = False) -> list[str]:
@@ -170,13 +177,16 @@ def entry_problems(entry: dict[str, Any], *, read_legacy: bool = False) -> list[
             problems.append(f"{s['path']} is {info.size} bytes, the manifest says {s['num_bytes']}")
         elif info.crc32c is not None:
             if info.crc32c != s.get("crc32c"):
-                problems.append(f"{s['path']} has CRC32C {info.crc32c}, the manifest says "
-                                f"{s.get('crc32c')}")
+                problems.append(
+                    f"{s['path']} has CRC32C {info.crc32c}, the manifest says {s.get('crc32c')}"
+                )
         elif s.get("mtime_ns") is not None:
             if info.mtime_ns != s["mtime_ns"]:
-                problems.append(f"{s['path']} was replaced or modified since it was published "
-                                f"(modification time {info.mtime_ns}, the manifest says "
-                                f"{s['mtime_ns']})")
+                problems.append(
+                    f"{s['path']} was replaced or modified since it was published "
+                    f"(modification time {info.mtime_ns}, the manifest says "
+                    f"{s['mtime_ns']})"
+                )
         elif read_legacy and storage.file_crc32c(s["path"]) != s.get("crc32c"):
             problems.append(f"{s['path']} has another CRC32C than the manifest's {s.get('crc32c')}")
     paths = {s["path"] for s in shards}
@@ -188,8 +198,9 @@ def entry_problems(entry: dict[str, Any], *, read_legacy: bool = False) -> list[
 def pending_publication(doc: dict[str, Any], manifest_uri: str) -> dict[str, Any] | None:
     """The journal of a publication into this manifest's folder that started
     and did not finish (``ssl_splits.commit``), if there is one."""
-    work = doc.get("work_uri") or work_default(doc.get("output_uri") or
-                                               storage.dirname(manifest_uri))
+    work = doc.get("work_uri") or work_default(
+        doc.get("output_uri") or storage.dirname(manifest_uri)
+    )
     try:
         journal = json.loads(storage.read_text(journal_uri(work)))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -206,15 +217,19 @@ def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFil
     message saying so; the next run of the DAG completes it."""
     doc = load(manifest_uri)
     if split not in doc["splits"]:
-        raise ManifestError(f"{manifest_uri} has no split {split!r}; it has "
-                            f"{', '.join(sorted(doc['splits'])) or 'none'}")
+        raise ManifestError(
+            f"{manifest_uri} has no split {split!r}; it has "
+            f"{', '.join(sorted(doc['splits'])) or 'none'}"
+        )
     entry = doc["splits"][split]
     paths = [s["path"] for s in entry["shards"]]
     lengths = [int(s["num_records"]) for s in entry["shards"]]
     if sum(lengths) != entry["num_examples"] or len(paths) != entry["num_shards"]:
-        raise ManifestError(f"{manifest_uri}: split {split} is inconsistent: "
-                            f"{len(paths)} shards with {sum(lengths)} records, entry says "
-                            f"{entry['num_shards']} and {entry['num_examples']}")
+        raise ManifestError(
+            f"{manifest_uri}: split {split} is inconsistent: "
+            f"{len(paths)} shards with {sum(lengths)} records, entry says "
+            f"{entry['num_shards']} and {entry['num_examples']}"
+        )
     if check:
         problems = entry_problems(entry)
         if problems:
@@ -225,11 +240,20 @@ def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFil
                     f"{journal.get('run_id')} started publishing a new build of it at "
                     f"{journal.get('started_at')} and did not finish; its files are no longer "
                     f"the ones the manifest describes. The next run of the DAG completes the "
-                    f"publication. ({'; '.join(problems[:3])})")
-            raise ManifestError(f"split {split} of {manifest_uri} does not match storage: "
-                                + "; ".join(problems[:10]))
-    return SplitFiles(name=split, paths=paths, num_examples=int(entry["num_examples"]),
-                      shard_lengths=lengths, file_pattern=entry["file_pattern"], entry=entry)
+                    f"publication. ({'; '.join(problems[:3])})"
+                )
+            raise ManifestError(
+                f"split {split} of {manifest_uri} does not match storage: "
+                + "; ".join(problems[:10])
+            )
+    return SplitFiles(
+        name=split,
+        paths=paths,
+        num_examples=int(entry["num_examples"]),
+        shard_lengths=lengths,
+        file_pattern=entry["file_pattern"],
+        entry=entry,
+    )
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
@@ -237,8 +261,13 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     out = []
     for name, e in doc["splits"].items():
         size = sum(s["num_bytes"] for s in e["shards"])
-        extra = f"seed {e.get('seed')}, " if e.get("kind") == "supervised" \
-            and e.get("seed") is not None else ""
-        out.append(f"{name:<22} {e['kind']:<12} {extra}{e['num_examples']:>9,} examples in "
-                   f"{e['num_shards']:>5} shards, {size / 1e6:,.1f} MB")
+        extra = (
+            f"seed {e.get('seed')}, "
+            if e.get("kind") == "supervised" and e.get("seed") is not None
+            else ""
+        )
+        out.append(
+            f"{name:<22} {e['kind']:<12} {extra}{e['num_examples']:>9,} examples in "
+            f"{e['num_shards']:>5} shards, {size / 1e6:,.1f} MB"
+        )
     return out

@@ -39,9 +39,12 @@ MULTIPROCESS_MIN_SECONDS = 8.0
 DATAFLOW_RUNNERS = ("DataflowRunner", "dataflow")
 
 
-def make_options(beam_args: list[str], default_job_name: str,
-                 work_bytes: int | None = None,
-                 work_seconds: float | None = None) -> PipelineOptions:
+def make_options(
+    beam_args: list[str],
+    default_job_name: str,
+    work_bytes: int | None = None,
+    work_seconds: float | None = None,
+) -> PipelineOptions:
     """PipelineOptions from the args a job did not know, with local defaults.
 
     On the DirectRunner, unless told otherwise: one worker process per core
@@ -59,9 +62,12 @@ def make_options(beam_args: list[str], default_job_name: str,
     if not gcp.job_name:
         gcp.job_name = default_job_name
     if gcp.template_location and std.runner not in DATAFLOW_RUNNERS:
-        print(f"error: --template_location={gcp.template_location} writes a Dataflow job "
-              "description (a classic template): it needs --runner=DataflowRunner", file=sys.stderr,
-              flush=True)
+        print(
+            f"error: --template_location={gcp.template_location} writes a Dataflow job "
+            "description (a classic template): it needs --runner=DataflowRunner",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(2)
     if std.runner in ("DirectRunner", "direct", "BundleBasedDirectRunner"):
         direct = options.view_as(DirectOptions)
@@ -101,11 +107,20 @@ def stage_template(p: Any, options: PipelineOptions, job: str) -> dict[str, Any]
         return None
     p.run()  # DataflowRunner: stage and write the template; no job is created
     gcp = options.view_as(GoogleCloudOptions)
-    staged = {"job": job, "template_location": uri, "job_name": gcp.job_name,
-              "project": gcp.project, "region": gcp.region, "staged": True}
-    print(f"{job}: Dataflow job description written to {uri} (staged, not run: nothing was "
-          f"read or written). Launch it with: gcloud dataflow jobs run {gcp.job_name} "
-          f"--gcs-location={uri} --region={gcp.region} --project={gcp.project}", flush=True)
+    staged = {
+        "job": job,
+        "template_location": uri,
+        "job_name": gcp.job_name,
+        "project": gcp.project,
+        "region": gcp.region,
+        "staged": True,
+    }
+    print(
+        f"{job}: Dataflow job description written to {uri} (staged, not run: nothing was "
+        f"read or written). Launch it with: gcloud dataflow jobs run {gcp.job_name} "
+        f"--gcs-location={uri} --region={gcp.region} --project={gcp.project}",
+        flush=True,
+    )
     return staged
 
 

@@ -97,17 +97,23 @@ def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, s
         known = dict(proto.sharding)
         outside = [s for s in req.seeds if s not in known]
         if outside:
-            raise PlanError(f"protocol {proto.name} has published splits for seeds "
-                            f"{list(proto.seeds)} only, not {outside}")
+            raise PlanError(
+                f"protocol {proto.name} has published splits for seeds "
+                f"{list(proto.seeds)} only, not {outside}"
+            )
         both = sorted(set(files) & set(req.seeds))
         if both:
-            raise PlanError(f"seeds {both} have a sharding file and protocol {proto.name}'s "
-                            "published file: give one")
+            raise PlanError(
+                f"seeds {both} have a sharding file and protocol {proto.name}'s "
+                "published file: give one"
+            )
         files.update({s: protocols.LISTS[known[s]].ref for s in req.seeds})
     if len(req.sizes()) > 1 and set(files) & set(req.seeds):
-        raise PlanError(f"seeds {sorted(set(files) & set(req.seeds))} have a published file, "
-                        f"which is one split of one size: they cannot be drawn at the fractions "
-                        f"{', '.join(req.fractions)}; plan them in a request of their own")
+        raise PlanError(
+            f"seeds {sorted(set(files) & set(req.seeds))} have a published file, "
+            f"which is one split of one size: they cannot be drawn at the fractions "
+            f"{', '.join(req.fractions)}; plan them in a request of their own"
+        )
     lists = [(check_label(label), uri) for label, uri in req.name_lists]
     lists += [(label, protocols.LISTS[key].ref) for label, key in proto.name_lists]
     return files, lists
@@ -129,8 +135,11 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     name_to_class: dict[str, str] | None = None
     # Every full pass of SHA-256 keys the plans need, in parallel (the rest is cheap); the
     # select keys of a seed do not depend on the fraction: one pass serves all its fractions.
-    keys = precompute_keys(names, [("select", s) for s in req.seeds if s not in files]
-                           + ([("order", req.unsupervised_seed)] if req.unsupervised else []))
+    keys = precompute_keys(
+        names,
+        [("select", s) for s in req.seeds if s not in files]
+        + ([("order", req.unsupervised_seed)] if req.unsupervised else []),
+    )
     for fraction, count in sizes:
         for seed in req.seeds:
             if seed in files:
@@ -143,30 +152,56 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
                 plans.append(with_class_counts(plan, name_to_class))
                 continue
             try:
-                plans.append(plan_supervised(
-                    names, labels, seed=seed, fraction=fraction, count=count,
-                    sampling=req.sampling, num_shards=req.num_shards, source_shards=source_shards,
-                    class_names=class_names, select_keys=keys.get(("select", seed)),
-                ))
+                plans.append(
+                    plan_supervised(
+                        names,
+                        labels,
+                        seed=seed,
+                        fraction=fraction,
+                        count=count,
+                        sampling=req.sampling,
+                        num_shards=req.num_shards,
+                        source_shards=source_shards,
+                        class_names=class_names,
+                        select_keys=keys.get(("select", seed)),
+                    )
+                )
             except PlanError as err:
                 if len(sizes) == 1:
                     raise
                 raise PlanError(f"fraction {fraction}, seed {seed}: {err}") from None
     for label, uri in name_lists:
         listed, lines = read_name_list(uri)
-        plans.append(plan_named(listed, names, labels, label=label, origin=uri, list_lines=lines,
-                                num_shards=req.num_shards, source_shards=source_shards,
-                                class_names=class_names))
+        plans.append(
+            plan_named(
+                listed,
+                names,
+                labels,
+                label=label,
+                origin=uri,
+                list_lines=lines,
+                num_shards=req.num_shards,
+                source_shards=source_shards,
+                class_names=class_names,
+            )
+        )
     if req.unsupervised:
-        plans.append(plan_unsupervised(names, seed=req.unsupervised_seed,
-                                       num_shards=req.unsupervised_shards,
-                                       source_shards=source_shards,
-                                       order_keys=keys.get(("order", req.unsupervised_seed))))
+        plans.append(
+            plan_unsupervised(
+                names,
+                seed=req.unsupervised_seed,
+                num_shards=req.unsupervised_shards,
+                source_shards=source_shards,
+                order_keys=keys.get(("order", req.unsupervised_seed)),
+            )
+        )
     splits = [p.split for p in plans]
     twice = sorted({s for s in splits if splits.count(s) > 1})
     if twice:
-        raise PlanError(f"two plans would write the same split {', '.join(twice)}: give the "
-                        "name lists different labels")
+        raise PlanError(
+            f"two plans would write the same split {', '.join(twice)}: give the "
+            "name lists different labels"
+        )
     return plans
 
 
@@ -182,7 +217,8 @@ def check_sizes(sizes: list[tuple[str | None, int | None]], total: int) -> None:
             raise PlanError(
                 f"fractions {seen[n]} and {fraction} both give {n:,} of the catalog's "
                 f"{total:,} records (floor(N x fraction)), so both would write the splits "
-                f"train{n}.{{seed}}: drop one of them")
+                f"train{n}.{{seed}}: drop one of them"
+            )
         seen[n] = fraction
 
 
@@ -205,8 +241,9 @@ def nesting(plans: list[Plan]) -> list[dict[str, Any]]:
         group.sort(key=lambda p: p.num_examples)
         for small, large in zip(group, group[1:]):
             outside = len(set(small.names.tolist()) - set(large.names.tolist()))
-            out.append({"seed": seed, "smaller": small.split, "larger": large.split,
-                        "outside": outside})
+            out.append(
+                {"seed": seed, "smaller": small.split, "larger": large.split, "outside": outside}
+            )
     return out
 
 
@@ -219,19 +256,29 @@ def nesting_lines(plans: list[Plan]) -> list[str]:
     lines = []
     for seed, rows in by_seed.items():
         chain = " in ".join([rows[0]["smaller"]] + [r["larger"] for r in rows])
-        broken = [f"{r['outside']:,} of {r['smaller']} not in {r['larger']}"
-                  for r in rows if r["outside"]]
-        lines.append(f"seed {seed}: {chain} " + (f"(NOT nested: {'; '.join(broken)})" if broken
-                                                   else "(nested)"))
+        broken = [
+            f"{r['outside']:,} of {r['smaller']} not in {r['larger']}" for r in rows if r["outside"]
+        ]
+        lines.append(
+            f"seed {seed}: {chain} "
+            + (f"(NOT nested: {'; '.join(broken)})" if broken else "(nested)")
+        )
     return lines
 
 
 def plan_summary(plan: Plan, uri: str) -> dict[str, Any]:
     return {
-        "split": plan.split, "kind": plan.kind, "seed": plan.seed, "fraction": plan.fraction,
-        "sampling": plan.sampling, "num_examples": plan.num_examples,
-        "num_shards": plan.num_shards, "shard_lengths": plan.shard_lengths(),
-        "plan_uri": uri, "plan_sha256": plan.sha256(), "plan_source": plan.source,
+        "split": plan.split,
+        "kind": plan.kind,
+        "seed": plan.seed,
+        "fraction": plan.fraction,
+        "sampling": plan.sampling,
+        "num_examples": plan.num_examples,
+        "num_shards": plan.num_shards,
+        "shard_lengths": plan.shard_lengths(),
+        "plan_uri": uri,
+        "plan_sha256": plan.sha256(),
+        "plan_source": plan.source,
         "class_counts": plan.class_counts,
     }
 
@@ -262,8 +309,9 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
     todo = [p for p in plans if not storage.exists(records_uri(catalog_dir, p.sha256()))]
     if not todo:
         return []
-    catalog = read_table(storage.join(catalog_dir, CATALOG_FILE), columns=RECORD_COLUMNS,
-                         read_dictionary=["file"])
+    catalog = read_table(
+        storage.join(catalog_dir, CATALOG_FILE), columns=RECORD_COLUMNS, read_dictionary=["file"]
+    )
     names = pa.chunked_array([pa.array(p.names.tolist(), pa.string()) for p in todo])
     pos = pc.index_in(names, value_set=catalog.column("filename"))
     if pos.null_count:
@@ -273,9 +321,13 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
     for p in todo:
         part = rows.slice(lo, p.num_examples)
         lo += p.num_examples
-        table = pa.table({"shard": pa.array(p.shards, pa.int32()),
-                          "index": pa.array(p.indices, pa.int32()),
-                          **{c: part.column(c) for c in RECORD_COLUMNS}})
+        table = pa.table(
+            {
+                "shard": pa.array(p.shards, pa.int32()),
+                "index": pa.array(p.indices, pa.int32()),
+                **{c: part.column(c) for c in RECORD_COLUMNS},
+            }
+        )
         uri = records_uri(catalog_dir, p.sha256())
         write_table(uri, table, {"plan_sha256": p.sha256()})
         out.append(uri)
@@ -303,43 +355,74 @@ def parse_name_lists(values: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m beam_jobs.plan", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m beam_jobs.plan", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--catalog_dir", required=True, help="the validation job's output folder")
     p.add_argument("--out_dir", required=True, help="where the plan files go")
-    p.add_argument("--protocol", default=protocols.SEEDED, choices=list(protocols.PROTOCOLS),
-                   help="seeded draws (default), FixMatch's published splits for the seeds, or "
-                        "SimCLR's subsets (see python -m beam_jobs.protocols)")
-    p.add_argument("--seeds", default=None,
-                   help=f"comma-separated seeds (default {','.join(map(str, defaults.SEEDS))}; none "
-                        "with a SimCLR protocol)")
-    p.add_argument("--fraction", default=defaults.FRACTION,
-                   help=f"share per labelled split (default {defaults.FRACTION}); several, comma-separated "
-                        "(0.1,0.05,0.01): every seed at each")
-    p.add_argument("--count", type=int, help="absolute size per labelled split (instead of fraction)")
+    p.add_argument(
+        "--protocol",
+        default=protocols.SEEDED,
+        choices=list(protocols.PROTOCOLS),
+        help="seeded draws (default), FixMatch's published splits for the seeds, or "
+        "SimCLR's subsets (see python -m beam_jobs.protocols)",
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help=f"comma-separated seeds (default {','.join(map(str, defaults.SEEDS))}; none "
+        "with a SimCLR protocol)",
+    )
+    p.add_argument(
+        "--fraction",
+        default=defaults.FRACTION,
+        help=f"share per labelled split (default {defaults.FRACTION}); several, comma-separated "
+        "(0.1,0.05,0.01): every seed at each",
+    )
+    p.add_argument(
+        "--count", type=int, help="absolute size per labelled split (instead of fraction)"
+    )
     p.add_argument("--sampling", default=defaults.SAMPLING, choices=list(defaults.SAMPLINGS))
     p.add_argument("--num_shards", type=int, help="shards per labelled split (default: scaled)")
     p.add_argument("--unsupervised", action="store_true", help="also plan the reshuffle 'train'")
     p.add_argument("--unsupervised_seed", type=int, default=0)
-    p.add_argument("--sharding_file", action="append", default=[],
-                   help="SEED=URI of a published filename,shard,index file (repeatable)")
-    p.add_argument("--name_list", action="append", default=[],
-                   help="LABEL=URI of a file with one image file name per line: the split "
-                        "train{N}.{LABEL} of exactly those records (repeatable)")
+    p.add_argument(
+        "--sharding_file",
+        action="append",
+        default=[],
+        help="SEED=URI of a published filename,shard,index file (repeatable)",
+    )
+    p.add_argument(
+        "--name_list",
+        action="append",
+        default=[],
+        help="LABEL=URI of a file with one image file name per line: the split "
+        "train{N}.{LABEL} of exactly those records (repeatable)",
+    )
     a = p.parse_args(argv)
     try:
         uses_seeds = protocols.protocol(a.protocol).uses_seeds
-        seeds_text = a.seeds if a.seeds is not None else (",".join(map(str, defaults.SEEDS)) if uses_seeds else "")
+        seeds_text = (
+            a.seeds
+            if a.seeds is not None
+            else (",".join(map(str, defaults.SEEDS)) if uses_seeds else "")
+        )
         seeds = tuple(int(s) for s in seeds_text.split(",") if s.strip())
         fractions = tuple(f.strip() for f in a.fraction.split(",") if f.strip())
         if a.count and len(fractions) > 1:
             raise PlanError("--count and several --fraction values do not go together")
         req = PlanRequest(
-            seeds=seeds, fraction=None if a.count else fractions[0], count=a.count,
+            seeds=seeds,
+            fraction=None if a.count else fractions[0],
+            count=a.count,
             fractions=fractions if len(fractions) > 1 else (),
-            sampling=a.sampling, num_shards=a.num_shards, unsupervised=a.unsupervised,
+            sampling=a.sampling,
+            num_shards=a.num_shards,
+            unsupervised=a.unsupervised,
             unsupervised_seed=a.unsupervised_seed,
             sharding_files=parse_sharding_files(a.sharding_file),
-            name_lists=parse_name_lists(a.name_list), protocol=a.protocol,
+            name_lists=parse_name_lists(a.name_list),
+            protocol=a.protocol,
         )
         plans = make_plans(a.catalog_dir, req)
         summaries = write_plans(plans, a.out_dir)
@@ -348,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for s in summaries:
-        print(f"{s['split']}\t{s['num_examples']}\t{s['num_shards']}\t{s['plan_sha256']}\t{s['plan_uri']}")
+        print(
+            f"{s['split']}\t{s['num_examples']}\t{s['num_shards']}\t{s['plan_sha256']}\t{s['plan_uri']}"
+        )
     for line in nesting_lines(plans) if req.fractions else []:
         print(line, file=sys.stderr)
     return 0

@@ -45,8 +45,11 @@ def mark_done(folder: str | None, shard: int, records: int, nbytes: int) -> None
     if not folder:
         return
     try:
-        storage.write_bytes(storage.join(folder, f"{int(shard):05d}-{int(records)}-{int(nbytes)}"),
-                            b"", durable=False)
+        storage.write_bytes(
+            storage.join(folder, f"{int(shard):05d}-{int(records)}-{int(nbytes)}"),
+            b"",
+            durable=False,
+        )
     except Exception as err:  # noqa: BLE001 (progress must never fail the job)
         log.warning("could not write a progress marker in %s: %s", folder, err)
 
@@ -70,16 +73,24 @@ class Progress:
     :param interval: seconds between listings (default 1 locally, 10 on gs://).
     """
 
-    def __init__(self, label: str, folder: str, total_shards: int,
-                 total_records: int | None = None, total_bytes: int | None = None,
-                 interval: float | None = None, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        folder: str,
+        total_shards: int,
+        total_records: int | None = None,
+        total_bytes: int | None = None,
+        interval: float | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
         self.label = label
         self.folder = folder
         self.total_shards = max(0, int(total_shards))
         self.total_records = total_records
         self.total_bytes = total_bytes
-        self.interval = interval if interval is not None else (
-            10.0 if storage.is_gcs(folder) else 1.0)
+        self.interval = (
+            interval if interval is not None else (10.0 if storage.is_gcs(folder) else 1.0)
+        )
         self.log = logger or log
         self.shards = self.records = self.bytes = 0
         self._step = -1  # last tenth logged
@@ -103,10 +114,16 @@ class Progress:
         return self.shards, self.records, self.bytes
 
     def _counts(self) -> str:
-        recs = f"{self.records:,}/{self.total_records:,} records" if self.total_records is not None \
+        recs = (
+            f"{self.records:,}/{self.total_records:,} records"
+            if self.total_records is not None
             else f"{self.records:,} records"
-        size = f"{_size(self.bytes)}/{_size(self.total_bytes)}" if self.total_bytes else \
-            _size(self.bytes)
+        )
+        size = (
+            f"{_size(self.bytes)}/{_size(self.total_bytes)}"
+            if self.total_bytes
+            else _size(self.bytes)
+        )
         return f"{self.shards:,}/{self.total_shards:,} shards, {recs}, {size}"
 
     def line(self) -> str:
@@ -122,13 +139,15 @@ class Progress:
         try:
             self.poll()
         except Exception as err:  # noqa: BLE001
-            self.log.warning("%s: could not list progress markers in %s: %s", self.label,
-                             self.folder, err)
+            self.log.warning(
+                "%s: could not list progress markers in %s: %s", self.label, self.folder, err
+            )
             return
         step = 10 * self.shards // self.total_shards if self.total_shards else 10
         now = time.monotonic()
-        if step > self._step or (self.shards and now - self._last_line >= HEARTBEAT_SECONDS
-                                 and step < 10):
+        if step > self._step or (
+            self.shards and now - self._last_line >= HEARTBEAT_SECONDS and step < 10
+        ):
             self._step = max(step, self._step)
             self._last_line = now
             self.log.info("%s", self.line())
@@ -145,8 +164,12 @@ class Progress:
             storage.delete_tree(self.folder)  # markers of an earlier, killed attempt
         except Exception as err:  # noqa: BLE001
             self.log.warning("%s: could not clear %s: %s", self.label, self.folder, err)
-        self.log.info("%s: starting: %d shards%s", self.label, self.total_shards,
-                      f", {self.total_records:,} records" if self.total_records is not None else "")
+        self.log.info(
+            "%s: starting: %d shards%s",
+            self.label,
+            self.total_shards,
+            f", {self.total_records:,} records" if self.total_records is not None else "",
+        )
         self._step = 0
         self._thread = threading.Thread(target=self._run, name="beam-jobs-progress", daemon=True)
         self._thread.start()

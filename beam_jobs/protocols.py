@@ -83,23 +83,39 @@ class PublishedList:
 
 
 def _fixmatch(seed: int, sha: str) -> PublishedList:
-    return PublishedList(f"fixmatch/split{seed}",
-                         f"fixmatch/files2shards_train_size128116_split{seed}.txt.xz", sha,
-                         SHARDING, 128_116)
+    return PublishedList(
+        f"fixmatch/split{seed}",
+        f"fixmatch/files2shards_train_size128116_split{seed}.txt.xz",
+        sha,
+        SHARDING,
+        128_116,
+    )
 
 
-LISTS: dict[str, PublishedList] = {p.key: p for p in (
-    _fixmatch(1, "d897658efd96e71ebf79042287a0975e6215f5b9e772a275e25aad050f554666"),
-    _fixmatch(2, "f8fb70ce216edd7914f809e19e6162a9041aea1f1b97ad91ee2b72dbc76db63e"),
-    _fixmatch(3, "18459c21fe96fae051c26c384facda5fa610ee5c7c23e79df849ff4a2ae4eb8b"),
-    _fixmatch(4, "1cc5caf164a1b71820b624988fb46040bad25d09fb3c3e068043bb0fcdcab415"),
-    _fixmatch(5, "79c7b20aff5a9cc8600fa9ac9a331e86efd67bf480aa8136f11bd1ab759bbf67"),
-    PublishedList("simclr/1percent", "simclr/1percent.txt.xz",
-                  "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17", NAMES, 12_811),
-    PublishedList("simclr/10percent", "simclr/10percent.txt.xz",
-                  "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091", NAMES,
-                  128_116),
-)}
+LISTS: dict[str, PublishedList] = {
+    p.key: p
+    for p in (
+        _fixmatch(1, "d897658efd96e71ebf79042287a0975e6215f5b9e772a275e25aad050f554666"),
+        _fixmatch(2, "f8fb70ce216edd7914f809e19e6162a9041aea1f1b97ad91ee2b72dbc76db63e"),
+        _fixmatch(3, "18459c21fe96fae051c26c384facda5fa610ee5c7c23e79df849ff4a2ae4eb8b"),
+        _fixmatch(4, "1cc5caf164a1b71820b624988fb46040bad25d09fb3c3e068043bb0fcdcab415"),
+        _fixmatch(5, "79c7b20aff5a9cc8600fa9ac9a331e86efd67bf480aa8136f11bd1ab759bbf67"),
+        PublishedList(
+            "simclr/1percent",
+            "simclr/1percent.txt.xz",
+            "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17",
+            NAMES,
+            12_811,
+        ),
+        PublishedList(
+            "simclr/10percent",
+            "simclr/10percent.txt.xz",
+            "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091",
+            NAMES,
+            128_116,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -123,25 +139,41 @@ class Protocol:
 
 
 SEEDED = "seeded"
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    Protocol(SEEDED, "Seeded draws: one split per seed (Seeds, Fraction, Sampling)"),
-    Protocol("fixmatch", "FixMatch's published 10% splits: split s for each seed s in 1-5",
-             sharding=tuple((s, f"fixmatch/split{s}") for s in range(1, 6))),
-    Protocol("simclr", "SimCLR's 1% and 10% subsets (train12811.simclr, train128116.simclr)",
-             name_lists=(("simclr", "simclr/1percent"), ("simclr", "simclr/10percent"))),
-    Protocol("simclr_1pct", "SimCLR's 1% subset only (train12811.simclr)",
-             name_lists=(("simclr", "simclr/1percent"),)),
-    Protocol("simclr_10pct", "SimCLR's 10% subset only (train128116.simclr)",
-             name_lists=(("simclr", "simclr/10percent"),)),
-)}
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol(SEEDED, "Seeded draws: one split per seed (Seeds, Fraction, Sampling)"),
+        Protocol(
+            "fixmatch",
+            "FixMatch's published 10% splits: split s for each seed s in 1-5",
+            sharding=tuple((s, f"fixmatch/split{s}") for s in range(1, 6)),
+        ),
+        Protocol(
+            "simclr",
+            "SimCLR's 1% and 10% subsets (train12811.simclr, train128116.simclr)",
+            name_lists=(("simclr", "simclr/1percent"), ("simclr", "simclr/10percent")),
+        ),
+        Protocol(
+            "simclr_1pct",
+            "SimCLR's 1% subset only (train12811.simclr)",
+            name_lists=(("simclr", "simclr/1percent"),),
+        ),
+        Protocol(
+            "simclr_10pct",
+            "SimCLR's 10% subset only (train128116.simclr)",
+            name_lists=(("simclr", "simclr/10percent"),),
+        ),
+    )
+}
 
 
 def protocol(name: str) -> Protocol:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise PublishedDataError(f"unknown protocol {name!r}; known: "
-                                 f"{', '.join(PROTOCOLS)}") from None
+        raise PublishedDataError(
+            f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}"
+        ) from None
 
 
 def is_ref(uri: str) -> bool:
@@ -150,7 +182,7 @@ def is_ref(uri: str) -> bool:
 
 def get(ref: str) -> PublishedList:
     """The list a ``published:{key}`` reference (or a bare key) names."""
-    key = ref[len(REF_PREFIX):] if is_ref(ref) else ref
+    key = ref[len(REF_PREFIX) :] if is_ref(ref) else ref
     try:
         return LISTS[key]
     except KeyError:
@@ -174,19 +206,23 @@ def read_bytes(ref: str, *, root: Any = None) -> bytes:
     try:
         raw = where.read_bytes()
     except FileNotFoundError:
-        raise PublishedDataError(f"{entry.ref}: the shipped copy {where} is missing; "
-                                 "reinstall the beam_jobs package") from None
+        raise PublishedDataError(
+            f"{entry.ref}: the shipped copy {where} is missing; reinstall the beam_jobs package"
+        ) from None
     try:
         data = lzma.decompress(raw)
     except lzma.LZMAError as err:
-        raise PublishedDataError(f"{entry.ref}: the shipped copy {where} is damaged "
-                                 f"(not xz: {err}); reinstall the beam_jobs package") from None
+        raise PublishedDataError(
+            f"{entry.ref}: the shipped copy {where} is damaged "
+            f"(not xz: {err}); reinstall the beam_jobs package"
+        ) from None
     got = hashlib.sha256(data).hexdigest()
     if got != entry.sha256:
         raise PublishedDataError(
             f"{entry.ref}: the shipped copy {where} decompresses to content with sha256 "
             f"{got}, not the published {entry.sha256} (see its NOTICE.md): the copy is damaged "
-            "or was changed; reinstall the beam_jobs package")
+            "or was changed; reinstall the beam_jobs package"
+        )
     return data
 
 
@@ -204,7 +240,7 @@ def exists(uri: str) -> bool:
     from beam_jobs import storage
 
     if is_ref(uri):
-        return uri[len(REF_PREFIX):] in LISTS
+        return uri[len(REF_PREFIX) :] in LISTS
     return storage.exists(uri)
 
 
@@ -224,10 +260,15 @@ def export(folder: str, keys: list[str] | None = None) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m beam_jobs.protocols",
-                                description="The published label sets this package ships.")
-    p.add_argument("--export", metavar="DIR",
-                   help="write every list as its plain-text file under DIR/{fixmatch,simclr}/")
+    p = argparse.ArgumentParser(
+        prog="python -m beam_jobs.protocols",
+        description="The published label sets this package ships.",
+    )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="write every list as its plain-text file under DIR/{fixmatch,simclr}/",
+    )
     a = p.parse_args(argv)
     from beam_jobs import storage
 
@@ -235,16 +276,18 @@ def main(argv: list[str] | None = None) -> int:
         for entry in LISTS.values():
             read_bytes(entry.key)
         if a.export:
-            for key, uri in export(a.export if storage.is_gcs(a.export)
-                                   else os.path.abspath(a.export)).items():
+            for key, uri in export(
+                a.export if storage.is_gcs(a.export) else os.path.abspath(a.export)
+            ).items():
                 print(f"{key}\t{uri}")
             return 0
     except PublishedDataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for proto in PROTOCOLS.values():
-        lists = [f"seed {s}: published:{k}" for s, k in proto.sharding] + \
-                [f"{label}: published:{k}" for label, k in proto.name_lists]
+        lists = [f"seed {s}: published:{k}" for s, k in proto.sharding] + [
+            f"{label}: published:{k}" for label, k in proto.name_lists
+        ]
         print(f"{proto.name:<14} {proto.title}" + "".join(f"\n{'':<17}{x}" for x in lists))
     print("lists (sha256 checked):")
     for entry in LISTS.values():

@@ -138,8 +138,9 @@ def hash_keys(names: Sequence[str], purpose: str, seed: int) -> np.ndarray:
 PARALLEL_MIN_NAMES = 200_000
 
 
-def precompute_keys(names: Sequence[str], jobs: Sequence[tuple[str, int]],
-                    workers: int | None = None) -> dict[tuple[str, int], np.ndarray]:
+def precompute_keys(
+    names: Sequence[str], jobs: Sequence[tuple[str, int]], workers: int | None = None
+) -> dict[tuple[str, int], np.ndarray]:
     """``hash_keys(names, purpose, seed)`` for every ``(purpose, seed)`` of
     ``jobs``: the same values, computed by one process per core when there are
     many names (``python -m beam_jobs.split_algorithm``, fed through pipes: no fork of
@@ -154,10 +155,9 @@ def precompute_keys(names: Sequence[str], jobs: Sequence[tuple[str, int]],
         return {job: hash_keys(names, *job) for job in jobs}
     names = list(names)
     step = -(-len(names) // workers)
-    chunks = [names[i:i + step] for i in range(0, len(names), step)]
+    chunks = [names[i : i + step] for i in range(0, len(names), step)]
     argv = [sys.executable, "-m", "beam_jobs.split_algorithm", *(f"{p}:{s}" for p, s in jobs)]
-    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-             for _ in chunks]
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in chunks]
     for proc, chunk in zip(procs, chunks):  # each child reads all its input first
         assert proc.stdin is not None
         proc.stdin.write("\n".join(chunk).encode("utf-8"))
@@ -167,8 +167,9 @@ def precompute_keys(names: Sequence[str], jobs: Sequence[tuple[str, int]],
         assert proc.stdout is not None
         raw = proc.stdout.read()
         if proc.wait() != 0 or len(raw) != 8 * len(chunk) * len(jobs):
-            raise RuntimeError(f"computing plan keys in a subprocess failed (exit "
-                               f"{proc.returncode})")
+            raise RuntimeError(
+                f"computing plan keys in a subprocess failed (exit {proc.returncode})"
+            )
         parts.append(np.frombuffer(raw, dtype=np.uint64).reshape(len(jobs), len(chunk)))
     return {job: np.concatenate([p[k] for p in parts]) for k, job in enumerate(jobs)}
 
@@ -223,8 +224,10 @@ class Plan:
         (made once per plan: the reshuffle's is 1.28M lines on ImageNet)."""
         cached = self.__dict__.get("_csv")
         if cached is None:
-            lines = [f"{n},{s},{i}\n" for n, s, i in zip(self.names.tolist(), self.shards.tolist(),
-                                                         self.indices.tolist())]
+            lines = [
+                f"{n},{s},{i}\n"
+                for n, s, i in zip(self.names.tolist(), self.shards.tolist(), self.indices.tolist())
+            ]
             cached = "".join(lines).encode("utf-8")
             object.__setattr__(self, "_csv", cached)
         return cached
@@ -247,8 +250,15 @@ def _deal(split: str, kind: str, ordered: np.ndarray, num_shards: int, **meta: A
     shards = np.repeat(np.arange(num_shards, dtype=np.int32), sizes)
     starts = np.repeat(np.cumsum([0] + sizes[:-1]), sizes)
     indices = (np.arange(n) - starts).astype(np.int32)
-    return Plan(split=split, kind=kind, names=ordered, shards=shards, indices=indices,
-                num_shards=num_shards, **meta)
+    return Plan(
+        split=split,
+        kind=kind,
+        names=ordered,
+        shards=shards,
+        indices=indices,
+        num_shards=num_shards,
+        **meta,
+    )
 
 
 def supervised_split_name(n: int, seed: int) -> str:
@@ -259,8 +269,9 @@ def supervised_split_name(n: int, seed: int) -> str:
 UNSUPERVISED_SPLIT = "train"
 
 
-def _canonical(names: Sequence[str],
-               labels: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _canonical(
+    names: Sequence[str], labels: Sequence[int] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Names in code point order (= UTF-8 byte order), checked unique, with labels.
 
     Fast path: names already sorted (``make_plans`` sorts the catalog once for
@@ -325,9 +336,12 @@ def plan_supervised(
         # Group by class, inside each class by select key (stable: ties by name).
         by_class = np.lexsort((select, inverse))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        chosen = np.concatenate([
-            by_class[start:start + quotas[c]] for c, start in zip(classes.tolist(), starts.tolist())
-        ])
+        chosen = np.concatenate(
+            [
+                by_class[start : start + quotas[c]]
+                for c, start in zip(classes.tolist(), starts.tolist())
+            ]
+        )
     chosen_names, chosen_labels = arr[chosen], lab[chosen]
     # Restore name order before ordering by the order key, so ties go by name.
     by_name = np.argsort(chosen_names, kind="stable")
@@ -339,8 +353,16 @@ def plan_supervised(
         (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
     }
     frac_text = f"{count}/{total}" if count is not None else str(fraction)
-    return _deal(supervised_split_name(n, seed), "supervised", ordered, S, seed=seed,
-                 fraction=frac_text, sampling=sampling, class_counts=class_counts)
+    return _deal(
+        supervised_split_name(n, seed),
+        "supervised",
+        ordered,
+        S,
+        seed=seed,
+        fraction=frac_text,
+        sampling=sampling,
+        class_counts=class_counts,
+    )
 
 
 def plan_unsupervised(
@@ -362,8 +384,9 @@ def plan_unsupervised(
         raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
     keys = order_keys if order_keys is not None else hash_keys(arr.tolist(), "order", seed)
     ordered = arr[_argsort_by_key(keys)]
-    return _deal(UNSUPERVISED_SPLIT, "unsupervised", ordered, S, seed=seed, fraction="1",
-                 sampling="all")
+    return _deal(
+        UNSUPERVISED_SPLIT, "unsupervised", ordered, S, seed=seed, fraction="1", sampling="all"
+    )
 
 
 # --------------------------------------------------------------------------- plan files
@@ -393,11 +416,15 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
             name, s, i = (p.strip() for p in parts)
             # ASCII digits only: str.isdigit() also accepts '²', which int() rejects.
             if not name or not (s.isascii() and s.isdigit() and i.isascii() and i.isdigit()):
-                problem = (f"line {lineno}: expected a name and two non-negative integers, "
-                           f"got {line[:80]!r}")
+                problem = (
+                    f"line {lineno}: expected a name and two non-negative integers, "
+                    f"got {line[:80]!r}"
+                )
             elif int(s) >= MAX_SHARD_COUNT or int(i) >= 2**31:
-                problem = (f"line {lineno}: shard {s} or index {i} is too large (at most "
-                           f"{MAX_SHARD_COUNT - 1} and {2**31 - 1}), got {line[:80]!r}")
+                problem = (
+                    f"line {lineno}: shard {s} or index {i} is too large (at most "
+                    f"{MAX_SHARD_COUNT - 1} and {2**31 - 1}), got {line[:80]!r}"
+                )
         if problem is not None:
             n_bad += 1
             if len(bad) < 10:
@@ -428,23 +455,28 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
     sh, ix, name_arr, line_arr = sh[order], ix[order], name_arr[order], line_arr[order]
     same = np.nonzero((sh[1:] == sh[:-1]) & (ix[1:] == ix[:-1]))[0]
     for d in same[:5]:
-        problems.append(f"position shard {sh[d]} index {ix[d]} is used twice "
-                        f"(lines {line_arr[d]} and {line_arr[d + 1]})")
+        problems.append(
+            f"position shard {sh[d]} index {ix[d]} is used twice "
+            f"(lines {line_arr[d]} and {line_arr[d + 1]})"
+        )
     num_shards = int(sh.max()) + 1
     present = np.bincount(sh, minlength=num_shards)
     missing_shards = np.nonzero(present == 0)[0]
     if len(missing_shards):
-        problems.append(f"shards must be 0..{num_shards - 1}; missing shard(s) "
-                        f"{missing_shards[:10].tolist()}")
+        problems.append(
+            f"shards must be 0..{num_shards - 1}; missing shard(s) {missing_shards[:10].tolist()}"
+        )
     if not same.size:
         starts = np.concatenate([[0], np.cumsum(present)[:-1]])
         expected = np.arange(len(ix)) - np.repeat(starts, present)
         gaps = np.nonzero(ix != expected)[0]
         if gaps.size:
             g = gaps[0]
-            problems.append(f"indices in shard {sh[g]} must be 0..{present[sh[g]] - 1} without "
-                            f"gaps; index {expected[g]} is missing (line {line_arr[g]} has "
-                            f"index {ix[g]})")
+            problems.append(
+                f"indices in shard {sh[g]} must be 0..{present[sh[g]] - 1} without "
+                f"gaps; index {expected[g]} is missing (line {line_arr[g]} has "
+                f"index {ix[g]})"
+            )
     if problems:
         raise PlanError(f"{origin}: unusable plan file:\n  " + "\n  ".join(problems))
     return name_arr, sh.astype(np.int32), ix.astype(np.int32)
@@ -458,19 +490,25 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
     (C++), without a Python object per line; anything unusual is handed to
     :func:`parse_plan_text`, which reports it with line numbers.
     """
+
     def fallback() -> pa.Table:
         names, shards, indices = parse_plan_text(raw.decode("utf-8"), origin)
-        return pa.table({"filename": pa.array(names.tolist(), pa.string()),
-                         "shard": pa.array(shards, pa.int32()),
-                         "index": pa.array(indices, pa.int32())})
+        return pa.table(
+            {
+                "filename": pa.array(names.tolist(), pa.string()),
+                "shard": pa.array(shards, pa.int32()),
+                "index": pa.array(indices, pa.int32()),
+            }
+        )
 
     try:
         t = pacsv.read_csv(
             pa.py_buffer(raw),
             read_options=pacsv.ReadOptions(column_names=["filename", "shard", "index"]),
             parse_options=pacsv.ParseOptions(quote_char=False, escape_char=False),
-            convert_options=pacsv.ConvertOptions(column_types={
-                "filename": pa.string(), "shard": pa.string(), "index": pa.string()}),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"filename": pa.string(), "shard": pa.string(), "index": pa.string()}
+            ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError):
         return fallback()
@@ -479,11 +517,13 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
         return fallback()
     name = t.column("filename")
     digits = "^[0-9]{1,9}$"
-    if not (pc.all(pc.match_substring_regex(t.column("shard"), digits)).as_py()
-            and pc.all(pc.match_substring_regex(t.column("index"), digits)).as_py()
-            and pc.all(pc.greater(pc.utf8_length(name), 0)).as_py()
-            and pc.all(pc.equal(name, pc.utf8_trim_whitespace(name))).as_py()
-            and pc.count_distinct(name).as_py() == n):
+    if not (
+        pc.all(pc.match_substring_regex(t.column("shard"), digits)).as_py()
+        and pc.all(pc.match_substring_regex(t.column("index"), digits)).as_py()
+        and pc.all(pc.greater(pc.utf8_length(name), 0)).as_py()
+        and pc.all(pc.equal(name, pc.utf8_trim_whitespace(name))).as_py()
+        and pc.count_distinct(name).as_py() == n
+    ):
         return fallback()
     shard = pc.cast(t.column("shard"), pa.int64()).to_numpy()
     index = pc.cast(t.column("index"), pa.int64()).to_numpy()
@@ -495,8 +535,13 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
     starts = np.concatenate([[0], np.cumsum(present)[:-1]])
     if (present == 0).any() or not np.array_equal(index, np.arange(n) - np.repeat(starts, present)):
         return fallback()  # gaps, repeats or missing shards: let it say where
-    return pa.table({"filename": pc.take(name, pa.array(order)),
-                     "shard": pa.array(shard, pa.int32()), "index": pa.array(index, pa.int32())})
+    return pa.table(
+        {
+            "filename": pc.take(name, pa.array(order)),
+            "shard": pa.array(shard, pa.int32()),
+            "index": pa.array(index, pa.int32()),
+        }
+    )
 
 
 def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = None) -> Plan:
@@ -516,8 +561,14 @@ def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = Non
     n = len(names)
     return Plan(
         split=split or (supervised_split_name(n, seed) if seed is not None else f"train{n}"),
-        kind="supervised", names=names, shards=shards, indices=indices,
-        num_shards=int(shards.max()) + 1, seed=seed, fraction=None, sampling="published",
+        kind="supervised",
+        names=names,
+        shards=shards,
+        indices=indices,
+        num_shards=int(shards.max()) + 1,
+        seed=seed,
+        fraction=None,
+        sampling="published",
         source=uri,
     )
 
@@ -552,9 +603,11 @@ def named_split_name(n: int, label: str) -> str:
 
 def check_label(label: str) -> str:
     if not isinstance(label, str) or not re.match(LABEL_PATTERN, label):
-        raise PlanError(f"name list label {label!r} must be a lower-case letter followed by up "
-                        "to 31 lower-case letters, digits or '_' (it names the split "
-                        "train{N}.{label})")
+        raise PlanError(
+            f"name list label {label!r} must be a lower-case letter followed by up "
+            "to 31 lower-case letters, digits or '_' (it names the split "
+            "train{N}.{label})"
+        )
     return label
 
 
@@ -578,8 +631,10 @@ def parse_name_list(text: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
         if "," in name:
             n_bad += 1
             if len(bad) < 5:
-                bad.append(f"line {lineno}: {line[:80]!r} is not one file name (a "
-                           "filename,shard,index file is a sharding file, not a name list)")
+                bad.append(
+                    f"line {lineno}: {line[:80]!r} is not one file name (a "
+                    "filename,shard,index file is a sharding file, not a name list)"
+                )
             continue
         names.append(name)
         lines.append(lineno)
@@ -593,10 +648,13 @@ def parse_name_list(text: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
     by_name = np.argsort(arr, kind="stable")
     dup = np.nonzero(arr[by_name][1:] == arr[by_name][:-1])[0]
     if len(dup):
-        shown = [f"{arr[by_name][d]} (lines {line_arr[by_name][d]} and {line_arr[by_name][d + 1]})"
-                 for d in dup[:5]]
-        raise PlanError(f"{origin}: {len(dup):,} duplicate name(s) in the name list: "
-                        + "; ".join(shown))
+        shown = [
+            f"{arr[by_name][d]} (lines {line_arr[by_name][d]} and {line_arr[by_name][d + 1]})"
+            for d in dup[:5]
+        ]
+        raise PlanError(
+            f"{origin}: {len(dup):,} duplicate name(s) in the name list: " + "; ".join(shown)
+        )
     return arr, line_arr
 
 
@@ -638,8 +696,10 @@ def plan_named(
     if len(missing):
         lines = list_lines if list_lines is not None else np.arange(1, len(wanted) + 1)
         shown = ", ".join(f"{wanted[int(i)].as_py()} (line {lines[int(i)]})" for i in missing[:5])
-        raise PlanError(f"{origin}: {len(missing):,} of {len(wanted):,} names are not in the "
-                        f"source catalog ({total:,} records), e.g. {shown}")
+        raise PlanError(
+            f"{origin}: {len(missing):,} of {len(wanted):,} names are not in the "
+            f"source catalog ({total:,} records), e.g. {shown}"
+        )
     chosen = np.sort(pos.to_numpy(zero_copy_only=False).astype(np.int64))
     if len(chosen) > 1 and bool(np.any(chosen[1:] == chosen[:-1])):
         raise PlanError(f"{origin}: the name list repeats names")  # parse_name_list refuses these
@@ -649,15 +709,24 @@ def plan_named(
         raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
     assert lab is not None
     chosen_names, chosen_labels = arr[chosen], lab[chosen]  # in name order
-    ordered = chosen_names[_argsort_by_key(hash_keys(chosen_names.tolist(), "order",
-                                                     NAMES_ORDER_SEED))]
+    ordered = chosen_names[
+        _argsort_by_key(hash_keys(chosen_names.tolist(), "order", NAMES_ORDER_SEED))
+    ]
     labs, counts = np.unique(chosen_labels, return_counts=True)
     class_counts = {
         (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
     }
-    return _deal(named_split_name(n, label), "supervised", ordered, S, seed=None,
-                 fraction=f"{n}/{total}", sampling="names", source=origin,
-                 class_counts=class_counts)
+    return _deal(
+        named_split_name(n, label),
+        "supervised",
+        ordered,
+        S,
+        seed=None,
+        fraction=f"{n}/{total}",
+        sampling="names",
+        source=origin,
+        class_counts=class_counts,
+    )
 
 
 if __name__ == "__main__":

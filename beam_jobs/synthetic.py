@@ -94,8 +94,10 @@ class Spec:
         if not 1 <= self.jpeg_quality <= 100:
             problems.append("jpeg_quality must be in 1..100")
         if self.train_shards > self.num_classes * self.min_per_class and self.train_total is None:
-            problems.append(f"train_shards={self.train_shards} could leave shards empty: at most "
-                            f"{self.num_classes * self.min_per_class} records are certain")
+            problems.append(
+                f"train_shards={self.train_shards} could leave shards empty: at most "
+                f"{self.num_classes * self.min_per_class} records are certain"
+            )
         if self.image_size < 1 or self.image_pool < 1:
             problems.append("image_size and image_pool must be >= 1")
         if not 0 <= self.full_class_share <= 1:
@@ -162,7 +164,9 @@ def read_names_files(uris: tuple[str, ...]) -> dict[str, set[str]]:
                 continue
             name = line.split(",", 1)[0].strip()
             if "_" not in name:
-                raise ValueError(f"{uri} line {lineno}: {name!r} has no synset prefix (n..._N.JPEG)")
+                raise ValueError(
+                    f"{uri} line {lineno}: {name!r} has no synset prefix (n..._N.JPEG)"
+                )
             by_synset[name.split("_", 1)[0]].add(name)
     return by_synset
 
@@ -252,7 +256,11 @@ def layout(spec: Spec) -> Layout:
         need = sizes[c] - len(names)
         if need > 0:
             pool_hi = max(3 * sizes[c], 100) + len(used)
-            fresh = [k for k in rng.sample(range(1, pool_hi + need + 1), need + len(used)) if k not in used]
+            fresh = [
+                k
+                for k in rng.sample(range(1, pool_hi + need + 1), need + len(used))
+                if k not in used
+            ]
             names.extend(f"{info.synset}_{k}.JPEG" for k in sorted(fresh[:need]))
         records.extend((name, c) for name in names)
     rng.shuffle(records)
@@ -281,13 +289,15 @@ def jpeg_pool(spec: Spec) -> list[bytes]:
     return out
 
 
-def example_bytes(filename: str, info: ClassInfo, jpeg: bytes, size: int,
-                  kind: str = COMMON) -> bytes:
+def example_bytes(
+    filename: str, info: ClassInfo, jpeg: bytes, size: int, kind: str = COMMON
+) -> bytes:
     """One record with the common converter's features (or TFDS's, for ``kind``
     ``tfds``: ``image``, ``label`` 0-based, ``file_name``), in a fixed order."""
     if kind == TFDS:
-        return build_example({"image": jpeg, "label": info.label - 1,
-                              "file_name": filename.encode()})
+        return build_example(
+            {"image": jpeg, "label": info.label - 1, "file_name": filename.encode()}
+        )
     return build_example(
         {
             "image/height": size,
@@ -307,8 +317,9 @@ def example_bytes(filename: str, info: ClassInfo, jpeg: bytes, size: int,
 _WORKER: dict = {}
 
 
-def _init_worker(classes: list[ClassInfo], pool: list[bytes], size: int,
-                 kind: str = COMMON) -> None:
+def _init_worker(
+    classes: list[ClassInfo], pool: list[bytes], size: int, kind: str = COMMON
+) -> None:
     _WORKER.update(classes=classes, pool=pool, size=size, kind=kind)
 
 
@@ -324,9 +335,13 @@ def _write_shard(job: tuple[str, list[tuple[str, int]]]) -> tuple[str, int, int]
     return uri, w.num_records, w.num_bytes
 
 
-def _write_tfds_metadata(output_uri: str, naming: Naming, classes: list[ClassInfo],
-                         written: dict[str, tuple[int, int]],
-                         shards: dict[str, int]) -> None:
+def _write_tfds_metadata(
+    output_uri: str,
+    naming: Naming,
+    classes: list[ClassInfo],
+    written: dict[str, tuple[int, int]],
+    shards: dict[str, int],
+) -> None:
     """label.labels.txt, features.json and dataset_info.json, as TFDS writes them
     beside its shards (described with ``beam_jobs.tfds_meta``)."""
     from beam_jobs.tfds_meta import (
@@ -341,18 +356,29 @@ def _write_tfds_metadata(output_uri: str, naming: Naming, classes: list[ClassInf
         if not count:
             continue
         paths = [naming.shard_path(output_uri, split, i, count) for i in range(count)]
-        splits[split] = {"num_shards": count, "num_examples": sum(written[p][0] for p in paths),
-                         "shards": [{"path": p, "num_records": written[p][0],
-                                     "num_bytes": written[p][1]} for p in paths]}
+        splits[split] = {
+            "num_shards": count,
+            "num_examples": sum(written[p][0] for p in paths),
+            "shards": [
+                {"path": p, "num_records": written[p][0], "num_bytes": written[p][1]} for p in paths
+            ],
+        }
     doc = {"splits": splits, "source": {"layout": naming.spec}}
     info = dataset_info(doc, output_uri, version="5.1.0")
     info["description"] = "A synthetic ImageNet in the layout TensorFlow Datasets prepares."
-    storage.write_text(storage.join(output_uri, LABEL_NAMES_FILE),
-                       "".join(f"{c.synset}\n" for c in classes))
-    storage.write_text(storage.join(output_uri, "features.json"), json.dumps(features_config(
-        TFDS_REQUIRED_FEATURES, kind=TFDS, num_classes=len(classes)), indent=2) + "\n")
-    storage.write_text(storage.join(output_uri, "dataset_info.json"),
-                       json.dumps(info, indent=2) + "\n")
+    storage.write_text(
+        storage.join(output_uri, LABEL_NAMES_FILE), "".join(f"{c.synset}\n" for c in classes)
+    )
+    storage.write_text(
+        storage.join(output_uri, "features.json"),
+        json.dumps(
+            features_config(TFDS_REQUIRED_FEATURES, kind=TFDS, num_classes=len(classes)), indent=2
+        )
+        + "\n",
+    )
+    storage.write_text(
+        storage.join(output_uri, "dataset_info.json"), json.dumps(info, indent=2) + "\n"
+    )
 
 
 def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
@@ -375,8 +401,9 @@ def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
     if workers > 1 and len(jobs) > 1:
         # spawn: a forked child must not inherit a parent's GCS client sockets.
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, _init_worker,
-                      (lay.classes, pool, spec.image_size, naming.kind)) as procs:
+        with ctx.Pool(
+            workers, _init_worker, (lay.classes, pool, spec.image_size, naming.kind)
+        ) as procs:
             for uri, nrec, nbytes in procs.imap_unordered(_write_shard, jobs, chunksize=4):
                 written[uri] = (nrec, nbytes)
                 total_bytes += nbytes
@@ -393,8 +420,13 @@ def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
             if done % step == 0 or done == len(jobs):
                 log.info("synthetic: %d/%d shards written", done, len(jobs))
     if naming.kind == TFDS:
-        _write_tfds_metadata(output_uri, naming, lay.classes, written,
-                             {"train": len(lay.train), "validation": len(lay.validation)})
+        _write_tfds_metadata(
+            output_uri,
+            naming,
+            lay.classes,
+            written,
+            {"train": len(lay.train), "validation": len(lay.validation)},
+        )
     sizes = lay.class_sizes()
     summary = {
         "spec": {**asdict(spec), "names_from": list(spec.names_from)},
@@ -410,7 +442,9 @@ def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
         "bytes": total_bytes,
         "seconds": round(time.monotonic() - t0, 3),
     }
-    storage.write_text(storage.join(output_uri, "synthetic.json"), json.dumps(summary, indent=2) + "\n")
+    storage.write_text(
+        storage.join(output_uri, "synthetic.json"), json.dumps(summary, indent=2) + "\n"
+    )
     return summary
 
 
@@ -420,9 +454,12 @@ def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
         description="Write a synthetic ImageNet (train-*/validation-* TFRecords with real JPEGs).",
     )
     p.add_argument("--output_uri", required=True, help="folder to write (absolute path or gs://)")
-    p.add_argument("--imagenet", action="store_true",
-                   help="ImageNet's shape: 1000 classes, 1,281,167 train records in 1024 shards, "
-                        "50 validation images per class in 128 shards (other flags override)")
+    p.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="ImageNet's shape: 1000 classes, 1,281,167 train records in 1024 shards, "
+        "50 validation images per class in 128 shards (other flags override)",
+    )
     d = Spec()
     p.add_argument("--num_classes", type=int)
     p.add_argument("--min_per_class", type=int)
@@ -435,23 +472,40 @@ def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
     p.add_argument("--jpeg_quality", type=int)
     p.add_argument("--image_pool", type=int, help="distinct JPEGs reused across records")
     p.add_argument("--seed", type=int)
-    p.add_argument("--names_from", action="append", default=[],
-                   help="filename,shard,index file or name list (a path, gs:// or a shipped "
-                        "list such as published:fixmatch/split3) whose names the source must "
-                        "contain (repeatable)")
-    p.add_argument("--layout", default=None,
-                   help="common (train-SSSSS-of-NNNNN, image/* features; default) or tfds "
-                        "(imagenet2012-train.tfrecord-SSSSS-of-NNNNN, image/label/file_name "
-                        "features, as TensorFlow Datasets prepares it; tfds:NAME for another "
-                        "dataset name)")
+    p.add_argument(
+        "--names_from",
+        action="append",
+        default=[],
+        help="filename,shard,index file or name list (a path, gs:// or a shipped "
+        "list such as published:fixmatch/split3) whose names the source must "
+        "contain (repeatable)",
+    )
+    p.add_argument(
+        "--layout",
+        default=None,
+        help="common (train-SSSSS-of-NNNNN, image/* features; default) or tfds "
+        "(imagenet2012-train.tfrecord-SSSSS-of-NNNNN, image/label/file_name "
+        "features, as TensorFlow Datasets prepares it; tfds:NAME for another "
+        "dataset name)",
+    )
     p.add_argument("--workers", type=int, help="processes (default: CPU count)")
     a = p.parse_args(argv)
     base = imagenet_spec() if a.imagenet else d
     overrides = {
         k: getattr(a, k)
-        for k in ("num_classes", "min_per_class", "max_per_class", "train_total", "train_shards",
-                  "validation_shards", "validation_per_class", "image_size", "jpeg_quality",
-                  "image_pool", "seed")
+        for k in (
+            "num_classes",
+            "min_per_class",
+            "max_per_class",
+            "train_total",
+            "train_shards",
+            "validation_shards",
+            "validation_per_class",
+            "image_size",
+            "jpeg_quality",
+            "image_pool",
+            "seed",
+        )
         if getattr(a, k) is not None
     }
     if a.names_from:
@@ -462,8 +516,9 @@ def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
+    )
     try:
         spec, out, workers = parse_args(argv)
         summary = generate(spec, out, workers)

@@ -32,10 +32,26 @@ from typing import Any
 from beam_jobs import storage
 
 # The pipeline options a reviewer needs (the rest are Beam's defaults).
-OPTIONS = ("job_name", "project", "region", "machine_type", "max_num_workers", "labels",
-           "temp_location", "staging_location", "template_location", "extra_packages",
-           "sdk_location", "save_main_session", "experiments", "num_workers",
-           "autoscaling_algorithm", "service_account_email", "network", "subnetwork")
+OPTIONS = (
+    "job_name",
+    "project",
+    "region",
+    "machine_type",
+    "max_num_workers",
+    "labels",
+    "temp_location",
+    "staging_location",
+    "template_location",
+    "extra_packages",
+    "sdk_location",
+    "save_main_session",
+    "experiments",
+    "num_workers",
+    "autoscaling_algorithm",
+    "service_account_email",
+    "network",
+    "subnetwork",
+)
 
 
 class TemplateError(ValueError):
@@ -46,7 +62,7 @@ def _gs(location: str) -> str:
     """Dataflow's ``storage.googleapis.com/bucket/path`` -> ``gs://bucket/path``."""
     for prefix in ("https://storage.googleapis.com/", "storage.googleapis.com/"):
         if location.startswith(prefix):
-            return "gs://" + location[len(prefix):]
+            return "gs://" + location[len(prefix) :]
     return location
 
 
@@ -68,8 +84,10 @@ def transforms(pipeline_pb: bytes) -> list[dict[str, Any]]:
         if named:
             missing = [pc for pc in t.inputs.values() if pc not in made]
             if missing and not t.subtransforms:
-                raise TemplateError(f"transform {t.unique_name} reads {missing} before any "
-                                    "transform makes them: not a topological order")
+                raise TemplateError(
+                    f"transform {t.unique_name} reads {missing} before any "
+                    "transform makes them: not a topological order"
+                )
             out.append({"name": t.unique_name, "urn": t.spec.urn, "depth": depth})
         for sub in t.subtransforms:
             walk(sub, depth + (1 if named else 0))
@@ -105,19 +123,26 @@ def describe(template_uri: str) -> dict[str, Any]:
     except (KeyError, IndexError, ValueError) as err:
         raise TemplateError(f"{template_uri}: not a Dataflow job description ({err})") from None
     packages = {p["name"]: _gs(p["location"]) for p in pool.get("packages", [])}
-    wheels = {name: wheel_summary(storage.read_bytes(loc))
-              for name, loc in packages.items() if name.endswith(".whl")}
+    wheels = {
+        name: wheel_summary(storage.read_bytes(loc))
+        for name, loc in packages.items()
+        if name.endswith(".whl")
+    }
     sdk_images = sorted({i["containerImage"] for i in pool.get("sdkHarnessContainerImages", [])})
     return {
         "template_location": template_uri,
         "name": tpl.get("name"),
         "type": tpl.get("type"),
-        "sdk": {"name": env.get("userAgent", {}).get("name"),
-                "version": env.get("userAgent", {}).get("version")},
+        "sdk": {
+            "name": env.get("userAgent", {}).get("name"),
+            "version": env.get("userAgent", {}).get("version"),
+        },
         "container_images": sorted({pool.get("workerHarnessContainerImage"), *sdk_images} - {None}),
         # One SDK process per vCPU (Python: each process uses one core, the GIL's).
-        "single_core_per_container": all(i.get("useSingleCorePerContainer", False)
-                                         for i in pool.get("sdkHarnessContainerImages", [])),
+        "single_core_per_container": all(
+            i.get("useSingleCorePerContainer", False)
+            for i in pool.get("sdkHarnessContainerImages", [])
+        ),
         "machine_type": pool.get("machineType"),
         "max_workers": (pool.get("autoscalingSettings") or {}).get("maxNumWorkers"),
         "labels": tpl.get("labels") or {},
@@ -131,14 +156,16 @@ def describe(template_uri: str) -> dict[str, Any]:
 
 def format_description(d: dict[str, Any]) -> str:
     """A human-readable summary of :func:`describe`'s result."""
-    lines = [f"{d['template_location']}: Dataflow {d['type']} job {d['name']}",
-             f"  SDK: {d['sdk']['name']} {d['sdk']['version']}; container: "
-             f"{', '.join(d['container_images'])}",
-             f"  workers: {d['machine_type'] or 'default machine type'}, at most "
-             f"{d['max_workers'] or 'the default number of'} workers; labels: "
-             f"{json.dumps(d['labels'], sort_keys=True)}",
-             "  options: " + json.dumps(d["options"], sort_keys=True),
-             "  staged files:"]
+    lines = [
+        f"{d['template_location']}: Dataflow {d['type']} job {d['name']}",
+        f"  SDK: {d['sdk']['name']} {d['sdk']['version']}; container: "
+        f"{', '.join(d['container_images'])}",
+        f"  workers: {d['machine_type'] or 'default machine type'}, at most "
+        f"{d['max_workers'] or 'the default number of'} workers; labels: "
+        f"{json.dumps(d['labels'], sort_keys=True)}",
+        "  options: " + json.dumps(d["options"], sort_keys=True),
+        "  staged files:",
+    ]
     lines += [f"    {name}  ({loc})" for name, loc in sorted(d["staged_files"].items())]
     for name, w in sorted(d["wheels"].items()):
         lines.append(f"  {name}: {len(w['modules'])} modules; requires {', '.join(w['requires'])}")
@@ -148,8 +175,10 @@ def format_description(d: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m beam_jobs.template",
-                                description="Describe a staged Dataflow job description.")
+    p = argparse.ArgumentParser(
+        prog="python -m beam_jobs.template",
+        description="Describe a staged Dataflow job description.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("describe", help="summarise a template (graph, staged files, options)")
     d.add_argument("template_uri", help="gs://... (or a local path) of the template file")

@@ -85,9 +85,15 @@ _TFDS = "tensorflow_datasets.core.features."
 
 
 def _image(doc: str) -> dict[str, Any]:
-    return {"pythonClassName": _TFDS + "image_feature.Image", "description": doc,
-            "image": {"shape": {"dimensions": ["-1", "-1", "3"]}, "dtype": "uint8",
-                      "encodingFormat": "jpeg"}}
+    return {
+        "pythonClassName": _TFDS + "image_feature.Image",
+        "description": doc,
+        "image": {
+            "shape": {"dimensions": ["-1", "-1", "3"]},
+            "dtype": "uint8",
+            "encodingFormat": "jpeg",
+        },
+    }
 
 
 def _text(doc: str) -> dict[str, Any]:
@@ -95,16 +101,21 @@ def _text(doc: str) -> dict[str, Any]:
 
 
 def _int64(doc: str) -> dict[str, Any]:
-    return {"pythonClassName": _TFDS + "tensor_feature.Tensor", "description": doc,
-            "tensor": {"shape": {}, "dtype": "int64", "encoding": "none"}}
+    return {
+        "pythonClassName": _TFDS + "tensor_feature.Tensor",
+        "description": doc,
+        "tensor": {"shape": {}, "dtype": "int64", "encoding": "none"},
+    }
 
 
 # Example key -> (TFDS feature JSON, the Example kind it must have).
 KNOWN_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
     "image/encoded": (_image("the image, JPEG-encoded in the record"), "bytes_list"),
     "image/filename": (_text("the source file name, e.g. n01440764_10026.JPEG"), "bytes_list"),
-    "image/class/label": (_int64("the source's class label (1..1000 from the common "
-                                 "converter)"), "int64_list"),
+    "image/class/label": (
+        _int64("the source's class label (1..1000 from the common converter)"),
+        "int64_list",
+    ),
     "image/class/synset": (_text("WordNet synset id, e.g. n01440764"), "bytes_list"),
     "image/class/text": (_text("human-readable class name"), "bytes_list"),
     "image/height": (_int64("image height in pixels"), "int64_list"),
@@ -127,20 +138,26 @@ LABEL_NAMES_FILE = "label.labels.txt"  # TFDS's ClassLabel names, one per line
 
 
 def _class_label(num_classes: int) -> dict[str, Any]:
-    return {"pythonClassName": _TFDS + "class_label_feature.ClassLabel",
-            "description": "the class label, 0-based as TFDS writes it",
-            "classLabel": {"numClasses": str(int(num_classes))}}
+    return {
+        "pythonClassName": _TFDS + "class_label_feature.ClassLabel",
+        "description": "the class label, 0-based as TFDS writes it",
+        "classLabel": {"numClasses": str(int(num_classes))},
+    }
 
 
 def manifest_naming(manifest: dict[str, Any]) -> layout.Naming:
     """The layout of the manifest's splits: its source's (``source.layout``),
     the same for every split (a split entry may also say its own)."""
-    specs = {e.get("layout") or (manifest.get("source") or {}).get("layout") or layout.COMMON
-             for e in manifest.get("splits", {}).values()}
+    specs = {
+        e.get("layout") or (manifest.get("source") or {}).get("layout") or layout.COMMON
+        for e in manifest.get("splits", {}).values()
+    }
     specs = specs or {(manifest.get("source") or {}).get("layout") or layout.COMMON}
     if len(specs) > 1:
-        raise TfdsMetadataError(f"the manifest's splits come from sources of different layouts "
-                                f"({', '.join(sorted(specs))}): one TFDS dataset cannot describe them")
+        raise TfdsMetadataError(
+            f"the manifest's splits come from sources of different layouts "
+            f"({', '.join(sorted(specs))}): one TFDS dataset cannot describe them"
+        )
     return layout.naming(specs.pop())
 
 
@@ -165,33 +182,39 @@ def split_infos(manifest: dict[str, Any], output_uri: str) -> list[dict[str, Any
     for split, entry in sorted(manifest["splits"].items()):
         name = tfds_split_name(split)
         if name in seen:
-            raise TfdsMetadataError(f"splits {seen[name]!r} and {split!r} would both be the "
-                                    f"TFDS split {name!r}")
+            raise TfdsMetadataError(
+                f"splits {seen[name]!r} and {split!r} would both be the TFDS split {name!r}"
+            )
         seen[name] = split
         n = int(entry["num_shards"])
         shards = entry["shards"]
         if len(shards) != n:
-            raise TfdsMetadataError(f"{split}: the manifest lists {len(shards)} shards, "
-                                    f"num_shards says {n}")
+            raise TfdsMetadataError(
+                f"{split}: the manifest lists {len(shards)} shards, num_shards says {n}"
+            )
         for i, s in enumerate(shards):
             want = storage.join(out, naming.shard_name(split, i, n))
             if storage.normalize(s["path"]) != want:
                 raise TfdsMetadataError(
                     f"{split}: shard {i} is {s['path']}, not {want}: TFDS reads a split's files "
                     "by name from the folder of dataset_info.json; describe the folder the "
-                    "manifest's shards are in")
-        infos.append({
-            "name": name,
-            "numShards": str(n),
-            "shardLengths": [str(int(s["num_records"])) for s in shards],
-            "numBytes": str(sum(int(s["num_bytes"]) for s in shards)),
-            "filepathTemplate": f"{naming.file_prefix(split)}-{SHARD_PLACEHOLDER}",
-        })
+                    "manifest's shards are in"
+                )
+        infos.append(
+            {
+                "name": name,
+                "numShards": str(n),
+                "shardLengths": [str(int(s["num_records"])) for s in shards],
+                "numBytes": str(sum(int(s["num_bytes"]) for s in shards)),
+                "filepathTemplate": f"{naming.file_prefix(split)}-{SHARD_PLACEHOLDER}",
+            }
+        )
     return infos
 
 
-def features_config(keys: Iterable[str], *, kind: str = layout.COMMON,
-                    num_classes: int | None = None) -> dict[str, Any]:
+def features_config(
+    keys: Iterable[str], *, kind: str = layout.COMMON, num_classes: int | None = None
+) -> dict[str, Any]:
     """features.json (pure): a nested FeaturesDict whose flattened keys are ``keys``,
     described as the source layout ``kind`` has them (a TFDS source's ``label``
     is a ClassLabel of ``num_classes`` when given)."""
@@ -199,8 +222,9 @@ def features_config(keys: Iterable[str], *, kind: str = layout.COMMON,
     tree: dict[str, Any] = {}
     for key in keys:
         if key not in known:
-            raise TfdsMetadataError(f"no TFDS description for feature {key!r}; known: "
-                                    f"{', '.join(known)}")
+            raise TfdsMetadataError(
+                f"no TFDS description for feature {key!r}; known: {', '.join(known)}"
+            )
         *parents, leaf = key.split("/")
         node = tree
         for p in parents:
@@ -211,8 +235,10 @@ def features_config(keys: Iterable[str], *, kind: str = layout.COMMON,
 
     def as_dict(node: dict[str, Any]) -> dict[str, Any]:
         feats = {k: v if "pythonClassName" in v else as_dict(v) for k, v in sorted(node.items())}
-        return {"pythonClassName": _TFDS + "features_dict.FeaturesDict",
-                "featuresDict": {"features": feats}}
+        return {
+            "pythonClassName": _TFDS + "features_dict.FeaturesDict",
+            "featuresDict": {"features": feats},
+        }
 
     return as_dict(tree)
 
@@ -240,10 +266,14 @@ def present_features(manifest: dict[str, Any]) -> list[str]:
         missing = [k for k in required if k not in fmap]
         if missing:
             raise TfdsMetadataError(f"{path}: the first record has no {', '.join(missing)}")
-        optional = [k for k, (_, kind) in known.items()
-                    if k not in required and k in fmap
-                    and fmap[k].WhichOneof("kind") == kind
-                    and len(getattr(fmap[k], kind).value) == 1]
+        optional = [
+            k
+            for k, (_, kind) in known.items()
+            if k not in required
+            and k in fmap
+            and fmap[k].WhichOneof("kind") == kind
+            and len(getattr(fmap[k], kind).value) == 1
+        ]
         return list(required) + optional
     return list(required)
 
@@ -258,19 +288,29 @@ def source_num_classes(manifest: dict[str, Any]) -> int | None:
     return int(src["num_classes"]) if src.get("num_classes") else None
 
 
-def dataset_info(manifest: dict[str, Any], output_uri: str, *, name: str | None = None,
-                 version: str = DEFAULT_VERSION) -> dict[str, Any]:
+def dataset_info(
+    manifest: dict[str, Any],
+    output_uri: str,
+    *,
+    name: str | None = None,
+    version: str = DEFAULT_VERSION,
+) -> dict[str, Any]:
     """dataset_info.json (pure). ``name``: the dataset's (default: the TFDS
     source's own, ``imagenet2012``, or ``ssl_imagenet_splits``)."""
     naming = manifest_naming(manifest)
     splits = split_infos(manifest, output_uri)
-    mapping = ", ".join(f"{s} -> {tfds_split_name(s)}" for s in sorted(manifest["splits"])
-                        if tfds_split_name(s) != s)
-    desc = ("Reproducible semi-supervised ImageNet splits (labelled subsets train{N}.{seed}, "
-            "the full reshuffle train, validation), described from the manifest "
-            f"{storage.join(storage.normalize(output_uri), 'manifest.json')} "
-            f"updated at {manifest.get('updated_at')}. TFDS split names replace '.' by '_'"
-            + (f" ({mapping})." if mapping else "."))
+    mapping = ", ".join(
+        f"{s} -> {tfds_split_name(s)}"
+        for s in sorted(manifest["splits"])
+        if tfds_split_name(s) != s
+    )
+    desc = (
+        "Reproducible semi-supervised ImageNet splits (labelled subsets train{N}.{seed}, "
+        "the full reshuffle train, validation), described from the manifest "
+        f"{storage.join(storage.normalize(output_uri), 'manifest.json')} "
+        f"updated at {manifest.get('updated_at')}. TFDS split names replace '.' by '_'"
+        + (f" ({mapping})." if mapping else ".")
+    )
     info: dict[str, Any] = {
         "name": name or (naming.dataset if naming.kind == layout.TFDS else DEFAULT_NAME),
         "version": version,
@@ -281,15 +321,21 @@ def dataset_info(manifest: dict[str, Any], output_uri: str, *, name: str | None 
         "splits": splits,
     }
     if naming.kind == layout.TFDS:  # as imagenet2012's: as_supervised=True gives (image, label)
-        info["supervisedKeys"] = {"tuple": {"items": [{"featureKey": "image"},
-                                                      {"featureKey": "label"}]}}
+        info["supervisedKeys"] = {
+            "tuple": {"items": [{"featureKey": "image"}, {"featureKey": "label"}]}
+        }
     return info
 
 
-def write_tfds_metadata(manifest: dict[str, Any], output_uri: str, *,
-                        features: Iterable[str] | None = None, name: str | None = None,
-                        version: str = DEFAULT_VERSION,
-                        label_names: list[str] | None = None) -> list[str]:
+def write_tfds_metadata(
+    manifest: dict[str, Any],
+    output_uri: str,
+    *,
+    features: Iterable[str] | None = None,
+    name: str | None = None,
+    version: str = DEFAULT_VERSION,
+    label_names: list[str] | None = None,
+) -> list[str]:
     """Write ``features.json`` and ``dataset_info.json`` for the manifest's
     splits into ``output_uri`` (each file atomically); return their URIs.
 
@@ -319,13 +365,25 @@ def write_tfds_metadata(manifest: dict[str, Any], output_uri: str, *,
         if isinstance(doc, str):
             storage.write_text(uri, doc, "text/plain")
         else:
-            storage.write_text(uri, json.dumps(doc, indent=2, sort_keys=True) + "\n",
-                               "application/json")
+            storage.write_text(
+                uri, json.dumps(doc, indent=2, sort_keys=True) + "\n", "application/json"
+            )
         written.append(uri)
     return written
 
 
-__all__ = ["DATASET_INFO_FILE", "FEATURES_FILE", "KNOWN_FEATURES", "REQUIRED_FEATURES",
-           "TFDS_FEATURES", "TFDS_REQUIRED_FEATURES", "TfdsMetadataError", "dataset_info",
-           "features_config", "manifest_naming", "split_infos", "tfds_split_name",
-           "write_tfds_metadata"]
+__all__ = [
+    "DATASET_INFO_FILE",
+    "FEATURES_FILE",
+    "KNOWN_FEATURES",
+    "REQUIRED_FEATURES",
+    "TFDS_FEATURES",
+    "TFDS_REQUIRED_FEATURES",
+    "TfdsMetadataError",
+    "dataset_info",
+    "features_config",
+    "manifest_naming",
+    "split_infos",
+    "tfds_split_name",
+    "write_tfds_metadata",
+]

@@ -43,6 +43,8 @@ class Writable(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
     def writelines(self, lines: Iterable[bytes], /) -> object: ...
+
+
 _LEN = struct.Struct("<Q")
 _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
@@ -107,19 +109,27 @@ def parse_header(header: bytes, path: str, offset: int) -> int:
     """Check a 12-byte header and return the payload length."""
     if len(header) < HEADER_LEN:
         raise RecordError(
-            path, offset, "truncated_header",
-            f"file ends {len(header)} bytes into a 12-byte record header", fatal=True,
+            path,
+            offset,
+            "truncated_header",
+            f"file ends {len(header)} bytes into a 12-byte record header",
+            fatal=True,
         )
     length, length_crc = _HEADER.unpack(header)
     if masked_crc32c(header[:8]) != length_crc:
         raise RecordError(
-            path, offset, "length_crc",
+            path,
+            offset,
+            "length_crc",
             "length field fails its CRC32C check (corrupt data or not a TFRecord file)",
             fatal=True,
         )
     if length > MAX_RECORD_LEN:
         raise RecordError(
-            path, offset, "too_long", f"record length {length} exceeds {MAX_RECORD_LEN}",
+            path,
+            offset,
+            "too_long",
+            f"record length {length} exceeds {MAX_RECORD_LEN}",
             fatal=True,
         )
     return int(length)
@@ -130,22 +140,26 @@ def check_framed(buf: bytes, path: str, offset: int) -> Framed:
     length = parse_header(buf[:HEADER_LEN], path, offset)
     if len(buf) != length + OVERHEAD:
         raise RecordError(
-            path, offset, "truncated_record",
-            f"expected {length + OVERHEAD} framed bytes, got {len(buf)}", fatal=True,
+            path,
+            offset,
+            "truncated_record",
+            f"expected {length + OVERHEAD} framed bytes, got {len(buf)}",
+            fatal=True,
         )
-    data = buf[HEADER_LEN:HEADER_LEN + length]
+    data = buf[HEADER_LEN : HEADER_LEN + length]
     (stored,) = _CRC.unpack_from(buf, HEADER_LEN + length)
     if masked_crc32c(data) != stored:
         raise RecordError(
-            path, offset, "data_crc", f"data CRC32C mismatch in a {length}-byte record",
+            path,
+            offset,
+            "data_crc",
+            f"data CRC32C mismatch in a {length}-byte record",
             fatal=False,
         )
     return Framed(offset, length + OVERHEAD, data, stored)
 
 
-def iter_framed(
-    f: Readable, path: str, *, start: int = 0
-) -> Iterator[Framed | RecordError]:
+def iter_framed(f: Readable, path: str, *, start: int = 0) -> Iterator[Framed | RecordError]:
     """Yield each record of an open TFRecord stream, or the error found there.
 
     Non-fatal errors (a bad data CRC) are yielded and reading goes on; a fatal
@@ -165,7 +179,9 @@ def iter_framed(
         body = f.read(length + FOOTER_LEN)
         if len(body) < length + FOOTER_LEN:
             yield RecordError(
-                path, offset, "truncated_record",
+                path,
+                offset,
+                "truncated_record",
                 f"file ends {len(body)} bytes into a record of {length} data bytes",
                 fatal=True,
             )
@@ -174,8 +190,11 @@ def iter_framed(
         (stored,) = _CRC.unpack_from(body, length)
         if masked_crc32c(data) != stored:
             yield RecordError(
-                path, offset, "data_crc",
-                f"data CRC32C mismatch in a {length}-byte record", fatal=False,
+                path,
+                offset,
+                "data_crc",
+                f"data CRC32C mismatch in a {length}-byte record",
+                fatal=False,
             )
         else:
             yield Framed(offset, length + OVERHEAD, data, stored)
@@ -185,8 +204,9 @@ def iter_framed(
 SCAN_CHUNK = 16 * 1024 * 1024
 
 
-def scan_framed(f: Readable, path: str, *, chunk_bytes: int = SCAN_CHUNK
-                ) -> Iterator[Framed | RecordError]:
+def scan_framed(
+    f: Readable, path: str, *, chunk_bytes: int = SCAN_CHUNK
+) -> Iterator[Framed | RecordError]:
     """What :func:`iter_framed` yields, for a whole stream read in large chunks.
 
     The per-record Python work is one header unpack, one data CRC call and
@@ -226,25 +246,39 @@ def scan_framed(f: Readable, path: str, *, chunk_bytes: int = SCAN_CHUNK
             bad_head = np.flatnonzero(want != got)
             keep = int(bad_head[0]) if len(bad_head) else len(starts)
             if keep < len(starts):
-                fatal = RecordError(path, base + starts[keep], "length_crc",
-                                    "length field fails its CRC32C check (corrupt data or not a "
-                                    "TFRecord file)", fatal=True)
+                fatal = RecordError(
+                    path,
+                    base + starts[keep],
+                    "length_crc",
+                    "length field fails its CRC32C check (corrupt data or not a TFRecord file)",
+                    fatal=True,
+                )
             foot = s[:keep] + HEADER_LEN + ln[:keep]
-            stored = raw[foot[:, None] + np.arange(FOOTER_LEN)].copy().view("<u4").ravel() \
-                if keep else np.zeros(0, np.uint32)
+            stored = (
+                raw[foot[:, None] + np.arange(FOOTER_LEN)].copy().view("<u4").ravel()
+                if keep
+                else np.zeros(0, np.uint32)
+            )
             view = memoryview(buf)
-            datas = [bytes(view[a + HEADER_LEN:a + HEADER_LEN + b])
-                     for a, b in zip(starts[:keep], sizes[:keep])]
-            computed = mask_array(np.fromiter((value(d) for d in datas), dtype=np.uint32,
-                                              count=keep))
+            datas = [
+                bytes(view[a + HEADER_LEN : a + HEADER_LEN + b])
+                for a, b in zip(starts[:keep], sizes[:keep])
+            ]
+            computed = mask_array(
+                np.fromiter((value(d) for d in datas), dtype=np.uint32, count=keep)
+            )
             ok = computed == stored
             for i in range(keep):
                 if ok[i]:
                     yield Framed(base + starts[i], sizes[i] + OVERHEAD, datas[i], int(stored[i]))
                 else:
-                    yield RecordError(path, base + starts[i], "data_crc",
-                                      f"data CRC32C mismatch in a {sizes[i]}-byte record",
-                                      fatal=False)
+                    yield RecordError(
+                        path,
+                        base + starts[i],
+                        "data_crc",
+                        f"data CRC32C mismatch in a {sizes[i]}-byte record",
+                        fatal=False,
+                    )
         if fatal is not None:
             yield fatal
             return
@@ -324,11 +358,15 @@ class Writer:
 def mask_array(crc: np.ndarray) -> np.ndarray:
     """``mask`` applied to an array of unmasked CRCs (uint32 result)."""
     c = np.asarray(crc, dtype=np.uint64)
-    return (((((c >> np.uint64(15)) | (c << np.uint64(17))) & np.uint64(_U32))
-             + np.uint64(MASK_DELTA)) & np.uint64(_U32)).astype(np.uint32)
+    return (
+        ((((c >> np.uint64(15)) | (c << np.uint64(17))) & np.uint64(_U32)) + np.uint64(MASK_DELTA))
+        & np.uint64(_U32)
+    ).astype(np.uint32)
 
 
-def check_records(records: Sequence[bytes], framed_lengths: np.ndarray) -> tuple[np.ndarray, int, str]:
+def check_records(
+    records: Sequence[bytes], framed_lengths: np.ndarray
+) -> tuple[np.ndarray, int, str]:
     """Check a batch of complete framed records (each ``bytes`` of the
     expected framed length, e.g. from a catalog): each header's length field,
     its CRC, and each data CRC. The per-record Python work is two slices and
@@ -341,11 +379,16 @@ def check_records(records: Sequence[bytes], framed_lengths: np.ndarray) -> tuple
     n = len(records)
     if n == 0:
         return np.zeros(0, np.uint32), -1, ""
-    if n != len(lengths) or any(len(r) != int(k) for r, k in zip(records, lengths.tolist())) \
-            or int(lengths.min()) < OVERHEAD:
+    if (
+        n != len(lengths)
+        or any(len(r) != int(k) for r, k in zip(records, lengths.tolist()))
+        or int(lengths.min()) < OVERHEAD
+    ):
         raise ValueError("records do not have the given framed lengths")
-    headers = np.frombuffer(b"".join([r[:HEADER_LEN] for r in records]),
-                            dtype=np.dtype([("length", "<u8"), ("crc", "<u4")]))
+    headers = np.frombuffer(
+        b"".join([r[:HEADER_LEN] for r in records]),
+        dtype=np.dtype([("length", "<u8"), ("crc", "<u4")]),
+    )
     stored = np.frombuffer(b"".join([r[-FOOTER_LEN:] for r in records]), dtype="<u4")
     payload = headers["length"]
     bad_length = payload != (lengths - OVERHEAD).astype(np.uint64)
@@ -353,8 +396,9 @@ def check_records(records: Sequence[bytes], framed_lengths: np.ndarray) -> tuple
     expected = np.array([masked_crc32c(_LEN.pack(int(u))) for u in uniq], np.uint32)[inverse]
     bad_length_crc = headers["crc"] != expected
     value = google_crc32c.value
-    computed = np.fromiter((value(r[HEADER_LEN:-FOOTER_LEN]) for r in records),
-                           dtype=np.uint32, count=n)
+    computed = np.fromiter(
+        (value(r[HEADER_LEN:-FOOTER_LEN]) for r in records), dtype=np.uint32, count=n
+    )
     bad_data = mask_array(computed) != stored
     bad = np.flatnonzero(bad_length | bad_length_crc | bad_data)
     if not len(bad):

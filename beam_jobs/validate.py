@@ -105,7 +105,7 @@ class Problems:
         for kind, entry in other.items():
             self.counts[kind] += entry["count"]
             room = EXAMPLES_PER_KIND - len(self.examples[kind])
-            self.examples[kind].extend(entry["examples"][:max(room, 0)])
+            self.examples[kind].extend(entry["examples"][: max(room, 0)])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,15 +117,20 @@ class Problems:
         return bool(self.counts)
 
 
-def check_listing(files: list[FileInfo], prefix: str, source_uri: str) -> tuple[list[FileInfo], Problems]:
+def check_listing(
+    files: list[FileInfo], prefix: str, source_uri: str
+) -> tuple[list[FileInfo], Problems]:
     """Check shard names: ``{prefix}-SSSSS-of-NNNNN``, one N, indices 0..N-1."""
     problems = Problems()
     pattern = storage.join(source_uri, f"{prefix}-*")
     if not files:
-        problems.add("no_files", f"no files match {pattern}: is source_uri the folder that "
-                                 f"holds {prefix}-00000-of-NNNNN ... (or, prepared by TensorFlow "
-                                 "Datasets, imagenet2012-train.tfrecord-00000-of-NNNNN ...)?",
-                     file=pattern)
+        problems.add(
+            "no_files",
+            f"no files match {pattern}: is source_uri the folder that "
+            f"holds {prefix}-00000-of-NNNNN ... (or, prepared by TensorFlow "
+            "Datasets, imagenet2012-train.tfrecord-00000-of-NNNNN ...)?",
+            file=pattern,
+        )
         return [], problems
     shards: list[FileInfo] = []
     counts: dict[int, list[str]] = defaultdict(list)
@@ -134,37 +139,50 @@ def check_listing(files: list[FileInfo], prefix: str, source_uri: str) -> tuple[
         name = storage.basename(f.path)
         m = SHARD_RE.match(name)
         if not m or m.group("prefix") != prefix:
-            problems.add("bad_name", f"{f.path}: matches {prefix}-* but is not named "
-                                     f"{prefix}-SSSSS-of-NNNNN (a stray file?)", file=f.path)
+            problems.add(
+                "bad_name",
+                f"{f.path}: matches {prefix}-* but is not named "
+                f"{prefix}-SSSSS-of-NNNNN (a stray file?)",
+                file=f.path,
+            )
             continue
         idx, count = int(m.group("index")), int(m.group("count"))
         counts[count].append(name)
         if idx >= count:
-            problems.add("bad_name", f"{f.path}: shard index {idx} is not below its count {count}",
-                         file=f.path)
+            problems.add(
+                "bad_name",
+                f"{f.path}: shard index {idx} is not below its count {count}",
+                file=f.path,
+            )
             continue
         seen[idx] = f.path
         shards.append(f)
     if len(counts) > 1:
-        summary = ", ".join(f"-of-{c:05d} ({len(n)} files, e.g. {n[0]})" for c, n in sorted(counts.items()))
-        problems.add("shard_count", f"{pattern}: shards disagree on their total: {summary}",
-                     file=pattern)
+        summary = ", ".join(
+            f"-of-{c:05d} ({len(n)} files, e.g. {n[0]})" for c, n in sorted(counts.items())
+        )
+        problems.add(
+            "shard_count", f"{pattern}: shards disagree on their total: {summary}", file=pattern
+        )
     elif counts:
         (count,) = counts
         missing = [i for i in range(count) if i not in seen]
         for i in missing:
-            problems.add("missing_shard",
-                         f"{storage.join(source_uri, shard_name(prefix, i, count))} is missing "
-                         f"({len(missing)} of {count} shards missing)",
-                         file=storage.join(source_uri, shard_name(prefix, i, count)))
+            problems.add(
+                "missing_shard",
+                f"{storage.join(source_uri, shard_name(prefix, i, count))} is missing "
+                f"({len(missing)} of {count} shards missing)",
+                file=storage.join(source_uri, shard_name(prefix, i, count)),
+            )
     return shards, problems
 
 
 class ValidateShard(beam.DoFn):
     """Read one source shard: check every record, write its catalog part."""
 
-    def __init__(self, parts_dir: str, checks: Checks, total_shards: int,
-                 progress: str | None = None) -> None:
+    def __init__(
+        self, parts_dir: str, checks: Checks, total_shards: int, progress: str | None = None
+    ) -> None:
         self.parts_dir = parts_dir
         self.checks = checks
         self.total_shards = total_shards
@@ -178,17 +196,31 @@ class ValidateShard(beam.DoFn):
         setup_logging()
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        out = validate_shard(element, self.parts_dir, self.checks, self.total_shards,
-                             self.records, self.bytes, self.bad)
-        mark_done(self.progress, element["index"], out["records"] + out["bad_records"],
-                  out["bytes"])
+        out = validate_shard(
+            element,
+            self.parts_dir,
+            self.checks,
+            self.total_shards,
+            self.records,
+            self.bytes,
+            self.bad,
+        )
+        mark_done(
+            self.progress, element["index"], out["records"] + out["bad_records"], out["bytes"]
+        )
         yield out
         self.done.inc()
 
 
-def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, total_shards: int,
-                   records_counter: Any = None, bytes_counter: Any = None,
-                   bad_counter: Any = None) -> dict[str, Any]:
+def validate_shard(
+    element: dict[str, Any],
+    parts_dir: str,
+    checks: Checks,
+    total_shards: int,
+    records_counter: Any = None,
+    bytes_counter: Any = None,
+    bad_counter: Any = None,
+) -> dict[str, Any]:
     """Validate one shard; the pure core of :class:`ValidateShard`."""
     t0 = time.monotonic()
     path, index = element["path"], element["index"]
@@ -211,16 +243,25 @@ def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, tota
                 rec = parse_image_record(item.data, checks.keys)
             except ExampleError as err:
                 n_bad += 1
-                problems.add(err.kind, f"{path} at byte offset {item.offset} (record {rec_index}): "
-                                       f"{err.detail}", file=path, offset=item.offset, record=rec_index)
+                problems.add(
+                    err.kind,
+                    f"{path} at byte offset {item.offset} (record {rec_index}): {err.detail}",
+                    file=path,
+                    offset=item.offset,
+                    record=rec_index,
+                )
                 continue
             if not checks.label_ok(rec.label):
                 n_bad += 1
-                problems.add("label_range",
-                             f"{path} at byte offset {item.offset} (record {rec_index}, "
-                             f"{rec.filename}): label {rec.label} is outside "
-                             f"{checks.label_min}..{checks.label_max}",
-                             file=path, offset=item.offset, record=rec_index)
+                problems.add(
+                    "label_range",
+                    f"{path} at byte offset {item.offset} (record {rec_index}, "
+                    f"{rec.filename}): label {rec.label} is outside "
+                    f"{checks.label_min}..{checks.label_max}",
+                    file=path,
+                    offset=item.offset,
+                    record=rec_index,
+                )
                 continue
             n_ok += 1
             labels[rec.label] += 1
@@ -235,9 +276,12 @@ def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, tota
             cols["length"].append(item.length)
             cols["data_crc"].append(item.data_crc)
     if not problems and end != element["size"]:
-        problems.add("size_changed", f"{path}: read {end} bytes but the listing said "
-                                     f"{element['size']}: the file changed during validation",
-                     file=path)
+        problems.add(
+            "size_changed",
+            f"{path}: read {end} bytes but the listing said "
+            f"{element['size']}: the file changed during validation",
+            file=path,
+        )
     part = storage.join(parts_dir, f"part-{index:05d}.arrow")
     # An intermediate file (a lost part only means validating again).
     write_arrow(part, pa.table(cols, schema=SCHEMA))
@@ -245,9 +289,15 @@ def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, tota
         records_counter.inc(n_ok + n_bad)
         bytes_counter.inc(end)
         bad_counter.inc(n_bad)
-    log.debug("validated %s: %d records (%d bad) in %.2f s [shard %d of %d]",
-             storage.basename(path), n_ok + n_bad, n_bad, time.monotonic() - t0, index + 1,
-             total_shards)
+    log.debug(
+        "validated %s: %d records (%d bad) in %.2f s [shard %d of %d]",
+        storage.basename(path),
+        n_ok + n_bad,
+        n_bad,
+        time.monotonic() - t0,
+        index + 1,
+        total_shards,
+    )
     return {
         "path": path,
         "index": index,
@@ -261,10 +311,17 @@ def validate_shard(element: dict[str, Any], parts_dir: str, checks: Checks, tota
     }
 
 
-def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
-             files: list[dict[str, Any]], fp: str, expected_total: int | None,
-             checks: Checks, layout_spec: str = layout.COMMON,
-             label_names: list[str] | None = None) -> dict[str, Any]:
+def finalize(
+    summaries: list[dict[str, Any]],
+    catalog_dir: str,
+    source_uri: str,
+    files: list[dict[str, Any]],
+    fp: str,
+    expected_total: int | None,
+    checks: Checks,
+    layout_spec: str = layout.COMMON,
+    label_names: list[str] | None = None,
+) -> dict[str, Any]:
     """Merge the shards' results: catalog, cross-shard checks, report.
 
     ``label_names``: class names by label (a TFDS source's ``label.labels.txt``)
@@ -286,12 +343,17 @@ def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
         n_dups = len(dups)
         for name in dups.to_pylist()[:EXAMPLES_PER_KIND]:
             rows = table.filter(pc.equal(table.column("filename"), name))
-            where = [f"{f} at byte offset {o}" for f, o in
-                     zip(rows.column("file").to_pylist(), rows.column("offset").to_pylist())]
-            problems.add("duplicate_filename",
-                         f"{name} appears {rows.num_rows} times: " + "; ".join(where),
-                         file=rows.column("file")[0].as_py(), offset=rows.column("offset")[0].as_py(),
-                         filename=name)
+            where = [
+                f"{f} at byte offset {o}"
+                for f, o in zip(rows.column("file").to_pylist(), rows.column("offset").to_pylist())
+            ]
+            problems.add(
+                "duplicate_filename",
+                f"{name} appears {rows.num_rows} times: " + "; ".join(where),
+                file=rows.column("file")[0].as_py(),
+                offset=rows.column("offset")[0].as_py(),
+                filename=name,
+            )
         problems.counts["duplicate_filename"] += max(0, n_dups - EXAMPLES_PER_KIND)
 
     # One synset per label.
@@ -306,12 +368,21 @@ def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
             synsets[label] = {label_names[label]}  # type: ignore[index]
     for label in sorted(synsets):
         if len(synsets[label]) > 1:
-            problems.add("label_synset", f"label {label} comes with several synsets: "
-                                         f"{sorted(synsets[label])[:5]}", label=label)
-    if expected_total is not None and total + sum(s["bad_records"] for s in summaries) != expected_total:
-        problems.add("total", f"expected {expected_total:,} records, found "
-                              f"{total + sum(s['bad_records'] for s in summaries):,}",
-                     file=source_uri)
+            problems.add(
+                "label_synset",
+                f"label {label} comes with several synsets: {sorted(synsets[label])[:5]}",
+                label=label,
+            )
+    if (
+        expected_total is not None
+        and total + sum(s["bad_records"] for s in summaries) != expected_total
+    ):
+        problems.add(
+            "total",
+            f"expected {expected_total:,} records, found "
+            f"{total + sum(s['bad_records'] for s in summaries):,}",
+            file=source_uri,
+        )
 
     ok = not problems
     catalog_uri = storage.join(catalog_dir, CATALOG_FILE)
@@ -323,19 +394,42 @@ def finalize(summaries: list[dict[str, Any]], catalog_dir: str, source_uri: str,
         storage.delete([catalog_uri])
     storage.delete_tree(storage.join(catalog_dir, PARTS_DIR))
     report = build_report(
-        ok=ok, source_uri=source_uri, fp=fp, files=files, summaries=summaries, total=total,
-        labels=labels, synsets=synsets, problems=problems, checks=checks,
-        catalog_uri=catalog_uri if ok else None, layout_spec=layout_spec,
+        ok=ok,
+        source_uri=source_uri,
+        fp=fp,
+        files=files,
+        summaries=summaries,
+        total=total,
+        labels=labels,
+        synsets=synsets,
+        problems=problems,
+        checks=checks,
+        catalog_uri=catalog_uri if ok else None,
+        layout_spec=layout_spec,
     )
-    storage.write_text(storage.join(catalog_dir, REPORT_FILE), json.dumps(report, indent=1) + "\n",
-                       "application/json")
+    storage.write_text(
+        storage.join(catalog_dir, REPORT_FILE),
+        json.dumps(report, indent=1) + "\n",
+        "application/json",
+    )
     return report
 
 
-def build_report(*, ok: bool, source_uri: str, fp: str, files: list[dict[str, Any]],
-                 summaries: list[dict[str, Any]], total: int, labels: Counter[int],
-                 synsets: dict[int, set[str]], problems: Problems, checks: Checks,
-                 catalog_uri: str | None, layout_spec: str = layout.COMMON) -> dict[str, Any]:
+def build_report(
+    *,
+    ok: bool,
+    source_uri: str,
+    fp: str,
+    files: list[dict[str, Any]],
+    summaries: list[dict[str, Any]],
+    total: int,
+    labels: Counter[int],
+    synsets: dict[int, set[str]],
+    problems: Problems,
+    checks: Checks,
+    catalog_uri: str | None,
+    layout_spec: str = layout.COMMON,
+) -> dict[str, Any]:
     by_path = {s["path"]: s for s in summaries}
     return {
         "schema_version": 1,
@@ -355,8 +449,11 @@ def build_report(*, ok: bool, source_uri: str, fp: str, files: list[dict[str, An
         "class_histogram": {str(k): labels[k] for k in sorted(labels)},
         "synsets": {str(k): sorted(v)[0] for k, v in sorted(synsets.items()) if v},
         "shards": [
-            {**f, "records": by_path.get(f["path"], {}).get("records"),
-             "bad_records": by_path.get(f["path"], {}).get("bad_records")}
+            {
+                **f,
+                "records": by_path.get(f["path"], {}).get("records"),
+                "bad_records": by_path.get(f["path"], {}).get("bad_records"),
+            }
             for f in files
         ],
         "problems": problems.to_json(),
@@ -367,14 +464,19 @@ def format_report(report: dict[str, Any]) -> str:
     """A readable summary of a validation report."""
     lines = []
     status = "VALID" if report["ok"] else "INVALID"
-    lines.append(f"source {report['source_uri']}: {status} ({report.get('layout', 'common')} "
-                 "layout)")
-    lines.append(f"  {report['total_records']:,} records in {report['num_shards']} shards, "
-                 f"{report['total_bytes'] / 1e6:,.1f} MB, {report['num_classes']} classes")
+    lines.append(
+        f"source {report['source_uri']}: {status} ({report.get('layout', 'common')} layout)"
+    )
+    lines.append(
+        f"  {report['total_records']:,} records in {report['num_shards']} shards, "
+        f"{report['total_bytes'] / 1e6:,.1f} MB, {report['num_classes']} classes"
+    )
     hist = report.get("class_histogram") or {}
     if hist:
         sizes = list(hist.values())
-        lines.append(f"  class sizes {min(sizes):,}..{max(sizes):,} (mean {sum(sizes) / len(sizes):,.1f})")
+        lines.append(
+            f"  class sizes {min(sizes):,}..{max(sizes):,} (mean {sum(sizes) / len(sizes):,.1f})"
+        )
     lines.append(f"  fingerprint {report['source_fingerprint'][:16]}")
     if report.get("catalog_uri"):
         lines.append(f"  catalog {report['catalog_uri']}")
@@ -399,9 +501,17 @@ class ValidateSource(beam.PTransform):
     lets a runner spread them over workers instead of fusing them onto one.
     """
 
-    def __init__(self, catalog_dir: str, source_uri: str, shards: list[dict[str, Any]],
-                 fp: str, expected_total: int | None, checks: Checks,
-                 layout_spec: str = layout.COMMON, label_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        catalog_dir: str,
+        source_uri: str,
+        shards: list[dict[str, Any]],
+        fp: str,
+        expected_total: int | None,
+        checks: Checks,
+        layout_spec: str = layout.COMMON,
+        label_names: list[str] | None = None,
+    ) -> None:
         super().__init__()
         self.catalog_dir, self.source_uri, self.shards = catalog_dir, source_uri, shards
         self.fp, self.expected_total, self.checks = fp, expected_total, checks
@@ -412,13 +522,28 @@ class ValidateSource(beam.PTransform):
         return (
             shards
             | "Spread" >> beam.Reshuffle()
-            | "ValidateShard" >> beam.ParDo(ValidateShard(
-                parts_dir, self.checks, len(self.shards),
-                progress_dir(self.catalog_dir, "validate")))
+            | "ValidateShard"
+            >> beam.ParDo(
+                ValidateShard(
+                    parts_dir,
+                    self.checks,
+                    len(self.shards),
+                    progress_dir(self.catalog_dir, "validate"),
+                )
+            )
             | "Collect" >> beam.combiners.ToList()
-            | "Finalize" >> beam.Map(finalize, self.catalog_dir, self.source_uri, self.shards,
-                                     self.fp, self.expected_total, self.checks, self.layout_spec,
-                                     self.label_names)
+            | "Finalize"
+            >> beam.Map(
+                finalize,
+                self.catalog_dir,
+                self.source_uri,
+                self.shards,
+                self.fp,
+                self.expected_total,
+                self.checks,
+                self.layout_spec,
+                self.label_names,
+            )
         )
 
 
@@ -441,24 +566,43 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         prog="python -m beam_jobs.validate",
         description=__doc__.split("\n\n")[0],
         epilog="Any other --flag is a Beam pipeline option (--runner, --project, --region, "
-               "--temp_location, --direct_num_workers, ...).",
+        "--temp_location, --direct_num_workers, ...).",
     )
-    p.add_argument("--source_uri", required=True,
-                   help="folder with train-SSSSS-of-NNNNN, or TFDS's "
-                        "imagenet2012-train.tfrecord-SSSSS-of-NNNNN (absolute path or gs://)")
+    p.add_argument(
+        "--source_uri",
+        required=True,
+        help="folder with train-SSSSS-of-NNNNN, or TFDS's "
+        "imagenet2012-train.tfrecord-SSSSS-of-NNNNN (absolute path or gs://)",
+    )
     p.add_argument("--catalog_dir", required=True, help="where catalog.parquet and report.json go")
-    p.add_argument("--layout", default=None,
-                   help="the source's layout: common or tfds:DATASET (default: from the file "
-                        "names)")
-    p.add_argument("--num_classes", type=int, default=1000,
-                   help="labels must lie in label_offset .. label_offset+num_classes-1 (default 1000)")
-    p.add_argument("--label_offset", type=int, default=None,
-                   help="smallest valid label (default 1 for the common converter, 0 for TFDS)")
-    p.add_argument("--expected_total", type=int, default=None,
-                   help="fail unless the source holds exactly this many records (1281167 for ImageNet)")
-    p.add_argument("--prefix", default=None,
-                   help="shard name prefix (default train, or the layout's: "
-                        "imagenet2012-train.tfrecord)")
+    p.add_argument(
+        "--layout",
+        default=None,
+        help="the source's layout: common or tfds:DATASET (default: from the file names)",
+    )
+    p.add_argument(
+        "--num_classes",
+        type=int,
+        default=1000,
+        help="labels must lie in label_offset .. label_offset+num_classes-1 (default 1000)",
+    )
+    p.add_argument(
+        "--label_offset",
+        type=int,
+        default=None,
+        help="smallest valid label (default 1 for the common converter, 0 for TFDS)",
+    )
+    p.add_argument(
+        "--expected_total",
+        type=int,
+        default=None,
+        help="fail unless the source holds exactly this many records (1281167 for ImageNet)",
+    )
+    p.add_argument(
+        "--prefix",
+        default=None,
+        help="shard name prefix (default train, or the layout's: imagenet2012-train.tfrecord)",
+    )
     return p.parse_known_args(argv)
 
 
@@ -469,51 +613,100 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     source = storage.normalize(args.source_uri)
     catalog_dir = storage.normalize(args.catalog_dir)
     naming = layout.naming(args.layout) if args.layout else layout.detect_source(source)
-    offset = args.label_offset if args.label_offset is not None else \
-        (0 if naming.kind == layout.TFDS else 1)
-    checks = Checks(label_min=offset, label_max=offset + args.num_classes - 1,
-                    keys=record_keys(naming.kind))
+    offset = (
+        args.label_offset
+        if args.label_offset is not None
+        else (0 if naming.kind == layout.TFDS else 1)
+    )
+    checks = Checks(
+        label_min=offset, label_max=offset + args.num_classes - 1, keys=record_keys(naming.kind)
+    )
     prefix = args.prefix or naming.file_prefix("train")
     files = storage.list_files(storage.join(source, f"{prefix}-*"))
     shard_files, problems = check_listing(files, prefix, source)
     fp = fingerprint(shard_files)
     shards = [
-        {"path": f.path, "index": int(SHARD_RE.match(storage.basename(f.path)).group("index")),  # type: ignore[union-attr]
-         "size": f.size, "crc32c": f.crc32c, "generation": f.generation, "mtime_ns": f.mtime_ns}
+        {
+            "path": f.path,
+            "index": int(SHARD_RE.match(storage.basename(f.path)).group("index")),  # type: ignore[union-attr]
+            "size": f.size,
+            "crc32c": f.crc32c,
+            "generation": f.generation,
+            "mtime_ns": f.mtime_ns,
+        }
         for f in shard_files
     ]
-    log.info("validating %d shards under %s (%s layout, fingerprint %s)", len(shards), source,
-             naming.spec, fp[:16])
+    log.info(
+        "validating %d shards under %s (%s layout, fingerprint %s)",
+        len(shards),
+        source,
+        naming.spec,
+        fp[:16],
+    )
     if problems:
-        report = build_report(ok=False, source_uri=source, fp=fp, files=shards, summaries=[],
-                              total=0, labels=Counter(), synsets={}, problems=problems,
-                              checks=checks, catalog_uri=None, layout_spec=naming.spec)
+        report = build_report(
+            ok=False,
+            source_uri=source,
+            fp=fp,
+            files=shards,
+            summaries=[],
+            total=0,
+            labels=Counter(),
+            synsets={},
+            problems=problems,
+            checks=checks,
+            catalog_uri=None,
+            layout_spec=naming.spec,
+        )
         storage.delete([storage.join(catalog_dir, CATALOG_FILE)])
-        storage.write_text(storage.join(catalog_dir, REPORT_FILE),
-                           json.dumps(report, indent=1) + "\n", "application/json")
+        storage.write_text(
+            storage.join(catalog_dir, REPORT_FILE),
+            json.dumps(report, indent=1) + "\n",
+            "application/json",
+        )
     else:
-        options = make_options(beam_args, default_job_name="ssl-validate",
-                               work_bytes=sum(f.size for f in shard_files))
+        options = make_options(
+            beam_args, default_job_name="ssl-validate", work_bytes=sum(f.size for f in shard_files)
+        )
         t0 = time.monotonic()
         p = beam.Pipeline(options=options)
-        _ = (p
-             | "Shards" >> beam.Create(shards)
-             | "Validate" >> ValidateSource(catalog_dir, source, shards, fp, args.expected_total,
-                                            checks, naming.spec,
-                                            read_label_names(source, naming)))
+        _ = (
+            p
+            | "Shards" >> beam.Create(shards)
+            | "Validate"
+            >> ValidateSource(
+                catalog_dir,
+                source,
+                shards,
+                fp,
+                args.expected_total,
+                checks,
+                naming.spec,
+                read_label_names(source, naming),
+            )
+        )
         staged = stage_template(p, options, "validate")
         if staged:
             return staged
-        with Progress("validate", progress_dir(catalog_dir, "validate"), len(shards),
-                      total_bytes=sum(f.size for f in shard_files), logger=log):
+        with Progress(
+            "validate",
+            progress_dir(catalog_dir, "validate"),
+            len(shards),
+            total_bytes=sum(f.size for f in shard_files),
+            logger=log,
+        ):
             result = p.run()
             result.wait_until_finish()
         report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
         seconds = time.monotonic() - t0
         report["seconds"] = round(seconds, 3)
         report["metrics"] = counters(result)
-        log.info("validation of %d records took %.1f s (%.0f records/s)",
-                 report["total_records"], seconds, report["total_records"] / max(seconds, 1e-9))
+        log.info(
+            "validation of %d records took %.1f s (%.0f records/s)",
+            report["total_records"],
+            seconds,
+            report["total_records"] / max(seconds, 1e-9),
+        )
     print(format_report(report), flush=True)
     if report.get("metrics"):
         print(f"validate: metrics {json.dumps(report['metrics'], sort_keys=True)}", flush=True)

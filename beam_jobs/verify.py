@@ -106,7 +106,8 @@ def planned_records(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, str]:
         raise PlanError(f"plan {plan_uri}: {missing:,} names are not in the catalog {catalog_dir}")
     joined = catalog.select(["length", "data_crc"]).take(pos)
     table = plan.append_column("length", joined.column("length")).append_column(
-        "data_crc", joined.column("data_crc"))
+        "data_crc", joined.column("data_crc")
+    )
     return table, hashlib.sha256(raw).hexdigest()
 
 
@@ -117,8 +118,9 @@ def expected_from_plan(table: pa.Table) -> Expected:
     num_shards = int(shard.max()) + 1 if len(shard) else 0
     counts = np.bincount(shard, minlength=num_shards)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    sizes, crcs = shard_crcs(table.column("length").to_numpy(),
-                             table.column("data_crc").to_numpy(), starts)
+    sizes, crcs = shard_crcs(
+        table.column("length").to_numpy(), table.column("data_crc").to_numpy(), starts
+    )
     return Expected(counts.tolist(), sizes.tolist(), [crc32c_hex(int(c)) for c in crcs])
 
 
@@ -128,11 +130,14 @@ def expected_from_copy(src: str, split: str) -> Expected:
         files = shard_set(src, split)
     except ShardSetError as err:
         raise VerificationFailed(f"{split}: cannot check the copy: {err}") from None
-    return Expected(None, [f.size for f in files],
-                    [f.crc32c or storage.file_crc32c(f.path) for f in files])
+    return Expected(
+        None, [f.size for f in files], [f.crc32c or storage.file_crc32c(f.path) for f in files]
+    )
 
 
-def observe(paths: list[str], folder: str, split: str) -> tuple[dict[str, storage.FileInfo], dict[str, str], list[str], int]:
+def observe(
+    paths: list[str], folder: str, split: str
+) -> tuple[dict[str, storage.FileInfo], dict[str, str], list[str], int]:
     """What storage says of the staged shards: FileInfo by path, CRC32C by
     path (GCS: metadata; locally computed, reading the file), files under the
     staged split's glob that are not among ``paths``, and the bytes read."""
@@ -154,17 +159,24 @@ def observe(paths: list[str], folder: str, split: str) -> tuple[dict[str, storag
     return listed, crcs, strays, read
 
 
-def exact_findings(split: str, stats: dict[str, Any], expected: Expected,
-                   listed: dict[str, storage.FileInfo], crcs: dict[str, str],
-                   strays: list[str], prefix: str | None = None) -> list[str]:
+def exact_findings(
+    split: str,
+    stats: dict[str, Any],
+    expected: Expected,
+    listed: dict[str, storage.FileInfo],
+    crcs: dict[str, str],
+    strays: list[str],
+    prefix: str | None = None,
+) -> list[str]:
     """Compare the staged shards (and the build's stats) with the prediction
     (pure; ``prefix``: the split's file prefix in its source's layout)."""
     findings: list[str] = []
     num_shards = len(expected.sizes)
     shards = stats["shards"]
     if len(shards) != num_shards:
-        findings.append(f"{split}: the build staged {len(shards)} shards, the plan has "
-                        f"{num_shards}")
+        findings.append(
+            f"{split}: the build staged {len(shards)} shards, the plan has {num_shards}"
+        )
     for path in strays:
         findings.append(f"{split}: stray file {path} among the staged shards")
     for s, entry in enumerate(shards[:num_shards]):
@@ -174,37 +186,50 @@ def exact_findings(split: str, stats: dict[str, Any], expected: Expected,
             findings.append(f"{split}: the build recorded {path} as shard {s} ({want})")
             continue
         if expected.num_records is not None and entry["num_records"] != expected.num_records[s]:
-            findings.append(f"{split}: shard {s} has {entry['num_records']} records, the plan "
-                            f"{expected.num_records[s]}")
+            findings.append(
+                f"{split}: shard {s} has {entry['num_records']} records, the plan "
+                f"{expected.num_records[s]}"
+            )
         info = listed.get(path)
         if info is None:
             findings.append(f"{split}: shard {s} is missing: {path}")
             continue
         if info.size != expected.sizes[s]:
-            findings.append(f"{split}: shard {s} is {info.size} bytes, its planned records make "
-                            f"{expected.sizes[s]}: {path}")
+            findings.append(
+                f"{split}: shard {s} is {info.size} bytes, its planned records make "
+                f"{expected.sizes[s]}: {path}"
+            )
         elif crcs[path] != expected.crc32c[s]:
-            findings.append(f"{split}: shard {s} CRC32C is {crcs[path]} in storage, its planned "
-                            f"records give {expected.crc32c[s]} (a record is out of place, "
-                            f"changed or not planned; deep_verify: always names it): {path}")
+            findings.append(
+                f"{split}: shard {s} CRC32C is {crcs[path]} in storage, its planned "
+                f"records give {expected.crc32c[s]} (a record is out of place, "
+                f"changed or not planned; deep_verify: always names it): {path}"
+            )
         elif entry["num_bytes"] != info.size or entry["crc32c"] != crcs[path]:
-            findings.append(f"{split}: shard {s} is as planned but the build recorded "
-                            f"{entry['num_bytes']} bytes, CRC32C {entry['crc32c']}: {path}")
+            findings.append(
+                f"{split}: shard {s} is as planned but the build recorded "
+                f"{entry['num_bytes']} bytes, CRC32C {entry['crc32c']}: {path}"
+            )
         if len(findings) >= MAX_FINDINGS * 10:
             break
     return findings
 
 
-def verified_shards(stats: dict[str, Any], listed: dict[str, storage.FileInfo],
-                    crcs: dict[str, str]) -> list[dict[str, Any]]:
+def verified_shards(
+    stats: dict[str, Any], listed: dict[str, storage.FileInfo], crcs: dict[str, str]
+) -> list[dict[str, Any]]:
     """The report's record of each verified staged object: the manifest entry's
     shard (final path, records, bytes, CRC32C) plus the staged object's identity."""
     out = []
     for entry in stats["shards"]:
         info = listed[entry["staged"]]
-        shard = {"path": entry["path"], "num_records": entry["num_records"],
-                 "num_bytes": info.size, "crc32c": crcs[entry["staged"]],
-                 "staged": entry["staged"]}
+        shard = {
+            "path": entry["path"],
+            "num_records": entry["num_records"],
+            "num_bytes": info.size,
+            "crc32c": crcs[entry["staged"]],
+            "staged": entry["staged"],
+        }
         if info.generation is not None:
             shard["generation"] = info.generation
         if info.mtime_ns is not None:
@@ -223,8 +248,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SplitJob, li
         epilog="Any other --flag is a Beam pipeline option (used with --deep).",
     )
     split_job.add_args(p)
-    p.add_argument("--deep", action="store_true",
-                   help="also re-read every staged record (a Beam job)")
+    p.add_argument(
+        "--deep", action="store_true", help="also re-read every staged record (a Beam job)"
+    )
     return split_job.parse(p, argv)
 
 
@@ -251,9 +277,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         except PlanError as err:
             raise VerificationFailed(f"{split}: {err}") from None
         if verified_plan != stats.get("plan_sha256"):
-            raise VerificationFailed(f"{split}: the build used plan "
-                                     f"{(stats.get('plan_sha256') or 'none')[:16]}, "
-                                     f"not {args.plan_uri} ({verified_plan[:16]})")
+            raise VerificationFailed(
+                f"{split}: the build used plan "
+                f"{(stats.get('plan_sha256') or 'none')[:16]}, "
+                f"not {args.plan_uri} ({verified_plan[:16]})"
+            )
         expected = expected_from_plan(plan_table)
     else:
         assert job.copy_from is not None
@@ -293,15 +321,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "shards": verified_shards(stats, listed, crcs) if not findings else [],
         "code_version": __version__,
     }
-    storage.write_text(report_uri(work, split), json.dumps(report, indent=1) + "\n",
-                       "application/json")
+    storage.write_text(
+        report_uri(work, split), json.dumps(report, indent=1) + "\n", "application/json"
+    )
     if findings:
-        msg = (f"{split}: verification FAILED ({len(findings)} problems):\n  "
-               + "\n  ".join(findings[:MAX_FINDINGS]))
+        msg = f"{split}: verification FAILED ({len(findings)} problems):\n  " + "\n  ".join(
+            findings[:MAX_FINDINGS]
+        )
         raise VerificationFailed(msg)
-    print(f"{split}: verified ({mode}): {stats['num_examples']:,} records in "
-          f"{stats['num_shards']} staged shards are exactly as planned ({bytes_read / 1e6:,.1f} MB "
-          f"read, {report['seconds']:.1f} s)", flush=True)
+    print(
+        f"{split}: verified ({mode}): {stats['num_examples']:,} records in "
+        f"{stats['num_shards']} staged shards are exactly as planned ({bytes_read / 1e6:,.1f} MB "
+        f"read, {report['seconds']:.1f} s)",
+        flush=True,
+    )
     return report
 
 

@@ -21,8 +21,10 @@ def main(argv: list[str]) -> int:
 
     def run(cmd: list[str]) -> int:
         rc = subprocess.call(cmd)
-        print(f"batch: exit {rc} after {time.monotonic() - t0:.1f} s: {' '.join(cmd[:4])} ...",
-              flush=True)
+        print(
+            f"batch: exit {rc} after {time.monotonic() - t0:.1f} s: {' '.join(cmd[:4])} ...",
+            flush=True,
+        )
         return rc
 
     with ThreadPoolExecutor(n) as pool:

@@ -45,7 +45,9 @@ from benchmarks.report import fmt
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
-Plan = dict[str, Any]  # one line of the plan CLI's output: split, num_examples, num_shards, sha256, uri
+Plan = dict[
+    str, Any
+]  # one line of the plan CLI's output: split, num_examples, num_shards, sha256, uri
 
 
 class JobFailed(RuntimeError):
@@ -78,15 +80,29 @@ def _stats(out: Path, split: str) -> dict[str, Any]:
 
 def build_argv(plan: Plan, catalog: Path, out: Path | str) -> list[str]:
     """The product's build of one planned split, as users run it."""
-    return [PY, "-m", "beam_jobs.build", f"--split={plan['split']}", f"--plan_uri={plan['uri']}",
-            f"--catalog_dir={catalog}", f"--output_uri={out}"]
+    return [
+        PY,
+        "-m",
+        "beam_jobs.build",
+        f"--split={plan['split']}",
+        f"--plan_uri={plan['uri']}",
+        f"--catalog_dir={catalog}",
+        f"--output_uri={out}",
+    ]
 
 
 def seed_argv(src: Path, plan: Plan, prefix: Path, workers: list[str]) -> list[str]:
     """The seed reference's job for one split, from the same plan file."""
-    return [PY, "-m", "benchmarks.seed_reference", f"--input_dir={src}",
-            f"--sharding_file={plan['uri']}", f"--output_file_prefix={prefix}",
-            f"--num_shards={plan['num_shards']}", *workers]
+    return [
+        PY,
+        "-m",
+        "benchmarks.seed_reference",
+        f"--input_dir={src}",
+        f"--sharding_file={plan['uri']}",
+        f"--output_file_prefix={prefix}",
+        f"--num_shards={plan['num_shards']}",
+        *workers,
+    ]
 
 
 @dataclass(frozen=True)
@@ -134,12 +150,14 @@ class Bench:
         self.logs = self.work / "logs"
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT)] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else []))
+            [str(ROOT)] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else [])
+        )
         self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if not args.no_bytecode_cache:
             self.env.pop("PYTHONDONTWRITEBYTECODE", None)
             self.env["PYTHONPYCACHEPREFIX"] = str(
-                Path(args.pycache_dir).resolve() if args.pycache_dir else self.work / "pycache")
+                Path(args.pycache_dir).resolve() if args.pycache_dir else self.work / "pycache"
+            )
         self.jobs: list[dict[str, Any]] = []
         self.comparisons: list[dict[str, Any]] = []
         self.data: dict[str, dict[str, Any]] = {}
@@ -163,9 +181,19 @@ class Bench:
             finally:
                 os.close(fd)
 
-    def job(self, ds: str, side: str, stage: str, split: str | None, argv: list[str],
-            *, cwd: Path | None = None, check: bool = True, source: Path | None = None,
-            **fields: Any) -> dict[str, Any]:
+    def job(
+        self,
+        ds: str,
+        side: str,
+        stage: str,
+        split: str | None,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        check: bool = True,
+        source: Path | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
         """Run one job measured; its row (appended to ``self.jobs``) for the caller to
         complete with the job's own counts (records, bytes read and written)."""
         if source is not None:
@@ -173,15 +201,32 @@ class Bench:
         name = f"{side} {stage}" + (f" {split}" if split else "")
         log = self.logs / ds / (name.replace(" ", "_").replace("/", "_") + ".log")
         print(f"  [{ds}] {name} ...", end=" ", flush=True)
-        m = run_measured(name, argv, cwd=str(cwd or self.work), env=self.env, log_path=log,
-                         timeout=self.args.job_timeout)
-        print(f"{m.wall_seconds:.1f} s, peak RSS {m.peak_rss_tree / MB:,.0f} MiB"
-              + ("" if m.returncode == 0 else f", EXIT {m.returncode}"), flush=True)
+        m = run_measured(
+            name,
+            argv,
+            cwd=str(cwd or self.work),
+            env=self.env,
+            log_path=log,
+            timeout=self.args.job_timeout,
+        )
+        print(
+            f"{m.wall_seconds:.1f} s, peak RSS {m.peak_rss_tree / MB:,.0f} MiB"
+            + ("" if m.returncode == 0 else f", EXIT {m.returncode}"),
+            flush=True,
+        )
         if m.returncode != 0 and check:
-            raise JobFailed(f"{ds}: {name} failed (exit {m.returncode}); log {log}:\n"
-                            f"{_tail(m.log)}")
-        row = {"dataset": ds, "side": side, "stage": stage, "split": split,
-               "kind": _split_kind(split) if split else None, **m.to_json(), **fields}
+            raise JobFailed(
+                f"{ds}: {name} failed (exit {m.returncode}); log {log}:\n{_tail(m.log)}"
+            )
+        row = {
+            "dataset": ds,
+            "side": side,
+            "stage": stage,
+            "split": split,
+            "kind": _split_kind(split) if split else None,
+            **m.to_json(),
+            **fields,
+        }
         self.jobs.append(row)
         return row
 
@@ -194,17 +239,30 @@ class Bench:
         if marker.exists():
             self.notes.append(f"bytecode cache {cache} already warm")
             return
-        mods = ["beam_jobs.validate", "beam_jobs.plan", "beam_jobs.build", "beam_jobs.verify",
-                "beam_jobs.synthetic", "apache_beam.runners.worker.sdk_worker_main",
-                "apache_beam.runners.portability.fn_api_runner.fn_runner",
-                "apache_beam.runners.direct.direct_runner", "apache_beam.io.tfrecordio",
-                "apache_beam.runners.portability.prism_runner"]
+        mods = [
+            "beam_jobs.validate",
+            "beam_jobs.plan",
+            "beam_jobs.build",
+            "beam_jobs.verify",
+            "beam_jobs.synthetic",
+            "apache_beam.runners.worker.sdk_worker_main",
+            "apache_beam.runners.portability.fn_api_runner.fn_runner",
+            "apache_beam.runners.direct.direct_runner",
+            "apache_beam.io.tfrecordio",
+            "apache_beam.runners.portability.prism_runner",
+        ]
         if not self.args.skip_seed:
             mods.append("benchmarks.seed_reference")
         t0 = time.monotonic()
         code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
-        subprocess.run([PY, "-c", code, *mods], env=self.env, cwd=self.work,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            [PY, "-c", code, *mods],
+            env=self.env,
+            cwd=self.work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
         self.notes.append(f"bytecode cache warmed in {time.monotonic() - t0:.1f} s (not timed)")
         cache.mkdir(parents=True, exist_ok=True)
         marker.touch()
@@ -234,51 +292,97 @@ class Bench:
     def _prepare(self, ds: datasets.Dataset) -> DatasetRun:
         """The dataset (generated once, then cached), its figures in ``self.data``,
         and a fresh folder for its run."""
-        info = datasets.ensure(ds, self.work / "data", self.env, self.logs / f"generate-{ds.name}.log")
+        info = datasets.ensure(
+            ds, self.work / "data", self.env, self.logs / f"generate-{ds.name}.log"
+        )
         src = Path(info["path"])
         train_bytes = _dir_bytes(src, "train-*")
         val_bytes = _dir_bytes(src, "validation-*")
         self.data[ds.name] = {
-            "role": ds.role, "about": ds.about, "flags": list(ds.flags), "path": str(src),
-            "train_records": info["train_records"], "train_shards": info["train_shards"],
+            "role": ds.role,
+            "about": ds.about,
+            "flags": list(ds.flags),
+            "path": str(src),
+            "train_records": info["train_records"],
+            "train_shards": info["train_shards"],
             "validation_records": info["validation_records"],
-            "validation_shards": info["validation_shards"], "train_bytes": train_bytes,
+            "validation_shards": info["validation_shards"],
+            "train_bytes": train_bytes,
             "validation_bytes": val_bytes,
             "mean_record_bytes": round(train_bytes / max(info["train_records"], 1), 1),
-            "generated_now": info["generated"], "generate_seconds": info["generate_seconds"],
+            "generated_now": info["generated"],
+            "generate_seconds": info["generate_seconds"],
         }
         runs = self.work / "runs" / ds.name
         if runs.exists():
             shutil.rmtree(runs)
-        return DatasetRun(ds, info, src, train_bytes, val_bytes, runs,
-                          self._workers_for(train_bytes))
+        return DatasetRun(
+            ds, info, src, train_bytes, val_bytes, runs, self._workers_for(train_bytes)
+        )
 
     def _validate(self, r: DatasetRun) -> None:
-        row = self.job(r.name, "product", "validate", None, source=r.src, argv=[
-            PY, "-m", "beam_jobs.validate", f"--source_uri={r.src}", f"--catalog_dir={r.catalog}",
-            f"--num_classes={r.ds.num_classes}"])
+        row = self.job(
+            r.name,
+            "product",
+            "validate",
+            None,
+            source=r.src,
+            argv=[
+                PY,
+                "-m",
+                "beam_jobs.validate",
+                f"--source_uri={r.src}",
+                f"--catalog_dir={r.catalog}",
+                f"--num_classes={r.ds.num_classes}",
+            ],
+        )
         report = json.loads((r.catalog / "report.json").read_text())
-        row.update(records=report["total_records"], bytes_read=report["total_bytes"],
-                   bytes_written=_dir_bytes(r.catalog), mb_basis="read")
+        row.update(
+            records=report["total_records"],
+            bytes_read=report["total_bytes"],
+            bytes_written=_dir_bytes(r.catalog),
+            mb_basis="read",
+        )
 
     def _plan(self, r: DatasetRun) -> list[Plan]:
         """The five seeds + the reshuffle; the plans as the CLI prints them."""
         seeds = ",".join(str(s) for s in self.args.seeds)
-        row = self.job(r.name, "product", "plan", None, argv=[
-            PY, "-m", "beam_jobs.plan", f"--catalog_dir={r.catalog}", f"--out_dir={r.plans_dir}",
-            f"--seeds={seeds}", "--unsupervised"])
+        row = self.job(
+            r.name,
+            "product",
+            "plan",
+            None,
+            argv=[
+                PY,
+                "-m",
+                "beam_jobs.plan",
+                f"--catalog_dir={r.catalog}",
+                f"--out_dir={r.plans_dir}",
+                f"--seeds={seeds}",
+                "--unsupervised",
+            ],
+        )
         plans: list[Plan] = []
         for line in Path(row["log"]).read_text().splitlines():
             parts = line.split("\t")
             if len(parts) == 5 and parts[1].isdigit():
-                plans.append({"split": parts[0], "num_examples": int(parts[1]),
-                              "num_shards": int(parts[2]), "sha256": parts[3], "uri": parts[4]})
+                plans.append(
+                    {
+                        "split": parts[0],
+                        "num_examples": int(parts[1]),
+                        "num_shards": int(parts[2]),
+                        "sha256": parts[3],
+                        "uri": parts[4],
+                    }
+                )
         if len(plans) != len(self.args.seeds) + 1:
             raise JobFailed(f"{r.name}: plan printed {len(plans)} plans:\n{_tail(row['log'])}")
-        row.update(records=sum(p["num_examples"] for p in plans),
-                   bytes_read=(r.catalog / "catalog.parquet").stat().st_size,
-                   bytes_written=sum(Path(p["uri"]).stat().st_size for p in plans),
-                   mb_basis="written")
+        row.update(
+            records=sum(p["num_examples"] for p in plans),
+            bytes_read=(r.catalog / "catalog.parquet").stat().st_size,
+            bytes_written=sum(Path(p["uri"]).stat().st_size for p in plans),
+            mb_basis="written",
+        )
         return plans
 
     def _builds(self, r: DatasetRun, plans: list[Plan]) -> list[str]:
@@ -298,7 +402,7 @@ class Bench:
                 continue
             if split != "train" and run_seed_10:
                 mean10 = sum(run_seed_10) / len(run_seed_10)
-                left = sum(1 for p in order[order.index(plan):] if p["split"] != "train")
+                left = sum(1 for p in order[order.index(plan) :] if p["split"] != "train")
                 if seed_spent + mean10 * left > seed_budget:
                     seed_skipped.append(split)
                     continue
@@ -312,40 +416,87 @@ class Bench:
 
     def _product_build(self, r: DatasetRun, plan: Plan) -> None:
         split = plan["split"]
-        row = self.job(r.name, "product", "build", split, source=r.src,
-                       argv=build_argv(plan, r.catalog, r.product))
+        row = self.job(
+            r.name,
+            "product",
+            "build",
+            split,
+            source=r.src,
+            argv=build_argv(plan, r.catalog, r.product),
+        )
         stats = _stats(r.product, split)
-        row.update(records=stats["num_examples"], bytes_read=stats["bytes_read"],
-                   bytes_written=stats["num_bytes"], mb_basis="written",
-                   shards=stats["num_shards"],
-                   phases=timeline.build_phases(row["log"], row["wall_seconds"]))
+        row.update(
+            records=stats["num_examples"],
+            bytes_read=stats["bytes_read"],
+            bytes_written=stats["num_bytes"],
+            mb_basis="written",
+            shards=stats["num_shards"],
+            phases=timeline.build_phases(row["log"], row["wall_seconds"]),
+        )
 
     def _seed_build(self, r: DatasetRun, plan: Plan) -> float:
         """The seed reference's build of the same split; its wall time."""
         split = plan["split"]
-        row = self.job(r.name, "seed", "build", split, source=r.src,
-                       argv=seed_argv(r.src, plan, r.seed_out / split, r.workers))
+        row = self.job(
+            r.name,
+            "seed",
+            "build",
+            split,
+            source=r.src,
+            argv=seed_argv(r.src, plan, r.seed_out / split, r.workers),
+        )
         written = sum(p.stat().st_size for p in compare.shard_files(r.seed_out, split))
-        row.update(records=plan["num_examples"], bytes_read=r.train_bytes,
-                   bytes_written=written, mb_basis="written", shards=plan["num_shards"])
+        row.update(
+            records=plan["num_examples"],
+            bytes_read=r.train_bytes,
+            bytes_written=written,
+            mb_basis="written",
+            shards=plan["num_shards"],
+        )
         return row["wall_seconds"]
 
     def _validation_copy(self, r: DatasetRun) -> None:
         """The product's ``build --copy_from``; the seed's ``cp validation-*``."""
         if not r.info["validation_shards"]:
             return
-        row = self.job(r.name, "product", "copy", "validation", source=r.src, argv=[
-            PY, "-m", "beam_jobs.build", "--split=validation", f"--copy_from={r.src}",
-            f"--output_uri={r.product}"])
+        row = self.job(
+            r.name,
+            "product",
+            "copy",
+            "validation",
+            source=r.src,
+            argv=[
+                PY,
+                "-m",
+                "beam_jobs.build",
+                "--split=validation",
+                f"--copy_from={r.src}",
+                f"--output_uri={r.product}",
+            ],
+        )
         stats = _stats(r.product, "validation")
-        row.update(records=stats["num_examples"], bytes_read=stats["bytes_read"],
-                   bytes_written=stats["num_bytes"], mb_basis="written")
+        row.update(
+            records=stats["num_examples"],
+            bytes_read=stats["bytes_read"],
+            bytes_written=stats["num_bytes"],
+            mb_basis="written",
+        )
         if not self.args.skip_seed:
             r.seed_out.mkdir(parents=True, exist_ok=True)
-            row = self.job(r.name, "seed", "copy", "validation", source=r.src,
-                           argv=["sh", "-c", f"cp {r.src}/validation-* {r.seed_out}/"])
-            row.update(records=r.info["validation_records"], bytes_read=r.val_bytes,
-                       bytes_written=r.val_bytes, mb_basis="written")
+            row = self.job(
+                r.name,
+                "seed",
+                "copy",
+                "validation",
+                source=r.src,
+                argv=["sh", "-c", f"cp {r.src}/validation-* {r.seed_out}/"],
+            )
+            row.update(
+                records=r.info["validation_records"],
+                bytes_read=r.val_bytes,
+                bytes_written=r.val_bytes,
+                mb_basis="written",
+            )
 
     def _audit_reads(self, r: DatasetRun, plans: list[Plan], seed_skipped: list[str]) -> None:
         """Measured read amplification: strace the reads of the source (untimed)."""
@@ -359,8 +510,11 @@ class Bench:
             if side == "seed" and (self.args.skip_seed or plan["split"] in seed_skipped):
                 continue
             out = r.runs / f"audit-{side}"
-            argv = (build_argv(plan, r.catalog, out) if side == "product" else
-                    seed_argv(r.src, plan, out / plan["split"], r.workers))
+            argv = (
+                build_argv(plan, r.catalog, out)
+                if side == "product"
+                else seed_argv(r.src, plan, out / plan["split"], r.workers)
+            )
             self.audit(r.name, side, plan["split"], argv, r.src)
             shutil.rmtree(out, ignore_errors=True)
 
@@ -372,17 +526,34 @@ class Bench:
         par = r.runs / "product-parallel"
         cmds = [build_argv(p, r.catalog, par) for p in plans]
         if r.info["validation_shards"]:
-            cmds.append([PY, "-m", "beam_jobs.build", "--split=validation",
-                         f"--copy_from={r.src}", f"--output_uri={par}"])
+            cmds.append(
+                [
+                    PY,
+                    "-m",
+                    "beam_jobs.build",
+                    "--split=validation",
+                    f"--copy_from={r.src}",
+                    f"--output_uri={par}",
+                ]
+            )
         spec = r.runs / "parallel-builds.json"
         spec.write_text(json.dumps(cmds))
-        row = self.job(r.name, "product", f"builds, {n} at a time", None,
-                       [PY, "-m", "benchmarks.batch", str(n), str(spec)], source=r.src)
+        row = self.job(
+            r.name,
+            "product",
+            f"builds, {n} at a time",
+            None,
+            [PY, "-m", "benchmarks.batch", str(n), str(spec)],
+            source=r.src,
+        )
         stats = [json.loads(f.read_text()) for f in (par / "_work" / "stats").glob("*.json")]
-        row.update(records=sum(p["num_examples"] for p in plans)
-                   + (r.info["validation_records"] if r.info["validation_shards"] else 0),
-                   bytes_read=sum(s["bytes_read"] for s in stats),
-                   bytes_written=sum(s["num_bytes"] for s in stats), mb_basis="written")
+        row.update(
+            records=sum(p["num_examples"] for p in plans)
+            + (r.info["validation_records"] if r.info["validation_shards"] else 0),
+            bytes_read=sum(s["bytes_read"] for s in stats),
+            bytes_written=sum(s["num_bytes"] for s in stats),
+            mb_basis="written",
+        )
         shutil.rmtree(par)
 
     def _verify(self, r: DatasetRun, plans: list[Plan]) -> None:
@@ -391,44 +562,111 @@ class Bench:
             return
         for plan in plans:
             split = plan["split"]
-            row = self.job(r.name, "product", "verify", split, [
-                PY, "-m", "beam_jobs.verify", f"--split={split}", f"--output_uri={r.product}",
-                f"--plan_uri={plan['uri']}", f"--catalog_dir={r.catalog}"])
+            row = self.job(
+                r.name,
+                "product",
+                "verify",
+                split,
+                [
+                    PY,
+                    "-m",
+                    "beam_jobs.verify",
+                    f"--split={split}",
+                    f"--output_uri={r.product}",
+                    f"--plan_uri={plan['uri']}",
+                    f"--catalog_dir={r.catalog}",
+                ],
+            )
             report = json.loads((r.product / "_work" / "verify" / f"{split}.json").read_text())
-            row.update(records=report["num_examples"], bytes_read=report["bytes_read"],
-                       bytes_written=0, mb_basis="read")
+            row.update(
+                records=report["num_examples"],
+                bytes_read=report["bytes_read"],
+                bytes_written=0,
+                mb_basis="read",
+            )
         if r.info["validation_shards"]:
-            row = self.job(r.name, "product", "verify", "validation", [
-                PY, "-m", "beam_jobs.verify", "--split=validation", f"--output_uri={r.product}",
-                f"--copy_from={r.src}"])
+            row = self.job(
+                r.name,
+                "product",
+                "verify",
+                "validation",
+                [
+                    PY,
+                    "-m",
+                    "beam_jobs.verify",
+                    "--split=validation",
+                    f"--output_uri={r.product}",
+                    f"--copy_from={r.src}",
+                ],
+            )
             report = json.loads((r.product / "_work" / "verify" / "validation.json").read_text())
-            row.update(records=r.info["validation_records"], bytes_read=report["bytes_read"],
-                       bytes_written=0, mb_basis="read")
+            row.update(
+                records=r.info["validation_records"],
+                bytes_read=report["bytes_read"],
+                bytes_written=0,
+                mb_basis="read",
+            )
 
     def _physical_bound(self, r: DatasetRun) -> None:
         """``cat`` and ``cp`` of the source's bytes, and a copy that fsyncs each file."""
         src, raw, info = r.src, r.raw, r.info
         train_bytes, val_bytes = r.train_bytes, r.val_bytes
         raw.mkdir(parents=True, exist_ok=True)
-        row = self.job(r.name, "raw", "cat train-* >/dev/null", None,
-                       ["sh", "-c", "cat train-* > /dev/null"], cwd=src, source=src)
-        row.update(records=info["train_records"], bytes_read=train_bytes, bytes_written=0,
-                   mb_basis="read")
-        row = self.job(r.name, "raw", "cp -r source", None,
-                       ["cp", "-r", str(src), str(raw / "all")], source=src)
-        row.update(records=info["train_records"] + info["validation_records"],
-                   bytes_read=train_bytes + val_bytes, bytes_written=train_bytes + val_bytes,
-                   mb_basis="written")
+        row = self.job(
+            r.name,
+            "raw",
+            "cat train-* >/dev/null",
+            None,
+            ["sh", "-c", "cat train-* > /dev/null"],
+            cwd=src,
+            source=src,
+        )
+        row.update(
+            records=info["train_records"], bytes_read=train_bytes, bytes_written=0, mb_basis="read"
+        )
+        row = self.job(
+            r.name,
+            "raw",
+            "cp -r source",
+            None,
+            ["cp", "-r", str(src), str(raw / "all")],
+            source=src,
+        )
+        row.update(
+            records=info["train_records"] + info["validation_records"],
+            bytes_read=train_bytes + val_bytes,
+            bytes_written=train_bytes + val_bytes,
+            mb_basis="written",
+        )
         (raw / "train").mkdir()
-        row = self.job(r.name, "raw", "cp train-*", None,
-                       ["sh", "-c", f"cp {src}/train-* {raw / 'train'}/"], source=src)
-        row.update(records=info["train_records"], bytes_read=train_bytes,
-                   bytes_written=train_bytes, mb_basis="written")
-        row = self.job(r.name, "raw", "copy train-* + fsync each", None,
-                       [PY, "-m", "benchmarks.rawcopy", str(src), str(raw / "train-fsync"),
-                        "train-*"], source=src)
-        row.update(records=info["train_records"], bytes_read=train_bytes,
-                   bytes_written=train_bytes, mb_basis="written")
+        row = self.job(
+            r.name,
+            "raw",
+            "cp train-*",
+            None,
+            ["sh", "-c", f"cp {src}/train-* {raw / 'train'}/"],
+            source=src,
+        )
+        row.update(
+            records=info["train_records"],
+            bytes_read=train_bytes,
+            bytes_written=train_bytes,
+            mb_basis="written",
+        )
+        row = self.job(
+            r.name,
+            "raw",
+            "copy train-* + fsync each",
+            None,
+            [PY, "-m", "benchmarks.rawcopy", str(src), str(raw / "train-fsync"), "train-*"],
+            source=src,
+        )
+        row.update(
+            records=info["train_records"],
+            bytes_read=train_bytes,
+            bytes_written=train_bytes,
+            mb_basis="written",
+        )
         shutil.rmtree(raw)
 
     def _compare(self, r: DatasetRun, plans: list[Plan], seed_skipped: list[str]) -> None:
@@ -440,18 +678,35 @@ class Bench:
                 continue
             c = compare.compare_split(r.product, r.seed_out, plan["split"])
             self.comparisons.append({"dataset": r.name, **c})
-            print(f"  [{r.name}] compare {plan['split']}: counts equal {c['counts_equal']}, "
-                  f"{c['records_byte_identical']:,}/{c['records_product']:,} records "
-                  f"byte-identical, bytes product {c['bytes_product']:,} seed "
-                  f"{c['bytes_seed']:,}", flush=True)
+            print(
+                f"  [{r.name}] compare {plan['split']}: counts equal {c['counts_equal']}, "
+                f"{c['records_byte_identical']:,}/{c['records_product']:,} records "
+                f"byte-identical, bytes product {c['bytes_product']:,} seed "
+                f"{c['bytes_seed']:,}",
+                flush=True,
+            )
 
     def audit(self, ds: str, side: str, split: str, argv: list[str], src: Path) -> None:
         print(f"  [{ds}] strace: {side} build {split} ...", end=" ", flush=True)
         self.set_cache(src)
-        res = iotrace.trace(argv, str(src), cwd=str(self.work), env=self.env,
-                            log=self.logs / ds / f"strace-{side}-{split}.log")
-        row = next((j for j in self.jobs if j["dataset"] == ds and j["side"] == side
-                    and j["stage"] == "build" and j["split"] == split), None)
+        res = iotrace.trace(
+            argv,
+            str(src),
+            cwd=str(self.work),
+            env=self.env,
+            log=self.logs / ds / f"strace-{side}-{split}.log",
+        )
+        row = next(
+            (
+                j
+                for j in self.jobs
+                if j["dataset"] == ds
+                and j["side"] == side
+                and j["stage"] == "build"
+                and j["split"] == split
+            ),
+            None,
+        )
         if res["returncode"] != 0 or row is None:
             print(f"failed (exit {res['returncode']})", flush=True)
             return
@@ -459,8 +714,11 @@ class Bench:
         row["source_read_calls_strace"] = res["read_calls"]
         amp = res["source_bytes_read"] / row["bytes_written"] if row.get("bytes_written") else None
         row["read_amplification_strace"] = amp
-        print(f"{res['source_bytes_read'] / 1e6:,.1f} MB of source in {res['read_calls']:,} "
-              f"reads: read amplification {fmt(amp, 3)}", flush=True)
+        print(
+            f"{res['source_bytes_read'] / 1e6:,.1f} MB of source in {res['read_calls']:,} "
+            f"reads: read amplification {fmt(amp, 3)}",
+            flush=True,
+        )
 
     def _workers_for(self, source_bytes: int) -> list[str]:
         """The seed reference gets the DirectRunner settings the product's CLIs
@@ -470,21 +728,42 @@ class Bench:
         if source_bytes < MULTIPROCESS_MIN_BYTES:
             return ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
         n = max(1, min(os.cpu_count() or 1, 8))
-        return [f"--direct_num_workers={n}",
-                f"--direct_running_mode={'multi_processing' if n > 1 else 'in_memory'}"]
+        return [
+            f"--direct_num_workers={n}",
+            f"--direct_running_mode={'multi_processing' if n > 1 else 'in_memory'}",
+        ]
 
     def _extrapolate_seed(self, ds: str, skipped: list[str]) -> None:
-        ran = [j for j in self.jobs if j["dataset"] == ds and j["side"] == "seed"
-               and j["stage"] == "build" and j["kind"] == "10%"]
+        ran = [
+            j
+            for j in self.jobs
+            if j["dataset"] == ds
+            and j["side"] == "seed"
+            and j["stage"] == "build"
+            and j["kind"] == "10%"
+        ]
         for split in skipped:
-            est = {k: sum(j[k] for j in ran) / len(ran) for k in ("wall_seconds", "cpu_seconds")
-                   if all(j.get(k) is not None for j in ran)}
+            est = {
+                k: sum(j[k] for j in ran) / len(ran)
+                for k in ("wall_seconds", "cpu_seconds")
+                if all(j.get(k) is not None for j in ran)
+            }
             base = ran[0]
-            self.jobs.append({**base, "name": f"seed build {split}", "split": split,
-                              "extrapolated": True, **est, "log": None})
-        msg = (f"{ds}: the seed reference ran {len(ran)} of {len(ran) + len(skipped)} 10% splits "
-               f"(a full run would exceed --seed_budget_minutes={self.args.seed_budget_minutes}); "
-               f"{', '.join(skipped)} are EXTRAPOLATED as the mean of those that ran")
+            self.jobs.append(
+                {
+                    **base,
+                    "name": f"seed build {split}",
+                    "split": split,
+                    "extrapolated": True,
+                    **est,
+                    "log": None,
+                }
+            )
+        msg = (
+            f"{ds}: the seed reference ran {len(ran)} of {len(ran) + len(skipped)} 10% splits "
+            f"(a full run would exceed --seed_budget_minutes={self.args.seed_budget_minutes}); "
+            f"{', '.join(skipped)} are EXTRAPOLATED as the mean of those that ran"
+        )
         self.notes.append(msg)
         print("  NOTE: " + msg, flush=True)
 
@@ -501,12 +780,31 @@ class Bench:
         runs = [
             (f"build {train['split']}", "reshuffle", build_argv(train, catalog, scratch)),
             (f"build {ten['split']}", "10%", build_argv(ten, catalog, scratch)),
-            ("validate", None, [PY, "-m", "beam_jobs.validate", f"--source_uri={src}",
-                                f"--catalog_dir={scratch / 'catalog'}",
-                                f"--num_classes={ds.num_classes}"]),
-            ("plan", None, [PY, "-m", "beam_jobs.plan", f"--catalog_dir={catalog}",
-                            f"--out_dir={scratch / 'plans'}",
-                            "--seeds=" + ",".join(map(str, self.args.seeds)), "--unsupervised"]),
+            (
+                "validate",
+                None,
+                [
+                    PY,
+                    "-m",
+                    "beam_jobs.validate",
+                    f"--source_uri={src}",
+                    f"--catalog_dir={scratch / 'catalog'}",
+                    f"--num_classes={ds.num_classes}",
+                ],
+            ),
+            (
+                "plan",
+                None,
+                [
+                    PY,
+                    "-m",
+                    "beam_jobs.plan",
+                    f"--catalog_dir={catalog}",
+                    f"--out_dir={scratch / 'plans'}",
+                    "--seeds=" + ",".join(map(str, self.args.seeds)),
+                    "--unsupervised",
+                ],
+            ),
         ]
         for what, kind, argv in runs:
             if scratch.exists():
@@ -515,8 +813,13 @@ class Bench:
             self.set_cache(src)
             print(f"  [{ds.name}] py-spy: product {what} ...", end=" ", flush=True)
             t0 = time.monotonic()
-            rc = pyspy.record(argv, raw, cwd=str(self.work), env=self.env,
-                              log=self.logs / ds.name / f"pyspy-{what.replace(' ', '-')}.log")
+            rc = pyspy.record(
+                argv,
+                raw,
+                cwd=str(self.work),
+                env=self.env,
+                log=self.logs / ds.name / f"pyspy-{what.replace(' ', '-')}.log",
+            )
             wall = time.monotonic() - t0
             print(f"{wall:.1f} s (exit {rc})", flush=True)
             if rc == 0 and raw.exists():

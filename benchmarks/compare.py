@@ -19,15 +19,18 @@ def records(path: Path) -> list[bytes]:
     off, end = 0, len(buf)
     while off < end:
         (n,) = _LEN.unpack_from(buf, off)
-        out.append(buf[off + 12:off + 12 + n])
+        out.append(buf[off + 12 : off + 12 + n])
         off += n + 16
     return out
 
 
 def shard_files(folder: Path, split: str) -> list[Path]:
     """``{split}-SSSSS-of-NNNNN`` files of one split, in shard order."""
-    return sorted(p for p in folder.glob(f"{split}-*-of-*")
-                  if p.name[len(split) + 1:].split("-of-")[0].isdigit())
+    return sorted(
+        p
+        for p in folder.glob(f"{split}-*-of-*")
+        if p.name[len(split) + 1 :].split("-of-")[0].isdigit()
+    )
 
 
 def built_files(output_dir: Path, split: str) -> list[Path]:
@@ -82,8 +85,13 @@ def compare_split(product_dir: Path, seed_dir: Path, split: str) -> dict:
                 content_checked += 1
                 content_same += _same_content(x, y)
             if first_diff is None:
-                first_diff = {"shard": i, "index": j, "product_len": len(x), "seed_len": len(y),
-                              "same_length": len(x) == len(y)}
+                first_diff = {
+                    "shard": i,
+                    "index": j,
+                    "product_len": len(x),
+                    "seed_len": len(y),
+                    "same_length": len(x) == len(y),
+                }
         same_records += identical
         if i < len(a) and i < len(b) and identical == len(ra) == len(rb):
             same_files += 1

@@ -58,8 +58,11 @@ def task_times(log: str) -> dict[str, Any]:
     for (t0, _), (t1, task) in zip(ends, ends[1:]):
         out[task] = round(out.get(task, 0.0) + (t1 - t0).total_seconds(), 2)
     run = _RUN.search(log)
-    return {"tasks": out, "run_seconds": float(run.group(1)) if run else None,
-            "state": run.group(2) if run else None}
+    return {
+        "tasks": out,
+        "run_seconds": float(run.group(1)) if run else None,
+        "state": run.group(2) if run else None,
+    }
 
 
 def _airflow_env(bench: Any, home: Path) -> dict[str, str]:
@@ -84,43 +87,75 @@ def run(bench: Any, ds: Any, src: Path, runs: Path) -> None:
     env = _airflow_env(bench, home)
     seeds = [int(s) for s in bench.args.seeds]  # the seed reference's splits too
     new_seed = max(seeds) + 1
-    base = {"source_uri": str(src), "output_uri": str(out), "num_classes": ds.num_classes,
-            "seeds": seeds}
-    cases = [("first run", base),
-             ("add one seed", {**base, "seeds": [new_seed], "unsupervised": False})]
+    base = {
+        "source_uri": str(src),
+        "output_uri": str(out),
+        "num_classes": ds.num_classes,
+        "seeds": seeds,
+    }
+    cases = [
+        ("first run", base),
+        ("add one seed", {**base, "seeds": [new_seed], "unsupervised": False}),
+    ]
     for case, conf in cases:
         bench.set_cache(src)
         name = f"dag {case}"
         log = bench.logs / ds.name / (name.replace(" ", "_") + ".log")
         print(f"  [{ds.name}] {name} ...", end=" ", flush=True)
-        m = run_measured(name, [str(ROOT / "bin" / "airflow"), "dags", "test", DAG_ID,
-                                "--conf", json.dumps(conf)],
-                         cwd=str(ROOT), env=env, log_path=log, timeout=bench.args.job_timeout)
+        m = run_measured(
+            name,
+            [str(ROOT / "bin" / "airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+            cwd=str(ROOT),
+            env=env,
+            log_path=log,
+            timeout=bench.args.job_timeout,
+        )
         text = Path(m.log).read_text(errors="replace")
         times = task_times(text)
-        print(f"{m.wall_seconds:.1f} s (run {times['run_seconds']} s, {times['state']}), largest "
-              f"process {(m.max_rss_process or 0) / 2**20:,.0f} MiB", flush=True)
+        print(
+            f"{m.wall_seconds:.1f} s (run {times['run_seconds']} s, {times['state']}), largest "
+            f"process {(m.max_rss_process or 0) / 2**20:,.0f} MiB",
+            flush=True,
+        )
         if m.returncode != 0 or times["state"] != "success":
             raise RuntimeError(f"{ds.name}: {name} failed; log {log}")
         manifest = json.loads((out / "manifest.json").read_text())
-        bench.jobs.append({"dataset": ds.name, "side": "dag", "stage": case, "split": None,
-                           "kind": None, **m.to_json(), "run_seconds": times["run_seconds"],
-                           "task_seconds": times["tasks"],
-                           "splits": sorted(manifest["splits"]),
-                           "records": sum(e["num_examples"] for e in manifest["splits"].values()),
-                           "bytes_read": None, "bytes_written": None, "mb_basis": "written"})
+        bench.jobs.append(
+            {
+                "dataset": ds.name,
+                "side": "dag",
+                "stage": case,
+                "split": None,
+                "kind": None,
+                **m.to_json(),
+                "run_seconds": times["run_seconds"],
+                "task_seconds": times["tasks"],
+                "splits": sorted(manifest["splits"]),
+                "records": sum(e["num_examples"] for e in manifest["splits"].values()),
+                "bytes_read": None,
+                "bytes_written": None,
+                "mb_basis": "written",
+            }
+        )
     # The reference for one more seed: copy its bytes, start one Python.
     split = next(s for s in manifest["splits"] if s.endswith(f".{new_seed}"))
     files = [s["path"] for s in manifest["splits"][split]["shards"]]
     dst = runs / "cp-one-split"
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir()
-    row = bench.job(ds.name, "raw", f"cp {split} + python start-up", None,
-                    ["sh", "-c", f"cp {' '.join(files)} {dst}/ && {sys.executable} -c pass"])
-    row.update(records=manifest["splits"][split]["num_examples"],
-               bytes_read=sum(s["num_bytes"] for s in manifest["splits"][split]["shards"]),
-               bytes_written=sum(s["num_bytes"] for s in manifest["splits"][split]["shards"]),
-               mb_basis="written")
+    row = bench.job(
+        ds.name,
+        "raw",
+        f"cp {split} + python start-up",
+        None,
+        ["sh", "-c", f"cp {' '.join(files)} {dst}/ && {sys.executable} -c pass"],
+    )
+    row.update(
+        records=manifest["splits"][split]["num_examples"],
+        bytes_read=sum(s["num_bytes"] for s in manifest["splits"][split]["shards"]),
+        bytes_written=sum(s["num_bytes"] for s in manifest["splits"][split]["shards"]),
+        mb_basis="written",
+    )
     shutil.rmtree(dst, ignore_errors=True)
 
 
@@ -128,40 +163,71 @@ def rows(jobs: list[dict[str, Any]], data: dict[str, Any]) -> list[dict[str, Any
     """The end-to-end table: per dataset and case, the DAG against its reference."""
     out = []
     for ds in data:
-        seed = [j for j in jobs if j["dataset"] == ds and j["side"] == "seed"
-                and j["stage"] in ("build", "copy")]
+        seed = [
+            j
+            for j in jobs
+            if j["dataset"] == ds and j["side"] == "seed" and j["stage"] in ("build", "copy")
+        ]
         seed_wall = sum(j["wall_seconds"] for j in seed) if seed else None
         for case in ("first run", "add one seed"):
-            d = next((j for j in jobs if j["dataset"] == ds and j["side"] == "dag"
-                      and j["stage"] == case), None)
+            d = next(
+                (
+                    j
+                    for j in jobs
+                    if j["dataset"] == ds and j["side"] == "dag" and j["stage"] == case
+                ),
+                None,
+            )
             if d is None:
                 continue
             if case == "first run":
                 ref_name, ref = "seed reference, six outputs + validation copy", seed_wall
             else:
-                r = next((j for j in jobs if j["dataset"] == ds and j["side"] == "raw"
-                          and j["stage"].startswith("cp train")
-                          and j["stage"].endswith("python start-up")), None)
+                r = next(
+                    (
+                        j
+                        for j in jobs
+                        if j["dataset"] == ds
+                        and j["side"] == "raw"
+                        and j["stage"].startswith("cp train")
+                        and j["stage"].endswith("python start-up")
+                    ),
+                    None,
+                )
                 ref_name, ref = (r["stage"], r["wall_seconds"]) if r else ("-", None)
-            out.append({"dataset": ds, "case": case, "wall_seconds": d["wall_seconds"],
-                        "run_seconds": d.get("run_seconds"), "reference": ref_name,
-                        "reference_seconds": ref,
-                        "ratio": (ref / d["wall_seconds"]) if ref else None,
-                        "largest_process_mib": (d.get("max_rss_process") or 0) / 2**20,
-                        "task_seconds": d.get("task_seconds") or {}})
+            out.append(
+                {
+                    "dataset": ds,
+                    "case": case,
+                    "wall_seconds": d["wall_seconds"],
+                    "run_seconds": d.get("run_seconds"),
+                    "reference": ref_name,
+                    "reference_seconds": ref,
+                    "ratio": (ref / d["wall_seconds"]) if ref else None,
+                    "largest_process_mib": (d.get("max_rss_process") or 0) / 2**20,
+                    "task_seconds": d.get("task_seconds") or {},
+                }
+            )
     return out
 
 
 def table(rs: list[dict[str, Any]]) -> str:
-    lines = ["| dataset | case | DAG wall s (run s) | reference | reference s | speed-up | "
-             "largest process MiB | where the time went (s) |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| dataset | case | DAG wall s (run s) | reference | reference s | speed-up | "
+        "largest process MiB | where the time went (s) |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |",
+    ]
     for r in rs:
         tasks = ", ".join(f"{k} {v:.1f}" for k, v in r["task_seconds"].items() if v >= 0.5)
-        ratio = f"{r['ratio']:.2f}x" if r["ratio"] and r["case"] == "first run" else \
-            (f"{1 / r['ratio']:.2f}x the reference" if r["ratio"] else "-")
-        lines.append(f"| {r['dataset']} | {r['case']} | {r['wall_seconds']:.1f} "
-                     f"({r['run_seconds'] or 0:.1f}) | {r['reference']} | "
-                     f"{r['reference_seconds'] or 0:.1f} | {ratio} | "
-                     f"{r['largest_process_mib']:,.0f} | {tasks} |")
+        ratio = (
+            f"{r['ratio']:.2f}x"
+            if r["ratio"] and r["case"] == "first run"
+            else (f"{1 / r['ratio']:.2f}x the reference" if r["ratio"] else "-")
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['case']} | {r['wall_seconds']:.1f} "
+            f"({r['run_seconds'] or 0:.1f}) | {r['reference']} | "
+            f"{r['reference_seconds'] or 0:.1f} | {ratio} | "
+            f"{r['largest_process_mib']:,.0f} | {tasks} |"
+        )
     return "\n".join(lines)

@@ -31,38 +31,97 @@ _BYTES_IMAGE = ("--image_size=348", "--jpeg_quality=90", "--image_pool=128", "--
 
 FULL = {
     "count": Dataset(
-        "count", "count", ("--imagenet", "--image_size=1"), 1000,
+        "count",
+        "count",
+        ("--imagenet", "--image_size=1"),
+        1000,
         "ImageNet's record count: 1,281,167 records (~960 B) in 1,024 shards, 1,000 uneven "
-        "classes; validation 50,000 in 128 shards"),
+        "classes; validation 50,000 in 128 shards",
+    ),
     "bytes": Dataset(
-        "bytes", "bytes",
-        ("--num_classes=100", "--min_per_class=100", "--max_per_class=140", "--train_total=13000",
-         "--train_shards=128", "--validation_shards=4", "--validation_per_class=5", *_BYTES_IMAGE),
-        100, "ImageNet's record size: 13,000 records of ~112 KB (1.45 GB) in 128 shards"),
+        "bytes",
+        "bytes",
+        (
+            "--num_classes=100",
+            "--min_per_class=100",
+            "--max_per_class=140",
+            "--train_total=13000",
+            "--train_shards=128",
+            "--validation_shards=4",
+            "--validation_per_class=5",
+            *_BYTES_IMAGE,
+        ),
+        100,
+        "ImageNet's record size: 13,000 records of ~112 KB (1.45 GB) in 128 shards",
+    ),
     "bytes_half": Dataset(
-        "bytes_half", "bytes_half",
-        ("--num_classes=100", "--min_per_class=50", "--max_per_class=70", "--train_total=6500",
-         "--train_shards=64", "--validation_shards=4", "--validation_per_class=5", *_BYTES_IMAGE),
-        100, "half of BYTES: 6,500 records of ~112 KB (0.73 GB) in 64 shards"),
+        "bytes_half",
+        "bytes_half",
+        (
+            "--num_classes=100",
+            "--min_per_class=50",
+            "--max_per_class=70",
+            "--train_total=6500",
+            "--train_shards=64",
+            "--validation_shards=4",
+            "--validation_per_class=5",
+            *_BYTES_IMAGE,
+        ),
+        100,
+        "half of BYTES: 6,500 records of ~112 KB (0.73 GB) in 64 shards",
+    ),
 }
 
 QUICK = {
     "count": Dataset(
-        "quick-count", "count",
-        ("--num_classes=50", "--min_per_class=300", "--max_per_class=420", "--train_total=20000",
-         "--train_shards=64", "--validation_shards=4", "--validation_per_class=10",
-         "--image_size=1", "--seed=0"),
-        50, "quick COUNT: 20,000 tiny records in 64 shards"),
+        "quick-count",
+        "count",
+        (
+            "--num_classes=50",
+            "--min_per_class=300",
+            "--max_per_class=420",
+            "--train_total=20000",
+            "--train_shards=64",
+            "--validation_shards=4",
+            "--validation_per_class=10",
+            "--image_size=1",
+            "--seed=0",
+        ),
+        50,
+        "quick COUNT: 20,000 tiny records in 64 shards",
+    ),
     "bytes": Dataset(
-        "quick-bytes", "bytes",
-        ("--num_classes=10", "--min_per_class=80", "--max_per_class=120", "--train_total=1000",
-         "--train_shards=16", "--validation_shards=2", "--validation_per_class=2", *_BYTES_IMAGE),
-        10, "quick BYTES: 1,000 records of ~112 KB in 16 shards"),
+        "quick-bytes",
+        "bytes",
+        (
+            "--num_classes=10",
+            "--min_per_class=80",
+            "--max_per_class=120",
+            "--train_total=1000",
+            "--train_shards=16",
+            "--validation_shards=2",
+            "--validation_per_class=2",
+            *_BYTES_IMAGE,
+        ),
+        10,
+        "quick BYTES: 1,000 records of ~112 KB in 16 shards",
+    ),
     "bytes_half": Dataset(
-        "quick-bytes_half", "bytes_half",
-        ("--num_classes=10", "--min_per_class=40", "--max_per_class=60", "--train_total=500",
-         "--train_shards=8", "--validation_shards=2", "--validation_per_class=2", *_BYTES_IMAGE),
-        10, "quick BYTES half: 500 records of ~112 KB in 8 shards"),
+        "quick-bytes_half",
+        "bytes_half",
+        (
+            "--num_classes=10",
+            "--min_per_class=40",
+            "--max_per_class=60",
+            "--train_total=500",
+            "--train_shards=8",
+            "--validation_shards=2",
+            "--validation_per_class=2",
+            *_BYTES_IMAGE,
+        ),
+        10,
+        "quick BYTES half: 500 records of ~112 KB in 8 shards",
+    ),
 }
 
 
@@ -102,13 +161,21 @@ def ensure(ds: Dataset, data_dir: Path, env: dict[str, str], log: Path) -> dict:
     print(f"  generating {ds.name}: {ds.about} ...", flush=True)
     t0 = time.monotonic()
     with open(log, "wb") as f:
-        rc = subprocess.call([sys.executable, "-m", "beam_jobs.synthetic",
-                              f"--output_uri={folder}", *ds.flags],
-                             stdout=f, stderr=subprocess.STDOUT, env=env)
+        rc = subprocess.call(
+            [sys.executable, "-m", "beam_jobs.synthetic", f"--output_uri={folder}", *ds.flags],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     if rc != 0:
         raise RuntimeError(f"generating {ds.name} failed (exit {rc}); see {log}")
     seconds = time.monotonic() - t0
     summary = json.loads((folder / "synthetic.json").read_text())
     if summary["spec"] != want:
         raise RuntimeError(f"{ds.name}: the generator recorded another spec than asked")
-    return {**summary, "generated": True, "generate_seconds": round(seconds, 1), "path": str(folder)}
+    return {
+        **summary,
+        "generated": True,
+        "generate_seconds": round(seconds, 1),
+        "path": str(folder),
+    }

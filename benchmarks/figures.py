@@ -33,8 +33,11 @@ def derive(jobs: list[Job]) -> None:
         j["mb_per_s"] = _rate(basis / 1e6, wall) if basis else None
         if j["stage"] in ("build", "copy") and j.get("bytes_written"):
             j["read_amplification"] = j["bytes_read"] / j["bytes_written"]
-            j["disk_read_amplification"] = (j["disk_read_bytes"] / j["bytes_written"]
-                                            if j.get("disk_read_bytes") is not None else None)
+            j["disk_read_amplification"] = (
+                j["disk_read_bytes"] / j["bytes_written"]
+                if j.get("disk_read_bytes") is not None
+                else None
+            )
         else:
             j["read_amplification"] = j["disk_read_amplification"] = None
         raw = by.get((j["dataset"], "raw", "cp -r source", None))
@@ -46,8 +49,11 @@ def derive(jobs: list[Job]) -> None:
         if j["side"] == "product" and j["stage"] in ("build", "copy"):
             seed = by.get((j["dataset"], "seed", j["stage"], j["split"]))
             j["seed_speedup"] = (seed["wall_seconds"] / wall) if seed else None
-            j["seed_speedup_cpu"] = (seed["cpu_seconds"] / j["cpu_seconds"]) \
-                if seed and seed.get("cpu_seconds") and j.get("cpu_seconds") else None
+            j["seed_speedup_cpu"] = (
+                (seed["cpu_seconds"] / j["cpu_seconds"])
+                if seed and seed.get("cpu_seconds") and j.get("cpu_seconds")
+                else None
+            )
         else:
             j["seed_speedup"] = j["seed_speedup_cpu"] = None
 
@@ -68,24 +74,32 @@ def totals(jobs: list[Job], datasets: dict[str, Any]) -> dict[str, Any]:
         sc = [j for j in mine if j["side"] == "seed" and j["stage"] == "copy"]
         pall = [j for j in mine if j["side"] == "product" and not is_batch(j)]
         d: dict[str, Any] = {
-            "product_builds_plus_validation_copy": {k: _sum(pb + pc, k) for k in ("wall_seconds", "cpu_seconds")},
+            "product_builds_plus_validation_copy": {
+                k: _sum(pb + pc, k) for k in ("wall_seconds", "cpu_seconds")
+            },
             "product_end_to_end": {k: _sum(pall, k) for k in ("wall_seconds", "cpu_seconds")},
             "product_end_to_end_without_verify": {
                 k: _sum([j for j in pall if j["stage"] != "verify"], k)
-                for k in ("wall_seconds", "cpu_seconds")},
+                for k in ("wall_seconds", "cpu_seconds")
+            },
             "seed_builds": {k: _sum(sb, k) for k in ("wall_seconds", "cpu_seconds")},
-            "seed_builds_plus_validation_copy": {k: _sum(sb + sc, k) for k in ("wall_seconds", "cpu_seconds")},
+            "seed_builds_plus_validation_copy": {
+                k: _sum(sb + sc, k) for k in ("wall_seconds", "cpu_seconds")
+            },
             "seed_extrapolated_splits": [j["split"] for j in sb if j.get("extrapolated")],
         }
         par = [j for j in mine if j["side"] == "product" and is_batch(j)]
         if par:
-            d["product_builds_parallel"] = {"stage": par[0]["stage"],
-                                            "wall_seconds": par[0]["wall_seconds"],
-                                            "cpu_seconds": par[0]["cpu_seconds"],
-                                            "peak_rss_tree": par[0]["peak_rss_tree"]}
+            d["product_builds_parallel"] = {
+                "stage": par[0]["stage"],
+                "wall_seconds": par[0]["wall_seconds"],
+                "cpu_seconds": par[0]["cpu_seconds"],
+                "peak_rss_tree": par[0]["peak_rss_tree"],
+            }
             s_wall = d["seed_builds"]["wall_seconds"]
-            d["speedup_builds_parallel_wall_seconds"] = \
+            d["speedup_builds_parallel_wall_seconds"] = (
                 s_wall / par[0]["wall_seconds"] if s_wall and sb else None
+            )
         for key in ("wall_seconds", "cpu_seconds"):
             s, p = d["seed_builds"][key], d["product_builds_plus_validation_copy"][key]
             d[f"speedup_builds_{key}"] = s / p if s and p and sb else None

@@ -58,28 +58,62 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
         env = {**env, "STORAGE_EMULATOR_HOST": servers.direct, "GOOGLE_CLOUD_PROJECT": "bench"}
         source, out = f"gs://{BUCKET}/source", f"gs://{BUCKET}/ssl"
         catalog, plans = f"{out}/_work/catalog/bench", f"{out}/_work/plans"
-        _job("validate", [PY, "-m", "beam_jobs.validate", f"--source_uri={source}",
-                          f"--catalog_dir={catalog}", f"--num_classes={ds.num_classes}"], env, logs)
-        plan = _job("plan", [PY, "-m", "beam_jobs.plan", f"--catalog_dir={catalog}",
-                             f"--out_dir={plans}", "--seeds=1"], env, logs)
+        _job(
+            "validate",
+            [
+                PY,
+                "-m",
+                "beam_jobs.validate",
+                f"--source_uri={source}",
+                f"--catalog_dir={catalog}",
+                f"--num_classes={ds.num_classes}",
+            ],
+            env,
+            logs,
+        )
+        plan = _job(
+            "plan",
+            [
+                PY,
+                "-m",
+                "beam_jobs.plan",
+                f"--catalog_dir={catalog}",
+                f"--out_dir={plans}",
+                "--seeds=1",
+            ],
+            env,
+            logs,
+        )
         split, _n, _s, _sha, plan_uri = next(
-            line.split("\t") for line in Path(plan.log).read_text().splitlines()
-            if line.count("\t") == 4)
-        args = [f"--split={split}", f"--output_uri={out}", f"--plan_uri={plan_uri}",
-                f"--catalog_dir={catalog}"]
+            line.split("\t")
+            for line in Path(plan.log).read_text().splitlines()
+            if line.count("\t") == 4
+        )
+        args = [
+            f"--split={split}",
+            f"--output_uri={out}",
+            f"--plan_uri={plan_uri}",
+            f"--catalog_dir={catalog}",
+        ]
         build = _job("build", [PY, "-m", "beam_jobs.build", *args], env, logs)
         before = _proxy_stats(servers.direct)
         verify = _job("verify", [PY, "-m", "beam_jobs.verify", *args], env, logs)
         after = _proxy_stats(servers.direct)
     finally:
         servers.close()
-    fetched = {k: v - before["media_bytes"].get(k, 0) for k, v in after["media_bytes"].items()
-               if v != before["media_bytes"].get(k, 0)}
+    fetched = {
+        k: v - before["media_bytes"].get(k, 0)
+        for k, v in after["media_bytes"].items()
+        if v != before["media_bytes"].get(k, 0)
+    }
     staged = {k: v for k, v in fetched.items() if "/_work/staging/" in k}
     return {
-        "dataset": ds.name, "records": info["train_records"], "split": split,
+        "dataset": ds.name,
+        "records": info["train_records"],
+        "split": split,
         "upload_seconds": round(uploaded, 1),
-        "build_seconds": build.wall_seconds, "verify_seconds": verify.wall_seconds,
+        "build_seconds": build.wall_seconds,
+        "verify_seconds": verify.wall_seconds,
         "ratio": verify.wall_seconds / build.wall_seconds,
         "verify_requests": after["requests"] - before["requests"],
         "verify_objects_read": {k.split("/o/", 1)[-1]: v for k, v in fetched.items()},
@@ -92,24 +126,33 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
 
 def render(r: dict[str, Any]) -> str:
     met = "MET" if r["ratio"] <= TARGET and r["verify_record_bytes_fetched"] == 0 else "MISSED"
-    objs = ", ".join(f"{k.replace('%2F', '/')} {v / 1e6:.1f} MB"
-                     for k, v in sorted(r["verify_objects_read"].items()))
-    return "\n".join([
-        f"{r['dataset']} ({r['records']:,} records) on the GCS emulator (loopback, no latency "
-        "added): the 10% split's build against its exact verification, each its CLI in its own "
-        "process" + (" (QUICK sizes)" if r["quick"] else "") + ".", "",
-        "| split | build s | verify s | verify / build | record bytes the verification read | "
-        "everything it read | target (<= 0.25, no record data) |",
-        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
-        f"| {r['split']} | {r['build_seconds']:.1f} | {r['verify_seconds']:.1f} | "
-        f"{r['ratio']:.3f} | {r['verify_record_bytes_fetched']:,} | {objs} "
-        f"({r['verify_requests']} requests) | {met} |",
-    ]) + "\n"
+    objs = ", ".join(
+        f"{k.replace('%2F', '/')} {v / 1e6:.1f} MB"
+        for k, v in sorted(r["verify_objects_read"].items())
+    )
+    return (
+        "\n".join(
+            [
+                f"{r['dataset']} ({r['records']:,} records) on the GCS emulator (loopback, no latency "
+                "added): the 10% split's build against its exact verification, each its CLI in its own "
+                "process" + (" (QUICK sizes)" if r["quick"] else "") + ".",
+                "",
+                "| split | build s | verify s | verify / build | record bytes the verification read | "
+                "everything it read | target (<= 0.25, no record data) |",
+                "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+                f"| {r['split']} | {r['build_seconds']:.1f} | {r['verify_seconds']:.1f} | "
+                f"{r['ratio']:.3f} | {r['verify_record_bytes_fetched']:,} | {objs} "
+                f"({r['verify_requests']} requests) | {met} |",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gcs_verify",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.gcs_verify", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--work_dir", default=str(ROOT / ".bench"))
     p.add_argument("--results_md", help="write this section into that file")
@@ -120,8 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     body = render(result)
     print(body)
     if a.results_md:
-        report.write_section(Path(a.results_md), body, begin=BEGIN, end=END,
-                             heading="Exact verification on GCS (COUNT)")
+        report.write_section(
+            Path(a.results_md),
+            body,
+            begin=BEGIN,
+            end=END,
+            heading="Exact verification on GCS (COUNT)",
+        )
     return 0
 
 

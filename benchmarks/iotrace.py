@@ -24,22 +24,40 @@ from pathlib import Path
 _CALLS = "read,pread64,readv,preadv,preadv2"
 # 123 pread64(5</src/train-00001-of-01024>, ..., 960, 1234) = 960
 _DONE = re.compile(r"^(\d+)\s+(read|pread64|readv|preadv|preadv2)\((\d+)<([^>]*)>.*\)\s+=\s+(\d+)")
-_START = re.compile(r"^(\d+)\s+(read|pread64|readv|preadv|preadv2)\((\d+)<([^>]*)>.*<unfinished \.\.\.>")
-_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (read|pread64|readv|preadv|preadv2) resumed>.*\)\s+=\s+(\d+)")
+_START = re.compile(
+    r"^(\d+)\s+(read|pread64|readv|preadv|preadv2)\((\d+)<([^>]*)>.*<unfinished \.\.\.>"
+)
+_RESUMED = re.compile(
+    r"^(\d+)\s+<\.\.\. (read|pread64|readv|preadv|preadv2) resumed>.*\)\s+=\s+(\d+)"
+)
 
 
 def available() -> bool:
     return shutil.which("strace") is not None
 
 
-def trace(argv: list[str], source: str, *, cwd: str, env: dict[str, str],
-          log: Path) -> dict:
+def trace(argv: list[str], source: str, *, cwd: str, env: dict[str, str], log: Path) -> dict:
     """Run ``argv`` under strace; return bytes read from files under ``source``."""
     source = str(Path(source).resolve()).rstrip("/") + "/"
     with tempfile.TemporaryDirectory(prefix="iotrace-") as tmp:
         out = Path(tmp) / "strace.txt"
-        cmd = ["strace", "-f", "-qq", "-y", "-s", "0", "--seccomp-bpf", "-e", f"trace={_CALLS}",
-               "-e", "signal=none", "-o", str(out), "--", *argv]
+        cmd = [
+            "strace",
+            "-f",
+            "-qq",
+            "-y",
+            "-s",
+            "0",
+            "--seccomp-bpf",
+            "-e",
+            f"trace={_CALLS}",
+            "-e",
+            "signal=none",
+            "-o",
+            str(out),
+            "--",
+            *argv,
+        ]
         with open(log, "wb") as f:
             rc = subprocess.call(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
         total = calls = 0
@@ -63,8 +81,12 @@ def trace(argv: list[str], source: str, *, cwd: str, env: dict[str, str],
                     total += n
                     calls += 1
                     files.add(path)
-    return {"returncode": rc, "source_bytes_read": total, "read_calls": calls,
-            "source_files_read": len(files)}
+    return {
+        "returncode": rc,
+        "source_bytes_read": total,
+        "read_calls": calls,
+        "source_files_read": len(files),
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -38,9 +38,20 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-              "trailers", "transfer-encoding", "upgrade", "content-length", "host",
-              "content-encoding", "accept-encoding"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+    "content-encoding",
+    "accept-encoding",
+}
 RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
@@ -59,8 +70,9 @@ class Stats:
 
 
 class LatencyProxy:
-    def __init__(self, upstream: str, latency_s: tuple[float, float], bandwidth_bps: float,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, upstream: str, latency_s: tuple[float, float], bandwidth_bps: float, seed: int = 0
+    ) -> None:
         u = urlsplit(upstream)
         self.upstream = f"{u.scheme}://{u.netloc}"
         self.upstream_netloc = u.netloc
@@ -122,7 +134,7 @@ class LatencyProxy:
                 if m:
                     start = int(m.group(1))
                     end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
-                    out, status = data[start:end + 1], 206
+                    out, status = data[start : end + 1], 206
                     headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 s.reads_served += 1
                 s.media_bytes[request.path] = s.media_bytes.get(request.path, 0) + len(out)
@@ -132,9 +144,13 @@ class LatencyProxy:
         s.forwarded += 1
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         assert self.session is not None
-        async with self.session.request(request.method, self.upstream + request.path_qs,
-                                        headers=headers, data=body or None,
-                                        allow_redirects=False) as r:
+        async with self.session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
+        ) as r:
             data = await r.read()
             out_headers = {}
             for k, v in r.headers.items():
@@ -143,8 +159,9 @@ class LatencyProxy:
                     out_headers[k] = v.replace(self.upstream_netloc, f"127.0.0.1:{self.port}")
             return await self._answer(r.status, out_headers, data, len(body))
 
-    async def _resumable(self, request: web.Request, query: dict[str, list[str]],
-                         body: bytes) -> web.Response:
+    async def _resumable(
+        self, request: web.Request, query: dict[str, list[str]], body: bytes
+    ) -> web.Response:
         """Resumable uploads, held here and stored with one request when complete.
 
         The client's protocol is GCS's (start; 308 "Range" after each chunk;
@@ -157,10 +174,15 @@ class LatencyProxy:
             self._sessions += 1
             sid = f"proxy-{self._sessions}"
             params = {k: v[0] for k, v in query.items() if k != "uploadType"}
-            self._uploads[sid] = {"path": request.path, "params": params,
-                                  "meta": json.loads(body or b"{}"), "chunks": []}
-            location = (f"http://127.0.0.1:{self.port}{request.path}?uploadType=resumable"
-                        f"&upload_id={sid}")
+            self._uploads[sid] = {
+                "path": request.path,
+                "params": params,
+                "meta": json.loads(body or b"{}"),
+                "chunks": [],
+            }
+            location = (
+                f"http://127.0.0.1:{self.port}{request.path}?uploadType=resumable&upload_id={sid}"
+            )
             return await self._answer(200, {"Location": location}, b"", len(body))
         sid = (query.get("upload_id") or [""])[0]
         up = self._uploads.get(sid)
@@ -169,16 +191,18 @@ class LatencyProxy:
         if request.method == "DELETE":
             del self._uploads[sid]
             return await self._answer(499, {}, b"", 0)
-        m = re.fullmatch(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)",
-                         request.headers.get("Content-Range", "").strip())
+        m = re.fullmatch(
+            r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)", request.headers.get("Content-Range", "").strip()
+        )
         if m is None:
             return await self._answer(400, {}, b"bad Content-Range", len(body))
         if body:
             up["chunks"].append(body)
         received = sum(map(len, up["chunks"]))
         if m.group(3) == "*":  # more to come
-            return await self._answer(308, {"Range": f"bytes=0-{received - 1}"} if received else {},
-                                      b"", len(body))
+            return await self._answer(
+                308, {"Range": f"bytes=0-{received - 1}"} if received else {}, b"", len(body)
+            )
         del self._uploads[sid]
         data = b"".join(up["chunks"])
         meta = dict(up["meta"])
@@ -188,21 +212,27 @@ class LatencyProxy:
         assert self.session is not None
         s.forwarded += 1
         t0 = time.perf_counter()
-        async with self.session.post(self.upstream + up["path"], params=params, data=data,
-                                     headers={"Content-Type": content_type}) as r:
+        async with self.session.post(
+            self.upstream + up["path"],
+            params=params,
+            data=data,
+            headers={"Content-Type": content_type},
+        ) as r:
             out = await r.read()
             status = r.status
             headers = {k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP}
         s.upstream_store_seconds += time.perf_counter() - t0
         if status == 200 and meta:  # the rest of the session's metadata
             bucket_path = up["path"].replace("/upload/storage/v1/", "/storage/v1/", 1)
-            async with self.session.patch(f"{self.upstream}{bucket_path}/{quote(name, safe='')}",
-                                          json=meta) as r:
+            async with self.session.patch(
+                f"{self.upstream}{bucket_path}/{quote(name, safe='')}", json=meta
+            ) as r:
                 out, status = await r.read(), r.status
         return await self._answer(status, headers, out, len(body))
 
-    async def _answer(self, status: int, headers: dict[str, str], data: bytes,
-                      uploaded: int) -> web.Response:
+    async def _answer(
+        self, status: int, headers: dict[str, str], data: bytes, uploaded: int
+    ) -> web.Response:
         held = self.hold(len(data) + uploaded)
         self.stats.seconds_held += held
         self.stats.bytes_out += len(data)
@@ -222,13 +252,18 @@ class LatencyProxy:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency_proxy",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.latency_proxy", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--upstream", required=True, help="the GCS emulator, http://127.0.0.1:PORT")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency_ms", default="30,80", help="per-request latency range, ms (lo,hi)")
-    p.add_argument("--bandwidth_mbps", type=float, default=100.0,
-                   help="per-connection bandwidth cap, MB/s (0: none)")
+    p.add_argument(
+        "--bandwidth_mbps",
+        type=float,
+        default=100.0,
+        help="per-connection bandwidth cap, MB/s (0: none)",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     lo, hi = (float(x) / 1000 for x in a.latency_ms.split(","))

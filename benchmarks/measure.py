@@ -72,9 +72,16 @@ def _tree(root):  # psutil.Process -> list[psutil.Process]
         return []
 
 
-def run_measured(name: str, argv: list[str], *, cwd: str | os.PathLike, env: dict[str, str],
-                 log_path: str | os.PathLike, poll: float = 0.1,
-                 timeout: float | None = None) -> Measured:
+def run_measured(
+    name: str,
+    argv: list[str],
+    *,
+    cwd: str | os.PathLike,
+    env: dict[str, str],
+    log_path: str | os.PathLike,
+    poll: float = 0.1,
+    timeout: float | None = None,
+) -> Measured:
     """Run ``argv`` (under the rusage wrapper), poll its process tree, return the figures."""
     import psutil
 
@@ -115,12 +122,19 @@ def run_measured(name: str, argv: list[str], *, cwd: str | os.PathLike, env: dic
     # covers the others up to their last poll. Take the larger.
     cpu_seconds = max(usage.get("cpu_seconds") or 0.0, sum(cpu.values())) or None
     return Measured(
-        name=name, argv=list(argv), returncode=proc.returncode, wall_seconds=round(wall, 3),
-        cpu_seconds=round(cpu_seconds, 3) if cpu_seconds else None, peak_rss_tree=peak,
-        max_rss_process=usage.get("max_rss_bytes"), max_processes=max_procs,
+        name=name,
+        argv=list(argv),
+        returncode=proc.returncode,
+        wall_seconds=round(wall, 3),
+        cpu_seconds=round(cpu_seconds, 3) if cpu_seconds else None,
+        peak_rss_tree=peak,
+        max_rss_process=usage.get("max_rss_bytes"),
+        max_processes=max_procs,
         io_read_bytes=usage["rchar"] if "rchar" in usage else sum(io_read.values()),
         io_write_bytes=usage["wchar"] if "wchar" in usage else sum(io_write.values()),
-        log=str(log_path), rss_by_process=by_kind, disk_read_bytes=usage.get("read_bytes"),
+        log=str(log_path),
+        rss_by_process=by_kind,
+        disk_read_bytes=usage.get("read_bytes"),
     )
 
 
@@ -207,16 +221,20 @@ def _wrapper(argv: list[str]) -> int:
     rc = subprocess.call(cmd)
     after = _self_io()
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    Path(out).write_text(json.dumps({
-        "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3),
-        "max_rss_bytes": ru.ru_maxrss * 1024,  # Linux reports KiB
-        # A process's /proc/self/io includes its reaped children's, recursively.
-        "rchar": after.get("rchar", 0) - before.get("rchar", 0),
-        "wchar": after.get("wchar", 0) - before.get("wchar", 0),
-        # bytes the tree made the kernel fetch from the block device (0 on page-cache hits;
-        # includes readahead)
-        "read_bytes": after.get("read_bytes", 0) - before.get("read_bytes", 0),
-    }))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3),
+                "max_rss_bytes": ru.ru_maxrss * 1024,  # Linux reports KiB
+                # A process's /proc/self/io includes its reaped children's, recursively.
+                "rchar": after.get("rchar", 0) - before.get("rchar", 0),
+                "wchar": after.get("wchar", 0) - before.get("wchar", 0),
+                # bytes the tree made the kernel fetch from the block device (0 on page-cache hits;
+                # includes readahead)
+                "read_bytes": after.get("read_bytes", 0) - before.get("read_bytes", 0),
+            }
+        )
+    )
     return rc
 
 

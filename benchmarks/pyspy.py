@@ -23,28 +23,52 @@ IMPORT = re.compile(r"_find_and_load|<frozen importlib")
 # A sample's category: "import" if module loading is anywhere on its stack;
 # otherwise the first of these that matches a frame, innermost frame first.
 CATEGORIES: list[tuple[str, re.Pattern]] = [
-    ("read records (RangeReader.read, pread, file reads)", re.compile(
-        r"RangeReader\.read|read_batch|open_read|iter_framed|_read_exact|readinto")),
+    (
+        "read records (RangeReader.read, pread, file reads)",
+        re.compile(r"RangeReader\.read|read_batch|open_read|iter_framed|_read_exact|readinto"),
+    ),
     ("check framing / CRC32C", re.compile(r"check_framed|crc32c|parse_header|masked_crc")),
-    ("write shards (Writer, write/close/rename, sidecars)", re.compile(
-        r"Writer\.write|write_framed|AtomicWriter|open_write|write_bytes|write_text|rename|"
-        r"rmtree|delete_tree|file_crc32c")),
-    ("numpy sort/search on arrays of Python str (argsort, searchsorted, unique)", re.compile(
-        r"_wrapfunc \(numpy|_arraysetops|argsort|searchsorted")),
-    ("plan/catalog tables (parse plan, read catalog, join, parquet)", re.compile(
-        r"build_table|parse_plan_text|read_catalog|read_table|write_table|_load_build_table|"
-        r"plan_table_with_crcs|pyarrow|numpy")),
-    ("planner (hash keys, quotas, plan CSV)", re.compile(
-        r"hash_keys|_canonical|plan_supervised|plan_unsupervised|class_quotas|to_csv_bytes|"
-        r"Plan\.sha256|_deal|make_plans|write_plans")),
-    ("per-record Python in write_shard (loop, fetch, bookkeeping)", re.compile(
-        r"write_shard|ordered_map|fetch \(beam_jobs|WriteShard")),
-    ("validate/verify record parsing", re.compile(
-        r"validate_shard|deep_check_shard|parse_image_record|example_proto")),
-    ("Beam runner machinery (bundles, gRPC, coders, pickling)", re.compile(
-        r"apache_beam|grpc|pickle|dill")),
-    ("threads blocked in Condition.wait / gRPC serving (mostly waiting, not CPU)", re.compile(
-        r"threading\.py|queue\.py|selectors|concurrent")),
+    (
+        "write shards (Writer, write/close/rename, sidecars)",
+        re.compile(
+            r"Writer\.write|write_framed|AtomicWriter|open_write|write_bytes|write_text|rename|"
+            r"rmtree|delete_tree|file_crc32c"
+        ),
+    ),
+    (
+        "numpy sort/search on arrays of Python str (argsort, searchsorted, unique)",
+        re.compile(r"_wrapfunc \(numpy|_arraysetops|argsort|searchsorted"),
+    ),
+    (
+        "plan/catalog tables (parse plan, read catalog, join, parquet)",
+        re.compile(
+            r"build_table|parse_plan_text|read_catalog|read_table|write_table|_load_build_table|"
+            r"plan_table_with_crcs|pyarrow|numpy"
+        ),
+    ),
+    (
+        "planner (hash keys, quotas, plan CSV)",
+        re.compile(
+            r"hash_keys|_canonical|plan_supervised|plan_unsupervised|class_quotas|to_csv_bytes|"
+            r"Plan\.sha256|_deal|make_plans|write_plans"
+        ),
+    ),
+    (
+        "per-record Python in write_shard (loop, fetch, bookkeeping)",
+        re.compile(r"write_shard|ordered_map|fetch \(beam_jobs|WriteShard"),
+    ),
+    (
+        "validate/verify record parsing",
+        re.compile(r"validate_shard|deep_check_shard|parse_image_record|example_proto"),
+    ),
+    (
+        "Beam runner machinery (bundles, gRPC, coders, pickling)",
+        re.compile(r"apache_beam|grpc|pickle|dill"),
+    ),
+    (
+        "threads blocked in Condition.wait / gRPC serving (mostly waiting, not CPU)",
+        re.compile(r"threading\.py|queue\.py|selectors|concurrent"),
+    ),
 ]
 
 
@@ -60,12 +84,24 @@ def categorize(funcs: list[str]) -> str:
     return "other"
 
 
-def record(argv: list[str], out: Path, *, cwd: str, env: dict[str, str], log: Path,
-           rate: int = 100) -> int:
+def record(
+    argv: list[str], out: Path, *, cwd: str, env: dict[str, str], log: Path, rate: int = 100
+) -> int:
     """Run ``argv`` under py-spy; raw stacks go to ``out``. Returns the exit code."""
     py_spy = shutil.which("py-spy", path=env.get("PATH")) or str(Path(argv[0]).parent / "py-spy")
-    cmd = [py_spy, "record", "--subprocesses", "-f", "raw", "-r", str(rate), "-o", str(out),
-           "--", *argv]
+    cmd = [
+        py_spy,
+        "record",
+        "--subprocesses",
+        "-f",
+        "raw",
+        "-r",
+        str(rate),
+        "-o",
+        str(out),
+        "--",
+        *argv,
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as f:
         return subprocess.call(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -104,16 +140,23 @@ def summarize(raw: Path, rate: int = 100, top: int = 15) -> dict:
         pid = pframes[-1].split(":", 1)[0] if pframes else "?"
         label = _process_label(pframes[-1]) if pframes else ""
         if not label:  # py-spy sometimes misses a command line
-            mod = next((m.group(1) for f in funcs
-                        if (m := re.match(r"<module> \((beam_jobs/\w+)\.py\)", f))), None)
+            mod = next(
+                (
+                    m.group(1)
+                    for f in funcs
+                    if (m := re.match(r"<module> \((beam_jobs/\w+)\.py\)", f))
+                ),
+                None,
+            )
             if mod:
                 label = "launcher: python -m " + mod.replace("/", ".")
         if label:
             pid_label.setdefault(pid, label)
         rows.append((pid, len(pframes), funcs, int(n)))
     for pid, depth, funcs, count in rows:
-        label = pid_label.get(pid) or ("launcher" if depth <= 1 else
-                                       "Beam worker processes (sdk_worker_main)")
+        label = pid_label.get(pid) or (
+            "launcher" if depth <= 1 else "Beam worker processes (sdk_worker_main)"
+        )
         total += count
         procs[label] += count
         if funcs:
@@ -133,20 +176,30 @@ def summarize(raw: Path, rate: int = 100, top: int = 15) -> dict:
         "sampled_seconds": secs(total),
         "by_process": {k: secs(v) for k, v in procs.most_common()},
         "by_category": {k: secs(v) for k, v in cats.most_common()},
-        "by_process_category": {p: {k: secs(v) for k, v in c.most_common()}
-                                for p, c in proc_cats.items()},
+        "by_process_category": {
+            p: {k: secs(v) for k, v in c.most_common()} for p, c in proc_cats.items()
+        },
         "top_self": [(k, secs(v)) for k, v in self_t.most_common(top)],
-        "top_inclusive": [(k, secs(v)) for k, v in incl.most_common(top * 3)
-                          if not k.startswith(("_run_module_as_main", "_run_code", "<module> (<frozen"))
-                          ][:top * 2],
+        "top_inclusive": [
+            (k, secs(v))
+            for k, v in incl.most_common(top * 3)
+            if not k.startswith(("_run_module_as_main", "_run_code", "<module> (<frozen"))
+        ][: top * 2],
     }
 
 
 def format_summary(title: str, s: dict) -> str:
-    lines = [f"#### {title}", "",
-             (f"{s['samples']:,} samples at {s['rate_hz']} Hz = {s['sampled_seconds']:.1f} s of "
-              "busy threads, all processes."), "",
-             "| where | seconds | share |", "| --- | ---: | ---: |"]
+    lines = [
+        f"#### {title}",
+        "",
+        (
+            f"{s['samples']:,} samples at {s['rate_hz']} Hz = {s['sampled_seconds']:.1f} s of "
+            "busy threads, all processes."
+        ),
+        "",
+        "| where | seconds | share |",
+        "| --- | ---: | ---: |",
+    ]
     tot = max(s["sampled_seconds"], 1e-9)
     for proc, v in s["by_process"].items():
         lines.append(f"| **{proc}** | **{v:.1f}** | **{100 * v / tot:.0f}%** |")

@@ -36,9 +36,11 @@ def _mb(v: int | None) -> str:
 
 
 def job_table(jobs: list[dict[str, Any]]) -> str:
-    head = ("| dataset | job | wall s | CPU s | records | rec/s | MB/s | read MB | written MB | "
-            "read amp | disk read MB | peak RSS tree MiB | max proc MiB | seed / product | "
-            "x raw copy |")
+    head = (
+        "| dataset | job | wall s | CPU s | records | rec/s | MB/s | read MB | written MB | "
+        "read amp | disk read MB | peak RSS tree MiB | max proc MiB | seed / product | "
+        "x raw copy |"
+    )
     lines = [head, "|" + " --- |" * 2 + " ---: |" * 13]
     for j in jobs:
         name = j["name"] + (" (extrapolated)" if j.get("extrapolated") else "")
@@ -50,7 +52,8 @@ def job_table(jobs: list[dict[str, Any]]) -> str:
             f"{_mb(j.get('disk_read_bytes'))} | "
             f"{fmt(j['peak_rss_tree'] / MB, 0)} | "
             f"{fmt(j['max_rss_process'] / MB if j.get('max_rss_process') else None, 0)} | "
-            f"{fmt(j.get('seed_speedup'), 2)} | {fmt(j.get('x_raw_copy'), 2)} |")
+            f"{fmt(j.get('seed_speedup'), 2)} | {fmt(j.get('x_raw_copy'), 2)} |"
+        )
     return "\n".join(lines)
 
 
@@ -63,53 +66,76 @@ def target_table(rows: list[dict]) -> str:
 
 
 def totals_table(tot: dict[str, Any]) -> str:
-    lines = [("| dataset | product: builds + validation copy (wall / CPU s) | product end to end "
-              "(+validate, plan, verify) | seed: six builds (wall / CPU s) | speedup wall | "
-              "speedup CPU | product builds as the DAG runs them (wall s / speedup) |"),
-             "| --- |" + " ---: |" * 6]
+    lines = [
+        (
+            "| dataset | product: builds + validation copy (wall / CPU s) | product end to end "
+            "(+validate, plan, verify) | seed: six builds (wall / CPU s) | speedup wall | "
+            "speedup CPU | product builds as the DAG runs them (wall s / speedup) |"
+        ),
+        "| --- |" + " ---: |" * 6,
+    ]
     for ds, t in tot.items():
-        pb, pe, sb = (t["product_builds_plus_validation_copy"], t["product_end_to_end"],
-                      t["seed_builds"])
+        pb, pe, sb = (
+            t["product_builds_plus_validation_copy"],
+            t["product_end_to_end"],
+            t["seed_builds"],
+        )
         lines.append(
             f"| {ds} | {fmt(pb['wall_seconds'])} / {fmt(pb['cpu_seconds'])} | "
             f"{fmt(pe['wall_seconds'])} / {fmt(pe['cpu_seconds'])} | "
             f"{fmt(sb['wall_seconds'])} / {fmt(sb['cpu_seconds'])} | "
             f"{fmt(t['speedup_builds_wall_seconds'], 2)} | {fmt(t['speedup_builds_cpu_seconds'], 2)} | "
-            + (f"{t['product_builds_parallel']['wall_seconds']:.1f} / "
-               f"{fmt(t['speedup_builds_parallel_wall_seconds'], 2)} |"
-               if t.get("product_builds_parallel") else "- | "))
+            + (
+                f"{t['product_builds_parallel']['wall_seconds']:.1f} / "
+                f"{fmt(t['speedup_builds_parallel_wall_seconds'], 2)} |"
+                if t.get("product_builds_parallel")
+                else "- | "
+            )
+        )
     return "\n".join(lines)
 
 
 def compare_table(rows: list[dict]) -> str:
-    lines = [("| dataset | split | shards | records (product / seed) | counts per shard equal | "
-              "records byte-identical | differing records with the same features (sampled) | "
-              "bytes product | bytes seed |"),
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        (
+            "| dataset | split | shards | records (product / seed) | counts per shard equal | "
+            "records byte-identical | differing records with the same features (sampled) | "
+            "bytes product | bytes seed |"
+        ),
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
     for c in rows:
         lines.append(
             f"| {c['dataset']} | {c['split']} | {c['shards_product']} | {c['records_product']:,} / "
             f"{c['records_seed']:,} | {'yes' if c['counts_equal'] else 'NO'} | "
             f"{c['records_byte_identical']:,} | {c['differing_records_same_features']:,} of "
-            f"{c['differing_records_parsed']:,} | {c['bytes_product']:,} | {c['bytes_seed']:,} |")
+            f"{c['differing_records_parsed']:,} | {c['bytes_product']:,} | {c['bytes_seed']:,} |"
+        )
     return "\n".join(lines)
 
 
 def phases_table(jobs: list[dict[str, Any]]) -> str:
     """Product builds: wall time by phase (from their logs) and peak RSS by process."""
-    head = ("| dataset | build | wall s | " + " | ".join(timeline.PHASES)
-            + " | first progress after | steady MB/s | peak RSS by process (MiB) |")
+    head = (
+        "| dataset | build | wall s | "
+        + " | ".join(timeline.PHASES)
+        + " | first progress after | steady MB/s | peak RSS by process (MiB) |"
+    )
     lines = [head, "| --- | --- |" + " ---: |" * (len(timeline.PHASES) + 3) + " --- |"]
     for j in jobs:
         if j["side"] != "product" or j["stage"] != "build" or not j.get("phases"):
             continue
         ph = j["phases"]
-        procs = ", ".join(f"{k.replace('python -m ', '')} {v / MB:,.0f}"
-                          for k, v in sorted(j.get("rss_by_process", {}).items()))
-        lines.append(f"| {j['dataset']} | {j['split']} | {j['wall_seconds']:.1f} | "
-                     + " | ".join(f"{ph[k]:.1f}" for k in timeline.PHASES)
-                     + f" | {fmt(ph.get('first_progress'))} | {fmt(ph.get('steady_mb_per_s'))}"
-                     + f" | {procs} |")
+        procs = ", ".join(
+            f"{k.replace('python -m ', '')} {v / MB:,.0f}"
+            for k, v in sorted(j.get("rss_by_process", {}).items())
+        )
+        lines.append(
+            f"| {j['dataset']} | {j['split']} | {j['wall_seconds']:.1f} | "
+            + " | ".join(f"{ph[k]:.1f}" for k in timeline.PHASES)
+            + f" | {fmt(ph.get('first_progress'))} | {fmt(ph.get('steady_mb_per_s'))}"
+            + f" | {procs} |"
+        )
     return "\n".join(lines)
 
 
@@ -121,48 +147,86 @@ def render(res: dict[str, Any]) -> str:
         f"(load average {meta['host']['loadavg_start']} at start, {meta['host']['loadavg_end']} "
         f"at end), {meta['runner']}; page cache {meta['page_cache'].split(':')[0]}; total "
         f"{meta['total_seconds'] / 60:.1f} min"
-        + (" (QUICK sizes)" if meta["quick"] else "") + f"; code: commit "
+        + (" (QUICK sizes)" if meta["quick"] else "")
+        + f"; code: commit "
         f"{(meta['git_commit'] or '?')[:8]}, beam_jobs sources {meta['beam_jobs_sha256']}"
-        + (" (WARNING: beam_jobs changed during the run)"
-           if meta.get("beam_jobs_changed_during_run") else "") + ".",
-        "", "### What the user waits for: the DAG end to end", "",
-        ("`bin/airflow dags test` (tasks one after another in one process; Beam jobs "
-         "DirectRunner subprocesses), first run on a never-seen source and adding one seed to "
-         "the published folder, against the seed reference's six outputs run in this same "
-         "benchmark (and, for one more seed, `cp` of that split's bytes plus one Python "
-         "start-up). Wall time of the whole `dags test` process; the run's own duration in "
-         "brackets; per-task times from its log."), "",
+        + (
+            " (WARNING: beam_jobs changed during the run)"
+            if meta.get("beam_jobs_changed_during_run")
+            else ""
+        )
+        + ".",
+        "",
+        "### What the user waits for: the DAG end to end",
+        "",
+        (
+            "`bin/airflow dags test` (tasks one after another in one process; Beam jobs "
+            "DirectRunner subprocesses), first run on a never-seen source and adding one seed to "
+            "the published folder, against the seed reference's six outputs run in this same "
+            "benchmark (and, for one more seed, `cp` of that split's bytes plus one Python "
+            "start-up). Wall time of the whole `dags test` process; the run's own duration in "
+            "brackets; per-task times from its log."
+        ),
+        "",
         dag.table(dag.rows(res["jobs"], data)),
-        "", "### Targets", "", target_table(res["targets"]),
-        "", "### Totals", "", totals_table(res["totals"]),
-        "", "### Datasets", "",
+        "",
+        "### Targets",
+        "",
+        target_table(res["targets"]),
+        "",
+        "### Totals",
+        "",
+        totals_table(res["totals"]),
+        "",
+        "### Datasets",
+        "",
         "| dataset | train records | shards | train MB | mean record bytes | validation records |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
-        *[f"| {k} | {v['train_records']:,} | {v['train_shards']} | {v['train_bytes'] / 1e6:,.1f} | "
-          f"{v['mean_record_bytes']:,.0f} | {v['validation_records']:,} |"
-          for k, v in data.items()],
-        "", "### Jobs", "", job_table(res["jobs"]),
-        "", "### Product builds: where the wall time goes (from their logs)", "",
-        ("startup = Python + imports; prepare = plan + catalog -> record table; pipeline = "
-         "runner and worker start-up, all shards, promotion; teardown = the runner stopping; "
-         "first progress after = seconds from the pipeline's start to its first progress line "
-         "(~10% of the shards done); steady MB/s = bytes written from then to the end of the "
-         "pipeline over that time (approximate: progress is polled about once a second)."), "",
+        *[
+            f"| {k} | {v['train_records']:,} | {v['train_shards']} | {v['train_bytes'] / 1e6:,.1f} | "
+            f"{v['mean_record_bytes']:,.0f} | {v['validation_records']:,} |"
+            for k, v in data.items()
+        ],
+        "",
+        "### Jobs",
+        "",
+        job_table(res["jobs"]),
+        "",
+        "### Product builds: where the wall time goes (from their logs)",
+        "",
+        (
+            "startup = Python + imports; prepare = plan + catalog -> record table; pipeline = "
+            "runner and worker start-up, all shards, promotion; teardown = the runner stopping; "
+            "first progress after = seconds from the pipeline's start to its first progress line "
+            "(~10% of the shards done); steady MB/s = bytes written from then to the end of the "
+            "pipeline over that time (approximate: progress is polled about once a second)."
+        ),
+        "",
         phases_table(res["jobs"]),
     ]
     if res["comparisons"]:
-        parts += ["", "### Product vs seed reference outputs", "", compare_table(res["comparisons"])]
+        parts += [
+            "",
+            "### Product vs seed reference outputs",
+            "",
+            compare_table(res["comparisons"]),
+        ]
     if res["notes"]:
         parts += ["", "Notes:", ""] + [f"* {n}" for n in res["notes"]]
     if res["profiles"]:
         parts += ["", "### Profiles (py-spy, product builds on COUNT)", ""]
         for k, s in res["profiles"].items():
-            parts.append(pyspy.format_summary(f"{k} ({s['wall_seconds_under_pyspy']:.0f} s wall "
-                                              "under py-spy)", s))
+            parts.append(
+                pyspy.format_summary(
+                    f"{k} ({s['wall_seconds_under_pyspy']:.0f} s wall under py-spy)", s
+                )
+            )
     return "\n".join(parts) + "\n"
 
 
-def write_section(path: Path, body: str, *, begin: str, end: str, heading: str | None = None) -> None:
+def write_section(
+    path: Path, body: str, *, begin: str, end: str, heading: str | None = None
+) -> None:
     """Put ``body`` between the markers ``begin`` and ``end`` in ``path``.
 
     The section between the markers is replaced and the text around it is kept

@@ -71,36 +71,46 @@ def save_grouped_data(inputs, output_file_prefix: str, num_shards: int) -> None:
             writer.write(ex.SerializeToString())
 
 
-def save_sharded_data_pipeline(p, input_dir: str, sharding_data: dict, output_file_prefix: str,
-                               num_shards: int) -> None:
+def save_sharded_data_pipeline(
+    p, input_dir: str, sharding_data: dict, output_file_prefix: str, num_shards: int
+) -> None:
     records = p | "Read" >> beam.io.ReadFromTFRecord(
-        os.path.join(input_dir, "train-*"), coder=beam.coders.ProtoCoder(tf.train.Example))
-    keyed = records | "Augment" >> beam.ParDo(AugmentExampleWithShardAndNewLabelFn(),
-                                              sharding_data)
+        os.path.join(input_dir, "train-*"), coder=beam.coders.ProtoCoder(tf.train.Example)
+    )
+    keyed = records | "Augment" >> beam.ParDo(AugmentExampleWithShardAndNewLabelFn(), sharding_data)
     grouped = keyed | "Group" >> beam.GroupByKey()
     _ = grouped | "Save" >> beam.Map(save_grouped_data, output_file_prefix, num_shards)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.seed_reference",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.seed_reference", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--input_dir", required=True)
     parser.add_argument("--sharding_file", required=True)
     parser.add_argument("--output_file_prefix", required=True)
-    parser.add_argument("--num_shards", type=int, default=0,
-                        help="shards in the output names (default: from the plan)")
+    parser.add_argument(
+        "--num_shards",
+        type=int,
+        default=0,
+        help="shards in the output names (default: from the plan)",
+    )
     args, beam_args = parser.parse_known_args(argv)
     sharding_data = read_sharding_data(args.sharding_file)
     num_shards = args.num_shards or (max(s for s, _ in sharding_data.values()) + 1)
     os.makedirs(os.path.dirname(args.output_file_prefix) or ".", exist_ok=True)
     options = PipelineOptions(beam_args)
     p = beam.Pipeline(options=options)
-    save_sharded_data_pipeline(p, args.input_dir, sharding_data, args.output_file_prefix,
-                               num_shards)
+    save_sharded_data_pipeline(
+        p, args.input_dir, sharding_data, args.output_file_prefix, num_shards
+    )
     start_time = time.time()
     p.run().wait_until_finish()
-    print(f"Processing done, execution took {time.time() - start_time:.1f} seconds "
-          f"({len(sharding_data):,} records in {num_shards} shards).", flush=True)
+    print(
+        f"Processing done, execution took {time.time() - start_time:.1f} seconds "
+        f"({len(sharding_data):,} records in {num_shards} shards).",
+        flush=True,
+    )
     return 0
 
 

@@ -53,8 +53,9 @@ def build_phases(log: str | Path, wall: float) -> dict[str, float] | None:
                     marks["first_progress"] = t
                     b = _DONE_BYTES.search(msg)
                     if b:
-                        marks["first_progress_bytes"] = float(b.group(1).replace(",", "")) \
-                            * _UNIT[b.group(2)]
+                        marks["first_progress_bytes"] = (
+                            float(b.group(1).replace(",", "")) * _UNIT[b.group(2)]
+                        )
             elif ": complete: " in msg:
                 marks["complete"] = t
                 b = _TOTAL.search(msg)
@@ -83,7 +84,8 @@ def build_phases(log: str | Path, wall: float) -> dict[str, float] | None:
         span = marks["complete"] - marks["first_progress"]
         if "first_progress_bytes" in marks and "total_bytes" in marks and span >= 0.5:
             out["steady_mb_per_s"] = round(
-                (marks["total_bytes"] - marks["first_progress_bytes"]) / 1e6 / span, 1)
+                (marks["total_bytes"] - marks["first_progress_bytes"]) / 1e6 / span, 1
+            )
     return out
 
 

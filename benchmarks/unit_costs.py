@@ -29,12 +29,29 @@ from typing import Any
 
 SIZES = {
     # ~112 KB records, as BYTES (benchmarks/datasets.py); 8 shards
-    "large": dict(num_classes=10, min_per_class=48, max_per_class=48, train_shards=8,
-                  validation_shards=0, validation_per_class=0, image_size=348, jpeg_quality=90,
-                  image_pool=128, seed=0),
+    "large": dict(
+        num_classes=10,
+        min_per_class=48,
+        max_per_class=48,
+        train_shards=8,
+        validation_shards=0,
+        validation_per_class=0,
+        image_size=348,
+        jpeg_quality=90,
+        image_pool=128,
+        seed=0,
+    ),
     # ~1 KB records, as COUNT
-    "small": dict(num_classes=10, min_per_class=3000, max_per_class=3000, train_shards=8,
-                  validation_shards=0, validation_per_class=0, image_size=1, seed=0),
+    "small": dict(
+        num_classes=10,
+        min_per_class=3000,
+        max_per_class=3000,
+        train_shards=8,
+        validation_shards=0,
+        validation_per_class=0,
+        image_size=1,
+        seed=0,
+    ),
 }
 QUICK_SCALE = 0.25
 
@@ -75,9 +92,17 @@ def measure_size(source: Path, work: Path) -> dict[str, dict[str, float]]:
     parts = work / "parts"
     out: dict[str, dict[str, float]] = {}
     checks = Checks(label_min=1, label_max=1000)
-    cpu, summaries = _cpu(lambda: [validate_shard(
-        {"path": str(p), "index": i, "size": p.stat().st_size}, str(parts), checks, len(shards))
-        for i, p in enumerate(shards)])
+    cpu, summaries = _cpu(
+        lambda: [
+            validate_shard(
+                {"path": str(p), "index": i, "size": p.stat().st_size},
+                str(parts),
+                checks,
+                len(shards),
+            )
+            for i, p in enumerate(shards)
+        ]
+    )
     part_files = sorted(parts.glob("part-*.arrow"))
     if not part_files:
         raise RuntimeError(f"validation wrote no catalog parts under {parts}")
@@ -89,16 +114,21 @@ def measure_size(source: Path, work: Path) -> dict[str, dict[str, float]]:
     files = [str(p) for p in shards]
     file_id = np.searchsorted(np.array(files), np.array(catalog.column("file").to_pylist()))
     order = np.random.default_rng(0).permutation(records)
-    rows = pa.table({
-        "file_id": pa.array(file_id[order].astype(np.int32)),
-        "offset": catalog.column("offset").take(order), "length": catalog.column("length").take(order),
-        "data_crc": catalog.column("data_crc").take(order),
-        "index": pa.array(np.arange(records)), "filename": catalog.column("filename").take(order),
-    })
+    rows = pa.table(
+        {
+            "file_id": pa.array(file_id[order].astype(np.int32)),
+            "offset": catalog.column("offset").take(order),
+            "length": catalog.column("length").take(order),
+            "data_crc": catalog.column("data_crc").take(order),
+            "index": pa.array(np.arange(records)),
+            "filename": catalog.column("filename").take(order),
+        }
+    )
     built = work / "built-00000-of-00001"
     reader = storage.RangeReader()
-    cpu, w = _cpu(lambda: copy_records(rows, files, reader, str(built), read_threads=1,
-                                       what="unit costs"))
+    cpu, w = _cpu(
+        lambda: copy_records(rows, files, reader, str(built), read_threads=1, what="unit costs")
+    )
     reader.close()
     out["build"] = {"cpu_s": cpu, "records": w.num_records, "bytes": w.num_bytes}
 
@@ -108,12 +138,22 @@ def measure_size(source: Path, work: Path) -> dict[str, dict[str, float]]:
     out["verify_deep"] = {"cpu_s": cpu, "records": res["num_records"], "bytes": w.num_bytes}
 
     staging = work / "copy-staging"
-    cpu, stats = _cpu(lambda: [copy_shard({"path": str(p), "shard": i, "num_shards": len(shards)},
-                                          split="copy", output_uri=str(work / "copied"),
-                                          staging=str(staging))
-                               for i, p in enumerate(shards)])
-    out["copy"] = {"cpu_s": cpu, "records": sum(s["num_records"] for s in stats),
-                   "bytes": sum(s["num_bytes"] for s in stats)}
+    cpu, stats = _cpu(
+        lambda: [
+            copy_shard(
+                {"path": str(p), "shard": i, "num_shards": len(shards)},
+                split="copy",
+                output_uri=str(work / "copied"),
+                staging=str(staging),
+            )
+            for i, p in enumerate(shards)
+        ]
+    )
+    out["copy"] = {
+        "cpu_s": cpu,
+        "records": sum(s["num_records"] for s in stats),
+        "bytes": sum(s["num_bytes"] for s in stats),
+    }
     return out
 
 
@@ -123,7 +163,10 @@ def fit(large: dict[str, float], small: dict[str, float]) -> dict[str, float]:
 
     m = np.array([[large["records"], large["bytes"]], [small["records"], small["bytes"]]], float)
     a, b = np.linalg.solve(m, np.array([large["cpu_s"], small["cpu_s"]]))
-    return {"us_per_record": round(max(a, 0.0) * 1e6, 3), "ns_per_byte": round(max(b, 0.0) * 1e9, 4)}
+    return {
+        "us_per_record": round(max(a, 0.0) * 1e6, 3),
+        "ns_per_byte": round(max(b, 0.0) * 1e9, 4),
+    }
 
 
 def table_memory(rows: int = 1_281_167) -> dict[str, float]:
@@ -136,20 +179,36 @@ def table_memory(rows: int = 1_281_167) -> dict[str, float]:
     wn = rng.integers(1_000_000, 9_999_999, rows)
     names = pa.array([f"n0{w}_{i % 13000}.JPEG" for i, w in enumerate(wn)])
     files = pa.array([f"gs://bucket/imagenet/train-{i % 1024:05d}-of-01024" for i in range(rows)])
-    catalog = pa.table({"filename": names, "label": pa.array(rng.integers(1, 1001, rows), pa.int32()),
-                        "synset": pa.array([f"n0{w}" for w in wn]), "file": files.dictionary_encode(),
-                        "record": pa.array(rng.integers(0, 1300, rows), pa.int64()),
-                        "offset": pa.array(rng.integers(0, 1 << 27, rows), pa.int64()),
-                        "length": pa.array(rng.integers(1000, 200000, rows), pa.int64()),
-                        "data_crc": pa.array(rng.integers(0, 1 << 32, rows), pa.uint32())})
-    build = pa.table({"shard": pa.array(rng.integers(0, 1024, rows), pa.int32()),
-                      "index": pa.array(rng.integers(0, 1300, rows), pa.int32()),
-                      "filename": names, "file_id": pa.array(rng.integers(0, 1024, rows), pa.int32()),
-                      "offset": catalog.column("offset"), "length": catalog.column("length"),
-                      "data_crc": catalog.column("data_crc")})
-    return {"rows": rows, "catalog_bytes": catalog.nbytes, "build_table_bytes": build.nbytes,
-            "catalog_bytes_per_row": round(catalog.nbytes / rows, 1),
-            "build_table_bytes_per_row": round(build.nbytes / rows, 1)}
+    catalog = pa.table(
+        {
+            "filename": names,
+            "label": pa.array(rng.integers(1, 1001, rows), pa.int32()),
+            "synset": pa.array([f"n0{w}" for w in wn]),
+            "file": files.dictionary_encode(),
+            "record": pa.array(rng.integers(0, 1300, rows), pa.int64()),
+            "offset": pa.array(rng.integers(0, 1 << 27, rows), pa.int64()),
+            "length": pa.array(rng.integers(1000, 200000, rows), pa.int64()),
+            "data_crc": pa.array(rng.integers(0, 1 << 32, rows), pa.uint32()),
+        }
+    )
+    build = pa.table(
+        {
+            "shard": pa.array(rng.integers(0, 1024, rows), pa.int32()),
+            "index": pa.array(rng.integers(0, 1300, rows), pa.int32()),
+            "filename": names,
+            "file_id": pa.array(rng.integers(0, 1024, rows), pa.int32()),
+            "offset": catalog.column("offset"),
+            "length": catalog.column("length"),
+            "data_crc": catalog.column("data_crc"),
+        }
+    )
+    return {
+        "rows": rows,
+        "catalog_bytes": catalog.nbytes,
+        "build_table_bytes": build.nbytes,
+        "catalog_bytes_per_row": round(catalog.nbytes / rows, 1),
+        "build_table_bytes_per_row": round(build.nbytes / rows, 1),
+    }
 
 
 def run(work: Path, quick: bool = False) -> dict[str, Any]:
@@ -158,37 +217,56 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
     measured = {}
     for name, spec in SIZES.items():
         if quick:
-            spec = {**spec, "min_per_class": max(4, int(spec["min_per_class"] * QUICK_SCALE)),
-                    "max_per_class": max(4, int(spec["max_per_class"] * QUICK_SCALE))}
+            spec = {
+                **spec,
+                "min_per_class": max(4, int(spec["min_per_class"] * QUICK_SCALE)),
+                "max_per_class": max(4, int(spec["max_per_class"] * QUICK_SCALE)),
+            }
         src = _source(work / f"unit-costs-{name}{'-quick' if quick else ''}", spec)
         scratch = work / f"unit-costs-scratch-{name}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         measured[name] = measure_size(src, scratch)
         shutil.rmtree(scratch, ignore_errors=True)
-    jobs = {job: {**fit(measured["large"][job], measured["small"][job]),
-                  "large": measured["large"][job], "small": measured["small"][job]}
-            for job in measured["large"]}
+    jobs = {
+        job: {
+            **fit(measured["large"][job], measured["small"][job]),
+            "large": measured["large"][job],
+            "small": measured["small"][job],
+        }
+        for job in measured["large"]
+    }
     return {"jobs": jobs, "memory": table_memory(200_000 if quick else 1_281_167)}
 
 
 def render(res: dict[str, Any]) -> str:
-    rows = ["| job's inner loop | ~112 KB records: CPU ms/record (MB/s per core) | ~1 KB records: "
-            "CPU µs/record (records/s per core) | fit: µs per record | fit: ns per byte |",
-            "| --- | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| job's inner loop | ~112 KB records: CPU ms/record (MB/s per core) | ~1 KB records: "
+        "CPU µs/record (records/s per core) | fit: µs per record | fit: ns per byte |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for job, j in res["jobs"].items():
         lg, sm = j["large"], j["small"]
-        rows.append(f"| {job} | {lg['cpu_s'] / lg['records'] * 1e3:.3f} "
-                    f"({lg['bytes'] / lg['cpu_s'] / 1e6:,.0f}) | "
-                    f"{sm['cpu_s'] / sm['records'] * 1e6:.1f} ({sm['records'] / sm['cpu_s']:,.0f}) | "
-                    f"{j['us_per_record']:.1f} | {j['ns_per_byte']:.3f} |")
+        rows.append(
+            f"| {job} | {lg['cpu_s'] / lg['records'] * 1e3:.3f} "
+            f"({lg['bytes'] / lg['cpu_s'] / 1e6:,.0f}) | "
+            f"{sm['cpu_s'] / sm['records'] * 1e6:.1f} ({sm['records'] / sm['cpu_s']:,.0f}) | "
+            f"{j['us_per_record']:.1f} | {j['ns_per_byte']:.3f} |"
+        )
     mem = res["memory"]
-    return "\n".join([
-        "Per-record CPU of each job's inner loop (`benchmarks/unit_costs.py`: one thread, local "
-        "files in the page cache, no runner; network costs are in the table above):",
-        "", *rows, "",
-        f"Memory: the catalog takes {mem['catalog_bytes_per_row']:.0f} bytes per record in Arrow and "
-        f"the build's record table {mem['build_table_bytes_per_row']:.0f} "
-        f"(measured on {mem['rows']:,} rows with ImageNet-like names): "
-        f"{mem['catalog_bytes'] / 2**20:,.0f} MiB and {mem['build_table_bytes'] / 2**20:,.0f} MiB.",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "Per-record CPU of each job's inner loop (`benchmarks/unit_costs.py`: one thread, local "
+                "files in the page cache, no runner; network costs are in the table above):",
+                "",
+                *rows,
+                "",
+                f"Memory: the catalog takes {mem['catalog_bytes_per_row']:.0f} bytes per record in Arrow and "
+                f"the build's record table {mem['build_table_bytes_per_row']:.0f} "
+                f"(measured on {mem['rows']:,} rows with ImageNet-like names): "
+                f"{mem['catalog_bytes'] / 2**20:,.0f} MiB and {mem['build_table_bytes'] / 2**20:,.0f} MiB.",
+            ]
+        )
+        + "\n"
+    )

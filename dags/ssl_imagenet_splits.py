@@ -59,7 +59,7 @@ their plan (unless `force`). See the README for the split algorithm.
 with DAG(
     dag_id="ssl_imagenet_splits",
     description="Seeded, stratified ImageNet splits for semi-supervised learning, verified "
-                "and published with a manifest",
+    "and published with a manifest",
     doc_md=DOC_MD,
     schedule=os.environ.get("SSL_SPLITS_SCHEDULE") or None,
     start_date=datetime(2024, 1, 1),
@@ -90,14 +90,22 @@ with DAG(
 
         ctx = get_current_context()
         with airflow_storage():
-            return tasks.acquire_lock(config, {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"],
-                                "in_process": runs_whole_dag_in_process(ctx["dag_run"])})
+            return tasks.acquire_lock(
+                config,
+                {
+                    "dag_id": ctx["dag"].dag_id,
+                    "run_id": ctx["run_id"],
+                    "in_process": runs_whole_dag_in_process(ctx["dag_run"]),
+                },
+            )
 
     locked = acquire_lock(checked["config"]).as_setup()
 
     validate_source = SplitBeamOperator(
-        task_id="validate_source", job="validate",
-        config=checked["config"], spec=checked["source"],
+        task_id="validate_source",
+        job="validate",
+        config=checked["config"],
+        spec=checked["source"],
         execution_timeout=timedelta(hours=6),
     )
 
@@ -109,21 +117,28 @@ with DAG(
         from ssl_splits.templates import skip_plan_without_catalog
 
         skip_plan_without_catalog(config, source)
-        with airflow_storage(), tasks.holding_lock(config, {"run_id": get_current_context()["run_id"]}):
+        with (
+            airflow_storage(),
+            tasks.holding_lock(config, {"run_id": get_current_context()["run_id"]}),
+        ):
             return tasks.plan(config, source)
 
     specs = plan(checked["config"], checked["source"])
     locked >> validate_source >> specs
 
     build = SplitBeamOperator.partial(
-        task_id="build", job="build", config=checked["config"],
+        task_id="build",
+        job="build",
+        config=checked["config"],
         map_index_template="{{ task.spec['split'] }}",
         max_active_tis_per_dagrun=int(os.environ.get("SSL_SPLITS_MAX_PARALLEL_BUILDS") or "3"),
         execution_timeout=timedelta(hours=12),
     ).expand(spec=specs)
 
     verify = SplitBeamOperator.partial(
-        task_id="verify", job="verify", config=checked["config"],
+        task_id="verify",
+        job="verify",
+        config=checked["config"],
         map_index_template="{{ task.spec['split'] }}",
         trigger_rule="none_failed",
         execution_timeout=timedelta(hours=6),
@@ -146,7 +161,9 @@ with DAG(
         with airflow_storage(), tasks.holding_lock(config, run_info):
             result = tasks.publish_manifest(config, source, specs, jobs, run_info)
         ctx["outlet_events"][MANIFEST_ASSET].extra = {
-            "manifest_uri": result["manifest_uri"], "changed": result["changed"]}
+            "manifest_uri": result["manifest_uri"],
+            "changed": result["changed"],
+        }
         return result
 
     published = publish_manifest(checked["config"], checked["source"], specs)

@@ -96,8 +96,15 @@ def check_manifest_uri(uri: str) -> str:
     return uri
 
 
-def bar_chart(values: list[float], titles: list[str] | None = None, *, height: int = 120,
-              color: str = "#017cee", label: str = "", mean_line: bool = True) -> str:
+def bar_chart(
+    values: list[float],
+    titles: list[str] | None = None,
+    *,
+    height: int = 120,
+    color: str = "#017cee",
+    label: str = "",
+    mean_line: bool = True,
+) -> str:
     """An inline SVG bar chart (one bar per value, a dashed line at the mean).
 
     The SVG stretches to the page's width. Up to ``MAX_TITLED_BARS`` bars each
@@ -116,19 +123,24 @@ def bar_chart(values: list[float], titles: list[str] | None = None, *, height: i
     if titles is not None and n <= MAX_TITLED_BARS:
         bars = "".join(
             f'<rect x="{i * bw:.3f}" y="{height - h:.3f}" width="{w:.3f}" height="{h:.3f}">'
-            f'<title>{html.escape(t)}</title></rect>' for i, (h, t) in enumerate(zip(heights, titles)))
+            f"<title>{html.escape(t)}</title></rect>"
+            for i, (h, t) in enumerate(zip(heights, titles))
+        )
         body = f'<g fill="{color}">{bars}</g>'
     else:
-        d = "".join(f"M{i * bw:.2f} {height}v{-h:.2f}h{w:.2f}v{h:.2f}z"
-                    for i, h in enumerate(heights) if h)
+        d = "".join(
+            f"M{i * bw:.2f} {height}v{-h:.2f}h{w:.2f}v{h:.2f}z" for i, h in enumerate(heights) if h
+        )
         body = f'<path fill="{color}" d="{d}"/>'
     line = ""
     if mean_line:
         mean = sum(values) / n
         y = height - mean / top * (height - 4)
-        line = (f'<line x1="0" x2="{width}" y1="{y:.3f}" y2="{y:.3f}" stroke="#c2410c" '
-                f'stroke-width="1" stroke-dasharray="4 3" vector-effect="non-scaling-stroke">'
-                f'<title>mean {mean:,.1f}</title></line>')
+        line = (
+            f'<line x1="0" x2="{width}" y1="{y:.3f}" y2="{y:.3f}" stroke="#c2410c" '
+            f'stroke-width="1" stroke-dasharray="4 3" vector-effect="non-scaling-stroke">'
+            f"<title>mean {mean:,.1f}</title></line>"
+        )
     return (
         f'<svg class="chart" role="img" aria-label="{html.escape(label)}" viewBox="0 0 {width} '
         f'{height}" preserveAspectRatio="none" width="100%" height="{height}" '
@@ -149,8 +161,9 @@ def histogram(values: list[int], bins: int = HISTOGRAM_BINS) -> list[tuple[int, 
     return [(lo + i * width, min(lo + (i + 1) * width - 1, hi), c) for i, c in enumerate(counts)]
 
 
-def extremes(counts: dict[str, int], k: int = EXTREMES) -> tuple[list[tuple[str, int]],
-                                                                 list[tuple[str, int]]]:
+def extremes(
+    counts: dict[str, int], k: int = EXTREMES
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """The ``k`` classes with the fewest and with the most examples (ties by name)."""
     items = list(counts.items())
     fewest = sorted(items, key=lambda kv: (kv[1], kv[0]))[:k]
@@ -167,21 +180,45 @@ def class_view(name: str, counts: dict[str, int]) -> dict[str, Any]:
     if not keys:
         return {"num_classes": 0, "chart": "", "spread": "–"}
     fewest, most = extremes(counts)
-    out = {"num_classes": len(keys), "spread": spread(values),
-           "median": statistics.median(values), "fewest": fewest, "most": most,
-           "uniform": min(values) == max(values)}
+    out = {
+        "num_classes": len(keys),
+        "spread": spread(values),
+        "median": statistics.median(values),
+        "fewest": fewest,
+        "most": most,
+        "uniform": min(values) == max(values),
+    }
     if len(keys) <= PER_CLASS_BARS:
-        out.update(kind="bars", first=keys[0], last=keys[-1], chart=bar_chart(
-            [float(v) for v in values], [f"{k}: {v:,}" for k, v in zip(keys, values)],
-            color="#0f766e", label=f"examples per class in {name}"))
+        out.update(
+            kind="bars",
+            first=keys[0],
+            last=keys[-1],
+            chart=bar_chart(
+                [float(v) for v in values],
+                [f"{k}: {v:,}" for k, v in zip(keys, values)],
+                color="#0f766e",
+                label=f"examples per class in {name}",
+            ),
+        )
         return out
     bins = histogram(values)
-    out.update(kind="histogram", first=f"{bins[0][0]:,}", last=f"{bins[-1][1]:,}", chart=bar_chart(
-        [float(c) for _, _, c in bins],
-        [f"{lo:,} examples: {c:,} classes" if lo == hi else f"{lo:,}..{hi:,} examples: {c:,} classes"
-         for lo, hi, c in bins],
-        color="#0f766e", mean_line=False,
-        label=f"classes of {name} by their number of examples (histogram)"))
+    out.update(
+        kind="histogram",
+        first=f"{bins[0][0]:,}",
+        last=f"{bins[-1][1]:,}",
+        chart=bar_chart(
+            [float(c) for _, _, c in bins],
+            [
+                f"{lo:,} examples: {c:,} classes"
+                if lo == hi
+                else f"{lo:,}..{hi:,} examples: {c:,} classes"
+                for lo, hi, c in bins
+            ],
+            color="#0f766e",
+            mean_line=False,
+            label=f"classes of {name} by their number of examples (histogram)",
+        ),
+    )
     return out
 
 
@@ -207,8 +244,9 @@ def when(ts: Any) -> str:
     return str(ts)[:19].replace("T", " ") if ts else ""
 
 
-def split_view(name: str, e: dict[str, Any], *, ui_base: str = "",
-               rebuild_url: str | None = None) -> dict[str, Any]:
+def split_view(
+    name: str, e: dict[str, Any], *, ui_base: str = "", rebuild_url: str | None = None
+) -> dict[str, Any]:
     """What the page shows of one split (pure: a manifest entry in, strings out)."""
     from ssl_splits.prefill import run_url
 
@@ -236,9 +274,12 @@ def split_view(name: str, e: dict[str, Any], *, ui_base: str = "",
         "bytes_spread": size_spread(sizes),
         "shard_chart": bar_chart(
             [float(r) for r in records],
-            [f"{os.path.basename(s.get('path', ''))}: {r:,} records, {size(b)}"
-             for s, r, b in zip(shards, records, sizes)],
-            label=f"records per shard of {name}"),
+            [
+                f"{os.path.basename(s.get('path', ''))}: {r:,} records, {size(b)}"
+                for s, r, b in zip(shards, records, sizes)
+            ],
+            label=f"records per shard of {name}",
+        ),
         "classes": class_view(name, counts),
         "plan": plan,
         "plan_sha": (plan.get("sha256") or "")[:16],
@@ -248,23 +289,38 @@ def split_view(name: str, e: dict[str, Any], *, ui_base: str = "",
         "built_at": when(prov.get("built_at")),
         "run_id": run_id,
         "run_url": run_url(run_id, ui_base=ui_base, dag_id=prov.get("dag_id") or DAG_ID)
-        if run_id else None,
+        if run_id
+        else None,
         "rebuild_url": rebuild_url,
         "copied_from": e.get("copied_from"),
     }
 
 
-def manifest_view(doc: dict[str, Any], *, uri: str = "", ui_base: str = "",
-                  active: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def manifest_view(
+    doc: dict[str, Any],
+    *,
+    uri: str = "",
+    ui_base: str = "",
+    active: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """What the page shows of a manifest, with its actions: the trigger form
     pre-filled to rebuild each seeded split or to add seeds, and the runs in
     progress (``active``: ``active_runs()``)."""
     from ssl_splits.prefill import add_seeds_conf, rebuild_conf, seeded_splits, trigger_url
 
     seeded = seeded_splits(doc)
-    splits = [split_view(n, e, ui_base=ui_base, rebuild_url=trigger_url(
-                  rebuild_conf(doc, n, uri), ui_base=ui_base) if n in seeded else None)
-              for n, e in (doc.get("splits") or {}).items() if isinstance(e, dict)]
+    splits = [
+        split_view(
+            n,
+            e,
+            ui_base=ui_base,
+            rebuild_url=trigger_url(rebuild_conf(doc, n, uri), ui_base=ui_base)
+            if n in seeded
+            else None,
+        )
+        for n, e in (doc.get("splits") or {}).items()
+        if isinstance(e, dict)
+    ]
     add = add_seeds_conf(doc, uri)
     src = doc.get("source") or {}
     files = src.get("files") or []
@@ -280,8 +336,12 @@ def manifest_view(doc: dict[str, Any], *, uri: str = "", ui_base: str = "",
             continue
         seeds = (r.get("conf") or {}).get("seeds")
         for sv in splits:
-            if sv["seed"] is not None and sv["kind"] == "supervised" and isinstance(seeds, list) \
-                    and str(sv["seed"]) in {str(x).strip() for x in seeds}:
+            if (
+                sv["seed"] is not None
+                and sv["kind"] == "supervised"
+                and isinstance(seeds, list)
+                and str(sv["seed"]) in {str(x).strip() for x in seeds}
+            ):
                 building.setdefault(sv["name"], r["run_id"])
     for sv in splits:
         sv["building_in"] = building.get(sv["name"])
@@ -325,8 +385,12 @@ def recent_manifests(limit: int = 10) -> list[dict[str, Any]]:
     for extra, run_id, ts in rows:
         uri = (extra or {}).get("manifest_uri")
         if uri and uri not in out:
-            out[uri] = {"uri": uri, "run_id": run_id, "changed": (extra or {}).get("changed") or [],
-                        "published_at": ts.isoformat(timespec="seconds") if ts else ""}
+            out[uri] = {
+                "uri": uri,
+                "run_id": run_id,
+                "changed": (extra or {}).get("changed") or [],
+                "published_at": ts.isoformat(timespec="seconds") if ts else "",
+            }
         if len(out) >= limit:
             break
     return list(out.values())
@@ -341,8 +405,11 @@ def manifest_of_run(run_id: str) -> str | None:
     with create_session() as session:
         value = session.execute(
             select(XComModel.value).where(
-                XComModel.dag_id == DAG_ID, XComModel.run_id == run_id,
-                XComModel.task_id == "publish_manifest", XComModel.key == "return_value")
+                XComModel.dag_id == DAG_ID,
+                XComModel.run_id == run_id,
+                XComModel.task_id == "publish_manifest",
+                XComModel.key == "return_value",
+            )
         ).scalar()
     if value is None:
         return None
@@ -364,15 +431,21 @@ def active_runs(limit: int = 5) -> list[dict[str, Any]]:
     with create_session() as session:
         rows = session.execute(
             select(DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.queued_at, DagRun.conf)
-            .where(DagRun.dag_id == DAG_ID,
-                   DagRun.state.in_([DagRunState.RUNNING, DagRunState.QUEUED]))
+            .where(
+                DagRun.dag_id == DAG_ID, DagRun.state.in_([DagRunState.RUNNING, DagRunState.QUEUED])
+            )
             .order_by(DagRun.id)
             .limit(limit)
         ).all()
-    return [{"run_id": run_id, "state": str(getattr(state, "value", state)),
-             "since": when((start or queued).isoformat()) if (start or queued) else "",
-             "conf": conf if isinstance(conf, dict) else {}}
-            for run_id, state, start, queued, conf in rows]
+    return [
+        {
+            "run_id": run_id,
+            "state": str(getattr(state, "value", state)),
+            "since": when((start or queued).isoformat()) if (start or queued) else "",
+            "conf": conf if isinstance(conf, dict) else {},
+        }
+        for run_id, state, start, queued, conf in rows
+    ]
 
 
 def read_manifest(uri: str) -> dict[str, Any]:
@@ -388,9 +461,16 @@ def read_manifest(uri: str) -> dict[str, Any]:
 _PAGE = None
 
 
-def render_page(*, uri: str = "", doc: dict[str, Any] | None = None, error: str | None = None,
-                note: str | None = None, recent: list[dict[str, Any]] | None = None,
-                active: list[dict[str, Any]] | None = None, ui_base: str = "") -> str:
+def render_page(
+    *,
+    uri: str = "",
+    doc: dict[str, Any] | None = None,
+    error: str | None = None,
+    note: str | None = None,
+    recent: list[dict[str, Any]] | None = None,
+    active: list[dict[str, Any]] | None = None,
+    ui_base: str = "",
+) -> str:
     """The HTML page (Jinja2, autoescaped: manifest values are never markup).
 
     ``ui_base``: the Airflow UI's path prefix ("" unless it is served under a
@@ -399,8 +479,9 @@ def render_page(*, uri: str = "", doc: dict[str, Any] | None = None, error: str 
     if _PAGE is None:
         import jinja2
 
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
-                                 autoescape=jinja2.select_autoescape(["html"]))
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"])
+        )
         env.filters["num"] = lambda v: f"{v:,}" if isinstance(v, (int, float)) else (v or "–")
         _PAGE = env.get_template("manifest.html")
     from ssl_splits.prefill import run_url
@@ -409,8 +490,15 @@ def render_page(*, uri: str = "", doc: dict[str, Any] | None = None, error: str 
     runs = view["active_runs"] if view else (active or [])
     runs = [{**r, "url": run_url(r["run_id"], ui_base=ui_base)} for r in runs]
     return _PAGE.render(
-        uri=uri or "", error=error, note=note, recent=recent or [], dag_id=DAG_ID,
-        view=view, active=runs, prefix=f"{ui_base}{URL_PREFIX}", ui_base=ui_base,
+        uri=uri or "",
+        error=error,
+        note=note,
+        recent=recent or [],
+        dag_id=DAG_ID,
+        view=view,
+        active=runs,
+        prefix=f"{ui_base}{URL_PREFIX}",
+        ui_base=ui_base,
         now=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
@@ -423,8 +511,9 @@ def create_app():  # -> fastapi.FastAPI
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
     can_read_dag = [Depends(requires_access_dag("GET", param_dag_id=DAG_ID))]
-    app = FastAPI(title="SSL ImageNet splits: manifest view", docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="SSL ImageNet splits: manifest view", docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.get("/", response_class=HTMLResponse, dependencies=can_read_dag)
     def view(uri: str | None = Query(None), run_id: str | None = Query(None)) -> HTMLResponse:
@@ -450,24 +539,36 @@ def create_app():  # -> fastapi.FastAPI
                 error = f"run {run_id} of {DAG_ID} published no manifest (yet)"
         if not uri and recent and not error:
             uri = recent[0]["uri"]
-            note = (f"The latest published manifest (run {recent[0]['run_id']}, "
-                    f"{recent[0]['published_at']}).")
+            note = (
+                f"The latest published manifest (run {recent[0]['run_id']}, "
+                f"{recent[0]['published_at']})."
+            )
         if uri and not error:
             try:
                 doc = read_manifest(uri)
             except Exception as err:  # noqa: BLE001 (shown on the page)
                 error = f"cannot show {uri}: {err}"
         elif not uri and not error:
-            note = (f"No manifest published yet: trigger {DAG_ID}, or enter the URI of a "
-                    "manifest.")
+            note = f"No manifest published yet: trigger {DAG_ID}, or enter the URI of a manifest."
         t2 = time.perf_counter()
         timing["manifest"] = t2 - t1
         ui_base = API_ROOT_PATH.rstrip("/")  # the UI's path prefix: "" unless base_url has one
-        page = render_page(uri=uri or "", doc=doc, error=error, note=note, recent=recent,
-                           active=active, ui_base=ui_base)
+        page = render_page(
+            uri=uri or "",
+            doc=doc,
+            error=error,
+            note=note,
+            recent=recent,
+            active=active,
+            ui_base=ui_base,
+        )
         timing["render"] = time.perf_counter() - t2
-        return HTMLResponse(page, headers={"Server-Timing": ", ".join(
-            f"{k};dur={v * 1000:.1f}" for k, v in timing.items())})
+        return HTMLResponse(
+            page,
+            headers={
+                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items())
+            },
+        )
 
     @app.get("/api/manifest", dependencies=can_read_dag)
     def manifest_json(uri: str = Query(...)) -> JSONResponse:
@@ -488,8 +589,11 @@ def create_app():  # -> fastapi.FastAPI
 
     @app.get("/static/airflow-nav.js", include_in_schema=False)
     def nav_script() -> FileResponse:
-        return FileResponse(os.path.join(STATIC, "airflow-nav.js"),
-                            media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            os.path.join(STATIC, "airflow-nav.js"),
+            media_type="text/javascript",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     return app
 
@@ -566,8 +670,10 @@ class PrefillMiddleware:
             return None
         path = scope.get("path", "")
         if path.endswith(DETAILS_PATH):
-            referer = next((v.decode("latin-1") for k, v in scope.get("headers") or []
-                            if k == b"referer"), None)
+            referer = next(
+                (v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"referer"),
+                None,
+            )
             conf = conf_of_page(referer)
             return None if conf is None else (lambda body: _prefilled(body, conf))
         page = f"/dags/{DAG_ID}"
@@ -575,7 +681,7 @@ class PrefillMiddleware:
             query = scope.get("query_string", b"").decode("latin-1")
             if conf_of_page(f"{path}?{query}") is None:
                 return None
-            prefix = path.rstrip("/")[:-len(page)]
+            prefix = path.rstrip("/")[: -len(page)]
             return lambda body: with_opener(body, f"{prefix}{URL_PREFIX}/static/airflow-nav.js")
         return None
 
@@ -606,27 +712,32 @@ def _prefilled(body: bytes, conf: dict[str, Any]) -> bytes:
 def with_opener(page: bytes, script_src: str) -> bytes:
     """The UI's HTML page with the script that opens the trigger form, before
     ``</head>`` (unchanged when the page has none)."""
-    tag = (f'<script src="{html.escape(script_src)}" data-open="trigger"></script>'
-           .encode())
+    tag = f'<script src="{html.escape(script_src)}" data-open="trigger"></script>'.encode()
     i = page.find(b"</head>")
     return page if i < 0 else page[:i] + tag + page[i:]
 
 
 class SslSplitsUIPlugin(AirflowPlugin):
     name = "ssl_splits_ui"
-    fastapi_apps = [{
-        "app": LazyASGIApp(create_app),
-        "url_prefix": URL_PREFIX,
-        "name": "SSL splits manifest view",
-    }]
-    fastapi_root_middlewares = [{
-        "middleware": PrefillMiddleware,
-        "name": "SSL splits: pre-filled trigger form",
-    }]
-    external_views = [{
-        "name": "Splits",  # the nav shows about 8 characters
-        "href": f"{URL_PREFIX}/",
-        "url_route": "ssl-splits",
-        "destination": "nav",
-        "icon": f"{URL_PREFIX}/static/icon.svg",
-    }]
+    fastapi_apps = [
+        {
+            "app": LazyASGIApp(create_app),
+            "url_prefix": URL_PREFIX,
+            "name": "SSL splits manifest view",
+        }
+    ]
+    fastapi_root_middlewares = [
+        {
+            "middleware": PrefillMiddleware,
+            "name": "SSL splits: pre-filled trigger form",
+        }
+    ]
+    external_views = [
+        {
+            "name": "Splits",  # the nav shows about 8 characters
+            "href": f"{URL_PREFIX}/",
+            "url_route": "ssl-splits",
+            "destination": "nav",
+            "icon": f"{URL_PREFIX}/static/icon.svg",
+        }
+    ]

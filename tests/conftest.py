@@ -17,8 +17,10 @@ import pytest
 
 # In-process imports of Airflow (the plugins' modules) must not create or read
 # ~/airflow: give them a private home before anything imports airflow.
-os.environ.setdefault("AIRFLOW_HOME", os.path.join(
-    os.environ.get("TMPDIR", "/tmp"), f"ssl-splits-tests-airflow-{os.getuid()}"))
+os.environ.setdefault(
+    "AIRFLOW_HOME",
+    os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ssl-splits-tests-airflow-{os.getuid()}"),
+)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +36,11 @@ def gcs_emulator():
     """A gcp-storage-emulator on loopback; STORAGE_EMULATOR_HOST points at it
     for this process and every subprocess (Beam jobs) it starts."""
     port = free_port()
-    proc = subprocess.Popen([PYTHON, str(ROOT / "tests" / "support" / "gcs_emulator.py"), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [PYTHON, str(ROOT / "tests" / "support" / "gcs_emulator.py"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     host = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -45,7 +50,8 @@ def gcs_emulator():
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"GCS emulator did not start: {proc.stderr.read().decode()}") from None
+                    f"GCS emulator did not start: {proc.stderr.read().decode()}"
+                ) from None
             time.sleep(0.1)
     old = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
     os.environ["STORAGE_EMULATOR_HOST"] = host
@@ -91,8 +97,19 @@ def small_source(tmp_path_factory) -> Path:
     from beam_jobs.synthetic import Spec, generate
 
     out = tmp_path_factory.mktemp("small_source")
-    generate(Spec(num_classes=10, min_per_class=30, max_per_class=50, train_shards=8,
-                  validation_shards=2, validation_per_class=4, seed=7), str(out), workers=1)
+    generate(
+        Spec(
+            num_classes=10,
+            min_per_class=30,
+            max_per_class=50,
+            train_shards=8,
+            validation_shards=2,
+            validation_per_class=4,
+            seed=7,
+        ),
+        str(out),
+        workers=1,
+    )
     return out
 
 

@@ -31,12 +31,29 @@ def test_quick_benchmark(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "count", "--seeds", "1",
-         "--skip-verify", "--no-profile", f"--work_dir={tmp_path / 'bench'}",
-         # share the (git-ignored) bytecode cache between runs: compiling Beam
-         # and TensorFlow from source takes longer than the benchmark itself
-         f"--pycache_dir={ROOT / '.bench' / 'pycache'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=580, check=False)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--only",
+            "count",
+            "--seeds",
+            "1",
+            "--skip-verify",
+            "--no-profile",
+            f"--work_dir={tmp_path / 'bench'}",
+            # share the (git-ignored) bytecode cache between runs: compiling Beam
+            # and TensorFlow from source takes longer than the benchmark itself
+            f"--pycache_dir={ROOT / '.bench' / 'pycache'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=580,
+        check=False,
+    )
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -48,18 +65,30 @@ def test_quick_benchmark(tmp_path):
     assert res["datasets"][ds]["train_records"] == 20_000
 
     jobs = {j["name"]: j for j in res["jobs"]}
-    for name in ("product validate", "product plan", "product build train", "seed build train",
-                 "product copy validation", "seed copy validation", "raw cp -r source",
-                 "raw cat train-* >/dev/null", "dag first run", "dag add one seed"):
+    for name in (
+        "product validate",
+        "product plan",
+        "product build train",
+        "seed build train",
+        "product copy validation",
+        "seed copy validation",
+        "raw cp -r source",
+        "raw cat train-* >/dev/null",
+        "dag first run",
+        "dag add one seed",
+    ):
         assert name in jobs, (name, sorted(jobs))
     # The DAG end to end: everything published on the first run, one split on the second.
     first, more = jobs["dag first run"], jobs["dag add one seed"]
-    assert first["splits"] == sorted(["train", "validation", next(
-        s for s in first["splits"] if s.endswith(".1"))])
+    assert first["splits"] == sorted(
+        ["train", "validation", next(s for s in first["splits"] if s.endswith(".1"))]
+    )
     assert len(more["splits"]) == 4 and any(s.endswith(".2") for s in more["splits"])
     assert first["task_seconds"]["validate_source"] > 0 and first["run_seconds"] > 0
-    assert "validate_source" not in more["task_seconds"] or \
-        more["task_seconds"]["validate_source"] < first["task_seconds"]["validate_source"]
+    assert (
+        "validate_source" not in more["task_seconds"]
+        or more["task_seconds"]["validate_source"] < first["task_seconds"]["validate_source"]
+    )
     assert any(n.startswith("raw cp train") and n.endswith("python start-up") for n in jobs)
     assert any("the whole DAG" in t["target"] for t in res["targets"])
     assert any("every process the product runs" in t["target"] for t in res["targets"])
@@ -67,8 +96,16 @@ def test_quick_benchmark(tmp_path):
         assert j["returncode"] == 0
         assert j["wall_seconds"] > 0
         assert j["records"] and j["records"] > 0, j["name"]
-        for field in ("cpu_seconds", "peak_rss_tree", "max_rss_process", "records_per_s",
-                      "mb_per_s", "bytes_read", "bytes_written", "read_amplification"):
+        for field in (
+            "cpu_seconds",
+            "peak_rss_tree",
+            "max_rss_process",
+            "records_per_s",
+            "mb_per_s",
+            "bytes_read",
+            "bytes_written",
+            "read_amplification",
+        ):
             assert field in j, (j["name"], field)
         if j["side"] in ("product", "seed") and j["stage"] != "copy":
             # Python + Beam: at least ~50 MiB, far below the machine
@@ -76,8 +113,11 @@ def test_quick_benchmark(tmp_path):
             assert j["max_rss_process"] <= j["peak_rss_tree"] * 1.5 + 2**27
             assert j["cpu_seconds"] and j["cpu_seconds"] > 0
 
-    ten = [j for j in res["jobs"] if j["side"] == "product" and j["stage"] == "build"
-           and j["kind"] == "10%"]
+    ten = [
+        j
+        for j in res["jobs"]
+        if j["side"] == "product" and j["stage"] == "build" and j["kind"] == "10%"
+    ]
     assert len(ten) == 1
     assert 0.99 <= ten[0]["read_amplification"] < 1.5
     if "read_amplification_strace" in ten[0]:  # measured (strace installed)

@@ -38,10 +38,28 @@ SPLIT1 = REFERENCE / "files2shards_train_size128116_split1.txt"
 SPLIT1_SHA = "d897658efd96e71ebf79042287a0975e6215f5b9e772a275e25aad050f554666"
 
 # ~700 records in 30 source shards: a 10% split has 2 shards by the default rule.
-SMALL = Spec(num_classes=12, min_per_class=20, max_per_class=60, train_shards=30,
-             validation_shards=3, validation_per_class=4, image_size=2, image_pool=8, seed=21)
-TINY = Spec(num_classes=4, min_per_class=8, max_per_class=16, train_shards=4,
-            validation_shards=2, validation_per_class=3, image_size=2, image_pool=4, seed=8)
+SMALL = Spec(
+    num_classes=12,
+    min_per_class=20,
+    max_per_class=60,
+    train_shards=30,
+    validation_shards=3,
+    validation_per_class=4,
+    image_size=2,
+    image_pool=8,
+    seed=21,
+)
+TINY = Spec(
+    num_classes=4,
+    min_per_class=8,
+    max_per_class=16,
+    train_shards=4,
+    validation_shards=2,
+    validation_per_class=3,
+    image_size=2,
+    image_pool=4,
+    seed=8,
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -52,8 +70,16 @@ def run_validate(source: str, catalog: str) -> dict:
 
 
 def run_build(split: str, plan_uri: str, catalog: str, output: str, *extra: str) -> dict:
-    return build_mod.run([f"--split={split}", f"--plan_uri={plan_uri}", f"--catalog_dir={catalog}",
-                          f"--output_uri={output}", *LOCAL, *extra])
+    return build_mod.run(
+        [
+            f"--split={split}",
+            f"--plan_uri={plan_uri}",
+            f"--catalog_dir={catalog}",
+            f"--output_uri={output}",
+            *LOCAL,
+            *extra,
+        ]
+    )
 
 
 def plan_files(catalog: str, out_dir: str, **req) -> dict[str, dict]:
@@ -87,8 +113,10 @@ def expected_shards(catalog: str, plan_uri: str) -> tuple[dict[int, bytes], dict
     """What each output shard must hold: the planned records' framed source
     bytes (at the catalog's file/offset/length), and their names, in order."""
     cat = read_catalog(catalog, ["filename", "file", "offset", "length"]).to_pydict()
-    where = {n: (f, o, ln) for n, f, o, ln in
-             zip(cat["filename"], cat["file"], cat["offset"], cat["length"])}
+    where = {
+        n: (f, o, ln)
+        for n, f, o, ln in zip(cat["filename"], cat["file"], cat["offset"], cat["length"])
+    }
     names, shards, _ = parse_plan_text(storage.read_text(plan_uri), plan_uri)
     sources: dict[str, bytes] = {}
     parts: dict[int, list[bytes]] = defaultdict(list)
@@ -97,7 +125,7 @@ def expected_shards(catalog: str, plan_uri: str) -> tuple[dict[int, bytes], dict
         f, o, ln = where[name]
         if f not in sources:
             sources[f] = storage.read_bytes(f)
-        parts[s].append(sources[f][o:o + ln])
+        parts[s].append(sources[f][o : o + ln])
         order[s].append(name)
     return {s: b"".join(p) for s, p in parts.items()}, dict(order)
 
@@ -164,8 +192,17 @@ def fixmatch(tmp_path_factory):
     records), validated, and split 1 built from the published file as is."""
     root = tmp_path_factory.mktemp("build_fixmatch")
     src, cat, out = str(root / "src"), str(root / "catalog"), str(root / "out")
-    spec = Spec(names_from=(str(SPLIT1),), num_classes=1000, min_per_class=1, max_per_class=140,
-                image_size=1, image_pool=8, train_shards=64, validation_shards=0, seed=3)
+    spec = Spec(
+        names_from=(str(SPLIT1),),
+        num_classes=1000,
+        min_per_class=1,
+        max_per_class=140,
+        image_size=1,
+        image_pool=8,
+        train_shards=64,
+        validation_shards=0,
+        seed=3,
+    )
     generate(spec, src, workers=2)
     run_validate(src, cat)
     stats = run_build("train128116.1", str(SPLIT1), cat, out)
@@ -180,7 +217,8 @@ def test_reproduces_published_split_exactly(fixmatch):
     out, stats = fixmatch["out"], fixmatch["stats"]
     files = staged_files(out, "train128116.1")
     assert [storage.basename(f) for f in files] == [
-        f"train128116.1-{s:05d}-of-00102" for s in range(102)]
+        f"train128116.1-{s:05d}-of-00102" for s in range(102)
+    ]
     assert sorted(os.listdir(out)) == ["_work"]
     assert stats["num_examples"] == 128_116 and stats["num_shards"] == 102
     assert stats["plan_sha256"] == SPLIT1_SHA
@@ -210,7 +248,7 @@ def test_source_is_not_just_the_published_names(fixmatch):
 def test_read_amplification_of_a_10_percent_split(fixmatch, tmp_path):
     cat = fixmatch["catalog"]
     plans = plan_files(cat, str(tmp_path / "plans"), seeds=(1,), unsupervised=False)
-    (split, summary), = plans.items()
+    ((split, summary),) = plans.items()
     before = rchar()
     stats = run_build(split, summary["plan_uri"], cat, str(tmp_path / "out"))
     after = rchar()
@@ -221,13 +259,17 @@ def test_read_amplification_of_a_10_percent_split(fixmatch, tmp_path):
     # The job reads exactly the planned records (ranged reads), no more: the
     # count is what its readers fetched (measured), and equals what it wrote.
     assert stats["bytes_read"] == need == stats["num_bytes"]
-    line = (f"\n[read amplification] {split}: {stats['num_examples']:,} of "
-            f"{len(table['filename']):,} records; job counter bytes_read/bytes_written = "
-            f"{stats['bytes_read'] / stats['num_bytes']:.3f}")
+    line = (
+        f"\n[read amplification] {split}: {stats['num_examples']:,} of "
+        f"{len(table['filename']):,} records; job counter bytes_read/bytes_written = "
+        f"{stats['bytes_read'] / stats['num_bytes']:.3f}"
+    )
     if before is not None and after is not None:
-        line += (f"; process rchar/bytes_written = {(after - before) / stats['num_bytes']:.3f} "
-                 f"(includes plan, catalog parquet, build table); a full pass would read "
-                 f"{source_bytes / stats['num_bytes']:.1f}x")
+        line += (
+            f"; process rchar/bytes_written = {(after - before) / stats['num_bytes']:.3f} "
+            f"(includes plan, catalog parquet, build table); a full pass would read "
+            f"{source_bytes / stats['num_bytes']:.1f}x"
+        )
         assert after - before < source_bytes / 2  # far from a pass over the source
     print(line)
 
@@ -242,10 +284,14 @@ def test_stats_json_per_shard(small):
     files = staged_files(small.ref_out, small.split)
     assert [s["staged"] for s in stats["shards"]] == files
     assert [s["path"] for s in stats["shards"]] == [
-        storage.join(small.ref_out, storage.basename(f)) for f in files]
+        storage.join(small.ref_out, storage.basename(f)) for f in files
+    ]
     n = small.plans[small.split]["num_examples"]
-    default = default_num_shards(n, SMALL.train_shards, json.loads(
-        Path(small.catalog, REPORT_FILE).read_text())["total_records"])
+    default = default_num_shards(
+        n,
+        SMALL.train_shards,
+        json.loads(Path(small.catalog, REPORT_FILE).read_text())["total_records"],
+    )
     assert stats["num_shards"] == len(files) == small.plans[small.split]["num_shards"] == default
     assert default >= 2
     assert stats["num_examples"] == small.plans[small.split]["num_examples"]
@@ -259,8 +305,10 @@ def test_stats_json_per_shard(small):
         assert shard["num_bytes"] == len(data)
         assert shard["crc32c"] == f"{google_crc32c.value(data):08x}"
     assert Path(stats["file_pattern"]).parent == Path(small.ref_out)
-    assert sorted(str(p) for p in Path(stats["staging"]).glob(
-        Path(stats["file_pattern"]).name)) == files
+    assert (
+        sorted(str(p) for p in Path(stats["staging"]).glob(Path(stats["file_pattern"]).name))
+        == files
+    )
     assert stats["num_bytes"] == sum(s["num_bytes"] for s in stats["shards"])
 
 
@@ -284,14 +332,35 @@ def test_write_shard_transform(small, tmp_path):
     expected, _ = expected_shards(small.catalog, plan_uri)
     S = len(expected)
     with BeamTestPipeline(options=PipelineOptions(LOCAL)) as p:
-        stats = (p
-                 | beam.Create(list(range(S)))
-                 | beam.ParDo(WriteShard(table_uri, files, split, S, out, staging, 1))
-                 | beam.Map(lambda st: (st["shard"], st["num_records"], st["num_bytes"],
-                                        st["crc32c"], os.path.basename(st["staged"]))))
-        assert_that(stats, equal_to([
-            (s, len(record_names(b)), len(b), f"{google_crc32c.value(b):08x}",
-             shard_name(split, s, S)) for s, b in expected.items()]))
+        stats = (
+            p
+            | beam.Create(list(range(S)))
+            | beam.ParDo(WriteShard(table_uri, files, split, S, out, staging, 1))
+            | beam.Map(
+                lambda st: (
+                    st["shard"],
+                    st["num_records"],
+                    st["num_bytes"],
+                    st["crc32c"],
+                    os.path.basename(st["staged"]),
+                )
+            )
+        )
+        assert_that(
+            stats,
+            equal_to(
+                [
+                    (
+                        s,
+                        len(record_names(b)),
+                        len(b),
+                        f"{google_crc32c.value(b):08x}",
+                        shard_name(split, s, S),
+                    )
+                    for s, b in expected.items()
+                ]
+            ),
+        )
     # Written to staging only, each with a sidecar; nothing under final names.
     for s, data in expected.items():
         assert Path(staging, shard_name(split, s, S)).read_bytes() == data
@@ -302,8 +371,14 @@ def test_write_shard_transform(small, tmp_path):
     # renames nothing (publish_manifest does, once the split is verified).
     sidecars = [json.loads(Path(staging, f"shard-{s:05d}.json").read_text()) for s in range(S)]
     counts = [sc["num_records"] for sc in sidecars]
-    kw = {"split": split, "num_shards": S, "output_uri": out, "staging": staging, "meta": {},
-          "stats_path": str(tmp_path / "stats.json")}
+    kw = {
+        "split": split,
+        "num_shards": S,
+        "output_uri": out,
+        "staging": staging,
+        "meta": {},
+        "stats_path": str(tmp_path / "stats.json"),
+    }
     with pytest.raises(BuildError, match=rf"staged shards \[1\].* are not 0\.\.{S - 1}"):
         finish(sidecars[1:], expected=counts, **kw)
     with pytest.raises(BuildError, match="record counts differ from the plan"):
@@ -311,8 +386,9 @@ def test_write_shard_transform(small, tmp_path):
     assert not (tmp_path / "stats.json").exists()
     summary = finish(sidecars, expected=counts, **kw)
     assert not os.path.exists(out)
-    assert [Path(s["staged"]).read_bytes() for s in summary["shards"]] == \
-        [expected[s] for s in range(S)]
+    assert [Path(s["staged"]).read_bytes() for s in summary["shards"]] == [
+        expected[s] for s in range(S)
+    ]
     assert summary["num_examples"] == sum(counts)
     assert json.loads((tmp_path / "stats.json").read_text())["shards"] == summary["shards"]
 
@@ -322,12 +398,14 @@ def test_write_shard_transform(small, tmp_path):
 
 def test_same_parameters_twice_give_identical_files(small, tmp_path):
     again = plan_files(small.catalog, str(tmp_path / "plans"), seeds=(1, 2), unsupervised=True)
-    assert {s: v["plan_sha256"] for s, v in again.items()} == \
-        {s: v["plan_sha256"] for s, v in small.plans.items()}
+    assert {s: v["plan_sha256"] for s, v in again.items()} == {
+        s: v["plan_sha256"] for s, v in small.plans.items()
+    }
     out = str(tmp_path / "out")
     run_build(small.split, again[small.split]["plan_uri"], small.catalog, out)
-    assert read_all(staged_files(out, small.split)) == \
-        read_all(staged_files(small.ref_out, small.split))
+    assert read_all(staged_files(out, small.split)) == read_all(
+        staged_files(small.ref_out, small.split)
+    )
 
 
 def test_pythonhashseed_does_not_matter(small, tmp_path):
@@ -335,17 +413,29 @@ def test_pythonhashseed_does_not_matter(small, tmp_path):
     for hashseed in ("0", "4242"):
         d = tmp_path / f"h{hashseed}"
         env = {"PYTHONHASHSEED": hashseed}
-        r = run_module("beam_jobs.plan", f"--catalog_dir={small.catalog}",
-                       f"--out_dir={d / 'plans'}", "--seeds=1,2", "--unsupervised", env=env)
+        r = run_module(
+            "beam_jobs.plan",
+            f"--catalog_dir={small.catalog}",
+            f"--out_dir={d / 'plans'}",
+            "--seeds=1,2",
+            "--unsupervised",
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
         lines = [ln.split("\t") for ln in r.stdout.strip().splitlines()]
         by_split = {ln[0]: ln for ln in lines}
         assert set(by_split) == set(small.plans)
         for split, ln in by_split.items():
             assert ln[3] == small.plans[split]["plan_sha256"], split
-        r = run_module("beam_jobs.build", f"--split={small.split}",
-                       f"--plan_uri={by_split[small.split][4]}", f"--catalog_dir={small.catalog}",
-                       f"--output_uri={d / 'out'}", *LOCAL, env=env)
+        r = run_module(
+            "beam_jobs.build",
+            f"--split={small.split}",
+            f"--plan_uri={by_split[small.split][4]}",
+            f"--catalog_dir={small.catalog}",
+            f"--output_uri={d / 'out'}",
+            *LOCAL,
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
         outputs.append(read_all(staged_files(str(d / "out"), small.split)))
     ref = read_all(staged_files(small.ref_out, small.split))
@@ -354,11 +444,19 @@ def test_pythonhashseed_does_not_matter(small, tmp_path):
 
 def test_worker_count_does_not_matter(small, tmp_path):
     out = str(tmp_path / "out")
-    build_mod.run([f"--split={small.split}", f"--plan_uri={small.plan_uri}",
-                   f"--catalog_dir={small.catalog}", f"--output_uri={out}",
-                   "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
-    assert read_all(staged_files(out, small.split)) == \
-        read_all(staged_files(small.ref_out, small.split))
+    build_mod.run(
+        [
+            f"--split={small.split}",
+            f"--plan_uri={small.plan_uri}",
+            f"--catalog_dir={small.catalog}",
+            f"--output_uri={out}",
+            "--direct_num_workers=2",
+            "--direct_running_mode=multi_processing",
+        ]
+    )
+    assert read_all(staged_files(out, small.split)) == read_all(
+        staged_files(small.ref_out, small.split)
+    )
 
 
 def test_source_order_does_not_matter(small, tmp_path):
@@ -380,18 +478,22 @@ def test_source_order_does_not_matter(small, tmp_path):
     run_validate(str(src), cat)
     before = read_catalog(small.catalog, ["filename", "file", "offset"]).to_pydict()
     after = read_catalog(cat, ["filename", "file", "offset"]).to_pydict()
+
     def where(t):
         return {n: (Path(f).name, o) for n, f, o in zip(t["filename"], t["file"], t["offset"])}
+
     moved = sum(where(before)[k] != v for k, v in where(after).items())
     assert sorted(before["filename"]) == sorted(after["filename"])
     assert moved > 0.9 * len(after["filename"])
     plans = plan_files(cat, str(tmp_path / "plans"), seeds=(1, 2), unsupervised=True)
-    assert {s: v["plan_sha256"] for s, v in plans.items()} == \
-        {s: v["plan_sha256"] for s, v in small.plans.items()}
+    assert {s: v["plan_sha256"] for s, v in plans.items()} == {
+        s: v["plan_sha256"] for s, v in small.plans.items()
+    }
     out = str(tmp_path / "out")
     run_build(small.split, plans[small.split]["plan_uri"], cat, out)
-    assert read_all(staged_files(out, small.split)) == \
-        read_all(staged_files(small.ref_out, small.split))
+    assert read_all(staged_files(out, small.split)) == read_all(
+        staged_files(small.ref_out, small.split)
+    )
 
 
 # --------------------------------------------------------------------------- plan problems
@@ -403,8 +505,14 @@ def test_name_missing_from_source_fails_before_any_output(small, tmp_path):
     plan = tmp_path / "plan.csv"
     plan.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    r = run_module("beam_jobs.build", f"--split={small.split}", f"--plan_uri={plan}",
-                   f"--catalog_dir={small.catalog}", f"--output_uri={out}", *LOCAL)
+    r = run_module(
+        "beam_jobs.build",
+        f"--split={small.split}",
+        f"--plan_uri={plan}",
+        f"--catalog_dir={small.catalog}",
+        f"--output_uri={out}",
+        *LOCAL,
+    )
     assert r.returncode == 1, r.stderr
     assert f"1 of {len(lines)} names are not in the source catalog" in r.stderr
     assert "n99999999_7.JPEG" in r.stderr
@@ -468,8 +576,9 @@ def test_small_batches_give_the_same_files(small, tmp_path, monkeypatch):
     monkeypatch.setattr(build_mod, "BATCH_BYTES", 3000)
     out = str(tmp_path / "out")
     run_build(small.split, small.plans[small.split]["plan_uri"], small.catalog, out)
-    assert read_all(staged_files(out, small.split)) == \
-        read_all(staged_files(small.ref_out, small.split))
+    assert read_all(staged_files(out, small.split)) == read_all(
+        staged_files(small.ref_out, small.split)
+    )
 
 
 def test_batches_cover_every_row_once_within_the_limit():
@@ -485,7 +594,7 @@ def test_batches_cover_every_row_once_within_the_limit():
             assert hi > lo
             assert hi - lo == 1 or lengths[lo:hi].sum() <= 1000
             if hi < n:  # greedy: the next row would not have fitted
-                assert lengths[lo:hi + 1].sum() > 1000
+                assert lengths[lo : hi + 1].sum() > 1000
     assert list(build_mod.batches(np.array([5000, 10, 5000]), 1000)) == [(0, 1), (1, 2), (2, 3)]
 
 
@@ -497,15 +606,31 @@ def test_range_reader_reads_many_and_bounds_open_files(tmp_path, monkeypatch):
         paths.append(str(p))
     monkeypatch.setattr(storage.local, "_max_open_files", lambda: 4)
     with storage.RangeReader() as reader:
-        got = reader.read_many(paths, [0, 5, 3, 5, 1, 2, 4], [0, 10, 99, 0, 50, 1, 7],
-                               [3, 2, 1, 100, 0, 4, 5])
-        assert got == [b"\x00" * 3, b"\x05" * 2, b"\x03", b"\x05" * 100, b"", b"\x02" * 4,
-                       b"\x04" * 5]
+        got = reader.read_many(
+            paths, [0, 5, 3, 5, 1, 2, 4], [0, 10, 99, 0, 50, 1, 7], [3, 2, 1, 100, 0, 4, 5]
+        )
+        assert got == [
+            b"\x00" * 3,
+            b"\x05" * 2,
+            b"\x03",
+            b"\x05" * 100,
+            b"",
+            b"\x02" * 4,
+            b"\x04" * 5,
+        ]
         (local,) = reader._sources.values()
         assert len(local._fds) <= 4
         # with threads (as on GCS): same results, in order, from one pool per reader
-        assert reader.read_many(paths, [0, 5, 3, 5, 1, 2, 4], [0, 10, 99, 0, 50, 1, 7],
-                                [3, 2, 1, 100, 0, 4, 5], threads=3) == got
+        assert (
+            reader.read_many(
+                paths,
+                [0, 5, 3, 5, 1, 2, 4],
+                [0, 10, 99, 0, 50, 1, 7],
+                [3, 2, 1, 100, 0, 4, 5],
+                threads=3,
+            )
+            == got
+        )
         pool = reader._pool
         reader.read_many(paths, [1], [0], [1], threads=3)
         assert reader._pool is pool
@@ -552,15 +677,17 @@ def test_rerun_reuses_staged_shards(small, tmp_path, monkeypatch):
     assert read_all(staged_files(str(out), split)) == read_all(staged_files(fresh, split))
 
 
-def test_a_new_build_drops_the_stats_of_the_last_one_and_other_stagings(small, tmp_path,
-                                                                         monkeypatch):
+def test_a_new_build_drops_the_stats_of_the_last_one_and_other_stagings(
+    small, tmp_path, monkeypatch
+):
     """An earlier build's stats and staged shards of another plan must not
     outlive the start of a new build: if it dies, verify finds no stats
     (not the old ones), and staging does not grow with every plan tried."""
     split = small.split
     out = tmp_path / "out"
-    other = plan_files(small.catalog, str(tmp_path / "p"), seeds=(1,), num_shards=5,
-                       unsupervised=False)[split]
+    other = plan_files(
+        small.catalog, str(tmp_path / "p"), seeds=(1,), num_shards=5, unsupervised=False
+    )[split]
     first = run_build(split, other["plan_uri"], small.catalog, str(out))
     assert Path(first["staging"]).is_dir()
     monkeypatch.setattr(build_mod, "finish", _fail_finish)
@@ -577,8 +704,9 @@ def test_complete_rerun_rewrites_identical_bytes(small, tmp_path):
     stats = run_build(small.split, small.plan_uri, small.catalog, out)
     assert read_all(staged_files(out, small.split)) == before
     assert stats["num_examples"] == small.ref_stats["num_examples"]
-    assert [s["crc32c"] for s in stats["shards"]] == \
-        [s["crc32c"] for s in small.ref_stats["shards"]]
+    assert [s["crc32c"] for s in stats["shards"]] == [
+        s["crc32c"] for s in small.ref_stats["shards"]
+    ]
 
 
 def test_staged_shards_of_an_older_source_are_not_reused(tmp_path, monkeypatch):
@@ -588,9 +716,10 @@ def test_staged_shards_of_an_older_source_are_not_reused(tmp_path, monkeypatch):
     src, cat, out = str(tmp_path / "src"), str(tmp_path / "catalog"), str(tmp_path / "out")
     generate(TINY, src, workers=1)
     run_validate(src, cat)
-    plans = plan_files(cat, str(tmp_path / "plans"), seeds=(1,), fraction="0.5", num_shards=2,
-                       unsupervised=False)
-    (split, summary), = plans.items()
+    plans = plan_files(
+        cat, str(tmp_path / "plans"), seeds=(1,), fraction="0.5", num_shards=2, unsupervised=False
+    )
+    ((split, summary),) = plans.items()
     monkeypatch.setattr(build_mod, "finish", _fail_finish)
     with pytest.raises(Exception, match="killed"):
         run_build(split, summary["plan_uri"], cat, out)
@@ -610,8 +739,9 @@ def test_staged_shards_of_an_older_source_are_not_reused(tmp_path, monkeypatch):
 
 def test_validation_copy(small, tmp_path):
     out = str(tmp_path / "out")
-    stats = build_mod.run(["--split=validation", f"--copy_from={small.source}",
-                           f"--output_uri={out}", *LOCAL])
+    stats = build_mod.run(
+        ["--split=validation", f"--copy_from={small.source}", f"--output_uri={out}", *LOCAL]
+    )
     src_files = sorted(Path(small.source).glob("validation-*"))
     assert len(src_files) == SMALL.validation_shards
     out_files = staged_files(out, "validation")
@@ -623,14 +753,21 @@ def test_validation_copy(small, tmp_path):
         counts.append(len(record_names(data)))
     assert [sh["num_records"] for sh in stats["shards"]] == counts
     assert stats["num_examples"] == sum(counts) == SMALL.num_classes * SMALL.validation_per_class
-    assert [sh["crc32c"] for sh in stats["shards"]] == \
-        [f"{google_crc32c.value(f.read_bytes()):08x}" for f in src_files]
+    assert [sh["crc32c"] for sh in stats["shards"]] == [
+        f"{google_crc32c.value(f.read_bytes()):08x}" for f in src_files
+    ]
 
 
 def test_validation_copy_without_shards_fails(tmp_path):
     with pytest.raises(BuildError, match="nothing to copy"):
-        build_mod.run(["--split=validation", f"--copy_from={tmp_path}",
-                       f"--output_uri={tmp_path / 'out'}", *LOCAL])
+        build_mod.run(
+            [
+                "--split=validation",
+                f"--copy_from={tmp_path}",
+                f"--output_uri={tmp_path / 'out'}",
+                *LOCAL,
+            ]
+        )
 
 
 # --------------------------------------------------------------------------- gs://
@@ -641,9 +778,15 @@ def test_gcs_source_and_output(gcs_bucket, tmp_path):
     src, cat = f"{gcs_bucket}/imagenet", f"{gcs_bucket}/work/catalog"
     generate(TINY, src, workers=1)
     run_validate(src, cat)
-    plans = plan_files(cat, f"{gcs_bucket}/work/plans", seeds=(1,), fraction="0.5",
-                       num_shards=3, unsupervised=False)
-    (split, summary), = plans.items()
+    plans = plan_files(
+        cat,
+        f"{gcs_bucket}/work/plans",
+        seeds=(1,),
+        fraction="0.5",
+        num_shards=3,
+        unsupervised=False,
+    )
+    ((split, summary),) = plans.items()
     assert summary["plan_uri"].startswith("gs://")
     out = f"{gcs_bucket}/splits"
     stats = run_build(split, summary["plan_uri"], cat, out)
@@ -654,8 +797,11 @@ def test_gcs_source_and_output(gcs_bucket, tmp_path):
         data = storage.read_bytes(uri)
         assert data == expected[s]
         assert record_names(data) == names[s]
-        assert stats["shards"][s]["crc32c"] == storage.stat(uri).crc32c == \
-            f"{google_crc32c.value(data):08x}"
+        assert (
+            stats["shards"][s]["crc32c"]
+            == storage.stat(uri).crc32c
+            == f"{google_crc32c.value(data):08x}"
+        )
     assert storage.exists(f"{out}/_work/stats/{split}.json")
     # Measured, not assumed: the ranged GETs fetched exactly the planned records.
     assert stats["bytes_read"] == stats["num_bytes"]
@@ -669,11 +815,13 @@ def test_gcs_source_and_output(gcs_bucket, tmp_path):
     assert read_all(staged_files(local_out, split)) == read_all(objects)
 
     # The validation copy, gs:// to gs://.
-    vstats = build_mod.run(["--split=validation", f"--copy_from={src}", f"--output_uri={out}",
-                            *LOCAL])
+    vstats = build_mod.run(
+        ["--split=validation", f"--copy_from={src}", f"--output_uri={out}", *LOCAL]
+    )
     copied = staged_files(out, "validation")
-    assert [storage.basename(u) for u in copied] == [shard_name("validation", s, 2)
-                                                     for s in range(2)]
+    assert [storage.basename(u) for u in copied] == [
+        shard_name("validation", s, 2) for s in range(2)
+    ]
     for u in copied:
         assert storage.read_bytes(u) == storage.read_bytes(f"{src}/{storage.basename(u)}")
     assert vstats["num_examples"] == TINY.num_classes * TINY.validation_per_class
@@ -715,8 +863,9 @@ def test_bytes_read_is_what_the_readers_fetched(small, tmp_path, monkeypatch):
     monkeypatch.setattr(storage.local.LocalRanges, "read_batch", twice)
     stats = run_build(small.split, small.plan_uri, small.catalog, str(tmp_path / "out"))
     assert stats["bytes_read"] == 2 * stats["num_bytes"] == 2 * stats["bytes_written"]
-    assert read_all(staged_files(str(tmp_path / "out"), small.split)) == \
-        read_all(staged_files(small.ref_out, small.split))
+    assert read_all(staged_files(str(tmp_path / "out"), small.split)) == read_all(
+        staged_files(small.ref_out, small.split)
+    )
 
 
 def test_stage_split_transform(small, tmp_path):
@@ -733,18 +882,45 @@ def test_stage_split_transform(small, tmp_path):
     S = len(expected)
     stats_path = str(tmp_path / "stats.json")
     with BeamTestPipeline(options=PipelineOptions(LOCAL)) as p:
-        stats = (p
-                 | beam.Create(list(range(S)))
-                 | StageSplit(WriteShard(table_uri, files, split, S, out, staging, 1),
-                              split=split, num_shards=S, output_uri=out, staging=staging,
-                              expected=[len(names[s]) for s in range(S)],
-                              meta={"plan_sha256": sha}, stats_path=stats_path)
-                 | beam.Map(lambda st: (st["split"], st["num_shards"], st["num_examples"],
-                                        st["plan_sha256"], [s["staged"] for s in st["shards"]])))
-        assert_that(stats, equal_to([(split, S, sum(len(n) for n in names.values()), sha,
-                                      [os.path.join(staging, shard_name(split, s, S))
-                                       for s in range(S)])]))
-    assert [Path(staging, shard_name(split, s, S)).read_bytes() for s in range(S)] == \
-        [expected[s] for s in range(S)]
+        stats = (
+            p
+            | beam.Create(list(range(S)))
+            | StageSplit(
+                WriteShard(table_uri, files, split, S, out, staging, 1),
+                split=split,
+                num_shards=S,
+                output_uri=out,
+                staging=staging,
+                expected=[len(names[s]) for s in range(S)],
+                meta={"plan_sha256": sha},
+                stats_path=stats_path,
+            )
+            | beam.Map(
+                lambda st: (
+                    st["split"],
+                    st["num_shards"],
+                    st["num_examples"],
+                    st["plan_sha256"],
+                    [s["staged"] for s in st["shards"]],
+                )
+            )
+        )
+        assert_that(
+            stats,
+            equal_to(
+                [
+                    (
+                        split,
+                        S,
+                        sum(len(n) for n in names.values()),
+                        sha,
+                        [os.path.join(staging, shard_name(split, s, S)) for s in range(S)],
+                    )
+                ]
+            ),
+        )
+    assert [Path(staging, shard_name(split, s, S)).read_bytes() for s in range(S)] == [
+        expected[s] for s in range(S)
+    ]
     assert json.loads(Path(stats_path).read_text())["num_shards"] == S
     assert not os.path.exists(out)

@@ -51,15 +51,18 @@ def names(folder: str, split: str) -> list[str]:
 
 
 def contents(folder: str, split: str) -> dict[str, bytes]:
-    return {storage.basename(f.path): storage.read_bytes(f.path)
-            for f in layout.split_files(folder, split)}
+    return {
+        storage.basename(f.path): storage.read_bytes(f.path)
+        for f in layout.split_files(folder, split)
+    }
 
 
 @pytest.fixture
 def published(small_source, tmp_path, catalog_cache):
     """Seeds 1 and 2 at 3 shards and the reshuffle at 4, published."""
-    p = bs.params(str(small_source), str(tmp_path / "out"), unsupervised=True,
-                  unsupervised_shards=4)
+    p = bs.params(
+        str(small_source), str(tmp_path / "out"), unsupervised=True, unsupervised_shards=4
+    )
     run, _ = bs.full_run(p, catalog_cache)
     return p, run
 
@@ -85,22 +88,30 @@ def test_a_new_shard_count_replaces_only_that_splits_shards(published, catalog_c
     p, run = published
     out = run.output_uri
     Path(out, "train-notes.txt").write_text("not a shard")
-    sup = {s: (Path(out, n).read_bytes(), Path(out, n).stat().st_mtime_ns)
-           for s in run.supervised() for n in names(out, s)}
-    run6, result = bs.full_run({**p, "seeds": [], "unsupervised_shards": 6}, catalog_cache,
-                               run_id="manual__2")
+    sup = {
+        s: (Path(out, n).read_bytes(), Path(out, n).stat().st_mtime_ns)
+        for s in run.supervised()
+        for n in names(out, s)
+    }
+    run6, result = bs.full_run(
+        {**p, "seeds": [], "unsupervised_shards": 6}, catalog_cache, run_id="manual__2"
+    )
     assert result["changed"] == ["train"]
     assert names(out, "train") == [layout.shard_name("train", s, 6) for s in range(6)]
     assert Path(out, "train-notes.txt").exists()  # not a shard: never touched
-    assert {s: (Path(out, n).read_bytes(), Path(out, n).stat().st_mtime_ns)
-            for s in run.supervised() for n in names(out, s)} == sup
+    assert {
+        s: (Path(out, n).read_bytes(), Path(out, n).stat().st_mtime_ns)
+        for s in run.supervised()
+        for n in names(out, s)
+    } == sup
     doc = load(run.manifest_uri)
     assert doc["splits"]["train"]["num_shards"] == 6
     assert sorted(doc["splits"]) == sorted(run.supervised() + ["train"])
 
 
-def test_a_staged_shard_changed_after_verification_is_not_published(small_source, tmp_path,
-                                                                   catalog_cache):
+def test_a_staged_shard_changed_after_verification_is_not_published(
+    small_source, tmp_path, catalog_cache
+):
     run = bs.start(bs.params(str(small_source), str(tmp_path / "out"), seeds=[1]), catalog_cache)
     bs.build_all(run, deep=False)
     staged = json.loads(storage.read_text(layout.stats_uri(run.work_uri, SPLIT)))["shards"][0]
@@ -108,21 +119,27 @@ def test_a_staged_shard_changed_after_verification_is_not_published(small_source
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(TaskError, match=rf"{SPLIT}: .*{path.name} changed or disappeared since it "
-                                        r"was verified; nothing was published"):
+    with pytest.raises(
+        TaskError,
+        match=rf"{SPLIT}: .*{path.name} changed or disappeared since it "
+        r"was verified; nothing was published",
+    ):
         bs.publish(run)
     assert names(run.output_uri, SPLIT) == [] and not storage.exists(run.manifest_uri)
     assert not storage.exists(layout.journal_uri(run.work_uri))
 
 
-@pytest.mark.parametrize("point", ["publish.journaled", "publish.placed@2", "publish.switched",
-                                   "publish.committed"])
+@pytest.mark.parametrize(
+    "point", ["publish.journaled", "publish.placed@2", "publish.switched", "publish.committed"]
+)
 def test_an_interrupted_publication_is_refused_then_finished_by_the_next_run(
-        published, catalog_cache, monkeypatch, point):
+    published, catalog_cache, monkeypatch, point
+):
     p, run = published
     old = {s: contents(run.output_uri, s) for s in run.supervised() + ["train"]}
-    again = bs.start({**p, "seeds": [1], "num_shards": 4, "force": True, "unsupervised": False},
-                     catalog_cache)
+    again = bs.start(
+        {**p, "seeds": [1], "num_shards": 4, "force": True, "unsupervised": False}, catalog_cache
+    )
     bs.build_all(again, deep=False)
     stop_at(monkeypatch, point)
     with pytest.raises((Stop, PublishError)):  # storage failing mid-switch: PublishError
@@ -142,8 +159,10 @@ def test_an_interrupted_publication_is_refused_then_finished_by_the_next_run(
         assert len(files.paths) == (4 if committed else 3)
     except ManifestError as err:
         assert point in ("publish.placed@2", "publish.switched")
-        assert f"split {SPLIT} of {run.manifest_uri} is being replaced: run manual__2 started " \
-               "publishing a new build of it" in str(err)
+        assert (
+            f"split {SPLIT} of {run.manifest_uri} is being replaced: run manual__2 started "
+            "publishing a new build of it" in str(err)
+        )
         assert "The next run of the DAG completes the publication" in str(err)
     # The next run's plan task finishes it first, then finds everything up to date.
     rerun = bs.start({**p, "seeds": [1], "num_shards": 4, "unsupervised": False}, catalog_cache)
@@ -155,8 +174,7 @@ def test_an_interrupted_publication_is_refused_then_finished_by_the_next_run(
     assert files.num_examples == 97
 
 
-def test_a_retried_publish_task_finishes_its_own_publication(published, catalog_cache,
-                                                            monkeypatch):
+def test_a_retried_publish_task_finishes_its_own_publication(published, catalog_cache, monkeypatch):
     p, run = published
     again = bs.start({**p, "seeds": [1], "force": True, "unsupervised": False}, catalog_cache)
     bs.build_all(again, deep=False)
@@ -170,14 +188,14 @@ def test_a_retried_publish_task_finishes_its_own_publication(published, catalog_
     load_split(run.manifest_uri, SPLIT)
 
 
-def test_reruns_decide_from_metadata_without_reading_a_shard(published, catalog_cache,
-                                                            monkeypatch):
+def test_reruns_decide_from_metadata_without_reading_a_shard(published, catalog_cache, monkeypatch):
     p, run = published
     read: list[str] = []
     for fn in ("open_read", "read_bytes", "file_crc32c"):
         real = getattr(storage, fn)
-        monkeypatch.setattr(storage, fn, lambda uri, *a, _r=real, **k: read.append(uri) or
-                            _r(uri, *a, **k))
+        monkeypatch.setattr(
+            storage, fn, lambda uri, *a, _r=real, **k: read.append(uri) or _r(uri, *a, **k)
+        )
     rerun = bs.start(p, catalog_cache)
     assert {s["action"] for s in rerun.specs} == {"skip"}
     shards = {s["path"] for e in load(run.manifest_uri)["splits"].values() for s in e["shards"]}

@@ -45,30 +45,66 @@ SCANNED_DIRS = ("dags", "plugins")
 # Product settings the DAG and plugins read (named in the compose issue), checked
 # even before dags/ and plugins/ contain the code that reads them.
 PRODUCT_SETTINGS = (
-    "SSL_SPLITS_MAX_PARALLEL_BUILDS", "SSL_SPLITS_DATAFLOW_PROJECT", "SSL_SPLITS_DATAFLOW_REGION",
-    "SSL_SPLITS_DATAFLOW_TEMP_LOCATION", "SSL_SPLITS_SCHEDULE", "STORAGE_EMULATOR_HOST",
+    "SSL_SPLITS_MAX_PARALLEL_BUILDS",
+    "SSL_SPLITS_DATAFLOW_PROJECT",
+    "SSL_SPLITS_DATAFLOW_REGION",
+    "SSL_SPLITS_DATAFLOW_TEMP_LOCATION",
+    "SSL_SPLITS_SCHEDULE",
+    "STORAGE_EMULATOR_HOST",
     "GOOGLE_CLOUD_PROJECT",
 )
 # Set by the Airflow image or the container runtime, not by the compose file.
-PROVIDED_BY_RUNTIME = {"HOME", "PATH", "HOSTNAME", "USER", "PYTHONPATH", "TMPDIR",
-                       "AIRFLOW_HOME", "AIRFLOW_VERSION", "AIRFLOW_USER_HOME_DIR",
-                       "AIRFLOW_TEST_MODE"}  # (set by `airflow tasks test` itself)
+PROVIDED_BY_RUNTIME = {
+    "HOME",
+    "PATH",
+    "HOSTNAME",
+    "USER",
+    "PYTHONPATH",
+    "TMPDIR",
+    "AIRFLOW_HOME",
+    "AIRFLOW_VERSION",
+    "AIRFLOW_USER_HOME_DIR",
+    "AIRFLOW_TEST_MODE",
+}  # (set by `airflow tasks test` itself)
 # Services that run DAG or plugin code (parse DAGs, run tasks, serve the UI).
-DAG_CODE_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                     "airflow-triggerer")
-REQUIRED_SERVICES = ("postgres", "airflow-apiserver", "airflow-scheduler",
-                     "airflow-dag-processor", "airflow-triggerer", "airflow-init",
-                     "gcs-emulator")
+DAG_CODE_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+)
+REQUIRED_SERVICES = (
+    "postgres",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-init",
+    "gcs-emulator",
+)
 ONE_SHOT_SERVICES = ("airflow-init", "demo-data", "airflow-cli")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 # Packages of requirements.lock that the image must not carry: TensorFlow and the
 # test tools. (py-spy is in it legitimately: google provider -> ray -> py-spy.)
-NOT_IN_IMAGE = ("tensorflow-cpu", "tensorflow", "keras", "tensorflow-datasets", "mlcroissant",
-                "pytest", "pytest-timeout", "pytest-xdist", "ruff", "mypy", "playwright",
-                "gcp-storage-emulator")
+NOT_IN_IMAGE = (
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+    "tensorflow-datasets",
+    "mlcroissant",
+    "pytest",
+    "pytest-timeout",
+    "pytest-xdist",
+    "ruff",
+    "mypy",
+    "playwright",
+    "gcp-storage-emulator",
+)
 
-INSTALL_HINT = ("Debian's docker-compose is not on PATH: run bin/install-system-deps "
-                "(installs it with apt) and rerun the tests")
+INSTALL_HINT = (
+    "Debian's docker-compose is not on PATH: run bin/install-system-deps "
+    "(installs it with apt) and rerun the tests"
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -95,15 +131,17 @@ def compose_variables(data) -> set[str]:
     """Variables a parsed compose file interpolates (``${VAR...}`` or ``$VAR`` in
     any key or value; ``$$`` is a literal dollar)."""
     if isinstance(data, dict):
-        return set().union(set(), *(compose_variables(k) | compose_variables(v)
-                                    for k, v in data.items()))
+        return set().union(
+            set(), *(compose_variables(k) | compose_variables(v) for k, v in data.items())
+        )
     if isinstance(data, list):
         return set().union(set(), *(compose_variables(v) for v in data))
     if not isinstance(data, str):
         return set()
     text = data.replace("$$", "")
     return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)) | set(
-        re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", text))
+        re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", text)
+    )
 
 
 def lock_pins(path: Path) -> dict[str, tuple[str, list[str]]]:
@@ -170,13 +208,23 @@ def run_compose_config(env_file: Path | None) -> subprocess.CompletedProcess:
     if exe is None:
         pytest.fail(INSTALL_HINT)
     # A clean environment: the env file, not the developer's shell, decides.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-           "LANG": "C.UTF-8"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+    }
     args = [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
     if env_file is not None:
         args += ["--env-file", str(env_file)]
-    return subprocess.run(args + ["config"], check=False, capture_output=True, text=True,
-                          env=env, timeout=60, cwd=env_file.parent if env_file else ROOT)
+    return subprocess.run(
+        args + ["config"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=env_file.parent if env_file else ROOT,
+    )
 
 
 # --------------------------------------------------------------------------- checks
@@ -195,8 +243,7 @@ def missing_dependencies(config: dict) -> list[str]:
                 problems.append(f"{name} depends on {dep}, which is not a service")
                 continue
             cond = (spec or {}).get("condition", "service_started")
-            if cond not in ("service_started", "service_healthy",
-                            "service_completed_successfully"):
+            if cond not in ("service_started", "service_healthy", "service_completed_successfully"):
                 problems.append(f"{name} -> {dep}: unknown condition {cond}")
             if cond == "service_healthy" and not services[dep].get("healthcheck"):
                 problems.append(f"{name} waits for {dep} to be healthy; {dep} has no healthcheck")
@@ -258,14 +305,22 @@ def build_problems(config: dict, root: Path) -> list[str]:
             continue
         context = Path(build["context"] if isinstance(build, dict) else build)
         context = context if context.is_absolute() else root / context
-        dockerfile = context / (build.get("dockerfile", "Dockerfile")
-                                if isinstance(build, dict) else "Dockerfile")
+        dockerfile = context / (
+            build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
+        )
         if not dockerfile.is_file():
             problems.append(f"{name}: Dockerfile {dockerfile} does not exist")
             continue
         ignore_file = context / ".dockerignore"
-        ignored = [line.strip() for line in ignore_file.read_text().splitlines()
-                   if line.strip() and not line.startswith("#")] if ignore_file.is_file() else []
+        ignored = (
+            [
+                line.strip()
+                for line in ignore_file.read_text().splitlines()
+                if line.strip() and not line.startswith("#")
+            ]
+            if ignore_file.is_file()
+            else []
+        )
         for word, args in dockerfile_instructions(dockerfile):
             if word not in ("COPY", "ADD"):
                 continue
@@ -274,8 +329,10 @@ def build_problems(config: dict, root: Path) -> list[str]:
                 if not list(context.glob(src.rstrip("/"))):
                     problems.append(f"{name}: {dockerfile.name} copies {src}, which does not exist")
                 elif dockerignored(src, ignored):
-                    problems.append(f"{name}: {dockerfile.name} copies {src}, which "
-                                    ".dockerignore leaves out of the build context")
+                    problems.append(
+                        f"{name}: {dockerfile.name} copies {src}, which "
+                        ".dockerignore leaves out of the build context"
+                    )
     return problems
 
 
@@ -288,14 +345,17 @@ def read_env_vars(dirs: list[Path]) -> dict[str, list[str]]:
     name = r"\s*[rbuf]?(['\"])([A-Za-z_][A-Za-z0-9_]*)\1"
     call = re.compile(r"\b(?:environ\.get|environ\.setdefault|getenv)\(" + name)
     item = re.compile(r"\benviron\[" + name + r"\s*\](?!\s*=[^=])")
-    alias = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:os\.)?(?:environ\.get|getenv)\s*$",
-                       re.MULTILINE)
+    alias = re.compile(
+        r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:os\.)?(?:environ\.get|getenv)\s*$", re.MULTILINE
+    )
     found: dict[str, list[str]] = {}
     for d in dirs:
         for path in sorted(d.rglob("*.py")) if d.is_dir() else []:
             text = path.read_text(errors="replace")
-            patterns = [call, item] + [re.compile(r"(?<![.\w])" + re.escape(a) + r"\(" + name)
-                                       for a in set(alias.findall(text))]
+            patterns = [call, item] + [
+                re.compile(r"(?<![.\w])" + re.escape(a) + r"\(" + name)
+                for a in set(alias.findall(text))
+            ]
             for pattern in patterns:
                 for m in pattern.finditer(text):
                     line = text.count("\n", 0, m.start()) + 1
@@ -315,10 +375,18 @@ def unconfigured_env_vars(names: dict[str, list[str]], config: dict, env_example
             continue
         lacking = [s for s in DAG_CODE_SERVICES if var not in service_env(services.get(s, {}))]
         if lacking:
-            hint = (" (it is in .env.example, but .env only reaches containers through the "
-                    "compose file's environment:)") if var in documented else ""
-            problems.append(f"{var} (read at {', '.join(where[:3])}) is not set for "
-                            f"{', '.join(lacking)} in docker-compose.yaml{hint}")
+            hint = (
+                (
+                    " (it is in .env.example, but .env only reaches containers through the "
+                    "compose file's environment:)"
+                )
+                if var in documented
+                else ""
+            )
+            problems.append(
+                f"{var} (read at {', '.join(where[:3])}) is not set for "
+                f"{', '.join(lacking)} in docker-compose.yaml{hint}"
+            )
     return problems
 
 
@@ -330,8 +398,9 @@ def lock_mismatches(sub: Path, main: Path) -> list[str]:
         if name not in main_pins:
             problems.append(f"{sub.name}: {name}=={version} is not in {main.name}")
         elif main_pins[name][0] != version:
-            problems.append(f"{sub.name}: {name}=={version}, but {main.name} pins "
-                            f"{main_pins[name][0]}")
+            problems.append(
+                f"{sub.name}: {name}=={version}, but {main.name} pins {main_pins[name][0]}"
+            )
         if not hashes:
             problems.append(f"{sub.name}: {name} has no --hash")
     return problems
@@ -380,8 +449,12 @@ def base_image_problems(dockerfile: Path, main_lock: Path) -> list[str]:
     airflow = lock_pins(main_lock)["apache-airflow"][0]
     want = f"apache/airflow:{airflow}-python3.11"
     if froms != [want]:
-        return [(f"{dockerfile.name} is FROM {froms}, expected {want} "
-                 f"(apache-airflow=={airflow} in {main_lock.name}, Python 3.11)")]
+        return [
+            (
+                f"{dockerfile.name} is FROM {froms}, expected {want} "
+                f"(apache-airflow=={airflow} in {main_lock.name}, Python 3.11)"
+            )
+        ]
     return []
 
 
@@ -455,9 +528,12 @@ def test_stack_shape(resolved):
             assert svc.get("healthcheck"), f"{name} has no healthcheck"
     # The official file's commands for the Airflow 3 components.
     commands = {n: services[n].get("command") for n in DAG_CODE_SERVICES}
-    assert commands == {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler",
-                        "airflow-dag-processor": "dag-processor",
-                        "airflow-triggerer": "triggerer"}, commands
+    assert commands == {
+        "airflow-apiserver": "api-server",
+        "airflow-scheduler": "scheduler",
+        "airflow-dag-processor": "dag-processor",
+        "airflow-triggerer": "triggerer",
+    }, commands
 
 
 def test_every_service_depended_on_exists(raw, resolved):
@@ -484,8 +560,10 @@ def test_env_vars_read_by_dags_and_plugins_are_configured(resolved):
     documented = documented_in_env_example(ENV_EXAMPLE.read_text())
     undocumented = sorted(v for v in PRODUCT_SETTINGS if v not in documented)
     assert not undocumented, f"not in .env.example: {undocumented}"
-    assert service_env(resolved["services"]["airflow-scheduler"])[
-        "SSL_SPLITS_MAX_PARALLEL_BUILDS"] == "3"
+    assert (
+        service_env(resolved["services"]["airflow-scheduler"])["SSL_SPLITS_MAX_PARALLEL_BUILDS"]
+        == "3"
+    )
 
 
 def test_env_example_and_compose_variables_agree():
@@ -503,18 +581,30 @@ def test_image_installs_the_locked_requirements():
     assert lock_mismatches(RUNTIME_LOCK, MAIN_LOCK) == []
     assert lock_mismatches(EMULATOR_LOCK, MAIN_LOCK) == []
     runtime = lock_pins(RUNTIME_LOCK)
-    for name in ("apache-airflow", "apache-airflow-providers-apache-beam",
-                 "apache-airflow-providers-google", "apache-beam", "google-cloud-storage",
-                 "google-crc32c", "pyarrow", "pillow", "protobuf", "numpy"):
+    for name in (
+        "apache-airflow",
+        "apache-airflow-providers-apache-beam",
+        "apache-airflow-providers-google",
+        "apache-beam",
+        "google-cloud-storage",
+        "google-crc32c",
+        "pyarrow",
+        "pillow",
+        "protobuf",
+        "numpy",
+    ):
         assert name in runtime, f"{name} missing from {RUNTIME_LOCK.name}"
     assert sorted(set(NOT_IN_IMAGE) & set(runtime)) == []
     assert "gcp-storage-emulator" in lock_pins(EMULATOR_LOCK)
     # The repo's package goes in without dependencies (they are all locked).
     runs = [a for w, a in dockerfile_instructions(DOCKERFILE) if w == "RUN"]
-    assert any(re.search(r"pip install\b[^&;]*--no-deps[^&;]*/opt/ssl-splits/src", r)
-               for r in runs), runs
+    assert any(
+        re.search(r"pip install\b[^&;]*--no-deps[^&;]*/opt/ssl-splits/src", r) for r in runs
+    ), runs
     # No install at container start (comments may mention it; the settings may not).
-    assert "_PIP_ADDITIONAL_REQUIREMENTS" not in json.dumps(yaml.safe_load(COMPOSE_FILE.read_text()))
+    assert "_PIP_ADDITIONAL_REQUIREMENTS" not in json.dumps(
+        yaml.safe_load(COMPOSE_FILE.read_text())
+    )
 
 
 def emulator_problems(config: dict) -> list[str]:
@@ -538,8 +628,10 @@ def emulator_problems(config: dict) -> list[str]:
             problems.append(f"{name}: GCS_BUCKET differs from the emulator's")
         query = parse_qs(urlsplit(env.get("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "")).query)
         if query.get("is_anonymous") != ["true"]:
-            problems.append(f"{name}: google_cloud_default is not anonymous, but GCS is the "
-                            "emulator (add is_anonymous=true)")
+            problems.append(
+                f"{name}: google_cloud_default is not anonymous, but GCS is the "
+                "emulator (add is_anonymous=true)"
+            )
     return problems
 
 
@@ -596,10 +688,19 @@ def _free_port() -> int:
 
 
 def _start_emulator(port: int, data: Path) -> subprocess.Popen:
-    env = {**os.environ, "GCS_EMULATOR_LISTEN": "127.0.0.1", "GCS_EMULATOR_PORT": str(port),
-           "GCS_BUCKET": "compose-bucket", "GCS_EMULATOR_DATA_DIR": str(data)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "docker" / "gcs_emulator_server.py")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "GCS_EMULATOR_LISTEN": "127.0.0.1",
+        "GCS_EMULATOR_PORT": str(port),
+        "GCS_BUCKET": "compose-bucket",
+        "GCS_EMULATOR_DATA_DIR": str(data),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "docker" / "gcs_emulator_server.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -609,7 +710,8 @@ def _start_emulator(port: int, data: Path) -> subprocess.Popen:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(
-                    f"emulator did not start: {proc.stderr.read().decode()}") from None
+                    f"emulator did not start: {proc.stderr.read().decode()}"
+                ) from None
             time.sleep(0.1)
 
 
@@ -639,16 +741,28 @@ def test_gcs_emulator_launcher_serves_the_default_bucket(tmp_path, monkeypatch):
         proc.wait(timeout=10)
     proc = _start_emulator(port, data)
     try:
-        url = (f"http://127.0.0.1:{port}/download/storage/v1/b/compose-bucket/o/"
-               "demo%2Fsplits%2Fmanifest.json?alt=media")
+        url = (
+            f"http://127.0.0.1:{port}/download/storage/v1/b/compose-bucket/o/"
+            "demo%2Fsplits%2Fmanifest.json?alt=media"
+        )
         with urllib.request.urlopen(url, timeout=5) as r:
             assert json.loads(r.read()) == {"splits": {}}
-        env = {**os.environ, "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
-               "GCS_BUCKET": "compose-bucket", "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+            "GCS_BUCKET": "compose-bucket",
+            "PYTHONPATH": str(ROOT),
+        }
         outputs = []
         for _ in range(2):
-            run = subprocess.run([sys.executable, str(ROOT / "docker" / "demo_data.py")],
-                                 check=False, capture_output=True, text=True, env=env, timeout=60)
+            run = subprocess.run(
+                [sys.executable, str(ROOT / "docker" / "demo_data.py")],
+                check=False,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
             assert run.returncode == 0, run.stderr
             outputs.append(run.stdout)
         assert "source_uri=gs://compose-bucket/demo/imagenet" in outputs[0]
@@ -679,7 +793,8 @@ def test_checks_catch_a_broken_compose(resolved, tmp_path):
 
     broken = copy.deepcopy(resolved)
     broken["services"]["airflow-scheduler"]["environment"]["AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT"] = (
-        "google-cloud-platform://?project=p")
+        "google-cloud-platform://?project=p"
+    )
     broken["services"]["airflow-triggerer"]["environment"]["GCS_BUCKET"] = "other"
     assert len(emulator_problems(broken)) == 2, emulator_problems(broken)
 
@@ -692,29 +807,42 @@ def test_checks_catch_a_broken_compose(resolved, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "new.py").write_text(
-        'import os\nfrom os import environ, getenv\n'
+        "import os\nfrom os import environ, getenv\n"
         'a = os.environ.get("SSL_SPLITS_NEW_KNOB", "1")\n'
         'b = environ["SSL_SPLITS_OTHER"]\n'
-        'c = getenv(\'GOOGLE_CLOUD_PROJECT\')\n'
-        'os.environ["WRITTEN_ONLY"] = "x"\n')
+        "c = getenv('GOOGLE_CLOUD_PROJECT')\n"
+        'os.environ["WRITTEN_ONLY"] = "x"\n'
+    )
     (plugins / "sub").mkdir()
     (plugins / "sub" / "aliased.py").write_text(
-        'import os\n\ndef f():\n    env = os.environ.get\n'
-        '    return env("SSL_SPLITS_ALIASED") or os.environ.get(\n        "SSL_SPLITS_WRAPPED")\n')
+        "import os\n\ndef f():\n    env = os.environ.get\n"
+        '    return env("SSL_SPLITS_ALIASED") or os.environ.get(\n        "SSL_SPLITS_WRAPPED")\n'
+    )
     names = read_env_vars([plugins])
-    assert set(names) == {"SSL_SPLITS_NEW_KNOB", "SSL_SPLITS_OTHER", "GOOGLE_CLOUD_PROJECT",
-                          "SSL_SPLITS_ALIASED", "SSL_SPLITS_WRAPPED"}, names
+    assert set(names) == {
+        "SSL_SPLITS_NEW_KNOB",
+        "SSL_SPLITS_OTHER",
+        "GOOGLE_CLOUD_PROJECT",
+        "SSL_SPLITS_ALIASED",
+        "SSL_SPLITS_WRAPPED",
+    }, names
     assert names["SSL_SPLITS_WRAPPED"] == ["plugins/sub/aliased.py:5"]
     problems = unconfigured_env_vars(names, resolved, "SSL_SPLITS_OTHER=\n")
-    assert [p.split()[0] for p in problems] == ["SSL_SPLITS_ALIASED", "SSL_SPLITS_NEW_KNOB",
-                                                "SSL_SPLITS_OTHER", "SSL_SPLITS_WRAPPED"]
+    assert [p.split()[0] for p in problems] == [
+        "SSL_SPLITS_ALIASED",
+        "SSL_SPLITS_NEW_KNOB",
+        "SSL_SPLITS_OTHER",
+        "SSL_SPLITS_WRAPPED",
+    ]
     assert "only reaches containers" in problems[2]
 
 
 def test_checks_catch_broken_locks_and_dockerfiles(tmp_path):
     main = tmp_path / "main.lock"
-    main.write_text("foo==1.0 \\\n    --hash=sha256:" + "a" * 64 + "\n"
-                    "bar==2.0 \\\n    --hash=sha256:" + "b" * 64 + "\n")
+    main.write_text(
+        "foo==1.0 \\\n    --hash=sha256:" + "a" * 64 + "\n"
+        "bar==2.0 \\\n    --hash=sha256:" + "b" * 64 + "\n"
+    )
     sub = tmp_path / "sub.lock"
     sub.write_text("foo==1.1 \\\n    --hash=sha256:" + "a" * 64 + "\nbar==2.0\nbaz==3\n")
     problems = lock_mismatches(sub, main)
@@ -723,9 +851,11 @@ def test_checks_catch_broken_locks_and_dockerfiles(tmp_path):
     assert any("baz==3 is not in main.lock" in p for p in problems), problems
 
     df = tmp_path / "Dockerfile"
-    df.write_text("FROM apache/airflow:3.2.0-python3.11\n"
-                  "COPY requirements-runtime.lock /r.lock\n"
-                  "RUN pip install --no-cache-dir \\\n    -r /r.lock\n")
+    df.write_text(
+        "FROM apache/airflow:3.2.0-python3.11\n"
+        "COPY requirements-runtime.lock /r.lock\n"
+        "RUN pip install --no-cache-dir \\\n    -r /r.lock\n"
+    )
     assert base_image_problems(df, MAIN_LOCK)
     assert "without --require-hashes" in locked_install_problems(df, "requirements-runtime.lock")[0]
     df.write_text("FROM x\nRUN pip install -r requirements.txt\n")
@@ -740,8 +870,9 @@ def test_checks_catch_broken_locks_and_dockerfiles(tmp_path):
     (ctx / ".dockerignore").write_text("present.txt\n")
     (ctx / "missing.txt").write_text("")
     problems = build_problems({"services": {"s": {"build": {"context": str(ctx)}}}}, ctx)
-    assert problems == [("s: Dockerfile copies present.txt, which .dockerignore leaves out "
-                         "of the build context")]
+    assert problems == [
+        ("s: Dockerfile copies present.txt, which .dockerignore leaves out of the build context")
+    ]
     assert dockerignored("tests/x.py", ["tests"]) and not dockerignored("tests/x.py", ["test"])
     assert dockerignored("a/b/__pycache__/c.pyc", ["**/__pycache__"])
     assert not dockerignored(".env.example", [".env.*", "!.env.example"])

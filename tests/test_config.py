@@ -7,38 +7,98 @@ import pytest
 from ssl_splits.config import ConfigError, RunConfig, resolve
 
 OK = {"source_uri": "/data/imagenet", "output_uri": "/data/ssl"}
-DATAFLOW = {"source_uri": "gs://bkt/imagenet", "output_uri": "gs://bkt/ssl",
-            "runner": "DataflowRunner", "dataflow_project": "proj",
-            "dataflow_temp_location": "gs://bkt/tmp", "dataflow_worker_package": "gs://bkt/w.whl"}
+DATAFLOW = {
+    "source_uri": "gs://bkt/imagenet",
+    "output_uri": "gs://bkt/ssl",
+    "runner": "DataflowRunner",
+    "dataflow_project": "proj",
+    "dataflow_temp_location": "gs://bkt/tmp",
+    "dataflow_worker_package": "gs://bkt/w.whl",
+}
 
 
-@pytest.mark.parametrize("params, want", [
-    pytest.param(OK, {"manifest_uri": "/data/ssl/manifest.json", "work_uri": "/data/ssl/_work",
-                      "seeds": [1, 2, 3, 4, 5], "fraction": "0.1", "fractions": [],
-                      "sampling": "stratified", "runner": "DirectRunner", "unsupervised": True,
-                      "copy_validation": True, "force": False, "num_classes": 1000,
-                      "deep_verify": False, "direct_num_workers": 0, "protocol": "seeded",
-                      "dataflow": None, "sharding_files": {}, "name_lists": {}},
-                 id="defaults"),
-    pytest.param({"source_uri": "gs://bkt/imagenet/", "output_uri": "/data/ssl/./out/",
-                  "manifest_uri": "gs://bkt/m.json", "work_uri": "/scratch/w"},
-                 {"source_uri": "gs://bkt/imagenet", "output_uri": "/data/ssl/out",
-                  "manifest_uri": "gs://bkt/m.json", "work_uri": "/scratch/w"}, id="uris_normalized"),
-    pytest.param({**OK, "seeds": ["3", " 4 ", ""], "fraction": 0.05, "sampling": "uniform"},
-                 {"seeds": [3, 4], "fraction": "0.05", "sampling": "uniform"},
-                 id="form_seeds_and_fraction"),
-    pytest.param({**OK, "fractions": ["0.1", 0.05, "0.01", ""]},
-                 {"fraction": "0.1", "fractions": ["0.1", "0.05", "0.01"]}, id="fractions"),
-    pytest.param({**OK, "seeds": [3], "sharding_files": {"3": "gs://bkt/split3.txt"}},
-                 {"sharding_files": {"3": "gs://bkt/split3.txt"}}, id="sharding_files"),
-    pytest.param({**OK, "protocol": "simclr"}, {"seeds": [], "protocol": "simclr"},
-                 id="simclr_sets_seeds_aside"),
-    pytest.param({**OK, "deep_verify": "always", "force": True, "num_shards": 7,
-                  "unsupervised": False, "direct_num_workers": 2},
-                 {"deep_verify": True, "force": True, "num_shards": 7, "unsupervised": False,
-                  "direct_num_workers": 2}, id="advanced"),
-    pytest.param(DATAFLOW, {"is_dataflow": True, "template_location": None}, id="dataflow"),
-])
+@pytest.mark.parametrize(
+    "params, want",
+    [
+        pytest.param(
+            OK,
+            {
+                "manifest_uri": "/data/ssl/manifest.json",
+                "work_uri": "/data/ssl/_work",
+                "seeds": [1, 2, 3, 4, 5],
+                "fraction": "0.1",
+                "fractions": [],
+                "sampling": "stratified",
+                "runner": "DirectRunner",
+                "unsupervised": True,
+                "copy_validation": True,
+                "force": False,
+                "num_classes": 1000,
+                "deep_verify": False,
+                "direct_num_workers": 0,
+                "protocol": "seeded",
+                "dataflow": None,
+                "sharding_files": {},
+                "name_lists": {},
+            },
+            id="defaults",
+        ),
+        pytest.param(
+            {
+                "source_uri": "gs://bkt/imagenet/",
+                "output_uri": "/data/ssl/./out/",
+                "manifest_uri": "gs://bkt/m.json",
+                "work_uri": "/scratch/w",
+            },
+            {
+                "source_uri": "gs://bkt/imagenet",
+                "output_uri": "/data/ssl/out",
+                "manifest_uri": "gs://bkt/m.json",
+                "work_uri": "/scratch/w",
+            },
+            id="uris_normalized",
+        ),
+        pytest.param(
+            {**OK, "seeds": ["3", " 4 ", ""], "fraction": 0.05, "sampling": "uniform"},
+            {"seeds": [3, 4], "fraction": "0.05", "sampling": "uniform"},
+            id="form_seeds_and_fraction",
+        ),
+        pytest.param(
+            {**OK, "fractions": ["0.1", 0.05, "0.01", ""]},
+            {"fraction": "0.1", "fractions": ["0.1", "0.05", "0.01"]},
+            id="fractions",
+        ),
+        pytest.param(
+            {**OK, "seeds": [3], "sharding_files": {"3": "gs://bkt/split3.txt"}},
+            {"sharding_files": {"3": "gs://bkt/split3.txt"}},
+            id="sharding_files",
+        ),
+        pytest.param(
+            {**OK, "protocol": "simclr"},
+            {"seeds": [], "protocol": "simclr"},
+            id="simclr_sets_seeds_aside",
+        ),
+        pytest.param(
+            {
+                **OK,
+                "deep_verify": "always",
+                "force": True,
+                "num_shards": 7,
+                "unsupervised": False,
+                "direct_num_workers": 2,
+            },
+            {
+                "deep_verify": True,
+                "force": True,
+                "num_shards": 7,
+                "unsupervised": False,
+                "direct_num_workers": 2,
+            },
+            id="advanced",
+        ),
+        pytest.param(DATAFLOW, {"is_dataflow": True, "template_location": None}, id="dataflow"),
+    ],
+)
 def test_resolve_good_params(params, want):
     cfg = resolve(params)
     got = {k: getattr(cfg, k) for k in want}
@@ -50,32 +110,64 @@ def test_resolve_dataflow_settings_and_their_defaults():
     cfg = resolve({**DATAFLOW, "dataflow_template_location": "gs://bkt/templates/"})
     assert cfg.dataflow is not None
     assert cfg.dataflow.to_dict() == {
-        "worker_package": "gs://bkt/w.whl", "project": "proj", "region": "us-central1",
-        "temp_location": "gs://bkt/tmp", "machine_type": "n2-standard-4", "max_num_workers": 20,
-        "template_location": "gs://bkt/templates"}
+        "worker_package": "gs://bkt/w.whl",
+        "project": "proj",
+        "region": "us-central1",
+        "temp_location": "gs://bkt/tmp",
+        "machine_type": "n2-standard-4",
+        "max_num_workers": 20,
+        "template_location": "gs://bkt/templates",
+    }
     assert cfg.template_location == "gs://bkt/templates"
-    cfg = resolve({**DATAFLOW, "dataflow_region": "europe-west4",
-                   "dataflow_machine_type": "n2-highmem-8", "dataflow_max_workers": 5})
+    cfg = resolve(
+        {
+            **DATAFLOW,
+            "dataflow_region": "europe-west4",
+            "dataflow_machine_type": "n2-highmem-8",
+            "dataflow_max_workers": 5,
+        }
+    )
     assert cfg.dataflow is not None
-    assert (cfg.dataflow.region, cfg.dataflow.machine_type, cfg.dataflow.max_num_workers) == \
-        ("europe-west4", "n2-highmem-8", 5)
+    assert (cfg.dataflow.region, cfg.dataflow.machine_type, cfg.dataflow.max_num_workers) == (
+        "europe-west4",
+        "n2-highmem-8",
+        5,
+    )
 
 
 # (params, the param the message names, the value it quotes)
 BAD = [
     pytest.param({"output_uri": "/o"}, "source_uri", "required", id="source_missing"),
-    pytest.param({**OK, "source_uri": "data/imagenet"}, "source_uri", "'data/imagenet'",
-                 id="relative_source"),
-    pytest.param({**OK, "source_uri": "s3://b/imagenet"}, "source_uri", "'s3://b/imagenet'",
-                 id="unknown_scheme"),
-    pytest.param({**OK, "output_uri": "/data/ssl/../x"}, "output_uri", "'/data/ssl/../x'",
-                 id="dotdot"),
-    pytest.param({**OK, "output_uri": "/data/imagenet/out"}, "output_uri", "/data/imagenet/out",
-                 id="output_inside_source"),
-    pytest.param({**OK, "work_uri": "/data/imagenet/w"}, "work_uri", "/data/imagenet/w",
-                 id="work_inside_source"),
-    pytest.param({**OK, "manifest_uri": "/data/imagenet/m.json"}, "manifest_uri",
-                 "/data/imagenet/m.json", id="manifest_inside_source"),
+    pytest.param(
+        {**OK, "source_uri": "data/imagenet"}, "source_uri", "'data/imagenet'", id="relative_source"
+    ),
+    pytest.param(
+        {**OK, "source_uri": "s3://b/imagenet"},
+        "source_uri",
+        "'s3://b/imagenet'",
+        id="unknown_scheme",
+    ),
+    pytest.param(
+        {**OK, "output_uri": "/data/ssl/../x"}, "output_uri", "'/data/ssl/../x'", id="dotdot"
+    ),
+    pytest.param(
+        {**OK, "output_uri": "/data/imagenet/out"},
+        "output_uri",
+        "/data/imagenet/out",
+        id="output_inside_source",
+    ),
+    pytest.param(
+        {**OK, "work_uri": "/data/imagenet/w"},
+        "work_uri",
+        "/data/imagenet/w",
+        id="work_inside_source",
+    ),
+    pytest.param(
+        {**OK, "manifest_uri": "/data/imagenet/m.json"},
+        "manifest_uri",
+        "/data/imagenet/m.json",
+        id="manifest_inside_source",
+    ),
     pytest.param({**OK, "seeds": [0]}, "seeds", "got 0", id="seed_zero"),
     pytest.param({**OK, "seeds": ["x"]}, "seeds", "'x'", id="seed_not_a_number"),
     pytest.param({**OK, "seeds": [2, 2]}, "seeds", "seed 2", id="seed_repeated"),
@@ -83,42 +175,87 @@ BAD = [
     pytest.param({**OK, "fraction": 1.5}, "fraction", "1.5", id="fraction_above_one"),
     pytest.param({**OK, "fraction": True}, "fraction", "True", id="fraction_bool"),
     pytest.param({**OK, "fractions": [0.1, 2]}, "fractions", "(2)", id="fractions_out_of_range"),
-    pytest.param({**OK, "fractions": [0.1, "0.10"]}, "fractions", "'0.10'",
-                 id="fractions_repeated"),
-    pytest.param({**OK, "fraction": 0.2, "fractions": [0.1, 0.05]}, "fraction", "0.2",
-                 id="fraction_beside_fractions"),
+    pytest.param(
+        {**OK, "fractions": [0.1, "0.10"]}, "fractions", "'0.10'", id="fractions_repeated"
+    ),
+    pytest.param(
+        {**OK, "fraction": 0.2, "fractions": [0.1, 0.05]},
+        "fraction",
+        "0.2",
+        id="fraction_beside_fractions",
+    ),
     pytest.param({**OK, "sampling": "random"}, "sampling", "'random'", id="sampling"),
     pytest.param({**OK, "runner": "FlinkRunner"}, "runner", "'FlinkRunner'", id="runner"),
-    pytest.param({**OK, "deep_verify": "sometimes"}, "deep_verify", "'sometimes'",
-                 id="deep_verify"),
-    pytest.param({**OK, "seeds": [1], "sharding_files": {"3": "/s3.txt"}}, "sharding_files",
-                 "'3'", id="sharding_file_seed_not_built"),
-    pytest.param({**OK, "protocol": "simclr_5pct"}, "protocol", "'simclr_5pct'",
-                 id="protocol_unknown"),
-    pytest.param({**OK, "protocol": "fixmatch", "seeds": [2, 6]}, "seeds", "[6]",
-                 id="fixmatch_seed_unpublished"),
-    pytest.param({**OK, "protocol": "fixmatch", "fraction": 0.05}, "fraction", "0.05",
-                 id="fixmatch_fraction"),
-    pytest.param({**OK, "protocol": "simclr", "seeds": [3]}, "seeds", "[3]",
-                 id="simclr_with_seeds"),
-    pytest.param({**OK, "name_lists": {"3": "/n.txt"}}, "name_lists", "'3'",
-                 id="name_list_label"),
-    pytest.param({**OK, "name_lists": {"mine": "n.txt"}}, "name_lists[mine]", "'n.txt'",
-                 id="name_list_relative"),
-    pytest.param({**OK, "seeds": [], "unsupervised": False}, "seeds", "unsupervised",
-                 id="nothing_to_build"),
-    pytest.param({**DATAFLOW, "dataflow_project": None}, "dataflow_project", "DataflowRunner",
-                 id="dataflow_without_project"),
-    pytest.param({**DATAFLOW, "dataflow_temp_location": "/tmp/x"}, "dataflow_temp_location",
-                 "gs://", id="dataflow_local_temp"),
-    pytest.param({**DATAFLOW, "output_uri": "/data/ssl"}, "output_uri", "/data/ssl",
-                 id="dataflow_local_output"),
-    pytest.param({**DATAFLOW, "dataflow_worker_package": None}, "dataflow_worker_package",
-                 "DataflowRunner", id="dataflow_without_package"),
-    pytest.param({**DATAFLOW, "dataflow_template_location": "/t"}, "dataflow_template_location",
-                 "/t", id="template_location_local"),
-    pytest.param({**OK, "dataflow_template_location": "gs://bkt/t"}, "dataflow_template_location",
-                 "DirectRunner", id="template_location_without_dataflow"),
+    pytest.param(
+        {**OK, "deep_verify": "sometimes"}, "deep_verify", "'sometimes'", id="deep_verify"
+    ),
+    pytest.param(
+        {**OK, "seeds": [1], "sharding_files": {"3": "/s3.txt"}},
+        "sharding_files",
+        "'3'",
+        id="sharding_file_seed_not_built",
+    ),
+    pytest.param(
+        {**OK, "protocol": "simclr_5pct"}, "protocol", "'simclr_5pct'", id="protocol_unknown"
+    ),
+    pytest.param(
+        {**OK, "protocol": "fixmatch", "seeds": [2, 6]},
+        "seeds",
+        "[6]",
+        id="fixmatch_seed_unpublished",
+    ),
+    pytest.param(
+        {**OK, "protocol": "fixmatch", "fraction": 0.05}, "fraction", "0.05", id="fixmatch_fraction"
+    ),
+    pytest.param(
+        {**OK, "protocol": "simclr", "seeds": [3]}, "seeds", "[3]", id="simclr_with_seeds"
+    ),
+    pytest.param({**OK, "name_lists": {"3": "/n.txt"}}, "name_lists", "'3'", id="name_list_label"),
+    pytest.param(
+        {**OK, "name_lists": {"mine": "n.txt"}},
+        "name_lists[mine]",
+        "'n.txt'",
+        id="name_list_relative",
+    ),
+    pytest.param(
+        {**OK, "seeds": [], "unsupervised": False}, "seeds", "unsupervised", id="nothing_to_build"
+    ),
+    pytest.param(
+        {**DATAFLOW, "dataflow_project": None},
+        "dataflow_project",
+        "DataflowRunner",
+        id="dataflow_without_project",
+    ),
+    pytest.param(
+        {**DATAFLOW, "dataflow_temp_location": "/tmp/x"},
+        "dataflow_temp_location",
+        "gs://",
+        id="dataflow_local_temp",
+    ),
+    pytest.param(
+        {**DATAFLOW, "output_uri": "/data/ssl"},
+        "output_uri",
+        "/data/ssl",
+        id="dataflow_local_output",
+    ),
+    pytest.param(
+        {**DATAFLOW, "dataflow_worker_package": None},
+        "dataflow_worker_package",
+        "DataflowRunner",
+        id="dataflow_without_package",
+    ),
+    pytest.param(
+        {**DATAFLOW, "dataflow_template_location": "/t"},
+        "dataflow_template_location",
+        "/t",
+        id="template_location_local",
+    ),
+    pytest.param(
+        {**OK, "dataflow_template_location": "gs://bkt/t"},
+        "dataflow_template_location",
+        "DirectRunner",
+        id="template_location_without_dataflow",
+    ),
 ]
 
 
@@ -147,7 +284,8 @@ def test_config_xcom_is_the_json_earlier_versions_wrote():
         '"dataflow": {"worker_package": "gs://bkt/w.whl", "project": "proj", '
         '"region": "us-central1", "temp_location": "gs://bkt/tmp", '
         '"machine_type": "n2-standard-4", "max_num_workers": 20, "template_location": null}, '
-        '"protocol": "seeded", "name_lists": {}, "fractions": []}')
+        '"protocol": "seeded", "name_lists": {}, "fractions": []}'
+    )
     assert resolve(OK).to_dict()["dataflow"] == {}
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     # An XCom written before a field existed reads with the field's default.

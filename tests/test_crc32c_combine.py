@@ -66,21 +66,25 @@ def test_crc_rows_and_masks():
 def test_framed_record_crcs_from_length_and_stored_crc_only():
     recs = records(300, 4) + [b""]
     framed = [frame(r) for r in recs]
-    got = cc.framed_record_crcs(np.array([len(f) for f in framed]),
-                                np.array([masked_crc32c(r) for r in recs], np.uint32))
+    got = cc.framed_record_crcs(
+        np.array([len(f) for f in framed]), np.array([masked_crc32c(r) for r in recs], np.uint32)
+    )
     assert got.tolist() == [crc(f) for f in framed]
 
 
-@pytest.mark.parametrize("starts", [[0, 0, 5, 50, 50, 120, 200], [0, 200], [0, 1, 2, 200],
-                                    [0, 0, 0, 200, 200]])
+@pytest.mark.parametrize(
+    "starts", [[0, 0, 5, 50, 50, 120, 200], [0, 200], [0, 1, 2, 200], [0, 0, 0, 200, 200]]
+)
 def test_shard_sizes_and_crcs_are_those_of_the_concatenated_records(starts):
     recs = records(200, len(starts))
     framed = [frame(r) for r in recs]
-    sizes, crcs = cc.shard_crcs(np.array([len(f) for f in framed]),
-                                np.array([masked_crc32c(r) for r in recs], np.uint32),
-                                np.array(starts))
+    sizes, crcs = cc.shard_crcs(
+        np.array([len(f) for f in framed]),
+        np.array([masked_crc32c(r) for r in recs], np.uint32),
+        np.array(starts),
+    )
     for g in range(len(starts) - 1):
-        blob = b"".join(framed[starts[g]:starts[g + 1]])
+        blob = b"".join(framed[starts[g] : starts[g + 1]])
         assert sizes[g] == len(blob)
         assert int(crcs[g]) == crc(blob), g
 

@@ -48,8 +48,16 @@ from support.airflow_env import (
 )
 from support.common import REFERENCE, SIMCLR
 
-TASK_IDS = {"check_params", "acquire_lock", "validate_source", "plan", "build", "verify",
-            "publish_manifest", "release_lock"}
+TASK_IDS = {
+    "check_params",
+    "acquire_lock",
+    "validate_source",
+    "plan",
+    "build",
+    "verify",
+    "publish_manifest",
+    "release_lock",
+}
 MANIFEST_ASSET = "ssl_imagenet_splits_manifest"
 # DESIGN.md's params table: name -> documented default (None: required or derived).
 DESIGN_DEFAULTS = {
@@ -107,11 +115,18 @@ print("RESULT " + json.dumps({
 
 def test_dagbag_imports_without_errors_and_parses_fast(tmp_path):
     env = airflow_env(tmp_path / "airflow")
-    proc = subprocess.run([PYTHON, "-c", PARSE_SCRIPT, str(DAG_FILE)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [PYTHON, "-c", PARSE_SCRIPT, str(DAG_FILE)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = json.loads(lines[-1][len("RESULT ") :])
     assert r["import_errors"] == {}
     assert r["dag_ids"] == [DAG_ID]
     # Nothing heavy at parse time: the Beam jobs import Beam, the DAG file must not.
@@ -206,9 +221,15 @@ def test_params_form_has_every_design_param_with_its_default(dag):
     # Defaults that depend on other params.
     cfg = resolve({"source_uri": "/data/imagenet", "output_uri": "/data/ssl"})
     assert cfg.manifest_uri == "/data/ssl/manifest.json"
-    assert (cfg.seeds, cfg.fraction, cfg.sampling, cfg.sharding_files, cfg.unsupervised,
-            cfg.runner, cfg.force) == ([1, 2, 3, 4, 5], "0.1", "stratified", {}, True,
-                                       "DirectRunner", False)
+    assert (
+        cfg.seeds,
+        cfg.fraction,
+        cfg.sampling,
+        cfg.sharding_files,
+        cfg.unsupervised,
+        cfg.runner,
+        cfg.force,
+    ) == ([1, 2, 3, 4, 5], "0.1", "stratified", {}, True, "DirectRunner", False)
 
 
 def test_protocol_is_a_dropdown_in_the_main_section(dag):
@@ -239,20 +260,36 @@ def test_resolve_protocols_and_name_lists(airflow_in_process):
     assert resolve({**ok, "protocol": "fixmatch"}).seeds == [1, 2, 3, 4, 5]
     assert resolve({**ok, "protocol": "fixmatch", "seeds": [3]}).seeds == [3]
     # SimCLR: the subsets are the labelled splits; the form's seeded defaults are set aside.
-    cfg = resolve({**ok, "protocol": "simclr", "seeds": [1, 2, 3, 4, 5], "fraction": 0.1,
-                   "sampling": "stratified"})
+    cfg = resolve(
+        {
+            **ok,
+            "protocol": "simclr",
+            "seeds": [1, 2, 3, 4, 5],
+            "fraction": 0.1,
+            "sampling": "stratified",
+        }
+    )
     assert cfg.protocol == "simclr" and cfg.seeds == []
     cfg = resolve({**ok, "protocol": "simclr_1pct", "unsupervised": False})
     assert cfg.seeds == [] and not cfg.unsupervised  # something to build: the subset
-    cfg = resolve({**ok, "seeds": [], "unsupervised": False,
-                   "name_lists": {"mine": "gs://bucket/lists/names.txt/"}})
+    cfg = resolve(
+        {
+            **ok,
+            "seeds": [],
+            "unsupervised": False,
+            "name_lists": {"mine": "gs://bucket/lists/names.txt/"},
+        }
+    )
     assert cfg.name_lists == {"mine": "gs://bucket/lists/names.txt"}
     # Round trip through the XCom, and an older XCom without the new fields.
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("protocol", "name_lists")}
     assert RunConfig.from_dict(old).protocol == "seeded"
-    with pytest.raises(ConfigError, match=r"name_lists\[mine\]='data/x.txt': a local path must be "
-                                          "absolute"):
+    with pytest.raises(
+        ConfigError,
+        match=r"name_lists\[mine\]='data/x.txt': a local path must be "
+        "absolute",
+    ):
         resolve({**ok, "name_lists": {"mine": "data/x.txt"}})
 
 
@@ -282,53 +319,110 @@ def _bad_cases(src: Path, out: Path) -> list[dict]:
         {"name": "seed_huge", "conf": {**ok, "seeds": [10**12]}, "param": "seeds"},
         {"name": "fraction_zero", "conf": {**ok, "fraction": 0}, "param": "fraction"},
         {"name": "fraction_above_one", "conf": {**ok, "fraction": 1.5}, "param": "fraction"},
-        {"name": "output_is_source", "conf": {**ok, "output_uri": str(src)},
-         "param": "output_uri"},
-        {"name": "output_inside_source", "conf": {**ok, "output_uri": f"{src}/splits"},
-         "param": "output_uri"},
-        {"name": "dotdot_in_path", "conf": {**ok, "output_uri": f"{out}/../escaped"},
-         "param": "output_uri"},
-        {"name": "relative_path", "conf": {**ok, "source_uri": "data/imagenet"},
-         "param": "source_uri"},
-        {"name": "unknown_scheme", "conf": {**ok, "source_uri": "s3://bucket/imagenet"},
-         "param": "source_uri"},
-        {"name": "sharding_file_seed_not_built",
-         "conf": {**ok, "seeds": [1], "sharding_files": {"3": str(SPLIT3)}},
-         "param": "sharding_files"},
-        {"name": "dataflow_without_project",
-         "conf": {**ok, "runner": "DataflowRunner", "dataflow_project": None},
-         "param": "dataflow_project"},
+        {"name": "output_is_source", "conf": {**ok, "output_uri": str(src)}, "param": "output_uri"},
+        {
+            "name": "output_inside_source",
+            "conf": {**ok, "output_uri": f"{src}/splits"},
+            "param": "output_uri",
+        },
+        {
+            "name": "dotdot_in_path",
+            "conf": {**ok, "output_uri": f"{out}/../escaped"},
+            "param": "output_uri",
+        },
+        {
+            "name": "relative_path",
+            "conf": {**ok, "source_uri": "data/imagenet"},
+            "param": "source_uri",
+        },
+        {
+            "name": "unknown_scheme",
+            "conf": {**ok, "source_uri": "s3://bucket/imagenet"},
+            "param": "source_uri",
+        },
+        {
+            "name": "sharding_file_seed_not_built",
+            "conf": {**ok, "seeds": [1], "sharding_files": {"3": str(SPLIT3)}},
+            "param": "sharding_files",
+        },
+        {
+            "name": "dataflow_without_project",
+            "conf": {**ok, "runner": "DataflowRunner", "dataflow_project": None},
+            "param": "dataflow_project",
+        },
         {"name": "source_missing", "conf": {"output_uri": str(out)}, "param": "source_uri"},
         # The built-in protocols and name lists (issue 15).
-        {"name": "protocol_unknown", "conf": {**ok, "protocol": "simclr_5pct"},
-         "param": "protocol"},
-        {"name": "fixmatch_seed_without_a_published_split",
-         "conf": {**ok, "protocol": "fixmatch", "seeds": [2, 6]}, "param": "seeds"},
-        {"name": "fixmatch_and_sharding_files",
-         "conf": {**ok, "protocol": "fixmatch", "seeds": [3], "sharding_files": {"3": str(SPLIT3)}},
-         "param": "sharding_files"},
-        {"name": "fixmatch_other_fraction", "conf": {**ok, "protocol": "fixmatch", "fraction": 0.05},
-         "param": "fraction"},
-        {"name": "simclr_with_seeds", "conf": {**ok, "protocol": "simclr", "seeds": [3]},
-         "param": "seeds"},
-        {"name": "name_list_label_all_digits", "conf": {**ok, "name_lists": {"3": str(SPLIT3)}},
-         "param": "name_lists"},
-        {"name": "name_list_label_of_the_protocol",
-         "conf": {**ok, "protocol": "simclr", "name_lists": {"simclr": str(SPLIT3)}},
-         "param": "name_lists"},
-        {"name": "name_list_missing", "conf": {**ok, "name_lists": {"mine": f"{src}/none.txt"}},
-         "param": "name_lists"},
+        {
+            "name": "protocol_unknown",
+            "conf": {**ok, "protocol": "simclr_5pct"},
+            "param": "protocol",
+        },
+        {
+            "name": "fixmatch_seed_without_a_published_split",
+            "conf": {**ok, "protocol": "fixmatch", "seeds": [2, 6]},
+            "param": "seeds",
+        },
+        {
+            "name": "fixmatch_and_sharding_files",
+            "conf": {
+                **ok,
+                "protocol": "fixmatch",
+                "seeds": [3],
+                "sharding_files": {"3": str(SPLIT3)},
+            },
+            "param": "sharding_files",
+        },
+        {
+            "name": "fixmatch_other_fraction",
+            "conf": {**ok, "protocol": "fixmatch", "fraction": 0.05},
+            "param": "fraction",
+        },
+        {
+            "name": "simclr_with_seeds",
+            "conf": {**ok, "protocol": "simclr", "seeds": [3]},
+            "param": "seeds",
+        },
+        {
+            "name": "name_list_label_all_digits",
+            "conf": {**ok, "name_lists": {"3": str(SPLIT3)}},
+            "param": "name_lists",
+        },
+        {
+            "name": "name_list_label_of_the_protocol",
+            "conf": {**ok, "protocol": "simclr", "name_lists": {"simclr": str(SPLIT3)}},
+            "param": "name_lists",
+        },
+        {
+            "name": "name_list_missing",
+            "conf": {**ok, "name_lists": {"mine": f"{src}/none.txt"}},
+            "param": "name_lists",
+        },
         # Several fractions (issue 20): seeded draws only.
-        {"name": "fractions_with_fixmatch",
-         "conf": {**ok, "protocol": "fixmatch", "fractions": [0.1, 0.05, 0.01]},
-         "param": "fractions"},
-        {"name": "fractions_with_sharding_files",
-         "conf": {**ok, "seeds": [3], "sharding_files": {"3": str(SPLIT3)},
-                  "fractions": [0.1, 0.01]}, "param": "fractions"},
-        {"name": "fractions_out_of_range", "conf": {**ok, "fractions": [0.1, 1.5]},
-         "param": "fractions"},
-        {"name": "fractions_repeated", "conf": {**ok, "fractions": [0.1, "0.10"]},
-         "param": "fractions"},
+        {
+            "name": "fractions_with_fixmatch",
+            "conf": {**ok, "protocol": "fixmatch", "fractions": [0.1, 0.05, 0.01]},
+            "param": "fractions",
+        },
+        {
+            "name": "fractions_with_sharding_files",
+            "conf": {
+                **ok,
+                "seeds": [3],
+                "sharding_files": {"3": str(SPLIT3)},
+                "fractions": [0.1, 0.01],
+            },
+            "param": "fractions",
+        },
+        {
+            "name": "fractions_out_of_range",
+            "conf": {**ok, "fractions": [0.1, 1.5]},
+            "param": "fractions",
+        },
+        {
+            "name": "fractions_repeated",
+            "conf": {**ok, "fractions": [0.1, "0.10"]},
+            "param": "fractions",
+        },
     ]
 
 
@@ -341,8 +435,9 @@ def bad_param_runs(template_home, tmp_path_factory):
     (src / "train-00000-of-00001").write_bytes(b"")  # a source folder that exists
     home = copy_home(template_home, work / "airflow")
     cases = _bad_cases(src, work / "out")
-    results = run_cases([{"name": c["name"], "conf": c["conf"]} for c in cases],
-                        airflow_env(home), work)
+    results = run_cases(
+        [{"name": c["name"], "conf": c["conf"]} for c in cases], airflow_env(home), work
+    )
     return {c["name"]: (c, r) for c, r in zip(cases, results, strict=True)}, src, work
 
 
@@ -366,8 +461,9 @@ def test_bad_params_fail_before_any_job_starts(bad_param_runs, name):
         assert "up_for_retry" not in r["log"]
     # No Beam job: validate_source never ran, nothing was written for the output.
     assert r["tasks"].get("validate_source") in (None, "upstream_failed"), r["tasks"]
-    assert "Running command:" not in r["log"] and "-m beam_jobs" not in r["log"], \
+    assert "Running command:" not in r["log"] and "-m beam_jobs" not in r["log"], (
         "a Beam job was launched"
+    )
     assert not (work / "out").exists() and not (work / "escaped").exists()
     assert sorted(p.name for p in src.iterdir()) == ["train-00000-of-00001"]
 
@@ -379,8 +475,13 @@ def test_an_error_that_cannot_heal_fails_at_once_without_a_retry(airflow_home, t
     src.mkdir()
     (src / "train-00000-of-00001").write_bytes(b"")
     missing = tmp_path / "files2shards_split1.txt"
-    conf = {"source_uri": str(src), "output_uri": str(tmp_path / "out"), "seeds": [1],
-            "unsupervised": False, "sharding_files": {"1": str(missing)}}
+    conf = {
+        "source_uri": str(src),
+        "output_uri": str(tmp_path / "out"),
+        "seeds": [1],
+        "unsupervised": False,
+        "sharding_files": {"1": str(missing)},
+    }
     r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
     assert r.state == "failed", r.tail()
     assert r.tasks[("check_params", "-1")] == "failed", r.tasks
@@ -393,16 +494,19 @@ def test_an_error_that_cannot_heal_fails_at_once_without_a_retry(airflow_home, t
 
 
 @pytest.mark.gcs
-def test_airflow_side_reaches_gcs_through_the_connection(airflow_in_process, gcs_bucket,
-                                                         monkeypatch):
+def test_airflow_side_reaches_gcs_through_the_connection(
+    airflow_in_process, gcs_bucket, monkeypatch
+):
     """The tasks' own gs:// calls use a client made from google_cloud_default (here with
     its own project, to tell it from the default client)."""
     from ssl_splits.gcp import airflow_storage
 
     from beam_jobs import storage
 
-    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT",
-                       "google-cloud-platform://?project=conn-project&is_anonymous=true")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT",
+        "google-cloud-platform://?project=conn-project&is_anonymous=true",
+    )
     storage.write_text(f"{gcs_bucket}/hello.txt", "hello")
     default = storage.gcs_client()
     with airflow_storage():
@@ -450,8 +554,15 @@ def _check_split_files(name: str, entry: dict) -> dict[str, int]:
 def test_end_to_end_on_gcs_build_rebuild_one_seed_rerun(gcs_bucket, airflow_home, tmp_path):
     from beam_jobs.synthetic import Spec, generate, layout
 
-    spec = Spec(num_classes=10, min_per_class=35, max_per_class=45, train_shards=8,
-                validation_shards=2, validation_per_class=4, seed=5)
+    spec = Spec(
+        num_classes=10,
+        min_per_class=35,
+        max_per_class=45,
+        train_shards=8,
+        validation_shards=2,
+        validation_per_class=4,
+        seed=5,
+    )
     source, output = f"{gcs_bucket}/imagenet", f"{gcs_bucket}/ssl"
     manifest_uri = f"{gcs_bucket}/published/ssl-imagenet.json"
     summary = generate(spec, source, workers=1)
@@ -462,8 +573,14 @@ def test_end_to_end_on_gcs_build_rebuild_one_seed_rerun(gcs_bucket, airflow_home
     sup1, sup2 = f"train{n}.1", f"train{n}.2"
 
     env = airflow_env(airflow_home, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=GCP_CONN_ANONYMOUS)
-    conf = {"source_uri": source, "output_uri": output, "manifest_uri": manifest_uri,
-            "seeds": [1, 2], "num_classes": 10, "direct_num_workers": 1}
+    conf = {
+        "source_uri": source,
+        "output_uri": output,
+        "manifest_uri": manifest_uri,
+        "seeds": [1, 2],
+        "num_classes": 10,
+        "direct_num_workers": 1,
+    }
 
     # 1. Everything: two seeded splits, the reshuffle, the validation copy.
     r1 = dags_test(conf, env, log=tmp_path / "run1.log")
@@ -492,8 +609,9 @@ def test_end_to_end_on_gcs_build_rebuild_one_seed_rerun(gcs_bucket, airflow_home
     assert len(versions1) == 1
 
     # 2. Rebuild seed 2 alone: only its entry changes, nobody else's files are touched.
-    r2 = dags_test({**conf, "seeds": [2], "unsupervised": False, "force": True}, env,
-                   log=tmp_path / "run2.log")
+    r2 = dags_test(
+        {**conf, "seeds": [2], "unsupervised": False, "force": True}, env, log=tmp_path / "run2.log"
+    )
     assert r2.returncode == 0 and r2.state == "success", r2.tail()
     assert r2.states("build") == {sup2: "success", "validation": "skipped"}, r2.tasks
     m2 = _manifest(manifest_uri)
@@ -534,8 +652,9 @@ def _manifest_text(uri: str) -> str:
 # --------------------------------------------------------------------------- published protocols
 
 # Every name of FixMatch's five published splits and of SimCLR's 1% list.
-PUBLISHED_NAMES = tuple(f"published:fixmatch/split{s}" for s in range(1, 6)) + \
-    ("published:simclr/1percent",)
+PUBLISHED_NAMES = tuple(f"published:fixmatch/split{s}" for s in range(1, 6)) + (
+    "published:simclr/1percent",
+)
 
 
 @pytest.fixture(scope="module")
@@ -548,11 +667,23 @@ def published_source(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("published_source")
     source, catalog = root / "imagenet", root / "catalog"
-    generate(Spec(names_from=PUBLISHED_NAMES, num_classes=1000, min_per_class=1,
-                  max_per_class=140, image_size=1, image_pool=8, train_shards=32,
-                  validation_shards=0), str(source), workers=2)
-    report = validate.run([f"--source_uri={source}", f"--catalog_dir={catalog}",
-                           "--num_classes=1000"])
+    generate(
+        Spec(
+            names_from=PUBLISHED_NAMES,
+            num_classes=1000,
+            min_per_class=1,
+            max_per_class=140,
+            image_size=1,
+            image_pool=8,
+            train_shards=32,
+            validation_shards=0,
+        ),
+        str(source),
+        workers=2,
+    )
+    report = validate.run(
+        [f"--source_uri={source}", f"--catalog_dir={catalog}", "--num_classes=1000"]
+    )
     assert report["ok"] and report["layout"] == "common"
     return source, catalog, report
 
@@ -563,8 +694,9 @@ def with_validated_catalog(published_source, output: Path) -> Path:
     from beam_jobs import layout
 
     _, catalog, report = published_source
-    folder = Path(layout.catalog_dir(layout.work_default(str(output)),
-                                     report["source_fingerprint"]))
+    folder = Path(
+        layout.catalog_dir(layout.work_default(str(output)), report["source_fingerprint"])
+    )
     folder.mkdir(parents=True)
     for name in ("catalog.parquet", "report.json"):
         (folder / name).write_bytes((catalog / name).read_bytes())
@@ -576,11 +708,14 @@ def source_records(catalog: Path) -> tuple[dict[str, bytes], dict[str, str]]:
     file/offset/length; and each name's class (synset)."""
     from beam_jobs.catalog import read_table
 
-    cat = read_table(str(catalog / "catalog.parquet"),
-                     ["filename", "synset", "file", "offset", "length"]).to_pydict()
+    cat = read_table(
+        str(catalog / "catalog.parquet"), ["filename", "synset", "file", "offset", "length"]
+    ).to_pydict()
     data = {f: Path(f).read_bytes() for f in set(cat["file"])}
-    records = {n: data[f][o:o + ln] for n, f, o, ln in
-               zip(cat["filename"], cat["file"], cat["offset"], cat["length"])}
+    records = {
+        n: data[f][o : o + ln]
+        for n, f, o, ln in zip(cat["filename"], cat["file"], cat["offset"], cat["length"])
+    }
     return records, dict(zip(cat["filename"], cat["synset"]))
 
 
@@ -599,25 +734,35 @@ def framed(path: Path) -> list[tuple[str, bytes]]:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("dag_published")
-def test_fixmatch_protocol_builds_the_five_published_splits(published_source, airflow_home,
-                                                           tmp_path):
+def test_fixmatch_protocol_builds_the_five_published_splits(
+    published_source, airflow_home, tmp_path
+):
     from beam_jobs import protocols
 
     source, catalog, _ = published_source
     output = tmp_path / "ssl"
     cached = with_validated_catalog(published_source, output)
     # Shallow verification: this test itself compares every record, name and byte.
-    conf = {"source_uri": str(source), "output_uri": str(output), "protocol": "fixmatch",
-            "unsupervised": False, "num_classes": 1000, "copy_validation": False,
-            "deep_verify": "never"}
+    conf = {
+        "source_uri": str(source),
+        "output_uri": str(output),
+        "protocol": "fixmatch",
+        "unsupervised": False,
+        "num_classes": 1000,
+        "copy_validation": False,
+        "deep_verify": "never",
+    }
     r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
     assert r.returncode == 0 and r.state == "success", r.tail()
     splits = [f"train128116.{s}" for s in range(1, 6)]
     assert r.states("build") == dict.fromkeys(splits, "success"), r.tasks
     assert r.states("verify") == dict.fromkeys(splits, "success"), r.tasks
     # The source's catalog was found: validation was not run again.
-    assert not [ln for ln in r.output.splitlines()
-                if "Running command:" in ln and "beam_jobs.validate" in ln]
+    assert not [
+        ln
+        for ln in r.output.splitlines()
+        if "Running command:" in ln and "beam_jobs.validate" in ln
+    ]
 
     records, _ = source_records(catalog)
     manifest = json.loads((output / "manifest.json").read_text())
@@ -638,30 +783,41 @@ def test_fixmatch_protocol_builds_the_five_published_splits(published_source, ai
             got = framed(path)
             assert [n for n, _ in got] == expected[s], f"{split} shard {s}: other names"
             # Byte for byte the source's records: the framed bytes of the source, in order.
-            assert path.read_bytes() == b"".join(records[n] for n in expected[s]), \
+            assert path.read_bytes() == b"".join(records[n] for n in expected[s]), (
                 f"{split} shard {s}: bytes differ from the source records"
+            )
         entry = manifest["splits"][split]
         assert entry["num_examples"] == 128_116 and entry["num_shards"] == 102
         assert entry["seed"] == seed and entry["sampling"] == "published"
         assert entry["plan"]["source"] == f"published:fixmatch/split{seed}"
-        assert entry["plan"]["sha256"] == protocols.LISTS[f"fixmatch/split{seed}"].sha256 == \
-            hashlib.sha256(published.read_bytes()).hexdigest()
+        assert (
+            entry["plan"]["sha256"]
+            == protocols.LISTS[f"fixmatch/split{seed}"].sha256
+            == hashlib.sha256(published.read_bytes()).hexdigest()
+        )
         assert entry["layout"] == "common"
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("dag_published")
-def test_simclr_1pct_protocol_holds_exactly_the_listed_records(published_source, airflow_home,
-                                                              tmp_path):
+def test_simclr_1pct_protocol_holds_exactly_the_listed_records(
+    published_source, airflow_home, tmp_path
+):
     from beam_jobs.split_algorithm import hash_keys, shard_sizes
 
     source, catalog, report = published_source
     output = tmp_path / "ssl"
     with_validated_catalog(published_source, output)
     # num_shards 10: what the default gives on ImageNet (floor(12,811 * 1,024 / 1,281,167)).
-    conf = {"source_uri": str(source), "output_uri": str(output), "protocol": "simclr_1pct",
-            "unsupervised": False, "num_classes": 1000, "copy_validation": False,
-            "num_shards": 10}
+    conf = {
+        "source_uri": str(source),
+        "output_uri": str(output),
+        "protocol": "simclr_1pct",
+        "unsupervised": False,
+        "num_classes": 1000,
+        "copy_validation": False,
+        "num_shards": 10,
+    }
     r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
     assert r.returncode == 0 and r.state == "success", r.tail()
     split = "train12811.simclr"
@@ -704,9 +860,16 @@ def test_reproduces_fixmatch_split3_through_the_dag(published_source, airflow_ho
     with_validated_catalog(published_source, output)
     # Shallow verification: the names at every position are compared here, and the
     # bytes of all five published splits in the test above.
-    conf = {"source_uri": str(source), "output_uri": str(output), "seeds": [3],
-            "sharding_files": {"3": str(SPLIT3)}, "unsupervised": False, "num_classes": 1000,
-            "copy_validation": False, "deep_verify": "never"}
+    conf = {
+        "source_uri": str(source),
+        "output_uri": str(output),
+        "seeds": [3],
+        "sharding_files": {"3": str(SPLIT3)},
+        "unsupervised": False,
+        "num_classes": 1000,
+        "copy_validation": False,
+        "deep_verify": "never",
+    }
     r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
     assert r.returncode == 0 and r.state == "success", r.tail()
     assert r.states("build") == {"train128116.3": "success"}
@@ -723,10 +886,14 @@ def test_reproduces_fixmatch_split3_through_the_dag(published_source, airflow_ho
     assert shards == [f"train128116.3-{s:05d}-of-00102" for s in range(102)]
     for s in range(102):
         with open(output / shards[s], "rb") as f:
-            got = [example_proto.parse_image_record(rec).filename
-                   for rec in tfrecord.iter_records(f, shards[s])]
-        assert got == expected[s], f"shard {s}: first difference at index " \
+            got = [
+                example_proto.parse_image_record(rec).filename
+                for rec in tfrecord.iter_records(f, shards[s])
+            ]
+        assert got == expected[s], (
+            f"shard {s}: first difference at index "
             f"{next(i for i, (a, b) in enumerate(zip(got + [None], expected[s] + [None])) if a != b)}"
+        )
 
     manifest = json.loads((output / "manifest.json").read_text())
     assert set(manifest["splits"]) == {"train128116.3"}
@@ -748,14 +915,28 @@ def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
     from beam_jobs.synthetic import Spec, generate
 
     source, output = tmp_path / "tensorflow_datasets" / "imagenet2012" / "5.1.0", tmp_path / "ssl"
-    spec = Spec(num_classes=10, min_per_class=30, max_per_class=50, train_shards=8,
-                validation_shards=2, validation_per_class=4, seed=5, layout="tfds:imagenet2012")
+    spec = Spec(
+        num_classes=10,
+        min_per_class=30,
+        max_per_class=50,
+        train_shards=8,
+        validation_shards=2,
+        validation_per_class=4,
+        seed=5,
+        layout="tfds:imagenet2012",
+    )
     summary = generate(spec, str(source), workers=1)
     total = summary["train_records"]
     n = total // 10
     # (The validation copy in this layout is built in tests/test_tfds_meta.py, in-process.)
-    conf = {"source_uri": str(source), "output_uri": str(output), "seeds": [1],
-            "num_classes": 10, "direct_num_workers": 1, "copy_validation": False}
+    conf = {
+        "source_uri": str(source),
+        "output_uri": str(output),
+        "seeds": [1],
+        "num_classes": 10,
+        "direct_num_workers": 1,
+        "copy_validation": False,
+    }
     r = dags_test(conf, airflow_env(airflow_home), log=tmp_path / "run.log")
     assert r.returncode == 0 and r.state == "success", r.tail()
     splits = {f"train{n}.1", "train"}
@@ -773,15 +954,17 @@ def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
         assert entry["layout"] == "tfds:imagenet2012"
         k = entry["num_shards"]
         assert [Path(s["path"]).name for s in entry["shards"]] == [
-            f"imagenet2012-{tfds_name[split]}.tfrecord-{i:05d}-of-{k:05d}" for i in range(k)]
+            f"imagenet2012-{tfds_name[split]}.tfrecord-{i:05d}-of-{k:05d}" for i in range(k)
+        ]
     assert not list(output.glob("train*")) and not list(output.glob("validation*"))
     # Every output record is its source record, byte for byte.
     source_recs = {}
     for path in source.glob("imagenet2012-*.tfrecord-*"):
         with open(path, "rb") as f:
             for rec in tfrecord.iter_records(f, str(path)):
-                source_recs[example_proto.parse_image_record(rec, example_proto.TFDS_KEYS)
-                            .filename] = rec
+                source_recs[
+                    example_proto.parse_image_record(rec, example_proto.TFDS_KEYS).filename
+                ] = rec
     assert len(source_recs) == total + summary["validation_records"]
     assert summary["validation_records"] > 0
     planned = {}
@@ -805,17 +988,23 @@ def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
     labels = (source / "label.labels.txt").read_text().split()
     assert builder.info.features["label"].names == labels
     source_builder = tfds.builder_from_directory(str(source))
-    assert sorted(builder.info.features.keys()) == sorted(source_builder.info.features.keys()) \
+    assert (
+        sorted(builder.info.features.keys())
+        == sorted(source_builder.info.features.keys())
         == ["file_name", "image", "label"]
+    )
     in_order = tfds.ReadConfig(interleave_cycle_length=1)
     for split, names in planned.items():
         ds = builder.as_dataset(split=tfds_name[split], shuffle_files=False, read_config=in_order)
-        got = [(ex["file_name"].decode(), int(ex["label"]), ex["image"].shape)
-               for ex in tfds.as_numpy(ds)]
+        got = [
+            (ex["file_name"].decode(), int(ex["label"]), ex["image"].shape)
+            for ex in tfds.as_numpy(ds)
+        ]
         assert [g[0] for g in got] == names, f"{split}: not the planned records in order"
         assert all(0 <= lab < 10 and shape == (8, 8, 3) for _, lab, shape in got)
-    image, label = next(iter(tfds.as_numpy(builder.as_dataset(
-        split=tfds_name[f"train{n}.1"], as_supervised=True))))
+    image, label = next(
+        iter(tfds.as_numpy(builder.as_dataset(split=tfds_name[f"train{n}.1"], as_supervised=True)))
+    )
     assert image.dtype.name == "uint8" and 0 <= label < 10
 
 
@@ -824,11 +1013,13 @@ def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
 # FixMatch's ImageNet input pipeline (google-research/fixmatch, imagenet/datasets/imagenet.py,
 # Apache-2.0): the file patterns and sizes of every split it reads, copied as they are.
 CONSUMER_FILE_PATTERNS = {
-    "train": "train-*", "test": "validation-*",
+    "train": "train-*",
+    "test": "validation-*",
     **{f"train{n}.{s}": f"train{n}.{s}-*" for n in (128116, 64058, 12811) for s in range(1, 6)},
 }
 CONSUMER_NUM_IMAGES = {
-    "train": 1281167, "test": 50000,
+    "train": 1281167,
+    "test": 50000,
     **{f"train{n}.{s}": n for n in (128116, 64058, 12811) for s in range(1, 6)},
 }
 IMAGENET_TRAIN = 1281167
@@ -842,10 +1033,13 @@ def scaled_consumer(total: int, validation: int) -> dict[str, tuple[str, int]]:
     import re
     from fractions import Fraction
 
-    fraction_of = {IMAGENET_TRAIN * f // 1: f for f in (Fraction(1, 10), Fraction(1, 20),
-                                                       Fraction(1, 100))}
-    out = {"train": (CONSUMER_FILE_PATTERNS["train"], total),
-           "test": (CONSUMER_FILE_PATTERNS["test"], validation)}
+    fraction_of = {
+        IMAGENET_TRAIN * f // 1: f for f in (Fraction(1, 10), Fraction(1, 20), Fraction(1, 100))
+    }
+    out = {
+        "train": (CONSUMER_FILE_PATTERNS["train"], total),
+        "test": (CONSUMER_FILE_PATTERNS["test"], validation),
+    }
     for split, n in CONSUMER_NUM_IMAGES.items():
         m = re.fullmatch(r"train(\d+)\.(\d+)", split)
         if m is None:
@@ -879,8 +1073,15 @@ def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_p
     from beam_jobs.split_algorithm import class_quotas, default_num_shards
     from beam_jobs.synthetic import Spec, generate, layout
 
-    spec = Spec(num_classes=8, min_per_class=40, max_per_class=60, train_shards=40,
-                validation_shards=2, validation_per_class=3, seed=11)
+    spec = Spec(
+        num_classes=8,
+        min_per_class=40,
+        max_per_class=60,
+        train_shards=40,
+        validation_shards=2,
+        validation_per_class=3,
+        seed=11,
+    )
     source, output = tmp_path / "imagenet", tmp_path / "ssl"
     summary = generate(spec, str(source), workers=1)
     total, validation = summary["train_records"], summary["validation_records"]
@@ -893,8 +1094,13 @@ def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_p
     everything = set(labelled) | {"train", "validation"}
 
     env = airflow_env(airflow_home)
-    conf = {"source_uri": str(source), "output_uri": str(output), "seeds": [1, 2, 3, 4, 5],
-            "fractions": [0.1, 0.05, 0.01], "num_classes": spec.num_classes}
+    conf = {
+        "source_uri": str(source),
+        "output_uri": str(output),
+        "seeds": [1, 2, 3, 4, 5],
+        "fractions": [0.1, 0.05, 0.01],
+        "num_classes": spec.num_classes,
+    }
 
     # 1. One run: fifteen labelled splits, the reshuffle, the validation copy.
     r1 = dags_test(conf, env, log=tmp_path / "run1.log")
@@ -902,8 +1108,10 @@ def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_p
     assert r1.states("build") == dict.fromkeys(everything, "success"), r1.tasks
     assert r1.states("verify") == dict.fromkeys(everything, "success"), r1.tasks
     for s in range(1, 6):  # the plan task says how they relate
-        assert f"seed {s}: train{n['0.01']}.{s} in train{n['0.05']}.{s} in " \
-               f"train{n['0.1']}.{s} (nested)" in r1.output
+        assert (
+            f"seed {s}: train{n['0.01']}.{s} in train{n['0.05']}.{s} in "
+            f"train{n['0.1']}.{s} (nested)" in r1.output
+        )
     manifest_path = output / "manifest.json"
     m1 = json.loads(manifest_path.read_text())
     assert set(m1["splits"]) == everything  # one manifest update lists them all
@@ -915,19 +1123,28 @@ def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_p
     consumer = scaled_consumer(total, validation)
     assert len(consumer) == 17 and {p[:-2] for p, _ in consumer.values()} == everything
     for theirs, (pattern, size) in consumer.items():
-        split = pattern[:-len("-*")]  # ours: train12811.3 for train4.3-*, validation for test
+        split = pattern[: -len("-*")]  # ours: train12811.3 for train4.3-*, validation for test
         files = tf.io.gfile.glob(str(output / pattern))
         assert files, f"{theirs}: nothing matches {pattern}"
-        ds = tf.data.TFRecordDataset(sorted(files)).map(lambda r: tf.io.parse_single_example(r, {
-            "image/encoded": tf.io.FixedLenFeature((), tf.string, ""),
-            "image/filename": tf.io.FixedLenFeature((), tf.string, ""),
-            "image/class/label": tf.io.FixedLenFeature([], tf.int64, -1)}))
-        records = [(ex["image/filename"].decode(), int(ex["image/class/label"]))
-                   for ex in ds.as_numpy_iterator()]
+        ds = tf.data.TFRecordDataset(sorted(files)).map(
+            lambda r: tf.io.parse_single_example(
+                r,
+                {
+                    "image/encoded": tf.io.FixedLenFeature((), tf.string, ""),
+                    "image/filename": tf.io.FixedLenFeature((), tf.string, ""),
+                    "image/class/label": tf.io.FixedLenFeature([], tf.int64, -1),
+                },
+            )
+        )
+        records = [
+            (ex["image/filename"].decode(), int(ex["image/class/label"]))
+            for ex in ds.as_numpy_iterator()
+        ]
         assert len(records) == size, f"{theirs} ({pattern}): {len(records)} records, not {size}"
         assert all(0 <= label - 1 < spec.num_classes for _, label in records), split
-        assert all(tf.io.decode_jpeg(ex["image/encoded"]).shape[-1] == 3
-                   for ex in ds.take(2)), split
+        assert all(tf.io.decode_jpeg(ex["image/encoded"]).shape[-1] == 3 for ex in ds.take(2)), (
+            split
+        )
         names_of[split] = [name for name, _ in records]
         if split in labelled:
             fraction, _ = labelled[split]
@@ -937,14 +1154,20 @@ def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_p
             # Stratified: the documented quotas, in the manifest and in the records read.
             quotas = class_quotas(class_sizes, Fraction(fraction), size)
             for c, k in quotas.items():
-                assert class_sizes[c] * Fraction(fraction) // 1 <= k <= \
-                    class_sizes[c] * Fraction(fraction) // 1 + 1
+                assert (
+                    class_sizes[c] * Fraction(fraction) // 1
+                    <= k
+                    <= class_sizes[c] * Fraction(fraction) // 1 + 1
+                )
             read = {synset[c]: sum(1 for _, label in records if label == c) for c in synset}
             assert read == {synset[c]: k for c, k in quotas.items()}
             assert entry["class_counts"] == {s: k for s, k in read.items() if k}
     for split, (fraction, _) in labelled.items():  # the default shard count, per split
-        assert m1["splits"][split]["num_shards"] == \
-            default_num_shards(n[fraction], spec.train_shards, total) > 0
+        assert (
+            m1["splits"][split]["num_shards"]
+            == default_num_shards(n[fraction], spec.train_shards, total)
+            > 0
+        )
     for s in range(1, 6):  # nested: 1% inside 5% inside 10%
         small, mid, large = (set(names_of[f"train{n[f]}.{s}"]) for f in ("0.01", "0.05", "0.1"))
         assert small < mid < large, s

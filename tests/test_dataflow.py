@@ -33,9 +33,12 @@ DATAFLOW_PARAMS = {
     "dataflow_machine_type": "n2-highmem-4",
     "dataflow_max_workers": 50,
 }
-SPEC = {"split": "train128116.3", "kind": "supervised",
-        "plan_uri": "gs://out-bucket/ssl/_work/plans/train128116.3.abc.csv",
-        "catalog_dir": "gs://out-bucket/ssl/_work/catalog/0123456789abcdef"}
+SPEC = {
+    "split": "train128116.3",
+    "kind": "supervised",
+    "plan_uri": "gs://out-bucket/ssl/_work/plans/train128116.3.abc.csv",
+    "catalog_dir": "gs://out-bucket/ssl/_work/catalog/0123456789abcdef",
+}
 
 
 def test_build_options_for_dataflow():
@@ -77,17 +80,25 @@ def test_dataflow_job_names_carry_the_split():
     assert df.project_id == "my-project" and df.location == "europe-west4"
     assert df.gcp_conn_id == "google_cloud_default"
     assert df.append_job_name is True and df.wait_until_finished is True
-    names = {dataflow_config(cfg, "build", {**SPEC, "split": f"train128116.{s}"}).job_name
-             for s in range(1, 6)}
+    names = {
+        dataflow_config(cfg, "build", {**SPEC, "split": f"train128116.{s}"}).job_name
+        for s in range(1, 6)
+    }
     assert len(names) == 5
-    assert dataflow_config(resolve({**DATAFLOW_PARAMS, "runner": "DirectRunner"}), "build", SPEC) is None
+    assert (
+        dataflow_config(resolve({**DATAFLOW_PARAMS, "runner": "DirectRunner"}), "build", SPEC)
+        is None
+    )
 
 
-@pytest.mark.parametrize("missing, message", [
-    ("dataflow_project", "dataflow_project"),
-    ("dataflow_temp_location", "dataflow_temp_location"),
-    ("dataflow_worker_package", "bin/build-worker-package"),
-])
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("dataflow_project", "dataflow_project"),
+        ("dataflow_temp_location", "dataflow_temp_location"),
+        ("dataflow_worker_package", "bin/build-worker-package"),
+    ],
+)
 def test_dataflow_params_required(missing, message):
     with pytest.raises(ConfigError, match=message):
         resolve({**DATAFLOW_PARAMS, missing: None})
@@ -97,8 +108,11 @@ def test_template_mode_sends_each_job_to_its_own_template():
     cfg = resolve({**DATAFLOW_PARAMS, "dataflow_template_location": "gs://tmp-bucket/templates/"})
     assert cfg.template_location == "gs://tmp-bucket/templates"
     build = pipeline_options(cfg, "build", SPEC)
-    assert build["template_location"] == template_uri(cfg, "build", SPEC) == \
-        "gs://tmp-bucket/templates/ssl-build-train128116-3"
+    assert (
+        build["template_location"]
+        == template_uri(cfg, "build", SPEC)
+        == "gs://tmp-bucket/templates/ssl-build-train128116-3"
+    )
     val = pipeline_options(cfg, "validate", {"catalog_dir": "gs://out-bucket/ssl/_work/catalog/x"})
     assert val["template_location"] == "gs://tmp-bucket/templates/ssl-validate-source"
     # Without the param, jobs are submitted: no template option at all.
@@ -106,11 +120,14 @@ def test_template_mode_sends_each_job_to_its_own_template():
     assert resolve(DATAFLOW_PARAMS).template_location is None
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"runner": "DirectRunner"}, "needs runner DataflowRunner"),
-    ({"dataflow_template_location": "/tmp/templates"}, "must be a gs:// folder"),
-    ({"dataflow_template_location": "gs://b/../x"}, "'..' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"runner": "DirectRunner"}, "needs runner DataflowRunner"),
+        ({"dataflow_template_location": "/tmp/templates"}, "must be a gs:// folder"),
+        ({"dataflow_template_location": "gs://b/../x"}, "'..' is not allowed"),
+    ],
+)
 def test_template_location_checked(params, message):
     with pytest.raises(ConfigError, match=message):
         resolve({**DATAFLOW_PARAMS, "dataflow_template_location": "gs://tmp-bucket/t", **params})
@@ -122,8 +139,12 @@ def test_dataflow_needs_gcs_paths():
 
 
 def test_worker_package_is_beam_jobs_only(tmp_path):
-    out = subprocess.run([str(ROOT / "bin" / "build-worker-package"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(ROOT / "bin" / "build-worker-package"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     wheel = out.stdout.strip().splitlines()[-1]
     with zipfile.ZipFile(wheel) as z:
@@ -131,9 +152,21 @@ def test_worker_package_is_beam_jobs_only(tmp_path):
         meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
         meta = Parser().parsestr(z.read(meta_name).decode())
     modules = {n for n in names if n.startswith("beam_jobs/")}
-    for needed in ("validate", "build", "verify", "split_algorithm", "tfrecord", "example_proto",
-                   "catalog", "storage/__init__", "storage/base", "storage/local", "storage/gcs",
-                   "storage/schemes", "storage/ranges"):
+    for needed in (
+        "validate",
+        "build",
+        "verify",
+        "split_algorithm",
+        "tfrecord",
+        "example_proto",
+        "catalog",
+        "storage/__init__",
+        "storage/base",
+        "storage/local",
+        "storage/gcs",
+        "storage/schemes",
+        "storage/ranges",
+    ):
         assert f"beam_jobs/{needed}.py" in modules
     # Exactly the tree's modules: nothing stale from an in-tree build/ folder.
     tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "beam_jobs").rglob("*.py")}

@@ -62,19 +62,26 @@ GOLDEN = ROOT / "tests" / "golden" / "dataflow_jobs.json"
 UPDATE = os.environ.get("SSL_SPLITS_UPDATE_GOLDEN") == "1"
 PROJECT = "ssl-splits-ci"
 # The ParDo after Create -> Reshuffle, per golden entry: (its label, its DoFn's module and class).
-JOBS = {"validate": ("ValidateShard", "beam_jobs.validate", "ValidateShard"),
-        "build_seeded": ("WriteShard", "beam_jobs.build", "WriteShard"),
-        "build_reshuffle": ("WriteShard", "beam_jobs.build", "WriteShard"),
-        "build_validation": ("CopyShard", "beam_jobs.build", "CopyShard"),
-        "verify_deep": ("DeepCheck", "beam_jobs.deep_verify", "DeepCheck")}
+JOBS = {
+    "validate": ("ValidateShard", "beam_jobs.validate", "ValidateShard"),
+    "build_seeded": ("WriteShard", "beam_jobs.build", "WriteShard"),
+    "build_reshuffle": ("WriteShard", "beam_jobs.build", "WriteShard"),
+    "build_validation": ("CopyShard", "beam_jobs.build", "CopyShard"),
+    "verify_deep": ("DeepCheck", "beam_jobs.deep_verify", "DeepCheck"),
+}
 CREATE_URN = "beam:transform:pickled_python:v1"  # beam.Create, a Python composite
 RESHUFFLE_URN = "beam:transform:reshuffle:v1"
 PARDO_URN = "beam:transform:pardo:v1"
 # An authorized-user credential with a token valid until 2999: google.auth.default()
 # loads it without any network call and nothing ever refreshes it.
-OFFLINE_CREDENTIALS = {"type": "authorized_user", "client_id": "ssl-splits-ci",
-                       "client_secret": "ssl-splits-ci", "refresh_token": "ssl-splits-ci",
-                       "token": "ssl-splits-ci-offline-token", "expiry": "2999-01-01T00:00:00Z"}
+OFFLINE_CREDENTIALS = {
+    "type": "authorized_user",
+    "client_id": "ssl-splits-ci",
+    "client_secret": "ssl-splits-ci",
+    "refresh_token": "ssl-splits-ci",
+    "token": "ssl-splits-ci-offline-token",
+    "expiry": "2999-01-01T00:00:00Z",
+}
 
 
 def offline_env(tmp: Path) -> dict[str, str]:
@@ -83,13 +90,17 @@ def offline_env(tmp: Path) -> dict[str, str]:
     ~10 s; the cache is the one the benchmark smoke test shares)."""
     path = tmp / "offline-credentials.json"
     path.write_text(json.dumps(OFFLINE_CREDENTIALS))
-    return {"GOOGLE_APPLICATION_CREDENTIALS": str(path),
-            "PYTHONPYCACHEPREFIX": str(ROOT / ".bench" / "pycache"), "PYTHONDONTWRITEBYTECODE": ""}
+    return {
+        "GOOGLE_APPLICATION_CREDENTIALS": str(path),
+        "PYTHONPYCACHEPREFIX": str(ROOT / ".bench" / "pycache"),
+        "PYTHONDONTWRITEBYTECODE": "",
+    }
 
 
 def locked_beam_version() -> str:
-    m = re.search(r"^apache-beam(?:\[[^\]]*\])?==([^\s;\\]+)",
-                  (ROOT / "requirements.lock").read_text(), re.M)
+    m = re.search(
+        r"^apache-beam(?:\[[^\]]*\])?==([^\s;\\]+)", (ROOT / "requirements.lock").read_text(), re.M
+    )
     assert m, "apache-beam is not pinned in requirements.lock"
     return m.group(1)
 
@@ -110,16 +121,25 @@ def dataflow_argv(cfg: Any, job: str, spec: dict[str, Any] | None) -> list[str]:
     return [*beam_options_to_args(opts), "--runner=DataflowRunner"]
 
 
-def _run_all(commands: list[tuple[str, list[str]]], env: dict[str, str], cwd: Path,
-             parallel: int = 3) -> dict[str, subprocess.CompletedProcess]:
+def _run_all(
+    commands: list[tuple[str, list[str]]], env: dict[str, str], cwd: Path, parallel: int = 3
+) -> dict[str, subprocess.CompletedProcess]:
     """Run ``python -m module args`` commands, a few at a time."""
     out: dict[str, subprocess.CompletedProcess] = {}
     pending = list(commands)
     while pending:
         batch, pending = pending[:parallel], pending[parallel:]
-        procs = {name: subprocess.Popen([sys.executable, "-m", *argv], cwd=cwd, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for name, argv in batch}
+        procs = {
+            name: subprocess.Popen(
+                [sys.executable, "-m", *argv],
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name, argv in batch
+        }
         for name, p in procs.items():
             stdout, stderr = p.communicate(timeout=300)
             out[name] = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
@@ -146,34 +166,82 @@ def world(gcs_emulator, small_source, tmp_path_factory) -> dict[str, Any]:
     for f in sorted(small_source.iterdir()):
         if f.name.startswith(("train-", "validation-")):
             storage.copy(str(f), f"gs://{bucket}/imagenet/{f.name}")
-    wheel_out = subprocess.run([str(ROOT / "bin" / "build-worker-package"), str(tmp / "dist")],
-                               capture_output=True, text=True, timeout=300)
+    wheel_out = subprocess.run(
+        [str(ROOT / "bin" / "build-worker-package"), str(tmp / "dist")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     _ok(wheel_out, "bin/build-worker-package")
     wheel = Path(wheel_out.stdout.strip().splitlines()[-1])
     params = {
-        "source_uri": f"gs://{bucket}/imagenet", "output_uri": f"gs://{bucket}/ssl",
-        "seeds": [1], "num_classes": 10, "runner": "DataflowRunner",
-        "dataflow_project": PROJECT, "dataflow_region": "europe-west4",
+        "source_uri": f"gs://{bucket}/imagenet",
+        "output_uri": f"gs://{bucket}/ssl",
+        "seeds": [1],
+        "num_classes": 10,
+        "runner": "DataflowRunner",
+        "dataflow_project": PROJECT,
+        "dataflow_region": "europe-west4",
         "dataflow_temp_location": f"gs://{bucket}/dataflow-tmp",
-        "dataflow_worker_package": str(wheel), "dataflow_machine_type": "n2-highmem-8",
-        "dataflow_max_workers": 37, "dataflow_template_location": f"gs://{bucket}/templates",
+        "dataflow_worker_package": str(wheel),
+        "dataflow_machine_type": "n2-highmem-8",
+        "dataflow_max_workers": 37,
+        "dataflow_template_location": f"gs://{bucket}/templates",
     }
     cfg = resolve(params)
     env = {**os.environ, **offline_env(tmp)}
     source = describe_source(cfg)
-    _ok(subprocess.run([sys.executable, "-m", "beam_jobs.validate",
-                        f"--source_uri={cfg.source_uri}", f"--catalog_dir={source['catalog_dir']}",
-                        "--num_classes=10"], cwd=tmp, env=env, capture_output=True, text=True,
-                       timeout=300), "validate (DirectRunner)")
+    _ok(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "beam_jobs.validate",
+                f"--source_uri={cfg.source_uri}",
+                f"--catalog_dir={source['catalog_dir']}",
+                "--num_classes=10",
+            ],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ),
+        "validate (DirectRunner)",
+    )
     specs = {s["split"]: s for s in plan_task(cfg.to_dict(), {**source, "action": "cached"})}
     seeded = next(s for name, s in specs.items() if name.startswith("train") and name != "train")
-    _ok(subprocess.run([sys.executable, "-m", "beam_jobs.build", f"--split={seeded['split']}",
-                        f"--plan_uri={seeded['plan_uri']}", f"--catalog_dir={seeded['catalog_dir']}",
-                        f"--output_uri={cfg.output_uri}", f"--work_uri={cfg.work_uri}"],
-                       cwd=tmp, env=env, capture_output=True, text=True, timeout=300),
-        "build (DirectRunner)")
-    return {"bucket": bucket, "params": params, "cfg": cfg, "source": source, "specs": specs,
-            "seeded": seeded, "wheel": wheel, "env": env, "tmp": tmp}
+    _ok(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "beam_jobs.build",
+                f"--split={seeded['split']}",
+                f"--plan_uri={seeded['plan_uri']}",
+                f"--catalog_dir={seeded['catalog_dir']}",
+                f"--output_uri={cfg.output_uri}",
+                f"--work_uri={cfg.work_uri}",
+            ],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ),
+        "build (DirectRunner)",
+    )
+    return {
+        "bucket": bucket,
+        "params": params,
+        "cfg": cfg,
+        "source": source,
+        "specs": specs,
+        "seeded": seeded,
+        "wheel": wheel,
+        "env": env,
+        "tmp": tmp,
+    }
 
 
 def job_specs(world: dict[str, Any]) -> dict[str, tuple[Any, str, dict[str, Any] | None]]:
@@ -199,8 +267,10 @@ def staged(world) -> dict[str, dict[str, Any]]:
     from beam_jobs.template import describe
 
     jobs = job_specs(world)
-    commands = [(name, [f"beam_jobs.{job}", *dataflow_argv(cfg, job, spec)])
-                for name, (cfg, job, spec) in jobs.items()]
+    commands = [
+        (name, [f"beam_jobs.{job}", *dataflow_argv(cfg, job, spec)])
+        for name, (cfg, job, spec) in jobs.items()
+    ]
     results = _run_all(commands, world["env"], world["tmp"])
     out = {}
     for name, (cfg, job, spec) in jobs.items():
@@ -219,6 +289,7 @@ def normalize(desc: dict[str, Any], bucket: str) -> dict[str, Any]:
     per-submission suffixes (``-1a2b3c4d`` on Airflow's job names,
     ``.<seconds>.<micros>`` on staging folders), the launcher's local paths, and
     the Airflow version label the provider adds."""
+
     def gs(v: str) -> str:
         v = v.replace(f"gs://{bucket}/", "gs://BUCKET/")
         return re.sub(r"(ssl-[a-z0-9-]+?)(-[0-9a-f]{8})?\.\d+\.\d+", r"\1.SUBMISSION", v)
@@ -255,11 +326,19 @@ def test_descriptions_match_the_golden_file(staged, world):
     got = {name: normalize(d, world["bucket"]) for name, d in staged.items()}
     if UPDATE:
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps({
-            "about": "Dataflow job descriptions the DAG stages (tests/test_dataflow_templates.py); "
-                     "regenerate: SSL_SPLITS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest "
-                     "tests/test_dataflow_templates.py, then review the diff",
-            "jobs": got}, indent=1, sort_keys=True) + "\n")
+        GOLDEN.write_text(
+            json.dumps(
+                {
+                    "about": "Dataflow job descriptions the DAG stages (tests/test_dataflow_templates.py); "
+                    "regenerate: SSL_SPLITS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest "
+                    "tests/test_dataflow_templates.py, then review the diff",
+                    "jobs": got,
+                },
+                indent=1,
+                sort_keys=True,
+            )
+            + "\n"
+        )
     want = _golden()["jobs"]
     assert set(got) == set(want), f"jobs {sorted(got)} vs golden {sorted(want)}"
     for name in JOBS:
@@ -268,7 +347,8 @@ def test_descriptions_match_the_golden_file(staged, world):
                 f"{name}: {key} differs from tests/golden/dataflow_jobs.json; if intended, "
                 "regenerate it (SSL_SPLITS_UPDATE_GOLDEN=1, see this module's docstring)\n"
                 f"now:    {json.dumps(got[name][key], indent=1)}\n"
-                f"golden: {json.dumps(want[name][key], indent=1)}")
+                f"golden: {json.dumps(want[name][key], indent=1)}"
+            )
         assert got[name] == want[name], name
 
 
@@ -282,7 +362,8 @@ def test_graph_is_create_reshuffle_then_the_jobs_dofn(staged, name):
     from beam_jobs import storage
 
     proto = beam_runner_api_pb2.Pipeline.FromString(
-        storage.read_bytes(staged[name]["pipeline_url"]))
+        storage.read_bytes(staged[name]["pipeline_url"])
+    )
     transforms = list(proto.components.transforms.values())
     by_name = {t.unique_name: t for t in transforms}
     top = [t["name"] for t in staged[name]["transforms"] if t["depth"] == 0]
@@ -290,10 +371,16 @@ def test_graph_is_create_reshuffle_then_the_jobs_dofn(staged, name):
     assert top[0] == "Shards", top
     create = by_name["Shards"]
     assert create.spec.urn == CREATE_URN and not create.inputs
-    spread, = [t for t in transforms if t.spec.urn == RESHUFFLE_URN
-               and list(t.inputs.values()) == list(create.outputs.values())]
-    work, = [t for t in transforms if t.spec.urn == PARDO_URN
-             and list(t.inputs.values()) == list(spread.outputs.values())]
+    (spread,) = [
+        t
+        for t in transforms
+        if t.spec.urn == RESHUFFLE_URN and list(t.inputs.values()) == list(create.outputs.values())
+    ]
+    (work,) = [
+        t
+        for t in transforms
+        if t.spec.urn == PARDO_URN and list(t.inputs.values()) == list(spread.outputs.values())
+    ]
     assert work.unique_name.split("/")[-1] == label, work.unique_name
     # The ParDo runs our DoFn class: its pickled payload (bz2, base64) names the class
     # and its module (read as bytes; nothing is unpickled).
@@ -314,8 +401,9 @@ def test_staged_wheel_is_the_worker_package(staged, world):
         modules = d["wheels"][world["wheel"].name]["modules"]
         assert all(m.startswith(("beam_jobs/", "ssl_imagenet_splits")) for m in modules), modules
         requires = " ".join(d["wheels"][world["wheel"].name]["requires"]).lower()
-        assert "apache-beam" in requires and "airflow" not in requires \
-            and "tensorflow" not in requires
+        assert (
+            "apache-beam" in requires and "airflow" not in requires and "tensorflow" not in requires
+        )
         assert {"pickled_main_session", "extra_packages.txt"} <= set(d["staged_files"])
 
 
@@ -325,14 +413,19 @@ def test_sdk_and_container_are_the_locked_beam(staged):
     for name, d in staged.items():
         assert d["sdk"] == {"name": f"Apache Beam Python {py} SDK", "version": version}, name
         assert d["container_images"] == [
-            f"gcr.io/cloud-dataflow/v1beta3/beam_python{py}_sdk:{version}"], name
+            f"gcr.io/cloud-dataflow/v1beta3/beam_python{py}_sdk:{version}"
+        ], name
 
 
 def test_options_are_the_ones_the_dag_chose(staged, world):
     from ssl_splits.operators import dataflow_config, pipeline_options, template_uri
 
     for name, (cfg, job, spec) in job_specs(world).items():
-        d, ours, df = staged[name], pipeline_options(cfg, job, spec), dataflow_config(cfg, job, spec)
+        d, ours, df = (
+            staged[name],
+            pipeline_options(cfg, job, spec),
+            dataflow_config(cfg, job, spec),
+        )
         assert d["name"] == df.job_name == d["options"]["job_name"], name
         assert d["labels"] == ours["labels"], name
         assert d["machine_type"] == ours["machine_type"] == "n2-highmem-8"
@@ -347,12 +440,22 @@ def test_template_location_needs_the_dataflow_runner(world):
     from beam_jobs import storage
 
     target = f"gs://{world['bucket']}/templates/direct"
-    proc = subprocess.run([sys.executable, "-m", "beam_jobs.validate",
-                           f"--source_uri={world['cfg'].source_uri}",
-                           f"--catalog_dir=gs://{world['bucket']}/unused", "--num_classes=10",
-                           f"--template_location={target}"],
-                          cwd=world["tmp"], env=world["env"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.validate",
+            f"--source_uri={world['cfg'].source_uri}",
+            f"--catalog_dir=gs://{world['bucket']}/unused",
+            "--num_classes=10",
+            f"--template_location={target}",
+        ],
+        cwd=world["tmp"],
+        env=world["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "needs --runner=DataflowRunner" in proc.stderr
     assert not storage.exists(target)
@@ -381,14 +484,16 @@ def test_dag_run_in_template_mode_stages_and_publishes_nothing(world, staged, tm
     home = migrated_home(tmp_path / "airflow")
     # The provider's Dataflow hook needs the connection; with no key in it, the Beam
     # jobs use application-default credentials (here: the offline one).
-    env = airflow_env(home, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=GCP_CONN_ANONYMOUS,
-                      **offline_env(tmp_path))
+    env = airflow_env(
+        home, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=GCP_CONN_ANONYMOUS, **offline_env(tmp_path)
+    )
     dag_templates = f"gs://{bucket}/dag-templates"
     conf = {**world["params"], "dataflow_template_location": dag_templates}
 
     # 1. A new output folder: no catalog for this source there yet.
-    r1 = dags_test({**conf, "output_uri": f"gs://{bucket}/ssl-unvalidated"}, env,
-                   log=tmp_path / "run1.log")
+    r1 = dags_test(
+        {**conf, "output_uri": f"gs://{bucket}/ssl-unvalidated"}, env, log=tmp_path / "run1.log"
+    )
     assert r1.returncode == 0 and r1.state == "success", r1.tail()
     assert r1.tasks[("validate_source", "-1")] == "success", r1.tasks
     assert r1.tasks[("plan", "-1")] == "skipped", r1.tasks
@@ -413,8 +518,11 @@ def test_dag_run_in_template_mode_stages_and_publishes_nothing(world, staged, tm
     assert not storage.list_files(f"{world['cfg'].output_uri}/train-*")
 
     names = {"validate": validate_uri}
-    for golden_name, split in (("build_seeded", world["seeded"]["split"]),
-                               ("build_reshuffle", "train"), ("build_validation", "validation")):
+    for golden_name, split in (
+        ("build_seeded", world["seeded"]["split"]),
+        ("build_reshuffle", "train"),
+        ("build_validation", "validation"),
+    ):
         from beam_jobs.pipeline import job_name
 
         names[golden_name] = f"{dag_templates}/{job_name('ssl', 'build', split)}"
@@ -424,5 +532,6 @@ def test_dag_run_in_template_mode_stages_and_publishes_nothing(world, staged, tm
         assert re.fullmatch(r"ssl-[a-z0-9-]+-[0-9a-f]{8}", d["name"]), d["name"]  # provider suffix
         got, want = normalize(d, bucket), normalize(staged[golden_name], bucket)
         got["options"]["template_location"] = got["options"]["template_location"].replace(
-            "/dag-templates/", "/templates/")
+            "/dag-templates/", "/templates/"
+        )
         assert got == want, golden_name

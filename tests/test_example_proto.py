@@ -61,8 +61,9 @@ def _expected_values(value):
 def test_build_parse_round_trip():
     data = build_example(image_features())
     rec = parse_image_record(data)
-    assert rec == ImageRecord(filename="n02692877_1234.JPEG", label=417, synset="n02692877",
-                              encoded_len=len(JPEG))
+    assert rec == ImageRecord(
+        filename="n02692877_1234.JPEG", label=417, synset="n02692877", encoded_len=len(JPEG)
+    )
     feats = parse_features(data)
     assert feats["image/encoded"] == [JPEG]
     assert feats["image/height"] == [8]
@@ -87,8 +88,9 @@ def test_synset_is_optional():
     assert rec.label == 417
 
 
-@pytest.mark.parametrize("name", ["n01440764_10026.JPEG", "ILSVRC2012_val_00000001.JPEG",
-                                  "dir/sub/\u00e9t\u00e9.jpg"])
+@pytest.mark.parametrize(
+    "name", ["n01440764_10026.JPEG", "ILSVRC2012_val_00000001.JPEG", "dir/sub/\u00e9t\u00e9.jpg"]
+)
 def test_filenames_kept_exactly(name):
     rec = parse_image_record(build_example(image_features(**{"image/filename": name})))
     assert rec.filename == name
@@ -99,45 +101,110 @@ def test_filenames_kept_exactly(name):
 
 ERROR_CASES = [
     # (id, record bytes, kind, text the message must contain)
-    ("missing filename", build_example(image_features(**{"image/filename": None})),
-     "missing_feature", "image/filename"),
-    ("missing encoded", build_example(image_features(**{"image/encoded": None})),
-     "missing_feature", "image/encoded"),
-    ("missing label", build_example(image_features(**{"image/class/label": None})),
-     "missing_feature", "image/class/label"),
-    ("filename is int64", build_example(image_features(**{"image/filename": 5})),
-     "wrong_type", "image/filename"),
-    ("label is bytes", build_example(image_features(**{"image/class/label": b"417"})),
-     "wrong_type", "image/class/label"),
-    ("label is float", build_example(image_features(**{"image/class/label": 417.0})),
-     "wrong_type", "image/class/label"),
-    ("two labels", build_example(image_features(**{"image/class/label": [1, 2]})),
-     "wrong_type", "2 values"),
-    ("two filenames", build_example(image_features(**{"image/filename": [b"a.JPEG", b"b.JPEG"]})),
-     "wrong_type", "image/filename"),
-    ("synset is int64", build_example(image_features(**{"image/class/synset": 3})),
-     "wrong_type", "image/class/synset"),
-    ("empty image", build_example(image_features(**{"image/encoded": b""})),
-     "empty_image", "image/encoded"),
-    ("not an example: text", b"this is not a protocol buffer",
-     "not_an_example", "tf.train.Example"),
+    (
+        "missing filename",
+        build_example(image_features(**{"image/filename": None})),
+        "missing_feature",
+        "image/filename",
+    ),
+    (
+        "missing encoded",
+        build_example(image_features(**{"image/encoded": None})),
+        "missing_feature",
+        "image/encoded",
+    ),
+    (
+        "missing label",
+        build_example(image_features(**{"image/class/label": None})),
+        "missing_feature",
+        "image/class/label",
+    ),
+    (
+        "filename is int64",
+        build_example(image_features(**{"image/filename": 5})),
+        "wrong_type",
+        "image/filename",
+    ),
+    (
+        "label is bytes",
+        build_example(image_features(**{"image/class/label": b"417"})),
+        "wrong_type",
+        "image/class/label",
+    ),
+    (
+        "label is float",
+        build_example(image_features(**{"image/class/label": 417.0})),
+        "wrong_type",
+        "image/class/label",
+    ),
+    (
+        "two labels",
+        build_example(image_features(**{"image/class/label": [1, 2]})),
+        "wrong_type",
+        "2 values",
+    ),
+    (
+        "two filenames",
+        build_example(image_features(**{"image/filename": [b"a.JPEG", b"b.JPEG"]})),
+        "wrong_type",
+        "image/filename",
+    ),
+    (
+        "synset is int64",
+        build_example(image_features(**{"image/class/synset": 3})),
+        "wrong_type",
+        "image/class/synset",
+    ),
+    (
+        "empty image",
+        build_example(image_features(**{"image/encoded": b""})),
+        "empty_image",
+        "image/encoded",
+    ),
+    (
+        "not an example: text",
+        b"this is not a protocol buffer",
+        "not_an_example",
+        "tf.train.Example",
+    ),
     ("not an example: jpeg", JPEG, "not_an_example", "tf.train.Example"),
-    ("not an example: truncated", build_example(image_features())[:-5],
-     "not_an_example", "tf.train.Example"),
-    ("non-UTF-8 filename", build_example(image_features(**{"image/filename": b"n0_\xff\xfe.JPEG"})),
-     "bad_filename", "UTF-8"),
-    ("empty filename", build_example(image_features(**{"image/filename": b""})),
-     "bad_filename", "empty"),
-    ("comma in filename", build_example(image_features(**{"image/filename": b"a,b.JPEG"})),
-     "bad_filename", "','"),
-    ("newline in filename", build_example(image_features(**{"image/filename": b"a\nb.JPEG"})),
-     "bad_filename", "newline"),
+    (
+        "not an example: truncated",
+        build_example(image_features())[:-5],
+        "not_an_example",
+        "tf.train.Example",
+    ),
+    (
+        "non-UTF-8 filename",
+        build_example(image_features(**{"image/filename": b"n0_\xff\xfe.JPEG"})),
+        "bad_filename",
+        "UTF-8",
+    ),
+    (
+        "empty filename",
+        build_example(image_features(**{"image/filename": b""})),
+        "bad_filename",
+        "empty",
+    ),
+    (
+        "comma in filename",
+        build_example(image_features(**{"image/filename": b"a,b.JPEG"})),
+        "bad_filename",
+        "','",
+    ),
+    (
+        "newline in filename",
+        build_example(image_features(**{"image/filename": b"a\nb.JPEG"})),
+        "bad_filename",
+        "newline",
+    ),
     ("empty message", b"", "missing_feature", "image/encoded"),
 ]
 
 
-@pytest.mark.parametrize("data, kind, text", [c[1:] for c in ERROR_CASES],
-                         ids=[c[0] for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    "data, kind, text", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
+)
 def test_example_errors(data, kind, text):
     with pytest.raises(ExampleError) as info:
         parse_image_record(data)
@@ -217,7 +284,9 @@ def test_we_parse_tensorflow_serialized(tf, case):
 @pytest.mark.xdist_group("tensorflow")
 def test_image_record_from_tensorflow_and_tf_parse_single_example(tf):
     data = _tf_example(tf, image_features()).SerializeToString()
-    assert parse_image_record(data) == ImageRecord("n02692877_1234.JPEG", 417, "n02692877", len(JPEG))
+    assert parse_image_record(data) == ImageRecord(
+        "n02692877_1234.JPEG", 417, "n02692877", len(JPEG)
+    )
     # TensorFlow's graph-side parser reads our bytes too (what training jobs use).
     spec = {
         "image/encoded": tf.io.FixedLenFeature([], tf.string),

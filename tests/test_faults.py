@@ -36,8 +36,10 @@ from ssl_splits.tasks import TaskError  # noqa: E402
 
 
 def shard_files(folder: str, split: str) -> dict[str, bytes]:
-    return {storage.basename(f.path): storage.read_bytes(f.path)
-            for f in storage.list_files(storage.join(folder, f"{split}-*"))}
+    return {
+        storage.basename(f.path): storage.read_bytes(f.path)
+        for f in storage.list_files(storage.join(folder, f"{split}-*"))
+    }
 
 
 # --------------------------------------------------------------------------- killed build
@@ -47,16 +49,34 @@ def shard_files(folder: str, split: str) -> dict[str, bytes]:
 def medium_source(tmp_path_factory) -> Path:
     """Large enough that building the reshuffle takes a few seconds (64 shards)."""
     out = tmp_path_factory.mktemp("medium_source")
-    generate(Spec(num_classes=10, min_per_class=380, max_per_class=420, train_shards=16,
-                  validation_shards=0, image_size=48, jpeg_quality=95, seed=3), str(out),
-             workers=2)
+    generate(
+        Spec(
+            num_classes=10,
+            min_per_class=380,
+            max_per_class=420,
+            train_shards=16,
+            validation_shards=0,
+            image_size=48,
+            jpeg_quality=95,
+            seed=3,
+        ),
+        str(out),
+        workers=2,
+    )
     return out
 
 
 @pytest.mark.slow
-def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medium_source, tmp_path):
-    p = bs.params(str(medium_source), str(tmp_path / "out"), seeds=[1], unsupervised=True,
-                  unsupervised_shards=64)
+def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(
+    medium_source, tmp_path
+):
+    p = bs.params(
+        str(medium_source),
+        str(tmp_path / "out"),
+        seeds=[1],
+        unsupervised=True,
+        unsupervised_shards=64,
+    )
     run = bs.start(p)
     # Publish seed 1 first, so there is a manifest the kill must not touch.
     bs.build(run, run.supervised()[0])
@@ -64,24 +84,37 @@ def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medi
     spec_1 = run.spec(run.supervised()[0])
     from ssl_splits import tasks
 
-    tasks.publish_manifest(run.config, run.source, [spec_1], {}, {"dag_id": bs.DAG_ID,
-                                                                  "run_id": "r1"})
+    tasks.publish_manifest(
+        run.config, run.source, [spec_1], {}, {"dag_id": bs.DAG_ID, "run_id": "r1"}
+    )
     manifest_before = storage.read_bytes(run.manifest_uri)
 
     args = bs.job_args(run, run.spec("train"))
     # SIGKILL to the job's whole process group once its 20th shard is staged
     # (beam_jobs.faults): no cleanup of any kind runs.
-    proc = subprocess.run([PYTHON, "-m", "beam_jobs.build", *args], cwd=ROOT,
-                          capture_output=True, text=True, start_new_session=True, timeout=300,
-                          env={**os.environ, "SSL_SPLITS_FAILPOINT": "build.shard@20"})
+    proc = subprocess.run(
+        [PYTHON, "-m", "beam_jobs.build", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=300,
+        env={**os.environ, "SSL_SPLITS_FAILPOINT": "build.shard@20"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert shard_files(run.output_uri, "train") == {}, "files under the final names"
     assert storage.read_bytes(run.manifest_uri) == manifest_before
     staging = storage.list_tree(storage.join(run.work_uri, "staging", "train"))
-    sidecars = {storage.basename(p)[len("shard-"):-len(".json")] for p in staging
-                if storage.basename(p).startswith("shard-")}
-    staged = {storage.basename(p) for p in staging if "-of-00064" in storage.basename(p)
-              and ".tmp-" not in p}
+    sidecars = {
+        storage.basename(p)[len("shard-") : -len(".json")]
+        for p in staging
+        if storage.basename(p).startswith("shard-")
+    }
+    staged = {
+        storage.basename(p)
+        for p in staging
+        if "-of-00064" in storage.basename(p) and ".tmp-" not in p
+    }
     assert len(sidecars) >= 20
     # Every shard under its staged name is complete: it has its sidecar.
     assert {n.split("-")[1] for n in staged} <= sidecars
@@ -91,15 +124,23 @@ def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(medi
     assert stats["num_shards"] == 64 and stats["shards_reused"] >= 20
     assert shard_files(run.output_uri, "train") == {}
     bs.verify(run, "train")
-    tasks.publish_manifest(run.config, run.source, [run.spec("train")], {},
-                           {"dag_id": bs.DAG_ID, "run_id": "r2"})
+    tasks.publish_manifest(
+        run.config, run.source, [run.spec("train")], {}, {"dag_id": bs.DAG_ID, "run_id": "r2"}
+    )
     assert "train" in json.loads(storage.read_text(run.manifest_uri))["splits"]
     resumed = shard_files(run.output_uri, "train")
     assert len(resumed) == 64
 
     # An uninterrupted build of the same plan elsewhere gives the same bytes.
-    clean = bs.start(bs.params(str(medium_source), str(tmp_path / "clean"), seeds=[1],
-                               unsupervised=True, unsupervised_shards=64))
+    clean = bs.start(
+        bs.params(
+            str(medium_source),
+            str(tmp_path / "clean"),
+            seeds=[1],
+            unsupervised=True,
+            unsupervised_shards=64,
+        )
+    )
     assert clean.spec("train")["plan_sha256"] == run.spec("train")["plan_sha256"]
     bs.build_all(clean)
     bs.publish(clean)
@@ -126,27 +167,36 @@ def test_flaky_storage_run_succeeds(small_source, gcs_bucket, proxy):
     first, second = run.supervised()
     # A Beam job in its own process through the same proxy, as the DAG runs it.
     proxy.faults.error_status = 429
-    out = subprocess.run([PYTHON, "-m", "beam_jobs.verify", *bs.job_args(run, run.spec(first)),
-                          "--deep"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [PYTHON, "-m", "beam_jobs.verify", *bs.job_args(run, run.spec(first)), "--deep"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     bs.verify(run, second, deep=False)
     bs.publish(run)
     doc = json.loads(storage.read_text(run.manifest_uri))
     assert sorted(doc["splits"]) == sorted(run.supervised())
-    assert proxy.faults.stats["errors"] >= 10 and proxy.faults.stats["drops"] >= 3, proxy.faults.stats
+    assert proxy.faults.stats["errors"] >= 10 and proxy.faults.stats["drops"] >= 3, (
+        proxy.faults.stats
+    )
     for entry in doc["splits"].values():
         for shard in entry["shards"]:
             assert storage.stat(shard["path"]).crc32c == shard["crc32c"]
     # Retried reads are counted in what the builds report having read.
-    built = [json.loads(storage.read_text(layout.stats_uri(run.work_uri, s)))
-             for s in (first, second)]
+    built = [
+        json.loads(storage.read_text(layout.stats_uri(run.work_uri, s))) for s in (first, second)
+    ]
     assert all(b["bytes_read"] >= b["num_bytes"] for b in built)
     assert sum(b["bytes_read"] for b in built) > sum(b["num_bytes"] for b in built)
 
 
 @pytest.mark.gcs
-def test_persistent_storage_failure_fails_publish_clearly(small_source, gcs_bucket, proxy,
-                                                          monkeypatch):
+def test_persistent_storage_failure_fails_publish_clearly(
+    small_source, gcs_bucket, proxy, monkeypatch
+):
     upload_to_gcs(small_source, f"{gcs_bucket}/src")
     run = bs.start(bs.params(f"{gcs_bucket}/src", f"{gcs_bucket}/out", seeds=[1]))
     bs.build_all(run)
@@ -155,8 +205,11 @@ def test_persistent_storage_failure_fails_publish_clearly(small_source, gcs_buck
     proxy.faults.fail_path = r"uploadType=multipart"  # every small upload: the manifest's too
     proxy.faults.fail_method = "POST"
     t0 = time.monotonic()
-    with pytest.raises(PublishError, match=r"could not publish .*manifest\.json.*Nothing was "
-                                           r"changed: the manifest is unchanged"):
+    with pytest.raises(
+        PublishError,
+        match=r"could not publish .*manifest\.json.*Nothing was "
+        r"changed: the manifest is unchanged",
+    ):
         bs.publish(run)
     assert time.monotonic() - t0 < 60
     assert proxy.faults.stats["persistent"] >= 2, "the upload was not retried"
@@ -328,8 +381,9 @@ def test_a_killed_in_process_run_frees_the_folder_at_once(work_uri):
     # `airflow dags test` runs the whole DAG run in its own process; SIGKILLed,
     # its lock names a process that is gone: a rerun takes the folder at once,
     # well within the dead run's lease.
-    proc = subprocess.Popen([PYTHON, "-c", HOLD_AND_WAIT, work_uri], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PYTHON, "-c", HOLD_AND_WAIT, work_uri], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
         holder = _holder(work_uri)
@@ -349,18 +403,30 @@ def _dead_pid() -> int:
     return p.pid
 
 
-@pytest.mark.parametrize("change, free", [
-    ({"pid": "dead"}, True),
-    ({"pid": "mine", "pid_started": -1000.0}, True),  # the pid was reused
-    ({"pid": "mine"}, False),  # alive
-    ({"pid": "dead", "in_process": False}, False),  # a worker's task: the lease rules
-    ({"pid": "dead", "host": "elsewhere"}, False),
-    ({"pid": "dead", "boot_id": "another-boot"}, False),
-    ({"pid": "dead", "pid_ns": "pid:[1]"}, False),  # another container on this host
-], ids=["dead", "pid-reused", "alive", "not-in-process", "other-host", "rebooted",
-        "other-pid-namespace"])
-def test_only_a_gone_in_process_holder_on_this_machine_is_free_before_its_lease(tmp_path,
-                                                                                change, free):
+@pytest.mark.parametrize(
+    "change, free",
+    [
+        ({"pid": "dead"}, True),
+        ({"pid": "mine", "pid_started": -1000.0}, True),  # the pid was reused
+        ({"pid": "mine"}, False),  # alive
+        ({"pid": "dead", "in_process": False}, False),  # a worker's task: the lease rules
+        ({"pid": "dead", "host": "elsewhere"}, False),
+        ({"pid": "dead", "boot_id": "another-boot"}, False),
+        ({"pid": "dead", "pid_ns": "pid:[1]"}, False),  # another container on this host
+    ],
+    ids=[
+        "dead",
+        "pid-reused",
+        "alive",
+        "not-in-process",
+        "other-host",
+        "rebooted",
+        "other-pid-namespace",
+    ],
+)
+def test_only_a_gone_in_process_holder_on_this_machine_is_free_before_its_lease(
+    tmp_path, change, free
+):
     work = str(tmp_path / "work")
     lock.acquire(work, run_id="old", in_process=True, **KW)
     holder = _holder(work)
@@ -380,8 +446,9 @@ def test_only_a_gone_in_process_holder_on_this_machine_is_free_before_its_lease(
 
 
 @pytest.mark.gcs
-def test_a_lock_released_between_its_metadata_read_and_download_is_free(gcs_emulator,
-                                                                        gcs_bucket, proxy):
+def test_a_lock_released_between_its_metadata_read_and_download_is_free(
+    gcs_emulator, gcs_bucket, proxy
+):
     work = f"{gcs_bucket}/out/_work"
     lock.acquire(work, run_id="run-a", **KW)
     bucket, name = storage.split_gcs(layout.lock_uri(work))
@@ -429,8 +496,9 @@ def test_release_on_a_local_folder_leaves_a_lock_taken_over_in_between(tmp_path)
         t.start()
         time.sleep(0.3)
         assert t.is_alive(), "release did not wait for the guard"
-        storage.write_text(uri, json.dumps({**_holder(work), "run_id": "run-b"}),
-                           "application/json")
+        storage.write_text(
+            uri, json.dumps({**_holder(work), "run_id": "run-b"}), "application/json"
+        )
         fcntl.flock(guard, fcntl.LOCK_UN)
     t.join(timeout=10)
     assert result == [False]
@@ -447,8 +515,9 @@ def test_racing_runs_one_wins(work_uri, stale):
             lock.acquire(work_uri, run_id="crashed", **KW)
             uri = layout.lock_uri(work_uri)
             holder = json.loads(storage.read_text(uri))
-            holder["expires_at"] = (dt.datetime.now(dt.timezone.utc)
-                                    - dt.timedelta(days=2)).isoformat()
+            holder["expires_at"] = (
+                dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)
+            ).isoformat()
             storage.write_text(uri, json.dumps(holder), "application/json")
         _race_once(work_uri, KW)
         storage.delete([layout.lock_uri(work_uri)])
@@ -481,8 +550,12 @@ def _race_once(work_uri, kw):
 
 def test_lock_cli_free():
     # The lock module must not need Airflow at import time beyond storage.
-    out = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'plugins'); "
-                          "import ssl_splits.lock"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, 'plugins'); import ssl_splits.lock"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -511,24 +584,40 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
 
     from support.airflow_env import airflow_env, dags_test, migrated_home
 
-    conn = (f"google-cloud-platform://svc:{CANARY_PASSWORD}@/?project=test-project"
-            f"&is_anonymous=true&note={CANARY_EXTRA}")
+    conn = (
+        f"google-cloud-platform://svc:{CANARY_PASSWORD}@/?project=test-project"
+        f"&is_anonymous=true&note={CANARY_EXTRA}"
+    )
     homes = [migrated_home(tmp_path / f"airflow{i}") for i in (1, 2)]
-    envs = [airflow_env(h, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=conn,
-                        SSL_SPLITS_SECRET_TOKEN=CANARY_PASSWORD) for h in homes]
+    envs = [
+        airflow_env(
+            h, AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=conn, SSL_SPLITS_SECRET_TOKEN=CANARY_PASSWORD
+        )
+        for h in homes
+    ]
     output = tmp_path / "out"
     work = str(output / "_work")
-    conf = {"source_uri": str(small_source), "output_uri": str(output), "seeds": [1],
-            "unsupervised": False, "copy_validation": False, "num_classes": 10,
-            "direct_num_workers": 1}
+    conf = {
+        "source_uri": str(small_source),
+        "output_uri": str(output),
+        "seeds": [1],
+        "unsupervised": False,
+        "copy_validation": False,
+        "num_classes": 10,
+        "direct_num_workers": 1,
+    }
     lock_file = output / "_work" / "lock.json"
 
     # K, killed once it holds the folder.
     with open(tmp_path / "k.log", "w") as k_log:
         killed = subprocess.Popen(
-            [str(ROOT / "bin" / "airflow"), "dags", "test", bs.DAG_ID, "--conf",
-             json.dumps(conf)], env=envs[0], cwd=ROOT, stdout=k_log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [str(ROOT / "bin" / "airflow"), "dags", "test", bs.DAG_ID, "--conf", json.dumps(conf)],
+            env=envs[0],
+            cwd=ROOT,
+            stdout=k_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 300
             while not lock_file.exists():
@@ -545,9 +634,20 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
     results: dict[str, object] = {}
     # A pauses 20 s at the start of its verification (holding the folder, its
     # lease renewed): B's start-up and the intruder happen while A holds it.
-    first = threading.Thread(target=lambda: results.setdefault("a", dags_test(
-        conf, {**envs[0], "SSL_SPLITS_LOCK_LEASE_SECONDS": "4",
-               "SSL_SPLITS_FAILPOINT": "verify.start~20"}, log=tmp_path / "a.log")))
+    first = threading.Thread(
+        target=lambda: results.setdefault(
+            "a",
+            dags_test(
+                conf,
+                {
+                    **envs[0],
+                    "SSL_SPLITS_LOCK_LEASE_SECONDS": "4",
+                    "SSL_SPLITS_FAILPOINT": "verify.start~20",
+                },
+                log=tmp_path / "a.log",
+            ),
+        )
+    )
     first.start()
     deadline = time.monotonic() + 300
     while True:
@@ -559,8 +659,9 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
             pass
         assert first.is_alive() and time.monotonic() < deadline, "run A never took the lock"
         time.sleep(0.1)
-    second = threading.Thread(target=lambda: results.setdefault("b", dags_test(
-        conf, envs[1], log=tmp_path / "b.log")))
+    second = threading.Thread(
+        target=lambda: results.setdefault("b", dags_test(conf, envs[1], log=tmp_path / "b.log"))
+    )
     second.start()
     intruder = {"held": 0, "won": [], "renewals": set()}
     while first.is_alive():
@@ -582,8 +683,7 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
     a, b = results["a"], results["b"]
     assert a.state == "success", a.tail()  # type: ignore[attr-defined]
     assert f"took over {lock_file}" in a.output and "is gone" in a.output  # type: ignore[attr-defined]
-    print(f"intruder: held off {intruder['held']} times, {len(intruder['renewals'])} "
-          "renewals seen")
+    print(f"intruder: held off {intruder['held']} times, {len(intruder['renewals'])} renewals seen")
     assert intruder["won"] == [], f"the intruder took the folder from a live run: {intruder}"
     assert intruder["held"] >= 20 and len(intruder["renewals"]) >= 10, intruder
     assert b.state == "failed"  # type: ignore[attr-defined]
@@ -595,20 +695,28 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
     assert list(manifest["splits"]) == [f"train{manifest['source']['num_records'] // 10}.1"]
 
     # No secret anywhere: task logs, run output, XCom, manifest, work files.
-    places: dict[str, str] = {"run A output": a.output, "run B output": b.output,  # type: ignore[attr-defined]
-                              "run K output": (tmp_path / "k.log").read_text()}
+    places: dict[str, str] = {
+        "run A output": a.output,
+        "run B output": b.output,  # type: ignore[attr-defined]
+        "run K output": (tmp_path / "k.log").read_text(),
+    }
     for home in homes:
         for f in home.rglob("*"):
             if f.is_file() and f.suffix != ".db":
                 places[str(f)] = f.read_text(errors="replace")
         with sqlite3.connect(home / "airflow.db") as db:
-            places[f"{home} xcom"] = " ".join(str(v) for (v,) in db.execute("SELECT value FROM xcom"))
+            places[f"{home} xcom"] = " ".join(
+                str(v) for (v,) in db.execute("SELECT value FROM xcom")
+            )
             places[f"{home} rendered fields"] = " ".join(
-                str(v) for (v,) in db.execute("SELECT rendered_fields FROM rendered_task_instance_fields"))
+                str(v)
+                for (v,) in db.execute("SELECT rendered_fields FROM rendered_task_instance_fields")
+            )
     for f in output.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".csv", ".log", ".txt"):
             places[str(f)] = f.read_text(errors="replace")
     assert len(places) > 10
-    leaks = [where for where, text in places.items()
-             if CANARY_PASSWORD in text or CANARY_EXTRA in text]
+    leaks = [
+        where for where, text in places.items() if CANARY_PASSWORD in text or CANARY_EXTRA in text
+    ]
     assert leaks == [], f"secrets found in: {leaks}"

@@ -31,22 +31,33 @@ SOURCE_SHARDS = 64  # the catalog's report says so: default shard counts differ 
 # --------------------------------------------------------------------------- the param
 
 
-@pytest.mark.parametrize("params, fraction, fractions", [
-    ({}, "0.1", []),                                         # as every run before
-    ({"fraction": 0.05}, "0.05", []),
-    ({"fractions": []}, "0.1", []),
-    ({"fractions": [""]}, "0.1", []),                        # the form's box, left empty
-    ({"fractions": [0.1, 0.05, 0.01]}, "0.1", ["0.1", "0.05", "0.01"]),  # --conf
-    ({"fractions": ["0.1", " .05", "", "0.010 "]}, "0.1", ["0.1", "0.05", "0.01"]),  # the form
-    ({"fractions": [0.01, 0.1]}, "0.01", ["0.01", "0.1"]),   # in the order given
-    ({"fractions": [1, 0.5]}, "1", ["1", "0.5"]),
-    ({"fractions": [0.05]}, "0.05", ["0.05"]),               # one: the same as fraction 0.05
-    ({"fraction": 0.05, "fractions": [0.1, 0.05]}, "0.1", ["0.1", "0.05"]),  # fraction among them
-    ({"protocol": "fixmatch", "fractions": [0.1]}, "0.1", ["0.1"]),
-    ({"protocol": "simclr", "fractions": []}, "0.1", []),
-    ({"fractions": [0.1, 0.05], "name_lists": {"mine": "/l/names.txt"}}, "0.1", ["0.1", "0.05"]),
-    ({"fractions": [0.1, 0.05], "seeds": [3], "sharding_files": {}}, "0.1", ["0.1", "0.05"]),
-])
+@pytest.mark.parametrize(
+    "params, fraction, fractions",
+    [
+        ({}, "0.1", []),  # as every run before
+        ({"fraction": 0.05}, "0.05", []),
+        ({"fractions": []}, "0.1", []),
+        ({"fractions": [""]}, "0.1", []),  # the form's box, left empty
+        ({"fractions": [0.1, 0.05, 0.01]}, "0.1", ["0.1", "0.05", "0.01"]),  # --conf
+        ({"fractions": ["0.1", " .05", "", "0.010 "]}, "0.1", ["0.1", "0.05", "0.01"]),  # the form
+        ({"fractions": [0.01, 0.1]}, "0.01", ["0.01", "0.1"]),  # in the order given
+        ({"fractions": [1, 0.5]}, "1", ["1", "0.5"]),
+        ({"fractions": [0.05]}, "0.05", ["0.05"]),  # one: the same as fraction 0.05
+        (
+            {"fraction": 0.05, "fractions": [0.1, 0.05]},
+            "0.1",
+            ["0.1", "0.05"],
+        ),  # fraction among them
+        ({"protocol": "fixmatch", "fractions": [0.1]}, "0.1", ["0.1"]),
+        ({"protocol": "simclr", "fractions": []}, "0.1", []),
+        (
+            {"fractions": [0.1, 0.05], "name_lists": {"mine": "/l/names.txt"}},
+            "0.1",
+            ["0.1", "0.05"],
+        ),
+        ({"fractions": [0.1, 0.05], "seeds": [3], "sharding_files": {}}, "0.1", ["0.1", "0.05"]),
+    ],
+)
 def test_resolve_fractions(params, fraction, fractions):
     from ssl_splits.config import RunConfig, resolve
 
@@ -58,27 +69,38 @@ def test_resolve_fractions(params, fraction, fractions):
     assert RunConfig.from_dict(old).planned_fractions == [cfg.fraction]
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"fractions": 0.1}, r"^fractions must be a list of numbers in \(0, 1\], got 0.1$"),
-    ({"fractions": [0.1, 0]}, r"^fractions: item 2 \(0\): 0 is not in \(0, 1\]"),
-    ({"fractions": [1.5]}, r"^fractions: item 1 \(1.5\): 1.5 is not in \(0, 1\]"),
-    ({"fractions": ["5%"]}, r"^fractions: item 1 \('5%'\): '5%' is not a decimal number"),
-    ({"fractions": ["0.1,0.05"]}, r"^fractions: item 1 \('0.1,0.05'\)"),
-    ({"fractions": ["."]}, r"^fractions: item 1 \('.'\): '.' is not a decimal number"),
-    ({"fractions": [True]}, r"^fractions: item 1 \(True\): True is not a number"),
-    ({"fractions": [0.1, "0.10"]}, r"^fractions must not repeat: 0.1 and '0.10' are the same"),
-    ({"fractions": [0.5] + [i / 100 for i in range(1, 11)]}, r"^fractions: at most 10, got 11"),
-    ({"fraction": 0.05, "fractions": [0.1, 0.01]},
-     r"^fraction=0.05 and fractions=\[0.1, 0.01\]: with fractions set, fraction is not used"),
-    ({"protocol": "fixmatch", "fractions": [0.1, 0.05, 0.01]},
-     r"^fractions=\[0.1, 0.05, 0.01\]: protocol fixmatch reproduces FixMatch's published 10%"),
-    ({"protocol": "fixmatch", "fractions": [0.05]}, r"^fractions=\[0.05\]: protocol fixmatch"),
-    ({"protocol": "simclr", "fractions": [0.1, 0.01]},
-     r"^fractions=\[0.1, 0.01\] does not apply to protocol simclr"),
-    ({"protocol": "simclr_1pct", "fractions": [0.01]}, r"^fractions=\[0.01\] does not apply"),
-    ({"seeds": [3], "sharding_files": {"3": "/p/split3.txt"}, "fractions": [0.1, 0.01]},
-     r"^sharding_files and fractions=\[0.1, 0.01\] do not go together"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"fractions": 0.1}, r"^fractions must be a list of numbers in \(0, 1\], got 0.1$"),
+        ({"fractions": [0.1, 0]}, r"^fractions: item 2 \(0\): 0 is not in \(0, 1\]"),
+        ({"fractions": [1.5]}, r"^fractions: item 1 \(1.5\): 1.5 is not in \(0, 1\]"),
+        ({"fractions": ["5%"]}, r"^fractions: item 1 \('5%'\): '5%' is not a decimal number"),
+        ({"fractions": ["0.1,0.05"]}, r"^fractions: item 1 \('0.1,0.05'\)"),
+        ({"fractions": ["."]}, r"^fractions: item 1 \('.'\): '.' is not a decimal number"),
+        ({"fractions": [True]}, r"^fractions: item 1 \(True\): True is not a number"),
+        ({"fractions": [0.1, "0.10"]}, r"^fractions must not repeat: 0.1 and '0.10' are the same"),
+        ({"fractions": [0.5] + [i / 100 for i in range(1, 11)]}, r"^fractions: at most 10, got 11"),
+        (
+            {"fraction": 0.05, "fractions": [0.1, 0.01]},
+            r"^fraction=0.05 and fractions=\[0.1, 0.01\]: with fractions set, fraction is not used",
+        ),
+        (
+            {"protocol": "fixmatch", "fractions": [0.1, 0.05, 0.01]},
+            r"^fractions=\[0.1, 0.05, 0.01\]: protocol fixmatch reproduces FixMatch's published 10%",
+        ),
+        ({"protocol": "fixmatch", "fractions": [0.05]}, r"^fractions=\[0.05\]: protocol fixmatch"),
+        (
+            {"protocol": "simclr", "fractions": [0.1, 0.01]},
+            r"^fractions=\[0.1, 0.01\] does not apply to protocol simclr",
+        ),
+        ({"protocol": "simclr_1pct", "fractions": [0.01]}, r"^fractions=\[0.01\] does not apply"),
+        (
+            {"seeds": [3], "sharding_files": {"3": "/p/split3.txt"}, "fractions": [0.1, 0.01]},
+            r"^sharding_files and fractions=\[0.1, 0.01\] do not go together",
+        ),
+    ],
+)
 def test_resolve_refuses_fractions_that_make_no_sense(params, message):
     from ssl_splits.config import ConfigError, resolve
 
@@ -86,11 +108,22 @@ def test_resolve_refuses_fractions_that_make_no_sense(params, message):
         resolve({**OK, **params})
 
 
-@pytest.mark.parametrize("value, ok", [
-    ([0.1, 0.05, 0.01], True), (["0.1", "0.05", ""], True), ([" .5 "], True), ([], True),
-    ([1], True), ([0], False), ([1.5], False), (["5%"], False), (["0.1,0.05"], False),
-    (["x"], False), ([0.1] * 11, False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ([0.1, 0.05, 0.01], True),
+        (["0.1", "0.05", ""], True),
+        ([" .5 "], True),
+        ([], True),
+        ([1], True),
+        ([0], False),
+        ([1.5], False),
+        (["5%"], False),
+        (["0.1,0.05"], False),
+        (["x"], False),
+        ([0.1] * 11, False),
+    ],
+)
 def test_the_fractions_schema_takes_the_form_text_box_and_json_numbers(value, ok):
     """What Airflow checks when a run is triggered: the param's JSON schema."""
     from airflow.sdk.exceptions import ParamValidationError
@@ -120,21 +153,29 @@ def test_the_form_shows_fractions_as_a_text_box_beside_fraction():
 # --------------------------------------------------------------------------- planning
 
 
-def write_catalog(folder: Path, names: list[str], labels: list[int],
-                  source_shards: int = SOURCE_SHARDS) -> str:
+def write_catalog(
+    folder: Path, names: list[str], labels: list[int], source_shards: int = SOURCE_SHARDS
+) -> str:
     """catalog.parquet + report.json as the validation job writes them."""
     n = len(names)
-    table = pa.table({
-        "filename": names, "label": labels, "synset": [f"n{c:08d}" for c in labels],
-        "file": [f"/src/train-{i % source_shards:05d}-of-{source_shards:05d}" for i in range(n)],
-        "record": [i // source_shards for i in range(n)],
-        "offset": [100 * (i // source_shards) for i in range(n)],
-        "length": [100] * n, "data_crc": [0] * n,
-    }, schema=SCHEMA)
+    table = pa.table(
+        {
+            "filename": names,
+            "label": labels,
+            "synset": [f"n{c:08d}" for c in labels],
+            "file": [
+                f"/src/train-{i % source_shards:05d}-of-{source_shards:05d}" for i in range(n)
+            ],
+            "record": [i // source_shards for i in range(n)],
+            "offset": [100 * (i // source_shards) for i in range(n)],
+            "length": [100] * n,
+            "data_crc": [0] * n,
+        },
+        schema=SCHEMA,
+    )
     write_table(str(folder / CATALOG_FILE), table)
     synsets = {str(c): f"n{c:08d}" for c in sorted(set(labels))}
-    (folder / REPORT_FILE).write_text(json.dumps({"num_shards": source_shards,
-                                                  "synsets": synsets}))
+    (folder / REPORT_FILE).write_text(json.dumps({"num_shards": source_shards, "synsets": synsets}))
     return str(folder)
 
 
@@ -162,8 +203,9 @@ def test_one_request_plans_every_seed_at_every_fraction(catalog, source):
     plans = plan_cli.make_plans(catalog, req)
     n = {f: split_size(total, Fraction(f)) for f in FIXMATCH_FRACTIONS}
     assert len(set(n.values())) == 3 and min(n.values()) > 0
-    assert [p.split for p in plans] == [f"train{n[f]}.{s}" for f in FIXMATCH_FRACTIONS
-                                        for s in (1, 2)] + ["train"]
+    assert [p.split for p in plans] == [
+        f"train{n[f]}.{s}" for f in FIXMATCH_FRACTIONS for s in (1, 2)
+    ] + ["train"]
     class_sizes = {c: labels.count(c) for c in set(labels)}
     for p in plans[:-1]:
         fraction = p.fraction
@@ -177,8 +219,9 @@ def test_one_request_plans_every_seed_at_every_fraction(catalog, source):
     assert plans[-1].split == "train" and plans[-1].num_examples == total
     # Each split is the plan a run of that fraction alone makes, byte for byte.
     for fraction in FIXMATCH_FRACTIONS:
-        alone = plan_cli.make_plans(catalog, plan_cli.PlanRequest(
-            seeds=(1, 2), fraction=fraction, unsupervised=False))
+        alone = plan_cli.make_plans(
+            catalog, plan_cli.PlanRequest(seeds=(1, 2), fraction=fraction, unsupervised=False)
+        )
         together = [p for p in plans if p.fraction == fraction]
         assert [p.to_csv_bytes() for p in alone] == [p.to_csv_bytes() for p in together]
     # The splits of one seed are nested: 1% inside 5% inside 10%.
@@ -189,14 +232,21 @@ def test_one_request_plans_every_seed_at_every_fraction(catalog, source):
     assert sets[f"train{n['0.1']}.1"] != sets[f"train{n['0.1']}.2"]  # seeds: other draws
     assert plan_cli.nesting(plans) == [
         {"seed": s, "smaller": f"train{n[a]}.{s}", "larger": f"train{n[b]}.{s}", "outside": 0}
-        for s in (1, 2) for a, b in (("0.01", "0.05"), ("0.05", "0.1"))]
+        for s in (1, 2)
+        for a, b in (("0.01", "0.05"), ("0.05", "0.1"))
+    ]
     assert plan_cli.nesting_lines(plans)[0] == (
-        f"seed 1: train{n['0.01']}.1 in train{n['0.05']}.1 in train{n['0.1']}.1 (nested)")
+        f"seed 1: train{n['0.01']}.1 in train{n['0.05']}.1 in train{n['0.1']}.1 (nested)"
+    )
 
 
 def test_uniform_sampling_nests_too(catalog):
-    plans = plan_cli.make_plans(catalog, plan_cli.PlanRequest(
-        seeds=(4,), fractions=("0.3", "0.2", "0.1"), sampling="uniform", unsupervised=False))
+    plans = plan_cli.make_plans(
+        catalog,
+        plan_cli.PlanRequest(
+            seeds=(4,), fractions=("0.3", "0.2", "0.1"), sampling="uniform", unsupervised=False
+        ),
+    )
     sets = list(_sets(plans).values())
     assert sets[2] < sets[1] < sets[0]
     assert all(r["outside"] == 0 for r in plan_cli.nesting(plans))
@@ -204,15 +254,26 @@ def test_uniform_sampling_nests_too(catalog):
 
 def test_num_shards_applies_to_each_split(catalog, source):
     total = len(source[0])
-    plans = plan_cli.make_plans(catalog, plan_cli.PlanRequest(
-        seeds=(1,), fractions=FIXMATCH_FRACTIONS, num_shards=4, unsupervised=False))
+    plans = plan_cli.make_plans(
+        catalog,
+        plan_cli.PlanRequest(
+            seeds=(1,), fractions=FIXMATCH_FRACTIONS, num_shards=4, unsupervised=False
+        ),
+    )
     assert [p.num_shards for p in plans] == [4, 4, 4]
     # More shards than the 1% split has records: refused, naming its fraction and seed.
     n01 = split_size(total, Fraction("0.01"))
-    with pytest.raises(PlanError, match=rf"^fraction 0.01, seed 1: num_shards must be in "
-                                        rf"1..{n01}, got {n01 + 1}"):
-        plan_cli.make_plans(catalog, plan_cli.PlanRequest(
-            seeds=(1,), fractions=FIXMATCH_FRACTIONS, num_shards=n01 + 1, unsupervised=False))
+    with pytest.raises(
+        PlanError,
+        match=rf"^fraction 0.01, seed 1: num_shards must be in "
+        rf"1..{n01}, got {n01 + 1}",
+    ):
+        plan_cli.make_plans(
+            catalog,
+            plan_cli.PlanRequest(
+                seeds=(1,), fractions=FIXMATCH_FRACTIONS, num_shards=n01 + 1, unsupervised=False
+            ),
+        )
 
 
 def test_two_fractions_of_one_size_are_refused(catalog, source):
@@ -220,21 +281,33 @@ def test_two_fractions_of_one_size_are_refused(catalog, source):
     n = split_size(total, Fraction("0.1"))
     close = f"{float(Fraction(n, total) + Fraction(1, 10 * total)):.12f}"  # a hair above n / N
     assert split_size(total, Fraction(close)) == n and Fraction(close) != Fraction("0.1")
-    with pytest.raises(PlanError, match=rf"^fractions 0.1 and {close} both give {n:,} of the "
-                                        rf"catalog's {total:,} records .* the splits "
-                                        rf"train{n}\.{{seed}}: drop one of them$"):
+    with pytest.raises(
+        PlanError,
+        match=rf"^fractions 0.1 and {close} both give {n:,} of the "
+        rf"catalog's {total:,} records .* the splits "
+        rf"train{n}\.{{seed}}: drop one of them$",
+    ):
         plan_cli.make_plans(catalog, plan_cli.PlanRequest(seeds=(1,), fractions=("0.1", close)))
 
 
 def test_published_files_and_counts_do_not_mix_with_several_fractions(catalog, tmp_path):
-    with pytest.raises(PlanError, match=r"seeds \[3\] have a published file, which is one split "
-                                        "of one size: they cannot be drawn at the fractions "
-                                        "0.1, 0.01"):
-        plan_cli.make_plans(catalog, plan_cli.PlanRequest(
-            seeds=(2, 3), fractions=("0.1", "0.01"), sharding_files=((3, str(tmp_path / "x")),)))
+    with pytest.raises(
+        PlanError,
+        match=r"seeds \[3\] have a published file, which is one split "
+        "of one size: they cannot be drawn at the fractions "
+        "0.1, 0.01",
+    ):
+        plan_cli.make_plans(
+            catalog,
+            plan_cli.PlanRequest(
+                seeds=(2, 3), fractions=("0.1", "0.01"), sharding_files=((3, str(tmp_path / "x")),)
+            ),
+        )
     with pytest.raises(PlanError, match=r"seeds \[1\] have a published file"):
-        plan_cli.make_plans(catalog, plan_cli.PlanRequest(
-            seeds=(1,), fractions=("0.1", "0.01"), protocol="fixmatch"))
+        plan_cli.make_plans(
+            catalog,
+            plan_cli.PlanRequest(seeds=(1,), fractions=("0.1", "0.01"), protocol="fixmatch"),
+        )
     with pytest.raises(PlanError, match="give a count or fractions, not both"):
         plan_cli.PlanRequest(fraction=None, count=10, fractions=("0.1", "0.01")).sizes()
 
@@ -248,17 +321,24 @@ def test_nesting_breaks_only_where_a_class_quota_shrinks(tmp_path):
     assert class_quotas({1: 3, 2: 5, 3: 5}, Fraction("0.5"), 6) == {1: 2, 2: 2, 3: 2}
     assert class_quotas({1: 3, 2: 5, 3: 5}, Fraction("0.55"), 7) == {1: 1, 2: 3, 3: 3}
     catalog = write_catalog(tmp_path, names, labels, source_shards=1)
-    plans = plan_cli.make_plans(catalog, plan_cli.PlanRequest(
-        seeds=(1,), fractions=("0.55", "0.5"), unsupervised=False))
+    plans = plan_cli.make_plans(
+        catalog, plan_cli.PlanRequest(seeds=(1,), fractions=("0.55", "0.5"), unsupervised=False)
+    )
     assert plan_cli.nesting(plans) == [
-        {"seed": 1, "smaller": "train6.1", "larger": "train7.1", "outside": 1}]
+        {"seed": 1, "smaller": "train6.1", "larger": "train7.1", "outside": 1}
+    ]
     assert plan_cli.nesting_lines(plans) == [
-        "seed 1: train6.1 in train7.1 (NOT nested: 1 of train6.1 not in train7.1)"]
+        "seed 1: train6.1 in train7.1 (NOT nested: 1 of train6.1 not in train7.1)"
+    ]
     outside = _sets(plans)["train6.1"] - _sets(plans)["train7.1"]
     assert len(outside) == 1 and outside.pop().startswith("n1_")  # the shrinking class's
     # Uniform sampling has no quotas: nested, always.
-    uniform = plan_cli.make_plans(catalog, plan_cli.PlanRequest(
-        seeds=(1,), fractions=("0.55", "0.5"), sampling="uniform", unsupervised=False))
+    uniform = plan_cli.make_plans(
+        catalog,
+        plan_cli.PlanRequest(
+            seeds=(1,), fractions=("0.55", "0.5"), sampling="uniform", unsupervised=False
+        ),
+    )
     assert plan_cli.nesting(uniform)[0]["outside"] == 0
 
 
@@ -282,25 +362,29 @@ def test_select_keys_shared_across_fractions_give_the_same_plan(source):
     keys = split_algorithm.hash_keys(names, "select", 7)
     for fraction in FIXMATCH_FRACTIONS:
         a = split_algorithm.plan_supervised(names, labels, seed=7, fraction=fraction)
-        b = split_algorithm.plan_supervised(names, labels, seed=7, fraction=fraction, select_keys=keys)
+        b = split_algorithm.plan_supervised(
+            names, labels, seed=7, fraction=fraction, select_keys=keys
+        )
         assert a.to_csv_bytes() == b.to_csv_bytes()
 
 
 def test_plan_cli_takes_several_fractions(catalog, source, tmp_path, capsys):
     total = len(source[0])
     out = tmp_path / "plans"
-    rc = plan_cli.main([f"--catalog_dir={catalog}", f"--out_dir={out}", "--seeds=1,2",
-                        "--fraction=0.1,0.05,0.01"])
+    rc = plan_cli.main(
+        [f"--catalog_dir={catalog}", f"--out_dir={out}", "--seeds=1,2", "--fraction=0.1,0.05,0.01"]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     n = [split_size(total, Fraction(f)) for f in FIXMATCH_FRACTIONS]
     splits = [line.split("\t")[0] for line in captured.out.splitlines()]
     assert splits == [f"train{k}.{s}" for k in n for s in (1, 2)]
     assert captured.err.splitlines() == [
-        f"seed {s}: train{n[2]}.{s} in train{n[1]}.{s} in train{n[0]}.{s} (nested)"
-        for s in (1, 2)]
-    rc = plan_cli.main([f"--catalog_dir={catalog}", f"--out_dir={out}", "--count=10",
-                        "--fraction=0.1,0.05"])
+        f"seed {s}: train{n[2]}.{s} in train{n[1]}.{s} in train{n[0]}.{s} (nested)" for s in (1, 2)
+    ]
+    rc = plan_cli.main(
+        [f"--catalog_dir={catalog}", f"--out_dir={out}", "--count=10", "--fraction=0.1,0.05"]
+    )
     assert rc == 1 and "--count and several --fraction values" in capsys.readouterr().err
 
 
@@ -311,12 +395,21 @@ def test_add_seeds_of_a_manifest_with_several_fractions_asks_for_all_of_them():
     from ssl_splits.prefill import add_seeds_conf, rebuild_conf
 
     def entry(seed, fraction, n):
-        return {"kind": "supervised", "seed": seed, "fraction": fraction,
-                "sampling": "stratified", "num_examples": n, "num_shards": 1}
+        return {
+            "kind": "supervised",
+            "seed": seed,
+            "fraction": fraction,
+            "sampling": "stratified",
+            "num_examples": n,
+            "num_shards": 1,
+        }
 
     sizes = {"0.1": 46, "0.05": 23, "0.01": 4}
-    doc = {"output_uri": "/o", "source": {"uri": "/s"},
-           "splits": {f"train{n}.{s}": entry(s, f, n) for f, n in sizes.items() for s in (1, 2)}}
+    doc = {
+        "output_uri": "/o",
+        "source": {"uri": "/s"},
+        "splits": {f"train{n}.{s}": entry(s, f, n) for f, n in sizes.items() for s in (1, 2)},
+    }
     conf = add_seeds_conf(doc, "/o/manifest.json")
     assert conf["seeds"] == [3] and conf["fractions"] == [0.1, 0.05, 0.01]
     assert "fraction" not in conf
@@ -341,6 +434,11 @@ def test_the_nesting_measurement_counts_what_it_says(source):
     assert (r["outside"], r["shrinking_quotas"]) == (0, 0)
     # The counter-example above: one class's quota shrinks, one record is outside.
     names = [f"n{c}_{k}.JPEG" for c, size in ((1, 3), (2, 5), (3, 5)) for k in range(size)]
-    r = measure(names, [int(n[1]) for n in names], seeds=(1,), fractions=("0.5", "0.55"),
-                sampling="stratified")
+    r = measure(
+        names,
+        [int(n[1]) for n in names],
+        seeds=(1,),
+        fractions=("0.5", "0.55"),
+        sampling="stratified",
+    )
     assert (r["pairs"], r["outside"], r["shrinking_quotas"]) == (1, 1, 1)

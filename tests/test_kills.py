@@ -39,17 +39,30 @@ pytestmark = pytest.mark.slow
 
 HARNESS = str(ROOT / "tests" / "support" / "built_splits.py")
 # Where a run can be killed, in the order a run reaches them.
-POINTS = ["build.shard@2", "verify.start", "verify.shard@2", "publish.journaled",
-          "publish.placed@2", "publish.switched", "publish.committed"]
+POINTS = [
+    "build.shard@2",
+    "verify.start",
+    "verify.shard@2",
+    "publish.journaled",
+    "publish.placed@2",
+    "publish.switched",
+    "publish.committed",
+]
 # The issue's five step boundaries (mid-build, between build and verify,
 # mid-verify, mid-switch, between switch and commit) also on GCS.
-GCS_POINTS = ["build.shard@2", "verify.start", "verify.shard@2", "publish.placed@2",
-              "publish.switched"]
+GCS_POINTS = [
+    "build.shard@2",
+    "verify.start",
+    "verify.shard@2",
+    "publish.placed@2",
+    "publish.switched",
+]
 
 
 def base(source: str, output: str) -> dict:
-    return bs.params(source, output, seeds=[1, 2], unsupervised=True, copy_validation=True,
-                     deep_verify="auto")
+    return bs.params(
+        source, output, seeds=[1, 2], unsupervised=True, copy_validation=True, deep_verify="auto"
+    )
 
 
 def rebuild(source: str, output: str) -> dict:
@@ -58,16 +71,31 @@ def rebuild(source: str, output: str) -> dict:
     return {**base(source, output), "num_shards": 4, "unsupervised_seed": 1, "force": True}
 
 
-def harness(params: dict, cache: Path, *, failpoint: str | None = None,
-            run_id: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins"),
-                                                        str(ROOT / "tests")])}
+def harness(
+    params: dict, cache: Path, *, failpoint: str | None = None, run_id: str | None = None
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins"), str(ROOT / "tests")]),
+    }
     env.pop("SSL_SPLITS_FAILPOINT", None)
     if failpoint:
         env["SSL_SPLITS_FAILPOINT"] = failpoint
-    return subprocess.run([PYTHON, HARNESS, json.dumps(params), run_id or f"manual__{uuid.uuid4().hex[:8]}",
-                           str(cache)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600, start_new_session=True)
+    return subprocess.run(
+        [
+            PYTHON,
+            HARNESS,
+            json.dumps(params),
+            run_id or f"manual__{uuid.uuid4().hex[:8]}",
+            str(cache),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> None:
@@ -87,8 +115,13 @@ def published_files(output: str) -> dict[str, bytes]:
 def manifest_view(manifest_uri: str) -> dict:
     """A manifest's splits as a reader sees them, without folder names or times."""
     doc = load(manifest_uri)
-    return {name: [(storage.basename(s["path"]), s["num_records"], s["num_bytes"], s["crc32c"])
-                   for s in e["shards"]] for name, e in doc["splits"].items()}
+    return {
+        name: [
+            (storage.basename(s["path"]), s["num_records"], s["num_bytes"], s["crc32c"])
+            for s in e["shards"]
+        ]
+        for name, e in doc["splits"].items()
+    }
 
 
 def check_after_kill(output: str, manifest_uri: str, allowed: dict[str, set[bytes]]) -> None:
@@ -98,8 +131,9 @@ def check_after_kill(output: str, manifest_uri: str, allowed: dict[str, set[byte
             try:
                 load_split(manifest_uri, split)
             except ManifestError as err:
-                assert "is being replaced" in str(err) and "next run of the DAG completes" in \
-                    str(err), str(err)
+                assert "is being replaced" in str(err) and "next run of the DAG completes" in str(
+                    err
+                ), str(err)
     for name, data in published_files(output).items():
         assert data in allowed.get(name, set()), f"{name} holds bytes that were never verified"
 
@@ -135,10 +169,13 @@ def references(small_source, tmp_path_factory):
     both = str(root / "both")
     place_template(template, both)
     ok(harness(rebuild(str(small_source), both), cache))
-    return {"cache": cache, "template": template,
-            "first": (published_files(first), manifest_view(f"{first}/manifest.json")),
-            "old": published_files(str(template)),
-            "rebuilt": (published_files(both), manifest_view(f"{both}/manifest.json"))}
+    return {
+        "cache": cache,
+        "template": template,
+        "first": (published_files(first), manifest_view(f"{first}/manifest.json")),
+        "old": published_files(str(template)),
+        "rebuilt": (published_files(both), manifest_view(f"{both}/manifest.json")),
+    }
 
 
 def kill_and_rerun(scenario: str, point: str, output: str, source: str, refs: dict) -> None:

@@ -17,20 +17,35 @@ from beam_jobs.catalog import shard_name
 from beam_jobs.storage import crc32c_hex
 
 
-def make_split(folder: str, name: str, sizes: list[tuple[int, bytes]], *, seed: int | None = 1,
-               write: bool = True) -> dict:
+def make_split(
+    folder: str,
+    name: str,
+    sizes: list[tuple[int, bytes]],
+    *,
+    seed: int | None = 1,
+    write: bool = True,
+) -> dict:
     """A manifest entry for shards with (num_records, content); writes the files."""
     shards = []
     for i, (records, data) in enumerate(sizes):
         path = storage.join(folder, shard_name(name, i, len(sizes)))
         if write:
             storage.write_bytes(path, data)
-        shards.append({"path": path, "num_records": records, "num_bytes": len(data),
-                       "crc32c": crc32c_hex(google_crc32c.value(data))})
+        shards.append(
+            {
+                "path": path,
+                "num_records": records,
+                "num_bytes": len(data),
+                "crc32c": crc32c_hex(google_crc32c.value(data)),
+            }
+        )
     return {
-        "kind": "supervised" if seed is not None else "unsupervised", "seed": seed,
-        "fraction": "0.1", "sampling": "stratified",
-        "num_examples": sum(r for r, _ in sizes), "num_shards": len(sizes),
+        "kind": "supervised" if seed is not None else "unsupervised",
+        "seed": seed,
+        "fraction": "0.1",
+        "sampling": "stratified",
+        "num_examples": sum(r for r, _ in sizes),
+        "num_shards": len(sizes),
         "file_pattern": storage.join(folder, f"{name}-*-of-{len(sizes):05d}"),
         "shards": shards,
     }
@@ -48,8 +63,9 @@ SOURCE = {"uri": "/data/imagenet", "fingerprint": "ab" * 32, "files": []}
 
 def test_merge_into_nothing_makes_a_complete_document():
     a = make_split("/out", "train10.1", [(10, b"x" * 40)], write=False)
-    doc = m.merge(None, output_uri="/out", splits={"train10.1": a}, source=SOURCE,
-                  provenance=prov("r1"))
+    doc = m.merge(
+        None, output_uri="/out", splits={"train10.1": a}, source=SOURCE, provenance=prov("r1")
+    )
     assert doc["schema_version"] == m.SCHEMA_VERSION == 1
     assert doc["output_uri"] == "/out"
     assert doc["splits"] == {"train10.1": a}
@@ -62,12 +78,22 @@ def test_merge_into_nothing_makes_a_complete_document():
 def test_merge_replaces_only_the_given_splits_and_copies_its_inputs():
     a = make_split("/out", "train10.1", [(10, b"a" * 40)], write=False)
     b = make_split("/out", "train10.2", [(10, b"b" * 40)], seed=2, write=False)
-    first = m.merge(None, output_uri="/out", splits={"train10.1": a, "train10.2": b},
-                    source=SOURCE, provenance=prov("r1"))
+    first = m.merge(
+        None,
+        output_uri="/out",
+        splits={"train10.1": a, "train10.2": b},
+        source=SOURCE,
+        provenance=prov("r1"),
+    )
     before = copy.deepcopy(first)
     b2 = make_split("/out", "train10.2", [(6, b"c" * 30), (4, b"d" * 20)], seed=2, write=False)
-    second = m.merge(first, output_uri="/out", splits={"train10.2": b2}, source=None,
-                     provenance=prov("r2", "2026-02-02T00:00:00+00:00"))
+    second = m.merge(
+        first,
+        output_uri="/out",
+        splits={"train10.2": b2},
+        source=None,
+        provenance=prov("r2", "2026-02-02T00:00:00+00:00"),
+    )
     assert second["splits"]["train10.1"] == before["splits"]["train10.1"]
     assert second["splits"]["train10.2"] == b2 != before["splits"]["train10.2"]
     assert second["source"] == SOURCE, "source=None keeps the current source section"
@@ -79,29 +105,42 @@ def test_merge_replaces_only_the_given_splits_and_copies_its_inputs():
 
 
 def test_merge_orders_splits_by_name_and_keeps_unknown_top_level_keys():
-    current = {"schema_version": 1, "output_uri": "/out", "splits": {"z": {"kind": "x"}},
-               "note": "kept"}
-    doc = m.merge(current, output_uri="/out", splits={"a": {"kind": "y"}}, source=None,
-                  provenance=prov("r"))
+    current = {
+        "schema_version": 1,
+        "output_uri": "/out",
+        "splits": {"z": {"kind": "x"}},
+        "note": "kept",
+    }
+    doc = m.merge(
+        current, output_uri="/out", splits={"a": {"kind": "y"}}, source=None, provenance=prov("r")
+    )
     assert list(doc["splits"]) == ["a", "z"]
     assert doc["note"] == "kept"
 
 
 def test_merge_refuses_a_manifest_from_newer_code():
     with pytest.raises(m.ManifestError, match="schema_version 2 is newer"):
-        m.merge({"schema_version": 2, "splits": {}}, output_uri="/o", splits={}, source=None,
-                provenance=prov("r"))
+        m.merge(
+            {"schema_version": 2, "splits": {}},
+            output_uri="/o",
+            splits={},
+            source=None,
+            provenance=prov("r"),
+        )
 
 
 # --------------------------------------------------------------------------- load
 
 
-@pytest.mark.parametrize("content,error", [
-    (None, "no manifest at"),
-    ("{not json", "is not valid JSON"),
-    ('{"schema_version": 1}', "has no 'splits'"),
-    ("[1, 2]", "has no 'splits'"),
-])
+@pytest.mark.parametrize(
+    "content,error",
+    [
+        (None, "no manifest at"),
+        ("{not json", "is not valid JSON"),
+        ('{"schema_version": 1}', "has no 'splits'"),
+        ("[1, 2]", "has no 'splits'"),
+    ],
+)
 def test_load_rejects_what_is_not_a_manifest(tmp_path, content, error):
     uri = str(tmp_path / "manifest.json")
     if content is not None:
@@ -127,8 +166,13 @@ def two_splits(tmp_path) -> tuple[str, str]:
     folder = str(tmp_path / "out")
     a = make_split(folder, "train12.1", [(5, b"a" * 50), (4, b"b" * 41), (3, b"c" * 33)])
     u = make_split(folder, "train", [(7, b"t" * 70)], seed=None)
-    doc = m.merge(None, output_uri=folder, splits={"train12.1": a, "train": u}, source=SOURCE,
-                  provenance=prov("r1"))
+    doc = m.merge(
+        None,
+        output_uri=folder,
+        splits={"train12.1": a, "train": u},
+        source=SOURCE,
+        provenance=prov("r1"),
+    )
     uri = storage.join(folder, m.MANIFEST_NAME)
     storage.write_text(uri, m.dumps(doc))
     return uri, folder
@@ -156,8 +200,11 @@ def test_load_split_unknown_name_lists_the_known_ones(two_splits):
 def test_load_split_detects_a_missing_shard(two_splits):
     uri, folder = two_splits
     Path(folder, "train12.1-00001-of-00003").unlink()
-    with pytest.raises(m.ManifestError, match=r"split train12\.1 .*missing shard "
-                                              r".*train12\.1-00001-of-00003"):
+    with pytest.raises(
+        m.ManifestError,
+        match=r"split train12\.1 .*missing shard "
+        r".*train12\.1-00001-of-00003",
+    ):
         m.load_split(uri, "train12.1")
     assert m.load_split(uri, "train12.1", check=False).num_examples == 12
     assert m.load_split(uri, "train").num_examples == 7, "other splits still load"
@@ -166,8 +213,9 @@ def test_load_split_detects_a_missing_shard(two_splits):
 def test_load_split_detects_a_size_mismatch(two_splits):
     uri, folder = two_splits
     Path(folder, "train12.1-00002-of-00003").write_bytes(b"c" * 32)
-    with pytest.raises(m.ManifestError,
-                       match=r"train12\.1-00002-of-00003 is 32 bytes, the manifest says 33"):
+    with pytest.raises(
+        m.ManifestError, match=r"train12\.1-00002-of-00003 is 32 bytes, the manifest says 33"
+    ):
         m.load_split(uri, "train12.1")
 
 
@@ -183,8 +231,9 @@ def test_load_split_detects_an_entry_that_contradicts_itself(two_splits):
     doc = json.loads(Path(uri).read_text())
     doc["splits"]["train12.1"]["num_examples"] = 13
     Path(uri).write_text(json.dumps(doc))
-    with pytest.raises(m.ManifestError, match="inconsistent: 3 shards with 12 records, entry "
-                                              "says 3 and 13"):
+    with pytest.raises(
+        m.ManifestError, match="inconsistent: 3 shards with 12 records, entry says 3 and 13"
+    ):
         m.load_split(uri, "train12.1", check=False)
 
 
@@ -193,15 +242,24 @@ def test_load_split_on_gcs_checks_names_sizes_and_crc32c(gcs_bucket):
     folder = f"{gcs_bucket}/ssl"
     a = make_split(folder, "train9.3", [(5, b"a" * 50), (4, b"b" * 40)], seed=3)
     uri = f"{folder}/manifest.json"
-    storage.write_text(uri, m.dumps(m.merge(None, output_uri=folder, splits={"train9.3": a},
-                                            source=SOURCE, provenance=prov("r"))))
+    storage.write_text(
+        uri,
+        m.dumps(
+            m.merge(
+                None, output_uri=folder, splits={"train9.3": a}, source=SOURCE, provenance=prov("r")
+            )
+        ),
+    )
     s = m.load_split(uri, "train9.3")
     assert s.paths == [f"{folder}/train9.3-00000-of-00002", f"{folder}/train9.3-00001-of-00002"]
     assert s.shard_lengths == [5, 4]
     # Same size, other bytes: only the CRC32C in the object's metadata tells.
     storage.write_bytes(s.paths[1], b"B" * 40)
-    with pytest.raises(m.ManifestError, match=r"train9\.3-00001-of-00002 has CRC32C [0-9a-f]{8}, "
-                                              r"the manifest says " + a["shards"][1]["crc32c"]):
+    with pytest.raises(
+        m.ManifestError,
+        match=r"train9\.3-00001-of-00002 has CRC32C [0-9a-f]{8}, "
+        r"the manifest says " + a["shards"][1]["crc32c"],
+    ):
         m.load_split(uri, "train9.3")
     storage.write_bytes(s.paths[1], b"b" * 40)
     storage.delete([s.paths[0]])

@@ -19,21 +19,38 @@ def _lines(caplog) -> list[str]:
 def test_a_line_every_tenth_of_the_shards_and_a_summary(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="beam_jobs.progress")
     folder = progress_dir(str(tmp_path), "build", "train100.1")
-    with Progress("train100.1", folder, 25, total_records=2500, total_bytes=2_500_000,
-                  interval=3600) as progress:  # polled by hand below, not by its thread
+    with Progress(
+        "train100.1", folder, 25, total_records=2500, total_bytes=2_500_000, interval=3600
+    ) as progress:  # polled by hand below, not by its thread
         for shard in range(25):
             mark_done(folder, shard, 100, 100_000)
             mark_done(folder, shard, 100, 100_000)  # a retried shard counts once
             progress._maybe_log()
     lines = _lines(caplog)
     assert lines[0] == "train100.1: starting: 25 shards, 2,500 records"
-    steps = [(int(m.group(1)), int(m.group(2))) for line in lines
-             if (m := re.search(r"progress +(\d+)%: (\d+)/25 shards", line))]
-    assert steps == [(12, 3), (20, 5), (32, 8), (40, 10), (52, 13), (60, 15), (72, 18),
-                     (80, 20), (92, 23), (100, 25)]
+    steps = [
+        (int(m.group(1)), int(m.group(2)))
+        for line in lines
+        if (m := re.search(r"progress +(\d+)%: (\d+)/25 shards", line))
+    ]
+    assert steps == [
+        (12, 3),
+        (20, 5),
+        (32, 8),
+        (40, 10),
+        (52, 13),
+        (60, 15),
+        (72, 18),
+        (80, 20),
+        (92, 23),
+        (100, 25),
+    ]
     assert "train100.1: progress  40%: 10/25 shards, 1,000/2,500 records, 1.0 MB/2.5 MB" in lines
-    assert re.fullmatch(r"train100\.1: done: 25/25 shards, 2,500/2,500 records, "
-                        r"2\.5 MB/2\.5 MB in [\d.]+ s, [\d,]+ records/s", lines[-1]), lines[-1]
+    assert re.fullmatch(
+        r"train100\.1: done: 25/25 shards, 2,500/2,500 records, "
+        r"2\.5 MB/2\.5 MB in [\d.]+ s, [\d,]+ records/s",
+        lines[-1],
+    ), lines[-1]
     assert not (tmp_path / "_progress").exists()  # markers removed
 
 

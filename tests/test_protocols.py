@@ -39,20 +39,26 @@ def test_every_list_matches_the_sha256_its_notice_gives():
         assert data.count(b"\n") == entry.lines
         # Exactly the folder's files, compressed, each beside its notice.
         assert (DATA / entry.path).is_file() and (DATA / entry.path).parent.joinpath(
-            "NOTICE.md").is_file()
+            "NOTICE.md"
+        ).is_file()
     shipped = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*") if p.is_file())
-    assert shipped == sorted([e.path for e in protocols.LISTS.values()]
-                             + ["fixmatch/NOTICE.md", "simclr/NOTICE.md"])
+    assert shipped == sorted(
+        [e.path for e in protocols.LISTS.values()] + ["fixmatch/NOTICE.md", "simclr/NOTICE.md"]
+    )
 
 
 def test_the_facts_the_notices_state():
     for seed in range(1, 6):
         names, shards, indices = parse_plan_text(
-            protocols.read_text(f"published:fixmatch/split{seed}"), f"split{seed}")
+            protocols.read_text(f"published:fixmatch/split{seed}"), f"split{seed}"
+        )
         assert len(names) == 128_116 and int(shards.max()) == 101
         per_class = Counter(n.split("_")[0] for n in names.tolist())
-        assert len(per_class) == 1000 and min(per_class.values()) == 73 and \
-            max(per_class.values()) == 130
+        assert (
+            len(per_class) == 1000
+            and min(per_class.values()) == 73
+            and max(per_class.values()) == 130
+        )
     one, _ = parse_name_list(protocols.read_text("published:simclr/1percent"), "1percent")
     ten, _ = parse_name_list(protocols.read_text("published:simclr/10percent"), "10percent")
     assert len(one) == 12_811 and len(ten) == 128_116
@@ -72,8 +78,10 @@ def test_damaged_copies_are_refused_naming_the_file(tmp_path):
     with pytest.raises(protocols.PublishedDataError) as err:
         protocols.read_bytes(entry.ref, root=root)
     msg = str(err.value)
-    assert f"published:simclr/1percent: the shipped copy {target} decompresses to content with " \
-           f"sha256 {hashlib.sha256(text).hexdigest()}, not the published {entry.sha256}" in msg
+    assert (
+        f"published:simclr/1percent: the shipped copy {target} decompresses to content with "
+        f"sha256 {hashlib.sha256(text).hexdigest()}, not the published {entry.sha256}" in msg
+    )
     # Bytes that are not xz at all.
     target.write_bytes(b"not xz")
     with pytest.raises(protocols.PublishedDataError, match=r"is damaged \(not xz"):
@@ -84,11 +92,15 @@ def test_damaged_copies_are_refused_naming_the_file(tmp_path):
 
 
 def test_references_and_protocols():
-    assert protocols.get("published:fixmatch/split3").file_name == \
-        "files2shards_train_size128116_split3.txt"
+    assert (
+        protocols.get("published:fixmatch/split3").file_name
+        == "files2shards_train_size128116_split3.txt"
+    )
     assert protocols.is_ref("published:simclr/1percent") and not protocols.is_ref("/a/b.txt")
-    with pytest.raises(protocols.PublishedDataError, match="no published list 'published:x/y'; "
-                                                           "known: published:fixmatch/split1"):
+    with pytest.raises(
+        protocols.PublishedDataError,
+        match="no published list 'published:x/y'; known: published:fixmatch/split1",
+    ):
         protocols.get("published:x/y")
     assert protocols.exists("published:simclr/10percent")
     assert not protocols.exists("published:simclr/5percent")
@@ -97,8 +109,11 @@ def test_references_and_protocols():
     assert [k for _, k in fixmatch.sharding] == [f"fixmatch/split{s}" for s in range(1, 6)]
     assert not protocols.protocol("simclr").uses_seeds
     assert protocols.protocol("seeded").uses_seeds and not protocols.protocol("seeded").sharding
-    every = {k for p in protocols.PROTOCOLS.values()
-             for k in [k for _, k in p.sharding] + [k for _, k in p.name_lists]}
+    every = {
+        k
+        for p in protocols.PROTOCOLS.values()
+        for k in [k for _, k in p.sharding] + [k for _, k in p.name_lists]
+    }
     assert every == set(protocols.LISTS)  # every shipped list is reachable by a protocol
     for p in protocols.PROTOCOLS.values():
         for label, _ in p.name_lists:
@@ -123,8 +138,9 @@ def test_tests_read_the_shipped_copies_not_an_outside_folder():
         exported = PUBLISHED / entry.key.split("/")[0] / entry.file_name
         assert exported.read_bytes() == protocols.read_bytes(entry.ref)
     # Nothing the project tracks names the outside folder the lists came from.
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     outside = "shared" + "/reference"
     for name in tracked:
         if name.endswith((".py", ".md", ".toml", ".cfg", ".yaml", ".yml", ".sh", "Makefile")):

@@ -33,10 +33,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def entry(name: str, seed: int) -> dict:
-    return {"kind": "supervised", "seed": seed, "num_examples": 1, "num_shards": 1,
-            "file_pattern": f"/x/{name}-*-of-00001",
-            "shards": [{"path": f"/x/{name}-00000-of-00001", "num_records": 1, "num_bytes": 9,
-                        "crc32c": "00000000"}]}
+    return {
+        "kind": "supervised",
+        "seed": seed,
+        "num_examples": 1,
+        "num_shards": 1,
+        "file_pattern": f"/x/{name}-*-of-00001",
+        "shards": [
+            {
+                "path": f"/x/{name}-00000-of-00001",
+                "num_records": 1,
+                "num_bytes": 9,
+                "crc32c": "00000000",
+            }
+        ],
+    }
 
 
 def prov(run_id: str) -> dict:
@@ -52,8 +63,13 @@ def adder(name: str, seed: int, calls: list, barrier: threading.Barrier | None =
         calls.append(sorted(current["splits"]) if current else None)
         if barrier is not None and len(calls) == 1:
             barrier.wait()
-        return merge(current, output_uri="/x", splits={name: entry(name, seed)}, source=None,
-                     provenance=prov(name))
+        return merge(
+            current,
+            output_uri="/x",
+            splits={name: entry(name, seed)},
+            source=None,
+            provenance=prov(name),
+        )
 
     return update
 
@@ -74,8 +90,10 @@ def test_two_publishers_at_once_on_gcs_keep_both_splits(gcs_bucket, existing):
     barrier = threading.Barrier(2, timeout=60)
     calls: dict[str, list] = {"train5.1": [], "train5.2": []}
     with ThreadPoolExecutor(2) as pool:
-        futures = {name: pool.submit(publish, uri, adder(name, i + 1, calls[name], barrier))
-                   for i, name in enumerate(calls)}
+        futures = {
+            name: pool.submit(publish, uri, adder(name, i + 1, calls[name], barrier))
+            for i, name in enumerate(calls)
+        }
         results = {name: f.result(timeout=120) for name, f in futures.items()}
 
     final = load(uri)
@@ -106,11 +124,25 @@ def test_gcs_publish_gives_up_without_writing_when_the_manifest_keeps_changing(g
     def meddling(current):
         # Another publisher commits after every read of ours.
         n[0] += 1
-        storage.write_text(uri, json.dumps(merge(current, output_uri="/x",
-                                                 splits={f"other{n[0]}": entry("o", 0)},
-                                                 source=None, provenance=prov("other"))))
-        return merge(current, output_uri="/x", splits={"mine": entry("mine", 3)}, source=None,
-                     provenance=prov("mine"))
+        storage.write_text(
+            uri,
+            json.dumps(
+                merge(
+                    current,
+                    output_uri="/x",
+                    splits={f"other{n[0]}": entry("o", 0)},
+                    source=None,
+                    provenance=prov("other"),
+                )
+            ),
+        )
+        return merge(
+            current,
+            output_uri="/x",
+            splits={"mine": entry("mine", 3)},
+            source=None,
+            provenance=prov("mine"),
+        )
 
     with pytest.raises(PublishError, match="kept changing under 3 attempts"):
         publish(uri, meddling, attempts=3)
@@ -143,15 +175,21 @@ def test_the_emulator_checks_generation_preconditions_on_reads(gcs_bucket):
 
 
 @pytest.mark.gcs
-def test_a_manifest_replaced_between_reload_and_download_is_read_again(gcs_emulator, gcs_bucket,
-                                                                       proxy):
+def test_a_manifest_replaced_between_reload_and_download_is_read_again(
+    gcs_emulator, gcs_bucket, proxy
+):
     from support.gcs_fault_proxy import emulator_write
 
     uri = f"{gcs_bucket}/ssl/manifest.json"
     publish(uri, adder("train5.1", 1, []))
     bucket, name = storage.split_gcs(uri)
-    other = merge(load(uri), output_uri="/x", splits={"train5.2": entry("train5.2", 2)},
-                  source=None, provenance=prov("other"))
+    other = merge(
+        load(uri),
+        output_uri="/x",
+        splits={"train5.2": entry("train5.2", 2)},
+        source=None,
+        provenance=prov("other"),
+    )
     fired: list[str] = []
 
     def replace_before_download(method: str, path: str) -> None:
@@ -172,8 +210,7 @@ def test_a_manifest_replaced_between_reload_and_download_is_read_again(gcs_emula
 
 
 @pytest.mark.gcs
-def test_a_failed_versioned_copy_says_the_manifest_was_published(gcs_bucket, proxy,
-                                                                 monkeypatch):
+def test_a_failed_versioned_copy_says_the_manifest_was_published(gcs_bucket, proxy, monkeypatch):
     uri = f"{gcs_bucket}/ssl/manifest.json"
     publish(uri, adder("train5.1", 1, []))
     monkeypatch.setenv("SSL_SPLITS_GCS_RETRY_DEADLINE", "3")
@@ -211,7 +248,8 @@ def test_a_failed_versioned_copy_on_a_local_path_says_the_manifest_was_published
 
 
 def test_publish_manifest_whose_versioned_copy_fails_says_so_and_its_retry_writes_it(
-        small_source, catalog_cache, tmp_path):
+    small_source, catalog_cache, tmp_path
+):
     from ssl_splits.publish import VersionNotWritten
 
     run = bs.start(bs.params(str(small_source), str(tmp_path / "out"), seeds=[1]), catalog_cache)
@@ -268,10 +306,15 @@ def test_two_publisher_processes_on_a_local_path_keep_both_splits(tmp_path):
     script.write_text(PUBLISHER.format(root=str(ROOT), plugins=str(ROOT / "plugins")))
     ready = tmp_path / "ready"
     ready.mkdir()
-    procs = {name: subprocess.Popen([sys.executable, str(script), name, str(i + 1), uri,
-                                     str(ready)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
-             for i, name in enumerate(["train5.1", "train5.2"])}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(script), name, str(i + 1), uri, str(ready)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, name in enumerate(["train5.1", "train5.2"])
+    }
     out = {}
     for name, p in procs.items():
         stdout, stderr = p.communicate(timeout=60)
@@ -304,28 +347,65 @@ def crafted(tmp_path):
     split, sha = "train10.1", "ab" * 32
     plan_uri = storage.join(cfg.work_uri, "plans", f"{split}.{sha[:16]}.csv")
     storage.write_text(plan_uri, "n1.JPEG,0,0\n")
-    storage.write_text(plan_summary_uri(plan_uri), json.dumps({
-        "seed": 1, "fraction": "0.2", "sampling": "stratified", "class_counts": {"n1": 10},
-        "plan_source": "computed"}))
+    storage.write_text(
+        plan_summary_uri(plan_uri),
+        json.dumps(
+            {
+                "seed": 1,
+                "fraction": "0.2",
+                "sampling": "stratified",
+                "class_counts": {"n1": 10},
+                "plan_source": "computed",
+            }
+        ),
+    )
     staging = f"{cfg.work_uri}/staging/{split}/0123456789abcdef"
-    shards = [{"path": f"{cfg.output_uri}/{split}-00000-of-00001",
-               "staged": f"{staging}/{split}-00000-of-00001", "num_records": 10,
-               "num_bytes": 100, "crc32c": "0badc0de"}]
-    stats = {"split": split, "plan_sha256": sha, "built_at": "2026-01-01T00:00:00+00:00",
-             "num_examples": 10, "num_shards": 1, "shards": shards, "job_name": "ssl-train10-1",
-             "file_pattern": f"{cfg.output_uri}/{split}-*-of-00001", "bytes_read": 100,
-             "staging": staging}
+    shards = [
+        {
+            "path": f"{cfg.output_uri}/{split}-00000-of-00001",
+            "staged": f"{staging}/{split}-00000-of-00001",
+            "num_records": 10,
+            "num_bytes": 100,
+            "crc32c": "0badc0de",
+        }
+    ]
+    stats = {
+        "split": split,
+        "plan_sha256": sha,
+        "built_at": "2026-01-01T00:00:00+00:00",
+        "num_examples": 10,
+        "num_shards": 1,
+        "shards": shards,
+        "job_name": "ssl-train10-1",
+        "file_pattern": f"{cfg.output_uri}/{split}-*-of-00001",
+        "bytes_read": 100,
+        "staging": staging,
+    }
     # As the verifier does: the report names the exact stats file it checked,
     # and the staged objects it saw.
-    report = {"split": split, "ok": True, "mode": "deep", "plan_sha256": sha,
-              "verified_at": "2026-01-01T00:00:05+00:00",
-              "stats_sha256": hashlib.sha256(json.dumps(stats).encode()).hexdigest(),
-              "shards": [{**shards[0], "mtime_ns": 1}]}
+    report = {
+        "split": split,
+        "ok": True,
+        "mode": "deep",
+        "plan_sha256": sha,
+        "verified_at": "2026-01-01T00:00:05+00:00",
+        "stats_sha256": hashlib.sha256(json.dumps(stats).encode()).hexdigest(),
+        "shards": [{**shards[0], "mtime_ns": 1}],
+    }
     storage.write_text(stats_uri(cfg.work_uri, split), json.dumps(stats))
     storage.write_text(report_uri(cfg.work_uri, split), json.dumps(report))
-    spec = SplitSpec(split=split, kind="supervised", action="build", reason="crafted",
-                     plan_uri=plan_uri, plan_sha256=sha, catalog_dir=f"{cfg.work_uri}/catalog/x",
-                     num_examples=10, num_shards=1, seed=1)
+    spec = SplitSpec(
+        split=split,
+        kind="supervised",
+        action="build",
+        reason="crafted",
+        plan_uri=plan_uri,
+        plan_sha256=sha,
+        catalog_dir=f"{cfg.work_uri}/catalog/x",
+        num_examples=10,
+        num_shards=1,
+        seed=1,
+    )
     source = {"fingerprint": "f" * 64, "validation_fingerprint": None}
     return SimpleNamespace(cfg=cfg, spec=spec, source=source, stats=stats, report=report)
 
@@ -333,13 +413,26 @@ def crafted(tmp_path):
 def test_split_entry_of_a_verified_split(crafted):
     from ssl_splits.tasks import split_entry
 
-    e = split_entry(crafted.cfg, crafted.source, crafted.spec, crafted.stats, crafted.report,
-                    {"dataflow_job_id": "j-1"},
-                    {"dag_id": "d", "run_id": "r", "published_at": "2026-01-01T00:01:00+00:00"})
+    e = split_entry(
+        crafted.cfg,
+        crafted.source,
+        crafted.spec,
+        crafted.stats,
+        crafted.report,
+        {"dataflow_job_id": "j-1"},
+        {"dag_id": "d", "run_id": "r", "published_at": "2026-01-01T00:01:00+00:00"},
+    )
     # The verified objects, under their published names (with the identity a
     # reader checks without reading them); not where they were staged.
-    assert e["shards"] == [{"path": crafted.stats["shards"][0]["path"], "num_records": 10,
-                            "num_bytes": 100, "crc32c": "0badc0de", "mtime_ns": 1}]
+    assert e["shards"] == [
+        {
+            "path": crafted.stats["shards"][0]["path"],
+            "num_records": 10,
+            "num_bytes": 100,
+            "crc32c": "0badc0de",
+            "mtime_ns": 1,
+        }
+    ]
     assert e["num_examples"] == 10
     assert (e["seed"], e["fraction"], e["sampling"]) == (1, "0.2", "stratified")
     assert e["plan"]["sha256"] == crafted.spec.plan_sha256
@@ -349,15 +442,23 @@ def test_split_entry_of_a_verified_split(crafted):
 
 
 REFUSALS = {
-    "no report": (lambda c: storage.delete([report_uri(c.cfg.work_uri, "train10.1")]),
-                  "has no verification report"),
+    "no report": (
+        lambda c: storage.delete([report_uri(c.cfg.work_uri, "train10.1")]),
+        "has no verification report",
+    ),
     "failed": (lambda c: c.report.update(ok=False), "failed verification"),
-    "report of another plan": (lambda c: c.report.update(plan_sha256="cd" * 32),
-                               "not of this run's plan"),
-    "built from another plan": (lambda c: c.stats.update(plan_sha256="cd" * 32),
-                                "not of this run's plan"),
-    "report of another build": (lambda c: c.stats.update(built_at="2026-01-01T00:00:09+00:00"),
-                                "verification report is of another build"),
+    "report of another plan": (
+        lambda c: c.report.update(plan_sha256="cd" * 32),
+        "not of this run's plan",
+    ),
+    "built from another plan": (
+        lambda c: c.stats.update(plan_sha256="cd" * 32),
+        "not of this run's plan",
+    ),
+    "report of another build": (
+        lambda c: c.stats.update(built_at="2026-01-01T00:00:09+00:00"),
+        "verification report is of another build",
+    ),
 }
 
 
@@ -366,9 +467,16 @@ def test_publish_manifest_refuses_a_split_that_is_not_verified(crafted, case):
     from ssl_splits.tasks import TaskError, publish_manifest
 
     cfg = crafted.cfg
-    first = publish(cfg.manifest_uri, lambda cur: merge(
-        cur, output_uri=cfg.output_uri, splits={"train10.2": entry("train10.2", 2)},
-        source=None, provenance=prov("r0")))
+    first = publish(
+        cfg.manifest_uri,
+        lambda cur: merge(
+            cur,
+            output_uri=cfg.output_uri,
+            splits={"train10.2": entry("train10.2", 2)},
+            source=None,
+            provenance=prov("r0"),
+        ),
+    )
     before = Path(cfg.manifest_uri).read_bytes()
     change, message = REFUSALS[case]
     change(crafted)
@@ -376,8 +484,13 @@ def test_publish_manifest_refuses_a_split_that_is_not_verified(crafted, case):
         storage.write_text(stats_uri(cfg.work_uri, "train10.1"), json.dumps(crafted.stats))
         storage.write_text(report_uri(cfg.work_uri, "train10.1"), json.dumps(crafted.report))
     with pytest.raises(TaskError, match=message):
-        publish_manifest(cfg.to_dict(), crafted.source, [crafted.spec.to_dict()], {},
-                         {"dag_id": "d", "run_id": "r1"})
+        publish_manifest(
+            cfg.to_dict(),
+            crafted.source,
+            [crafted.spec.to_dict()],
+            {},
+            {"dag_id": "d", "run_id": "r1"},
+        )
     assert Path(cfg.manifest_uri).read_bytes() == before
     assert versions(cfg.manifest_uri) == [first.version_uri]
 
@@ -397,8 +510,9 @@ def gcs_run(gcs_emulator, small_source, catalog_cache):
     storage.gcs_client().create_bucket(bucket)
     p = bs.params(str(small_source), f"gs://{bucket}/ssl")
     run, result = bs.full_run(p, catalog_cache, run_id="manual__1")
-    return SimpleNamespace(run=run, result=result, params=p,
-                           text=storage.read_text(run.manifest_uri))
+    return SimpleNamespace(
+        run=run, result=result, params=p, text=storage.read_text(run.manifest_uri)
+    )
 
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00$")
@@ -453,8 +567,16 @@ def test_published_manifest_has_the_contract_fields(gcs_run, small_source):
         assert v["mode"] == "deep" and ISO.match(v["verified_at"])
         assert json.loads(storage.read_text(v["report_uri"]))["ok"] is True
         pv = e["provenance"]
-        assert set(pv) >= {"code_version", "runner", "job_name", "job_id", "dag_id", "run_id",
-                           "built_at", "published_at"}
+        assert set(pv) >= {
+            "code_version",
+            "runner",
+            "job_name",
+            "job_id",
+            "dag_id",
+            "run_id",
+            "built_at",
+            "published_at",
+        }
         assert pv["runner"] == "DirectRunner" and pv["run_id"] == "manual__1"
         assert ISO.match(pv["built_at"]) and ISO.match(pv["published_at"])
         assert pv["built_at"] <= v["verified_at"] <= pv["published_at"]

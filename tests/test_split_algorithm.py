@@ -45,29 +45,35 @@ IMAGENET_TRAIN, IMAGENET_SHARDS = 1_281_167, 1024
 # --------------------------------------------------------------------------- pure pieces
 
 
-@pytest.mark.parametrize("n, source_shards, source_records, expected", [
-    (128_116, IMAGENET_SHARDS, IMAGENET_TRAIN, 102),   # FixMatch's published 10% splits
-    (IMAGENET_TRAIN, IMAGENET_SHARDS, IMAGENET_TRAIN, 1024),  # the full reshuffle
-    (64_058, IMAGENET_SHARDS, IMAGENET_TRAIN, 51),     # 5%
-    (12_811, IMAGENET_SHARDS, IMAGENET_TRAIN, 10),     # 1%
-    (100, 40, 1000, 4),
-    (99, 40, 1000, 3),                                 # floor, not round
-    (5, 8, 1000, 1),                                   # max(1, 0)
-    (0, 8, 1000, 1),
-    (10, 8, 0, 1),                                     # no source: one shard
-])
+@pytest.mark.parametrize(
+    "n, source_shards, source_records, expected",
+    [
+        (128_116, IMAGENET_SHARDS, IMAGENET_TRAIN, 102),  # FixMatch's published 10% splits
+        (IMAGENET_TRAIN, IMAGENET_SHARDS, IMAGENET_TRAIN, 1024),  # the full reshuffle
+        (64_058, IMAGENET_SHARDS, IMAGENET_TRAIN, 51),  # 5%
+        (12_811, IMAGENET_SHARDS, IMAGENET_TRAIN, 10),  # 1%
+        (100, 40, 1000, 4),
+        (99, 40, 1000, 3),  # floor, not round
+        (5, 8, 1000, 1),  # max(1, 0)
+        (0, 8, 1000, 1),
+        (10, 8, 0, 1),  # no source: one shard
+    ],
+)
 def test_default_num_shards(n, source_shards, source_records, expected):
     assert default_num_shards(n, source_shards, source_records) == expected
 
 
-@pytest.mark.parametrize("n, num_shards, expected", [
-    (10, 3, [4, 3, 3]),
-    (9, 3, [3, 3, 3]),
-    (11, 3, [4, 4, 3]),
-    (2, 5, [1, 1, 0, 0, 0]),
-    (7, 1, [7]),
-    (0, 2, [0, 0]),
-])
+@pytest.mark.parametrize(
+    "n, num_shards, expected",
+    [
+        (10, 3, [4, 3, 3]),
+        (9, 3, [3, 3, 3]),
+        (11, 3, [4, 4, 3]),
+        (2, 5, [1, 1, 0, 0, 0]),
+        (7, 1, [7]),
+        (0, 2, [0, 0]),
+    ],
+)
 def test_shard_sizes_first_n_mod_s_one_longer(n, num_shards, expected):
     assert shard_sizes(n, num_shards) == expected
 
@@ -84,34 +90,47 @@ def test_shard_sizes_rejects_no_shards(num_shards):
         shard_sizes(10, num_shards)
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("0.1", Fraction(1, 10)),
-    (0.1, Fraction(1, 10)),       # the decimal written, not the nearest binary float
-    (" 0.05 ", Fraction(1, 20)),
-    ("1/3", Fraction(1, 3)),
-    (1, Fraction(1)),
-    (Fraction(2, 7), Fraction(2, 7)),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("0.1", Fraction(1, 10)),
+        (0.1, Fraction(1, 10)),  # the decimal written, not the nearest binary float
+        (" 0.05 ", Fraction(1, 20)),
+        ("1/3", Fraction(1, 3)),
+        (1, Fraction(1)),
+        (Fraction(2, 7), Fraction(2, 7)),
+    ],
+)
 def test_exact_fraction(value, expected):
     assert exact_fraction(value) == expected
 
 
-@pytest.mark.parametrize("value, message", [
-    ("0", "must be in"), (0, "must be in"), ("1.5", "must be in"), ("-0.1", "must be in"),
-    ("ten percent", "is not a number"), ("1/0", "is not a number"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "must be in"),
+        (0, "must be in"),
+        ("1.5", "must be in"),
+        ("-0.1", "must be in"),
+        ("ten percent", "is not a number"),
+        ("1/0", "is not a number"),
+    ],
+)
 def test_exact_fraction_rejects(value, message):
     with pytest.raises(PlanError, match=message):
         exact_fraction(value)
 
 
-@pytest.mark.parametrize("total, fraction, expected", [
-    (IMAGENET_TRAIN, "0.1", 128_116),
-    (IMAGENET_TRAIN, "0.05", 64_058),
-    (IMAGENET_TRAIN, "0.01", 12_811),
-    (30, "0.1", 3),   # 30 * float(0.1) = 3.0000000000000004, floor is still exact
-    (29, "0.1", 2),
-])
+@pytest.mark.parametrize(
+    "total, fraction, expected",
+    [
+        (IMAGENET_TRAIN, "0.1", 128_116),
+        (IMAGENET_TRAIN, "0.05", 64_058),
+        (IMAGENET_TRAIN, "0.01", 12_811),
+        (30, "0.1", 3),  # 30 * float(0.1) = 3.0000000000000004, floor is still exact
+        (29, "0.1", 2),
+    ],
+)
 def test_split_size_is_floor_of_exact_product(total, fraction, expected):
     assert split_size(total, exact_fraction(fraction)) == expected
 
@@ -134,16 +153,19 @@ def rule_quotas(class_sizes: dict[int, int], fraction: Fraction) -> dict[int, in
     return out
 
 
-@pytest.mark.parametrize("sizes, fraction, expected", [
-    # Ties (all remainders 0.5): the smaller labels win, whatever the dict order.
-    ({4: 5, 3: 25, 2: 15, 1: 15}, Fraction(1, 10), {1: 2, 2: 2, 3: 2, 4: 0}),
-    # n = 5, floors sum to 4: the largest remainder (19 -> 1.9) beats 17 -> 1.7, 12, 11.
-    ({1: 11, 2: 12, 3: 19, 4: 17}, Fraction(1, 10), {1: 1, 2: 1, 3: 2, 4: 1}),
-    # A larger remainder beats a smaller label: 18 -> 0.9 over 2 x 0.5.
-    ({1: 5, 2: 5, 3: 9}, Fraction(1, 10), {1: 0, 2: 0, 3: 1}),
-    # Exact: no remainders.
-    ({1: 10, 2: 20}, Fraction(1, 10), {1: 1, 2: 2}),
-])
+@pytest.mark.parametrize(
+    "sizes, fraction, expected",
+    [
+        # Ties (all remainders 0.5): the smaller labels win, whatever the dict order.
+        ({4: 5, 3: 25, 2: 15, 1: 15}, Fraction(1, 10), {1: 2, 2: 2, 3: 2, 4: 0}),
+        # n = 5, floors sum to 4: the largest remainder (19 -> 1.9) beats 17 -> 1.7, 12, 11.
+        ({1: 11, 2: 12, 3: 19, 4: 17}, Fraction(1, 10), {1: 1, 2: 1, 3: 2, 4: 1}),
+        # A larger remainder beats a smaller label: 18 -> 0.9 over 2 x 0.5.
+        ({1: 5, 2: 5, 3: 9}, Fraction(1, 10), {1: 0, 2: 0, 3: 1}),
+        # Exact: no remainders.
+        ({1: 10, 2: 20}, Fraction(1, 10), {1: 1, 2: 2}),
+    ],
+)
 def test_class_quotas_table(sizes, fraction, expected):
     n = split_size(sum(sizes.values()), fraction)
     got = class_quotas(sizes, fraction, n)
@@ -158,8 +180,16 @@ def test_class_quotas_table(sizes, fraction, expected):
 @pytest.fixture(scope="module")
 def uneven():
     """A synthetic set with ImageNet-like uneven classes (a few thousand records)."""
-    lay = layout(Spec(num_classes=120, min_per_class=12, max_per_class=60, full_class_share=0.6,
-                      train_shards=40, seed=5))
+    lay = layout(
+        Spec(
+            num_classes=120,
+            min_per_class=12,
+            max_per_class=60,
+            full_class_share=0.6,
+            train_shards=40,
+            seed=5,
+        )
+    )
     names = [n for shard in lay.train for n, _ in shard]
     labels = [lay.classes[c].label for shard in lay.train for _, c in shard]
     return names, labels
@@ -257,12 +287,17 @@ def test_default_shard_count_and_dealing(uneven):
 @pytest.mark.parametrize("sampling", ["stratified", "uniform"])
 def test_plan_ignores_input_order(uneven, sampling):
     names, labels = uneven
-    a = plan_supervised(names, labels, seed=4, fraction="0.1", sampling=sampling,
-                        source_shards=40)
+    a = plan_supervised(names, labels, seed=4, fraction="0.1", sampling=sampling, source_shards=40)
     rows = list(zip(names, labels))
     random.Random(99).shuffle(rows)
-    b = plan_supervised([r[0] for r in rows], [r[1] for r in rows], seed=4, fraction="0.1",
-                        sampling=sampling, source_shards=40)
+    b = plan_supervised(
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        seed=4,
+        fraction="0.1",
+        sampling=sampling,
+        source_shards=40,
+    )
     assert a.names.tolist() == b.names.tolist()
     assert a.shards.tolist() == b.shards.tolist()
     assert a.indices.tolist() == b.indices.tolist()
@@ -289,8 +324,17 @@ def ref_key(purpose: str, seed: int, name: str) -> int:
     return int.from_bytes(digest.digest()[:8], "big")
 
 
-def ref_plan(records, *, seed, fraction=None, count=None, sampling="stratified",
-             num_shards=None, source_shards=1, key=ref_key):
+def ref_plan(
+    records,
+    *,
+    seed,
+    fraction=None,
+    count=None,
+    sampling="stratified",
+    num_shards=None,
+    source_shards=1,
+    key=ref_key,
+):
     """The module docstring / README algorithm, re-derived with hashlib and sorted()."""
     N = len(records)
     if count is None:
@@ -307,7 +351,7 @@ def ref_plan(records, *, seed, fraction=None, count=None, sampling="stratified",
         chosen = []
         for label in sorted(sizes):
             members = sorted((nm for nm, lb in records if lb == label), key=sel.get)
-            chosen += members[:quotas[label]]
+            chosen += members[: quotas[label]]
     ordered = sorted(chosen, key=lambda nm: (key("order", seed, nm), nm))
     S = num_shards or max(1, n * source_shards // N)
     return deal(ordered, S)
@@ -342,13 +386,16 @@ def few():
     return records
 
 
-@pytest.mark.parametrize("kw", [
-    {"seed": 1, "fraction": "0.25", "num_shards": 4},
-    {"seed": 2, "fraction": "0.1", "num_shards": 2},
-    {"seed": 3, "fraction": "0.5", "source_shards": 8},  # default S = floor(30 * 8 / 60) = 4
-    {"seed": 4, "count": 17, "num_shards": 5},
-    {"seed": 5, "fraction": "0.3", "sampling": "uniform", "num_shards": 3},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"seed": 1, "fraction": "0.25", "num_shards": 4},
+        {"seed": 2, "fraction": "0.1", "num_shards": 2},
+        {"seed": 3, "fraction": "0.5", "source_shards": 8},  # default S = floor(30 * 8 / 60) = 4
+        {"seed": 4, "count": 17, "num_shards": 5},
+        {"seed": 5, "fraction": "0.3", "sampling": "uniform", "num_shards": 3},
+    ],
+)
 def test_supervised_matches_independent_reimplementation(few, kw):
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
@@ -365,14 +412,21 @@ def test_unsupervised_matches_independent_reimplementation(few, seed, S):
 
 def test_key_ties_are_broken_by_name_in_code_point_order(few, monkeypatch):
     # Ties never happen with SHA-256 in practice; force them to test the documented rule.
-    monkeypatch.setattr(split_algorithm, "hash_keys",
-                        lambda names, purpose, seed: np.zeros(len(names), dtype=np.uint64))
+    monkeypatch.setattr(
+        split_algorithm,
+        "hash_keys",
+        lambda names, purpose, seed: np.zeros(len(names), dtype=np.uint64),
+    )
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
+
     def flat(purpose, seed, name):
         return 0
-    for kw in ({"seed": 1, "fraction": "0.25", "num_shards": 3},
-               {"seed": 1, "fraction": "0.25", "num_shards": 3, "sampling": "uniform"}):
+
+    for kw in (
+        {"seed": 1, "fraction": "0.25", "num_shards": 3},
+        {"seed": 1, "fraction": "0.25", "num_shards": 3, "sampling": "uniform"},
+    ):
         got = plan_rows(plan_supervised(names, labels, **kw))
         assert got == ref_plan(few, key=flat, **kw)
     uni = plan_supervised(names, labels, seed=1, fraction="0.25", sampling="uniform")
@@ -387,15 +441,18 @@ def test_hash_keys_are_the_documented_keys(few):
         assert [int(k) for k in keys] == [ref_key(purpose, 42, n) for n in names]
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"seed": 1}, "exactly one of fraction and count"),
-    ({"seed": 1, "fraction": "0.1", "count": 3}, "exactly one of fraction and count"),
-    ({"seed": 1, "count": 0}, r"count must be in 1\.\.60"),
-    ({"seed": 1, "count": 61}, r"count must be in 1\.\.60"),
-    ({"seed": 1, "fraction": "0.01"}, "is 0 records"),
-    ({"seed": 1, "fraction": "0.1", "sampling": "random"}, "sampling must be one of"),
-    ({"seed": 1, "fraction": "0.1", "num_shards": 7}, r"num_shards must be in 1\.\.6"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"seed": 1}, "exactly one of fraction and count"),
+        ({"seed": 1, "fraction": "0.1", "count": 3}, "exactly one of fraction and count"),
+        ({"seed": 1, "count": 0}, r"count must be in 1\.\.60"),
+        ({"seed": 1, "count": 61}, r"count must be in 1\.\.60"),
+        ({"seed": 1, "fraction": "0.01"}, "is 0 records"),
+        ({"seed": 1, "fraction": "0.1", "sampling": "random"}, "sampling must be one of"),
+        ({"seed": 1, "fraction": "0.1", "num_shards": 7}, r"num_shards must be in 1\.\.6"),
+    ],
+)
 def test_plan_supervised_rejects(few, kw, message):
     with pytest.raises(PlanError, match=message):
         plan_supervised([r[0] for r in few], [r[1] for r in few], **kw)
@@ -414,8 +471,9 @@ def test_plans_reject_duplicate_names_and_empty_catalogs():
 
 
 def test_csv_round_trip(few):
-    plan = plan_supervised([r[0] for r in few], [r[1] for r in few], seed=1, fraction="0.5",
-                           num_shards=4)
+    plan = plan_supervised(
+        [r[0] for r in few], [r[1] for r in few], seed=1, fraction="0.5", num_shards=4
+    )
     data = plan.to_csv_bytes()
     assert data.decode().splitlines()[0] == f"{plan.names[0]},0,0"
     assert plan.sha256() == hashlib.sha256(data).hexdigest()
@@ -444,35 +502,64 @@ def test_plan_file_rows_come_back_sorted_by_position():
     assert indices.tolist() == [0, 1, 0, 1]
 
 
-@pytest.mark.parametrize("text, pattern", [
-    pytest.param("", r"mem: the plan file is empty", id="empty"),
-    pytest.param("\n  \n\n", r"mem: the plan file is empty", id="blank-lines-only"),
-    pytest.param("a,0,0\nb;0;1\n", r"line 2: expected 'filename,shard,index', got 'b;0;1'",
-                 id="wrong-separator"),
-    pytest.param("a,0,0,x\n", r"line 1: expected 'filename,shard,index'", id="four-fields"),
-    pytest.param("filename,shard,index\na,0,0\n",
-                 r"line 1: expected a name and two non-negative integers", id="header"),
-    pytest.param("a,0,0\nb,0,x\n", r"line 2: expected a name and two non-negative integers",
-                 id="not-a-number"),
-    pytest.param("a,-1,0\n", r"line 1: expected a name and two non-negative", id="negative"),
-    pytest.param(",0,0\n", r"line 1: expected a name", id="no-name"),
-    pytest.param("a,0,0\nb,\u00b2,1\n", r"line 2: expected a name and two non-negative integers",
-                 id="unicode-digit"),
-    pytest.param(f"a,0,0\nb,{MAX_SHARD_COUNT},0\n", r"line 2: .*shard", id="shard-too-large"),
-    pytest.param("a,0,0\nb,0,1\na,1,0\n", r"name a appears twice \(lines 1 and 3\)",
-                 id="duplicate-name"),
-    pytest.param("a,0,0\nb,0,0\n", r"position shard 0 index 0 is used twice \(lines 1 and 2\)",
-                 id="duplicate-position"),
-    pytest.param("a,0,0\nb,2,0\n", r"shards must be 0\.\.2; missing shard\(s\) \[1\]",
-                 id="shard-gap"),
-    pytest.param("a,1,0\nb,1,1\n", r"shards must be 0\.\.1; missing shard\(s\) \[0\]",
-                 id="shards-not-from-0"),
-    pytest.param("a,0,0\nb,0,2\n",
-                 r"indices in shard 0 must be 0\.\.1 without gaps; index 1 is missing "
-                 r"\(line 2 has index 2\)", id="index-gap"),
-    pytest.param("a,0,0\nb,1,1\n", r"indices in shard 1 .*index 0 is missing \(line 2",
-                 id="index-not-from-0"),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        pytest.param("", r"mem: the plan file is empty", id="empty"),
+        pytest.param("\n  \n\n", r"mem: the plan file is empty", id="blank-lines-only"),
+        pytest.param(
+            "a,0,0\nb;0;1\n",
+            r"line 2: expected 'filename,shard,index', got 'b;0;1'",
+            id="wrong-separator",
+        ),
+        pytest.param("a,0,0,x\n", r"line 1: expected 'filename,shard,index'", id="four-fields"),
+        pytest.param(
+            "filename,shard,index\na,0,0\n",
+            r"line 1: expected a name and two non-negative integers",
+            id="header",
+        ),
+        pytest.param(
+            "a,0,0\nb,0,x\n",
+            r"line 2: expected a name and two non-negative integers",
+            id="not-a-number",
+        ),
+        pytest.param("a,-1,0\n", r"line 1: expected a name and two non-negative", id="negative"),
+        pytest.param(",0,0\n", r"line 1: expected a name", id="no-name"),
+        pytest.param(
+            "a,0,0\nb,\u00b2,1\n",
+            r"line 2: expected a name and two non-negative integers",
+            id="unicode-digit",
+        ),
+        pytest.param(f"a,0,0\nb,{MAX_SHARD_COUNT},0\n", r"line 2: .*shard", id="shard-too-large"),
+        pytest.param(
+            "a,0,0\nb,0,1\na,1,0\n", r"name a appears twice \(lines 1 and 3\)", id="duplicate-name"
+        ),
+        pytest.param(
+            "a,0,0\nb,0,0\n",
+            r"position shard 0 index 0 is used twice \(lines 1 and 2\)",
+            id="duplicate-position",
+        ),
+        pytest.param(
+            "a,0,0\nb,2,0\n", r"shards must be 0\.\.2; missing shard\(s\) \[1\]", id="shard-gap"
+        ),
+        pytest.param(
+            "a,1,0\nb,1,1\n",
+            r"shards must be 0\.\.1; missing shard\(s\) \[0\]",
+            id="shards-not-from-0",
+        ),
+        pytest.param(
+            "a,0,0\nb,0,2\n",
+            r"indices in shard 0 must be 0\.\.1 without gaps; index 1 is missing "
+            r"\(line 2 has index 2\)",
+            id="index-gap",
+        ),
+        pytest.param(
+            "a,0,0\nb,1,1\n",
+            r"indices in shard 1 .*index 0 is missing \(line 2",
+            id="index-not-from-0",
+        ),
+    ],
+)
 def test_plan_file_checks(text, pattern):
     with pytest.raises(PlanError) as err:
         parse_plan_text(text, "mem")
@@ -500,11 +587,15 @@ def test_read_plan_file_errors(tmp_path):
 
 
 def test_check_names_exist_reports_count_and_first_names():
-    plan = split_algorithm.Plan(split="x", kind="supervised",
-                        names=np.asarray(["a", "zz1", "b", "zz2", "zz3", "zz4", "zz5", "zz6"],
-                                         dtype=object),
-                        shards=np.zeros(8, np.int32), indices=np.arange(8, dtype=np.int32),
-                        num_shards=1, source="plan.csv")
+    plan = split_algorithm.Plan(
+        split="x",
+        kind="supervised",
+        names=np.asarray(["a", "zz1", "b", "zz2", "zz3", "zz4", "zz5", "zz6"], dtype=object),
+        shards=np.zeros(8, np.int32),
+        indices=np.arange(8, dtype=np.int32),
+        num_shards=1,
+        source="plan.csv",
+    )
     check_names_exist(plan, ["a", "b"] + [f"zz{i}" for i in range(1, 7)])
     with pytest.raises(PlanError) as err:
         check_names_exist(plan, ["a", "b", "zz2"])
@@ -523,13 +614,19 @@ def tiny_catalog(tmp_path, few):
     cat = tmp_path / "catalog"
     rows = sorted(few, key=lambda r: hashlib.md5(r[0].encode()).hexdigest())
     n = len(rows)
-    table = pa.table({
-        "filename": [r[0] for r in rows], "label": [r[1] for r in rows],
-        "synset": [f"n{r[1]:08d}" for r in rows],
-        "file": [f"/src/train-{i % 6:05d}-of-00006" for i in range(n)],
-        "record": [i // 6 for i in range(n)], "offset": [100 * (i // 6) for i in range(n)],
-        "length": [100] * n, "data_crc": [0] * n,
-    }, schema=SCHEMA)
+    table = pa.table(
+        {
+            "filename": [r[0] for r in rows],
+            "label": [r[1] for r in rows],
+            "synset": [f"n{r[1]:08d}" for r in rows],
+            "file": [f"/src/train-{i % 6:05d}-of-00006" for i in range(n)],
+            "record": [i // 6 for i in range(n)],
+            "offset": [100 * (i // 6) for i in range(n)],
+            "length": [100] * n,
+            "data_crc": [0] * n,
+        },
+        schema=SCHEMA,
+    )
     write_table(str(cat / CATALOG_FILE), table)
     report = {"num_shards": 6, "synsets": {str(c): f"n{c:08d}" for c in range(1, 5)}}
     (cat / REPORT_FILE).write_text(json.dumps(report))
@@ -546,8 +643,9 @@ def test_make_plans_and_write_plans(tiny_catalog, tmp_path, few):
     assert plans[0].sha256() == direct.sha256()
     assert plans[0].num_shards == 3  # floor(30 * 6 / 60)
     assert plans[2].num_shards == 6
-    assert plans[0].class_counts == {f"n{c:08d}": k for c, k in
-                                     rule_quotas(dict(Counter(labels)), Fraction(1, 2)).items()}
+    assert plans[0].class_counts == {
+        f"n{c:08d}": k for c, k in rule_quotas(dict(Counter(labels)), Fraction(1, 2)).items()
+    }
     out = tmp_path / "plans"
     summaries = plan_cli.write_plans(plans, str(out))
     for plan, s in zip(plans, summaries):
@@ -557,15 +655,21 @@ def test_make_plans_and_write_plans(tiny_catalog, tmp_path, few):
         assert s["shard_lengths"] == shard_sizes(plan.num_examples, plan.num_shards)
 
 
-def test_plan_cli_checks_published_files_against_the_catalog(tiny_catalog, tmp_path, few,
-                                                             capsys):
-    good = plan_supervised([r[0] for r in few], [r[1] for r in few], seed=9, fraction="0.25",
-                           num_shards=2)
+def test_plan_cli_checks_published_files_against_the_catalog(tiny_catalog, tmp_path, few, capsys):
+    good = plan_supervised(
+        [r[0] for r in few], [r[1] for r in few], seed=9, fraction="0.25", num_shards=2
+    )
     good_file = tmp_path / "good.txt"
     good_file.write_bytes(good.to_csv_bytes())
     out = tmp_path / "plans"
-    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}", "--seeds=3",
-                        f"--sharding_file=3={good_file}"])
+    rc = plan_cli.main(
+        [
+            f"--catalog_dir={tiny_catalog}",
+            f"--out_dir={out}",
+            "--seeds=3",
+            f"--sharding_file=3={good_file}",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out.split("\t")
     assert printed[0] == "train15.3" and printed[3] == good.sha256()
@@ -577,18 +681,27 @@ def test_plan_cli_checks_published_files_against_the_catalog(tiny_catalog, tmp_p
     lines[2] = "n99999999_1.JPEG," + lines[2].split(",", 1)[1]
     lines[5] = "n99999999_2.JPEG," + lines[5].split(",", 1)[1]
     bad_file.write_text("\n".join(lines) + "\n")
-    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={tmp_path / 'p2'}",
-                        "--seeds=3", f"--sharding_file=3={bad_file}"])
+    rc = plan_cli.main(
+        [
+            f"--catalog_dir={tiny_catalog}",
+            f"--out_dir={tmp_path / 'p2'}",
+            "--seeds=3",
+            f"--sharding_file=3={bad_file}",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
-    assert "2 of 15 names are not in the source catalog, e.g. n99999999_1.JPEG, n99999999_2.JPEG" \
+    assert (
+        "2 of 15 names are not in the source catalog, e.g. n99999999_1.JPEG, n99999999_2.JPEG"
         in err
+    )
     assert not (tmp_path / "p2").exists()
 
 
 def test_plan_cli_rejects_bad_sharding_file_argument(tiny_catalog, tmp_path, capsys):
-    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={tmp_path}",
-                        "--sharding_file=/no/seed.txt"])
+    rc = plan_cli.main(
+        [f"--catalog_dir={tiny_catalog}", f"--out_dir={tmp_path}", "--sharding_file=/no/seed.txt"]
+    )
     assert rc == 1
     assert "--sharding_file takes SEED=URI" in capsys.readouterr().err
 
@@ -604,24 +717,36 @@ def test_storage_reads_plan_files_by_uri(tmp_path):
 # --------------------------------------------------------------------------- name lists (issue 15)
 
 
-@pytest.mark.parametrize("text, names, lines", [
-    ("a.JPEG\nb.JPEG\n", ["a.JPEG", "b.JPEG"], [1, 2]),
-    ("a.JPEG\r\n\r\n  b.JPEG  \n", ["a.JPEG", "b.JPEG"], [1, 3]),  # CRLF, blank lines, spaces
-    ("z\nA\né\n", ["z", "A", "é"], [1, 2, 3]),  # file order kept
-])
+@pytest.mark.parametrize(
+    "text, names, lines",
+    [
+        ("a.JPEG\nb.JPEG\n", ["a.JPEG", "b.JPEG"], [1, 2]),
+        ("a.JPEG\r\n\r\n  b.JPEG  \n", ["a.JPEG", "b.JPEG"], [1, 3]),  # CRLF, blank lines, spaces
+        ("z\nA\né\n", ["z", "A", "é"], [1, 2, 3]),  # file order kept
+    ],
+)
 def test_parse_name_list(text, names, lines):
     got, got_lines = split_algorithm.parse_name_list(text, "names.txt")
     assert got.tolist() == names and got_lines.tolist() == lines
 
 
-@pytest.mark.parametrize("text, pattern", [
-    ("", r"names\.txt: the name list is empty"),
-    ("\n  \n", r"names\.txt: the name list is empty"),
-    ("a\nb\na\nc\nb\n", r"names\.txt: 2 duplicate name\(s\) in the name list: a \(lines 1 and 3\); "
-                        r"b \(lines 2 and 5\)"),
-    ("a\nn01_1.JPEG,0,0\n", r"names\.txt: malformed name list:\n  line 2: 'n01_1\.JPEG,0,0' is not "
-                            r"one file name \(a filename,shard,index file is a sharding file"),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("", r"names\.txt: the name list is empty"),
+        ("\n  \n", r"names\.txt: the name list is empty"),
+        (
+            "a\nb\na\nc\nb\n",
+            r"names\.txt: 2 duplicate name\(s\) in the name list: a \(lines 1 and 3\); "
+            r"b \(lines 2 and 5\)",
+        ),
+        (
+            "a\nn01_1.JPEG,0,0\n",
+            r"names\.txt: malformed name list:\n  line 2: 'n01_1\.JPEG,0,0' is not "
+            r"one file name \(a filename,shard,index file is a sharding file",
+        ),
+    ],
+)
 def test_name_list_checks(text, pattern):
     with pytest.raises(PlanError, match=pattern):
         split_algorithm.parse_name_list(text, "names.txt")
@@ -638,8 +763,9 @@ def test_plan_named_takes_exactly_the_listed_records_in_order_key_order(few):
     labels = [r[1] for r in few]
     listed = [n for n in names if n.endswith(("1.JPEG", "3.JPEG", "5.JPEG"))][::-1]
     assert 5 < len(listed) < len(names)
-    plan = split_algorithm.plan_named(listed, names, labels, label="mine", origin="names.txt",
-                              num_shards=3)
+    plan = split_algorithm.plan_named(
+        listed, names, labels, label="mine", origin="names.txt", num_shards=3
+    )
     assert plan.split == f"train{len(listed)}.mine" and plan.kind == "supervised"
     assert plan.seed is None and plan.sampling == "names" and plan.source == "names.txt"
     assert plan.fraction == f"{len(listed)}/{len(names)}"
@@ -647,14 +773,18 @@ def test_plan_named_takes_exactly_the_listed_records_in_order_key_order(few):
     ordered = sorted(listed, key=lambda nm: (ref_key("order", 0, nm), nm))
     assert plan_rows(plan) == deal(ordered, 3)
     label_of = dict(zip(names, labels))
-    assert plan.class_counts == {str(k): v for k, v in
-                                 sorted(Counter(label_of[n] for n in listed).items())}
+    assert plan.class_counts == {
+        str(k): v for k, v in sorted(Counter(label_of[n] for n in listed).items())
+    }
     # The same list in any order, or a shuffled catalog: the same plan.
-    again = split_algorithm.plan_named(sorted(listed), names[::-1], labels[::-1], label="mine",
-                               origin="other.txt", num_shards=3)
+    again = split_algorithm.plan_named(
+        sorted(listed), names[::-1], labels[::-1], label="mine", origin="other.txt", num_shards=3
+    )
     assert again.sha256() == plan.sha256()
     # Default shard count: the source's shard size kept.
-    default = split_algorithm.plan_named(listed, names, labels, label="mine", origin="x", source_shards=12)
+    default = split_algorithm.plan_named(
+        listed, names, labels, label="mine", origin="x", source_shards=12
+    )
     assert default.num_shards == max(1, len(listed) * 12 // len(names))
 
 
@@ -664,17 +794,21 @@ def test_plan_named_reports_missing_names_with_line_numbers(few):
     text = "\n".join([names[0], "n99_1.JPEG", names[1], "", "n99_2.JPEG"]) + "\n"
     listed, lines = split_algorithm.parse_name_list(text, "names.txt")
     with pytest.raises(PlanError) as err:
-        split_algorithm.plan_named(listed, names, labels, label="mine", origin="names.txt",
-                           list_lines=lines)
-    assert str(err.value) == ("names.txt: 2 of 4 names are not in the source catalog (60 "
-                              "records), e.g. n99_1.JPEG (line 2), n99_2.JPEG (line 5)")
+        split_algorithm.plan_named(
+            listed, names, labels, label="mine", origin="names.txt", list_lines=lines
+        )
+    assert str(err.value) == (
+        "names.txt: 2 of 4 names are not in the source catalog (60 "
+        "records), e.g. n99_1.JPEG (line 2), n99_2.JPEG (line 5)"
+    )
 
 
 @pytest.mark.parametrize("label", ["3", "Mine", "my.list", "", "a" * 33, "_x"])
 def test_plan_named_rejects_labels_that_could_collide(few, label):
     with pytest.raises(PlanError, match="name list label"):
-        split_algorithm.plan_named([few[0][0]], [r[0] for r in few], [r[1] for r in few], label=label,
-                           origin="x")
+        split_algorithm.plan_named(
+            [few[0][0]], [r[0] for r in few], [r[1] for r in few], label=label, origin="x"
+        )
 
 
 def test_make_plans_with_protocols_and_name_lists(tiny_catalog, tmp_path, few):
@@ -683,33 +817,47 @@ def test_make_plans_with_protocols_and_name_lists(tiny_catalog, tmp_path, few):
     names = [r[0] for r in few]
     lst = tmp_path / "names.txt"
     lst.write_text("\n".join(names[:12]) + "\n")
-    req = plan_cli.PlanRequest(seeds=(1,), fraction="0.5", unsupervised=False,
-                               name_lists=(("mine", str(lst)),))
+    req = plan_cli.PlanRequest(
+        seeds=(1,), fraction="0.5", unsupervised=False, name_lists=(("mine", str(lst)),)
+    )
     plans = plan_cli.make_plans(str(tiny_catalog), req)
     assert [p.split for p in plans] == ["train30.1", "train12.mine"]
     assert sorted(plans[1].names.tolist()) == sorted(names[:12])
-    assert plans[1].class_counts and set(plans[1].class_counts) <= {f"n{c:08d}" for c in range(1, 5)}
+    assert plans[1].class_counts and set(plans[1].class_counts) <= {
+        f"n{c:08d}" for c in range(1, 5)
+    }
 
     # fixmatch: the seeds' published files (names not in this catalog: refused, named).
     files, lists = plan_cli.expand_protocol(plan_cli.PlanRequest(seeds=(2, 5), protocol="fixmatch"))
     assert files == {2: "published:fixmatch/split2", 5: "published:fixmatch/split5"}
     assert lists == []
     with pytest.raises(PlanError, match="128,116 of 128,116 names are not in the source catalog"):
-        plan_cli.make_plans(str(tiny_catalog), plan_cli.PlanRequest(seeds=(2,), protocol="fixmatch"))
-    with pytest.raises(PlanError, match=r"published splits for seeds \[1, 2, 3, 4, 5\] only, not \[7\]"):
+        plan_cli.make_plans(
+            str(tiny_catalog), plan_cli.PlanRequest(seeds=(2,), protocol="fixmatch")
+        )
+    with pytest.raises(
+        PlanError, match=r"published splits for seeds \[1, 2, 3, 4, 5\] only, not \[7\]"
+    ):
         plan_cli.expand_protocol(plan_cli.PlanRequest(seeds=(1, 7), protocol="fixmatch"))
     with pytest.raises(PlanError, match=r"seeds \[3\] have a sharding file and protocol fixmatch"):
-        plan_cli.expand_protocol(plan_cli.PlanRequest(seeds=(3,), protocol="fixmatch",
-                                                      sharding_files=((3, "/x.txt"),)))
+        plan_cli.expand_protocol(
+            plan_cli.PlanRequest(seeds=(3,), protocol="fixmatch", sharding_files=((3, "/x.txt"),))
+        )
     _, lists = plan_cli.expand_protocol(plan_cli.PlanRequest(seeds=(), protocol="simclr"))
-    assert lists == [("simclr", "published:simclr/1percent"),
-                     ("simclr", "published:simclr/10percent")]
+    assert lists == [
+        ("simclr", "published:simclr/1percent"),
+        ("simclr", "published:simclr/10percent"),
+    ]
     with pytest.raises(protocols.PublishedDataError, match="unknown protocol 'nope'"):
         plan_cli.expand_protocol(plan_cli.PlanRequest(protocol="nope"))
     # Two lists of one size under one label would be one split: refused.
     with pytest.raises(PlanError, match="two plans would write the same split train12.mine"):
-        plan_cli.make_plans(str(tiny_catalog), plan_cli.PlanRequest(
-            seeds=(), unsupervised=False, name_lists=(("mine", str(lst)), ("mine", str(lst)))))
+        plan_cli.make_plans(
+            str(tiny_catalog),
+            plan_cli.PlanRequest(
+                seeds=(), unsupervised=False, name_lists=(("mine", str(lst)), ("mine", str(lst)))
+            ),
+        )
 
 
 def test_plan_cli_name_list_and_protocol(tiny_catalog, tmp_path, few, capsys):
@@ -717,8 +865,15 @@ def test_plan_cli_name_list_and_protocol(tiny_catalog, tmp_path, few, capsys):
     lst = tmp_path / "names.txt"
     lst.write_text("\n".join(names[5:25]) + "\n")
     out = tmp_path / "plans"
-    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}", "--seeds=",
-                        f"--name_list=mine={lst}", "--num_shards=4"])
+    rc = plan_cli.main(
+        [
+            f"--catalog_dir={tiny_catalog}",
+            f"--out_dir={out}",
+            "--seeds=",
+            f"--name_list=mine={lst}",
+            "--num_shards=4",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     split, n, shards, sha, uri = capsys.readouterr().out.strip().split("\t")
     assert (split, n, shards) == ("train20.mine", "20", "4")
@@ -726,11 +881,16 @@ def test_plan_cli_name_list_and_protocol(tiny_catalog, tmp_path, few, capsys):
     assert sorted(r[0] for r in rows) == sorted(names[5:25])
     assert [int(r[1]) for r in rows] == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
     # A SimCLR protocol plans no seeded split by default; its names are not in this catalog.
-    rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}",
-                        "--protocol=simclr_1pct"])
+    rc = plan_cli.main(
+        [f"--catalog_dir={tiny_catalog}", f"--out_dir={out}", "--protocol=simclr_1pct"]
+    )
     err = capsys.readouterr().err
-    assert rc == 1 and "published:simclr/1percent: 12,811 of 12,811 names are not in the " \
-        "source catalog (60 records), e.g. n04235860_14959.JPEG (line 1), " in err, err
+    assert (
+        rc == 1
+        and "published:simclr/1percent: 12,811 of 12,811 names are not in the "
+        "source catalog (60 records), e.g. n04235860_14959.JPEG (line 1), "
+        in err
+    ), err
     rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}", "--name_list=x"])
     assert rc == 1 and "--name_list takes LABEL=URI" in capsys.readouterr().err
 

@@ -84,18 +84,33 @@ def test_stat_and_identity(root):
 
 
 def test_list_files_matches_the_last_component_only_and_sorts(root):
-    for name in ["train-00001-of-00002", "train-00000-of-00002", "trainx", "validation-0",
-                 "sub/train-00000-of-00001"]:
+    for name in [
+        "train-00001-of-00002",
+        "train-00000-of-00002",
+        "trainx",
+        "validation-0",
+        "sub/train-00000-of-00001",
+    ]:
         storage.write_bytes(storage.join(root, name), name.encode())
     got = storage.list_files(storage.join(root, "train-*-of-*"))
-    assert [storage.basename(f.path) for f in got] == ["train-00000-of-00002",
-                                                       "train-00001-of-00002"]
+    assert [storage.basename(f.path) for f in got] == [
+        "train-00000-of-00002",
+        "train-00001-of-00002",
+    ]
     assert [f.size for f in got] == [len("train-00000-of-00002")] * 2
-    assert [storage.basename(f.path) for f in storage.list_files(storage.join(root, "t?ain[x]"))] \
-        == ["trainx"]
-    assert storage.list_tree(root) == sorted(storage.join(root, n) for n in [
-        "sub/train-00000-of-00001", "train-00000-of-00002", "train-00001-of-00002", "trainx",
-        "validation-0"])
+    assert [
+        storage.basename(f.path) for f in storage.list_files(storage.join(root, "t?ain[x]"))
+    ] == ["trainx"]
+    assert storage.list_tree(root) == sorted(
+        storage.join(root, n)
+        for n in [
+            "sub/train-00000-of-00001",
+            "train-00000-of-00002",
+            "train-00001-of-00002",
+            "trainx",
+            "validation-0",
+        ]
+    )
 
 
 def test_a_stream_appears_only_when_closed_cleanly(root):
@@ -142,8 +157,10 @@ def test_ranged_reads_are_exact_and_counted(root):
         assert reader.read(a, 10, 5) == bytes(range(10, 15))
         got = reader.read_many([a, b], [1, 0, 1], [0, 99, 50], [2, 1, 10])
         assert got == [bytes([100, 101]), bytes([99]), bytes(range(150, 160))]
-        assert reader.read_many([a, b], [1, 0], [0, 0], [3, 3], threads=2) == \
-            [bytes([100, 101, 102]), bytes([0, 1, 2])]
+        assert reader.read_many([a, b], [1, 0], [0, 0], [3, 3], threads=2) == [
+            bytes([100, 101, 102]),
+            bytes([0, 1, 2]),
+        ]
         assert reader.bytes_fetched == 5 + 13 + 6 and reader.requests == 6
         with pytest.raises(storage.StorageError, match=r"/b: short read at offset 98: wanted 5"):
             reader.read_many([a, b], [0, 1], [0, 98], [1, 5])
@@ -228,15 +245,18 @@ def test_gcs_pins_generations(gcs_bucket):
     assert first is not None and first.generation and first.crc32c == crc_hex(b"0123456789")
     storage.write_bytes(uri, b"abcdefghij")
     with storage.RangeReader({uri: first.generation}) as reader:
-        with pytest.raises(storage.StorageError,
-                           match=f"src \\(generation {first.generation}\\) no longer exists"):
+        with pytest.raises(
+            storage.StorageError, match=f"src \\(generation {first.generation}\\) no longer exists"
+        ):
             reader.read(uri, 0, 3)
     from google.api_core.exceptions import PreconditionFailed
 
     with pytest.raises(PreconditionFailed):
         storage.place(uri, f"{gcs_bucket}/dst", source_generation=first.generation)
     assert not storage.exists(f"{gcs_bucket}/dst")
-    with pytest.raises(storage.StorageError, match="bucket of gs://no-such-bucket-x/a/\\* does not"):
+    with pytest.raises(
+        storage.StorageError, match="bucket of gs://no-such-bucket-x/a/\\* does not"
+    ):
         storage.list_files("gs://no-such-bucket-x/a/*")
 
 
@@ -283,9 +303,16 @@ def test_importing_storage_loads_no_gcs_library():
     import subprocess
     import sys
 
-    code = ("import sys; from beam_jobs import storage; "
-            "print(sorted(m for m in sys.modules if m.startswith(('google.cloud.storage', "
-            "'google.api_core', 'google.auth'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    code = (
+        "import sys; from beam_jobs import storage; "
+        "print(sorted(m for m in sys.modules if m.startswith(('google.cloud.storage', "
+        "'google.api_core', 'google.auth'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert out.stdout.strip() == "[]"

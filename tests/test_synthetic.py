@@ -19,8 +19,17 @@ from beam_jobs.synthetic import Spec, generate, layout
 from beam_jobs.tfrecord import iter_records
 
 SPLIT1 = REFERENCE / "files2shards_train_size128116_split1.txt"
-SMALL = Spec(num_classes=6, min_per_class=8, max_per_class=14, train_shards=5,
-             validation_shards=2, validation_per_class=3, image_size=4, image_pool=8, seed=11)
+SMALL = Spec(
+    num_classes=6,
+    min_per_class=8,
+    max_per_class=14,
+    train_shards=5,
+    validation_shards=2,
+    validation_per_class=3,
+    image_size=4,
+    image_pool=8,
+    seed=11,
+)
 
 
 def shard_files(folder: Path, prefix: str) -> list[Path]:
@@ -64,8 +73,12 @@ def test_different_seed_writes_different_data(tmp_path):
     generate(replace(SMALL, seed=12), str(tmp_path / "b"), workers=1)
     for name in ("train-00000-of-00005", "validation-00000-of-00002"):
         assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "b" / name).read_bytes()
-    names_a = {r["image/filename"][0] for p in shard_files(tmp_path / "a", "train") for r in read_shard(p)}
-    names_b = {r["image/filename"][0] for p in shard_files(tmp_path / "b", "train") for r in read_shard(p)}
+    names_a = {
+        r["image/filename"][0] for p in shard_files(tmp_path / "a", "train") for r in read_shard(p)
+    }
+    names_b = {
+        r["image/filename"][0] for p in shard_files(tmp_path / "b", "train") for r in read_shard(p)
+    }
     assert names_a != names_b
 
 
@@ -137,10 +150,12 @@ def test_shard_counts_names_and_balance(tmp_path, train_shards, validation_shard
     lay = layout(spec)
     train = shard_files(tmp_path, "train")
     val = shard_files(tmp_path, "validation")
-    assert [p.name for p in train] == [f"train-{i:05d}-of-{train_shards:05d}"
-                                       for i in range(train_shards)]
-    assert [p.name for p in val] == [f"validation-{i:05d}-of-{validation_shards:05d}"
-                                     for i in range(validation_shards)]
+    assert [p.name for p in train] == [
+        f"train-{i:05d}-of-{train_shards:05d}" for i in range(train_shards)
+    ]
+    assert [p.name for p in val] == [
+        f"validation-{i:05d}-of-{validation_shards:05d}" for i in range(validation_shards)
+    ]
     for p in train + val:
         assert SHARD_RE.match(p.name)
     counts = [len(read_shard(p)) for p in train]
@@ -171,8 +186,16 @@ def test_records_match_layout(tmp_path):
 
 @pytest.fixture(scope="module")
 def fixmatch_source(tmp_path_factory):
-    spec = Spec(num_classes=1000, min_per_class=131, max_per_class=133, image_size=1,
-                image_pool=4, train_shards=16, validation_shards=0, names_from=(str(SPLIT1),))
+    spec = Spec(
+        num_classes=1000,
+        min_per_class=131,
+        max_per_class=133,
+        image_size=1,
+        image_pool=4,
+        train_shards=16,
+        validation_shards=0,
+        names_from=(str(SPLIT1),),
+    )
     out = tmp_path_factory.mktemp("fixmatch_source")
     generate(spec, str(out), workers=2)
     return spec, out
@@ -205,14 +228,21 @@ def test_names_from_keeps_every_given_name_even_beyond_max(tmp_path):
     given = {"n00000001": [5, 9, 12, 40, 41], "n00000002": [7]}
     lines = [f"{s}_{k}.JPEG,0,{i}" for s, ks in given.items() for i, k in enumerate(ks)]
     (tmp_path / "names.txt").write_text("\n".join(lines) + "\n\n")
-    spec = Spec(num_classes=3, min_per_class=2, max_per_class=3, train_shards=2,
-                names_from=(str(tmp_path / "names.txt"),))
+    spec = Spec(
+        num_classes=3,
+        min_per_class=2,
+        max_per_class=3,
+        train_shards=2,
+        names_from=(str(tmp_path / "names.txt"),),
+    )
     lay = layout(spec)
     by_synset: dict[str, list[str]] = {}
     for shard in lay.train:
         for name, c in shard:
             by_synset.setdefault(lay.classes[c].synset, []).append(name)
-    assert sorted(by_synset["n00000001"]) == sorted(f"n00000001_{k}.JPEG" for k in given["n00000001"])
+    assert sorted(by_synset["n00000001"]) == sorted(
+        f"n00000001_{k}.JPEG" for k in given["n00000001"]
+    )
     assert "n00000002_7.JPEG" in by_synset["n00000002"]
     assert 2 <= len(by_synset["n00000002"]) <= 3
     (other,) = set(by_synset) - set(given)
@@ -279,8 +309,17 @@ def test_records_hold_real_jpegs_of_the_stated_size(tmp_path):
         (Spec(image_size=0), r"image_size and image_pool must be >= 1"),
         (Spec(full_class_share=1.5), r"full_class_share must be in \[0, 1\]"),
     ],
-    ids=["total-low", "total-high", "min>max", "min0", "classes0", "shards0", "valshards",
-         "size0", "share"],
+    ids=[
+        "total-low",
+        "total-high",
+        "min>max",
+        "min0",
+        "classes0",
+        "shards0",
+        "valshards",
+        "size0",
+        "share",
+    ],
 )
 def test_infeasible_specs_raise(tmp_path, spec, message):
     with pytest.raises(ValueError, match=message):
@@ -292,8 +331,14 @@ def test_infeasible_specs_raise(tmp_path, spec, message):
 
 def test_cli_reports_infeasible_spec(tmp_path):
     out = tmp_path / "out"
-    proc = run_module("beam_jobs.synthetic", f"--output_uri={out}", "--num_classes=10",
-                      "--min_per_class=40", "--max_per_class=60", "--train_total=10")
+    proc = run_module(
+        "beam_jobs.synthetic",
+        f"--output_uri={out}",
+        "--num_classes=10",
+        "--min_per_class=40",
+        "--max_per_class=60",
+        "--train_total=10",
+    )
     assert proc.returncode == 2, proc.stderr
     assert "error: train_total=10 is impossible" in proc.stderr
     assert not out.exists()
@@ -301,12 +346,28 @@ def test_cli_reports_infeasible_spec(tmp_path):
 
 def test_cli_writes_a_dataset(tmp_path):
     out = tmp_path / "out"
-    proc = run_module("beam_jobs.synthetic", f"--output_uri={out}", "--num_classes=4",
-                      "--min_per_class=5", "--max_per_class=7", "--train_shards=3",
-                      "--validation_shards=1", "--image_size=2", "--seed=4", "--workers=1")
+    proc = run_module(
+        "beam_jobs.synthetic",
+        f"--output_uri={out}",
+        "--num_classes=4",
+        "--min_per_class=5",
+        "--max_per_class=7",
+        "--train_shards=3",
+        "--validation_shards=1",
+        "--image_size=2",
+        "--seed=4",
+        "--workers=1",
+    )
     assert proc.returncode == 0, proc.stderr
-    spec = Spec(num_classes=4, min_per_class=5, max_per_class=7, train_shards=3,
-                validation_shards=1, image_size=2, seed=4)
+    spec = Spec(
+        num_classes=4,
+        min_per_class=5,
+        max_per_class=7,
+        train_shards=3,
+        validation_shards=1,
+        image_size=2,
+        seed=4,
+    )
     lay = layout(spec)
     assert f"wrote {lay.train_total} train records in 3 shards" in proc.stdout
     # The CLI and the library write the same bytes for the same spec.
@@ -351,7 +412,8 @@ def test_tfds_layout_writes_the_same_records_under_tfds_names_and_features(tmp_p
     assert sorted(p.name for p in tfds.iterdir()) == sorted(
         [f"imagenet2012-train.tfrecord-{i:05d}-of-00005" for i in range(5)]
         + [f"imagenet2012-validation.tfrecord-{i:05d}-of-00002" for i in range(2)]
-        + ["dataset_info.json", "features.json", "label.labels.txt", "synthetic.json"])
+        + ["dataset_info.json", "features.json", "label.labels.txt", "synthetic.json"]
+    )
     for prefix, n in (("train", 5), ("validation", 2)):
         for i in range(n):
             theirs = read_payloads(tfds / f"imagenet2012-{prefix}.tfrecord-{i:05d}-of-{n:05d}")
@@ -363,22 +425,30 @@ def test_tfds_layout_writes_the_same_records_under_tfds_names_and_features(tmp_p
                 old = parse_features(o)
                 assert feats["image"] == old["image/encoded"]
                 assert feats["label"] == [old["image/class/label"][0] - 1]  # 0-based
-                assert parse_image_record(t, TFDS_KEYS).filename == \
-                    parse_image_record(o).filename
+                assert parse_image_record(t, TFDS_KEYS).filename == parse_image_record(o).filename
     assert (tfds / "label.labels.txt").read_text().split() == [c.synset for c in lay.classes]
     info = json.loads((tfds / "dataset_info.json").read_text())
     assert info["name"] == "imagenet2012"
     assert [(s["name"], s["filepathTemplate"]) for s in info["splits"]] == [
         ("train", "imagenet2012-train.tfrecord-{SHARD_X_OF_Y}"),
-        ("validation", "imagenet2012-validation.tfrecord-{SHARD_X_OF_Y}")]
+        ("validation", "imagenet2012-validation.tfrecord-{SHARD_X_OF_Y}"),
+    ]
     feats = json.loads((tfds / "features.json").read_text())["featuresDict"]["features"]
     assert feats["label"]["classLabel"] == {"numClasses": "6"}
 
 
 def test_cli_tfds_layout_and_bad_layouts(tmp_path):
-    out = run_module("beam_jobs.synthetic", f"--output_uri={tmp_path / 'd'}", "--layout=tfds",
-                     "--num_classes=3", "--min_per_class=4", "--max_per_class=5",
-                     "--train_shards=2", "--validation_shards=1", "--workers=1")
+    out = run_module(
+        "beam_jobs.synthetic",
+        f"--output_uri={tmp_path / 'd'}",
+        "--layout=tfds",
+        "--num_classes=3",
+        "--min_per_class=4",
+        "--max_per_class=5",
+        "--train_shards=2",
+        "--validation_shards=1",
+        "--workers=1",
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "d" / "imagenet2012-train.tfrecord-00001-of-00002").exists()
     out = run_module("beam_jobs.synthetic", f"--output_uri={tmp_path / 'e'}", "--layout=tfds:X")
@@ -388,12 +458,21 @@ def test_cli_tfds_layout_and_bad_layouts(tmp_path):
 def test_names_from_shipped_lists_and_name_lists(tmp_path):
     from beam_jobs.protocols import read_text
 
-    lay = layout(Spec(num_classes=1000, min_per_class=1, max_per_class=20,
-                      names_from=("published:simclr/1percent",)))
+    lay = layout(
+        Spec(
+            num_classes=1000,
+            min_per_class=1,
+            max_per_class=20,
+            names_from=("published:simclr/1percent",),
+        )
+    )
     names = {n for shard in lay.train for n, _ in shard}
     assert set(read_text("published:simclr/1percent").split()) <= names
     lst = tmp_path / "names.txt"  # a name list: one file name per line
     lst.write_text("n01000001_5.JPEG\nn01000002_7.JPEG\n")
-    small = layout(Spec(num_classes=3, min_per_class=2, max_per_class=3, train_shards=2,
-                        names_from=(str(lst),)))
+    small = layout(
+        Spec(
+            num_classes=3, min_per_class=2, max_per_class=3, train_shards=2, names_from=(str(lst),)
+        )
+    )
     assert {"n01000001_5.JPEG", "n01000002_7.JPEG"} <= {n for s in small.train for n, _ in s}

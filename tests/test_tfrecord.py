@@ -107,7 +107,7 @@ def test_frame_layout(payload):
     assert length == len(payload)
     (len_crc,) = struct.unpack("<I", framed[8:12])
     assert len_crc == tfrecord.mask(_crc32c_reference(framed[:8]))
-    assert framed[12:12 + len(payload)] == payload
+    assert framed[12 : 12 + len(payload)] == payload
     (data_crc,) = struct.unpack("<I", framed[-4:])
     assert data_crc == tfrecord.mask(_crc32c_reference(payload))
 
@@ -124,9 +124,13 @@ def test_round_trip_with_offsets(tmp_path):
     raw = path.read_bytes()
     for item in items:
         # offset/length address exactly the framed record in the file
-        assert raw[item.offset:item.offset + item.length] == frame(item.data)
-        assert item.data_crc == struct.unpack("<I", raw[item.offset + item.length - 4:
-                                                        item.offset + item.length])[0]
+        assert raw[item.offset : item.offset + item.length] == frame(item.data)
+        assert (
+            item.data_crc
+            == struct.unpack("<I", raw[item.offset + item.length - 4 : item.offset + item.length])[
+                0
+            ]
+        )
     with open(path, "rb") as f:
         assert list(iter_records(f, str(path))) == PAYLOADS
 
@@ -148,7 +152,7 @@ def test_empty_file_has_no_records():
 def test_check_framed_accepts_each_record():
     buf = _file_of(PAYLOADS)
     for off, payload in zip(_offsets(PAYLOADS), PAYLOADS):
-        got = check_framed(buf[off:off + len(payload) + OVERHEAD], "p", off)
+        got = check_framed(buf[off : off + len(payload) + OVERHEAD], "p", off)
         assert (got.offset, got.length, got.data) == (off, len(payload) + OVERHEAD, payload)
 
 
@@ -156,7 +160,7 @@ def test_check_framed_accepts_each_record():
 
 
 def _flip(buf: bytes, pos: int) -> bytes:
-    return buf[:pos] + bytes([buf[pos] ^ 0x40]) + buf[pos + 1:]
+    return buf[:pos] + bytes([buf[pos] ^ 0x40]) + buf[pos + 1 :]
 
 
 def test_truncated_header():
@@ -165,7 +169,11 @@ def test_truncated_header():
     assert [i.data for i in items[:-1]] == PAYLOADS[:3]
     err = items[-1]
     assert isinstance(err, RecordError)
-    assert (err.kind, err.fatal, err.offset) == ("truncated_header", True, len(_file_of(PAYLOADS[:3])))
+    assert (err.kind, err.fatal, err.offset) == (
+        "truncated_header",
+        True,
+        len(_file_of(PAYLOADS[:3])),
+    )
     assert "/data/train-00001-of-00002" in str(err)
     assert f"byte offset {err.offset}" in str(err)
 
@@ -199,8 +207,11 @@ def test_data_crc_is_not_fatal_and_reading_continues(where):
     offsets = _offsets(PAYLOADS)
     bad = 3
     start = offsets[bad] + HEADER_LEN
-    pos = {"data_start": start, "data_end": start + len(PAYLOADS[bad]) - 1,
-           "footer": start + len(PAYLOADS[bad]) + 2}[where]
+    pos = {
+        "data_start": start,
+        "data_end": start + len(PAYLOADS[bad]) - 1,
+        "footer": start + len(PAYLOADS[bad]) + 2,
+    }[where]
     items = _read_all(_flip(_file_of(PAYLOADS), pos), "shard-3")
     assert len(items) == len(PAYLOADS)
     err = items[bad]
@@ -209,8 +220,8 @@ def test_data_crc_is_not_fatal_and_reading_continues(where):
     assert "shard-3" in str(err) and f"byte offset {offsets[bad]}" in str(err)
     good = [i for k, i in enumerate(items) if k != bad]
     assert all(isinstance(i, Framed) for i in good)
-    assert [i.data for i in good] == PAYLOADS[:bad] + PAYLOADS[bad + 1:]
-    assert [i.offset for i in good] == offsets[:bad] + offsets[bad + 1:]
+    assert [i.data for i in good] == PAYLOADS[:bad] + PAYLOADS[bad + 1 :]
+    assert [i.offset for i in good] == offsets[:bad] + offsets[bad + 1 :]
 
 
 def test_too_long_length_is_fatal():
@@ -341,8 +352,12 @@ def test_check_records_accepts_good_records():
 
 @pytest.mark.parametrize(
     "flip_at, expect",
-    [(0, "length field says"), (9, "length field fails its CRC32C check"),
-     (HEADER_LEN + 2, "data CRC32C mismatch"), (-1, "data CRC32C mismatch")],
+    [
+        (0, "length field says"),
+        (9, "length field fails its CRC32C check"),
+        (HEADER_LEN + 2, "data CRC32C mismatch"),
+        (-1, "data CRC32C mismatch"),
+    ],
     ids=["length", "length_crc", "data", "footer"],
 )
 def test_check_records_names_the_first_bad_record(flip_at, expect):
@@ -388,12 +403,23 @@ def _both(data: bytes, chunk: int):
     from beam_jobs.tfrecord import scan_framed
 
     def norm(items):
-        return [(type(i).__name__, i.offset, getattr(i, "kind", None), getattr(i, "length", None),
-                 getattr(i, "data", None), getattr(i, "data_crc", None), getattr(i, "fatal", None))
-                for i in items]
+        return [
+            (
+                type(i).__name__,
+                i.offset,
+                getattr(i, "kind", None),
+                getattr(i, "length", None),
+                getattr(i, "data", None),
+                getattr(i, "data_crc", None),
+                getattr(i, "fatal", None),
+            )
+            for i in items
+        ]
 
-    return (norm(scan_framed(io.BytesIO(data), "f", chunk_bytes=chunk)),
-            norm(iter_framed(io.BytesIO(data), "f")))
+    return (
+        norm(scan_framed(io.BytesIO(data), "f", chunk_bytes=chunk)),
+        norm(iter_framed(io.BytesIO(data), "f")),
+    )
 
 
 @pytest.mark.parametrize("chunk", [13, 100, 4096, 1 << 20])
@@ -411,7 +437,7 @@ def test_scan_framed_is_iter_framed_on_good_and_damaged_files(chunk):
         pos = rng.randrange(len(data))
         data[pos] ^= 1 << rng.randrange(8)
         cases.append(bytes(data))
-        cases.append(bytes(data[:rng.randrange(len(data))]))
+        cases.append(bytes(data[: rng.randrange(len(data))]))
     # A length that claims more than MAX_RECORD_LEN, with a valid length CRC.
     huge = struct.pack("<Q", (1 << 30) + 1)
     cases.append(good[:40] + huge + struct.pack("<I", masked_crc32c(huge)) + b"x" * 50)

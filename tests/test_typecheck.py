@@ -21,7 +21,12 @@ def mypy_cache_dir() -> str:
 
 @pytest.mark.timeout(300)
 def test_the_packages_type_check():
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", mypy_cache_dir()],
-                          cwd=ROOT, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", mypy_cache_dir()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, f"mypy found type errors:\n{proc.stdout}{proc.stderr}"
     assert proc.stdout.startswith("Success: no issues found"), proc.stdout

@@ -21,20 +21,43 @@ import pytest
 def _doc(**over):
     """A manifest as the DAG publishes it: seeds 1, 2 and 4, the reshuffle and the
     validation copy, from a 10-class source."""
+
     def split(seed, **extra):
-        return {"kind": "supervised", "seed": seed, "fraction": "0.1", "sampling": "stratified",
-                "num_examples": 29, "num_shards": 1, "file_pattern": f"/o/train29.{seed}-*",
-                "plan": {"uri": "/o/_work/plans/p.csv", "sha256": "a" * 64, "source": "computed"},
-                "provenance": {"runner": "DirectRunner", "dag_id": "ssl_imagenet_splits",
-                               "run_id": "manual__2026-11-30T21:48:41+00:00",
-                               "built_at": "2026-11-30T21:50:00.123+00:00"}, **extra}
+        return {
+            "kind": "supervised",
+            "seed": seed,
+            "fraction": "0.1",
+            "sampling": "stratified",
+            "num_examples": 29,
+            "num_shards": 1,
+            "file_pattern": f"/o/train29.{seed}-*",
+            "plan": {"uri": "/o/_work/plans/p.csv", "sha256": "a" * 64, "source": "computed"},
+            "provenance": {
+                "runner": "DirectRunner",
+                "dag_id": "ssl_imagenet_splits",
+                "run_id": "manual__2026-11-30T21:48:41+00:00",
+                "built_at": "2026-11-30T21:50:00.123+00:00",
+            },
+            **extra,
+        }
+
     doc = {
-        "schema_version": 1, "output_uri": "/o",
+        "schema_version": 1,
+        "output_uri": "/o",
         "source": {"uri": "/src/imagenet", "num_records": 296, "num_shards": 4, "num_classes": 10},
-        "splits": {"train29.1": split(1), "train29.2": split(2), "train29.4": split(4),
-                   "train": {"kind": "unsupervised", "seed": 0, "fraction": "1",
-                             "num_examples": 296, "num_shards": 4},
-                   "validation": {"kind": "validation", "num_examples": 50, "num_shards": 2}},
+        "splits": {
+            "train29.1": split(1),
+            "train29.2": split(2),
+            "train29.4": split(4),
+            "train": {
+                "kind": "unsupervised",
+                "seed": 0,
+                "fraction": "1",
+                "num_examples": 296,
+                "num_shards": 4,
+            },
+            "validation": {"kind": "validation", "num_examples": 50, "num_shards": 2},
+        },
     }
     doc.update(over)
     return doc
@@ -47,9 +70,18 @@ def test_rebuild_builds_only_that_split_as_it_was_made():
     from ssl_splits.prefill import rebuild_conf
 
     conf = rebuild_conf(_doc(), "train29.2", "/o/manifest.json")
-    assert conf == {"source_uri": "/src/imagenet", "output_uri": "/o", "unsupervised": False,
-                    "copy_validation": False, "num_classes": 10, "seeds": [2], "fraction": 0.1,
-                    "sampling": "stratified", "num_shards": 1, "force": True}
+    assert conf == {
+        "source_uri": "/src/imagenet",
+        "output_uri": "/o",
+        "unsupervised": False,
+        "copy_validation": False,
+        "num_classes": 10,
+        "seeds": [2],
+        "fraction": 0.1,
+        "sampling": "stratified",
+        "num_shards": 1,
+        "force": True,
+    }
     with pytest.raises(KeyError, match="train"):
         rebuild_conf(_doc(), "train", "/o/manifest.json")  # the reshuffle has no seed to rebuild
 
@@ -76,7 +108,9 @@ def test_add_seeds_takes_the_next_seed_and_what_most_splits_share():
     doc["splits"]["train29.1"]["fraction"] = "0.01"
     assert next_seeds(doc) == [5] and next_seeds(doc, 2) == [5, 6]
     five = _doc()
-    five["splits"].update({f"train29.{i}": {**five["splits"]["train29.1"], "seed": i} for i in (3, 5)})
+    five["splits"].update(
+        {f"train29.{i}": {**five["splits"]["train29.1"], "seed": i} for i in (3, 5)}
+    )
     assert next_seeds(five) == [6]  # a sixth seed after FixMatch's five
     conf = add_seeds_conf(doc, "/o/manifest.json")
     assert conf["seeds"] == [5] and conf["fraction"] == 0.1 and conf["force"] is False
@@ -99,16 +133,22 @@ def test_the_link_carries_the_conf_and_the_middleware_reads_it_back():
     assert conf_of_page("http://h/dags/ssl_imagenet_splits?conf=%5B1%5D") is None  # not an object
     assert conf_of_page("http://h/dags/ssl_imagenet_splits?conf=%7Bbad") is None
     assert conf_of_page(None) is None
-    assert run_url("manual__2026-11-30T21:48:41+00:00") == \
-        "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00"
+    assert (
+        run_url("manual__2026-11-30T21:48:41+00:00")
+        == "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00"
+    )
 
 
 def test_apply_prefill_sets_only_the_dags_params():
     from ssl_splits.prefill import apply_prefill
 
-    details = {"dag_id": "ssl_imagenet_splits", "params": {
-        "seeds": {"value": [1, 2, 3, 4, 5], "schema": {"type": "array"}, "description": "d"},
-        "force": {"value": False, "schema": {"type": "boolean"}, "description": None}}}
+    details = {
+        "dag_id": "ssl_imagenet_splits",
+        "params": {
+            "seeds": {"value": [1, 2, 3, 4, 5], "schema": {"type": "array"}, "description": "d"},
+            "force": {"value": False, "schema": {"type": "boolean"}, "description": None},
+        },
+    }
     before = copy.deepcopy(details)
     new, applied = apply_prefill(details, {"seeds": [3], "force": True, "not_a_param": 1})
     assert applied == ["seeds", "force"] and details == before  # the input is not changed
@@ -129,9 +169,14 @@ def _details_app():
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    details = {"dag_id": "ssl_imagenet_splits", "doc": "x" * 4000, "params": {
-        "seeds": {"value": [1, 2, 3, 4, 5], "schema": {}, "description": None},
-        "source_uri": {"value": None, "schema": {}, "description": None}}}
+    details = {
+        "dag_id": "ssl_imagenet_splits",
+        "doc": "x" * 4000,
+        "params": {
+            "seeds": {"value": [1, 2, 3, 4, 5], "schema": {}, "description": None},
+            "source_uri": {"value": None, "schema": {}, "description": None},
+        },
+    }
 
     async def endpoint(request):
         if request.path_params["dag_id"] != "ssl_imagenet_splits":
@@ -139,12 +184,18 @@ def _details_app():
         return JSONResponse(details)
 
     async def ui_page(request):  # the UI's index.html, whatever the route
-        return HTMLResponse('<!doctype html><html><head><base href="/"><title>Airflow</title>'
-                            '</head><body><div id="root"></div></body></html>' + " " * 2000)
+        return HTMLResponse(
+            '<!doctype html><html><head><base href="/"><title>Airflow</title>'
+            '</head><body><div id="root"></div></body></html>' + " " * 2000
+        )
 
-    app = Starlette(routes=[Route("/api/v2/dags/{dag_id}/details", endpoint),
-                            Route("/dags/{rest:path}", ui_page),
-                            Route("/airflow/x/dags/{rest:path}", ui_page)])
+    app = Starlette(
+        routes=[
+            Route("/api/v2/dags/{dag_id}/details", endpoint),
+            Route("/dags/{rest:path}", ui_page),
+            Route("/airflow/x/dags/{rest:path}", ui_page),
+        ]
+    )
     app.add_middleware(GZipMiddleware, minimum_size=100)
     return app
 
@@ -156,8 +207,10 @@ def test_the_middleware_prefills_the_details_a_dag_page_with_conf_asks_for():
 
     client = TestClient(ui.PrefillMiddleware(_details_app()))
     page = "http://testserver" + trigger_url({"seeds": [3], "source_uri": "/src", "x": 1})
-    r = client.get("/api/v2/dags/ssl_imagenet_splits/details",
-                   headers={"Referer": page, "Accept-Encoding": "gzip"})
+    r = client.get(
+        "/api/v2/dags/ssl_imagenet_splits/details",
+        headers={"Referer": page, "Accept-Encoding": "gzip"},
+    )
     assert r.status_code == 200 and r.headers.get("content-encoding") is None
     assert int(r.headers["content-length"]) == len(r.content)
     params = r.json()["params"]
@@ -165,8 +218,11 @@ def test_the_middleware_prefills_the_details_a_dag_page_with_conf_asks_for():
     assert "x" not in params
 
     # Any other page, or no referer: Airflow's response as it was (compressed).
-    for referer in (None, "http://testserver/dags/ssl_imagenet_splits",
-                    "http://testserver/dags/ssl_imagenet_splits/details?conf=%7B%7D"):
+    for referer in (
+        None,
+        "http://testserver/dags/ssl_imagenet_splits",
+        "http://testserver/dags/ssl_imagenet_splits/details?conf=%7B%7D",
+    ):
         headers = {"Accept-Encoding": "gzip"} | ({"Referer": referer} if referer else {})
         raw = client.get("/api/v2/dags/ssl_imagenet_splits/details", headers=headers)
         assert raw.headers.get("content-encoding") == "gzip", referer
@@ -190,9 +246,12 @@ def test_the_middleware_adds_the_form_opener_to_the_dag_page_with_conf():
     r = client.get(trigger_url({"seeds": [3]}, ui_base="/airflow/x"))
     assert 'src="/airflow/x/ssl-splits/static/airflow-nav.js"' in r.text
     # The DAG page without conf, another DAG's page, a run's page: as they were.
-    for path in ("/dags/ssl_imagenet_splits", "/dags/other?conf=%7B%7D",
-                 "/dags/ssl_imagenet_splits/runs/r?conf=%7B%7D",
-                 "/dags/ssl_imagenet_splits?conf=notjson"):
+    for path in (
+        "/dags/ssl_imagenet_splits",
+        "/dags/other?conf=%7B%7D",
+        "/dags/ssl_imagenet_splits/runs/r?conf=%7B%7D",
+        "/dags/ssl_imagenet_splits?conf=notjson",
+    ):
         r = client.get(path, headers={"Accept-Encoding": "gzip"})
         assert "<script" not in r.text and r.headers.get("content-encoding") == "gzip", path
     assert ui.with_opener(b"<html>no head</html>", "/x.js") == b"<html>no head</html>"
@@ -223,28 +282,35 @@ def test_a_gzipped_or_broken_body_is_passed_on_as_it_is():
 # --------------------------------------------------------------------------- seeds
 
 
-@pytest.mark.parametrize("value, seeds", [
-    ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]),       # --conf, the REST API
-    (["3"], [3]),                              # the form's text box
-    (["1", " 2 ", "", "10"], [1, 2, 10]),      # spaces, a blank line (a trailing newline)
-    ([], []), ([""], []),
-])
+@pytest.mark.parametrize(
+    "value, seeds",
+    [
+        ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]),  # --conf, the REST API
+        (["3"], [3]),  # the form's text box
+        (["1", " 2 ", "", "10"], [1, 2, 10]),  # spaces, a blank line (a trailing newline)
+        ([], []),
+        ([""], []),
+    ],
+)
 def test_seeds_from_the_form_become_integers(value, seeds):
     from ssl_splits.config import parse_seeds
 
     assert parse_seeds(value) == seeds
 
 
-@pytest.mark.parametrize("value, message", [
-    (["3,4"], r"item 1 \('3,4'\) is not a seed number"),
-    ([1, "x"], r"item 2 \('x'\) is not a seed number"),
-    (["0"], r"between 1 and 1000000, got 0 \(item 1\)"),
-    ([3, "3"], r"seed 3 is given twice"),
-    ([True], r"item 1 is True"),
-    ("3", r"must be a list of integers, got '3'"),
-    (None, r"must be a list of integers, got None"),
-    (["٣"], r"is not a seed number"),  # a digit, but not an ASCII one
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (["3,4"], r"item 1 \('3,4'\) is not a seed number"),
+        ([1, "x"], r"item 2 \('x'\) is not a seed number"),
+        (["0"], r"between 1 and 1000000, got 0 \(item 1\)"),
+        ([3, "3"], r"seed 3 is given twice"),
+        ([True], r"item 1 is True"),
+        ("3", r"must be a list of integers, got '3'"),
+        (None, r"must be a list of integers, got None"),
+        (["٣"], r"is not a seed number"),  # a digit, but not an ASCII one
+    ],
+)
 def test_bad_seeds_are_named(value, message):
     from ssl_splits.config import ConfigError, parse_seeds
 
@@ -252,10 +318,20 @@ def test_bad_seeds_are_named(value, message):
         parse_seeds(value)
 
 
-@pytest.mark.parametrize("value, ok", [
-    ([1, 2, 3, 4, 5], True), (["3", "4", ""], True), ([" 12 "], True), ([], True),
-    (["3,4"], False), (["x"], False), ([0], False), ([1, 1], False), ([1.5], False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ([1, 2, 3, 4, 5], True),
+        (["3", "4", ""], True),
+        ([" 12 "], True),
+        ([], True),
+        (["3,4"], False),
+        (["x"], False),
+        ([0], False),
+        ([1, 1], False),
+        ([1.5], False),
+    ],
+)
 def test_the_seeds_schema_takes_the_form_text_box_and_json_integers(value, ok):
     """What Airflow checks when a run is triggered (before it exists): the param's
     JSON schema, through Airflow's own Param validation."""
@@ -288,8 +364,14 @@ def test_the_view_offers_rebuild_and_add_seeds_with_links_to_runs():
     import ssl_splits_ui as ui
     from ssl_splits.prefill import conf_of_page
 
-    active = [{"run_id": "manual__now", "state": "running", "since": "2026-11-30 22:00:00",
-               "conf": {"output_uri": "/o", "seeds": ["2"]}}]
+    active = [
+        {
+            "run_id": "manual__now",
+            "state": "running",
+            "since": "2026-11-30 22:00:00",
+            "conf": {"output_uri": "/o", "seeds": ["2"]},
+        }
+    ]
     page = ui.render_page(uri="/o/manifest.json", doc=_doc(), active=active)
     rows = dict(re.findall(r'<tr data-split="([^"]+)">(.*?)</tr>', page, re.S))
     rebuild = re.findall(r'data-testid="rebuild" href="([^"]+)"', page)
@@ -299,7 +381,9 @@ def test_the_view_offers_rebuild_and_add_seeds_with_links_to_runs():
         conf = conf_of_page("http://h" + href.replace("&amp;", "&"))
         assert conf["seeds"] == [seed] and conf["force"] is True, conf
         assert "2026-11-30 21:50:00" in rows[name]  # the build time, to the second
-        assert "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00" in rows[name]
+        assert (
+            "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00" in rows[name]
+        )
     assert "rebuilding" in rows["train29.2"] and "rebuilding" not in rows["train29.1"]
     assert 'data-testid="rebuild"' not in rows["train"] + rows["validation"]
     add = re.search(r'data-testid="add-seeds" href="([^"]+)"', page).group(1)

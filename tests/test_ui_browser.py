@@ -51,9 +51,16 @@ from support.common import ROOT, free_port
 CHROMIUM = os.environ.get("SSL_SPLITS_CHROMIUM", "/usr/bin/chromium")
 # Chromium on a closed network: no background connections (they are refused and
 # slow everything down), no GPU, no sandbox (containers), no QUIC.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
 DOCS_IMG = ROOT / "docs" / "img"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -77,7 +84,8 @@ class Airflow:
         self.env = airflow_env(
             home,
             AIRFLOW__CORE__AUTH_MANAGER=(
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"),
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
             # For this test only: everyone is an admin, no login page.
             AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
             AIRFLOW__CORE__EXECUTOR="LocalExecutor",
@@ -102,8 +110,13 @@ class Airflow:
         for name in COMPONENTS:
             with open(self.logs / f"{name}.log", "wb") as out:
                 self.procs[name] = subprocess.Popen(
-                    [str(BIN_AIRFLOW), name], env=self.env, cwd=ROOT, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True)
+                    [str(BIN_AIRFLOW), name],
+                    env=self.env,
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
 
     def stop(self) -> None:
         for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
@@ -156,8 +169,9 @@ class Airflow:
             except (urllib.error.URLError, OSError, ValueError) as err:
                 last = str(err)
             time.sleep(2)
-        raise AssertionError(f"Airflow was not ready after {timeout:.0f} s ({last}):\n"
-                             f"{self.log_tails()}")
+        raise AssertionError(
+            f"Airflow was not ready after {timeout:.0f} s ({last}):\n{self.log_tails()}"
+        )
 
     def wait_run(self, run_id: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -170,26 +184,36 @@ class Airflow:
         return run
 
     def task_states(self, run_id: str) -> list[tuple[str, int, str | None]]:
-        tis = self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-                       "/taskInstances")["task_instances"]
+        tis = self.api(
+            f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
+        )["task_instances"]
         return [(t["task_id"], t["map_index"], t["state"]) for t in tis]
 
     def task_log(self, run_id: str, task_id: str, map_index: int = -1, try_number: int = 1) -> str:
         """The task's log as text (the REST API's structured log, one event a line)."""
-        data = self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-                        f"/taskInstances/{task_id}/logs/{try_number}", map_index=map_index)
+        data = self.api(
+            f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+            f"/taskInstances/{task_id}/logs/{try_number}",
+            map_index=map_index,
+        )
         content = data.get("content")
         if isinstance(content, list):
-            return "\n".join(str(e.get("event", e)) if isinstance(e, dict) else str(e)
-                             for e in content)
+            return "\n".join(
+                str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content
+            )
         return str(content)
 
     def built(self, run_id: str) -> list[str]:
         """The splits the run's build task instances built (their rendered map index)."""
-        tis = self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-                       "/taskInstances", task_id="build")["task_instances"]
-        return sorted(t.get("rendered_map_index") or str(t["map_index"]) for t in tis
-                      if t["task_id"] == "build")
+        tis = self.api(
+            f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances",
+            task_id="build",
+        )["task_instances"]
+        return sorted(
+            t.get("rendered_map_index") or str(t["map_index"])
+            for t in tis
+            if t["task_id"] == "build"
+        )
 
     def failure_report(self, run_id: str) -> str:
         lines = []
@@ -197,8 +221,12 @@ class Airflow:
             lines.append(f"{task_id}[{map_index}]: {state}")
             if state in ("failed", "up_for_retry", "upstream_failed"):
                 with contextlib.suppress(Exception):
-                    lines.append("    " + "\n    ".join(
-                        self.task_log(run_id, task_id, map_index).splitlines()[-30:]))
+                    lines.append(
+                        "    "
+                        + "\n    ".join(
+                            self.task_log(run_id, task_id, map_index).splitlines()[-30:]
+                        )
+                    )
         return "\n".join(lines)
 
 
@@ -218,7 +246,9 @@ def airflow(tmp_path) -> Iterator[Airflow]:
 def data_dir() -> Iterator[Path]:
     """Source and output, under a short path (it shows in the README's pictures)."""
     # /tmp even when TMPDIR names a longer folder: the path shows in the pictures.
-    path = Path(tempfile.mkdtemp(prefix="ssl-splits-ui-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    path = Path(
+        tempfile.mkdtemp(prefix="ssl-splits-ui-", dir="/tmp" if Path("/tmp").is_dir() else None)
+    )
     try:
         yield path
     finally:
@@ -231,8 +261,18 @@ def synthetic_source(data_dir) -> tuple[Path, dict[str, Any]]:
     from beam_jobs.synthetic import Spec, generate
 
     out = data_dir / "imagenet"
-    summary = generate(Spec(num_classes=NUM_CLASSES, min_per_class=20, max_per_class=30,
-                            train_shards=4, validation_shards=0, seed=3), str(out), workers=1)
+    summary = generate(
+        Spec(
+            num_classes=NUM_CLASSES,
+            min_per_class=20,
+            max_per_class=30,
+            train_shards=4,
+            validation_shards=0,
+            seed=3,
+        ),
+        str(out),
+        workers=1,
+    )
     return out, summary
 
 
@@ -290,7 +330,8 @@ def small_png(src: Path, dst: Path, width: int = 1100) -> None:
 def fill_number(dialog, name: str, value: int) -> None:
     """A param's number input (Chakra: the input is named by its +/- buttons)."""
     input_id = dialog.locator(f'[id="number-input:element_{name}:inc"]').get_attribute(
-        "aria-controls")
+        "aria-controls"
+    )
     box = dialog.locator(f'[id="{input_id}"]')
     box.fill(str(value))
     box.press("Tab")
@@ -335,8 +376,10 @@ def switch_state(dialog, name: str) -> str | None:
 def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, data_dir):
     t0 = airflow.started_at
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run bin/install-system-deps (installs Debian's "
-                    "chromium; Playwright cannot download a browser here)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: run bin/install-system-deps (installs Debian's "
+            "chromium; Playwright cannot download a browser here)"
+        )
     from playwright.sync_api import expect, sync_playwright
 
     source, summary = synthetic_source
@@ -386,19 +429,23 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
         run = airflow.wait_run(run_id, timeout=480)
         assert run.get("state") == "success", (
             f"run {run_id} ended {run.get('state')!r} (expected success):\n"
-            f"{airflow.failure_report(run_id)}\n{airflow.log_tails(10)}")
+            f"{airflow.failure_report(run_id)}\n{airflow.log_tails(10)}"
+        )
         finished = time.monotonic() - t0
 
         with s.step("run-success"):
             page.reload()
             # The run's state badge (the first "Success" in the page may be a hidden tooltip).
-            expect(page.get_by_text("Success", exact=True).filter(visible=True).first).to_be_visible()
+            expect(
+                page.get_by_text("Success", exact=True).filter(visible=True).first
+            ).to_be_visible()
             s.shot("run-success")
 
         manifest = json.loads((output / "manifest.json").read_text())
         seeds = {e.get("seed"): n for n, e in manifest["splits"].items()}
-        assert sorted(seeds) == list(SEEDS) and len(seeds) == len(manifest["splits"]), \
-            manifest["splits"].keys()  # the seeds typed in the form, and nothing else
+        assert sorted(seeds) == list(SEEDS) and len(seeds) == len(manifest["splits"]), manifest[
+            "splits"
+        ].keys()  # the seeds typed in the form, and nothing else
         split = seeds[SEED]
         entry = manifest["splits"][split]
         assert split == f"train{entry['num_examples']}.{SEED}"
@@ -418,16 +465,18 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
             expect(section.locator("svg.chart").first.locator("rect")).to_have_count(NUM_CLASSES)
             expect(frame.locator('[data-testid="source"]')).to_contain_text(str(source))
             expect(frame.locator('[data-testid="source"]')).to_contain_text(
-                f"{summary['train_records']:,}")
+                f"{summary['train_records']:,}"
+            )
             view_png = s.shot("manifest-view")
 
         with s.step("manifest-of-a-run-and-json"):
             # The view of one run's manifest, and the raw JSON, with the browser's session.
-            by_run = page.request.get(f"{airflow.url}/ssl-splits/",
-                                      params={"run_id": run_id})
+            by_run = page.request.get(f"{airflow.url}/ssl-splits/", params={"run_id": run_id})
             assert by_run.ok and f'data-split="{split}"' in by_run.text(), by_run.text()[:2000]
-            raw = page.request.get(f"{airflow.url}/ssl-splits/api/manifest",
-                                   params={"uri": str(output / "manifest.json")})
+            raw = page.request.get(
+                f"{airflow.url}/ssl-splits/api/manifest",
+                params={"uri": str(output / "manifest.json")},
+            )
             assert raw.ok and raw.json()["splits"][split]["num_examples"] == entry["num_examples"]
 
         frame = page.frame_locator('iframe[title="Splits"]')
@@ -463,7 +512,8 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
         run = airflow.wait_run(rebuild_run, timeout=480)
         assert run.get("state") == "success", (
             f"the rebuild run {rebuild_run} ended {run.get('state')!r}:\n"
-            f"{airflow.failure_report(rebuild_run)}\n{airflow.log_tails(10)}")
+            f"{airflow.failure_report(rebuild_run)}\n{airflow.log_tails(10)}"
+        )
         assert airflow.built(rebuild_run) == [split], airflow.built(rebuild_run)  # only that split
         rebuilt = json.loads((output / "manifest.json").read_text())
         new_entry = rebuilt["splits"][split]
@@ -497,7 +547,8 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
         run = airflow.wait_run(add_run, timeout=480)
         assert run.get("state") == "success", (
             f"the add-seeds run {add_run} ended {run.get('state')!r}:\n"
-            f"{airflow.failure_report(add_run)}\n{airflow.log_tails(10)}")
+            f"{airflow.failure_report(add_run)}\n{airflow.log_tails(10)}"
+        )
         new_split = f"{split_name}.{next_seed}"
         assert airflow.built(add_run) == [new_split], airflow.built(add_run)
         added = json.loads((output / "manifest.json").read_text())
@@ -519,29 +570,48 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
             big.write_text(json.dumps(imagenet_manifest(str(big.parent))))
             paints = []
             for _ in range(3):
-                page.goto(f"{airflow.url}/ssl-splits/?" + urllib.parse.urlencode({"uri": str(big)}),
-                          wait_until="load")
+                page.goto(
+                    f"{airflow.url}/ssl-splits/?" + urllib.parse.urlencode({"uri": str(big)}),
+                    wait_until="load",
+                )
                 page.wait_for_function("performance.getEntriesByType('paint').length > 0")
-                paints.append(page.evaluate(PAINT_JS.replace(
-                    "load: nav.loadEventEnd", "load: nav.loadEventEnd, server: Object.fromEntries("
-                    "nav.serverTiming.map(t => [t.name, t.duration]))")))
+                paints.append(
+                    page.evaluate(
+                        PAINT_JS.replace(
+                            "load: nav.loadEventEnd",
+                            "load: nav.loadEventEnd, server: Object.fromEntries("
+                            "nav.serverTiming.map(t => [t.name, t.duration]))",
+                        )
+                    )
+                )
             expect(page.locator("section.split")).to_have_count(7)
             big_fcp = sorted(p["fcp"] for p in paints)
             assert big_fcp[1] < 1000, f"first contentful paint {big_fcp} ms: {paints}"
 
     # The progress the build logged, its Beam metrics, and its extra links (REST API).
-    build_map = next(t["map_index"] for t in airflow.api(
-        f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances",
-        task_id="build")["task_instances"]
-        if t["task_id"] == "build" and t.get("rendered_map_index") == split)
+    build_map = next(
+        t["map_index"]
+        for t in airflow.api(
+            f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances",
+            task_id="build",
+        )["task_instances"]
+        if t["task_id"] == "build" and t.get("rendered_map_index") == split
+    )
     log = airflow.task_log(run_id, "build", build_map)
-    for needle in (f"{split}: starting: {entry['num_shards']} shards",
-                   (f"{split}: done: {entry['num_shards']}/{entry['num_shards']} shards, "
-                    f"{entry['num_examples']:,}/{entry['num_examples']:,} records"),
-                   f"{split}: metrics {{"):
+    for needle in (
+        f"{split}: starting: {entry['num_shards']} shards",
+        (
+            f"{split}: done: {entry['num_shards']}/{entry['num_shards']} shards, "
+            f"{entry['num_examples']:,}/{entry['num_examples']:,} records"
+        ),
+        f"{split}: metrics {{",
+    ):
         assert needle in log, f"the build task log lacks {needle!r}:\n{log[-3000:]}"
-    links = airflow.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-                        "/taskInstances/build/links", map_index=build_map)["extra_links"]
+    links = airflow.api(
+        f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        "/taskInstances/build/links",
+        map_index=build_map,
+    )["extra_links"]
     assert links.get("Output folder") == f"file://{output}", links
     assert "Dataflow Job" in links and not links["Dataflow Job"], links  # only on Dataflow
 
@@ -550,10 +620,20 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
         small_png(rebuild_png, DOCS_IMG / "rebuild-form.png")
         small_png(view_png, DOCS_IMG / "manifest-view.png")
     total = time.monotonic() - t0
-    (ARTIFACTS / "timings.json").write_text(json.dumps({
-        "db_migrate_s": round(airflow.migrate_s, 1), "airflow_ready_s": round(ready, 1), "triggered_s": round(triggered, 1),
-        "run_finished_s": round(finished, 1), "rebuild_triggered_s": round(rebuild_opened, 1),
-        "total_s": round(total, 1), "imagenet_view_paints": paints}, indent=1))
+    (ARTIFACTS / "timings.json").write_text(
+        json.dumps(
+            {
+                "db_migrate_s": round(airflow.migrate_s, 1),
+                "airflow_ready_s": round(ready, 1),
+                "triggered_s": round(triggered, 1),
+                "run_finished_s": round(finished, 1),
+                "rebuild_triggered_s": round(rebuild_opened, 1),
+                "total_s": round(total, 1),
+                "imagenet_view_paints": paints,
+            },
+            indent=1,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- the view, fast
@@ -563,33 +643,70 @@ def _manifest(num_classes: int = 1000, shards: int = 102) -> dict[str, Any]:
     per_shard = [1257 if i < 4 else 1256 for i in range(shards)]
     counts = {f"n{i:08d}": 128 + (i % 3) for i in range(num_classes)}
     return {
-        "schema_version": 1, "output_uri": "gs://b/ssl", "updated_at": "2026-11-24T10:00:00+00:00",
-        "source": {"uri": "gs://b/imagenet", "fingerprint": "f" * 64, "num_records": 1281167,
-                   "num_shards": 1024, "num_classes": 1000,
-                   "files": [{"name": "train-00000-of-01024", "size": 10}]},
+        "schema_version": 1,
+        "output_uri": "gs://b/ssl",
+        "updated_at": "2026-11-24T10:00:00+00:00",
+        "source": {
+            "uri": "gs://b/imagenet",
+            "fingerprint": "f" * 64,
+            "num_records": 1281167,
+            "num_shards": 1024,
+            "num_classes": 1000,
+            "files": [{"name": "train-00000-of-01024", "size": 10}],
+        },
         "splits": {
             "train128116.2": {
-                "kind": "supervised", "seed": 2, "fraction": "0.1", "sampling": "stratified",
-                "num_examples": sum(per_shard), "num_shards": shards,
+                "kind": "supervised",
+                "seed": 2,
+                "fraction": "0.1",
+                "sampling": "stratified",
+                "num_examples": sum(per_shard),
+                "num_shards": shards,
                 "file_pattern": "gs://b/ssl/train128116.2-*-of-00102",
-                "shards": [{"path": f"gs://b/ssl/train128116.2-{i:05d}-of-{shards:05d}",
-                            "num_records": n, "num_bytes": n * 110_000, "crc32c": "0a0b0c0d"}
-                           for i, n in enumerate(per_shard)],
+                "shards": [
+                    {
+                        "path": f"gs://b/ssl/train128116.2-{i:05d}-of-{shards:05d}",
+                        "num_records": n,
+                        "num_bytes": n * 110_000,
+                        "crc32c": "0a0b0c0d",
+                    }
+                    for i, n in enumerate(per_shard)
+                ],
                 "class_counts": counts,
-                "plan": {"uri": "gs://b/ssl/_work/plans/p.csv", "sha256": "a" * 64,
-                         "source": "computed", "algorithm": "v1"},
-                "verification": {"mode": "shallow", "verified_at": "2026-11-24T09:00:00+00:00",
-                                 "report_uri": "gs://b/ssl/_work/verify/x.json"},
-                "provenance": {"runner": "DataflowRunner", "job_id": "2026-11-24_01_02_03-123",
-                               "run_id": "manual__x", "built_at": "2026-11-24T08:00:00+00:00",
-                               "bytes_read": 14_000_000_000},
+                "plan": {
+                    "uri": "gs://b/ssl/_work/plans/p.csv",
+                    "sha256": "a" * 64,
+                    "source": "computed",
+                    "algorithm": "v1",
+                },
+                "verification": {
+                    "mode": "shallow",
+                    "verified_at": "2026-11-24T09:00:00+00:00",
+                    "report_uri": "gs://b/ssl/_work/verify/x.json",
+                },
+                "provenance": {
+                    "runner": "DataflowRunner",
+                    "job_id": "2026-11-24_01_02_03-123",
+                    "run_id": "manual__x",
+                    "built_at": "2026-11-24T08:00:00+00:00",
+                    "bytes_read": 14_000_000_000,
+                },
             },
             "validation": {
-                "kind": "validation", "num_examples": 50000, "num_shards": 128,
-                "file_pattern": "gs://b/ssl/validation-*-of-00128", "copied_from": "gs://b/imagenet",
-                "shards": [{"path": f"gs://b/ssl/validation-{i:05d}-of-00128",
-                            "num_records": 390 + (i < 80), "num_bytes": 1, "crc32c": "00000000"}
-                           for i in range(128)],
+                "kind": "validation",
+                "num_examples": 50000,
+                "num_shards": 128,
+                "file_pattern": "gs://b/ssl/validation-*-of-00128",
+                "copied_from": "gs://b/imagenet",
+                "shards": [
+                    {
+                        "path": f"gs://b/ssl/validation-{i:05d}-of-00128",
+                        "num_records": 390 + (i < 80),
+                        "num_bytes": 1,
+                        "crc32c": "00000000",
+                    }
+                    for i in range(128)
+                ],
             },
         },
         "provenance": {"run_id": "manual__x", "code_version": "0.1.0"},
@@ -607,7 +724,9 @@ def test_the_plugin_adds_an_app_and_a_nav_view():
     (view,) = plugin.external_views
     assert view["href"] == "/ssl-splits/" and view["destination"] == "nav"
     assert view["url_route"] == "ssl-splits"
-    assert (Path(ui.STATIC) / "icon.svg").exists() and (Path(ui.TEMPLATES) / "manifest.html").exists()
+    assert (Path(ui.STATIC) / "icon.svg").exists() and (
+        Path(ui.TEMPLATES) / "manifest.html"
+    ).exists()
 
 
 def test_the_page_shows_splits_counts_charts_and_source():
@@ -615,10 +734,14 @@ def test_the_page_shows_splits_counts_charts_and_source():
 
     page = ui.render_page(uri="gs://b/ssl/manifest.json", doc=_manifest())
     row = re.search(r'<tr data-split="train128116.2">(.*?)</tr>', page, re.S).group(1)
-    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    cells = [
+        re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    ]
     assert cells[:7] == ["train128116.2", "supervised", "2", "0.1", "stratified", "128,116", "102"]
     assert cells[8] == "1,256..1,257 (mean 1,256.0)"
-    section = page.split('<section class="split" id="split-train128116-2"', 1)[1].split("</section>")[0]
+    section = page.split('<section class="split" id="split-train128116-2"', 1)[1].split(
+        "</section>"
+    )[0]
     charts = re.findall(r'<svg class="chart".*?</svg>', section, re.S)
     # 1,000 classes: a histogram of the classes by their number of examples (128, 129,
     # 130: one bin each), not 1,000 bars; the extremes named.
@@ -626,10 +749,13 @@ def test_the_page_shows_splits_counts_charts_and_source():
     assert "128 examples: 334 classes" in charts[0] and "130 examples: 333 classes" in charts[0]
     assert "train128116.2-00101-of-00102: 1,256 records" in charts[1]
     assert "1,000 classes, 128..130" in section and 'data-kind="histogram"' in section
-    extremes = re.sub(r"<[^>]+>", "", re.search(
-        r'data-testid="class-extremes">(.*?)</p>', section, re.S).group(1))
-    assert extremes == ("Fewest: n00000000 128, n00000003 128, n00000006 128 · "
-                        "most: n00000002 130, n00000005 130, n00000008 130"), extremes
+    extremes = re.sub(
+        r"<[^>]+>", "", re.search(r'data-testid="class-extremes">(.*?)</p>', section, re.S).group(1)
+    )
+    assert extremes == (
+        "Fewest: n00000000 128, n00000003 128, n00000006 128 · "
+        "most: n00000002 130, n00000005 130, n00000008 130"
+    ), extremes
     validation = page.split('id="split-validation"', 1)[1].split("</section>")[0]
     assert validation.count('<svg class="chart"') == 1  # no class counts: shards only
     assert "gs://b/imagenet" in page and "1,281,167 in 1,024 shards" in page
@@ -649,18 +775,24 @@ def test_the_page_escapes_what_the_manifest_says():
     entry = doc["splits"].pop("train128116.2")
     entry["class_counts"] = {"<img src=x onerror=alert(1)>": 1}
     doc["splits"]["<script>alert(1)</script>"] = entry
-    page = ui.render_page(uri='gs://b/"><script>x</script>.json', doc=doc,
-                          error="<b>not bold</b>")
+    page = ui.render_page(uri='gs://b/"><script>x</script>.json', doc=doc, error="<b>not bold</b>")
     assert "<script>alert(1)</script>" not in page and "<script>x</script>" not in page
     assert "<img src=x" not in page and "<b>not bold</b>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
-@pytest.mark.parametrize("uri, ok", [
-    ("gs://b/ssl/manifest.json", True), ("/data/ssl/manifest.json", True),
-    ("relative/manifest.json", False), ("/etc/passwd", False), ("http://h/manifest.json", False),
-    ("/data/../etc/x.json", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "uri, ok",
+    [
+        ("gs://b/ssl/manifest.json", True),
+        ("/data/ssl/manifest.json", True),
+        ("relative/manifest.json", False),
+        ("/etc/passwd", False),
+        ("http://h/manifest.json", False),
+        ("/data/../etc/x.json", False),
+        ("", False),
+    ],
+)
 def test_only_manifest_uris_are_read(uri, ok):
     import ssl_splits_ui as ui
 
@@ -697,12 +829,19 @@ def _imagenet_page() -> tuple[dict[str, Any], str, dict[str, float]]:
 def test_the_view_renders_an_imagenet_sized_manifest_fast_and_readable():
     doc, page, timing = _imagenet_page()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "imagenet-view-render.json").write_text(json.dumps(
-        {**{k: round(v, 4) for k, v in timing.items()}, "html_bytes": len(page)}, indent=1))
+    (ARTIFACTS / "imagenet-view-render.json").write_text(
+        json.dumps(
+            {**{k: round(v, 4) for k, v in timing.items()}, "html_bytes": len(page)}, indent=1
+        )
+    )
     assert timing["render_s"] < 0.25, timing  # measured ~0.03 s on 2 cores
     assert len(page) < 300_000, f"the page is {len(page):,} bytes"  # 0.96 MB with every bar drawn
-    sections = {m.group(1): m.group(2) for m in re.finditer(
-        r'<section class="split" id="[^"]+" data-split="([^"]+)">(.*?)</section>', page, re.S)}
+    sections = {
+        m.group(1): m.group(2)
+        for m in re.finditer(
+            r'<section class="split" id="[^"]+" data-split="([^"]+)">(.*?)</section>', page, re.S
+        )
+    }
     assert set(sections) == set(doc["splits"])
     for name, section in sections.items():
         charts = re.findall(r'<svg class="chart".*?</svg>', section, re.S)
@@ -727,8 +866,10 @@ class _PageServer:
         import http.server
         import threading
 
-        body = {"/ssl-splits/": (page.encode(), "text/html; charset=utf-8"),
-                "/ssl-splits/api/manifest": (json.dumps(doc).encode(), "application/json")}
+        body = {
+            "/ssl-splits/": (page.encode(), "text/html; charset=utf-8"),
+            "/ssl-splits/api/manifest": (json.dumps(doc).encode(), "application/json"),
+        }
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -791,10 +932,17 @@ def test_the_view_of_an_imagenet_sized_manifest_paints_within_a_second():
         server.close()
     fcp = [p["fcp"] for p in paints]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "imagenet-view-paint.json").write_text(json.dumps(
-        {"first_contentful_paint_ms": fcp, "navigations": paints,
-         "open_train_shards_s": round(opened, 3),
-         **{k: round(v, 4) for k, v in timing.items()}}, indent=1))
+    (ARTIFACTS / "imagenet-view-paint.json").write_text(
+        json.dumps(
+            {
+                "first_contentful_paint_ms": fcp,
+                "navigations": paints,
+                "open_train_shards_s": round(opened, 3),
+                **{k: round(v, 4) for k, v in timing.items()},
+            },
+            indent=1,
+        )
+    )
     assert all(f is not None for f in fcp), paints
     assert max(fcp) < 1000, f"first contentful paint {fcp} ms (the first: a fresh browser)"
     assert opened < 5, f"listing 1,024 shards took {opened:.1f} s"

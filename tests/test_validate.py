@@ -53,7 +53,7 @@ def walk(data: bytes) -> list[tuple[int, bytes]]:
     out, pos = [], 0
     while pos < len(data):
         (length,) = struct.unpack_from("<Q", data, pos)
-        out.append((pos, data[pos:pos + length + 16]))
+        out.append((pos, data[pos : pos + length + 16]))
         pos += length + 16
     assert pos == len(data)
     return out
@@ -74,8 +74,15 @@ def rewrite_record(path: Path, index: int, mutate) -> int:
 
 
 def run_job(source, catalog_dir, *extra: str) -> dict:
-    return validate.run([f"--source_uri={source}", f"--catalog_dir={catalog_dir}",
-                         "--num_classes=10", *FAST, *extra])
+    return validate.run(
+        [
+            f"--source_uri={source}",
+            f"--catalog_dir={catalog_dir}",
+            "--num_classes=10",
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 def read_report(catalog_dir) -> dict:
@@ -152,8 +159,10 @@ def test_report_counts_and_histogram(good_run, small_source):
     want_hist = Counter(lay.classes[c].label for s in lay.train for _, c in s)
     assert report["class_histogram"] == {str(k): v for k, v in sorted(want_hist.items())}
     assert report["synsets"] == {str(c.label): c.synset for c in lay.classes}
-    sizes = {str(shard(small_source, i)): (shard(small_source, i).stat().st_size, len(s))
-             for i, s in enumerate(lay.train)}
+    sizes = {
+        str(shard(small_source, i)): (shard(small_source, i).stat().st_size, len(s))
+        for i, s in enumerate(lay.train)
+    }
     assert [(s["path"], s["size"], s["records"], s["bad_records"]) for s in report["shards"]] == [
         (p, size, n, 0) for p, (size, n) in sizes.items()
     ]
@@ -217,8 +226,10 @@ def duplicate_filename(src: Path):
     first_offset = walk(first.read_bytes())[2][0]
     second = shard(src, 5)
     second_offset = rewrite_record(second, 0, lambda f: f.update({"image/filename": [name]}))
-    text = (f"{name.decode()} appears 2 times: {first} at byte offset {first_offset}; "
-            f"{second} at byte offset {second_offset}")
+    text = (
+        f"{name.decode()} appears 2 times: {first} at byte offset {first_offset}; "
+        f"{second} at byte offset {second_offset}"
+    )
     return "duplicate_filename", first, first_offset, text
 
 
@@ -282,11 +293,22 @@ def index_beyond_count(src: Path):
     return "bad_name", path, None, "shard index 8 is not below its count 8"
 
 
-BAD_SOURCES = [flip_data_byte, truncate_last_record, drop_filename, duplicate_filename,
-               label_too_high, label_zero, second_synset_for_a_label, empty_folder,
-               stray_text_file, shard_of_another_prefix, garbage_with_shard_name, missing_shard,
-               shard_count_disagrees,
-               index_beyond_count]
+BAD_SOURCES = [
+    flip_data_byte,
+    truncate_last_record,
+    drop_filename,
+    duplicate_filename,
+    label_too_high,
+    label_zero,
+    second_synset_for_a_label,
+    empty_folder,
+    stray_text_file,
+    shard_of_another_prefix,
+    garbage_with_shard_name,
+    missing_shard,
+    shard_count_disagrees,
+    index_beyond_count,
+]
 
 
 @pytest.mark.parametrize("damage", BAD_SOURCES, ids=lambda f: f.__name__)
@@ -346,8 +368,12 @@ def test_many_problems_are_counted_and_examples_capped(source_copy, tmp_path):
 
 def test_cli_good_source_default_options(small_source, tmp_path):
     """As users run it: no Beam flags (DirectRunner, one worker process per core)."""
-    proc = run_module("beam_jobs.validate", f"--source_uri={small_source}",
-                      f"--catalog_dir={tmp_path}", "--num_classes=10")
+    proc = run_module(
+        "beam_jobs.validate",
+        f"--source_uri={small_source}",
+        f"--catalog_dir={tmp_path}",
+        "--num_classes=10",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     total = layout(spec_of(small_source)).train_total
     assert f"source {small_source}: VALID" in proc.stdout
@@ -357,8 +383,13 @@ def test_cli_good_source_default_options(small_source, tmp_path):
 
 def test_cli_bad_source_exits_1_naming_file_and_offset(source_copy, tmp_path):
     _, path, offset, _ = flip_data_byte(source_copy)
-    proc = run_module("beam_jobs.validate", f"--source_uri={source_copy}",
-                      f"--catalog_dir={tmp_path}", "--num_classes=10", *FAST)
+    proc = run_module(
+        "beam_jobs.validate",
+        f"--source_uri={source_copy}",
+        f"--catalog_dir={tmp_path}",
+        "--num_classes=10",
+        *FAST,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"source {source_copy}: INVALID" in proc.stdout
     assert f"{path} at byte offset {offset}: data_crc" in proc.stdout
@@ -401,7 +432,7 @@ def test_gcs_source_and_catalog(small_source, gcs_bucket):
     with storage.RangeReader(generations) as reader:
         for r in rows[::7]:
             got = reader.read(r["file"], r["offset"], r["length"])
-            want = local[storage.basename(r["file"])][r["offset"]:r["offset"] + r["length"]]
+            want = local[storage.basename(r["file"])][r["offset"] : r["offset"] + r["length"]]
             assert got == want
             assert parse_image_record(got[12:-4]).filename == r["filename"]
 
@@ -434,27 +465,39 @@ def test_validate_shard_transform(source_copy, tmp_path):
     parts = str(tmp_path / "parts")
     elements = [_element(shard(source_copy, i), i) for i in range(8)]
     expected = [
-        (i, len(s) - (1 if i == 2 else 0), 1 if i == 2 else 0,
-         ["data_crc"] if i == 2 else [])
+        (i, len(s) - (1 if i == 2 else 0), 1 if i == 2 else 0, ["data_crc"] if i == 2 else [])
         for i, s in enumerate(lay.train)
     ]
     with test_pipeline.TestPipeline() as p:
-        out = (p | beam.Create(elements)
-               | beam.ParDo(ValidateShard(parts, Checks(1, 10), 8)))
+        out = p | beam.Create(elements) | beam.ParDo(ValidateShard(parts, Checks(1, 10), 8))
         assert_that(
-            out | "Counts" >> beam.Map(lambda s: (s["index"], s["records"], s["bad_records"],
-                                                  sorted(s["problems"]))),
-            equal_to(expected), label="CheckCounts")
+            out
+            | "Counts"
+            >> beam.Map(
+                lambda s: (s["index"], s["records"], s["bad_records"], sorted(s["problems"]))
+            ),
+            equal_to(expected),
+            label="CheckCounts",
+        )
         assert_that(
-            out | "Offsets" >> beam.FlatMap(
-                lambda s: [(ex["file"], ex["offset"]) for e in s["problems"].values()
-                           for ex in e["examples"]]),
-            equal_to([(str(bad_path), bad_offset)]), label="CheckWhere")
+            out
+            | "Offsets"
+            >> beam.FlatMap(
+                lambda s: [
+                    (ex["file"], ex["offset"])
+                    for e in s["problems"].values()
+                    for ex in e["examples"]
+                ]
+            ),
+            equal_to([(str(bad_path), bad_offset)]),
+            label="CheckWhere",
+        )
         # labels of good records, summed over shards (shard 2 lost one)
         assert_that(
-            out | "Labels" >> beam.FlatMap(lambda s: s["labels"].items())
-            | beam.CombinePerKey(sum),
-            equal_to(_labels_without_bad(lay)), label="CheckLabels")
+            out | "Labels" >> beam.FlatMap(lambda s: s["labels"].items()) | beam.CombinePerKey(sum),
+            equal_to(_labels_without_bad(lay)),
+            label="CheckLabels",
+        )
     # Each shard wrote its catalog part with one row per good record.
     for i, (_, n_ok, _, _) in enumerate(expected):
         assert read_arrow(f"{parts}/part-{i:05d}.arrow").num_rows == n_ok
@@ -475,19 +518,35 @@ def test_validate_shard_label_check_transform(small_source, tmp_path):
     path = shard(small_source, 0)
     lay = layout(spec_of(small_source))
     offsets = [o for o, _ in walk(path.read_bytes())]
-    want_bad = [(str(path), offsets[k]) for k, (_, c) in enumerate(lay.train[0])
-                if lay.classes[c].label > 5][:validate.EXAMPLES_PER_KIND]
+    want_bad = [
+        (str(path), offsets[k]) for k, (_, c) in enumerate(lay.train[0]) if lay.classes[c].label > 5
+    ][: validate.EXAMPLES_PER_KIND]
     n_bad = sum(lay.classes[c].label > 5 for _, c in lay.train[0])
     assert 0 < n_bad < len(lay.train[0])
     with test_pipeline.TestPipeline() as p:
-        out = (p | beam.Create([_element(path, 0)])
-               | beam.ParDo(ValidateShard(str(tmp_path), Checks(1, 5), 1)))
-        assert_that(out | beam.Map(lambda s: (s["records"], s["bad_records"],
-                                              s["problems"]["label_range"]["count"])),
-                    equal_to([(len(lay.train[0]) - n_bad, n_bad, n_bad)]), label="Counts")
-        assert_that(out | beam.FlatMap(lambda s: [(e["file"], e["offset"]) for e in
-                                                  s["problems"]["label_range"]["examples"]]),
-                    equal_to(want_bad), label="Where")
+        out = (
+            p
+            | beam.Create([_element(path, 0)])
+            | beam.ParDo(ValidateShard(str(tmp_path), Checks(1, 5), 1))
+        )
+        assert_that(
+            out
+            | beam.Map(
+                lambda s: (s["records"], s["bad_records"], s["problems"]["label_range"]["count"])
+            ),
+            equal_to([(len(lay.train[0]) - n_bad, n_bad, n_bad)]),
+            label="Counts",
+        )
+        assert_that(
+            out
+            | beam.FlatMap(
+                lambda s: [
+                    (e["file"], e["offset"]) for e in s["problems"]["label_range"]["examples"]
+                ]
+            ),
+            equal_to(want_bad),
+            label="Where",
+        )
 
 
 def test_validate_shard_notices_a_file_that_changed_size(small_source, tmp_path):
@@ -513,9 +572,20 @@ def tfds_source(tmp_path_factory) -> Path:
     from beam_jobs.synthetic import generate
 
     out = tmp_path_factory.mktemp("tfds_source")
-    generate(Spec(num_classes=10, min_per_class=30, max_per_class=50, train_shards=8,
-                  validation_shards=2, validation_per_class=4, seed=7,
-                  layout="tfds:imagenet2012"), str(out), workers=1)
+    generate(
+        Spec(
+            num_classes=10,
+            min_per_class=30,
+            max_per_class=50,
+            train_shards=8,
+            validation_shards=2,
+            validation_per_class=4,
+            seed=7,
+            layout="tfds:imagenet2012",
+        ),
+        str(out),
+        workers=1,
+    )
     return out
 
 
@@ -530,29 +600,36 @@ def test_tfds_source_is_detected_and_validated(tfds_source, good_run, tmp_path):
     assert report["ok"] and report["layout"] == "tfds:imagenet2012"
     assert report["checks"] == {"label_min": 0, "label_max": 9}
     assert [Path(s["path"]).name for s in report["shards"]] == [
-        tfds_shard(tfds_source, i).name for i in range(8)]
+        tfds_shard(tfds_source, i).name for i in range(8)
+    ]
     # The same records as the common layout's (same spec), labels one lower, and the
     # classes' synsets from the source's label.labels.txt.
     common_report, common_dir = good_run
     tfds_rows = read_catalog(str(tmp_path / "catalog")).to_pylist()
     common_rows = read_catalog(str(common_dir)).to_pylist()
-    assert sorted((r["filename"], r["label"] + 1, r["record"]) for r in tfds_rows) == \
-        sorted((r["filename"], r["label"], r["record"]) for r in common_rows)
-    assert {int(k) + 1: v for k, v in report["synsets"].items()} == \
-        {int(k): v for k, v in common_report["synsets"].items()}
-    assert report["class_histogram"] == {str(int(k) - 1): v for k, v in
-                                         common_report["class_histogram"].items()}
+    assert sorted((r["filename"], r["label"] + 1, r["record"]) for r in tfds_rows) == sorted(
+        (r["filename"], r["label"], r["record"]) for r in common_rows
+    )
+    assert {int(k) + 1: v for k, v in report["synsets"].items()} == {
+        int(k): v for k, v in common_report["synsets"].items()
+    }
+    assert report["class_histogram"] == {
+        str(int(k) - 1): v for k, v in common_report["class_histogram"].items()
+    }
     with storage.RangeReader() as reader:
         for r in tfds_rows[:50]:
             rec = reader.read(r["file"], r["offset"], r["length"])[12:-4]
             assert parse_image_record(rec, TFDS_KEYS).filename == r["filename"]
 
 
-@pytest.mark.parametrize("damage, kind, where", [
-    (lambda f: f.update({"label": [10]}), "label_range", "label 10 is outside 0..9"),
-    (lambda f: f.pop("file_name"), "missing_feature", "no 'file_name' feature"),
-    (lambda f: f.update({"image": [b""]}), "empty_image", "'image' is empty"),
-])
+@pytest.mark.parametrize(
+    "damage, kind, where",
+    [
+        (lambda f: f.update({"label": [10]}), "label_range", "label 10 is outside 0..9"),
+        (lambda f: f.pop("file_name"), "missing_feature", "no 'file_name' feature"),
+        (lambda f: f.update({"image": [b""]}), "empty_image", "'image' is empty"),
+    ],
+)
 def test_tfds_bad_records_fail_naming_file_and_offset(tfds_source, tmp_path, damage, kind, where):
     src = tmp_path / "src"
     shutil.copytree(tfds_source, src)
@@ -603,13 +680,27 @@ def test_validate_shard_transform_with_tfds_keys(tfds_source, tmp_path):
     elements = [_element(tfds_shard(tfds_source, i), i) for i in range(2)]
     want = [(i, len(lay.train[i]), 0) for i in range(2)]
     with test_pipeline.TestPipeline() as p:
-        out = (p | beam.Create(elements)
-               | beam.ParDo(ValidateShard(str(tmp_path), Checks(0, 9, TFDS_KEYS), 2)))
-        assert_that(out | beam.Map(lambda s: (s["index"], s["records"], s["bad_records"])),
-                    equal_to(want), label="Counts")
-        assert_that(out | beam.FlatMap(lambda s: s["labels"].items()) | beam.CombinePerKey(sum),
-                    equal_to(list(Counter(lay.classes[c].label - 1 for i in range(2)
-                                          for _, c in lay.train[i]).items())), label="Labels")
+        out = (
+            p
+            | beam.Create(elements)
+            | beam.ParDo(ValidateShard(str(tmp_path), Checks(0, 9, TFDS_KEYS), 2))
+        )
+        assert_that(
+            out | beam.Map(lambda s: (s["index"], s["records"], s["bad_records"])),
+            equal_to(want),
+            label="Counts",
+        )
+        assert_that(
+            out | beam.FlatMap(lambda s: s["labels"].items()) | beam.CombinePerKey(sum),
+            equal_to(
+                list(
+                    Counter(
+                        lay.classes[c].label - 1 for i in range(2) for _, c in lay.train[i]
+                    ).items()
+                )
+            ),
+            label="Labels",
+        )
     names = read_arrow(f"{tmp_path}/part-00000.arrow").column("filename").to_pylist()
     assert names == [n for n, _ in lay.train[0]]
 
@@ -626,17 +717,23 @@ def test_validate_source_transform(source_copy, tmp_path):
     catalog = str(tmp_path / "catalog")
     fp = fingerprint(list_files(f"{source_copy}/train-*"))
     with test_pipeline.TestPipeline() as p:
-        out = (p | beam.Create(elements)
-               | ValidateSource(catalog, str(source_copy), elements, fp, None, Checks(1, 10))
-               | beam.Map(lambda r: (r["ok"], r["total_records"], r["num_shards"])))
+        out = (
+            p
+            | beam.Create(elements)
+            | ValidateSource(catalog, str(source_copy), elements, fp, None, Checks(1, 10))
+            | beam.Map(lambda r: (r["ok"], r["total_records"], r["num_shards"]))
+        )
         assert_that(out, equal_to([(True, sum(len(s) for s in lay.train), 8)]))
     assert read_catalog(catalog).num_rows == sum(len(s) for s in lay.train)
     # The same records twice (shard 0 copied over shard 1): invalid, no catalog.
     (source_copy / shard(source_copy, 1).name).write_bytes(shard(source_copy, 0).read_bytes())
     elements = [_element(shard(source_copy, i), i) for i in range(8)]
     with test_pipeline.TestPipeline() as p:
-        out = (p | beam.Create(elements)
-               | ValidateSource(catalog, str(source_copy), elements, fp, None, Checks(1, 10))
-               | beam.Map(lambda r: (r["ok"], sorted(r["problems"]))))
+        out = (
+            p
+            | beam.Create(elements)
+            | ValidateSource(catalog, str(source_copy), elements, fp, None, Checks(1, 10))
+            | beam.Map(lambda r: (r["ok"], sorted(r["problems"])))
+        )
         assert_that(out, equal_to([(False, ["duplicate_filename"])]))
     assert not (tmp_path / "catalog" / "catalog.parquet").exists()

@@ -49,7 +49,7 @@ def framed_records(path: str) -> list[bytes]:
     """The whole framed records of a TFRecord file, in order."""
     data = storage.read_bytes(path)
     with storage.open_read(path) as f:
-        return [data[item.offset:item.offset + item.length] for item in iter_framed(f, path)]
+        return [data[item.offset : item.offset + item.length] for item in iter_framed(f, path)]
 
 
 def write_framed(path: str, records: list[bytes]) -> None:
@@ -65,8 +65,11 @@ def refuses_to_publish(run: bs.Run) -> None:
     before = storage.read_bytes(run.manifest_uri) if storage.exists(run.manifest_uri) else None
     published = storage.list_files(storage.join(run.output_uri, "train*"))
     versions = storage.list_tree(versions_folder(run.manifest_uri))
-    with pytest.raises(TaskError, match=rf"{SPLIT} (failed verification|has no verification "
-                                        r"report): not publishing it"):
+    with pytest.raises(
+        TaskError,
+        match=rf"{SPLIT} (failed verification|has no verification "
+        r"report): not publishing it",
+    ):
         bs.publish(run, "manual__tampered")
     after = storage.read_bytes(run.manifest_uri) if storage.exists(run.manifest_uri) else None
     assert after == before
@@ -145,13 +148,14 @@ def same_size_foreign(records: list[bytes], donor: bytes, i: int = 2) -> list[by
     n = len(records[i]) - 16
     payload = (donor[12:-4] * (n // max(1, len(donor) - 16) + 1))[:n]
     assert frame(payload) != records[i]
-    return records[:i] + [frame(payload)] + records[i + 1:]
+    return records[:i] + [frame(payload)] + records[i + 1 :]
 
 
 def foreign_record_same_size(run):
     path = staged(run)
-    write_framed(path, same_size_foreign(framed_records(path),
-                                         framed_records(staged(run, 0, OTHER))[0]))
+    write_framed(
+        path, same_size_foreign(framed_records(path), framed_records(staged(run, 0, OTHER))[0])
+    )
 
 
 def drop_record(run):
@@ -186,9 +190,11 @@ def delete_shard(run):
 
 SHARD1 = rf".*{re.escape(SPLIT)}-00001-of-00003"
 SIZE = rf"{SPLIT}: shard 1 is \d+ bytes, its planned records make \d+: {SHARD1}"
-CRC = (rf"{SPLIT}: shard 1 CRC32C is [0-9a-f]{{8}} in storage, its planned records give "
-       rf"[0-9a-f]{{8}} \(a record is out of place, changed or not planned; deep_verify: always "
-       rf"names it\): {SHARD1}")
+CRC = (
+    rf"{SPLIT}: shard 1 CRC32C is [0-9a-f]{{8}} in storage, its planned records give "
+    rf"[0-9a-f]{{8}} \(a record is out of place, changed or not planned; deep_verify: always "
+    rf"names it\): {SHARD1}"
+)
 DAMAGE = {
     "two records swapped": (swap_records, CRC),
     "a record of another split": (foreign_record, f"({SIZE}|{CRC})"),
@@ -196,8 +202,10 @@ DAMAGE = {
     "a record dropped": (drop_record, SIZE),
     "a record duplicated": (duplicate_record, f"({SIZE}|{CRC})"),
     "one byte flipped": (flip_byte, CRC),
-    "a stray shard": (add_stray_shard,
-                      rf"{SPLIT}: stray file .*/{SPLIT}-00003-of-00004 among the staged shards"),
+    "a stray shard": (
+        add_stray_shard,
+        rf"{SPLIT}: stray file .*/{SPLIT}-00003-of-00004 among the staged shards",
+    ),
     "a missing shard": (delete_shard, rf"{SPLIT}: shard 1 is missing: {SHARD1}"),
 }
 
@@ -208,8 +216,9 @@ def test_exact_check_catches(run, damage):
     tamper(run)
     with pytest.raises(VerificationFailed, match=rf"{SPLIT}: verification FAILED") as err:
         bs.verify(run, SPLIT, deep=False)
-    assert any(re.fullmatch(finding, line.strip()) for line in str(err.value).splitlines()), \
-        str(err.value)
+    assert any(re.fullmatch(finding, line.strip()) for line in str(err.value).splitlines()), str(
+        err.value
+    )
     report = json.loads(storage.read_text(report_uri(run.work_uri, SPLIT)))
     assert report["ok"] is False and report["num_findings"] >= 1 and report["shards"] == []
     refuses_to_publish(run)
@@ -222,8 +231,11 @@ def test_a_build_that_recorded_other_bytes_than_it_wrote_is_caught(run):
     st = json.loads(storage.read_text(spath))
     st["shards"][SHARD]["crc32c"] = "00000000"
     storage.write_text(spath, json.dumps(st))
-    with pytest.raises(VerificationFailed, match=rf"{SPLIT}: shard 1 is as planned but the build "
-                                                 r"recorded \d+ bytes, CRC32C 00000000"):
+    with pytest.raises(
+        VerificationFailed,
+        match=rf"{SPLIT}: shard 1 is as planned but the build "
+        r"recorded \d+ bytes, CRC32C 00000000",
+    ):
         bs.verify(run, SPLIT, deep=False)
 
 
@@ -235,10 +247,14 @@ def test_the_check_uses_the_current_catalog(run):
     table = read_table(catalog)
     record = framed_records(staged(run))[3]
     name = parse_features(record[12:-4])["image/filename"][0].decode()
-    crcs = pc.if_else(pc.equal(table.column("filename"), name),
-                      pa.scalar(12345, pa.uint32()), table.column("data_crc"))
-    write_table(catalog, table.set_column(table.schema.get_field_index("data_crc"), "data_crc",
-                                          crcs))
+    crcs = pc.if_else(
+        pc.equal(table.column("filename"), name),
+        pa.scalar(12345, pa.uint32()),
+        table.column("data_crc"),
+    )
+    write_table(
+        catalog, table.set_column(table.schema.get_field_index("data_crc"), "data_crc", crcs)
+    )
     with pytest.raises(VerificationFailed, match=rf"{SPLIT}: shard 1 CRC32C is"):
         bs.verify(run, SPLIT, deep=False)
 
@@ -271,8 +287,11 @@ def corrupt_record_data(run):
     return rf"{SPLIT}: shard 1 record 0: .*data_crc: data CRC32C mismatch"
 
 
-@pytest.mark.parametrize("tamper", [swap_named, reencode_record, corrupt_record_data],
-                         ids=["records reordered", "record re-encoded", "record corrupt"])
+@pytest.mark.parametrize(
+    "tamper",
+    [swap_named, reencode_record, corrupt_record_data],
+    ids=["records reordered", "record re-encoded", "record corrupt"],
+)
 def test_the_deep_check_names_the_record(run, tamper, monkeypatch):
     """With the exact check's verdict set aside, the deep job alone finds the
     record at fault (it runs after the exact check passes)."""
@@ -296,11 +315,16 @@ def test_deep_check_dofn_reports_each_shard(run):
 
     st = stats(run)
     flip_byte(run)  # shard 1 now differs from what the build recorded
-    elements = [{"path": s["staged"], "shard": i, "crc32c": s["crc32c"]}
-                for i, s in enumerate(st["shards"])]
+    elements = [
+        {"path": s["staged"], "shard": i, "crc32c": s["crc32c"]} for i, s in enumerate(st["shards"])
+    ]
     with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(bs.BEAM)) as p:
-        out = (p | beam.Create(elements) | DeepVerify(SPLIT, None, 3)
-               | beam.Map(lambda r: (r["shard"], r["num_records"], len(r["findings"]) > 0)))
+        out = (
+            p
+            | beam.Create(elements)
+            | DeepVerify(SPLIT, None, 3)
+            | beam.Map(lambda r: (r["shard"], r["num_records"], len(r["findings"]) > 0))
+        )
         assert_that(out, equal_to([(0, 33, False), (1, 32, True), (2, 32, False)]))
 
 
@@ -310,12 +334,17 @@ def test_deep_check_dofn_reports_each_shard(run):
 def test_a_failed_verification_leaves_no_earlier_ok_report_behind(run):
     assert bs.verify(run, SPLIT)["ok"]
     other = run.spec(OTHER)["plan_uri"]
-    args = [a if not a.startswith("--plan_uri=") else f"--plan_uri={other}"
-            for a in bs.job_args(run, run.spec(SPLIT))]
+    args = [
+        a if not a.startswith("--plan_uri=") else f"--plan_uri={other}"
+        for a in bs.job_args(run, run.spec(SPLIT))
+    ]
     from beam_jobs import verify
 
-    with pytest.raises(VerificationFailed, match=rf"{SPLIT}: the build used plan [0-9a-f]{{16}}, "
-                                                 rf"not {other}"):
+    with pytest.raises(
+        VerificationFailed,
+        match=rf"{SPLIT}: the build used plan [0-9a-f]{{16}}, "
+        rf"not {other}",
+    ):
         verify.run(args)
     assert not storage.exists(report_uri(run.work_uri, SPLIT))
     refuses_to_publish(run)
@@ -324,9 +353,13 @@ def test_a_failed_verification_leaves_no_earlier_ok_report_behind(run):
 def test_cli_says_why_when_it_fails_before_looking_at_shards(run, capsys):
     from beam_jobs import verify
 
-    args = ["--split=train97.9", f"--output_uri={run.output_uri}", f"--work_uri={run.work_uri}",
-            f"--plan_uri={run.spec(SPLIT)['plan_uri']}",
-            f"--catalog_dir={run.spec(SPLIT)['catalog_dir']}"]
+    args = [
+        "--split=train97.9",
+        f"--output_uri={run.output_uri}",
+        f"--work_uri={run.work_uri}",
+        f"--plan_uri={run.spec(SPLIT)['plan_uri']}",
+        f"--catalog_dir={run.spec(SPLIT)['catalog_dir']}",
+    ]
     assert verify.main(args) == 1
     assert "train97.9: no build stats at" in capsys.readouterr().out
 
@@ -349,8 +382,9 @@ def test_the_exact_check_imports_no_beam():
     import sys
 
     code = "import sys, beam_jobs.verify; print('apache_beam' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "False"
 
 
@@ -362,8 +396,9 @@ def gcs(gcs_emulator, small_source, tmp_path_factory) -> bs.Run:
     """Seeds 1 and 2 built (staged) on the emulator."""
     bucket = f"test-{uuid.uuid4().hex[:10]}"
     storage.gcs_client().create_bucket(bucket)
-    run = bs.start(bs.params(str(small_source), f"gs://{bucket}/ssl"),
-                   tmp_path_factory.mktemp("catalogs"))
+    run = bs.start(
+        bs.params(str(small_source), f"gs://{bucket}/ssl"), tmp_path_factory.mktemp("catalogs")
+    )
     for split in run.supervised():
         bs.build(run, split)
     return run
@@ -382,8 +417,11 @@ def record_reads(monkeypatch):
 
         monkeypatch.setattr(storage, name, spy)
     real_range = storage.RangeReader.read
-    monkeypatch.setattr(storage.RangeReader, "read",
-                        lambda self, uri, *a: reads.append(uri) or real_range(self, uri, *a))
+    monkeypatch.setattr(
+        storage.RangeReader,
+        "read",
+        lambda self, uri, *a: reads.append(uri) or real_range(self, uri, *a),
+    )
     return reads
 
 
@@ -397,8 +435,15 @@ def test_gcs_exact_check_reads_no_record_data(gcs, record_reads):
 
 
 @pytest.mark.gcs
-@pytest.mark.parametrize("damage", ["two records swapped", "a foreign record of the same size",
-                                    "a stray shard", "a missing shard"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "two records swapped",
+        "a foreign record of the same size",
+        "a stray shard",
+        "a missing shard",
+    ],
+)
 def test_gcs_damage_is_caught_from_metadata(gcs, record_reads, damage):
     tamper, finding = DAMAGE[damage]
     path = staged(gcs)
@@ -420,8 +465,9 @@ def test_gcs_damage_is_caught_from_metadata(gcs, record_reads, damage):
     try:
         with pytest.raises(VerificationFailed) as err:
             bs.verify(gcs, SPLIT, deep=False)
-        assert any(re.fullmatch(finding, line.strip()) for line in str(err.value).splitlines()), \
+        assert any(re.fullmatch(finding, line.strip()) for line in str(err.value).splitlines()), (
             str(err.value)
+        )
         shards = {s["staged"] for s in stats(gcs)["shards"]}
         assert not set(record_reads) & shards, "no shard was read"
         refuses_to_publish(gcs)
@@ -441,7 +487,8 @@ def test_the_deep_checks_plan_table_is_loaded_once_per_process_under_threads(run
     from beam_jobs.catalog import write_table as write
 
     table, _ = __import__("beam_jobs.verify", fromlist=["x"]).planned_records(
-        run.spec(SPLIT)["plan_uri"], run.spec(SPLIT)["catalog_dir"])
+        run.spec(SPLIT)["plan_uri"], run.spec(SPLIT)["catalog_dir"]
+    )
     uri = str(Path(run.work_uri) / "plan-table.parquet")
     write(uri, table.select(["shard", "index", "filename", "data_crc"]))
     loads = []
@@ -455,8 +502,9 @@ def test_the_deep_checks_plan_table_is_loaded_once_per_process_under_threads(run
     monkeypatch.setattr(deep_verify, "read_table", slow_read)
     monkeypatch.setattr(deep_verify, "_PLANS", {})
     got = []
-    threads = [threading.Thread(target=lambda: got.append(deep_verify._plan(uri, 3)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: got.append(deep_verify._plan(uri, 3))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -101,8 +101,9 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream",
-                durable: bool = True) -> None:
+def write_bytes(
+    uri: str, data: bytes, content_type: str = "application/octet-stream", durable: bool = True
+) -> None:
     """Write a whole file atomically: readers see the old file or the new one.
 
     ``durable`` (local files): fsync before the rename, so the file survives a
@@ -191,9 +192,42 @@ def rename(src: str, dst: str) -> None:
 
 
 __all__ = [
-    "BACKENDS", "GCS_PREFIX", "READ_CHUNK", "UPLOAD_CHUNK", "AtomicWriter", "Backend", "FileInfo",
-    "RangeReader", "StorageError", "backend", "basename", "copy", "crc32c_from_gcs", "crc32c_hex",
-    "delete", "delete_tree", "dirname", "exists", "file_crc32c", "gcs_client", "is_gcs", "iter_chunks",
-    "join", "list_files", "list_tree", "normalize", "open_read", "open_write", "place", "read_bytes",
-    "read_text", "rename", "split_gcs", "stat", "use_client", "write_bytes", "write_text", "_retry",
+    "BACKENDS",
+    "GCS_PREFIX",
+    "READ_CHUNK",
+    "UPLOAD_CHUNK",
+    "AtomicWriter",
+    "Backend",
+    "FileInfo",
+    "RangeReader",
+    "StorageError",
+    "backend",
+    "basename",
+    "copy",
+    "crc32c_from_gcs",
+    "crc32c_hex",
+    "delete",
+    "delete_tree",
+    "dirname",
+    "exists",
+    "file_crc32c",
+    "gcs_client",
+    "is_gcs",
+    "iter_chunks",
+    "join",
+    "list_files",
+    "list_tree",
+    "normalize",
+    "open_read",
+    "open_write",
+    "place",
+    "read_bytes",
+    "read_text",
+    "rename",
+    "split_gcs",
+    "stat",
+    "use_client",
+    "write_bytes",
+    "write_text",
+    "_retry",
 ]

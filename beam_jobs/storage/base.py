@@ -133,8 +133,13 @@ class RangeSource(abc.ABC):
     def read(self, uri: str, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``offset``, or StorageError naming both."""
 
-    def read_batch(self, uris: Sequence[str], file_ids: Sequence[int], offsets: Sequence[int],
-                   lengths: Sequence[int]) -> list[bytes]:
+    def read_batch(
+        self,
+        uris: Sequence[str],
+        file_ids: Sequence[int],
+        offsets: Sequence[int],
+        lengths: Sequence[int],
+    ) -> list[bytes]:
         """``read(uris[file_ids[i]], offsets[i], lengths[i])`` for every i, in order."""
         return [self.read(uris[f], o, n) for f, o, n in zip(file_ids, offsets, lengths)]
 

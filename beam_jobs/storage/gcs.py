@@ -48,7 +48,7 @@ def split_gcs(uri: str) -> tuple[str, str]:
     """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
     if not uri.startswith(PREFIX):
         raise ValueError(f"not a gs:// URI: {uri!r}")
-    bucket, _, name = uri[len(PREFIX):].partition("/")
+    bucket, _, name = uri[len(PREFIX) :].partition("/")
     if not bucket:
         raise ValueError(f"gs:// URI without a bucket: {uri!r}")
     return bucket, name
@@ -114,8 +114,14 @@ def retry(on_error: Callable[[Exception], None] | None = None) -> Retry:
     policy = DEFAULT_RETRY.with_timeout(deadline).with_delay(initial=0.5, maximum=10.0)
     if on_error is None:
         return cast("Retry", policy)
-    return Retry(predicate=policy._predicate, initial=policy._initial, maximum=policy._maximum,
-                 multiplier=policy._multiplier, timeout=policy._timeout, on_error=on_error)
+    return Retry(
+        predicate=policy._predicate,
+        initial=policy._initial,
+        maximum=policy._maximum,
+        multiplier=policy._multiplier,
+        timeout=policy._timeout,
+        on_error=on_error,
+    )
 
 
 def not_found() -> type[Exception]:
@@ -192,7 +198,9 @@ class GcsRanges(RangeSource):
         generation = self._generations.get(uri)
         try:
             data = _blob(uri, generation).download_as_bytes(
-                start=offset, end=offset + length - 1, checksum=None,
+                start=offset,
+                end=offset + length - 1,
+                checksum=None,
                 retry=retry(on_error=lambda _err: self._count(length, 1)),
             )
             self._count(len(data), 1)
@@ -246,7 +254,7 @@ class GcsBackend(Backend):
                 bucket, prefix=prefix + literal, delimiter="/", retry=retry()
             )
             for blob in blobs:
-                if fnmatch.fnmatchcase(blob.name[len(prefix):], glob):
+                if fnmatch.fnmatchcase(blob.name[len(prefix) :], glob):
                     out.append(_info(f"{PREFIX}{bucket}/{blob.name}", blob))
         except not_found():
             raise StorageError(f"bucket of {pattern} does not exist") from None
@@ -303,8 +311,10 @@ class GcsBackend(Backend):
 
     def _names_under(self, prefix_uri: str) -> list[str]:
         bucket, prefix = split_gcs(prefix_uri.rstrip("/") + "/")
-        return [f"{PREFIX}{bucket}/{b.name}"
-                for b in gcs_client().list_blobs(bucket, prefix=prefix, retry=retry())]
+        return [
+            f"{PREFIX}{bucket}/{b.name}"
+            for b in gcs_client().list_blobs(bucket, prefix=prefix, retry=retry())
+        ]
 
     def delete_tree(self, prefix_uri: str) -> int:
         """Every object with the folder's prefix (GCS has no folders to remove)."""

@@ -108,8 +108,13 @@ class LocalRanges(RangeSource):
     def read(self, uri: str, offset: int, length: int) -> bytes:
         return self.read_batch([uri], [0], [offset], [length])[0]
 
-    def read_batch(self, uris: Sequence[str], file_ids: Sequence[int], offsets: Sequence[int],
-                   lengths: Sequence[int]) -> list[bytes]:
+    def read_batch(
+        self,
+        uris: Sequence[str],
+        file_ids: Sequence[int],
+        offsets: Sequence[int],
+        lengths: Sequence[int],
+    ) -> list[bytes]:
         """One ``pread`` per record, on cached descriptors (or ones opened for
         this call when the cache is full); a short read names the file and offset."""
         fds: dict[int, int] = {}
@@ -130,8 +135,10 @@ class LocalRanges(RangeSource):
         if sum(map(len, out)) != sum(lengths):  # pread never returns more than asked
             for i, (data, n) in enumerate(zip(out, lengths)):
                 if len(data) != n:
-                    raise StorageError(f"{uris[file_ids[i]]}: short read at offset "
-                                       f"{offsets[i]}: wanted {n} bytes, got {len(data)}")
+                    raise StorageError(
+                        f"{uris[file_ids[i]]}: short read at offset "
+                        f"{offsets[i]}: wanted {n} bytes, got {len(data)}"
+                    )
         return out
 
     def _cached_fd(self, uri: str) -> int | None:

@@ -58,8 +58,14 @@ class RangeReader:
         raises StorageError naming the file and offset."""
         return self._source(uri).read(uri, offset, length)
 
-    def read_many(self, uris: Sequence[str], file_ids: Sequence[int], offsets: Sequence[int],
-                  lengths: Sequence[int], threads: int = 1) -> list[bytes]:
+    def read_many(
+        self,
+        uris: Sequence[str],
+        file_ids: Sequence[int],
+        offsets: Sequence[int],
+        lengths: Sequence[int],
+        threads: int = 1,
+    ) -> list[bytes]:
         """``read(uris[file_ids[i]], offsets[i], lengths[i])`` for every i, in
         order. Files of one backend whose reads are a tight loop (local
         preads) and ``threads`` <= 1: one batch call, no per-record Python
@@ -73,8 +79,9 @@ class RangeReader:
             if source.batched:
                 return source.read_batch(uris, file_ids, offsets, lengths)
         pool = self._executor(max(1, threads))
-        return list(pool.map(lambda a: self.read(uris[a[0]], a[1], a[2]),
-                             zip(file_ids, offsets, lengths)))
+        return list(
+            pool.map(lambda a: self.read(uris[a[0]], a[1], a[2]), zip(file_ids, offsets, lengths))
+        )
 
     def _executor(self, threads: int) -> cf.ThreadPoolExecutor:
         """A thread pool kept for the reader's lifetime (not one per batch)."""

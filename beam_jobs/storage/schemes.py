@@ -23,5 +23,5 @@ def backend(uri: str) -> Backend:
         return BACKENDS[scheme]
     except KeyError:
         raise ValueError(
-            f"{uri!r}: no storage for {scheme}:// URIs; use an absolute local path or a "
-            "gs:// URI") from None
+            f"{uri!r}: no storage for {scheme}:// URIs; use an absolute local path or a gs:// URI"
+        ) from None

@@ -73,8 +73,12 @@ class SplitSwitch:
     stale: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entry": self.entry, "shards": self.shards, "staging": self.staging,
-                "stale": self.stale}
+        return {
+            "entry": self.entry,
+            "shards": self.shards,
+            "staging": self.staging,
+            "stale": self.stale,
+        }
 
     @classmethod
     def from_dict(cls, split: str, d: dict[str, Any]) -> SplitSwitch:
@@ -95,17 +99,29 @@ class Publication:
     provenance: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "started_at": self.started_at,
-                "manifest_uri": self.manifest_uri, "output_uri": self.output_uri,
-                "work_uri": self.work_uri,
-                "splits": {k: v.to_dict() for k, v in sorted(self.splits.items())},
-                "source": self.source, "provenance": self.provenance}
+        return {
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "manifest_uri": self.manifest_uri,
+            "output_uri": self.output_uri,
+            "work_uri": self.work_uri,
+            "splits": {k: v.to_dict() for k, v in sorted(self.splits.items())},
+            "source": self.source,
+            "provenance": self.provenance,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Publication:
-        return cls(d["run_id"], d["started_at"], d["manifest_uri"], d["output_uri"],
-                   d["work_uri"], {k: SplitSwitch.from_dict(k, v) for k, v in d["splits"].items()},
-                   d.get("source"), d["provenance"])
+        return cls(
+            d["run_id"],
+            d["started_at"],
+            d["manifest_uri"],
+            d["output_uri"],
+            d["work_uri"],
+            {k: SplitSwitch.from_dict(k, v) for k, v in d["splits"].items()},
+            d.get("source"),
+            d["provenance"],
+        )
 
 
 # --------------------------------------------------------------------------- identities
@@ -135,8 +151,9 @@ def switch_split(sw: SplitSwitch) -> list[str]:
         if _same_object(storage.stat(shard["path"]), shard, staged=False):
             continue
         if not _same_object(storage.stat(shard["staged"]), shard, staged=True):
-            lost.append(f"{shard['staged']} is gone or changed and {shard['path']} does not "
-                        "hold it")
+            lost.append(
+                f"{shard['staged']} is gone or changed and {shard['path']} does not hold it"
+            )
             continue
         todo.append(shard)
     if lost:
@@ -159,10 +176,18 @@ def switch_split(sw: SplitSwitch) -> list[str]:
 # --------------------------------------------------------------------------- the protocol
 
 
-def prepare(*, run_id: str, manifest_uri: str, output_uri: str, work_uri: str,
-            entries: dict[str, dict[str, Any]], shards: dict[str, list[dict[str, Any]]],
-            stagings: dict[str, str], source: dict[str, Any] | None,
-            provenance: dict[str, Any]) -> Publication:
+def prepare(
+    *,
+    run_id: str,
+    manifest_uri: str,
+    output_uri: str,
+    work_uri: str,
+    entries: dict[str, dict[str, Any]],
+    shards: dict[str, list[dict[str, Any]]],
+    stagings: dict[str, str],
+    source: dict[str, Any] | None,
+    provenance: dict[str, Any],
+) -> Publication:
     """A publication of verified builds: ``entries`` (new manifest entries by
     split), ``shards`` (the verification report's staged objects by split),
     ``stagings`` (their folders). Lists each split's stale files now."""
@@ -180,8 +205,16 @@ def prepare(*, run_id: str, manifest_uri: str, output_uri: str, work_uri: str,
                     j[k] = s[k]
             journal_shards.append(j)
         splits[name] = SplitSwitch(name, entry, journal_shards, stagings[name], stale)
-    return Publication(run_id, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       manifest_uri, output_uri, work_uri, splits, source, provenance)
+    return Publication(
+        run_id,
+        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        manifest_uri,
+        output_uri,
+        work_uri,
+        splits,
+        source,
+        provenance,
+    )
 
 
 def check_staged(pub: Publication) -> None:
@@ -190,11 +223,14 @@ def check_staged(pub: Publication) -> None:
     for sw in pub.splits.values():
         for shard in sw.shards:
             if not _same_object(storage.stat(shard["staged"]), shard, staged=True):
-                problems.append(f"{sw.split}: {shard['staged']} changed or disappeared since it "
-                                "was verified")
+                problems.append(
+                    f"{sw.split}: {shard['staged']} changed or disappeared since it was verified"
+                )
     if problems:
-        raise PublicationError("; ".join(problems[:5]) + "; nothing was published (run the "
-                               "DAG again to rebuild and verify)")
+        raise PublicationError(
+            "; ".join(problems[:5]) + "; nothing was published (run the "
+            "DAG again to rebuild and verify)"
+        )
 
 
 def execute(pub: Publication) -> Published:
@@ -202,13 +238,13 @@ def execute(pub: Publication) -> Published:
     saying how far it got when storage fails on the way."""
     journal = layout.journal_uri(pub.work_uri)
     try:
-        storage.write_text(journal, json.dumps(pub.to_dict(), indent=1) + "\n",
-                           "application/json")
+        storage.write_text(journal, json.dumps(pub.to_dict(), indent=1) + "\n", "application/json")
     except Exception as err:  # noqa: BLE001 (reported with what it means)
         raise PublishError(
             f"could not publish {pub.manifest_uri}: writing the publication journal {journal} "
             f"failed ({_cause(err)}). Nothing was changed: the manifest is unchanged and no "
-            "published file was touched; the task can be retried.") from err
+            "published file was touched; the task can be retried."
+        ) from err
     failpoint("publish.journaled")
     result = _finish(pub)
     assert result is not None  # every split was switched, or _finish raised
@@ -229,8 +265,12 @@ def _finish(pub: Publication) -> Published | None:
         for name, sw in pub.splits.items():
             lost = switch_split(sw)
             if lost:
-                log.warning("%s cannot be published: %s; its old manifest entry stays and the "
-                            "next run rebuilds it", name, "; ".join(lost[:3]))
+                log.warning(
+                    "%s cannot be published: %s; its old manifest entry stays and the "
+                    "next run rebuilds it",
+                    name,
+                    "; ".join(lost[:3]),
+                )
             else:
                 done[name] = sw
     except Exception as err:  # noqa: BLE001 (reported with what it means)
@@ -239,15 +279,24 @@ def _finish(pub: Publication) -> Published | None:
             f"their published names ({_cause(err)}). The manifest is unchanged; some of these "
             f"splits' files may already be the new, verified ones, so load_split refuses them "
             f"until the publication is finished: a retry of this task or the next run does "
-            f"that from the journal {journal}.") from err
+            f"that from the journal {journal}."
+        ) from err
     failpoint("publish.switched")
     result = None
     if done:
         entries = {name: sw.entry for name, sw in done.items()}
         try:
-            result = publish(pub.manifest_uri, lambda current: merge(
-                current, output_uri=pub.output_uri, splits=entries, source=pub.source,
-                provenance=pub.provenance, work_uri=pub.work_uri))
+            result = publish(
+                pub.manifest_uri,
+                lambda current: merge(
+                    current,
+                    output_uri=pub.output_uri,
+                    splits=entries,
+                    source=pub.source,
+                    provenance=pub.provenance,
+                    work_uri=pub.work_uri,
+                ),
+            )
         except VersionNotWritten:
             # Committed: its message says so. The journal stays, so a retry of this task
             # (or the next run) publishes the same entries again, with the copy.
@@ -256,20 +305,27 @@ def _finish(pub: Publication) -> Published | None:
             raise PublishError(
                 f"{err} The shards of {names} already have their published names (verified); "
                 f"load_split refuses these splits until the manifest is committed: a retry of "
-                f"this task or the next run does that from the journal {journal}.") from err
+                f"this task or the next run does that from the journal {journal}."
+            ) from err
         failpoint("publish.committed")
     try:
         storage.delete([journal])
         for sw in done.values():
             storage.delete_tree(sw.staging)
     except Exception as err:  # noqa: BLE001 (the publication itself is complete)
-        log.warning("published %s, but could not clean up (%s): the journal %s and staged "
-                    "copies may stay until the next run", names, _cause(err), journal)
+        log.warning(
+            "published %s, but could not clean up (%s): the journal %s and staged "
+            "copies may stay until the next run",
+            names,
+            _cause(err),
+            journal,
+        )
     if len(done) < len(pub.splits):
         raise PublicationError(
             f"published {', '.join(sorted(done)) or 'nothing'}; not "
             f"{', '.join(sorted(set(pub.splits) - set(done)))}: their staged shards are gone "
-            "(run the DAG again to rebuild them)")
+            "(run the DAG again to rebuild them)"
+        )
     return result
 
 
@@ -282,8 +338,12 @@ def recover(work_uri: str) -> list[str]:
     except FileNotFoundError:
         return []
     pub = Publication.from_dict(d)
-    log.warning("finishing the publication of %s that run %s started at %s and did not finish",
-                ", ".join(sorted(pub.splits)), pub.run_id, pub.started_at)
+    log.warning(
+        "finishing the publication of %s that run %s started at %s and did not finish",
+        ", ".join(sorted(pub.splits)),
+        pub.run_id,
+        pub.started_at,
+    )
     try:
         _finish(pub)
     except PublicationError as err:
@@ -291,5 +351,13 @@ def recover(work_uri: str) -> list[str]:
     return sorted(s for s in pub.splits)
 
 
-__all__ = ["Publication", "PublicationError", "SplitSwitch", "check_staged", "execute",
-           "prepare", "recover", "switch_split"]
+__all__ = [
+    "Publication",
+    "PublicationError",
+    "SplitSwitch",
+    "check_staged",
+    "execute",
+    "prepare",
+    "recover",
+    "switch_split",
+]

@@ -57,13 +57,23 @@ class ConfigError(AirflowFailException, ValueError):
     params would fail again)."""
 
 
-def _uri_param(default: Any, title: str, description: str, nullable: bool = False,
-               **extra: Any) -> Param:
-    string: dict[str, Any] = {"type": "string", "pattern": URI_PATTERN,
-                              "not": {"pattern": DOTDOT_PATTERN}}
+def _uri_param(
+    default: Any, title: str, description: str, nullable: bool = False, **extra: Any
+) -> Param:
+    string: dict[str, Any] = {
+        "type": "string",
+        "pattern": URI_PATTERN,
+        "not": {"pattern": DOTDOT_PATTERN},
+    }
     if nullable:
-        return Param(default, type=["null", "string"], title=title, description=description,
-                     anyOf=[{"type": "null"}, string], **extra)
+        return Param(
+            default,
+            type=["null", "string"],
+            title=title,
+            description=description,
+            anyOf=[{"type": "null"}, string],
+            **extra,
+        )
     return Param(default, title=title, description=description, minLength=1, **string, **extra)
 
 
@@ -72,199 +82,288 @@ def params() -> dict[str, Param]:
     env = os.environ.get
     return {
         "source_uri": _uri_param(
-            None, "Source folder",
+            None,
+            "Source folder",
             "Folder holding ImageNet train-SSSSS-of-NNNNN TFRecords (and optional "
             "validation-*): gs://bucket/path or an absolute local path. Required.",
         ),
         "output_uri": _uri_param(
-            None, "Output folder",
+            None,
+            "Output folder",
             "Where the splits are written as {split}-SSSSS-of-NNNNN. Must not be the source "
             "folder, inside it, or contain it. Required.",
         ),
         "manifest_uri": _uri_param(
-            None, "Manifest URI",
+            None,
+            "Manifest URI",
             "Where the manifest JSON is published. Empty: {output_uri}/manifest.json.",
             nullable=True,
         ),
         "protocol": Param(
-            protocols.SEEDED, type="string", enum=list(protocols.PROTOCOLS),
+            protocols.SEEDED,
+            type="string",
+            enum=list(protocols.PROTOCOLS),
             title="Labelled splits",
             description="seeded: our own draws, one per seed (Seeds, Fraction, Sampling). "
-                        "fixmatch: FixMatch's published 10% splits, reproduced exactly: split s "
-                        "for each seed s in Seeds (1-5), train128116.{s}. simclr: SimCLR's 1% "
-                        "and 10% subsets, the standard protocol of SimCLR, BYOL, SwAV "
-                        "(train12811.simclr, train128116.simclr; Seeds, Fraction and Sampling do "
-                        "not apply). The published files ship with the product.",
+            "fixmatch: FixMatch's published 10% splits, reproduced exactly: split s "
+            "for each seed s in Seeds (1-5), train128116.{s}. simclr: SimCLR's 1% "
+            "and 10% subsets, the standard protocol of SimCLR, BYOL, SwAV "
+            "(train12811.simclr, train128116.simclr; Seeds, Fraction and Sampling do "
+            "not apply). The published files ship with the product.",
             values_display={name: f"{name}: {p.title}" for name, p in protocols.PROTOCOLS.items()},
         ),
         # Items without one "type": the form shows a text box, one seed per line (Airflow
         # 3.3's multi-select picks only from a fixed list, and its JSON editor needs
         # brackets); the box sends strings, which parse_seeds turns into integers.
         "seeds": Param(
-            list(defaults.SEEDS), type="array", title="Seeds",
+            list(defaults.SEEDS),
+            type="array",
+            title="Seeds",
             description="Labelled splits to build, one seed per line (train{N}.{seed}): "
-                        "3 alone rebuilds seed 3. In --conf and the REST API a list of "
-                        "integers: [3]; [] builds none. With protocol fixmatch: which of the "
-                        "published splits 1-5.",
-            items={"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SEED},
-                             {"type": "string", "pattern": SEED_LINE_PATTERN}]},
-            uniqueItems=True, maxItems=100,
+            "3 alone rebuilds seed 3. In --conf and the REST API a list of "
+            "integers: [3]; [] builds none. With protocol fixmatch: which of the "
+            "published splits 1-5.",
+            items={
+                "anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": MAX_SEED},
+                    {"type": "string", "pattern": SEED_LINE_PATTERN},
+                ]
+            },
+            uniqueItems=True,
+            maxItems=100,
         ),
         "fraction": Param(
-            float(defaults.FRACTION), type="number", title="Fraction",
+            float(defaults.FRACTION),
+            type="number",
+            title="Fraction",
             description="Share of the training set in each labelled split, in (0, 1]. "
-                        "0.1 gives 128,116 of ImageNet's 1,281,167.",
-            exclusiveMinimum=0, maximum=1,
+            "0.1 gives 128,116 of ImageNet's 1,281,167.",
+            exclusiveMinimum=0,
+            maximum=1,
         ),
         # A text box, one fraction per line, as Seeds (the items have no single "type").
         "fractions": Param(
-            [], type="array", title="Several fractions",
+            [],
+            type="array",
+            title="Several fractions",
             description="Build every seed at each of these fractions in one run, one per line: "
-                        "0.1, 0.05 and 0.01 give train128116.{seed}, train64058.{seed} and "
-                        "train12811.{seed} on ImageNet (what FixMatch's ImageNet trainer reads). "
-                        "Set, it replaces Fraction. The splits of one seed are nested: the "
-                        "smaller ones inside the larger (README, \"How a split is derived\"). "
-                        "In --conf a list of numbers: [0.1, 0.05, 0.01]. Protocol seeded only.",
-            items={"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                             {"type": "string", "pattern": FRACTION_LINE_PATTERN}]},
+            "0.1, 0.05 and 0.01 give train128116.{seed}, train64058.{seed} and "
+            "train12811.{seed} on ImageNet (what FixMatch's ImageNet trainer reads). "
+            "Set, it replaces Fraction. The splits of one seed are nested: the "
+            'smaller ones inside the larger (README, "How a split is derived"). '
+            "In --conf a list of numbers: [0.1, 0.05, 0.01]. Protocol seeded only.",
+            items={
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    {"type": "string", "pattern": FRACTION_LINE_PATTERN},
+                ]
+            },
             maxItems=MAX_FRACTIONS,
         ),
         "sampling": Param(
-            defaults.SAMPLING, type="string", enum=SAMPLINGS, title="Sampling",
+            defaults.SAMPLING,
+            type="string",
+            enum=SAMPLINGS,
+            title="Sampling",
             description="stratified: the same share of every class (as FixMatch's published "
-                        "splits); uniform: a plain random draw.",
-            values_display={"stratified": "stratified (same share of every class)",
-                            "uniform": "uniform (plain random draw)"},
+            "splits); uniform: a plain random draw.",
+            values_display={
+                "stratified": "stratified (same share of every class)",
+                "uniform": "uniform (plain random draw)",
+            },
         ),
         "sharding_files": Param(
-            {}, type="object", title="Published split files",
+            {},
+            type="object",
+            title="Published split files",
             description='{"seed": "uri"} of filename,shard,index files to reproduce exactly, '
-                        'e.g. {"1": "gs://bucket/fixmatch/files2shards_train_size128116_split1.txt"}. '
-                        "Each seed must also be in Seeds.",
+            'e.g. {"1": "gs://bucket/fixmatch/files2shards_train_size128116_split1.txt"}. '
+            "Each seed must also be in Seeds.",
             patternProperties={"^[0-9]+$": {"type": "string", "pattern": URI_PATTERN}},
             additionalProperties=False,
         ),
         "name_lists": Param(
-            {}, type="object", title="Name lists",
+            {},
+            type="object",
+            title="Name lists",
             description='{"label": "uri"} of files with one image file name per line '
-                        "(SimCLR's format), e.g. {\"mysubset\": \"gs://bucket/names.txt\"}: each "
-                        "gives the split train{N}.{label} of exactly those records (every name "
-                        "must be in the source), in the product's order and sharding. A label "
-                        "is a lower-case letter, then letters, digits or _.",
-            patternProperties={protocols.LABEL_PATTERN: {
-                "type": "string", "pattern": URI_PATTERN, "not": {"pattern": DOTDOT_PATTERN}}},
+            '(SimCLR\'s format), e.g. {"mysubset": "gs://bucket/names.txt"}: each '
+            "gives the split train{N}.{label} of exactly those records (every name "
+            "must be in the source), in the product's order and sharding. A label "
+            "is a lower-case letter, then letters, digits or _.",
+            patternProperties={
+                protocols.LABEL_PATTERN: {
+                    "type": "string",
+                    "pattern": URI_PATTERN,
+                    "not": {"pattern": DOTDOT_PATTERN},
+                }
+            },
             additionalProperties=False,
         ),
         "unsupervised": Param(
-            True, type="boolean", title="Build the full reshuffle",
+            True,
+            type="boolean",
+            title="Build the full reshuffle",
             description="Also build 'train': every training record once, reshuffled "
-                        "(the unlabelled data).",
+            "(the unlabelled data).",
         ),
         "runner": Param(
-            "DirectRunner", type="string", enum=RUNNERS, title="Beam runner",
+            "DirectRunner",
+            type="string",
+            enum=RUNNERS,
+            title="Beam runner",
             description="DirectRunner runs the Beam jobs on this Airflow worker; "
-                        "DataflowRunner on Google Cloud Dataflow (set the Dataflow params).",
-            values_display={"DirectRunner": "DirectRunner (local, on the Airflow worker)",
-                            "DataflowRunner": "DataflowRunner (Google Cloud Dataflow)"},
+            "DataflowRunner on Google Cloud Dataflow (set the Dataflow params).",
+            values_display={
+                "DirectRunner": "DirectRunner (local, on the Airflow worker)",
+                "DataflowRunner": "DataflowRunner (Google Cloud Dataflow)",
+            },
         ),
         "force": Param(
-            False, type="boolean", title="Force rebuild",
+            False,
+            type="boolean",
+            title="Force rebuild",
             description="Rebuild the requested splits even if a verified identical split "
-                        "already exists (the validation copy is redone only when it differs "
-                        "from the source).",
+            "already exists (the validation copy is redone only when it differs "
+            "from the source).",
         ),
         "unsupervised_seed": Param(
-            0, type="integer", minimum=0, maximum=MAX_SEED, title="Reshuffle seed",
-            description="Seed of the full reshuffle's order.", section=ADVANCED,
+            0,
+            type="integer",
+            minimum=0,
+            maximum=MAX_SEED,
+            title="Reshuffle seed",
+            description="Seed of the full reshuffle's order.",
+            section=ADVANCED,
         ),
         "num_shards": Param(
-            None, type=["null", "integer"], minimum=1, maximum=100000,
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=100000,
             title="Shards per labelled split",
             description="Empty: keep the source's shard size (102 for 10% of ImageNet).",
             section=ADVANCED,
         ),
         "unsupervised_shards": Param(
-            None, type=["null", "integer"], minimum=1, maximum=100000,
-            title="Shards of the reshuffle", description="Empty: as many as the source (1,024).",
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=100000,
+            title="Shards of the reshuffle",
+            description="Empty: as many as the source (1,024).",
             section=ADVANCED,
         ),
         "copy_validation": Param(
-            True, type="boolean", title="Copy the validation set",
+            True,
+            type="boolean",
+            title="Copy the validation set",
             description="Copy validation-* shards beside the splits, when the source has them.",
             section=ADVANCED,
         ),
         "num_classes": Param(
-            DEFAULT_NUM_CLASSES, type="integer", minimum=1, maximum=100000,
+            DEFAULT_NUM_CLASSES,
+            type="integer",
+            minimum=1,
+            maximum=100000,
             title="Number of classes",
             description="Valid labels are 1..num_classes (the common converter's labels).",
             section=ADVANCED,
         ),
         "expected_total": Param(
-            None, type=["null", "integer"], minimum=1, title="Expected training records",
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Expected training records",
             description="Fail validation unless the source holds exactly this many "
-                        "(1281167 for ImageNet). Empty: no check.",
+            "(1281167 for ImageNet). Empty: no check.",
             section=ADVANCED,
         ),
         "deep_verify": Param(
-            "auto", type="string", enum=list(DEEP_VERIFY), title="Deep verification",
+            "auto",
+            type="string",
+            enum=list(DEEP_VERIFY),
+            title="Deep verification",
             description="Every split is verified exactly before it is published: each shard's "
-                        "size and CRC32C must equal those its planned records give (from the "
-                        "catalog; no record data is read on GCS). always: also re-read every "
-                        "record in a Beam job, which names the record that differs.",
-            values_display={"auto": "auto: exact check from metadata (on every runner)",
-                            "always": "always: exact check + re-read every record",
-                            "never": "never: same as auto (the exact check always runs)"},
+            "size and CRC32C must equal those its planned records give (from the "
+            "catalog; no record data is read on GCS). always: also re-read every "
+            "record in a Beam job, which names the record that differs.",
+            values_display={
+                "auto": "auto: exact check from metadata (on every runner)",
+                "always": "always: exact check + re-read every record",
+                "never": "never: same as auto (the exact check always runs)",
+            },
             section=ADVANCED,
         ),
         "work_uri": _uri_param(
-            None, "Work folder",
-            "Catalog, plans, staging and reports. Empty: {output_uri}/_work.", nullable=True,
+            None,
+            "Work folder",
+            "Catalog, plans, staging and reports. Empty: {output_uri}/_work.",
+            nullable=True,
             section=ADVANCED,
         ),
         "direct_num_workers": Param(
-            0, type="integer", minimum=0, maximum=64, title="DirectRunner workers",
+            0,
+            type="integer",
+            minimum=0,
+            maximum=64,
+            title="DirectRunner workers",
             description="Worker processes per local Beam job; 0: one per core.",
             section=ADVANCED,
         ),
         "dataflow_project": Param(
-            env("SSL_SPLITS_DATAFLOW_PROJECT") or None, type=["null", "string"],
-            title="Dataflow project", description="Google Cloud project for Dataflow jobs.",
+            env("SSL_SPLITS_DATAFLOW_PROJECT") or None,
+            type=["null", "string"],
+            title="Dataflow project",
+            description="Google Cloud project for Dataflow jobs.",
             section=DATAFLOW,
         ),
         "dataflow_region": Param(
-            env("SSL_SPLITS_DATAFLOW_REGION") or DATAFLOW_REGION, type="string",
-            title="Dataflow region", description="Region for Dataflow jobs.",
+            env("SSL_SPLITS_DATAFLOW_REGION") or DATAFLOW_REGION,
+            type="string",
+            title="Dataflow region",
+            description="Region for Dataflow jobs.",
             section=DATAFLOW,
         ),
         "dataflow_temp_location": Param(
-            env("SSL_SPLITS_DATAFLOW_TEMP_LOCATION") or None, type=["null", "string"],
-            title="Dataflow temp location", description="gs:// folder for Dataflow's temp and "
-                                                       "staging files.",
+            env("SSL_SPLITS_DATAFLOW_TEMP_LOCATION") or None,
+            type=["null", "string"],
+            title="Dataflow temp location",
+            description="gs:// folder for Dataflow's temp and staging files.",
             section=DATAFLOW,
         ),
         "dataflow_machine_type": Param(
-            DATAFLOW_MACHINE_TYPE, type="string", title="Dataflow machine type",
+            DATAFLOW_MACHINE_TYPE,
+            type="string",
+            title="Dataflow machine type",
             description="Worker machine type.",
             section=DATAFLOW,
         ),
         "dataflow_worker_package": Param(
-            env("SSL_SPLITS_WORKER_PACKAGE") or None, type=["null", "string"],
+            env("SSL_SPLITS_WORKER_PACKAGE") or None,
+            type=["null", "string"],
             title="Dataflow worker package",
             description="The beam_jobs wheel Dataflow workers install (bin/build-worker-package "
-                        "writes dist/ssl_imagenet_splits-*.whl): a path on the Airflow worker or "
-                        "gs://.",
+            "writes dist/ssl_imagenet_splits-*.whl): a path on the Airflow worker or "
+            "gs://.",
             section=DATAFLOW,
         ),
         "dataflow_template_location": _uri_param(
-            None, "Only stage Dataflow templates here",
+            None,
+            "Only stage Dataflow templates here",
             "A gs:// folder. Set: every Beam job of the run is translated and staged, and its "
             "Dataflow job description (a classic template, {folder}/ssl-{job}-{split}, e.g. "
             "ssl-build-train128116-3) is written here instead of being submitted, for a platform team to review or launch "
             "(gcloud dataflow jobs run). Nothing is built, verified or published. Empty: jobs "
-            "are submitted and run.", nullable=True, section=DATAFLOW,
+            "are submitted and run.",
+            nullable=True,
+            section=DATAFLOW,
         ),
         "dataflow_max_workers": Param(
-            DATAFLOW_MAX_WORKERS, type="integer", minimum=1, maximum=1000,
+            DATAFLOW_MAX_WORKERS,
+            type="integer",
+            minimum=1,
+            maximum=1000,
             title="Dataflow max workers",
             description="Upper bound for autoscaling, per job.",
             section=DATAFLOW,
@@ -286,10 +385,15 @@ class DataflowSettings:
 
     def to_dict(self) -> dict[str, Any]:
         # The XCom's key order since the first Dataflow runs.
-        return {"worker_package": self.worker_package, "project": self.project,
-                "region": self.region, "temp_location": self.temp_location,
-                "machine_type": self.machine_type, "max_num_workers": self.max_num_workers,
-                "template_location": self.template_location}
+        return {
+            "worker_package": self.worker_package,
+            "project": self.project,
+            "region": self.region,
+            "temp_location": self.temp_location,
+            "machine_type": self.machine_type,
+            "max_num_workers": self.max_num_workers,
+            "template_location": self.template_location,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataflowSettings:
@@ -390,17 +494,19 @@ def parse_seeds(value: Any) -> list[int]:
             if not text:
                 continue  # a blank line of the form's text box
             if not text.isascii() or not text.isdigit():
-                raise ConfigError(f"seeds: item {i + 1} ({item!r}) is not a seed number; give "
-                                  "whole numbers, one per line in the form ([3, 4] in --conf)")
+                raise ConfigError(
+                    f"seeds: item {i + 1} ({item!r}) is not a seed number; give "
+                    "whole numbers, one per line in the form ([3, 4] in --conf)"
+                )
             seed = int(text)
         elif isinstance(item, int) and not isinstance(item, bool):
             seed = item
         else:
-            raise ConfigError(f"seeds must be a list of integers, got {value!r} "
-                              f"(item {i + 1} is {item!r})")
+            raise ConfigError(
+                f"seeds must be a list of integers, got {value!r} (item {i + 1} is {item!r})"
+            )
         if not 1 <= seed <= MAX_SEED:
-            raise ConfigError(f"seeds must be between 1 and {MAX_SEED}, got {seed} "
-                              f"(item {i + 1})")
+            raise ConfigError(f"seeds must be between 1 and {MAX_SEED}, got {seed} (item {i + 1})")
         if seed in seeds:
             raise ConfigError(f"seeds must not repeat: seed {seed} is given twice ({value!r})")
         seeds.append(seed)
@@ -443,11 +549,15 @@ def parse_fractions(value: Any) -> list[str]:
         try:
             text = fraction_text(item)
         except ValueError as err:
-            raise ConfigError(f"fractions: item {i + 1} ({item!r}): {err}; give numbers in "
-                              "(0, 1], one per line in the form ([0.1, 0.05] in --conf)") from None
+            raise ConfigError(
+                f"fractions: item {i + 1} ({item!r}): {err}; give numbers in "
+                "(0, 1], one per line in the form ([0.1, 0.05] in --conf)"
+            ) from None
         if Fraction(text) in exact:
-            raise ConfigError(f"fractions must not repeat: {exact[Fraction(text)]!r} and "
-                              f"{item!r} are the same fraction ({value!r})")
+            raise ConfigError(
+                f"fractions must not repeat: {exact[Fraction(text)]!r} and "
+                f"{item!r} are the same fraction ({value!r})"
+            )
         exact[Fraction(text)] = item
         out.append(text)
     if len(out) > MAX_FRACTIONS:
@@ -460,29 +570,43 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     source = check_uri("source_uri", p.get("source_uri"))
     output = check_uri("output_uri", p.get("output_uri"))
     if _inside(output, source):
-        raise ConfigError(f"output_uri {output} must not be the source folder or inside it "
-                          f"({source})")
+        raise ConfigError(
+            f"output_uri {output} must not be the source folder or inside it ({source})"
+        )
     if _inside(source, output):
         raise ConfigError(f"source_uri {source} must not be inside output_uri {output}")
-    manifest = check_uri("manifest_uri", p["manifest_uri"]) if p.get("manifest_uri") else \
-        f"{output}/manifest.json"
+    manifest = (
+        check_uri("manifest_uri", p["manifest_uri"])
+        if p.get("manifest_uri")
+        else f"{output}/manifest.json"
+    )
     if _inside(manifest, source):
         raise ConfigError(f"manifest_uri {manifest} must not be inside source_uri {source}")
-    work = check_uri("work_uri", p["work_uri"]) if p.get("work_uri") else \
-        layout.work_default(output)
+    work = (
+        check_uri("work_uri", p["work_uri"]) if p.get("work_uri") else layout.work_default(output)
+    )
     if _inside(work, source):
         raise ConfigError(f"work_uri {work} must not be inside source_uri {source}")
     seeds = parse_seeds(p.get("seeds", _SEEDED_ONLY["seeds"]))
     fraction = p.get("fraction", _SEEDED_ONLY["fraction"])
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 < fraction <= 1
+    ):
         raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
     fraction_str = fraction_text(fraction)
     fractions = parse_fractions(p.get("fractions"))
-    if fractions and fraction != _SEEDED_ONLY["fraction"] and \
-            Fraction(fraction_str) not in {Fraction(f) for f in fractions}:
-        raise ConfigError(f"fraction={fraction!r} and fractions={p['fractions']!r}: with "
-                          "fractions set, fraction is not used; put every fraction in "
-                          f"fractions, or leave fraction at its default {_SEEDED_ONLY['fraction']}")
+    if (
+        fractions
+        and fraction != _SEEDED_ONLY["fraction"]
+        and Fraction(fraction_str) not in {Fraction(f) for f in fractions}
+    ):
+        raise ConfigError(
+            f"fraction={fraction!r} and fractions={p['fractions']!r}: with "
+            "fractions set, fraction is not used; put every fraction in "
+            f"fractions, or leave fraction at its default {_SEEDED_ONLY['fraction']}"
+        )
     sampling = p.get("sampling", defaults.SAMPLING)
     if sampling not in SAMPLINGS:
         raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -515,19 +639,23 @@ def resolve(p: dict[str, Any]) -> RunConfig:
             raise ConfigError("runner DataflowRunner needs dataflow_temp_location (a gs:// folder)")
         for name, uri in (("source_uri", source), ("output_uri", output), ("work_uri", work)):
             if not uri.startswith("gs://"):
-                raise ConfigError(f"runner DataflowRunner reads and writes GCS: {name} must be "
-                                  f"gs://, got {uri}")
+                raise ConfigError(
+                    f"runner DataflowRunner reads and writes GCS: {name} must be gs://, got {uri}"
+                )
         package = p.get("dataflow_worker_package")
         if not package:
-            raise ConfigError("runner DataflowRunner needs dataflow_worker_package: build it with "
-                              "bin/build-worker-package (or set SSL_SPLITS_WORKER_PACKAGE)")
+            raise ConfigError(
+                "runner DataflowRunner needs dataflow_worker_package: build it with "
+                "bin/build-worker-package (or set SSL_SPLITS_WORKER_PACKAGE)"
+            )
         loc = None
         if p.get("dataflow_template_location"):
             loc = check_uri("dataflow_template_location", p["dataflow_template_location"])
             if not loc.startswith("gs://"):
                 raise ConfigError(f"dataflow_template_location must be a gs:// folder, got {loc}")
         dataflow = DataflowSettings(
-            worker_package=check_uri("dataflow_worker_package", package), project=project,
+            worker_package=check_uri("dataflow_worker_package", package),
+            project=project,
             region=p.get("dataflow_region") or DATAFLOW_REGION,
             temp_location=check_uri("dataflow_temp_location", temp),
             machine_type=p.get("dataflow_machine_type") or DATAFLOW_MACHINE_TYPE,
@@ -535,35 +663,59 @@ def resolve(p: dict[str, Any]) -> RunConfig:
             template_location=loc,
         )
     elif p.get("dataflow_template_location"):
-        raise ConfigError("dataflow_template_location stages Dataflow templates: it needs runner "
-                          f"DataflowRunner (runner is {runner})")
+        raise ConfigError(
+            "dataflow_template_location stages Dataflow templates: it needs runner "
+            f"DataflowRunner (runner is {runner})"
+        )
     deep = p.get("deep_verify", "auto")
     if isinstance(deep, str):  # the form's "auto" | "always" | "never"
         if deep not in DEEP_VERIFY:
             raise ConfigError(f"deep_verify must be one of {list(DEEP_VERIFY)}, got {deep!r}")
         deep = DEEP_VERIFY[deep]
     return RunConfig(
-        source_uri=source, output_uri=output, manifest_uri=manifest, work_uri=work,
-        seeds=list(seeds), fraction=fractions[0] if fractions else fraction_str,
-        sampling=sampling, sharding_files=sharding, unsupervised=unsupervised,
-        unsupervised_seed=int(p.get("unsupervised_seed") or 0), runner=runner,
-        force=bool(p.get("force", False)), num_shards=p.get("num_shards"),
-        unsupervised_shards=p.get("unsupervised_shards"), copy_validation=copy_validation,
-        num_classes=int(p.get("num_classes") or DEFAULT_NUM_CLASSES), expected_total=p.get("expected_total"),
+        source_uri=source,
+        output_uri=output,
+        manifest_uri=manifest,
+        work_uri=work,
+        seeds=list(seeds),
+        fraction=fractions[0] if fractions else fraction_str,
+        sampling=sampling,
+        sharding_files=sharding,
+        unsupervised=unsupervised,
+        unsupervised_seed=int(p.get("unsupervised_seed") or 0),
+        runner=runner,
+        force=bool(p.get("force", False)),
+        num_shards=p.get("num_shards"),
+        unsupervised_shards=p.get("unsupervised_shards"),
+        copy_validation=copy_validation,
+        num_classes=int(p.get("num_classes") or DEFAULT_NUM_CLASSES),
+        expected_total=p.get("expected_total"),
         deep_verify=bool(deep),
-        direct_num_workers=int(p.get("direct_num_workers") or 0), dataflow=dataflow,
-        protocol=proto.name, name_lists=name_lists, fractions=fractions if proto.uses_seeds else [],
+        direct_num_workers=int(p.get("direct_num_workers") or 0),
+        dataflow=dataflow,
+        protocol=proto.name,
+        name_lists=name_lists,
+        fractions=fractions if proto.uses_seeds else [],
     )
 
 
 # Params a SimCLR protocol leaves aside, with their defaults (what the form sends).
-_SEEDED_ONLY: dict[str, Any] = {"seeds": list(defaults.SEEDS),
-                                "fraction": float(defaults.FRACTION),
-                                "sampling": defaults.SAMPLING, "fractions": []}
+_SEEDED_ONLY: dict[str, Any] = {
+    "seeds": list(defaults.SEEDS),
+    "fraction": float(defaults.FRACTION),
+    "sampling": defaults.SAMPLING,
+    "fractions": [],
+}
 
 
-def _protocol(p: dict[str, Any], seeds: list[int], fraction: Any, sampling: str,
-              files: dict[str, Any], fractions: list[str]) -> protocols.Protocol:
+def _protocol(
+    p: dict[str, Any],
+    seeds: list[int],
+    fraction: Any,
+    sampling: str,
+    files: dict[str, Any],
+    fractions: list[str],
+) -> protocols.Protocol:
     """The ``protocol`` param, checked against the params it decides on."""
     name = p.get("protocol") or protocols.SEEDED
     if name not in protocols.PROTOCOLS:
@@ -575,34 +727,48 @@ def _protocol(p: dict[str, Any], seeds: list[int], fraction: Any, sampling: str,
                 raise ConfigError(
                     f"{param}={p[param]!r} does not apply to protocol {name} (SimCLR's subsets are "
                     f"given by their files): leave {param} at its default {default!r}, or use "
-                    "protocol seeded")
+                    "protocol seeded"
+                )
         if files:
-            raise ConfigError(f"sharding_files do not apply to protocol {name}: it builds no "
-                              "seeded splits")
+            raise ConfigError(
+                f"sharding_files do not apply to protocol {name}: it builds no seeded splits"
+            )
     elif len(fractions) > 1 and files:
-        raise ConfigError(f"sharding_files and fractions={p['fractions']!r} do not go together: "
-                          "a sharding file is one seed's split exactly, at one size; build "
-                          "the seeds with sharding_files in a run of their own (without "
-                          "fractions)")
+        raise ConfigError(
+            f"sharding_files and fractions={p['fractions']!r} do not go together: "
+            "a sharding file is one seed's split exactly, at one size; build "
+            "the seeds with sharding_files in a run of their own (without "
+            "fractions)"
+        )
     if proto.sharding:
         outside = [s for s in seeds if s not in proto.seeds]
         if outside:
-            raise ConfigError(f"seeds {outside}: protocol {name} has published splits for seeds "
-                              f"{min(proto.seeds)}-{max(proto.seeds)} only")
+            raise ConfigError(
+                f"seeds {outside}: protocol {name} has published splits for seeds "
+                f"{min(proto.seeds)}-{max(proto.seeds)} only"
+            )
         if files:
-            raise ConfigError(f"sharding_files and protocol {name} both give the seeds' files: "
-                              f"use one (protocol {name} uses the published files it ships)")
+            raise ConfigError(
+                f"sharding_files and protocol {name} both give the seeds' files: "
+                f"use one (protocol {name} uses the published files it ships)"
+            )
         if str(fraction) != "0.1":
-            raise ConfigError(f"fraction={fraction!r}: FixMatch's published splits are 10% "
-                              "(128,116 of ImageNet's records); leave fraction at 0.1")
+            raise ConfigError(
+                f"fraction={fraction!r}: FixMatch's published splits are 10% "
+                "(128,116 of ImageNet's records); leave fraction at 0.1"
+            )
         if any(Fraction(f) != Fraction(1, 10) for f in fractions):
-            raise ConfigError(f"fractions={p['fractions']!r}: protocol {name} reproduces "
-                              "FixMatch's published 10% splits, and no 5% or 1% split was "
-                              "published; leave fractions empty, or use protocol seeded to draw "
-                              "train{N}.{seed} at several fractions")
+            raise ConfigError(
+                f"fractions={p['fractions']!r}: protocol {name} reproduces "
+                "FixMatch's published 10% splits, and no 5% or 1% split was "
+                "published; leave fractions empty, or use protocol seeded to draw "
+                "train{N}.{seed} at several fractions"
+            )
         if sampling != "stratified":
-            raise ConfigError(f"sampling={sampling!r}: FixMatch's published splits are "
-                              "stratified; leave sampling at stratified")
+            raise ConfigError(
+                f"sampling={sampling!r}: FixMatch's published splits are "
+                "stratified; leave sampling at stratified"
+            )
     return proto
 
 
@@ -616,11 +782,14 @@ def _name_lists(value: Any, proto: protocols.Protocol) -> dict[str, str]:
     taken = {label for label, _ in proto.name_lists}
     for label, uri in sorted(value.items()):
         if not isinstance(label, str) or not re.match(protocols.LABEL_PATTERN, label):
-            raise ConfigError(f"name_lists label {label!r} must be a lower-case letter followed by "
-                              "up to 31 lower-case letters, digits or _ (it names the split "
-                              "train{N}.{label})")
+            raise ConfigError(
+                f"name_lists label {label!r} must be a lower-case letter followed by "
+                "up to 31 lower-case letters, digits or _ (it names the split "
+                "train{N}.{label})"
+            )
         if label in taken:
-            raise ConfigError(f"name_lists label {label!r} is protocol {proto.name}'s: choose "
-                              "another label")
+            raise ConfigError(
+                f"name_lists label {label!r} is protocol {proto.name}'s: choose another label"
+            )
         out[label] = check_uri(f"name_lists[{label}]", uri)
     return out

@@ -135,14 +135,21 @@ def _started(pid: int) -> float | None:
         return None
 
 
-def _body(run_id: str, dag_id: str, output_uri: str, lease: dt.timedelta,
-          in_process: bool) -> dict[str, Any]:
+def _body(
+    run_id: str, dag_id: str, output_uri: str, lease: dt.timedelta, in_process: bool
+) -> dict[str, Any]:
     now = _now()
     body: dict[str, Any] = {
-        "run_id": run_id, "dag_id": dag_id, "output_uri": output_uri,
-        **_machine(), "pid": os.getpid(), "in_process": in_process,
-        "acquired_at": now.isoformat(), "renewed_at": now.isoformat(),
-        "expires_at": (now + lease).isoformat(), "lease_seconds": lease.total_seconds(),
+        "run_id": run_id,
+        "dag_id": dag_id,
+        "output_uri": output_uri,
+        **_machine(),
+        "pid": os.getpid(),
+        "in_process": in_process,
+        "acquired_at": now.isoformat(),
+        "renewed_at": now.isoformat(),
+        "expires_at": (now + lease).isoformat(),
+        "lease_seconds": lease.total_seconds(),
     }
     if in_process:
         try:
@@ -154,8 +161,12 @@ def _body(run_id: str, dag_id: str, output_uri: str, lease: dt.timedelta,
 
 def _renewed(holder: dict[str, Any], lease: dt.timedelta) -> dict[str, Any]:
     now = _now()
-    return {**holder, "renewed_at": now.isoformat(), "expires_at": (now + lease).isoformat(),
-            "lease_seconds": lease.total_seconds()}
+    return {
+        **holder,
+        "renewed_at": now.isoformat(),
+        "expires_at": (now + lease).isoformat(),
+        "lease_seconds": lease.total_seconds(),
+    }
 
 
 def _expires(holder: dict[str, Any]) -> dt.datetime:
@@ -174,8 +185,9 @@ def _process_gone(holder: dict[str, Any]) -> bool:
     if holder.get("in_process") is not True or not isinstance(holder.get("pid"), int):
         return False
     here = _machine()
-    if None in (here["boot_id"], here["pid_ns"]) or \
-            any(holder.get(k) != here[k] for k in ("host", "boot_id", "pid_ns")):
+    if None in (here["boot_id"], here["pid_ns"]) or any(
+        holder.get(k) != here[k] for k in ("host", "boot_id", "pid_ns")
+    ):
         return False
     try:
         started = _started(holder["pid"])
@@ -190,22 +202,28 @@ def _process_gone(holder: dict[str, Any]) -> bool:
 def _free_because(holder: dict[str, Any]) -> str | None:
     """Why another run's lock may be taken over (None: it holds)."""
     if _process_gone(holder):
-        return (f"its process {holder.get('pid')} on this host, which ran the whole DAG run "
-                "(airflow dags test), is gone")
+        return (
+            f"its process {holder.get('pid')} on this host, which ran the whole DAG run "
+            "(airflow dags test), is gone"
+        )
     if _expires(holder) <= _now():
         return f"its lease lapsed at {holder.get('expires_at') or holder.get('acquired_at')}"
     return None
 
 
 def _describe(holder: dict[str, Any]) -> str:
-    return (f"run {holder.get('run_id')} of {holder.get('dag_id')} (host {holder.get('host')}, "
-            f"since {holder.get('acquired_at')})")
+    return (
+        f"run {holder.get('run_id')} of {holder.get('dag_id')} (host {holder.get('host')}, "
+        f"since {holder.get('acquired_at')})"
+    )
 
 
 def _held(uri: str, holder: dict[str, Any]) -> LockHeld:
     if not holder:
-        return LockHeld(f"{uri} kept changing while this run tried to take it (other runs "
-                        "starting at the same time?); this run stops here. Trigger it again.")
+        return LockHeld(
+            f"{uri} kept changing while this run tried to take it (other runs "
+            "starting at the same time?); this run stops here. Trigger it again."
+        )
     return LockHeld(
         f"{holder.get('output_uri', 'this output folder')} is being written by "
         f"{_describe(holder)}; its lease runs until {holder.get('expires_at')} and is renewed "
@@ -217,12 +235,13 @@ def _held(uri: str, holder: dict[str, Any]) -> LockHeld:
 
 def _lost(uri: str, run_id: str, holder: dict[str, Any] | None) -> LockLost:
     if holder is None:
-        what = (f"{uri} was removed (deleted by hand, or released by a run that had taken it "
-                "over)")
+        what = f"{uri} was removed (deleted by hand, or released by a run that had taken it over)"
     else:
-        what = (f"{_describe(holder)} holds it now: it took it over when this run's lease was "
-                "not renewed in time (this run's tasks were not running, or could not reach "
-                "storage)")
+        what = (
+            f"{_describe(holder)} holds it now: it took it over when this run's lease was "
+            "not renewed in time (this run's tasks were not running, or could not reach "
+            "storage)"
+        )
     return LockLost(
         f"run {run_id} no longer holds {uri}: {what}. This run stops here so that two runs "
         "never write one output folder at once; nothing of it is published. Trigger it again "
@@ -259,8 +278,7 @@ def _gcs_read(blob: Any) -> tuple[int, dict[str, Any]] | None:
         try:
             blob.reload(retry=storage._retry())
             generation = int(blob.generation)
-            data = blob.download_as_bytes(if_generation_match=generation,
-                                          retry=storage._retry())
+            data = blob.download_as_bytes(if_generation_match=generation, retry=storage._retry())
         except gexc.NotFound:
             return None  # released meanwhile: free
         except gexc.PreconditionFailed:
@@ -274,8 +292,12 @@ def _gcs_write(blob: Any, holder: dict[str, Any], generation: int) -> bool:
     from google.api_core import exceptions as gexc
 
     try:
-        blob.upload_from_string(json.dumps(holder), content_type="application/json",
-                                if_generation_match=generation, retry=storage._retry())
+        blob.upload_from_string(
+            json.dumps(holder),
+            content_type="application/json",
+            if_generation_match=generation,
+            retry=storage._retry(),
+        )
         return True
     except gexc.PreconditionFailed:
         return False
@@ -453,8 +475,15 @@ def _release_local(uri: str, run_id: str) -> bool:
 # --------------------------------------------------------------------------- API
 
 
-def acquire(work_uri: str, *, run_id: str, dag_id: str, output_uri: str,
-            lease: dt.timedelta | None = None, in_process: bool = False) -> str:
+def acquire(
+    work_uri: str,
+    *,
+    run_id: str,
+    dag_id: str,
+    output_uri: str,
+    lease: dt.timedelta | None = None,
+    in_process: bool = False,
+) -> str:
     """Take the lock for ``run_id`` (idempotent for the same run: a task retry
     renews it). ``in_process``: this process runs the whole DAG run
     (``dag.test()``), so the lock is free as soon as it is gone.
@@ -491,8 +520,9 @@ def release(work_uri: str, *, run_id: str) -> bool:
 
 
 @contextlib.contextmanager
-def holding(work_uri: str, *, run_id: str, lease: dt.timedelta | None = None,
-            every: float | None = None) -> Iterator[None]:
+def holding(
+    work_uri: str, *, run_id: str, lease: dt.timedelta | None = None, every: float | None = None
+) -> Iterator[None]:
     """Run the body holding the lock: renew it now (raises LockLost if this run
     lost it), then from a background thread every ``every`` seconds (default:
     a fifth of the lease). If the lock is lost meanwhile, the body goes on
@@ -514,8 +544,12 @@ def holding(work_uri: str, *, run_id: str, lease: dt.timedelta | None = None,
                     lost.append(err)
                     return
                 except Exception as err:  # noqa: BLE001 - a transient failure: try again
-                    log.warning("could not renew the lock %s (trying again in %.0f s): %s",
-                                lock_uri(work_uri), every, err)
+                    log.warning(
+                        "could not renew the lock %s (trying again in %.0f s): %s",
+                        lock_uri(work_uri),
+                        every,
+                        err,
+                    )
 
     thread = threading.Thread(target=keep, name=f"lock-lease-{run_id}", daemon=True)
     thread.start()
@@ -546,8 +580,10 @@ def runs_whole_dag_in_process(dag_run: Any) -> bool:
     except ImportError:
         return False
     comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
-    if type(comms).__name__ != "InProcessSupervisorComms" or \
-            type(comms).__module__ != "airflow.sdk.execution_time.supervisor":
+    if (
+        type(comms).__name__ != "InProcessSupervisorComms"
+        or type(comms).__module__ != "airflow.sdk.execution_time.supervisor"
+    ):
         return False
     if os.environ.get("AIRFLOW_TEST_MODE") == "True":
         return False

@@ -41,8 +41,12 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
 
     opts: dict[str, Any] = {}
     if job == "validate":
-        opts.update(source_uri=cfg.source_uri, catalog_dir=spec["catalog_dir"] if spec else None,
-                    num_classes=cfg.num_classes, expected_total=cfg.expected_total)
+        opts.update(
+            source_uri=cfg.source_uri,
+            catalog_dir=spec["catalog_dir"] if spec else None,
+            num_classes=cfg.num_classes,
+            expected_total=cfg.expected_total,
+        )
     # The source's layout (common or tfds:DATASET), from check_params' listing and then
     # the validation report: it names the files the jobs read and write.
     if spec and spec.get("layout"):
@@ -61,11 +65,17 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
     if cfg.is_dataflow and cfg.dataflow:
         df = cfg.dataflow
         opts.update(
-            project=df.project, region=df.region, temp_location=df.temp_location,
+            project=df.project,
+            region=df.region,
+            temp_location=df.temp_location,
             staging_location=storage.join(df.temp_location, "staging"),
-            machine_type=df.machine_type, max_num_workers=df.max_num_workers,
+            machine_type=df.machine_type,
+            max_num_workers=df.max_num_workers,
             extra_packages=[df.worker_package] if df.worker_package else None,
-            labels={"app": "ssl-imagenet-splits", "split": job_name((spec or {}).get("split", "source"))},
+            labels={
+                "app": "ssl-imagenet-splits",
+                "split": job_name((spec or {}).get("split", "source")),
+            },
         )
         if cfg.template_location:
             opts["template_location"] = template_uri(cfg, job, spec)
@@ -81,11 +91,14 @@ def template_uri(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> str:
     from beam_jobs.pipeline import job_name  # imports Apache Beam: not at DAG parse time
 
     assert cfg.template_location is not None
-    return storage.join(cfg.template_location,
-                        job_name("ssl", job, (spec or {}).get("split", "source")))
+    return storage.join(
+        cfg.template_location, job_name("ssl", job, (spec or {}).get("split", "source"))
+    )
 
 
-def dataflow_config(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> DataflowConfiguration | None:
+def dataflow_config(
+    cfg: RunConfig, job: str, spec: dict[str, Any] | None
+) -> DataflowConfiguration | None:
     """Dataflow job settings: the job name carries the split (``ssl-build-train128116-3``)."""
     if not cfg.is_dataflow or not cfg.dataflow:
         return None
@@ -114,7 +127,7 @@ class OutputFolderLink(BaseOperatorLink):
         if not value:
             return ""
         if value.startswith("gs://"):
-            return "https://console.cloud.google.com/storage/browser/" + value[len("gs://"):]
+            return "https://console.cloud.google.com/storage/browser/" + value[len("gs://") :]
         return "file://" + value
 
 
@@ -128,25 +141,39 @@ class SplitBeamHook(BeamHook):
     package metadata gives at no cost; everything else is the provider's.
     """
 
-    def start_python_pipeline(self, variables: dict, py_file: str, py_options: list[str],
-                              py_interpreter: str = "python3",
-                              py_requirements: list[str] | None = None,
-                              py_system_site_packages: bool = False,
-                              process_line_callback: Any = None,
-                              is_dataflow_job_id_exist_callback: Any = None) -> None:
+    def start_python_pipeline(
+        self,
+        variables: dict,
+        py_file: str,
+        py_options: list[str],
+        py_interpreter: str = "python3",
+        py_requirements: list[str] | None = None,
+        py_system_site_packages: bool = False,
+        process_line_callback: Any = None,
+        is_dataflow_job_id_exist_callback: Any = None,
+    ) -> None:
         if py_requirements is not None or py_interpreter != sys.executable:
             return super().start_python_pipeline(
-                variables, py_file, py_options, py_interpreter, py_requirements,
-                py_system_site_packages, process_line_callback, is_dataflow_job_id_exist_callback)
+                variables,
+                py_file,
+                py_options,
+                py_interpreter,
+                py_requirements,
+                py_system_site_packages,
+                process_line_callback,
+                is_dataflow_job_id_exist_callback,
+            )
         from importlib.metadata import version
 
         if "labels" in variables:
             variables["labels"] = [f"{key}={value}" for key, value in variables["labels"].items()]
         self.log.info("Beam version: %s", version("apache-beam"))
-        self._start_pipeline(variables=variables, command_prefix=[py_interpreter, *py_options,
-                                                                  py_file],
-                             process_line_callback=process_line_callback,
-                             is_dataflow_job_id_exist_callback=is_dataflow_job_id_exist_callback)
+        self._start_pipeline(
+            variables=variables,
+            command_prefix=[py_interpreter, *py_options, py_file],
+            process_line_callback=process_line_callback,
+            is_dataflow_job_id_exist_callback=is_dataflow_job_id_exist_callback,
+        )
         return None
 
 
@@ -160,7 +187,11 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         task with the reason in the log.
     """
 
-    template_fields: Sequence[str] = (*BeamRunPythonPipelineOperator.template_fields, "config", "spec")
+    template_fields: Sequence[str] = (
+        *BeamRunPythonPipelineOperator.template_fields,
+        "config",
+        "spec",
+    )
     # Ours, and the provider's Dataflow job link (a URL only for jobs run on Dataflow).
     operator_extra_links = (OutputFolderLink(), *BeamRunPythonPipelineOperator.operator_extra_links)
 
@@ -203,15 +234,21 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         if cfg.template_location and self.job == "verify":
             raise AirflowSkipException(
                 f"{spec.get('split') if spec else 'source'}: template mode: the build was staged "
-                "as a Dataflow template, not run; there is nothing to verify")
+                "as a Dataflow template, not run; there is nothing to verify"
+            )
         self.runner = cfg.runner
         self.pipeline_options = pipeline_options(cfg, self.job, spec)
         df = dataflow_config(cfg, self.job, spec)
         if df is not None:
             self.dataflow_config = df
         label = spec.get("split", "source") if spec else "source"
-        log.info("%s %s on %s with %s", self.job, label, cfg.runner,
-                 json.dumps(self.pipeline_options, sort_keys=True))
+        log.info(
+            "%s %s on %s with %s",
+            self.job,
+            label,
+            cfg.runner,
+            json.dumps(self.pipeline_options, sort_keys=True),
+        )
         if self.job == "build" and spec:
             context["ti"].xcom_push(key="output_folder", value=cfg.output_uri)
         if self.job == "verify" and not cfg.deep_verify:
@@ -225,11 +262,16 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
                 # The provider clears operator_extra_links off Dataflow, ours included (the
                 # worker stores these links when the task ends); Dataflow's only on Dataflow
                 # (elsewhere it would be a link to job "None").
-                self.operator_extra_links = type(self).operator_extra_links if cfg.is_dataflow \
-                    else (OutputFolderLink(),)
-        return {"split": label, "job": self.job, "runner": cfg.runner,
-                "dataflow_job_id": self.dataflow_job_id,
-                **(result if isinstance(result, dict) else {})}
+                self.operator_extra_links = (
+                    type(self).operator_extra_links if cfg.is_dataflow else (OutputFolderLink(),)
+                )
+        return {
+            "split": label,
+            "job": self.job,
+            "runner": cfg.runner,
+            "dataflow_job_id": self.dataflow_job_id,
+            **(result if isinstance(result, dict) else {}),
+        }
 
     def _verify_exact(self, label: str) -> dict[str, Any]:
         """The exact check from metadata needs no Beam job (no record data is
@@ -246,8 +288,14 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
                 report = verify.run(argv)
             except verify.VerificationFailed as err:
                 raise AirflowFailException(f"{err}\nnothing was published") from None
-        return {"split": label, "job": self.job, "runner": "in-process", "mode": report["mode"],
-                "seconds": report["seconds"], "bytes_read": report["bytes_read"]}
+        return {
+            "split": label,
+            "job": self.job,
+            "runner": "in-process",
+            "mode": report["mode"],
+            "seconds": report["seconds"],
+            "bytes_read": report["bytes_read"],
+        }
 
     def execute_on_dataflow(self, context: Any) -> dict[str, Any]:
         """Submit to Dataflow and wait (the provider's), or in template mode only
@@ -259,8 +307,10 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         if not template:
             return super().execute_on_dataflow(context)
         self.beam_hook.start_python_pipeline(
-            variables=self.snake_case_pipeline_options, py_file=self.py_file,
-            py_options=self.py_options, py_interpreter=self.py_interpreter,
+            variables=self.snake_case_pipeline_options,
+            py_file=self.py_file,
+            py_options=self.py_options,
+            py_interpreter=self.py_interpreter,
             py_requirements=self.py_requirements,
             py_system_site_packages=self.py_system_site_packages,
             process_line_callback=self.process_line_callback,
@@ -280,7 +330,9 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
                 if storage.exists(uri):
                     report = json.loads(storage.read_text(uri))
                     if not report["ok"]:
-                        return AirflowFailException("the source is invalid:\n" + format_report(report))
+                        return AirflowFailException(
+                            "the source is invalid:\n" + format_report(report)
+                        )
             if self.job == "verify" and spec:
                 uri = report_uri(cfg.work_uri, spec["split"])
                 if storage.exists(uri):
@@ -288,7 +340,8 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
                     if not report["ok"]:
                         return AirflowFailException(
                             f"{spec['split']} failed verification; nothing was published:\n  "
-                            + "\n  ".join(report["findings"][:20]))
+                            + "\n  ".join(report["findings"][:20])
+                        )
         except Exception as inner:  # explaining must never hide the original error
             log.warning("could not read the job's report: %s", inner)
         return err

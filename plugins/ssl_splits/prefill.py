@@ -63,8 +63,11 @@ def base_conf(doc: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
     classes = _source_num_classes(doc)
     if classes is not None and classes != DEFAULT_NUM_CLASSES:
         conf["num_classes"] = classes
-    runners = Counter(((e.get("provenance") or {}).get("runner"))
-                      for e in (doc.get("splits") or {}).values() if isinstance(e, dict))
+    runners = Counter(
+        ((e.get("provenance") or {}).get("runner"))
+        for e in (doc.get("splits") or {}).values()
+        if isinstance(e, dict)
+    )
     runners.pop(None, None)
     if runners:
         runner = runners.most_common(1)[0][0]
@@ -75,9 +78,14 @@ def base_conf(doc: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
 
 def seeded_splits(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The manifest's supervised splits that name their seed, by split name."""
-    return {name: e for name, e in (doc.get("splits") or {}).items()
-            if isinstance(e, dict) and e.get("kind") == "supervised"
-            and isinstance(e.get("seed"), int) and not isinstance(e.get("seed"), bool)}
+    return {
+        name: e
+        for name, e in (doc.get("splits") or {}).items()
+        if isinstance(e, dict)
+        and e.get("kind") == "supervised"
+        and isinstance(e.get("seed"), int)
+        and not isinstance(e.get("seed"), bool)
+    }
 
 
 def rebuild_conf(doc: dict[str, Any], split: str, manifest_uri: str) -> dict[str, Any]:
@@ -122,8 +130,14 @@ def add_seeds_conf(doc: dict[str, Any], manifest_uri: str, count: int = 1) -> di
     kinds = Counter((e.get("fraction"), e.get("sampling")) for e in seeded_splits(doc).values())
     if kinds:
         (fraction, sampling), most = kinds.most_common(1)[0]
-        tied = sorted({value for (f, s), k in kinds.items() if k == most and s == sampling
-                       and (value := _fraction(f)) is not None}, reverse=True)
+        tied = sorted(
+            {
+                value
+                for (f, s), k in kinds.items()
+                if k == most and s == sampling and (value := _fraction(f)) is not None
+            },
+            reverse=True,
+        )
         if len(tied) > 1:
             conf["fractions"] = tied
         elif _fraction(fraction) is not None:
@@ -142,8 +156,10 @@ def trigger_url(conf: dict[str, Any], *, ui_base: str = "", dag_id: str = DAG_ID
 
 def run_url(run_id: str, *, ui_base: str = "", dag_id: str = DAG_ID) -> str:
     """A DAG run's page in the Airflow UI."""
-    return (f"{ui_base.rstrip('/')}/dags/{urllib.parse.quote(dag_id, safe='')}/runs/"
-            f"{urllib.parse.quote(run_id, safe='')}")
+    return (
+        f"{ui_base.rstrip('/')}/dags/{urllib.parse.quote(dag_id, safe='')}/runs/"
+        f"{urllib.parse.quote(run_id, safe='')}"
+    )
 
 
 def conf_of_page(page_url: str | None, dag_id: str = DAG_ID) -> dict[str, Any] | None:
@@ -164,7 +180,9 @@ def conf_of_page(page_url: str | None, dag_id: str = DAG_ID) -> dict[str, Any] |
     return conf if isinstance(conf, dict) else None
 
 
-def apply_prefill(details: dict[str, Any], conf: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def apply_prefill(
+    details: dict[str, Any], conf: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
     """The DAG details (REST API shape: ``params`` = ``{name: {"value", "schema",
     "description"}}``) with the values of ``conf`` as the params' values; and the
     names applied. Names that are not params of the DAG are left out."""
@@ -174,6 +192,8 @@ def apply_prefill(details: dict[str, Any], conf: dict[str, Any]) -> tuple[dict[s
     applied = [k for k in conf if isinstance(params.get(k), dict)]
     if not applied:
         return details, []
-    new_params = {k: ({**v, "value": conf[k]} if k in conf and isinstance(v, dict) else v)
-                  for k, v in params.items()}
+    new_params = {
+        k: ({**v, "value": conf[k]} if k in conf and isinstance(v, dict) else v)
+        for k, v in params.items()
+    }
     return {**details, "params": new_params}, applied

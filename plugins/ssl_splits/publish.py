@@ -59,7 +59,7 @@ class Published:
 
 
 def versions_folder(uri: str) -> str:
-    stem = uri[:-len(".json")] if uri.endswith(".json") else uri
+    stem = uri[: -len(".json")] if uri.endswith(".json") else uri
     return f"{stem}.versions"
 
 
@@ -118,7 +118,9 @@ def _publish_gcs(uri: str, update: Update, attempts: int) -> Published:
         try:
             blob.reload(retry=retry)
             generation = int(blob.generation)
-            current = json.loads(blob.download_as_bytes(if_generation_match=generation, retry=retry))
+            current = json.loads(
+                blob.download_as_bytes(if_generation_match=generation, retry=retry)
+            )
         except gexc.NotFound:
             generation, current = 0, None
         except gexc.PreconditionFailed:
@@ -131,19 +133,27 @@ def _publish_gcs(uri: str, update: Update, attempts: int) -> Published:
             # no-cache: readers of a public bucket must not see an old manifest
             # from an edge cache.
             blob.cache_control = "no-cache"
-            blob.upload_from_string(text, content_type="application/json",
-                                    if_generation_match=generation, retry=retry)
+            blob.upload_from_string(
+                text, content_type="application/json", if_generation_match=generation, retry=retry
+            )
         except gexc.PreconditionFailed:
-            wait = min(5.0, 0.1 * 2 ** attempt) * (0.5 + random.random())
-            log.info("manifest %s changed while publishing (attempt %d/%d); re-reading in %.1f s",
-                     uri, attempt, attempts, wait)
+            wait = min(5.0, 0.1 * 2**attempt) * (0.5 + random.random())
+            log.info(
+                "manifest %s changed while publishing (attempt %d/%d); re-reading in %.1f s",
+                uri,
+                attempt,
+                attempts,
+                wait,
+            )
             time.sleep(wait)
             continue
         new_generation = int(blob.generation) if blob.generation is not None else None
         version = storage.join(versions_folder(uri), f"{_stamp()}-{new_generation}.json")
         return Published(uri, version, new_generation, attempt, doc)  # committed
-    raise PublishError(f"could not publish {uri}: it kept changing under {attempts} attempts "
-                       "(another publisher?); the manifest is unchanged by this run")
+    raise PublishError(
+        f"could not publish {uri}: it kept changing under {attempts} attempts "
+        "(another publisher?); the manifest is unchanged by this run"
+    )
 
 
 def _publish_local(uri: str, update: Update) -> Published:
@@ -157,8 +167,10 @@ def _publish_local(uri: str, update: Update) -> Published:
             try:
                 storage.write_text(uri, text, "application/json")  # rename(2): all or nothing
             except OSError as err:
-                raise PublishError(f"could not publish {uri}: {err}. The manifest is unchanged; "
-                                   "the task can be retried.") from err
+                raise PublishError(
+                    f"could not publish {uri}: {err}. The manifest is unchanged; "
+                    "the task can be retried."
+                ) from err
             sha = hashlib.sha256(text.encode()).hexdigest()[:12]
             version = storage.join(versions_folder(uri), f"{_stamp()}-{sha}.json")
             published = Published(uri, version, None, 1, doc)

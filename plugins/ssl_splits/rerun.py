@@ -24,10 +24,15 @@ class Decision:
     reason: str
 
 
-def rerun_decision(entry: Mapping[str, Any] | None, *, plan_sha256: str | None,
-                   source_fingerprint: str | None, force: bool,
-                   num_shards: int | None = None,
-                   file_problems: Callable[[], Sequence[str]] = lambda: ()) -> Decision:
+def rerun_decision(
+    entry: Mapping[str, Any] | None,
+    *,
+    plan_sha256: str | None,
+    source_fingerprint: str | None,
+    force: bool,
+    num_shards: int | None = None,
+    file_problems: Callable[[], Sequence[str]] = lambda: (),
+) -> Decision:
     """Build or skip one split.
 
     ``entry``: the split's published manifest entry (None: not published).
@@ -45,8 +50,10 @@ def rerun_decision(entry: Mapping[str, Any] | None, *, plan_sha256: str | None,
     if entry.get("source_fingerprint") != source_fingerprint:
         return Decision(BUILD, "the source changed")
     if num_shards is not None and entry.get("num_shards") != num_shards:
-        return Decision(BUILD, f"its shard count changed ({entry.get('num_shards')} published, "
-                               f"{num_shards} planned)")
+        return Decision(
+            BUILD,
+            f"its shard count changed ({entry.get('num_shards')} published, {num_shards} planned)",
+        )
     problems = file_problems()
     if problems:
         return Decision(BUILD, f"published files do not match the manifest: {problems[0]}")

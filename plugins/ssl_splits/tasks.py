@@ -65,17 +65,27 @@ def describe_source(cfg: RunConfig) -> dict[str, Any]:
     if storage.exists(report_path):
         report = json.loads(storage.read_text(report_path))
         checks = report.get("checks", {})
-        same_checks = checks.get("label_max", 0) - checks.get("label_min", 1) + 1 == \
-            cfg.num_classes and report.get("layout", layout.COMMON) == names.spec
-        if report.get("ok") and report.get("source_fingerprint") == fp and same_checks \
-                and cfg.expected_total in (None, report.get("total_records")):
+        same_checks = (
+            checks.get("label_max", 0) - checks.get("label_min", 1) + 1 == cfg.num_classes
+            and report.get("layout", layout.COMMON) == names.spec
+        )
+        if (
+            report.get("ok")
+            and report.get("source_fingerprint") == fp
+            and same_checks
+            and cfg.expected_total in (None, report.get("total_records"))
+        ):
             action, reason = "cached", f"source unchanged since it was validated ({report_path})"
         else:
             reason = "the last validation of this source failed or used other checks"
     return {
-        "source_uri": cfg.source_uri, "fingerprint": fp, "catalog_dir": catalog_dir,
+        "source_uri": cfg.source_uri,
+        "fingerprint": fp,
+        "catalog_dir": catalog_dir,
         "layout": names.spec,
-        "num_train_files": len(train), "action": action, "reason": reason,
+        "num_train_files": len(train),
+        "action": action,
+        "reason": reason,
         "validation_files": len(val),
         "validation_fingerprint": fingerprint(val) if val else None,
     }
@@ -90,14 +100,21 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     for label, uri in cfg.name_lists.items():
         if not storage.exists(uri):
             raise ConfigError(f"name_lists[{label}]: {uri} does not exist")
-    if not storage.list_files(storage.join(cfg.source_uri, "*")) and \
-            not storage.exists(cfg.source_uri) and not storage.is_gcs(cfg.source_uri):
+    if (
+        not storage.list_files(storage.join(cfg.source_uri, "*"))
+        and not storage.exists(cfg.source_uri)
+        and not storage.is_gcs(cfg.source_uri)
+    ):
         raise TaskError(f"source_uri {cfg.source_uri} does not exist")
     source = describe_source(cfg)
     log.info("run config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
-    log.info("source: %d train shards (%s layout), fingerprint %s; %s",
-             source["num_train_files"], source["layout"], source["fingerprint"][:16],
-             source["reason"])
+    log.info(
+        "source: %d train shards (%s layout), fingerprint %s; %s",
+        source["num_train_files"],
+        source["layout"],
+        source["fingerprint"][:16],
+        source["reason"],
+    )
     return {"config": cfg.to_dict(), "source": source}
 
 
@@ -107,12 +124,20 @@ def acquire_lock(config: dict[str, Any], run: dict[str, Any]) -> str:
     process runs the whole DAG run (``airflow dags test``)."""
     cfg = RunConfig.from_dict(config)
     lease = lock.lease_from_env()
-    uri = lock.acquire(cfg.work_uri, run_id=run["run_id"], dag_id=run["dag_id"],
-                       output_uri=cfg.output_uri, lease=lease,
-                       in_process=bool(run.get("in_process")))
-    log.info("holding %s for this run (a lease of %.0f s, renewed while its tasks run%s)", uri,
-             lease.total_seconds(),
-             "; free as soon as this process is gone" if run.get("in_process") else "")
+    uri = lock.acquire(
+        cfg.work_uri,
+        run_id=run["run_id"],
+        dag_id=run["dag_id"],
+        output_uri=cfg.output_uri,
+        lease=lease,
+        in_process=bool(run.get("in_process")),
+    )
+    log.info(
+        "holding %s for this run (a lease of %.0f s, renewed while its tasks run%s)",
+        uri,
+        lease.total_seconds(),
+        "; free as soon as this process is gone" if run.get("in_process") else "",
+    )
     return uri
 
 
@@ -140,16 +165,26 @@ def release_lock(params: dict[str, Any], run: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- plan
 
 
-def decide(split: str, plan_sha: str | None, source_fp: str | None,
-           manifest: dict[str, Any] | None, force: bool,
-           num_shards: int | None = None) -> tuple[str, str]:
+def decide(
+    split: str,
+    plan_sha: str | None,
+    source_fp: str | None,
+    manifest: dict[str, Any] | None,
+    force: bool,
+    num_shards: int | None = None,
+) -> tuple[str, str]:
     """``("build"|"skip", reason)`` for one split (``ssl_splits.rerun``)."""
     entry = (manifest or {}).get("splits", {}).get(split)
     # Storage metadata only (GCS: sizes and CRC32Cs; locally: sizes and the
     # modification times recorded at publication): no shard is read.
-    d = rerun_decision(entry, plan_sha256=plan_sha, source_fingerprint=source_fp, force=force,
-                       num_shards=num_shards,
-                       file_problems=lambda: entry_problems(entry or {}, read_legacy=True))
+    d = rerun_decision(
+        entry,
+        plan_sha256=plan_sha,
+        source_fingerprint=source_fp,
+        force=force,
+        num_shards=num_shards,
+        file_problems=lambda: entry_problems(entry or {}, read_legacy=True),
+    )
     return d.action, d.reason
 
 
@@ -168,11 +203,16 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
     # The validated source's layout names every file the build and verify jobs write.
     source_layout = report.get("layout", layout.COMMON)
     req = PlanRequest(
-        seeds=tuple(cfg.seeds), fraction=cfg.fraction, sampling=cfg.sampling,
-        num_shards=cfg.num_shards, unsupervised=cfg.unsupervised,
-        unsupervised_seed=cfg.unsupervised_seed, unsupervised_shards=cfg.unsupervised_shards,
+        seeds=tuple(cfg.seeds),
+        fraction=cfg.fraction,
+        sampling=cfg.sampling,
+        num_shards=cfg.num_shards,
+        unsupervised=cfg.unsupervised,
+        unsupervised_seed=cfg.unsupervised_seed,
+        unsupervised_shards=cfg.unsupervised_shards,
         sharding_files=tuple((int(k), v) for k, v in sorted(cfg.sharding_files.items())),
-        name_lists=tuple(sorted(cfg.name_lists.items())), protocol=cfg.protocol,
+        name_lists=tuple(sorted(cfg.name_lists.items())),
+        protocol=cfg.protocol,
         fractions=tuple(cfg.fractions) if len(cfg.fractions) > 1 else (),
     )
     plans = make_plans(catalog_dir, req)
@@ -187,24 +227,41 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
     manifest = load_or_none(cfg.manifest_uri)
     published_layout = ((manifest or {}).get("source") or {}).get("layout", layout.COMMON)
     if manifest and manifest.get("splits") and published_layout != source_layout:
-        raise TaskError(f"{cfg.output_uri} holds splits of a source in the {published_layout} "
-                        f"layout (its manifest {cfg.manifest_uri}); this source is in the "
-                        f"{source_layout} layout: write it to another output_uri")
+        raise TaskError(
+            f"{cfg.output_uri} holds splits of a source in the {published_layout} "
+            f"layout (its manifest {cfg.manifest_uri}); this source is in the "
+            f"{source_layout} layout: write it to another output_uri"
+        )
     specs = []
     for s in summaries:
-        storage.write_text(plan_summary_uri(s["plan_uri"]), json.dumps(s) + "\n", "application/json")
-        action, reason = decide(s["split"], s["plan_sha256"], source["fingerprint"], manifest,
-                                cfg.force, num_shards=s["num_shards"])
-        specs.append(SplitSpec.planned(s, action=action, reason=reason, catalog_dir=catalog_dir,
-                                       layout=source_layout))
+        storage.write_text(
+            plan_summary_uri(s["plan_uri"]), json.dumps(s) + "\n", "application/json"
+        )
+        action, reason = decide(
+            s["split"],
+            s["plan_sha256"],
+            source["fingerprint"],
+            manifest,
+            cfg.force,
+            num_shards=s["num_shards"],
+        )
+        specs.append(
+            SplitSpec.planned(
+                s, action=action, reason=reason, catalog_dir=catalog_dir, layout=source_layout
+            )
+        )
     if cfg.copy_validation and source.get("validation_files"):
         # force rebuilds the splits asked for (seeds, the reshuffle); the validation copy is
         # redone only when it differs from the source, so "seeds": [2], "force": true
         # rebuilds seed 2 alone.
-        action, reason = decide("validation", None, source["validation_fingerprint"], manifest,
-                                force=False)
-        specs.append(SplitSpec.validation(action=action, reason=reason, catalog_dir=catalog_dir,
-                                          layout=source_layout))
+        action, reason = decide(
+            "validation", None, source["validation_fingerprint"], manifest, force=False
+        )
+        specs.append(
+            SplitSpec.validation(
+                action=action, reason=reason, catalog_dir=catalog_dir, layout=source_layout
+            )
+        )
     for spec in specs:
         log.info("%-20s %-5s %s", spec.split, spec.action, spec.reason)
     return [spec.to_dict() for spec in specs]
@@ -225,21 +282,33 @@ def verified_build(cfg: RunConfig, spec: SplitSpec) -> tuple[dict[str, Any], dic
     verification = json.loads(storage.read_text(vpath))
     if not verification.get("ok"):
         raise TaskError(f"{split} failed verification: not publishing it")
-    if verification.get("plan_sha256") != spec.plan_sha256 or \
-            stats.get("plan_sha256") != spec.plan_sha256:
+    if (
+        verification.get("plan_sha256") != spec.plan_sha256
+        or stats.get("plan_sha256") != spec.plan_sha256
+    ):
         raise TaskError(f"{split}: the verified build is not of this run's plan; not publishing it")
     if verification.get("stats_sha256") != hashlib.sha256(stats_bytes).hexdigest():
-        raise TaskError(f"{split}: the verification report is of another build of this split "
-                        "(stats differ); not publishing it")
+        raise TaskError(
+            f"{split}: the verification report is of another build of this split "
+            "(stats differ); not publishing it"
+        )
     if not verification.get("shards"):
-        raise TaskError(f"{split}: the verification report lists no verified shards (written "
-                        "by an older version?); not publishing it")
+        raise TaskError(
+            f"{split}: the verification report lists no verified shards (written "
+            "by an older version?); not publishing it"
+        )
     return stats, verification
 
 
-def split_entry(cfg: RunConfig, source: dict[str, Any], spec: SplitSpec,
-                stats: dict[str, Any], verification: dict[str, Any],
-                job: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
+def split_entry(
+    cfg: RunConfig,
+    source: dict[str, Any],
+    spec: SplitSpec,
+    stats: dict[str, Any],
+    verification: dict[str, Any],
+    job: dict[str, Any] | None,
+    run: dict[str, Any],
+) -> dict[str, Any]:
     """The manifest entry of one freshly built and verified split: its shards
     are the verified objects (final names, records, bytes, CRC32C, and locally
     the modification time that their rename keeps)."""
@@ -247,36 +316,53 @@ def split_entry(cfg: RunConfig, source: dict[str, Any], spec: SplitSpec,
     if not spec.is_copy:
         assert spec.plan_uri is not None
         summary = json.loads(storage.read_text(plan_summary_uri(spec.plan_uri)))
-        entry.update(seed=summary["seed"], fraction=summary["fraction"],
-                     sampling=summary["sampling"])
-    shards = [{k: s[k] for k in ("path", "num_records", "num_bytes", "crc32c")}
-              | ({"mtime_ns": s["mtime_ns"]} if "mtime_ns" in s else {})
-              for s in verification["shards"]]
+        entry.update(
+            seed=summary["seed"], fraction=summary["fraction"], sampling=summary["sampling"]
+        )
+    shards = [
+        {k: s[k] for k in ("path", "num_records", "num_bytes", "crc32c")}
+        | ({"mtime_ns": s["mtime_ns"]} if "mtime_ns" in s else {})
+        for s in verification["shards"]
+    ]
     entry.update(
-        num_examples=sum(s["num_records"] for s in shards), num_shards=len(shards),
-        file_pattern=stats["file_pattern"], shards=shards,
+        num_examples=sum(s["num_records"] for s in shards),
+        num_shards=len(shards),
+        file_pattern=stats["file_pattern"],
+        shards=shards,
     )
     if not spec.is_copy:
         entry["class_counts"] = summary["class_counts"]
-        entry["plan"] = {"uri": spec.plan_uri, "sha256": spec.plan_sha256,
-                         "source": summary["plan_source"], "algorithm": ALGORITHM}
+        entry["plan"] = {
+            "uri": spec.plan_uri,
+            "sha256": spec.plan_sha256,
+            "source": summary["plan_source"],
+            "algorithm": ALGORITHM,
+        }
         entry["source_fingerprint"] = source["fingerprint"]
     else:
         entry["copied_from"] = cfg.source_uri
         entry["source_fingerprint"] = source["validation_fingerprint"]
-    entry["verification"] = {"mode": verification["mode"], "verified_at": verification["verified_at"],
-                             "report_uri": report_uri(cfg.work_uri, spec.split),
-                             "seconds": verification.get("seconds"),
-                             "bytes_read": verification.get("bytes_read"),
-                             "stats_sha256": verification["stats_sha256"],
-                             "metrics": verification.get("metrics") or {}}
+    entry["verification"] = {
+        "mode": verification["mode"],
+        "verified_at": verification["verified_at"],
+        "report_uri": report_uri(cfg.work_uri, spec.split),
+        "seconds": verification.get("seconds"),
+        "bytes_read": verification.get("bytes_read"),
+        "stats_sha256": verification["stats_sha256"],
+        "metrics": verification.get("metrics") or {},
+    }
     entry["provenance"] = {
-        "code_version": __version__, "runner": cfg.runner,
-        "job_name": stats.get("job_name"), "job_id": (job or {}).get("dataflow_job_id"),
-        "dag_id": run.get("dag_id"), "run_id": run.get("run_id"),
-        "built_at": stats.get("built_at"), "published_at": run["published_at"],
+        "code_version": __version__,
+        "runner": cfg.runner,
+        "job_name": stats.get("job_name"),
+        "job_id": (job or {}).get("dataflow_job_id"),
+        "dag_id": run.get("dag_id"),
+        "run_id": run.get("run_id"),
+        "built_at": stats.get("built_at"),
+        "published_at": run["published_at"],
         "source_uri": stats.get("source_uri") or stats.get("copied_from"),
-        "bytes_read": stats.get("bytes_read"), "bytes_written": stats.get("bytes_written"),
+        "bytes_read": stats.get("bytes_read"),
+        "bytes_written": stats.get("bytes_written"),
         "shards_reused": stats.get("shards_reused"),
     }
     return entry
@@ -287,21 +373,37 @@ def source_section(cfg: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
     report = json.loads(storage.read_text(report_path))
     checks = report.get("checks", {})
     return {
-        "uri": cfg.source_uri, "fingerprint": source["fingerprint"],
+        "uri": cfg.source_uri,
+        "fingerprint": source["fingerprint"],
         "layout": report.get("layout", layout.COMMON),
         "label_range": [checks.get("label_min"), checks.get("label_max")],
-        "num_records": report["total_records"], "num_shards": report["num_shards"],
-        "num_classes": report["num_classes"], "num_bytes": report.get("total_bytes"),
-        "bad_records": report.get("bad_records"), "validation_report_uri": report_path,
+        "num_records": report["total_records"],
+        "num_shards": report["num_shards"],
+        "num_classes": report["num_classes"],
+        "num_bytes": report.get("total_bytes"),
+        "bad_records": report.get("bad_records"),
+        "validation_report_uri": report_path,
         "catalog_uri": report.get("catalog_uri"),
-        "files": [{"name": storage.basename(s["path"]), "size": s["size"], "crc32c": s.get("crc32c"),
-                   "generation": s.get("generation"), "mtime_ns": s.get("mtime_ns")}
-                  for s in report["shards"]],
+        "files": [
+            {
+                "name": storage.basename(s["path"]),
+                "size": s["size"],
+                "crc32c": s.get("crc32c"),
+                "generation": s.get("generation"),
+                "mtime_ns": s.get("mtime_ns"),
+            }
+            for s in report["shards"]
+        ],
     }
 
 
-def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list[dict[str, Any]],
-                     jobs: dict[str, dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+def publish_manifest(
+    config: dict[str, Any],
+    source: dict[str, Any],
+    specs: list[dict[str, Any]],
+    jobs: dict[str, dict[str, Any]],
+    run: dict[str, Any],
+) -> dict[str, Any]:
     """Publish this run's verified builds: their shards take their final names
     and the manifest their entries (``ssl_splits.commit``), only if each was
     verified for this run's plan and is still the object verified."""
@@ -310,34 +412,56 @@ def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list
     commit.recover(cfg.work_uri)
     current = load_or_none(cfg.manifest_uri) or {"splits": {}}
     built = [spec for spec in map(SplitSpec.from_dict, specs) if spec.action == "build"]
-    builds = {s.split: verified_build(cfg, s) for s in built
-              if not _already_published(current, s.split, cfg, run)}
+    builds = {
+        s.split: verified_build(cfg, s)
+        for s in built
+        if not _already_published(current, s.split, cfg, run)
+    }
     if not builds:
-        log.info("nothing to publish (every split is up to date or was published by this run); "
-                 "the manifest %s is unchanged", cfg.manifest_uri)
+        log.info(
+            "nothing to publish (every split is up to date or was published by this run); "
+            "the manifest %s is unchanged",
+            cfg.manifest_uri,
+        )
         # Derived from the manifest: rewritten here too, in case a run was
         # stopped between its manifest commit and these files.
         tfds = describe_for_tfds(cfg) if current["splits"] else []
-        return {"manifest_uri": cfg.manifest_uri, "changed": sorted(s.split for s in built),
-                "version_uri": None, "splits": sorted(current["splits"]), "tfds_metadata": tfds}
+        return {
+            "manifest_uri": cfg.manifest_uri,
+            "changed": sorted(s.split for s in built),
+            "version_uri": None,
+            "splits": sorted(current["splits"]),
+            "tfds_metadata": tfds,
+        }
     run = {**run, "published_at": now()}
     by_name = {s.split: s for s in built}
-    entries = {name: split_entry(cfg, source, by_name[name], stats, verification,
-                                 jobs.get(name), run)
-               for name, (stats, verification) in builds.items()}
+    entries = {
+        name: split_entry(cfg, source, by_name[name], stats, verification, jobs.get(name), run)
+        for name, (stats, verification) in builds.items()
+    }
     now_fp = describe_source(cfg)["fingerprint"]
     if now_fp != source["fingerprint"]:
-        raise TaskError(f"the source {cfg.source_uri} changed during this run (fingerprint "
-                        f"{source['fingerprint'][:16]} -> {now_fp[:16]}); nothing was published. "
-                        "Trigger the DAG again to validate and build from the new source.")
+        raise TaskError(
+            f"the source {cfg.source_uri} changed during this run (fingerprint "
+            f"{source['fingerprint'][:16]} -> {now_fp[:16]}); nothing was published. "
+            "Trigger the DAG again to validate and build from the new source."
+        )
     pub = commit.prepare(
-        run_id=run["run_id"], manifest_uri=cfg.manifest_uri, output_uri=cfg.output_uri,
-        work_uri=cfg.work_uri, entries=entries,
+        run_id=run["run_id"],
+        manifest_uri=cfg.manifest_uri,
+        output_uri=cfg.output_uri,
+        work_uri=cfg.work_uri,
+        entries=entries,
         shards={name: v["shards"] for name, (_, v) in builds.items()},
         stagings={name: st["staging"] for name, (st, _) in builds.items()},
         source=source_section(cfg, source),
-        provenance={"code_version": __version__, "dag_id": run.get("dag_id"),
-                    "run_id": run.get("run_id"), "published_at": run["published_at"]})
+        provenance={
+            "code_version": __version__,
+            "dag_id": run.get("dag_id"),
+            "run_id": run.get("run_id"),
+            "published_at": run["published_at"],
+        },
+    )
     try:
         commit.check_staged(pub)
     except commit.PublicationError as err:
@@ -345,16 +469,26 @@ def publish_manifest(config: dict[str, Any], source: dict[str, Any], specs: list
     result: Published = commit.execute(pub)
     for line in summary_lines(result.manifest):
         log.info("%s", line)
-    log.info("published %s (version %s) with %s", result.uri, result.version_uri,
-             ", ".join(sorted(entries)))
+    log.info(
+        "published %s (version %s) with %s",
+        result.uri,
+        result.version_uri,
+        ", ".join(sorted(entries)),
+    )
     tfds = describe_for_tfds(cfg)
-    return {"manifest_uri": result.uri, "version_uri": result.version_uri,
-            "changed": sorted(entries), "splits": sorted(result.manifest["splits"]),
-            "generation": result.generation, "tfds_metadata": tfds}
+    return {
+        "manifest_uri": result.uri,
+        "version_uri": result.version_uri,
+        "changed": sorted(entries),
+        "splits": sorted(result.manifest["splits"]),
+        "generation": result.generation,
+        "tfds_metadata": tfds,
+    }
 
 
-def _already_published(manifest: dict[str, Any], split: str, cfg: RunConfig,
-                       run: dict[str, Any]) -> bool:
+def _already_published(
+    manifest: dict[str, Any], split: str, cfg: RunConfig, run: dict[str, Any]
+) -> bool:
     """Did this run already publish this very build (a retried task, after
     recovery finished its first attempt)?"""
     entry = manifest.get("splits", {}).get(split)
@@ -379,8 +513,7 @@ def describe_for_tfds(cfg: RunConfig) -> list[str]:
     names_uri = storage.join(cfg.source_uri, LABEL_NAMES_FILE)
     label_names = storage.read_text(names_uri).split() if storage.exists(names_uri) else None
     try:
-        uris = write_tfds_metadata(load(cfg.manifest_uri), cfg.output_uri,
-                                   label_names=label_names)
+        uris = write_tfds_metadata(load(cfg.manifest_uri), cfg.output_uri, label_names=label_names)
     except TfdsMetadataError as err:
         log.warning("TFDS metadata not written: %s", err)
         return []

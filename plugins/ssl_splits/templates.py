@@ -43,7 +43,8 @@ def skip_plan_without_catalog(config: dict[str, Any], source: dict[str, Any]) ->
             "template mode: the source's validation was staged as a Dataflow template, not run, "
             f"so there is no catalog of {cfg.source_uri} to plan from yet. Launch the "
             "validate template (see validate_source's log), then trigger this run again with "
-            "the same params to stage the builds.")
+            "the same params to stage the builds."
+        )
 
 
 def staged_templates(results: Iterable[dict[str, Any] | None]) -> list[tuple[str, str]]:
@@ -61,10 +62,13 @@ def skip_publish(config: dict[str, Any], results: Iterable[dict[str, Any] | None
     if not cfg.template_location:
         return
     staged = staged_templates(results)
-    lines = [f"  {label}: {uri}" for label, uri in staged] or ["  (none: every job was "
-                                                               "skipped or up to date)"]
-    message = (f"template mode: {len(staged)} Dataflow job description(s) staged under "
-               f"{cfg.template_location}, none run; nothing was built, verified or published "
-               "(the manifest is unchanged):\n" + "\n".join(lines))
+    lines = [f"  {label}: {uri}" for label, uri in staged] or [
+        "  (none: every job was skipped or up to date)"
+    ]
+    message = (
+        f"template mode: {len(staged)} Dataflow job description(s) staged under "
+        f"{cfg.template_location}, none run; nothing was built, verified or published "
+        "(the manifest is unchanged):\n" + "\n".join(lines)
+    )
     log.info("%s", message)
     raise AirflowSkipException(message)

@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 DAG_ID = "ssl_imagenet_splits"
 DAG_FILE = ROOT / "dags" / f"{DAG_ID}.py"
 BIN_AIRFLOW = ROOT / "bin" / "airflow"
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
+PYTHON = (
+    str(ROOT / ".venv" / "bin" / "python")
+    if (ROOT / ".venv" / "bin" / "python").exists()
     else sys.executable
+)
 # Anonymous credentials for the GCS emulator, through the connection the DAG uses.
 GCP_CONN_ANONYMOUS = "google-cloud-platform://?project=test-project&is_anonymous=true"
 # Product settings that change param defaults or the DAG: never inherited by a test.
@@ -42,8 +45,11 @@ _PRODUCT_PREFIXES = ("SSL_SPLITS_", "AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"
 
 def airflow_env(home: Path, **extra: str) -> dict[str, str]:
     """Environment for bin/airflow with a private AIRFLOW_HOME; ``extra`` wins."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(_PRODUCT_PREFIXES) and k not in ("AIRFLOW_HOME", "PYTHONPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_PRODUCT_PREFIXES) and k not in ("AIRFLOW_HOME", "PYTHONPATH")
+    }
     env.update(
         SSL_SPLITS_AIRFLOW_HOME=str(home),
         AIRFLOW_HOME=str(home),
@@ -63,8 +69,15 @@ def migrated_home(home: Path) -> Path:
     """``home`` with a migrated metadata DB (bin/airflow's own first-use step)."""
     home.mkdir(parents=True, exist_ok=True)
     if not (home / ".db-initialised").exists():
-        proc = subprocess.run([str(BIN_AIRFLOW), "version"], env=airflow_env(home), cwd=ROOT,
-                              capture_output=True, text=True, timeout=300, check=False)
+        proc = subprocess.run(
+            [str(BIN_AIRFLOW), "version"],
+            env=airflow_env(home),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert proc.returncode == 0, f"bin/airflow could not set up {home}:\n{proc.stderr[-3000:]}"
         assert (home / ".db-initialised").exists()
     return home
@@ -102,15 +115,18 @@ def db_runs(home: Path) -> list[tuple[str, str]]:
     if not db.exists():
         return []
     with sqlite3.connect(db) as c:
-        return list(c.execute("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id",
-                              (DAG_ID,)))
+        return list(
+            c.execute("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id", (DAG_ID,))
+        )
 
 
 def db_task_states(home: Path, run_id: str) -> dict[tuple[str, str], str | None]:
     with sqlite3.connect(home / "airflow.db") as c:
         rows = c.execute(
             "SELECT task_id, map_index, rendered_map_index, state FROM task_instance "
-            "WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id))
+            "WHERE dag_id = ? AND run_id = ?",
+            (DAG_ID, run_id),
+        )
         return {(t, r if r is not None else str(m)): s for t, m, r, s in rows}
 
 
@@ -119,18 +135,27 @@ def db_task_tries(home: Path, run_id: str) -> dict[tuple[str, str], int]:
     with sqlite3.connect(home / "airflow.db") as c:
         rows = c.execute(
             "SELECT task_id, map_index, rendered_map_index, try_number FROM task_instance "
-            "WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id))
+            "WHERE dag_id = ? AND run_id = ?",
+            (DAG_ID, run_id),
+        )
         return {(t, r if r is not None else str(m)): n for t, m, r, n in rows}
 
 
-def dags_test(conf: dict[str, Any], env: dict[str, str], *, log: Path | None = None,
-              timeout: float = 600) -> DagRunResult:
+def dags_test(
+    conf: dict[str, Any], env: dict[str, str], *, log: Path | None = None, timeout: float = 600
+) -> DagRunResult:
     """``bin/airflow dags test ssl_imagenet_splits --conf JSON``, then the run's states."""
     home = Path(env["SSL_SPLITS_AIRFLOW_HOME"])
     before = {r for r, _ in db_runs(home)}
-    proc = subprocess.run([str(BIN_AIRFLOW), "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(
+        [str(BIN_AIRFLOW), "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     output = proc.stdout + proc.stderr
     if log is not None:
         log.write_text(output)
@@ -140,15 +165,24 @@ def dags_test(conf: dict[str, Any], env: dict[str, str], *, log: Path | None = N
     return DagRunResult(proc.returncode, output, run_id, state, tasks)
 
 
-def run_cases(cases: list[dict[str, Any]], env: dict[str, str], workdir: Path,
-              timeout: float = 600) -> list[dict[str, Any]]:
+def run_cases(
+    cases: list[dict[str, Any]], env: dict[str, str], workdir: Path, timeout: float = 600
+) -> list[dict[str, Any]]:
     """Run this file as a script over ``cases`` ({"name", "conf"}); its results."""
     cases_file, results_file = workdir / "cases.json", workdir / "results.json"
     cases_file.write_text(json.dumps(cases))
-    proc = subprocess.run([PYTHON, __file__, str(cases_file), str(results_file)], env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
-    assert proc.returncode == 0 and results_file.exists(), \
+    proc = subprocess.run(
+        [PYTHON, __file__, str(cases_file), str(results_file)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0 and results_file.exists(), (
         f"the dag.test() script failed:\n{(proc.stdout + proc.stderr)[-5000:]}"
+    )
     return json.loads(results_file.read_text())
 
 
@@ -205,12 +239,16 @@ def _main(cases_file: str, results_file: str) -> int:
                 error = f"{type(err).__name__}: {err}"
                 settings.Session.remove()
         tasks = db_task_states(home, dr.run_id) if dr is not None else {}
-        results.append({
-            "name": case["name"], "error": error, "log": log.read_text(errors="replace"),
-            "run_id": dr.run_id if dr is not None else None,
-            "state": str(dr.state) if dr is not None else None,
-            "tasks": {f"{t}[{k}]" if k != "-1" else t: s for (t, k), s in tasks.items()},
-        })
+        results.append(
+            {
+                "name": case["name"],
+                "error": error,
+                "log": log.read_text(errors="replace"),
+                "run_id": dr.run_id if dr is not None else None,
+                "state": str(dr.state) if dr is not None else None,
+                "tasks": {f"{t}[{k}]" if k != "-1" else t: s for (t, k), s in tasks.items()},
+            }
+        )
     Path(results_file).write_text(json.dumps(results, indent=1))
     return 0
 

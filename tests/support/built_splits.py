@@ -26,9 +26,16 @@ def params(source_uri: str, output_uri: str, **overrides: Any) -> dict[str, Any]
     """Trigger params for the small synthetic source (10 classes): two seeds,
     20% each in 3 shards, no reshuffle, no validation copy."""
     p: dict[str, Any] = {
-        "source_uri": source_uri, "output_uri": output_uri, "seeds": [1, 2],
-        "fraction": 0.2, "sampling": "stratified", "num_shards": 3, "unsupervised": False,
-        "copy_validation": False, "num_classes": 10, "deep_verify": True,
+        "source_uri": source_uri,
+        "output_uri": output_uri,
+        "seeds": [1, 2],
+        "fraction": 0.2,
+        "sampling": "stratified",
+        "num_shards": 3,
+        "unsupervised": False,
+        "copy_validation": False,
+        "num_classes": 10,
+        "deep_verify": True,
     }
     p.update(overrides)
     return p
@@ -63,8 +70,11 @@ class Run:
 
 def job_args(run: Run, spec: dict[str, Any]) -> list[str]:
     """The build/verify flags the DAG's operator passes for one split."""
-    args = [f"--split={spec['split']}", f"--output_uri={run.output_uri}",
-            f"--work_uri={run.work_uri}"]
+    args = [
+        f"--split={spec['split']}",
+        f"--output_uri={run.output_uri}",
+        f"--work_uri={run.work_uri}",
+    ]
     if spec["kind"] == "validation":
         args.append(f"--copy_from={run.config['source_uri']}")
     else:
@@ -94,18 +104,25 @@ def start(p: dict[str, Any], catalog_cache: Path | None = None) -> Run:
         cached = catalog_cache / src["fingerprint"][:16] if catalog_cache else None
         if cached is not None and (cached / REPORT_FILE).exists():
             for name in (CATALOG_FILE, REPORT_FILE):
-                storage.write_bytes(storage.join(src["catalog_dir"], name),
-                                    (cached / name).read_bytes())
+                storage.write_bytes(
+                    storage.join(src["catalog_dir"], name), (cached / name).read_bytes()
+                )
         else:
-            validate.run([f"--source_uri={run.config['source_uri']}",
-                          f"--catalog_dir={src['catalog_dir']}",
-                          f"--num_classes={run.config['num_classes']}",
-                          f"--layout={src['layout']}", *BEAM])
+            validate.run(
+                [
+                    f"--source_uri={run.config['source_uri']}",
+                    f"--catalog_dir={src['catalog_dir']}",
+                    f"--num_classes={run.config['num_classes']}",
+                    f"--layout={src['layout']}",
+                    *BEAM,
+                ]
+            )
             if cached is not None:
                 cached.mkdir(parents=True, exist_ok=True)
                 for name in (CATALOG_FILE, REPORT_FILE):
                     (cached / name).write_bytes(
-                        storage.read_bytes(storage.join(src["catalog_dir"], name)))
+                        storage.read_bytes(storage.join(src["catalog_dir"], name))
+                    )
     run.specs = tasks.plan(run.config, run.source)
     return run
 
@@ -140,12 +157,14 @@ def build_all(run: Run, deep: bool = True) -> None:
 def publish(run: Run, run_id: str = "manual__1") -> dict[str, Any]:
     from ssl_splits import tasks
 
-    return tasks.publish_manifest(run.config, run.source, run.specs, {},
-                                  {"dag_id": DAG_ID, "run_id": run_id})
+    return tasks.publish_manifest(
+        run.config, run.source, run.specs, {}, {"dag_id": DAG_ID, "run_id": run_id}
+    )
 
 
-def full_run(p: dict[str, Any], catalog_cache: Path | None = None,
-             run_id: str = "manual__1") -> tuple[Run, dict[str, Any]]:
+def full_run(
+    p: dict[str, Any], catalog_cache: Path | None = None, run_id: str = "manual__1"
+) -> tuple[Run, dict[str, Any]]:
     """A whole DAG run: plan, build and verify every split it decides to build, publish."""
     run = start(p, catalog_cache)
     build_all(run)

@@ -25,8 +25,10 @@ def shipped_reference() -> Path:
     from beam_jobs import protocols
 
     key = hashlib.sha256("".join(e.sha256 for e in protocols.LISTS.values()).encode())
-    folder = Path(os.environ.get("TMPDIR", "/tmp")) / \
-        f"ssl-splits-published-{os.getuid()}-{key.hexdigest()[:12]}"
+    folder = (
+        Path(os.environ.get("TMPDIR", "/tmp"))
+        / f"ssl-splits-published-{os.getuid()}-{key.hexdigest()[:12]}"
+    )
     wanted = [folder / e.key.split("/")[0] / e.file_name for e in protocols.LISTS.values()]
     if not all(p.exists() for p in wanted):
         protocols.export(str(folder))  # atomic writes: concurrent workers write the same bytes
@@ -44,9 +46,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-
-def run_module(module: str, *args: str, env: dict[str, str] | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` as users do; capture output."""
-    return subprocess.run([PYTHON, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [PYTHON, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )

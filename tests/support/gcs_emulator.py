@@ -40,8 +40,15 @@ def _current_generation(storage, bucket: str, name: str) -> int:
 def _precondition_failed(response) -> None:
     response.status = HTTPStatus.PRECONDITION_FAILED
     message = "At least one of the pre-conditions you specified did not hold."
-    response.json({"error": {"code": 412, "message": message,
-                             "errors": [{"reason": "conditionNotMet", "message": message}]}})
+    response.json(
+        {
+            "error": {
+                "code": 412,
+                "message": message,
+                "errors": [{"reason": "conditionNotMet", "message": message}],
+            }
+        }
+    )
 
 
 def _holds(request, storage, bucket: str, name: str | None) -> bool:

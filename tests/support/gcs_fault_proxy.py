@@ -32,8 +32,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import quote, urlparse
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-              "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+}
 
 
 @dataclass
@@ -46,17 +56,27 @@ class Faults:
     fail_method: str | None = None
     fail_body: str | None = None
     before: Callable[[str, str], None] | None = None
-    stats: dict[str, int] = field(default_factory=lambda: {
-        "requests": 0, "forwarded": 0, "errors": 0, "drops": 0, "persistent": 0})
+    stats: dict[str, int] = field(
+        default_factory=lambda: {
+            "requests": 0,
+            "forwarded": 0,
+            "errors": 0,
+            "drops": 0,
+            "persistent": 0,
+        }
+    )
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def decide(self, method: str, path: str, body: bytes = b"") -> str:
         with self.lock:
             self.stats["requests"] += 1
             n = self.stats["requests"]
-            if self.fail_path and re.search(self.fail_path, path) and \
-                    (self.fail_method is None or self.fail_method == method) and \
-                    (self.fail_body is None or re.search(self.fail_body.encode(), body)):
+            if (
+                self.fail_path
+                and re.search(self.fail_path, path)
+                and (self.fail_method is None or self.fail_method == method)
+                and (self.fail_body is None or re.search(self.fail_body.encode(), body))
+            ):
                 self.stats["persistent"] += 1
                 return "error"
             if self.drop_every and n % self.drop_every == 0:
@@ -95,9 +115,15 @@ class FaultProxy:
                     return
                 if action == "error":
                     status = proxy.faults.error_status
-                    payload = json.dumps({"error": {"code": status, "message": "injected fault",
-                                                    "errors": [{"reason": "backendError",
-                                                                "message": "injected fault"}]}}).encode()
+                    payload = json.dumps(
+                        {
+                            "error": {
+                                "code": status,
+                                "message": "injected fault",
+                                "errors": [{"reason": "backendError", "message": "injected fault"}],
+                            }
+                        }
+                    ).encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -110,8 +136,9 @@ class FaultProxy:
                     except BaseException as err:  # surfaced when the proxy closes
                         proxy.hook_errors.append(err)
                         raise
-                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
-                                                  timeout=120)
+                conn = http.client.HTTPConnection(
+                    proxy.upstream_host, proxy.upstream_port, timeout=120
+                )
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 headers["Host"] = f"{proxy.upstream_host}:{proxy.upstream_port}"
                 conn.request(self.command, self.path, body=body or None, headers=headers)
@@ -120,15 +147,19 @@ class FaultProxy:
                 if "json" in (resp.getheader("Content-Type") or ""):
                     # Object resources carry absolute URLs (mediaLink): a client that
                     # downloads by mediaLink must come back through the proxy too.
-                    data = data.replace(f"{proxy.upstream_host}:{proxy.upstream_port}".encode(),
-                                        f"127.0.0.1:{proxy.port}".encode())
+                    data = data.replace(
+                        f"{proxy.upstream_host}:{proxy.upstream_port}".encode(),
+                        f"127.0.0.1:{proxy.port}".encode(),
+                    )
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP_BY_HOP:
                         # The emulator writes absolute URLs (Location of resumable
                         # uploads, mediaLink): keep clients talking to the proxy.
-                        v = v.replace(f"{proxy.upstream_host}:{proxy.upstream_port}",
-                                      f"127.0.0.1:{proxy.port}")
+                        v = v.replace(
+                            f"{proxy.upstream_host}:{proxy.upstream_port}",
+                            f"127.0.0.1:{proxy.port}",
+                        )
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -162,9 +193,12 @@ def _emulator_request(upstream: str, method: str, path: str, body: bytes | None 
     u = urlparse(upstream)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     try:
-        conn.request(method, path, body=body,
-                     headers={"Content-Type": "application/octet-stream"} if body is not None
-                     else {})
+        conn.request(
+            method,
+            path,
+            body=body,
+            headers={"Content-Type": "application/octet-stream"} if body is not None else {},
+        )
         resp = conn.getresponse()
         resp.read()
         return resp.status
@@ -174,13 +208,18 @@ def _emulator_request(upstream: str, method: str, path: str, body: bytes | None 
 
 def emulator_write(upstream: str, bucket: str, name: str, data: bytes) -> None:
     """Write an object on the emulator directly (another client's write)."""
-    status = _emulator_request(upstream, "POST", f"/upload/storage/v1/b/{bucket}/o?uploadType="
-                               f"media&name={quote(name, safe='')}", data)
+    status = _emulator_request(
+        upstream,
+        "POST",
+        f"/upload/storage/v1/b/{bucket}/o?uploadType=media&name={quote(name, safe='')}",
+        data,
+    )
     assert status == 200, status
 
 
 def emulator_delete(upstream: str, bucket: str, name: str) -> None:
     """Delete an object on the emulator directly (another client's delete)."""
-    status = _emulator_request(upstream, "DELETE",
-                               f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+    status = _emulator_request(
+        upstream, "DELETE", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}"
+    )
     assert status in (200, 204), status
