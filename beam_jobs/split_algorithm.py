@@ -162,7 +162,9 @@ def precompute_keys(
         assert proc.stdin is not None
         proc.stdin.write("\n".join(chunk).encode("utf-8"))
         proc.stdin.close()
-    parts = []
+    # Filled in place, one child's output at a time (not all of them and then a copy).
+    out = {job: np.empty(len(names), dtype=np.uint64) for job in jobs}
+    lo = 0
     for proc, chunk in zip(procs, chunks):
         assert proc.stdout is not None
         raw = proc.stdout.read()
@@ -170,8 +172,12 @@ def precompute_keys(
             raise RuntimeError(
                 f"computing plan keys in a subprocess failed (exit {proc.returncode})"
             )
-        parts.append(np.frombuffer(raw, dtype=np.uint64).reshape(len(jobs), len(chunk)))
-    return {job: np.concatenate([p[k] for p in parts]) for k, job in enumerate(jobs)}
+        part = np.frombuffer(raw, dtype=np.uint64).reshape(len(jobs), len(chunk))
+        for k, job in enumerate(jobs):
+            out[job][lo : lo + len(chunk)] = part[k]
+        lo += len(chunk)
+        del raw, part
+    return out
 
 
 def _keys_main(argv: list[str]) -> int:
@@ -193,6 +199,9 @@ def _argsort_by_key(keys: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- plans
+
+
+_CSV_BLOCK = 65_536  # rows per block of Plan.to_csv_bytes
 
 
 @dataclass(frozen=True)
@@ -224,11 +233,19 @@ class Plan:
         (made once per plan: the reshuffle's is 1.28M lines on ImageNet)."""
         cached = self.__dict__.get("_csv")
         if cached is None:
-            lines = [
-                f"{n},{s},{i}\n"
-                for n, s, i in zip(self.names.tolist(), self.shards.tolist(), self.indices.tolist())
-            ]
-            cached = "".join(lines).encode("utf-8")
+            # In blocks: one block's lines live as Python strings at a time, not
+            # 1.28M of them (~170 MB more peak memory in the plan task on ImageNet).
+            parts = []
+            for lo in range(0, len(self.names), _CSV_BLOCK):
+                hi = lo + _CSV_BLOCK
+                rows = zip(
+                    self.names[lo:hi].tolist(),
+                    self.shards[lo:hi].tolist(),
+                    self.indices[lo:hi].tolist(),
+                )
+                parts.append("".join([f"{n},{s},{i}\n" for n, s, i in rows]).encode("utf-8"))
+            cached = b"".join(parts)
+            del parts
             object.__setattr__(self, "_csv", cached)
         return cached
 
