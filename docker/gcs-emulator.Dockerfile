@@ -1,7 +1,7 @@
 # The compose stack's local GCS (service gcs-emulator in docker-compose.yaml):
 # gcp-storage-emulator, pinned with hashes to the version in requirements.lock
 # (docker/gcs-emulator.lock), run by docker/gcs_emulator_server.py with the same
-# generation-precondition patch as the tests' emulator (tests/gcs_emulator.py).
+# generation-precondition patch as the tests' emulator (tests/support/gcs_emulator.py).
 # Build context: the repository root.
 FROM python:3.11-slim-bookworm
 
@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY docker/gcs-emulator.lock /app/gcs-emulator.lock
 RUN pip install --no-cache-dir --require-hashes -r /app/gcs-emulator.lock
 
-COPY tests/gcs_emulator.py docker/gcs_emulator_server.py /app/
+COPY tests/support/gcs_emulator.py docker/gcs_emulator_server.py /app/
 
 # An unprivileged user owning the data folder (the named volume inherits it).
 RUN useradd --system --uid 10001 --home-dir /data --create-home gcs \

@@ -1,6 +1,6 @@
 """The compose stack's local GCS: gcp-storage-emulator on the compose network.
 
-The same emulator the tests use (tests/gcs_emulator.py, copied beside this file
+The same emulator the tests use (tests/support/gcs_emulator.py, copied beside this file
 in the image), with the same patch: GCS generation preconditions
 (``ifGenerationMatch``), which the manifest publish relies on. Differences from
 the tests' launcher: it listens on all interfaces of its container (the compose
@@ -25,8 +25,8 @@ from pathlib import Path
 
 log = logging.getLogger("gcs-emulator")
 HERE = Path(__file__).resolve().parent
-# In the image gcs_emulator.py sits beside this file; in the repo it is tests/gcs_emulator.py.
-for _candidate in (HERE, HERE.parent / "tests"):
+# In the image gcs_emulator.py sits beside this file; in the repo it is tests/support/gcs_emulator.py.
+for _candidate in (HERE, HERE.parent / "tests" / "support"):
     if (_candidate / "gcs_emulator.py").is_file():
         sys.path.insert(0, str(_candidate))
         break
