@@ -94,22 +94,12 @@ def gcs_bucket(gcs_emulator) -> str:
 @pytest.fixture(scope="session")
 def small_source(tmp_path_factory) -> Path:
     """A small synthetic ImageNet (10 classes, 8 train shards), generated once."""
-    from beam_jobs.synthetic import Spec, generate
+    from support.common import small_spec
+
+    from beam_jobs.synthetic import generate
 
     out = tmp_path_factory.mktemp("small_source")
-    generate(
-        Spec(
-            num_classes=10,
-            min_per_class=30,
-            max_per_class=50,
-            train_shards=8,
-            validation_shards=2,
-            validation_per_class=4,
-            seed=7,
-        ),
-        str(out),
-        workers=1,
-    )
+    generate(small_spec(), str(out), workers=1)
     return out
 
 

@@ -46,7 +46,7 @@ from support.airflow_env import (
     migrated_home,
     run_cases,
 )
-from support.common import REFERENCE, SIMCLR
+from support.common import REFERENCE, SIMCLR, small_spec
 
 TASK_IDS = {
     "check_params",
@@ -912,19 +912,10 @@ def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
     import tensorflow_datasets as tfds
 
     from beam_jobs import example_proto, tfrecord
-    from beam_jobs.synthetic import Spec, generate
+    from beam_jobs.synthetic import generate
 
     source, output = tmp_path / "tensorflow_datasets" / "imagenet2012" / "5.1.0", tmp_path / "ssl"
-    spec = Spec(
-        num_classes=10,
-        min_per_class=30,
-        max_per_class=50,
-        train_shards=8,
-        validation_shards=2,
-        validation_per_class=4,
-        seed=5,
-        layout="tfds:imagenet2012",
-    )
+    spec = small_spec(seed=5, layout="tfds:imagenet2012")
     summary = generate(spec, str(source), workers=1)
     total = summary["train_records"]
     n = total // 10

@@ -259,24 +259,13 @@ def test_tfds_source_splits_keep_tfds_file_names():
 def tfds_published(tmp_path_factory):
     """A TFDS-layout source: seed 1, a name list, the reshuffle and the validation
     copy, built, verified and published in-process as the DAG does."""
-    from beam_jobs.synthetic import Spec, generate
+    from support.common import small_spec
+
+    from beam_jobs.synthetic import generate
 
     root = tmp_path_factory.mktemp("tfds_source")
     src = root / "imagenet2012" / "5.1.0"
-    generate(
-        Spec(
-            num_classes=10,
-            min_per_class=30,
-            max_per_class=50,
-            train_shards=8,
-            validation_shards=2,
-            validation_per_class=4,
-            seed=7,
-            layout="tfds:imagenet2012",
-        ),
-        str(src),
-        workers=1,
-    )
+    generate(small_spec(layout="tfds:imagenet2012"), str(src), workers=1)
     names = []
     for p in sorted(src.glob("imagenet2012-train.tfrecord-*")):
         with open(p, "rb") as f:

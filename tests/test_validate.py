@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
-from support.common import run_module
+from support.common import run_module, small_spec
 
 from beam_jobs import storage, validate
 from beam_jobs.catalog import (
@@ -572,20 +572,7 @@ def tfds_source(tmp_path_factory) -> Path:
     from beam_jobs.synthetic import generate
 
     out = tmp_path_factory.mktemp("tfds_source")
-    generate(
-        Spec(
-            num_classes=10,
-            min_per_class=30,
-            max_per_class=50,
-            train_shards=8,
-            validation_shards=2,
-            validation_per_class=4,
-            seed=7,
-            layout="tfds:imagenet2012",
-        ),
-        str(out),
-        workers=1,
-    )
+    generate(small_spec(layout="tfds:imagenet2012"), str(out), workers=1)
     return out
 
 

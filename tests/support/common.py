@@ -40,6 +40,24 @@ REFERENCE = PUBLISHED / "fixmatch"  # FixMatch's five filename,shard,index files
 SIMCLR = PUBLISHED / "simclr"  # SimCLR's 1percent.txt and 10percent.txt
 
 
+def small_spec(**overrides: object):
+    """The tests' small synthetic ImageNet: 10 classes of 30-50 records in 8
+    train shards, 2 validation shards; ``overrides`` change any field (seed,
+    layout)."""
+    from beam_jobs.synthetic import Spec
+
+    fields: dict[str, object] = dict(
+        num_classes=10,
+        min_per_class=30,
+        max_per_class=50,
+        train_shards=8,
+        validation_shards=2,
+        validation_per_class=4,
+        seed=7,
+    )
+    return Spec(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
