@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,24 @@ QUICK = {
         "quick BYTES half: 500 records of ~112 KB in 8 shards",
     ),
 }
+
+
+def cached_source(folder: Path, spec: dict[str, Any], marker: str) -> Path:
+    """A synthetic source generated in this process from ``spec`` (a dict of
+    ``synthetic.Spec`` fields) into ``folder``, a folder of its own; kept while
+    the spec recorded in ``folder/marker`` is the same."""
+    from beam_jobs.synthetic import Spec, generate
+
+    recorded = folder / marker
+    if recorded.exists() and json.loads(recorded.read_text()) == spec:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in folder.glob("*"):
+        if f.is_file():
+            f.unlink()
+    generate(Spec(**spec), str(folder), workers=1)
+    recorded.write_text(json.dumps(spec))
+    return folder
 
 
 def wanted_spec(ds: Dataset) -> dict:

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import datasets, report
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -210,17 +210,7 @@ def _cpu_of(pid: int) -> float:
 
 def make_source(folder: Path, spec: dict[str, Any]) -> Path:
     """A synthetic source (cached in ``folder`` while its spec is the same)."""
-    from beam_jobs.synthetic import Spec, generate
-
-    marker = folder / "latency-spec.json"
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in folder.glob("train-*"):
-        f.unlink()
-    generate(Spec(**spec), str(folder), workers=1)
-    marker.write_text(json.dumps(spec))
-    return folder
+    return datasets.cached_source(folder, spec, "latency-spec.json")
 
 
 def record_table(source: Path, bucket: str, total: int, seed: int):

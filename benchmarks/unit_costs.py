@@ -22,10 +22,11 @@ the build's record table, per row, for file names as long as ImageNet's.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks import datasets
 
 SIZES = {
     # ~112 KB records, as BYTES (benchmarks/datasets.py); 8 shards
@@ -54,21 +55,6 @@ SIZES = {
     ),
 }
 QUICK_SCALE = 0.25
-
-
-def _source(folder: Path, spec: dict[str, Any]) -> Path:
-    from beam_jobs.synthetic import Spec, generate
-
-    marker = folder / "unit-costs-spec.json"
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in folder.glob("*"):
-        if f.is_file():
-            f.unlink()
-    generate(Spec(**spec), str(folder), workers=1)
-    marker.write_text(json.dumps(spec))
-    return folder
 
 
 def _cpu(fn) -> tuple[float, Any]:
@@ -222,7 +208,9 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
                 "min_per_class": max(4, int(spec["min_per_class"] * QUICK_SCALE)),
                 "max_per_class": max(4, int(spec["max_per_class"] * QUICK_SCALE)),
             }
-        src = _source(work / f"unit-costs-{name}{'-quick' if quick else ''}", spec)
+        src = datasets.cached_source(
+            work / f"unit-costs-{name}{'-quick' if quick else ''}", spec, "unit-costs-spec.json"
+        )
         scratch = work / f"unit-costs-scratch-{name}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
