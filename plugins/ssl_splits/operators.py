@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from beam_jobs import storage
+from beam_jobs.contracts import VALIDATION
 from ssl_splits.config import RunConfig
 from ssl_splits.gcp import gcp_credentials_for_subprocess
 
@@ -54,7 +55,7 @@ def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> d
     if job != "validate":
         assert spec is not None
         opts.update(split=spec["split"], output_uri=cfg.output_uri, work_uri=cfg.work_uri)
-        if spec["kind"] == "validation":
+        if spec["kind"] == VALIDATION:
             opts["copy_from"] = cfg.source_uri
         else:
             opts.update(plan_uri=spec["plan_uri"], catalog_dir=spec["catalog_dir"])

@@ -24,7 +24,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from beam_jobs import __version__, layout, storage
 from beam_jobs.catalog import REPORT_FILE, fingerprint
-from beam_jobs.contracts import SplitSpec
+from beam_jobs.contracts import VALIDATION, SplitSpec
 from beam_jobs.layout import catalog_dir as catalog_folder
 from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
 from beam_jobs.manifest import entry_problems, load_or_none, now, summary_lines
@@ -255,7 +255,7 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
         # redone only when it differs from the source, so "seeds": [2], "force": true
         # rebuilds seed 2 alone.
         action, reason = decide(
-            "validation", None, source["validation_fingerprint"], manifest, force=False
+            VALIDATION, None, source["validation_fingerprint"], manifest, force=False
         )
         specs.append(
             SplitSpec.validation(
