@@ -640,7 +640,7 @@ class StageSplit(beam.PTransform):
             shards
             | "Spread" >> beam.Reshuffle()
             | type(self._fn).__name__ >> beam.ParDo(self._fn)
-            | "Collect" >> beam.combiners.ToList()
+            | "Collect" >> beam.combiners.ToList().without_defaults()
             | "Finish" >> beam.Map(lambda stats: finish(stats, **kw))
         )
 

@@ -247,7 +247,7 @@ def run_deep(
             progress_dir(work, "verify", split),
             record_keys(layout_kind),
         )
-        | "Collect" >> beam.combiners.ToList()
+        | "Collect" >> beam.combiners.ToList().without_defaults()
         | "Write" >> beam.Map(collect)
     )
     staged = stage_template(p, options, "verify")

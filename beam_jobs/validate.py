@@ -531,7 +531,7 @@ class ValidateSource(beam.PTransform):
                     progress_dir(self.catalog_dir, "validate"),
                 )
             )
-            | "Collect" >> beam.combiners.ToList()
+            | "Collect" >> beam.combiners.ToList().without_defaults()
             | "Finalize"
             >> beam.Map(
                 finalize,
