@@ -73,7 +73,14 @@ from beam_jobs.layout import (
     staging_root,
     stats_uri,
 )
-from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
+from beam_jobs.pipeline import (
+    counters,
+    job_name,
+    make_options,
+    new_pipeline,
+    setup_logging,
+    stage_template,
+)
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.split_algorithm import PlanError, parse_plan_table
 from beam_jobs.split_job import SplitJob
@@ -779,7 +786,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         work_seconds=estimated_seconds(work_bytes, work_records),
     )
     meta["runner"] = p_options.get_all_options()["runner"]
-    p = beam.Pipeline(options=p_options)
+    p = new_pipeline(p_options)
     _ = (
         p
         | "Shards" >> beam.Create(elements)

@@ -33,7 +33,14 @@ from beam_jobs.example_proto import (
     record_keys,
 )
 from beam_jobs.layout import verify_dir
-from beam_jobs.pipeline import counters, job_name, make_options, setup_logging, stage_template
+from beam_jobs.pipeline import (
+    counters,
+    job_name,
+    make_options,
+    new_pipeline,
+    setup_logging,
+    stage_template,
+)
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.tfrecord import RecordError, iter_framed
 
@@ -235,7 +242,7 @@ def run_deep(
     def collect(results: list[dict[str, Any]]) -> None:
         storage.write_text(results_path, json.dumps(sorted(results, key=lambda r: r["shard"])))
 
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     (
         p
         | "Shards" >> beam.Create(elements)

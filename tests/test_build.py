@@ -851,6 +851,30 @@ def test_local_runner_mode_follows_the_estimated_work(monkeypatch):
     assert mode("--direct_num_workers=1", work_seconds=count_s) == (1, "in_memory")
 
 
+def test_local_jobs_run_on_the_fn_api_runner_with_their_worker_settings():
+    """On the DirectRunner a job's pipeline is Beam's FnApiRunner with the
+    options it was given (no attempt at the Prism runner, which downloads a
+    binary when the machine is online and ignores the worker settings);
+    other runners are Beam's choice."""
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    from beam_jobs.pipeline import make_options, new_pipeline
+
+    for runner in ("DirectRunner", "direct"):
+        p = new_pipeline(make_options([f"--runner={runner}"], "j", work_bytes=10**10))
+        assert isinstance(p.runner, FnApiRunner)
+        assert p.options.get_all_options()["direct_running_mode"] == "multi_processing"
+    other = new_pipeline(make_options(["--runner=BundleBasedDirectRunner"], "j"))
+    assert not isinstance(other.runner, FnApiRunner)
+    # and it runs: a tiny pipeline end to end on that runner
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    p = new_pipeline(make_options(["--runner=DirectRunner"], "j", work_bytes=1))
+    assert_that(p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * 2), equal_to([2, 4, 6]))
+    p.run().wait_until_finish()
+
+
 def test_bytes_read_is_what_the_readers_fetched(small, tmp_path, monkeypatch):
     """Measured, not derived from the output: a reader that fetches every
     record twice makes the build report twice the bytes it wrote."""
