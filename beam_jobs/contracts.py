@@ -15,6 +15,7 @@ module: the Airflow side (``ssl_splits``) and the jobs Beam workers run.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,3 +142,13 @@ class ShardStats:
     def sidecar(self) -> dict[str, Any]:
         """What the staging folder's ``shard-NNNNN.json`` keeps (``reused`` is per attempt)."""
         return dataclasses.replace(self, reused=False).to_dict()
+
+
+def job_name(*parts: str) -> str:
+    """A Dataflow-legal job name: ``[a-z]([-a-z0-9]*[a-z0-9])?``, at most 63 chars."""
+    raw = "-".join(p for p in parts if p).lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")
+    name = re.sub(r"-{2,}", "-", name)
+    if not name or not name[0].isalpha():
+        name = "ssl-" + name
+    return name[:63].rstrip("-")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import Any
 
@@ -14,18 +13,8 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from beam_jobs.contracts import job_name  # noqa: F401 (re-exported)
 from beam_jobs.logs import LOG_FORMAT, setup_logging  # noqa: F401 (re-exported)
-
-
-def job_name(*parts: str) -> str:
-    """A Dataflow-legal job name: ``[a-z]([-a-z0-9]*[a-z0-9])?``, at most 63 chars."""
-    raw = "-".join(p for p in parts if p).lower()
-    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")
-    name = re.sub(r"-{2,}", "-", name)
-    if not name or not name[0].isalpha():
-        name = "ssl-" + name
-    return name[:63].rstrip("-")
-
 
 # Below this much data a DirectRunner job runs in-process: starting one worker
 # process per core costs several seconds (each imports Beam), more than the work.

@@ -9,8 +9,10 @@ no TensorFlow).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 import zipfile
 from email.parser import Parser
 
@@ -59,6 +61,33 @@ def test_build_options_for_dataflow():
     # Every label value must be legal for GCP labels.
     for v in opts["labels"].values():
         assert re.fullmatch(r"[a-z0-9_-]{0,63}", v), v
+
+
+def test_airflow_side_of_a_job_does_not_import_beam(tmp_path):
+    """The task process only prepares options and the Dataflow configuration:
+    importing Apache Beam there (about a second) is paid by every task of a
+    deployed Airflow, where each task is a new process."""
+    code = (
+        "import sys, json\n"
+        "from ssl_splits.config import resolve\n"
+        "from ssl_splits.operators import dataflow_config, pipeline_options\n"
+        f"cfg = resolve({DATAFLOW_PARAMS!r})\n"
+        f"spec = {SPEC!r}\n"
+        "for job in ('build', 'verify'):\n"
+        "    pipeline_options(cfg, job, spec); dataflow_config(cfg, job, spec)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam')))\n"
+    )
+    from support.airflow_env import airflow_env
+
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**airflow_env(tmp_path), "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def test_verify_and_validate_options():

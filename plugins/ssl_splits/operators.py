@@ -23,7 +23,7 @@ from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from beam_jobs import storage
-from beam_jobs.contracts import VALIDATION
+from beam_jobs.contracts import VALIDATION, job_name
 from ssl_splits.config import RunConfig
 from ssl_splits.gcp import gcp_credentials_for_subprocess
 
@@ -38,7 +38,6 @@ JOBS = ("validate", "build", "verify")
 
 def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> dict[str, Any]:
     """The ``--flags`` a job gets: its own args plus runner options (pure)."""
-    from beam_jobs.pipeline import job_name  # imports Apache Beam: not at DAG parse time
 
     opts: dict[str, Any] = {}
     if job == "validate":
@@ -89,7 +88,6 @@ def template_uri(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> str:
     """Where template mode writes a job's Dataflow description (pure):
     ``{dataflow_template_location}/ssl-{job}-{split}``, the job's name without
     the run's suffix, so a later run of the same job replaces it."""
-    from beam_jobs.pipeline import job_name  # imports Apache Beam: not at DAG parse time
 
     assert cfg.template_location is not None
     return storage.join(
@@ -103,7 +101,6 @@ def dataflow_config(
     """Dataflow job settings: the job name carries the split (``ssl-build-train128116-3``)."""
     if not cfg.is_dataflow or not cfg.dataflow:
         return None
-    from beam_jobs.pipeline import job_name  # imports Apache Beam: not at DAG parse time
 
     return DataflowConfiguration(
         job_name=job_name("ssl", job, (spec or {}).get("split", "source")),
