@@ -211,7 +211,7 @@ def precompute_keys(
             procs.append(proc)
             assert proc.stdin is not None
             a, b = int(offsets[lo]), int(offsets[hi])
-            proc.stdin.write((hi - lo).to_bytes(8, "little", signed=True))
+            proc.stdin.write((hi - lo).to_bytes(8, "little") + (b - a).to_bytes(8, "little"))
             proc.stdin.write((offsets[lo : hi + 1] - a).tobytes())
             proc.stdin.write(memoryview(data)[a:b])
             proc.stdin.close()  # the worker starts hashing; so does this process

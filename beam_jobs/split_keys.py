@@ -9,8 +9,9 @@ process :func:`beam_jobs.split_algorithm.precompute_keys` starts per extra
 core, is running in ~20 ms.
 
 Worker protocol: ``python -m beam_jobs.split_keys PURPOSE:SEED ...`` reads
-from stdin the number of names ``n`` (int64), their ``n + 1`` offsets (int64,
-native byte order: the same machine) and the bytes they index; it writes to
+from stdin the number of names ``n`` and of their bytes (two little-endian
+int64), the names' ``n + 1`` offsets (int64, native byte order: the same
+machine, starting at 0) and the bytes they index; it writes to
 stdout, once all are computed, ``n`` keys per ``PURPOSE:SEED`` in order, each
 the first 8 bytes of its SHA-256 digest (a big-endian uint64).
 """
@@ -61,16 +62,17 @@ def key_bytes(prefix: bytes, names: Sequence[bytes]) -> bytes:
 
 
 def _main(jobs: list[str]) -> int:
-    raw = sys.stdin.buffer.read()
-    n = int.from_bytes(raw[:8], "little", signed=True)
+    stdin = sys.stdin.buffer
+    header = stdin.read(16)
+    n, size = (int.from_bytes(header[i : i + 8], "little", signed=True) for i in (0, 8))
     offsets = array("q")
-    offsets.frombytes(raw[8 : 8 * (n + 2)])
-    data = raw[8 * (n + 2) :]
-    if n < 0 or len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != len(data):
-        print(f"split_keys: malformed input ({len(raw)} bytes for {n} names)", file=sys.stderr)
+    offsets.frombytes(stdin.read(8 * (n + 1)))  # exact sizes: no growing buffer
+    data = stdin.read(size)
+    if len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != size or len(data) != size:
+        print(f"split_keys: malformed input ({n} names, {len(data)} bytes)", file=sys.stderr)
         return 2
     names = split_names(data, offsets)
-    del raw, data, offsets
+    del data, offsets
     out = []
     for job in jobs:
         purpose, _, seed = job.partition(":")
