@@ -33,12 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,7 +61,6 @@ from beam_jobs.split_algorithm import (
 )
 
 log = logging.getLogger("beam_jobs.plan")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -307,41 +304,26 @@ def plan_summary(plan: Plan, uri: str) -> dict[str, Any]:
     }
 
 
-def _each_plan(fn: Callable[[Plan], T], plans: Sequence[Plan]) -> list[T]:
-    """``fn`` of every plan, in order, on up to one thread per core, the largest
-    plans first (the work is Arrow, zstd, SHA-256 of whole files and I/O: it
-    runs outside the GIL)."""
-    workers = min(len(plans), os.cpu_count() or 1, 4)
-    if workers < 2:
-        return [fn(p) for p in plans]
-    first = sorted(range(len(plans)), key=lambda i: -plans[i].num_examples)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = dict(zip(first, pool.map(lambda i: fn(plans[i]), first)))
-    return [done[i] for i in range(len(plans))]
-
-
 def write_plans(plans: list[Plan], out_dir: str) -> list[dict[str, Any]]:
     """Write each plan as ``{out_dir}/{split}.{sha16}.csv`` (content-addressed,
     so a plan file never changes under a running build); return summaries."""
     start = time.perf_counter()
-
-    def write(plan: Plan) -> tuple[dict[str, Any], bool]:
+    out, written = [], 0
+    for plan in plans:
         data = plan.to_csv_bytes()
-        uri = plan_file(out_dir, plan.split, plan.sha256())
-        new = not storage.exists(uri)
-        if new:
+        sha = plan.sha256()
+        uri = plan_file(out_dir, plan.split, sha)
+        if not storage.exists(uri):
             storage.write_bytes(uri, data, "text/csv")
-        return plan_summary(plan, uri), new
-
-    done = _each_plan(write, plans)
-    written = sum(new for _, new in done)
+            written += 1
+        out.append(plan_summary(plan, uri))
     log.info(
         "plan: %d plan file(s) written, %d kept (same content) in %.1f s",
         written,
         len(plans) - written,
         time.perf_counter() - start,
     )
-    return [summary for summary, _ in done]
+    return out
 
 
 RECORD_COLUMNS = ["filename", "file", "offset", "length", "data_crc"]  # filename first
@@ -391,10 +373,10 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
     # The names at those rows are the plans' own: only the other columns are taken.
     del filenames
     catalog = catalog.drop_columns(["filename"])
-    row_of = {id(p): r for p, r in zip(todo, rows)}
-
-    def write(p: Plan) -> str:
-        part = catalog.take(row_of[id(p)])
+    out = []
+    for p, r in zip(todo, rows):
+        # One plan's rows at a time (the reshuffle alone is all 1.28M rows on ImageNet).
+        part = catalog.take(r)
         table = pa.table(
             {
                 "shard": pa.array(p.shards, pa.int32()),
@@ -406,10 +388,7 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
         del part
         uri = records_uri(catalog_dir, p.sha256())
         write_table(uri, table, {"plan_sha256": p.sha256()})
-        return uri
-
-    # A plan's rows at a time per thread (the reshuffle alone is all 1.28M rows on ImageNet).
-    out = _each_plan(write, todo)
+        out.append(uri)
     log.info(
         "plan: catalog rows of %d plan(s) written in %.1f s", len(out), time.perf_counter() - start
     )
