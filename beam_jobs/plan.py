@@ -310,13 +310,14 @@ def write_plans(plans: list[Plan], out_dir: str) -> list[dict[str, Any]]:
     start = time.perf_counter()
     out, written = [], 0
     for plan in plans:
-        data = plan.to_csv_bytes()
+        data = plan.to_csv_bytes(keep=False)
         sha = plan.sha256()
         uri = plan_file(out_dir, plan.split, sha)
         if not storage.exists(uri):
             storage.write_bytes(uri, data, "text/csv")
             written += 1
         out.append(plan_summary(plan, uri))
+        del data
     log.info(
         "plan: %d plan file(s) written, %d kept (same content) in %.1f s",
         written,

@@ -299,9 +299,11 @@ class Plan:
     def shard_lengths(self) -> list[int]:
         return np.bincount(self.shards, minlength=self.num_shards).astype(int).tolist()
 
-    def to_csv_bytes(self) -> bytes:
+    def to_csv_bytes(self, keep: bool = True) -> bytes:
         """``filename,shard,index`` lines, sorted by (shard, index), no header
-        (made once per plan, in Arrow: the reshuffle's is 1.28M lines on ImageNet)."""
+        (made in Arrow: the reshuffle's is 1.28M lines on ImageNet). ``keep``:
+        kept for the next call (else only their sha256 is: the plan task writes
+        each file once and needs the 33 MB of the reshuffle's no longer)."""
         cached = self.__dict__.get("_csv")
         if cached is None:
             names = self.names_arrow()
@@ -322,15 +324,16 @@ class Plan:
             data = lines.buffers()[2]
             cached = data[lo:hi].to_pybytes() if data is not None else b""
             del lines
-            object.__setattr__(self, "_csv", cached)
+            if keep:
+                object.__setattr__(self, "_csv", cached)
+            if "_sha256" not in self.__dict__:
+                object.__setattr__(self, "_sha256", hashlib.sha256(cached).hexdigest())
         return cached
 
     def sha256(self) -> str:
-        cached = self.__dict__.get("_sha256")
-        if cached is None:
-            cached = hashlib.sha256(self.to_csv_bytes()).hexdigest()
-            object.__setattr__(self, "_sha256", cached)
-        return cached
+        if "_sha256" not in self.__dict__:
+            self.to_csv_bytes()  # which records their sha256
+        return self.__dict__["_sha256"]
 
     def shard_names(self, shard: int) -> list[str]:
         lo, hi = np.searchsorted(self.shards, [shard, shard + 1])
