@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,17 +48,19 @@ from beam_jobs.split_algorithm import (
     Plan,
     PlanError,
     check_label,
-    check_names_exist,
     exact_fraction,
-    plan_named,
-    plan_supervised,
-    plan_unsupervised,
+    named_plan,
     precompute_keys,
+    published_plan,
     read_name_list,
     read_plan_file,
+    sorted_catalog,
     split_size,
-    with_class_counts,
+    supervised_plan,
+    unsupervised_plan,
 )
+
+log = logging.getLogger("beam_jobs.plan")
 
 
 @dataclass(frozen=True)
@@ -122,41 +126,51 @@ def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, s
 def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     """All plans a request asks for (pure given the catalog)."""
     files, name_lists = expand_protocol(req)
-    # Sorted once here, so each plan only checks the order (see split_algorithm._canonical).
-    table = read_catalog(catalog_dir, ["filename", "label"]).sort_by("filename")
+    start = time.perf_counter()
+    table = read_catalog(catalog_dir, ["filename", "label"])
+    # In name order once here (only checked when the catalog is in that order
+    # already), so every plan of the run starts from it.
+    cat = sorted_catalog(table.column("filename"), table.column("label"))
+    del table
     report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
     source_shards = int(report["num_shards"])
-    names = table.column("filename").to_pylist()
-    labels = table.column("label").to_numpy()
-    del table  # names and labels are all the plans need (ImageNet's table: ~40 MB)
     class_names = {int(k): v for k, v in report.get("synsets", {}).items()}
+    total = len(cat)
+    log.info(
+        "plan: catalog of %s records read (%s) in %.1f s",
+        f"{total:,}",
+        "in name order" if cat.rows is None else "sorted by name here",
+        time.perf_counter() - start,
+    )
     sizes = req.sizes()
-    check_sizes(sizes, len(names))
+    check_sizes(sizes, total)
     plans: list[Plan] = []
-    name_to_class: dict[str, str] | None = None
     # Every full pass of SHA-256 keys the plans need, in parallel (the rest is cheap); the
     # select keys of a seed do not depend on the fraction: one pass serves all its fractions.
-    keys = precompute_keys(
-        names,
-        [("select", s) for s in req.seeds if s not in files]
-        + ([("order", req.unsupervised_seed)] if req.unsupervised else []),
+    jobs = [("select", s) for s in req.seeds if s not in files] + (
+        [("order", req.unsupervised_seed)] if req.unsupervised else []
     )
+    start = time.perf_counter()
+    keys = precompute_keys(cat.names, jobs)
+    if keys:
+        log.info(
+            "plan: keys for %d passes over %s names in %.1f s",
+            len(keys),
+            f"{total:,}",
+            time.perf_counter() - start,
+        )
+    start = time.perf_counter()
     for fraction, count in sizes:
         for seed in req.seeds:
             if seed in files:
-                plan = read_plan_file(files[seed], seed=seed)
-                check_names_exist(plan, names)
-                if name_to_class is None:
-                    name_to_class = {
-                        n: class_names.get(int(lab), str(int(lab))) for n, lab in zip(names, labels)
-                    }
-                plans.append(with_class_counts(plan, name_to_class))
+                plans.append(
+                    published_plan(read_plan_file(files[seed], seed=seed), cat, class_names)
+                )
                 continue
             try:
                 plans.append(
-                    plan_supervised(
-                        names,
-                        labels,
+                    supervised_plan(
+                        cat,
                         seed=seed,
                         fraction=fraction,
                         count=count,
@@ -174,10 +188,9 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     for label, uri in name_lists:
         listed, lines = read_name_list(uri)
         plans.append(
-            plan_named(
+            named_plan(
                 listed,
-                names,
-                labels,
+                cat,
                 label=label,
                 origin=uri,
                 list_lines=lines,
@@ -188,14 +201,15 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
         )
     if req.unsupervised:
         plans.append(
-            plan_unsupervised(
-                names,
+            unsupervised_plan(
+                cat,
                 seed=req.unsupervised_seed,
                 num_shards=req.unsupervised_shards,
                 source_shards=source_shards,
-                order_keys=keys.get(("order", req.unsupervised_seed)),
+                order_keys=keys.pop(("order", req.unsupervised_seed)),
             )
         )
+    del keys, cat
     splits = [p.split for p in plans]
     twice = sorted({s for s in splits if splits.count(s) > 1})
     if twice:
@@ -203,6 +217,12 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
             f"two plans would write the same split {', '.join(twice)}: give the "
             "name lists different labels"
         )
+    log.info(
+        "plan: %d plan(s) in %.1f s: %s",
+        len(plans),
+        time.perf_counter() - start,
+        ", ".join(f"{p.split} ({p.num_examples:,} in {p.num_shards})" for p in plans),
+    )
     return plans
 
 
@@ -287,53 +307,92 @@ def plan_summary(plan: Plan, uri: str) -> dict[str, Any]:
 def write_plans(plans: list[Plan], out_dir: str) -> list[dict[str, Any]]:
     """Write each plan as ``{out_dir}/{split}.{sha16}.csv`` (content-addressed,
     so a plan file never changes under a running build); return summaries."""
-    out = []
+    start = time.perf_counter()
+    out, written = [], 0
     for plan in plans:
-        data = plan.to_csv_bytes()
+        data = plan.to_csv_bytes(keep=False)
         sha = plan.sha256()
         uri = plan_file(out_dir, plan.split, sha)
         if not storage.exists(uri):
             storage.write_bytes(uri, data, "text/csv")
+            written += 1
         out.append(plan_summary(plan, uri))
+        del data
+    log.info(
+        "plan: %d plan file(s) written, %d kept (same content) in %.1f s",
+        written,
+        len(plans) - written,
+        time.perf_counter() - start,
+    )
     return out
 
 
-RECORD_COLUMNS = ["filename", "file", "offset", "length", "data_crc"]
+RECORD_COLUMNS = ["filename", "file", "offset", "length", "data_crc"]  # filename first
 
 
 def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
     """For each plan, its rows joined with the catalog (shard, index, filename,
     file, offset, length, data CRC), written next to the catalog and named by
     the plan's sha256 (``layout.records_uri``): a build job reads only its
-    split's rows, not the whole catalog (1.28M rows on ImageNet). One lookup
-    for all plans of a run. Existing files are kept (content-addressed)."""
+    split's rows, not the whole catalog (1.28M rows on ImageNet). The rows of a
+    plan made from this catalog are known (``Plan.catalog_rows``); the names of
+    any other are looked up, all in one lookup. Existing files are kept
+    (content-addressed)."""
     todo = [p for p in plans if not storage.exists(records_uri(catalog_dir, p.sha256()))]
     if not todo:
         return []
+    start = time.perf_counter()
     catalog = read_table(
         storage.join(catalog_dir, CATALOG_FILE), columns=RECORD_COLUMNS, read_dictionary=["file"]
     )
-    names = pa.chunked_array([pa.array(p.names.tolist(), pa.string()) for p in todo])
-    pos = pc.index_in(names, value_set=catalog.column("filename"))
-    if pos.null_count:
-        raise PlanError(f"{pos.null_count:,} planned names are not in the catalog {catalog_dir}")
-    del names
-    pos = pos.combine_chunks()
-    out, lo = [], 0
+    filenames = catalog.column("filename")
+    rows: list[pa.Array | None] = []
     for p in todo:
+        known = p.catalog_rows()
+        if known is not None and len(known) and int(known.max()) < catalog.num_rows:
+            taken = pa.array(known, pa.int64())
+            # Made from this very catalog: its names are at those rows (checked, cheaply).
+            if pc.all(pc.equal(filenames.take(taken), p.names_arrow())).as_py():
+                rows.append(taken)
+                continue
+        rows.append(None)
+    lookup = [p for p, r in zip(todo, rows) if r is None]
+    if lookup:
+        names = pa.chunked_array([p.names_arrow() for p in lookup], pa.string())
+        pos = pc.index_in(names, value_set=filenames)
+        if pos.null_count:
+            raise PlanError(
+                f"{pos.null_count:,} planned names are not in the catalog {catalog_dir}"
+            )
+        del names
+        pos = pos.combine_chunks().cast(pa.int64())
+        lo = 0
+        for i, r in enumerate(rows):
+            if r is None:
+                rows[i] = pos.slice(lo, todo[i].num_examples)
+                lo += todo[i].num_examples
+    # The names at those rows are the plans' own: only the other columns are taken.
+    del filenames
+    catalog = catalog.drop_columns(["filename"])
+    out = []
+    for p, r in zip(todo, rows):
         # One plan's rows at a time (the reshuffle alone is all 1.28M rows on ImageNet).
-        part = catalog.take(pos.slice(lo, p.num_examples))
-        lo += p.num_examples
+        part = catalog.take(r)
         table = pa.table(
             {
                 "shard": pa.array(p.shards, pa.int32()),
                 "index": pa.array(p.indices, pa.int32()),
-                **{c: part.column(c) for c in RECORD_COLUMNS},
+                "filename": p.names_arrow(),
+                **{c: part.column(c) for c in RECORD_COLUMNS[1:]},
             }
         )
+        del part
         uri = records_uri(catalog_dir, p.sha256())
         write_table(uri, table, {"plan_sha256": p.sha256()})
         out.append(uri)
+    log.info(
+        "plan: catalog rows of %d plan(s) written in %.1f s", len(out), time.perf_counter() - start
+    )
     return out
 
 

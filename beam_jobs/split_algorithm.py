@@ -43,12 +43,13 @@ a plan as given (``read_plan_file`` checks it first).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, cast
 
 import numpy as np
 import pyarrow as pa
@@ -56,8 +57,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from beam_jobs import defaults, protocols
+from beam_jobs.split_keys import ALGORITHM, key_bytes, key_prefix, split_names
 
-ALGORITHM = "v1"
 LABEL_PATTERN = protocols.LABEL_PATTERN  # of a name list: its split is train{n}.{label}
 NAMES_ORDER_SEED = 0
 SAMPLINGS = defaults.SAMPLINGS
@@ -132,76 +133,143 @@ def hash_keys(names: Sequence[str], purpose: str, seed: int) -> np.ndarray:
     )
 
 
-# Below this many names the keys are computed in this process; above, one
-# process per core computes a share: SHA-256 of 1.28M names takes ~0.85 s of
-# Python per (purpose, seed), and a run needs one per seed plus the reshuffle.
+# Below this many names the keys are computed in this process; above, this
+# process and one worker per extra core each compute a share: SHA-256 of 1.28M
+# names takes ~0.7 s of Python per (purpose, seed), and a run needs one pass per
+# seed plus the reshuffle.
 PARALLEL_MIN_NAMES = 200_000
 
 
+def _string_array(names: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Names as one Arrow string array (no copy when they are one already)."""
+    if isinstance(names, pa.ChunkedArray):
+        names = names.combine_chunks()
+    if not isinstance(names, pa.Array):
+        names = pa.array(names if isinstance(names, np.ndarray) else list(names), pa.string())
+    if not (pa.types.is_string(names.type) or pa.types.is_large_string(names.type)):
+        names = names.cast(pa.string())
+    if names.null_count:
+        raise PlanError(f"{names.null_count:,} file name(s) are missing (null)")
+    return names
+
+
+def _offsets_and_data(arr: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
+    """Where each name's UTF-8 bytes start and end (``len + 1`` int64 offsets)
+    in the array's data buffer, and that buffer."""
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    _, off_buf, data = arr.buffers()
+    offsets = np.frombuffer(off_buf, dtype=width)[arr.offset : arr.offset + len(arr) + 1]
+    return offsets.astype(np.int64), data if data is not None else pa.py_buffer(b"")
+
+
+def _share_keys(
+    offsets: np.ndarray, data: pa.Buffer, lo: int, hi: int, jobs: Sequence[tuple[str, int]]
+) -> list[np.ndarray]:
+    """The keys of names ``lo..hi`` for each job, in this process."""
+    a, b = int(offsets[lo]), int(offsets[hi])
+    names = split_names(data[a:b].to_pybytes(), (offsets[lo : hi + 1] - a).tolist())
+    return [np.frombuffer(key_bytes(key_prefix(p, s), names), ">u8") for p, s in jobs]
+
+
+def fast_keys(names: Sequence[str] | pa.Array, purpose: str, seed: int) -> np.ndarray:
+    """``hash_keys(names, purpose, seed)`` in this process, from the names' bytes
+    as Arrow holds them (``beam_jobs.split_keys``: ~20% less per name)."""
+    arr = _string_array(names)
+    offsets, data = _offsets_and_data(arr)
+    return _share_keys(offsets, data, 0, len(arr), [(purpose, seed)])[0].astype(np.uint64)
+
+
 def precompute_keys(
-    names: Sequence[str], jobs: Sequence[tuple[str, int]], workers: int | None = None
+    names: Sequence[str] | pa.Array | pa.ChunkedArray,
+    jobs: Sequence[tuple[str, int]],
+    workers: int | None = None,
 ) -> dict[tuple[str, int], np.ndarray]:
     """``hash_keys(names, purpose, seed)`` for every ``(purpose, seed)`` of
-    ``jobs``: the same values, computed by one process per core when there are
-    many names (``python -m beam_jobs.split_algorithm``, fed through pipes: no fork of
-    the calling process, which may be an Airflow task with threads)."""
+    ``jobs``: the same values, with many names computed in shares by this
+    process and one worker process per extra core (``python -m
+    beam_jobs.split_keys``, standard library only, fed the names' bytes through
+    a pipe: no fork of the calling process, which may be an Airflow task with
+    threads)."""
     import os
     import subprocess
     import sys
 
     jobs = list(dict.fromkeys(jobs))
+    if not jobs:
+        return {}
+    arr = _string_array(names)
+    n = len(arr)
     workers = workers or min(os.cpu_count() or 1, 8)
-    if len(names) < PARALLEL_MIN_NAMES or workers < 2 or not jobs:
-        return {job: hash_keys(names, *job) for job in jobs}
-    names = list(names)
-    step = -(-len(names) // workers)
-    chunks = [names[i : i + step] for i in range(0, len(names), step)]
-    argv = [sys.executable, "-m", "beam_jobs.split_algorithm", *(f"{p}:{s}" for p, s in jobs)]
-    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in chunks]
-    for proc, chunk in zip(procs, chunks):  # each child reads all its input first
-        assert proc.stdin is not None
-        proc.stdin.write("\n".join(chunk).encode("utf-8"))
-        proc.stdin.close()
-    # Filled in place, one child's output at a time (not all of them and then a copy).
-    out = {job: np.empty(len(names), dtype=np.uint64) for job in jobs}
-    lo = 0
-    for proc, chunk in zip(procs, chunks):
-        assert proc.stdout is not None
-        raw = proc.stdout.read()
-        if proc.wait() != 0 or len(raw) != 8 * len(chunk) * len(jobs):
-            raise RuntimeError(
-                f"computing plan keys in a subprocess failed (exit {proc.returncode})"
-            )
-        part = np.frombuffer(raw, dtype=np.uint64).reshape(len(jobs), len(chunk))
-        for k, job in enumerate(jobs):
-            out[job][lo : lo + len(chunk)] = part[k]
-        lo += len(chunk)
-        del raw, part
+    shares = max(1, min(workers, n)) if n >= PARALLEL_MIN_NAMES else 1
+    offsets, data = _offsets_and_data(arr)
+    bounds = [n * k // shares for k in range(shares + 1)]
+    argv = [sys.executable, "-m", "beam_jobs.split_keys", *(f"{p}:{s}" for p, s in jobs)]
+    procs: list[subprocess.Popen] = []
+    try:
+        for lo, hi in zip(bounds[1:], bounds[2:]):  # share 0 is this process's
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            procs.append(proc)
+            assert proc.stdin is not None
+            a, b = int(offsets[lo]), int(offsets[hi])
+            proc.stdin.write((hi - lo).to_bytes(8, "little") + (b - a).to_bytes(8, "little"))
+            proc.stdin.write((offsets[lo : hi + 1] - a).tobytes())
+            proc.stdin.write(memoryview(data)[a:b])
+            proc.stdin.close()  # the worker starts hashing; so does this process
+        out = {job: np.empty(n, dtype=np.uint64) for job in jobs}
+        for job, keys in zip(jobs, _share_keys(offsets, data, bounds[0], bounds[1], jobs)):
+            out[job][bounds[0] : bounds[1]] = keys
+        for proc, lo, hi in zip(procs, bounds[1:], bounds[2:]):
+            assert proc.stdout is not None
+            raw = proc.stdout.read()
+            if proc.wait() != 0 or len(raw) != 8 * (hi - lo) * len(jobs):
+                raise RuntimeError(
+                    f"computing plan keys in a subprocess failed (exit {proc.returncode}, "
+                    f"{len(raw)} bytes for {hi - lo} names x {len(jobs)} keys)"
+                )
+            part = np.frombuffer(raw, dtype=">u8").reshape(len(jobs), hi - lo)
+            for k, job in enumerate(jobs):
+                out[job][lo:hi] = part[k]
+            del raw, part
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return out
 
 
-def _keys_main(argv: list[str]) -> int:
-    """``python -m beam_jobs.split_algorithm PURPOSE:SEED ...``: names on stdin (one per
-    line), their keys on stdout (uint64, one array per PURPOSE:SEED, in order)."""
-    import sys
-
-    names = sys.stdin.buffer.read().decode("utf-8").split("\n")
-    for job in argv:
-        purpose, _, seed = job.partition(":")
-        sys.stdout.buffer.write(hash_keys(names, purpose, int(seed)).tobytes())
-    sys.stdout.buffer.flush()
-    return 0
-
-
 def _argsort_by_key(keys: np.ndarray) -> np.ndarray:
-    # Names are already in code point order, and the sort is stable: ties by name.
-    return np.argsort(keys, kind="stable")
+    """Positions by key, ties by position (names are in code point order: ties by
+    name). An unstable sort (several times faster) is the stable one whenever
+    no two keys are equal, which is checked; with a tie, the stable sort."""
+    order = np.argsort(keys)
+    ranked = keys[order]
+    if len(ranked) > 1 and bool(np.any(ranked[1:] == ranked[:-1])):
+        order = np.argsort(keys, kind="stable")
+    return order
 
 
 # --------------------------------------------------------------------------- plans
 
 
-_CSV_BLOCK = 65_536  # rows per block of Plan.to_csv_bytes
+class _Names:
+    """The ``names`` field of :class:`Plan`: an object array of ``str``. A plan
+    may be given an Arrow string array instead: the array of ``str`` is then
+    made on first use (a plan of 1.28M names that is only written to files
+    never makes 1.28M Python strings: ~100 MB and 0.1 s less)."""
+
+    def __get__(self, plan: Plan | None, owner: type | None = None) -> np.ndarray:
+        if plan is None:  # the dataclass asks for a default: there is none
+            raise AttributeError("names")
+        made = plan.__dict__.get("_names_objects")
+        if made is None:
+            given = plan.__dict__["_names"]
+            made = given.to_numpy(zero_copy_only=False) if isinstance(given, pa.Array) else given
+            plan.__dict__["_names_objects"] = made
+        return made
+
+    def __set__(self, plan: Plan, value: np.ndarray | pa.Array) -> None:
+        plan.__dict__["_names"] = value
 
 
 @dataclass(frozen=True)
@@ -211,7 +279,10 @@ class Plan:
 
     split: str
     kind: str  # "supervised" or "unsupervised"
-    names: np.ndarray  # object array of str
+    if TYPE_CHECKING:
+        names: np.ndarray  # object array of str
+    else:
+        names: _Names = _Names()  # object array of str (given as such, or as Arrow strings)
     shards: np.ndarray  # int32
     indices: np.ndarray  # int32
     num_shards: int
@@ -223,57 +294,109 @@ class Plan:
 
     @property
     def num_examples(self) -> int:
-        return len(self.names)
+        return len(self.__dict__["_names"])
 
     def shard_lengths(self) -> list[int]:
         return np.bincount(self.shards, minlength=self.num_shards).astype(int).tolist()
 
-    def to_csv_bytes(self) -> bytes:
+    def to_csv_bytes(self, keep: bool = True) -> bytes:
         """``filename,shard,index`` lines, sorted by (shard, index), no header
-        (made once per plan: the reshuffle's is 1.28M lines on ImageNet)."""
+        (made in Arrow: the reshuffle's is 1.28M lines on ImageNet). ``keep``:
+        kept for the next call (else only their sha256 is: the plan task writes
+        each file once and needs the 33 MB of the reshuffle's no longer)."""
         cached = self.__dict__.get("_csv")
         if cached is None:
-            # In blocks: one block's lines live as Python strings at a time, not
-            # 1.28M of them (~170 MB more peak memory in the plan task on ImageNet).
-            parts = []
-            for lo in range(0, len(self.names), _CSV_BLOCK):
-                hi = lo + _CSV_BLOCK
-                rows = zip(
-                    self.names[lo:hi].tolist(),
-                    self.shards[lo:hi].tolist(),
-                    self.indices[lo:hi].tolist(),
-                )
-                parts.append("".join([f"{n},{s},{i}\n" for n, s, i in rows]).encode("utf-8"))
-            cached = b"".join(parts)
-            del parts
-            object.__setattr__(self, "_csv", cached)
+            names = self.names_arrow()
+            # Shard and index numbers as text: each distinct number formatted once.
+            top = max(int(self.shards.max()), int(self.indices.max())) if len(names) else 0
+            numbers = pa.array([str(i) for i in range(top + 1)])
+            if names.nbytes + len(names) * (2 * len(str(top)) + 3) >= 2**31:
+                names, numbers = names.cast(pa.large_string()), numbers.cast(pa.large_string())
+            text = names.type
+            shards = numbers.take(pa.array(self.shards))
+            indices = numbers.take(pa.array(self.indices))
+            eol = pc.binary_join_element_wise(indices, pa.scalar("", text), pa.scalar("\n", text))
+            lines = pc.binary_join_element_wise(names, shards, eol, pa.scalar(",", text))
+            # The lines one after the other are the array's data buffer.
+            width = np.int64 if pa.types.is_large_string(text) else np.int32
+            offsets = np.frombuffer(lines.buffers()[1], dtype=width)
+            lo, hi = offsets[lines.offset], offsets[lines.offset + len(lines)]
+            data = lines.buffers()[2]
+            cached = data[lo:hi].to_pybytes() if data is not None else b""
+            del lines
+            if keep:
+                object.__setattr__(self, "_csv", cached)
+            if "_sha256" not in self.__dict__:
+                object.__setattr__(self, "_sha256", hashlib.sha256(cached).hexdigest())
         return cached
 
     def sha256(self) -> str:
-        cached = self.__dict__.get("_sha256")
-        if cached is None:
-            cached = hashlib.sha256(self.to_csv_bytes()).hexdigest()
-            object.__setattr__(self, "_sha256", cached)
-        return cached
+        if "_sha256" not in self.__dict__:
+            self.to_csv_bytes()  # which records their sha256
+        return self.__dict__["_sha256"]
 
     def shard_names(self, shard: int) -> list[str]:
         lo, hi = np.searchsorted(self.shards, [shard, shard + 1])
         return self.names[lo:hi].tolist()
 
+    def names_arrow(self) -> pa.Array:
+        """``names`` as an Arrow string array (as given, or converted)."""
+        given = self.__dict__["_names"]
+        return given if isinstance(given, pa.Array) else pa.array(given, pa.string())
 
-def _deal(split: str, kind: str, ordered: np.ndarray, num_shards: int, **meta: Any) -> Plan:
+    def catalog_rows(self) -> np.ndarray | None:
+        """Each name's row in the catalog table it was planned from (``rows`` of
+        :class:`SortedCatalog`), when known: ``beam_jobs.plan.write_records``
+        then takes them without looking the names up."""
+        return self.__dict__.get("_catalog_rows")
+
+
+def _deal(
+    split: str,
+    kind: str,
+    ordered: np.ndarray,
+    num_shards: int,
+    catalog_rows: np.ndarray | None = None,
+    **meta: Any,
+) -> Plan:
     n = len(ordered)
     sizes = shard_sizes(n, num_shards)
     shards = np.repeat(np.arange(num_shards, dtype=np.int32), sizes)
     starts = np.repeat(np.cumsum([0] + sizes[:-1]), sizes)
     indices = (np.arange(n) - starts).astype(np.int32)
-    return Plan(
+    plan = Plan(
         split=split,
         kind=kind,
         names=ordered,
         shards=shards,
         indices=indices,
         num_shards=num_shards,
+        **meta,
+    )
+    if catalog_rows is not None:
+        object.__setattr__(plan, "_catalog_rows", catalog_rows)
+    return plan
+
+
+def _deal_from(
+    cat: SortedCatalog,
+    positions: np.ndarray,
+    split: str,
+    kind: str,
+    num_shards: int,
+    names: pa.Array | None = None,
+    **meta: Any,
+) -> Plan:
+    """:func:`_deal` of the catalog's names at ``positions`` (in order); ``names``:
+    those names as Arrow if already taken. The plan is given them as Arrow,
+    and their rows in the catalog table."""
+    taken = names if names is not None else cat.names.take(pa.array(positions))
+    return _deal(
+        split,
+        kind,
+        cast(np.ndarray, taken),  # Plan.names takes Arrow strings too (_Names)
+        num_shards,
+        catalog_rows=cat.input_rows(positions),
         **meta,
     )
 
@@ -285,26 +408,65 @@ def supervised_split_name(n: int, seed: int) -> str:
 
 UNSUPERVISED_SPLIT = "train"
 
+# keys(names, purpose, seed) -> uint64 keys: hash_keys's values
+KeyFunction = Callable[[pa.Array, str, int], np.ndarray]
 
-def _canonical(
-    names: Sequence[str], labels: Sequence[int] | None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Names in code point order (= UTF-8 byte order), checked unique, with labels.
 
-    Fast path: names already sorted (``make_plans`` sorts the catalog once for
-    all of a run's plans) are only checked, not sorted again.
-    """
-    arr = np.asarray(names, dtype=object)
-    lab = None if labels is None else np.asarray(labels, dtype=np.int64)
-    if len(arr) > 1 and not bool(np.all(arr[1:] > arr[:-1])):
-        order = pc.sort_indices(pa.array(arr, pa.string())).to_numpy()
-        arr = arr[order]
-        lab = None if lab is None else lab[order]
-    if len(arr) > 1:
-        dup = arr[1:] == arr[:-1]
-        if dup.any():
-            raise PlanError(f"duplicate file name in the catalog: {arr[1:][dup][0]}")
-    return arr, lab
+def _reference_keys(names: pa.Array, purpose: str, seed: int) -> np.ndarray:
+    return hash_keys(names.to_pylist(), purpose, seed)
+
+
+@dataclass(frozen=True, eq=False)
+class SortedCatalog:
+    """A catalog's file names in code point order (= UTF-8 byte order), checked
+    unique, with their labels: what every plan of a run starts from, made once
+    (:func:`sorted_catalog`). Positions below are positions in this order."""
+
+    names: pa.Array  # string
+    labels: np.ndarray | None  # int64, of names
+    rows: np.ndarray | None  # each name's row in the table given; None: it was in order
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @functools.cached_property
+    def classes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``np.unique(labels, return_inverse=True, return_counts=True)``."""
+        assert self.labels is not None
+        return np.unique(self.labels, return_inverse=True, return_counts=True)
+
+    def input_rows(self, positions: np.ndarray) -> np.ndarray:
+        """Rows of the table given of the names at ``positions``."""
+        return positions if self.rows is None else self.rows[positions]
+
+
+def sorted_catalog(
+    names: Sequence[str] | pa.Array | pa.ChunkedArray,
+    labels: Sequence[int] | np.ndarray | pa.Array | pa.ChunkedArray | None = None,
+) -> SortedCatalog:
+    """Names in code point order, checked unique, with labels. Names already in
+    order (strictly increasing: sorted and unique) are only checked, in Arrow,
+    not sorted again."""
+    arr = _string_array(names)
+    lab = None
+    if labels is not None:
+        if isinstance(labels, (pa.Array, pa.ChunkedArray)):
+            lab = labels.to_numpy().astype(np.int64)
+        else:
+            lab = np.asarray(labels, dtype=np.int64)
+        if len(lab) != len(arr):
+            raise PlanError(f"{len(arr):,} file names but {len(lab):,} labels")
+    n, rows = len(arr), None
+    if n > 1 and not pc.all(pc.less(arr.slice(0, n - 1), arr.slice(1))).as_py():
+        order = pc.sort_indices(arr)  # stable
+        arr = arr.take(order)
+        rows = order.to_numpy()
+        lab = None if lab is None else lab[rows]
+        same = pc.equal(arr.slice(0, n - 1), arr.slice(1)).to_numpy(zero_copy_only=False)
+        if same.any():
+            dup = arr[int(np.flatnonzero(same)[0]) + 1].as_py()
+            raise PlanError(f"duplicate file name in the catalog: {dup}")
+    return SortedCatalog(arr, lab, rows)
 
 
 def plan_supervised(
@@ -323,12 +485,45 @@ def plan_supervised(
     """Plan a seeded labelled split (see the module docstring for the algorithm).
     ``select_keys``: ``hash_keys(names, "select", seed)`` if already computed
     (names in code point order)."""
+    _check_sampling(sampling, fraction, count)
+    return supervised_plan(
+        sorted_catalog(names, labels),
+        seed=seed,
+        fraction=fraction,
+        count=count,
+        sampling=sampling,
+        num_shards=num_shards,
+        source_shards=source_shards,
+        class_names=class_names,
+        select_keys=select_keys,
+        keys=_reference_keys,
+    )
+
+
+def _check_sampling(sampling: str, fraction: object, count: int | None) -> None:
     if sampling not in SAMPLINGS:
         raise PlanError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if (fraction is None) == (count is None):
         raise PlanError("give exactly one of fraction and count")
-    arr, lab = _canonical(names, labels)
-    total = len(arr)
+
+
+def supervised_plan(
+    cat: SortedCatalog,
+    *,
+    seed: int,
+    fraction: float | str | Fraction | None = None,
+    count: int | None = None,
+    sampling: str = defaults.SAMPLING,
+    num_shards: int | None = None,
+    source_shards: int | None = None,
+    class_names: dict[int, str] | None = None,
+    select_keys: np.ndarray | None = None,
+    keys: KeyFunction = fast_keys,
+) -> Plan:
+    """:func:`plan_supervised` of a catalog already in order (a run's plans share
+    it); ``keys`` computes the keys not given."""
+    _check_sampling(sampling, fraction, count)
+    total = len(cat)
     if total == 0:
         raise PlanError("the catalog is empty")
     if count is not None:
@@ -343,15 +538,20 @@ def plan_supervised(
     S = num_shards or default_num_shards(n, source_shards or 1, total)
     if not 1 <= S <= min(n, MAX_SHARD_COUNT):
         raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
+    lab = cat.labels
     assert lab is not None
-    select = select_keys if select_keys is not None else hash_keys(arr.tolist(), "select", seed)
+    select = select_keys if select_keys is not None else keys(cat.names, "select", seed)
     if sampling == "uniform":
         chosen = _argsort_by_key(select)[:n]
     else:
-        classes, inverse, sizes = np.unique(lab, return_inverse=True, return_counts=True)
+        classes, inverse, sizes = cat.classes
         quotas = class_quotas(dict(zip(classes.tolist(), sizes.tolist())), frac, n)
-        # Group by class, inside each class by select key (stable: ties by name).
-        by_class = np.lexsort((select, inverse))
+        # Group by class, inside each class by select key (ties by name): by key,
+        # then stably by class (np.lexsort((select, inverse)), several times faster).
+        by_key = _argsort_by_key(select)
+        by_class = by_key[
+            np.argsort(inverse[by_key].astype(_small_int(len(classes))), kind="stable")
+        ]
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         chosen = np.concatenate(
             [
@@ -359,27 +559,35 @@ def plan_supervised(
                 for c, start in zip(classes.tolist(), starts.tolist())
             ]
         )
-    chosen_names, chosen_labels = arr[chosen], lab[chosen]
-    # Restore name order before ordering by the order key, so ties go by name.
-    by_name = np.argsort(chosen_names, kind="stable")
-    chosen_names, chosen_labels = chosen_names[by_name], chosen_labels[by_name]
-    order = _argsort_by_key(hash_keys(chosen_names.tolist(), "order", seed))
-    ordered = chosen_names[order]
-    labs, counts = np.unique(chosen_labels, return_counts=True)
+    # Back in name order (positions are in name order) before ordering by the
+    # order key, so ties go by name.
+    chosen = np.sort(chosen)
+    chosen_names = cat.names.take(pa.array(chosen))
+    by_order = _argsort_by_key(keys(chosen_names, "order", seed))
+    ordered = chosen[by_order]
+    labs, counts = np.unique(lab[chosen], return_counts=True)
     class_counts = {
         (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
     }
     frac_text = f"{count}/{total}" if count is not None else str(fraction)
-    return _deal(
+    return _deal_from(
+        cat,
+        ordered,
         supervised_split_name(n, seed),
         "supervised",
-        ordered,
         S,
+        names=chosen_names.take(pa.array(by_order)),
         seed=seed,
         fraction=frac_text,
         sampling=sampling,
         class_counts=class_counts,
     )
+
+
+def _small_int(count: int) -> type:
+    """The narrowest signed integer type for 0..count-1 (NumPy's stable sort of
+    16-bit integers is a radix sort)."""
+    return np.int16 if count <= np.iinfo(np.int16).max else np.int64
 
 
 def plan_unsupervised(
@@ -392,17 +600,44 @@ def plan_unsupervised(
 ) -> Plan:
     """Plan the full reshuffle ``train``: every record once, in seeded order.
     ``order_keys``: ``hash_keys(names, "order", seed)`` if already computed."""
-    arr, _ = _canonical(names, None)
-    n = len(arr)
+    return unsupervised_plan(
+        sorted_catalog(names),
+        seed=seed,
+        num_shards=num_shards,
+        source_shards=source_shards,
+        order_keys=order_keys,
+        keys=_reference_keys,
+    )
+
+
+def unsupervised_plan(
+    cat: SortedCatalog,
+    *,
+    seed: int = 0,
+    num_shards: int | None = None,
+    source_shards: int | None = None,
+    order_keys: np.ndarray | None = None,
+    keys: KeyFunction = fast_keys,
+) -> Plan:
+    """:func:`plan_unsupervised` of a catalog already in order."""
+    n = len(cat)
     if n == 0:
         raise PlanError("the catalog is empty")
     S = num_shards or default_num_shards(n, source_shards or 1, n)
     if not 1 <= S <= min(n, MAX_SHARD_COUNT):
         raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
-    keys = order_keys if order_keys is not None else hash_keys(arr.tolist(), "order", seed)
-    ordered = arr[_argsort_by_key(keys)]
-    return _deal(
-        UNSUPERVISED_SPLIT, "unsupervised", ordered, S, seed=seed, fraction="1", sampling="all"
+    if order_keys is None:
+        order_keys = keys(cat.names, "order", seed)
+    ordered = _argsort_by_key(order_keys)
+    return _deal_from(
+        cat,
+        ordered,
+        UNSUPERVISED_SPLIT,
+        "unsupervised",
+        S,
+        seed=seed,
+        fraction="1",
+        sampling="all",
     )
 
 
@@ -572,7 +807,7 @@ def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = Non
         raise PlanError(f"{uri}: not UTF-8 text ({err})") from None
     # Arrow parses and checks a well-formed file; anything else is reported by line.
     table = parse_plan_table(raw, uri)
-    names = np.asarray(table.column("filename").to_pylist(), dtype=object)
+    names = table.column("filename").to_numpy()  # object array of str
     shards = table.column("shard").to_numpy()
     indices = table.column("index").to_numpy()
     n = len(names)
@@ -608,6 +843,31 @@ def with_class_counts(plan: Plan, name_to_class: dict[str, str]) -> Plan:
         c = name_to_class[name]
         counts[c] = counts.get(c, 0) + 1
     return dataclasses.replace(plan, class_counts=dict(sorted(counts.items())))
+
+
+def published_plan(
+    plan: Plan, cat: SortedCatalog, class_names: dict[int, str] | None = None
+) -> Plan:
+    """A published plan checked against a catalog already in order: the
+    PlanError of :func:`check_names_exist` if the catalog lacks names, else a
+    copy with the per-class counts of :func:`with_class_counts` (a label's
+    class: its synset, else the label) and its catalog rows."""
+    pos = pc.index_in(pa.array(plan.names, pa.string()), value_set=cat.names)
+    if pos.null_count:
+        lost = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
+        raise PlanError(
+            f"plan {plan.source}: {len(lost):,} of {plan.num_examples:,} names are not in the "
+            f"source catalog, e.g. {', '.join(plan.names[lost[:5]].tolist())}"
+        )
+    positions = pos.to_numpy().astype(np.int64)
+    assert cat.labels is not None
+    counts: dict[str, int] = {}
+    for c, k in zip(*np.unique(cat.labels[positions], return_counts=True)):
+        name = (class_names or {}).get(int(c), str(int(c)))
+        counts[name] = counts.get(name, 0) + int(k)
+    out = dataclasses.replace(plan, class_counts=dict(sorted(counts.items())))
+    object.__setattr__(out, "_catalog_rows", cat.input_rows(positions))
+    return out
 
 
 # --------------------------------------------------------------------------- name lists
@@ -703,12 +963,38 @@ def plan_named(
     otherwise a PlanError with the count and the first missing names and their
     line numbers. ``list_names`` must be unique (:func:`parse_name_list`)."""
     check_label(label)
-    arr, lab = _canonical(catalog_names, catalog_labels)
-    total = len(arr)
+    return named_plan(
+        list_names,
+        sorted_catalog(catalog_names, catalog_labels),
+        label=label,
+        origin=origin,
+        list_lines=list_lines,
+        num_shards=num_shards,
+        source_shards=source_shards,
+        class_names=class_names,
+        keys=_reference_keys,
+    )
+
+
+def named_plan(
+    list_names: Sequence[str] | np.ndarray,
+    cat: SortedCatalog,
+    *,
+    label: str,
+    origin: str,
+    list_lines: Sequence[int] | np.ndarray | None = None,
+    num_shards: int | None = None,
+    source_shards: int | None = None,
+    class_names: dict[int, str] | None = None,
+    keys: KeyFunction = fast_keys,
+) -> Plan:
+    """:func:`plan_named` of a catalog already in order."""
+    check_label(label)
+    total = len(cat)
     if total == 0:
         raise PlanError("the catalog is empty")
-    wanted = pa.array(list(list_names), pa.string())
-    pos = pc.index_in(wanted, value_set=pa.array(arr.tolist(), pa.string()))
+    wanted = _string_array(list_names)
+    pos = pc.index_in(wanted, value_set=cat.names)
     missing = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
     if len(missing):
         lines = list_lines if list_lines is not None else np.arange(1, len(wanted) + 1)
@@ -724,29 +1010,25 @@ def plan_named(
     S = num_shards or default_num_shards(n, source_shards or 1, total)
     if not 1 <= S <= min(n, MAX_SHARD_COUNT):
         raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
-    assert lab is not None
-    chosen_names, chosen_labels = arr[chosen], lab[chosen]  # in name order
-    ordered = chosen_names[
-        _argsort_by_key(hash_keys(chosen_names.tolist(), "order", NAMES_ORDER_SEED))
-    ]
-    labs, counts = np.unique(chosen_labels, return_counts=True)
+    assert cat.labels is not None
+    # chosen is in name order
+    chosen_names = cat.names.take(pa.array(chosen))
+    by_order = _argsort_by_key(keys(chosen_names, "order", NAMES_ORDER_SEED))
+    ordered = chosen[by_order]
+    labs, counts = np.unique(cat.labels[chosen], return_counts=True)
     class_counts = {
         (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
     }
-    return _deal(
+    return _deal_from(
+        cat,
+        ordered,
         named_split_name(n, label),
         "supervised",
-        ordered,
         S,
+        names=chosen_names.take(pa.array(by_order)),
         seed=None,
         fraction=f"{n}/{total}",
         sampling="names",
         source=origin,
         class_counts=class_counts,
     )
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(_keys_main(sys.argv[1:]))

@@ -8,10 +8,13 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
 import re
+import shutil
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -902,11 +905,13 @@ def test_read_plan_file_of_a_shipped_list():
 
 
 def test_keys_computed_in_worker_processes_are_the_same(monkeypatch):
-    """Many names: one process per core computes a share of the SHA-256 keys
-    (fed through pipes); the keys are those of hash_keys, in order."""
+    """Many names: this process and one worker per extra core each compute a
+    share of the SHA-256 keys (the workers fed the names' bytes through pipes);
+    the keys are those of hash_keys, in order, whatever bytes the names hold."""
     from beam_jobs import split_algorithm
 
-    names = [f"n{i % 7:08d}_{i}.JPEG" for i in range(5003)] + ["é😀.JPEG"]
+    odd = ["é😀.JPEG", "a\nb.JPEG", "c,d.JPEG", "", "x\x00y"]
+    names = [f"n{i % 7:08d}_{i}.JPEG" for i in range(5003)] + odd
     jobs = [("select", 1), ("select", 2), ("order", 0), ("select", 1)]
     monkeypatch.setattr(split_algorithm, "PARALLEL_MIN_NAMES", 100)
     got = split_algorithm.precompute_keys(names, jobs, workers=3)
@@ -914,3 +919,88 @@ def test_keys_computed_in_worker_processes_are_the_same(monkeypatch):
     for (purpose, seed), keys in got.items():
         assert keys.dtype == np.uint64
         assert keys.tolist() == split_algorithm.hash_keys(names, purpose, seed).tolist()
+
+
+def test_in_process_keys_and_sorts_are_the_reference_ones(uneven):
+    """The fast paths planning takes compute what the documented definitions do:
+    keys from Arrow's bytes (hash_keys's values) and the sort by key (stable:
+    ties by position) with and without ties."""
+    names = list(uneven[0]) + ["é😀.JPEG", "a\nb.JPEG", ""]
+    for purpose, seed in (("select", 3), ("order", 0)):
+        want = split_algorithm.hash_keys(names, purpose, seed)
+        assert split_algorithm.fast_keys(names, purpose, seed).tolist() == want.tolist()
+        assert split_algorithm.fast_keys(pa.array(names), purpose, seed).tolist() == want.tolist()
+    rng = np.random.default_rng(1)
+    for keys in (
+        rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64),
+        rng.integers(0, 40, 5000).astype(np.uint64),  # many ties
+    ):
+        got = split_algorithm._argsort_by_key(keys)
+        assert got.tolist() == np.argsort(keys, kind="stable").tolist()
+
+
+def test_csv_bytes_are_the_documented_lines(uneven, tiny_catalog):
+    """Plan files (made in Arrow) are the lines ``f"{name},{shard},{index}\\n"``,
+    for plans holding Arrow names (the planner's) or arrays of str."""
+    names, labels = uneven
+    plans = [
+        plan_unsupervised(names, seed=4, num_shards=7),  # indices past 100
+        plan_supervised(names, labels, seed=2, count=150, num_shards=13),  # shards past 10
+        split_algorithm.Plan(
+            split="x",
+            kind="supervised",
+            names=np.asarray(["é😀.JPEG", "b", "a"], dtype=object),
+            shards=np.asarray([0, 0, 1], np.int32),
+            indices=np.asarray([0, 1, 0], np.int32),
+            num_shards=2,
+        ),
+        *plan_cli.make_plans(str(tiny_catalog), plan_cli.PlanRequest(seeds=(1,))),
+    ]
+    for plan in plans:
+        rows = zip(plan.names.tolist(), plan.shards.tolist(), plan.indices.tolist())
+        want = "".join(f"{n},{s},{i}\n" for n, s, i in rows).encode()
+        assert plan.to_csv_bytes() == want, plan.split
+        assert plan.sha256() == hashlib.sha256(want).hexdigest()
+
+
+def test_records_from_known_rows_are_those_of_a_lookup(tiny_catalog, tmp_path):
+    """write_records takes the catalog rows a plan was made from; the files are
+    byte for byte those of looking every name up (plans without rows). Rows
+    that are not this catalog's (another catalog's order) are not used."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from beam_jobs.layout import records_dir, records_uri
+
+    req = plan_cli.PlanRequest(seeds=(1, 2), fraction="0.5", unsupervised=True)
+    plans = plan_cli.make_plans(str(tiny_catalog), req)
+    assert all(p.catalog_rows() is not None for p in plans)
+    looked_up = [dataclasses.replace(p) for p in plans]  # the same plans, rows unknown
+    assert all(p.catalog_rows() is None for p in looked_up)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_catalog, other)
+    # The same records in name order: the planner only checks the order then.
+    table = pq.read_table(tiny_catalog / CATALOG_FILE)
+    write_table(str(other / CATALOG_FILE), table.sort_by("filename"))
+    plans_of_other = plan_cli.make_plans(str(other), req)
+    for p, q in zip(plans_of_other, plans):
+        assert p.sha256() == q.sha256()
+        assert p.catalog_rows().tolist() != q.catalog_rows().tolist()
+    assert len(plan_cli.write_records(plans, str(tiny_catalog))) == 3
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_catalog, copy)
+    shutil.rmtree(records_dir(str(copy)))
+    assert len(plan_cli.write_records(looked_up, str(copy))) == 3
+    for name in sorted(os.listdir(records_dir(str(tiny_catalog)))):
+        a = Path(records_dir(str(tiny_catalog)), name).read_bytes()
+        assert a == Path(records_dir(str(copy)), name).read_bytes(), name
+    # Plans of the first catalog written against the other: its rows, found by name.
+    assert len(plan_cli.write_records(plans, str(other))) == 3
+    by_name = {r["filename"]: r for r in table.to_pylist()}
+    for p in plans_of_other:
+        got = pq.read_table(records_uri(str(other), p.sha256()))
+        assert got.column("filename").to_pylist() == p.names.tolist()
+        for row in got.to_pylist():
+            want = by_name[row["filename"]]
+            assert (row["file"], row["offset"]) == (want["file"], want["offset"])
