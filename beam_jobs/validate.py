@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
@@ -63,13 +64,14 @@ from beam_jobs.example_proto import (
     COMMON_KEYS,
     ExampleError,
     RecordKeys,
+    image_columns,
     parse_image_record,
     record_keys,
 )
 from beam_jobs.pipeline import counters, make_options, setup_logging, stage_template
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import FileInfo
-from beam_jobs.tfrecord import RecordError, scan_framed
+from beam_jobs.tfrecord import RecordError, scan_batches, scan_framed
 
 log = logging.getLogger("beam_jobs.validate")
 
@@ -221,13 +223,116 @@ def validate_shard(
     bytes_counter: Any = None,
     bad_counter: Any = None,
 ) -> dict[str, Any]:
-    """Validate one shard; the pure core of :class:`ValidateShard`."""
+    """Validate one shard; the pure core of :class:`ValidateShard`.
+
+    A shard whose records are all plainly well-formed (:func:`fast_rows`)
+    takes the fast path; any other is read again record by record
+    (:func:`careful_rows`), which finds and names every problem."""
     t0 = time.monotonic()
     path, index = element["path"], element["index"]
+    fast = fast_rows(path, checks)
+    if fast is not None:
+        table, end = fast
+        problems, n_ok, n_bad = Problems(), table.num_rows, 0
+    else:
+        table, problems, n_ok, n_bad, end = careful_rows(path, checks)
+    if not problems and end != element["size"]:
+        problems.add(
+            "size_changed",
+            f"{path}: read {end} bytes but the listing said "
+            f"{element['size']}: the file changed during validation",
+            file=path,
+        )
+    part = storage.join(parts_dir, f"part-{index:05d}.arrow")
+    # An intermediate file (a lost part only means validating again).
+    write_arrow(part, table)
+    if records_counter is not None:
+        records_counter.inc(n_ok + n_bad)
+        bytes_counter.inc(end)
+        bad_counter.inc(n_bad)
+    log.debug(
+        "validated %s: %d records (%d bad) in %.2f s [shard %d of %d]%s",
+        storage.basename(path),
+        n_ok + n_bad,
+        n_bad,
+        time.monotonic() - t0,
+        index + 1,
+        total_shards,
+        "" if fast is not None else " (record by record)",
+    )
+    return {
+        "path": path,
+        "index": index,
+        "records": n_ok,
+        "bad_records": n_bad,
+        "bytes": end,
+        "problems": problems.to_json(),
+        "part": part,
+    }
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def fast_rows(path: str, checks: Checks) -> tuple[pa.Table, int] | None:
+    """A shard's catalog rows and its length, if every record in it is
+    plainly well-formed (framing, CRCs, :func:`example_proto.image_columns`,
+    labels in range); None at the first record that is not.
+
+    What :func:`careful_rows` returns for such a shard, with the per-record
+    work cut to the scan and the Example parse: the columns are built and
+    checked a chunk at a time."""
+    if not (_INT32.min <= checks.label_min and checks.label_max <= _INT32.max):
+        return None
+    offsets: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    crcs: list[np.ndarray] = []
+    names: list[pa.Array] = []
+    labels: list[np.ndarray] = []
+    synsets: list[pa.Array] = []
+    with storage.open_read(path) as f:
+        for batch in scan_batches(f, path):
+            if isinstance(batch, RecordError) or not batch.crc_ok.all():
+                return None
+            cols = image_columns(batch.data, checks.keys)
+            if cols is None:
+                return None
+            if len(cols.label) and (
+                int(cols.label.min()) < checks.label_min or int(cols.label.max()) > checks.label_max
+            ):
+                return None
+            offsets.append(batch.offsets)
+            lengths.append(batch.lengths)
+            crcs.append(batch.data_crc)
+            names.append(cols.filename)
+            labels.append(cols.label)
+            synsets.append(cols.synset)
+    if not offsets:
+        return SCHEMA.empty_table(), 0
+    offset, length = np.concatenate(offsets), np.concatenate(lengths)
+    n = len(offset)
+    table = pa.table(
+        [
+            pa.concat_arrays(names),
+            pa.array(np.concatenate(labels).astype(np.int32)),
+            pa.concat_arrays(synsets),
+            pa.array([path] * n, pa.string()),
+            pa.array(np.arange(n, dtype=np.int32)),
+            pa.array(offset),
+            pa.array(length),
+            pa.array(np.concatenate(crcs)),
+        ],
+        schema=SCHEMA,
+    )
+    return table, int(offset[-1] + length[-1])
+
+
+def careful_rows(path: str, checks: Checks) -> tuple[pa.Table, Problems, int, int, int]:
+    """A shard read record by record: its catalog rows (the good records),
+    its problems, the numbers of good and bad records, and the byte offset
+    where the last good record ends."""
     problems = Problems()
     cols = empty_columns()
-    labels: Counter[int] = Counter()
-    synsets: dict[int, set[str]] = defaultdict(set)
     n_ok = n_bad = 0
     end = 0
     with storage.open_read(path) as f:
@@ -264,9 +369,6 @@ def validate_shard(
                 )
                 continue
             n_ok += 1
-            labels[rec.label] += 1
-            if rec.synset:
-                synsets[rec.label].add(rec.synset)
             cols["filename"].append(rec.filename)
             cols["label"].append(rec.label)
             cols["synset"].append(rec.synset)
@@ -275,40 +377,32 @@ def validate_shard(
             cols["offset"].append(item.offset)
             cols["length"].append(item.length)
             cols["data_crc"].append(item.data_crc)
-    if not problems and end != element["size"]:
+    return pa.table(cols, schema=SCHEMA), problems, n_ok, n_bad, end
+
+
+def report_duplicates(table: pa.Table, problems: Problems) -> None:
+    """Add a ``duplicate_filename`` problem for each name ``table`` holds more
+    than once (the first few, in the order of their first rows, each with the
+    file and offset of every copy)."""
+    names = table.column("filename")
+    counts = pc.value_counts(names)
+    dup_mask = pc.greater(counts.field("counts"), 1)
+    dups = pc.filter(counts.field("values"), dup_mask)
+    n_dups = len(dups)
+    for name in dups.to_pylist()[:EXAMPLES_PER_KIND]:
+        rows = table.filter(pc.equal(table.column("filename"), name))
+        where = [
+            f"{f} at byte offset {o}"
+            for f, o in zip(rows.column("file").to_pylist(), rows.column("offset").to_pylist())
+        ]
         problems.add(
-            "size_changed",
-            f"{path}: read {end} bytes but the listing said "
-            f"{element['size']}: the file changed during validation",
-            file=path,
+            "duplicate_filename",
+            f"{name} appears {rows.num_rows} times: " + "; ".join(where),
+            file=rows.column("file")[0].as_py(),
+            offset=rows.column("offset")[0].as_py(),
+            filename=name,
         )
-    part = storage.join(parts_dir, f"part-{index:05d}.arrow")
-    # An intermediate file (a lost part only means validating again).
-    write_arrow(part, pa.table(cols, schema=SCHEMA))
-    if records_counter is not None:
-        records_counter.inc(n_ok + n_bad)
-        bytes_counter.inc(end)
-        bad_counter.inc(n_bad)
-    log.debug(
-        "validated %s: %d records (%d bad) in %.2f s [shard %d of %d]",
-        storage.basename(path),
-        n_ok + n_bad,
-        n_bad,
-        time.monotonic() - t0,
-        index + 1,
-        total_shards,
-    )
-    return {
-        "path": path,
-        "index": index,
-        "records": n_ok,
-        "bad_records": n_bad,
-        "bytes": end,
-        "labels": dict(labels),
-        "synsets": {label: sorted(s) for label, s in synsets.items()},
-        "problems": problems.to_json(),
-        "part": part,
-    }
+    problems.counts["duplicate_filename"] += max(0, n_dups - EXAMPLES_PER_KIND)
 
 
 def finalize(
@@ -332,37 +426,27 @@ def finalize(
         problems.merge(s["problems"])
     tables = [read_arrow(s["part"]) for s in summaries]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    del tables
     total = table.num_rows
 
-    # Unique filenames across the whole set.
+    # Unique filenames across the whole set: sorted, no name equals the next.
+    # The catalog is written in this order (by filename).
     names = table.column("filename")
-    if pc.count_distinct(names).as_py() != total:
-        counts = pc.value_counts(names)
-        dup_mask = pc.greater(counts.field("counts"), 1)
-        dups = pc.filter(counts.field("values"), dup_mask)
-        n_dups = len(dups)
-        for name in dups.to_pylist()[:EXAMPLES_PER_KIND]:
-            rows = table.filter(pc.equal(table.column("filename"), name))
-            where = [
-                f"{f} at byte offset {o}"
-                for f, o in zip(rows.column("file").to_pylist(), rows.column("offset").to_pylist())
-            ]
-            problems.add(
-                "duplicate_filename",
-                f"{name} appears {rows.num_rows} times: " + "; ".join(where),
-                file=rows.column("file")[0].as_py(),
-                offset=rows.column("offset")[0].as_py(),
-                filename=name,
-            )
-        problems.counts["duplicate_filename"] += max(0, n_dups - EXAMPLES_PER_KIND)
+    order = pc.sort_indices(names)
+    sorted_names = names.take(order)
+    if total > 1 and pc.any(pc.equal(sorted_names[1:], sorted_names[:-1])).as_py():
+        report_duplicates(table, problems)
+    del sorted_names
 
-    # One synset per label.
+    # Records per label, and the synsets that come with each label.
+    labels: Counter[int] = Counter(
+        dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column("label")).flatten())))
+    )
+    pairs = table.select(["label", "synset"]).group_by(["label", "synset"]).aggregate([])
     synsets: dict[int, set[str]] = defaultdict(set)
-    labels: Counter[int] = Counter()
-    for s in summaries:
-        labels.update({int(k): v for k, v in s["labels"].items()})
-        for k, v in s["synsets"].items():
-            synsets[int(k)].update(v)
+    for label, synset in zip(pairs.column("label").to_pylist(), pairs.column("synset").to_pylist()):
+        if synset:
+            synsets[label].add(synset)
     for label in labels if label_names else ():
         if not synsets.get(label) and 0 <= label < len(label_names or ()):
             synsets[label] = {label_names[label]}  # type: ignore[index]
@@ -389,7 +473,9 @@ def finalize(
     # Records tables joined with an earlier catalog in this folder (plan.write_records).
     storage.delete_tree(layout.records_dir(catalog_dir))
     if ok:
-        write_table(catalog_uri, table, {"source_fingerprint": fp, "source_uri": source_uri})
+        write_table(
+            catalog_uri, table.take(order), {"source_fingerprint": fp, "source_uri": source_uri}
+        )
     else:
         storage.delete([catalog_uri])
     storage.delete_tree(storage.join(catalog_dir, PARTS_DIR))
