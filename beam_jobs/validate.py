@@ -49,6 +49,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import __version__, layout, storage
 from beam_jobs.catalog import (
+    CATALOG_DICTIONARY,
     CATALOG_FILE,
     REPORT_FILE,
     SCHEMA,
@@ -244,8 +245,9 @@ def validate_shard(
             file=path,
         )
     part = storage.join(parts_dir, f"part-{index:05d}.arrow")
-    # An intermediate file (a lost part only means validating again).
-    write_arrow(part, table)
+    # An intermediate file (a lost part only means validating again), sorted by
+    # filename: finalize's sort of the whole set merges these runs.
+    write_arrow(part, table.take(pc.sort_indices(table.column("filename"))))
     if records_counter is not None:
         records_counter.inc(n_ok + n_bad)
         bytes_counter.inc(end)
@@ -425,7 +427,9 @@ def finalize(
     for s in summaries:
         problems.merge(s["problems"])
     tables = [read_arrow(s["part"]) for s in summaries]
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    sizes = [t.num_rows for t in tables]
+    # One chunk: the parts are sorted runs, which one sort merges fast.
+    table = (pa.concat_tables(tables) if tables else SCHEMA.empty_table()).combine_chunks()
     del tables
     total = table.num_rows
 
@@ -435,7 +439,14 @@ def finalize(
     order = pc.sort_indices(names)
     sorted_names = names.take(order)
     if total > 1 and pc.any(pc.equal(sorted_names[1:], sorted_names[:-1])).as_py():
-        report_duplicates(table, problems)
+        # Reported in the order the records come in the source: by shard, then record.
+        shard = pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
+        report_duplicates(
+            table.append_column("_shard", shard).sort_by(
+                [("_shard", "ascending"), ("record", "ascending")]
+            ),
+            problems,
+        )
     del sorted_names
 
     # Records per label, and the synsets that come with each label.
@@ -474,7 +485,10 @@ def finalize(
     storage.delete_tree(layout.records_dir(catalog_dir))
     if ok:
         write_table(
-            catalog_uri, table.take(order), {"source_fingerprint": fp, "source_uri": source_uri}
+            catalog_uri,
+            table.take(order),
+            {"source_fingerprint": fp, "source_uri": source_uri},
+            use_dictionary=CATALOG_DICTIONARY,
         )
     else:
         storage.delete([catalog_uri])

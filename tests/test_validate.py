@@ -685,8 +685,12 @@ def test_validate_shard_transform_with_tfds_keys(tfds_source, tmp_path):
     assert _part_labels(str(tmp_path), 2) == Counter(
         lay.classes[c].label - 1 for i in range(2) for _, c in lay.train[i]
     )
-    names = read_arrow(f"{tmp_path}/part-00000.arrow").column("filename").to_pylist()
-    assert names == [n for n, _ in lay.train[0]]
+    part = read_arrow(f"{tmp_path}/part-00000.arrow")
+    names = part.column("filename").to_pylist()
+    # A part's rows come sorted by name, each with its record's index in the shard.
+    assert names == sorted(n for n, _ in lay.train[0])
+    by_record = dict(zip(part.column("record").to_pylist(), names))
+    assert [by_record[i] for i in range(len(names))] == [n for n, _ in lay.train[0]]
 
 
 def test_validate_source_transform(source_copy, tmp_path):
