@@ -235,22 +235,24 @@ def scan_batches(
         more = f.read(chunk_bytes)
         eof = not more
         buf = pending + more if pending else more
+        if not isinstance(buf, bytes):
+            buf = bytes(buf)
         n = len(buf)
         starts: list[int] = []
-        sizes: list[int] = []
+        datas: list[bytes] = []
+        add_start, add_data = starts.append, datas.append
         off = 0
         while off + HEADER_LEN <= n:
             (length,) = unpack_len(buf, off)
             end = off + length + OVERHEAD
             if length > MAX_RECORD_LEN or end > n:
                 break
-            starts.append(off)
-            sizes.append(length)
+            add_start(off)
+            add_data(buf[off + HEADER_LEN : end - FOOTER_LEN])
             off = end
         fatal: RecordError | None = None
         if starts:
             s = np.asarray(starts, dtype=np.int64)
-            ln = np.asarray(sizes, dtype=np.int64)
             raw = np.frombuffer(buf, dtype=np.uint8)
             heads = raw[s[:, None] + np.arange(HEADER_LEN)]
             want = mask_array(_crc_rows(heads[:, :8]))
@@ -265,18 +267,13 @@ def scan_batches(
                     "length field fails its CRC32C check (corrupt data or not a TFRecord file)",
                     fatal=True,
                 )
+                del datas[keep:]
             if keep:
-                foot = s[:keep] + HEADER_LEN + ln[:keep]
+                ln = heads[:keep, :8].copy().view("<u8").ravel().astype(np.int64)
+                foot = s[:keep] + HEADER_LEN + ln
                 stored = raw[foot[:, None] + np.arange(FOOTER_LEN)].copy().view("<u4").ravel()
-                view = memoryview(buf)
-                datas = [
-                    bytes(view[a + HEADER_LEN : a + HEADER_LEN + b])
-                    for a, b in zip(starts[:keep], sizes[:keep])
-                ]
                 computed = mask_array(np.fromiter(map(value, datas), dtype=np.uint32, count=keep))
-                yield FramedBatch(
-                    base + s[:keep], ln[:keep] + OVERHEAD, datas, stored, computed == stored
-                )
+                yield FramedBatch(base + s[:keep], ln + OVERHEAD, datas, stored, computed == stored)
         if fatal is not None:
             yield fatal
             return
