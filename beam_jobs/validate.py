@@ -251,8 +251,10 @@ def validate_shard(
         )
     part = storage.join(parts_dir, f"part-{index:05d}.arrow")
     # An intermediate file (a lost part only means validating again), sorted by
-    # filename: finalize's sort of the whole set merges these runs.
-    write_arrow(part, table.take(pc.sort_indices(table.column("filename"))))
+    # filename: finalize's sort of the whole set merges these runs. Without the
+    # file column (this shard's path on every row): finalize adds it.
+    table = table.take(pc.sort_indices(table.column("filename")))
+    write_arrow(part, table.drop_columns(["file"]))
     if records_counter is not None:
         records_counter.inc(n_ok + n_bad)
         bytes_counter.inc(end)
@@ -449,8 +451,18 @@ def finalize(
         tables = [read_arrow(s["part"]) for s in summaries]
         sizes = [t.num_rows for t in tables]
         # One chunk: the parts are sorted runs, which one sort merges fast.
-        table = (pa.concat_tables(tables) if tables else SCHEMA.empty_table()).combine_chunks()
+        table = (
+            pa.concat_tables(tables) if tables else SCHEMA.empty_table().drop_columns(["file"])
+        ).combine_chunks()
         del tables
+        # Each row's shard, as a dictionary of paths (an index per row, not a string).
+        shard = pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
+        paths = pa.array([s["path"] for s in summaries], pa.string())
+        table = table.add_column(
+            SCHEMA.get_field_index("file"),
+            "file",
+            pa.DictionaryArray.from_arrays(shard, paths),
+        )
         total = table.num_rows
 
         # Unique filenames across the whole set: sorted, no name equals the next.
@@ -460,7 +472,6 @@ def finalize(
         sorted_names = names.take(order)
         if total > 1 and pc.any(pc.equal(sorted_names[1:], sorted_names[:-1])).as_py():
             # Reported in the order the records come in the source: by shard, then record.
-            shard = pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
             report_duplicates(
                 table.append_column("_shard", shard).sort_by(
                     [("_shard", "ascending"), ("record", "ascending")]
@@ -506,9 +517,11 @@ def finalize(
         # Records tables joined with an earlier catalog in this folder (plan.write_records).
         storage.delete_tree(layout.records_dir(catalog_dir))
         if ok:
+            catalog = table.take(order)
+            file = catalog.column("file").cast(pa.string())
             write_table(
                 catalog_uri,
-                table.take(order),
+                catalog.set_column(SCHEMA.get_field_index("file"), SCHEMA.field("file"), file),
                 {"source_fingerprint": fp, "source_uri": source_uri},
                 use_dictionary=CATALOG_DICTIONARY,
             )
