@@ -1,7 +1,7 @@
 """The catalog: one row per source record, and the source fingerprint.
 
-The validation job writes ``catalog.parquet`` (schema :data:`SCHEMA`) next to
-``report.json``. Every later stage reads records through it: the planner needs
+The validation job writes ``catalog.parquet`` (schema :data:`SCHEMA`, rows
+sorted by ``filename``, which is unique) next to ``report.json``. Every later stage reads records through it: the planner needs
 names and labels, the build job needs each record's file, byte offset and
 framed length for ranged reads, and the verifier compares output records with
 the ``data_crc`` stored in the source framing (so byte identity is checked
@@ -55,20 +55,36 @@ def fingerprint(files: Iterable[FileInfo]) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
-def table_to_parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
+def table_to_parquet_bytes(
+    table: pa.Table,
+    metadata: dict[str, str] | None = None,
+    use_dictionary: bool | list[str] = True,
+) -> bytes:
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", use_dictionary=use_dictionary)
     return buf.getvalue()
 
 
+# The catalog's columns worth dictionary-encoding in Parquet: not the unique
+# file names (the writer would build a dictionary only to give it up).
+CATALOG_DICTIONARY = ["label", "synset", "file"]
+
+
 def write_table(
-    uri: str, table: pa.Table, metadata: dict[str, str] | None = None, durable: bool = True
+    uri: str,
+    table: pa.Table,
+    metadata: dict[str, str] | None = None,
+    durable: bool = True,
+    use_dictionary: bool | list[str] = True,
 ) -> None:
     """Write a Parquet file atomically to a local path or gs:// (``durable``:
-    fsync a local file before it takes its name)."""
-    storage.write_bytes(uri, table_to_parquet_bytes(table, metadata), durable=durable)
+    fsync a local file before it takes its name; ``use_dictionary``: all
+    columns dictionary-encoded, or these)."""
+    storage.write_bytes(
+        uri, table_to_parquet_bytes(table, metadata, use_dictionary), durable=durable
+    )
 
 
 def read_table(

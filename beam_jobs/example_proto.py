@@ -11,8 +11,10 @@ format is identical to TensorFlow's; the tests check that against TensorFlow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
+import pyarrow as pa
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -227,6 +229,73 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
     raw_synset = _single(fmap, keys.synset, "bytes_list", False) if keys.synset else None
     synset = raw_synset.decode("utf-8", "replace") if raw_synset is not None else ""
     return ImageRecord(filename=filename, label=label, synset=synset, encoded_len=len(encoded))
+
+
+@dataclass(frozen=True)
+class ImageColumns:
+    """:func:`parse_image_record`'s fields for a batch of records, as columns."""
+
+    filename: pa.StringArray
+    label: np.ndarray  # int64
+    synset: pa.StringArray  # "" where a record has no synset
+
+
+def image_columns(datas: Sequence[bytes], keys: RecordKeys = COMMON_KEYS) -> ImageColumns | None:
+    """What :func:`parse_image_record` returns for each record, as columns, if
+    every record is a plainly well-formed one; otherwise None (the caller then
+    parses record by record, which names what is wrong).
+
+    Plainly well-formed: it parses; ``encoded``, ``filename`` and ``label``
+    each hold exactly one value of their kind (``synset``, if present, too);
+    the image is not empty; names and synsets are UTF-8; names are not empty
+    and have no ``,`` or newline. For such a record :func:`parse_image_record`
+    returns these same values; for any other it raises or takes its careful
+    path, and so does this function's caller. The per-record Python work is
+    the parse and the four lookups; the text checks are done once per batch.
+    """
+    names: list[bytes] = []
+    labels: list[int] = []
+    synsets: list[bytes] = []
+    add_name, add_label, add_synset = names.append, labels.append, synsets.append
+    parse = Example.FromString
+    k_enc, k_name, k_label, k_synset = keys.encoded, keys.filename, keys.label, keys.synset
+    for data in datas:
+        try:
+            get = parse(data).features.feature.get
+        except Exception:  # DecodeError: the careful path names it
+            return None
+        enc, name, lab = get(k_enc), get(k_name), get(k_label)
+        if enc is None or name is None or lab is None:
+            return None
+        ev, nv, lv = enc.bytes_list.value, name.bytes_list.value, lab.int64_list.value
+        if len(ev) != 1 or len(nv) != 1 or len(lv) != 1 or not ev[0]:
+            return None
+        syn = get(k_synset) if k_synset else None
+        if syn is None:
+            add_synset(b"")
+        else:
+            sv = syn.bytes_list.value
+            if len(sv) != 1:
+                return None
+            add_synset(sv[0])
+        add_name(nv[0])
+        add_label(lv[0])
+    # Every name and synset is UTF-8 if and only if these decode: an ASCII
+    # separator can neither complete nor start a multi-byte sequence.
+    try:
+        b"\n".join(names).decode("utf-8")
+        b"\n".join(synsets).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    # In UTF-8 the bytes of "," and newline stand for nothing else.
+    joined = b"".join(names)
+    if not all(names) or b"," in joined or b"\n" in joined:
+        return None
+    return ImageColumns(
+        filename=pa.array(names, pa.binary()).view(pa.string()),
+        label=np.array(labels, dtype=np.int64),
+        synset=pa.array(synsets, pa.binary()).view(pa.string()),
+    )
 
 
 def parse_features(data: bytes) -> dict[str, list[Any]]:

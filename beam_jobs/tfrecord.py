@@ -204,16 +204,28 @@ def iter_framed(f: Readable, path: str, *, start: int = 0) -> Iterator[Framed | 
 SCAN_CHUNK = 16 * 1024 * 1024
 
 
-def scan_framed(
+class FramedBatch(NamedTuple):
+    """The records of one chunk of a stream whose headers checked out, as
+    columns (what :class:`Framed` holds per record; :func:`scan_batches`)."""
+
+    offsets: np.ndarray  # int64: file offset of each framed record
+    lengths: np.ndarray  # int64: framed lengths (data + 16)
+    data: list[bytes]  # the payloads
+    data_crc: np.ndarray  # uint32: the masked CRC32C stored in each footer
+    crc_ok: np.ndarray  # bool: the payload's CRC32C matches data_crc
+
+
+def scan_batches(
     f: Readable, path: str, *, chunk_bytes: int = SCAN_CHUNK
-) -> Iterator[Framed | RecordError]:
-    """What :func:`iter_framed` yields, for a whole stream read in large chunks.
+) -> Iterator[FramedBatch | RecordError]:
+    """A whole stream read in large chunks: one :class:`FramedBatch` per chunk
+    (the records whose framing checked out, bad data CRCs flagged in
+    ``crc_ok``), and a fatal :class:`RecordError` last if the framing breaks.
 
     The per-record Python work is one header unpack, one data CRC call and
-    two slices; the length CRCs and the data CRC comparisons are vectorised
-    over each chunk. Memory: a chunk (or one record, if larger). Errors are
-    the same, at the same offsets: a bad header is fatal and ends the scan
-    (the records before it are yielded first); a bad data CRC is not.
+    one slice; the length CRCs and the data CRC comparisons are vectorised
+    over each chunk. Memory: a chunk (or one record, if larger).
+    :func:`scan_framed` yields the same, record by record.
     """
     base = 0  # file offset of buf[0]
     pending = b""
@@ -223,22 +235,24 @@ def scan_framed(
         more = f.read(chunk_bytes)
         eof = not more
         buf = pending + more if pending else more
+        if not isinstance(buf, bytes):
+            buf = bytes(buf)
         n = len(buf)
         starts: list[int] = []
-        sizes: list[int] = []
+        datas: list[bytes] = []
+        add_start, add_data = starts.append, datas.append
         off = 0
         while off + HEADER_LEN <= n:
             (length,) = unpack_len(buf, off)
             end = off + length + OVERHEAD
             if length > MAX_RECORD_LEN or end > n:
                 break
-            starts.append(off)
-            sizes.append(length)
+            add_start(off)
+            add_data(buf[off + HEADER_LEN : end - FOOTER_LEN])
             off = end
         fatal: RecordError | None = None
         if starts:
             s = np.asarray(starts, dtype=np.int64)
-            ln = np.asarray(sizes, dtype=np.int64)
             raw = np.frombuffer(buf, dtype=np.uint8)
             heads = raw[s[:, None] + np.arange(HEADER_LEN)]
             want = mask_array(_crc_rows(heads[:, :8]))
@@ -253,32 +267,13 @@ def scan_framed(
                     "length field fails its CRC32C check (corrupt data or not a TFRecord file)",
                     fatal=True,
                 )
-            foot = s[:keep] + HEADER_LEN + ln[:keep]
-            stored = (
-                raw[foot[:, None] + np.arange(FOOTER_LEN)].copy().view("<u4").ravel()
-                if keep
-                else np.zeros(0, np.uint32)
-            )
-            view = memoryview(buf)
-            datas = [
-                bytes(view[a + HEADER_LEN : a + HEADER_LEN + b])
-                for a, b in zip(starts[:keep], sizes[:keep])
-            ]
-            computed = mask_array(
-                np.fromiter((value(d) for d in datas), dtype=np.uint32, count=keep)
-            )
-            ok = computed == stored
-            for i in range(keep):
-                if ok[i]:
-                    yield Framed(base + starts[i], sizes[i] + OVERHEAD, datas[i], int(stored[i]))
-                else:
-                    yield RecordError(
-                        path,
-                        base + starts[i],
-                        "data_crc",
-                        f"data CRC32C mismatch in a {sizes[i]}-byte record",
-                        fatal=False,
-                    )
+                del datas[keep:]
+            if keep:
+                ln = heads[:keep, :8].copy().view("<u8").ravel().astype(np.int64)
+                foot = s[:keep] + HEADER_LEN + ln
+                stored = raw[foot[:, None] + np.arange(FOOTER_LEN)].copy().view("<u4").ravel()
+                computed = mask_array(np.fromiter(map(value, datas), dtype=np.uint32, count=keep))
+                yield FramedBatch(base + s[:keep], ln + OVERHEAD, datas, stored, computed == stored)
         if fatal is not None:
             yield fatal
             return
@@ -294,9 +289,47 @@ def scan_framed(
                 return
         if eof:
             if pending:
-                # What iter_framed reports for a stream ending here.
-                yield from iter_framed(io.BytesIO(pending), path, start=base)
+                # What iter_framed reports for a stream ending here (the
+                # complete records were taken above: only a fatal error is left).
+                for item in iter_framed(io.BytesIO(pending), path, start=base):
+                    if isinstance(item, RecordError):
+                        yield item
+                    else:  # unreachable; kept so that nothing is ever dropped
+                        yield FramedBatch(
+                            np.array([item.offset], np.int64),
+                            np.array([item.length], np.int64),
+                            [item.data],
+                            np.array([item.data_crc], np.uint32),
+                            np.ones(1, bool),
+                        )
             return
+
+
+def scan_framed(
+    f: Readable, path: str, *, chunk_bytes: int = SCAN_CHUNK
+) -> Iterator[Framed | RecordError]:
+    """What :func:`iter_framed` yields, for a whole stream read in large chunks
+    (:func:`scan_batches`, record by record). Errors are the same, at the same
+    offsets: a bad header is fatal and ends the scan (the records before it
+    are yielded first); a bad data CRC is not.
+    """
+    for batch in scan_batches(f, path, chunk_bytes=chunk_bytes):
+        if isinstance(batch, RecordError):
+            yield batch
+            continue
+        offsets, lengths = batch.offsets.tolist(), batch.lengths.tolist()
+        stored, ok = batch.data_crc.tolist(), batch.crc_ok.tolist()
+        for i, data in enumerate(batch.data):
+            if ok[i]:
+                yield Framed(offsets[i], lengths[i], data, stored[i])
+            else:
+                yield RecordError(
+                    path,
+                    offsets[i],
+                    "data_crc",
+                    f"data CRC32C mismatch in a {lengths[i] - OVERHEAD}-byte record",
+                    fatal=False,
+                )
 
 
 def _crc_rows(rows: np.ndarray) -> np.ndarray:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from beam_jobs.example_proto import (
+    TFDS_KEYS,
     ExampleError,
     ImageRecord,
     build_example,
+    image_columns,
     parse_features,
     parse_image_record,
 )
@@ -224,6 +228,188 @@ def test_feature_without_value_kind_is_wrong_type():
         parse_image_record(ex.SerializeToString())
     assert info.value.kind == "wrong_type"
     assert "empty" in str(info.value)
+
+
+# --------------------------------------------------------------------------- image_columns
+#
+# The validation job's fast path: whenever image_columns vouches for a batch,
+# each record's fields are what parse_image_record returns; anything else it
+# declines (None), and the job parses record by record.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _entry(key: bytes, feature: bytes) -> bytes:
+    """One serialized Features map entry (key, Feature bytes)."""
+    body = b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(feature)) + feature
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def _with_entries(example: bytes, *entries: bytes) -> bytes:
+    """``example`` with more map entries appended to its Features."""
+    length, pos = 0, 1
+    for shift in range(0, 64, 7):
+        length |= (example[pos] & 0x7F) << shift
+        pos += 1
+        if not example[pos - 1] & 0x80:
+            break
+    features = example[pos : pos + length] + b"".join(entries)
+    return b"\x0a" + _varint(len(features)) + features
+
+
+def _entry_value_twice(key: bytes, first: bytes, second: bytes) -> bytes:
+    """A map entry whose value field comes twice."""
+    body = b"\x0a" + _varint(len(key)) + key
+    for feature in (first, second):
+        body += b"\x12" + _varint(len(feature)) + feature
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def _bytes_feature(*values: bytes) -> bytes:
+    items = b"".join(b"\x0a" + _varint(len(v)) + v for v in values)
+    return b"\x0a" + _varint(len(items)) + items
+
+
+ODD_BUT_VALID = {
+    "extra features of every kind": build_example(
+        image_features(**{"x/bytes": [b"a", b""], "x/floats": [1.5, -2.0], "x/ints": [1, 2, 3]})
+    ),
+    "no synset": build_example(image_features(**{"image/class/synset": None})),
+    "empty synset value": build_example(image_features(**{"image/class/synset": b""})),
+    "unicode file name": build_example(
+        image_features(**{"image/filename": "d\u00e9j\u00e0/\u6f22 \U0001f600.JPEG"})
+    ),
+    "space and tab in the name": build_example(
+        image_features(**{"image/filename": b"a b\tc.JPEG"})
+    ),
+    "one-byte image": build_example(image_features(**{"image/encoded": b"\x00"})),
+    "negative label": build_example(image_features(**{"image/class/label": -5})),
+    "large label": build_example(image_features(**{"image/class/label": 2**40})),
+    "only the required features": build_example(
+        {"image/encoded": JPEG, "image/filename": b"a.JPEG", "image/class/label": 1}
+    ),
+    # The same key twice in the map: the last entry wins (protobuf's rule).
+    "file name entry repeated": _with_entries(
+        build_example(image_features()), _entry(b"image/filename", _bytes_feature(b"z.JPEG"))
+    ),
+    # Entries in another order than deterministic serialization gives.
+    "entries out of order": _with_entries(
+        build_example({"image/class/label": 7, "image/filename": b"b.JPEG"}),
+        _entry(b"image/encoded", _bytes_feature(JPEG)),
+    ),
+    # An unknown field after the features (kept by protobuf, ignored here).
+    "unknown field": build_example(image_features()) + b"\x10\x01",
+}
+
+# Valid for parse_image_record, but not plainly well-formed: declined.
+VALID_BUT_DECLINED = {
+    "non-UTF-8 synset": build_example(image_features(**{"image/class/synset": b"n\xff\xfe"})),
+}
+
+
+@pytest.mark.parametrize("data", ODD_BUT_VALID.values(), ids=list(ODD_BUT_VALID))
+def test_image_columns_agree_with_parse_image_record(data):
+    rec = parse_image_record(data)
+    cols = image_columns([data])
+    assert cols is not None
+    assert cols.filename.to_pylist() == [rec.filename]
+    assert cols.label.tolist() == [rec.label]
+    assert cols.synset.to_pylist() == [rec.synset]
+
+
+def test_image_columns_of_a_batch_agree_with_parse_image_record():
+    datas = list(ODD_BUT_VALID.values()) * 3
+    cols = image_columns(datas)
+    assert cols is not None
+    recs = [parse_image_record(d) for d in datas]
+    assert cols.filename.to_pylist() == [r.filename for r in recs]
+    assert cols.label.tolist() == [r.label for r in recs]
+    assert cols.synset.to_pylist() == [r.synset for r in recs]
+    assert cols.filename.type == pa.string() and cols.synset.type == pa.string()
+    assert cols.label.dtype == np.int64
+
+
+def test_image_columns_with_tfds_keys():
+    data = build_example({"image": JPEG, "file_name": b"n0_1.JPEG", "label": 0, "extra": 3})
+    rec = parse_image_record(data, TFDS_KEYS)
+    cols = image_columns([data], TFDS_KEYS)
+    assert cols is not None
+    assert (cols.filename.to_pylist(), cols.label.tolist(), cols.synset.to_pylist()) == (
+        [rec.filename],
+        [rec.label],
+        [""],
+    )
+    # TFDS keys do not read image/class/synset, whatever it holds.
+    odd = build_example(
+        {"image": JPEG, "file_name": b"a.JPEG", "label": 2, "image/class/synset": 5}
+    )
+    assert image_columns([odd], TFDS_KEYS).synset.to_pylist() == [""]  # type: ignore[union-attr]
+    # Common records in a TFDS-layout source: declined (missing_feature record by record).
+    assert image_columns([build_example(image_features())], TFDS_KEYS) is None
+
+
+ENTRY_VALUE_TWICE = _with_entries(
+    build_example(image_features(**{"image/filename": None})),
+    # One map entry whose value field comes twice: protobuf merges them, so the
+    # name has two values (wrong_type), though the last value alone is fine.
+    _entry_value_twice(b"image/filename", _bytes_feature(b"a.J"), _bytes_feature(b"b.J")),
+)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [c[1] for c in ERROR_CASES] + list(VALID_BUT_DECLINED.values()) + [ENTRY_VALUE_TWICE],
+    ids=[c[0] for c in ERROR_CASES] + list(VALID_BUT_DECLINED) + ["entry value twice"],
+)
+def test_image_columns_decline_what_is_not_plainly_well_formed(data):
+    good = build_example(image_features())
+    assert image_columns([good, data, good]) is None
+    assert image_columns([data]) is None
+
+
+def test_entry_value_twice_is_wrong_type():
+    with pytest.raises(ExampleError) as info:
+        parse_image_record(ENTRY_VALUE_TWICE)
+    assert info.value.kind == "wrong_type" and "2 values" in str(info.value)
+
+
+def test_image_columns_never_disagree_with_parse_image_record_on_damaged_bytes():
+    """Random bit flips, byte changes and cuts of valid records: image_columns
+    either declines or gives exactly parse_image_record's fields (which then
+    must not raise)."""
+    import random
+
+    rng = random.Random(16)
+    bases = list(ODD_BUT_VALID.values())
+    vouched = 0
+    for _ in range(3000):
+        data = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(data))
+            if rng.random() < 0.5:
+                data[pos] ^= 1 << rng.randrange(8)
+            else:
+                data[pos] = rng.randrange(256)
+        if rng.random() < 0.2:
+            del data[rng.randrange(len(data)) :]
+        cols = image_columns([bytes(data)])
+        if cols is None:
+            continue
+        vouched += 1
+        rec = parse_image_record(bytes(data))
+        assert (cols.filename.to_pylist(), cols.label.tolist(), cols.synset.to_pylist()) == (
+            [rec.filename],
+            [rec.label],
+            [rec.synset],
+        )
+    assert vouched > 100  # the damage often hits only the image bytes
 
 
 # --------------------------------------------------------------------------- TensorFlow

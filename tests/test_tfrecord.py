@@ -444,3 +444,41 @@ def test_scan_framed_is_iter_framed_on_good_and_damaged_files(chunk):
     for data in cases:
         scanned, reference = _both(data, chunk)
         assert scanned == reference
+
+
+@pytest.mark.parametrize("chunk", [13, 4096, 1 << 20])
+def test_scan_batches_hold_what_iter_framed_yields(chunk):
+    """Each batch is a run of records as columns (bad data CRCs flagged),
+    a fatal error comes last: together, iter_framed's items in order."""
+    import random
+
+    from beam_jobs.tfrecord import FramedBatch, scan_batches
+
+    rng = random.Random(chunk + 1)
+    payloads = [rng.randbytes(rng.randint(0, 700)) for _ in range(60)]
+    good = bytearray(b"".join(frame(p) for p in payloads))
+    offsets = _offsets(payloads)
+    good[offsets[8] - 1] ^= 1  # record 7's stored data CRC: a bad data CRC, not fatal
+    for data in (bytes(good), bytes(good[:-3])):
+        items: list = []
+        for batch in scan_batches(io.BytesIO(data), "f", chunk_bytes=chunk):
+            if isinstance(batch, RecordError):
+                items.append(batch)
+                continue
+            assert isinstance(batch, FramedBatch)
+            n = len(batch.data)
+            assert len(batch.offsets) == len(batch.lengths) == len(batch.data_crc) == n
+            for i in range(n):
+                if batch.crc_ok[i]:
+                    off, length = int(batch.offsets[i]), int(batch.lengths[i])
+                    items.append(Framed(off, length, batch.data[i], int(batch.data_crc[i])))
+                else:
+                    items.append(("bad data crc", int(batch.offsets[i])))
+        reference = [
+            ("bad data crc", i.offset) if isinstance(i, RecordError) and i.kind == "data_crc" else i
+            for i in iter_framed(io.BytesIO(data), "f")
+        ]
+        assert [(i.kind, i.offset) if isinstance(i, RecordError) else i for i in items] == [
+            (i.kind, i.offset) if isinstance(i, RecordError) else i for i in reference
+        ]
+        assert any(isinstance(i, tuple) for i in items)

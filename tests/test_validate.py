@@ -492,15 +492,20 @@ def test_validate_shard_transform(source_copy, tmp_path):
             equal_to([(str(bad_path), bad_offset)]),
             label="CheckWhere",
         )
-        # labels of good records, summed over shards (shard 2 lost one)
-        assert_that(
-            out | "Labels" >> beam.FlatMap(lambda s: s["labels"].items()) | beam.CombinePerKey(sum),
-            equal_to(_labels_without_bad(lay)),
-            label="CheckLabels",
-        )
     # Each shard wrote its catalog part with one row per good record.
     for i, (_, n_ok, _, _) in enumerate(expected):
         assert read_arrow(f"{parts}/part-{i:05d}.arrow").num_rows == n_ok
+    # labels of good records, summed over shards (shard 2 lost one)
+    assert sorted(_part_labels(parts, 8).items()) == sorted(_labels_without_bad(lay))
+
+
+def _part_labels(parts: str, n: int) -> Counter:
+    """The label histogram of the rows in part files 0..n-1."""
+    return Counter(
+        label
+        for i in range(n)
+        for label in read_arrow(f"{parts}/part-{i:05d}.arrow").column("label").to_pylist()
+    )
 
 
 def _labels_without_bad(lay):
@@ -561,6 +566,90 @@ def test_validate_shard_notices_a_file_that_changed_size(small_source, tmp_path)
     # the same shard with its true size is fine
     summary = validate.validate_shard(_element(path, 1), str(tmp_path), Checks(1, 10), 8)
     assert summary["problems"] == {} and summary["bytes"] == path.stat().st_size
+
+
+# --------------------------------------------------------------------------- fast and careful paths
+#
+# validate_shard takes fast_rows for a shard whose records are all plainly
+# well-formed and careful_rows (record by record, naming every problem) for
+# any other: the same rows for what both accept, and every problem found.
+
+
+def _rows(table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda r: r["record"])
+
+
+def test_fast_and_careful_rows_agree_on_good_shards(small_source):
+    for i in range(8):
+        path = str(shard(small_source, i))
+        fast_table, fast_end = validate.fast_rows(path, Checks(1, 10))
+        table, problems, n_ok, n_bad, end = validate.careful_rows(path, Checks(1, 10))
+        assert not problems and n_bad == 0 and n_ok == fast_table.num_rows
+        assert fast_table.schema.equals(SCHEMA)
+        assert _rows(fast_table) == _rows(table)
+        assert fast_end == end == shard(small_source, i).stat().st_size
+
+
+def test_fast_rows_agree_on_odd_but_valid_records(source_copy):
+    """Extra features, no synset, an empty synset, a unicode name, the
+    boundary labels: still the fast path, with the careful path's rows."""
+    path = shard(source_copy, 3)
+    rewrite_record(path, 0, lambda f: f.update({"x/floats": [1.5, 2.5], "x/ints": [1, 2]}))
+    rewrite_record(path, 1, lambda f: f.pop("image/class/synset"))
+    rewrite_record(path, 2, lambda f: f.update({"image/class/synset": [b""]}))
+    rewrite_record(path, 3, lambda f: f.update({"image/filename": ["\u00e9t\u00e9 \u6f22.JPEG"]}))
+    rewrite_record(path, 4, lambda f: f.update({"image/class/label": [1]}))
+    rewrite_record(path, 5, lambda f: f.update({"image/class/label": [10]}))
+    fast = validate.fast_rows(str(path), Checks(1, 10))
+    assert fast is not None
+    table, problems, *_ = validate.careful_rows(str(path), Checks(1, 10))
+    assert not problems
+    assert _rows(fast[0]) == _rows(table)
+    assert [r["synset"] for r in _rows(table)[1:3]] == ["", ""]
+
+
+DECLINED = [
+    # (what is wrong with record 5 of shard 2, the problem kind)
+    (lambda f: f.pop("image/filename"), "missing_feature"),
+    (lambda f: f.update({"image/filename": [b"a,b.JPEG"]}), "bad_filename"),
+    (lambda f: f.update({"image/filename": [b"a\xff.JPEG"]}), "bad_filename"),
+    (lambda f: f.update({"image/filename": [b""]}), "bad_filename"),
+    (lambda f: f.update({"image/class/label": [11]}), "label_range"),
+    (lambda f: f.update({"image/class/label": [1, 2]}), "wrong_type"),
+    (lambda f: f.update({"image/class/synset": [3]}), "wrong_type"),
+    (lambda f: f.update({"image/encoded": [b""]}), "empty_image"),
+    # Valid, but not plainly: the careful path keeps it (replacement characters).
+    (lambda f: f.update({"image/class/synset": [b"n\xff"]}), None),
+]
+
+
+@pytest.mark.parametrize("mutate, kind", DECLINED)
+def test_a_shard_the_fast_path_declines_is_read_record_by_record(source_copy, mutate, kind):
+    path = shard(source_copy, 2)
+    offset = rewrite_record(path, 5, mutate)
+    assert validate.fast_rows(str(path), Checks(1, 10)) is None
+    summary = validate.validate_shard(
+        _element(path, 2), str(source_copy / "parts"), Checks(1, 10), 8
+    )
+    _, problems, n_ok, n_bad, _ = validate.careful_rows(str(path), Checks(1, 10))
+    assert summary["problems"] == problems.to_json()
+    assert (summary["records"], summary["bad_records"]) == (n_ok, n_bad)
+    if kind is None:
+        assert summary["problems"] == {} and n_bad == 0
+    else:
+        assert list(summary["problems"]) == [kind]
+        (example,) = summary["problems"][kind]["examples"]
+        assert (example["file"], example["offset"], example["record"]) == (str(path), offset, 5)
+
+
+def test_framing_damage_is_read_record_by_record(source_copy):
+    _, path, offset, _ = flip_data_byte(source_copy)
+    assert validate.fast_rows(str(path), Checks(1, 10)) is None
+    summary = validate.validate_shard(
+        _element(path, 2), str(source_copy / "parts"), Checks(1, 10), 8
+    )
+    (example,) = summary["problems"]["data_crc"]["examples"]
+    assert (example["offset"], example["record"]) == (offset, 3)
 
 
 # --------------------------------------------------------------------------- a TFDS-prepared source
@@ -677,19 +766,15 @@ def test_validate_shard_transform_with_tfds_keys(tfds_source, tmp_path):
             equal_to(want),
             label="Counts",
         )
-        assert_that(
-            out | beam.FlatMap(lambda s: s["labels"].items()) | beam.CombinePerKey(sum),
-            equal_to(
-                list(
-                    Counter(
-                        lay.classes[c].label - 1 for i in range(2) for _, c in lay.train[i]
-                    ).items()
-                )
-            ),
-            label="Labels",
-        )
-    names = read_arrow(f"{tmp_path}/part-00000.arrow").column("filename").to_pylist()
-    assert names == [n for n, _ in lay.train[0]]
+    assert _part_labels(str(tmp_path), 2) == Counter(
+        lay.classes[c].label - 1 for i in range(2) for _, c in lay.train[i]
+    )
+    part = read_arrow(f"{tmp_path}/part-00000.arrow")
+    names = part.column("filename").to_pylist()
+    # A part's rows come sorted by name, each with its record's index in the shard.
+    assert names == sorted(n for n, _ in lay.train[0])
+    by_record = dict(zip(part.column("record").to_pylist(), names))
+    assert [by_record[i] for i in range(len(names))] == [n for n, _ in lay.train[0]]
 
 
 def test_validate_source_transform(source_copy, tmp_path):
