@@ -74,7 +74,7 @@ from beam_jobs.example_proto import (
     parse_image_record,
     record_keys,
 )
-from beam_jobs.pipeline import counters, make_options, setup_logging, stage_template
+from beam_jobs.pipeline import counters, make_options, new_pipeline, setup_logging, stage_template
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import FileInfo
 from beam_jobs.tfrecord import RecordError, scan_batches, scan_framed
@@ -804,7 +804,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             beam_args, default_job_name="ssl-validate", work_bytes=sum(f.size for f in shard_files)
         )
         t0 = time.monotonic()
-        p = beam.Pipeline(options=options)
+        p = new_pipeline(options)
         _ = (
             p
             | "Shards" >> beam.Create(shards)
