@@ -251,10 +251,8 @@ def validate_shard(
         )
     part = storage.join(parts_dir, f"part-{index:05d}.arrow")
     # An intermediate file (a lost part only means validating again), sorted by
-    # filename: finalize's sort of the whole set merges these runs. Without the
-    # file column (this shard's path on every row): finalize adds it.
-    table = table.take(pc.sort_indices(table.column("filename")))
-    write_arrow(part, table.drop_columns(["file"]))
+    # filename: finalize's sort of the whole set merges these runs.
+    write_arrow(part, table.take(pc.sort_indices(table.column("filename"))))
     if records_counter is not None:
         records_counter.inc(n_ok + n_bad)
         bytes_counter.inc(end)
@@ -450,12 +448,15 @@ def finalize(
             problems.merge(s["problems"])
         tables = [read_arrow(s["part"]) for s in summaries]
         sizes = [t.num_rows for t in tables]
-        # One chunk: the parts are sorted runs, which one sort merges fast.
+        # One chunk: the parts are sorted runs, which one sort merges fast. The file
+        # column (each part's path on every row) is replaced by a dictionary of the
+        # shards' paths: an index per row to merge and sort, not a string.
         table = (
-            pa.concat_tables(tables) if tables else SCHEMA.empty_table().drop_columns(["file"])
-        ).combine_chunks()
+            (pa.concat_tables(tables) if tables else SCHEMA.empty_table())
+            .drop_columns(["file"])
+            .combine_chunks()
+        )
         del tables
-        # Each row's shard, as a dictionary of paths (an index per row, not a string).
         shard = pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
         paths = pa.array([s["path"] for s in summaries], pa.string())
         table = table.add_column(
