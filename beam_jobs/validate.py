@@ -421,10 +421,11 @@ def report_duplicates(table: pa.Table, problems: Problems) -> None:
 
 @contextlib.contextmanager
 def system_memory_pool() -> Iterator[None]:
-    """Arrow allocates from the C library's allocator inside. For finalize's few large tables (the whole
-    catalog, then sorted) Arrow's default, mimalloc, returns the memory to
-    the OS and faults it in again: on COUNT ~1 s of system time and 140 MiB
-    more peak RSS than with the C library's allocator."""
+    """Arrow allocates from the C library's allocator inside. For finalize's
+    few large tables (the whole catalog, then sorted) Arrow's default,
+    mimalloc, returns the memory to the OS and faults it in again: on COUNT
+    ~1 s of system time and 140 MiB more peak RSS than with the C library's
+    allocator."""
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
@@ -464,6 +465,7 @@ def finalize(
             .combine_chunks()
         )
         del tables
+        # Each row's shard (index into the sorted summaries).
         shard = pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
         paths = pa.array([s["path"] for s in summaries], pa.string())
         table = table.add_column(
