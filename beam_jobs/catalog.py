@@ -1,9 +1,10 @@
 """The catalog: one row per source record, and the source fingerprint.
 
 The validation job writes ``catalog.parquet`` (schema :data:`SCHEMA`, rows
-sorted by ``filename``, which is unique) next to ``report.json``. Every later stage reads records through it: the planner needs
-names and labels, the build job needs each record's file, byte offset and
-framed length for ranged reads, and the verifier compares output records with
+sorted by ``filename``, which is unique) next to ``report.json``. Every later
+stage reads records through it: the planner needs names and labels, the build
+job needs each record's file, byte offset and framed length for ranged reads,
+and the verifier compares output records with
 the ``data_crc`` stored in the source framing (so byte identity is checked
 without re-reading the source).
 """

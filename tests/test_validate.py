@@ -652,6 +652,39 @@ def test_framing_damage_is_read_record_by_record(source_copy):
     assert (example["offset"], example["record"]) == (offset, 3)
 
 
+def _shard_of(path: Path, sizes: list[int]) -> None:
+    with open(path, "wb") as f:
+        w = Writer(f)
+        for n in sizes:
+            w.write(b"x" * n)
+
+
+def test_estimated_seconds_from_the_first_records(tmp_path):
+    """Records = total size / mean framed size of the first shard's first
+    records: many small records cost more than a few large ones."""
+    _shard_of(tmp_path / "train-00000-of-00002", [1000] * 100)
+    _shard_of(tmp_path / "train-00001-of-00002", [984] * 50)
+    files = storage.list_files(str(tmp_path / "train-*"))
+    total = sum(f.size for f in files)
+    want = total / 1016 * validate.SECONDS_PER_RECORD + total * validate.SECONDS_PER_BYTE
+    assert validate.estimated_seconds(files) == pytest.approx(want)
+    # One record longer than the sample: its header gives the size.
+    big = tmp_path / "big"
+    big.mkdir()
+    _shard_of(big / "train-00000-of-00001", [validate.SAMPLE_BYTES * 3])
+    (f,) = storage.list_files(str(big / "train-*"))
+    assert validate.estimated_seconds([f]) == pytest.approx(
+        validate.SECONDS_PER_RECORD + f.size * validate.SECONDS_PER_BYTE
+    )
+    assert validate.estimated_seconds([]) is None
+
+
+def test_dataflow_options_are_not_estimated():
+    assert validate.dataflow(["--runner=DataflowRunner", "--project=p"])
+    assert not validate.dataflow([])
+    assert not validate.dataflow(["--runner=DirectRunner"])
+
+
 # --------------------------------------------------------------------------- a TFDS-prepared source
 
 
