@@ -49,7 +49,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import numpy as np
 import pyarrow as pa
@@ -825,33 +825,13 @@ def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = Non
     )
 
 
-def check_names_exist(plan: Plan, catalog_names: Iterable[str]) -> None:
-    """Fail with the count and the first missing names if the catalog lacks any."""
-    have = set(catalog_names)
-    missing = [n for n in plan.names.tolist() if n not in have]
-    if missing:
-        raise PlanError(
-            f"plan {plan.source}: {len(missing):,} of {plan.num_examples:,} names are not in the "
-            f"source catalog, e.g. {', '.join(missing[:5])}"
-        )
-
-
-def with_class_counts(plan: Plan, name_to_class: dict[str, str]) -> Plan:
-    """A copy of ``plan`` with per-class counts filled from a name->class map."""
-    counts: dict[str, int] = {}
-    for name in plan.names.tolist():
-        c = name_to_class[name]
-        counts[c] = counts.get(c, 0) + 1
-    return dataclasses.replace(plan, class_counts=dict(sorted(counts.items())))
-
-
 def published_plan(
     plan: Plan, cat: SortedCatalog, class_names: dict[int, str] | None = None
 ) -> Plan:
-    """A published plan checked against a catalog already in order: the
-    PlanError of :func:`check_names_exist` if the catalog lacks names, else a
-    copy with the per-class counts of :func:`with_class_counts` (a label's
-    class: its synset, else the label) and its catalog rows."""
+    """A published plan checked against a catalog already in order: a PlanError
+    with the count and the first missing names (in plan order) if the catalog
+    lacks any, else a copy with its per-class counts (a label's class: its
+    synset, else the label) and its catalog rows."""
     pos = pc.index_in(pa.array(plan.names, pa.string()), value_set=cat.names)
     if pos.null_count:
         lost = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))

@@ -27,7 +27,6 @@ from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
 from beam_jobs.split_algorithm import (
     MAX_SHARD_COUNT,
     PlanError,
-    check_names_exist,
     class_quotas,
     default_num_shards,
     exact_fraction,
@@ -589,7 +588,7 @@ def test_read_plan_file_errors(tmp_path):
         read_plan_file(str(bad))
 
 
-def test_check_names_exist_reports_count_and_first_names():
+def test_published_plan_reports_count_and_first_missing_names():
     plan = split_algorithm.Plan(
         split="x",
         kind="supervised",
@@ -599,9 +598,14 @@ def test_check_names_exist_reports_count_and_first_names():
         num_shards=1,
         source="plan.csv",
     )
-    check_names_exist(plan, ["a", "b"] + [f"zz{i}" for i in range(1, 7)])
+    names = ["a", "b"] + [f"zz{i}" for i in range(1, 7)]
+    full = split_algorithm.sorted_catalog(names, [1, 2] + [3] * 6)
+    checked = split_algorithm.published_plan(plan, full, {3: "n003"})
+    assert checked.class_counts == {"1": 1, "2": 1, "n003": 6}
     with pytest.raises(PlanError) as err:
-        check_names_exist(plan, ["a", "b", "zz2"])
+        split_algorithm.published_plan(
+            plan, split_algorithm.sorted_catalog(["a", "b", "zz2"], [1, 2, 3])
+        )
     msg = str(err.value)
     assert "plan plan.csv: 5 of 8 names are not in the source catalog" in msg
     assert "e.g. zz1, zz3, zz4, zz5, zz6" in msg
