@@ -57,7 +57,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from beam_jobs import defaults, protocols
-from beam_jobs.split_keys import ALGORITHM, key_bytes, key_prefix, split_names
+from beam_jobs.split_keys import ALGORITHM, key_bytes, key_prefix, split_names  # noqa: F401 (ALGORITHM re-exported)
 
 LABEL_PATTERN = protocols.LABEL_PATTERN  # of a name list: its split is train{n}.{label}
 NAMES_ORDER_SEED = 0
@@ -123,7 +123,7 @@ def class_quotas(class_sizes: dict[int, int], fraction: Fraction, n: int) -> dic
 
 def hash_keys(names: Sequence[str], purpose: str, seed: int) -> np.ndarray:
     """``key(purpose, seed, name)`` for every name, as uint64."""
-    prefix = f"ssl-imagenet-splits:{ALGORITHM}:{purpose}:{seed}:".encode()
+    prefix = key_prefix(purpose, seed)
     sha = hashlib.sha256
     frombytes = int.from_bytes
     return np.fromiter(
