@@ -81,6 +81,7 @@ from beam_jobs.pipeline import (
     setup_logging,
     stage_template,
 )
+from beam_jobs.process import exit_job
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.split_algorithm import PlanError, parse_plan_table
 from beam_jobs.split_job import SplitJob
@@ -846,4 +847,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

@@ -40,7 +40,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -83,6 +82,7 @@ from beam_jobs.pipeline import (
     setup_logging,
     stage_template,
 )
+from beam_jobs.process import exit_job
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import FileInfo
 from beam_jobs.tfrecord import HEADER_LEN, OVERHEAD, RecordError, scan_batches, scan_framed
@@ -915,4 +915,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

@@ -585,6 +585,8 @@ def test_end_to_end_on_gcs_build_rebuild_one_seed_rerun(gcs_bucket, airflow_home
     # 1. Everything: two seeded splits, the reshuffle, the validation copy.
     r1 = dags_test(conf, env, log=tmp_path / "run1.log")
     assert r1.returncode == 0 and r1.state == "success", r1.tail()
+    # Each task stores only the links it has values for (no error lines in its log).
+    assert "XCom not found" not in r1.output
     assert set(r1.states("build").values()) == {"success"}, r1.tasks
     assert set(r1.states("build")) == {sup1, sup2, "train", "validation"}
     assert set(r1.states("verify").values()) == {"success"}, r1.tasks

@@ -221,8 +221,18 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         with airflow_storage(), holding_lock(self.config, {"run_id": context["run_id"]}):
             return self._execute(context)
 
+    def _extra_links(self, cfg: RunConfig) -> tuple[BaseOperatorLink, ...]:
+        """The links this task stores when it ends: the output folder for a build, and
+        Dataflow's job link only for jobs run on Dataflow. A link whose XCom a task
+        never pushes would be looked up anyway and log an error in every task log."""
+        ours: tuple[BaseOperatorLink, ...] = (OutputFolderLink(),) if self.job == "build" else ()
+        if cfg.is_dataflow:
+            return (*ours, *BeamRunPythonPipelineOperator.operator_extra_links)
+        return ours
+
     def _execute(self, context: Any) -> Any:
         cfg = RunConfig.from_dict(self.config)
+        self.operator_extra_links = self._extra_links(cfg)
         spec = self.spec
         if spec and spec.get("action") == "skip":
             raise AirflowSkipException(f"{spec.get('split', 'source')}: {spec.get('reason')}")
@@ -258,11 +268,8 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
                 raise self._explain(cfg, spec, err) from err
             finally:
                 # The provider clears operator_extra_links off Dataflow, ours included (the
-                # worker stores these links when the task ends); Dataflow's only on Dataflow
-                # (elsewhere it would be a link to job "None").
-                self.operator_extra_links = (
-                    type(self).operator_extra_links if cfg.is_dataflow else (OutputFolderLink(),)
-                )
+                # worker stores these links when the task ends).
+                self.operator_extra_links = self._extra_links(cfg)
         return {
             "split": label,
             "job": self.job,
