@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 from support.airflow_env import (
+    BIN_AIRFLOW,
     DAG_FILE,
     DAG_ID,
     GCP_CONN_ANONYMOUS,
@@ -488,6 +489,26 @@ def test_an_error_that_cannot_heal_fails_at_once_without_a_retry(airflow_home, t
     assert db_task_tries(airflow_home, r.run_id)[("check_params", "-1")] == 1, r.tail()
     assert f"sharding_files[1]: {missing} does not exist" in r.output
     assert "up_for_retry" not in r.output
+
+
+def test_bin_airflow_is_airflows_cli_with_its_exit_codes(airflow_home):
+    """bin/airflow runs Airflow's CLI through bin/airflow_main.py (an exit without the
+    collector's passes at shutdown): its output and exit codes are Airflow's."""
+    from importlib.metadata import version
+
+    env = airflow_env(airflow_home)
+    ok = subprocess.run(
+        [str(BIN_AIRFLOW), "version"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ok.returncode == 0 and ok.stdout.strip() == version("apache-airflow"), ok
+    bad = subprocess.run(
+        [str(BIN_AIRFLOW), "dags", "no-such-command"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "invalid choice: 'no-such-command'" in bad.stderr, bad
 
 
 # --------------------------------------------------------------------------- GCS end to end
