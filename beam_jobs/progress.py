@@ -2,8 +2,9 @@
 
 Each finished shard leaves a marker, an empty file named
 ``{shard:05d}-{records}-{bytes}``, in a folder of the job's work area; the
-launcher lists that folder every few seconds while it waits for the pipeline
-and logs a line each time another tenth of the shards is done::
+launcher lists that folder while it waits for the pipeline (every second
+locally, 10 s on gs://) and logs a line each time another tenth of the shards
+is done (the last tenth at the latest when the pipeline has finished)::
 
     train128116.1: progress  30%: 31/102 shards, 38,930/128,116 records, 4.2/14.1 GB
 
@@ -143,6 +144,11 @@ class Progress:
                 "%s: could not list progress markers in %s: %s", self.label, self.folder, err
             )
             return
+        self._log_step()
+
+    def _log_step(self) -> None:
+        """Log a progress line if another tenth of the shards is done since the
+        last one (or the heartbeat is due)."""
         step = 10 * self.shards // self.total_shards if self.total_shards else 10
         now = time.monotonic()
         if step > self._step or (
@@ -184,6 +190,8 @@ class Progress:
                 self.poll()
             except Exception as err:  # noqa: BLE001
                 self.log.warning("%s: could not list progress markers: %s", self.label, err)
+            else:
+                self._log_step()  # the last tenth (100%), if the thread had not seen it yet
             self.log.info("%s", self.summary())
             try:
                 storage.delete_tree(self.folder)

@@ -87,3 +87,32 @@ def test_the_launcher_polls_while_it_waits(tmp_path, caplog):
             time.sleep(0.01)
         mark_done(folder, 1, 5, 50)
     assert _lines(caplog)[-1].startswith("train: done: 2/2 shards, 10 records, 100 B in ")
+
+
+def test_the_last_tenth_is_logged_before_the_summary(tmp_path, caplog):
+    """All shards done before the poller looked again: the 100% line still
+    comes, when the pipeline has finished, before the summary."""
+    caplog.set_level(logging.INFO, logger="beam_jobs.progress")
+    folder = progress_dir(str(tmp_path), "build", "train")
+    with Progress("train", folder, 2, total_records=10, interval=3600):
+        mark_done(folder, 0, 5, 50)
+        mark_done(folder, 1, 5, 50)
+    lines = _lines(caplog)
+    assert lines[-2] == "train: progress 100%: 2/2 shards, 10/10 records, 100 B"
+    assert lines[-1].startswith("train: done: 2/2 shards")
+
+
+def test_polling_while_markers_are_written_warns_of_nothing(tmp_path, caplog):
+    """Markers are written as temporary files renamed into place, by other
+    processes, while the launcher lists the folder: no listing fails."""
+    folder = progress_dir(str(tmp_path), "build", "train")
+    progress = Progress("train", folder, 3000, interval=3600)
+    writer = threading.Thread(target=lambda: [mark_done(folder, s, 1, 1) for s in range(3000)])
+    writer.start()
+    polls = 0
+    while writer.is_alive() or not polls:
+        progress._maybe_log()
+        polls += 1
+    writer.join()
+    assert "could not list" not in caplog.text
+    assert progress.poll() == (3000, 3000, 3000)

@@ -83,6 +83,30 @@ def test_stat_and_identity(root):
     assert storage.file_crc32c(uri) == crc_hex(b"y" * 1001)
 
 
+def test_local_list_files_leaves_out_files_gone_while_listing(tmp_path, monkeypatch):
+    """A file renamed or deleted between reading the folder and its stat (a
+    writer's temporary file renamed into place) is not there now: left out,
+    not an error; nor is a folder removed while it is read."""
+    for name in ("a", "b.tmp-1234", "c"):
+        (tmp_path / name).write_bytes(b"x")
+    info = local._info
+
+    def renamed_meanwhile(path: str) -> storage.FileInfo:
+        if path.endswith(".tmp-1234"):
+            os.replace(path, path[: -len(".tmp-1234")])
+        return info(path)
+
+    monkeypatch.setattr(local, "_info", renamed_meanwhile)
+    got = storage.list_files(storage.join(str(tmp_path), "*"))
+    assert [storage.basename(f.path) for f in got] == ["a", "c"]
+
+    def removed_meanwhile(path: str) -> object:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(os, "scandir", removed_meanwhile)
+    assert storage.list_files(storage.join(str(tmp_path), "*")) == []
+
+
 def test_list_files_matches_the_last_component_only_and_sorts(root):
     for name in [
         "train-00001-of-00002",

@@ -165,7 +165,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def list_files(self, pattern: str) -> list[FileInfo]:
-        """Files matching ``pattern``, sorted by path (none when the folder is absent)."""
+        """Files matching ``pattern``, sorted by path (none when the folder is absent;
+        a file renamed or deleted while the folder is listed may be left out,
+        never an error)."""
 
     @abc.abstractmethod
     def file_crc32c(self, uri: str) -> str:

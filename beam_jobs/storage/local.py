@@ -180,13 +180,17 @@ class LocalBackend(Backend):
     def list_files(self, pattern: str) -> list[FileInfo]:
         folder, _, glob = pattern.rstrip("/").rpartition("/")
         folder = folder or "/"
-        if not os.path.isdir(folder):
-            return []
         out = []
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.is_file() and fnmatch.fnmatchcase(entry.name, glob):
-                    out.append(_info(entry.path))
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if entry.is_file() and fnmatch.fnmatchcase(entry.name, glob):
+                        try:
+                            out.append(_info(entry.path))
+                        except FileNotFoundError:
+                            pass  # renamed or deleted since the folder was read: not there now
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # no such folder (or it was removed while being read)
         return sorted(out, key=lambda f: f.path)
 
     def file_crc32c(self, uri: str) -> str:
