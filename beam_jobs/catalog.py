@@ -115,7 +115,3 @@ def read_arrow(uri: str) -> pa.Table:
 
 def read_catalog(catalog_dir: str, columns: list[str] | None = None) -> pa.Table:
     return read_table(storage.join(catalog_dir, CATALOG_FILE), columns=columns)
-
-
-def empty_columns() -> dict[str, list]:
-    return {name: [] for name in SCHEMA.names}

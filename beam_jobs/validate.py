@@ -59,7 +59,6 @@ from beam_jobs.catalog import (
     REPORT_FILE,
     SCHEMA,
     SHARD_RE,
-    empty_columns,
     fingerprint,
     read_arrow,
     shard_name,
@@ -77,6 +76,7 @@ from beam_jobs.example_proto import (
 from beam_jobs.pipeline import (
     DATAFLOW_RUNNERS,
     counters,
+    freeze_heap_at_exit,
     make_options,
     new_pipeline,
     setup_logging,
@@ -91,6 +91,9 @@ log = logging.getLogger("beam_jobs.validate")
 
 EXAMPLES_PER_KIND = 10
 PARTS_DIR = "_parts"
+# A shard's catalog rows (its part file): the catalog's columns but ``file``, the
+# shard's own path on every row, which finalize adds from the shard's index.
+PART_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "file"])
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ class ValidateShard(beam.DoFn):
 
     def setup(self) -> None:
         setup_logging()
+        freeze_heap_at_exit()
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
         out = validate_shard(
@@ -290,7 +294,7 @@ _INT32 = np.iinfo(np.int32)
 
 
 def fast_rows(path: str, checks: Checks) -> tuple[pa.Table, int] | None:
-    """A shard's catalog rows and its length, if every record in it is
+    """A shard's catalog rows (:data:`PART_SCHEMA`) and its length, if every record in it is
     plainly well-formed (framing, CRCs, :func:`example_proto.image_columns`,
     labels in range); None at the first record that is not.
 
@@ -323,31 +327,29 @@ def fast_rows(path: str, checks: Checks) -> tuple[pa.Table, int] | None:
             labels.append(cols.label)
             synsets.append(cols.synset)
     if not offsets:
-        return SCHEMA.empty_table(), 0
+        return PART_SCHEMA.empty_table(), 0
     offset, length = np.concatenate(offsets), np.concatenate(lengths)
-    n = len(offset)
     table = pa.table(
         [
             pa.concat_arrays(names),
             pa.array(np.concatenate(labels).astype(np.int32)),
             pa.concat_arrays(synsets),
-            pa.array([path] * n, pa.string()),
-            pa.array(np.arange(n, dtype=np.int32)),
+            pa.array(np.arange(len(offset), dtype=np.int32)),
             pa.array(offset),
             pa.array(length),
             pa.array(np.concatenate(crcs)),
         ],
-        schema=SCHEMA,
+        schema=PART_SCHEMA,
     )
     return table, int(offset[-1] + length[-1])
 
 
 def careful_rows(path: str, checks: Checks) -> tuple[pa.Table, Problems, int, int, int]:
-    """A shard read record by record: its catalog rows (the good records),
-    its problems, the numbers of good and bad records, and the byte offset
-    where the last good record ends."""
+    """A shard read record by record: its catalog rows (the good records,
+    :data:`PART_SCHEMA`), its problems, the numbers of good and bad records,
+    and the byte offset where the last good record ends."""
     problems = Problems()
-    cols = empty_columns()
+    cols: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
     n_ok = n_bad = 0
     end = 0
     with storage.open_read(path) as f:
@@ -387,12 +389,11 @@ def careful_rows(path: str, checks: Checks) -> tuple[pa.Table, Problems, int, in
             cols["filename"].append(rec.filename)
             cols["label"].append(rec.label)
             cols["synset"].append(rec.synset)
-            cols["file"].append(path)
             cols["record"].append(rec_index)
             cols["offset"].append(item.offset)
             cols["length"].append(item.length)
             cols["data_crc"].append(item.data_crc)
-    return pa.table(cols, schema=SCHEMA), problems, n_ok, n_bad, end
+    return pa.table(cols, schema=PART_SCHEMA), problems, n_ok, n_bad, end
 
 
 def report_duplicates(table: pa.Table, problems: Problems) -> None:
@@ -458,13 +459,9 @@ def finalize(
         tables = [read_arrow(s["part"]) for s in summaries]
         sizes = [t.num_rows for t in tables]
         # One chunk: the parts are sorted runs, which one sort merges fast. The file
-        # column (each part's path on every row) is replaced by a dictionary of the
-        # shards' paths: an index per row to merge and sort, not a string.
-        table = (
-            (pa.concat_tables(tables) if tables else SCHEMA.empty_table())
-            .drop_columns(["file"])
-            .combine_chunks()
-        )
+        # column is a dictionary of the shards' paths: an index per row to merge
+        # and sort, not a string.
+        table = (pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()).combine_chunks()
         del tables
         # Each row's shard (index into the sorted summaries).
         shard = pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
@@ -476,11 +473,10 @@ def finalize(
         )
         total = table.num_rows
 
-        # Unique filenames across the whole set: sorted, no name equals the next.
-        # The catalog is written in this order (by filename).
-        names = table.column("filename")
-        order = pc.sort_indices(names)
-        sorted_names = names.take(order)
+        # The catalog's rows, sorted by filename. Unique filenames across the whole
+        # set: no name equals the next.
+        catalog = table.take(pc.sort_indices(table.column("filename")))
+        sorted_names = catalog.column("filename")
         if total > 1 and pc.any(pc.equal(sorted_names[1:], sorted_names[:-1])).as_py():
             # Reported in the order the records come in the source: by shard, then record.
             report_duplicates(
@@ -489,7 +485,6 @@ def finalize(
                 ),
                 problems,
             )
-        del sorted_names
 
         # Records per label, and the synsets that come with each label.
         labels: Counter[int] = Counter(
@@ -528,7 +523,6 @@ def finalize(
         # Records tables joined with an earlier catalog in this folder (plan.write_records).
         storage.delete_tree(layout.records_dir(catalog_dir))
         if ok:
-            catalog = table.take(order)
             file = catalog.column("file").cast(pa.string())
             write_table(
                 catalog_uri,
@@ -907,6 +901,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    freeze_heap_at_exit()
     try:
         run(argv)
     except ValidationFailed:
