@@ -81,7 +81,7 @@ from beam_jobs.pipeline import (
     setup_logging,
     stage_template,
 )
-from beam_jobs.process import exit_job
+from beam_jobs.process import freeze_heap_at_exit
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.split_algorithm import PlanError, parse_plan_table
 from beam_jobs.split_job import SplitJob
@@ -304,6 +304,7 @@ class WriteShard(beam.DoFn):
 
     def setup(self) -> None:
         setup_logging()
+        freeze_heap_at_exit()
         # One reader per DoFn instance: source files stay open across shards
         # (a reshuffle shard reads from nearly every source file).
         self._reader = RangeReader()
@@ -515,6 +516,7 @@ class CopyShard(beam.DoFn):
 
     def setup(self) -> None:
         setup_logging()
+        freeze_heap_at_exit()
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
         stats = copy_shard(
@@ -838,6 +840,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    freeze_heap_at_exit()
     try:
         run(argv)
     except (PlanError, BuildError) as err:
@@ -847,4 +850,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_job(main())
+    sys.exit(main())

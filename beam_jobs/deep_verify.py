@@ -41,6 +41,7 @@ from beam_jobs.pipeline import (
     setup_logging,
     stage_template,
 )
+from beam_jobs.process import freeze_heap_at_exit
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.tfrecord import RecordError, iter_framed
 
@@ -164,6 +165,7 @@ class DeepCheck(beam.DoFn):
 
     def setup(self) -> None:
         setup_logging()
+        freeze_heap_at_exit()
 
     def process(self, element: dict[str, Any]) -> Iterator[dict[str, Any]]:
         planned = None

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import functools
-import gc
 import os
 import sys
 from typing import Any
@@ -76,22 +73,6 @@ def make_options(
                 "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
             )
     return options
-
-
-@functools.cache
-def freeze_heap_at_exit() -> None:
-    """Let this process exit without the garbage collections of interpreter
-    shutdown (call it in a job's ``main`` and ``DoFn.setup``; once per process).
-
-    A process that imported Beam, pyarrow and pandas holds millions of objects;
-    when it exits, Python collects them all (~0.4 s here, most of a worker
-    process's exit). ``gc.freeze`` at exit, which runs after the job's own
-    clean-up (the runner waits for each DirectRunner worker to exit, one after
-    the other, and Airflow for the launcher), leaves them to the OS instead.
-    Only objects in reference cycles are affected: their ``__del__`` no longer
-    runs at exit (nothing in the jobs relies on that: files are written and
-    closed before they return)."""
-    atexit.register(gc.freeze)
 
 
 def new_pipeline(options: PipelineOptions) -> Any:

@@ -40,6 +40,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -76,13 +77,12 @@ from beam_jobs.example_proto import (
 from beam_jobs.pipeline import (
     DATAFLOW_RUNNERS,
     counters,
-    freeze_heap_at_exit,
     make_options,
     new_pipeline,
     setup_logging,
     stage_template,
 )
-from beam_jobs.process import exit_job
+from beam_jobs.process import freeze_heap_at_exit
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.storage import FileInfo
 from beam_jobs.tfrecord import HEADER_LEN, OVERHEAD, RecordError, scan_batches, scan_framed
@@ -910,4 +910,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_job(main())
+    sys.exit(main())

@@ -45,6 +45,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,7 @@ from beam_jobs.layout import (
     stats_uri,
 )
 from beam_jobs.logs import setup_logging
-from beam_jobs.process import exit_job
+from beam_jobs.process import freeze_heap_at_exit
 from beam_jobs.split_algorithm import PlanError, parse_plan_table
 from beam_jobs.split_job import SplitJob
 from beam_jobs.storage import crc32c_hex
@@ -339,6 +340,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    freeze_heap_at_exit()
     try:
         run(argv)
     except VerificationFailed as err:
@@ -352,4 +354,4 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["Expected", "VerificationFailed", "exact_findings", "expected_from_plan", "run"]
 
 if __name__ == "__main__":
-    exit_job(main())
+    sys.exit(main())

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -403,34 +401,6 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
         validate.main([f"--catalog_dir={tmp_path}"])
     assert info.value.code == 2
     assert "--source_uri" in capsys.readouterr().err
-
-
-# A job process, the launcher and each worker, exits without the garbage
-# collection of interpreter shutdown (~0.4 s for a process that imported Beam).
-EXIT_PROBE = """
-import gc, sys
-from beam_jobs.pipeline import freeze_heap_at_exit
-gc.disable()
-class Cycle:
-    def __del__(self):
-        print("collected at exit", flush=True)
-c = Cycle()
-c.self = c
-del c
-if sys.argv[1:] == ["freeze"]:
-    freeze_heap_at_exit()
-    freeze_heap_at_exit()
-"""
-
-
-def test_freeze_heap_at_exit_leaves_the_heap_to_the_os():
-    plain = subprocess.run([sys.executable, "-c", EXIT_PROBE], capture_output=True, text=True)
-    frozen = subprocess.run(
-        [sys.executable, "-c", EXIT_PROBE, "freeze"], capture_output=True, text=True
-    )
-    assert plain.returncode == frozen.returncode == 0, plain.stderr + frozen.stderr
-    assert plain.stdout == "collected at exit\n"  # what exiting costs without it
-    assert frozen.stdout == ""
 
 
 def test_launcher_and_workers_freeze_their_heap_at_exit(monkeypatch, tmp_path):
