@@ -328,6 +328,10 @@ def write_plans(plans: list[Plan], out_dir: str) -> list[dict[str, Any]]:
 
 
 RECORD_COLUMNS = ["filename", "file", "offset", "length", "data_crc"]  # filename first
+# The records tables' columns worth dictionary-encoding in Parquet: the other
+# columns are (nearly) unique per row, where a dictionary is built only to be
+# given up (~25% of the write, and larger files that read slower).
+RECORD_DICTIONARY = ["shard", "file"]
 
 
 def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
@@ -388,7 +392,7 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
         )
         del part
         uri = records_uri(catalog_dir, p.sha256())
-        write_table(uri, table, {"plan_sha256": p.sha256()})
+        write_table(uri, table, {"plan_sha256": p.sha256()}, use_dictionary=RECORD_DICTIONARY)
         out.append(uri)
     log.info(
         "plan: catalog rows of %d plan(s) written in %.1f s", len(out), time.perf_counter() - start

@@ -542,23 +542,12 @@ def supervised_plan(
     assert lab is not None
     select = select_keys if select_keys is not None else keys(cat.names, "select", seed)
     if sampling == "uniform":
-        chosen = _argsort_by_key(select)[:n]
+        group, quotas = np.zeros(total, np.int64), np.array([n])
     else:
-        classes, inverse, sizes = cat.classes
-        quotas = class_quotas(dict(zip(classes.tolist(), sizes.tolist())), frac, n)
-        # Group by class, inside each class by select key (ties by name): by key,
-        # then stably by class (np.lexsort((select, inverse)), several times faster).
-        by_key = _argsort_by_key(select)
-        by_class = by_key[
-            np.argsort(inverse[by_key].astype(_small_int(len(classes))), kind="stable")
-        ]
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        chosen = np.concatenate(
-            [
-                by_class[start : start + quotas[c]]
-                for c, start in zip(classes.tolist(), starts.tolist())
-            ]
-        )
+        classes, group, sizes = cat.classes
+        by_label = class_quotas(dict(zip(classes.tolist(), sizes.tolist())), frac, n)
+        quotas = np.array([by_label[c] for c in classes.tolist()])
+    chosen = lowest_keys(select, group, quotas, candidate_share(frac))
     # Back in name order (positions are in name order) before ordering by the
     # order key, so ties go by name.
     chosen = np.sort(chosen)
@@ -581,6 +570,43 @@ def supervised_plan(
         fraction=frac_text,
         sampling=sampling,
         class_counts=class_counts,
+    )
+
+
+def candidate_share(fraction: Fraction) -> float:
+    """The share of the key range that :func:`lowest_keys` sorts when taking
+    ``fraction`` of each group: with margin, most groups have their quota in
+    it (a group that has not is sorted whole)."""
+    return min(1.0, 1.5 * float(fraction) + 0.01)
+
+
+def lowest_keys(
+    keys: np.ndarray, group: np.ndarray, quotas: np.ndarray, share: float = 1.0
+) -> np.ndarray:
+    """Positions of the ``quotas[g]`` lowest keys of each group ``g`` (ties by
+    position), group by group, each by key (pure).
+
+    Only the candidates are sorted: the keys in the lowest ``share`` of the
+    uint64 range, and every key of a group with fewer than its quota there.
+    They hold each group's lowest keys (any other key of the group is larger
+    than all of its candidates), so the result is that of sorting them all; a
+    10% split sorts ~16% of the keys instead of all."""
+    if share < 1.0:
+        low = keys < np.uint64(int(share * 2.0**64))
+        short = np.bincount(group[low], minlength=len(quotas)) < quotas
+        if short.any():
+            low |= short[group]
+        candidates = np.flatnonzero(low)
+        # Positions ascending: ties among the candidates still go by position.
+        by_key = candidates[_argsort_by_key(keys[candidates])]
+    else:
+        by_key = _argsort_by_key(keys)
+    # By key, then stably by group (np.lexsort((keys, group)), several times faster).
+    of = group[by_key]
+    by_group = by_key[np.argsort(of.astype(_small_int(len(quotas))), kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(of, minlength=len(quotas)))[:-1]])
+    return np.concatenate(
+        [by_group[start : start + q] for start, q in zip(starts.tolist(), quotas.tolist())]
     )
 
 
@@ -774,7 +800,7 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
         and pc.all(pc.match_substring_regex(t.column("index"), digits)).as_py()
         and pc.all(pc.greater(pc.utf8_length(name), 0)).as_py()
         and pc.all(pc.equal(name, pc.utf8_trim_whitespace(name))).as_py()
-        and pc.count_distinct(name).as_py() == n
+        and len(pc.unique(name)) == n  # half of count_distinct's time (no nulls here)
     ):
         return fallback()
     shard = pc.cast(t.column("shard"), pa.int64()).to_numpy()

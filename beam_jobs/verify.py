@@ -91,6 +91,18 @@ class Expected:
     crc32c: list[str]
 
 
+def catalog_rows(names: pa.ChunkedArray | pa.Array, catalog_names: pa.ChunkedArray) -> np.ndarray:
+    """The catalog row of each of ``names`` (distinct, as a parsed plan's),
+    -1 where a name is not in the catalog (whose names are distinct too).
+
+    The hash table is built on ``names``, the catalog's names only probe it:
+    a 10% split's plan hashes a tenth of what the catalog would (pure)."""
+    at = pc.index_in(catalog_names, value_set=names)  # plan position of each catalog row
+    rows = np.full(len(names), -1, np.int64)
+    rows[pc.drop_null(at).to_numpy()] = pc.indices_nonzero(pc.is_valid(at)).to_numpy()
+    return rows
+
+
 def planned_records(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, str]:
     """The plan's rows (shard, index, filename) sorted by position, with each
     source record's framed length and data CRC from the catalog; and the plan
@@ -101,14 +113,14 @@ def planned_records(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, str]:
         raise PlanError(f"plan file {plan_uri} does not exist") from None
     plan = parse_plan_table(raw, plan_uri)
     catalog = read_catalog(catalog_dir, ["filename", "length", "data_crc"])
-    pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
-    missing = pc.sum(pc.is_null(pos)).as_py() or 0
+    rows = catalog_rows(plan.column("filename"), catalog.column("filename"))
+    missing = int(np.count_nonzero(rows < 0))
     if missing:
         raise PlanError(f"plan {plan_uri}: {missing:,} names are not in the catalog {catalog_dir}")
-    joined = catalog.select(["length", "data_crc"]).take(pos)
-    table = plan.append_column("length", joined.column("length")).append_column(
-        "data_crc", joined.column("data_crc")
-    )
+    table = plan
+    for column in ("length", "data_crc"):
+        values = catalog.column(column).to_numpy()[rows]
+        table = table.append_column(column, pa.array(values, catalog.schema.field(column).type))
     return table, hashlib.sha256(raw).hexdigest()
 
 

@@ -569,6 +569,15 @@ def test_plan_file_checks(text, pattern):
     assert str(err.value).startswith("mem: ")
 
 
+def test_plan_table_checks_in_arrow_what_the_text_parser_checks():
+    """Well-formed lines are parsed in Arrow; a name twice (the lines otherwise
+    well-formed) is still the text parser's error, with line numbers."""
+    table = split_algorithm.parse_plan_table(b"c,1,0\nb,0,1\na,0,0\nd,1,1\n", "mem")
+    assert table.column("filename").to_pylist() == ["a", "b", "c", "d"]
+    with pytest.raises(PlanError, match=r"(?s)mem: .*name a appears twice \(lines 1 and 3\)"):
+        split_algorithm.parse_plan_table(b"a,0,0\nb,0,1\na,1,0\n", "mem")
+
+
 def test_many_malformed_lines_give_a_short_message():
     text = "".join(f"n0_{i}.JPEG\t0\t{i}\n" for i in range(5000))  # tab-separated
     with pytest.raises(PlanError) as err:
@@ -999,6 +1008,10 @@ def test_records_from_known_rows_are_those_of_a_lookup(tiny_catalog, tmp_path):
     for name in sorted(os.listdir(records_dir(str(tiny_catalog)))):
         a = Path(records_dir(str(tiny_catalog)), name).read_bytes()
         assert a == Path(records_dir(str(copy)), name).read_bytes(), name
+        # Dictionaries only where values repeat (not per-row names, offsets, CRCs).
+        meta = pq.ParquetFile(Path(records_dir(str(copy)), name)).metadata.row_group(0)
+        columns = [meta.column(i) for i in range(meta.num_columns)]
+        assert {c.path_in_schema for c in columns if c.has_dictionary_page} == {"shard", "file"}
     # Plans of the first catalog written against the other: its rows, found by name.
     assert len(plan_cli.write_records(plans, str(other))) == 3
     by_name = {r["filename"]: r for r in table.to_pylist()}
@@ -1008,3 +1021,26 @@ def test_records_from_known_rows_are_those_of_a_lookup(tiny_catalog, tmp_path):
         for row in got.to_pylist():
             want = by_name[row["filename"]]
             assert (row["file"], row["offset"]) == (want["file"], want["offset"])
+
+
+@pytest.mark.parametrize("share", [1.0, 0.3, 0.05, 0.0])
+def test_lowest_keys_sorting_only_candidates_is_sorting_all(share):
+    """Each group's quota of lowest keys, ties by position: the same positions
+    whatever share of the key range is sorted first (groups short of their
+    quota there, ties, a group taken whole, an empty quota)."""
+    rng = np.random.default_rng(7)
+    n = 5000
+    keys = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    keys[rng.integers(0, n, 300)] = keys[rng.integers(0, n, 300)]  # ties
+    keys[:50] = np.uint64(2**64 - 1)  # group 0's first members: above any share
+    group = np.sort(rng.integers(0, 40, n))
+    sizes = np.bincount(group, minlength=40)
+    quotas = np.minimum(sizes, rng.integers(0, 60, 40))
+    quotas[3] = sizes[3]
+    quotas[5] = 0
+    by_key_then_position = np.lexsort((np.arange(n), keys))
+    want = np.concatenate(
+        [by_key_then_position[group[by_key_then_position] == g][: quotas[g]] for g in range(40)]
+    )
+    got = split_algorithm.lowest_keys(keys, group, quotas, share)
+    assert got.tolist() == want.tolist()

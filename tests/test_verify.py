@@ -511,3 +511,50 @@ def test_the_deep_checks_plan_table_is_loaded_once_per_process_under_threads(run
         t.join()
     assert loads == [uri]
     assert len(got) == 8 and all(g[0] is got[0][0] for g in got)
+
+
+# --------------------------------------------------------------------------- the join
+
+
+def test_catalog_rows_finds_each_planned_name_in_a_chunked_catalog():
+    from beam_jobs.verify import catalog_rows
+
+    catalog = pa.chunked_array([["a.JPEG", "b.JPEG"], ["c.JPEG", "d.JPEG", "e.JPEG"]])
+    names = pa.array(["e.JPEG", "a.JPEG", "x.JPEG", "c.JPEG"])
+    assert catalog_rows(names, catalog).tolist() == [4, 0, -1, 2]
+    assert catalog_rows(pa.array([], pa.string()), catalog).tolist() == []
+
+
+def test_planned_records_takes_each_records_length_and_crc_by_name(tmp_path):
+    """The plan's order (shard, index) with each name's own catalog values;
+    a name the catalog lacks is a PlanError that counts them."""
+    from beam_jobs.split_algorithm import PlanError
+    from beam_jobs.verify import planned_records
+
+    names = [f"n{i:03d}.JPEG" for i in range(50)]
+    catalog = pa.table(
+        {
+            "filename": names,
+            "length": pa.array([1000 + 7 * i for i in range(50)], pa.int64()),
+            "data_crc": pa.array([(i * 2654435761) % 2**32 for i in range(50)], pa.uint32()),
+        }
+    )
+    write_table(str(tmp_path / CATALOG_FILE), catalog)
+    # 12 names out of catalog order in 3 shards, the file's lines not in plan order
+    planned = [(names[(7 * k + 5) % 50], k % 3, k // 3) for k in range(11, -1, -1)]
+    plan = tmp_path / "plan.csv"
+    plan.write_text("".join(f"{n},{s},{x}\n" for n, s, x in planned))
+    table, sha = planned_records(str(plan), str(tmp_path))
+    assert sha == hashlib.sha256(plan.read_bytes()).hexdigest()
+    want = sorted(planned, key=lambda r: (r[1], r[2]))
+    assert table.column("filename").to_pylist() == [n for n, _, _ in want]
+    assert table.column("shard").to_pylist() == [s for _, s, _ in want]
+    row = {n: i for i, n in enumerate(names)}
+    assert table.column("length").to_pylist() == [1000 + 7 * row[n] for n, _, _ in want]
+    assert table.column("data_crc").type == pa.uint32()
+    assert table.column("data_crc").to_pylist() == [
+        catalog.column("data_crc")[row[n]].as_py() for n, _, _ in want
+    ]
+    plan.write_text("".join(f"{n},0,{i}\n" for i, n in enumerate(["n001.JPEG", "zz", "yy"])))
+    with pytest.raises(PlanError, match=r"plan\.csv: 2 names are not in the catalog"):
+        planned_records(str(plan), str(tmp_path))
