@@ -186,12 +186,7 @@ class Progress:
         if self._thread is not None:
             self._thread.join(timeout=30)
         if exc_type is None:
-            try:
-                self.poll()
-            except Exception as err:  # noqa: BLE001
-                self.log.warning("%s: could not list progress markers: %s", self.label, err)
-            else:
-                self._log_step()  # the last tenth (100%), if the thread had not seen it yet
+            self._maybe_log()  # the last tenth (100%), if the thread had not seen it yet
             self.log.info("%s", self.summary())
             try:
                 storage.delete_tree(self.folder)
