@@ -89,20 +89,17 @@ def measure_size(source: Path, work: Path) -> dict[str, dict[str, float]]:
             for i, p in enumerate(shards)
         ]
     )
-    part_files = sorted(parts.glob("part-*.arrow"))
-    if not part_files:
-        raise RuntimeError(f"validation wrote no catalog parts under {parts}")
-    tables = [read_arrow(str(f)) for f in part_files]
+    if not summaries:
+        raise RuntimeError(f"no train-* shards to validate under {source}")
+    tables = [read_arrow(s["part"]) for s in summaries]
     catalog = pa.concat_tables(tables)
     records = catalog.num_rows
     nbytes = int(pa.compute.sum(catalog.column("length")).as_py())
     out["validate"] = {"cpu_s": cpu, "records": records, "bytes": nbytes}
 
     files = [str(p) for p in shards]
-    # A part holds the rows of one shard (part-{shard index}.arrow), not its path on every row.
-    file_id = np.repeat(
-        np.array([int(f.stem.split("-")[1]) for f in part_files]), [t.num_rows for t in tables]
-    )
+    # A part holds the rows of one shard (its summary's index), not its path on every row.
+    file_id = np.repeat([s["index"] for s in summaries], [t.num_rows for t in tables])
     order = np.random.default_rng(0).permutation(records)
     rows = pa.table(
         {
