@@ -376,16 +376,25 @@ def test_cli_exits_1_and_names_split_shard_and_difference(run):
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def test_the_exact_check_imports_no_beam():
-    """The DAG runs it inside its verify task, without a pipeline's start-up."""
+def test_the_exact_check_imports_neither_beam_nor_pandas(run):
+    """In a scheduler's task process every verify task pays its own imports:
+    the exact check must not pull in Apache Beam or pandas (pyarrow imports
+    pandas, ~0.5 s, the first time it converts NumPy or Python values to or
+    from Arrow: beam_jobs.arrays)."""
     import subprocess
     import sys
 
-    code = "import sys, beam_jobs.verify; print('apache_beam' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert out == "False"
+    args = [a for a in bs.job_args(run, run.spec(SPLIT)) if a not in bs.BEAM]
+    code = (
+        "import json, sys\n"
+        "from beam_jobs import verify\n"
+        f"report = verify.run({args!r})\n"
+        "print(json.dumps([report['mode'], sorted(m for m in ('apache_beam', 'pandas') "
+        "if m in sys.modules)]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["exact", []], proc.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- on GCS
