@@ -63,7 +63,7 @@ class Measured:
         return asdict(self)
 
 
-def _tree(root):  # psutil.Process -> list[psutil.Process]
+def process_tree(root):  # psutil.Process -> list[psutil.Process]
     import psutil
 
     try:
@@ -141,14 +141,14 @@ def run_measured(
 def _kill_tree(root) -> None:
     import psutil
 
-    for p in reversed(_tree(root)):
+    for p in reversed(process_tree(root)):
         try:
             p.kill()
         except psutil.Error:
             pass
 
 
-def _kind(p) -> str:
+def kind_of_process(p) -> str:
     """A short name for a process of a job: ``launcher``, ``beam worker``, or its program."""
     try:
         cmd = p.cmdline()
@@ -170,7 +170,7 @@ def _poll(proc, root, poll, timeout, t0, cpu, io_read, io_write, rss) -> tuple[i
     max_procs = 0
     while True:
         total = 0
-        procs = _tree(root)
+        procs = process_tree(root)
         for p in procs:
             try:
                 with p.oneshot():
@@ -179,7 +179,7 @@ def _poll(proc, root, poll, timeout, t0, cpu, io_read, io_write, rss) -> tuple[i
                     t = p.cpu_times()
                 total += r
                 if p.pid != root.pid:
-                    kind, best = rss.get(p.pid) or (_kind(p), 0)
+                    kind, best = rss.get(p.pid) or (kind_of_process(p), 0)
                     rss[p.pid] = (kind, max(best, r))
                 cpu[p.pid] = max(cpu.get(p.pid, 0.0), t.user + t.system)
                 io_read[p.pid] = max(io_read.get(p.pid, 0), io.read_chars)

@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip_dag",
         dest="skip_dag",
         action="store_true",
-        help="do not run the DAG end to end (benchmarks.dag)",
+        help="do not run the DAG end to end (benchmarks.dag: dags test and a real scheduler)",
     )
     p.add_argument(
         "--skip-verify",

@@ -2,11 +2,12 @@
 
 Runs the quick COUNT dataset with one seed (product: validate, plan, two
 builds, the validation copy, the builds again three at a time; the seed
-reference on the same plans; the raw copies) in a temp dir and checks
+reference on the same plans; the raw copies; the DAG with ``dags test`` and
+under a real scheduler) in a temp dir and checks
 results.json: its fields, sane figures, read amplification of the 10% split
 (the job's count and, with strace installed, measured), and equal record
-counts of the product's and the seed reference's outputs. 35-90 s on 2 cores,
-depending on the load.
+counts of the product's and the seed reference's outputs. About 2.5 minutes
+on 2 cores (a third of it starting Airflow's components and their warm-up run).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def test_quick_benchmark(tmp_path):
         "raw cat train-* >/dev/null",
         "dag first run",
         "dag add one seed",
+        "dag first run (scheduler)",
+        "dag add one seed (scheduler)",
     ):
         assert name in jobs, (name, sorted(jobs))
     # The DAG end to end: everything published on the first run, one split on the second.
@@ -89,6 +92,20 @@ def test_quick_benchmark(tmp_path):
         "validate_source" not in more["task_seconds"]
         or more["task_seconds"]["validate_source"] < first["task_seconds"]["validate_source"]
     )
+    # The same under a real scheduler (trigger to manifest): the same splits,
+    # its tasks' spans in order, the run ending after the manifest.
+    sched, sched_more = jobs["dag first run (scheduler)"], jobs["dag add one seed (scheduler)"]
+    assert sched["splits"] == first["splits"] and sched_more["splits"] == more["splits"]
+    ended = sched["task_ended_at"]
+    assert ended["validate_source"] < ended["plan"] < ended["build"] < ended["verify"]
+    assert ended["verify"] < ended["publish_manifest"] == sched["wall_seconds"]
+    assert sched["run_seconds"] >= sched["wall_seconds"] > 0
+    assert "validate_source" not in sched_more["task_seconds"] or (
+        sched_more["task_seconds"]["validate_source"] < sched["task_seconds"]["validate_source"]
+    )
+    assert sched["max_rss_process"] > 50 * 2**20 and sched["cpu_seconds"] > 0
+    assert any(k.startswith("python -m beam_jobs.build") for k in sched["rss_by_process"])
+    assert any("(scheduler, first run)" in t["target"] for t in res["targets"])
     assert any(n.startswith("raw cp train") and n.endswith("python start-up") for n in jobs)
     assert any("the whole DAG" in t["target"] for t in res["targets"])
     assert any("every process the product runs" in t["target"] for t in res["targets"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import figures, report, targets
+from benchmarks import dag, figures, report, targets
 from benchmarks.targets import Run
 
 GIB = 2**30
@@ -243,7 +243,8 @@ def test_dag_first_run_at_least_five_times_faster_than_the_seed(first_wall, met)
     # the seed: six outputs + validation copy, 100 s
     assert first["met"] is met and first["value"] == round(100.0 / first_wall, 2)
     assert ">= 5x faster" in first["target"] and "(aim 10x)" in first["target"]
-    assert f"DAG {first_wall:.0f} s" in first["detail"] and "vs seed 100 s" in first["detail"]
+    assert f"DAG {first_wall:.1f} s" in first["detail"] and "vs seed 100 s" in first["detail"]
+    assert "(dags test, first run)" in first["target"]
     assert "largest tasks: build" in first["detail"]
 
 
@@ -262,6 +263,35 @@ def test_adding_one_seed_within_15_s_and_three_times_a_copy(add_wall, copy_wall,
     assert add["met"] is met and add["value"] == f"{add_wall:.1f} s, {add_wall / copy_wall:.1f}x"
     assert "<= 15 s and <= 3x a copy" in add["target"]
     assert add["detail"].startswith(f"cp train2000.2 + python start-up {copy_wall:.1f} s")
+
+
+def test_the_scheduler_rows_come_first_and_are_judged_on_their_own():
+    """A real scheduler's run (trigger to manifest) and ``dags test``'s: one
+    target row each; the scheduler's first, as in the README's table."""
+    jobs = dag_jobs(COUNT, 25.0, 16.0)
+    jobs += [
+        {**j, "how": "scheduler", "wall_seconds": w, "name": j["name"] + " (scheduler)"}
+        for j, w in zip([j for j in jobs if j["side"] == "dag"], (19.0, 9.0))
+    ]
+    rows = targets.dag_end_to_end(run_of(jobs, {COUNT: "count"}))
+    assert [(r["target"].split("(")[1].split(")")[0], r["met"]) for r in rows] == [
+        ("scheduler, first run", True),  # 100 s / 19 s = 5.26x
+        ("scheduler", True),  # 9 s, 1.8x the 5 s copy
+        ("dags test, first run", False),  # 100 s / 25 s = 4x
+        ("dags test", False),  # 16 s
+    ]
+    first = rows[0]
+    assert first["value"] == round(100 / 19.0, 2) and "trigger to manifest" in first["detail"]
+    assert "the whole dags test process" in rows[2]["detail"]
+    table = dag.table(dag.rows(jobs, {COUNT: {}}))
+    lines = [line for line in table.splitlines() if line.startswith(f"| {COUNT} |")]
+    assert [line.split(" | ")[1:3] for line in lines] == [
+        ["scheduler", "first run"],
+        ["scheduler", "add one seed"],
+        ["dags test", "first run"],
+        ["dags test", "add one seed"],
+    ]
+    assert "19.0 (run ends 20.0)" in lines[0] and "25.0 (run 20.0)" in lines[2]
 
 
 def test_dag_on_bytes_has_its_own_threshold_and_no_add_one_seed():
