@@ -160,12 +160,17 @@ def render(res: dict[str, Any]) -> str:
         "### What the user waits for: the DAG end to end",
         "",
         (
-            "`bin/airflow dags test` (tasks one after another in one process; Beam jobs "
-            "DirectRunner subprocesses), first run on a never-seen source and adding one seed to "
-            "the published folder, against the seed reference's six outputs run in this same "
-            "benchmark (and, for one more seed, `cp` of that split's bytes plus one Python "
-            "start-up). Wall time of the whole `dags test` process; the run's own duration in "
-            "brackets; per-task times from its log."
+            "First run on a never-seen source and adding one seed to the published folder, "
+            "against the seed reference's six outputs run in this same benchmark (and, for "
+            "one more seed, `cp` of that split's bytes plus one Python start-up). Two ways: "
+            "**scheduler**, a run triggered through the REST API on a running Airflow "
+            "(API server, scheduler with the LocalExecutor at the default parallelism, DAG "
+            "processor, triggerer; started, and warmed by one small run, before the timing), "
+            "timed from the trigger to the end of `publish_manifest` (the run's end, after "
+            "`release_lock`, in brackets), per task the span of its instances; and "
+            "**dags test**, `bin/airflow dags test` (tasks one after another in one process), "
+            "the wall time of the whole process (the run's own duration in brackets), per-task "
+            "times from its log. Beam jobs are DirectRunner subprocesses either way."
         ),
         "",
         dag.table(dag.rows(res["jobs"], data)),
