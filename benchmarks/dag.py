@@ -87,12 +87,32 @@ def _airflow_env(bench: Any, home: Path) -> dict[str, str]:
     from support.airflow_env import airflow_env, migrated_home  # the tests' isolated Airflow
 
     migrated_home(home)
-    env = airflow_env(home)
-    for k in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE"):  # the benchmark's bytecode choice
+    return _with_bytecode_choice(bench, airflow_env(home))
+
+
+def _with_bytecode_choice(bench: Any, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the benchmark's bytecode settings (benchmarks.bench), not the caller's."""
+    for k in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE"):
         env.pop(k, None)
         if k in bench.env:
             env[k] = bench.env[k]
     return env
+
+
+def _cases(bench: Any, ds: Any, src: Path, out: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The two timed runs: the first run (the seed reference's seeds, so the same
+    splits), then the next seed alone on the published folder."""
+    seeds = [int(s) for s in bench.args.seeds]
+    base = {
+        "source_uri": str(src),
+        "output_uri": str(out),
+        "num_classes": ds.num_classes,
+        "seeds": seeds,
+    }
+    return [
+        ("first run", base),
+        ("add one seed", {**base, "seeds": [max(seeds) + 1], "unsupervised": False}),
+    ]
 
 
 def run(bench: Any, ds: Any, src: Path, runs: Path) -> None:
@@ -102,19 +122,7 @@ def run(bench: Any, ds: Any, src: Path, runs: Path) -> None:
     for p in (home, out):
         shutil.rmtree(p, ignore_errors=True)
     env = _airflow_env(bench, home)
-    seeds = [int(s) for s in bench.args.seeds]  # the seed reference's splits too
-    new_seed = max(seeds) + 1
-    base = {
-        "source_uri": str(src),
-        "output_uri": str(out),
-        "num_classes": ds.num_classes,
-        "seeds": seeds,
-    }
-    cases = [
-        ("first run", base),
-        ("add one seed", {**base, "seeds": [new_seed], "unsupervised": False}),
-    ]
-    for case, conf in cases:
+    for case, conf in _cases(bench, ds, src, out):
         bench.set_cache(src)
         name = f"dag {case}"
         log = bench.logs / ds.name / (name.replace(" ", "_") + ".log")
@@ -156,6 +164,7 @@ def run(bench: Any, ds: Any, src: Path, runs: Path) -> None:
             }
         )
     # The reference for one more seed: copy its bytes, start one Python.
+    new_seed = _cases(bench, ds, src, out)[1][1]["seeds"][0]
     split = next(s for s in manifest["splits"] if s.endswith(f".{new_seed}"))
     files = [s["path"] for s in manifest["splits"][split]["shards"]]
     dst = runs / "cp-one-split"
@@ -312,10 +321,7 @@ def run_scheduler(bench: Any, ds: Any, src: Path, runs: Path) -> None:
     shutil.rmtree(base_dir, ignore_errors=True)
     out = base_dir / "out"
     af = Airflow(migrated_home(base_dir / "airflow"), base_dir / "airflow-logs", parallelism=None)
-    for k in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE"):  # the benchmark's bytecode choice
-        af.env.pop(k, None)
-        if k in bench.env:
-            af.env[k] = bench.env[k]
+    _with_bytecode_choice(bench, af.env)
     timeout = bench.args.job_timeout or 3600
     print(f"  [{ds.name}] dag under a scheduler: starting Airflow ...", end=" ", flush=True)
     af.start()
@@ -348,19 +354,7 @@ def run_scheduler(bench: Any, ds: Any, src: Path, runs: Path) -> None:
         if warm.get("state") != "success":
             raise RuntimeError(f"{ds.name}: the warm-up run failed; logs {af.logs}")
         print("ready", flush=True)
-        seeds = [int(s) for s in bench.args.seeds]
-        new_seed = max(seeds) + 1
-        base = {
-            "source_uri": str(src),
-            "output_uri": str(out),
-            "num_classes": ds.num_classes,
-            "seeds": seeds,
-        }
-        cases = [
-            ("first run", base),
-            ("add one seed", {**base, "seeds": [new_seed], "unsupervised": False}),
-        ]
-        for case, conf in cases:
+        for case, conf in _cases(bench, ds, src, out):
             bench.set_cache(src)
             print(f"  [{ds.name}] dag {case} (scheduler) ...", end=" ", flush=True)
             with _Sampler([p.pid for p in af.procs.values()]) as sampler:
