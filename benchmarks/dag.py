@@ -115,6 +115,28 @@ def _cases(bench: Any, ds: Any, src: Path, out: Path) -> list[tuple[str, dict[st
     ]
 
 
+def _dag_job(
+    dataset: str, how: str, case: str, m: Measured, manifest: dict[str, Any], **timing: Any
+) -> dict[str, Any]:
+    """A row of ``bench.jobs`` for one timed DAG run (``how``: ``dags test`` or
+    ``scheduler``), with the splits and records its manifest published."""
+    return {
+        "dataset": dataset,
+        "side": "dag",
+        "how": how,
+        "stage": case,
+        "split": None,
+        "kind": None,
+        **m.to_json(),
+        **timing,
+        "splits": sorted(manifest["splits"]),
+        "records": sum(e["num_examples"] for e in manifest["splits"].values()),
+        "bytes_read": None,
+        "bytes_written": None,
+        "mb_basis": "written",
+    }
+
+
 def run(bench: Any, ds: Any, src: Path, runs: Path) -> None:
     """Measure the DAG on ``src`` (a dataset of ``bench``); rows go to ``bench.jobs``."""
     home = runs / "airflow"
@@ -122,7 +144,8 @@ def run(bench: Any, ds: Any, src: Path, runs: Path) -> None:
     for p in (home, out):
         shutil.rmtree(p, ignore_errors=True)
     env = _airflow_env(bench, home)
-    for case, conf in _cases(bench, ds, src, out):
+    cases = _cases(bench, ds, src, out)
+    for case, conf in cases:
         bench.set_cache(src)
         name = f"dag {case}"
         log = bench.logs / ds.name / (name.replace(" ", "_") + ".log")
@@ -146,25 +169,18 @@ def run(bench: Any, ds: Any, src: Path, runs: Path) -> None:
             raise RuntimeError(f"{ds.name}: {name} failed; log {log}")
         manifest = json.loads((out / "manifest.json").read_text())
         bench.jobs.append(
-            {
-                "dataset": ds.name,
-                "side": "dag",
-                "how": "dags test",
-                "stage": case,
-                "split": None,
-                "kind": None,
-                **m.to_json(),
-                "run_seconds": times["run_seconds"],
-                "task_seconds": times["tasks"],
-                "splits": sorted(manifest["splits"]),
-                "records": sum(e["num_examples"] for e in manifest["splits"].values()),
-                "bytes_read": None,
-                "bytes_written": None,
-                "mb_basis": "written",
-            }
+            _dag_job(
+                ds.name,
+                "dags test",
+                case,
+                m,
+                manifest,
+                run_seconds=times["run_seconds"],
+                task_seconds=times["tasks"],
+            )
         )
     # The reference for one more seed: copy its bytes, start one Python.
-    new_seed = _cases(bench, ds, src, out)[1][1]["seeds"][0]
+    (new_seed,) = dict(cases)["add one seed"]["seeds"]
     split = next(s for s in manifest["splits"] if s.endswith(f".{new_seed}"))
     files = [s["path"] for s in manifest["splits"][split]["shards"]]
     dst = runs / "cp-one-split"
@@ -395,23 +411,16 @@ def run_scheduler(bench: Any, ds: Any, src: Path, runs: Path) -> None:
                 rss_by_process=by_kind,
             )
             bench.jobs.append(
-                {
-                    "dataset": ds.name,
-                    "side": "dag",
-                    "how": "scheduler",
-                    "stage": case,
-                    "split": None,
-                    "kind": None,
-                    **m.to_json(),
-                    "run_seconds": round(ended - t0, 2) if ended else None,
-                    "task_seconds": spans["tasks"],
-                    "task_ended_at": spans["ended_at"],
-                    "splits": sorted(manifest["splits"]),
-                    "records": sum(e["num_examples"] for e in manifest["splits"].values()),
-                    "bytes_read": None,
-                    "bytes_written": None,
-                    "mb_basis": "written",
-                }
+                _dag_job(
+                    ds.name,
+                    "scheduler",
+                    case,
+                    m,
+                    manifest,
+                    run_seconds=round(ended - t0, 2) if ended else None,
+                    task_seconds=spans["tasks"],
+                    task_ended_at=spans["ended_at"],
+                )
             )
     finally:
         af.stop()
@@ -429,8 +438,23 @@ def rows(jobs: list[dict[str, Any]], data: dict[str, Any]) -> list[dict[str, Any
             if j["dataset"] == ds and j["side"] == "seed" and j["stage"] in ("build", "copy")
         ]
         seed_wall = sum(j["wall_seconds"] for j in seed) if seed else None
+        copy = next(
+            (
+                j
+                for j in jobs
+                if j["dataset"] == ds
+                and j["side"] == "raw"
+                and j["stage"].startswith("cp train")
+                and j["stage"].endswith("python start-up")
+            ),
+            None,
+        )
+        references = {
+            "first run": ("seed reference, six outputs + validation copy", seed_wall),
+            "add one seed": (copy["stage"], copy["wall_seconds"]) if copy else ("-", None),
+        }
         for how in HOWS:
-            for case in ("first run", "add one seed"):
+            for case, (ref_name, ref) in references.items():
                 d = next(
                     (
                         j
@@ -444,21 +468,6 @@ def rows(jobs: list[dict[str, Any]], data: dict[str, Any]) -> list[dict[str, Any
                 )
                 if d is None:
                     continue
-                if case == "first run":
-                    ref_name, ref = "seed reference, six outputs + validation copy", seed_wall
-                else:
-                    r = next(
-                        (
-                            j
-                            for j in jobs
-                            if j["dataset"] == ds
-                            and j["side"] == "raw"
-                            and j["stage"].startswith("cp train")
-                            and j["stage"].endswith("python start-up")
-                        ),
-                        None,
-                    )
-                    ref_name, ref = (r["stage"], r["wall_seconds"]) if r else ("-", None)
                 out.append(
                     {
                         "dataset": ds,
