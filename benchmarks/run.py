@@ -131,6 +131,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="if the seed reference's 10%% splits on a dataset would take longer, "
         "run fewer and extrapolate (said so in the output)",
     )
+    p.add_argument(
+        "--dag_repeats",
+        "--dag-repeats",
+        type=int,
+        default=None,
+        help="under the scheduler, run the DAG's first run N times (fresh folders) and "
+        "report the median (default 3; 1 with --quick)",
+    )
     p.add_argument("--job_timeout", "--job-timeout", type=float, default=3 * 3600)
     p.add_argument("--keep", action="store_true", help="keep the built outputs under runs/")
     p.add_argument(
@@ -172,6 +180,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.seeds = tuple(int(s) for s in a.seeds.split(",") if s.strip())
     if a.profile is None:
         a.profile = not a.quick
+    if a.dag_repeats is None:
+        a.dag_repeats = 1 if a.quick else 3
     return a
 
 

@@ -76,6 +76,9 @@ def dag_end_to_end(run: Run) -> list[Row]:
             for k, v in sorted(r["task_seconds"].items(), key=lambda kv: -kv[1])[:4]
         )
         timed = "trigger to manifest" if r["how"] == "scheduler" else "the whole dags test process"
+        if len(r.get("repeats") or []) > 1:
+            each = ", ".join(f"{x:.1f}" for x in r["repeats"])
+            timed += f", the median of {len(r['repeats'])} runs: {each} s"
         if r["case"] == "first run" and role in TARGET_DAG and r["ratio"]:
             target = TARGET_DAG[role]
             out.append(

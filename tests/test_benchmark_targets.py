@@ -294,6 +294,22 @@ def test_the_scheduler_rows_come_first_and_are_judged_on_their_own():
     assert "19.0 (run ends 20.0)" in lines[0] and "25.0 (run 20.0)" in lines[2]
 
 
+def test_a_repeated_first_run_is_judged_on_its_median_and_lists_every_run():
+    """The scheduler's first run, repeated: the row (the median run, as
+    benchmarks.dag keeps it) is what is judged; every run is shown."""
+    jobs = dag_jobs(COUNT, 19.5, 9.0)
+    first = next(j for j in jobs if j["stage"] == "first run")
+    first.update(
+        how="scheduler",
+        repeats=[{"wall_seconds": w, "run_seconds": w + 1} for w in (21.0, 19.5, 18.0)],
+    )
+    r = targets.dag_end_to_end(run_of(jobs, {COUNT: "count"}))[0]
+    assert r["value"] == round(100 / 19.5, 2) and r["met"] is True
+    assert "the median of 3 runs: 21.0, 19.5, 18.0 s" in r["detail"]
+    line = next(x for x in dag.table(dag.rows(jobs, {COUNT: {}})).splitlines() if "first run" in x)
+    assert "19.5, median of 21.0, 19.5, 18.0 (run ends 14.5)" in line
+
+
 def test_dag_on_bytes_has_its_own_threshold_and_no_add_one_seed():
     rows = targets.dag_end_to_end(run_of(dag_jobs(BYTES, 25.0, 1.0), {BYTES: "bytes"}))
     r = only(rows)
