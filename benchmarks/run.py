@@ -4,6 +4,7 @@
     python -m benchmarks.run --quick         # small sizes: a few minutes, a smoke test
     python -m benchmarks.run --only count    # or: --only bytes (BYTES and half BYTES)
     python -m benchmarks.run --skip-seed     # without the seed reference (much faster on COUNT)
+    python -m benchmarks.run --dag_repeats 5 # the scheduler's first run timed 5 times (default 3)
     python -m benchmarks.run --only latency  # ranged reads on simulated GCS (benchmarks.latency;
                                              # without --only it runs after the datasets)
     python -m benchmarks.run --only gcs      # exact verification on GCS, COUNT (benchmarks.gcs_verify;
