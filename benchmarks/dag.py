@@ -62,7 +62,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import Measured, kind_of_process, run_measured
+from benchmarks.measure import Measured, kind_of_process, process_tree, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "ssl_imagenet_splits"
@@ -253,12 +253,14 @@ class _Sampler:
     (kept after it exits).
 
     The machine is the one being measured, so a sample is one pass over the
-    process table (the components' descendants found from one parent map,
-    not one scan per component) and the sampler's own CPU time is kept
+    process table (``process_tree`` of all four components at once, not one
+    scan per component) and the sampler's own CPU time is kept
     (``own_cpu_seconds``) to be reported beside the figures it took."""
 
     def __init__(self, roots: list[int], poll: float = 0.5) -> None:
-        self.roots = set(roots)
+        import psutil
+
+        self.roots = [psutil.Process(pid) for pid in roots]
         self.poll = poll
         self.rss: dict[int, tuple[str, int]] = {}
         self.cpu: dict[int, float] = {}
@@ -287,27 +289,11 @@ class _Sampler:
             self._sample()
             self.own_cpu_seconds += time.thread_time() - t0
 
-    def _processes(self) -> list[Any]:
-        """The roots and all their descendants, from one pass over the process table."""
-        import psutil
-
-        children: dict[int, list[Any]] = {}
-        by_pid: dict[int, Any] = {}
-        for p in psutil.process_iter(["ppid"]):
-            by_pid[p.pid] = p
-            children.setdefault(p.info["ppid"], []).append(p)
-        out, todo = [], [by_pid[pid] for pid in self.roots if pid in by_pid]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            todo.extend(children.get(p.pid, ()))
-        return out
-
     def _sample(self, first: bool = False) -> None:
         import psutil
 
         total = count = 0
-        for p in self._processes():
+        for p in process_tree(*self.roots):
             try:
                 with p.oneshot():
                     t = p.cpu_times()
@@ -473,7 +459,7 @@ def run_scheduler(bench: Any, ds: Any, src: Path, runs: Path) -> None:
         if warm.get("state") != "success":
             raise RuntimeError(f"{ds.name}: the warm-up run failed; logs {af.logs}")
         print("ready", flush=True)
-        repeats = max(1, int(getattr(bench.args, "dag_repeats", None) or 1))
+        repeats = max(1, bench.args.dag_repeats)
         for case, conf in _cases(bench, ds, src, out):
             # The first run is repeated on fresh folders (each a never-seen source to
             # that folder: validated again), the last one on ``out``, which "add one

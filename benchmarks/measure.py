@@ -63,13 +63,24 @@ class Measured:
         return asdict(self)
 
 
-def process_tree(root):  # psutil.Process -> list[psutil.Process]
+def process_tree(*roots):  # psutil.Process, ... -> list[psutil.Process]
+    """The roots that are still running and all their descendants, from one
+    pass over the process table whatever the number of roots; parents come
+    before their children."""
     import psutil
 
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
+    children: dict[int | None, list] = {}
+    alive: set[int] = set()
+    for p in psutil.process_iter(["ppid"]):
+        alive.add(p.pid)
+        children.setdefault(p.info["ppid"], []).append(p)
+    out: list = []
+    todo = [root for root in roots if root.pid in alive and root.is_running()]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p.pid, ()))
+    return out
 
 
 def run_measured(
