@@ -655,13 +655,13 @@ class StageSplit(beam.PTransform):
         )
 
 
-def clear_other_stagings(work: str, split: str, keep: str) -> None:
+def clear_other_stagings(work: str, output: str, split: str, keep: str) -> None:
     """Remove staging folders of ``split`` left by builds of other plans or
     sources (interrupted or superseded), except ``keep`` and any folder a
     publication in progress still needs (its journal names it)."""
     pending: set[str] = set()
     try:
-        journal = json.loads(storage.read_text(journal_uri(work)))
+        journal = json.loads(storage.read_text(journal_uri(output)))
         pending = {sp.get("staging") for sp in journal.get("splits", {}).values()}
     except FileNotFoundError:
         pass
@@ -812,7 +812,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # Stats say a staged build is complete: an earlier build's must not outlive
     # the start of this one (if this one dies, verify finds no stats, not old ones).
     storage.delete([spath])
-    clear_other_stagings(work, split, keep=staging)
+    clear_other_stagings(work, output, split, keep=staging)
     with Progress(
         split,
         progress_dir(work, "build", split),

@@ -81,6 +81,10 @@ class SplitSpec:
             layout=layout,
         )
 
+    def rebuilt(self, reason: str) -> SplitSpec:
+        """This spec, built whatever its decision was (``reason`` says why)."""
+        return dataclasses.replace(self, action="build", reason=reason)
+
     @property
     def is_copy(self) -> bool:
         """The validation set: copied from the source, not built from a plan."""

@@ -4,6 +4,16 @@ Readers (training jobs) look at the published shard names only::
 
     {output_uri}/{split}-SSSSS-of-NNNNN          a published split's shards
     {output_uri}/manifest.json                   the commit point (default manifest_uri)
+    {output_uri}/manifest.versions/              every manifest version published
+    {output_uri}/dataset_info.json, features.json    TFDS metadata (from the manifest)
+
+What belongs to the output folder whatever the work folder is, in its
+control folder ``{output_uri}/_ssl_splits/``::
+
+    _ssl_splits/lock.json                        one writer per output folder (a lease)
+    _ssl_splits/clock                            written to read the storage's clock
+    _ssl_splits/publishing.json                  a publication in progress (its journal)
+    _ssl_splits/tfds.json                        the TFDS metadata files it wrote
 
 Everything else lives under the work folder (default ``{output_uri}/_work``),
 which no split glob matches::
@@ -14,8 +24,6 @@ which no split glob matches::
     _work/staging/{split}/{token}/               a build's shards before they are published
     _work/stats/{split}.json                     what the last build of a split wrote
     _work/verify/{split}.json                    the last verification report of a split
-    _work/publishing.json                        a publication in progress (its journal)
-    _work/lock.json                              one writer per output folder
     _work/_progress/{job}-{split}/               progress markers of a running job
 
 The shard naming rule (``shard_name``) is the product's contract: readers glob
@@ -52,8 +60,11 @@ STAGING_DIR = "staging"
 RECORDS_DIR = "records"
 STATS_DIR = "stats"
 VERIFY_DIR = "verify"
+CONTROL_DIR = "_ssl_splits"
 JOURNAL_NAME = "publishing.json"
 LOCK_NAME = "lock.json"
+CLOCK_NAME = "clock"
+TFDS_RECORD_NAME = "tfds.json"
 
 SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
 
@@ -321,10 +332,26 @@ def report_uri(work_uri: str, split: str) -> str:
     return storage.join(work_uri, VERIFY_DIR, f"{split}.json")
 
 
-def journal_uri(work_uri: str) -> str:
-    """The journal of a publication in progress (``ssl_splits.commit``)."""
-    return storage.join(work_uri, JOURNAL_NAME)
+def control_dir(output_uri: str) -> str:
+    """The output folder's own bookkeeping: what belongs to the folder, not to a run."""
+    return storage.join(output_uri, CONTROL_DIR)
 
 
-def lock_uri(work_uri: str) -> str:
-    return storage.join(work_uri, LOCK_NAME)
+def journal_uri(output_uri: str) -> str:
+    """The journal of a publication in progress into ``output_uri`` (``ssl_splits.commit``)."""
+    return storage.join(control_dir(output_uri), JOURNAL_NAME)
+
+
+def lock_uri(output_uri: str) -> str:
+    """The output folder's lock (``ssl_splits.lock``), wherever the work folder is."""
+    return storage.join(control_dir(output_uri), LOCK_NAME)
+
+
+def clock_uri(output_uri: str) -> str:
+    """Written to read the storage's clock (``storage.clock``) beside the lock."""
+    return storage.join(control_dir(output_uri), CLOCK_NAME)
+
+
+def tfds_record_uri(output_uri: str) -> str:
+    """Which TFDS metadata files the product wrote into ``output_uri`` (and their versions)."""
+    return storage.join(control_dir(output_uri), TFDS_RECORD_NAME)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from beam_jobs import storage
-from beam_jobs.layout import glob_strays, journal_uri, parse_shard_name, split_glob, work_default
+from beam_jobs.layout import glob_strays, journal_uri, parse_shard_name, split_glob
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -198,11 +198,9 @@ def entry_problems(entry: dict[str, Any], *, read_legacy: bool = False) -> list[
 def pending_publication(doc: dict[str, Any], manifest_uri: str) -> dict[str, Any] | None:
     """The journal of a publication into this manifest's folder that started
     and did not finish (``ssl_splits.commit``), if there is one."""
-    work = doc.get("work_uri") or work_default(
-        doc.get("output_uri") or storage.dirname(manifest_uri)
-    )
+    output = doc.get("output_uri") or storage.dirname(manifest_uri)
     try:
-        journal = json.loads(storage.read_text(journal_uri(work)))
+        journal = json.loads(storage.read_text(journal_uri(output)))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return journal if journal.get("manifest_uri") == manifest_uri else None

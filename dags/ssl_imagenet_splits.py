@@ -82,8 +82,9 @@ with DAG(
     checked = check_params()
 
     @task(retries=0)
-    def acquire_lock(config: dict) -> str:
-        """Setup: one run at a time writes an output folder (fails, naming the holder)."""
+    def acquire_lock(config: dict) -> dict:
+        """Setup: one run at a time writes an output folder (fails, naming the holder);
+        returns the lease (a token) the run's other tasks hold the lock with."""
         from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
         from ssl_splits.lock import runs_whole_dag_in_process
@@ -117,11 +118,9 @@ with DAG(
         from ssl_splits.templates import skip_plan_without_catalog
 
         skip_plan_without_catalog(config, source)
-        with (
-            airflow_storage(),
-            tasks.holding_lock(config, {"run_id": get_current_context()["run_id"]}),
-        ):
-            return tasks.plan(config, source)
+        lease = get_current_context()["ti"].xcom_pull(task_ids="acquire_lock")
+        with airflow_storage(), tasks.holding_lock(lease) as fence:
+            return tasks.plan(config, source, fence)
 
     specs = plan(checked["config"], checked["source"])
     locked >> validate_source >> specs
@@ -158,8 +157,9 @@ with DAG(
         # single mapped value itself, a dict).
         jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids=["build"]) or []) if r}
         run_info = {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]}
-        with airflow_storage(), tasks.holding_lock(config, run_info):
-            result = tasks.publish_manifest(config, source, specs, jobs, run_info)
+        lease = ctx["ti"].xcom_pull(task_ids="acquire_lock")
+        with airflow_storage(), tasks.holding_lock(lease) as fence:
+            result = tasks.publish_manifest(config, source, specs, jobs, run_info, fence)
         ctx["outlet_events"][MANIFEST_ASSET].extra = {
             "manifest_uri": result["manifest_uri"],
             "changed": result["changed"],
@@ -175,8 +175,8 @@ with DAG(
         from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
 
-        ctx = get_current_context()
+        lease = get_current_context()["ti"].xcom_pull(task_ids="acquire_lock")
         with airflow_storage():
-            return tasks.release_lock(dict(ctx["params"]), {"run_id": ctx["run_id"]})
+            return tasks.release_lock(lease)
 
     published >> release_lock().as_teardown(setups=locked)

@@ -80,7 +80,7 @@ def test_nothing_has_a_published_name_before_publish(small_source, tmp_path, cat
     bs.publish(run)
     assert names(run.output_uri, SPLIT) == [layout.shard_name(SPLIT, s, 3) for s in range(3)]
     # The staged copies are gone (renamed), and so is the journal.
-    assert not storage.exists(layout.journal_uri(run.work_uri))
+    assert not storage.exists(layout.journal_uri(run.output_uri))
     assert not list(Path(run.work_uri, "staging").rglob(f"{SPLIT}-*"))
 
 
@@ -126,7 +126,7 @@ def test_a_staged_shard_changed_after_verification_is_not_published(
     ):
         bs.publish(run)
     assert names(run.output_uri, SPLIT) == [] and not storage.exists(run.manifest_uri)
-    assert not storage.exists(layout.journal_uri(run.work_uri))
+    assert not storage.exists(layout.journal_uri(run.output_uri))
 
 
 @pytest.mark.parametrize(
@@ -145,7 +145,7 @@ def test_an_interrupted_publication_is_refused_then_finished_by_the_next_run(
     with pytest.raises((Stop, PublishError)):  # storage failing mid-switch: PublishError
         bs.publish(again, "manual__2")
     monkeypatch.undo()
-    journal = layout.journal_uri(run.work_uri)
+    journal = layout.journal_uri(run.output_uri)
     assert storage.exists(journal)
     # Untouched splits load; the one being replaced loads only while its files
     # are still the old ones, else it is refused, saying why.
@@ -184,7 +184,7 @@ def test_a_retried_publish_task_finishes_its_own_publication(published, catalog_
     monkeypatch.undo()
     result = bs.publish(again, "manual__2")  # the task's retry, same run
     assert result["changed"] == [SPLIT]
-    assert not storage.exists(layout.journal_uri(run.work_uri))
+    assert not storage.exists(layout.journal_uri(run.output_uri))
     load_split(run.manifest_uri, SPLIT)
 
 

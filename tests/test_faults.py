@@ -7,29 +7,24 @@ secrets check is in test_dag.py (it needs a whole DAG run).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
 from support import built_splits as bs
 from support.common import PYTHON, ROOT
-from support.gcs_fault_proxy import emulator_delete, emulator_write
 
 from beam_jobs import layout, storage
 from beam_jobs.synthetic import Spec, generate
 
 pytest.importorskip("airflow")
 
-from airflow.sdk.exceptions import AirflowFailException  # noqa: E402
 from ssl_splits import lock  # noqa: E402
 from ssl_splits.publish import PublishError  # noqa: E402
 from ssl_splits.tasks import TaskError  # noqa: E402
@@ -283,282 +278,6 @@ def test_a_moved_source_is_read_from_where_it_is_now(source_copy, tmp_path, how)
     assert doc["splits"]["validation"]["copied_from"] == str(source_copy)
 
 
-# --------------------------------------------------------------------------- locks
-
-
-@pytest.fixture(params=["local", "gcs"])
-def work_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "work")
-    bucket = request.getfixturevalue("gcs_bucket")
-    return f"{bucket}/out/_work"
-
-
-KW = {"dag_id": "d", "output_uri": "/out"}
-RACE_ROUNDS = 20  # on GCS too: the README's faults table says so
-
-
-def test_lock_excludes_a_second_run(work_uri):
-    kw = KW
-    uri = lock.acquire(work_uri, run_id="run-a", **kw)
-    assert lock.acquire(work_uri, run_id="run-a", **kw) == uri  # a retry of the same run
-    with pytest.raises(lock.LockHeld, match=r"run-a .* delete .*lock\.json"):
-        lock.acquire(work_uri, run_id="run-b", **kw)
-    assert lock.release(work_uri, run_id="run-b") is False  # never another run's lock
-    assert storage.exists(uri)
-    assert lock.release(work_uri, run_id="run-a") is True
-    lock.acquire(work_uri, run_id="run-b", **kw)
-
-
-def _holder(work_uri: str) -> dict:
-    return json.loads(storage.read_text(layout.lock_uri(work_uri)))
-
-
-def test_a_lease_not_renewed_lapses_and_its_run_learns_who_took_over(work_uri):
-    # A run killed without its teardown (an OOM-killed worker) stops renewing:
-    # its lock blocks the folder for one lease, not a day; when it comes back
-    # its next renewal fails naming the run that took over, and it cannot
-    # release that run's lock.
-    lease = dt.timedelta(seconds=1)
-    lock.acquire(work_uri, run_id="run-a", lease=lease, **KW)
-    with pytest.raises(lock.LockHeld, match=r"run run-a of d .*lease"):
-        lock.acquire(work_uri, run_id="run-b", **KW)
-    time.sleep(1.3)
-    lock.acquire(work_uri, run_id="run-b", **KW)
-    assert _holder(work_uri)["run_id"] == "run-b"
-    with pytest.raises(lock.LockLost, match=r"no longer holds .*run run-b of d"):
-        lock.renew(work_uri, run_id="run-a")
-    assert issubclass(lock.LockLost, AirflowFailException)  # fails the task, no retry
-    assert lock.release(work_uri, run_id="run-a") is False
-    assert _holder(work_uri)["run_id"] == "run-b"
-
-
-def test_a_renewed_lease_keeps_a_long_run_s_lock(work_uri):
-    lease = dt.timedelta(seconds=1)
-    lock.acquire(work_uri, run_id="run-a", lease=lease, **KW)
-    first = _holder(work_uri)
-    with lock.holding(work_uri, run_id="run-a", lease=lease, every=0.2):
-        t_end = time.monotonic() + 3 * lease.total_seconds()
-        while time.monotonic() < t_end:  # three leases long: kept by the renewals
-            with pytest.raises(lock.LockHeld):
-                lock.acquire(work_uri, run_id="run-b", **KW)
-            time.sleep(0.25)
-        renewed = _holder(work_uri)
-    assert renewed["run_id"] == "run-a" and renewed["acquired_at"] == first["acquired_at"]
-    assert renewed["expires_at"] > first["expires_at"]
-    time.sleep(1.3)  # renewals stopped with the task: the lease lapses
-    lock.acquire(work_uri, run_id="run-b", **KW)
-
-
-def test_a_run_whose_lock_was_taken_fails_naming_the_taker(work_uri):
-    lock.acquire(work_uri, run_id="run-a", **KW)
-    with pytest.raises(lock.LockLost, match=r"run run-b of d"):
-        with lock.holding(work_uri, run_id="run-a", every=0.1):
-            storage.delete([layout.lock_uri(work_uri)])  # deleted by hand ("if it is dead")
-            lock.acquire(work_uri, run_id="run-b", **KW)
-            time.sleep(0.5)  # the renewal thread notices
-    # Its next task fails at its start.
-    with pytest.raises(lock.LockLost, match=r"run run-b of d"):
-        with lock.holding(work_uri, run_id="run-a"):
-            pass
-    assert _holder(work_uri)["run_id"] == "run-b"
-    storage.delete([layout.lock_uri(work_uri)])
-    with pytest.raises(lock.LockLost, match=r"was removed"):
-        lock.renew(work_uri, run_id="run-a")
-
-
-HOLD_AND_WAIT = """
-import sys, time
-sys.path.insert(0, "plugins")
-from ssl_splits import lock
-lock.acquire(sys.argv[1], run_id="killed", dag_id="d", output_uri="/out", in_process=True)
-print("held", flush=True)
-time.sleep(600)
-"""
-
-
-def test_a_killed_in_process_run_frees_the_folder_at_once(work_uri):
-    # `airflow dags test` runs the whole DAG run in its own process; SIGKILLed,
-    # its lock names a process that is gone: a rerun takes the folder at once,
-    # well within the dead run's lease.
-    proc = subprocess.Popen(
-        [PYTHON, "-c", HOLD_AND_WAIT, work_uri], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-        holder = _holder(work_uri)
-        assert holder["in_process"] is True and holder["pid"] == proc.pid
-        with pytest.raises(lock.LockHeld, match="run killed"):  # alive: it keeps it
-            lock.acquire(work_uri, run_id="rerun", **KW)
-    finally:
-        proc.kill()
-        proc.wait()
-    lock.acquire(work_uri, run_id="rerun", **KW)
-    assert _holder(work_uri)["run_id"] == "rerun"
-
-
-def _dead_pid() -> int:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid
-
-
-@pytest.mark.parametrize(
-    "change, free",
-    [
-        ({"pid": "dead"}, True),
-        ({"pid": "mine", "pid_started": -1000.0}, True),  # the pid was reused
-        ({"pid": "mine"}, False),  # alive
-        ({"pid": "dead", "in_process": False}, False),  # a worker's task: the lease rules
-        ({"pid": "dead", "host": "elsewhere"}, False),
-        ({"pid": "dead", "boot_id": "another-boot"}, False),
-        ({"pid": "dead", "pid_ns": "pid:[1]"}, False),  # another container on this host
-    ],
-    ids=[
-        "dead",
-        "pid-reused",
-        "alive",
-        "not-in-process",
-        "other-host",
-        "rebooted",
-        "other-pid-namespace",
-    ],
-)
-def test_only_a_gone_in_process_holder_on_this_machine_is_free_before_its_lease(
-    tmp_path, change, free
-):
-    work = str(tmp_path / "work")
-    lock.acquire(work, run_id="old", in_process=True, **KW)
-    holder = _holder(work)
-    change = dict(change)
-    pid = change.pop("pid")
-    holder["pid"] = _dead_pid() if pid == "dead" else os.getpid()
-    if "pid_started" in change:
-        holder["pid_started"] += change.pop("pid_started")
-    holder.update(change)
-    storage.write_text(layout.lock_uri(work), json.dumps(holder), "application/json")
-    if free:
-        lock.acquire(work, run_id="new", **KW)
-        assert _holder(work)["run_id"] == "new"
-    else:
-        with pytest.raises(lock.LockHeld, match="run old"):
-            lock.acquire(work, run_id="new", **KW)
-
-
-@pytest.mark.gcs
-def test_a_lock_released_between_its_metadata_read_and_download_is_free(
-    gcs_emulator, gcs_bucket, proxy
-):
-    work = f"{gcs_bucket}/out/_work"
-    lock.acquire(work, run_id="run-a", **KW)
-    bucket, name = storage.split_gcs(layout.lock_uri(work))
-    fired: list[str] = []
-
-    def release_before_download(method: str, path: str) -> None:
-        if method == "GET" and "alt=media" in path and name in unquote(path) and not fired:
-            fired.append(path)
-            emulator_delete(gcs_emulator, bucket, name)  # run-a's teardown, just then
-
-    proxy.faults.before = release_before_download
-    lock.acquire(work, run_id="run-b", **KW)
-    assert fired, "the lock was never downloaded"
-    assert _holder(work)["run_id"] == "run-b"
-
-
-@pytest.mark.gcs
-def test_release_on_gcs_leaves_a_lock_taken_over_in_between(gcs_emulator, gcs_bucket, proxy):
-    work = f"{gcs_bucket}/out/_work"
-    lock.acquire(work, run_id="run-a", **KW)
-    bucket, name = storage.split_gcs(layout.lock_uri(work))
-    other = json.dumps({**_holder(work), "run_id": "run-b"}).encode()
-    fired: list[str] = []
-
-    def take_over_before_delete(method: str, path: str) -> None:
-        if method == "DELETE" and name in unquote(path) and not fired:
-            fired.append(path)
-            emulator_write(gcs_emulator, bucket, name, other)
-
-    proxy.faults.before = take_over_before_delete
-    assert lock.release(work, run_id="run-a") is False
-    assert fired
-    assert _holder(work)["run_id"] == "run-b"
-
-
-def test_release_on_a_local_folder_leaves_a_lock_taken_over_in_between(tmp_path):
-    import fcntl
-
-    work = str(tmp_path / "work")
-    uri = lock.acquire(work, run_id="run-a", **KW)
-    result: list[bool] = []
-    with open(uri + lock.GUARD_SUFFIX, "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # a takeover in progress
-        t = threading.Thread(target=lambda: result.append(lock.release(work, run_id="run-a")))
-        t.start()
-        time.sleep(0.3)
-        assert t.is_alive(), "release did not wait for the guard"
-        storage.write_text(
-            uri, json.dumps({**_holder(work), "run_id": "run-b"}), "application/json"
-        )
-        fcntl.flock(guard, fcntl.LOCK_UN)
-    t.join(timeout=10)
-    assert result == [False]
-    assert _holder(work)["run_id"] == "run-b"
-
-
-@pytest.mark.parametrize("stale", [False, True], ids=["free", "stale"])
-def test_racing_runs_one_wins(work_uri, stale):
-    # Rounds of 4 racing takers, on a free folder or on a crashed run's
-    # lapsed lease: exactly one wins each round (a lock created empty, then
-    # written, once let a racing reader take it for stale: two winners).
-    for _ in range(RACE_ROUNDS):
-        if stale:  # a lock whose run crashed two days ago
-            lock.acquire(work_uri, run_id="crashed", **KW)
-            uri = layout.lock_uri(work_uri)
-            holder = json.loads(storage.read_text(uri))
-            holder["expires_at"] = (
-                dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)
-            ).isoformat()
-            storage.write_text(uri, json.dumps(holder), "application/json")
-        _race_once(work_uri, KW)
-        storage.delete([layout.lock_uri(work_uri)])
-    if not storage.is_gcs(work_uri):
-        # no litter: at most the (empty) guard of stale takeovers
-        assert set(os.listdir(work_uri)) <= {"lock.json" + lock.GUARD_SUFFIX}
-
-
-def _race_once(work_uri, kw):
-    barrier = threading.Barrier(4)
-    won, lost = [], []
-
-    def contend(i: int) -> None:
-        barrier.wait()
-        try:
-            with storage.use_client(None):
-                lock.acquire(work_uri, run_id=f"run-{i}", **kw)
-            won.append(i)
-        except lock.LockHeld:
-            lost.append(i)
-
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1 and len(lost) == 3, (won, lost)
-    assert json.loads(storage.read_text(layout.lock_uri(work_uri)))["run_id"] == f"run-{won[0]}"
-
-
-def test_lock_cli_free():
-    # The lock module must not need Airflow at import time beyond storage.
-    out = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, 'plugins'); import ssl_splits.lock"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
-
-
 # --------------------------------------------------------------------------- whole DAG runs
 
 CANARY_PASSWORD = "canary-pw-3f9a61"
@@ -596,7 +315,6 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
         for h in homes
     ]
     output = tmp_path / "out"
-    work = str(output / "_work")
     conf = {
         "source_uri": str(small_source),
         "output_uri": str(output),
@@ -606,7 +324,7 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
         "num_classes": 10,
         "direct_num_workers": 1,
     }
-    lock_file = output / "_work" / "lock.json"
+    lock_file = output / "_ssl_splits" / "lock.json"
 
     # K, killed once it holds the folder.
     with open(tmp_path / "k.log", "w") as k_log:
@@ -642,6 +360,7 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
                 {
                     **envs[0],
                     "SSL_SPLITS_LOCK_LEASE_SECONDS": "4",
+                    "SSL_SPLITS_GCS_RETRY_DEADLINE": "1",
                     "SSL_SPLITS_FAILPOINT": "verify.start~20",
                 },
                 log=tmp_path / "a.log",
@@ -672,9 +391,9 @@ def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_pa
             continue
         intruder["renewals"].add(now["renewed_at"])
         try:
-            lock.acquire(work, run_id="intruder", dag_id="d", output_uri=str(output))
+            held = lock.acquire(str(output), run_id="intruder", dag_id="d")
             intruder["won"].append(now)
-            lock.release(work, run_id="intruder")
+            lock.release(held)
         except lock.LockHeld:
             intruder["held"] += 1
         time.sleep(0.3)

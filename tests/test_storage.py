@@ -273,9 +273,7 @@ def test_gcs_pins_generations(gcs_bucket):
             storage.StorageError, match=f"src \\(generation {first.generation}\\) no longer exists"
         ):
             reader.read(uri, 0, 3)
-    from google.api_core.exceptions import PreconditionFailed
-
-    with pytest.raises(PreconditionFailed):
+    with pytest.raises(storage.PreconditionFailed):
         storage.place(uri, f"{gcs_bucket}/dst", source_generation=first.generation)
     assert not storage.exists(f"{gcs_bucket}/dst")
     with pytest.raises(

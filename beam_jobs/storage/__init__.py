@@ -23,16 +23,24 @@ from __future__ import annotations
 from typing import IO, Iterable, Iterator
 
 from beam_jobs.storage.base import (
+    MISSING,
     READ_CHUNK,
     AtomicWriter,
     Backend,
     FileInfo,
+    PreconditionFailed,
     StorageError,
     crc32c_hex,
 )
 from beam_jobs.storage.gcs import PREFIX as GCS_PREFIX
-from beam_jobs.storage.gcs import UPLOAD_CHUNK, crc32c_from_gcs, gcs_client, split_gcs, use_client
-from beam_jobs.storage.gcs import retry as _retry
+from beam_jobs.storage.gcs import (
+    UPLOAD_CHUNK,
+    crc32c_from_gcs,
+    gcs_client,
+    retry_deadline,
+    split_gcs,
+    use_client,
+)
 from beam_jobs.storage.ranges import RangeReader
 from beam_jobs.storage.schemes import BACKENDS, backend
 
@@ -101,6 +109,37 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+def read_versioned(uri: str, max_bytes: int = 64 << 20) -> tuple[bytes, FileInfo]:
+    """The whole file and the FileInfo of exactly the version read (its
+    ``version`` is what :func:`write_if`, :func:`delete_if` and :func:`place`
+    compare); FileNotFoundError when missing, StorageError when larger than
+    ``max_bytes`` (nothing read)."""
+    return backend(uri).read_versioned(uri, max_bytes)
+
+
+# --------------------------------------------------------------------------- conditional operations
+
+
+def write_if(
+    uri: str, data: bytes, *, if_version: str, content_type: str = "application/json"
+) -> FileInfo:
+    """Create (``if_version=MISSING``) or replace a whole file only if it is at
+    ``if_version``, atomically with the check; PreconditionFailed otherwise."""
+    return backend(uri).write_if(uri, data, content_type, if_version)
+
+
+def delete_if(uri: str, *, if_version: str) -> bool:
+    """Delete a file only if it is at ``if_version`` (PreconditionFailed
+    otherwise); False when it does not exist."""
+    return backend(uri).delete_if(uri, if_version)
+
+
+def clock(probe_uri: str) -> float:
+    """The storage's own time (seconds since the epoch), read by writing
+    ``probe_uri``: what leases are judged by, whatever this machine's clock says."""
+    return backend(probe_uri).clock(probe_uri)
+
+
 def write_bytes(
     uri: str, data: bytes, content_type: str = "application/octet-stream", durable: bool = True
 ) -> None:
@@ -165,7 +204,9 @@ def copy(src: str, dst: str) -> None:
             fout.write(chunk)
 
 
-def place(src: str, dst: str, *, source_generation: int | None = None) -> None:
+def place(
+    src: str, dst: str, *, source_generation: int | None = None, if_version: str | None = None
+) -> None:
     """Give the file ``src`` the name ``dst`` (replacing what is there), atomically
     for readers of ``dst``: they see the old file or the new one, never a part.
 
@@ -174,11 +215,14 @@ def place(src: str, dst: str, *, source_generation: int | None = None) -> None:
     then a rename). On GCS a server-side copy (rewrite), only of the object
     generation given (a replaced source fails with 412 instead of being
     published); ``src`` stays until the caller deletes it.
+
+    ``if_version``: only if ``dst`` is at that version (``MISSING``: absent),
+    checked atomically with the placement; PreconditionFailed otherwise.
     """
     source = backend(src)
     if backend(dst) is not source:
         raise ValueError(f"cannot place {src} at {dst}: both must be local or both gs://")
-    source.place(src, dst, source_generation)
+    source.place(src, dst, source_generation, if_version)
 
 
 def rename(src: str, dst: str) -> None:
@@ -194,6 +238,13 @@ def rename(src: str, dst: str) -> None:
 __all__ = [
     "BACKENDS",
     "GCS_PREFIX",
+    "MISSING",
+    "PreconditionFailed",
+    "clock",
+    "delete_if",
+    "read_versioned",
+    "retry_deadline",
+    "write_if",
     "READ_CHUNK",
     "UPLOAD_CHUNK",
     "AtomicWriter",
@@ -229,5 +280,4 @@ __all__ = [
     "use_client",
     "write_bytes",
     "write_text",
-    "_retry",
 ]

@@ -15,7 +15,18 @@ backend directly. A backend's guarantees, which the contract tests
   from whole-file reads, ``False`` from :meth:`Backend.delete`;
 * ranged reads return exactly the bytes asked for, or raise
   :class:`StorageError` naming the file and offset, and count what they
-  fetched from storage.
+  fetched from storage;
+* conditional operations (:meth:`Backend.write_if`, :meth:`Backend.delete_if`,
+  :meth:`Backend.place` with ``if_version``) act only when the file is at the
+  version the caller names (:data:`MISSING`: it must not exist), atomically
+  with that check, or raise :class:`PreconditionFailed` and change nothing.
+  GCS checks generations server-side; locally every conditional operation on a
+  folder holds that folder's ``flock`` while it compares and renames;
+* :meth:`Backend.clock` is the storage's own time (what it stamps on a write),
+  so that leases are judged by one clock whatever the callers' clocks say.
+
+The commit protocol (``ssl_splits.lock``, ``ssl_splits.publish``,
+``ssl_splits.commit``) is written against these operations only.
 """
 
 from __future__ import annotations
@@ -32,6 +43,15 @@ class StorageError(RuntimeError):
     """A storage operation failed after retries; the message names the URI."""
 
 
+class PreconditionFailed(StorageError):
+    """A conditional operation found the file at another version than the one
+    named (or present where it had to be missing): nothing was changed."""
+
+
+# The version that means "this file must not exist" (GCS's generation 0).
+MISSING = "0"
+
+
 def crc32c_hex(value: int) -> str:
     """A CRC32C as the project writes it: 8 lowercase hex digits."""
     return f"{value & 0xFFFFFFFF:08x}"
@@ -42,7 +62,11 @@ class FileInfo:
     """What storage says about one file, without reading it.
 
     ``crc32c`` (8 hex digits, of the whole object) and ``generation`` are set
-    for gs:// objects; ``mtime_ns`` for local files.
+    for gs:// objects; ``mtime_ns`` for local files. ``version`` is what the
+    conditional operations compare (the generation on GCS; inode, modification
+    time and size locally: a replaced file always has another one);
+    ``modified`` the storage's time of the last write (seconds since the epoch,
+    the storage's clock).
     """
 
     path: str
@@ -50,6 +74,8 @@ class FileInfo:
     crc32c: str | None = None
     generation: int | None = None
     mtime_ns: int | None = None
+    version: str | None = None
+    modified: float | None = None
 
     def identity(self) -> str:
         """A string that changes when the file's content is replaced."""
@@ -180,6 +206,30 @@ class Backend(abc.ABC):
         """The whole file; FileNotFoundError when it does not exist."""
 
     @abc.abstractmethod
+    def read_versioned(self, uri: str, max_bytes: int) -> tuple[bytes, FileInfo]:
+        """The whole file and the FileInfo of exactly the version read;
+        FileNotFoundError when it does not exist, StorageError when it is
+        larger than ``max_bytes`` (nothing read then)."""
+
+    # ------------------------------------------------------------------ conditional operations
+
+    @abc.abstractmethod
+    def write_if(self, uri: str, data: bytes, content_type: str, if_version: str) -> FileInfo:
+        """Create (``if_version`` = :data:`MISSING`) or replace (the version
+        read) a whole file, atomically and only if it is at ``if_version``;
+        PreconditionFailed otherwise. Returns the new file's FileInfo."""
+
+    @abc.abstractmethod
+    def delete_if(self, uri: str, if_version: str) -> bool:
+        """Delete a file only if it is at ``if_version`` (PreconditionFailed
+        otherwise); False when it does not exist."""
+
+    @abc.abstractmethod
+    def clock(self, probe_uri: str) -> float:
+        """The storage's time now (seconds since the epoch), as it stamps a
+        write: ``probe_uri`` (a file of the caller's) is written to read it."""
+
+    @abc.abstractmethod
     def write_bytes(self, uri: str, data: bytes, content_type: str, durable: bool) -> None:
         """Write a whole file atomically (``durable``: survive a power loss too)."""
 
@@ -214,10 +264,13 @@ class Backend(abc.ABC):
         """Copy one file within this backend; ``dst`` appears whole or not at all."""
 
     @abc.abstractmethod
-    def place(self, src: str, dst: str, source_generation: int | None) -> None:
+    def place(
+        self, src: str, dst: str, source_generation: int | None, if_version: str | None = None
+    ) -> None:
         """Give ``src`` the name ``dst`` atomically for readers of ``dst``, keeping
         the identity a manifest records; only ``source_generation`` of ``src``
-        where the scheme has generations."""
+        where the scheme has generations; only if ``dst`` is at ``if_version``
+        (:data:`MISSING`: absent) when one is given, else PreconditionFailed."""
 
     def rename(self, src: str, dst: str) -> None:
         """Move one file within this backend (by default: copy, then delete)."""

@@ -25,10 +25,12 @@ import threading
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, cast
 
 from beam_jobs.storage.base import (
+    MISSING,
     AtomicWriter,
     Backend,
     Count,
     FileInfo,
+    PreconditionFailed,
     RangeSource,
     StorageError,
 )
@@ -102,6 +104,12 @@ def use_client(client: Any) -> Iterator[None]:
         _local.client = old
 
 
+def retry_deadline() -> float:
+    """How long a storage call retries before it fails (``SSL_SPLITS_GCS_RETRY_DEADLINE``,
+    seconds, default 300): the longest one step of the commit protocol can take."""
+    return float(os.environ.get("SSL_SPLITS_GCS_RETRY_DEADLINE") or 300)
+
+
 def retry(on_error: Callable[[Exception], None] | None = None) -> Retry:
     """google-cloud-storage's retry policy (exponential backoff with jitter on
     429, 5xx, timeouts and dropped connections), giving up after
@@ -110,8 +118,7 @@ def retry(on_error: Callable[[Exception], None] | None = None) -> Retry:
     from google.api_core.retry import Retry
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    deadline = float(os.environ.get("SSL_SPLITS_GCS_RETRY_DEADLINE") or 300)
-    policy = DEFAULT_RETRY.with_timeout(deadline).with_delay(initial=0.5, maximum=10.0)
+    policy = DEFAULT_RETRY.with_timeout(retry_deadline()).with_delay(initial=0.5, maximum=10.0)
     if on_error is None:
         return cast("Retry", policy)
     return Retry(
@@ -137,12 +144,22 @@ def _blob(uri: str, generation: int | None = None) -> Any:
     return gcs_client().bucket(bucket).blob(name, generation=generation)
 
 
+def precondition_failed() -> type[Exception]:
+    """The error google-cloud-storage raises for 412, for ``except``."""
+    from google.api_core.exceptions import PreconditionFailed as Failed
+
+    return Failed
+
+
 def _info(uri: str, blob: Any) -> FileInfo:
+    generation = int(blob.generation) if blob.generation is not None else None
     return FileInfo(
         path=uri,
         size=int(blob.size or 0),
         crc32c=crc32c_from_gcs(blob.crc32c),
-        generation=int(blob.generation) if blob.generation is not None else None,
+        generation=generation,
+        version=str(generation) if generation is not None else None,
+        modified=blob.updated.timestamp() if blob.updated is not None else None,
     )
 
 
@@ -275,6 +292,68 @@ class GcsBackend(Backend):
         except not_found():
             raise FileNotFoundError(uri) from None
 
+    def read_versioned(self, uri: str, max_bytes: int) -> tuple[bytes, FileInfo]:
+        """The metadata, then the media of exactly that generation (read again
+        when it was replaced in between)."""
+        for _ in range(8):
+            blob = _blob(uri)
+            try:
+                blob.reload(retry=retry())
+                info = _info(uri, blob)
+                if info.size > max_bytes:
+                    raise StorageError(
+                        f"{uri} is {info.size} bytes, more than {max_bytes} expected"
+                    )
+                data = blob.download_as_bytes(
+                    if_generation_match=info.generation, retry=retry(), checksum="crc32c"
+                )
+            except not_found():
+                raise FileNotFoundError(uri) from None
+            except precondition_failed():
+                continue  # replaced between the metadata read and the download
+            return bytes(data), info
+        raise StorageError(f"{uri} kept changing while it was read")
+
+    def write_if(self, uri: str, data: bytes, content_type: str, if_version: str) -> FileInfo:
+        """A single-request upload with ``ifGenerationMatch`` (0: must not exist).
+        Conditional writes carry the commit protocol's documents (manifest, lock,
+        journal), which readers must never get from a cache: ``no-cache``."""
+        blob = _blob(uri)
+        blob.cache_control = "no-cache"
+        try:
+            blob.upload_from_string(
+                data,
+                content_type=content_type,
+                if_generation_match=int(if_version),
+                retry=retry(),
+                checksum="crc32c",
+            )
+        except precondition_failed():
+            raise PreconditionFailed(
+                f"{uri} is not at generation {if_version}"
+                f"{' (it exists)' if if_version == MISSING else ''}: nothing was changed"
+            ) from None
+        return _info(uri, blob)
+
+    def delete_if(self, uri: str, if_version: str) -> bool:
+        try:
+            _blob(uri).delete(if_generation_match=int(if_version), retry=retry())
+            return True
+        except not_found():
+            return False
+        except precondition_failed():
+            raise PreconditionFailed(
+                f"{uri} is not at generation {if_version}: not deleted"
+            ) from None
+
+    def clock(self, probe_uri: str) -> float:
+        """The ``updated`` time GCS stamps on a small upload of ``probe_uri``."""
+        blob = _blob(probe_uri)
+        blob.upload_from_string(b"clock\n", content_type="text/plain", retry=retry())
+        if blob.updated is None:
+            blob.reload(retry=retry())
+        return float(blob.updated.timestamp())
+
     def write_bytes(self, uri: str, data: bytes, content_type: str, durable: bool) -> None:
         """A single-request upload: atomic on GCS; CRC32C checked server-side."""
         _blob(uri).upload_from_string(
@@ -327,11 +406,23 @@ class GcsBackend(Backend):
         """A server-side rewrite: no data through this process."""
         _rewrite(_blob(dst), _blob(src))
 
-    def place(self, src: str, dst: str, source_generation: int | None) -> None:
+    def place(
+        self, src: str, dst: str, source_generation: int | None, if_version: str | None = None
+    ) -> None:
         """A server-side rewrite of generation ``source_generation`` only (a
-        replaced source fails with 412 instead of being published); ``src``
-        stays until the caller deletes it."""
+        replaced source fails with 412 instead of being published), onto
+        generation ``if_version`` of ``dst`` only (``ifGenerationMatch``, 0:
+        absent); ``src`` stays until the caller deletes it."""
         conditions = {}
         if source_generation is not None:
             conditions["if_source_generation_match"] = source_generation
-        _rewrite(_blob(dst), _blob(src, source_generation), **conditions)
+        if if_version is not None:
+            conditions["if_generation_match"] = int(if_version)
+        try:
+            _rewrite(_blob(dst), _blob(src, source_generation), **conditions)
+        except precondition_failed():
+            raise PreconditionFailed(
+                f"cannot place {src} (generation {source_generation}) at {dst}: one of them "
+                f"is not the object expected ({dst} at generation {if_version}); nothing "
+                "was changed"
+            ) from None

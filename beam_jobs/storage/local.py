@@ -8,7 +8,9 @@ the new one. A file's identity is its size and modification time (which
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import fnmatch
 import functools
 import os
@@ -16,16 +18,18 @@ import posixpath
 import shutil
 import threading
 import uuid
-from typing import IO, Iterable, Mapping, Sequence
+from typing import IO, Iterable, Iterator, Mapping, Sequence
 
 import google_crc32c
 
 from beam_jobs.storage.base import (
+    MISSING,
     READ_CHUNK,
     AtomicWriter,
     Backend,
     Count,
     FileInfo,
+    PreconditionFailed,
     RangeSource,
     StorageError,
     crc32c_hex,
@@ -41,9 +45,55 @@ def _make_parent(uri: str) -> None:
     os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
 
 
+def _from_stat(path: str, st: os.stat_result) -> FileInfo:
+    return FileInfo(
+        path=path,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        version=f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}",
+        modified=st.st_mtime_ns / 1e9,
+    )
+
+
 def _info(path: str) -> FileInfo:
-    st = os.stat(path)
-    return FileInfo(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return _from_stat(path, os.stat(path))
+
+
+def _version(path: str) -> str:
+    """The file's version now, or MISSING."""
+    try:
+        return _info(path).version or MISSING
+    except FileNotFoundError:
+        return MISSING
+
+
+@contextlib.contextmanager
+def folder_guard(folder: str) -> Iterator[None]:
+    """An exclusive ``flock`` on the folder itself (no lock file beside the
+    user's files): every conditional operation in a folder holds it while it
+    compares and renames, so the comparison and the change are one step for
+    every writer that goes through this backend."""
+    os.makedirs(folder or ".", exist_ok=True)
+    fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _expect(uri: str, if_version: str) -> None:
+    """PreconditionFailed unless ``uri`` is at ``if_version`` (call under the guard)."""
+    found = _version(uri)
+    if found != if_version:
+        what = (
+            "exists"
+            if if_version == MISSING
+            else ("does not exist" if found == MISSING else "was replaced")
+        )
+        raise PreconditionFailed(
+            f"{uri} {what}: expected version {if_version}, found {found}; nothing was changed"
+        )
 
 
 class LocalWriter(AtomicWriter):
@@ -207,6 +257,59 @@ class LocalBackend(Backend):
         with open(uri, "rb") as f:
             return f.read()
 
+    def read_versioned(self, uri: str, max_bytes: int) -> tuple[bytes, FileInfo]:
+        """One open file: its ``fstat`` and its bytes are of the same version
+        (a replacement renames another inode into place)."""
+        with open(uri, "rb") as f:
+            info = _from_stat(uri, os.fstat(f.fileno()))
+            if info.size > max_bytes:
+                raise StorageError(f"{uri} is {info.size} bytes, more than {max_bytes} expected")
+            return f.read(max_bytes + 1), info
+
+    # ------------------------------------------------------------------ conditional operations
+
+    def write_if(self, uri: str, data: bytes, content_type: str, if_version: str) -> FileInfo:
+        """Under the folder's guard: compare, then a complete temporary file
+        hard-linked to a missing name (fails if the name exists meanwhile) or
+        renamed over the expected version."""
+        tmp = _tmp_name(uri)
+        _make_parent(uri)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            with folder_guard(os.path.dirname(uri)):
+                _expect(uri, if_version)
+                if if_version == MISSING:
+                    try:
+                        os.link(tmp, uri)
+                    except FileExistsError:
+                        raise PreconditionFailed(f"{uri} exists: nothing was changed") from None
+                else:
+                    os.replace(tmp, uri)
+                return _info(uri)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+    def delete_if(self, uri: str, if_version: str) -> bool:
+        with folder_guard(os.path.dirname(uri)):
+            if _version(uri) == MISSING:
+                return False
+            _expect(uri, if_version)
+            os.remove(uri)
+            return True
+
+    def clock(self, probe_uri: str) -> float:
+        """The file system's time: the modification time it stamps on a write
+        (the server's on a network file system)."""
+        _make_parent(probe_uri)
+        with open(probe_uri, "wb") as f:
+            f.write(b"clock\n")
+            f.flush()
+            return os.fstat(f.fileno()).st_mtime_ns / 1e9
+
     def write_bytes(self, uri: str, data: bytes, content_type: str, durable: bool) -> None:
         """A temporary file renamed into place; ``durable``: fsync before the
         rename (off for small bookkeeping files that can be recomputed)."""
@@ -256,22 +359,33 @@ class LocalBackend(Backend):
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
 
-    def place(self, src: str, dst: str, source_generation: int | None) -> None:
+    def place(
+        self, src: str, dst: str, source_generation: int | None, if_version: str | None = None
+    ) -> None:
         """``rename(2)``, which keeps the modification time; across file
         systems a copy that keeps it (fsynced), renamed into place, then the
-        source removed."""
+        source removed. With ``if_version``: under the destination folder's
+        guard, only if ``dst`` is at that version."""
         _make_parent(dst)
-        try:
-            os.replace(src, dst)
-        except OSError as err:
-            if err.errno != errno.EXDEV:
-                raise
-            tmp = _tmp_name(dst)
-            shutil.copy2(src, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dst)
-            os.remove(src)
+        guard = (
+            folder_guard(os.path.dirname(dst))
+            if if_version is not None
+            else contextlib.nullcontext()
+        )
+        with guard:
+            if if_version is not None:
+                _expect(dst, if_version)
+            try:
+                os.replace(src, dst)
+            except OSError as err:
+                if err.errno != errno.EXDEV:
+                    raise
+                tmp = _tmp_name(dst)
+                shutil.copy2(src, tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, dst)
+                os.remove(src)
 
     def rename(self, src: str, dst: str) -> None:
         """Atomic ``rename(2)``."""

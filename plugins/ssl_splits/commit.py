@@ -9,16 +9,27 @@ these steps, each a failpoint of the kill tests:
 1. **check**: every staged object is still the one verified (size and CRC32C,
    plus generation on GCS or modification time locally). Nothing changes if
    not.
-2. **journal** (``{work_uri}/publishing.json``, written atomically): the new
-   manifest entries, which staged object goes to which name, and the files of
-   an earlier build with another shard count that go away. From here on the
-   publication is rolled forward, never back.
+   Every destination name is either free or holds a file the product's
+   records say it wrote (``ssl_splits.ownership``); a foreign file stops the
+   publication here, naming it.
+2. **journal** (``{output_uri}/_ssl_splits/publishing.json``, written
+   atomically): the new manifest entries, which staged object goes to which
+   name and which version of that name it replaces, and the files of the
+   earlier build (from its manifest entry, never from a listing) that go
+   away. From here on the publication is rolled forward, never back.
 3. **switch**: each staged shard is placed under its final name (locally a
    ``rename(2)``; on GCS a server-side copy of exactly the verified
-   generation), then the other-count files are deleted.
+   generation), each only over the version the journal recorded for that
+   name; then the earlier build's other files are deleted, each only if it
+   is still the version recorded.
 4. **commit**: the manifest takes the new entries (``ssl_splits.publish``:
-   an atomic replace; on GCS with a generation precondition).
+   a conditional replace of the version read); earlier manifest versions
+   whose files were replaced say so.
 5. **clean**: the journal and the staged copies go.
+
+Every step of 2-4 is fenced: it first checks that this run still holds the
+output folder's lock with enough lease left (``ssl_splits.lock.Fence``), so a
+writer that lost its lease publishes nothing more.
 
 What a reader sees if this stops (crash, kill, lost machine) at any point:
 every split not in the journal is untouched. A split in the journal is, in
@@ -29,7 +40,9 @@ old build, so ``load_split`` refuses it, saying that a publication of it was
 interrupted; after 4 it is entirely new and published. The next run of the
 DAG (its ``plan`` task, and ``publish_manifest`` itself when retried) reads
 the journal and finishes the publication from where it stopped:
-:func:`recover`.
+:func:`recover`. A split whose staged shards are gone cannot be finished:
+recovery then fails loudly (:class:`UnfinishedSplits`), naming it, and keeps
+its journal entry (so its files stay the product's) until a run rebuilds it.
 
 How long the mixed window lasts for a reader who globs ``{split}-*`` while a
 publication runs: locally one rename per shard (microseconds each); on GCS
@@ -43,13 +56,25 @@ import concurrent.futures as cf
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from beam_jobs import layout, storage
 from beam_jobs.faults import failpoint
 from beam_jobs.manifest import merge
-from ssl_splits.publish import Published, PublishError, VersionNotWritten, publish
+from ssl_splits.ownership import (
+    ForeignFiles,
+    Recorded,
+    inside,
+    journal_records,
+    manifest_records,
+    matches,
+    read_json,
+)
+from ssl_splits.publish import Published, PublishError, VersionNotWritten, mark_replaced, publish
+
+if TYPE_CHECKING:
+    from ssl_splits.lock import Fence
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +85,29 @@ class PublicationError(RuntimeError):
     """A verified build cannot be published as it is; says which file and why."""
 
 
+class UnfinishedSplits(PublicationError):
+    """A journaled publication could not be finished for these splits (their
+    staged shards are gone); their journal entries are kept."""
+
+    def __init__(self, message: str, splits: list[str]) -> None:
+        super().__init__(message)
+        self.splits = splits
+
+
 @dataclass(frozen=True)
 class SplitSwitch:
     """One split of a publication: its new manifest entry, where each of its
-    shards is staged (and the staged object's verified identity), and the
-    files of an earlier build that go away."""
+    shards is staged (the staged object's verified identity, and the version of
+    the final name it replaces), and the files of the earlier build that go away."""
 
     split: str
     entry: dict[str, Any]
-    shards: list[dict[str, Any]]  # {path, staged, num_bytes, crc32c, generation | mtime_ns}
+    shards: list[
+        dict[str, Any]
+    ]  # {path, staged, num_bytes, crc32c, generation | mtime_ns, replaces}
     staging: str
-    stale: list[str]
+    stale: list[dict[str, Any]]  # {path, version, num_bytes, crc32c, mtime_ns}
+    lost: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,11 +115,13 @@ class SplitSwitch:
             "shards": self.shards,
             "staging": self.staging,
             "stale": self.stale,
+            "lost": self.lost,
         }
 
     @classmethod
     def from_dict(cls, split: str, d: dict[str, Any]) -> SplitSwitch:
-        return cls(split, d["entry"], d["shards"], d["staging"], d["stale"])
+        stale = [s if isinstance(s, dict) else {"path": s} for s in d.get("stale") or []]
+        return cls(split, d["entry"], d["shards"], d["staging"], stale, bool(d.get("lost")))
 
 
 @dataclass(frozen=True)
@@ -97,6 +136,7 @@ class Publication:
     splits: dict[str, SplitSwitch]
     source: dict[str, Any] | None
     provenance: dict[str, Any]
+    kept: dict[str, SplitSwitch] = field(default_factory=dict)  # unfinished, from an older journal
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,10 +181,26 @@ def _same_object(info: storage.FileInfo | None, want: dict[str, Any], *, staged:
     return want.get("mtime_ns") in (None, info.mtime_ns)
 
 
-def switch_split(sw: SplitSwitch) -> list[str]:
+def _identity(info: storage.FileInfo) -> dict[str, Any]:
+    """What a journal records of a published file it replaces or removes."""
+    out: dict[str, Any] = {"version": info.version, "num_bytes": info.size}
+    if info.crc32c is not None:
+        out["crc32c"] = info.crc32c
+    if info.mtime_ns is not None:
+        out["mtime_ns"] = info.mtime_ns
+    return out
+
+
+def _check(fence: Fence | None, step: str) -> None:
+    if fence is not None:
+        fence.check(step)
+
+
+def switch_split(sw: SplitSwitch, fence: Fence | None = None) -> list[str]:
     """Place every staged shard of ``sw`` under its final name (skipping those
-    already there), then remove the stale files. Returns what could not be
-    placed (empty when the split is switched)."""
+    already there), each only over the version of that name the journal
+    recorded; then remove the earlier build's files that are still as
+    recorded. Returns what could not be placed (empty when the split is switched)."""
     todo = []
     lost = []
     for shard in sw.shards:
@@ -160,7 +216,14 @@ def switch_split(sw: SplitSwitch) -> list[str]:
         return lost
 
     def place(shard: dict[str, Any]) -> None:
-        storage.place(shard["staged"], shard["path"], source_generation=shard.get("generation"))
+        old = shard.get("replaces")
+        _check(fence, f"placing {shard['path']}")
+        storage.place(
+            shard["staged"],
+            shard["path"],
+            source_generation=shard.get("generation"),
+            if_version=old["version"] if isinstance(old, dict) else storage.MISSING,
+        )
         failpoint("publish.placed")
 
     if todo and storage.is_gcs(todo[0]["path"]):
@@ -169,11 +232,43 @@ def switch_split(sw: SplitSwitch) -> list[str]:
     else:
         for shard in todo:
             place(shard)
-    storage.delete(sw.stale)
+    for old in sw.stale:
+        _check(fence, f"removing {old['path']}")
+        try:
+            storage.delete_if(old["path"], if_version=str(old.get("version") or ""))
+        except storage.PreconditionFailed:
+            log.warning(
+                "left %s in place: it is no longer the file of the earlier build of %s "
+                "that the journal recorded (someone else's now)",
+                old["path"],
+                sw.split,
+            )
     return []
 
 
 # --------------------------------------------------------------------------- the protocol
+
+
+def _records(
+    output_uri: str, manifest: dict[str, Any] | None, journal: dict[str, Any] | None
+) -> list[Recorded]:
+    """The product's records of shard files directly in ``output_uri``."""
+    return [
+        r
+        for r in manifest_records(manifest) + journal_records(journal)
+        if inside(output_uri, r.path)
+    ]
+
+
+def _destination(path: str, records: list[Recorded]) -> dict[str, Any] | None:
+    """What a final name holds now: None when it is free, its identity when it
+    is a file the records say the product wrote; ForeignFiles otherwise."""
+    info = storage.stat(path)
+    if info is None:
+        return None
+    if any(r.path == path and matches(info, r) for r in records):
+        return _identity(info)
+    raise ForeignFiles(storage.dirname(path), [path])
 
 
 def prepare(
@@ -187,24 +282,52 @@ def prepare(
     stagings: dict[str, str],
     source: dict[str, Any] | None,
     provenance: dict[str, Any],
+    previous: dict[str, Any] | None = None,
 ) -> Publication:
     """A publication of verified builds: ``entries`` (new manifest entries by
     split), ``shards`` (the verification report's staged objects by split),
-    ``stagings`` (their folders). Lists each split's stale files now."""
+    ``stagings`` (their folders); ``previous`` the manifest as it is. Each
+    final name must be free or the product's own (else ForeignFiles, naming
+    every such file); the earlier build's files that go away come from its
+    manifest entry (or an unfinished journal's), never from a listing."""
+    journal = read_json(layout.journal_uri(output_uri))
+    records = _records(output_uri, previous, journal)
+    kept: dict[str, SplitSwitch] = {}
+    if journal:
+        kept = {
+            k: v
+            for k, v in Publication.from_dict(journal).splits.items()
+            if k not in entries and v.lost
+        }
     splits = {}
+    foreign: list[str] = []
     for name, entry in entries.items():
         keep = {s["path"] for s in entry["shards"]}
-        # The split's file prefix as its shards are named (the source's layout).
-        prefix = layout.parse_shard_name(storage.basename(entry["shards"][0]["path"]))[0]  # type: ignore[index]
-        stale = [f.path for f in layout.split_files(output_uri, prefix) if f.path not in keep]
         journal_shards = []
         for s in shards[name]:
             j = {k: s[k] for k in ("path", "staged", "num_bytes", "crc32c")}
             for k in ("generation", "mtime_ns"):
                 if s.get(k) is not None:
                     j[k] = s[k]
+            try:
+                j["replaces"] = _destination(s["path"], records)
+            except ForeignFiles as err:
+                foreign += err.paths
             journal_shards.append(j)
+        old_paths = {
+            s.get("path")
+            for s in ((previous or {}).get("splits", {}).get(name) or {}).get("shards") or []
+        }
+        if journal and name in (journal.get("splits") or {}):
+            old_paths |= {s.get("path") for s in journal["splits"][name].get("shards") or []}
+        stale = []
+        for path in sorted(p for p in old_paths - keep if isinstance(p, str)):
+            info = storage.stat(path)
+            if info is not None and any(r.path == path and matches(info, r) for r in records):
+                stale.append({"path": path, **_identity(info)})
         splits[name] = SplitSwitch(name, entry, journal_shards, stagings[name], stale)
+    if foreign:
+        raise ForeignFiles(output_uri, sorted(set(foreign)), " (they appeared during this run)")
     return Publication(
         run_id,
         dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -214,6 +337,7 @@ def prepare(
         splits,
         source,
         provenance,
+        kept,
     )
 
 
@@ -233,20 +357,37 @@ def check_staged(pub: Publication) -> None:
         )
 
 
-def execute(pub: Publication) -> Published:
+def _write_journal(pub: Publication, splits: dict[str, SplitSwitch], fence: Fence | None) -> str:
+    journal = layout.journal_uri(pub.output_uri)
+    _check(fence, f"writing the journal {journal}")
+    doc = {**pub.to_dict(), "splits": {k: v.to_dict() for k, v in sorted(splits.items())}}
+    storage.write_text(journal, json.dumps(doc, indent=1) + "\n", "application/json")
+    return journal
+
+
+def execute(pub: Publication, fence: Fence | None = None) -> Published:
     """Steps 2 to 5 for a prepared, checked publication. Raises PublishError
-    saying how far it got when storage fails on the way."""
-    journal = layout.journal_uri(pub.work_uri)
+    saying how far it got when storage fails on the way, LockLost when this
+    run lost the output folder's lock on the way."""
     try:
-        storage.write_text(journal, json.dumps(pub.to_dict(), indent=1) + "\n", "application/json")
-    except Exception as err:  # noqa: BLE001 (reported with what it means)
+        _write_journal(pub, {**pub.kept, **pub.splits}, fence)
+    except PublishError:
+        raise
+    except storage.StorageError as err:
         raise PublishError(
-            f"could not publish {pub.manifest_uri}: writing the publication journal {journal} "
-            f"failed ({_cause(err)}). Nothing was changed: the manifest is unchanged and no "
-            "published file was touched; the task can be retried."
+            f"could not publish {pub.manifest_uri}: writing the publication journal "
+            f"{layout.journal_uri(pub.output_uri)} failed ({_cause(err)}). Nothing was changed: "
+            "the manifest is unchanged and no published file was touched; the task can be "
+            "retried."
+        ) from err
+    except OSError as err:
+        raise PublishError(
+            f"could not publish {pub.manifest_uri}: writing the publication journal "
+            f"{layout.journal_uri(pub.output_uri)} failed ({_cause(err)}). Nothing was changed; "
+            "the task can be retried."
         ) from err
     failpoint("publish.journaled")
-    result = _finish(pub)
+    result = _finish(pub, fence)
     assert result is not None  # every split was switched, or _finish raised
     return result
 
@@ -256,23 +397,23 @@ def _cause(err: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause)[:300]}"
 
 
-def _finish(pub: Publication) -> Published | None:
+def _finish(pub: Publication, fence: Fence | None) -> Published | None:
     """Steps 3 to 5 (also what recovery does): switch, commit, clean."""
+    from ssl_splits.lock import LockLost
+
     names = ", ".join(sorted(pub.splits))
-    journal = layout.journal_uri(pub.work_uri)
+    journal = layout.journal_uri(pub.output_uri)
     done = {}
+    lost: dict[str, list[str]] = {}
     try:
         for name, sw in pub.splits.items():
-            lost = switch_split(sw)
-            if lost:
-                log.warning(
-                    "%s cannot be published: %s; its old manifest entry stays and the "
-                    "next run rebuilds it",
-                    name,
-                    "; ".join(lost[:3]),
-                )
+            problems = switch_split(sw, fence)
+            if problems:
+                lost[name] = problems
             else:
                 done[name] = sw
+    except LockLost:
+        raise
     except Exception as err:  # noqa: BLE001 (reported with what it means)
         raise PublishError(
             f"publishing {names} to {pub.manifest_uri} stopped while their shards were taking "
@@ -296,6 +437,7 @@ def _finish(pub: Publication) -> Published | None:
                     provenance=pub.provenance,
                     work_uri=pub.work_uri,
                 ),
+                fence=fence,
             )
         except VersionNotWritten:
             # Committed: its message says so. The journal stays, so a retry of this task
@@ -308,10 +450,22 @@ def _finish(pub: Publication) -> Published | None:
                 f"this task or the next run does that from the journal {journal}."
             ) from err
         failpoint("publish.committed")
+        try:
+            mark_replaced(result, fence=fence)
+        except LockLost:
+            raise
+        except Exception as err:  # noqa: BLE001 (the publication itself is complete)
+            log.warning("could not mark earlier manifest versions as replaced: %s", _cause(err))
+    unfinished = {**pub.kept, **{k: _lost(v) for k, v in pub.splits.items() if k in lost}}
     try:
-        storage.delete([journal])
+        if unfinished:
+            _write_journal(pub, unfinished, fence)
+        else:
+            storage.delete([journal])
         for sw in done.values():
             storage.delete_tree(sw.staging)
+    except LockLost:
+        raise
     except Exception as err:  # noqa: BLE001 (the publication itself is complete)
         log.warning(
             "published %s, but could not clean up (%s): the journal %s and staged "
@@ -320,41 +474,77 @@ def _finish(pub: Publication) -> Published | None:
             _cause(err),
             journal,
         )
-    if len(done) < len(pub.splits):
-        raise PublicationError(
-            f"published {', '.join(sorted(done)) or 'nothing'}; not "
-            f"{', '.join(sorted(set(pub.splits) - set(done)))}: their staged shards are gone "
-            "(run the DAG again to rebuild them)"
-        )
+    if unfinished:
+        raise _unfinished(pub, sorted(unfinished), lost)
     return result
 
 
-def recover(work_uri: str) -> list[str]:
+def _lost(sw: SplitSwitch) -> SplitSwitch:
+    return SplitSwitch(sw.split, sw.entry, sw.shards, sw.staging, sw.stale, lost=True)
+
+
+def _unfinished(pub: Publication, splits: list[str], why: dict[str, list[str]]) -> UnfinishedSplits:
+    detail = "; ".join(f"{k}: {'; '.join(v[:2])}" for k, v in sorted(why.items()))
+    return UnfinishedSplits(
+        f"the publication of {', '.join(splits)} into {pub.output_uri} (run {pub.run_id}, "
+        f"started {pub.started_at}) cannot be finished: its verified staged shards are gone"
+        f"{' (' + detail + ')' if detail else ''}. Its published names may hold a mix of old "
+        "and new verified shards, and its manifest entry still describes the earlier build, so "
+        "load_split refuses it. The journal keeps it (its files stay the product's). Rebuild "
+        f"it: trigger the DAG for {', '.join(splits)} with force (e.g. the seeds of these "
+        "splits); that run publishes it anew.",
+        splits,
+    )
+
+
+def recover(
+    output_uri: str, fence: Fence | None = None, *, rebuilding: frozenset[str] = frozenset()
+) -> list[str]:
     """Finish a publication that was interrupted (its journal is still there):
     place what was not placed, commit the manifest, clean up. Returns the
-    splits it published (empty when there was nothing to do)."""
-    try:
-        d = json.loads(storage.read_text(layout.journal_uri(work_uri)))
-    except FileNotFoundError:
+    splits it published (empty when there was nothing to do). Raises
+    UnfinishedSplits naming every split it could not finish, unless this run
+    rebuilds each of them (``rebuilding``): then their journal entries stay
+    until this run's own publication replaces them, and it says so."""
+    d = read_json(layout.journal_uri(output_uri))
+    if d is None:
         return []
     pub = Publication.from_dict(d)
-    log.warning(
-        "finishing the publication of %s that run %s started at %s and did not finish",
-        ", ".join(sorted(pub.splits)),
+    todo = {k: v for k, v in pub.splits.items() if not v.lost}
+    kept = {k: v for k, v in pub.splits.items() if v.lost}
+    pub = Publication(
         pub.run_id,
         pub.started_at,
+        pub.manifest_uri,
+        pub.output_uri,
+        pub.work_uri,
+        todo,
+        pub.source,
+        pub.provenance,
+        kept,
     )
+    if todo:
+        log.warning(
+            "finishing the publication of %s that run %s started at %s and did not finish",
+            ", ".join(sorted(todo)),
+            pub.run_id,
+            pub.started_at,
+        )
     try:
-        _finish(pub)
-    except PublicationError as err:
-        log.warning("%s", err)
-    return sorted(s for s in pub.splits)
+        _finish(pub, fence)
+    except UnfinishedSplits as err:
+        if set(err.splits) <= set(rebuilding):
+            log.error("%s This run rebuilds them.", err)
+        else:
+            raise
+    return sorted(todo)
 
 
 __all__ = [
     "Publication",
     "PublicationError",
     "SplitSwitch",
+    "UnfinishedSplits",
     "check_staged",
     "execute",
     "prepare",

@@ -1,45 +1,57 @@
-"""One writer per output folder: a leased lock object under the work folder.
+"""One writer per output folder: a leased, fenced lock in the output folder.
 
 ``max_active_runs=1`` keeps two runs of the DAG in one Airflow from
 overlapping (the second waits in the queue). The lock covers what that cannot:
-a second Airflow, ``airflow dags test`` processes, or a run of another DAG
-pointed at the same output folder. A run takes ``{work_uri}/lock.json`` in
-its first task and releases it in a teardown task that runs whatever
-happened; a second run fails at once and says who holds the lock, until when,
-and how to clear it if that run is dead.
+a second Airflow, ``airflow dags test`` processes, a run of another DAG, or a
+run with another ``work_uri``, pointed at the same output folder.
 
-**A lease, renewed while the run is alive.** The lock says until when it
-holds (``expires_at``: a lease of ``SSL_SPLITS_LOCK_LEASE_SECONDS``, default
-300). Every task of the run renews it when it starts and, from a background
-thread, every fifth of the lease while it runs (:func:`holding`), so a build
-that runs for hours keeps it; a run killed without its teardown (an
-OOM-killed worker) stops renewing and blocks the folder for one lease, not
-longer. A lock whose lease lapsed is taken over. A run whose lock was taken
-over (or removed) fails its next task, or the running one when it ends, with
-:class:`LockLost` naming the run that holds it now.
+**Whose it is.** The lock is ``{output_uri}/_ssl_splits/lock.json``: it belongs
+to the output folder, wherever the run's work folder is. Each attempt to take
+it draws a random *token*; the token, not the run id, is the owner (two
+deployments can both have a run ``scheduled__2026-01-01T00:00:00+00:00``). The
+DAG's ``acquire_lock`` task returns the :class:`Lease` (uri, token, lease) as
+its XCom, and every later task of the run holds the lock with it.
 
-**A run that ran in one process.** ``airflow dags test`` (``dag.test()``)
-runs the whole DAG run inside its own process; the lock then records that
-process (host, boot, pid namespace, pid and its start time). When that
-process is gone (a SIGKILLed ``dags test``), a run on the same machine takes
-the folder at once instead of waiting for the lease.
+**Conditional writes only** (``beam_jobs.storage``: ``write_if`` /
+``delete_if`` against the version read; GCS generation preconditions; locally
+an exclusive hard link and an atomic rename under the folder's ``flock``).
+Creating it succeeds only if there is none; renewing, taking over and
+releasing succeed only if it is still the version that was read. Two takers
+of one lapsed lock: one wins. A release never deletes a lock another run took.
 
-**Atomic and conditional.** Creation: ``if_generation_match=0`` on GCS;
-locally a complete file hard-linked to the lock's name (never an empty lock a
-racing reader could take for stale). Takeovers, renewals and releases are
-conditional on the lock still being the one that was read: on GCS the
-object's generation (``if_generation_match`` on the write or the delete, and
-on the download after the metadata read); locally a compare-and-swap under an
-flock on ``lock.json.guard``. So two runs cannot both take over one lapsed
-lock, and a release never deletes a lock another run took over meanwhile. A
-lock that disappears between its metadata read and its download is free.
+**A lease judged by the storage's clock.** The lock says for how long it holds
+(``lease_seconds``, from ``SSL_SPLITS_LOCK_LEASE_SECONDS``, default 900). A
+taker judges expiry by the storage's own time: the lock's last write (its
+``modified`` stamp) plus the lease, against the storage's time now
+(``storage.clock``: a write of ``_ssl_splits/clock``), never by its own clock.
+The holder, conversely, counts its lease from *before* it sent its last renewal,
+on its monotonic clock. Neither needs the machines' clocks to agree.
+
+**Fenced publishing.** A run's tasks renew the lease when they start and every
+fifth of the lease while they run (:func:`holding`); a renewal that fails is
+logged as an error at once, and the task fails when its body ends
+(:class:`LockLost`). Every publishing step (each shard's new name, each
+deletion, the manifest commit) first calls :meth:`Fence.check`: the lock must
+still be this token's, and at least a third of the lease must be left, which
+the lease's minimum (three storage retry deadlines) makes longer than any one
+step can take. So a writer whose lease lapsed, or whose lock was taken over,
+publishes nothing more and says so; a taker, which waits for the lease to
+lapse on the storage's clock, cannot act while such a step is in flight.
+Each step is also conditional on its destination (a shard's name is placed
+only over the version this run saw, the manifest committed only over the
+generation it read), so two writers can never leave mixed shards.
+
+**A run that ran in one process.** ``airflow dags test`` (``dag.test()``) runs
+a whole DAG run in its own process; the lock then records that process (host,
+boot, pid namespace, pid and start time). When that process is gone (a
+SIGKILLed ``dags test``), a run on the same machine takes the folder at once
+instead of waiting for the lease.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -47,18 +59,20 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from beam_jobs import storage
-from beam_jobs.layout import lock_uri
+from beam_jobs.layout import clock_uri, lock_uri
 
 log = logging.getLogger(__name__)
 
-GUARD_SUFFIX = ".guard"  # local only: serialises takeovers, renewals, releases (flock)
 LEASE_ENV = "SSL_SPLITS_LOCK_LEASE_SECONDS"
-DEFAULT_LEASE = dt.timedelta(minutes=5)
+DEFAULT_LEASE = dt.timedelta(minutes=15)
 RENEWALS_PER_LEASE = 5  # a renewal every fifth of the lease while a task runs
-LEGACY_TTL = dt.timedelta(hours=24)  # a lock written before leases (no expires_at)
+LEASE_PER_DEADLINE = 3  # the lease is at least three storage retry deadlines
+MAX_LOCK_BYTES = 64 * 1024  # a lock file is a small JSON document
+CONFIRM_EVERY = 2.0  # seconds: Fence.check reads the lock again at most this often
 _ATTEMPTS = 8  # re-reads when the lock keeps changing under a conditional write
 
 
@@ -73,28 +87,72 @@ class LockHeld(_Base):
 
 
 class LockLost(_Base):
-    """This run no longer holds the output folder's lock: taken over or removed."""
+    """This run no longer holds the output folder's lock: taken over, removed,
+    lapsed, or not renewed."""
 
 
 def lease_from_env() -> dt.timedelta:
-    """The lease (``SSL_SPLITS_LOCK_LEASE_SECONDS``, default 300 s)."""
-    raw = os.environ.get("SSL_SPLITS_LOCK_LEASE_SECONDS")
-    if not raw:
-        return DEFAULT_LEASE
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ValueError(f"{LEASE_ENV}={raw!r}: give the lease in seconds, e.g. 300") from None
-    if seconds <= 0:
-        raise ValueError(f"{LEASE_ENV}={raw!r}: the lease must be positive")
-    return dt.timedelta(seconds=seconds)
+    """The lease (``SSL_SPLITS_LOCK_LEASE_SECONDS``, default 900 s), at least
+    three storage retry deadlines (``SSL_SPLITS_GCS_RETRY_DEADLINE``)."""
+    raw = os.environ.get(LEASE_ENV)
+    lease = DEFAULT_LEASE
+    if raw:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise ValueError(f"{LEASE_ENV}={raw!r}: give the lease in seconds, e.g. 900") from None
+        if seconds <= 0:
+            raise ValueError(f"{LEASE_ENV}={raw!r}: the lease must be positive")
+        lease = dt.timedelta(seconds=seconds)
+    check_lease(lease)
+    return lease
+
+
+def check_lease(lease: dt.timedelta) -> None:
+    """ValueError unless the lease outlasts any one publishing step."""
+    deadline = storage.retry_deadline()
+    if lease.total_seconds() < LEASE_PER_DEADLINE * deadline:
+        raise ValueError(
+            f"a lock lease of {lease.total_seconds():.0f} s is too short for a storage retry "
+            f"deadline of {deadline:.0f} s (SSL_SPLITS_GCS_RETRY_DEADLINE): a publishing step "
+            f"must be able to finish within the lease; set {LEASE_ENV} to at least "
+            f"{LEASE_PER_DEADLINE * deadline:.0f}"
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a run holds the lock with (the ``acquire_lock`` task's XCom)."""
+
+    uri: str
+    output_uri: str
+    token: str
+    run_id: str
+    lease_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "output_uri": self.output_uri,
+            "token": self.token,
+            "run_id": self.run_id,
+            "lease_seconds": self.lease_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lease:
+        return cls(d["uri"], d["output_uri"], d["token"], d["run_id"], float(d["lease_seconds"]))
 
 
 # --------------------------------------------------------------------------- who holds it
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _read_first_line(path: str) -> str | None:
@@ -130,25 +188,25 @@ def _started(pid: int) -> float | None:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        return proc.create_time()
+        return float(proc.create_time())
     except psutil.NoSuchProcess:
         return None
 
 
 def _body(
-    run_id: str, dag_id: str, output_uri: str, lease: dt.timedelta, in_process: bool
+    token: str, run_id: str, dag_id: str, output_uri: str, lease: dt.timedelta, in_process: bool
 ) -> dict[str, Any]:
-    now = _now()
+    now = _now_iso()
     body: dict[str, Any] = {
+        "token": token,
         "run_id": run_id,
         "dag_id": dag_id,
         "output_uri": output_uri,
         **_machine(),
         "pid": os.getpid(),
         "in_process": in_process,
-        "acquired_at": now.isoformat(),
-        "renewed_at": now.isoformat(),
-        "expires_at": (now + lease).isoformat(),
+        "acquired_at": now,
+        "renewed_at": now,  # the writer's clock: for people; expiry uses the storage's
         "lease_seconds": lease.total_seconds(),
     }
     if in_process:
@@ -157,25 +215,6 @@ def _body(
         except ImportError:  # pragma: no cover - psutil comes with Airflow
             body["in_process"] = False
     return body
-
-
-def _renewed(holder: dict[str, Any], lease: dt.timedelta) -> dict[str, Any]:
-    now = _now()
-    return {
-        **holder,
-        "renewed_at": now.isoformat(),
-        "expires_at": (now + lease).isoformat(),
-        "lease_seconds": lease.total_seconds(),
-    }
-
-
-def _expires(holder: dict[str, Any]) -> dt.datetime:
-    try:
-        if "expires_at" in holder:
-            return dt.datetime.fromisoformat(holder["expires_at"])
-        return dt.datetime.fromisoformat(holder["acquired_at"]) + LEGACY_TTL
-    except (KeyError, TypeError, ValueError):
-        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)  # unreadable: lapsed
 
 
 def _process_gone(holder: dict[str, Any]) -> bool:
@@ -199,15 +238,29 @@ def _process_gone(holder: dict[str, Any]) -> bool:
     return isinstance(recorded, (int, float)) and abs(started - recorded) > 1.0
 
 
-def _free_because(holder: dict[str, Any]) -> str | None:
+def _lease_of(holder: dict[str, Any]) -> float:
+    value = holder.get("lease_seconds")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_LEASE.total_seconds()
+
+
+def _expires(holder: dict[str, Any], info: storage.FileInfo) -> float:
+    """When the lease lapses, on the storage's clock: its last write plus the lease."""
+    return (info.modified or 0.0) + _lease_of(holder)
+
+
+def _free_because(output_uri: str, holder: dict[str, Any], info: storage.FileInfo) -> str | None:
     """Why another run's lock may be taken over (None: it holds)."""
     if _process_gone(holder):
         return (
             f"its process {holder.get('pid')} on this host, which ran the whole DAG run "
             "(airflow dags test), is gone"
         )
-    if _expires(holder) <= _now():
-        return f"its lease lapsed at {holder.get('expires_at') or holder.get('acquired_at')}"
+    expires = _expires(holder, info)
+    now = storage.clock(clock_uri(output_uri))
+    if expires <= now:
+        return f"its lease lapsed at {_iso(expires)} (the storage's clock: {_iso(now)})"
     return None
 
 
@@ -218,24 +271,27 @@ def _describe(holder: dict[str, Any]) -> str:
     )
 
 
-def _held(uri: str, holder: dict[str, Any]) -> LockHeld:
-    if not holder:
+def _held(uri: str, holder: dict[str, Any], info: storage.FileInfo | None) -> LockHeld:
+    if not holder or info is None:
         return LockHeld(
             f"{uri} kept changing while this run tried to take it (other runs "
             "starting at the same time?); this run stops here. Trigger it again."
         )
     return LockHeld(
         f"{holder.get('output_uri', 'this output folder')} is being written by "
-        f"{_describe(holder)}; its lease runs until {holder.get('expires_at')} and is renewed "
-        f"while that run is alive. This run stops here to avoid mixing files. Wait for that run "
-        f"to finish; a run that died without releasing the lock frees the folder when its lease "
-        f"lapses (or delete {uri} if you are sure it is dead)."
+        f"{_describe(holder)}; its lease runs until {_iso(_expires(holder, info))} (the "
+        f"storage's clock) and is renewed while that run is alive. This run stops here to "
+        f"avoid mixing files. Wait for that run to finish; a run that died without releasing "
+        f"the lock frees the folder when its lease lapses (or delete {uri} if you are sure "
+        "it is dead)."
     )
 
 
-def _lost(uri: str, run_id: str, holder: dict[str, Any] | None) -> LockLost:
-    if holder is None:
-        what = f"{uri} was removed (deleted by hand, or released by a run that had taken it over)"
+def _lost(lease: Lease, holder: dict[str, Any] | None, why: str = "") -> LockLost:
+    if why:
+        what = why
+    elif holder is None:
+        what = f"{lease.uri} was removed (deleted by hand, or released by a run that took it over)"
     else:
         what = (
             f"{_describe(holder)} holds it now: it took it over when this run's lease was "
@@ -243,325 +299,225 @@ def _lost(uri: str, run_id: str, holder: dict[str, Any] | None) -> LockLost:
             "storage)"
         )
     return LockLost(
-        f"run {run_id} no longer holds {uri}: {what}. This run stops here so that two runs "
-        "never write one output folder at once; nothing of it is published. Trigger it again "
-        "when the folder is free."
+        f"run {lease.run_id} no longer holds {lease.uri}: {what}. This run stops here so "
+        "that two runs never write one output folder at once; nothing more of it is "
+        "published. Trigger it again when the folder is free."
     )
 
 
-def _parse(text: str | bytes) -> dict[str, Any]:
+def _read(uri: str) -> tuple[dict[str, Any], storage.FileInfo] | None:
+    """(holder, the version read), or None when there is no lock."""
     try:
-        holder = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _ours(holder: dict[str, Any], run_id: str) -> bool:
-    return holder.get("run_id") == run_id
-
-
-# --------------------------------------------------------------------------- GCS
-
-
-def _gcs_blob(uri: str) -> Any:  # a google.cloud.storage.Blob
-    bucket, name = storage.split_gcs(uri)
-    return storage.gcs_client().bucket(bucket).blob(name)
-
-
-def _gcs_read(blob: Any) -> tuple[int, dict[str, Any]] | None:
-    """(generation, holder) of the lock, or None when there is none (also when
-    it disappears between the metadata read and the download)."""
-    from google.api_core import exceptions as gexc
-
-    for _ in range(_ATTEMPTS):
-        try:
-            blob.reload(retry=storage._retry())
-            generation = int(blob.generation)
-            data = blob.download_as_bytes(if_generation_match=generation, retry=storage._retry())
-        except gexc.NotFound:
-            return None  # released meanwhile: free
-        except gexc.PreconditionFailed:
-            continue  # replaced between the metadata read and the download: read again
-        return generation, _parse(data)
-    raise _held(blob.name, {})
-
-
-def _gcs_write(blob: Any, holder: dict[str, Any], generation: int) -> bool:
-    """Write ``holder`` if the lock is still at ``generation`` (0: absent)."""
-    from google.api_core import exceptions as gexc
-
-    try:
-        blob.upload_from_string(
-            json.dumps(holder),
-            content_type="application/json",
-            if_generation_match=generation,
-            retry=storage._retry(),
-        )
-        return True
-    except gexc.PreconditionFailed:
-        return False
-
-
-def _acquire_gcs(uri: str, body: dict[str, Any], lease: dt.timedelta) -> None:
-    blob = _gcs_blob(uri)
-    run_id = body["run_id"]
-    for _ in range(_ATTEMPTS):
-        if _gcs_write(blob, body, 0):
-            return
-        seen = _gcs_read(blob)
-        if seen is None:
-            continue  # released meanwhile: create it again
-        generation, holder = seen
-        if _ours(holder, run_id):  # a retry of this run's task: renew
-            if _gcs_write(blob, _renewed(holder, lease), generation):
-                return
-            continue
-        why = _free_because(holder)
-        if why is None:
-            raise _held(uri, holder)
-        if _gcs_write(blob, body, generation):
-            log.warning("took over %s from %s: %s", uri, _describe(holder), why)
-            return
-        # Changed since it was read (another taker, or its holder renewed): read again.
-    raise _held(uri, {})
-
-
-def _renew_gcs(uri: str, run_id: str, lease: dt.timedelta) -> dict[str, Any]:
-    blob = _gcs_blob(uri)
-    for _ in range(_ATTEMPTS):
-        seen = _gcs_read(blob)
-        if seen is None:
-            raise _lost(uri, run_id, None)
-        generation, holder = seen
-        if not _ours(holder, run_id):
-            raise _lost(uri, run_id, holder)
-        new = _renewed(holder, lease)
-        if _gcs_write(blob, new, generation):
-            return new
-        # Another task of this run renewed it at the same moment: read again.
-    raise _held(uri, {})
-
-
-def _release_gcs(uri: str, run_id: str) -> bool:
-    from google.api_core import exceptions as gexc
-
-    blob = _gcs_blob(uri)
-    for _ in range(_ATTEMPTS):
-        seen = _gcs_read(blob)
-        if seen is None:
-            return False
-        generation, holder = seen
-        if not _ours(holder, run_id):
-            return False
-        try:
-            blob.delete(if_generation_match=generation, retry=storage._retry())
-            return True
-        except gexc.PreconditionFailed:
-            continue  # changed since it was read: taken over, or renewed; read again
-        except gexc.NotFound:
-            return False
-    return False
-
-
-# --------------------------------------------------------------------------- local
-
-
-def _read_local(uri: str) -> str | None:
-    """A local lock's text, or None if there is none."""
-    try:
-        with open(uri, encoding="utf-8") as f:
-            return f.read()
+        data, info = storage.read_versioned(uri, MAX_LOCK_BYTES)
     except FileNotFoundError:
         return None
-
-
-def _private_copy(uri: str, holder: dict[str, Any]) -> str:
-    tmp = f"{uri}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(holder))
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def _create_local(uri: str, holder: dict[str, Any]) -> bool:
-    """Create ``uri`` holding ``holder``, atomically and complete (never an
-    empty or half-written lock that a racing reader could take for stale):
-    write a private file, then hard-link it to the lock's name, which fails
-    if the name exists. True if this call created it."""
-    tmp = _private_copy(uri, holder)
     try:
-        os.link(tmp, uri)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.remove(tmp)
+        holder = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        holder = {}
+    return (holder if isinstance(holder, dict) else {}), info
 
 
-def _replace_local(uri: str, holder: dict[str, Any]) -> None:
-    """Replace an existing lock (under the guard): ``rename(2)``, so the name
-    never goes missing and a creator's hard link keeps failing meanwhile."""
-    tmp = _private_copy(uri, holder)
-    try:
-        os.replace(tmp, uri)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def _guard(uri: str) -> Iterator[None]:
-    """Every change of an existing local lock happens under this flock."""
-    with open(f"{uri}{GUARD_SUFFIX}", "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(guard, fcntl.LOCK_UN)
-
-
-def _acquire_local(uri: str, body: dict[str, Any], lease: dt.timedelta) -> None:
-    os.makedirs(os.path.dirname(uri), exist_ok=True)
-    run_id = body["run_id"]
-    for _ in range(_ATTEMPTS):
-        if _create_local(uri, body):
-            return
-        seen = _read_local(uri)
-        if seen is None:
-            continue  # released meanwhile: try again
-        holder = _parse(seen)
-        why = None
-        if not _ours(holder, run_id):
-            why = _free_because(holder)
-            if why is None:
-                raise _held(uri, holder)
-        # Ours (a retry: renew) or free (take over): compare and swap under the guard.
-        with _guard(uri):
-            if _read_local(uri) != seen:
-                continue  # changed since it was read: decide again
-            _replace_local(uri, _renewed(holder, lease) if why is None else body)
-        if why is not None:
-            log.warning("took over %s from %s: %s", uri, _describe(holder), why)
-        return
-    raise _held(uri, {})
-
-
-def _renew_local(uri: str, run_id: str, lease: dt.timedelta) -> dict[str, Any]:
-    with _guard(uri):
-        seen = _read_local(uri)
-        if seen is None:
-            raise _lost(uri, run_id, None)
-        holder = _parse(seen)
-        if not _ours(holder, run_id):
-            raise _lost(uri, run_id, holder)
-        new = _renewed(holder, lease)
-        _replace_local(uri, new)
-        return new
-
-
-def _release_local(uri: str, run_id: str) -> bool:
-    if _read_local(uri) is None:
-        return False
-    with _guard(uri):
-        seen = _read_local(uri)
-        if seen is None or not _ours(_parse(seen), run_id):
-            return False
-        os.remove(uri)
-        return True
+def _write(uri: str, holder: dict[str, Any], if_version: str) -> storage.FileInfo:
+    return storage.write_if(uri, json.dumps(holder).encode(), if_version=if_version)
 
 
 # --------------------------------------------------------------------------- API
 
 
 def acquire(
-    work_uri: str,
+    output_uri: str,
     *,
     run_id: str,
     dag_id: str,
-    output_uri: str,
     lease: dt.timedelta | None = None,
     in_process: bool = False,
-) -> str:
-    """Take the lock for ``run_id`` (idempotent for the same run: a task retry
-    renews it). ``in_process``: this process runs the whole DAG run
-    (``dag.test()``), so the lock is free as soon as it is gone.
-
-    Raises LockHeld naming the run that holds it."""
-    uri = lock_uri(work_uri)
+) -> Lease:
+    """Take the output folder's lock with a new token. ``in_process``: this
+    process runs the whole DAG run (``dag.test()``), so the lock is free as
+    soon as it is gone. Raises LockHeld naming the run that holds it."""
+    output_uri = storage.normalize(output_uri)
+    uri = lock_uri(output_uri)
     lease = lease or lease_from_env()
-    body = _body(run_id, dag_id, output_uri, lease, in_process)
-    if storage.is_gcs(uri):
-        _acquire_gcs(uri, body, lease)
-    else:
-        _acquire_local(uri, body, lease)
-    return uri
+    check_lease(lease)
+    token = uuid.uuid4().hex
+    body = _body(token, run_id, dag_id, output_uri, lease, in_process)
+    mine = Lease(uri, output_uri, token, run_id, lease.total_seconds())
+    for _ in range(_ATTEMPTS):
+        try:
+            _write(uri, body, storage.MISSING)
+            return mine
+        except storage.PreconditionFailed:
+            pass
+        seen = _read(uri)
+        if seen is None:
+            continue  # released meanwhile: create it again
+        holder, info = seen
+        if holder.get("token") == token:
+            return mine  # our create landed, its answer was lost and retried
+        why = _free_because(output_uri, holder, info)
+        if why is None:
+            raise _held(uri, holder, info)
+        try:
+            _write(uri, body, info.version or storage.MISSING)
+        except storage.PreconditionFailed:
+            continue  # changed since it was read (another taker, or its holder renewed)
+        log.warning("took over %s from %s: %s", uri, _describe(holder), why)
+        return mine
+    raise _held(uri, {}, None)
 
 
-def renew(work_uri: str, *, run_id: str, lease: dt.timedelta | None = None) -> dict[str, Any]:
-    """Extend ``run_id``'s lease, if it still holds the lock; return the lock.
+def renew(lease: Lease) -> storage.FileInfo:
+    """Extend the lease if this token still holds the lock; the new version.
 
     Raises LockLost naming the run that took it over (or saying it was removed)."""
-    uri = lock_uri(work_uri)
-    lease = lease or lease_from_env()
-    if storage.is_gcs(uri):
-        return _renew_gcs(uri, run_id, lease)
-    return _renew_local(uri, run_id, lease)
+    for _ in range(_ATTEMPTS):
+        seen = _read(lease.uri)
+        if seen is None:
+            raise _lost(lease, None)
+        holder, info = seen
+        if holder.get("token") != lease.token:
+            raise _lost(lease, holder)
+        try:
+            return _write(lease.uri, {**holder, "renewed_at": _now_iso()}, info.version or "")
+        except storage.PreconditionFailed:
+            continue  # another task of this run renewed it at the same moment: read again
+    raise _lost(lease, None, f"{lease.uri} kept changing under this run's renewals")
 
 
-def release(work_uri: str, *, run_id: str) -> bool:
-    """Release the lock if ``run_id`` holds it; never touch another run's lock
+def release(lease: Lease) -> bool:
+    """Release the lock if this token holds it; never touch another run's lock
     (one taken over since it was read stays)."""
-    uri = lock_uri(work_uri)
-    if storage.is_gcs(uri):
-        return _release_gcs(uri, run_id)
-    return _release_local(uri, run_id)
+    for _ in range(_ATTEMPTS):
+        seen = _read(lease.uri)
+        if seen is None:
+            return False
+        holder, info = seen
+        if holder.get("token") != lease.token:
+            return False
+        try:
+            return storage.delete_if(lease.uri, if_version=info.version or "")
+        except storage.PreconditionFailed:
+            continue  # renewed or taken over since it was read: read again
+    return False
+
+
+class Fence:
+    """A held lease in one process: renewals, and the check every publishing
+    step makes first (:meth:`check`). Thread-safe."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self._mutex = threading.Lock()
+        self._renewed = float("-inf")  # monotonic time before the last renewal was sent
+        self._confirmed = float("-inf")
+        self.lost: LockLost | None = None
+
+    @property
+    def margin(self) -> float:
+        """The least lease a step may start with: a third of it (at least one
+        storage retry deadline, :func:`check_lease`)."""
+        return self.lease.lease_seconds / LEASE_PER_DEADLINE
+
+    def remaining(self) -> float:
+        """Seconds of lease left, counted from before the last renewal was sent."""
+        return self.lease.lease_seconds - (time.monotonic() - self._renewed)
+
+    def renew(self) -> None:
+        """Renew now (LockLost if this token no longer holds the lock)."""
+        with self._mutex:
+            self._renew()
+
+    def _renew(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+        started = time.monotonic()
+        try:
+            renew(self.lease)
+        except LockLost as err:
+            self.lost = err
+            raise
+        self._renewed = self._confirmed = started
+
+    def check(self, step: str) -> None:
+        """Before a publishing step: LockLost unless this token still holds the
+        lock with at least :attr:`margin` of its lease left (renewed here if
+        less is left)."""
+        with self._mutex:
+            if self.lost is not None:
+                raise self.lost
+            if self.remaining() < self.margin:
+                try:
+                    self._renew()
+                except LockLost:
+                    raise
+                except Exception as err:  # noqa: BLE001 - storage failed: the lease is not sure
+                    self.lost = _lost(
+                        self.lease,
+                        None,
+                        f"its lease could not be renewed before {step} ({type(err).__name__}: "
+                        f"{str(err)[:200]}) and too little of it is left to go on",
+                    )
+                    raise self.lost from err
+            elif time.monotonic() - self._confirmed > CONFIRM_EVERY:
+                seen = _read(self.lease.uri)
+                if seen is None or seen[0].get("token") != self.lease.token:
+                    self.lost = _lost(self.lease, seen[0] if seen else None)
+                    raise self.lost
+                self._confirmed = time.monotonic()
 
 
 @contextlib.contextmanager
-def holding(
-    work_uri: str, *, run_id: str, lease: dt.timedelta | None = None, every: float | None = None
-) -> Iterator[None]:
-    """Run the body holding the lock: renew it now (raises LockLost if this run
-    lost it), then from a background thread every ``every`` seconds (default:
-    a fifth of the lease). If the lock is lost meanwhile, the body goes on
-    (a Beam job is not interrupted) and LockLost is raised when it ends."""
-    lease = lease or lease_from_env()
-    every = every if every is not None else lease.total_seconds() / RENEWALS_PER_LEASE
-    renew(work_uri, run_id=run_id, lease=lease)
-    client = storage.gcs_client() if storage.is_gcs(work_uri) else None
+def holding(lease: Lease, *, every: float | None = None) -> Iterator[Fence]:
+    """Run the body holding the lock: renewed now (raises LockLost if this
+    token lost it), then from a background thread every ``every`` seconds
+    (default: a fifth of the lease). A renewal that fails is logged as an
+    error at once; if the lock is lost, or the lease runs out without a
+    renewal, the body goes on (a Beam job is not interrupted), publishing
+    steps refuse (:meth:`Fence.check`), and LockLost is raised when it ends."""
+    fence = Fence(lease)
+    fence.renew()
+    every = every if every is not None else lease.lease_seconds / RENEWALS_PER_LEASE
+    client = storage.gcs_client() if storage.is_gcs(lease.uri) else None
     stop = threading.Event()
-    lost: list[LockLost] = []
 
     def keep() -> None:
         with storage.use_client(client) if client is not None else contextlib.nullcontext():
             while not stop.wait(every):
                 try:
-                    renew(work_uri, run_id=run_id, lease=lease)
+                    fence.renew()
                 except LockLost as err:
                     log.error("%s", err)
-                    lost.append(err)
                     return
-                except Exception as err:  # noqa: BLE001 - a transient failure: try again
-                    log.warning(
-                        "could not renew the lock %s (trying again in %.0f s): %s",
-                        lock_uri(work_uri),
-                        every,
-                        err,
+                except Exception as err:  # noqa: BLE001 - storage failed: say so loudly
+                    left = fence.remaining()
+                    log.error(
+                        "could not renew the lock %s (%s: %s); %.0f s of its lease are left",
+                        lease.uri,
+                        type(err).__name__,
+                        str(err)[:300],
+                        left,
                     )
+                    if left <= 0:
+                        fence.lost = _lost(
+                            lease, None, "its lease ran out while its renewals failed"
+                        )
+                        log.error("%s", fence.lost)
+                        return
 
-    thread = threading.Thread(target=keep, name=f"lock-lease-{run_id}", daemon=True)
+    thread = threading.Thread(target=keep, name=f"lock-lease-{lease.run_id}", daemon=True)
     thread.start()
     t0 = time.monotonic()
     try:
-        yield
+        yield fence
     finally:
         stop.set()
         thread.join(timeout=every + 60)
-    if lost:
-        raise lost[0]
-    log.debug("held %s for %.0f s", lock_uri(work_uri), time.monotonic() - t0)
+    if fence.lost is not None:
+        raise fence.lost
+    if fence.remaining() <= 0:
+        raise _lost(lease, None, "its lease ran out: the last renewals failed")
+    log.debug("held %s for %.0f s", lease.uri, time.monotonic() - t0)
 
 
 def runs_whole_dag_in_process(dag_run: Any) -> bool:

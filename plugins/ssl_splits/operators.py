@@ -218,7 +218,8 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
 
         # The run's lock: renewed now (a run whose lock was taken over stops
         # here) and in the background while the job runs, for hours if need be.
-        with airflow_storage(), holding_lock(self.config, {"run_id": context["run_id"]}):
+        lease = context["ti"].xcom_pull(task_ids="acquire_lock")
+        with airflow_storage(), holding_lock(lease):
             return self._execute(context)
 
     def _extra_links(self, cfg: RunConfig) -> tuple[BaseOperatorLink, ...]:

@@ -1,39 +1,49 @@
-"""Publish the manifest: atomically, without losing a concurrent publisher's
-splits, keeping every published version.
+"""Publish the manifest: atomically, fenced, without losing a concurrent
+publisher's splits, keeping every published version true to its bytes.
 
-On GCS (google-cloud-storage): read the manifest and its generation, apply
-the update, write with ``if_generation_match`` = that generation (0 when
-there is none). If another publisher committed in between, GCS answers 412:
-re-read, re-apply, retry with backoff. A single-request upload replaces the
-object atomically. After the commit, the same document is also written as
-``{manifest stem}.versions/{UTC time}-{generation}.json``; if that copy
+Written against the storage contract only (``beam_jobs.storage``): read the
+manifest and the version read (``read_versioned``), apply the update, and
+commit with ``write_if`` on that version (:data:`storage.MISSING` when there is
+none). If another publisher committed in between, the write fails its
+precondition: re-read, re-apply, retry with backoff. On GCS that is a
+generation precondition; locally a compare-and-rename under the folder's
+``flock``. Right before each commit the run's lock is checked
+(``ssl_splits.lock.Fence.check``): a writer that lost its lease commits nothing.
+
+After the commit, the same document is also written, create-only, as
+``{manifest stem}.versions/{UTC time}-{generation or sha}.json``. If that copy
 cannot be written, :class:`VersionNotWritten` says that the manifest *was*
-published (at which generation) and that only its copy is missing. Every
-other PublishError means the manifest is unchanged.
+published and that only its copy is missing. Every other PublishError means
+the manifest is unchanged.
 
-On a local path: the same read-modify-write under an exclusive ``flock`` on
-``{manifest}.lock``, committed with ``rename(2)``.
+**Versions true to bytes.** A rebuild replaces a split's published files. Each
+earlier version that describes that split with other bytes then says so: its
+entry gains ``replaced`` (when, by which version) and the document a top-level
+``superseded_by``, so that nobody takes an old version's shard list for files
+that still exist (:func:`mark_replaced`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from beam_jobs import storage
 from beam_jobs.manifest import dumps
 
+if TYPE_CHECKING:
+    from ssl_splits.lock import Fence
+
 log = logging.getLogger(__name__)
 
 Update = Callable[[dict[str, Any] | None], dict[str, Any]]
+MAX_MANIFEST_BYTES = 256 << 20
 
 
 class PublishError(RuntimeError):
@@ -67,34 +77,87 @@ def _stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-def publish(uri: str, update: Update, *, attempts: int = 8) -> Published:
-    """Apply ``update`` (current manifest or None -> new manifest) and commit it."""
-    if storage.is_gcs(uri):
-        from google.api_core import exceptions as gexc
-
-        try:
-            committed = _publish_gcs(uri, update, attempts)
-        except (gexc.RetryError, gexc.GoogleAPIError, ConnectionError) as err:
-            raise PublishError(
-                f"could not publish {uri}: Cloud Storage kept failing ({_cause(err)}); retried "
-                f"with backoff for {os.environ.get('SSL_SPLITS_GCS_RETRY_DEADLINE') or 300} s. "
-                "The manifest is unchanged; the task can be retried."
-            ) from err
-        _write_version(committed, f"generation {committed.generation}")
-        return committed
-    return _publish_local(uri, update)
-
-
 def _cause(err: BaseException) -> str:
     cause = getattr(err, "cause", None) or err
     return f"{type(cause).__name__}: {str(cause)[:300]}"
 
 
-def _write_version(published: Published, which: str) -> None:
-    """Write the versioned copy of a manifest just committed; if that fails,
-    say so truthfully: the manifest *was* published."""
+def _read(uri: str) -> tuple[dict[str, Any] | None, str]:
+    """The manifest at ``uri`` and the version read (MISSING when there is none)."""
     try:
-        storage.write_text(published.version_uri, dumps(published.manifest), "application/json")
+        data, info = storage.read_versioned(uri, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        return None, storage.MISSING
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("splits"), dict):
+        raise PublishError(
+            f"{uri} exists and is not a manifest of this product: not replacing it. Move it "
+            "elsewhere or choose another manifest_uri."
+        )
+    return doc, info.version or storage.MISSING
+
+
+def publish(
+    uri: str, update: Update, *, fence: Fence | None = None, attempts: int = 8
+) -> Published:
+    """Apply ``update`` (current manifest or None -> new manifest) and commit it,
+    conditionally on the version read and, with ``fence``, on the run's lock."""
+    from ssl_splits.lock import LockLost
+
+    for attempt in range(1, attempts + 1):
+        try:
+            current, version = _read(uri)
+            doc = update(current)
+            text = dumps(doc)
+            if fence is not None:
+                fence.check(f"the commit of {uri}")
+            info = storage.write_if(uri, text.encode(), if_version=version)
+        except storage.PreconditionFailed:
+            wait = min(5.0, 0.1 * 2**attempt) * (0.5 + random.random())
+            log.info(
+                "manifest %s changed while publishing (attempt %d/%d); re-reading in %.1f s",
+                uri,
+                attempt,
+                attempts,
+                wait,
+            )
+            time.sleep(wait)
+            continue
+        except (PublishError, LockLost):
+            raise
+        except Exception as err:  # noqa: BLE001 - storage failed after its retries
+            raise PublishError(
+                f"could not publish {uri}: storage kept failing ({_cause(err)}); retried with "
+                f"backoff for {storage.retry_deadline():.0f} s. The manifest is unchanged; the "
+                "task can be retried."
+            ) from err
+        tag = (
+            str(info.generation)
+            if info.generation is not None
+            else hashlib.sha256(text.encode()).hexdigest()[:12]
+        )
+        version_uri = storage.join(versions_folder(uri), f"{_stamp()}-{tag}.json")
+        published = Published(uri, version_uri, info.generation, attempt, doc)
+        _write_version(published, f"generation {tag}" if info.generation else f"sha256 {tag}")
+        return published
+    raise PublishError(
+        f"could not publish {uri}: it kept changing under {attempts} attempts "
+        "(another publisher?); the manifest is unchanged by this run"
+    )
+
+
+def _write_version(published: Published, which: str) -> None:
+    """Write the versioned copy of a manifest just committed (create-only);
+    if that fails, say so truthfully: the manifest *was* published."""
+    try:
+        storage.write_if(
+            published.version_uri,
+            dumps(published.manifest).encode(),
+            if_version=storage.MISSING,
+        )
     except Exception as err:  # noqa: BLE001 - any storage failure, reported as what it means
         raise VersionNotWritten(
             f"{published.uri} was published ({which}; splits: "
@@ -107,74 +170,64 @@ def _write_version(published: Published, which: str) -> None:
         ) from err
 
 
-def _publish_gcs(uri: str, update: Update, attempts: int) -> Published:
-    from google.api_core import exceptions as gexc
+# --------------------------------------------------------------------------- versions true to bytes
 
-    bucket_name, name = storage.split_gcs(uri)
-    bucket = storage.gcs_client().bucket(bucket_name)
-    retry = storage._retry()
-    for attempt in range(1, attempts + 1):
-        blob = bucket.blob(name)
-        try:
-            blob.reload(retry=retry)
-            generation = int(blob.generation)
-            current = json.loads(
-                blob.download_as_bytes(if_generation_match=generation, retry=retry)
-            )
-        except gexc.NotFound:
-            generation, current = 0, None
-        except gexc.PreconditionFailed:
-            continue  # replaced between reload and download: read again
-        doc = update(current)
-        text = dumps(doc)
-        try:
-            # Conditional, so safe to retry on transient errors (the library's
-            # default policy retries only conditional writes).
-            # no-cache: readers of a public bucket must not see an old manifest
-            # from an edge cache.
-            blob.cache_control = "no-cache"
-            blob.upload_from_string(
-                text, content_type="application/json", if_generation_match=generation, retry=retry
-            )
-        except gexc.PreconditionFailed:
-            wait = min(5.0, 0.1 * 2**attempt) * (0.5 + random.random())
-            log.info(
-                "manifest %s changed while publishing (attempt %d/%d); re-reading in %.1f s",
-                uri,
-                attempt,
-                attempts,
-                wait,
-            )
-            time.sleep(wait)
+
+def _files(entry: Any) -> set[tuple[Any, Any, Any]]:
+    shards = entry.get("shards") if isinstance(entry, dict) else None
+    return {
+        (s.get("path"), s.get("num_bytes"), s.get("crc32c"))
+        for s in shards or []
+        if isinstance(s, dict)
+    }
+
+
+def replaced_in(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The splits of ``old`` whose files ``new`` describes with other bytes
+    (pure: two manifests in, split names out)."""
+    out = []
+    for name, entry in (old.get("splits") or {}).items():
+        now = (new.get("splits") or {}).get(name)
+        if isinstance(entry, dict) and now is not None and "replaced" not in entry:
+            if _files(entry) != _files(now):
+                out.append(name)
+    return sorted(out)
+
+
+def mark_replaced(published: Published, *, fence: Fence | None = None) -> list[str]:
+    """Mark every earlier version of the manifest whose splits' files this
+    publication replaced; returns the versions marked. Each is rewritten
+    conditionally on the version read (a concurrent change is left alone)."""
+    marked = []
+    at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for f in storage.list_files(storage.join(versions_folder(published.uri), "*.json")):
+        if f.path == published.version_uri:
             continue
-        new_generation = int(blob.generation) if blob.generation is not None else None
-        version = storage.join(versions_folder(uri), f"{_stamp()}-{new_generation}.json")
-        return Published(uri, version, new_generation, attempt, doc)  # committed
-    raise PublishError(
-        f"could not publish {uri}: it kept changing under {attempts} attempts "
-        "(another publisher?); the manifest is unchanged by this run"
-    )
-
-
-def _publish_local(uri: str, update: Update) -> Published:
-    os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
-    with open(f"{uri}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            current = json.loads(storage.read_text(uri)) if os.path.exists(uri) else None
-            doc = update(current)
-            text = dumps(doc)
-            try:
-                storage.write_text(uri, text, "application/json")  # rename(2): all or nothing
-            except OSError as err:
-                raise PublishError(
-                    f"could not publish {uri}: {err}. The manifest is unchanged; "
-                    "the task can be retried."
-                ) from err
-            sha = hashlib.sha256(text.encode()).hexdigest()[:12]
-            version = storage.join(versions_folder(uri), f"{_stamp()}-{sha}.json")
-            published = Published(uri, version, None, 1, doc)
-            _write_version(published, f"sha256 {sha}")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return published
+            data, info = storage.read_versioned(f.path, MAX_MANIFEST_BYTES)
+            doc = json.loads(data)
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        names = replaced_in(doc, published.manifest)
+        if not names:
+            continue
+        for name in names:
+            doc["splits"][name]["replaced"] = {
+                "at": at,
+                "by_version": published.version_uri,
+                "note": "a later build replaced this split's files: the shards listed here "
+                "no longer exist as described (their names now hold other bytes)",
+            }
+        doc["superseded_by"] = published.version_uri
+        if fence is not None:
+            fence.check(f"marking {f.path}")
+        try:
+            storage.write_if(f.path, dumps(doc).encode(), if_version=info.version or "")
+        except storage.PreconditionFailed:
+            continue
+        marked.append(f.path)
+    if marked:
+        log.info("marked %d earlier manifest version(s) as replaced", len(marked))
+    return marked

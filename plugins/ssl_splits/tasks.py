@@ -27,11 +27,12 @@ from beam_jobs.catalog import REPORT_FILE, fingerprint
 from beam_jobs.contracts import VALIDATION, SplitSpec
 from beam_jobs.layout import catalog_dir as catalog_folder
 from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
-from beam_jobs.manifest import entry_problems, load_or_none, now, summary_lines
+from beam_jobs.manifest import ManifestError, entry_problems, load_or_none, now, summary_lines
 from beam_jobs.plan import PlanRequest, make_plans, nesting_lines, write_plans, write_records
 from beam_jobs.split_algorithm import ALGORITHM
 from ssl_splits import commit, lock
 from ssl_splits.config import ConfigError, RunConfig, resolve
+from ssl_splits.ownership import ForeignFiles, check_no_foreign, record_tfds, tfds_records, unowned
 from ssl_splits.publish import Published
 from ssl_splits.rerun import rerun_decision
 
@@ -118,47 +119,51 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "source": source}
 
 
-def acquire_lock(config: dict[str, Any], run: dict[str, Any]) -> str:
-    """Take the output folder's lock for this DAG run (raises LockHeld saying
-    who holds it); the DAG's teardown releases it. ``run["in_process"]``: this
-    process runs the whole DAG run (``airflow dags test``)."""
+def acquire_lock(config: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Take the output folder's lock for this DAG run with a new token (raises
+    LockHeld saying who holds it); return the lease (this task's XCom), which
+    every later task holds the lock with and the DAG's teardown releases.
+    ``run["in_process"]``: this process runs the whole DAG run (``airflow dags test``)."""
     cfg = RunConfig.from_dict(config)
     lease = lock.lease_from_env()
-    uri = lock.acquire(
-        cfg.work_uri,
+    held = lock.acquire(
+        cfg.output_uri,
         run_id=run["run_id"],
         dag_id=run["dag_id"],
-        output_uri=cfg.output_uri,
         lease=lease,
         in_process=bool(run.get("in_process")),
     )
     log.info(
-        "holding %s for this run (a lease of %.0f s, renewed while its tasks run%s)",
-        uri,
+        "holding %s for this run (a lease of %.0f s on the storage's clock, renewed while its "
+        "tasks run%s)",
+        held.uri,
         lease.total_seconds(),
         "; free as soon as this process is gone" if run.get("in_process") else "",
     )
-    return uri
+    return held.to_dict()
 
 
 @contextlib.contextmanager
-def holding_lock(config: dict[str, Any], run: dict[str, Any]) -> Iterator[None]:
+def holding_lock(lease: dict[str, Any] | None) -> Iterator[lock.Fence]:
     """Run a task's body holding this run's lock: renewed at the start (raises
     LockLost naming the run that took it over) and in the background while
-    the body runs (``ssl_splits.lock.holding``)."""
-    cfg = RunConfig.from_dict(config)
-    with lock.holding(cfg.work_uri, run_id=run["run_id"]):
-        yield
+    the body runs (``ssl_splits.lock.holding``); the Fence publishing steps check."""
+    if not lease:
+        raise TaskError(
+            "this run holds no lock on its output folder (acquire_lock did not run or "
+            "returned nothing): not going on"
+        )
+    with lock.holding(lock.Lease.from_dict(lease)) as fence:
+        yield fence
 
 
-def release_lock(params: dict[str, Any], run: dict[str, Any]) -> bool:
-    """Release the output folder's lock if this run holds it (the DAG's teardown)."""
-    try:
-        cfg = resolve(params)
-    except ValueError:
-        return False  # params never passed check_params: no lock was taken
-    released = lock.release(cfg.work_uri, run_id=run["run_id"])
-    log.info("%s %s", "released" if released else "did not hold", layout.lock_uri(cfg.work_uri))
+def release_lock(lease: dict[str, Any] | None) -> bool:
+    """Release the output folder's lock if this run's token holds it (the DAG's teardown)."""
+    if not lease:
+        return False  # acquire_lock failed or never ran: no lock was taken
+    held = lock.Lease.from_dict(lease)
+    released = lock.release(held)
+    log.info("%s %s", "released" if released else "did not hold", held.uri)
     return released
 
 
@@ -188,12 +193,22 @@ def decide(
     return d.action, d.reason
 
 
-def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]:
-    """Write the plans and return one spec per split for the build and verify tasks."""
+def plan(
+    config: dict[str, Any], source: dict[str, Any], fence: lock.Fence | None = None
+) -> list[dict[str, Any]]:
+    """Write the plans and return one spec per split for the build and verify tasks.
+
+    Stops, before anything is built, if a file the product did not write sits
+    under a name this run would write (``ssl_splits.ownership``)."""
     cfg = RunConfig.from_dict(config)
     # A publication an earlier run left half-done is finished first, so that
     # the decisions below see published splits as they are meant to be.
-    finished = commit.recover(cfg.work_uri)
+    unfinished: list[str] = []
+    try:
+        finished = commit.recover(cfg.output_uri, fence)
+    except commit.UnfinishedSplits as err:
+        log.error("%s", err)
+        finished, unfinished = [], err.splits
     if finished:
         log.info("finished the interrupted publication of %s", ", ".join(finished))
     catalog_dir = source["catalog_dir"]
@@ -224,7 +239,10 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
         raise TaskError(f"two plans would write the same split name: {names}")
     summaries = write_plans(plans, plans_dir(cfg.work_uri))
     write_records(plans, catalog_dir)  # each build reads only its split's rows
-    manifest = load_or_none(cfg.manifest_uri)
+    try:
+        manifest = load_or_none(cfg.manifest_uri)
+    except ManifestError:
+        raise TaskError(str(ForeignFiles(cfg.output_uri, [cfg.manifest_uri]))) from None
     published_layout = ((manifest or {}).get("source") or {}).get("layout", layout.COMMON)
     if manifest and manifest.get("splits") and published_layout != source_layout:
         raise TaskError(
@@ -262,6 +280,32 @@ def plan(config: dict[str, Any], source: dict[str, Any]) -> list[dict[str, Any]]
                 action=action, reason=reason, catalog_dir=catalog_dir, layout=source_layout
             )
         )
+    specs = [
+        spec.rebuilt("its last publication could not be finished (see above)")
+        if spec.split in unfinished and spec.action != "build"
+        else spec
+        for spec in specs
+    ]
+    not_rebuilt = sorted(set(unfinished) - {s.split for s in specs})
+    if not_rebuilt:
+        raise TaskError(
+            f"an earlier publication of {', '.join(not_rebuilt)} into {cfg.output_uri} could not "
+            "be finished (its staged shards are gone; see the error above), and this run does "
+            f"not rebuild {'it' if len(not_rebuilt) == 1 else 'them'}: trigger the DAG for "
+            f"{', '.join(not_rebuilt)} with force. Nothing was built."
+        )
+    building = [s for s in specs if s.action == "build"]
+    if building:
+        naming = layout.naming(source_layout)
+        try:
+            check_no_foreign(
+                output_uri=cfg.output_uri,
+                manifest_uri=cfg.manifest_uri,
+                prefixes=[naming.file_prefix(s.split) for s in building],
+                manifest=manifest,
+            )
+        except ForeignFiles as err:
+            raise TaskError(str(err)) from None
     for spec in specs:
         log.info("%-20s %-5s %s", spec.split, spec.action, spec.reason)
     return [spec.to_dict() for spec in specs]
@@ -403,15 +447,18 @@ def publish_manifest(
     specs: list[dict[str, Any]],
     jobs: dict[str, dict[str, Any]],
     run: dict[str, Any],
+    fence: lock.Fence | None = None,
 ) -> dict[str, Any]:
     """Publish this run's verified builds: their shards take their final names
     and the manifest their entries (``ssl_splits.commit``), only if each was
-    verified for this run's plan and is still the object verified."""
+    verified for this run's plan and is still the object verified, only over
+    files the product wrote, and only while this run holds the lock (``fence``)."""
     cfg = RunConfig.from_dict(config)
-    # A retry of this task (or a run after a killed one) first finishes what was started.
-    commit.recover(cfg.work_uri)
-    current = load_or_none(cfg.manifest_uri) or {"splits": {}}
     built = [spec for spec in map(SplitSpec.from_dict, specs) if spec.action == "build"]
+    # A retry of this task (or a run after a killed one) first finishes what was started.
+    commit.recover(cfg.output_uri, fence, rebuilding=frozenset(s.split for s in built))
+    previous = load_or_none(cfg.manifest_uri)
+    current = previous or {"splits": {}}
     builds = {
         s.split: verified_build(cfg, s)
         for s in built
@@ -425,7 +472,7 @@ def publish_manifest(
         )
         # Derived from the manifest: rewritten here too, in case a run was
         # stopped between its manifest commit and these files.
-        tfds = describe_for_tfds(cfg) if current["splits"] else []
+        tfds = describe_for_tfds(cfg, fence) if current["splits"] else []
         return {
             "manifest_uri": cfg.manifest_uri,
             "changed": sorted(s.split for s in built),
@@ -446,27 +493,31 @@ def publish_manifest(
             f"{source['fingerprint'][:16]} -> {now_fp[:16]}); nothing was published. "
             "Trigger the DAG again to validate and build from the new source."
         )
-    pub = commit.prepare(
-        run_id=run["run_id"],
-        manifest_uri=cfg.manifest_uri,
-        output_uri=cfg.output_uri,
-        work_uri=cfg.work_uri,
-        entries=entries,
-        shards={name: v["shards"] for name, (_, v) in builds.items()},
-        stagings={name: st["staging"] for name, (st, _) in builds.items()},
-        source=source_section(cfg, source),
-        provenance={
-            "code_version": __version__,
-            "dag_id": run.get("dag_id"),
-            "run_id": run.get("run_id"),
-            "published_at": run["published_at"],
-        },
-    )
+    try:
+        pub = commit.prepare(
+            run_id=run["run_id"],
+            manifest_uri=cfg.manifest_uri,
+            output_uri=cfg.output_uri,
+            work_uri=cfg.work_uri,
+            entries=entries,
+            shards={name: v["shards"] for name, (_, v) in builds.items()},
+            stagings={name: st["staging"] for name, (st, _) in builds.items()},
+            source=source_section(cfg, source),
+            provenance={
+                "code_version": __version__,
+                "dag_id": run.get("dag_id"),
+                "run_id": run.get("run_id"),
+                "published_at": run["published_at"],
+            },
+            previous=previous,
+        )
+    except ForeignFiles as err:
+        raise TaskError(str(err)) from None
     try:
         commit.check_staged(pub)
     except commit.PublicationError as err:
         raise TaskError(str(err)) from None
-    result: Published = commit.execute(pub)
+    result: Published = commit.execute(pub, fence)
     for line in summary_lines(result.manifest):
         log.info("%s", line)
     log.info(
@@ -475,7 +526,7 @@ def publish_manifest(
         result.version_uri,
         ", ".join(sorted(entries)),
     )
-    tfds = describe_for_tfds(cfg)
+    tfds = describe_for_tfds(cfg, fence)
     return {
         "manifest_uri": result.uri,
         "version_uri": result.version_uri,
@@ -501,13 +552,26 @@ def _already_published(
     return (entry.get("verification") or {}).get("stats_sha256") == report.get("stats_sha256")
 
 
-def describe_for_tfds(cfg: RunConfig) -> list[str]:
+def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[str]:
     """Write TFDS metadata (dataset_info.json, features.json) for the published
     manifest, so ``tfds.builder_from_directory(output_uri)`` reads the splits.
     Derived from the manifest and rewritable at any time: a failure is a
-    warning, never a failed publication."""
+    warning, never a failed publication. Never over a file the product did
+    not write (``_ssl_splits/tfds.json`` records what it wrote)."""
     from beam_jobs.manifest import load
     from beam_jobs.tfds_meta import LABEL_NAMES_FILE, TfdsMetadataError, write_tfds_metadata
+    from ssl_splits.ownership import TFDS_FILES
+
+    infos = [storage.stat(storage.join(cfg.output_uri, n)) for n in TFDS_FILES]
+    foreign = unowned([i for i in infos if i is not None], tfds_records(cfg.output_uri))
+    if foreign:
+        log.warning(
+            "TFDS metadata not written: %s are not files this product wrote (left as they are)",
+            ", ".join(foreign),
+        )
+        return []
+    if fence is not None:
+        fence.check("writing the TFDS metadata")
 
     # A TFDS source's class names (its label.labels.txt), for the outputs' ClassLabel.
     names_uri = storage.join(cfg.source_uri, LABEL_NAMES_FILE)
@@ -517,5 +581,6 @@ def describe_for_tfds(cfg: RunConfig) -> list[str]:
     except TfdsMetadataError as err:
         log.warning("TFDS metadata not written: %s", err)
         return []
+    record_tfds(cfg.output_uri, uris)
     log.info("TFDS metadata: %s", ", ".join(uris))
     return uris

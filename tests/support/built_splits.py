@@ -154,11 +154,11 @@ def build_all(run: Run, deep: bool = True) -> None:
             verify(run, spec["split"], deep=deep)
 
 
-def publish(run: Run, run_id: str = "manual__1") -> dict[str, Any]:
+def publish(run: Run, run_id: str = "manual__1", fence: Any = None) -> dict[str, Any]:
     from ssl_splits import tasks
 
     return tasks.publish_manifest(
-        run.config, run.source, run.specs, {}, {"dag_id": DAG_ID, "run_id": run_id}
+        run.config, run.source, run.specs, {}, {"dag_id": DAG_ID, "run_id": run_id}, fence
     )
 
 

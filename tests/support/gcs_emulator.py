@@ -12,7 +12,7 @@ object's metadata and its media (412 when the object exists at another
 generation; 404 when it does not exist); reads and rewrites of one generation
 (``generation``, ``sourceGeneration``: 404 once another generation is live, as
 in a bucket without versioning); and rewrites with ``ifSourceGenerationMatch``
-(412). A precondition is checked first: a read of generation G that must match
+and, on their destination, ``ifGenerationMatch`` (412). A precondition is checked first: a read of generation G that must match
 G answers 412 once G is replaced. Its HTTP server handles one request at a time, so the check and the
 write are atomic, as they are on GCS.
 
@@ -131,6 +131,9 @@ def rewrite(request, response, storage, *args, **kwargs):
     bucket, name = request.params["bucket_name"], request.params["object_id"]
     want = request.query.get("ifSourceGenerationMatch")
     if want and _current_generation(storage, bucket, name) not in (0, int(want[0])):
+        return _precondition_failed(response)
+    dest = (request.params["dest_bucket_name"], request.params["dest_object_id"])
+    if not _holds(request, storage, *dest):
         return _precondition_failed(response)
     if _gone(request, storage, bucket, name, "sourceGeneration"):
         return _not_found(response)
