@@ -93,7 +93,8 @@ def params() -> dict[str, Param]:
             None,
             "Source folder",
             "Folder holding ImageNet train-SSSSS-of-NNNNN TFRecords (and optional "
-            "validation-*): gs://bucket/path or an absolute local path. Required.",
+            "validation-*): gs://bucket/path or an absolute local path, inside the "
+            "deployment's allowed roots (SSL_SPLITS_ALLOWED_ROOTS) when it sets them. Required.",
         ),
         "output_uri": _uri_param(
             None,
@@ -186,7 +187,8 @@ def params() -> dict[str, Param]:
             title="Published split files",
             description='{"seed": "uri"} of filename,shard,index files to reproduce exactly, '
             'e.g. {"1": "gs://bucket/fixmatch/files2shards_train_size128116_split1.txt"}. '
-            "Each seed must also be in Seeds.",
+            "Each seed must also be in Seeds. A file: at most 64 MiB, no more lines than "
+            "the source has records.",
             patternProperties={
                 "^[0-9]+$": {
                     "type": "string",
@@ -206,7 +208,9 @@ def params() -> dict[str, Param]:
             '(SimCLR\'s format), e.g. {"mysubset": "gs://bucket/names.txt"}: each '
             "gives the split train{N}.{label} of exactly those records (every name "
             "must be in the source), in the product's order and sharding. A label "
-            "is a lower-case letter, then letters, digits or _.",
+            "is a lower-case letter, then letters, digits or _. At most "
+            f"{MAX_NAME_LISTS} lists; a list: at most 64 MiB, no more names than the "
+            "source has records.",
             patternProperties={
                 protocols.LABEL_PATTERN: {
                     "type": "string",
