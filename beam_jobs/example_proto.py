@@ -181,8 +181,9 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
     try:
         ex.ParseFromString(data)
     except Exception as err:  # protobuf raises DecodeError (a Message.Error)
+        # The error's type only: its text is the parser's, and no byte of the record is quoted.
         raise ExampleError(
-            "not_an_example", f"does not parse as tf.train.Example ({err})"
+            "not_an_example", f"does not parse as tf.train.Example ({type(err).__name__})"
         ) from None
     fmap = ex.features.feature
     # Fast path (every well-formed record): one lookup per feature. Anything
@@ -215,15 +216,21 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
     if not encoded:
         raise ExampleError("empty_image", f"'{keys.encoded}' is empty")
     raw_name = _single(fmap, keys.filename, "bytes_list", True)
+    # What is wrong with the name, never the name: the record is a user-named file's content.
     try:
         filename = raw_name.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as err:
         raise ExampleError(
-            "bad_filename", f"'{keys.filename}' is not UTF-8: {raw_name[:60]!r}"
+            "bad_filename",
+            f"'{keys.filename}' is not UTF-8 (byte {err.start} of {len(raw_name)})",
         ) from None
-    if not filename or "," in filename or "\n" in filename:
+    if not filename:
+        raise ExampleError("bad_filename", f"'{keys.filename}' is empty")
+    if "," in filename or "\n" in filename:
         raise ExampleError(
-            "bad_filename", f"'{keys.filename}' {filename!r} is empty or has ',' or a newline"
+            "bad_filename",
+            f"'{keys.filename}' has a ',' or a newline (at character "
+            f"{min(i for i in (filename.find(','), filename.find(chr(10))) if i >= 0)})",
         )
     label = int(_single(fmap, keys.label, "int64_list", True))
     raw_synset = _single(fmap, keys.synset, "bytes_list", False) if keys.synset else None

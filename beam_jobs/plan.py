@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_jobs import defaults, protocols, storage
+from beam_jobs import access, defaults, protocols, storage
 from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, read_catalog, read_table, write_table
 from beam_jobs.layout import plan_file, records_uri
 from beam_jobs.split_algorithm import (
@@ -123,9 +124,27 @@ def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, s
     return files, lists
 
 
+def check_list_locations(files: dict[int, str], name_lists: list[tuple[str, str]]) -> None:
+    """The deployment's rules for the files params name (``beam_jobs.access``:
+    the allowed roots, never the Airflow home), applied again here before any is
+    read: the DAG's ``resolve()`` checked them, this covers the CLI and any other
+    caller. Shipped ``published:...`` lists are the product's own."""
+    roots = access.allowed_roots()
+    named = [(f"sharding file of seed {seed}", uri) for seed, uri in sorted(files.items())]
+    named += [(f"name list {label}", uri) for label, uri in name_lists]
+    for what, uri in named:
+        if not protocols.is_ref(uri):
+            try:
+                where = uri if access.is_gcs(uri) else os.path.abspath(uri)  # CLI: relative ok
+                access.check_location(what, where, roots)
+            except access.AccessError as err:
+                raise PlanError(str(err)) from None
+
+
 def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     """All plans a request asks for (pure given the catalog)."""
     files, name_lists = expand_protocol(req)
+    check_list_locations(files, name_lists)
     start = time.perf_counter()
     table = read_catalog(catalog_dir, ["filename", "label"])
     # In name order once here (only checked when the catalog is in that order
@@ -164,7 +183,9 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
         for seed in req.seeds:
             if seed in files:
                 plans.append(
-                    published_plan(read_plan_file(files[seed], seed=seed), cat, class_names)
+                    published_plan(
+                        read_plan_file(files[seed], seed=seed, max_lines=total), cat, class_names
+                    )
                 )
                 continue
             try:
@@ -186,7 +207,7 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
                     raise
                 raise PlanError(f"fraction {fraction}, seed {seed}: {err}") from None
     for label, uri in name_lists:
-        listed, lines = read_name_list(uri)
+        listed, lines = read_name_list(uri, max_lines=total)  # no more names than records
         plans.append(
             named_plan(
                 listed,

@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from beam_jobs import defaults, protocols
+from beam_jobs import access, defaults, protocols
 from beam_jobs.arrays import from_numpy, to_numpy
 from beam_jobs.split_keys import ALGORITHM, key_bytes, key_prefix, split_names  # noqa: F401 (ALGORITHM re-exported)
 
@@ -687,23 +687,28 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        # Messages name the line and what is wrong, never its text: the file may be
+        # anything a param named (a secret, if the allowed roots let it through).
         parts = line.split(",")
         problem = None
         if len(parts) != 3:
-            problem = f"line {lineno}: expected 'filename,shard,index', got {line[:80]!r}"
+            problem = (
+                f"line {lineno}: expected 3 comma-separated fields (filename,shard,index), "
+                f"found {len(parts)}"
+            )
         else:
             name, s, i = (p.strip() for p in parts)
             # ASCII digits only: str.isdigit() also accepts '²', which int() rejects.
-            if not name or not (s.isascii() and s.isdigit() and i.isascii() and i.isdigit()):
-                problem = (
-                    f"line {lineno}: expected a name and two non-negative integers, "
-                    f"got {line[:80]!r}"
-                )
-            elif int(s) >= MAX_SHARD_COUNT or int(i) >= 2**31:
-                problem = (
-                    f"line {lineno}: shard {s} or index {i} is too large (at most "
-                    f"{MAX_SHARD_COUNT - 1} and {2**31 - 1}), got {line[:80]!r}"
-                )
+            if not name:
+                problem = f"line {lineno}: the file name (field 1) is empty"
+            elif not (s.isascii() and s.isdigit()):
+                problem = f"line {lineno}: the shard (field 2) is not a non-negative integer"
+            elif not (i.isascii() and i.isdigit()):
+                problem = f"line {lineno}: the index (field 3) is not a non-negative integer"
+            elif int(s) >= MAX_SHARD_COUNT:
+                problem = f"line {lineno}: the shard is too large (at most {MAX_SHARD_COUNT - 1})"
+            elif int(i) >= 2**31:
+                problem = f"line {lineno}: the index is too large (at most {2**31 - 1})"
         if problem is not None:
             n_bad += 1
             if len(bad) < 10:
@@ -726,8 +731,8 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
     by_name = np.argsort(name_arr, kind="stable")
     dup = np.nonzero(name_arr[by_name][1:] == name_arr[by_name][:-1])[0]
     for d in dup[:5]:
-        a, b = line_arr[by_name][d], line_arr[by_name][d + 1]
-        problems.append(f"name {name_arr[by_name][d]} appears twice (lines {a} and {b})")
+        a, b = sorted((line_arr[by_name][d], line_arr[by_name][d + 1]))
+        problems.append(f"lines {a} and {b} give the same file name")
     if len(dup) > 5:
         problems.append(f"... {len(dup)} duplicate names in all")
     order = np.lexsort((ix, sh))
@@ -825,15 +830,54 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
     )
 
 
-def read_plan_file(uri: str, *, seed: int | None = None, split: str | None = None) -> Plan:
-    """A published ``filename,shard,index`` file (a path, gs:// or a shipped
-    ``published:...`` list) as a plan, exactly as given."""
+def read_list_bytes(uri: str, what: str, max_lines: int | None = None) -> bytes:
+    """The bytes of a plan file or name list named by a param (a path, gs:// or a
+    shipped ``published:...`` list), checked to be UTF-8 text of at most
+    ``MAX_LIST_BYTES`` (from storage metadata, before it is read; the read is
+    bounded too) and, unless shipped, at most ``max_lines`` non-blank lines (the
+    source's records: a list cannot name more). PlanError naming the file, never
+    quoting it."""
     try:
-        raw = protocols.read_text(uri).encode("utf-8")
+        if protocols.is_ref(uri):
+            raw = protocols.read_bytes(uri)
+        else:
+            raw = access.read_bounded(uri, access.MAX_LIST_BYTES, what=what)
     except FileNotFoundError:
-        raise PlanError(f"plan file {uri} does not exist") from None
+        raise PlanError(f"{what} {uri} does not exist") from None
+    except IsADirectoryError:
+        raise PlanError(f"{what} {uri} is a folder, not a file") from None
+    except access.AccessError as err:
+        raise PlanError(str(err)) from None
+    try:
+        raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise PlanError(f"{uri}: not UTF-8 text ({err})") from None
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise PlanError(
+            f"{what} {uri}: not UTF-8 text (line {line}, byte offset {err.start})"
+        ) from None
+    # A shipped list is the product's own, of a known size (its names may simply
+    # be missing from a small source: published_plan and named_plan say so).
+    if max_lines is not None and not protocols.is_ref(uri) and raw.count(b"\n") + 1 > max_lines:
+        lines = sum(1 for line in raw.split(b"\n") if line.strip())
+        if lines > max_lines:
+            raise PlanError(
+                f"{what} {uri} has {lines:,} lines: more than the {max_lines:,} records of "
+                "the source"
+            )
+    return raw
+
+
+def read_plan_file(
+    uri: str,
+    *,
+    seed: int | None = None,
+    split: str | None = None,
+    max_lines: int | None = None,
+) -> Plan:
+    """A published ``filename,shard,index`` file (a path, gs:// or a shipped
+    ``published:...`` list) as a plan, exactly as given. ``max_lines``: the
+    most lines it may have (the source's records); see :func:`read_list_bytes`."""
+    raw = read_list_bytes(uri, "plan file", max_lines)
     # Arrow parses and checks a well-formed file; anything else is reported by line.
     table = parse_plan_table(raw, uri)
     names = table.column("filename").to_numpy()  # object array of str
@@ -863,10 +907,14 @@ def published_plan(
     synset, else the label) and its catalog rows."""
     pos = pc.index_in(pa.array(plan.names, pa.string()), value_set=cat.names)
     if pos.null_count:
+        # By position, not by name: the names are the file's text (see parse_plan_text).
         lost = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
+        where = ", ".join(
+            f"shard {int(plan.shards[i])} index {int(plan.indices[i])}" for i in lost[:5]
+        )
         raise PlanError(
             f"plan {plan.source}: {len(lost):,} of {plan.num_examples:,} names are not in the "
-            f"source catalog, e.g. {', '.join(plan.names[lost[:5]].tolist())}"
+            f"source catalog, e.g. the names at {where}"
         )
     positions = pos.to_numpy().astype(np.int64)
     assert cat.labels is not None
@@ -915,10 +963,11 @@ def parse_name_list(text: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
         if not name:
             continue
         if "," in name:
+            # The line number and what is wrong, never the line's text.
             n_bad += 1
             if len(bad) < 5:
                 bad.append(
-                    f"line {lineno}: {line[:80]!r} is not one file name (a "
+                    f"line {lineno}: a file name must not contain ',' (a "
                     "filename,shard,index file is a sharding file, not a name list)"
                 )
             continue
@@ -935,7 +984,7 @@ def parse_name_list(text: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
     dup = np.nonzero(arr[by_name][1:] == arr[by_name][:-1])[0]
     if len(dup):
         shown = [
-            f"{arr[by_name][d]} (lines {line_arr[by_name][d]} and {line_arr[by_name][d + 1]})"
+            "lines {} and {}".format(*sorted((line_arr[by_name][d], line_arr[by_name][d + 1])))
             for d in dup[:5]
         ]
         raise PlanError(
@@ -944,15 +993,11 @@ def parse_name_list(text: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, line_arr
 
 
-def read_name_list(uri: str) -> tuple[np.ndarray, np.ndarray]:
-    """A name list from a path, gs:// or a shipped ``published:...`` list, checked."""
-    try:
-        text = protocols.read_text(uri)
-    except FileNotFoundError:
-        raise PlanError(f"name list {uri} does not exist") from None
-    except UnicodeDecodeError as err:
-        raise PlanError(f"{uri}: not UTF-8 text ({err})") from None
-    return parse_name_list(text, uri)
+def read_name_list(uri: str, *, max_lines: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A name list from a path, gs:// or a shipped ``published:...`` list, checked
+    (at most ``max_lines`` names: the source's records; see :func:`read_list_bytes`)."""
+    raw = read_list_bytes(uri, "name list", max_lines)
+    return parse_name_list(raw.decode("utf-8"), uri)
 
 
 def plan_named(
@@ -1006,11 +1051,12 @@ def named_plan(
     pos = pc.index_in(wanted, value_set=cat.names)
     missing = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
     if len(missing):
+        # Line numbers, not names: the names are the file's text (see parse_name_list).
         lines = list_lines if list_lines is not None else np.arange(1, len(wanted) + 1)
-        shown = ", ".join(f"{wanted[int(i)].as_py()} (line {lines[int(i)]})" for i in missing[:5])
+        shown = ", ".join(str(int(lines[int(i)])) for i in missing[:5])
         raise PlanError(
             f"{origin}: {len(missing):,} of {len(wanted):,} names are not in the "
-            f"source catalog ({total:,} records), e.g. {shown}"
+            f"source catalog ({total:,} records), e.g. the names on lines {shown}"
         )
     chosen = np.sort(pos.to_numpy(zero_copy_only=False).astype(np.int64))
     if len(chosen) > 1 and bool(np.any(chosen[1:] == chosen[:-1])):

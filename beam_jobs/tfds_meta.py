@@ -70,6 +70,7 @@ the run's ``num_classes``, 0-based; its names from the source's
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -135,6 +136,73 @@ TFDS_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
 }
 TFDS_REQUIRED_FEATURES = ("image", "label", "file_name")
 LABEL_NAMES_FILE = "label.labels.txt"  # TFDS's ClassLabel names, one per line
+# Bounds of a source's label.labels.txt: the product's most classes (the num_classes
+# param's maximum) and a byte size far above ImageNet's (~10 KB of synsets).
+MAX_LABEL_NAMES = 100_000
+MAX_LABEL_NAMES_BYTES = 8 * 1024 * 1024
+MAX_LABEL_NAME_CHARS = 256
+
+
+def parse_label_names(text: str, origin: str) -> list[str]:
+    """The class names of a ``label.labels.txt`` (one per line, label ``i`` on
+    line ``i + 1``; trailing blank lines ignored), checked: no empty name
+    before the last, no control character, at most :data:`MAX_LABEL_NAME_CHARS`
+    characters each and :data:`MAX_LABEL_NAMES` names. TfdsMetadataError naming
+    the file and the line, never quoting it."""
+    names = [line.strip() for line in text.splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if len(names) > MAX_LABEL_NAMES:
+        raise TfdsMetadataError(
+            f"{origin}: {len(names):,} class names, more than the {MAX_LABEL_NAMES:,} allowed"
+        )
+    for lineno, name in enumerate(names, 1):
+        if not name:
+            raise TfdsMetadataError(f"{origin}: line {lineno}: the class name is empty")
+        if len(name) > MAX_LABEL_NAME_CHARS:
+            raise TfdsMetadataError(
+                f"{origin}: line {lineno}: a class name of {len(name):,} characters "
+                f"(at most {MAX_LABEL_NAME_CHARS})"
+            )
+        if any(not ch.isprintable() for ch in name):
+            raise TfdsMetadataError(
+                f"{origin}: line {lineno}: the class name has a control character"
+            )
+    return names
+
+
+def read_label_names(source_uri: str) -> list[str] | None:
+    """A TFDS source's class names (its :data:`LABEL_NAMES_FILE`), or None when it
+    has none. The file must be the source's own: locally, its real path inside the
+    source folder's (a symlink out of it is refused); its size is checked before
+    it is read (:data:`MAX_LABEL_NAMES_BYTES`), then :func:`parse_label_names`.
+    TfdsMetadataError naming the file, never quoting it."""
+    from beam_jobs import access
+
+    uri = storage.join(source_uri, LABEL_NAMES_FILE)
+    if not storage.is_gcs(uri):
+        if not os.path.lexists(uri):
+            return None
+        real, folder = access.real_path(uri), access.real_path(source_uri)
+        if not access.is_within(real, folder) or real == folder:
+            raise TfdsMetadataError(
+                f"{uri} is a link to {real}, outside the source folder {folder}: "
+                "a source's files must be its own"
+            )
+    elif not storage.exists(uri):
+        return None
+    try:
+        raw = access.read_bounded(uri, MAX_LABEL_NAMES_BYTES, what="class names file")
+    except FileNotFoundError:
+        return None
+    except (access.AccessError, IsADirectoryError) as err:
+        raise TfdsMetadataError(str(err) or f"{uri} is not a file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise TfdsMetadataError(f"{uri}: not UTF-8 text (line {line})") from None
+    return parse_label_names(text, uri)
 
 
 def _class_label(num_classes: int) -> dict[str, Any]:

@@ -377,8 +377,8 @@ def careful_rows(path: str, checks: Checks) -> tuple[pa.Table, Problems, int, in
                 n_bad += 1
                 problems.add(
                     "label_range",
-                    f"{path} at byte offset {item.offset} (record {rec_index}, "
-                    f"{rec.filename}): label {rec.label} is outside "
+                    f"{path} at byte offset {item.offset} (record {rec_index}): "
+                    f"label {rec.label} is outside "
                     f"{checks.label_min}..{checks.label_max}",
                     file=path,
                     offset=item.offset,
@@ -411,12 +411,12 @@ def report_duplicates(table: pa.Table, problems: Problems) -> None:
             f"{f} at byte offset {o}"
             for f, o in zip(rows.column("file").to_pylist(), rows.column("offset").to_pylist())
         ]
+        # Where, not the name: messages never quote a source file's content.
         problems.add(
             "duplicate_filename",
-            f"{name} appears {rows.num_rows} times: " + "; ".join(where),
+            f"a file name appears {rows.num_rows} times: " + "; ".join(where),
             file=rows.column("file")[0].as_py(),
             offset=rows.column("offset")[0].as_py(),
-            filename=name,
         )
     problems.counts["duplicate_filename"] += max(0, n_dups - EXAMPLES_PER_KIND)
 
@@ -504,7 +504,8 @@ def finalize(
             if len(synsets[label]) > 1:
                 problems.add(
                     "label_synset",
-                    f"label {label} comes with several synsets: {sorted(synsets[label])[:5]}",
+                    f"label {label} comes with {len(synsets[label])} different synsets "
+                    "(records' synset features, or the line of label.labels.txt)",
                     label=label,
                 )
         if (
@@ -692,13 +693,13 @@ LABEL_NAMES_FILE = "label.labels.txt"
 
 def read_label_names(source_uri: str, naming: layout.Naming) -> list[str] | None:
     """A TFDS source's class names by label (``label.labels.txt``, which TFDS
-    writes beside the shards: the synsets, for imagenet2012), if it has one."""
+    writes beside the shards: the synsets, for imagenet2012), if it has one;
+    read and checked by :func:`beam_jobs.tfds_meta.read_label_names`."""
     if naming.kind != layout.TFDS:
         return None
-    uri = storage.join(source_uri, LABEL_NAMES_FILE)
-    if not storage.exists(uri):
-        return None
-    return [line.strip() for line in storage.read_text(uri).splitlines()]
+    from beam_jobs.tfds_meta import read_label_names as read_checked
+
+    return read_checked(source_uri)
 
 
 # One local worker's CPU to validate, roughly (2-core machine, fast path):

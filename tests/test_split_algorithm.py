@@ -511,30 +511,43 @@ def test_plan_file_rows_come_back_sorted_by_position():
         pytest.param("\n  \n\n", r"mem: the plan file is empty", id="blank-lines-only"),
         pytest.param(
             "a,0,0\nb;0;1\n",
-            r"line 2: expected 'filename,shard,index', got 'b;0;1'",
+            r"line 2: expected 3 comma-separated fields \(filename,shard,index\), found 1$",
             id="wrong-separator",
         ),
-        pytest.param("a,0,0,x\n", r"line 1: expected 'filename,shard,index'", id="four-fields"),
+        pytest.param(
+            "a,0,0,x\n", r"line 1: expected 3 comma-separated fields .*, found 4", id="four-fields"
+        ),
         pytest.param(
             "filename,shard,index\na,0,0\n",
-            r"line 1: expected a name and two non-negative integers",
+            r"line 1: the shard \(field 2\) is not a non-negative integer",
             id="header",
         ),
         pytest.param(
             "a,0,0\nb,0,x\n",
-            r"line 2: expected a name and two non-negative integers",
+            r"line 2: the index \(field 3\) is not a non-negative integer",
             id="not-a-number",
         ),
-        pytest.param("a,-1,0\n", r"line 1: expected a name and two non-negative", id="negative"),
-        pytest.param(",0,0\n", r"line 1: expected a name", id="no-name"),
+        pytest.param("a,-1,0\n", r"line 1: the shard .*not a non-negative", id="negative"),
+        pytest.param(",0,0\n", r"line 1: the file name \(field 1\) is empty", id="no-name"),
         pytest.param(
             "a,0,0\nb,\u00b2,1\n",
-            r"line 2: expected a name and two non-negative integers",
+            r"line 2: the shard \(field 2\) is not a non-negative integer",
             id="unicode-digit",
         ),
-        pytest.param(f"a,0,0\nb,{MAX_SHARD_COUNT},0\n", r"line 2: .*shard", id="shard-too-large"),
         pytest.param(
-            "a,0,0\nb,0,1\na,1,0\n", r"name a appears twice \(lines 1 and 3\)", id="duplicate-name"
+            f"a,0,0\nb,{MAX_SHARD_COUNT},0\n",
+            rf"line 2: the shard is too large \(at most {MAX_SHARD_COUNT - 1}\)",
+            id="shard-too-large",
+        ),
+        pytest.param(
+            f"a,0,0\nb,0,{2**31}\n",
+            rf"line 2: the index is too large \(at most {2**31 - 1}\)",
+            id="index-too-large",
+        ),
+        pytest.param(
+            "a,0,0\nb,0,1\na,1,0\n",
+            r"lines 1 and 3 give the same file name",
+            id="duplicate-name",
         ),
         pytest.param(
             "a,0,0\nb,0,0\n",
@@ -574,7 +587,7 @@ def test_plan_table_checks_in_arrow_what_the_text_parser_checks():
     well-formed) is still the text parser's error, with line numbers."""
     table = split_algorithm.parse_plan_table(b"c,1,0\nb,0,1\na,0,0\nd,1,1\n", "mem")
     assert table.column("filename").to_pylist() == ["a", "b", "c", "d"]
-    with pytest.raises(PlanError, match=r"(?s)mem: .*name a appears twice \(lines 1 and 3\)"):
+    with pytest.raises(PlanError, match=r"(?s)mem: .*lines 1 and 3 give the same file name"):
         split_algorithm.parse_plan_table(b"a,0,0\nb,0,1\na,1,0\n", "mem")
 
 
@@ -583,7 +596,8 @@ def test_many_malformed_lines_give_a_short_message():
     with pytest.raises(PlanError) as err:
         parse_plan_text(text, "mem")
     msg = str(err.value)
-    assert "line 1: expected 'filename,shard,index'" in msg
+    assert "line 1: expected 3 comma-separated fields (filename,shard,index), found 1" in msg
+    assert "JPEG" not in msg  # the lines' text is never quoted
     assert len(msg.splitlines()) <= 12, msg[:500]
     assert "5,000" in msg or "5000" in msg  # says how many in all
 
@@ -617,7 +631,9 @@ def test_published_plan_reports_count_and_first_missing_names():
         )
     msg = str(err.value)
     assert "plan plan.csv: 5 of 8 names are not in the source catalog" in msg
-    assert "e.g. zz1, zz3, zz4, zz5, zz6" in msg
+    # Named by position (a file's lines are never quoted): zz1, zz3, zz4, zz5, zz6.
+    assert "e.g. the names at shard 0 index 1, shard 0 index 4, shard 0 index 5, " in msg
+    assert "zz" not in msg
 
 
 # --------------------------------------------------------------------------- the plan CLI
@@ -708,9 +724,10 @@ def test_plan_cli_checks_published_files_against_the_catalog(tiny_catalog, tmp_p
     err = capsys.readouterr().err
     assert rc == 1
     assert (
-        "2 of 15 names are not in the source catalog, e.g. n99999999_1.JPEG, n99999999_2.JPEG"
-        in err
+        "2 of 15 names are not in the source catalog, e.g. the names at shard 0 index 2, "
+        "shard 0 index 5" in err
     )
+    assert "n99999999" not in err  # positions, never the file's text
     assert not (tmp_path / "p2").exists()
 
 
@@ -753,13 +770,13 @@ def test_parse_name_list(text, names, lines):
         ("\n  \n", r"names\.txt: the name list is empty"),
         (
             "a\nb\na\nc\nb\n",
-            r"names\.txt: 2 duplicate name\(s\) in the name list: a \(lines 1 and 3\); "
-            r"b \(lines 2 and 5\)",
+            r"names\.txt: 2 duplicate name\(s\) in the name list: lines 1 and 3; "
+            r"lines 2 and 5$",
         ),
         (
             "a\nn01_1.JPEG,0,0\n",
-            r"names\.txt: malformed name list:\n  line 2: 'n01_1\.JPEG,0,0' is not "
-            r"one file name \(a filename,shard,index file is a sharding file",
+            r"names\.txt: malformed name list:\n  line 2: a file name must not contain ',' "
+            r"\(a filename,shard,index file is a sharding file, not a name list\)$",
         ),
     ],
 )
@@ -815,7 +832,7 @@ def test_plan_named_reports_missing_names_with_line_numbers(few):
         )
     assert str(err.value) == (
         "names.txt: 2 of 4 names are not in the source catalog (60 "
-        "records), e.g. n99_1.JPEG (line 2), n99_2.JPEG (line 5)"
+        "records), e.g. the names on lines 2, 5"
     )
 
 
@@ -904,7 +921,7 @@ def test_plan_cli_name_list_and_protocol(tiny_catalog, tmp_path, few, capsys):
     assert (
         rc == 1
         and "published:simclr/1percent: 12,811 of 12,811 names are not in the "
-        "source catalog (60 records), e.g. n04235860_14959.JPEG (line 1), "
+        "source catalog (60 records), e.g. the names on lines 1, 2, 3, 4, 5"
         in err
     ), err
     rc = plan_cli.main([f"--catalog_dir={tiny_catalog}", f"--out_dir={out}", "--name_list=x"])

@@ -21,7 +21,7 @@ from typing import Any
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 
-from beam_jobs import defaults, layout, protocols
+from beam_jobs import access, defaults, layout, protocols
 
 # gs://bucket/any/path, or an absolute local path; no ".." components.
 URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
@@ -34,6 +34,13 @@ SEED_LINE_PATTERN = r"^\s*([0-9]{1,7})?\s*$"
 # blank lines are ignored. Its range, (0, 1], is checked by resolve().
 FRACTION_LINE_PATTERN = r"^\s*([0-9]{0,3}(\.[0-9]{0,15})?)\s*$"
 MAX_FRACTIONS = 10
+# Bounds of the other lists a user passes (the form's maxItems/maxProperties say the
+# same): one sharding file per seed at most, and a few name lists.
+MAX_SEEDS = 100
+MAX_SHARDING_FILES = MAX_SEEDS
+MAX_NAME_LISTS = 20
+# A URI's length (GCS object names are at most 1,024 bytes; Linux paths 4,096).
+MAX_URI_LENGTH = 2048
 DEFAULT_NUM_CLASSES = 1000
 RUNNERS = ["DirectRunner", "DataflowRunner"]
 SAMPLINGS = list(defaults.SAMPLINGS)
@@ -64,6 +71,7 @@ def _uri_param(
         "type": "string",
         "pattern": URI_PATTERN,
         "not": {"pattern": DOTDOT_PATTERN},
+        "maxLength": MAX_URI_LENGTH,
     }
     if nullable:
         return Param(
@@ -85,7 +93,8 @@ def params() -> dict[str, Param]:
             None,
             "Source folder",
             "Folder holding ImageNet train-SSSSS-of-NNNNN TFRecords (and optional "
-            "validation-*): gs://bucket/path or an absolute local path. Required.",
+            "validation-*): gs://bucket/path or an absolute local path, inside the "
+            "deployment's allowed roots (SSL_SPLITS_ALLOWED_ROOTS) when it sets them. Required.",
         ),
         "output_uri": _uri_param(
             None,
@@ -130,7 +139,7 @@ def params() -> dict[str, Param]:
                 ]
             },
             uniqueItems=True,
-            maxItems=100,
+            maxItems=MAX_SEEDS,
         ),
         "fraction": Param(
             float(defaults.FRACTION),
@@ -178,9 +187,18 @@ def params() -> dict[str, Param]:
             title="Published split files",
             description='{"seed": "uri"} of filename,shard,index files to reproduce exactly, '
             'e.g. {"1": "gs://bucket/fixmatch/files2shards_train_size128116_split1.txt"}. '
-            "Each seed must also be in Seeds.",
-            patternProperties={"^[0-9]+$": {"type": "string", "pattern": URI_PATTERN}},
+            "Each seed must also be in Seeds. A file: at most 64 MiB, no more lines than "
+            "the source has records.",
+            patternProperties={
+                "^[0-9]+$": {
+                    "type": "string",
+                    "pattern": URI_PATTERN,
+                    "not": {"pattern": DOTDOT_PATTERN},
+                    "maxLength": MAX_URI_LENGTH,
+                }
+            },
             additionalProperties=False,
+            maxProperties=MAX_SHARDING_FILES,
         ),
         "name_lists": Param(
             {},
@@ -190,15 +208,19 @@ def params() -> dict[str, Param]:
             '(SimCLR\'s format), e.g. {"mysubset": "gs://bucket/names.txt"}: each '
             "gives the split train{N}.{label} of exactly those records (every name "
             "must be in the source), in the product's order and sharding. A label "
-            "is a lower-case letter, then letters, digits or _.",
+            "is a lower-case letter, then letters, digits or _. At most "
+            f"{MAX_NAME_LISTS} lists; a list: at most 64 MiB, no more names than the "
+            "source has records.",
             patternProperties={
                 protocols.LABEL_PATTERN: {
                     "type": "string",
                     "pattern": URI_PATTERN,
                     "not": {"pattern": DOTDOT_PATTERN},
+                    "maxLength": MAX_URI_LENGTH,
                 }
             },
             additionalProperties=False,
+            maxProperties=MAX_NAME_LISTS,
         ),
         "unsupervised": Param(
             True,
@@ -459,26 +481,94 @@ class RunConfig:
 
 
 def check_uri(name: str, value: Any) -> str:
-    """A gs:// URI or an absolute local path without '..'; normalized."""
+    """A gs:// URI or an absolute local path without '..'; normalized: a local
+    path by ``posixpath.normpath``, a gs:// URI by ``access.normalize_gcs`` (``//``
+    collapsed, no trailing ``/``; ``.``/``..`` components, ``%``, ``?``, ``#``, ``\\``
+    and control characters refused). What it returns is what the run uses, so the
+    location checked is the location used."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{name} is required (a gs:// URI or an absolute local path)")
     v = value.strip()
+    if len(v) > MAX_URI_LENGTH:
+        raise ConfigError(f"{name}: a URI of at most {MAX_URI_LENGTH} characters, got {len(v)}")
     if re.search(DOTDOT_PATTERN, v):
         raise ConfigError(f"{name}={value!r}: '..' is not allowed in paths")
     if v.startswith("gs://"):
         if not re.match(URI_PATTERN, v):
             raise ConfigError(f"{name}={value!r}: not a valid gs://bucket/path URI")
-        return v.rstrip("/")
+        try:
+            return access.normalize_gcs(v)
+        except access.AccessError as err:
+            raise ConfigError(f"{name}: {err}") from None
     if "://" in v:
         raise ConfigError(f"{name}={value!r}: unsupported scheme; use gs:// or an absolute path")
     if not v.startswith("/"):
         raise ConfigError(f"{name}={value!r}: a local path must be absolute")
+    if re.search(r"[\x00-\x1f\x7f]", v):
+        raise ConfigError(f"{name}={value!r}: control characters are not allowed in paths")
     return posixpath.normpath(v)
+
+
+def allowed_roots() -> tuple[str, ...]:
+    """The deployment's ``SSL_SPLITS_ALLOWED_ROOTS`` (``beam_jobs.access``); a
+    ConfigError naming a malformed entry (the run must not go on unrestricted)."""
+    try:
+        return access.allowed_roots()
+    except access.AccessError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_location(name: str, uri: str, roots: tuple[str, ...]) -> None:
+    """ConfigError unless the param ``name`` may point at ``uri`` (already
+    :func:`check_uri`'d): inside the allowed roots when they are set (local
+    paths on their real path, symlinks followed), never into the Airflow home
+    or at ``AIRFLOW_CONFIG``. Says which param, its value and the roots."""
+    try:
+        access.check_location(name, uri, roots)
+    except access.AccessError as err:
+        raise ConfigError(str(err)) from None
+
+
+def located(name: str, value: Any, roots: tuple[str, ...]) -> str:
+    """:func:`check_uri`, then :func:`check_location`: the param's normalized URI."""
+    uri = check_uri(name, value)
+    check_location(name, uri, roots)
+    return uri
 
 
 def _inside(a: str, b: str) -> bool:
     """Is ``a`` equal to ``b`` or inside it?"""
     return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+# (inner, outer) pairs of locations that must not be nested, and what the string
+# rule says when they are (the real-path rule, through symlinks, says its own).
+_NESTING: tuple[tuple[str, str, str], ...] = (
+    ("output_uri", "source_uri", "output_uri {a} must not be the source folder or inside it ({b})"),
+    ("source_uri", "output_uri", "source_uri {a} must not be inside output_uri {b}"),
+    ("manifest_uri", "source_uri", "manifest_uri {a} must not be inside source_uri {b}"),
+    ("source_uri", "manifest_uri", "source_uri {a} must not be inside manifest_uri {b}"),
+    ("work_uri", "source_uri", "work_uri {a} must not be inside source_uri {b}"),
+    ("source_uri", "work_uri", "source_uri {a} must not be inside work_uri {b}"),
+)
+
+
+def check_overlap(locations: dict[str, str]) -> None:
+    """ConfigError if the source and a location the run writes (output, manifest,
+    work) overlap: one is the other or inside it, as written, or through a
+    symlink on their real paths (gs:// URIs on their normalized form). The
+    message names both params."""
+    for a, b, message in _NESTING:
+        if _inside(locations[a], locations[b]):
+            raise ConfigError(message.format(a=locations[a], b=locations[b]))
+    keys = {name: access.location_key(uri) for name, uri in locations.items()}
+    for a, b, _ in _NESTING:
+        if access.is_within(keys[a], keys[b]):
+            raise ConfigError(
+                f"{a} {locations[a]} and {b} {locations[b]} overlap through a symlink: "
+                f"{a}'s real path {keys[a]} is {b}'s real path {keys[b]} or inside it; "
+                "the source and the folders a run writes must be apart"
+            )
 
 
 def parse_seeds(value: Any) -> list[int]:
@@ -487,6 +577,8 @@ def parse_seeds(value: Any) -> list[int]:
     a seed and blank lines are ignored). Names the bad item otherwise."""
     if not isinstance(value, list):
         raise ConfigError(f"seeds must be a list of integers, got {value!r}")
+    if len(value) > MAX_SEEDS:
+        raise ConfigError(f"seeds: at most {MAX_SEEDS} items, got {len(value)}")
     seeds: list[int] = []
     for i, item in enumerate(value):
         if isinstance(item, str):
@@ -541,6 +633,8 @@ def parse_fractions(value: Any) -> list[str]:
         return []
     if not isinstance(value, list):
         raise ConfigError(f"fractions must be a list of numbers in (0, 1], got {value!r}")
+    if len(value) > MAX_FRACTIONS:
+        raise ConfigError(f"fractions: at most {MAX_FRACTIONS}, got {len(value)}")
     out: list[str] = []
     exact: dict[Fraction, Any] = {}
     for i, item in enumerate(value):
@@ -566,27 +660,28 @@ def parse_fractions(value: Any) -> list[str]:
 
 
 def resolve(p: dict[str, Any]) -> RunConfig:
-    """Check a run's params as a whole and fill derived defaults."""
-    source = check_uri("source_uri", p.get("source_uri"))
-    output = check_uri("output_uri", p.get("output_uri"))
-    if _inside(output, source):
-        raise ConfigError(
-            f"output_uri {output} must not be the source folder or inside it ({source})"
-        )
-    if _inside(source, output):
-        raise ConfigError(f"source_uri {source} must not be inside output_uri {output}")
+    """Check a run's params as a whole and fill derived defaults.
+
+    Every location a param names (and the defaults derived from them) is checked
+    against the deployment's allowed roots and the Airflow home
+    (:func:`check_location`) here, before any task reads or writes it."""
+    roots = allowed_roots()
+    source = located("source_uri", p.get("source_uri"), roots)
+    output = located("output_uri", p.get("output_uri"), roots)
     manifest = (
         check_uri("manifest_uri", p["manifest_uri"])
         if p.get("manifest_uri")
         else f"{output}/manifest.json"
     )
-    if _inside(manifest, source):
-        raise ConfigError(f"manifest_uri {manifest} must not be inside source_uri {source}")
     work = (
         check_uri("work_uri", p["work_uri"]) if p.get("work_uri") else layout.work_default(output)
     )
-    if _inside(work, source):
-        raise ConfigError(f"work_uri {work} must not be inside source_uri {source}")
+    # The defaults too: {output}/_work may be a symlink out of the roots.
+    check_location("manifest_uri", manifest, roots)
+    check_location("work_uri", work, roots)
+    check_overlap(
+        {"source_uri": source, "output_uri": output, "manifest_uri": manifest, "work_uri": work}
+    )
     seeds = parse_seeds(p.get("seeds", _SEEDED_ONLY["seeds"]))
     fraction = p.get("fraction", _SEEDED_ONLY["fraction"])
     if (
@@ -616,6 +711,10 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     files = p.get("sharding_files") or {}
     if not isinstance(files, dict):
         raise ConfigError("sharding_files must be an object {seed: uri}")
+    if len(files) > MAX_SHARDING_FILES:
+        raise ConfigError(
+            f"sharding_files: at most {MAX_SHARDING_FILES} files (one per seed), got {len(files)}"
+        )
     proto = _protocol(p, seeds, fraction, sampling, files, fractions)
     if not proto.uses_seeds:
         seeds = []  # the protocol's subsets are the labelled splits
@@ -623,8 +722,8 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     for k, v in files.items():
         if not str(k).isdigit() or int(k) not in seeds:
             raise ConfigError(f"sharding_files names seed {k!r}, which is not in seeds {seeds}")
-        sharding[str(int(k))] = check_uri(f"sharding_files[{k}]", v)
-    name_lists = _name_lists(p.get("name_lists"), proto)
+        sharding[str(int(k))] = located(f"sharding_files[{k}]", v, roots)
+    name_lists = _name_lists(p.get("name_lists"), proto, roots)
     unsupervised = bool(p.get("unsupervised", True))
     copy_validation = bool(p.get("copy_validation", True))
     if not seeds and not unsupervised and not name_lists and not proto.name_lists:
@@ -650,14 +749,14 @@ def resolve(p: dict[str, Any]) -> RunConfig:
             )
         loc = None
         if p.get("dataflow_template_location"):
-            loc = check_uri("dataflow_template_location", p["dataflow_template_location"])
+            loc = located("dataflow_template_location", p["dataflow_template_location"], roots)
             if not loc.startswith("gs://"):
                 raise ConfigError(f"dataflow_template_location must be a gs:// folder, got {loc}")
         dataflow = DataflowSettings(
-            worker_package=check_uri("dataflow_worker_package", package),
+            worker_package=located("dataflow_worker_package", package, roots),
             project=project,
             region=p.get("dataflow_region") or DATAFLOW_REGION,
-            temp_location=check_uri("dataflow_temp_location", temp),
+            temp_location=located("dataflow_temp_location", temp, roots),
             machine_type=p.get("dataflow_machine_type") or DATAFLOW_MACHINE_TYPE,
             max_num_workers=int(p.get("dataflow_max_workers") or DATAFLOW_MAX_WORKERS),
             template_location=loc,
@@ -772,12 +871,17 @@ def _protocol(
     return proto
 
 
-def _name_lists(value: Any, proto: protocols.Protocol) -> dict[str, str]:
-    """The ``name_lists`` param: ``{label: uri}``, labels that name splits apart."""
+def _name_lists(
+    value: Any, proto: protocols.Protocol, roots: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The ``name_lists`` param: ``{label: uri}``, labels that name splits apart,
+    at most :data:`MAX_NAME_LISTS`, each URI inside the allowed ``roots``."""
     if value in (None, {}):
         return {}
     if not isinstance(value, dict):
         raise ConfigError('name_lists must be an object {"label": "uri"}')
+    if len(value) > MAX_NAME_LISTS:
+        raise ConfigError(f"name_lists: at most {MAX_NAME_LISTS} lists, got {len(value)}")
     out = {}
     taken = {label for label, _ in proto.name_lists}
     for label, uri in sorted(value.items()):
@@ -791,5 +895,5 @@ def _name_lists(value: Any, proto: protocols.Protocol) -> dict[str, str]:
             raise ConfigError(
                 f"name_lists label {label!r} is protocol {proto.name}'s: choose another label"
             )
-        out[label] = check_uri(f"name_lists[{label}]", uri)
+        out[label] = located(f"name_lists[{label}]", uri, roots)
     return out
