@@ -338,3 +338,216 @@ def test_importing_storage_loads_no_gcs_library():
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- the conditional contract
+#
+# write_if / delete_if / place(if_version=...) act only on the version named
+# (MISSING: the name must be free), atomically with the check, or raise
+# PreconditionFailed and change nothing; read_versioned returns bytes and the
+# version they are of; clock is the storage's own time.
+
+
+def _version(uri: str) -> str | None:
+    info = storage.stat(uri)
+    return None if info is None else info.version
+
+
+def test_write_if_creates_a_missing_file_and_refuses_an_existing_one(root):
+    uri = storage.join(root, "ctl", "doc.json")
+    made = storage.write_if(uri, b'{"n": 1}', if_version=storage.MISSING)
+    assert storage.read_bytes(uri) == b'{"n": 1}'
+    assert made.path == uri and made.size == 8 and made.version
+    assert made.version != storage.MISSING and made.version == _version(uri)
+
+    with pytest.raises(storage.PreconditionFailed, match="doc.json"):
+        storage.write_if(uri, b'{"n": 2}', if_version=storage.MISSING)
+    assert storage.read_bytes(uri) == b'{"n": 1}'
+    assert _version(uri) == made.version, "a refused create must not touch the file"
+    assert storage.list_tree(root) == [uri], "no temporary file is left beside it"
+
+
+def test_write_if_replaces_only_the_version_read(root):
+    uri = storage.join(root, "doc.json")
+    first = storage.write_if(uri, b"first", if_version=storage.MISSING)
+    data, info = storage.read_versioned(uri, 1024)
+    assert (data, info.version) == (b"first", first.version)
+
+    second = storage.write_if(uri, b"second!", if_version=info.version)
+    assert storage.read_bytes(uri) == b"second!"
+    assert second.version not in (None, first.version) and second.version == _version(uri)
+
+    # A writer that read "first" is stale now: refused, nothing changes.
+    with pytest.raises(storage.PreconditionFailed, match="doc.json"):
+        storage.write_if(uri, b"stale", if_version=first.version)
+    assert storage.read_bytes(uri) == b"second!" and _version(uri) == second.version
+    assert storage.list_tree(root) == [uri]
+
+    # A version of a file that no longer exists does not recreate it.
+    assert storage.delete([uri]) == 1
+    with pytest.raises(storage.PreconditionFailed, match="doc.json"):
+        storage.write_if(uri, b"resurrected", if_version=second.version)
+    assert not storage.exists(uri) and storage.list_tree(root) == []
+
+
+def test_delete_if(root):
+    uri = storage.join(root, "lock.json")
+    gone = storage.write_if(uri, b"x", if_version=storage.MISSING)
+    assert storage.delete([uri]) == 1
+    assert storage.delete_if(uri, if_version=gone.version) is False, "missing: False"
+
+    old = storage.write_if(uri, b"old", if_version=storage.MISSING)
+    new = storage.write_if(uri, b"new", if_version=old.version)
+    with pytest.raises(storage.PreconditionFailed, match="lock.json"):
+        storage.delete_if(uri, if_version=old.version)
+    assert storage.read_bytes(uri) == b"new" and _version(uri) == new.version
+
+    assert storage.delete_if(uri, if_version=new.version) is True
+    assert not storage.exists(uri) and storage.list_tree(root) == []
+
+
+def test_place_onto_a_destination_version(root):
+    src, dst = storage.join(root, "staging", "s"), storage.join(root, "final", "f")
+    storage.write_bytes(src, b"staged shard")
+    storage.write_bytes(dst, b"someone else's file")
+    staged, before = storage.stat(src), storage.stat(dst)
+    assert staged is not None and before is not None
+
+    # MISSING onto an existing destination: refused; dst intact, src still there.
+    with pytest.raises(storage.PreconditionFailed, match="final/f"):
+        storage.place(
+            src, dst, source_generation=staged.generation, if_version=storage.MISSING
+        )
+    assert storage.read_bytes(dst) == b"someone else's file" and _version(dst) == before.version
+    assert storage.read_bytes(src) == b"staged shard" and _version(src) == staged.version
+
+    # A destination version that was replaced since it was read: refused too.
+    storage.write_bytes(dst, b"replaced meanwhile")
+    now = _version(dst)
+    assert now != before.version
+    with pytest.raises(storage.PreconditionFailed, match="final/f"):
+        storage.place(src, dst, source_generation=staged.generation, if_version=before.version)
+    assert storage.read_bytes(dst) == b"replaced meanwhile" and _version(dst) == now
+    assert storage.read_bytes(src) == b"staged shard"
+
+    # The destination's current version: placed.
+    storage.place(src, dst, source_generation=staged.generation, if_version=now)
+    assert storage.read_bytes(dst) == b"staged shard" and _version(dst) != now
+
+    # MISSING onto a free name: placed.
+    src2, free = storage.join(root, "staging", "s2"), storage.join(root, "final", "g")
+    storage.write_bytes(src2, b"second")
+    info2 = storage.stat(src2)
+    assert info2 is not None
+    storage.place(src2, free, source_generation=info2.generation, if_version=storage.MISSING)
+    assert storage.read_bytes(free) == b"second"
+
+
+def _bytes_read_by_this_thread() -> int:
+    with open("/proc/thread-self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_read_versioned_bytes_and_version_agree_and_size_is_checked_first(root, monkeypatch):
+    uri = storage.join(root, "big.json")
+    one = b"a" * (3 << 20)
+    storage.write_bytes(uri, one)
+    data, info = storage.read_versioned(uri, 4 << 20)
+    assert data == one and info.size == len(one) and info.version == _version(uri)
+    assert info.path == uri and info.modified is not None
+
+    storage.write_bytes(uri, b"b" * 10)
+    data2, info2 = storage.read_versioned(uri, 10)  # exactly max_bytes is allowed
+    assert data2 == b"b" * 10 and info2.version == _version(uri) != info.version
+
+    # Larger than max_bytes: refused before any of it is read.
+    storage.write_bytes(uri, one)
+    if root.startswith("gs://"):
+        import google.cloud.storage.blob as gblob
+
+        def no_download(*a, **k):
+            raise AssertionError("read_versioned downloaded an object over max_bytes")
+
+        monkeypatch.setattr(gblob.Blob, "download_as_bytes", no_download)
+        with pytest.raises(storage.StorageError, match=r"big.json is 3145728 bytes, more than"):
+            storage.read_versioned(uri, 1 << 20)
+    else:
+        before = _bytes_read_by_this_thread()
+        with pytest.raises(storage.StorageError, match=r"big.json is 3145728 bytes, more than"):
+            storage.read_versioned(uri, 1 << 20)
+        assert _bytes_read_by_this_thread() - before < 64 << 10, "the file was read"
+
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        storage.read_versioned(storage.join(root, "nothing.json"), 10)
+
+
+def test_clock_is_the_storages_time(root):
+    import time
+
+    probe = storage.join(root, "_ssl_splits", "clock")
+    t1 = storage.clock(probe)
+    stamped = storage.stat(probe)
+    assert stamped is not None and stamped.modified is not None
+    assert abs(t1 - stamped.modified) < 2
+    time.sleep(0.05)
+    t2 = storage.clock(probe)
+    assert t1 - 0.5 <= t2 < t1 + 30, "monotone (give or take the storage's resolution)"
+    other = storage.join(root, "written")
+    storage.write_bytes(other, b"x")
+    info = storage.stat(other)
+    t3 = storage.clock(probe)
+    assert info is not None and info.modified is not None
+    assert t2 - 2 < info.modified < t3 + 2, "a write is stamped on the same clock"
+
+
+def _race(n: int, attempt) -> tuple[list[int], list[BaseException]]:
+    """Run ``attempt(i)`` in n threads released at once; (winners, other errors)."""
+    import threading
+
+    barrier = threading.Barrier(n)
+    won: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            attempt(i)
+        except storage.PreconditionFailed:
+            return
+        except BaseException as err:  # noqa: BLE001 (reported below)
+            with lock:
+                errors.append(err)
+            return
+        with lock:
+            won.append(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    return won, errors
+
+
+def test_racing_creators_exactly_one_wins(root):
+    uri = storage.join(root, "_ssl_splits", "lock.json")
+    won, errors = _race(
+        8, lambda i: storage.write_if(uri, f"writer {i}".encode(), if_version=storage.MISSING)
+    )
+    assert errors == [] and len(won) == 1, (won, errors)
+    assert storage.read_bytes(uri) == f"writer {won[0]}".encode()
+    assert storage.list_tree(root) == [uri], "the losers left nothing behind"
+
+
+def test_racing_replacers_of_one_version_exactly_one_wins(root):
+    uri = storage.join(root, "manifest.json")
+    base = storage.write_if(uri, b"v0", if_version=storage.MISSING)
+    assert base.version is not None
+    won, errors = _race(
+        8, lambda i: storage.write_if(uri, f"v1 by {i}".encode(), if_version=base.version)
+    )
+    assert errors == [] and len(won) == 1, (won, errors)
+    assert storage.read_bytes(uri) == f"v1 by {won[0]}".encode()
+    assert storage.list_tree(root) == [uri]

@@ -369,22 +369,18 @@ def execute(pub: Publication, fence: Fence | None = None) -> Published:
     """Steps 2 to 5 for a prepared, checked publication. Raises PublishError
     saying how far it got when storage fails on the way, LockLost when this
     run lost the output folder's lock on the way."""
+    from ssl_splits.lock import LockLost
+
     try:
         _write_journal(pub, {**pub.kept, **pub.splits}, fence)
-    except PublishError:
+    except LockLost:
         raise
-    except storage.StorageError as err:
+    except Exception as err:  # noqa: BLE001 (reported with what it means)
         raise PublishError(
             f"could not publish {pub.manifest_uri}: writing the publication journal "
             f"{layout.journal_uri(pub.output_uri)} failed ({_cause(err)}). Nothing was changed: "
             "the manifest is unchanged and no published file was touched; the task can be "
             "retried."
-        ) from err
-    except OSError as err:
-        raise PublishError(
-            f"could not publish {pub.manifest_uri}: writing the publication journal "
-            f"{layout.journal_uri(pub.output_uri)} failed ({_cause(err)}). Nothing was changed; "
-            "the task can be retried."
         ) from err
     failpoint("publish.journaled")
     result = _finish(pub, fence)

@@ -559,7 +559,7 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     warning, never a failed publication. Never over a file the product did
     not write (``_ssl_splits/tfds.json`` records what it wrote)."""
     from beam_jobs.manifest import load
-    from beam_jobs.tfds_meta import LABEL_NAMES_FILE, TfdsMetadataError, write_tfds_metadata
+    from beam_jobs.tfds_meta import TfdsMetadataError, read_label_names, write_tfds_metadata
     from ssl_splits.ownership import TFDS_FILES
 
     infos = [storage.stat(storage.join(cfg.output_uri, n)) for n in TFDS_FILES]
@@ -574,8 +574,11 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
         fence.check("writing the TFDS metadata")
 
     # A TFDS source's class names (its label.labels.txt), for the outputs' ClassLabel.
-    names_uri = storage.join(cfg.source_uri, LABEL_NAMES_FILE)
-    label_names = storage.read_text(names_uri).split() if storage.exists(names_uri) else None
+    try:
+        label_names = read_label_names(cfg.source_uri)
+    except TfdsMetadataError as err:
+        log.warning("TFDS metadata not written: %s", err)
+        return []
     try:
         uris = write_tfds_metadata(load(cfg.manifest_uri), cfg.output_uri, label_names=label_names)
     except TfdsMetadataError as err:
