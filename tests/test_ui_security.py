@@ -2,7 +2,7 @@
 
 One Airflow (API server, scheduler, DAG processor, triggerer; ``support.airflow_server``)
 and one real run of the DAG that published a manifest, shared by every scenario
-(a module fixture: ~2-3 minutes on 2 cores). Then, with raw HTTP requests:
+(a module fixture: the module takes about a minute on 2 cores). Then, with raw HTTP requests:
 
 * path tricks (``//evil.example/dags/ssl_imagenet_splits?...``, ``/evil/dags/...``,
   encoded slashes) never give a page with a script from another origin or path;
@@ -15,7 +15,9 @@ and one real run of the DAG that published a manifest, shared by every scenario
 * the manifest view and API serve only the published manifest: a local JSON file
   with a ``splits`` key, an unpublished copy, another bucket and path tricks get 404
   without the file's content;
-* a manifest's values with ``<script>`` and quotes are escaped in the page.
+* a manifest's values with ``<script>`` and quotes are escaped in the page;
+* under a ``base_url`` with a path (a second Airflow, no run): the nav script and
+  the view's links come from the configured path; only that exact page gets it.
 """
 
 from __future__ import annotations
@@ -301,3 +303,53 @@ def test_a_manifests_values_render_escaped(published):
         assert _script_srcs(page) == []
     finally:
         published.manifest.write_bytes(original)
+
+
+# --------------------------------------------------------------------------- under a path
+
+
+@pytest.fixture(scope="module")
+def airflow_under_a_path(tmp_path_factory) -> Iterator[Airflow]:
+    """Airflow whose ``[api] base_url`` has a path (``/airflow``), no run."""
+    base = tmp_path_factory.mktemp("ui-security-base")
+    af = Airflow(migrated_home(base / "airflow"), base / "airflow-logs")
+    af.url = f"{af.url}/airflow"  # the REST API and the token are under it too
+    af.env["AIRFLOW__API__BASE_URL"] = af.url
+    af.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"{af.url}/execution/"
+    af.start()
+    try:
+        af.wait_ready(timeout=240)
+        yield af
+    finally:
+        af.stop()
+
+
+def test_under_a_base_path_the_urls_come_from_the_configuration(airflow_under_a_path):
+    af = airflow_under_a_path
+    link = _q(prefill="add-seeds", from_run="manual__x")
+    conf = _q(conf=json.dumps({"seeds": [9]}))
+    for query in (link, conf):
+        for target in (
+            f"{PAGE}?{query}",  # not under the configured base
+            f"/evil{PAGE}?{query}",
+            f"//evil.example/airflow{PAGE}?{query}",
+            f"/airflow//evil.example{PAGE}?{query}",
+            f"/airflow/x{PAGE}?{query}",
+            f"/airflow%2Fdags%2F{DAG_ID}?{query}",
+        ):
+            r = af.request(target)
+            srcs = _script_srcs(r.text)
+            assert not any("evil" in s or s.startswith("//") for s in srcs), (target, srcs)
+            assert not any("airflow-nav" in s for s in srcs), (target, srcs)
+    # The exact page under the base: the nav script at the configured URL, served there.
+    exact = af.request(f"/airflow{PAGE}?{link}")
+    assert exact.status == 200, exact.text[:300]
+    nav = [s for s in _script_srcs(exact.text) if "airflow-nav" in s]
+    assert nav == [f"/airflow{NAV_SCRIPT}"], _script_srcs(exact.text)
+    assert af.request(f"/airflow{NAV_SCRIPT}").status == 200
+    # The view's own links start with the configured base.
+    page = af.request("/airflow/ssl-splits/")
+    assert page.status == 200, page.text[:300]
+    assert 'script.src = "/airflow/ssl-splits/static/airflow-nav.js";' in page.text
+    hrefs = re.findall(r'href="([^"]*)"', page.text)
+    assert all(h.startswith(("/airflow/", "#")) for h in hrefs), hrefs
