@@ -5,38 +5,52 @@ Wiring (Airflow 3 plugin mechanism):
 * ``fastapi_apps``: a small FastAPI app mounted by the API server at
   ``/ssl-splits``:
 
-  - ``GET /ssl-splits/?uri=<manifest>``: an HTML page with the manifest's
-    splits, counts, shard sizes, each split's per-class counts (one bar per
-    class up to 60 classes, else a histogram with the extremes named; inline
-    SVG, nothing loaded from the internet) and the source. Without ``uri``:
-    the manifest of the latest run that published one (the ``manifest_uri``
-    in the extra of the DAG's asset event), else a form. ``?run_id=`` picks
-    the manifest a given run published. Actions: "Rebuild" on each seeded
-    split and "Add seeds" open the DAG's trigger form pre-filled
-    (``ssl_splits.prefill``); links to the run that built each split and to
-    runs in progress. Shard lists load when opened. A ``Server-Timing``
-    header says where the time went.
-  - ``GET /ssl-splits/api/manifest?uri=...``: the manifest JSON.
+  - ``GET /ssl-splits/?run_id=<run>``: an HTML page with the manifest that run
+    published: its splits, counts, shard sizes, each split's per-class counts
+    (one bar per class up to 60 classes, else a histogram with the extremes
+    named; inline SVG, nothing loaded from the internet) and the source.
+    Without ``run_id``: the latest publication (``?uri=`` also selects one, but
+    only a URI that a run published). Actions: "Rebuild" on each seeded split
+    and "Add seeds" open the DAG's trigger form pre-filled (links that name the
+    run and the split only; ``ssl_splits.prefill``); links to the run that built
+    each split and to runs in progress. Shard lists load when opened. A
+    ``Server-Timing`` header says where the time went.
+  - ``GET /ssl-splits/api/manifest?run_id=...`` (or ``?uri=`` of a published
+    manifest): the manifest JSON.
   - ``GET /ssl-splits/api/recent``: recently published manifests.
 
-  Every route but the icon needs the caller to be allowed to read the DAG
-  (Airflow's own ``requires_access_dag``: the UI's session cookie or a bearer
-  token). Reading ``gs://`` goes through ``beam_jobs.storage`` with the
-  ``google_cloud_default`` connection (``ssl_splits.gcp.airflow_storage``).
+  Only manifests that runs of this deployment published are read: the
+  ``manifest_uri`` of the asset events the DAG's ``publish_manifest`` task
+  emitted (``publications``, ``manifest_of_run``). Any other URI (a JSON file on
+  the server's disk, another bucket's object, ``..`` tricks) is refused with 404
+  before anything is read, and the recorded URI, not the requested string, is
+  what gets read (``select_published``). Every route but the static files needs
+  the caller to be allowed to read the DAG (Airflow's own ``requires_access_dag``:
+  the UI's session cookie or a bearer token). Reading ``gs://`` goes through
+  ``beam_jobs.storage`` with the ``google_cloud_default`` connection
+  (``ssl_splits.gcp.airflow_storage``).
+
+  Every URL the page writes (links, the nav script) starts with the UI's path
+  from the configuration (``[api] base_url``, ``configured_ui_base``), never
+  with anything from the request; values are autoescaped, run ids quoted.
 
 * ``external_views``: a "Splits manifest" item in the UI's navigation that
   shows the page in an iframe at ``/plugin/ssl-splits`` (the iframe's own path
   follows in the browser's address bar, so a manifest view can be linked).
   The iframe is sandboxed without top navigation: links to Airflow's own pages
   (runs, the trigger form) run ``static/airflow-nav.js`` in the UI's page,
-  which moves the UI there (and presses the DAG's Trigger button).
+  which moves the UI there (same origin only; and presses the DAG's Trigger
+  button).
 
 * ``fastapi_root_middlewares``: ``PrefillMiddleware`` opens and fills the
-  trigger form of the DAG page ``/dags/ssl_imagenet_splits?conf={json}``,
-  which Airflow 3.3's UI does not do itself: it adds the opener script to
-  that page, and puts the conf into the DAG details the page's form takes its
-  initial values from (``ssl_splits.prefill``). Every other request passes
-  untouched.
+  trigger form for the view's links, ``{base}/dags/ssl_imagenet_splits?prefill=
+  rebuild&from_run={run_id}&split={split}`` (or ``prefill=add-seeds&from_run=``),
+  which Airflow 3.3's UI does not do itself: on exactly that path under the
+  configured base it adds the opener script (its URL from the configuration) to
+  the page, and puts the values looked up server side (the run's recorded conf
+  and the manifest it published) into the DAG details the page's form takes its
+  initial values from. A ``conf=`` in the URL is ignored. Every other request
+  passes untouched.
 
 The FastAPI app is built on its first request: other Airflow processes load
 plugins too (scheduler, workers) and import nothing heavy from here.
@@ -51,9 +65,14 @@ import logging
 import os
 import statistics
 import time
-from typing import Any
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from airflow.plugins_manager import AirflowPlugin
+
+if TYPE_CHECKING:
+    from ssl_splits.prefill import PrefillRequest
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +87,7 @@ PER_CLASS_BARS = 60  # up to this many classes, one bar per class; more: a histo
 HISTOGRAM_BINS = 40
 EXTREMES = 3  # classes named at each end
 DETAILS_PATH = f"/api/v2/dags/{DAG_ID}/details"
+PUBLISH_TASK = "publish_manifest"  # the task whose asset events record the manifests
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -94,6 +114,47 @@ def check_manifest_uri(uri: str) -> str:
     if not uri.endswith(".json") or "/../" in uri or uri.endswith("/.."):
         raise ValueError(f"{uri!r}: a manifest is a .json file (e.g. {{output_uri}}/manifest.json)")
     return uri
+
+
+def normalize_manifest_uri(uri: str | None) -> str | None:
+    """The form in which manifest URIs are compared, or None for anything that is not
+    a ``gs://bucket/object`` or an absolute local path: whitespace around it dropped,
+    empty and ``.`` segments dropped (``//`` is ``/``). A ``..`` segment, a backslash or
+    a control character makes it None (never resolved: nothing is looked up on disk)."""
+    uri = (uri or "").strip()
+    if not uri or not uri.isprintable() or "\\" in uri:
+        return None
+    if uri.startswith("gs://"):
+        scheme, rest = "gs://", uri[len("gs://") :]
+    elif uri.startswith("/"):
+        scheme, rest = "/", uri
+    else:
+        return None
+    segments = [seg for seg in rest.split("/") if seg not in ("", ".")]
+    if not segments or ".." in segments or (scheme == "gs://" and len(segments) < 2):
+        return None
+    return scheme + "/".join(segments)
+
+
+def select_published(requested: str | None, published: Iterable[str]) -> str | None:
+    """The published URI that ``requested`` names (equal once both are normalised,
+    ``normalize_manifest_uri``), or None. The caller reads the published one, the
+    recorded string, never the requested one."""
+    key = normalize_manifest_uri(requested)
+    if key is None:
+        return None
+    return next((p for p in published if normalize_manifest_uri(p) == key), None)
+
+
+def exact_path(scope: dict[str, Any], wanted: str) -> bool:
+    """Is the request's path exactly ``wanted`` (a path as ``dag_page_path`` builds it:
+    percent-quoted)? Compared on the raw path when the server gives it, so that
+    ``/dags%2Fx`` is not ``/dags/x``; no prefix or suffix matching (``//host/dags/x``
+    and ``/other/dags/x`` are not ``/dags/x``)."""
+    raw = scope.get("raw_path")
+    if raw is not None:
+        return bytes(raw) == wanted.encode("ascii", "replace")
+    return scope.get("path") == urllib.parse.unquote(wanted)
 
 
 def bar_chart(
@@ -257,7 +318,8 @@ def split_view(
     prov = e.get("provenance") or {}
     ver = e.get("verification") or {}
     plan = e.get("plan") or {}
-    run_id = prov.get("run_id")
+    run_id = prov.get("run_id") if isinstance(prov.get("run_id"), str) else None
+    dag_id = prov.get("dag_id") if isinstance(prov.get("dag_id"), str) else None
     return {
         "name": name,
         "anchor": "split-" + "".join(c if c.isalnum() else "-" for c in name),
@@ -288,9 +350,7 @@ def split_view(
         "provenance": prov,
         "built_at": when(prov.get("built_at")),
         "run_id": run_id,
-        "run_url": run_url(run_id, ui_base=ui_base, dag_id=prov.get("dag_id") or DAG_ID)
-        if run_id
-        else None,
+        "run_url": run_url(run_id, ui_base=ui_base, dag_id=dag_id or DAG_ID) if run_id else None,
         "rebuild_url": rebuild_url,
         "copied_from": e.get("copied_from"),
     }
@@ -300,13 +360,24 @@ def manifest_view(
     doc: dict[str, Any],
     *,
     uri: str = "",
+    run_id: str | None = None,
     ui_base: str = "",
     active: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What the page shows of a manifest, with its actions: the trigger form
-    pre-filled to rebuild each seeded split or to add seeds, and the runs in
-    progress (``active``: ``active_runs()``)."""
-    from ssl_splits.prefill import add_seeds_conf, rebuild_conf, seeded_splits, trigger_url
+    """What the page shows of a manifest, with its actions: links that open the
+    trigger form to rebuild each seeded split or to add seeds, and the runs in
+    progress (``active``: ``active_runs()``). ``run_id``: the run that published
+    this manifest; the links name it (and the split), nothing else, and the form's
+    values are looked up from it server side (``ssl_splits.prefill``). Without it,
+    no action links."""
+    from ssl_splits.prefill import (
+        ADD_SEEDS,
+        REBUILD,
+        PrefillRequest,
+        next_seeds,
+        seeded_splits,
+        trigger_url,
+    )
 
     seeded = seeded_splits(doc)
     splits = [
@@ -314,14 +385,13 @@ def manifest_view(
             n,
             e,
             ui_base=ui_base,
-            rebuild_url=trigger_url(rebuild_conf(doc, n, uri), ui_base=ui_base)
-            if n in seeded
+            rebuild_url=trigger_url(PrefillRequest(REBUILD, run_id, n), ui_base=ui_base)
+            if run_id and n in seeded
             else None,
         )
         for n, e in (doc.get("splits") or {}).items()
         if isinstance(e, dict)
     ]
-    add = add_seeds_conf(doc, uri)
     src = doc.get("source") or {}
     files = src.get("files") or []
     output = (doc.get("output_uri") or "").rstrip("/")
@@ -357,8 +427,10 @@ def manifest_view(
         "output_uri": doc.get("output_uri", ""),
         "updated_at": doc.get("updated_at", ""),
         "schema_version": doc.get("schema_version"),
-        "add_seeds": add["seeds"],
-        "add_seeds_url": trigger_url(add, ui_base=ui_base),
+        "add_seeds": next_seeds(doc),
+        "add_seeds_url": trigger_url(PrefillRequest(ADD_SEEDS, run_id), ui_base=ui_base)
+        if run_id
+        else None,
         "active_runs": runs,
     }
 
@@ -366,48 +438,91 @@ def manifest_view(
 # --------------------------------------------------------------------------- Airflow side
 
 
-def recent_manifests(limit: int = 10) -> list[dict[str, Any]]:
-    """Manifests the DAG published, newest first, one entry per manifest URI:
-    from the ``manifest_uri`` in the extra of the DAG's asset events."""
+def configured_ui_base() -> str:
+    """The UI's path prefix from Airflow's configuration (``[api] base_url``'s path,
+    ``ssl_splits.prefill.ui_base_path``): ``""`` unless Airflow is served under a path.
+    Every URL the plugin writes starts with it; none is built from a request."""
+    from airflow.configuration import conf
+    from ssl_splits.prefill import ui_base_path
+
+    return ui_base_path(conf.get("api", "base_url", fallback=""))
+
+
+def publications(run_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The manifests the DAG's runs published, newest first (of one run: ``run_id``):
+    the ``manifest_uri`` in the extra of the asset events that the DAG's
+    ``publish_manifest`` task emitted. Events created by hand (the REST API's
+    ``POST /assets/events``, which have no source task) do not count."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    out: dict[str, dict[str, Any]] = {}
+    query = (
+        select(AssetEvent.extra, AssetEvent.source_run_id, AssetEvent.timestamp)
+        .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+        .where(
+            AssetModel.name == ASSET_NAME,
+            AssetEvent.source_dag_id == DAG_ID,
+            AssetEvent.source_task_id == PUBLISH_TASK,
+            AssetEvent.source_run_id.is_not(None),
+        )
+        .order_by(AssetEvent.timestamp.desc(), AssetEvent.id.desc())
+    )
+    if run_id is not None:
+        query = query.where(AssetEvent.source_run_id == run_id)
+    if limit is not None:
+        query = query.limit(limit)
     with create_session() as session:
-        rows = session.execute(
-            select(AssetEvent.extra, AssetEvent.source_run_id, AssetEvent.timestamp)
-            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.name == ASSET_NAME)
-            .order_by(AssetEvent.timestamp.desc())
-            .limit(200)
-        ).all()
-    for extra, run_id, ts in rows:
-        uri = (extra or {}).get("manifest_uri")
-        if uri and uri not in out:
-            out[uri] = {
-                "uri": uri,
-                "run_id": run_id,
-                "changed": (extra or {}).get("changed") or [],
-                "published_at": ts.isoformat(timespec="seconds") if ts else "",
-            }
+        rows = session.execute(query).all()
+    out = []
+    for extra, source_run_id, ts in rows:
+        uri = (extra or {}).get("manifest_uri") if isinstance(extra, dict) else None
+        if isinstance(uri, str) and uri:
+            out.append(
+                {
+                    "uri": uri,
+                    "run_id": source_run_id,
+                    "changed": (extra or {}).get("changed") or [],
+                    "published_at": ts.isoformat(timespec="seconds") if ts else "",
+                }
+            )
+    return out
+
+
+def recent_manifests(limit: int = 10) -> list[dict[str, Any]]:
+    """Manifests the DAG published, newest first, one entry per manifest URI (its
+    latest publication: ``uri``, ``run_id``, ``changed``, ``published_at``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pub in publications(limit=200):
+        out.setdefault(pub["uri"], pub)
         if len(out) >= limit:
             break
     return list(out.values())
 
 
+def latest_publication(uri: str) -> dict[str, Any] | None:
+    """The latest publication of the published manifest ``uri`` (as recorded)."""
+    return next((p for p in publications() if p["uri"] == uri), None)
+
+
 def manifest_of_run(run_id: str) -> str | None:
-    """The manifest a run published (its publish_manifest task's return value)."""
+    """The manifest a run of the DAG published: its publish_manifest asset event's
+    ``manifest_uri``; else its publish_manifest task's return value (XCom), if that
+    URI is one the DAG's asset events recorded. None: no such run, or it published
+    nothing."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    own = publications(run_id=run_id, limit=1)
+    if own:
+        return own[0]["uri"]
     with create_session() as session:
         value = session.execute(
             select(XComModel.value).where(
                 XComModel.dag_id == DAG_ID,
                 XComModel.run_id == run_id,
-                XComModel.task_id == "publish_manifest",
+                XComModel.task_id == PUBLISH_TASK,
                 XComModel.key == "return_value",
             )
         ).scalar()
@@ -417,7 +532,47 @@ def manifest_of_run(run_id: str) -> str | None:
         value = json.loads(value) if isinstance(value, (str, bytes)) else value
     except ValueError:
         return None
-    return value.get("manifest_uri") if isinstance(value, dict) else None
+    uri = value.get("manifest_uri") if isinstance(value, dict) else None
+    if not isinstance(uri, str):
+        return None
+    return select_published(uri, {p["uri"] for p in publications()})
+
+
+def run_conf(run_id: str) -> dict[str, Any] | None:
+    """The conf a run of the DAG was triggered with (``{}`` without one), or None when
+    the DAG has no run of that id (a run of another DAG is no run of this one)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.execute(
+            select(DagRun.conf).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id)
+        ).first()
+    if row is None:
+        return None
+    return row[0] if isinstance(row[0], dict) else {}
+
+
+def lookup_prefill(request: PrefillRequest) -> dict[str, Any] | None:
+    """The trigger form's values for a link's ``request``, from server-side state only:
+    the run's recorded conf and the manifest it published (``prefill_conf``). None
+    (the form keeps the DAG's defaults) for an unknown run, a run that published
+    nothing, an unreadable manifest or a split that is not one of its seeded splits."""
+    from ssl_splits.prefill import prefill_conf
+
+    conf = run_conf(request.run_id)
+    if conf is None:
+        return None
+    uri = manifest_of_run(request.run_id)
+    if uri is None:
+        return None
+    try:
+        doc = read_manifest(uri)
+    except Exception as err:  # noqa: BLE001 (no prefill; the form shows the defaults)
+        log.warning("cannot read the manifest %s for a pre-filled form: %s", uri, err)
+        return None
+    return prefill_conf(request, conf, doc, uri)
 
 
 def active_runs(limit: int = 5) -> list[dict[str, Any]]:
@@ -449,7 +604,8 @@ def active_runs(limit: int = 5) -> list[dict[str, Any]]:
 
 
 def read_manifest(uri: str) -> dict[str, Any]:
-    """Load a manifest through beam_jobs.storage (gs:// with the Airflow connection)."""
+    """Load a manifest through beam_jobs.storage (gs:// with the Airflow connection).
+    Called with published URIs only (``choose_manifest``, ``lookup_prefill``)."""
     from ssl_splits.gcp import airflow_storage
 
     from beam_jobs.manifest import load
@@ -458,12 +614,46 @@ def read_manifest(uri: str) -> dict[str, Any]:
         return load(check_manifest_uri(uri))
 
 
+NOT_PUBLISHED = (
+    f"Not a manifest published by a run of {DAG_ID}: the view shows only those "
+    "(pick one of the list, or give a run id)."
+)
+NO_MANIFEST_OF_RUN = f"No manifest published by a run of {DAG_ID} with that run id."
+
+
+def choose_manifest(
+    uri: str | None, run_id: str | None, recent: list[dict[str, Any]]
+) -> tuple[str | None, str | None, str | None]:
+    """``(uri, run_id, error)``: the published manifest to show and the run that
+    published it. By ``run_id`` (preferred), else by ``uri`` (it must name a published
+    manifest, ``select_published``), else the latest publication (``recent``). The
+    error never quotes what was asked for."""
+    if run_id:
+        found = manifest_of_run(run_id)
+        return (found, run_id, None) if found else (None, None, NO_MANIFEST_OF_RUN)
+    if uri:
+        found = select_published(uri, {p["uri"] for p in publications()})
+        if found is None:
+            return None, None, NOT_PUBLISHED
+        latest = latest_publication(found)
+        return found, (latest or {}).get("run_id"), None
+    if recent:
+        return recent[0]["uri"], recent[0]["run_id"], None
+    return None, None, None
+
+
+def manifest_query(run_id: str | None, uri: str | None = None) -> str:
+    """The query that selects a published manifest: by its run when known, else by URI."""
+    return urllib.parse.urlencode({"run_id": run_id} if run_id else {"uri": uri or ""})
+
+
 _PAGE = None
 
 
 def render_page(
     *,
     uri: str = "",
+    run_id: str | None = None,
     doc: dict[str, Any] | None = None,
     error: str | None = None,
     note: str | None = None,
@@ -471,10 +661,13 @@ def render_page(
     active: list[dict[str, Any]] | None = None,
     ui_base: str = "",
 ) -> str:
-    """The HTML page (Jinja2, autoescaped: manifest values are never markup).
+    """The HTML page (Jinja2, autoescaped: manifest values are never markup; the
+    only values in the inline script go through ``tojson``).
 
-    ``ui_base``: the Airflow UI's path prefix ("" unless it is served under a
-    path), for links to its pages; ``active``: the runs in progress."""
+    ``uri``/``run_id``: the published manifest shown and the run that published it
+    (its action links name that run); ``ui_base``: the Airflow UI's path prefix
+    from the configuration (``configured_ui_base``), for links to its pages and the
+    plugin's own; ``active``: the runs in progress."""
     global _PAGE
     if _PAGE is None:
         import jinja2
@@ -486,31 +679,40 @@ def render_page(
         _PAGE = env.get_template("manifest.html")
     from ssl_splits.prefill import run_url
 
-    view = manifest_view(doc, uri=uri, ui_base=ui_base, active=active) if doc else None
+    prefix = f"{ui_base}{URL_PREFIX}"
+    view = (
+        manifest_view(doc, uri=uri, run_id=run_id, ui_base=ui_base, active=active) if doc else None
+    )
     runs = view["active_runs"] if view else (active or [])
     runs = [{**r, "url": run_url(r["run_id"], ui_base=ui_base)} for r in runs]
+    recent = [
+        {**r, "href": f"{prefix}/?{manifest_query(r.get('run_id'), r['uri'])}"}
+        for r in recent or []
+    ]
     return _PAGE.render(
         uri=uri or "",
+        run_id=run_id,
         error=error,
         note=note,
-        recent=recent or [],
+        recent=recent,
         dag_id=DAG_ID,
         view=view,
         active=runs,
-        prefix=f"{ui_base}{URL_PREFIX}",
-        ui_base=ui_base,
+        prefix=prefix,
+        raw_json_url=f"{prefix}/api/manifest?{manifest_query(run_id, uri)}",
+        nav_script_url=f"{prefix}/static/airflow-nav.js",
         now=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
 
 def create_app():  # -> fastapi.FastAPI
     """The plugin's FastAPI app (built in the API server, on first use)."""
-    from airflow.api_fastapi.app import API_ROOT_PATH
     from airflow.api_fastapi.core_api.security import requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException, Query
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
     can_read_dag = [Depends(requires_access_dag("GET", param_dag_id=DAG_ID))]
+    ui_base = configured_ui_base()
     app = FastAPI(
         title="SSL ImageNet splits: manifest view", docs_url=None, redoc_url=None, openapi_url=None
     )
@@ -519,11 +721,12 @@ def create_app():  # -> fastapi.FastAPI
     def view(uri: str | None = Query(None), run_id: str | None = Query(None)) -> HTMLResponse:
         error = note = None
         doc = None
+        status = 200
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
             recent = recent_manifests()
-        except Exception as err:  # noqa: BLE001 (the page still works with a URI)
+        except Exception as err:  # noqa: BLE001 (the page still shows a run's manifest)
             log.warning("could not list published manifests: %s", err)
             recent = []
         try:
@@ -531,30 +734,29 @@ def create_app():  # -> fastapi.FastAPI
         except Exception as err:  # noqa: BLE001 (the page still works without them)
             log.warning("could not list runs in progress: %s", err)
             active = []
+        chosen, chosen_run, error = choose_manifest(uri, run_id, recent)
         t1 = time.perf_counter()
         timing["db"] = t1 - t0
-        if not uri and run_id:
-            uri = manifest_of_run(run_id)
-            if not uri:
-                error = f"run {run_id} of {DAG_ID} published no manifest (yet)"
-        if not uri and recent and not error:
-            uri = recent[0]["uri"]
-            note = (
-                f"The latest published manifest (run {recent[0]['run_id']}, "
-                f"{recent[0]['published_at']})."
-            )
-        if uri and not error:
+        if error:
+            status = 404
+        elif chosen:
+            if not uri and not run_id:
+                note = (
+                    f"The latest published manifest (run {recent[0]['run_id']}, "
+                    f"{recent[0]['published_at']})."
+                )
             try:
-                doc = read_manifest(uri)
-            except Exception as err:  # noqa: BLE001 (shown on the page)
-                error = f"cannot show {uri}: {err}"
-        elif not uri and not error:
-            note = f"No manifest published yet: trigger {DAG_ID}, or enter the URI of a manifest."
+                doc = read_manifest(chosen)
+            except Exception as err:  # noqa: BLE001 (shown on the page, without its text)
+                log.warning("cannot read the published manifest %s: %s", chosen, err)
+                error = f"Cannot read the manifest published at {chosen} ({type(err).__name__})."
+        else:
+            note = f"No manifest published yet: trigger {DAG_ID}."
         t2 = time.perf_counter()
         timing["manifest"] = t2 - t1
-        ui_base = API_ROOT_PATH.rstrip("/")  # the UI's path prefix: "" unless base_url has one
         page = render_page(
-            uri=uri or "",
+            uri=chosen or "",
+            run_id=chosen_run,
             doc=doc,
             error=error,
             note=note,
@@ -565,19 +767,28 @@ def create_app():  # -> fastapi.FastAPI
         timing["render"] = time.perf_counter() - t2
         return HTMLResponse(
             page,
+            status_code=status,
             headers={
                 "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items())
             },
         )
 
     @app.get("/api/manifest", dependencies=can_read_dag)
-    def manifest_json(uri: str = Query(...)) -> JSONResponse:
+    def manifest_json(
+        uri: str | None = Query(None), run_id: str | None = Query(None)
+    ) -> JSONResponse:
+        if not uri and not run_id:
+            raise HTTPException(400, "give run_id (or the uri of a published manifest)")
+        chosen, _, error = choose_manifest(uri, run_id, [])
+        if chosen is None:
+            raise HTTPException(404, error or NOT_PUBLISHED)
         try:
-            return JSONResponse(read_manifest(uri))
-        except ValueError as err:
-            raise HTTPException(400, str(err)) from None
+            return JSONResponse(read_manifest(chosen))
         except Exception as err:  # noqa: BLE001 (ManifestError, storage errors)
-            raise HTTPException(404, str(err)) from None
+            log.warning("cannot read the published manifest %s: %s", chosen, err)
+            raise HTTPException(
+                404, f"cannot read the manifest published at {chosen} ({type(err).__name__})"
+            ) from None
 
     @app.get("/api/recent", dependencies=can_read_dag)
     def recent_json() -> JSONResponse:
@@ -611,25 +822,50 @@ class LazyASGIApp:
         await self._app(scope, receive, send)
 
 
+Transform = Callable[[bytes], Awaitable[bytes]]
+
+
 class PrefillMiddleware:
-    """Opens and pre-fills the DAG's trigger form for ``/dags/ssl_imagenet_splits?conf={json}``.
+    """Opens and pre-fills the DAG's trigger form for the links of the Splits view,
+    ``{base}/dags/ssl_imagenet_splits?prefill=rebuild&from_run={run_id}&split={split}``
+    (or ``prefill=add-seeds&from_run={run_id}``).
 
-    A root ASGI middleware of the API server; it acts on two requests only, and only
-    when they concern such a page:
+    A root ASGI middleware of the API server. ``{base}`` is the path of Airflow's
+    ``[api] base_url`` (``configured_ui_base``; ``base_url`` overrides it); nothing is
+    derived from the request's path. It acts on two requests only, matched on their
+    exact path (``exact_path``):
 
-    * the page itself (``GET /dags/ssl_imagenet_splits?conf=...``, the UI's HTML): a
-      script is added (``static/airflow-nav.js``) that presses the page's Trigger button;
-    * the DAG's details asked for by that page (``GET /api/v2/dags/ssl_imagenet_splits/details``
-      with that page as ``Referer``), where the form takes its params' initial values:
-      the params carry the conf's values (``ssl_splits.prefill.apply_prefill``).
+    * the DAG's page itself (``GET {base}/dags/ssl_imagenet_splits`` with such a query,
+      the UI's HTML): the script ``{base}/ssl-splits/static/airflow-nav.js`` is added,
+      which presses the page's Trigger button;
+    * the DAG's details asked for by that page (``GET {base}/api/v2/dags/
+      ssl_imagenet_splits/details`` whose ``Referer`` is that page, ``request_of_page``):
+      the params carry the values ``lookup`` finds for the link (``lookup_prefill``:
+      the run's recorded conf and the manifest it published), applied with
+      ``ssl_splits.prefill.apply_prefill``. Nothing of the request but the run id and
+      the split is read; no values are taken from it, and for a link that names no
+      published run and seeded split the details pass as Airflow wrote them.
 
     Airflow has already answered (and authorised) the request; a response other than
-    200 HTML or JSON passes as it is. These requests are asked uncompressed (no
-    ``Accept-Encoding``) so that their body can be read.
+    200 HTML or JSON passes as it is, and ``lookup`` runs only after a 200. These
+    requests are asked uncompressed (no ``Accept-Encoding``) so that their body can
+    be read.
     """
 
-    def __init__(self, app) -> None:
+    def __init__(
+        self,
+        app,
+        base_url: str | None = None,
+        lookup: Callable[[PrefillRequest], dict[str, Any] | None] | None = None,
+    ) -> None:
+        from ssl_splits.prefill import dag_page_path, ui_base_path
+
         self.app = app
+        self.ui_base = configured_ui_base() if base_url is None else ui_base_path(base_url)
+        self.page_path = dag_page_path(self.ui_base)
+        self.details_path = f"{self.ui_base}{DETAILS_PATH}"
+        self.script_src = f"{self.ui_base}{URL_PREFIX}/static/airflow-nav.js"
+        self.lookup = lookup or lookup_prefill
 
     async def __call__(self, scope, receive, send) -> None:
         transform = self._transform(scope) if scope.get("type") == "http" else None
@@ -653,7 +889,7 @@ class PrefillMiddleware:
                 return
             body = b"".join(chunks)
             if _plain(start):
-                body = transform(body)
+                body = await transform(body)
             out_headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
             out_headers.append((b"content-length", str(len(body)).encode()))
             await send({**start, "headers": out_headers})
@@ -661,28 +897,43 @@ class PrefillMiddleware:
 
         await self.app(scope, receive, capture)
 
-    @staticmethod
-    def _transform(scope):  # -> Callable[[bytes], bytes] | None
+    def _transform(self, scope: dict[str, Any]) -> Transform | None:
         """What to do with this request's response body, or None to let it pass."""
-        from ssl_splits.prefill import conf_of_page
+        from ssl_splits.prefill import parse_prefill_query, request_of_page
 
         if scope.get("method") != "GET":
             return None
-        path = scope.get("path", "")
-        if path.endswith(DETAILS_PATH):
+        if exact_path(scope, self.details_path):
             referer = next(
                 (v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"referer"),
                 None,
             )
-            conf = conf_of_page(referer)
-            return None if conf is None else (lambda body: _prefilled(body, conf))
-        page = f"/dags/{DAG_ID}"
-        if path.rstrip("/").endswith(page) and "/api/" not in path:
-            query = scope.get("query_string", b"").decode("latin-1")
-            if conf_of_page(f"{path}?{query}") is None:
+            request = request_of_page(referer, ui_base=self.ui_base)
+            if request is None:
                 return None
-            prefix = path.rstrip("/")[: -len(page)]
-            return lambda body: with_opener(body, f"{prefix}{URL_PREFIX}/static/airflow-nav.js")
+            lookup = self.lookup
+
+            async def prefill(body: bytes) -> bytes:
+                import anyio.to_thread
+
+                try:
+                    conf = await anyio.to_thread.run_sync(lookup, request)
+                except Exception as err:  # noqa: BLE001 (the form keeps its defaults)
+                    log.warning("no pre-filled trigger form for %s: %s", request, err)
+                    return body
+                return body if conf is None else _prefilled(body, conf)
+
+            return prefill
+        if exact_path(scope, self.page_path):
+            query = scope.get("query_string", b"").decode("latin-1")
+            if parse_prefill_query(query) is None:
+                return None
+            script_src = self.script_src
+
+            async def opener(body: bytes) -> bytes:
+                return with_opener(body, script_src)
+
+            return opener
         return None
 
 
@@ -711,7 +962,8 @@ def _prefilled(body: bytes, conf: dict[str, Any]) -> bytes:
 
 def with_opener(page: bytes, script_src: str) -> bytes:
     """The UI's HTML page with the script that opens the trigger form, before
-    ``</head>`` (unchanged when the page has none)."""
+    ``</head>`` (unchanged when the page has none). ``script_src`` comes from the
+    configuration (``PrefillMiddleware``), never from the request."""
     tag = f'<script src="{html.escape(script_src)}" data-open="trigger"></script>'.encode()
     i = page.find(b"</head>")
     return page if i < 0 else page[:i] + tag + page[i:]

@@ -121,22 +121,185 @@ def test_add_seeds_takes_the_next_seed_and_what_most_splits_share():
     assert bare["seeds"] == [1] and bare["source_uri"] is None and "fraction" not in bare
 
 
-def test_the_link_carries_the_conf_and_the_middleware_reads_it_back():
-    from ssl_splits.prefill import conf_of_page, rebuild_conf, run_url, trigger_url
+RUN = "manual__2026-11-30T21:48:41+00:00"
 
-    conf = rebuild_conf(_doc(), "train29.1", "/o/manifest.json")
-    url = trigger_url(conf, ui_base="/airflow")
-    assert url.startswith("/airflow/dags/ssl_imagenet_splits?conf=")
-    assert conf_of_page("http://h:8080" + url) == conf
-    assert conf_of_page(f"http://h/dags/other_dag?{url.split('?')[1]}") is None
-    assert conf_of_page(f"http://h/dags/ssl_imagenet_splits/runs/r?{url.split('?')[1]}") is None
-    assert conf_of_page("http://h/dags/ssl_imagenet_splits?conf=%5B1%5D") is None  # not an object
-    assert conf_of_page("http://h/dags/ssl_imagenet_splits?conf=%7Bbad") is None
-    assert conf_of_page(None) is None
-    assert (
-        run_url("manual__2026-11-30T21:48:41+00:00")
-        == "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00"
+
+def test_a_link_names_only_the_run_and_the_split():
+    from ssl_splits.prefill import (
+        ADD_SEEDS,
+        REBUILD,
+        PrefillRequest,
+        parse_prefill_query,
+        request_of_page,
+        run_url,
+        trigger_url,
     )
+
+    rebuild = PrefillRequest(REBUILD, RUN, "train29.1")
+    url = trigger_url(rebuild, ui_base="/airflow")
+    assert url == (
+        "/airflow/dags/ssl_imagenet_splits?prefill=rebuild"
+        "&from_run=manual__2026-11-30T21%3A48%3A41%2B00%3A00&split=train29.1"
+    )
+    assert request_of_page("http://h:8080" + url, ui_base="/airflow") == rebuild
+    add = PrefillRequest(ADD_SEEDS, RUN)
+    assert request_of_page(trigger_url(add)) == add and "&split=" not in trigger_url(add)
+    query = url.split("?")[1]
+    # Only the DAG's page, exactly, under the configured base.
+    for page in (
+        f"http://h/airflow/dags/other_dag?{query}",
+        f"http://h/airflow/dags/ssl_imagenet_splits/runs/r?{query}",
+        f"http://h/dags/ssl_imagenet_splits?{query}",  # not under the base
+        f"http://h/evil/airflow/dags/ssl_imagenet_splits?{query}",
+        f"http://h/airflow/dags/ssl_imagenet_splits/?{query}",
+        None,
+    ):
+        assert request_of_page(page, ui_base="/airflow") is None, page
+    # A conf in the URL is not read: alone it is no request, beside one it is ignored.
+    conf = urllib.parse.urlencode({"conf": json.dumps({"output_uri": "gs://prod", "force": True})})
+    assert parse_prefill_query(conf) is None
+    assert parse_prefill_query(f"{conf}&{query}") == rebuild
+    for bad in (
+        "prefill=rebuild&from_run=r",  # a rebuild names its split
+        "prefill=add-seeds&from_run=r&split=s",  # new seeds name none
+        "prefill=delete&from_run=r",
+        "prefill=rebuild&split=s",
+        "prefill=rebuild&from_run=&split=s",
+        "prefill=rebuild&from_run=a&from_run=b&split=s",  # given twice
+        "prefill=rebuild&from_run=r%0A&split=s",  # not printable
+        "prefill=add-seeds&from_run=" + "r" * 251,
+        "",
+    ):
+        assert parse_prefill_query(bad) is None, bad
+    assert run_url(RUN) == (
+        "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00"
+    )
+    assert (
+        run_url("javascript:alert(1)//")
+        == "/dags/ssl_imagenet_splits/runs/javascript%3Aalert%281%29%2F%2F"
+    )
+
+
+@pytest.mark.parametrize(
+    "base_url, base",
+    [
+        ("", ""),
+        ("http://h:8080", ""),
+        ("http://h:8080/", ""),
+        ("https://h/airflow/", "/airflow"),
+        ("https://h/a/b", "/a/b"),
+        ("https://h//evil.example/x", "/evil.example/x"),  # never "//host"
+        ("https://h/a/../b/./c", "/a/b/c"),
+        ('https://h/a"b<c>', "/a%22b%3Cc%3E"),
+    ],
+)
+def test_the_ui_base_comes_from_base_url_as_a_plain_path(base_url, base):
+    from ssl_splits.prefill import dag_page_path, ui_base_path
+
+    assert ui_base_path(base_url) == base
+    assert dag_page_path(base) == f"{base}/dags/ssl_imagenet_splits"
+
+
+def test_prefill_conf_takes_the_runs_settings_and_the_manifest():
+    from ssl_splits.prefill import (
+        ADD_SEEDS,
+        REBUILD,
+        PrefillRequest,
+        add_seeds_conf,
+        prefill_conf,
+        rebuild_conf,
+    )
+
+    run_conf = {
+        "source_uri": "/elsewhere",  # what to build: from the manifest, not the run
+        "output_uri": "/other",
+        "seeds": [1, 2, 3],
+        "force": False,
+        "direct_num_workers": 1,  # how it ran: kept
+        "dataflow_region": "europe-west4",
+        "deep_verify": None,
+    }
+    doc = _doc()
+    conf = prefill_conf(
+        PrefillRequest(REBUILD, RUN, "train29.2"), run_conf, doc, "/o/manifest.json"
+    )
+    assert conf == {
+        **rebuild_conf(doc, "train29.2", "/o/manifest.json"),
+        "direct_num_workers": 1,
+        "dataflow_region": "europe-west4",
+    }
+    assert conf["output_uri"] == "/o" and conf["seeds"] == [2] and conf["force"] is True
+    add = prefill_conf(PrefillRequest(ADD_SEEDS, RUN), None, doc, "/o/manifest.json")
+    assert add == add_seeds_conf(doc, "/o/manifest.json")
+    # Not a seeded split of that manifest: nothing (the form keeps the DAG's defaults).
+    for split in ("train", "validation", "train29.3", '"><script>'):
+        assert prefill_conf(PrefillRequest(REBUILD, RUN, split), run_conf, doc, "/o/m.json") is None
+    assert prefill_conf(PrefillRequest("other", RUN), run_conf, doc, "/o/m.json") is None
+
+
+@pytest.mark.parametrize(
+    "uri, normal",
+    [
+        ("gs://b/ssl/manifest.json", "gs://b/ssl/manifest.json"),
+        (" /data/ssl//manifest.json ", "/data/ssl/manifest.json"),
+        ("/data/./ssl/manifest.json", "/data/ssl/manifest.json"),
+        ("gs://b//ssl/manifest.json", "gs://b/ssl/manifest.json"),
+        ("/data/../etc/x.json", None),
+        ("/data/ssl/..", None),
+        ("gs://b/../x.json", None),
+        ("gs://b", None),
+        ("gs://", None),
+        ("gs:///x.json", None),
+        ("relative/manifest.json", None),
+        ("file:///etc/x.json", None),
+        ("http://h/manifest.json", None),
+        ("/data\\..\\x.json", None),
+        ("/data/x.json\x00", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_manifest_uris_are_compared_normalised(uri, normal):
+    import ssl_splits_ui as ui
+
+    assert ui.normalize_manifest_uri(uri) == normal
+
+
+def test_only_a_published_uri_is_selected_and_as_recorded():
+    import ssl_splits_ui as ui
+
+    published = ["gs://b/ssl/manifest.json", "/data/ssl/manifest.json"]
+    assert ui.select_published("gs://b/ssl/manifest.json", published) == published[0]
+    assert ui.select_published("/data//ssl/./manifest.json", published) == published[1]
+    for other in (
+        "gs://other/ssl/manifest.json",  # another bucket
+        "gs://b/ssl2/manifest.json",  # another folder
+        "/tmp/secret.json",  # a local JSON file
+        "/data/ssl/../ssl/manifest.json",  # ".." is refused, even where it would resolve
+        "/data/x/../../etc/passwd.json",
+        "/data%2Fssl%2Fmanifest.json",  # still encoded: not a path of it
+        "gs://b/ssl/manifest.json/..",
+        "",
+        None,
+    ):
+        assert ui.select_published(other, published) is None, other
+    assert ui.select_published("/data/ssl/manifest.json", []) is None
+
+
+def test_exact_path_compares_the_raw_path():
+    import ssl_splits_ui as ui
+
+    page = "/dags/ssl_imagenet_splits"
+    assert ui.exact_path({"path": page, "raw_path": page.encode()}, page)
+    assert ui.exact_path({"path": page}, page)  # a server that gives no raw path
+    for path, raw in (
+        ("//evil.example/dags/ssl_imagenet_splits", b"//evil.example/dags/ssl_imagenet_splits"),
+        ("/evil/dags/ssl_imagenet_splits", b"/evil/dags/ssl_imagenet_splits"),
+        ("/dags/ssl_imagenet_splits", b"/dags%2Fssl_imagenet_splits"),  # an encoded slash
+        ("/dags/ssl_imagenet_splits", b"/dags/ssl_imagenet_spl%69ts"),
+        ("/dags/ssl_imagenet_splits/", b"/dags/ssl_imagenet_splits/"),
+    ):
+        assert not ui.exact_path({"path": path, "raw_path": raw}, page), raw
 
 
 def test_apply_prefill_sets_only_the_dags_params():
@@ -192,68 +355,112 @@ def _details_app():
     app = Starlette(
         routes=[
             Route("/api/v2/dags/{dag_id}/details", endpoint),
-            Route("/dags/{rest:path}", ui_page),
-            Route("/airflow/x/dags/{rest:path}", ui_page),
+            Route("/{rest:path}", ui_page),  # the UI's single page, at any path
         ]
     )
     app.add_middleware(GZipMiddleware, minimum_size=100)
     return app
 
 
-def test_the_middleware_prefills_the_details_a_dag_page_with_conf_asks_for():
+def _lookup(calls):
+    """The middleware's lookup of a link's values, over a fixed state: run RUN published
+    ``_doc()`` at /o/manifest.json with ``{"direct_num_workers": 1}`` as its conf (the
+    real one reads Airflow's DB: tests/test_ui_security.py)."""
+    from ssl_splits.prefill import prefill_conf
+
+    def lookup(request):
+        calls.append(request)
+        if request.run_id != RUN:
+            return None
+        return prefill_conf(request, {"direct_num_workers": 1}, _doc(), "/o/manifest.json")
+
+    return lookup
+
+
+def test_the_middleware_prefills_the_details_from_the_links_run_only():
     import ssl_splits_ui as ui
-    from ssl_splits.prefill import trigger_url
+    from ssl_splits.prefill import ADD_SEEDS, REBUILD, PrefillRequest, trigger_url
     from starlette.testclient import TestClient
 
-    client = TestClient(ui.PrefillMiddleware(_details_app()))
-    page = "http://testserver" + trigger_url({"seeds": [3], "source_uri": "/src", "x": 1})
-    r = client.get(
-        "/api/v2/dags/ssl_imagenet_splits/details",
-        headers={"Referer": page, "Accept-Encoding": "gzip"},
-    )
+    calls = []
+    client = TestClient(ui.PrefillMiddleware(_details_app(), base_url="", lookup=_lookup(calls)))
+    details = "/api/v2/dags/ssl_imagenet_splits/details"
+    page = "http://testserver" + trigger_url(PrefillRequest(REBUILD, RUN, "train29.2"))
+    r = client.get(details, headers={"Referer": page, "Accept-Encoding": "gzip"})
     assert r.status_code == 200 and r.headers.get("content-encoding") is None
     assert int(r.headers["content-length"]) == len(r.content)
     params = r.json()["params"]
-    assert params["seeds"]["value"] == [3] and params["source_uri"]["value"] == "/src"
-    assert "x" not in params
+    assert params["seeds"]["value"] == [2] and params["source_uri"]["value"] == "/src/imagenet"
+    assert calls == [PrefillRequest(REBUILD, RUN, "train29.2")]
+    add = client.get(
+        details,
+        headers={"Referer": "http://testserver" + trigger_url(PrefillRequest(ADD_SEEDS, RUN))},
+    )
+    assert add.json()["params"]["seeds"]["value"] == [5]
 
-    # Any other page, or no referer: Airflow's response as it was (compressed).
+    # A conf in the link, an unknown run, a split that is not seeded, a page that is
+    # not exactly the DAG's: Airflow's response as it was (compressed), and nothing
+    # of the request in it.
+    conf = urllib.parse.urlencode({"conf": json.dumps({"seeds": [9], "source_uri": "gs://prod"})})
     for referer in (
         None,
         "http://testserver/dags/ssl_imagenet_splits",
-        "http://testserver/dags/ssl_imagenet_splits/details?conf=%7B%7D",
+        f"http://testserver/dags/ssl_imagenet_splits?{conf}",
+        "http://testserver" + trigger_url(PrefillRequest(REBUILD, "manual__nope", "train29.2")),
+        "http://testserver" + trigger_url(PrefillRequest(REBUILD, RUN, "train")),
+        "http://testserver" + trigger_url(PrefillRequest(REBUILD, RUN, "<script>x</script>")),
+        "http://testserver/evil" + trigger_url(PrefillRequest(REBUILD, RUN, "train29.2")),
+        "http://testserver/dags/ssl_imagenet_splits/details?prefill=add-seeds&from_run=" + RUN,
     ):
         headers = {"Accept-Encoding": "gzip"} | ({"Referer": referer} if referer else {})
-        raw = client.get("/api/v2/dags/ssl_imagenet_splits/details", headers=headers)
-        assert raw.headers.get("content-encoding") == "gzip", referer
-        assert raw.json()["params"]["seeds"]["value"] == [1, 2, 3, 4, 5]
-    # Another DAG's details, an error: untouched.
+        raw = client.get(details, headers=headers)
+        assert raw.json()["params"]["seeds"]["value"] == [1, 2, 3, 4, 5], referer
+        assert raw.json()["params"]["source_uri"]["value"] is None, referer
+        assert "gs://prod" not in raw.text and "<script" not in raw.text and "nope" not in raw.text
+    # The details under another path (a suffix match would take them): untouched, no lookup.
+    calls.clear()
+    for path in ("/x" + details, "/api/v2/dags/ssl_imagenet_splits/details/"):
+        client.get(path, headers={"Referer": page}, follow_redirects=False)
     other = client.get("/api/v2/dags/other/details", headers={"Referer": page})
     assert other.status_code == 404 and other.json() == {"detail": "not found"}
+    assert calls == []
 
 
-def test_the_middleware_adds_the_form_opener_to_the_dag_page_with_conf():
+def test_the_middleware_adds_the_configured_opener_to_the_exact_dag_page():
     import ssl_splits_ui as ui
-    from ssl_splits.prefill import trigger_url
+    from ssl_splits.prefill import ADD_SEEDS, REBUILD, PrefillRequest, trigger_url
     from starlette.testclient import TestClient
 
-    client = TestClient(ui.PrefillMiddleware(_details_app()))
-    r = client.get(trigger_url({"seeds": [3]}), headers={"Accept-Encoding": "gzip"})
+    link = trigger_url(PrefillRequest(REBUILD, RUN, "train29.2"))
+    query = link.split("?")[1]
+    client = TestClient(ui.PrefillMiddleware(_details_app(), base_url="http://h:8080/"))
+    r = client.get(link, headers={"Accept-Encoding": "gzip"})
     assert r.status_code == 200 and int(r.headers["content-length"]) == len(r.content)
     tag = '<script src="/ssl-splits/static/airflow-nav.js" data-open="trigger"></script></head>'
     assert r.text.count("<script") == 1 and tag in r.text
-    # Under a path prefix (Airflow's base_url), the script is found under it too.
-    r = client.get(trigger_url({"seeds": [3]}, ui_base="/airflow/x"))
+    assert client.get(trigger_url(PrefillRequest(ADD_SEEDS, RUN))).text.count("<script") == 1
+    # Under a path prefix (Airflow's base_url), the script is found under it too: the
+    # configured one, whatever the request's path.
+    based = TestClient(ui.PrefillMiddleware(_details_app(), base_url="http://h/airflow/x/"))
+    r = based.get(trigger_url(PrefillRequest(REBUILD, RUN, "s"), ui_base="/airflow/x"))
     assert 'src="/airflow/x/ssl-splits/static/airflow-nav.js"' in r.text
-    # The DAG page without conf, another DAG's page, a run's page: as they were.
-    for path in (
+    # Not the DAG's page under the configured base exactly, no request or a conf: as
+    # they were (the app serves its page for every one of these paths).
+    conf = urllib.parse.urlencode({"conf": "{}"})
+    for raw in (
         "/dags/ssl_imagenet_splits",
-        "/dags/other?conf=%7B%7D",
-        "/dags/ssl_imagenet_splits/runs/r?conf=%7B%7D",
-        "/dags/ssl_imagenet_splits?conf=notjson",
+        f"/dags/ssl_imagenet_splits?{conf}",
+        "/dags/other?" + query,
+        "/dags/ssl_imagenet_splits/runs/r?" + query,
+        "/dags/ssl_imagenet_splits?prefill=rebuild&from_run=r",
+        "/airflow/x/dags/ssl_imagenet_splits?" + query,  # a base that is not configured
     ):
-        r = client.get(path, headers={"Accept-Encoding": "gzip"})
-        assert "<script" not in r.text and r.headers.get("content-encoding") == "gzip", path
+        r = client.get(raw, headers={"Accept-Encoding": "gzip"})
+        assert r.status_code == 200, raw
+        assert "<script" not in r.text and r.headers.get("content-encoding") == "gzip", raw
+    for raw in ("/dags/ssl_imagenet_splits?" + query, "/x/dags/ssl_imagenet_splits?" + query):
+        r = based.get(raw)
+        assert r.status_code == 200 and "<script" not in r.text, raw
     assert ui.with_opener(b"<html>no head</html>", "/x.js") == b"<html>no head</html>"
 
 
@@ -360,9 +567,11 @@ def test_the_form_shows_seeds_as_a_text_box_one_per_line():
 # --------------------------------------------------------------------------- the view
 
 
-def test_the_view_offers_rebuild_and_add_seeds_with_links_to_runs():
+def test_the_view_offers_rebuild_and_add_seeds_naming_its_run_and_links_to_runs():
+    import html as html_lib
+
     import ssl_splits_ui as ui
-    from ssl_splits.prefill import conf_of_page
+    from ssl_splits.prefill import ADD_SEEDS, REBUILD, PrefillRequest, parse_prefill_query
 
     active = [
         {
@@ -372,38 +581,76 @@ def test_the_view_offers_rebuild_and_add_seeds_with_links_to_runs():
             "conf": {"output_uri": "/o", "seeds": ["2"]},
         }
     ]
-    page = ui.render_page(uri="/o/manifest.json", doc=_doc(), active=active)
+    published_by = "manual__2026-12-01T10:00:00+00:00"
+    page = ui.render_page(uri="/o/manifest.json", run_id=published_by, doc=_doc(), active=active)
     rows = dict(re.findall(r'<tr data-split="([^"]+)">(.*?)</tr>', page, re.S))
     rebuild = re.findall(r'data-testid="rebuild" href="([^"]+)"', page)
     assert len(rebuild) == 3  # the seeded splits; not the reshuffle or the validation copy
-    for name, seed in (("train29.1", 1), ("train29.2", 2), ("train29.4", 4)):
-        href = re.search(r'data-testid="rebuild" href="([^"]+)"', rows[name]).group(1)
-        conf = conf_of_page("http://h" + href.replace("&amp;", "&"))
-        assert conf["seeds"] == [seed] and conf["force"] is True, conf
+    for name in ("train29.1", "train29.2", "train29.4"):
+        href = html_lib.unescape(re.search(r'data-testid="rebuild" href="([^"]+)"', rows[name])[1])
+        path, query = href.split("?")
+        assert path == "/dags/ssl_imagenet_splits"
+        assert parse_prefill_query(query) == PrefillRequest(REBUILD, published_by, name)
+        assert set(urllib.parse.parse_qs(query)) == {"prefill", "from_run", "split"}  # no values
         assert "2026-11-30 21:50:00" in rows[name]  # the build time, to the second
         assert (
             "/dags/ssl_imagenet_splits/runs/manual__2026-11-30T21%3A48%3A41%2B00%3A00" in rows[name]
         )
     assert "rebuilding" in rows["train29.2"] and "rebuilding" not in rows["train29.1"]
     assert 'data-testid="rebuild"' not in rows["train"] + rows["validation"]
-    add = re.search(r'data-testid="add-seeds" href="([^"]+)"', page).group(1)
-    assert conf_of_page("http://h" + add.replace("&amp;", "&"))["seeds"] == [5]
+    add = html_lib.unescape(re.search(r'data-testid="add-seeds" href="([^"]+)"', page)[1])
+    assert parse_prefill_query(add.split("?")[1]) == PrefillRequest(ADD_SEEDS, published_by)
+    assert "seed 5 beside" in page  # the next seed, named in the link's title
     running = re.search(r'data-testid="active-run">(.*?)</div>', page, re.S).group(1)
     assert "/dags/ssl_imagenet_splits/runs/manual__now" in running and "seeds 2" in running
+    raw = html_lib.unescape(re.search(r'id="raw-json" href="([^"]+)"', page)[1])
+    assert raw == "/ssl-splits/api/manifest?run_id=manual__2026-12-01T10%3A00%3A00%2B00%3A00"
+    # Without the run that published it, no action (nothing to look the values up from).
+    bare = ui.render_page(uri="/o/manifest.json", doc=_doc())
+    assert 'data-testid="rebuild"' not in bare and 'data-testid="add-seeds"' not in bare
 
 
-def test_the_page_escapes_the_conf_in_its_links():
+def test_every_url_in_the_page_starts_with_the_configured_base_and_values_are_escaped():
     import html as html_lib
 
     import ssl_splits_ui as ui
 
     doc = _doc()
-    doc["source"]["uri"] = '/src/"><script>alert(1)</script>'
-    page = ui.render_page(uri="/o/manifest.json", doc=doc)
-    assert "<script>alert(1)" not in page
-    href = re.search(r'data-testid="add-seeds" href="([^"]+)"', page).group(1)
-    query = urllib.parse.urlsplit(html_lib.unescape(href)).query
-    assert json.loads(urllib.parse.parse_qs(query)["conf"][0])["source_uri"] == doc["source"]["uri"]
+    evil_run = 'javascript:alert(1)//"><script>alert(2)</script>'
+    doc["source"]["uri"] = '/src/"><script>alert(3)</script>'
+    doc["output_uri"] = "/o'\"onmouseover=alert(4)"
+    doc["splits"]["train29.1"]["provenance"]["run_id"] = evil_run
+    doc["splits"]['x"><svg onload=alert(5)>'] = {**doc["splits"]["train29.2"], "seed": 7}
+    doc["splits"]["train29.2"]["provenance"] = {
+        **doc["splits"]["train29.2"]["provenance"],
+        "dag_id": "javascript:alert(6)",
+        "bytes_read": "<b>many</b>",
+    }
+    doc["splits"]["train29.4"]["class_counts"] = {"</title><script>alert(7)</script>": 3}
+    recent = [{"uri": "/o/manifest.json", "run_id": evil_run, "published_at": "", "changed": []}]
+    active = [
+        {"run_id": evil_run, "state": "running", "since": "", "conf": {"seeds": ["<i>1</i>"]}}
+    ]
+    page = ui.render_page(
+        uri="/o/manifest.json",
+        run_id=evil_run,
+        doc=doc,
+        recent=recent,
+        active=active,
+        ui_base="/airflow",
+        error="<b>not bold</b>",
+    )
+    assert "<script>alert" not in page and "<svg onload" not in page and "<b>not" not in page
+    assert "<b>many" not in page
+    assert "<i>1</i>" not in page and '"onmouseover' not in page
+    assert "&lt;script&gt;alert(3)&lt;/script&gt;" in page
+    hrefs = [html_lib.unescape(h) for h in re.findall(r'href="([^"]*)"', page)]
+    assert hrefs and all(h.startswith(("/airflow/", "#split-")) for h in hrefs), hrefs
+    for h in hrefs:  # a run id in a URL is quoted: no scheme, no quote, no angle bracket
+        assert not re.search(r"[\s\"'<>]", h), h
+    inline = page.rsplit("<script>", 1)[1]
+    assert 'script.src = "/airflow/ssl-splits/static/airflow-nav.js";' in inline
+    assert re.findall(r"<script\b[^>]*\bsrc=", page) == []  # the page itself loads no script
 
 
 def test_histogram_bins_cover_the_range_exactly():

@@ -185,9 +185,11 @@ def run_id_of(url: str) -> str:
 
 def open_prefilled_form(page, action, expect) -> Any:
     """Press a Splits view action ("Rebuild…", "Add seeds…"): the UI loads the DAG's
-    page with the conf, and the trigger form opens by itself. Returns the dialog."""
+    page with the link (the run that published the manifest, and the split: no values),
+    and the trigger form opens by itself, filled in by the server. Returns the dialog."""
     action.click()
-    page.wait_for_url(re.compile(rf"/dags/{DAG_ID}[?]conf="))
+    page.wait_for_url(re.compile(rf"/dags/{DAG_ID}[?]prefill=[a-z-]+&from_run=[^&]+"))
+    assert "conf=" not in page.url, page.url
     dialog = page.get_by_role("dialog")
     expect(page.get_by_test_id("trigger-dag-submit")).to_be_visible()
     expect(dialog.locator("#element_source_uri")).not_to_have_value("")
@@ -313,11 +315,18 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
             # The view of one run's manifest, and the raw JSON, with the browser's session.
             by_run = page.request.get(f"{airflow.url}/ssl-splits/", params={"run_id": run_id})
             assert by_run.ok and f'data-split="{split}"' in by_run.text(), by_run.text()[:2000]
-            raw = page.request.get(
-                f"{airflow.url}/ssl-splits/api/manifest",
-                params={"uri": str(output / "manifest.json")},
+            for query in ({"run_id": run_id}, {"uri": str(output / "manifest.json")}):
+                raw = page.request.get(f"{airflow.url}/ssl-splits/api/manifest", params=query)
+                assert (
+                    raw.ok and raw.json()["splits"][split]["num_examples"] == entry["num_examples"]
+                ), query
+            # Only what a run published: another JSON file of the server's disk is refused.
+            stray = data_dir / "stray.json"
+            stray.write_text(json.dumps({"splits": {}, "token": "s3cr3t"}))
+            other = page.request.get(
+                f"{airflow.url}/ssl-splits/api/manifest", params={"uri": str(stray)}
             )
-            assert raw.ok and raw.json()["splits"][split]["num_examples"] == entry["num_examples"]
+            assert other.status == 404 and "s3cr3t" not in other.text(), other.text()
 
         frame = page.frame_locator('iframe[title="Splits"]')
 
@@ -403,15 +412,15 @@ def test_trigger_from_the_ui_and_see_the_manifest(airflow, synthetic_source, dat
         with s.step("imagenet-sized-view"):
             # The view of a manifest of ImageNet's size, served by this Airflow (its
             # auth, its DB queries, the manifest read from disk): time to first paint.
+            # The view shows published manifests only: the last run's manifest file
+            # takes the ImageNet-sized content (the last step: nothing reads it after).
             from support.ui_manifests import imagenet_manifest
 
-            big = data_dir / "imagenet-sized" / "manifest.json"
-            big.parent.mkdir()
-            big.write_text(json.dumps(imagenet_manifest(str(big.parent))))
+            (output / "manifest.json").write_text(json.dumps(imagenet_manifest(str(output))))
             paints = []
             for _ in range(3):
                 page.goto(
-                    f"{airflow.url}/ssl-splits/?" + urllib.parse.urlencode({"uri": str(big)}),
+                    f"{airflow.url}/ssl-splits/?" + urllib.parse.urlencode({"run_id": add_run}),
                     wait_until="load",
                 )
                 page.wait_for_function("performance.getEntriesByType('paint').length > 0")
@@ -655,13 +664,14 @@ def _imagenet_page() -> tuple[dict[str, Any], str, dict[str, float]]:
     from support.ui_manifests import imagenet_manifest
 
     doc = imagenet_manifest()
+    run_id = doc["provenance"]["run_id"]  # the run that published it: the actions name it
     t0 = time.perf_counter()
-    page = ui.render_page(uri="gs://bucket/ssl/manifest.json", doc=doc)
+    page = ui.render_page(uri="gs://bucket/ssl/manifest.json", run_id=run_id, doc=doc)
     first = time.perf_counter() - t0
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        ui.render_page(uri="gs://bucket/ssl/manifest.json", doc=doc)
+        ui.render_page(uri="gs://bucket/ssl/manifest.json", run_id=run_id, doc=doc)
         times.append(time.perf_counter() - t0)
     return doc, page, {"render_first_s": first, "render_s": statistics.median(times)}
 

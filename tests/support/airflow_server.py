@@ -2,13 +2,15 @@
 LocalExecutor, DAG processor, triggerer) as ``bin/airflow`` processes on
 127.0.0.1, with a private AIRFLOW_HOME, driven through the REST API.
 
-Used by the browser test (``tests/test_ui_browser.py``) and by the benchmark of
-the DAG under a real scheduler (``benchmarks/dag.py``).
+Used by the browser test (``tests/test_ui_browser.py``), the UI's security test
+(``tests/test_ui_security.py``, raw requests: ``Airflow.request``) and by the
+benchmark of the DAG under a real scheduler (``benchmarks/dag.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import secrets
@@ -18,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,22 @@ from support.airflow_env import BIN_AIRFLOW, DAG_ID, airflow_env
 from support.common import ROOT, free_port
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+@dataclass
+class Response:
+    """An HTTP answer as it came (``Airflow.request``): no redirect followed."""
+
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 class Airflow:
@@ -102,6 +121,28 @@ class Airflow:
         req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.load(r)
+
+    def request(
+        self, target: str, headers: dict[str, str] | None = None, *, auth: bool = True
+    ) -> Response:
+        """GET ``target`` exactly as given (path and query, sent on the request line
+        unchanged: ``//host/x``, ``%2F`` and ``..`` reach the server as they are), with
+        a bearer token unless ``auth`` is false."""
+        if auth and self.token is None:
+            self.api("/api/v2/monitor/health")  # gets a token
+        sent = dict(headers or {})
+        if auth:
+            sent.setdefault("Authorization", f"Bearer {self.token}")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.putrequest("GET", target, skip_accept_encoding=True)
+            for name, value in sent.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            r = conn.getresponse()
+            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+        finally:
+            conn.close()
 
     def wait_ready(self, timeout: float) -> None:
         """Every component healthy and the DAG parsed."""

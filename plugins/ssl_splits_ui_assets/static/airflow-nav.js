@@ -1,13 +1,15 @@
 // Runs in the Airflow UI's own page (never in the Splits view's frame). Two uses:
 //
 // * Added by the Splits view, a sandboxed iframe that may not navigate the UI
-//   itself, with data-href: moves the UI there. A link to the DAG's trigger form
-//   (data-open="trigger", /dags/{dag_id}?conf=...) loads that page afresh, so that
-//   the form starts from the values the API server fills in; any other page (a run)
-//   is reached the way the UI's router moves (history entry + popstate, no reload).
-// * Added to the page /dags/{dag_id}?conf=... by the API server (the plugin's
-//   PrefillMiddleware), without data-href: presses the page's Trigger button once
-//   the page shows it; the form opens with the conf's values.
+//   itself, with data-href: moves the UI there, same origin only. A link to the
+//   DAG's trigger form (data-open="trigger", /dags/{dag_id}?prefill=...&from_run=...)
+//   loads that page afresh, so that the form starts from the values the API server
+//   looks up for that run; any other page (a run) is reached the way the UI's
+//   router moves (history entry + popstate, no reload).
+// * Added to the page /dags/{dag_id}?prefill=... by the API server (the plugin's
+//   PrefillMiddleware, at the URL the configuration gives), without data-href:
+//   presses the page's Trigger button once the page shows it; the form opens with
+//   the values the server found for the link's run (or the DAG's defaults).
 (() => {
   const me = document.currentScript;
   const href = me.getAttribute("data-href");
