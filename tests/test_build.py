@@ -527,7 +527,9 @@ def test_malformed_or_missing_plan_fails_before_any_output(small, tmp_path):
     lines[3] = lines[3].replace(",", ";")
     plan = tmp_path / "plan.csv"
     plan.write_text("\n".join(lines) + "\n")
-    with pytest.raises(PlanError, match="line 4: expected 'filename,shard,index'"):
+    with pytest.raises(
+        PlanError, match=r"line 4: expected 3 comma-separated fields \(filename,shard,index\)"
+    ):
         run_build(small.split, str(plan), small.catalog, str(tmp_path / "out"))
     with pytest.raises(PlanError, match="plan file .*nope.csv does not exist"):
         run_build(small.split, str(tmp_path / "nope.csv"), small.catalog, str(tmp_path / "out"))

@@ -146,9 +146,7 @@ KINDS = [
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_foreign_file_stops_the_run_in_plan(
-    kind, output, planned, small_source, catalog_cache
-):
+def test_a_foreign_file_stops_the_run_in_plan(kind, output, planned, small_source, catalog_cache):
     foreign = plant(output, kinds(planned)[kind])
     with pytest.raises(TaskError) as err:
         bs.start(params(small_source, output), catalog_cache)
@@ -199,9 +197,7 @@ def test_a_manifest_cannot_claim_files_for_the_product(
     foreign shard does not make that shard the product's: both are named."""
     s1, _ = seeded(planned)
     shard = storage.join(output, layout.shard_name(s1, 1, 3))
-    forged = {
-        "splits": {s1: {"shards": [{"path": shard, "num_bytes": 6, "crc32c": "00000000"}]}}
-    }
+    forged = {"splits": {s1: {"shards": [{"path": shard, "num_bytes": 6, "crc32c": "00000000"}]}}}
     foreign = plant(
         output,
         {layout.shard_name(s1, 1, 3): b"mine!\n", "manifest.json": json.dumps(forged).encode()},
@@ -287,9 +283,10 @@ def test_a_rebuild_deletes_only_the_old_shards_its_manifest_listed(
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
     doc = load(run.manifest_uri)
-    assert doc["splits"][s1]["num_shards"] == 5 and storage.read_bytes(
-        run.manifest_uri
-    ) != manifest_bytes
+    assert (
+        doc["splits"][s1]["num_shards"] == 5
+        and storage.read_bytes(run.manifest_uri) != manifest_bytes
+    )
     assert sorted(s["path"] for s in doc["splits"][s1]["shards"]) == [
         storage.join(output, layout.shard_name(s1, i, 5)) for i in range(5)
     ]
@@ -430,8 +427,9 @@ def test_a_local_entry_that_is_not_a_regular_file_is_foreign_too(
     else:
         os.symlink(target, entry)
     with pytest.raises(TaskError) as err:
-        run = bs.start(params(small_source, str(out), seeds=[1], copy_validation=False),
-                       catalog_cache)
+        run = bs.start(
+            params(small_source, str(out), seeds=[1], copy_validation=False), catalog_cache
+        )
         bs.build_all(run, deep=False)  # (only reached when plan did not stop it)
         bs.publish(run)
     assert_stopped_naming(err.value, {str(entry): b""})

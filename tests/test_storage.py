@@ -415,9 +415,7 @@ def test_place_onto_a_destination_version(root):
 
     # MISSING onto an existing destination: refused; dst intact, src still there.
     with pytest.raises(storage.PreconditionFailed, match="final/f"):
-        storage.place(
-            src, dst, source_generation=staged.generation, if_version=storage.MISSING
-        )
+        storage.place(src, dst, source_generation=staged.generation, if_version=storage.MISSING)
     assert storage.read_bytes(dst) == b"someone else's file" and _version(dst) == before.version
     assert storage.read_bytes(src) == b"staged shard" and _version(src) == staged.version
 
@@ -551,3 +549,59 @@ def test_racing_replacers_of_one_version_exactly_one_wins(root):
     assert errors == [] and len(won) == 1, (won, errors)
     assert storage.read_bytes(uri) == f"v1 by {won[0]}".encode()
     assert storage.list_tree(root) == [uri]
+
+
+@pytest.mark.parametrize("op", ["write_if", "place"])
+def test_local_create_if_missing_never_replaces_a_file_that_appears_meanwhile(
+    op, tmp_path, monkeypatch
+):
+    """The folder's flock serializes this backend's writers only; a file made
+    by anyone else (a user's cp) between the check and the change must still
+    not be replaced when the name had to be MISSING: write_if creates by
+    link(2), which fails on an existing name; place must not rename over it."""
+    folder = tmp_path / "out"
+    dst = str(folder / "train-00000-of-00001")
+    src = str(tmp_path / "staged")
+    storage.write_bytes(src, b"staged shard")
+    expect = local._expect
+
+    def someone_writes_meanwhile(uri: str, if_version: str) -> None:
+        expect(uri, if_version)
+        if uri == dst:
+            with open(dst, "wb") as f:  # not through the backend: no guard
+                f.write(b"theirs")
+
+    monkeypatch.setattr(local, "_expect", someone_writes_meanwhile)
+    with pytest.raises(storage.PreconditionFailed, match="train-00000-of-00001"):
+        if op == "write_if":
+            storage.write_if(dst, b"ours", if_version=storage.MISSING)
+        else:
+            storage.place(src, dst, if_version=storage.MISSING)
+    assert storage.read_bytes(dst) == b"theirs", "a file that appeared meanwhile was replaced"
+    assert storage.read_bytes(src) == b"staged shard"
+    assert sorted(os.listdir(folder)) == ["train-00000-of-00001"], "nothing left beside it"
+
+
+def test_local_versions_are_not_reused_on_a_coarse_clock(tmp_path):
+    """A local version is inode, mtime and size. File systems stamp mtimes
+    from a coarse clock (one jiffy, 1-4 ms, on ext4 before Linux 6.13; 1 or
+    2 s on others), and free inodes are reused at once: a name replaced twice
+    within one tick can come back to the version a stale writer read, which
+    must still be refused. The tick is simulated: every write gets the first
+    one's mtime."""
+    uri = str(tmp_path / "lock.json")
+    first = storage.write_if(uri, b"A" * 8, if_version=storage.MISSING)
+    assert first.mtime_ns is not None
+    info = first
+    for i in range(64):
+        info = storage.write_if(uri, b"%08d" % i, if_version=info.version or "")
+        os.utime(uri, ns=(first.mtime_ns, first.mtime_ns))  # same tick
+        info = storage.stat(uri)
+        assert info is not None
+        if info.version == first.version:  # the first file's inode, reused
+            break
+    else:
+        pytest.skip("this file system did not reuse the inode: nothing to show")
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_if(uri, b"stale writer", if_version=first.version)
+    assert storage.read_bytes(uri) != b"stale writer"

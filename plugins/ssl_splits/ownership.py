@@ -5,9 +5,10 @@ and CRC32C, and locally the modification time their rename kept), the
 journal of a publication in progress (the shards it places and the files it
 replaces), and ``_ssl_splits/tfds.json`` (the TFDS metadata files it wrote,
 with their versions). A file under a name the product would write is *ours*
-only if a record names its path (a TFDS metadata file: its path and exact
-version; a published shard that was damaged since is still the product's to
-repair) and that path is a shard name of the output folder itself; anything
+only if a record names its path (a published shard that was damaged since is
+still the product's to repair; the TFDS record names its files relative to the
+output folder, so a folder copied elsewhere keeps them) and that path is a
+shard name or a TFDS metadata file of the output folder itself; anything
 else under such a name is *foreign*: the product never deletes, replaces or
 overwrites it. :func:`foreign_files` lists them before any build,
 so that a run stops before it has done anything (``tasks.plan``); the commit
@@ -132,19 +133,19 @@ def tfds_records(output_uri: str) -> list[Recorded]:
     """The TFDS metadata files the product wrote into ``output_uri``."""
     doc = read_json(layout.tfds_record_uri(output_uri)) or {}
     out = []
-    for path, v in (doc.get("files") or {}).items():
-        if isinstance(v, dict) and isinstance(v.get("version"), str):
-            out.append(Recorded(path, int(v.get("num_bytes") or 0), version=v["version"]))
+    for name, v in (doc.get("files") or {}).items():
+        if name in TFDS_FILES and isinstance(v, dict):
+            out.append(Recorded(storage.join(output_uri, name), int(v.get("num_bytes") or 0)))
     return out
 
 
 def record_tfds(output_uri: str, uris: Iterable[str]) -> None:
-    """Record the TFDS metadata files just written (their exact versions)."""
+    """Record the TFDS metadata files just written (by name in the output folder)."""
     files = {}
     for uri in uris:
         info = storage.stat(uri)
-        if info is not None and info.version is not None:
-            files[uri] = {"version": info.version, "num_bytes": info.size}
+        if info is not None and storage.basename(uri) in TFDS_FILES:
+            files[storage.basename(uri)] = {"version": info.version, "num_bytes": info.size}
     storage.write_text(
         layout.tfds_record_uri(output_uri),
         json.dumps({"files": files}, indent=1) + "\n",
