@@ -28,6 +28,7 @@ from beam_jobs.manifest import SCHEMA_VERSION, load
 
 pytest.importorskip("airflow")
 
+from ssl_splits.publish import PublishError  # noqa: E402
 from ssl_splits.tasks import TaskError  # noqa: E402
 
 OUTPUTS = ["local", pytest.param("gcs", marks=pytest.mark.gcs)]
@@ -231,7 +232,7 @@ def test_other_files_do_not_stop_the_run(output, planned, small_source, catalog_
 
 
 def test_a_rebuild_deletes_only_the_old_shards_its_manifest_listed(
-    output, planned, small_source, catalog_cache, caplog
+    output, planned, small_source, catalog_cache
 ):
     s1, s2 = seeded(planned)
     p = params(small_source, output, copy_validation=False)
@@ -255,15 +256,13 @@ def test_a_rebuild_deletes_only_the_old_shards_its_manifest_listed(
     assert outside_work(output) == {**published, **stray}
 
     # Moved away, the rebuild is planned; the same file appears again before publish
-    # (not under a destination name), and dataset_info.json is replaced by someone.
+    # (not under a destination name): it stays.
     storage.delete(stray)
     again = bs.start(rebuild, catalog_cache)
     assert {s["split"]: s["action"] for s in again.specs} == {s1: "build"}
     bs.build_all(again, deep=False)
     plant(output, {storage.basename(u): d for u, d in stray.items()})
-    theirs = plant(output, {"dataset_info.json": b'{"name": "theirs"}\n'})
-    with caplog.at_level(logging.WARNING):
-        result = bs.publish(again, "manual__2")
+    result = bs.publish(again, "manual__2")
     assert result["changed"] == [s1]
 
     after = outside_work(output)
@@ -272,16 +271,12 @@ def test_a_rebuild_deletes_only_the_old_shards_its_manifest_listed(
     )
     for uri in old:
         assert uri not in after, f"{uri} (listed by the manifest) was not deleted"
-    for uri, data in {**stray, **theirs}.items():
+    for uri, data in stray.items():
         assert after.get(uri) == data, f"{uri} was deleted or changed"
     for name in names(output, s2):
         uri = storage.join(output, name)
         assert after[uri] == published[uri], f"{uri} of the other seed changed"
-    assert result["tfds_metadata"] == []
-    assert any(
-        "TFDS metadata not written" in r.getMessage() and info_uri in r.getMessage()
-        for r in caplog.records
-    ), [r.getMessage() for r in caplog.records]
+    assert info_uri in result["tfds_metadata"], "its own TFDS metadata is rewritten"
     doc = load(run.manifest_uri)
     assert (
         doc["splits"][s1]["num_shards"] == 5
@@ -310,6 +305,38 @@ def test_foreign_tfds_metadata_written_after_plan_is_left_as_it_is(
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
     assert sorted(load(run.manifest_uri)["splits"]) == [s1]
+
+
+def test_tfds_metadata_it_wrote_then_replaced_by_someone_is_left_as_it_is(
+    output, planned, small_source, catalog_cache, caplog
+):
+    """dataset_info.json was the product's (its TFDS record says so) until
+    someone replaced it between a rebuild's plan and its publication: what sits
+    there now is not what the product wrote, so it is not overwritten."""
+    s1, _ = seeded(planned)
+    p = params(small_source, output, seeds=[1], copy_validation=False)
+    run, first = bs.full_run(p, catalog_cache)
+    info_uri = storage.join(output, "dataset_info.json")
+    features_uri = storage.join(output, "features.json")
+    assert info_uri in first["tfds_metadata"] and features_uri in first["tfds_metadata"]
+    features = storage.read_bytes(features_uri)
+
+    again = bs.start({**p, "force": True}, catalog_cache)
+    assert {s["split"]: s["action"] for s in again.specs} == {s1: "build"}
+    bs.build_all(again, deep=False)
+    theirs = plant(output, {"dataset_info.json": b'{"name": "theirs"}\n'})
+    with caplog.at_level(logging.WARNING):
+        result = bs.publish(again, "manual__2")
+    assert result["changed"] == [s1]
+    assert storage.read_bytes(info_uri) == theirs[info_uri], (
+        "someone's dataset_info.json was overwritten"
+    )
+    assert result["tfds_metadata"] == []
+    assert storage.read_bytes(features_uri) == features
+    assert any(
+        "TFDS metadata not written" in r.getMessage() and info_uri in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
 
 
 def test_a_foreign_shard_under_a_destination_name_stops_the_publication(
@@ -358,7 +385,7 @@ def test_a_foreign_shard_that_appears_after_the_check_is_not_replaced(
             theirs.update(plant(output, {layout.shard_name(s1, 2, 3): b"just in time\n"}))
 
     monkeypatch.setattr(commit, "failpoint", appears)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(PublishError) as err:
         bs.publish(run)
     (uri,) = theirs
     assert uri in str(err.value), str(err.value)
@@ -393,7 +420,7 @@ def test_a_journal_does_not_make_a_foreign_file_the_products(
             theirs.update(plant(output, {layout.shard_name(s1, 2, 3): b"just in time\n"}))
 
     monkeypatch.setattr(commit, "failpoint", appears)
-    with pytest.raises(Exception):
+    with pytest.raises(PublishError, match=layout.shard_name(s1, 2, 3)):
         bs.publish(run)
     monkeypatch.undo()
     (uri,) = theirs
