@@ -113,10 +113,14 @@ def load(uri: str) -> dict[str, Any]:
         text = storage.read_text(uri)
     except FileNotFoundError:
         raise ManifestError(f"no manifest at {uri}") from None
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{uri} is not UTF-8 text (byte {err.start}): not a manifest") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ManifestError(f"{uri} is not valid JSON: {err}") from None
+        raise ManifestError(
+            f"{uri} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from None
     if not isinstance(doc, dict) or "splits" not in doc:
         raise ManifestError(f"{uri} has no 'splits': not a manifest of this product")
     return doc

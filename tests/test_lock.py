@@ -394,3 +394,44 @@ def test_a_writer_that_lost_its_lease_mid_publication_publishes_nothing_more(
     now = {f.path: f for f in storage.list_files(storage.join(out, "train*"))}
     assert now == published  # no published file touched
     assert _holder(out)["run_id"] == "b"
+
+
+RACER = """
+import os, sys, time
+sys.path.insert(0, "plugins")
+from ssl_splits import lock
+output, go = sys.argv[1], sys.argv[2]
+while not os.path.exists(go):
+    time.sleep(0.005)
+try:
+    held = lock.acquire(output, run_id="scheduled__2026-01-01T00:00:00+00:00", dag_id="d")
+    print("won", held.token, flush=True)
+except lock.LockHeld:
+    print("held", flush=True)
+"""
+
+
+def test_processes_racing_for_one_output_with_one_run_id_one_wins(output, tmp_path):
+    # Two deployments' scheduled runs share a run id; four processes race at once
+    # (on GCS each process its own client): exactly one token holds the lock.
+    go = tmp_path / "go"
+    env = {**os.environ, "SSL_SPLITS_GCS_RETRY_DEADLINE": "0.3"}
+    procs = [
+        subprocess.Popen(
+            [PYTHON, "-c", RACER, output, str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(1.5)  # every racer imported and waiting
+    go.write_text("go")
+    outs = [p.communicate(timeout=120) for p in procs]
+    results = [o.strip().split() for o, _ in outs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    winners = [r for r in results if r[0] == "won"]
+    assert len(winners) == 1 and sum(r == ["held"] for r in results) == 3, results
+    assert _holder(output)["token"] == winners[0][1]

@@ -586,22 +586,23 @@ def test_local_versions_are_not_reused_on_a_coarse_clock(tmp_path):
     """A local version is inode, mtime and size. File systems stamp mtimes
     from a coarse clock (one jiffy, 1-4 ms, on ext4 before Linux 6.13; 1 or
     2 s on others), and free inodes are reused at once: a name replaced twice
-    within one tick can come back to the version a stale writer read, which
-    must still be refused. The tick is simulated: every write gets the first
-    one's mtime."""
+    within one tick could come back to the version a stale writer read. So a
+    conditional replacement is always stamped later than the file it replaces:
+    here the file's time is set ahead of the clock (as a tick that has not
+    passed yet), and every replacement still moves it on."""
     uri = str(tmp_path / "lock.json")
     first = storage.write_if(uri, b"A" * 8, if_version=storage.MISSING)
-    assert first.mtime_ns is not None
-    info = first
+    ahead = (first.mtime_ns or 0) + 10**12  # far in the clock's future
+    os.utime(uri, ns=(ahead, ahead))
+    info = storage.stat(uri)
+    seen = {info.version}
     for i in range(64):
-        info = storage.write_if(uri, b"%08d" % i, if_version=info.version or "")
-        os.utime(uri, ns=(first.mtime_ns, first.mtime_ns))  # same tick
-        info = storage.stat(uri)
-        assert info is not None
-        if info.version == first.version:  # the first file's inode, reused
-            break
-    else:
-        pytest.skip("this file system did not reuse the inode: nothing to show")
+        new = storage.write_if(uri, b"%08d" % i, if_version=info.version or "")
+        assert new.mtime_ns is not None and info.mtime_ns is not None
+        assert new.mtime_ns > info.mtime_ns, "a replacement stamped no later than the old file"
+        assert new.version not in seen
+        seen.add(new.version)
+        info = new
     with pytest.raises(storage.PreconditionFailed):
-        storage.write_if(uri, b"stale writer", if_version=first.version)
+        storage.write_if(uri, b"stale writer", if_version=first.version or "")
     assert storage.read_bytes(uri) != b"stale writer"

@@ -20,7 +20,8 @@ Wildcards (``*``, ``?``, ``[...]``) are allowed in the last path component of
 
 from __future__ import annotations
 
-from typing import IO, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import IO, Callable, Iterable, Iterator
 
 from beam_jobs.storage.base import (
     MISSING,
@@ -134,6 +135,22 @@ def delete_if(uri: str, *, if_version: str) -> bool:
     return backend(uri).delete_if(uri, if_version)
 
 
+def occupied(uri: str) -> bool:
+    """Is anything at all under this name (a file, a folder, a link)?"""
+    return backend(uri).occupied(uri)
+
+
+def place_concurrency(uri: str) -> int:
+    """How many placements into ``uri``'s storage to run at once."""
+    return backend(uri).place_concurrency
+
+
+def carry(uri: str) -> Callable[[], AbstractContextManager[None]]:
+    """A context manager factory that lets another thread use ``uri``'s storage
+    as this thread does (its client and credentials)."""
+    return backend(uri).carry()
+
+
 def clock(probe_uri: str) -> float:
     """The storage's own time (seconds since the epoch), read by writing
     ``probe_uri``: what leases are judged by, whatever this machine's clock says."""
@@ -240,7 +257,10 @@ __all__ = [
     "GCS_PREFIX",
     "MISSING",
     "PreconditionFailed",
+    "carry",
     "clock",
+    "occupied",
+    "place_concurrency",
     "delete_if",
     "read_versioned",
     "retry_deadline",

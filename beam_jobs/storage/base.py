@@ -32,6 +32,7 @@ The commit protocol (``ssl_splits.lock``, ``ssl_splits.publish``,
 from __future__ import annotations
 
 import abc
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import IO, Callable, ClassVar, Iterable, Mapping, Sequence
 
@@ -64,7 +65,8 @@ class FileInfo:
     ``crc32c`` (8 hex digits, of the whole object) and ``generation`` are set
     for gs:// objects; ``mtime_ns`` for local files. ``version`` is what the
     conditional operations compare (the generation on GCS; inode, modification
-    time and size locally: a replaced file always has another one);
+    time and size locally, the time of a conditional replacement always later
+    than the one it replaces: a replaced file always has another one);
     ``modified`` the storage's time of the last write (seconds since the epoch,
     the storage's clock).
     """
@@ -179,6 +181,16 @@ class Backend(abc.ABC):
     wildcards (``*``, ``?``, ``[...]``) only in the last component of
     :meth:`list_files` patterns."""
 
+    # How many placements (:meth:`place`) a caller should run at once: 1 where
+    # each is a local rename; more where each waits on a server.
+    place_concurrency: ClassVar[int] = 1
+
+    def carry(self) -> Callable[[], AbstractContextManager[None]]:
+        """What another thread needs to use this backend as the calling thread
+        does (its client and credentials): a context manager factory to enter
+        there. Nothing by default."""
+        return nullcontext
+
     @abc.abstractmethod
     def normalize(self, uri: str) -> str:
         """The canonical spelling of ``uri`` (no trailing slash)."""
@@ -223,6 +235,12 @@ class Backend(abc.ABC):
     def delete_if(self, uri: str, if_version: str) -> bool:
         """Delete a file only if it is at ``if_version`` (PreconditionFailed
         otherwise); False when it does not exist."""
+
+    @abc.abstractmethod
+    def occupied(self, uri: str) -> bool:
+        """Is anything at all under this name: a file, a folder, a link (even
+        one to nothing)? A name that is occupied but has no :meth:`stat` is
+        not a file the product can own."""
 
     @abc.abstractmethod
     def clock(self, probe_uri: str) -> float:

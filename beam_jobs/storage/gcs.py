@@ -242,6 +242,25 @@ class GcsRanges(RangeSource):
 class GcsBackend(Backend):
     """``gs://bucket/name`` objects."""
 
+    # A server-side copy within a bucket is a metadata operation that waits on GCS.
+    place_concurrency = 16
+
+    def carry(self) -> Callable[[], contextlib.AbstractContextManager[None]]:
+        """The calling thread's credentials (e.g. from an Airflow connection),
+        for another thread: a client of its own there, with the same
+        credentials and project (a client's HTTP session is not shared)."""
+        client = getattr(_local, "client", None)
+        if client is None:
+            return contextlib.nullcontext
+
+        def enter() -> contextlib.AbstractContextManager[None]:
+            import google.cloud.storage as gcs
+
+            # google-cloud-core keeps a client's credentials as ``_credentials``.
+            return use_client(gcs.Client(credentials=client._credentials, project=client.project))
+
+        return enter
+
     def normalize(self, uri: str) -> str:
         bucket, name = split_gcs(uri)
         return f"{PREFIX}{bucket}/{name.strip('/')}".rstrip("/")
@@ -342,9 +361,19 @@ class GcsBackend(Backend):
         except not_found():
             return False
         except precondition_failed():
+            if self.stat(uri) is None:
+                return False  # gone meanwhile (or missing: some servers answer 412)
             raise PreconditionFailed(
                 f"{uri} is not at generation {if_version}: not deleted"
             ) from None
+
+    def occupied(self, uri: str) -> bool:
+        """An object of that name, or objects under it as a folder."""
+        if self.stat(uri) is not None:
+            return True
+        bucket, name = split_gcs(uri.rstrip("/") + "/")
+        blobs = gcs_client().list_blobs(bucket, prefix=name, max_results=1, retry=retry())
+        return any(True for _ in blobs)
 
     def clock(self, probe_uri: str) -> float:
         """The ``updated`` time GCS stamps on a small upload of ``probe_uri``."""

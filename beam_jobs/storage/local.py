@@ -67,6 +67,30 @@ def _version(path: str) -> str:
         return MISSING
 
 
+def _link_new(src: str, dst: str) -> None:
+    """Give ``src`` the new name ``dst`` only if nothing is there: a hard link
+    (which fails if the name is taken by anything), then the old name removed;
+    across file systems a copy that keeps the modification time, linked the same way."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise PreconditionFailed(f"{dst} exists: nothing was changed") from None
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        tmp = _tmp_name(dst)
+        shutil.copy2(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, dst)
+        except FileExistsError:
+            raise PreconditionFailed(f"{dst} exists: nothing was changed") from None
+        finally:
+            os.remove(tmp)
+    os.remove(src)
+
+
 @contextlib.contextmanager
 def folder_guard(folder: str) -> Iterator[None]:
     """An exclusive ``flock`` on the folder itself (no lock file beside the
@@ -281,6 +305,12 @@ class LocalBackend(Backend):
         try:
             with folder_guard(os.path.dirname(uri)):
                 _expect(uri, if_version)
+                # A version is inode, modification time and size; a freed inode is
+                # reused at once, and a coarse clock repeats times: the new file's
+                # time is made later than the one it replaces, so versions never repeat.
+                old = _info(uri).mtime_ns if if_version != MISSING else None
+                if old is not None and os.stat(tmp).st_mtime_ns <= old:
+                    os.utime(tmp, ns=(old + 1, old + 1))
                 if if_version == MISSING:
                     try:
                         os.link(tmp, uri)
@@ -300,6 +330,9 @@ class LocalBackend(Backend):
             _expect(uri, if_version)
             os.remove(uri)
             return True
+
+    def occupied(self, uri: str) -> bool:
+        return os.path.lexists(uri)
 
     def clock(self, probe_uri: str) -> float:
         """The file system's time: the modification time it stamps on a write
@@ -375,6 +408,9 @@ class LocalBackend(Backend):
         with guard:
             if if_version is not None:
                 _expect(dst, if_version)
+            if if_version == MISSING:
+                _link_new(src, dst)  # fails if anything (even a dangling link) is there
+                return
             try:
                 os.replace(src, dst)
             except OSError as err:

@@ -66,6 +66,7 @@ from ssl_splits.ownership import (
     ForeignFiles,
     Recorded,
     inside,
+    is_our_manifest,
     journal_records,
     manifest_records,
     matches,
@@ -77,8 +78,6 @@ if TYPE_CHECKING:
     from ssl_splits.lock import Fence
 
 log = logging.getLogger(__name__)
-
-GCS_COPY_THREADS = 16
 
 
 class PublicationError(RuntimeError):
@@ -217,18 +216,41 @@ def switch_split(sw: SplitSwitch, fence: Fence | None = None) -> list[str]:
 
     def place(shard: dict[str, Any]) -> None:
         old = shard.get("replaces")
-        _check(fence, f"placing {shard['path']}")
-        storage.place(
-            shard["staged"],
-            shard["path"],
-            source_generation=shard.get("generation"),
-            if_version=old["version"] if isinstance(old, dict) else storage.MISSING,
-        )
+        path = shard["path"]
+        _check(fence, f"placing {path}")
+        # Over the version the journal recorded; a name emptied since holds nothing to lose.
+        expect = old["version"] if isinstance(old, dict) else storage.MISSING
+        if expect != storage.MISSING and not storage.occupied(path):
+            expect = storage.MISSING
+        try:
+            storage.place(
+                shard["staged"],
+                path,
+                source_generation=shard.get("generation"),
+                if_version=expect,
+            )
+        except storage.PreconditionFailed:
+            if not _same_object(storage.stat(shard["staged"]), shard, staged=True):
+                raise  # the staged object changed: reported as a storage failure
+            raise ForeignFiles(
+                storage.dirname(path),
+                [path],
+                " (it appeared while this run published; this split's publication stops "
+                "here and its journal finishes it once the file is moved)",
+                done="written over",
+            ) from None
         failpoint("publish.placed")
 
-    if todo and storage.is_gcs(todo[0]["path"]):
-        with cf.ThreadPoolExecutor(GCS_COPY_THREADS, thread_name_prefix="publish") as pool:
-            list(pool.map(place, todo))
+    threads = storage.place_concurrency(todo[0]["path"]) if todo else 1
+    if threads > 1:
+        carry = storage.carry(todo[0]["path"])
+
+        def place_here(shard: dict[str, Any]) -> None:
+            with carry():
+                place(shard)
+
+        with cf.ThreadPoolExecutor(threads, thread_name_prefix="publish") as pool:
+            list(pool.map(place_here, todo))
     else:
         for shard in todo:
             place(shard)
@@ -252,12 +274,10 @@ def switch_split(sw: SplitSwitch, fence: Fence | None = None) -> list[str]:
 def _records(
     output_uri: str, manifest: dict[str, Any] | None, journal: dict[str, Any] | None
 ) -> list[Recorded]:
-    """The product's records of shard files directly in ``output_uri``."""
-    return [
-        r
-        for r in manifest_records(manifest) + journal_records(journal)
-        if inside(output_uri, r.path)
-    ]
+    """The product's records of shard files directly in ``output_uri`` (a
+    manifest that is not this product's of this folder vouches for nothing)."""
+    published = manifest_records(manifest) if is_our_manifest(manifest, output_uri) else []
+    return [r for r in published + journal_records(journal) if inside(output_uri, r.path)]
 
 
 def _destination(path: str, records: list[Recorded]) -> dict[str, Any] | None:
@@ -265,8 +285,10 @@ def _destination(path: str, records: list[Recorded]) -> dict[str, Any] | None:
     is a file the records say the product wrote; ForeignFiles otherwise."""
     info = storage.stat(path)
     if info is None:
+        if storage.occupied(path):
+            raise ForeignFiles(storage.dirname(path), [path])  # a folder, a link
         return None
-    if any(r.path == path and matches(info, r) for r in records):
+    if any(matches(info, r) for r in records):
         return _identity(info)
     raise ForeignFiles(storage.dirname(path), [path])
 
@@ -323,11 +345,16 @@ def prepare(
         stale = []
         for path in sorted(p for p in old_paths - keep if isinstance(p, str)):
             info = storage.stat(path)
-            if info is not None and any(r.path == path and matches(info, r) for r in records):
+            if info is not None and any(matches(info, r) for r in records):
                 stale.append({"path": path, **_identity(info)})
         splits[name] = SplitSwitch(name, entry, journal_shards, stagings[name], stale)
     if foreign:
-        raise ForeignFiles(output_uri, sorted(set(foreign)), " (they appeared during this run)")
+        raise ForeignFiles(
+            output_uri,
+            sorted(set(foreign)),
+            " (they appeared during this run, after its check)",
+            done="published",
+        )
     return Publication(
         run_id,
         dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -408,7 +435,7 @@ def _finish(pub: Publication, fence: Fence | None) -> Published | None:
                 lost[name] = problems
             else:
                 done[name] = sw
-    except LockLost:
+    except (LockLost, ForeignFiles):
         raise
     except Exception as err:  # noqa: BLE001 (reported with what it means)
         raise PublishError(

@@ -478,11 +478,11 @@ def holding(lease: Lease, *, every: float | None = None) -> Iterator[Fence]:
     fence = Fence(lease)
     fence.renew()
     every = every if every is not None else lease.lease_seconds / RENEWALS_PER_LEASE
-    client = storage.gcs_client() if storage.is_gcs(lease.uri) else None
+    carry = storage.carry(lease.uri)
     stop = threading.Event()
 
     def keep() -> None:
-        with storage.use_client(client) if client is not None else contextlib.nullcontext():
+        with carry():
             while not stop.wait(every):
                 try:
                     fence.renew()

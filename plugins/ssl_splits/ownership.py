@@ -30,39 +30,68 @@ TFDS_FILES = (FEATURES_FILE, DATASET_INFO_FILE, LABEL_NAMES_FILE)
 MAX_RECORD_BYTES = 1 << 20
 
 
-class ForeignFiles(RuntimeError):
+try:  # fail the task at once: retrying cannot help while the files are there
+    from airflow.sdk.exceptions import AirflowFailException as _Base
+except ImportError:  # pragma: no cover - used without Airflow
+    _Base = RuntimeError  # type: ignore[misc,assignment]
+
+
+class ForeignFiles(_Base):
     """Files the product did not write sit under names it would write."""
 
-    def __init__(self, output_uri: str, paths: list[str], why: str = "") -> None:
+    def __init__(
+        self, output_uri: str, paths: list[str], why: str = "", done: str = "built, deleted"
+    ) -> None:
         shown = "\n".join(f"  {p}" for p in paths[:50])
         more = f"\n  ... and {len(paths) - 50} more" if len(paths) > 50 else ""
         super().__init__(
             f"{len(paths)} file(s) in {output_uri} sit under names this run would write, and "
             f"the product's records (its manifest, journal, TFDS record) do not say it wrote "
-            f"them{why}:\n{shown}{more}\nNothing was built, deleted or replaced. Move these "
+            f"them{why}:\n{shown}{more}\nNothing was {done} or replaced. Move these "
             "files elsewhere (or delete them yourself if they are yours to delete), or choose "
             "another output_uri; then trigger the DAG again."
         )
         self.paths = paths
 
 
+PATH, IDENTITY, VERSION = "path", "identity", "version"
+
+
 @dataclass(frozen=True)
 class Recorded:
-    """One file as a record describes it."""
+    """One file as a record describes it, and how much of it must still hold
+    for the file to be the product's (``mode``):
+
+    * ``path``: a shard the manifest published: the product's by name (one
+      damaged since is the product's to repair);
+    * ``identity``: a file the product wrote and has not published yet (a
+      journal's placed shard, a TFDS metadata file): its size, and its CRC32C
+      on GCS or modification time locally, must still be the ones recorded;
+    * ``version``: a file a journal found and will replace or remove: exactly
+      the version it saw.
+    """
 
     path: str
     num_bytes: int
     crc32c: str | None = None
     mtime_ns: int | None = None
-    version: str | None = None  # for TFDS files: the exact version written
+    version: str | None = None
+    mode: str = PATH
 
 
 def matches(info: storage.FileInfo | None, rec: Recorded) -> bool:
-    """Does the record ``rec`` make ``info`` the product's? Same path, and the
-    exact version where the record has one."""
+    """Does the record ``rec`` make the file ``info`` the product's?"""
     if info is None or info.path != rec.path:
         return False
-    return rec.version is None or info.version == rec.version
+    if rec.mode == VERSION:
+        return rec.version is not None and info.version == rec.version
+    if rec.mode == IDENTITY:
+        if info.size != rec.num_bytes:
+            return False
+        if info.crc32c is not None:
+            return info.crc32c == rec.crc32c
+        return rec.mtime_ns is not None and info.mtime_ns == rec.mtime_ns
+    return True
 
 
 def inside(output_uri: str, path: str) -> bool:
@@ -75,43 +104,57 @@ def inside(output_uri: str, path: str) -> bool:
     )
 
 
-def _shard_record(s: dict[str, Any]) -> Recorded | None:
+def _shard_record(s: Any, mode: str) -> Recorded | None:
+    if not isinstance(s, dict):
+        return None
     try:
-        return Recorded(str(s["path"]), int(s["num_bytes"]), s.get("crc32c"), s.get("mtime_ns"))
+        return Recorded(
+            str(s["path"]),
+            int(s["num_bytes"]),
+            s.get("crc32c"),
+            s.get("mtime_ns"),
+            s.get("version"),
+            mode,
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def manifest_records(manifest: dict[str, Any] | None) -> list[Recorded]:
-    """Every shard a manifest says the product published."""
+def manifest_records(manifest: Any) -> list[Recorded]:
+    """Every shard a manifest says the product published (by path)."""
     out = []
-    for entry in ((manifest or {}).get("splits") or {}).values():
-        for s in (entry or {}).get("shards") or []:
-            rec = _shard_record(s) if isinstance(s, dict) else None
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    for entry in splits.values() if isinstance(splits, dict) else []:
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        for s in shards if isinstance(shards, list) else []:
+            rec = _shard_record(s, PATH)
             if rec is not None:
                 out.append(rec)
     return out
 
 
 def journal_records(journal: dict[str, Any] | None) -> list[Recorded]:
-    """Every file a journal names: the shards it places (as staged, verified)
-    and the published files it replaces or removes (as they were)."""
+    """Every file a journal names: the shards it places (as staged and
+    verified: size and CRC32C or modification time) and the published files
+    it replaces or removes (exactly the version it saw)."""
     out = []
-    for sw in ((journal or {}).get("splits") or {}).values():
+    splits = (journal or {}).get("splits")
+    for sw in splits.values() if isinstance(splits, dict) else []:
+        if not isinstance(sw, dict):
+            continue
         for s in sw.get("shards") or []:
-            rec = _shard_record(s)
+            rec = _shard_record(s, IDENTITY)
             if rec is not None:
                 out.append(rec)
-            old = s.get("replaces")
+            old = s.get("replaces") if isinstance(s, dict) else None
             if isinstance(old, dict):
-                rec = _shard_record({"path": s.get("path"), **old})
+                rec = _shard_record({**old, "path": s.get("path")}, VERSION)
                 if rec is not None:
                     out.append(rec)
         for old in sw.get("stale") or []:
-            if isinstance(old, dict):
-                rec = _shard_record(old)
-                if rec is not None:
-                    out.append(rec)
+            rec = _shard_record(old, VERSION)
+            if rec is not None:
+                out.append(rec)
     return out
 
 
@@ -133,9 +176,12 @@ def tfds_records(output_uri: str) -> list[Recorded]:
     """The TFDS metadata files the product wrote into ``output_uri``."""
     doc = read_json(layout.tfds_record_uri(output_uri)) or {}
     out = []
-    for name, v in (doc.get("files") or {}).items():
-        if name in TFDS_FILES and isinstance(v, dict):
-            out.append(Recorded(storage.join(output_uri, name), int(v.get("num_bytes") or 0)))
+    files = doc.get("files")
+    for name, v in files.items() if isinstance(files, dict) else []:
+        if name in TFDS_FILES:
+            rec = _shard_record({**v, "path": storage.join(output_uri, name)}, IDENTITY)
+            if rec is not None:
+                out.append(rec)
     return out
 
 
@@ -145,7 +191,11 @@ def record_tfds(output_uri: str, uris: Iterable[str]) -> None:
     for uri in uris:
         info = storage.stat(uri)
         if info is not None and storage.basename(uri) in TFDS_FILES:
-            files[storage.basename(uri)] = {"version": info.version, "num_bytes": info.size}
+            files[storage.basename(uri)] = {
+                "num_bytes": info.size,
+                "crc32c": info.crc32c,
+                "mtime_ns": info.mtime_ns,
+            }
     storage.write_text(
         layout.tfds_record_uri(output_uri),
         json.dumps({"files": files}, indent=1) + "\n",
@@ -153,14 +203,21 @@ def record_tfds(output_uri: str, uris: Iterable[str]) -> None:
     )
 
 
-def is_our_manifest(doc: dict[str, Any] | None, output_uri: str) -> bool:
-    """A manifest of this product for this output folder."""
-    return (
-        isinstance(doc, dict)
-        and isinstance(doc.get("splits"), dict)
-        and "schema_version" in doc
-        and storage.normalize(str(doc.get("output_uri") or output_uri))
-        == storage.normalize(output_uri)
+def is_our_manifest(doc: Any, output_uri: str) -> bool:
+    """A manifest of this product for this output folder: its schema version,
+    this folder as its ``output_uri``, and splits shaped as it writes them."""
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        return False
+    splits = doc.get("splits")
+    if not isinstance(splits, dict) or not isinstance(doc.get("output_uri"), str):
+        return False
+    if storage.normalize(doc["output_uri"]) != storage.normalize(output_uri):
+        return False
+    return all(
+        isinstance(e, dict)
+        and isinstance(e.get("shards"), list)
+        and all(isinstance(s, dict) for s in e["shards"])
+        for e in splits.values()
     )
 
 
@@ -177,28 +234,37 @@ def foreign_files(
     output_uri: str,
     manifest_uri: str,
     prefixes: Iterable[str],
-    manifest: dict[str, Any] | None,
+    manifest: Any,
+    destinations: Iterable[str] = (),
     tfds: bool = True,
 ) -> list[str]:
     """Files under names a run would write for splits with these file
     ``prefixes`` (every shard count: a rebuild removes the old count's files),
-    the TFDS metadata files (``tfds``) and the manifest, that the product's
-    records do not say it wrote. Listings and small documents only."""
+    anything at all (a folder, a link) at its exact ``destinations``, the TFDS
+    metadata files (``tfds``) and the manifest, that the product's records do
+    not say it wrote. ``manifest``: what is at ``manifest_uri`` (None: nothing
+    readable); one that is not this product's manifest of this folder is
+    foreign itself and vouches for nothing. Listings and small documents only."""
+    ours = is_our_manifest(manifest, output_uri)
     journal = read_json(layout.journal_uri(output_uri))
     records = [
         r
-        for r in manifest_records(manifest) + journal_records(journal)
+        for r in (manifest_records(manifest) if ours else []) + journal_records(journal)
         if inside(output_uri, r.path)
     ]
     found: list[str] = []
+    files: set[str] = set()
     for prefix in sorted(set(prefixes)):
-        found += unowned(layout.split_files(output_uri, prefix), records)
+        listed = layout.split_files(output_uri, prefix)  # regular files only
+        files |= {f.path for f in listed}
+        found += unowned(listed, records)
+    for path in destinations:
+        if path not in files and storage.occupied(path):
+            found.append(path)  # not a regular file: a folder, a (dangling) link
     if tfds:
         infos = [storage.stat(storage.join(output_uri, name)) for name in TFDS_FILES]
         found += unowned([i for i in infos if i is not None], tfds_records(output_uri))
-    if manifest is None and storage.exists(manifest_uri):
-        found.append(manifest_uri)
-    elif manifest is not None and not is_our_manifest(manifest, output_uri):
+    if not ours and storage.occupied(manifest_uri):
         found.append(manifest_uri)
     return sorted(set(found))
 
@@ -208,7 +274,8 @@ def check_no_foreign(
     output_uri: str,
     manifest_uri: str,
     prefixes: Iterable[str],
-    manifest: dict[str, Any] | None,
+    manifest: Any,
+    destinations: Iterable[str] = (),
     tfds: bool = True,
 ) -> None:
     """Raise ForeignFiles naming every foreign file (see :func:`foreign_files`)."""
@@ -217,6 +284,7 @@ def check_no_foreign(
         manifest_uri=manifest_uri,
         prefixes=prefixes,
         manifest=manifest,
+        destinations=destinations,
         tfds=tfds,
     )
     if found:

@@ -32,7 +32,15 @@ from beam_jobs.plan import PlanRequest, make_plans, nesting_lines, write_plans, 
 from beam_jobs.split_algorithm import ALGORITHM
 from ssl_splits import commit, lock
 from ssl_splits.config import ConfigError, RunConfig, resolve
-from ssl_splits.ownership import ForeignFiles, check_no_foreign, record_tfds, tfds_records, unowned
+from ssl_splits.ownership import (
+    ForeignFiles,
+    check_no_foreign,
+    foreign_files,
+    is_our_manifest,
+    record_tfds,
+    tfds_records,
+    unowned,
+)
 from ssl_splits.publish import Published
 from ssl_splits.rerun import rerun_decision
 
@@ -209,6 +217,8 @@ def plan(
     except commit.UnfinishedSplits as err:
         log.error("%s", err)
         finished, unfinished = [], err.splits
+    except ForeignFiles as err:
+        raise TaskError(str(err)) from None
     if finished:
         log.info("finished the interrupted publication of %s", ", ".join(finished))
     catalog_dir = source["catalog_dir"]
@@ -239,10 +249,23 @@ def plan(
         raise TaskError(f"two plans would write the same split name: {names}")
     summaries = write_plans(plans, plans_dir(cfg.work_uri))
     write_records(plans, catalog_dir)  # each build reads only its split's rows
+    naming = layout.naming(source_layout)
     try:
         manifest = load_or_none(cfg.manifest_uri)
     except ManifestError:
-        raise TaskError(str(ForeignFiles(cfg.output_uri, [cfg.manifest_uri]))) from None
+        manifest = None
+    if manifest is not None or storage.occupied(cfg.manifest_uri):
+        if not is_our_manifest(manifest, cfg.output_uri):
+            # Not this product's manifest of this folder: foreign, named with whatever
+            # else is foreign under the names this run would write.
+            found = foreign_files(
+                output_uri=cfg.output_uri,
+                manifest_uri=cfg.manifest_uri,
+                prefixes=[naming.file_prefix(s["split"]) for s in summaries]
+                + [naming.file_prefix(VALIDATION)] * bool(cfg.copy_validation),
+                manifest=manifest,
+            )
+            raise TaskError(str(ForeignFiles(cfg.output_uri, found)))
     published_layout = ((manifest or {}).get("source") or {}).get("layout", layout.COMMON)
     if manifest and manifest.get("splits") and published_layout != source_layout:
         raise TaskError(
@@ -296,13 +319,18 @@ def plan(
         )
     building = [s for s in specs if s.action == "build"]
     if building:
-        naming = layout.naming(source_layout)
         try:
             check_no_foreign(
                 output_uri=cfg.output_uri,
                 manifest_uri=cfg.manifest_uri,
                 prefixes=[naming.file_prefix(s.split) for s in building],
                 manifest=manifest,
+                destinations=[
+                    naming.shard_path(cfg.output_uri, s.split, i, s.num_shards)
+                    for s in building
+                    if s.num_shards is not None
+                    for i in range(s.num_shards)
+                ],
             )
         except ForeignFiles as err:
             raise TaskError(str(err)) from None
