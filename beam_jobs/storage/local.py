@@ -67,6 +67,16 @@ def _version(path: str) -> str:
         return MISSING
 
 
+def _durable_copy_beside(src: str, dst: str) -> str:
+    """A copy of ``src`` beside ``dst`` (same file system) that keeps its
+    modification time, fsynced; its name."""
+    tmp = _tmp_name(dst)
+    shutil.copy2(src, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    return tmp
+
+
 def _link_new(src: str, dst: str) -> None:
     """Give ``src`` the new name ``dst`` only if nothing is there: a hard link
     (which fails if the name is taken by anything), then the old name removed;
@@ -78,10 +88,7 @@ def _link_new(src: str, dst: str) -> None:
     except OSError as err:
         if err.errno != errno.EXDEV:
             raise
-        tmp = _tmp_name(dst)
-        shutil.copy2(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        tmp = _durable_copy_beside(src, dst)
         try:
             os.link(tmp, dst)
         except FileExistsError:
@@ -416,11 +423,7 @@ class LocalBackend(Backend):
             except OSError as err:
                 if err.errno != errno.EXDEV:
                     raise
-                tmp = _tmp_name(dst)
-                shutil.copy2(src, tmp)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, dst)
+                os.replace(_durable_copy_beside(src, dst), dst)
                 os.remove(src)
 
     def rename(self, src: str, dst: str) -> None:

@@ -65,11 +65,8 @@ from beam_jobs.manifest import merge
 from ssl_splits.ownership import (
     ForeignFiles,
     Recorded,
-    inside,
-    is_our_manifest,
-    journal_records,
-    manifest_records,
     matches,
+    product_records,
     read_json,
 )
 from ssl_splits.publish import Published, PublishError, VersionNotWritten, mark_replaced, publish
@@ -271,15 +268,6 @@ def switch_split(sw: SplitSwitch, fence: Fence | None = None) -> list[str]:
 # --------------------------------------------------------------------------- the protocol
 
 
-def _records(
-    output_uri: str, manifest: dict[str, Any] | None, journal: dict[str, Any] | None
-) -> list[Recorded]:
-    """The product's records of shard files directly in ``output_uri`` (a
-    manifest that is not this product's of this folder vouches for nothing)."""
-    published = manifest_records(manifest) if is_our_manifest(manifest, output_uri) else []
-    return [r for r in published + journal_records(journal) if inside(output_uri, r.path)]
-
-
 def _destination(path: str, records: list[Recorded]) -> dict[str, Any] | None:
     """What a final name holds now: None when it is free, its identity when it
     is a file the records say the product wrote; ForeignFiles otherwise."""
@@ -313,7 +301,7 @@ def prepare(
     every such file); the earlier build's files that go away come from its
     manifest entry (or an unfinished journal's), never from a listing."""
     journal = read_json(layout.journal_uri(output_uri))
-    records = _records(output_uri, previous, journal)
+    records = product_records(output_uri, previous, journal)
     kept: dict[str, SplitSwitch] = {}
     if journal:
         kept = {

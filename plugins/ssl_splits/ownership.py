@@ -221,6 +221,16 @@ def is_our_manifest(doc: Any, output_uri: str) -> bool:
     )
 
 
+def product_records(
+    output_uri: str, manifest: Any, journal: dict[str, Any] | None
+) -> list[Recorded]:
+    """The product's records of files directly in ``output_uri``: the shards of
+    its manifest (only a manifest of this product for this folder vouches) and
+    of its journal."""
+    published = manifest_records(manifest) if is_our_manifest(manifest, output_uri) else []
+    return [r for r in published + journal_records(journal) if inside(output_uri, r.path)]
+
+
 def unowned(files: Iterable[storage.FileInfo], records: Iterable[Recorded]) -> list[str]:
     """The files no record describes as they are."""
     by_path: dict[str, list[Recorded]] = {}
@@ -245,13 +255,7 @@ def foreign_files(
     not say it wrote. ``manifest``: what is at ``manifest_uri`` (None: nothing
     readable); one that is not this product's manifest of this folder is
     foreign itself and vouches for nothing. Listings and small documents only."""
-    ours = is_our_manifest(manifest, output_uri)
-    journal = read_json(layout.journal_uri(output_uri))
-    records = [
-        r
-        for r in (manifest_records(manifest) if ours else []) + journal_records(journal)
-        if inside(output_uri, r.path)
-    ]
+    records = product_records(output_uri, manifest, read_json(layout.journal_uri(output_uri)))
     found: list[str] = []
     files: set[str] = set()
     for prefix in sorted(set(prefixes)):
@@ -264,28 +268,13 @@ def foreign_files(
     if tfds:
         infos = [storage.stat(storage.join(output_uri, name)) for name in TFDS_FILES]
         found += unowned([i for i in infos if i is not None], tfds_records(output_uri))
-    if not ours and storage.occupied(manifest_uri):
+    if not is_our_manifest(manifest, output_uri) and storage.occupied(manifest_uri):
         found.append(manifest_uri)
     return sorted(set(found))
 
 
-def check_no_foreign(
-    *,
-    output_uri: str,
-    manifest_uri: str,
-    prefixes: Iterable[str],
-    manifest: Any,
-    destinations: Iterable[str] = (),
-    tfds: bool = True,
-) -> None:
-    """Raise ForeignFiles naming every foreign file (see :func:`foreign_files`)."""
-    found = foreign_files(
-        output_uri=output_uri,
-        manifest_uri=manifest_uri,
-        prefixes=prefixes,
-        manifest=manifest,
-        destinations=destinations,
-        tfds=tfds,
-    )
+def check_no_foreign(**kw: Any) -> None:
+    """Raise ForeignFiles naming every foreign file (:func:`foreign_files`'s arguments)."""
+    found = foreign_files(**kw)
     if found:
-        raise ForeignFiles(output_uri, found)
+        raise ForeignFiles(kw["output_uri"], found)
