@@ -19,6 +19,7 @@ Everything here reads listings and small documents only, never a shard.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -172,6 +173,18 @@ def read_json(uri: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def tfds_files(output_uri: str) -> list[storage.FileInfo]:
+    """The TFDS metadata files in ``output_uri``, each with its CRC32C (small
+    files: read locally, from metadata on GCS), so that a record matches them
+    wherever the folder was copied."""
+    out = []
+    for name in TFDS_FILES:
+        info = storage.stat(storage.join(output_uri, name))
+        if info is not None:
+            out.append(dataclasses.replace(info, crc32c=storage.file_crc32c(info.path)))
+    return out
+
+
 def tfds_records(output_uri: str) -> list[Recorded]:
     """The TFDS metadata files the product wrote into ``output_uri``."""
     doc = read_json(layout.tfds_record_uri(output_uri)) or {}
@@ -193,8 +206,7 @@ def record_tfds(output_uri: str, uris: Iterable[str]) -> None:
         if info is not None and storage.basename(uri) in TFDS_FILES:
             files[storage.basename(uri)] = {
                 "num_bytes": info.size,
-                "crc32c": info.crc32c,
-                "mtime_ns": info.mtime_ns,
+                "crc32c": storage.file_crc32c(uri),  # small files: the same on every backend
             }
     storage.write_text(
         layout.tfds_record_uri(output_uri),
@@ -266,8 +278,7 @@ def foreign_files(
         if path not in files and storage.occupied(path):
             found.append(path)  # not a regular file: a folder, a (dangling) link
     if tfds:
-        infos = [storage.stat(storage.join(output_uri, name)) for name in TFDS_FILES]
-        found += unowned([i for i in infos if i is not None], tfds_records(output_uri))
+        found += unowned(tfds_files(output_uri), tfds_records(output_uri))
     if not is_our_manifest(manifest, output_uri) and storage.occupied(manifest_uri):
         found.append(manifest_uri)
     return sorted(set(found))

@@ -38,6 +38,7 @@ from ssl_splits.ownership import (
     foreign_files,
     is_our_manifest,
     record_tfds,
+    tfds_files,
     tfds_records,
     unowned,
 )
@@ -588,10 +589,8 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     not write (``_ssl_splits/tfds.json`` records what it wrote)."""
     from beam_jobs.manifest import load
     from beam_jobs.tfds_meta import TfdsMetadataError, read_label_names, write_tfds_metadata
-    from ssl_splits.ownership import TFDS_FILES
 
-    infos = [storage.stat(storage.join(cfg.output_uri, n)) for n in TFDS_FILES]
-    foreign = unowned([i for i in infos if i is not None], tfds_records(cfg.output_uri))
+    foreign = unowned(tfds_files(cfg.output_uri), tfds_records(cfg.output_uri))
     if foreign:
         log.warning(
             "TFDS metadata not written: %s are not files this product wrote (left as they are)",
