@@ -273,7 +273,12 @@ def _user_exists(name: str) -> bool:
 class Stack:
     """Postgres, the GCS emulator and Airflow's four components, as compose runs them."""
 
-    def __init__(self, base: Path, admin_password: str = "stack-admin-password-1") -> None:
+    def __init__(
+        self,
+        base: Path,
+        admin_password: str = "stack-admin-password-1",
+        extra_allowed_roots: list[str] | None = None,
+    ) -> None:
         self.base = base
         self.logs = base / "logs"
         self.home = base / "airflow"
@@ -288,6 +293,10 @@ class Stack:
         self.admin_password = admin_password
         self.bucket = compose_env("gcs-emulator")["GCS_BUCKET"]
         self.env = self.airflow_env()
+        if extra_allowed_roots:  # as a team adds its own roots to compose's
+            self.env["SSL_SPLITS_ALLOWED_ROOTS"] = ",".join(
+                [self.env["SSL_SPLITS_ALLOWED_ROOTS"], *extra_allowed_roots]
+            )
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
         self.emulator: subprocess.Popen | None = None
