@@ -512,7 +512,7 @@ def run_team_stack(bench: Any, ds: Any, src: Path, runs: Path) -> None:
         stack.start()
         stack.wait_ready(timeout=300)
         warm_src = base / "warm-up-source"
-        generate(
+        generate(  # as run_scheduler's warm-up: the API server's first requests, once
             Spec(num_classes=WARM_UP_CLASSES, min_per_class=20, max_per_class=30, seed=3),
             str(warm_src),
             workers=1,
@@ -534,7 +534,7 @@ def run_team_stack(bench: Any, ds: Any, src: Path, runs: Path) -> None:
         row = _scheduler_case(
             bench, stack, ds.name, src, case, conf, bench.args.job_timeout or 3600
         )
-        row["how"] = "team stack"
+        row.update(how="team stack", name=f"dag {case} (team stack)")
         bench.jobs.append(row)
     finally:
         stack.remove()
