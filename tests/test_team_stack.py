@@ -22,7 +22,11 @@ in the stack's data volume, with its manifest published on the emulator:
   finishes it and only that split's files change;
 * every component, the emulator and Postgres stopped and started again: the run
   history, the Splits view and the published outputs are all still there;
-* a backfill over three days creates three runs that rebuild nothing.
+* Postgres stopped for 30 s mid-run (xfail: the scheduler may hang, see its reason).
+
+Found on the stack and kept as xfail tests (bugs in files this tier does not own):
+a GCS lock lost when two tasks of one run renew it at once, and the DAG refused
+by Airflow when ``SSL_SPLITS_SCHEDULE`` is set (so no scheduled run or backfill).
 
 On a failure every component's log (and Postgres's, the emulator's, the task
 logs) is kept under ``test-artifacts/team-stack/``.
@@ -257,7 +261,7 @@ def _running_build(s: Stack, run_id: str, timeout: float) -> dict[str, Any]:
 @pytest.mark.xdist_group("team_stack")
 def test_scheduler_sigkill_mid_build_and_two_outputs_at_once(stack):
     s = stack
-    a = _conf(s, "team-killed")
+    a = _conf(s, "team-killed", seeds=[1, 2])  # four builds: killed in the middle of them
     b = _conf(s, "team-other", seeds=[1], unsupervised=False, copy_validation=False)
     run_a = s.trigger(a)
     run_b = s.trigger(b)  # a different output at the same time
@@ -376,7 +380,7 @@ def test_everything_stopped_and_started_again_keeps_history_view_and_outputs(sta
 def test_postgres_stopped_30s_mid_run_then_the_run_resumes_or_a_rerun_completes(stack):
     """Last: it may leave the scheduler hung."""
     s = stack
-    conf = _conf(s, "team-pg-down")
+    conf = _conf(s, "team-pg-down", seeds=[1], copy_validation=False)
     run_id = s.trigger(conf)
     _running_build(s, run_id, timeout=120)
     s.pg.stop()
@@ -433,3 +437,35 @@ def test_tasks_of_one_run_renewing_a_gcs_lock_at_once_never_lose_it(gcs_emulator
     for t in threads:
         t.join()
     assert not errors, [f"{type(e).__name__}: {e}" for e in errors]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="dags/ssl_imagenet_splits.py + plugins/ssl_splits/config.py: source_uri and "
+    "output_uri are required params with no default (None), and Airflow 3 refuses a DAG "
+    "with a schedule and such params ('is not allowed to define a Schedule, as there are "
+    "required params without default values'): with SSL_SPLITS_SCHEDULE set, as "
+    "docs/compose.md tells a team to do, the DAG fails to import and disappears from the "
+    "UI; scheduled runs and backfills (which need a schedule) cannot happen",
+)
+def test_the_dag_imports_with_a_schedule(tmp_path):
+    """What the team stack's DAG processor does with SSL_SPLITS_SCHEDULE=@daily in .env."""
+    import subprocess
+
+    from support.airflow_env import DAG_FILE, PYTHON, airflow_env
+
+    env = airflow_env(tmp_path / "home", SSL_SPLITS_SCHEDULE="@daily")
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAG_FILE)!r})\n"
+        "print(json.dumps({'errors': {k: str(v)[-400:] for k, v in bag.import_errors.items()},"
+        " 'schedule': {d: str(bag.dags[d].timetable.summary) for d in bag.dags}}))\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["errors"] == {}, out["errors"]
+    assert out["schedule"].get("ssl_imagenet_splits") == "@daily", out

@@ -100,11 +100,13 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
     return _VAR.sub(one, str(value)).replace("$$", "$")
 
 
-def compose_env(service: str = "airflow-scheduler") -> dict[str, str]:
+def compose_env(
+    service: str = "airflow-scheduler", dotenv: dict[str, str] | None = None
+) -> dict[str, str]:
     """A service's environment as compose gives it, every variable at its default."""
     # PyYAML resolves the file's merge keys (<<: *airflow-common, *airflow-common-env).
     env = compose()["services"][service].get("environment") or {}
-    return {k: interpolate("" if v is None else v) for k, v in env.items()}
+    return {k: interpolate("" if v is None else v, dotenv) for k, v in env.items()}
 
 
 def command(service: str) -> list[str]:
@@ -145,8 +147,8 @@ class Postgres:
     """A PostgreSQL server of its own: data folder, free port, the database and
     user compose's ``postgres`` service creates (POSTGRES_USER/PASSWORD/DB)."""
 
-    def __init__(self, log: Path) -> None:
-        svc = compose_env("postgres")
+    def __init__(self, log: Path, dotenv: dict[str, str] | None = None) -> None:
+        svc = compose_env("postgres", dotenv)
         self.user, self.password, self.db = (
             svc["POSTGRES_USER"],
             svc["POSTGRES_PASSWORD"],
@@ -278,7 +280,10 @@ class Stack:
         base: Path,
         admin_password: str = "stack-admin-password-1",
         extra_allowed_roots: list[str] | None = None,
+        dotenv: dict[str, str] | None = None,
     ) -> None:
+        """``dotenv``: a team's .env (compose interpolates the file with it)."""
+        self.dotenv = dict(dotenv or {})
         self.base = base
         self.logs = base / "logs"
         self.home = base / "airflow"
@@ -286,12 +291,12 @@ class Stack:
         self.gcs_data = base / "gcs-data"  # compose's gcs-data volume
         for d in (self.logs, self.home / "config", self.data, self.gcs_data):
             d.mkdir(parents=True, exist_ok=True)
-        self.pg = Postgres(self.logs / "postgres.log")
+        self.pg = Postgres(self.logs / "postgres.log", self.dotenv)
         self.ports = {"pg": self.pg.port, "api": free_port(), "emulator": free_port()}
         self.url = f"http://127.0.0.1:{self.ports['api']}"
         self.admin_user = compose_env()["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(":")[0]
         self.admin_password = admin_password
-        self.bucket = compose_env("gcs-emulator")["GCS_BUCKET"]
+        self.bucket = compose_env("gcs-emulator", self.dotenv)["GCS_BUCKET"]
         self.env = self.airflow_env()
         if extra_allowed_roots:  # as a team adds its own roots to compose's
             self.env["SSL_SPLITS_ALLOWED_ROOTS"] = ",".join(
@@ -333,7 +338,7 @@ class Stack:
     def airflow_env(self) -> dict[str, str]:
         env = airflow_env(self.home)  # the tests' isolation: no outside settings leak in
         del env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]  # compose's, below
-        for key, value in compose_env().items():
+        for key, value in compose_env(dotenv=getattr(self, "dotenv", None)).items():
             env[key] = self.to_host(value)
         env.update(
             AIRFLOW__API__HOST="127.0.0.1",
@@ -358,7 +363,7 @@ class Stack:
             **self.env,
             **{
                 k: self.to_host(v)
-                for k, v in compose_env("airflow-init").items()
+                for k, v in compose_env("airflow-init", self.dotenv).items()
                 if k not in self.env
             },
             "AIRFLOW_ADMIN_PASSWORD": self.admin_password,
@@ -386,7 +391,7 @@ class Stack:
             raise RuntimeError(f"{name} failed ({proc.returncode}); log {self.logs / name}.log")
 
     def start_emulator(self) -> None:
-        env = {k: self.to_host(v) for k, v in compose_env("gcs-emulator").items()}
+        env = {k: self.to_host(v) for k, v in compose_env("gcs-emulator", self.dotenv).items()}
         env.update(GCS_EMULATOR_LISTEN="127.0.0.1", GCS_EMULATOR_PORT=str(self.ports["emulator"]))
         with open(self.logs / "gcs-emulator.log", "ab") as out:
             self.emulator = subprocess.Popen(
