@@ -17,9 +17,8 @@ in the stack's data volume, with its manifest published on the emulator:
   process group, as a container's end does) while the first one builds: both
   complete, the killed one within two minutes of the restart, every split the
   same as the first run's;
-* rebuild one seed (``seeds: [3]``), its build task's process SIGKILLed, and
-  Postgres stopped for 30 s while the task waits for its retry: Airflow's retry
-  finishes it and only that split's files change;
+* rebuild one seed (``seeds: [3]``), its build task's process SIGKILLed:
+  Airflow's retry finishes it and only that split's files change;
 * every component, the emulator and Postgres stopped and started again: the run
   history, the Splits view and the published outputs are all still there;
 * Postgres stopped for 30 s mid-run (xfail: the scheduler may hang, see its reason).
