@@ -372,9 +372,12 @@ def test_everything_stopped_and_started_again_keeps_history_view_and_outputs(sta
 @pytest.mark.xfail(
     strict=False,
     reason="Airflow 3.3's scheduler, on losing its database mid-run, fails its loop "
-    "(OperationalError) and then hangs in LocalExecutor shutdown ('waiting for running "
-    "tasks to finish'): the process never exits, so restart: always never starts a new "
-    "one, and the run stays running after Postgres is back (docs/compose.md)",
+    "(OperationalError) and calls LocalExecutor.end(), which joins its worker processes; "
+    "often one idle worker is still blocked in its queue's get() (py-spy: _run_worker, "
+    "SimpleQueue.get) while the others have exited, so the join never returns: the process "
+    "never exits, restart: always never starts a new one, and the run stays running after "
+    "Postgres is back (the triggerer and DAG processor exit and are restarted; "
+    "docs/compose.md)",
 )
 def test_postgres_stopped_30s_mid_run_then_the_run_resumes_or_a_rerun_completes(stack):
     """Last: it may leave the scheduler hung."""
