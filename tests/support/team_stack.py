@@ -459,14 +459,15 @@ class Stack:
                 os.killpg(self.procs[comp].pid, signal.SIGKILL)
             self.procs[comp].wait()
 
-    def stop(self) -> None:
-        """``docker compose stop`` for the Airflow components: SIGTERM, then SIGKILL."""
+    def stop(self, grace: float = 20) -> None:
+        """``docker compose stop`` for the Airflow components: SIGTERM, then SIGKILL
+        after ``grace`` seconds."""
         self._stop.set()
         if self._supervisor is not None:
             self._supervisor.join()
         with self._lock:
             self._held.update(COMPONENTS)
-            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
                 alive = [p for p in self.procs.values() if p.poll() is None]
                 for p in alive:
                     with contextlib.suppress(ProcessLookupError):
@@ -477,8 +478,8 @@ class Stack:
                         p.wait(timeout=max(0.1, deadline - time.monotonic()))
         self.token = None
 
-    def stop_all(self) -> None:
-        self.stop()
+    def stop_all(self, grace: float = 20) -> None:
+        self.stop(grace)
         if self.emulator is not None and self.emulator.poll() is None:
             self.emulator.terminate()
             self.emulator.wait(timeout=10)
@@ -493,7 +494,8 @@ class Stack:
         self.start()
 
     def remove(self) -> None:
-        self.stop_all()
+        """Everything stopped (a hung component killed after 3 s) and deleted."""
+        self.stop_all(grace=3)
         self.pg.remove()
 
     def keep_logs(self, dest: Path) -> Path:
