@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: demo test test-fast venv system-deps lint format typecheck bench clean
+.PHONY: demo test test-fast test-stack venv system-deps lint format typecheck bench clean
 
 venv:
 	@bin/setup-venv
@@ -14,11 +14,18 @@ demo: venv
 system-deps:
 	@bin/install-system-deps
 
+# Two tiers: everything but the team's stack on two workers, then the team's stack
+# (docker-compose.yaml as processes on Postgres, tests/test_team_stack.py) alone, so
+# that its timing checks (a killed scheduler's run within two minutes) own the cores.
 test: venv system-deps
-	@$(PY) -m pytest -n 2 --dist loadgroup -q
+	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not stack"
+	@$(PY) -m pytest -q -m stack tests/test_team_stack.py
 
 test-fast: venv
-	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow and not browser"
+	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow and not browser and not stack"
+
+test-stack: venv system-deps
+	@$(PY) -m pytest -q -m stack tests/test_team_stack.py
 
 # ruff: lint rules and the formatter ([tool.ruff] in pyproject.toml); `make format` applies it.
 lint: venv

@@ -284,6 +284,8 @@ class Bench:
         if not self.args.skip_dag:  # what the user waits for: the DAG end to end
             dag.run(self, ds, r.src, r.runs)
             dag.run_scheduler(self, ds, r.src, r.runs)
+            if ds.role == "count":  # the team's stack (Postgres, REST): the COUNT dataset
+                dag.run_team_stack(self, ds, r.src, r.runs)
         self._compare(r, plans, seed_skipped)
         if self.args.profile and ds.role == "count":
             self.profile(ds, r.src, r.catalog, plans)

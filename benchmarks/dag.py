@@ -214,7 +214,10 @@ def run(bench: Any, ds: Any, src: Path, runs: Path) -> None:
 # ---------------------------------------------------------------- under a real scheduler
 
 WARM_UP_CLASSES = 10
-HOWS = ("scheduler", "dags test")  # the rows' order: what a user who triggers a run waits for first
+# The rows' order: what a user who triggers a run waits for first. "team stack":
+# docker-compose.yaml's stack as processes (tests/support/team_stack.py): Postgres,
+# a separate scheduler, triggered over REST; the COUNT dataset's first run only.
+HOWS = ("scheduler", "team stack", "dags test")
 
 
 def _kind(p: Any) -> str:
@@ -487,6 +490,56 @@ def run_scheduler(bench: Any, ds: Any, src: Path, runs: Path) -> None:
         af.stop()
 
 
+def run_team_stack(bench: Any, ds: Any, src: Path, runs: Path) -> None:
+    """The first run (the seed's six outputs and the validation copy, the same plans)
+    on docker-compose.yaml's stack run as processes: a real Postgres, the four
+    components apart, the trigger over REST with the admin's token. Timed as
+    ``run_scheduler`` times it (trigger to the end of publish_manifest), once,
+    after a warm-up run; a row with ``how: team stack``."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.team_stack import Stack
+
+    from beam_jobs.synthetic import Spec, generate
+
+    base = runs / "team-stack"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    stack = Stack(base, extra_allowed_roots=[str(src.parent), str(runs)])
+    _with_bytecode_choice(bench, stack.env)
+    print(f"  [{ds.name}] dag on the team stack: starting it ...", end=" ", flush=True)
+    try:
+        stack.init()
+        stack.start()
+        stack.wait_ready(timeout=300)
+        warm_src = base / "warm-up-source"
+        generate(  # as run_scheduler's warm-up: the API server's first requests, once
+            Spec(num_classes=WARM_UP_CLASSES, min_per_class=20, max_per_class=30, seed=3),
+            str(warm_src),
+            workers=1,
+        )
+        warm = stack.wait_run(
+            stack.trigger(
+                {
+                    "source_uri": str(warm_src),
+                    "output_uri": str(base / "warm-up-out"),
+                    "num_classes": WARM_UP_CLASSES,
+                }
+            ),
+            timeout=600,
+        )
+        if warm.get("state") != "success":
+            raise RuntimeError(f"{ds.name}: the team stack's warm-up run failed; logs {stack.logs}")
+        print("ready", flush=True)
+        case, conf = _cases(bench, ds, src, base / "out")[0]
+        row = _scheduler_case(
+            bench, stack, ds.name, src, case, conf, bench.args.job_timeout or 3600
+        )
+        row.update(how="team stack", name=f"dag {case} (team stack)")
+        bench.jobs.append(row)
+    finally:
+        stack.remove()
+
+
 def rows(jobs: list[dict[str, Any]], data: dict[str, Any]) -> list[dict[str, Any]]:
     """The end-to-end table: per dataset, way of running and case, the DAG
     against its reference (the scheduler's rows first: what a user who
@@ -513,6 +566,13 @@ def rows(jobs: list[dict[str, Any]], data: dict[str, Any]) -> list[dict[str, Any
         references = {
             "first run": ("seed reference, six outputs + validation copy", seed_wall),
             "add one seed": (copy["stage"], copy["wall_seconds"]) if copy else ("-", None),
+        }
+        dags_test = {
+            j["stage"]: j["wall_seconds"]
+            for j in jobs
+            if j["dataset"] == ds
+            and j["side"] == "dag"
+            and j.get("how", "dags test") == "dags test"
         }
         for how in HOWS:
             for case, (ref_name, ref) in references.items():
@@ -543,6 +603,10 @@ def rows(jobs: list[dict[str, Any]], data: dict[str, Any]) -> list[dict[str, Any
                         "largest_process_mib": (d.get("max_rss_process") or 0) / 2**20,
                         "task_seconds": d.get("task_seconds") or {},
                         "repeats": [x["wall_seconds"] for x in d.get("repeats") or []],
+                        # this way's time over dags test's, same case (team stack vs dags test)
+                        "vs_dags_test": (d["wall_seconds"] / dags_test[case])
+                        if dags_test.get(case)
+                        else None,
                     }
                 )
     return out
@@ -561,7 +625,12 @@ def table(rs: list[dict[str, Any]]) -> str:
             if r["ratio"] and r["case"] == "first run"
             else (f"{1 / r['ratio']:.2f}x the reference" if r["ratio"] else "-")
         )
-        if r["how"] == "scheduler":
+        if r["how"] == "team stack" and r.get("vs_dags_test"):
+            timed = (
+                f"{r['wall_seconds']:.1f} (run ends {r['run_seconds'] or 0:.1f}; "
+                f"{r['vs_dags_test']:.2f}x dags test's)"
+            )
+        elif r["how"] == "scheduler":
             timed = f"{r['wall_seconds']:.1f} (run ends {r['run_seconds'] or 0:.1f})"
             if len(r.get("repeats") or []) > 1:
                 each = ", ".join(f"{x:.1f}" for x in r["repeats"])

@@ -80,6 +80,7 @@ def test_quick_benchmark(tmp_path):
         "dag add one seed",
         "dag first run (scheduler)",
         "dag add one seed (scheduler)",
+        "dag first run (team stack)",
     ):
         assert name in jobs, (name, sorted(jobs))
     # The DAG end to end: everything published on the first run, one split on the second.
@@ -113,6 +114,11 @@ def test_quick_benchmark(tmp_path):
     assert sched["max_rss_process"] > 50 * 2**20 and sched["cpu_seconds"] > 0
     assert any(k.startswith("python -m beam_jobs.build") for k in sched["rss_by_process"])
     assert any("(scheduler, first run)" in t["target"] for t in res["targets"])
+    # The team's stack (Postgres, REST trigger): the same splits, beside dags test's time.
+    team = jobs["dag first run (team stack)"]
+    assert team["how"] == "team stack" and team["splits"] == first["splits"]
+    assert team["task_ended_at"]["publish_manifest"] == team["wall_seconds"] > 0
+    assert "x dags test's" in (tmp_path / "bench" / "RESULTS.md").read_text()
     assert any(n.startswith("raw cp train") and n.endswith("python start-up") for n in jobs)
     assert any("the whole DAG" in t["target"] for t in res["targets"])
     assert any("every process the product runs" in t["target"] for t in res["targets"])
