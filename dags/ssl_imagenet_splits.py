@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 # keeps the provider's heavy imports (Google Dataflow hooks) out of every parse.
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator  # noqa: F401
 from airflow.sdk import DAG, Asset, get_current_context, task
-from ssl_splits.config import params
+from ssl_splits.config import params, schedule
 from ssl_splits.operators import SplitBeamOperator
 
 MANIFEST_ASSET = Asset("ssl_imagenet_splits_manifest")
@@ -61,7 +61,7 @@ with DAG(
     description="Seeded, stratified ImageNet splits for semi-supervised learning, verified "
     "and published with a manifest",
     doc_md=DOC_MD,
-    schedule=os.environ.get("SSL_SPLITS_SCHEDULE") or None,
+    schedule=schedule(),  # SSL_SPLITS_SCHEDULE, with SSL_SPLITS_SOURCE_URI and _OUTPUT_URI
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,  # runs queue: two runs never write one output folder at once

@@ -405,14 +405,6 @@ def test_postgres_stopped_30s_mid_run_then_the_run_resumes_or_a_rerun_completes(
 
 
 @pytest.mark.gcs
-@pytest.mark.xfail(
-    strict=False,
-    reason="plugins/ssl_splits/lock.py _gcs_read: after a 412 on the download (another task "
-    "of the same run renewed the lock between the metadata read and the download) it "
-    "retries blob.reload() on the same Blob, whose generation the first reload pinned, so "
-    "GCS answers 404 for the replaced generation and the lock reads as removed: LockLost. "
-    "On the stack a gs:// output with parallel builds failed a build or verify task this way",
-)
 def test_tasks_of_one_run_renewing_a_gcs_lock_at_once_never_lose_it(gcs_emulator, tmp_path):
     """What the compose stack does with a gs:// output: its build and verify tasks
     (three and seven at once) renew the run's lock on GCS at the same moments."""
@@ -424,14 +416,13 @@ def test_tasks_of_one_run_renewing_a_gcs_lock_at_once_never_lose_it(gcs_emulator
 
     bucket = "team-stack-lock"
     gcs.Client(credentials=AnonymousCredentials(), project="test-project").create_bucket(bucket)
-    work = f"gs://{bucket}/out/_work"
-    lock.acquire(work, run_id="r1", dag_id="ssl_imagenet_splits", output_uri=f"gs://{bucket}/out")
+    held = lock.acquire(f"gs://{bucket}/out", run_id="r1", dag_id="ssl_imagenet_splits")
     errors: list[BaseException] = []
 
     def renew_often() -> None:
         for _ in range(25):
             try:
-                lock.renew(work, run_id="r1")
+                lock.renew(held)
             except Exception as err:  # noqa: BLE001  (collected; judged below)
                 errors.append(err)
                 return
@@ -444,33 +435,41 @@ def test_tasks_of_one_run_renewing_a_gcs_lock_at_once_never_lose_it(gcs_emulator
     assert not errors, [f"{type(e).__name__}: {e}" for e in errors]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="dags/ssl_imagenet_splits.py + plugins/ssl_splits/config.py: source_uri and "
-    "output_uri are required params with no default (None), and Airflow 3 refuses a DAG "
-    "with a schedule and such params ('is not allowed to define a Schedule, as there are "
-    "required params without default values'): with SSL_SPLITS_SCHEDULE set, as "
-    "docs/compose.md tells a team to do, the DAG fails to import and disappears from the "
-    "UI; scheduled runs and backfills (which need a schedule) cannot happen",
-)
-def test_the_dag_imports_with_a_schedule(tmp_path):
-    """What the team stack's DAG processor does with SSL_SPLITS_SCHEDULE=@daily in .env."""
+def _import_dag(tmp_path, **env_vars: str) -> dict:
+    """What the team stack's DAG processor makes of the DAG file with this environment."""
     import subprocess
 
     from support.airflow_env import DAG_FILE, PYTHON, airflow_env
 
-    env = airflow_env(tmp_path / "home", SSL_SPLITS_SCHEDULE="@daily")
+    env = airflow_env(tmp_path / "home", **env_vars)
     code = (
         "import json\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(DAG_FILE)!r})\n"
         "print(json.dumps({'errors': {k: str(v)[-400:] for k, v in bag.import_errors.items()},"
-        " 'schedule': {d: str(bag.dags[d].timetable.summary) for d in bag.dags}}))\n"
+        " 'schedule': {d: str(bag.dags[d].schedule) for d in bag.dags}}))\n"
     )
     proc = subprocess.run(
         [PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_dag_imports_with_a_schedule_and_the_deployment_s_folders(tmp_path):
+    # A scheduled run has no form: the deployment names the folders it builds from and into.
+    out = _import_dag(
+        tmp_path,
+        SSL_SPLITS_SCHEDULE="@daily",
+        SSL_SPLITS_SOURCE_URI="gs://ssl-splits-local/demo/imagenet",
+        SSL_SPLITS_OUTPUT_URI="gs://ssl-splits-local/demo/splits",
+    )
     assert out["errors"] == {}, out["errors"]
     assert out["schedule"].get("ssl_imagenet_splits") == "@daily", out
+
+
+def test_a_schedule_without_the_deployment_s_folders_says_what_to_set(tmp_path):
+    out = _import_dag(tmp_path, SSL_SPLITS_SCHEDULE="@daily")
+    (error,) = out["errors"].values()
+    assert "SSL_SPLITS_SOURCE_URI and SSL_SPLITS_OUTPUT_URI" in error, error
+    assert "ssl_imagenet_splits" not in out["schedule"]

@@ -64,6 +64,30 @@ class ConfigError(AirflowFailException, ValueError):
     params would fail again)."""
 
 
+# The deployment's default source and output folders: what scheduled runs (and
+# backfills) build, and the trigger form's initial values.
+SOURCE_ENV = "SSL_SPLITS_SOURCE_URI"
+OUTPUT_ENV = "SSL_SPLITS_OUTPUT_URI"
+SCHEDULE_ENV = "SSL_SPLITS_SCHEDULE"
+
+
+def schedule() -> str | None:
+    """The DAG's schedule (``SSL_SPLITS_SCHEDULE``; unset: none). A scheduled run
+    has no one to fill in the form: it needs the deployment's default source and
+    output folders, and says so (Airflow refuses a scheduled DAG with required
+    params that have no default)."""
+    value = (os.environ.get(SCHEDULE_ENV) or "").strip() or None
+    if value is not None:
+        missing = [k for k in (SOURCE_ENV, OUTPUT_ENV) if not os.environ.get(k)]
+        if missing:
+            raise ConfigError(
+                f"{SCHEDULE_ENV}={value!r}: a scheduled run needs the folders it builds from "
+                f"and into: set {' and '.join(missing)} (the deployment's default source_uri "
+                "and output_uri), or leave the schedule empty"
+            )
+    return value
+
+
 def _uri_param(
     default: Any, title: str, description: str, nullable: bool = False, **extra: Any
 ) -> Param:
@@ -90,17 +114,18 @@ def params() -> dict[str, Param]:
     env = os.environ.get
     return {
         "source_uri": _uri_param(
-            None,
+            env(SOURCE_ENV) or None,
             "Source folder",
             "Folder holding ImageNet train-SSSSS-of-NNNNN TFRecords (and optional "
             "validation-*): gs://bucket/path or an absolute local path, inside the "
-            "deployment's allowed roots (SSL_SPLITS_ALLOWED_ROOTS) when it sets them. Required.",
+            "deployment's allowed roots (SSL_SPLITS_ALLOWED_ROOTS) when it sets them. Required "
+            f"(the deployment's default: {SOURCE_ENV}).",
         ),
         "output_uri": _uri_param(
-            None,
+            env(OUTPUT_ENV) or None,
             "Output folder",
             "Where the splits are written as {split}-SSSSS-of-NNNNN. Must not be the source "
-            "folder, inside it, or contain it. Required.",
+            f"folder, inside it, or contain it. Required (the deployment's default: {OUTPUT_ENV}).",
         ),
         "manifest_uri": _uri_param(
             None,

@@ -381,7 +381,12 @@ def renew(lease: Lease) -> storage.FileInfo:
         try:
             return _write(lease.uri, {**holder, "renewed_at": _now_iso()}, info.version or "")
         except storage.PreconditionFailed:
-            continue  # another task of this run renewed it at the same moment: read again
+            seen = _read(lease.uri)
+            if seen is not None and seen[0].get("token") == lease.token:
+                # Another task of this run renewed it after this one read it: the
+                # lease was extended after this renewal began, which is all it asks.
+                return seen[1]
+            # Changed to another holder, or removed: said by the next read.
     raise _lost(lease, None, f"{lease.uri} kept changing under this run's renewals")
 
 
