@@ -459,6 +459,41 @@ class Stack:
                 os.killpg(self.procs[comp].pid, signal.SIGKILL)
             self.procs[comp].wait()
 
+    def configure(self, **dotenv: str) -> dict[str, str]:
+        """A team's ``.env`` changed: the new values (container paths and host names
+        as a team writes them) go through compose's interpolation of the file and
+        this stack's mapping, as at the stack's start, into the environment the
+        components get when they next start (``restart``). Returns the variables
+        whose value changed; nothing else changes (ports, extra allowed roots)."""
+        before = {k: self.to_host(v) for k, v in compose_env(dotenv=self.dotenv).items()}
+        self.dotenv.update(dotenv)
+        after = {k: self.to_host(v) for k, v in compose_env(dotenv=self.dotenv).items()}
+        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        with self._lock:
+            self.env.update(changed)
+        return changed
+
+    def restart(self, *comps: str, grace: float = 20) -> None:
+        """``docker compose up -d`` after a ``.env`` change: these components stopped
+        (SIGTERM, SIGKILL after ``grace`` seconds) and started with ``self.env``."""
+        comps = comps or tuple(COMPONENTS)
+        with self._lock:
+            self._held.update(comps)
+            procs = [self.procs[c] for c in comps if c in self.procs]
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+                alive = [p for p in procs if p.poll() is None]
+                for p in alive:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, sig)
+                deadline = time.monotonic() + wait
+                for p in alive:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            for comp in comps:
+                self.start(comp)
+        if "api-server" in comps:
+            self.token = None
+
     def stop(self, grace: float = 20) -> None:
         """``docker compose stop`` for the Airflow components: SIGTERM, then SIGKILL
         after ``grace`` seconds."""
