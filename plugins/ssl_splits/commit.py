@@ -57,11 +57,12 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from beam_jobs import layout, storage
 from beam_jobs.faults import failpoint
 from beam_jobs.manifest import merge
+from ssl_splits.lock import Fence, LockLost
 from ssl_splits.ownership import (
     ForeignFiles,
     Recorded,
@@ -70,9 +71,6 @@ from ssl_splits.ownership import (
     read_json,
 )
 from ssl_splits.publish import Published, PublishError, VersionNotWritten, mark_replaced, publish
-
-if TYPE_CHECKING:
-    from ssl_splits.lock import Fence
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +382,6 @@ def execute(pub: Publication, fence: Fence | None = None) -> Published:
     """Steps 2 to 5 for a prepared, checked publication. Raises PublishError
     saying how far it got when storage fails on the way, LockLost when this
     run lost the output folder's lock on the way."""
-    from ssl_splits.lock import LockLost
-
     try:
         _write_journal(pub, {**pub.kept, **pub.splits}, fence)
     except LockLost:
@@ -410,8 +406,6 @@ def _cause(err: BaseException) -> str:
 
 def _finish(pub: Publication, fence: Fence | None) -> Published | None:
     """Steps 3 to 5 (also what recovery does): switch, commit, clean."""
-    from ssl_splits.lock import LockLost
-
     names = ", ".join(sorted(pub.splits))
     journal = layout.journal_uri(pub.output_uri)
     done = {}

@@ -185,6 +185,11 @@ def tfds_files(output_uri: str) -> list[storage.FileInfo]:
     return out
 
 
+def foreign_tfds(output_uri: str) -> list[str]:
+    """The TFDS metadata files in ``output_uri`` the product did not write."""
+    return unowned(tfds_files(output_uri), tfds_records(output_uri))
+
+
 def tfds_records(output_uri: str) -> list[Recorded]:
     """The TFDS metadata files the product wrote into ``output_uri``."""
     doc = read_json(layout.tfds_record_uri(output_uri)) or {}
@@ -278,7 +283,7 @@ def foreign_files(
         if path not in files and storage.occupied(path):
             found.append(path)  # not a regular file: a folder, a (dangling) link
     if tfds:
-        found += unowned(tfds_files(output_uri), tfds_records(output_uri))
+        found += foreign_tfds(output_uri)
     if not is_our_manifest(manifest, output_uri) and storage.occupied(manifest_uri):
         found.append(manifest_uri)
     return sorted(set(found))

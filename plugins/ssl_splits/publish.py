@@ -32,13 +32,11 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from beam_jobs import storage
 from beam_jobs.manifest import dumps
-
-if TYPE_CHECKING:
-    from ssl_splits.lock import Fence
+from ssl_splits.lock import Fence, LockLost
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +103,6 @@ def publish(
 ) -> Published:
     """Apply ``update`` (current manifest or None -> new manifest) and commit it,
     conditionally on the version read and, with ``fence``, on the run's lock."""
-    from ssl_splits.lock import LockLost
-
     for attempt in range(1, attempts + 1):
         try:
             current, version = _read(uri)

@@ -36,11 +36,9 @@ from ssl_splits.ownership import (
     ForeignFiles,
     check_no_foreign,
     foreign_files,
+    foreign_tfds,
     is_our_manifest,
     record_tfds,
-    tfds_files,
-    tfds_records,
-    unowned,
 )
 from ssl_splits.publish import Published
 from ssl_splits.rerun import rerun_decision
@@ -590,7 +588,7 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     from beam_jobs.manifest import load
     from beam_jobs.tfds_meta import TfdsMetadataError, read_label_names, write_tfds_metadata
 
-    foreign = unowned(tfds_files(cfg.output_uri), tfds_records(cfg.output_uri))
+    foreign = foreign_tfds(cfg.output_uri)
     if foreign:
         log.warning(
             "TFDS metadata not written: %s are not files this product wrote (left as they are)",
