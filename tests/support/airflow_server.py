@@ -46,6 +46,17 @@ class Response:
         return json.loads(self.body)
 
 
+def not_ready(api: Any) -> str:
+    """Why Airflow behind ``api`` (GET a path, JSON back) is not ready yet: a
+    component not healthy (the API's monitor), or the DAG paused or not parsed
+    yet (an HTTP error); "" when it is ready."""
+    health = api("/api/v2/monitor/health")
+    bad = [k for k, v in health.items() if (v or {}).get("status") != "healthy"]
+    if bad:
+        return f"not healthy yet: {bad}"
+    return "the DAG is paused" if api(f"/api/v2/dags/{DAG_ID}").get("is_paused") else ""
+
+
 class Airflow:
     """Airflow's four components on 127.0.0.1, each a process group of our own."""
 
@@ -153,15 +164,9 @@ class Airflow:
             if dead:
                 raise AssertionError(f"Airflow component(s) {dead} exited:\n{self.log_tails()}")
             try:
-                health = self.api("/api/v2/monitor/health")
-                bad = [k for k, v in health.items() if v.get("status") != "healthy"]
-                if not bad:
-                    dag = self.api(f"/api/v2/dags/{DAG_ID}")
-                    if not dag.get("is_paused"):
-                        return
-                    last = "the DAG is paused"
-                else:
-                    last = f"not healthy yet: {bad}"
+                last = not_ready(self.api)
+                if not last:
+                    return
             except (urllib.error.URLError, OSError, ValueError) as err:
                 last = str(err)
             time.sleep(2)

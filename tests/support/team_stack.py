@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from support.airflow_env import BIN_AIRFLOW, DAG_ID, PYTHON, airflow_env
+from support.airflow_server import not_ready
 from support.common import ROOT, free_port
 
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -141,6 +142,20 @@ def postgres_major() -> int:
 
 def compose_postgres_major() -> int:
     return int(re.search(r"postgres:(\d+)", compose()["services"]["postgres"]["image"]).group(1))
+
+
+def _terminate(procs: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM each process group, then SIGKILL what is left after ``grace``
+    seconds (``docker compose stop``)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        alive = [p for p in procs if p.poll() is None]
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, sig)
+        deadline = time.monotonic() + wait
+        for p in alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
 
 
 class Postgres:
@@ -480,15 +495,7 @@ class Stack:
         with self._lock:
             self._held.update(comps)
             procs = [self.procs[c] for c in comps if c in self.procs]
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-                alive = [p for p in procs if p.poll() is None]
-                for p in alive:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(p.pid, sig)
-                deadline = time.monotonic() + wait
-                for p in alive:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            _terminate(procs, grace)
             for comp in comps:
                 self.start(comp)
         if "api-server" in comps:
@@ -502,15 +509,7 @@ class Stack:
             self._supervisor.join()
         with self._lock:
             self._held.update(COMPONENTS)
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-                alive = [p for p in self.procs.values() if p.poll() is None]
-                for p in alive:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(p.pid, sig)
-                deadline = time.monotonic() + wait
-                for p in alive:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            _terminate(list(self.procs.values()), grace)
         self.token = None
 
     def stop_all(self, grace: float = 20) -> None:
@@ -588,15 +587,9 @@ class Stack:
         last = ""
         while time.monotonic() < deadline:
             try:
-                health = self.api("/api/v2/monitor/health")
-                bad = [k for k, v in health.items() if (v or {}).get("status") != "healthy"]
-                if not bad:
-                    dag = self.api(f"/api/v2/dags/{DAG_ID}")
-                    if not dag.get("is_paused"):
-                        return
-                    last = "the DAG is paused"
-                else:
-                    last = f"not healthy yet: {bad}"
+                last = not_ready(self.api)
+                if not last:
+                    return
             except (urllib.error.URLError, OSError, ValueError) as err:
                 last = str(err)
                 if isinstance(err, urllib.error.HTTPError) and err.code == 401:
