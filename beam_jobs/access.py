@@ -33,8 +33,10 @@ import re
 import stat as statmod
 from typing import Mapping
 
+from beam_jobs import storage
+from beam_jobs.storage import GCS_PREFIX, is_gcs
+
 ENV_ALLOWED_ROOTS = "SSL_SPLITS_ALLOWED_ROOTS"
-GCS_PREFIX = "gs://"
 # A bucket name as GCS allows it (3-222 characters, dots allowed).
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
 # Characters refused anywhere in a location: ones that some client or tool
@@ -52,10 +54,6 @@ class AccessError(ValueError):
 
 
 # --------------------------------------------------------------------------- names (no I/O)
-
-
-def is_gcs(uri: str) -> bool:
-    return uri.startswith(GCS_PREFIX)
 
 
 def normalize_gcs(uri: str) -> str:
@@ -201,8 +199,6 @@ def read_bounded(uri: str, max_bytes: int = MAX_LIST_BYTES, *, what: str = "file
     exist; AccessError (naming ``what``, the URI and the bound) when it is too
     large or, locally, not a regular file (a FIFO, a device, a folder)."""
     if is_gcs(uri):
-        from beam_jobs import storage
-
         info = storage.stat(uri)
         if info is None:
             raise FileNotFoundError(uri)

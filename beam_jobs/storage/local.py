@@ -113,9 +113,14 @@ def folder_guard(folder: str) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
-def _expect(uri: str, if_version: str) -> None:
-    """PreconditionFailed unless ``uri`` is at ``if_version`` (call under the guard)."""
-    found = _version(uri)
+def _expect(uri: str, if_version: str) -> FileInfo | None:
+    """PreconditionFailed unless ``uri`` is at ``if_version`` (call under the
+    guard); the file as it is (None when missing)."""
+    try:
+        info: FileInfo | None = _info(uri)
+    except FileNotFoundError:
+        info = None
+    found = (info.version if info is not None else None) or MISSING
     if found != if_version:
         what = (
             "exists"
@@ -125,6 +130,7 @@ def _expect(uri: str, if_version: str) -> None:
         raise PreconditionFailed(
             f"{uri} {what}: expected version {if_version}, found {found}; nothing was changed"
         )
+    return info
 
 
 class LocalWriter(AtomicWriter):
@@ -311,11 +317,11 @@ class LocalBackend(Backend):
             os.fsync(f.fileno())
         try:
             with folder_guard(os.path.dirname(uri)):
-                _expect(uri, if_version)
+                current = _expect(uri, if_version)
                 # A version is inode, modification time and size; a freed inode is
                 # reused at once, and a coarse clock repeats times: the new file's
                 # time is made later than the one it replaces, so versions never repeat.
-                old = _info(uri).mtime_ns if if_version != MISSING else None
+                old = current.mtime_ns if current is not None else None
                 if old is not None and os.stat(tmp).st_mtime_ns <= old:
                     os.utime(tmp, ns=(old + 1, old + 1))
                 if if_version == MISSING:

@@ -561,11 +561,6 @@ def located(name: str, value: Any, roots: tuple[str, ...]) -> str:
     return uri
 
 
-def _inside(a: str, b: str) -> bool:
-    """Is ``a`` equal to ``b`` or inside it?"""
-    return a == b or a.startswith(b.rstrip("/") + "/")
-
-
 # (inner, outer) pairs of locations that must not be nested, and what the string
 # rule says when they are (the real-path rule, through symlinks, says its own).
 _NESTING: tuple[tuple[str, str, str], ...] = (
@@ -584,7 +579,7 @@ def check_overlap(locations: dict[str, str]) -> None:
     symlink on their real paths (gs:// URIs on their normalized form). The
     message names both params."""
     for a, b, message in _NESTING:
-        if _inside(locations[a], locations[b]):
+        if access.is_within(locations[a], locations[b]):
             raise ConfigError(message.format(a=locations[a], b=locations[b]))
     keys = {name: access.location_key(uri) for name, uri in locations.items()}
     for a, b, _ in _NESTING:
