@@ -305,7 +305,7 @@ def records_dir(catalog_folder: str) -> str:
 
 
 def records_uri(catalog_folder: str, plan_sha256: str) -> str:
-    """The source records of one plan (``beam_jobs.plan.write_records``): kept
+    """The source records of one plan (``beam_jobs.planning.plans.write_records``): kept
     with the catalog they come from (validation clears them with it), named
     by the plan's content."""
     return storage.join(records_dir(catalog_folder), f"{plan_sha256[:32]}.parquet")
@@ -338,12 +338,12 @@ def control_dir(output_uri: str) -> str:
 
 
 def journal_uri(output_uri: str) -> str:
-    """The journal of a publication in progress into ``output_uri`` (``ssl_splits.commit``)."""
+    """The journal of a publication in progress into ``output_uri`` (``beam_jobs.publishing.commit``)."""
     return storage.join(control_dir(output_uri), JOURNAL_NAME)
 
 
 def lock_uri(output_uri: str) -> str:
-    """The output folder's lock (``ssl_splits.lock``), wherever the work folder is."""
+    """The output folder's lock (``beam_jobs.publishing.lock``), wherever the work folder is."""
     return storage.join(control_dir(output_uri), LOCK_NAME)
 
 

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from beam_jobs.contracts import job_name  # noqa: F401 (re-exported)
+from beam_jobs.core import job_name  # noqa: F401 (re-exported)
 from beam_jobs.logs import LOG_FORMAT, setup_logging  # noqa: F401 (re-exported)
 
 # Below this much data a DirectRunner job runs in-process: starting one worker

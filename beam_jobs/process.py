@@ -1,6 +1,6 @@
 """How a job's processes end (no Apache Beam import).
 
-A job's processes, the launcher (``python -m beam_jobs.validate|build|verify``,
+A job's processes, the launcher (``python -m beam_jobs.source.validate``, ``beam_jobs.building.build``, ``beam_jobs.verification.verify``,
 as Airflow's Beam operator starts it) and each DirectRunner worker, hold a
 large heap when their work is done: Beam, pyarrow, grpc and protobuf modules,
 their tables. CPython's shutdown then runs full garbage collections over all

@@ -1,6 +1,6 @@
 """Running the benchmark's jobs: the product's stages, the seed reference, the raw copies.
 
-``Bench.run_dataset`` runs, for one dataset (made by ``beam_jobs.synthetic``,
+``Bench.run_dataset`` runs, for one dataset (made by ``beam_jobs.source.synthetic``,
 cached under ``{work_dir}/data``), each step in turn on the same data and
 runner (DirectRunner): the product's ``validate`` and ``plan``; its builds and
 the seed reference's (``benchmarks.seed_reference``), alternating split by
@@ -83,7 +83,7 @@ def build_argv(plan: Plan, catalog: Path, out: Path | str) -> list[str]:
     return [
         PY,
         "-m",
-        "beam_jobs.build",
+        "beam_jobs.building.build",
         f"--split={plan['split']}",
         f"--plan_uri={plan['uri']}",
         f"--catalog_dir={catalog}",
@@ -240,11 +240,11 @@ class Bench:
             self.notes.append(f"bytecode cache {cache} already warm")
             return
         mods = [
-            "beam_jobs.validate",
-            "beam_jobs.plan",
-            "beam_jobs.build",
-            "beam_jobs.verify",
-            "beam_jobs.synthetic",
+            "beam_jobs.source.validate",
+            "beam_jobs.planning.plans",
+            "beam_jobs.building.build",
+            "beam_jobs.verification.verify",
+            "beam_jobs.source.synthetic",
             "apache_beam.runners.worker.sdk_worker_main",
             "apache_beam.runners.portability.fn_api_runner.fn_runner",
             "apache_beam.runners.direct.direct_runner",
@@ -333,7 +333,7 @@ class Bench:
             argv=[
                 PY,
                 "-m",
-                "beam_jobs.validate",
+                "beam_jobs.source.validate",
                 f"--source_uri={r.src}",
                 f"--catalog_dir={r.catalog}",
                 f"--num_classes={r.ds.num_classes}",
@@ -358,7 +358,7 @@ class Bench:
             argv=[
                 PY,
                 "-m",
-                "beam_jobs.plan",
+                "beam_jobs.planning.plans",
                 f"--catalog_dir={r.catalog}",
                 f"--out_dir={r.plans_dir}",
                 f"--seeds={seeds}",
@@ -471,7 +471,7 @@ class Bench:
             argv=[
                 PY,
                 "-m",
-                "beam_jobs.build",
+                "beam_jobs.building.build",
                 "--split=validation",
                 f"--copy_from={r.src}",
                 f"--output_uri={r.product}",
@@ -533,7 +533,7 @@ class Bench:
                 [
                     PY,
                     "-m",
-                    "beam_jobs.build",
+                    "beam_jobs.building.build",
                     "--split=validation",
                     f"--copy_from={r.src}",
                     f"--output_uri={par}",
@@ -573,7 +573,7 @@ class Bench:
                 [
                     PY,
                     "-m",
-                    "beam_jobs.verify",
+                    "beam_jobs.verification.verify",
                     f"--split={split}",
                     f"--output_uri={r.product}",
                     f"--plan_uri={plan['uri']}",
@@ -596,7 +596,7 @@ class Bench:
                 [
                     PY,
                     "-m",
-                    "beam_jobs.verify",
+                    "beam_jobs.verification.verify",
                     "--split=validation",
                     f"--output_uri={r.product}",
                     f"--copy_from={r.src}",
@@ -789,7 +789,7 @@ class Bench:
                 [
                     PY,
                     "-m",
-                    "beam_jobs.validate",
+                    "beam_jobs.source.validate",
                     f"--source_uri={src}",
                     f"--catalog_dir={scratch / 'catalog'}",
                     f"--num_classes={ds.num_classes}",
@@ -801,7 +801,7 @@ class Bench:
                 [
                     PY,
                     "-m",
-                    "beam_jobs.plan",
+                    "beam_jobs.planning.plans",
                     f"--catalog_dir={catalog}",
                     f"--out_dir={scratch / 'plans'}",
                     "--seeds=" + ",".join(map(str, self.args.seeds)),

@@ -49,7 +49,7 @@ CONTENT_SAMPLE = 1000
 
 def _same_content(x: bytes, y: bytes) -> bool:
     """Both parse to the same features and values (the order of fields aside)."""
-    from beam_jobs.example_proto import parse_features
+    from beam_jobs.source.example_proto import parse_features
 
     try:
         return parse_features(x) == parse_features(y)

@@ -423,7 +423,7 @@ def run_scheduler(bench: Any, ds: Any, src: Path, runs: Path) -> None:
     from support.airflow_env import migrated_home
     from support.airflow_server import Airflow
 
-    from beam_jobs.synthetic import Spec, generate
+    from beam_jobs.source.synthetic import Spec, generate
 
     base_dir = runs / "scheduler"
     shutil.rmtree(base_dir, ignore_errors=True)
@@ -499,7 +499,7 @@ def run_team_stack(bench: Any, ds: Any, src: Path, runs: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from support.team_stack import Stack
 
-    from beam_jobs.synthetic import Spec, generate
+    from beam_jobs.source.synthetic import Spec, generate
 
     base = runs / "team-stack"
     shutil.rmtree(base, ignore_errors=True)

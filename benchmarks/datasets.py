@@ -2,7 +2,7 @@
 
 A dataset is regenerated only when its folder has no ``synthetic.json`` (an
 interrupted generation never writes it) or the spec recorded there differs
-from the spec the flags below give (parsed by ``beam_jobs.synthetic`` itself).
+from the spec the flags below give (parsed by ``beam_jobs.source.synthetic`` itself).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 class Dataset:
     name: str
     role: str  # "count", "bytes" or "bytes_half"
-    flags: tuple[str, ...]  # beam_jobs.synthetic flags (without --output_uri)
+    flags: tuple[str, ...]  # beam_jobs.source.synthetic flags (without --output_uri)
     num_classes: int
     about: str
 
@@ -130,7 +130,7 @@ def cached_source(folder: Path, spec: dict[str, Any], marker: str) -> Path:
     """A synthetic source generated in this process from ``spec`` (a dict of
     ``synthetic.Spec`` fields) into ``folder``, a folder of its own; kept while
     the spec recorded in ``folder/marker`` is the same."""
-    from beam_jobs.synthetic import Spec, generate
+    from beam_jobs.source.synthetic import Spec, generate
 
     recorded = folder / marker
     if recorded.exists() and json.loads(recorded.read_text()) == spec:
@@ -146,7 +146,7 @@ def cached_source(folder: Path, spec: dict[str, Any], marker: str) -> Path:
 
 def wanted_spec(ds: Dataset) -> dict:
     """The spec the generator will record for ``ds`` (its own flag parsing)."""
-    from beam_jobs.synthetic import parse_args
+    from beam_jobs.source.synthetic import parse_args
 
     spec, _, _ = parse_args([*ds.flags, "--output_uri=/unused"])
     return json.loads(json.dumps({**asdict(spec), "names_from": list(spec.names_from)}))
@@ -181,7 +181,13 @@ def ensure(ds: Dataset, data_dir: Path, env: dict[str, str], log: Path) -> dict:
     t0 = time.monotonic()
     with open(log, "wb") as f:
         rc = subprocess.call(
-            [sys.executable, "-m", "beam_jobs.synthetic", f"--output_uri={folder}", *ds.flags],
+            [
+                sys.executable,
+                "-m",
+                "beam_jobs.source.synthetic",
+                f"--output_uri={folder}",
+                *ds.flags,
+            ],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,

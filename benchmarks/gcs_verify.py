@@ -63,7 +63,7 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
             [
                 PY,
                 "-m",
-                "beam_jobs.validate",
+                "beam_jobs.source.validate",
                 f"--source_uri={source}",
                 f"--catalog_dir={catalog}",
                 f"--num_classes={ds.num_classes}",
@@ -76,7 +76,7 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
             [
                 PY,
                 "-m",
-                "beam_jobs.plan",
+                "beam_jobs.planning.plans",
                 f"--catalog_dir={catalog}",
                 f"--out_dir={plans}",
                 "--seeds=1",
@@ -95,9 +95,9 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
             f"--plan_uri={plan_uri}",
             f"--catalog_dir={catalog}",
         ]
-        build = _job("build", [PY, "-m", "beam_jobs.build", *args], env, logs)
+        build = _job("build", [PY, "-m", "beam_jobs.building.build", *args], env, logs)
         before = _proxy_stats(servers.direct)
-        verify = _job("verify", [PY, "-m", "beam_jobs.verify", *args], env, logs)
+        verify = _job("verify", [PY, "-m", "beam_jobs.verification.verify", *args], env, logs)
         after = _proxy_stats(servers.direct)
     finally:
         servers.close()

@@ -9,7 +9,7 @@ holds every answer back by a per-request latency (uniform 30-80 ms by
 default, seeded) plus its transfer time at a per-connection bandwidth cap
 (100 MB/s by default). This process plays one build worker: for each
 setting of ``read_threads`` (ranged GETs in flight) it runs the build's own
-``copy_records`` (``beam_jobs.build``: one ranged read per record through
+``copy_records`` (``beam_jobs.building.build``: one ranged read per record through
 ``RangeReader.read_many``, checks against the catalog, the shard written back
 to the emulator through the proxy with a resumable upload) over records of a
 BYTES-like source (~112 KB, ImageNet's mean) in a reshuffled order, and also
@@ -221,7 +221,7 @@ def record_table(source: Path, bucket: str, total: int, seed: int):
     import numpy as np
     import pyarrow as pa
 
-    from beam_jobs.tfrecord import RecordError, iter_framed
+    from beam_jobs.source.tfrecord import RecordError, iter_framed
 
     paths = sorted(source.glob("train-*"))
     file_id, offset, length, crc = [], [], [], []
@@ -284,7 +284,7 @@ def measure(
 ) -> Point:
     """The best of ``repeats`` runs of one setting (fresh reader each run, warmed)."""
     from beam_jobs import storage
-    from beam_jobs.build import BATCH_BYTES, batches, copy_records
+    from beam_jobs.building.build import BATCH_BYTES, batches, copy_records
 
     best: Point | None = None
     lengths = table.column("length").to_numpy()
@@ -394,7 +394,7 @@ def saturating(points: list[Point]) -> Point:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from beam_jobs.build import default_read_threads
+    from beam_jobs.building.build import default_read_threads
 
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,10 @@ def run_measured(
     for d in (io_read, io_write, cpu):
         d.pop(proc.pid, None)
     by_kind: dict[str, int] = {}
-    for kind, r in rss.values():  # e.g. {"python -m beam_jobs.build": ..., "beam worker": ...}
+    for (
+        kind,
+        r,
+    ) in rss.values():  # e.g. {"python -m beam_jobs.building.build": ..., "beam worker": ...}
         by_kind[kind] = max(by_kind.get(kind, 0), r)
     # rusage covers descendants that were waited for (exact); the sampled sum
     # covers the others up to their last poll. Take the larger.

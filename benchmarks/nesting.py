@@ -7,7 +7,7 @@ the code the DAG runs) on two catalogs, and counts, for each seed and each
 pair of fractions, the records of the smaller split that are not in the
 larger one (0: nested):
 
-* a synthetic ImageNet (``beam_jobs.synthetic.imagenet_spec``: 1,281,167
+* a synthetic ImageNet (``beam_jobs.source.synthetic.imagenet_spec``: 1,281,167
   names in 1,000 classes of ImageNet's uneven sizes), only its names and
   labels (no file is written);
 * the names in FixMatch's five published 10% files (their union: 524,182
@@ -28,9 +28,10 @@ import time
 from fractions import Fraction
 from typing import Any, Sequence
 
-from beam_jobs import protocols, split_algorithm
-from beam_jobs.plan import nesting
-from beam_jobs.synthetic import imagenet_spec, layout, read_names_files
+from beam_jobs.planning import algorithm as split_algorithm
+from beam_jobs.planning import protocols
+from beam_jobs.planning.plans import nesting
+from beam_jobs.source.synthetic import imagenet_spec, layout, read_names_files
 
 FIXMATCH = tuple(f"published:fixmatch/split{s}" for s in range(1, 6))
 

@@ -10,7 +10,7 @@
     python -m benchmarks.run --only gcs      # exact verification on GCS, COUNT (benchmarks.gcs_verify;
                                              # without --only it runs last)
 
-For each dataset (made by ``beam_jobs.synthetic``, cached under
+For each dataset (made by ``beam_jobs.source.synthetic``, cached under
 ``{work_dir}/data``), in one run, on the same data and runner (DirectRunner):
 
 * the product's stages as users run them, each its CLI in a subprocess:

@@ -6,7 +6,7 @@ Prints the tables of ``docs/scale.md`` from the latency benchmark's results
 (``python -m benchmarks.latency``: client CPU per GET and per byte, the build's
 CPU per record on simulated GCS, each job's per-record and per-byte CPU, table
 memory) and the constants below, each either ImageNet's shape, a setting of
-the product (``beam_jobs.storage``, ``beam_jobs.build``) or a cited list
+the product (``beam_jobs.storage``, ``beam_jobs.building.build``) or a cited list
 price or limit (see ``docs/scale.md`` for the sources). The model:
 
 * a worker has ``P`` SDK processes (one per vCPU: the staged job description
@@ -148,7 +148,7 @@ def jobs() -> list[Job]:
 def model(
     job: Job, res: dict[str, Any], workers: int, machine: str = "n2-standard-4"
 ) -> dict[str, Any]:
-    from beam_jobs.build import GCS_READ_THREADS
+    from beam_jobs.building.build import GCS_READ_THREADS
     from beam_jobs.storage import READ_CHUNK, UPLOAD_CHUNK
 
     vcpus, mem_gb = MACHINES[machine]
@@ -219,7 +219,7 @@ def model(
 
 
 def memory(res: dict[str, Any]) -> dict[str, float]:
-    from beam_jobs.build import BATCH_BYTES, GCS_READ_THREADS
+    from beam_jobs.building.build import BATCH_BYTES, GCS_READ_THREADS
 
     m = res["unit_costs"]["memory"]
     return {

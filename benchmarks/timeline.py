@@ -1,6 +1,6 @@
 """Where a product build's wall time went, from its own log lines.
 
-``beam_jobs.build`` logs (with timestamps) when it has prepared its record
+``beam_jobs.building.build`` logs (with timestamps) when it has prepared its record
 table (``building ...``), when the pipeline starts (``starting: ...``), each
 tenth of the shards done (``progress ...``), promotion (``complete: ...``) and
 the end (``done: ...``), and prints its run time (``... in 43.5 s ->``) at the

@@ -69,10 +69,10 @@ def measure_size(source: Path, work: Path) -> dict[str, dict[str, float]]:
     import pyarrow as pa
 
     from beam_jobs import storage
-    from beam_jobs.build import copy_records, copy_shard
-    from beam_jobs.catalog import read_arrow
-    from beam_jobs.deep_verify import deep_check_shard
-    from beam_jobs.validate import Checks, validate_shard
+    from beam_jobs.building.build import copy_records, copy_shard
+    from beam_jobs.source.catalog import read_arrow
+    from beam_jobs.source.validate import Checks, validate_shard
+    from beam_jobs.verification.deep import deep_check_shard
 
     shards = sorted(source.glob("train-*"))
     parts = work / "parts"

@@ -87,7 +87,7 @@ with DAG(
         returns the lease (a token) the run's other tasks hold the lock with."""
         from ssl_splits import tasks
         from ssl_splits.gcp import airflow_storage
-        from ssl_splits.lock import runs_whole_dag_in_process
+        from ssl_splits.tasks import runs_whole_dag_in_process
 
         ctx = get_current_context()
         with airflow_storage():

@@ -25,7 +25,8 @@ def main() -> int:
         return 1
     uri = f"gs://{bucket}/demo/imagenet"
 
-    from beam_jobs import storage, synthetic
+    from beam_jobs import storage
+    from beam_jobs.source import synthetic
 
     if storage.exists(storage.join(uri, "synthetic.json")):
         print(f"demo-data: {uri} already holds a synthetic ImageNet")

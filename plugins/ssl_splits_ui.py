@@ -608,7 +608,7 @@ def read_manifest(uri: str) -> dict[str, Any]:
     Called with published URIs only (``choose_manifest``, ``lookup_prefill``)."""
     from ssl_splits.gcp import airflow_storage
 
-    from beam_jobs.manifest import load
+    from beam_jobs.publishing.manifest import load
 
     with airflow_storage():
         return load(check_manifest_uri(uri))

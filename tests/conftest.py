@@ -96,7 +96,7 @@ def small_source(tmp_path_factory) -> Path:
     """A small synthetic ImageNet (10 classes, 8 train shards), generated once."""
     from support.common import small_spec
 
-    from beam_jobs.synthetic import generate
+    from beam_jobs.source.synthetic import generate
 
     out = tmp_path_factory.mktemp("small_source")
     generate(small_spec(), str(out), workers=1)

@@ -1,4 +1,4 @@
-"""beam_jobs.arrays: the same values as pyarrow's own conversions, without
+"""beam_jobs.planning.arrays: the same values as pyarrow's own conversions, without
 importing pandas."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beam_jobs.arrays import from_numpy, to_numpy
+from beam_jobs.planning.arrays import from_numpy, to_numpy
 
 NUMBER_TYPES = [
     pa.int8(),
@@ -76,7 +76,7 @@ def test_neither_imports_pandas():
     """pyarrow's own conversions do (the reason for this module)."""
     code = (
         "import json, sys, numpy as np, pyarrow as pa\n"
-        "from beam_jobs.arrays import from_numpy, to_numpy\n"
+        "from beam_jobs.planning.arrays import from_numpy, to_numpy\n"
         "a = from_numpy(np.arange(5), pa.int32())\n"
         "to_numpy(pa.chunked_array([a, a]))\n"
         "ours = 'pandas' in sys.modules\n"

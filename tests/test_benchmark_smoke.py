@@ -112,7 +112,7 @@ def test_quick_benchmark(tmp_path):
     assert "median of" in (tmp_path / "bench" / "RESULTS.md").read_text()
     assert 0 <= sched["sampler_cpu_seconds"] < sched["cpu_seconds"]
     assert sched["max_rss_process"] > 50 * 2**20 and sched["cpu_seconds"] > 0
-    assert any(k.startswith("python -m beam_jobs.build") for k in sched["rss_by_process"])
+    assert any(k.startswith("python -m beam_jobs.building.build") for k in sched["rss_by_process"])
     assert any("(scheduler, first run)" in t["target"] for t in res["targets"])
     # The team's stack (Postgres, REST trigger): the same splits, beside dags test's time.
     team = jobs["dag first run (team stack)"]

@@ -327,7 +327,7 @@ def test_every_process_the_product_runs_at_most_one_gib(rss, met):
             "first run",
             rss=2 * GIB,
             max_rss_process=rss,
-            rss_by_process={"airflow": 600 * MIB, "python -m beam_jobs.build": 300 * MIB},
+            rss_by_process={"airflow": 600 * MIB, "python -m beam_jobs.building.build": 300 * MIB},
         ),
         job(HALF, "product", "validate", max_rss_process=5 * GIB),
     ]  # half BYTES: no target

@@ -23,15 +23,16 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from support.common import REFERENCE, run_module
 
-from beam_jobs import build as build_mod
-from beam_jobs import storage, validate
-from beam_jobs.build import BuildError, WriteShard, build_table, finish
-from beam_jobs.catalog import REPORT_FILE, SHARD_RE, read_catalog, shard_name, write_table
-from beam_jobs.example_proto import parse_image_record
-from beam_jobs.plan import PlanRequest, make_plans, write_plans
-from beam_jobs.split_algorithm import PlanError, default_num_shards, parse_plan_text
-from beam_jobs.synthetic import Spec, generate
-from beam_jobs.tfrecord import RecordError, Writer, iter_framed
+from beam_jobs import storage
+from beam_jobs.building import build as build_mod
+from beam_jobs.building.build import BuildError, WriteShard, build_table, finish
+from beam_jobs.planning.algorithm import PlanError, default_num_shards, parse_plan_text
+from beam_jobs.planning.plans import PlanRequest, make_plans, write_plans
+from beam_jobs.source import validate
+from beam_jobs.source.catalog import REPORT_FILE, SHARD_RE, read_catalog, shard_name, write_table
+from beam_jobs.source.example_proto import parse_image_record
+from beam_jobs.source.synthetic import Spec, generate
+from beam_jobs.source.tfrecord import RecordError, Writer, iter_framed
 
 LOCAL = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 SPLIT1 = REFERENCE / "files2shards_train_size128116_split1.txt"
@@ -414,7 +415,7 @@ def test_pythonhashseed_does_not_matter(small, tmp_path):
         d = tmp_path / f"h{hashseed}"
         env = {"PYTHONHASHSEED": hashseed}
         r = run_module(
-            "beam_jobs.plan",
+            "beam_jobs.planning.plans",
             f"--catalog_dir={small.catalog}",
             f"--out_dir={d / 'plans'}",
             "--seeds=1,2",
@@ -428,7 +429,7 @@ def test_pythonhashseed_does_not_matter(small, tmp_path):
         for split, ln in by_split.items():
             assert ln[3] == small.plans[split]["plan_sha256"], split
         r = run_module(
-            "beam_jobs.build",
+            "beam_jobs.building.build",
             f"--split={small.split}",
             f"--plan_uri={by_split[small.split][4]}",
             f"--catalog_dir={small.catalog}",
@@ -506,7 +507,7 @@ def test_name_missing_from_source_fails_before_any_output(small, tmp_path):
     plan.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     r = run_module(
-        "beam_jobs.build",
+        "beam_jobs.building.build",
         f"--split={small.split}",
         f"--plan_uri={plan}",
         f"--catalog_dir={small.catalog}",
@@ -897,7 +898,7 @@ def test_bytes_read_is_what_the_readers_fetched(small, tmp_path, monkeypatch):
 def test_stage_split_transform(small, tmp_path):
     """The build's graph on its own, as Beam tests do: shard numbers in, the
     split's stats out (one element), every shard staged as planned."""
-    from beam_jobs.build import StageSplit
+    from beam_jobs.building.build import StageSplit
 
     split, plan_uri = small.split, small.plan_uri
     table, files, sha = build_table(plan_uri, small.catalog)

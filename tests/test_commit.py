@@ -1,4 +1,4 @@
-"""Publication (``ssl_splits.commit``) through the DAG's tasks: staged,
+"""Publication (``beam_jobs.publishing.commit``) through the DAG's tasks: staged,
 verified shards take their published names only in ``publish_manifest``;
 what a reader sees when a publication stops half-way; how the next run
 finishes it; reruns that decide from metadata alone.
@@ -18,13 +18,14 @@ import pytest
 from support import built_splits as bs
 
 from beam_jobs import layout, storage
-from beam_jobs.manifest import ManifestError, load, load_split
+from beam_jobs.publishing.manifest import ManifestError, load, load_split
 
 pytest.importorskip("airflow")
 
-from ssl_splits import commit  # noqa: E402
-from ssl_splits.publish import PublishError  # noqa: E402
 from ssl_splits.tasks import TaskError  # noqa: E402
+
+from beam_jobs.publishing import commit  # noqa: E402
+from beam_jobs.publishing.publish import PublishError  # noqa: E402
 
 SPLIT = "train97.1"
 

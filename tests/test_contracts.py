@@ -1,4 +1,4 @@
-"""The typed contracts between tasks and jobs (``beam_jobs.contracts``): each
+"""The typed contracts between tasks and jobs (``beam_jobs.core``): each
 round-trips through its dict, and the dict is the JSON earlier versions wrote
 (same keys, same order), so the XComs, sidecars and stats stay compatible."""
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from beam_jobs.contracts import ShardStats, SplitSpec
+from beam_jobs.core import ShardStats, SplitSpec
 
 SUMMARY = {
     "split": "train128116.3",

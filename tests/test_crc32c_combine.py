@@ -1,4 +1,4 @@
-"""CRC32C combination (``beam_jobs.crc32c_combine``): every prediction is
+"""CRC32C combination (``beam_jobs.source.crc32c_combine``): every prediction is
 checked against google-crc32c over the real bytes."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import google_crc32c
 import numpy as np
 import pytest
 
-from beam_jobs import crc32c_combine as cc
-from beam_jobs.tfrecord import frame, masked_crc32c
+from beam_jobs.source import crc32c_combine as cc
+from beam_jobs.source.tfrecord import frame, masked_crc32c
 
 
 def crc(data: bytes) -> int:

@@ -234,7 +234,7 @@ def test_params_form_has_every_design_param_with_its_default(dag):
 
 
 def test_protocol_is_a_dropdown_in_the_main_section(dag):
-    from beam_jobs import protocols
+    from beam_jobs.planning import protocols
 
     param = dag.params.get_param("protocol")
     assert param.value == "seeded"
@@ -569,9 +569,8 @@ def _manifest(uri: str) -> dict:
 
 
 def _versions(manifest_uri: str) -> list[str]:
-    from ssl_splits.publish import versions_folder
-
     from beam_jobs import storage
+    from beam_jobs.publishing.publish import versions_folder
 
     return [f.path for f in storage.list_files(storage.join(versions_folder(manifest_uri), "*"))]
 
@@ -598,7 +597,7 @@ def _check_split_files(name: str, entry: dict) -> dict[str, int]:
 @pytest.mark.slow
 @pytest.mark.gcs
 def test_end_to_end_on_gcs_build_rebuild_one_seed_rerun(gcs_bucket, airflow_home, tmp_path):
-    from beam_jobs.synthetic import Spec, generate, layout
+    from beam_jobs.source.synthetic import Spec, generate, layout
 
     spec = Spec(
         num_classes=10,
@@ -710,8 +709,8 @@ def published_source(tmp_path_factory):
     """A synthetic source holding every name of PUBLISHED_NAMES (about 590,000
     records of ~1 KB in 32 shards: the lists' own names, a few others per
     class), generated and validated once for the module."""
-    from beam_jobs import validate
-    from beam_jobs.synthetic import Spec, generate
+    from beam_jobs.source import validate
+    from beam_jobs.source.synthetic import Spec, generate
 
     root = tmp_path_factory.mktemp("published_source")
     source, catalog = root / "imagenet", root / "catalog"
@@ -754,7 +753,7 @@ def with_validated_catalog(published_source, output: Path) -> Path:
 def source_records(catalog: Path) -> tuple[dict[str, bytes], dict[str, str]]:
     """Every source record's framed bytes by file name, read at the catalog's
     file/offset/length; and each name's class (synset)."""
-    from beam_jobs.catalog import read_table
+    from beam_jobs.source.catalog import read_table
 
     cat = read_table(
         str(catalog / "catalog.parquet"), ["filename", "synset", "file", "offset", "length"]
@@ -769,7 +768,7 @@ def source_records(catalog: Path) -> tuple[dict[str, bytes], dict[str, str]]:
 
 def framed(path: Path) -> list[tuple[str, bytes]]:
     """(file name, framed bytes) of every record of an output shard, in order."""
-    from beam_jobs import example_proto, tfrecord
+    from beam_jobs.source import example_proto, tfrecord
 
     out = []
     with open(path, "rb") as f:
@@ -785,7 +784,7 @@ def framed(path: Path) -> list[tuple[str, bytes]]:
 def test_fixmatch_protocol_builds_the_five_published_splits(
     published_source, airflow_home, tmp_path
 ):
-    from beam_jobs import protocols
+    from beam_jobs.planning import protocols
 
     source, catalog, _ = published_source
     output = tmp_path / "ssl"
@@ -809,7 +808,7 @@ def test_fixmatch_protocol_builds_the_five_published_splits(
     assert not [
         ln
         for ln in r.output.splitlines()
-        if "Running command:" in ln and "beam_jobs.validate" in ln
+        if "Running command:" in ln and "beam_jobs.source.validate" in ln
     ]
 
     records, _ = source_records(catalog)
@@ -851,7 +850,7 @@ def test_fixmatch_protocol_builds_the_five_published_splits(
 def test_simclr_1pct_protocol_holds_exactly_the_listed_records(
     published_source, airflow_home, tmp_path
 ):
-    from beam_jobs.split_algorithm import hash_keys, shard_sizes
+    from beam_jobs.planning.algorithm import hash_keys, shard_sizes
 
     source, catalog, report = published_source
     output = tmp_path / "ssl"
@@ -901,7 +900,7 @@ def test_simclr_1pct_protocol_holds_exactly_the_listed_records(
 @pytest.mark.xdist_group("dag_published")
 def test_reproduces_fixmatch_split3_through_the_dag(published_source, airflow_home, tmp_path):
     """A published file given by path (sharding_files) is used exactly as given."""
-    from beam_jobs import example_proto, tfrecord
+    from beam_jobs.source import example_proto, tfrecord
 
     source, _, _ = published_source
     output = tmp_path / "ssl"
@@ -959,8 +958,8 @@ def test_reproduces_fixmatch_split3_through_the_dag(published_source, airflow_ho
 def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
     import tensorflow_datasets as tfds
 
-    from beam_jobs import example_proto, tfrecord
-    from beam_jobs.synthetic import generate
+    from beam_jobs.source import example_proto, tfrecord
+    from beam_jobs.source.synthetic import generate
 
     source, output = tmp_path / "tensorflow_datasets" / "imagenet2012" / "5.1.0", tmp_path / "ssl"
     spec = small_spec(seed=5, layout="tfds:imagenet2012")
@@ -1109,8 +1108,8 @@ def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_p
     import tensorflow as tf
     from ssl_splits.prefill import rebuild_conf
 
-    from beam_jobs.split_algorithm import class_quotas, default_num_shards
-    from beam_jobs.synthetic import Spec, generate, layout
+    from beam_jobs.planning.algorithm import class_quotas, default_num_shards
+    from beam_jobs.source.synthetic import Spec, generate, layout
 
     spec = Spec(
         num_classes=8,

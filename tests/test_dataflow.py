@@ -182,13 +182,14 @@ def test_worker_package_is_beam_jobs_only(tmp_path):
         meta = Parser().parsestr(z.read(meta_name).decode())
     modules = {n for n in names if n.startswith("beam_jobs/")}
     for needed in (
-        "validate",
-        "build",
-        "verify",
-        "split_algorithm",
-        "tfrecord",
-        "example_proto",
-        "catalog",
+        "source/validate",
+        "building/build",
+        "verification/verify",
+        "planning/algorithm",
+        "source/tfrecord",
+        "source/example_proto",
+        "source/catalog",
+        "publishing/manifest",
         "storage/__init__",
         "storage/base",
         "storage/local",
@@ -203,7 +204,7 @@ def test_worker_package_is_beam_jobs_only(tmp_path):
     assert not [n for n in names if n.startswith(("dags/", "plugins/", "tests/", "ssl_splits"))]
     # The published lists travel with the package (workers and the plan task load them
     # from it), each beside its notice, and load from the wheel itself with their sha256.
-    from beam_jobs import protocols
+    from beam_jobs.planning import protocols
 
     for entry in protocols.LISTS.values():
         assert f"beam_jobs/data/{entry.path}" in names

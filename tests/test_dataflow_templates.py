@@ -14,7 +14,7 @@ through Airflow itself (``bin/airflow dags test`` with
 ``dataflow_template_location``: the operator, the provider's hook and Beam's
 DataflowRunner stop at the point of submission and write the template).
 
-What is checked, from the staged files themselves (``beam_jobs.template.describe``):
+What is checked, from the staged files themselves (``beam_jobs.building.template.describe``):
 
 * each description equals its entry in ``tests/golden/dataflow_jobs.json``:
   the graph (every transform's name and URN, in topological order), the
@@ -63,11 +63,11 @@ UPDATE = os.environ.get("SSL_SPLITS_UPDATE_GOLDEN") == "1"
 PROJECT = "ssl-splits-ci"
 # The ParDo after Create -> Reshuffle, per golden entry: (its label, its DoFn's module and class).
 JOBS = {
-    "validate": ("ValidateShard", "beam_jobs.validate", "ValidateShard"),
-    "build_seeded": ("WriteShard", "beam_jobs.build", "WriteShard"),
-    "build_reshuffle": ("WriteShard", "beam_jobs.build", "WriteShard"),
-    "build_validation": ("CopyShard", "beam_jobs.build", "CopyShard"),
-    "verify_deep": ("DeepCheck", "beam_jobs.deep_verify", "DeepCheck"),
+    "validate": ("ValidateShard", "beam_jobs.source.validate", "ValidateShard"),
+    "build_seeded": ("WriteShard", "beam_jobs.building.build", "WriteShard"),
+    "build_reshuffle": ("WriteShard", "beam_jobs.building.build", "WriteShard"),
+    "build_validation": ("CopyShard", "beam_jobs.building.build", "CopyShard"),
+    "verify_deep": ("DeepCheck", "beam_jobs.verification.deep", "DeepCheck"),
 }
 CREATE_URN = "beam:transform:pickled_python:v1"  # beam.Create, a Python composite
 RESHUFFLE_URN = "beam:transform:reshuffle:v1"
@@ -196,7 +196,7 @@ def world(gcs_emulator, small_source, tmp_path_factory) -> dict[str, Any]:
             [
                 sys.executable,
                 "-m",
-                "beam_jobs.validate",
+                "beam_jobs.source.validate",
                 f"--source_uri={cfg.source_uri}",
                 f"--catalog_dir={source['catalog_dir']}",
                 "--num_classes=10",
@@ -216,7 +216,7 @@ def world(gcs_emulator, small_source, tmp_path_factory) -> dict[str, Any]:
             [
                 sys.executable,
                 "-m",
-                "beam_jobs.build",
+                "beam_jobs.building.build",
                 f"--split={seeded['split']}",
                 f"--plan_uri={seeded['plan_uri']}",
                 f"--catalog_dir={seeded['catalog_dir']}",
@@ -264,11 +264,12 @@ def staged(world) -> dict[str, dict[str, Any]]:
     """Every job staged through its CLI; name -> describe() of its template."""
     from ssl_splits.operators import template_uri
 
-    from beam_jobs.template import describe
+    from beam_jobs.building.template import describe
+    from beam_jobs.core import JOB_MODULES
 
     jobs = job_specs(world)
     commands = [
-        (name, [f"beam_jobs.{job}", *dataflow_argv(cfg, job, spec)])
+        (name, [JOB_MODULES[job], *dataflow_argv(cfg, job, spec)])
         for name, (cfg, job, spec) in jobs.items()
     ]
     results = _run_all(commands, world["env"], world["tmp"])
@@ -444,7 +445,7 @@ def test_template_location_needs_the_dataflow_runner(world):
         [
             sys.executable,
             "-m",
-            "beam_jobs.validate",
+            "beam_jobs.source.validate",
             f"--source_uri={world['cfg'].source_uri}",
             f"--catalog_dir=gs://{world['bucket']}/unused",
             "--num_classes=10",
@@ -478,7 +479,7 @@ def test_dag_run_in_template_mode_stages_and_publishes_nothing(world, staged, tm
     from support.airflow_env import GCP_CONN_ANONYMOUS, airflow_env, dags_test, migrated_home
 
     from beam_jobs import storage
-    from beam_jobs.template import describe
+    from beam_jobs.building.template import describe
 
     bucket = world["bucket"]
     home = migrated_home(tmp_path / "airflow")

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beam_jobs.example_proto import (
+from beam_jobs.source.example_proto import (
     TFDS_KEYS,
     ExampleError,
     ImageRecord,
@@ -219,7 +219,7 @@ def test_example_errors(data, kind, text):
 
 def test_feature_without_value_kind_is_wrong_type():
     """A feature present but with no list set (TF writes these for empty lists)."""
-    from beam_jobs.example_proto import Example
+    from beam_jobs.source.example_proto import Example
 
     ex = Example()
     ex.ParseFromString(build_example(image_features()))

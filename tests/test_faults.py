@@ -21,13 +21,14 @@ from support import built_splits as bs
 from support.common import PYTHON, ROOT
 
 from beam_jobs import layout, storage
-from beam_jobs.synthetic import Spec, generate
+from beam_jobs.source.synthetic import Spec, generate
 
 pytest.importorskip("airflow")
 
-from ssl_splits import lock  # noqa: E402
-from ssl_splits.publish import PublishError  # noqa: E402
 from ssl_splits.tasks import TaskError  # noqa: E402
+
+from beam_jobs.publishing import lock  # noqa: E402
+from beam_jobs.publishing.publish import PublishError  # noqa: E402
 
 
 def shard_files(folder: str, split: str) -> dict[str, bytes]:
@@ -88,7 +89,7 @@ def test_build_killed_halfway_leaves_nothing_partial_and_rerun_is_identical(
     # SIGKILL to the job's whole process group once its 20th shard is staged
     # (beam_jobs.faults): no cleanup of any kind runs.
     proc = subprocess.run(
-        [PYTHON, "-m", "beam_jobs.build", *args],
+        [PYTHON, "-m", "beam_jobs.building.build", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -163,7 +164,13 @@ def test_flaky_storage_run_succeeds(small_source, gcs_bucket, proxy):
     # A Beam job in its own process through the same proxy, as the DAG runs it.
     proxy.faults.error_status = 429
     out = subprocess.run(
-        [PYTHON, "-m", "beam_jobs.verify", *bs.job_args(run, run.spec(first)), "--deep"],
+        [
+            PYTHON,
+            "-m",
+            "beam_jobs.verification.verify",
+            *bs.job_args(run, run.spec(first)),
+            "--deep",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -225,7 +232,7 @@ def test_source_rewritten_after_validation_fails_the_build(source_copy, tmp_path
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF
     shard.write_bytes(bytes(data))  # same size, new bytes and mtime
-    from beam_jobs.build import BuildError
+    from beam_jobs.building.build import BuildError
 
     with pytest.raises(BuildError, match=r"changed since validation.*" + shard.name):
         bs.build(run, run.supervised()[0])

@@ -1,6 +1,6 @@
 """Several fractions in one run (issue 20): the ``fractions`` param (resolve,
 the trigger form's schema), planning every seed at each fraction
-(``beam_jobs.plan``), how the splits of one seed nest across fractions, the
+(``beam_jobs.planning.plans``), how the splits of one seed nest across fractions, the
 plan CLI, and the "Add seeds" form of a manifest with several fractions.
 
 The DAG end to end (one run builds FixMatch's three sizes for several seeds,
@@ -17,11 +17,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from beam_jobs import plan as plan_cli
-from beam_jobs import split_algorithm
-from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
-from beam_jobs.split_algorithm import PlanError, class_quotas, default_num_shards, split_size
-from beam_jobs.synthetic import Spec, layout
+from beam_jobs.planning import algorithm as split_algorithm
+from beam_jobs.planning import plans as plan_cli
+from beam_jobs.planning.algorithm import PlanError, class_quotas, default_num_shards, split_size
+from beam_jobs.source.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
+from beam_jobs.source.synthetic import Spec, layout
 
 OK = {"source_uri": "/data/imagenet", "output_uri": "/data/ssl"}
 FIXMATCH_FRACTIONS = ("0.1", "0.05", "0.01")

@@ -31,7 +31,7 @@ from support import built_splits as bs
 from support.common import PYTHON, ROOT
 
 from beam_jobs import layout, storage
-from beam_jobs.manifest import ManifestError, load, load_split
+from beam_jobs.publishing.manifest import ManifestError, load, load_split
 
 pytest.importorskip("airflow")
 

@@ -1,4 +1,4 @@
-"""The output folder's lock (``ssl_splits.lock``), on a local folder and on the
+"""The output folder's lock (``beam_jobs.publishing.lock``), on a local folder and on the
 GCS emulator: one writer per output folder whatever the work folder, owned by
 a token (not the run id), leases judged by the storage's clock, renewals that
 fail loudly, and publishing fenced on the lease (a writer that lost it
@@ -25,8 +25,10 @@ from beam_jobs import layout, storage
 pytest.importorskip("airflow")
 
 from airflow.sdk.exceptions import AirflowFailException  # noqa: E402
-from ssl_splits import commit, lock, tasks  # noqa: E402
+from ssl_splits import tasks  # noqa: E402
 from ssl_splits.config import resolve  # noqa: E402
+
+from beam_jobs.publishing import commit, lock
 
 KW = {"dag_id": "d"}
 RACE_ROUNDS = 20
@@ -175,7 +177,7 @@ def test_a_renewal_that_fails_is_loud_and_stops_the_task(tmp_path, monkeypatch, 
 HOLD_AND_WAIT = """
 import sys, time
 sys.path.insert(0, "plugins")
-from ssl_splits import lock
+from beam_jobs.publishing import lock
 lock.acquire(sys.argv[1], run_id="killed", dag_id="d", in_process=True)
 print("held", flush=True)
 time.sleep(600)
@@ -346,7 +348,11 @@ def test_a_lease_shorter_than_three_retry_deadlines_is_refused(monkeypatch):
 
 def test_the_lock_module_needs_no_airflow():
     out = subprocess.run(
-        [PYTHON, "-c", "import sys; sys.path.insert(0, 'plugins'); import ssl_splits.lock"],
+        [
+            PYTHON,
+            "-c",
+            "import sys; sys.path.insert(0, 'plugins'); import beam_jobs.publishing.lock",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -399,7 +405,7 @@ def test_a_writer_that_lost_its_lease_mid_publication_publishes_nothing_more(
 RACER = """
 import os, sys, time
 sys.path.insert(0, "plugins")
-from ssl_splits import lock
+from beam_jobs.publishing import lock
 output, go = sys.argv[1], sys.argv[2]
 while not os.path.exists(go):
     time.sleep(0.005)

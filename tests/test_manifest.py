@@ -11,9 +11,9 @@ from pathlib import Path
 import google_crc32c
 import pytest
 
-from beam_jobs import manifest as m
 from beam_jobs import storage
-from beam_jobs.catalog import shard_name
+from beam_jobs.publishing import manifest as m
+from beam_jobs.source.catalog import shard_name
 from beam_jobs.storage import crc32c_hex
 
 

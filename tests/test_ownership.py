@@ -24,13 +24,14 @@ import pytest
 from support import built_splits as bs
 
 from beam_jobs import layout, storage
-from beam_jobs.manifest import SCHEMA_VERSION, load
+from beam_jobs.publishing.manifest import SCHEMA_VERSION, load
 
 pytest.importorskip("airflow")
 
-from ssl_splits.ownership import ForeignFiles  # noqa: E402
-from ssl_splits.publish import PublishError  # noqa: E402
 from ssl_splits.tasks import TaskError  # noqa: E402
+
+from beam_jobs.publishing.ownership import ForeignFiles  # noqa: E402
+from beam_jobs.publishing.publish import PublishError  # noqa: E402
 
 OUTPUTS = ["local", pytest.param("gcs", marks=pytest.mark.gcs)]
 HOW_OUT = "Move these files"
@@ -373,7 +374,7 @@ def test_a_foreign_shard_that_appears_after_the_check_is_not_replaced(
     """The same, in the window between the publication's check and its
     placements (after the journal is written): the placement's destination
     precondition refuses to replace it; the next run says what to move."""
-    from ssl_splits import commit
+    from beam_jobs.publishing import commit
 
     s1, _ = seeded(planned)
     p = params(small_source, output, seeds=[1], copy_validation=False)
@@ -408,7 +409,7 @@ def test_a_journal_does_not_make_a_foreign_file_the_products(
     was written, then the staged shards lost (the work folder cleaned): the
     journal names that path, but it never described that file. The rebuild
     that recovery asks for must not replace it."""
-    from ssl_splits import commit
+    from beam_jobs.publishing import commit
 
     s1, _ = seeded(planned)
     p = params(small_source, output, seeds=[1], copy_validation=False)

@@ -1,7 +1,7 @@
 """Params that point at files the run should not read: secrets never quoted in an
 error, the deployment's allowed roots, overlap through symlinks, and the bounds
 of every list a user passes (``beam_jobs.access``, ``ssl_splits.config``,
-``beam_jobs.split_algorithm``, ``beam_jobs.tfds_meta``).
+``beam_jobs.planning.algorithm``, ``beam_jobs.source.tfds_meta``).
 
 Real files, real symlinks, and a real ``airflow.cfg``-like secrets file."""
 
@@ -16,11 +16,13 @@ import pytest
 from ssl_splits import config
 from ssl_splits.config import ConfigError, resolve
 
-from beam_jobs import access, split_algorithm, tfds_meta
-from beam_jobs import plan as plan_cli
-from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
-from beam_jobs.example_proto import ExampleError, build_example, parse_image_record
-from beam_jobs.split_algorithm import PlanError
+from beam_jobs import access
+from beam_jobs.planning import algorithm as split_algorithm
+from beam_jobs.planning import plans as plan_cli
+from beam_jobs.planning.algorithm import PlanError
+from beam_jobs.source import tfds_meta
+from beam_jobs.source.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
+from beam_jobs.source.example_proto import ExampleError, build_example, parse_image_record
 
 # What a leak would show: every one must stay out of every message.
 SECRETS = (

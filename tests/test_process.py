@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from beam_jobs import build, deep_verify, verify
-from beam_jobs.build import CopyShard, WriteShard
-from beam_jobs.deep_verify import DeepCheck
+from beam_jobs.building import build
+from beam_jobs.building.build import CopyShard, WriteShard
+from beam_jobs.verification import deep as deep_verify
+from beam_jobs.verification import verify
+from beam_jobs.verification.deep import DeepCheck
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,8 +87,8 @@ def test_build_and_verify_processes_freeze_their_heap_at_exit(monkeypatch, tmp_p
     WriteShard(out, [], "s", 1, out, out, 1).setup()  # a worker of a build
     CopyShard("validation", out, out).setup()  # a worker of the validation copy
     DeepCheck("s", None, 1).setup()  # a worker of a deep verification
-    assert calls == ["build", "build", "deep_verify"]
+    assert calls == ["build", "build", "deep"]
     for module in (build, verify):  # the launchers
         with pytest.raises(SystemExit):
             module.main(["--no-such-flag"])
-    assert calls == ["build", "build", "deep_verify", "build", "verify"]
+    assert calls == ["build", "build", "deep", "build", "verify"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from support.common import PUBLISHED, ROOT, run_module
 
-from beam_jobs import protocols
-from beam_jobs.split_algorithm import parse_name_list, parse_plan_text
+from beam_jobs.planning import protocols
+from beam_jobs.planning.algorithm import parse_name_list, parse_plan_text
 
 DATA = ROOT / "beam_jobs" / "data"
 
@@ -121,10 +121,10 @@ def test_references_and_protocols():
 
 
 def test_cli_lists_and_exports(tmp_path):
-    out = run_module("beam_jobs.protocols")
+    out = run_module("beam_jobs.planning.protocols")
     assert out.returncode == 0, out.stderr
     assert "fixmatch" in out.stdout and "published:simclr/1percent" in out.stdout
-    out = run_module("beam_jobs.protocols", f"--export={tmp_path}")
+    out = run_module("beam_jobs.planning.protocols", f"--export={tmp_path}")
     assert out.returncode == 0, out.stderr
     for entry in protocols.LISTS.values():
         path = tmp_path / entry.key.split("/")[0] / entry.file_name

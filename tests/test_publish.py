@@ -1,5 +1,5 @@
 """Publishing the manifest: the DAG-side entry logic (``ssl_splits.tasks``),
-``ssl_splits.publish`` on GCS (the emulator on loopback, with generation
+``beam_jobs.publishing.publish`` on GCS (the emulator on loopback, with generation
 preconditions) and on a local path, concurrent publishers, versioned copies,
 and the manifest contract of DESIGN.md checked on a manifest the real jobs
 produced."""
@@ -21,13 +21,13 @@ from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
-from ssl_splits.publish import PublishError, publish, versions_folder
 from support import built_splits as bs
 
 from beam_jobs import storage
-from beam_jobs.contracts import SplitSpec
+from beam_jobs.core import SplitSpec
 from beam_jobs.layout import report_uri, stats_uri
-from beam_jobs.manifest import load, load_split, merge
+from beam_jobs.publishing.manifest import load, load_split, merge
+from beam_jobs.publishing.publish import PublishError, publish, versions_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -251,7 +251,7 @@ def test_a_failed_versioned_copy_on_a_local_path_says_the_manifest_was_published
 def test_publish_manifest_whose_versioned_copy_fails_says_so_and_its_retry_writes_it(
     small_source, catalog_cache, tmp_path
 ):
-    from ssl_splits.publish import VersionNotWritten
+    from beam_jobs.publishing.publish import VersionNotWritten
 
     run = bs.start(bs.params(str(small_source), str(tmp_path / "out"), seeds=[1]), catalog_cache)
     bs.build_all(run)
@@ -279,8 +279,8 @@ def test_publish_manifest_whose_versioned_copy_fails_says_so_and_its_retry_write
 PUBLISHER = textwrap.dedent("""
     import json, os, sys, time
     sys.path[:0] = [{root!r}, {plugins!r}]
-    from beam_jobs.manifest import merge
-    from ssl_splits.publish import publish
+    from beam_jobs.publishing.manifest import merge
+    from beam_jobs.publishing.publish import publish
 
     name, seed, uri, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     open(os.path.join(ready, name), "w").close()

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pytest
 from support.common import REFERENCE
 
-from beam_jobs import plan as plan_cli
-from beam_jobs import split_algorithm, storage
-from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
-from beam_jobs.split_algorithm import (
+from beam_jobs import storage
+from beam_jobs.planning import algorithm as split_algorithm
+from beam_jobs.planning import plans as plan_cli
+from beam_jobs.planning.algorithm import (
     MAX_SHARD_COUNT,
     PlanError,
     class_quotas,
@@ -37,7 +37,8 @@ from beam_jobs.split_algorithm import (
     shard_sizes,
     split_size,
 )
-from beam_jobs.synthetic import Spec, layout
+from beam_jobs.source.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
+from beam_jobs.source.synthetic import Spec, layout
 
 SPLIT1 = REFERENCE / "files2shards_train_size128116_split1.txt"
 SPLIT1_SHA = "d897658efd96e71ebf79042287a0975e6215f5b9e772a275e25aad050f554666"
@@ -845,7 +846,7 @@ def test_plan_named_rejects_labels_that_could_collide(few, label):
 
 
 def test_make_plans_with_protocols_and_name_lists(tiny_catalog, tmp_path, few):
-    from beam_jobs import protocols
+    from beam_jobs.planning import protocols
 
     names = [r[0] for r in few]
     lst = tmp_path / "names.txt"
@@ -938,7 +939,7 @@ def test_keys_computed_in_worker_processes_are_the_same(monkeypatch):
     """Many names: this process and one worker per extra core each compute a
     share of the SHA-256 keys (the workers fed the names' bytes through pipes);
     the keys are those of hash_keys, in order, whatever bytes the names hold."""
-    from beam_jobs import split_algorithm
+    from beam_jobs.planning import algorithm as split_algorithm
 
     odd = ["é😀.JPEG", "a\nb.JPEG", "c,d.JPEG", "", "x\x00y"]
     names = [f"n{i % 7:08d}_{i}.JPEG" for i in range(5003)] + odd

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from support.common import REFERENCE, run_module
 
-from beam_jobs import storage, synthetic
-from beam_jobs.catalog import SHARD_RE
-from beam_jobs.example_proto import parse_features, parse_image_record
-from beam_jobs.synthetic import Spec, generate, layout
-from beam_jobs.tfrecord import iter_records
+from beam_jobs import storage
+from beam_jobs.source import synthetic
+from beam_jobs.source.catalog import SHARD_RE
+from beam_jobs.source.example_proto import parse_features, parse_image_record
+from beam_jobs.source.synthetic import Spec, generate, layout
+from beam_jobs.source.tfrecord import iter_records
 
 SPLIT1 = REFERENCE / "files2shards_train_size128116_split1.txt"
 SMALL = Spec(
@@ -332,7 +333,7 @@ def test_infeasible_specs_raise(tmp_path, spec, message):
 def test_cli_reports_infeasible_spec(tmp_path):
     out = tmp_path / "out"
     proc = run_module(
-        "beam_jobs.synthetic",
+        "beam_jobs.source.synthetic",
         f"--output_uri={out}",
         "--num_classes=10",
         "--min_per_class=40",
@@ -347,7 +348,7 @@ def test_cli_reports_infeasible_spec(tmp_path):
 def test_cli_writes_a_dataset(tmp_path):
     out = tmp_path / "out"
     proc = run_module(
-        "beam_jobs.synthetic",
+        "beam_jobs.source.synthetic",
         f"--output_uri={out}",
         "--num_classes=4",
         "--min_per_class=5",
@@ -402,7 +403,7 @@ def test_generate_to_gcs(gcs_bucket, tmp_path):
 
 
 def test_tfds_layout_writes_the_same_records_under_tfds_names_and_features(tmp_path):
-    from beam_jobs.example_proto import TFDS_KEYS
+    from beam_jobs.source.example_proto import TFDS_KEYS
 
     common, tfds = tmp_path / "common", tmp_path / "tfds"
     generate(SMALL, str(common), workers=1)
@@ -439,7 +440,7 @@ def test_tfds_layout_writes_the_same_records_under_tfds_names_and_features(tmp_p
 
 def test_cli_tfds_layout_and_bad_layouts(tmp_path):
     out = run_module(
-        "beam_jobs.synthetic",
+        "beam_jobs.source.synthetic",
         f"--output_uri={tmp_path / 'd'}",
         "--layout=tfds",
         "--num_classes=3",
@@ -451,12 +452,14 @@ def test_cli_tfds_layout_and_bad_layouts(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "d" / "imagenet2012-train.tfrecord-00001-of-00002").exists()
-    out = run_module("beam_jobs.synthetic", f"--output_uri={tmp_path / 'e'}", "--layout=tfds:X")
+    out = run_module(
+        "beam_jobs.source.synthetic", f"--output_uri={tmp_path / 'e'}", "--layout=tfds:X"
+    )
     assert out.returncode == 2 and "must be snake_case" in out.stderr
 
 
 def test_names_from_shipped_lists_and_name_lists(tmp_path):
-    from beam_jobs.protocols import read_text
+    from beam_jobs.planning.protocols import read_text
 
     lay = layout(
         Spec(

@@ -523,7 +523,8 @@ def test_tasks_of_one_run_renewing_a_gcs_lock_at_once_never_lose_it(gcs_emulator
 
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
-    from ssl_splits import lock
+
+    from beam_jobs.publishing import lock
 
     bucket = "team-stack-lock"
     gcs.Client(credentials=AnonymousCredentials(), project="test-project").create_bucket(bucket)

@@ -10,9 +10,9 @@ import pytest
 from support import built_splits as bs
 
 from beam_jobs import storage
-from beam_jobs import tfds_meta as tm
-from beam_jobs.example_proto import TFDS_KEYS, parse_image_record
-from beam_jobs.tfrecord import iter_records
+from beam_jobs.source import tfds_meta as tm
+from beam_jobs.source.example_proto import TFDS_KEYS, parse_image_record
+from beam_jobs.source.tfrecord import iter_records
 
 
 def entry(folder: str, split: str, lengths: list[int]) -> dict:
@@ -261,7 +261,7 @@ def tfds_published(tmp_path_factory):
     copy, built, verified and published in-process as the DAG does."""
     from support.common import small_spec
 
-    from beam_jobs.synthetic import generate
+    from beam_jobs.source.synthetic import generate
 
     root = tmp_path_factory.mktemp("tfds_source")
     src = root / "imagenet2012" / "5.1.0"
@@ -323,7 +323,7 @@ def test_tfds_source_published_and_read_back(tfds_published):
         n for s in doc["splits"][named]["shards"] for n in names_in_tfds(s["path"])
     ) == sorted(listed)
     # load_split checks the files under the split's glob in this layout.
-    from beam_jobs.manifest import load_split
+    from beam_jobs.publishing.manifest import load_split
 
     split = load_split(run.manifest_uri, named)
     assert split.paths == [s["path"] for s in doc["splits"][named]["shards"]]
@@ -348,9 +348,9 @@ def test_verification_in_the_tfds_layout_finds_strays_missing_and_reordered(
 ):
     """A new build of a split of a TFDS source, staged and not yet published:
     the verifier looks for its shards under the TFDS names."""
-    from beam_jobs import verify as verify_mod
-    from beam_jobs.tfrecord import frame
-    from beam_jobs.verify import VerificationFailed
+    from beam_jobs.source.tfrecord import frame
+    from beam_jobs.verification import verify as verify_mod
+    from beam_jobs.verification.verify import VerificationFailed
 
     run, doc, _, _, _, _ = tfds_published
     split = "train97.1"
@@ -404,7 +404,7 @@ def test_verification_in_the_tfds_layout_finds_strays_missing_and_reordered(
 def names_and_payloads(data: bytes) -> list[tuple[str, bytes]]:
     import io
 
-    from beam_jobs.tfrecord import iter_framed
+    from beam_jobs.source.tfrecord import iter_framed
 
     return [
         (parse_image_record(item.data, TFDS_KEYS).filename, item.data)

@@ -10,8 +10,8 @@ import struct
 import google_crc32c
 import pytest
 
-from beam_jobs import tfrecord
-from beam_jobs.tfrecord import (
+from beam_jobs.source import tfrecord
+from beam_jobs.source.tfrecord import (
     HEADER_LEN,
     OVERHEAD,
     Framed,
@@ -400,7 +400,7 @@ def test_write_framed_batch_equals_one_by_one(tmp_path):
 
 
 def _both(data: bytes, chunk: int):
-    from beam_jobs.tfrecord import scan_framed
+    from beam_jobs.source.tfrecord import scan_framed
 
     def norm(items):
         return [
@@ -452,7 +452,7 @@ def test_scan_batches_hold_what_iter_framed_yields(chunk):
     a fatal error comes last: together, iter_framed's items in order."""
     import random
 
-    from beam_jobs.tfrecord import FramedBatch, scan_batches
+    from beam_jobs.source.tfrecord import FramedBatch, scan_batches
 
     rng = random.Random(chunk + 1)
     payloads = [rng.randbytes(rng.randint(0, 700)) for _ in range(60)]

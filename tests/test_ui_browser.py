@@ -98,7 +98,7 @@ def data_dir() -> Iterator[Path]:
 @pytest.fixture
 def synthetic_source(data_dir) -> tuple[Path, dict[str, Any]]:
     """A small synthetic ImageNet: 10 classes, 4 train shards, no validation set."""
-    from beam_jobs.synthetic import Spec, generate
+    from beam_jobs.source.synthetic import Spec, generate
 
     out = data_dir / "imagenet"
     summary = generate(

@@ -61,7 +61,7 @@ class Published:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> Iterator[Published]:
-    from beam_jobs.synthetic import Spec, generate
+    from beam_jobs.source.synthetic import Spec, generate
 
     base = tmp_path_factory.mktemp("ui-security")
     data = Path(tempfile.mkdtemp(prefix="ssl-splits-sec-", dir="/tmp"))

@@ -17,8 +17,9 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from support.common import run_module, small_spec
 
-from beam_jobs import storage, validate
-from beam_jobs.catalog import (
+from beam_jobs import storage
+from beam_jobs.source import validate
+from beam_jobs.source.catalog import (
     CATALOG_FILE,
     REPORT_FILE,
     SCHEMA,
@@ -26,10 +27,10 @@ from beam_jobs.catalog import (
     read_arrow,
     read_catalog,
 )
-from beam_jobs.example_proto import build_example, parse_features, parse_image_record
-from beam_jobs.synthetic import Spec, layout
-from beam_jobs.tfrecord import Writer, crc32c, iter_records, mask
-from beam_jobs.validate import Checks, ValidateShard, ValidationFailed
+from beam_jobs.source.example_proto import build_example, parse_features, parse_image_record
+from beam_jobs.source.synthetic import Spec, layout
+from beam_jobs.source.tfrecord import Writer, crc32c, iter_records, mask
+from beam_jobs.source.validate import Checks, ValidateShard, ValidationFailed
 
 FAST = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
@@ -49,7 +50,7 @@ def shard(source: Path, i: int, n: int = 8) -> Path:
 
 def walk(data: bytes) -> list[tuple[int, bytes]]:
     """(offset, framed bytes) of each record, by reading the length fields:
-    independent of beam_jobs.tfrecord."""
+    independent of beam_jobs.source.tfrecord."""
     out, pos = [], 0
     while pos < len(data):
         (length,) = struct.unpack_from("<Q", data, pos)
@@ -371,7 +372,7 @@ def test_many_problems_are_counted_and_examples_capped(source_copy, tmp_path):
 def test_cli_good_source_default_options(small_source, tmp_path):
     """As users run it: no Beam flags (DirectRunner, one worker process per core)."""
     proc = run_module(
-        "beam_jobs.validate",
+        "beam_jobs.source.validate",
         f"--source_uri={small_source}",
         f"--catalog_dir={tmp_path}",
         "--num_classes=10",
@@ -386,7 +387,7 @@ def test_cli_good_source_default_options(small_source, tmp_path):
 def test_cli_bad_source_exits_1_naming_file_and_offset(source_copy, tmp_path):
     _, path, offset, _ = flip_data_byte(source_copy)
     proc = run_module(
-        "beam_jobs.validate",
+        "beam_jobs.source.validate",
         f"--source_uri={source_copy}",
         f"--catalog_dir={tmp_path}",
         "--num_classes=10",
@@ -703,7 +704,7 @@ def test_dataflow_options_are_not_estimated():
 @pytest.fixture(scope="module")
 def tfds_source(tmp_path_factory) -> Path:
     """The small source's records in the layout TensorFlow Datasets prepares."""
-    from beam_jobs.synthetic import generate
+    from beam_jobs.source.synthetic import generate
 
     out = tmp_path_factory.mktemp("tfds_source")
     generate(small_spec(layout="tfds:imagenet2012"), str(out), workers=1)
@@ -715,7 +716,7 @@ def tfds_shard(source: Path, i: int, n: int = 8) -> Path:
 
 
 def test_tfds_source_is_detected_and_validated(tfds_source, good_run, tmp_path):
-    from beam_jobs.example_proto import TFDS_KEYS
+    from beam_jobs.source.example_proto import TFDS_KEYS
 
     report = run_job(tfds_source, tmp_path / "catalog")  # layout from the file names
     assert report["ok"] and report["layout"] == "tfds:imagenet2012"
@@ -795,7 +796,7 @@ def test_common_records_in_a_tfds_source_are_refused(small_source, tmp_path):
 
 def test_validate_shard_transform_with_tfds_keys(tfds_source, tmp_path):
     """ValidateShard in a TestPipeline on TFDS records: names and 0-based labels."""
-    from beam_jobs.example_proto import TFDS_KEYS
+    from beam_jobs.source.example_proto import TFDS_KEYS
 
     lay = layout(spec_of(tfds_source))
     elements = [_element(tfds_shard(tfds_source, i), i) for i in range(2)]
@@ -827,9 +828,9 @@ def test_validate_shard_transform_with_tfds_keys(tfds_source, tmp_path):
 def test_validate_source_transform(source_copy, tmp_path):
     """The whole validation graph as a PTransform: shards in, one report out,
     the catalog written; a duplicated name across shards makes it invalid."""
-    from beam_jobs.catalog import fingerprint
+    from beam_jobs.source.catalog import fingerprint
+    from beam_jobs.source.validate import ValidateSource
     from beam_jobs.storage import list_files
-    from beam_jobs.validate import ValidateSource
 
     lay = layout(spec_of(source_copy))
     elements = [_element(shard(source_copy, i), i) for i in range(8)]

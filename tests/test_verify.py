@@ -1,4 +1,4 @@
-"""The verifier (``beam_jobs.verify``) on splits built (staged) by the real
+"""The verifier (``beam_jobs.verification.verify``) on splits built (staged) by the real
 jobs, and what the DAG's publish step does with its verdict.
 
 The exact check predicts every shard's size and CRC32C from the plan and the
@@ -25,12 +25,12 @@ import pytest
 from support import built_splits as bs
 
 from beam_jobs import storage
-from beam_jobs.catalog import CATALOG_FILE, read_table, write_table
-from beam_jobs.example_proto import build_example, parse_features
 from beam_jobs.layout import report_uri, stats_uri
+from beam_jobs.source.catalog import CATALOG_FILE, read_table, write_table
+from beam_jobs.source.example_proto import build_example, parse_features
+from beam_jobs.source.tfrecord import frame, iter_framed
 from beam_jobs.storage import crc32c_hex
-from beam_jobs.tfrecord import frame, iter_framed
-from beam_jobs.verify import VerificationFailed
+from beam_jobs.verification.verify import VerificationFailed
 
 SPLIT = "train97.1"
 OTHER = "train97.2"
@@ -59,8 +59,9 @@ def write_framed(path: str, records: list[bytes]) -> None:
 def refuses_to_publish(run: bs.Run) -> None:
     """The DAG's publish step refuses the split; the manifest and every
     published name are untouched."""
-    from ssl_splits.publish import versions_folder
     from ssl_splits.tasks import TaskError
+
+    from beam_jobs.publishing.publish import versions_folder
 
     before = storage.read_bytes(run.manifest_uri) if storage.exists(run.manifest_uri) else None
     published = storage.list_files(storage.join(run.output_uri, "train*"))
@@ -295,7 +296,7 @@ def corrupt_record_data(run):
 def test_the_deep_check_names_the_record(run, tamper, monkeypatch):
     """With the exact check's verdict set aside, the deep job alone finds the
     record at fault (it runs after the exact check passes)."""
-    from beam_jobs import verify
+    from beam_jobs.verification import verify
 
     finding = tamper(run)
     monkeypatch.setattr(verify, "exact_findings", lambda *a, **k: [])
@@ -311,7 +312,7 @@ def test_deep_check_dofn_reports_each_shard(run):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from beam_jobs.deep_verify import DeepVerify
+    from beam_jobs.verification.deep import DeepVerify
 
     st = stats(run)
     flip_byte(run)  # shard 1 now differs from what the build recorded
@@ -338,7 +339,7 @@ def test_a_failed_verification_leaves_no_earlier_ok_report_behind(run):
         a if not a.startswith("--plan_uri=") else f"--plan_uri={other}"
         for a in bs.job_args(run, run.spec(SPLIT))
     ]
-    from beam_jobs import verify
+    from beam_jobs.verification import verify
 
     with pytest.raises(
         VerificationFailed,
@@ -351,7 +352,7 @@ def test_a_failed_verification_leaves_no_earlier_ok_report_behind(run):
 
 
 def test_cli_says_why_when_it_fails_before_looking_at_shards(run, capsys):
-    from beam_jobs import verify
+    from beam_jobs.verification import verify
 
     args = [
         "--split=train97.9",
@@ -369,7 +370,7 @@ def test_cli_exits_1_and_names_split_shard_and_difference(run):
 
     flip_byte(run)
     args = [a for a in bs.job_args(run, run.spec(SPLIT)) if a not in bs.BEAM]
-    proc = run_module("beam_jobs.verify", *args, timeout=300)
+    proc = run_module("beam_jobs.verification.verify", *args, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"{SPLIT}: verification FAILED (1 problems)" in proc.stdout
     assert f"{SPLIT}: shard 1 CRC32C is" in proc.stdout
@@ -380,14 +381,14 @@ def test_the_exact_check_imports_neither_beam_nor_pandas(run):
     """In a scheduler's task process every verify task pays its own imports:
     the exact check must not pull in Apache Beam or pandas (pyarrow imports
     pandas, ~0.5 s, the first time it converts NumPy or Python values to or
-    from Arrow: beam_jobs.arrays)."""
+    from Arrow: beam_jobs.planning.arrays)."""
     import subprocess
     import sys
 
     args = [a for a in bs.job_args(run, run.spec(SPLIT)) if a not in bs.BEAM]
     code = (
         "import json, sys\n"
-        "from beam_jobs import verify\n"
+        "from beam_jobs.verification import verify\n"
         f"report = verify.run({args!r})\n"
         "print(json.dumps([report['mode'], sorted(m for m in ('apache_beam', 'pandas') "
         "if m in sys.modules)]))\n"
@@ -492,10 +493,10 @@ def test_the_deep_checks_plan_table_is_loaded_once_per_process_under_threads(run
     import threading
     import time
 
-    from beam_jobs import deep_verify
-    from beam_jobs.catalog import write_table as write
+    from beam_jobs.source.catalog import write_table as write
+    from beam_jobs.verification import deep as deep_verify
 
-    table, _ = __import__("beam_jobs.verify", fromlist=["x"]).planned_records(
+    table, _ = __import__("beam_jobs.verification.verify", fromlist=["x"]).planned_records(
         run.spec(SPLIT)["plan_uri"], run.spec(SPLIT)["catalog_dir"]
     )
     uri = str(Path(run.work_uri) / "plan-table.parquet")
@@ -526,7 +527,7 @@ def test_the_deep_checks_plan_table_is_loaded_once_per_process_under_threads(run
 
 
 def test_catalog_rows_finds_each_planned_name_in_a_chunked_catalog():
-    from beam_jobs.verify import catalog_rows
+    from beam_jobs.verification.verify import catalog_rows
 
     catalog = pa.chunked_array([["a.JPEG", "b.JPEG"], ["c.JPEG", "d.JPEG", "e.JPEG"]])
     names = pa.array(["e.JPEG", "a.JPEG", "x.JPEG", "c.JPEG"])
@@ -537,8 +538,8 @@ def test_catalog_rows_finds_each_planned_name_in_a_chunked_catalog():
 def test_planned_records_takes_each_records_length_and_crc_by_name(tmp_path):
     """The plan's order (shard, index) with each name's own catalog values;
     a name the catalog lacks is a PlanError that counts them."""
-    from beam_jobs.split_algorithm import PlanError
-    from beam_jobs.verify import planned_records
+    from beam_jobs.planning.algorithm import PlanError
+    from beam_jobs.verification.verify import planned_records
 
     names = [f"n{i:03d}.JPEG" for i in range(50)]
     catalog = pa.table(

@@ -119,7 +119,7 @@ def test_the_wheel_alone_runs_every_job(worker_venv, tmp_path):
     work, catalog = out / "_work", out / "_work" / "catalog"
     run(
         "-m",
-        "beam_jobs.synthetic",
+        "beam_jobs.source.synthetic",
         f"--output_uri={src}",
         "--num_classes=5",
         "--min_per_class=20",
@@ -130,14 +130,14 @@ def test_the_wheel_alone_runs_every_job(worker_venv, tmp_path):
     )
     run(
         "-m",
-        "beam_jobs.validate",
+        "beam_jobs.source.validate",
         f"--source_uri={src}",
         f"--catalog_dir={catalog}",
         "--num_classes=5",
     )
     plans = run(
         "-m",
-        "beam_jobs.plan",
+        "beam_jobs.planning.plans",
         f"--catalog_dir={catalog}",
         f"--out_dir={work}/plans",
         "--seeds=1",
@@ -148,7 +148,7 @@ def test_the_wheel_alone_runs_every_job(worker_venv, tmp_path):
     for split, *_, plan_uri in rows:
         built = run(
             "-m",
-            "beam_jobs.build",
+            "beam_jobs.building.build",
             f"--split={split}",
             f"--plan_uri={plan_uri}",
             f"--catalog_dir={catalog}",
@@ -157,7 +157,7 @@ def test_the_wheel_alone_runs_every_job(worker_venv, tmp_path):
         assert f"{split}: " in built and "records in" in built, built
         verified = run(
             "-m",
-            "beam_jobs.verify",
+            "beam_jobs.verification.verify",
             f"--split={split}",
             f"--output_uri={out}",
             f"--plan_uri={plan_uri}",
@@ -166,6 +166,10 @@ def test_the_wheel_alone_runs_every_job(worker_venv, tmp_path):
         )
         assert f"{split}: verified (deep)" in verified, verified
     copied = run(
-        "-m", "beam_jobs.build", "--split=validation", f"--copy_from={src}", f"--output_uri={out}"
+        "-m",
+        "beam_jobs.building.build",
+        "--split=validation",
+        f"--copy_from={src}",
+        f"--output_uri={out}",
     )
     assert "validation: " in copied

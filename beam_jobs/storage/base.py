@@ -25,8 +25,8 @@ backend directly. A backend's guarantees, which the contract tests
 * :meth:`Backend.clock` is the storage's own time (what it stamps on a write),
   so that leases are judged by one clock whatever the callers' clocks say.
 
-The commit protocol (``ssl_splits.lock``, ``ssl_splits.publish``,
-``ssl_splits.commit``) is written against these operations only.
+The commit protocol (``beam_jobs.publishing.lock``, ``beam_jobs.publishing.publish``,
+``beam_jobs.publishing.commit``) is written against these operations only.
 """
 
 from __future__ import annotations

@@ -21,9 +21,11 @@ from typing import Any
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 
-from beam_jobs import access, defaults, layout, protocols
+from beam_jobs import access, defaults, layout
 
 # gs://bucket/any/path, or an absolute local path; no ".." components.
+from beam_jobs.planning import protocols
+
 URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
 DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
 MAX_SEED = 1_000_000

@@ -1,7 +1,7 @@
 """``SplitBeamOperator``: the Beam provider's Python operator, configured per run.
 
 A thin subclass of ``BeamRunPythonPipelineOperator``: it launches one of the
-``beam_jobs`` modules (``python -m beam_jobs.validate|build|verify``) with the
+``beam_jobs`` modules (``python -m beam_jobs.source.validate``, ``beam_jobs.building.build``, ``beam_jobs.verification.verify``) with the
 pipeline options derived from the run's config (an XCom of the DAG's first
 task) and, for mapped tasks, from one split's spec. So one DAG runs the jobs
 on the DirectRunner (a subprocess of the Airflow worker) or submits them to
@@ -23,7 +23,7 @@ from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from beam_jobs import storage
-from beam_jobs.contracts import VALIDATION, job_name
+from beam_jobs.core import JOB_MODULES, VALIDATION, job_name
 from ssl_splits.config import RunConfig
 from ssl_splits.gcp import gcp_credentials_for_subprocess
 
@@ -196,7 +196,7 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
     def __init__(self, *, job: str, config: Any, spec: Any = None, **kwargs: Any) -> None:
         if job not in JOBS:
             raise ValueError(f"job must be one of {JOBS}, got {job!r}")
-        kwargs.setdefault("py_file", f"beam_jobs.{job}")
+        kwargs.setdefault("py_file", JOB_MODULES[job])
         kwargs.setdefault("py_options", ["-m"])
         kwargs.setdefault("py_interpreter", sys.executable)
         # Local runs stay in the worker: deferrable mode would run the pipeline
@@ -284,7 +284,7 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         read on GCS): run it in this task, without a pipeline's start-up."""
         from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
 
-        from beam_jobs import verify
+        from beam_jobs.verification import verify
         from ssl_splits.gcp import airflow_storage
 
         own = {"split", "output_uri", "work_uri", "plan_uri", "catalog_dir", "copy_from", "layout"}
@@ -326,9 +326,9 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
 
     def _explain(self, cfg: RunConfig, spec: dict[str, Any] | None, err: Exception) -> Exception:
         """Turn "process failed with return code 1" into what the job found."""
-        from beam_jobs.catalog import REPORT_FILE
         from beam_jobs.layout import report_uri
-        from beam_jobs.validate import format_report
+        from beam_jobs.source.catalog import REPORT_FILE
+        from beam_jobs.source.validate import format_report
 
         try:
             if self.job == "validate" and spec:

@@ -18,21 +18,32 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 from typing import Any, Iterator
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from beam_jobs import __version__, layout, storage
-from beam_jobs.catalog import REPORT_FILE, fingerprint
-from beam_jobs.contracts import VALIDATION, SplitSpec
+from beam_jobs.core import VALIDATION, SplitSpec
 from beam_jobs.layout import catalog_dir as catalog_folder
 from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
-from beam_jobs.manifest import ManifestError, entry_problems, load_or_none, now, summary_lines
-from beam_jobs.plan import PlanRequest, make_plans, nesting_lines, write_plans, write_records
-from beam_jobs.split_algorithm import ALGORITHM
-from ssl_splits import commit, lock
-from ssl_splits.config import ConfigError, RunConfig, resolve
-from ssl_splits.ownership import (
+from beam_jobs.planning.algorithm import ALGORITHM
+from beam_jobs.planning.plans import (
+    PlanRequest,
+    make_plans,
+    nesting_lines,
+    write_plans,
+    write_records,
+)
+from beam_jobs.publishing import commit, lock
+from beam_jobs.publishing.manifest import (
+    ManifestError,
+    entry_problems,
+    load_or_none,
+    now,
+    summary_lines,
+)
+from beam_jobs.publishing.ownership import (
     ForeignFiles,
     check_no_foreign,
     foreign_files,
@@ -40,7 +51,9 @@ from ssl_splits.ownership import (
     is_our_manifest,
     record_tfds,
 )
-from ssl_splits.publish import Published
+from beam_jobs.publishing.publish import Published
+from beam_jobs.source.catalog import REPORT_FILE, fingerprint
+from ssl_splits.config import ConfigError, RunConfig, resolve
 from ssl_splits.rerun import rerun_decision
 
 log = logging.getLogger(__name__)
@@ -154,7 +167,7 @@ def acquire_lock(config: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 def holding_lock(lease: dict[str, Any] | None) -> Iterator[lock.Fence]:
     """Run a task's body holding this run's lock: renewed at the start (raises
     LockLost naming the run that took it over) and in the background while
-    the body runs (``ssl_splits.lock.holding``); the Fence publishing steps check."""
+    the body runs (``beam_jobs.publishing.lock.holding``); the Fence publishing steps check."""
     if not lease:
         raise TaskError(
             "this run holds no lock on its output folder (acquire_lock did not run or "
@@ -206,7 +219,7 @@ def plan(
     """Write the plans and return one spec per split for the build and verify tasks.
 
     Stops, before anything is built, if a file the product did not write sits
-    under a name this run would write (``ssl_splits.ownership``)."""
+    under a name this run would write (``beam_jobs.publishing.ownership``)."""
     cfg = RunConfig.from_dict(config)
     # A publication an earlier run left half-done is finished first, so that
     # the decisions below see published splits as they are meant to be.
@@ -477,7 +490,7 @@ def publish_manifest(
     fence: lock.Fence | None = None,
 ) -> dict[str, Any]:
     """Publish this run's verified builds: their shards take their final names
-    and the manifest their entries (``ssl_splits.commit``), only if each was
+    and the manifest their entries (``beam_jobs.publishing.commit``), only if each was
     verified for this run's plan and is still the object verified, only over
     files the product wrote, and only while this run holds the lock (``fence``)."""
     cfg = RunConfig.from_dict(config)
@@ -585,8 +598,8 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     Derived from the manifest and rewritable at any time: a failure is a
     warning, never a failed publication. Never over a file the product did
     not write (``_ssl_splits/tfds.json`` records what it wrote)."""
-    from beam_jobs.manifest import load
-    from beam_jobs.tfds_meta import TfdsMetadataError, read_label_names, write_tfds_metadata
+    from beam_jobs.publishing.manifest import load
+    from beam_jobs.source.tfds_meta import TfdsMetadataError, read_label_names, write_tfds_metadata
 
     foreign = foreign_tfds(cfg.output_uri)
     if foreign:
@@ -612,3 +625,29 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     record_tfds(cfg.output_uri, uris)
     log.info("TFDS metadata: %s", ", ".join(uris))
     return uris
+
+
+def runs_whole_dag_in_process(dag_run: Any) -> bool:
+    """True if this task runs inside the process that runs its whole DAG run:
+    ``dag.test()`` / ``airflow dags test`` without an executor.
+
+    Airflow 3.3 runs such a task through ``InProcessTestSupervisor``, whose
+    comms object (``InProcessSupervisorComms``) it installs as the task
+    runner's ``SUPERVISOR_COMMS``; a worker's task talks to a separate
+    supervisor process instead (and ``dags test --use-executor`` runs tasks
+    through an executor). ``airflow tasks test`` runs one task in-process too
+    but exits after it: it sets ``AIRFLOW_TEST_MODE``, and its DAG run was not
+    created by ``dag.test()`` (triggering user ``dag_test``)."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:
+        return False
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if (
+        type(comms).__name__ != "InProcessSupervisorComms"
+        or type(comms).__module__ != "airflow.sdk.execution_time.supervisor"
+    ):
+        return False
+    if os.environ.get("AIRFLOW_TEST_MODE") == "True":
+        return False
+    return getattr(dag_run, "triggering_user_name", None) == "dag_test"

@@ -6,7 +6,7 @@ provider's hook to Beam's ``DataflowRunner``, which stages the job (pipeline
 proto, pickled main session, the worker package) and writes its description
 (a classic template) to ``{dataflow_template_location}/ssl-{job}-{split}``
 instead of submitting it. A platform team reviews the descriptions
-(``python -m beam_jobs.template describe gs://...``) and launches them
+(``python -m beam_jobs.building.template describe gs://...``) and launches them
 (``gcloud dataflow jobs run``).
 
 A staged job produces nothing, so the run must not pretend it did:

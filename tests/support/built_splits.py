@@ -3,7 +3,7 @@ publish and TFDS-metadata tests.
 
 The DAG's Python tasks (``ssl_splits.tasks.check_params``, ``plan``,
 ``publish_manifest``) run as they do in Airflow; the Beam jobs it launches
-with ``python -m beam_jobs.validate|build|verify`` run here through their
+with ``python -m beam_jobs.source.validate|build|verify`` run here through their
 ``run([...])`` functions, with the job flags that
 ``ssl_splits.operators.pipeline_options`` derives from a split's spec, on the
 in-process DirectRunner.
@@ -94,8 +94,8 @@ def start(p: dict[str, Any], catalog_cache: Path | None = None) -> Run:
     """check_params, validation (or a cached catalog of the same source), plan."""
     from ssl_splits import tasks
 
-    from beam_jobs import validate
-    from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE
+    from beam_jobs.source import validate
+    from beam_jobs.source.catalog import CATALOG_FILE, REPORT_FILE
 
     checked = tasks.check_params(p)
     run = Run(checked["config"], checked["source"])
@@ -128,14 +128,14 @@ def start(p: dict[str, Any], catalog_cache: Path | None = None) -> Run:
 
 
 def build(run: Run, split: str) -> dict[str, Any]:
-    from beam_jobs import build as build_job
+    from beam_jobs.building import build as build_job
 
     return build_job.run(build_args(run, run.spec(split)))
 
 
 def verify(run: Run, split: str, deep: bool = True) -> dict[str, Any]:
     """Run the verifier as the DAG does; raises VerificationFailed."""
-    from beam_jobs import verify as verify_job
+    from beam_jobs.verification import verify as verify_job
 
     return verify_job.run(job_args(run, run.spec(split)) + (["--deep"] if deep else []))
 

@@ -22,7 +22,7 @@ def shipped_reference() -> Path:
     as their plain-text files (each checked against its sha256 on the way) into
     a folder named by their sha256s: ``fixmatch/files2shards_train_size128116_split{1..5}.txt``,
     ``simclr/{1,10}percent.txt``. Tests read these; nothing outside the repo."""
-    from beam_jobs import protocols
+    from beam_jobs.planning import protocols
 
     key = hashlib.sha256("".join(e.sha256 for e in protocols.LISTS.values()).encode())
     folder = (
@@ -44,7 +44,7 @@ def small_spec(**overrides: object):
     """The tests' small synthetic ImageNet: 10 classes of 30-50 records in 8
     train shards, 2 validation shards; ``overrides`` change any field (seed,
     layout)."""
-    from beam_jobs.synthetic import Spec
+    from beam_jobs.source.synthetic import Spec
 
     fields: dict[str, object] = dict(
         num_classes=10,

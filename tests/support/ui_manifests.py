@@ -2,7 +2,7 @@
 publishes for the whole product on ImageNet (five 10% splits of 102 shards, the
 1,024-shard reshuffle, 1,000 classes with their real spread of 732..1,300 images,
 the 128-shard validation copy, 1,024 source files), with the fields the DAG
-writes (beam_jobs/manifest.py, ssl_splits/tasks.py). Deterministic: a seeded
+writes (beam_jobs/publishing/manifest.py, ssl_splits/tasks.py). Deterministic: a seeded
 random generator makes the class sizes, names and checksums."""
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ A *protocol* is a named choice of lists (the DAG's ``protocol`` param):
 
 CLI::
 
-    python -m beam_jobs.protocols                 # the protocols and lists, checked
-    python -m beam_jobs.protocols --export DIR    # write the lists as plain text into DIR
+    python -m beam_jobs.planning.protocols                 # the protocols and lists, checked
+    python -m beam_jobs.planning.protocols --export DIR    # write the lists as plain text into DIR
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def export(folder: str, keys: list[str] | None = None) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.protocols",
+        prog="python -m beam_jobs.planning.protocols",
         description="The published label sets this package ships.",
     )
     p.add_argument(

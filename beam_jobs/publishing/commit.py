@@ -10,7 +10,7 @@ these steps, each a failpoint of the kill tests:
    plus generation on GCS or modification time locally). Nothing changes if
    not.
    Every destination name is either free or holds a file the product's
-   records say it wrote (``ssl_splits.ownership``); a foreign file stops the
+   records say it wrote (``beam_jobs.publishing.ownership``); a foreign file stops the
    publication here, naming it.
 2. **journal** (``{output_uri}/_ssl_splits/publishing.json``, written
    atomically): the new manifest entries, which staged object goes to which
@@ -22,13 +22,13 @@ these steps, each a failpoint of the kill tests:
    generation), each only over the version the journal recorded for that
    name; then the earlier build's other files are deleted, each only if it
    is still the version recorded.
-4. **commit**: the manifest takes the new entries (``ssl_splits.publish``:
+4. **commit**: the manifest takes the new entries (``beam_jobs.publishing.publish``:
    a conditional replace of the version read); earlier manifest versions
    whose files were replaced say so.
 5. **clean**: the journal and the staged copies go.
 
 Every step of 2-4 is fenced: it first checks that this run still holds the
-output folder's lock with enough lease left (``ssl_splits.lock.Fence``), so a
+output folder's lock with enough lease left (``beam_jobs.publishing.lock.Fence``), so a
 writer that lost its lease publishes nothing more.
 
 What a reader sees if this stops (crash, kill, lost machine) at any point:
@@ -61,16 +61,22 @@ from typing import Any
 
 from beam_jobs import layout, storage
 from beam_jobs.faults import failpoint
-from beam_jobs.manifest import merge
-from ssl_splits.lock import Fence, LockLost
-from ssl_splits.ownership import (
+from beam_jobs.publishing.lock import Fence, LockLost
+from beam_jobs.publishing.manifest import merge
+from beam_jobs.publishing.ownership import (
     ForeignFiles,
     Recorded,
     matches,
     product_records,
     read_json,
 )
-from ssl_splits.publish import Published, PublishError, VersionNotWritten, mark_replaced, publish
+from beam_jobs.publishing.publish import (
+    Published,
+    PublishError,
+    VersionNotWritten,
+    mark_replaced,
+    publish,
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ none). If another publisher committed in between, the write fails its
 precondition: re-read, re-apply, retry with backoff. On GCS that is a
 generation precondition; locally a compare-and-rename under the folder's
 ``flock``. Right before each commit the run's lock is checked
-(``ssl_splits.lock.Fence.check``): a writer that lost its lease commits nothing.
+(``beam_jobs.publishing.lock.Fence.check``): a writer that lost its lease commits nothing.
 
 After the commit, the same document is also written, create-only, as
 ``{manifest stem}.versions/{UTC time}-{generation or sha}.json``. If that copy
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from beam_jobs import storage
-from beam_jobs.manifest import dumps
-from ssl_splits.lock import Fence, LockLost
+from beam_jobs.publishing.lock import Fence, LockLost
+from beam_jobs.publishing.manifest import dumps
 
 log = logging.getLogger(__name__)
 

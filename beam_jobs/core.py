@@ -34,7 +34,7 @@ class SplitSpec:
     """
 
     split: str
-    kind: str  # supervised | unsupervised (beam_jobs.split_algorithm) | validation
+    kind: str  # supervised | unsupervised (beam_jobs.planning.algorithm) | validation
     action: str
     reason: str
     plan_uri: str | None
@@ -156,3 +156,11 @@ def job_name(*parts: str) -> str:
     if not name or not name[0].isalpha():
         name = "ssl-" + name
     return name[:63].rstrip("-")
+
+
+# The Beam jobs the DAG launches, by the name the operators and templates use.
+JOB_MODULES = {
+    "validate": "beam_jobs.source.validate",
+    "build": "beam_jobs.building.build",
+    "verify": "beam_jobs.verification.verify",
+}

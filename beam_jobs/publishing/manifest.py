@@ -32,7 +32,7 @@ Schema (``schema_version`` 1)::
 
 Reading a split from training code::
 
-    from beam_jobs.manifest import load_split
+    from beam_jobs.publishing.manifest import load_split
     import tensorflow as tf
 
     split = load_split("gs://bucket/ssl/manifest.json", "train128116.1")  # checks the files
@@ -201,7 +201,7 @@ def entry_problems(entry: dict[str, Any], *, read_legacy: bool = False) -> list[
 
 def pending_publication(doc: dict[str, Any], manifest_uri: str) -> dict[str, Any] | None:
     """The journal of a publication into this manifest's folder that started
-    and did not finish (``ssl_splits.commit``), if there is one."""
+    and did not finish (``beam_jobs.publishing.commit``), if there is one."""
     output = doc.get("output_uri") or storage.dirname(manifest_uri)
     try:
         journal = json.loads(storage.read_text(journal_uri(output)))

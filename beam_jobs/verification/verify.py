@@ -7,7 +7,7 @@ may take their published names.
 **Exact, from metadata** (always; no Beam job, no record data moved on GCS).
 A framed record's CRC32C follows from its length and the data CRC in its
 footer, and a shard's CRC32C is the combination of its records' in order
-(``beam_jobs.crc32c_combine``). From the plan and the catalog alone this
+(``beam_jobs.source.crc32c_combine``). From the plan and the catalog alone this
 predicts, for every shard, its record count, its size and its CRC32C as if
 it held exactly the planned records, byte-identical to the source, in the
 planned order. These are compared with what storage reports for each staged
@@ -21,7 +21,7 @@ For the copied validation set the prediction is each source file's size and
 CRC32C (a byte-identical copy has the same).
 
 **Deep** (``--deep``, the DAG's ``deep_verify: always``): additionally a Beam
-job re-reads every staged record (``beam_jobs.deep_verify``): both framing
+job re-reads every staged record (``beam_jobs.verification.deep``): both framing
 CRCs, the planned file name at every position, the data CRC against the
 catalog's. It names the record that differs where the exact check can only
 name the shard.
@@ -33,9 +33,9 @@ only if they are still those.
 
 CLI (exit 0 verified, 1 failed: the report names split, shard and what differs)::
 
-    python -m beam_jobs.verify --split=train128116.1 --output_uri=/data/ssl \\
+    python -m beam_jobs.verification.verify --split=train128116.1 --output_uri=/data/ssl \\
         --plan_uri=... --catalog_dir=... [--deep]
-    python -m beam_jobs.verify --split=validation --output_uri=/data/ssl --copy_from=/data/imagenet
+    python -m beam_jobs.verification.verify --split=validation --output_uri=/data/ssl --copy_from=/data/imagenet
 """
 
 from __future__ import annotations
@@ -54,10 +54,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_jobs import __version__, split_job, storage
-from beam_jobs.arrays import from_numpy, to_numpy
-from beam_jobs.catalog import read_catalog
-from beam_jobs.crc32c_combine import shard_crcs
+from beam_jobs import __version__, storage
+from beam_jobs.building import split_job
+from beam_jobs.building.split_job import SplitJob
 from beam_jobs.faults import failpoint
 from beam_jobs.layout import (
     ShardSetError,
@@ -68,12 +67,14 @@ from beam_jobs.layout import (
     stats_uri,
 )
 from beam_jobs.logs import setup_logging
+from beam_jobs.planning.algorithm import PlanError, parse_plan_table
+from beam_jobs.planning.arrays import from_numpy, to_numpy
 from beam_jobs.process import freeze_heap_at_exit
-from beam_jobs.split_algorithm import PlanError, parse_plan_table
-from beam_jobs.split_job import SplitJob
+from beam_jobs.source.catalog import read_catalog
+from beam_jobs.source.crc32c_combine import shard_crcs
 from beam_jobs.storage import crc32c_hex
 
-log = logging.getLogger("beam_jobs.verify")
+log = logging.getLogger("beam_jobs.verification.verify")
 
 MAX_FINDINGS = 20
 
@@ -257,7 +258,7 @@ def verified_shards(
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SplitJob, list[str]]:
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.verify",
+        prog="python -m beam_jobs.verification.verify",
         description="Verify a staged split against its plan and the build's stats.",
         epilog="Any other --flag is a Beam pipeline option (used with --deep).",
     )
@@ -306,7 +307,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, int] = {}
     mode = "exact"
     if args.deep and not findings:
-        from beam_jobs.deep_verify import run_deep
+        from beam_jobs.verification.deep import run_deep
 
         mode = "deep"
         deep = run_deep(split, work, stats, plan_table, beam_args, names.kind)

@@ -314,8 +314,8 @@ def features_config(
 def present_features(manifest: dict[str, Any]) -> list[str]:
     """The known features of the first record of the first non-empty split,
     required ones first (a ranged read of that one record)."""
-    from beam_jobs.example_proto import Example
-    from beam_jobs.tfrecord import HEADER_LEN, OVERHEAD, check_framed, parse_header
+    from beam_jobs.source.example_proto import Example
+    from beam_jobs.source.tfrecord import HEADER_LEN, OVERHEAD, check_framed, parse_header
 
     tfds_source = manifest_naming(manifest).kind == layout.TFDS
     required = TFDS_REQUIRED_FEATURES if tfds_source else REQUIRED_FEATURES

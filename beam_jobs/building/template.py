@@ -16,7 +16,7 @@ test) wants to see, without running or unpickling anything:
 
 CLI::
 
-    python -m beam_jobs.template describe gs://bucket/templates/ssl-build-train128116-3
+    python -m beam_jobs.building.template describe gs://bucket/templates/ssl-build-train128116-3
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def format_description(d: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.template",
+        prog="python -m beam_jobs.building.template",
         description="Describe a staged Dataflow job description.",
     )
     sub = p.add_subparsers(dest="command", required=True)

@@ -333,7 +333,7 @@ def scan_framed(
 
 
 def _crc_rows(rows: np.ndarray) -> np.ndarray:
-    from beam_jobs.crc32c_combine import crc_rows
+    from beam_jobs.source.crc32c_combine import crc_rows
 
     return crc_rows(rows)
 

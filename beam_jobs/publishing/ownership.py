@@ -12,7 +12,7 @@ shard name or a TFDS metadata file of the output folder itself; anything
 else under such a name is *foreign*: the product never deletes, replaces or
 overwrites it. :func:`foreign_files` lists them before any build,
 so that a run stops before it has done anything (``tasks.plan``); the commit
-checks each destination again when it publishes (``ssl_splits.commit``).
+checks each destination again when it publishes (``beam_jobs.publishing.commit``).
 
 Everything here reads listings and small documents only, never a shard.
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from beam_jobs import layout, storage
-from beam_jobs.tfds_meta import DATASET_INFO_FILE, FEATURES_FILE, LABEL_NAMES_FILE
+from beam_jobs.source.tfds_meta import DATASET_INFO_FILE, FEATURES_FILE, LABEL_NAMES_FILE
 
 TFDS_FILES = (FEATURES_FILE, DATASET_INFO_FILE, LABEL_NAMES_FILE)
 MAX_RECORD_BYTES = 1 << 20

@@ -1,14 +1,14 @@
 """The SHA-256 keys of the split algorithm for many names at once: planning's hot loop.
 
 ``key(purpose, seed, name)`` is defined (and documented) by
-:func:`beam_jobs.split_algorithm.hash_keys`; this module computes the same
+:func:`beam_jobs.planning.algorithm.hash_keys`; this module computes the same
 values for a whole catalog, from the names' UTF-8 bytes as Arrow holds them
 (one buffer and its offsets: no Python string per name). It imports the
-standard library only, so that ``python -m beam_jobs.split_keys``, the worker
-process :func:`beam_jobs.split_algorithm.precompute_keys` starts per extra
+standard library only, so that ``python -m beam_jobs.planning.keys``, the worker
+process :func:`beam_jobs.planning.algorithm.precompute_keys` starts per extra
 core, is running in ~20 ms.
 
-Worker protocol: ``python -m beam_jobs.split_keys PURPOSE:SEED ...`` reads
+Worker protocol: ``python -m beam_jobs.planning.keys PURPOSE:SEED ...`` reads
 from stdin the number of names ``n`` and of their bytes (two little-endian
 int64), the names' ``n + 1`` offsets (int64, native byte order: the same
 machine, starting at 0) and the bytes they index; it writes to
@@ -34,7 +34,7 @@ _BLOCK = 65_536  # names per block of key_bytes
 
 def key_prefix(purpose: str, seed: int) -> bytes:
     """What every hashed message of ``(purpose, seed)`` starts with (module
-    docstring of :mod:`beam_jobs.split_algorithm`, step 2)."""
+    docstring of :mod:`beam_jobs.planning.algorithm`, step 2)."""
     return f"ssl-imagenet-splits:{ALGORITHM}:{purpose}:{seed}:".encode()
 
 

@@ -27,10 +27,10 @@ split can be rebuilt on synthetic data.
 
 CLI::
 
-    python -m beam_jobs.synthetic --output_uri=/tmp/imagenet --num_classes=10 \\
+    python -m beam_jobs.source.synthetic --output_uri=/tmp/imagenet --num_classes=10 \\
         --min_per_class=40 --max_per_class=60 --train_shards=8
 
-    python -m beam_jobs.synthetic --output_uri=/tmp/imagenet-count --imagenet --image_size=1
+    python -m beam_jobs.source.synthetic --output_uri=/tmp/imagenet-count --imagenet --image_size=1
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from beam_jobs import storage
-from beam_jobs.example_proto import build_example
 from beam_jobs.layout import COMMON, TFDS, Naming
-from beam_jobs.tfrecord import Writer
+from beam_jobs.source.example_proto import build_example
+from beam_jobs.source.tfrecord import Writer
 
-log = logging.getLogger("beam_jobs.synthetic")
+log = logging.getLogger("beam_jobs.source.synthetic")
 
 IMAGENET_TRAIN_TOTAL = 1_281_167
 IMAGENET_CLASSES = 1000
@@ -155,7 +155,7 @@ class Layout:
 def read_names_files(uris: tuple[str, ...]) -> dict[str, set[str]]:
     """Names per synset (text before ``_``) from filename,shard,index files or
     name lists (one name per line): paths, gs:// or shipped ``published:...`` lists."""
-    from beam_jobs.protocols import read_text
+    from beam_jobs.planning.protocols import read_text
 
     by_synset: dict[str, set[str]] = defaultdict(set)
     for uri in uris:
@@ -343,8 +343,8 @@ def _write_tfds_metadata(
     shards: dict[str, int],
 ) -> None:
     """label.labels.txt, features.json and dataset_info.json, as TFDS writes them
-    beside its shards (described with ``beam_jobs.tfds_meta``)."""
-    from beam_jobs.tfds_meta import (
+    beside its shards (described with ``beam_jobs.source.tfds_meta``)."""
+    from beam_jobs.source.tfds_meta import (
         LABEL_NAMES_FILE,
         TFDS_REQUIRED_FEATURES,
         dataset_info,
@@ -450,7 +450,7 @@ def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
 
 def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.synthetic",
+        prog="python -m beam_jobs.source.synthetic",
         description="Write a synthetic ImageNet (train-*/validation-* TFRecords with real JPEGs).",
     )
     p.add_argument("--output_uri", required=True, help="folder to write (absolute path or gs://)")

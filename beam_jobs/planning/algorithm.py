@@ -56,9 +56,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from beam_jobs import access, defaults, protocols
-from beam_jobs.arrays import from_numpy, to_numpy
-from beam_jobs.split_keys import ALGORITHM, key_bytes, key_prefix, split_names  # noqa: F401 (ALGORITHM re-exported)
+from beam_jobs import access, defaults
+from beam_jobs.planning import protocols
+from beam_jobs.planning.arrays import from_numpy, to_numpy
+from beam_jobs.planning.keys import ALGORITHM, key_bytes, key_prefix, split_names  # noqa: F401 (ALGORITHM re-exported)
 
 LABEL_PATTERN = protocols.LABEL_PATTERN  # of a name list: its split is train{n}.{label}
 NAMES_ORDER_SEED = 0
@@ -174,7 +175,7 @@ def _share_keys(
 
 def fast_keys(names: Sequence[str] | pa.Array, purpose: str, seed: int) -> np.ndarray:
     """``hash_keys(names, purpose, seed)`` in this process, from the names' bytes
-    as Arrow holds them (``beam_jobs.split_keys``: ~20% less per name)."""
+    as Arrow holds them (``beam_jobs.planning.keys``: ~20% less per name)."""
     arr = _string_array(names)
     offsets, data = _offsets_and_data(arr)
     return _share_keys(offsets, data, 0, len(arr), [(purpose, seed)])[0].astype(np.uint64)
@@ -188,7 +189,7 @@ def precompute_keys(
     """``hash_keys(names, purpose, seed)`` for every ``(purpose, seed)`` of
     ``jobs``: the same values, with many names computed in shares by this
     process and one worker process per extra core (``python -m
-    beam_jobs.split_keys``, standard library only, fed the names' bytes through
+    beam_jobs.planning.keys``, standard library only, fed the names' bytes through
     a pipe: no fork of the calling process, which may be an Airflow task with
     threads)."""
     import os
@@ -204,7 +205,7 @@ def precompute_keys(
     shares = max(1, min(workers, n)) if n >= PARALLEL_MIN_NAMES else 1
     offsets, data = _offsets_and_data(arr)
     bounds = [n * k // shares for k in range(shares + 1)]
-    argv = [sys.executable, "-m", "beam_jobs.split_keys", *(f"{p}:{s}" for p, s in jobs)]
+    argv = [sys.executable, "-m", "beam_jobs.planning.keys", *(f"{p}:{s}" for p, s in jobs)]
     procs: list[subprocess.Popen] = []
     try:
         for lo, hi in zip(bounds[1:], bounds[2:]):  # share 0 is this process's
@@ -347,7 +348,7 @@ class Plan:
 
     def catalog_rows(self) -> np.ndarray | None:
         """Each name's row in the catalog table it was planned from (``rows`` of
-        :class:`SortedCatalog`), when known: ``beam_jobs.plan.write_records``
+        :class:`SortedCatalog`), when known: ``beam_jobs.planning.plans.write_records``
         then takes them without looking the names up."""
         return self.__dict__.get("_catalog_rows")
 

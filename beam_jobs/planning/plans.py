@@ -1,31 +1,31 @@
 """The plan step: a run's requests -> plans -> plan files (``filename,shard,index``)
 and each plan's catalog rows; also a CLI. The algorithm itself is
-:mod:`beam_jobs.split_algorithm` (pure functions).
+:mod:`beam_jobs.planning.algorithm` (pure functions).
 
 Examples::
 
     # the five seeded 10% splits and the reshuffle, into plans/
-    python -m beam_jobs.plan --catalog_dir=/data/ssl/_work/catalog/5160864c129f5846 \\
+    python -m beam_jobs.planning.plans --catalog_dir=/data/ssl/_work/catalog/5160864c129f5846 \\
         --out_dir=/data/ssl/_work/plans --seeds=1,2,3,4,5 --unsupervised
 
     # every seed at 10%, 5% and 1% (what FixMatch's ImageNet trainer reads)
-    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --fraction=0.1,0.05,0.01
+    python -m beam_jobs.planning.plans --catalog_dir=... --out_dir=... --fraction=0.1,0.05,0.01
 
     # check a published FixMatch file against the catalog and keep it as the plan of seed 3
-    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --seeds=3 \\
+    python -m beam_jobs.planning.plans --catalog_dir=... --out_dir=... --seeds=3 \\
         --sharding_file=3=/path/files2shards_train_size128116_split3.txt
 
     # a built-in protocol: FixMatch's five published splits, or SimCLR's 1%/10% subsets
-    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --protocol=fixmatch
-    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --protocol=simclr
+    python -m beam_jobs.planning.plans --catalog_dir=... --out_dir=... --protocol=fixmatch
+    python -m beam_jobs.planning.plans --catalog_dir=... --out_dir=... --protocol=simclr
 
     # a list of file names (one per line) -> the split train{N}.mysubset
-    python -m beam_jobs.plan --catalog_dir=... --out_dir=... --seeds= \\
+    python -m beam_jobs.planning.plans --catalog_dir=... --out_dir=... --seeds= \\
         --name_list=mysubset=gs://bucket/names.txt
 
 Prints one line per plan: split, examples, shards, sha256 and the file; with
 several fractions, then (to stderr) how the splits of each seed nest.
-The algorithm is in ``beam_jobs.split_algorithm`` and in the README.
+The algorithm is in ``beam_jobs.planning.algorithm`` and in the README.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_jobs import access, defaults, protocols, storage
-from beam_jobs.catalog import CATALOG_FILE, REPORT_FILE, read_catalog, read_table, write_table
+from beam_jobs import access, defaults, storage
 from beam_jobs.layout import plan_file, records_uri
-from beam_jobs.split_algorithm import (
+from beam_jobs.planning import protocols
+from beam_jobs.planning.algorithm import (
     Plan,
     PlanError,
     check_label,
@@ -60,8 +60,15 @@ from beam_jobs.split_algorithm import (
     supervised_plan,
     unsupervised_plan,
 )
+from beam_jobs.source.catalog import (
+    CATALOG_FILE,
+    REPORT_FILE,
+    read_catalog,
+    read_table,
+    write_table,
+)
 
-log = logging.getLogger("beam_jobs.plan")
+log = logging.getLogger("beam_jobs.planning.plans")
 
 
 @dataclass(frozen=True)
@@ -443,7 +450,7 @@ def parse_name_lists(values: list[str]) -> tuple[tuple[str, str], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.plan", description=__doc__.split("\n\n")[0]
+        prog="python -m beam_jobs.planning.plans", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--catalog_dir", required=True, help="the validation job's output folder")
     p.add_argument("--out_dir", required=True, help="where the plan files go")
@@ -452,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         default=protocols.SEEDED,
         choices=list(protocols.PROTOCOLS),
         help="seeded draws (default), FixMatch's published splits for the seeds, or "
-        "SimCLR's subsets (see python -m beam_jobs.protocols)",
+        "SimCLR's subsets (see python -m beam_jobs.planning.protocols)",
     )
     p.add_argument(
         "--seeds",

@@ -15,7 +15,7 @@ same way: shards ``imagenet2012-train.tfrecord-SSSSS-of-NNNNN``, features
 records the layout (``"layout": "common"`` or ``"tfds:imagenet2012"``).
 
 Writes to ``--catalog_dir``:
-  * ``catalog.parquet``: one row per record (see ``beam_jobs.catalog.SCHEMA``),
+  * ``catalog.parquet``: one row per record (see ``beam_jobs.source.catalog.SCHEMA``),
     sorted by filename, only when the source is valid;
   * ``report.json``: counts per shard, totals, class histogram, and problems
     (the first few of each kind, each naming file and byte offset).
@@ -29,7 +29,7 @@ every problem, so the report is the same either way.
 
 Example::
 
-    python -m beam_jobs.validate --source_uri=/data/imagenet \\
+    python -m beam_jobs.source.validate --source_uri=/data/imagenet \\
         --catalog_dir=/data/ssl/_work/catalog --num_classes=1000 --expected_total=1281167
 """
 
@@ -54,7 +54,17 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_jobs import __version__, layout, storage
-from beam_jobs.catalog import (
+from beam_jobs.pipeline import (
+    DATAFLOW_RUNNERS,
+    counters,
+    make_options,
+    new_pipeline,
+    setup_logging,
+    stage_template,
+)
+from beam_jobs.process import freeze_heap_at_exit
+from beam_jobs.progress import Progress, mark_done, progress_dir
+from beam_jobs.source.catalog import (
     CATALOG_DICTIONARY,
     CATALOG_FILE,
     REPORT_FILE,
@@ -66,7 +76,7 @@ from beam_jobs.catalog import (
     write_arrow,
     write_table,
 )
-from beam_jobs.example_proto import (
+from beam_jobs.source.example_proto import (
     COMMON_KEYS,
     ExampleError,
     RecordKeys,
@@ -74,20 +84,10 @@ from beam_jobs.example_proto import (
     parse_image_record,
     record_keys,
 )
-from beam_jobs.pipeline import (
-    DATAFLOW_RUNNERS,
-    counters,
-    make_options,
-    new_pipeline,
-    setup_logging,
-    stage_template,
-)
-from beam_jobs.process import freeze_heap_at_exit
-from beam_jobs.progress import Progress, mark_done, progress_dir
+from beam_jobs.source.tfrecord import HEADER_LEN, OVERHEAD, RecordError, scan_batches, scan_framed
 from beam_jobs.storage import FileInfo
-from beam_jobs.tfrecord import HEADER_LEN, OVERHEAD, RecordError, scan_batches, scan_framed
 
-log = logging.getLogger("beam_jobs.validate")
+log = logging.getLogger("beam_jobs.source.validate")
 
 EXAMPLES_PER_KIND = 10
 PARTS_DIR = "_parts"
@@ -694,10 +694,10 @@ LABEL_NAMES_FILE = "label.labels.txt"
 def read_label_names(source_uri: str, naming: layout.Naming) -> list[str] | None:
     """A TFDS source's class names by label (``label.labels.txt``, which TFDS
     writes beside the shards: the synsets, for imagenet2012), if it has one;
-    read and checked by :func:`beam_jobs.tfds_meta.read_label_names`."""
+    read and checked by :func:`beam_jobs.source.tfds_meta.read_label_names`."""
     if naming.kind != layout.TFDS:
         return None
-    from beam_jobs.tfds_meta import read_label_names as read_checked
+    from beam_jobs.source.tfds_meta import read_label_names as read_checked
 
     return read_checked(source_uri)
 
@@ -746,7 +746,7 @@ def dataflow(beam_args: list[str]) -> bool:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.validate",
+        prog="python -m beam_jobs.source.validate",
         description=__doc__.split("\n\n")[0],
         epilog="Any other --flag is a Beam pipeline option (--runner, --project, --region, "
         "--temp_location, --direct_num_workers, ...).",

@@ -2,7 +2,7 @@
 
 Plan mode (a labelled split or the reshuffle)::
 
-    python -m beam_jobs.build --split=train128116.1 \\
+    python -m beam_jobs.building.build --split=train128116.1 \\
         --plan_uri=/data/ssl/_work/plans/train128116.1.csv \\
         --catalog_dir=/data/ssl/_work/catalog/5160864c129f5846 \\
         --output_uri=/data/ssl
@@ -10,7 +10,7 @@ Plan mode (a labelled split or the reshuffle)::
 Copy mode (the validation set, copied beside the splits as the seed's
 procedure does)::
 
-    python -m beam_jobs.build --split=validation --copy_from=/data/imagenet --output_uri=/data/ssl
+    python -m beam_jobs.building.build --split=validation --copy_from=/data/imagenet --output_uri=/data/ssl
 
 What it guarantees:
 
@@ -27,7 +27,7 @@ What it guarantees:
   ``{work_uri}/staging/{split}/{token}/`` (each file appears only when
   complete), with a small sidecar per finished shard. They take their final
   names only when the DAG's ``publish_manifest`` has seen them verified
-  (``ssl_splits.commit``). A killed job leaves nothing partial anywhere a
+  (``beam_jobs.publishing.commit``). A killed job leaves nothing partial anywhere a
   reader looks; rerunning it reuses the shards already staged (byte-identical:
   the bytes are a function of the plan and the catalog's records, which name
   the staging folder through ``token``).
@@ -58,9 +58,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from beam_jobs import __version__, split_job, storage
-from beam_jobs.catalog import REPORT_FILE, read_catalog, read_table, write_table
-from beam_jobs.contracts import ShardStats
+from beam_jobs import __version__, storage
+from beam_jobs.building import split_job
+from beam_jobs.building.split_job import SplitJob
+from beam_jobs.core import ShardStats
 from beam_jobs.faults import failpoint
 from beam_jobs.layout import (
     ShardSetError,
@@ -81,14 +82,14 @@ from beam_jobs.pipeline import (
     setup_logging,
     stage_template,
 )
+from beam_jobs.planning.algorithm import PlanError, parse_plan_table
 from beam_jobs.process import freeze_heap_at_exit
 from beam_jobs.progress import Progress, mark_done, progress_dir
-from beam_jobs.split_algorithm import PlanError, parse_plan_table
-from beam_jobs.split_job import SplitJob
+from beam_jobs.source.catalog import REPORT_FILE, read_catalog, read_table, write_table
+from beam_jobs.source.tfrecord import RecordError, Writer, check_records, iter_framed
 from beam_jobs.storage import RangeReader, crc32c_hex
-from beam_jobs.tfrecord import RecordError, Writer, check_records, iter_framed
 
-log = logging.getLogger("beam_jobs.build")
+log = logging.getLogger("beam_jobs.building.build")
 
 
 class BuildError(RuntimeError):
@@ -686,7 +687,7 @@ def copy_sources(src: str, split: str) -> list[storage.FileInfo]:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SplitJob, list[str]]:
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.build",
+        prog="python -m beam_jobs.building.build",
         description="Build one split's TFRecord shards from its plan (records copied byte for "
         "byte with ranged reads), or copy the validation shards; they are staged "
         "under the work folder until the DAG publishes them.",

@@ -1,6 +1,6 @@
 """The deep check: a Beam job that re-reads every staged record of a split.
 
-Run by ``beam_jobs.verify --deep`` (the DAG's ``deep_verify: always``) after
+Run by ``beam_jobs.verification.verify --deep`` (the DAG's ``deep_verify: always``) after
 the exact check from metadata passed. One element per shard, so the data
 never streams through the Airflow worker, and on Dataflow the shards spread
 over workers. Per record: both framing CRCs, the planned file name at its
@@ -24,14 +24,6 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from beam_jobs import storage
-from beam_jobs.catalog import read_table, write_table
-from beam_jobs.example_proto import (
-    COMMON_KEYS,
-    ExampleError,
-    RecordKeys,
-    parse_image_record,
-    record_keys,
-)
 from beam_jobs.layout import verify_dir
 from beam_jobs.pipeline import (
     counters,
@@ -43,7 +35,15 @@ from beam_jobs.pipeline import (
 )
 from beam_jobs.process import freeze_heap_at_exit
 from beam_jobs.progress import Progress, mark_done, progress_dir
-from beam_jobs.tfrecord import RecordError, iter_framed
+from beam_jobs.source.catalog import read_table, write_table
+from beam_jobs.source.example_proto import (
+    COMMON_KEYS,
+    ExampleError,
+    RecordKeys,
+    parse_image_record,
+    record_keys,
+)
+from beam_jobs.source.tfrecord import RecordError, iter_framed
 
 MAX_FINDINGS = 20
 

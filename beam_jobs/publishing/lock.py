@@ -523,29 +523,3 @@ def holding(lease: Lease, *, every: float | None = None) -> Iterator[Fence]:
     if fence.remaining() <= 0:
         raise _lost(lease, None, "its lease ran out: the last renewals failed")
     log.debug("held %s for %.0f s", lease.uri, time.monotonic() - t0)
-
-
-def runs_whole_dag_in_process(dag_run: Any) -> bool:
-    """True if this task runs inside the process that runs its whole DAG run:
-    ``dag.test()`` / ``airflow dags test`` without an executor.
-
-    Airflow 3.3 runs such a task through ``InProcessTestSupervisor``, whose
-    comms object (``InProcessSupervisorComms``) it installs as the task
-    runner's ``SUPERVISOR_COMMS``; a worker's task talks to a separate
-    supervisor process instead (and ``dags test --use-executor`` runs tasks
-    through an executor). ``airflow tasks test`` runs one task in-process too
-    but exits after it: it sets ``AIRFLOW_TEST_MODE``, and its DAG run was not
-    created by ``dag.test()`` (triggering user ``dag_test``)."""
-    try:
-        from airflow.sdk.execution_time import task_runner
-    except ImportError:
-        return False
-    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
-    if (
-        type(comms).__name__ != "InProcessSupervisorComms"
-        or type(comms).__module__ != "airflow.sdk.execution_time.supervisor"
-    ):
-        return False
-    if os.environ.get("AIRFLOW_TEST_MODE") == "True":
-        return False
-    return getattr(dag_run, "triggering_user_name", None) == "dag_test"
