@@ -122,8 +122,8 @@ def _dag_row(
     """A row of ``bench.jobs`` for one timed DAG run, with what its manifest published."""
     manifest = json.loads((out / "manifest.json").read_text())
     splits = manifest["splits"]
-    row = {"dataset": dataset, "side": "dag", "how": how, "stage": case, "split": None}
-    row.update(m.to_json(), **timing, splits=sorted(splits))
+    row: dict[str, Any] = {"dataset": dataset, "side": "dag", "how": how, "stage": case}
+    row.update(split=None, **m.to_json(), **timing, splits=sorted(splits))
     row["records"] = sum(e["num_examples"] for e in splits.values())
     return row
 
