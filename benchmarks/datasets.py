@@ -12,9 +12,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks import product
 
 
 @dataclass(frozen=True)
@@ -78,18 +80,18 @@ QUICK = {
         "quick-count",
         "count",
         (
-            "--num_classes=50",
-            "--min_per_class=300",
-            "--max_per_class=420",
-            "--train_total=20000",
-            "--train_shards=64",
-            "--validation_shards=4",
-            "--validation_per_class=10",
+            "--num_classes=20",
+            "--min_per_class=80",
+            "--max_per_class=120",
+            "--train_total=2000",
+            "--train_shards=8",
+            "--validation_shards=2",
+            "--validation_per_class=5",
             "--image_size=1",
             "--seed=0",
         ),
-        50,
-        "quick COUNT: 20,000 tiny records in 64 shards",
+        20,
+        "quick COUNT: 2,000 tiny records in 8 shards",
     ),
     "bytes": Dataset(
         "quick-bytes",
@@ -126,43 +128,24 @@ QUICK = {
 }
 
 
-def cached_source(folder: Path, spec: dict[str, Any], marker: str) -> Path:
-    """A synthetic source generated in this process from ``spec`` (a dict of
-    ``synthetic.Spec`` fields) into ``folder``, a folder of its own; kept while
-    the spec recorded in ``folder/marker`` is the same."""
-    from beam_jobs.source.synthetic import Spec, generate
-
-    recorded = folder / marker
-    if recorded.exists() and json.loads(recorded.read_text()) == spec:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in folder.glob("*"):
-        if f.is_file():
-            f.unlink()
-    generate(Spec(**spec), str(folder), workers=1)
-    recorded.write_text(json.dumps(spec))
-    return folder
+def wanted_spec(ds: Dataset) -> dict[str, Any]:
+    """The spec the generator will record for ``ds`` (its own flag parsing), as JSON."""
+    spec: dict[str, Any] = json.loads(json.dumps(product.synthetic_spec(list(ds.flags))))
+    return spec
 
 
-def wanted_spec(ds: Dataset) -> dict:
-    """The spec the generator will record for ``ds`` (its own flag parsing)."""
-    from beam_jobs.source.synthetic import parse_args
-
-    spec, _, _ = parse_args([*ds.flags, "--output_uri=/unused"])
-    return json.loads(json.dumps({**asdict(spec), "names_from": list(spec.names_from)}))
-
-
-def recorded_spec(folder: Path) -> dict | None:
+def recorded_spec(folder: Path) -> dict[str, Any] | None:
     meta = folder / "synthetic.json"
     if not meta.exists():
         return None
     try:
-        return json.loads(meta.read_text())["spec"]
+        spec: dict[str, Any] = json.loads(meta.read_text())["spec"]
+        return spec
     except (ValueError, KeyError):
         return None
 
 
-def ensure(ds: Dataset, data_dir: Path, env: dict[str, str], log: Path) -> dict:
+def ensure(ds: Dataset, data_dir: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
     """Generate ``ds`` under ``data_dir/name`` unless an identical one is there.
 
     Returns the generator's summary (``synthetic.json``) plus ``generated``
@@ -181,13 +164,7 @@ def ensure(ds: Dataset, data_dir: Path, env: dict[str, str], log: Path) -> dict:
     t0 = time.monotonic()
     with open(log, "wb") as f:
         rc = subprocess.call(
-            [
-                sys.executable,
-                "-m",
-                "beam_jobs.source.synthetic",
-                f"--output_uri={folder}",
-                *ds.flags,
-            ],
+            [sys.executable, "-m", product.SYNTHETIC, f"--output_uri={folder}", *ds.flags],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,

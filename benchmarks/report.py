@@ -1,249 +1,327 @@
-"""RESULTS.md: the benchmark's tables in Markdown, and its generated sections.
+"""The figures of a run: ratios (seed time / product time), targets, and their tables.
 
-``render`` turns the results (the dict that ``python -m benchmarks.run``
-writes to results.json) into the block between the markers of
-``benchmarks/RESULTS.md``: the DAG end to end, targets, totals, datasets,
-jobs, where the product's builds spend their time, the comparison of outputs,
-notes and profiles. The tables and their columns are kept from run to run, so
-that figures compare across runs. ``write_section`` replaces one generated
-section of a RESULTS.md and keeps the text around it; every benchmark that
-writes a section (``benchmarks.run``, ``benchmarks.latency``,
-``benchmarks.gcs_verify``) uses it with its own markers.
+Pure functions over the rows ``benchmarks.jobs`` and ``benchmarks.dag`` record
+(one dict per job: ``dataset``, ``side`` product/seed/raw/dag, ``stage``,
+``split``, ``kind``, the ``benchmarks.measure`` figures, the job's own counts),
+so that ``tests/test_benchmark_targets.py`` checks them without a run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dag, pyspy, timeline
-from benchmarks.measure import MB
+from benchmarks.dag import HOWS
+
+Job = dict[str, Any]
+Row = dict[str, Any]
+MIB = 2**20
+TARGET_SPEEDUP, AIM_SPEEDUP = 5.0, 10.0  # six outputs + validation copy vs the seed's
+TARGET_DAG = {"count": 5.0, "bytes": 3.0}  # the DAG's first run vs the seed's outputs
+TARGET_ADD_SEED_S, TARGET_ADD_SEED_X = 15.0, 3.0
+TARGET_READ_AMP, TARGET_RSS, TARGET_FLAT, TARGET_RAW = 1.2, 2**30, 1.25, 3.0
 
 
-def fmt(v: Any, nd: int = 1) -> str:
-    """A figure for a table cell: ``-`` for none, thousands separated."""
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{nd}f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+def find(jobs: list[Job], **match: Any) -> list[Job]:
+    """The jobs whose fields equal ``match``."""
+    return [j for j in jobs if all(j.get(k) == v for k, v in match.items())]
 
 
-def _mb(v: int | None) -> str:
-    return "-" if v is None else f"{v / 1e6:,.1f}"
+def _wall(jobs: list[Job], key: str = "wall_seconds") -> float | None:
+    vals = [j.get(key) for j in jobs]
+    return sum(v for v in vals if v is not None) if vals and None not in vals else None
 
 
-def job_table(jobs: list[dict[str, Any]]) -> str:
-    head = (
-        "| dataset | job | wall s | CPU s | records | rec/s | MB/s | read MB | written MB | "
-        "read amp | disk read MB | peak RSS tree MiB | max proc MiB | seed / product | "
-        "x raw copy |"
-    )
-    lines = [head, "|" + " --- |" * 2 + " ---: |" * 13]
-    for j in jobs:
-        name = j["name"] + (" (extrapolated)" if j.get("extrapolated") else "")
-        lines.append(
-            f"| {j['dataset']} | {name} | {fmt(j['wall_seconds'])} | {fmt(j.get('cpu_seconds'))} | "
-            f"{fmt(j.get('records'))} | {fmt(j.get('records_per_s'), 0)} | "
-            f"{fmt(j.get('mb_per_s'))} | {_mb(j.get('bytes_read'))} | "
-            f"{_mb(j.get('bytes_written'))} | {fmt(j.get('read_amplification'), 2)} | "
-            f"{_mb(j.get('disk_read_bytes'))} | "
-            f"{fmt(j['peak_rss_tree'] / MB, 0)} | "
-            f"{fmt(j['max_rss_process'] / MB if j.get('max_rss_process') else None, 0)} | "
-            f"{fmt(j.get('seed_speedup'), 2)} | {fmt(j.get('x_raw_copy'), 2)} |"
-        )
-    return "\n".join(lines)
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
-def target_table(rows: list[dict]) -> str:
-    lines = ["| target | value | met | detail |", "| --- | ---: | --- | --- |"]
-    for r in rows:
-        met = "-" if r["met"] is None else ("MET" if r["met"] else "MISSED")
-        lines.append(f"| {r['target']} | {fmt(r['value'], 2)} | {met} | {r['detail']} |")
-    return "\n".join(lines)
+def totals(jobs: list[Job], ds: str) -> dict[str, Any]:
+    """One dataset's inner jobs: the seed's six outputs against the product's builds and
+    validation copy, one after another and N at a time (wall and CPU)."""
+    seed = find(jobs, dataset=ds, side="seed", stage="build")
+    mine = find(jobs, dataset=ds, side="product", stage="build")
+    mine += find(jobs, dataset=ds, side="product", stage="copy")
+    par = [j for j in find(jobs, dataset=ds, side="product") if j.get("parallel")]
+    out = {"seed_s": _wall(seed), "product_s": _wall(mine)}
+    out["seed_cpu_s"], out["product_cpu_s"] = _wall(seed, "cpu_seconds"), _wall(mine, "cpu_seconds")
+    out["ratio"] = _ratio(out["seed_s"], out["product_s"])
+    out["cpu_ratio"] = _ratio(out["seed_cpu_s"], out["product_cpu_s"])
+    out["parallel_s"] = par[0]["wall_seconds"] if par else None
+    out["parallel_ratio"] = _ratio(out["seed_s"], out["parallel_s"]) if seed else None
+    out["parallel"] = par[0]["parallel"] if par else None
+    return out
 
 
-def totals_table(tot: dict[str, Any]) -> str:
-    lines = [
-        (
-            "| dataset | product: builds + validation copy (wall / CPU s) | product end to end "
-            "(+validate, plan, verify) | seed: six builds (wall / CPU s) | speedup wall | "
-            "speedup CPU | product builds as the DAG runs them (wall s / speedup) |"
-        ),
-        "| --- |" + " ---: |" * 6,
-    ]
-    for ds, t in tot.items():
-        pb, pe, sb = (
-            t["product_builds_plus_validation_copy"],
-            t["product_end_to_end"],
-            t["seed_builds"],
-        )
-        lines.append(
-            f"| {ds} | {fmt(pb['wall_seconds'])} / {fmt(pb['cpu_seconds'])} | "
-            f"{fmt(pe['wall_seconds'])} / {fmt(pe['cpu_seconds'])} | "
-            f"{fmt(sb['wall_seconds'])} / {fmt(sb['cpu_seconds'])} | "
-            f"{fmt(t['speedup_builds_wall_seconds'], 2)} | {fmt(t['speedup_builds_cpu_seconds'], 2)} | "
-            + (
-                f"{t['product_builds_parallel']['wall_seconds']:.1f} / "
-                f"{fmt(t['speedup_builds_parallel_wall_seconds'], 2)} |"
-                if t.get("product_builds_parallel")
-                else "- | "
-            )
-        )
-    return "\n".join(lines)
+def dag_rows(jobs: list[Job], datasets: Mapping[str, Any]) -> list[Row]:
+    """Per dataset, way of running the DAG and case: its time against its reference
+    (first run: the seed's six outputs + validation copy; add one seed: cp + python)."""
+    out = []
+    for ds in datasets:
+        seed = find(jobs, dataset=ds, side="seed")
+        cp = [j for j in find(jobs, dataset=ds, side="raw") if j["stage"].endswith("start-up")]
+        refs = {"first run": _wall(seed) if seed else None}
+        refs["add one seed"] = cp[0]["wall_seconds"] if cp else None
+        dags_test = {j["stage"]: j["wall_seconds"] for j in find(jobs, dataset=ds, how="dags test")}
+        for how in HOWS:
+            for d in find(jobs, dataset=ds, side="dag", how=how):
+                ref = refs.get(d["stage"])
+                r = {"dataset": ds, "how": how, "case": d["stage"], "dag_s": d["wall_seconds"]}
+                r.update(run_s=d.get("run_seconds"), reference_s=ref, repeats=d.get("repeats"))
+                r.update(ratio=_ratio(ref, d["wall_seconds"]), tasks=d.get("task_seconds") or {})
+                r["largest_mib"] = (d.get("max_rss_process") or 0) / MIB
+                r["vs_dags_test"] = _ratio(d["wall_seconds"], dags_test.get(d["stage"]))
+                out.append(r)
+    return out
 
 
-def compare_table(rows: list[dict]) -> str:
-    lines = [
-        (
-            "| dataset | split | shards | records (product / seed) | counts per shard equal | "
-            "records byte-identical | differing records with the same features (sampled) | "
-            "bytes product | bytes seed |"
-        ),
-        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for c in rows:
-        lines.append(
-            f"| {c['dataset']} | {c['split']} | {c['shards_product']} | {c['records_product']:,} / "
-            f"{c['records_seed']:,} | {'yes' if c['counts_equal'] else 'NO'} | "
-            f"{c['records_byte_identical']:,} | {c['differing_records_same_features']:,} of "
-            f"{c['differing_records_parsed']:,} | {c['bytes_product']:,} | {c['bytes_seed']:,} |"
-        )
-    return "\n".join(lines)
+def _row(target: str, value: Any, met: bool | None, detail: str) -> Row:
+    return {"target": target, "value": value, "met": met, "detail": detail}
 
 
-def phases_table(jobs: list[dict[str, Any]]) -> str:
-    """Product builds: wall time by phase (from their logs) and peak RSS by process."""
-    head = (
-        "| dataset | build | wall s | "
-        + " | ".join(timeline.PHASES)
-        + " | first progress after | steady MB/s | peak RSS by process (MiB) |"
-    )
-    lines = [head, "| --- | --- |" + " ---: |" * (len(timeline.PHASES) + 3) + " --- |"]
-    for j in jobs:
-        if j["side"] != "product" or j["stage"] != "build" or not j.get("phases"):
+def dag_targets(jobs: list[Job], datasets: Mapping[str, Any]) -> list[Row]:
+    """The whole DAG's first run against the seed (COUNT >= 5x, BYTES >= 3x), and adding
+    one seed on COUNT (<= 15 s and <= 3x a copy of its bytes + a Python start-up)."""
+    out = []
+    for r in dag_rows(jobs, datasets):
+        role = datasets[r["dataset"]]["role"]
+        name = f"{r['dataset']}: the whole DAG ({r['how']}, {r['case']})"
+        if r["how"] == "team stack" or not r["ratio"]:
             continue
-        ph = j["phases"]
-        procs = ", ".join(
-            f"{k.replace('python -m ', '')} {v / MB:,.0f}"
-            for k, v in sorted(j.get("rss_by_process", {}).items())
-        )
-        lines.append(
-            f"| {j['dataset']} | {j['split']} | {j['wall_seconds']:.1f} | "
-            + " | ".join(f"{ph[k]:.1f}" for k in timeline.PHASES)
-            + f" | {fmt(ph.get('first_progress'))} | {fmt(ph.get('steady_mb_per_s'))}"
-            + f" | {procs} |"
-        )
-    return "\n".join(lines)
-
-
-def render(res: dict[str, Any]) -> str:
-    """The generated block of RESULTS.md from the results (the dict written to results.json)."""
-    meta, data = res["meta"], res["datasets"]
-    parts = [
-        f"Run {meta['finished_at']} on {meta['host']['cpus']} CPUs "
-        f"(load average {meta['host']['loadavg_start']} at start, {meta['host']['loadavg_end']} "
-        f"at end), {meta['runner']}; page cache {meta['page_cache'].split(':')[0]}; total "
-        f"{meta['total_seconds'] / 60:.1f} min"
-        + (" (QUICK sizes)" if meta["quick"] else "")
-        + f"; code: commit "
-        f"{(meta['git_commit'] or '?')[:8]}, beam_jobs sources {meta['beam_jobs_sha256']}"
-        + (
-            " (WARNING: beam_jobs changed during the run)"
-            if meta.get("beam_jobs_changed_during_run")
-            else ""
-        )
-        + ".",
-        "",
-        "### What the user waits for: the DAG end to end",
-        "",
-        (
-            "First run on a never-seen source and adding one seed to the published folder, "
-            "against the seed reference's six outputs run in this same benchmark (and, for "
-            "one more seed, `cp` of that split's bytes plus one Python start-up). Two ways: "
-            "**scheduler**, a run triggered through the REST API on a running Airflow "
-            "(API server, scheduler with the LocalExecutor at the default parallelism, DAG "
-            "processor, triggerer; started, and warmed by one small run, before the timing), "
-            "timed from the trigger to the end of `publish_manifest` (the run's end, after "
-            "`release_lock`, in brackets), per task the span of its instances; and "
-            "**dags test**, `bin/airflow dags test` (tasks one after another in one process), "
-            "the wall time of the whole process (the run's own duration in brackets), per-task "
-            "times from its log. Beam jobs are DirectRunner subprocesses either way."
-        ),
-        "",
-        dag.table(dag.rows(res["jobs"], data)),
-        "",
-        "### Targets",
-        "",
-        target_table(res["targets"]),
-        "",
-        "### Totals",
-        "",
-        totals_table(res["totals"]),
-        "",
-        "### Datasets",
-        "",
-        "| dataset | train records | shards | train MB | mean record bytes | validation records |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        *[
-            f"| {k} | {v['train_records']:,} | {v['train_shards']} | {v['train_bytes'] / 1e6:,.1f} | "
-            f"{v['mean_record_bytes']:,.0f} | {v['validation_records']:,} |"
-            for k, v in data.items()
-        ],
-        "",
-        "### Jobs",
-        "",
-        job_table(res["jobs"]),
-        "",
-        "### Product builds: where the wall time goes (from their logs)",
-        "",
-        (
-            "startup = Python + imports; prepare = plan + catalog -> record table; pipeline = "
-            "runner and worker start-up, all shards, promotion; teardown = the runner stopping; "
-            "first progress after = seconds from the pipeline's start to its first progress line "
-            "(~10% of the shards done); steady MB/s = bytes written from then to the end of the "
-            "pipeline over that time (approximate: progress is polled about once a second)."
-        ),
-        "",
-        phases_table(res["jobs"]),
-    ]
-    if res["comparisons"]:
-        parts += [
-            "",
-            "### Product vs seed reference outputs",
-            "",
-            compare_table(res["comparisons"]),
-        ]
-    if res["notes"]:
-        parts += ["", "Notes:", ""] + [f"* {n}" for n in res["notes"]]
-    if res["profiles"]:
-        parts += ["", "### Profiles (py-spy, product builds on COUNT)", ""]
-        for k, s in res["profiles"].items():
-            parts.append(
-                pyspy.format_summary(
-                    f"{k} ({s['wall_seconds_under_pyspy']:.0f} s wall under py-spy)", s
+        if r["case"] == "first run" and role in TARGET_DAG:
+            t = TARGET_DAG[role]
+            detail = f"DAG {r['dag_s']:.1f} s vs seed {r['reference_s']:.1f} s"
+            out.append(
+                _row(
+                    f"{name} >= {t:.0f}x faster than the seed", r["ratio"], r["ratio"] >= t, detail
                 )
             )
-    return "\n".join(parts) + "\n"
+        if r["case"] == "add one seed" and role == "count":
+            x, s = 1 / r["ratio"], r["dag_s"]
+            met = s <= TARGET_ADD_SEED_S and x <= TARGET_ADD_SEED_X
+            text = (
+                f"{name} <= {TARGET_ADD_SEED_S:.0f} s and <= {TARGET_ADD_SEED_X:.0f}x cp + python"
+            )
+            out.append(
+                _row(text, f"{s:.1f} s, {x:.1f}x", met, f"reference {r['reference_s']:.2f} s")
+            )
+    return out
 
 
-def write_section(
-    path: Path, body: str, *, begin: str, end: str, heading: str | None = None
-) -> None:
-    """Put ``body`` between the markers ``begin`` and ``end`` in ``path``.
+def memory_targets(jobs: list[Job], datasets: Mapping[str, Any]) -> list[Row]:
+    """COUNT and BYTES: the largest single process the product runs (its CLIs and the DAG)
+    <= 1 GiB; BYTES: every product job's process tree <= 1 GiB."""
+    out = []
+    for ds, info in datasets.items():
+        mine = [j for j in jobs if j["dataset"] == ds and j["side"] in ("product", "dag")]
+        mine = [j for j in mine if j.get("max_rss_process")]
+        if info["role"] in ("count", "bytes") and mine:
+            w = max(mine, key=lambda j: j["max_rss_process"])
+            v = w["max_rss_process"]
+            text = f"{ds}: peak RSS of every process the product runs <= 1 GiB"
+            out.append(_row(text, f"{v / MIB:,.0f} MiB", v <= TARGET_RSS, f"in {w['name']}"))
+        tree = [j for j in find(jobs, dataset=ds, side="product") if not j.get("parallel")]
+        if info["role"] == "bytes" and tree:
+            w = max(tree, key=lambda j: j["peak_rss_tree"])
+            v = w["peak_rss_tree"]
+            text = f"{ds}: peak RSS (process tree) of every product job <= 1 GiB"
+            out.append(_row(text, f"{v / MIB:,.0f} MiB", v <= TARGET_RSS, f"in {w['name']}"))
+    return out
 
-    The section between the markers is replaced and the text around it is kept
-    (hand-written notes, the other benchmarks' sections). The first time, the
-    section is appended (under ``## heading``, if given); a missing file starts
-    with the title "# Benchmark results".
-    """
-    block = f"{begin}\n{body}{end}\n"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if begin in text and end in text:
-        pre, rest = text.split(begin, 1)
-        text = pre + block + rest.split(end, 1)[1].lstrip("\n")
+
+def inner_targets(jobs: list[Job], datasets: Mapping[str, Any]) -> list[Row]:
+    """COUNT: the builds and validation copy vs the seed's six outputs (one after another,
+    and N at a time); every dataset: a 10% split's read amplification."""
+    out = []
+    for ds, info in datasets.items():
+        t = totals(jobs, ds)
+        if info["role"] == "count" and t["ratio"]:
+            text = f"{ds}: six outputs + validation copy >= {TARGET_SPEEDUP:.0f}x faster than the seed's"
+            detail = (
+                f"{t['product_s']:.1f} s vs {t['seed_s']:.1f} s; CPU {t['cpu_ratio'] or 0:.2f}x"
+            )
+            out.append(_row(text, t["ratio"], t["ratio"] >= TARGET_SPEEDUP, detail))
+        if info["role"] == "count" and t["parallel_ratio"]:
+            text = f"{ds}: the same, builds {t['parallel']} at a time, >= {TARGET_SPEEDUP:.0f}x"
+            ok = t["parallel_ratio"] >= TARGET_SPEEDUP
+            out.append(_row(text, t["parallel_ratio"], ok, f"{t['parallel_s']:.1f} s"))
+        tens = [j for j in find(jobs, dataset=ds, side="product", stage="build", kind="10%")]
+        amps = [(read_amplification(j) or 0, j["split"]) for j in tens]
+        if amps:
+            v, split = max(amps)
+            text = f"{ds}: read amplification of a 10% split <= {TARGET_READ_AMP}"
+            out.append(_row(text, v, v <= TARGET_READ_AMP, f"worst: {split} (the build's count)"))
+    return out
+
+
+def bytes_targets(jobs: list[Job], datasets: Mapping[str, Any]) -> list[Row]:
+    """Half BYTES to BYTES: every product job's peak RSS grows <= 1.25x; BYTES: the
+    reshuffle within 3x of ``cp -r`` of the source."""
+    role = {v["role"]: k for k, v in datasets.items()}
+    big, half = role.get("bytes"), role.get("bytes_half")
+    out = []
+    if big and half:
+        growth = []
+        for j in find(jobs, dataset=big, side="product"):
+            h = find(jobs, dataset=half, side="product", stage=j["stage"], kind=j.get("kind"))
+            h = [k for k in h if _same_split(k["split"], j["split"])]
+            if h and h[0]["peak_rss_tree"] and not j.get("parallel"):
+                growth.append((j["peak_rss_tree"] / h[0]["peak_rss_tree"], j["name"]))
+        if growth:
+            v, name = max(growth)
+            text = f"peak RSS flat from {half} to {big}: every product job <= {TARGET_FLAT}x"
+            out.append(_row(text, v, v <= TARGET_FLAT, f"largest growth: {name}"))
+    rs = find(jobs, dataset=big, side="product", stage="build", split="train") if big else []
+    cp = find(jobs, dataset=big, stage="cp -r source") if big else []
+    if rs and cp:
+        v = rs[0]["wall_seconds"] / cp[0]["wall_seconds"]
+        fs = find(jobs, dataset=big, stage="copy train-* + fsync each")
+        detail = f"{rs[0]['wall_seconds']:.1f} s vs {cp[0]['wall_seconds']:.1f} s"
+        if fs:
+            detail += f"; vs a copy that fsyncs each file {rs[0]['wall_seconds'] / fs[0]['wall_seconds']:.2f}x"
+        out.append(
+            _row(f"{big}: reshuffle within {TARGET_RAW:.0f}x of cp -r", v, v <= TARGET_RAW, detail)
+        )
+    return out
+
+
+TARGETS: tuple[Callable[[list[Job], Mapping[str, Any]], list[Row]], ...] = (
+    dag_targets,
+    memory_targets,
+    inner_targets,
+    bytes_targets,
+)
+
+
+def evaluate(jobs: list[Job], datasets: Mapping[str, Any]) -> list[Row]:
+    """Every target's rows, in table order."""
+    return [r for target in TARGETS for r in target(jobs, datasets)]
+
+
+def _same_split(a: str | None, b: str | None) -> bool:
+    """The same split on two datasets: equal names, or 10% splits of the same seed."""
+    return a == b or bool(a and b and a.rsplit(".", 1)[-1] == b.rsplit(".", 1)[-1])
+
+
+def read_amplification(j: Job) -> float | None:
+    """Bytes of the source read per byte written (a build's own counts)."""
+    return _ratio(j.get("bytes_read"), j.get("bytes_written"))
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def ratio_table(jobs: list[Job], datasets: Mapping[str, Any]) -> str:
+    """Seed time / product time, side by side: the inner jobs and what the user waits for."""
+    lines = [
+        "| dataset | what | product s | seed s | seed / product |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for ds in datasets:
+        for j in find(jobs, dataset=ds, side="product", stage="build"):
+            s = find(jobs, dataset=ds, side="seed", stage="build", split=j["split"])
+            sw = s[0]["wall_seconds"] if s else None
+            ratio = _x(_ratio(sw, j["wall_seconds"]))
+            lines.append(
+                f"| {ds} | build {j['split']} | {j['wall_seconds']:.1f} | {sw or 0:.1f} | {ratio} |"
+            )
+        t = totals(jobs, ds)
+        if t["product_s"]:
+            lines.append(
+                f"| {ds} | **six outputs + validation copy** | {t['product_s']:.1f} | "
+                f"{t['seed_s'] or 0:.1f} | **{_x(t['ratio'])}** (CPU {_x(t['cpu_ratio'])}) |"
+            )
+        if t["parallel_s"]:
+            lines.append(
+                f"| {ds} | builds {t['parallel']} at a time | {t['parallel_s']:.1f} | "
+                f"{t['seed_s'] or 0:.1f} | {_x(t['parallel_ratio'])} |"
+            )
+        for r in dag_rows(jobs, datasets):
+            if r["dataset"] == ds and r["case"] == "first run":
+                lines.append(
+                    f"| {ds} | **DAG, trigger to manifest ({r['how']})** | {r['dag_s']:.1f} | "
+                    f"{r['reference_s'] or 0:.1f} | **{_x(r['ratio'])}** |"
+                )
+    return "\n".join(lines)
+
+
+def dag_table(rows: list[Row]) -> str:
+    """The DAG end to end: each way and case, its reference, memory and per-task times."""
+    lines = [
+        "| dataset | how | case | DAG s (run s) | reference s | ratio | vs dags test | "
+        "largest process MiB | where the time went (s) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        timed = f"{r['dag_s']:.1f} ({r['run_s'] or 0:.1f})"
+        if len(r["repeats"] or []) > 1:
+            timed += "; median of " + ", ".join(f"{x:.1f}" for x in r["repeats"])
+        ratio = (
+            f"{r['ratio']:.2f}x faster"
+            if r["case"] == "first run" and r["ratio"]
+            else (f"{1 / r['ratio']:.1f}x the reference" if r["ratio"] else "-")
+        )
+        tasks = ", ".join(f"{k} {v:.1f}" for k, v in r["tasks"].items() if v >= 0.5)
+        lines.append(
+            f"| {r['dataset']} | {r['how']} | {r['case']} | {timed} | {r['reference_s'] or 0:.2f} "
+            f"| {ratio} | {_x(r['vs_dags_test'])} | {r['largest_mib']:,.0f} | {tasks} |"
+        )
+    return "\n".join(lines)
+
+
+def job_table(jobs: list[Job]) -> str:
+    """Every job: wall, CPU, memory (tree and largest process), rate, read amplification."""
+    lines = [
+        "| dataset | job | wall s | CPU s | peak RSS tree MiB | largest process MiB | "
+        "records/s | read amp |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for j in jobs:
+        rate = (j.get("records") or 0) / j["wall_seconds"] if j["wall_seconds"] else 0
+        amp = read_amplification(j) if j["stage"] == "build" else None
+        lines.append(
+            f"| {j['dataset']} | {j['name']} | {j['wall_seconds']:.1f} | {j.get('cpu_seconds') or 0:.1f} "
+            f"| {j['peak_rss_tree'] / MIB:,.0f} | {(j.get('max_rss_process') or 0) / MIB:,.0f} "
+            f"| {rate:,.0f} | {'-' if amp is None else f'{amp:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def target_table(rows: list[Row]) -> str:
+    lines = ["| target | value | met | detail |", "| --- | ---: | --- | --- |"]
+    for r in rows:
+        v = f"{r['value']:.2f}" if isinstance(r["value"], float) else str(r["value"])
+        met = "MET" if r["met"] else "MISSED"
+        lines.append(f"| {r['target']} | {v} | {met} | {r['detail']} |")
+    return "\n".join(lines)
+
+
+def render(result: dict[str, Any]) -> str:
+    """The Markdown of one run: ratios, the DAG end to end, targets, every job."""
+    jobs, data = result["jobs"], result["datasets"]
+    m = result["meta"]
+    return "\n\n".join(
+        [
+            f"Run {m['started_at']}, {m['total_seconds']:.0f} s, on {m['cpus']} CPUs, "
+            f"commit {m['git_commit']}" + (" (QUICK sizes: not meaningful)" if m["quick"] else ""),
+            "### Ratios: seed time / product time\n\n" + ratio_table(jobs, data),
+            "### What the user waits for: the DAG end to end\n\n" + dag_table(dag_rows(jobs, data)),
+            "### Targets\n\n" + target_table(result["targets"]),
+            "### Jobs\n\n" + job_table(jobs),
+        ]
+    )
+
+
+def write_section(md: Path, body: str, begin: str, end: str) -> None:
+    """Replace the text between ``begin`` and ``end`` in ``md`` (or start the file)."""
+    text = md.read_text() if md.exists() else "# Benchmark results\n\n"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text.split(begin, 1)[1]:
+        before, rest = text.split(begin, 1)
+        text = before + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + (f"## {heading}\n\n" if heading else "") + block
-    path.write_text(text)
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text)

@@ -1,13 +1,14 @@
 """ImageNet on Dataflow, per job: requests, bytes, CPU, time and cost, from measurements.
 
-    python -m benchmarks.scale_model [--results .bench/latency.json] [--workers 4,20]
+    python -m benchmarks.scale_model [--inputs benchmarks/scale_inputs.json] [--workers 4,20]
 
-Prints the tables of ``docs/scale.md`` from the latency benchmark's results
-(``python -m benchmarks.latency``: client CPU per GET and per byte, the build's
-CPU per record on simulated GCS, each job's per-record and per-byte CPU, table
-memory) and the constants below, each either ImageNet's shape, a setting of
-the product (``beam_jobs.storage``, ``beam_jobs.building.build``) or a cited list
-price or limit (see ``docs/scale.md`` for the sources). The model:
+Prints the tables of ``docs/scale.md`` from the measured inputs recorded in
+``benchmarks/scale_inputs.json`` (client CPU per GET and per byte on simulated
+GCS, the build's CPU per record there, each job's per-record and per-byte CPU,
+table memory; the file says where they come from) and the constants below,
+each either ImageNet's shape, a setting of the product (read through
+``benchmarks.product``) or a cited list price or limit (see ``docs/scale.md``
+for the sources). The model:
 
 * a worker has ``P`` SDK processes (one per vCPU: the staged job description
   asks for one core per SDK container) and each works on one shard at a time;
@@ -35,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks import product
+
+INPUTS = Path(__file__).resolve().parent / "scale_inputs.json"
 
 # ImageNet in TFRecords (the common converter): the product's DESIGN facts.
 TRAIN_RECORDS = 1_281_167
@@ -61,69 +64,54 @@ MACHINES = {"n2-standard-4": (4, 16)}  # vCPUs, GB
 
 @dataclass
 class Job:
+    """One of the DAG's jobs on ImageNet: its size, reads and writes."""
+
     name: str
     records: int
     shards: int
     bytes_read: float
     bytes_written: float
     ranged: bool  # one GET per record (builds) or whole shards in chunks
-    cost_key: str  # unit_costs job for the inner loop
+    cost_key: str  # its inner loop in the inputs' jobs
     written_shards: int  # output files uploaded in chunks (0: small files only)
     small_writes: int  # single-request uploads (catalog parts, sidecars, stats, ...)
 
 
 def jobs() -> list[Job]:
+    """The DAG's jobs on ImageNet, in the table's order."""
     split_bytes = TRAIN_BYTES * SPLIT_RECORDS / TRAIN_RECORDS
     val_bytes = VAL_RECORDS * MEAN_RECORD
-    return [
-        Job(
-            "validate",
-            TRAIN_RECORDS,
-            TRAIN_SHARDS,
-            TRAIN_BYTES,
-            0,
-            False,
-            "validate",
-            0,
-            TRAIN_SHARDS + 2,
-        ),
-        Job(
+    n, s, v = TRAIN_SHARDS, SPLIT_SHARDS, VAL_SHARDS
+    # name, records, shards, read, written, ranged, inner loop, written shards, small writes
+    rows: list[tuple[str, int, int, float, float, bool, str, int, int]] = [
+        ("validate", TRAIN_RECORDS, n, TRAIN_BYTES, 0, False, "validate", 0, n + 2),
+        (
             "build: one 10% split",
             SPLIT_RECORDS,
-            SPLIT_SHARDS,
+            s,
             split_bytes,
             split_bytes,
             True,
             "build",
-            SPLIT_SHARDS,
-            SPLIT_SHARDS + 2,
+            s,
+            s + 2,
         ),
-        Job(
+        (
             "build: the reshuffle",
             TRAIN_RECORDS,
-            TRAIN_SHARDS,
+            n,
             TRAIN_BYTES,
             TRAIN_BYTES,
             True,
             "build",
-            TRAIN_SHARDS,
-            TRAIN_SHARDS + 2,
+            n,
+            n + 2,
         ),
-        Job(
-            "validation copy",
-            VAL_RECORDS,
-            VAL_SHARDS,
-            val_bytes,
-            val_bytes,
-            False,
-            "copy",
-            VAL_SHARDS,
-            VAL_SHARDS + 1,
-        ),
-        Job(
+        ("validation copy", VAL_RECORDS, v, val_bytes, val_bytes, False, "copy", v, v + 1),
+        (
             "deep verify: one 10% split",
             SPLIT_RECORDS,
-            SPLIT_SHARDS,
+            s,
             split_bytes,
             0,
             False,
@@ -131,10 +119,10 @@ def jobs() -> list[Job]:
             0,
             2,
         ),
-        Job(
+        (
             "deep verify: the reshuffle",
             TRAIN_RECORDS,
-            TRAIN_SHARDS,
+            n,
             TRAIN_BYTES,
             0,
             False,
@@ -143,61 +131,46 @@ def jobs() -> list[Job]:
             2,
         ),
     ]
+    return [Job(*row) for row in rows]
+
+
+def _cpu_and_wait(job: Job, res: dict[str, Any], lat: float, bw: float) -> tuple[float, float, int]:
+    """The job's CPU seconds, its waiting per shard for reads, and its GETs."""
+    if job.ranged:  # one GET per record; the core is the limit at GCS_READ_THREADS in flight
+        return job.records * res["build_cpu_ms_per_record"] / 1e3, 0.0, job.records
+    chunk = product.storage_settings()["read_chunk"]
+    chunks = math.ceil(job.bytes_read / job.shards / chunk)
+    gets = job.shards * chunks
+    unit, client = res["jobs"][job.cost_key], res["client"]
+    cpu = (
+        job.records * unit["us_per_record"] / 1e6
+        + job.bytes_read * unit["ns_per_byte"] / 1e9
+        + gets * client["cpu_ms_per_get"] / 1e3
+        + job.bytes_read * client["cpu_ns_per_byte"] / 1e9
+    )
+    return cpu, chunks * (lat + chunk / bw), gets
 
 
 def model(
     job: Job, res: dict[str, Any], workers: int, machine: str = "n2-standard-4"
 ) -> dict[str, Any]:
-    from beam_jobs.building.build import GCS_READ_THREADS
-    from beam_jobs.storage import READ_CHUNK, UPLOAD_CHUNK
-
+    """One job on ``workers`` workers: requests, CPU, time, what limits it, cost."""
     vcpus, mem_gb = MACHINES[machine]
-    lat = sum(res["meta"]["latency_ms"]) / 2 / 1e3
-    bw = res["meta"]["bandwidth_mbps"] * 1e6
-    client = res["client"]
-    unit = res["unit_costs"]["jobs"][job.cost_key]
-    shard_bytes = job.bytes_read / job.shards
-    shard_records = job.records / job.shards
-    if job.ranged:
-        gets = job.records
-        build = next(
-            p
-            for p in res["points"]
-            if p["mode"] == "build" and p["threads"] == res["saturating_threads"]
-        )
-        cpu_per_record = (
-            build["cpu_ms_per_record"] / 1e3 * MEAN_RECORD / res["meta"]["mean_record_bytes"]
-        )
-        cpu = job.records * cpu_per_record
-        wait_shard = 0.0  # reads: the core is the limit at GCS_READ_THREADS in flight
-    else:
-        chunks = math.ceil(shard_bytes / READ_CHUNK)
-        gets = job.shards * chunks
-        cpu = (
-            job.records * unit["us_per_record"] / 1e6
-            + job.bytes_read * unit["ns_per_byte"] / 1e9
-            + gets * client["cpu_ms_per_get"] / 1e3
-            + job.bytes_read * client["cpu_ns_per_byte"] / 1e9
-        )
-        wait_shard = chunks * (lat + READ_CHUNK / bw)
-    put_chunks = (
-        math.ceil(job.bytes_written / job.shards / UPLOAD_CHUNK) if job.written_shards else 0
-    )
-    upload_wait_shard = (
-        put_chunks * lat + (job.bytes_written / job.shards) / bw if put_chunks else 0.0
-    )
-    shard_time = cpu / job.shards + wait_shard + upload_wait_shard
+    lat = sum(res["latency_ms"]) / 2 / 1e3
+    bw = res["bandwidth_mbps"] * 1e6
+    cpu, wait_shard, gets = _cpu_and_wait(job, res, lat, bw)
+    upload = product.storage_settings()["upload_chunk"]
+    shard_written = job.bytes_written / job.shards
+    put_chunks = math.ceil(shard_written / upload) if job.written_shards else 0
+    upload_wait = put_chunks * lat + shard_written / bw if put_chunks else 0.0
+    shard_time = cpu / job.shards + wait_shard + upload_wait
     rounds = math.ceil(job.shards / (vcpus * workers))
     seconds = max(rounds * shard_time, gets / BUCKET_READS_PER_S)
-    limit = (
-        "bucket read rate"
-        if gets / BUCKET_READS_PER_S > rounds * shard_time
-        else ("CPU" if job.ranged else "request latency")
-    )
+    limit = "CPU" if job.ranged else "request latency"
+    if gets / BUCKET_READS_PER_S > rounds * shard_time:
+        limit = "bucket read rate"
     class_a = job.written_shards * (1 + put_chunks) + job.small_writes
     worker_hour = vcpus * VCPU_HOUR + mem_gb * GB_HOUR + WORKER_DISK_GB * PD_GB_HOUR
-    compute = workers * seconds / 3600 * worker_hour
-    ops = gets * CLASS_B + class_a * CLASS_A
     return {
         "job": job.name,
         "workers": workers,
@@ -210,23 +183,22 @@ def model(
         "rounds": rounds,
         "seconds": seconds,
         "limit": limit,
-        "dataflow_usd": compute,
-        "gcs_ops_usd": ops,
+        "dataflow_usd": workers * seconds / 3600 * worker_hour,
+        "gcs_ops_usd": gets * CLASS_B + class_a * CLASS_A,
         "worker_hour_usd": worker_hour,
-        "read_threads": GCS_READ_THREADS,
-        "shard_records": shard_records,
     }
 
 
 def memory(res: dict[str, Any]) -> dict[str, float]:
-    from beam_jobs.building.build import BATCH_BYTES, GCS_READ_THREADS
-
-    m = res["unit_costs"]["memory"]
+    """Memory per SDK process: the build's record table, the catalog, one batch of reads."""
+    settings = product.storage_settings()
+    m = res["memory"]
+    batch = max(settings["batch_bytes"], 4 * settings["gcs_read_threads"] * MEAN_RECORD)
     return {
         "build_table_split_mib": SPLIT_RECORDS * m["build_table_bytes_per_row"] / 2**20,
         "build_table_reshuffle_mib": TRAIN_RECORDS * m["build_table_bytes_per_row"] / 2**20,
         "catalog_mib": TRAIN_RECORDS * m["catalog_bytes_per_row"] / 2**20,
-        "batch_mib": max(BATCH_BYTES, 4 * GCS_READ_THREADS * MEAN_RECORD) / 2**20,
+        "batch_mib": batch / 2**20,
     }
 
 
@@ -279,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.scale_model", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--results", default=str(ROOT / ".bench" / "latency.json"))
+    p.add_argument("--inputs", default=str(INPUTS), help="the measured inputs (JSON)")
     p.add_argument("--workers", default="4,20")
     a = p.parse_args(argv)
-    res = json.loads(Path(a.results).read_text())
+    res = json.loads(Path(a.inputs).read_text())
     print(render(res, [int(x) for x in a.workers.split(",")]))
     return 0
 

@@ -9,6 +9,7 @@ read back with the consumer's own file patterns) is in ``test_dag.py``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from fractions import Fraction
@@ -347,7 +348,7 @@ def test_fixmatchs_three_sizes_always_nest_on_imagenet(smaller, larger):
     """A class's quota at the larger fraction is at least floor(N_c * larger), and at
     the smaller at most floor(N_c * smaller) + 1: no quota shrinks when the first
     exceeds the second, for every class size ImageNet has (732..1,300), so the splits
-    of one seed nest whatever the class sizes (see benchmarks/nesting.py for the
+    of one seed nest whatever the class sizes (the README quotes the
     measured splits)."""
     lo, hi = Fraction(smaller), Fraction(larger)
     for size in range(732, 1301):
@@ -423,18 +424,66 @@ def test_add_seeds_of_a_manifest_with_several_fractions_asks_for_all_of_them():
     assert "fractions" not in conf
 
 
+def measure_nesting(
+    names: list[str],
+    labels: list[int],
+    *,
+    seeds: tuple[int, ...],
+    fractions: tuple[str, ...],
+    sampling: str,
+) -> dict:
+    """Plan each (seed, fraction) with the planner the DAG runs; count, per seed and pair
+    of fractions, the smaller split's records outside the larger one, and the classes
+    whose quota shrinks as the fraction grows (the only way v1's splits of one seed can
+    fail to nest). The counting of the former ``benchmarks/nesting.py``, whose figures
+    the README quotes."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    names, labels = [names[i] for i in order], [labels[i] for i in order]
+    outside: list[int] = []
+    sizes: dict[str, int] = {}
+    for seed in seeds:
+        keys = split_algorithm.hash_keys(names, "select", seed)
+        plans = [
+            split_algorithm.plan_supervised(
+                names, labels, seed=seed, fraction=f, sampling=sampling, select_keys=keys
+            )
+            for f in fractions
+        ]
+        sizes.update({f: p.num_examples for f, p in zip(fractions, plans)})
+        for a, b in itertools.combinations(plans, 2):
+            small, large = sorted((a, b), key=lambda p: p.num_examples)
+            outside += [r["outside"] for r in plan_cli.nesting([small, large])]
+    class_sizes: dict[int, int] = {}
+    for lab in labels:
+        class_sizes[lab] = class_sizes.get(lab, 0) + 1
+    shrinking = 0
+    if sampling == "stratified":
+        quotas = {f: class_quotas(class_sizes, Fraction(f), sizes[f]) for f in fractions}
+        for a, b in itertools.combinations(sorted(fractions, key=Fraction), 2):
+            shrinking += sum(quotas[a][c] > quotas[b][c] for c in class_sizes)
+    return {
+        "records": len(names),
+        "classes": len(class_sizes),
+        "sizes": sizes,
+        "pairs": len(outside),
+        "outside": sum(outside),
+        "shrinking_quotas": shrinking,
+    }
+
+
 def test_the_nesting_measurement_counts_what_it_says(source):
-    """benchmarks/nesting.py, whose figures the README quotes, on small catalogs."""
-    from benchmarks.nesting import measure
+    """The nesting measurement, whose figures the README quotes, on small catalogs."""
 
     names, labels = source
-    r = measure(names, labels, seeds=(1, 2), fractions=FIXMATCH_FRACTIONS, sampling="stratified")
+    r = measure_nesting(
+        names, labels, seeds=(1, 2), fractions=FIXMATCH_FRACTIONS, sampling="stratified"
+    )
     assert (r["records"], r["classes"], r["pairs"]) == (len(names), 20, 6)
     assert r["sizes"] == {f: split_size(len(names), Fraction(f)) for f in FIXMATCH_FRACTIONS}
     assert (r["outside"], r["shrinking_quotas"]) == (0, 0)
     # The counter-example above: one class's quota shrinks, one record is outside.
     names = [f"n{c}_{k}.JPEG" for c, size in ((1, 3), (2, 5), (3, 5)) for k in range(size)]
-    r = measure(
+    r = measure_nesting(
         names,
         [int(n[1]) for n in names],
         seeds=(1,),

@@ -26,7 +26,7 @@ The algorithm, unchanged:
 
 CLI (any other ``--flag`` is a Beam pipeline option)::
 
-    python -m benchmarks.seed_reference --input_dir=/data/imagenet \\
+    python -m benchmarks.seed --input_dir=/data/imagenet \\
         --sharding_file=/data/ssl/_work/plans/train128116.1.<sha>.csv \\
         --output_file_prefix=/data/seed/train128116.1 --num_shards=102
 """
@@ -37,6 +37,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
@@ -54,7 +55,8 @@ def read_sharding_data(sharding_file: str) -> dict[str, tuple[int, int]]:
 class AugmentExampleWithShardAndNewLabelFn(beam.DoFn):
     """Key each example by its planned shard, with its index (the seed's DoFn)."""
 
-    def process(self, ex, sharding_data):
+    # Hints of Any only: Beam infers coders from hints, and the seed had none.
+    def process(self, ex: Any, sharding_data: Any) -> Any:
         filename = ex.features.feature["image/filename"].bytes_list.value[0]
         filename = filename.decode("utf-8")
         if filename in sharding_data:
@@ -62,7 +64,7 @@ class AugmentExampleWithShardAndNewLabelFn(beam.DoFn):
             yield shard_id, (idx, ex)
 
 
-def save_grouped_data(inputs, output_file_prefix: str, num_shards: int) -> None:
+def save_grouped_data(inputs: Any, output_file_prefix: str, num_shards: int) -> None:
     """Write one shard: its examples sorted by index, re-serialized (the seed's writer)."""
     shard_id, elements = inputs
     output_filename = f"{output_file_prefix}-{shard_id:05}-of-{num_shards:05}"
@@ -72,7 +74,11 @@ def save_grouped_data(inputs, output_file_prefix: str, num_shards: int) -> None:
 
 
 def save_sharded_data_pipeline(
-    p, input_dir: str, sharding_data: dict, output_file_prefix: str, num_shards: int
+    p: Any,
+    input_dir: str,
+    sharding_data: dict[str, tuple[int, int]],
+    output_file_prefix: str,
+    num_shards: int,
 ) -> None:
     records = p | "Read" >> beam.io.ReadFromTFRecord(
         os.path.join(input_dir, "train-*"), coder=beam.coders.ProtoCoder(tf.train.Example)
@@ -84,7 +90,7 @@ def save_sharded_data_pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.seed_reference", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.seed", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--input_dir", required=True)
     parser.add_argument("--sharding_file", required=True)
