@@ -86,7 +86,7 @@ def run_build(split: str, plan_uri: str, catalog: str, output: str, *extra: str)
 def plan_files(catalog: str, out_dir: str, **req) -> dict[str, dict]:
     """Plan files for a request: {split: summary}."""
     summaries = write_plans(make_plans(catalog, PlanRequest(**req)), out_dir)
-    return {s["split"]: s for s in summaries}
+    return {s.split: s.to_dict() for s in summaries}
 
 
 def shard_files(folder: str, split: str) -> list[str]:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from beam_jobs.core import ShardStats, SplitSpec
+from beam_jobs.core import PlanSummary, ShardStats, SplitSpec
 
 SUMMARY = {
     "split": "train128116.3",
@@ -28,7 +28,7 @@ SUMMARY = {
 
 def test_split_spec_of_a_plan_is_the_xcom_the_plan_task_wrote():
     spec = SplitSpec.planned(
-        SUMMARY,
+        PlanSummary.from_dict(SUMMARY),
         action="build",
         reason="its plan changed",
         catalog_dir="gs://bkt/ssl/_work/catalog/5160864c129f5846",

@@ -190,7 +190,7 @@ def world(gcs_emulator, small_source, tmp_path_factory) -> dict[str, Any]:
     }
     cfg = resolve(params)
     env = {**os.environ, **offline_env(tmp)}
-    source = describe_source(cfg)
+    source = describe_source(cfg).to_dict()
     _ok(
         subprocess.run(
             [

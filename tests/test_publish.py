@@ -24,7 +24,7 @@ import pytest
 from support import built_splits as bs
 
 from beam_jobs import storage
-from beam_jobs.core import SplitSpec
+from beam_jobs.core import BuildStats, PlanSummary, SourceDescription, SplitSpec, VerifyReport
 from beam_jobs.layout import report_uri, stats_uri
 from beam_jobs.publishing.manifest import load, load_split, merge
 from beam_jobs.publishing.publish import PublishError, publish, versions_folder
@@ -350,15 +350,20 @@ def crafted(tmp_path):
     storage.write_text(plan_uri, "n1.JPEG,0,0\n")
     storage.write_text(
         plan_summary_uri(plan_uri),
-        json.dumps(
-            {
-                "seed": 1,
-                "fraction": "0.2",
-                "sampling": "stratified",
-                "class_counts": {"n1": 10},
-                "plan_source": "computed",
-            }
-        ),
+        PlanSummary(
+            split=split,
+            kind="supervised",
+            seed=1,
+            fraction="0.2",
+            sampling="stratified",
+            num_examples=10,
+            num_shards=1,
+            shard_lengths=[10],
+            plan_uri=plan_uri,
+            plan_sha256=sha,
+            plan_source="computed",
+            class_counts={"n1": 10},
+        ).to_json(),
     )
     staging = f"{cfg.work_uri}/staging/{split}/0123456789abcdef"
     shards = [
@@ -407,7 +412,17 @@ def crafted(tmp_path):
         num_shards=1,
         seed=1,
     )
-    source = {"fingerprint": "f" * 64, "validation_fingerprint": None}
+    source = SourceDescription(
+        source_uri=cfg.source_uri,
+        fingerprint="f" * 64,
+        catalog_dir=f"{cfg.work_uri}/catalog/x",
+        layout="common",
+        num_train_files=1,
+        action="cached",
+        reason="crafted",
+        validation_files=0,
+        validation_fingerprint=None,
+    )
     return SimpleNamespace(cfg=cfg, spec=spec, source=source, stats=stats, report=report)
 
 
@@ -418,11 +433,11 @@ def test_split_entry_of_a_verified_split(crafted):
         crafted.cfg,
         crafted.source,
         crafted.spec,
-        crafted.stats,
-        crafted.report,
+        BuildStats.from_dict(crafted.stats),
+        VerifyReport.from_dict(crafted.report),
         {"dataflow_job_id": "j-1"},
         {"dag_id": "d", "run_id": "r", "published_at": "2026-01-01T00:01:00+00:00"},
-    )
+    ).to_dict()
     # The verified objects, under their published names (with the identity a
     # reader checks without reading them); not where they were staged.
     assert e["shards"] == [
@@ -487,7 +502,7 @@ def test_publish_manifest_refuses_a_split_that_is_not_verified(crafted, case):
     with pytest.raises(TaskError, match=message):
         publish_manifest(
             cfg.to_dict(),
-            crafted.source,
+            crafted.source.to_dict(),
             [crafted.spec.to_dict()],
             {},
             {"dag_id": "d", "run_id": "r1"},

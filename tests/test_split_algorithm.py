@@ -683,9 +683,9 @@ def test_make_plans_and_write_plans(tiny_catalog, tmp_path, few):
     summaries = plan_cli.write_plans(plans, str(out))
     for plan, s in zip(plans, summaries):
         path = out / f"{plan.split}.{plan.sha256()[:16]}.csv"
-        assert s["plan_uri"] == str(path)
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == s["plan_sha256"] == plan.sha256()
-        assert s["shard_lengths"] == shard_sizes(plan.num_examples, plan.num_shards)
+        assert s.plan_uri == str(path)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == s.plan_sha256 == plan.sha256()
+        assert s.shard_lengths == shard_sizes(plan.num_examples, plan.num_shards)
 
 
 def test_plan_cli_checks_published_files_against_the_catalog(tiny_catalog, tmp_path, few, capsys):

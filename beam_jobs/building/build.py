@@ -61,7 +61,7 @@ from apache_beam.metrics import Metrics
 from beam_jobs import __version__, storage
 from beam_jobs.building import split_job
 from beam_jobs.building.split_job import SplitJob
-from beam_jobs.core import ShardStats
+from beam_jobs.core import BuildStats, ShardStats, StagedShard
 from beam_jobs.faults import failpoint
 from beam_jobs.layout import (
     ShardSetError,
@@ -596,31 +596,24 @@ def finish(
                 f"{split}: shard record counts differ from the plan "
                 f"(shard, written, planned): {bad[:5]}"
             )
-    summary = {
+    summary = BuildStats(
         **meta,
-        "split": split,
-        "num_shards": num_shards,
-        "num_examples": sum(s.num_records for s in shards),
-        "num_bytes": sum(s.num_bytes for s in shards),
+        split=split,
+        num_shards=num_shards,
+        num_examples=sum(s.num_records for s in shards),
+        num_bytes=sum(s.num_bytes for s in shards),
         # Measured by the readers (this attempt's shards; reused shards read nothing now).
-        "bytes_read": sum(s.bytes_read for s in shards if not s.reused),
-        "bytes_written": sum(s.num_bytes for s in shards if not s.reused),
-        "shards_reused": sum(1 for s in shards if s.reused),
-        "staging": staging,
-        "file_pattern": file_pattern(output_uri, prefix or split, num_shards),
-        "shards": [
-            {
-                "path": s.path,
-                "staged": s.staged,
-                "num_records": s.num_records,
-                "num_bytes": s.num_bytes,
-                "crc32c": s.crc32c,
-            }
-            for s in shards
+        bytes_read=sum(s.bytes_read for s in shards if not s.reused),
+        bytes_written=sum(s.num_bytes for s in shards if not s.reused),
+        shards_reused=sum(1 for s in shards if s.reused),
+        staging=staging,
+        file_pattern=file_pattern(output_uri, prefix or split, num_shards),
+        shards=[
+            StagedShard(s.path, s.staged, s.num_records, s.num_bytes, s.crc32c) for s in shards
         ],
-        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": __version__,
-    }
+        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        code_version=__version__,
+    ).to_dict()
     storage.write_text(stats_path, json.dumps(summary, indent=1) + "\n", "application/json")
     log.info(
         "%s: staged: %d shards, %d records, %.1f MB (%d shards reused)",

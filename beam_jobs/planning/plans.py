@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_jobs import access, defaults, storage
+from beam_jobs.core import PlanSummary
 from beam_jobs.layout import plan_file, records_uri
 from beam_jobs.planning import protocols
 from beam_jobs.planning.algorithm import (
@@ -315,24 +316,24 @@ def nesting_lines(plans: list[Plan]) -> list[str]:
     return lines
 
 
-def plan_summary(plan: Plan, uri: str) -> dict[str, Any]:
-    return {
-        "split": plan.split,
-        "kind": plan.kind,
-        "seed": plan.seed,
-        "fraction": plan.fraction,
-        "sampling": plan.sampling,
-        "num_examples": plan.num_examples,
-        "num_shards": plan.num_shards,
-        "shard_lengths": plan.shard_lengths(),
-        "plan_uri": uri,
-        "plan_sha256": plan.sha256(),
-        "plan_source": plan.source,
-        "class_counts": plan.class_counts,
-    }
+def plan_summary(plan: Plan, uri: str) -> PlanSummary:
+    return PlanSummary(
+        split=plan.split,
+        kind=plan.kind,
+        seed=plan.seed,
+        fraction=plan.fraction,
+        sampling=plan.sampling,
+        num_examples=plan.num_examples,
+        num_shards=plan.num_shards,
+        shard_lengths=plan.shard_lengths(),
+        plan_uri=uri,
+        plan_sha256=plan.sha256(),
+        plan_source=plan.source,
+        class_counts=plan.class_counts,
+    )
 
 
-def write_plans(plans: list[Plan], out_dir: str) -> list[dict[str, Any]]:
+def write_plans(plans: list[Plan], out_dir: str) -> list[PlanSummary]:
     """Write each plan as ``{out_dir}/{split}.{sha16}.csv`` (content-addressed,
     so a plan file never changes under a running build); return summaries."""
     start = time.perf_counter()
@@ -525,9 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for s in summaries:
-        print(
-            f"{s['split']}\t{s['num_examples']}\t{s['num_shards']}\t{s['plan_sha256']}\t{s['plan_uri']}"
-        )
+        print(f"{s.split}\t{s.num_examples}\t{s.num_shards}\t{s.plan_sha256}\t{s.plan_uri}")
     for line in nesting_lines(plans) if req.fractions else []:
         print(line, file=sys.stderr)
     return 0

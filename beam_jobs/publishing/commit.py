@@ -56,10 +56,10 @@ import concurrent.futures as cf
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from beam_jobs import layout, storage
+from beam_jobs.core import Publication, SplitSwitch
 from beam_jobs.faults import failpoint
 from beam_jobs.publishing.lock import Fence, LockLost
 from beam_jobs.publishing.manifest import merge
@@ -92,76 +92,6 @@ class UnfinishedSplits(PublicationError):
     def __init__(self, message: str, splits: list[str]) -> None:
         super().__init__(message)
         self.splits = splits
-
-
-@dataclass(frozen=True)
-class SplitSwitch:
-    """One split of a publication: its new manifest entry, where each of its
-    shards is staged (the staged object's verified identity, and the version of
-    the final name it replaces), and the files of the earlier build that go away."""
-
-    split: str
-    entry: dict[str, Any]
-    shards: list[
-        dict[str, Any]
-    ]  # {path, staged, num_bytes, crc32c, generation | mtime_ns, replaces}
-    staging: str
-    stale: list[dict[str, Any]]  # {path, version, num_bytes, crc32c, mtime_ns}
-    lost: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "entry": self.entry,
-            "shards": self.shards,
-            "staging": self.staging,
-            "stale": self.stale,
-            "lost": self.lost,
-        }
-
-    @classmethod
-    def from_dict(cls, split: str, d: dict[str, Any]) -> SplitSwitch:
-        stale = [s if isinstance(s, dict) else {"path": s} for s in d.get("stale") or []]
-        return cls(split, d["entry"], d["shards"], d["staging"], stale, bool(d.get("lost")))
-
-
-@dataclass(frozen=True)
-class Publication:
-    """Everything needed to finish a publication, from its journal alone."""
-
-    run_id: str
-    started_at: str
-    manifest_uri: str
-    output_uri: str
-    work_uri: str
-    splits: dict[str, SplitSwitch]
-    source: dict[str, Any] | None
-    provenance: dict[str, Any]
-    kept: dict[str, SplitSwitch] = field(default_factory=dict)  # unfinished, from an older journal
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "started_at": self.started_at,
-            "manifest_uri": self.manifest_uri,
-            "output_uri": self.output_uri,
-            "work_uri": self.work_uri,
-            "splits": {k: v.to_dict() for k, v in sorted(self.splits.items())},
-            "source": self.source,
-            "provenance": self.provenance,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Publication:
-        return cls(
-            d["run_id"],
-            d["started_at"],
-            d["manifest_uri"],
-            d["output_uri"],
-            d["work_uri"],
-            {k: SplitSwitch.from_dict(k, v) for k, v in d["splits"].items()},
-            d.get("source"),
-            d["provenance"],
-        )
 
 
 # --------------------------------------------------------------------------- identities

@@ -59,10 +59,10 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 from beam_jobs import storage
+from beam_jobs.core import Lease, LockHolder
 from beam_jobs.layout import clock_uri, lock_uri
 
 log = logging.getLogger(__name__)
@@ -120,30 +120,6 @@ def check_lease(lease: dt.timedelta) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Lease:
-    """What a run holds the lock with (the ``acquire_lock`` task's XCom)."""
-
-    uri: str
-    output_uri: str
-    token: str
-    run_id: str
-    lease_seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "uri": self.uri,
-            "output_uri": self.output_uri,
-            "token": self.token,
-            "run_id": self.run_id,
-            "lease_seconds": self.lease_seconds,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Lease:
-        return cls(d["uri"], d["output_uri"], d["token"], d["run_id"], float(d["lease_seconds"]))
-
-
 # --------------------------------------------------------------------------- who holds it
 
 
@@ -195,26 +171,27 @@ def _started(pid: int) -> float | None:
 
 def _body(
     token: str, run_id: str, dag_id: str, output_uri: str, lease: dt.timedelta, in_process: bool
-) -> dict[str, Any]:
+) -> LockHolder:
     now = _now_iso()
-    body: dict[str, Any] = {
-        "token": token,
-        "run_id": run_id,
-        "dag_id": dag_id,
-        "output_uri": output_uri,
-        **_machine(),
-        "pid": os.getpid(),
-        "in_process": in_process,
-        "acquired_at": now,
-        "renewed_at": now,  # the writer's clock: for people; expiry uses the storage's
-        "lease_seconds": lease.total_seconds(),
-    }
+    started = None
     if in_process:
         try:
-            body["pid_started"] = _started(os.getpid())
+            started = _started(os.getpid())
         except ImportError:  # pragma: no cover - psutil comes with Airflow
-            body["in_process"] = False
-    return body
+            in_process = False
+    return LockHolder(
+        token=token,
+        run_id=run_id,
+        dag_id=dag_id,
+        output_uri=output_uri,
+        **_machine(),
+        pid=os.getpid(),
+        in_process=in_process,
+        acquired_at=now,
+        renewed_at=now,
+        lease_seconds=lease.total_seconds(),
+        pid_started=started,
+    )
 
 
 def _process_gone(holder: dict[str, Any]) -> bool:
@@ -341,7 +318,7 @@ def acquire(
     lease = lease or lease_from_env()
     check_lease(lease)
     token = uuid.uuid4().hex
-    body = _body(token, run_id, dag_id, output_uri, lease, in_process)
+    body = _body(token, run_id, dag_id, output_uri, lease, in_process).to_dict()
     mine = Lease(uri, output_uri, token, run_id, lease.total_seconds())
     for _ in range(_ATTEMPTS):
         try:

@@ -54,6 +54,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_jobs import __version__, layout, storage
+from beam_jobs.core import CatalogReport
 from beam_jobs.pipeline import (
     DATAFLOW_RUNNERS,
     counters,
@@ -572,24 +573,23 @@ def build_report(
     layout_spec: str = layout.COMMON,
 ) -> dict[str, Any]:
     by_path = {s["path"]: s for s in summaries}
-    return {
-        "schema_version": 1,
-        "ok": ok,
-        "source_uri": source_uri,
-        "layout": layout_spec,
-        "source_fingerprint": fp,
-        "catalog_uri": catalog_uri,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": __version__,
-        "checks": {"label_min": checks.label_min, "label_max": checks.label_max},
-        "total_records": total,
-        "bad_records": sum(s["bad_records"] for s in summaries),
-        "total_bytes": sum(s["bytes"] for s in summaries),
-        "num_shards": len(files),
-        "num_classes": len(labels),
-        "class_histogram": {str(k): labels[k] for k in sorted(labels)},
-        "synsets": {str(k): sorted(v)[0] for k, v in sorted(synsets.items()) if v},
-        "shards": [
+    return CatalogReport(
+        ok=ok,
+        source_uri=source_uri,
+        layout=layout_spec,
+        source_fingerprint=fp,
+        catalog_uri=catalog_uri,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        code_version=__version__,
+        checks={"label_min": checks.label_min, "label_max": checks.label_max},
+        total_records=total,
+        bad_records=sum(s["bad_records"] for s in summaries),
+        total_bytes=sum(s["bytes"] for s in summaries),
+        num_shards=len(files),
+        num_classes=len(labels),
+        class_histogram={str(k): labels[k] for k in sorted(labels)},
+        synsets={str(k): sorted(v)[0] for k, v in sorted(synsets.items()) if v},
+        shards=[
             {
                 **f,
                 "records": by_path.get(f["path"], {}).get("records"),
@@ -597,8 +597,8 @@ def build_report(
             }
             for f in files
         ],
-        "problems": problems.to_json(),
-    }
+        problems=problems.to_json(),
+    ).to_dict()
 
 
 def format_report(report: dict[str, Any]) -> str:

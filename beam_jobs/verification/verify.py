@@ -57,6 +57,7 @@ import pyarrow.compute as pc
 from beam_jobs import __version__, storage
 from beam_jobs.building import split_job
 from beam_jobs.building.split_job import SplitJob
+from beam_jobs.core import VerifiedShard, VerifyReport
 from beam_jobs.faults import failpoint
 from beam_jobs.layout import (
     ShardSetError,
@@ -232,25 +233,21 @@ def exact_findings(
 
 def verified_shards(
     stats: dict[str, Any], listed: dict[str, storage.FileInfo], crcs: dict[str, str]
-) -> list[dict[str, Any]]:
+) -> list[VerifiedShard]:
     """The report's record of each verified staged object: the manifest entry's
     shard (final path, records, bytes, CRC32C) plus the staged object's identity."""
-    out = []
-    for entry in stats["shards"]:
-        info = listed[entry["staged"]]
-        shard = {
-            "path": entry["path"],
-            "num_records": entry["num_records"],
-            "num_bytes": info.size,
-            "crc32c": crcs[entry["staged"]],
-            "staged": entry["staged"],
-        }
-        if info.generation is not None:
-            shard["generation"] = info.generation
-        if info.mtime_ns is not None:
-            shard["mtime_ns"] = info.mtime_ns
-        out.append(shard)
-    return out
+    return [
+        VerifiedShard(
+            path=entry["path"],
+            num_records=entry["num_records"],
+            num_bytes=listed[entry["staged"]].size,
+            crc32c=crcs[entry["staged"]],
+            staged=entry["staged"],
+            generation=listed[entry["staged"]].generation,
+            mtime_ns=listed[entry["staged"]].mtime_ns,
+        )
+        for entry in stats["shards"]
+    ]
 
 
 # --------------------------------------------------------------------------- the job
@@ -316,29 +313,27 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         metrics = deep.metrics
         findings.extend(deep.findings)
         bytes_read += int(metrics.get("bytes_read", 0))
-    report = {
-        "split": split,
-        "ok": not findings,
-        "mode": mode,
-        "findings": findings[:200],
-        "num_findings": len(findings),
-        "num_shards": stats["num_shards"],
-        "num_examples": stats["num_examples"],
-        "plan_sha256": verified_plan,
-        "stats_uri": spath,
+    report = VerifyReport(
+        split=split,
+        ok=not findings,
+        mode=mode,
+        findings=findings[:200],
+        num_findings=len(findings),
+        num_shards=stats["num_shards"],
+        num_examples=stats["num_examples"],
+        plan_sha256=verified_plan,
+        stats_uri=spath,
         # Which build this verdict is about (its stats file, byte for byte).
-        "stats_sha256": hashlib.sha256(stats_bytes).hexdigest(),
-        "built_at": stats.get("built_at"),
-        "verified_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.monotonic() - t0, 3),
-        "bytes_read": bytes_read,
-        "metrics": metrics,
-        "shards": verified_shards(stats, listed, crcs) if not findings else [],
-        "code_version": __version__,
-    }
-    storage.write_text(
-        report_uri(work, split), json.dumps(report, indent=1) + "\n", "application/json"
+        stats_sha256=hashlib.sha256(stats_bytes).hexdigest(),
+        built_at=stats.get("built_at"),
+        verified_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        seconds=round(time.monotonic() - t0, 3),
+        bytes_read=bytes_read,
+        metrics=metrics,
+        shards=verified_shards(stats, listed, crcs) if not findings else [],
+        code_version=__version__,
     )
+    storage.write_text(report_uri(work, split), report.to_json(), "application/json")
     if findings:
         msg = f"{split}: verification FAILED ({len(findings)} problems):\n  " + "\n  ".join(
             findings[:MAX_FINDINGS]
@@ -347,10 +342,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"{split}: verified ({mode}): {stats['num_examples']:,} records in "
         f"{stats['num_shards']} staged shards are exactly as planned ({bytes_read / 1e6:,.1f} MB "
-        f"read, {report['seconds']:.1f} s)",
+        f"read, {report.seconds:.1f} s)",
         flush=True,
     )
-    return report
+    return report.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,13 @@
   unverified, and merge the new split entries into the manifest.
 
 None of these read the dataset: only listings, the catalog and small files.
+
+What the tasks hand each other travels as XComs, JSON: each task function
+here that the DAG calls (``check_params``, ``acquire_lock``, ``plan``,
+``publish_manifest``, ``holding_lock``, ``release_lock``) takes and returns
+those dicts, and converts them to and from the documents of
+``beam_jobs.core`` in its first and last lines; everything else here passes
+the documents themselves.
 """
 
 from __future__ import annotations
@@ -24,9 +31,25 @@ from typing import Any, Iterator
 from airflow.sdk.exceptions import AirflowFailException
 
 from beam_jobs import __version__, layout, storage
-from beam_jobs.core import VALIDATION, SplitSpec
+from beam_jobs.core import (
+    VALIDATION,
+    BuildProvenance,
+    BuildStats,
+    CatalogReport,
+    Lease,
+    PlanRef,
+    PlanSummary,
+    PublicationProvenance,
+    PublishResult,
+    SourceDescription,
+    SourceSection,
+    SplitEntry,
+    SplitSpec,
+    VerificationRef,
+    VerifyReport,
+)
+from beam_jobs.layout import Naming, plan_summary_uri, plans_dir, report_uri, stats_uri
 from beam_jobs.layout import catalog_dir as catalog_folder
-from beam_jobs.layout import plan_summary_uri, plans_dir, report_uri, stats_uri
 from beam_jobs.planning.algorithm import ALGORITHM
 from beam_jobs.planning.plans import (
     PlanRequest,
@@ -70,7 +93,12 @@ class TaskError(AirflowFailException, RuntimeError):
 # --------------------------------------------------------------------------- check_params
 
 
-def describe_source(cfg: RunConfig) -> dict[str, Any]:
+def read_catalog_report(catalog_dir: str) -> CatalogReport:
+    """The validation report beside a catalog (FileNotFoundError if there is none)."""
+    return CatalogReport.from_json(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
+
+
+def describe_source(cfg: RunConfig) -> SourceDescription:
     """The source as storage describes it (no data read): fingerprint, catalog folder,
     validation shards, and whether a valid catalog of exactly this source exists."""
     try:
@@ -84,32 +112,24 @@ def describe_source(cfg: RunConfig) -> dict[str, Any]:
     report_path = storage.join(catalog_dir, REPORT_FILE)
     action, reason = "run", "no catalog for this source yet"
     if storage.exists(report_path):
-        report = json.loads(storage.read_text(report_path))
-        checks = report.get("checks", {})
-        same_checks = (
-            checks.get("label_max", 0) - checks.get("label_min", 1) + 1 == cfg.num_classes
-            and report.get("layout", layout.COMMON) == names.spec
-        )
-        if (
-            report.get("ok")
-            and report.get("source_fingerprint") == fp
-            and same_checks
-            and cfg.expected_total in (None, report.get("total_records"))
+        report = read_catalog_report(catalog_dir)
+        if report.serves(
+            fp, num_classes=cfg.num_classes, layout=names.spec, expected_total=cfg.expected_total
         ):
             action, reason = "cached", f"source unchanged since it was validated ({report_path})"
         else:
             reason = "the last validation of this source failed or used other checks"
-    return {
-        "source_uri": cfg.source_uri,
-        "fingerprint": fp,
-        "catalog_dir": catalog_dir,
-        "layout": names.spec,
-        "num_train_files": len(train),
-        "action": action,
-        "reason": reason,
-        "validation_files": len(val),
-        "validation_fingerprint": fingerprint(val) if val else None,
-    }
+    return SourceDescription(
+        source_uri=cfg.source_uri,
+        fingerprint=fp,
+        catalog_dir=catalog_dir,
+        layout=names.spec,
+        num_train_files=len(train),
+        action=action,
+        reason=reason,
+        validation_files=len(val),
+        validation_fingerprint=fingerprint(val) if val else None,
+    )
 
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -131,12 +151,12 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     log.info("run config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
     log.info(
         "source: %d train shards (%s layout), fingerprint %s; %s",
-        source["num_train_files"],
-        source["layout"],
-        source["fingerprint"][:16],
-        source["reason"],
+        source.num_train_files,
+        source.layout,
+        source.fingerprint[:16],
+        source.reason,
     )
-    return {"config": cfg.to_dict(), "source": source}
+    return {"config": cfg.to_dict(), "source": source.to_dict()}
 
 
 def acquire_lock(config: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +193,7 @@ def holding_lock(lease: dict[str, Any] | None) -> Iterator[lock.Fence]:
             "this run holds no lock on its output folder (acquire_lock did not run or "
             "returned nothing): not going on"
         )
-    with lock.holding(lock.Lease.from_dict(lease)) as fence:
+    with lock.holding(Lease.from_dict(lease)) as fence:
         yield fence
 
 
@@ -181,7 +201,7 @@ def release_lock(lease: dict[str, Any] | None) -> bool:
     """Release the output folder's lock if this run's token holds it (the DAG's teardown)."""
     if not lease:
         return False  # acquire_lock failed or never ran: no lock was taken
-    held = lock.Lease.from_dict(lease)
+    held = Lease.from_dict(lease)
     released = lock.release(held)
     log.info("%s %s", "released" if released else "did not hold", held.uri)
     return released
@@ -220,26 +240,45 @@ def plan(
 
     Stops, before anything is built, if a file the product did not write sits
     under a name this run would write (``beam_jobs.publishing.ownership``)."""
-    cfg = RunConfig.from_dict(config)
+    cfg, src = RunConfig.from_dict(config), SourceDescription.from_dict(source)
     # A publication an earlier run left half-done is finished first, so that
     # the decisions below see published splits as they are meant to be.
-    unfinished: list[str] = []
+    unfinished = finish_interrupted(cfg, fence)
+    report = read_catalog_report(src.catalog_dir)
+    if not report.ok:
+        raise TaskError(f"the catalog at {src.catalog_dir} is not valid; see its report.json")
+    # The validated source's layout names every file the build and verify jobs write.
+    naming = layout.naming(report.layout)
+    summaries = write_split_plans(cfg, src.catalog_dir)
+    manifest = published_manifest(cfg, summaries, naming, report.layout)
+    for s in summaries:  # beside its plan file, for publish_manifest
+        storage.write_text(plan_summary_uri(s.plan_uri), s.to_json(), "application/json")
+    specs = decide_splits(cfg, src, summaries, manifest, report.layout)
+    specs = rebuild_unfinished(cfg, specs, unfinished)
+    check_destinations(cfg, [s for s in specs if s.action == "build"], naming, manifest)
+    for spec in specs:
+        log.info("%-20s %-5s %s", spec.split, spec.action, spec.reason)
+    return [spec.to_dict() for spec in specs]
+
+
+def finish_interrupted(cfg: RunConfig, fence: lock.Fence | None) -> list[str]:
+    """Finish the publication an earlier run left half-done (``commit.recover``);
+    return the splits whose publication could not be finished."""
     try:
         finished = commit.recover(cfg.output_uri, fence)
     except commit.UnfinishedSplits as err:
         log.error("%s", err)
-        finished, unfinished = [], err.splits
+        return err.splits
     except ForeignFiles as err:
         raise TaskError(str(err)) from None
     if finished:
         log.info("finished the interrupted publication of %s", ", ".join(finished))
-    catalog_dir = source["catalog_dir"]
-    report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
-    if not report.get("ok"):
-        raise TaskError(f"the catalog at {catalog_dir} is not valid; see its report.json")
-    # The validated source's layout names every file the build and verify jobs write.
-    source_layout = report.get("layout", layout.COMMON)
-    req = PlanRequest(
+    return []
+
+
+def plan_request(cfg: RunConfig) -> PlanRequest:
+    """What the run's params ask the planner for."""
+    return PlanRequest(
         seeds=tuple(cfg.seeds),
         fraction=cfg.fraction,
         sampling=cfg.sampling,
@@ -252,6 +291,12 @@ def plan(
         protocol=cfg.protocol,
         fractions=tuple(cfg.fractions) if len(cfg.fractions) > 1 else (),
     )
+
+
+def write_split_plans(cfg: RunConfig, catalog_dir: str) -> list[PlanSummary]:
+    """Make every requested plan from the catalog; write the plan files and each
+    plan's catalog rows."""
+    req = plan_request(cfg)
     plans = make_plans(catalog_dir, req)
     for line in nesting_lines(plans) if req.fractions else []:
         # The splits of one seed across fractions (README, "How a split is derived").
@@ -261,7 +306,14 @@ def plan(
         raise TaskError(f"two plans would write the same split name: {names}")
     summaries = write_plans(plans, plans_dir(cfg.work_uri))
     write_records(plans, catalog_dir)  # each build reads only its split's rows
-    naming = layout.naming(source_layout)
+    return summaries
+
+
+def published_manifest(
+    cfg: RunConfig, summaries: list[PlanSummary], naming: Naming, source_layout: str
+) -> dict[str, Any] | None:
+    """The output folder's manifest (None: none yet, or unreadable); TaskError if
+    it is not this product's, or describes splits of a source in another layout."""
     try:
         manifest = load_or_none(cfg.manifest_uri)
     except ManifestError:
@@ -273,7 +325,7 @@ def plan(
             found = foreign_files(
                 output_uri=cfg.output_uri,
                 manifest_uri=cfg.manifest_uri,
-                prefixes=[naming.file_prefix(s["split"]) for s in summaries]
+                prefixes=[naming.file_prefix(s.split) for s in summaries]
                 + [naming.file_prefix(VALIDATION)] * bool(cfg.copy_validation),
                 manifest=manifest,
             )
@@ -285,36 +337,45 @@ def plan(
             f"layout (its manifest {cfg.manifest_uri}); this source is in the "
             f"{source_layout} layout: write it to another output_uri"
         )
+    return manifest
+
+
+def decide_splits(
+    cfg: RunConfig,
+    source: SourceDescription,
+    summaries: list[PlanSummary],
+    manifest: dict[str, Any] | None,
+    source_layout: str,
+) -> list[SplitSpec]:
+    """One spec per planned split (and the validation copy): build it or skip it."""
+    where = {"catalog_dir": source.catalog_dir, "layout": source_layout}
     specs = []
     for s in summaries:
-        storage.write_text(
-            plan_summary_uri(s["plan_uri"]), json.dumps(s) + "\n", "application/json"
-        )
         action, reason = decide(
-            s["split"],
-            s["plan_sha256"],
-            source["fingerprint"],
+            s.split,
+            s.plan_sha256,
+            source.fingerprint,
             manifest,
             cfg.force,
-            num_shards=s["num_shards"],
+            num_shards=s.num_shards,
         )
-        specs.append(
-            SplitSpec.planned(
-                s, action=action, reason=reason, catalog_dir=catalog_dir, layout=source_layout
-            )
-        )
-    if cfg.copy_validation and source.get("validation_files"):
+        specs.append(SplitSpec.planned(s, action=action, reason=reason, **where))
+    if cfg.copy_validation and source.validation_files:
         # force rebuilds the splits asked for (seeds, the reshuffle); the validation copy is
         # redone only when it differs from the source, so "seeds": [2], "force": true
         # rebuilds seed 2 alone.
         action, reason = decide(
-            VALIDATION, None, source["validation_fingerprint"], manifest, force=False
+            VALIDATION, None, source.validation_fingerprint, manifest, force=False
         )
-        specs.append(
-            SplitSpec.validation(
-                action=action, reason=reason, catalog_dir=catalog_dir, layout=source_layout
-            )
-        )
+        specs.append(SplitSpec.validation(action=action, reason=reason, **where))
+    return specs
+
+
+def rebuild_unfinished(
+    cfg: RunConfig, specs: list[SplitSpec], unfinished: list[str]
+) -> list[SplitSpec]:
+    """``specs``, building every split whose last publication could not be
+    finished; TaskError if this run does not plan one of them at all."""
     specs = [
         spec.rebuilt("its last publication could not be finished (see above)")
         if spec.split in unfinished and spec.action != "build"
@@ -329,54 +390,56 @@ def plan(
             f"not rebuild {'it' if len(not_rebuilt) == 1 else 'them'}: trigger the DAG for "
             f"{', '.join(not_rebuilt)} with force. Nothing was built."
         )
-    building = [s for s in specs if s.action == "build"]
-    if building:
-        try:
-            check_no_foreign(
-                output_uri=cfg.output_uri,
-                manifest_uri=cfg.manifest_uri,
-                prefixes=[naming.file_prefix(s.split) for s in building],
-                manifest=manifest,
-                destinations=[
-                    naming.shard_path(cfg.output_uri, s.split, i, s.num_shards)
-                    for s in building
-                    if s.num_shards is not None
-                    for i in range(s.num_shards)
-                ],
-            )
-        except ForeignFiles as err:
-            raise TaskError(str(err)) from None
-    for spec in specs:
-        log.info("%-20s %-5s %s", spec.split, spec.action, spec.reason)
-    return [spec.to_dict() for spec in specs]
+    return specs
+
+
+def check_destinations(
+    cfg: RunConfig, building: list[SplitSpec], naming: Naming, manifest: dict[str, Any] | None
+) -> None:
+    """TaskError if a file the product did not write sits under a name the
+    splits to build would write (``beam_jobs.publishing.ownership``)."""
+    if not building:
+        return
+    try:
+        check_no_foreign(
+            output_uri=cfg.output_uri,
+            manifest_uri=cfg.manifest_uri,
+            prefixes=[naming.file_prefix(s.split) for s in building],
+            manifest=manifest,
+            destinations=[
+                naming.shard_path(cfg.output_uri, s.split, i, s.num_shards)
+                for s in building
+                if s.num_shards is not None
+                for i in range(s.num_shards)
+            ],
+        )
+    except ForeignFiles as err:
+        raise TaskError(str(err)) from None
 
 
 # --------------------------------------------------------------------------- publish
 
 
-def verified_build(cfg: RunConfig, spec: SplitSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+def verified_build(cfg: RunConfig, spec: SplitSpec) -> tuple[BuildStats, VerifyReport]:
     """The build stats and verification report of one split of this run;
     TaskError unless the report passed, for this run's plan, of this very build."""
     split = spec.split
     stats_bytes = storage.read_bytes(stats_uri(cfg.work_uri, split))
-    stats = json.loads(stats_bytes)
+    stats = BuildStats.from_json(stats_bytes)
     vpath = report_uri(cfg.work_uri, split)
     if not storage.exists(vpath):
         raise TaskError(f"{split} has no verification report: not publishing it")
-    verification = json.loads(storage.read_text(vpath))
-    if not verification.get("ok"):
+    verification = VerifyReport.from_json(storage.read_text(vpath))
+    if not verification.ok:
         raise TaskError(f"{split} failed verification: not publishing it")
-    if (
-        verification.get("plan_sha256") != spec.plan_sha256
-        or stats.get("plan_sha256") != spec.plan_sha256
-    ):
+    if verification.plan_sha256 != spec.plan_sha256 or stats.plan_sha256 != spec.plan_sha256:
         raise TaskError(f"{split}: the verified build is not of this run's plan; not publishing it")
-    if verification.get("stats_sha256") != hashlib.sha256(stats_bytes).hexdigest():
+    if verification.stats_sha256 != hashlib.sha256(stats_bytes).hexdigest():
         raise TaskError(
             f"{split}: the verification report is of another build of this split "
             "(stats differ); not publishing it"
         )
-    if not verification.get("shards"):
+    if not verification.shards:
         raise TaskError(
             f"{split}: the verification report lists no verified shards (written "
             "by an older version?); not publishing it"
@@ -386,99 +449,79 @@ def verified_build(cfg: RunConfig, spec: SplitSpec) -> tuple[dict[str, Any], dic
 
 def split_entry(
     cfg: RunConfig,
-    source: dict[str, Any],
+    source: SourceDescription,
     spec: SplitSpec,
-    stats: dict[str, Any],
-    verification: dict[str, Any],
+    stats: BuildStats,
+    verification: VerifyReport,
     job: dict[str, Any] | None,
     run: dict[str, Any],
-) -> dict[str, Any]:
+) -> SplitEntry:
     """The manifest entry of one freshly built and verified split: its shards
     are the verified objects (final names, records, bytes, CRC32C, and locally
     the modification time that their rename keeps)."""
-    entry: dict[str, Any] = {"kind": spec.kind, "layout": spec.layout}
-    if not spec.is_copy:
-        assert spec.plan_uri is not None
-        summary = json.loads(storage.read_text(plan_summary_uri(spec.plan_uri)))
-        entry.update(
-            seed=summary["seed"], fraction=summary["fraction"], sampling=summary["sampling"]
-        )
-    shards = [
-        {k: s[k] for k in ("path", "num_records", "num_bytes", "crc32c")}
-        | ({"mtime_ns": s["mtime_ns"]} if "mtime_ns" in s else {})
-        for s in verification["shards"]
-    ]
-    entry.update(
-        num_examples=sum(s["num_records"] for s in shards),
+    shards = [s.published() for s in verification.shards]
+    common = dict(
+        kind=spec.kind,
+        layout=spec.layout,
+        num_examples=sum(s.num_records for s in shards),
         num_shards=len(shards),
-        file_pattern=stats["file_pattern"],
+        file_pattern=stats.file_pattern,
         shards=shards,
+        verification=VerificationRef(
+            mode=verification.mode,
+            verified_at=verification.verified_at,
+            report_uri=report_uri(cfg.work_uri, spec.split),
+            seconds=verification.seconds,
+            bytes_read=verification.bytes_read,
+            stats_sha256=verification.stats_sha256,
+            metrics=verification.metrics,
+        ),
+        provenance=build_provenance(cfg, stats, job, run),
     )
-    if not spec.is_copy:
-        entry["class_counts"] = summary["class_counts"]
-        entry["plan"] = {
-            "uri": spec.plan_uri,
-            "sha256": spec.plan_sha256,
-            "source": summary["plan_source"],
-            "algorithm": ALGORITHM,
-        }
-        entry["source_fingerprint"] = source["fingerprint"]
-    else:
-        entry["copied_from"] = cfg.source_uri
-        entry["source_fingerprint"] = source["validation_fingerprint"]
-    entry["verification"] = {
-        "mode": verification["mode"],
-        "verified_at": verification["verified_at"],
-        "report_uri": report_uri(cfg.work_uri, spec.split),
-        "seconds": verification.get("seconds"),
-        "bytes_read": verification.get("bytes_read"),
-        "stats_sha256": verification["stats_sha256"],
-        "metrics": verification.get("metrics") or {},
-    }
-    entry["provenance"] = {
-        "code_version": __version__,
-        "runner": cfg.runner,
-        "job_name": stats.get("job_name"),
-        "job_id": (job or {}).get("dataflow_job_id"),
-        "dag_id": run.get("dag_id"),
-        "run_id": run.get("run_id"),
-        "built_at": stats.get("built_at"),
-        "published_at": run["published_at"],
-        "source_uri": stats.get("source_uri") or stats.get("copied_from"),
-        "bytes_read": stats.get("bytes_read"),
-        "bytes_written": stats.get("bytes_written"),
-        "shards_reused": stats.get("shards_reused"),
-    }
-    return entry
+    if spec.is_copy:
+        return SplitEntry(
+            **common,  # type: ignore[arg-type]
+            copied_from=cfg.source_uri,
+            source_fingerprint=source.validation_fingerprint,
+        )
+    assert spec.plan_uri is not None
+    summary = PlanSummary.from_json(storage.read_text(plan_summary_uri(spec.plan_uri)))
+    return SplitEntry(
+        **common,  # type: ignore[arg-type]
+        seed=summary.seed,
+        fraction=summary.fraction,
+        sampling=summary.sampling,
+        class_counts=summary.class_counts,
+        plan=PlanRef(spec.plan_uri, spec.plan_sha256, summary.plan_source, ALGORITHM),
+        source_fingerprint=source.fingerprint,
+    )
 
 
-def source_section(cfg: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
-    report_path = storage.join(source["catalog_dir"], REPORT_FILE)
-    report = json.loads(storage.read_text(report_path))
-    checks = report.get("checks", {})
-    return {
-        "uri": cfg.source_uri,
-        "fingerprint": source["fingerprint"],
-        "layout": report.get("layout", layout.COMMON),
-        "label_range": [checks.get("label_min"), checks.get("label_max")],
-        "num_records": report["total_records"],
-        "num_shards": report["num_shards"],
-        "num_classes": report["num_classes"],
-        "num_bytes": report.get("total_bytes"),
-        "bad_records": report.get("bad_records"),
-        "validation_report_uri": report_path,
-        "catalog_uri": report.get("catalog_uri"),
-        "files": [
-            {
-                "name": storage.basename(s["path"]),
-                "size": s["size"],
-                "crc32c": s.get("crc32c"),
-                "generation": s.get("generation"),
-                "mtime_ns": s.get("mtime_ns"),
-            }
-            for s in report["shards"]
-        ],
-    }
+def build_provenance(
+    cfg: RunConfig, stats: BuildStats, job: dict[str, Any] | None, run: dict[str, Any]
+) -> BuildProvenance:
+    """Who built and published a split (``run``: the DAG run, and when it published)."""
+    return BuildProvenance(
+        code_version=__version__,
+        runner=cfg.runner,
+        job_name=stats.job_name,
+        job_id=(job or {}).get("dataflow_job_id"),
+        dag_id=run.get("dag_id"),
+        run_id=run.get("run_id"),
+        built_at=stats.built_at,
+        published_at=run["published_at"],
+        source_uri=stats.read_from,
+        bytes_read=stats.bytes_read,
+        bytes_written=stats.bytes_written,
+        shards_reused=stats.shards_reused,
+    )
+
+
+def source_section(cfg: RunConfig, source: SourceDescription) -> SourceSection:
+    """The manifest's ``source``: the validated source, from its catalog's report."""
+    report = read_catalog_report(source.catalog_dir)
+    report_path = storage.join(source.catalog_dir, REPORT_FILE)
+    return report.source_section(cfg.source_uri, source.fingerprint, report_path)
 
 
 def publish_manifest(
@@ -493,14 +536,14 @@ def publish_manifest(
     and the manifest their entries (``beam_jobs.publishing.commit``), only if each was
     verified for this run's plan and is still the object verified, only over
     files the product wrote, and only while this run holds the lock (``fence``)."""
-    cfg = RunConfig.from_dict(config)
+    cfg, src = RunConfig.from_dict(config), SourceDescription.from_dict(source)
     built = [spec for spec in map(SplitSpec.from_dict, specs) if spec.action == "build"]
     # A retry of this task (or a run after a killed one) first finishes what was started.
     commit.recover(cfg.output_uri, fence, rebuilding=frozenset(s.split for s in built))
     previous = load_or_none(cfg.manifest_uri)
     current = previous or {"splits": {}}
     builds = {
-        s.split: verified_build(cfg, s)
+        s.split: (s, *verified_build(cfg, s))
         for s in built
         if not _already_published(current, s.split, cfg, run)
     }
@@ -513,42 +556,68 @@ def publish_manifest(
         # Derived from the manifest: rewritten here too, in case a run was
         # stopped between its manifest commit and these files.
         tfds = describe_for_tfds(cfg, fence) if current["splits"] else []
-        return {
-            "manifest_uri": cfg.manifest_uri,
-            "changed": sorted(s.split for s in built),
-            "version_uri": None,
-            "splits": sorted(current["splits"]),
-            "tfds_metadata": tfds,
-        }
+        return PublishResult(
+            manifest_uri=cfg.manifest_uri,
+            changed=sorted(s.split for s in built),
+            splits=sorted(current["splits"]),
+            tfds_metadata=tfds,
+        ).to_dict()
     run = {**run, "published_at": now()}
-    by_name = {s.split: s for s in built}
     entries = {
-        name: split_entry(cfg, source, by_name[name], stats, verification, jobs.get(name), run)
-        for name, (stats, verification) in builds.items()
+        name: split_entry(cfg, src, spec, stats, verification, jobs.get(name), run)
+        for name, (spec, stats, verification) in builds.items()
     }
-    now_fp = describe_source(cfg)["fingerprint"]
-    if now_fp != source["fingerprint"]:
+    check_source_unchanged(cfg, src)
+    result = commit_publication(cfg, src, builds, entries, run, previous, fence)
+    return PublishResult(
+        manifest_uri=result.uri,
+        version_uri=result.version_uri,
+        changed=sorted(entries),
+        splits=sorted(result.manifest["splits"]),
+        generation=result.generation,
+        tfds_metadata=describe_for_tfds(cfg, fence),
+    ).to_dict()
+
+
+def check_source_unchanged(cfg: RunConfig, source: SourceDescription) -> None:
+    """TaskError if the source is not the one this run validated and built from."""
+    now_fp = describe_source(cfg).fingerprint
+    if now_fp != source.fingerprint:
         raise TaskError(
             f"the source {cfg.source_uri} changed during this run (fingerprint "
-            f"{source['fingerprint'][:16]} -> {now_fp[:16]}); nothing was published. "
+            f"{source.fingerprint[:16]} -> {now_fp[:16]}); nothing was published. "
             "Trigger the DAG again to validate and build from the new source."
         )
+
+
+def commit_publication(
+    cfg: RunConfig,
+    source: SourceDescription,
+    builds: dict[str, tuple[SplitSpec, BuildStats, VerifyReport]],
+    entries: dict[str, SplitEntry],
+    run: dict[str, Any],
+    previous: dict[str, Any] | None,
+    fence: lock.Fence | None,
+) -> Published:
+    """The verified shards take their names and the manifest the new entries
+    (``beam_jobs.publishing.commit``: journal, switch, commit, clean)."""
+    provenance = PublicationProvenance(
+        code_version=__version__,
+        dag_id=run.get("dag_id"),
+        run_id=run.get("run_id"),
+        published_at=run["published_at"],
+    )
     try:
         pub = commit.prepare(
             run_id=run["run_id"],
             manifest_uri=cfg.manifest_uri,
             output_uri=cfg.output_uri,
             work_uri=cfg.work_uri,
-            entries=entries,
-            shards={name: v["shards"] for name, (_, v) in builds.items()},
-            stagings={name: st["staging"] for name, (st, _) in builds.items()},
-            source=source_section(cfg, source),
-            provenance={
-                "code_version": __version__,
-                "dag_id": run.get("dag_id"),
-                "run_id": run.get("run_id"),
-                "published_at": run["published_at"],
-            },
+            entries={name: e.to_dict() for name, e in entries.items()},
+            shards={n: [s.to_dict() for s in v.shards] for n, (_, _, v) in builds.items()},
+            stagings={name: stats.staging for name, (_, stats, _) in builds.items()},
+            source=source_section(cfg, source).to_dict(),
+            provenance=provenance.to_dict(),
             previous=previous,
         )
     except ForeignFiles as err:
@@ -566,15 +635,7 @@ def publish_manifest(
         result.version_uri,
         ", ".join(sorted(entries)),
     )
-    tfds = describe_for_tfds(cfg, fence)
-    return {
-        "manifest_uri": result.uri,
-        "version_uri": result.version_uri,
-        "changed": sorted(entries),
-        "splits": sorted(result.manifest["splits"]),
-        "generation": result.generation,
-        "tfds_metadata": tfds,
-    }
+    return result
 
 
 def _already_published(
