@@ -20,10 +20,9 @@ from beam_jobs.logs import LOG_FORMAT, setup_logging  # noqa: F401 (re-exported)
 # process per core costs several seconds (each imports Beam), more than the work.
 MULTIPROCESS_MIN_BYTES = 256 * 1024 * 1024
 # A job that can estimate its work in seconds of one worker (the build) runs
-# in-process below this: worker processes cost ~3 s to start and ~1 s to stop
-# here, so on 2 cores they only pay off for longer work (measured side by side:
-# BYTES' reshuffle, ~2 s of work, 4.4 s in-process vs 6.1 s with 2 workers;
-# COUNT's, ~9 s of work, 13.9 s vs 12.6 s).
+# in-process below this: worker processes take seconds to start and stop, so
+# on 2 cores they only pay off for longer work (a reshuffle of ~9 s of work:
+# 12.6 s with 2 workers, 13.9 s in-process).
 MULTIPROCESS_MIN_SECONDS = 8.0
 DATAFLOW_RUNNERS = ("DataflowRunner", "dataflow")
 DIRECT_RUNNERS = ("DirectRunner", "direct")

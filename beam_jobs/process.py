@@ -1,12 +1,15 @@
 """How a job's processes end (no Apache Beam import).
 
-A job's processes, the launcher (``python -m beam_jobs.source.validate``, ``beam_jobs.building.build``, ``beam_jobs.verification.verify``,
-as Airflow's Beam operator starts it) and each DirectRunner worker, hold a
+A job's processes, the launcher (``python -m beam_jobs.source.validate``,
+``beam_jobs.building.build``, ``beam_jobs.verification.verify``, as Airflow's
+Beam operator starts it) and each DirectRunner worker, hold a
 large heap when their work is done: Beam, pyarrow, grpc and protobuf modules,
 their tables. CPython's shutdown then runs full garbage collections over all
-of it while it tears the modules down: about 0.4 s per process on COUNT (of a
-10% build's 2.7 s), paid one process after the other (the runner waits for
-each worker to exit, Airflow for the launcher).
+of it while it tears the modules down, paid one process after the other (the
+runner waits for each worker to exit, Airflow for the launcher). Skipping them
+saves about 0.4 s of CPU per process that imported Beam: a small build's
+launcher (10,822 records, in-process runner) took 1.33 s of CPU with the heap
+frozen, 1.73 s without (medians of 5, side by side).
 """
 
 from __future__ import annotations

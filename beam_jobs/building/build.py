@@ -134,11 +134,10 @@ def batches(lengths: np.ndarray, max_bytes: int) -> Iterator[tuple[int, int]]:
         lo = hi
 
 
-# Ranged GETs in flight per shard on gs://. Measured (benchmarks/latency.py, RESULTS.md):
-# at 30-80 ms per request, one worker process's reads of ~112 KB records stop getting
-# faster at 48-64 in flight (runs differ on a shared machine), where its CPU (about
-# 1.5 ms per GET in the client) is the limit; 64 also keeps a faster core busy, and
-# more costs CPU per read (threads contend for the GIL).
+# Ranged GETs in flight per shard on gs://. Each takes tens of milliseconds, so
+# many must be in flight; one worker process's reads of ~112 KB records stop
+# getting faster at 48-64, where the client's CPU per GET is the limit. 64 also
+# keeps a faster core busy; more only costs CPU (threads contend for the GIL).
 GCS_READ_THREADS = 64
 
 
@@ -165,15 +164,8 @@ def build_table(
     Returns the table, the source files it reads, and the plan's sha256.
     Raises PlanError (missing names, malformed file) before anything is written.
     """
-    try:
-        raw = storage.read_bytes(plan_uri)
-        text = raw.decode("utf-8")
-    except FileNotFoundError:
-        raise PlanError(f"plan file {plan_uri} does not exist") from None
-    except UnicodeDecodeError as err:
-        raise PlanError(f"{plan_uri}: not UTF-8 text ({err})") from None
+    raw = _read_plan(plan_uri)
     sha = hashlib.sha256(raw).hexdigest()
-    del text
     records = records_uri(catalog_dir, sha)
     if storage.exists(records):
         # The plan task joined this plan with this catalog already: read its
@@ -181,29 +173,8 @@ def build_table(
         plan = joined = read_table(records, read_dictionary=["file"])
     else:
         plan = parse_plan_table(raw, plan_uri)
-        catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
-        # The plan comes sorted by (shard, index); look each name up in the
-        # catalog (names are unique there: validation rejects duplicates).
-        pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
-        missing_mask = pc.is_null(pos)
-        n_missing = pc.sum(missing_mask).as_py() or 0
-        if n_missing:
-            missing = plan.filter(missing_mask).column("filename").to_pylist()
-            raise PlanError(
-                f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
-                f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
-            )
-        joined = catalog.select(["file", "offset", "length", "data_crc"]).take(pos)
-    # File ids into the sorted list of source files, without a Python object
-    # per record: dictionary-encode, then renumber the (small) dictionary.
-    encoded = pc.dictionary_encode(joined.column("file")).combine_chunks()
-    seen = encoded.dictionary.to_pylist()
-    if source_uri is not None:
-        seen = [storage.join(source_uri, storage.basename(f)) for f in seen]
-    files = sorted(seen)
-    where = {f: i for i, f in enumerate(files)}
-    rank = np.array([where[f] for f in seen], dtype=np.int32)
-    file_ids = pa.array(rank[encoded.indices.to_numpy(zero_copy_only=False)], pa.int32())
+        joined = _join_catalog(plan, catalog_dir, plan_uri)
+    files, file_ids = _file_ids(joined.column("file"), source_uri)
     table = pa.table(
         {
             "shard": plan.column("shard"),
@@ -216,6 +187,52 @@ def build_table(
         }
     )
     return table, files, sha
+
+
+def _read_plan(plan_uri: str) -> bytes:
+    """The plan file's bytes; raises PlanError unless it exists and is UTF-8 text."""
+    try:
+        raw = storage.read_bytes(plan_uri)
+        raw.decode("utf-8")
+    except FileNotFoundError:
+        raise PlanError(f"plan file {plan_uri} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{plan_uri}: not UTF-8 text ({err})") from None
+    return raw
+
+
+def _join_catalog(plan: pa.Table, catalog_dir: str, plan_uri: str) -> pa.Table:
+    """The catalog's file, offset, length and data CRC of each planned name, in
+    the plan's order; raises PlanError if a name is not in the catalog."""
+    catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
+    # The plan comes sorted by (shard, index); look each name up in the
+    # catalog (names are unique there: validation rejects duplicates).
+    pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
+    missing_mask = pc.is_null(pos)
+    n_missing = pc.sum(missing_mask).as_py() or 0
+    if n_missing:
+        missing = plan.filter(missing_mask).column("filename").to_pylist()
+        raise PlanError(
+            f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
+            f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
+        )
+    return catalog.select(["file", "offset", "length", "data_crc"]).take(pos)
+
+
+def _file_ids(file_column: pa.ChunkedArray, source_uri: str | None) -> tuple[list[str], pa.Array]:
+    """The sorted source files, and each record's index into them (its file
+    read by base name from ``source_uri`` when given).
+
+    No Python object per record: dictionary-encode, then renumber the (small)
+    dictionary."""
+    encoded = pc.dictionary_encode(file_column).combine_chunks()
+    seen = encoded.dictionary.to_pylist()
+    if source_uri is not None:
+        seen = [storage.join(source_uri, storage.basename(f)) for f in seen]
+    files = sorted(seen)
+    where = {f: i for i, f in enumerate(files)}
+    rank = np.array([where[f] for f in seen], dtype=np.int32)
+    return files, pa.array(rank[encoded.indices.to_numpy(zero_copy_only=False)], pa.int32())
 
 
 def build_token(plan_sha: str, table: pa.Table, files: list[str]) -> str:
@@ -460,18 +477,9 @@ def write_shard(
         )
         return reused.to_dict()
     staged = storage.join(staging, name)
-    own_reader = reader is None
-    reader = reader or RangeReader()
-    fetched_before = reader.bytes_fetched
-    try:
-        w = copy_records(
-            rows, files, reader, staged, read_threads=read_threads, what=f"{split}: shard {shard}"
-        )
-    finally:
-        if own_reader:
-            reader.close()
-    # Measured: what the reader fetched for this shard (retried requests included).
-    bytes_read = reader.bytes_fetched - fetched_before
+    w, bytes_read = _copy_counting_reads(
+        rows, files, reader, staged, read_threads=read_threads, what=f"{split}: shard {shard}"
+    )
     names = rows.column("filename")
     stats = ShardStats(
         shard=shard,
@@ -495,6 +503,29 @@ def write_shard(
         time.monotonic() - t0,
     )
     return stats.to_dict()
+
+
+def _copy_counting_reads(
+    rows: pa.Table,
+    files: list[str],
+    reader: RangeReader | None,
+    staged: str,
+    *,
+    read_threads: int,
+    what: str,
+) -> tuple[Writer, int]:
+    """:func:`copy_records` with ``reader`` (one made and closed here if None);
+    returns the writer and the bytes the reader fetched for these rows
+    (retried requests included)."""
+    own_reader = reader is None
+    reader = reader or RangeReader()
+    fetched_before = reader.bytes_fetched
+    try:
+        w = copy_records(rows, files, reader, staged, read_threads=read_threads, what=what)
+    finally:
+        if own_reader:
+            reader.close()
+    return w, reader.bytes_fetched - fetched_before
 
 
 class CopyShard(beam.DoFn):
@@ -586,16 +617,7 @@ def finish(
     until ``publish_manifest`` has seen them verified.
     """
     shards = sorted((ShardStats.from_dict(s) for s in stats), key=lambda s: s.shard)
-    got = [s.shard for s in shards]
-    if got != list(range(num_shards)):
-        raise BuildError(f"{split}: staged shards {got[:10]}... are not 0..{num_shards - 1}")
-    if expected is not None:
-        bad = [(s.shard, s.num_records, e) for s, e in zip(shards, expected) if s.num_records != e]
-        if bad:
-            raise BuildError(
-                f"{split}: shard record counts differ from the plan "
-                f"(shard, written, planned): {bad[:5]}"
-            )
+    _check_staged(shards, split, num_shards, expected)
     summary = BuildStats(
         **meta,
         split=split,
@@ -624,6 +646,23 @@ def finish(
         summary["shards_reused"],
     )
     return summary
+
+
+def _check_staged(
+    shards: list[ShardStats], split: str, num_shards: int, expected: list[int] | None
+) -> None:
+    """Raise BuildError unless ``shards`` (sorted) are shards 0..num_shards-1
+    holding the planned numbers of records (``expected``; None: not checked)."""
+    got = [s.shard for s in shards]
+    if got != list(range(num_shards)):
+        raise BuildError(f"{split}: staged shards {got[:10]}... are not 0..{num_shards - 1}")
+    if expected is not None:
+        bad = [(s.shard, s.num_records, e) for s, e in zip(shards, expected) if s.num_records != e]
+        if bad:
+            raise BuildError(
+                f"{split}: shard record counts differ from the plan "
+                f"(shard, written, planned): {bad[:5]}"
+            )
 
 
 class StageSplit(beam.PTransform):
@@ -707,119 +746,145 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SplitJob, li
     return split_job.parse(p, argv)
 
 
+@dataclasses.dataclass
+class Stage:
+    """What a build stages: one element per shard for ``fn`` (a
+    :class:`WriteShard` or a :class:`CopyShard`), where, and how much work it is."""
+
+    elements: list[Any]
+    fn: beam.DoFn
+    num_shards: int
+    staging: str
+    expected: list[int] | None  # planned records per shard (None: a copy)
+    work_bytes: int
+    work_records: int | None
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the build; return the split's stats. Raises PlanError/BuildError."""
     setup_logging()
     args, job, beam_args = parse_args(argv)
-    output, work, split, prefix = job.output_uri, job.work_uri, job.split, job.prefix
     t0 = time.monotonic()
-    meta: dict[str, Any] = {"job_name": job_name("ssl", split), "layout": job.naming.spec}
-    spath = stats_uri(work, split)
-    if args.plan_uri:
-        source = storage.normalize(args.source_uri) if args.source_uri else None
-        table, files, sha = build_table(args.plan_uri, args.catalog_dir, source)
-        work_bytes = int(pc.sum(table.column("length")).as_py() or 0)
-        work_records: int | None = table.num_rows
-        if not args.skip_source_check:
-            check_source_unchanged(args.catalog_dir, files)
-        shards_col = table.column("shard").to_numpy()
-        num_shards = int(shards_col.max()) + 1
-        expected = np.bincount(shards_col, minlength=num_shards).tolist()
-        token = build_token(sha, table, files)
-        staging = staging_dir(work, split, token)
-        table_uri = storage.join(staging, "records.parquet")
-        write_table(table_uri, table)
-        threads = args.read_threads or default_read_threads(files[0])
-        meta.update(
-            plan_uri=args.plan_uri,
-            plan_sha256=sha,
-            catalog_dir=args.catalog_dir,
-            source_files=len(files),
-        )
-        meta["source_uri"] = storage.dirname(files[0])  # where the records were read
-        log.info(
-            "%s: building %d records in %d shards from %d source files (%d read threads)",
-            split,
-            table.num_rows,
-            num_shards,
-            len(files),
-            threads,
-        )
-        elements: list[Any] = list(range(num_shards))
-        fn: beam.DoFn = WriteShard(
-            table_uri,
-            files,
-            split,
-            num_shards,
-            output,
-            staging,
-            threads,
-            progress_dir(work, "build", split),
-            prefix,
-        )
-        del table
-    else:
-        src = job.copy_from
-        assert src is not None
-        shards = copy_sources(src, prefix)
-        num_shards = len(shards)
-        fp = hashlib.sha256(
-            "\n".join(f"{storage.basename(f.path)}\t{f.identity()}" for f in shards).encode()
-        ).hexdigest()
-        work_bytes = sum(f.size for f in shards)
-        work_records = None
-        token = fp[:16]
-        staging = staging_dir(work, split, token)
-        expected = None
-        meta.update(copied_from=src, source_fingerprint=fp)
-        elements = [
-            {"path": f.path, "shard": i, "num_shards": num_shards} for i, f in enumerate(shards)
-        ]
-        fn = CopyShard(split, output, staging, progress_dir(work, "build", split), prefix)
+    meta: dict[str, Any] = {"job_name": job_name("ssl", job.split), "layout": job.naming.spec}
+    stage = plan_stage(args, job, meta) if args.plan_uri else copy_stage(job, meta)
     p_options = make_options(
         beam_args,
         default_job_name=meta["job_name"],
-        work_bytes=work_bytes,
-        work_seconds=estimated_seconds(work_bytes, work_records),
+        work_bytes=stage.work_bytes,
+        work_seconds=estimated_seconds(stage.work_bytes, stage.work_records),
     )
     meta["runner"] = p_options.get_all_options()["runner"]
     p = new_pipeline(p_options)
-    _ = (
-        p
-        | "Shards" >> beam.Create(elements)
-        | "Stage"
-        >> StageSplit(
-            fn,
-            split=split,
-            num_shards=num_shards,
-            output_uri=output,
-            staging=staging,
-            expected=expected,
-            meta=meta,
-            stats_path=spath,
-            prefix=prefix,
-        )
-    )
+    _ = p | "Shards" >> beam.Create(stage.elements) | "Stage" >> stage_split(job, stage, meta)
     staged = stage_template(p, p_options, "build")
     if staged:  # described for Dataflow, not run: nothing of an earlier build is touched
-        return {**staged, "split": split}
+        return {**staged, "split": job.split}
+    result = run_stage(p, job, stage)
+    summary = json.loads(storage.read_text(stats_uri(job.work_uri, job.split)))
+    print_done(job.split, summary, time.monotonic() - t0, counters(result))
+    return summary
+
+
+def plan_stage(args: argparse.Namespace, job: SplitJob, meta: dict[str, Any]) -> Stage:
+    """Plan mode: the build table joined and written to staging, one
+    :class:`WriteShard` element per shard; adds the plan's facts to ``meta``."""
+    split = job.split
+    source = storage.normalize(args.source_uri) if args.source_uri else None
+    table, files, sha = build_table(args.plan_uri, args.catalog_dir, source)
+    work_bytes = int(pc.sum(table.column("length")).as_py() or 0)
+    if not args.skip_source_check:
+        check_source_unchanged(args.catalog_dir, files)
+    shards_col = table.column("shard").to_numpy()
+    num_shards = int(shards_col.max()) + 1
+    expected = np.bincount(shards_col, minlength=num_shards).tolist()
+    staging = staging_dir(job.work_uri, split, build_token(sha, table, files))
+    table_uri = storage.join(staging, "records.parquet")
+    write_table(table_uri, table)
+    threads = args.read_threads or default_read_threads(files[0])
+    meta.update(
+        plan_uri=args.plan_uri,
+        plan_sha256=sha,
+        catalog_dir=args.catalog_dir,
+        source_files=len(files),
+    )
+    meta["source_uri"] = storage.dirname(files[0])  # where the records were read
+    log.info(
+        "%s: building %d records in %d shards from %d source files (%d read threads)",
+        split,
+        table.num_rows,
+        num_shards,
+        len(files),
+        threads,
+    )
+    progress = progress_dir(job.work_uri, "build", split)
+    fn = WriteShard(
+        table_uri, files, split, num_shards, job.output_uri, staging, threads, progress, job.prefix
+    )
+    return Stage(
+        list(range(num_shards)), fn, num_shards, staging, expected, work_bytes, table.num_rows
+    )
+
+
+def copy_stage(job: SplitJob, meta: dict[str, Any]) -> Stage:
+    """Copy mode (the validation set): one :class:`CopyShard` element per
+    source shard; adds the source's fingerprint to ``meta``."""
+    src = job.copy_from
+    assert src is not None
+    shards = copy_sources(src, job.prefix)
+    num_shards = len(shards)
+    fp = hashlib.sha256(
+        "\n".join(f"{storage.basename(f.path)}\t{f.identity()}" for f in shards).encode()
+    ).hexdigest()
+    staging = staging_dir(job.work_uri, job.split, fp[:16])
+    meta.update(copied_from=src, source_fingerprint=fp)
+    elements = [
+        {"path": f.path, "shard": i, "num_shards": num_shards} for i, f in enumerate(shards)
+    ]
+    progress = progress_dir(job.work_uri, "build", job.split)
+    fn = CopyShard(job.split, job.output_uri, staging, progress, job.prefix)
+    return Stage(elements, fn, num_shards, staging, None, sum(f.size for f in shards), None)
+
+
+def stage_split(job: SplitJob, stage: Stage, meta: dict[str, Any]) -> StageSplit:
+    """The graph's one transform: every shard staged, the split's stats written."""
+    return StageSplit(
+        stage.fn,
+        split=job.split,
+        num_shards=stage.num_shards,
+        output_uri=job.output_uri,
+        staging=stage.staging,
+        expected=stage.expected,
+        meta=meta,
+        stats_path=stats_uri(job.work_uri, job.split),
+        prefix=job.prefix,
+    )
+
+
+def run_stage(p: beam.Pipeline, job: SplitJob, stage: Stage) -> Any:
+    """Run the pipeline, with progress lines, after clearing what an earlier
+    build left; returns the pipeline result."""
+    work, split = job.work_uri, job.split
     # Stats say a staged build is complete: an earlier build's must not outlive
     # the start of this one (if this one dies, verify finds no stats, not old ones).
-    storage.delete([spath])
-    clear_other_stagings(work, output, split, keep=staging)
+    storage.delete([stats_uri(work, split)])
+    clear_other_stagings(work, job.output_uri, split, keep=stage.staging)
     with Progress(
         split,
         progress_dir(work, "build", split),
-        num_shards,
-        total_records=sum(expected) if expected is not None else None,
-        total_bytes=work_bytes,
+        stage.num_shards,
+        total_records=sum(stage.expected) if stage.expected is not None else None,
+        total_bytes=stage.work_bytes,
         logger=log,
     ):
         result = p.run()
         result.wait_until_finish()
-    summary = json.loads(storage.read_text(spath))
-    seconds = time.monotonic() - t0
-    metrics = counters(result)
+    return result
+
+
+def print_done(
+    split: str, summary: dict[str, Any], seconds: float, metrics: dict[str, Any]
+) -> None:
+    """The job's closing lines on stdout: what was staged, and its metrics."""
     print(
         f"{split}: {summary['num_examples']:,} records in {summary['num_shards']} shards "
         f"staged ({summary['bytes_written'] / 1e6:,.1f} MB written, "
@@ -830,7 +895,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if metrics:
         print(f"{split}: metrics {json.dumps(metrics, sort_keys=True)}", flush=True)
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,8 +186,12 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
             "not_an_example", f"does not parse as tf.train.Example ({type(err).__name__})"
         ) from None
     fmap = ex.features.feature
-    # Fast path (every well-formed record): one lookup per feature. Anything
-    # unusual goes the careful way below, which names what is wrong.
+    return _well_formed(fmap, keys) or _checked(fmap, keys)
+
+
+def _well_formed(fmap: Any, keys: RecordKeys) -> ImageRecord | None:
+    """The fast path (every well-formed record): one lookup per feature.
+    None for anything unusual, which :func:`_checked` names."""
     get = fmap.get
     enc, name, lab = get(keys.encoded), get(keys.filename), get(keys.label)
     syn = get(keys.synset) if keys.synset else None
@@ -212,6 +216,12 @@ def parse_image_record(data: bytes, keys: RecordKeys = COMMON_KEYS) -> ImageReco
                     synset=sv[0].decode("utf-8", "replace") if sv else "",
                     encoded_len=len(ev[0]),
                 )
+    return None
+
+
+def _checked(fmap: Any, keys: RecordKeys) -> ImageRecord:
+    """The careful path: the record, or an :class:`ExampleError` naming what
+    is wrong with it."""
     encoded = _single(fmap, keys.encoded, "bytes_list", True)
     if not encoded:
         raise ExampleError("empty_image", f"'{keys.encoded}' is empty")

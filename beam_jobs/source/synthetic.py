@@ -45,6 +45,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -381,6 +382,25 @@ def _write_tfds_metadata(
     )
 
 
+def _write_shards(
+    jobs: list[tuple[str, list[tuple[str, int]]]],
+    workers: int | None,
+    init: tuple[list[ClassInfo], list[bytes], int, str],
+) -> Iterator[tuple[str, int, int]]:
+    """Write each (uri, rows) job's shard, in ``workers`` processes (default:
+    one per CPU) or in this one; yield (uri, records, bytes) as each is done."""
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(jobs) > 1:
+        # spawn: a forked child must not inherit a parent's GCS client sockets.
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(workers, _init_worker, init) as procs:
+            yield from procs.imap_unordered(_write_shard, jobs, chunksize=4)
+    else:
+        _init_worker(*init)
+        for job in jobs:
+            yield _write_shard(job)
+
+
 def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
     """Write the dataset under ``output_uri``; return a summary (also written as
     ``synthetic.json`` beside the shards)."""
@@ -393,32 +413,14 @@ def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
         for i, rows in enumerate(shards):
             uri = naming.shard_path(output_uri, prefix, i, len(shards))
             jobs.append((uri, rows))
-    workers = workers or os.cpu_count() or 1
-    total_bytes = 0
-    done = 0
+    init = (lay.classes, pool, spec.image_size, naming.kind)
     written: dict[str, tuple[int, int]] = {}
     step = max(1, len(jobs) // 10)
-    if workers > 1 and len(jobs) > 1:
-        # spawn: a forked child must not inherit a parent's GCS client sockets.
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(
-            workers, _init_worker, (lay.classes, pool, spec.image_size, naming.kind)
-        ) as procs:
-            for uri, nrec, nbytes in procs.imap_unordered(_write_shard, jobs, chunksize=4):
-                written[uri] = (nrec, nbytes)
-                total_bytes += nbytes
-                done += 1
-                if done % step == 0 or done == len(jobs):
-                    log.info("synthetic: %d/%d shards written", done, len(jobs))
-    else:
-        _init_worker(lay.classes, pool, spec.image_size, naming.kind)
-        for job in jobs:
-            uri, nrec, nbytes = _write_shard(job)
-            written[uri] = (nrec, nbytes)
-            total_bytes += nbytes
-            done += 1
-            if done % step == 0 or done == len(jobs):
-                log.info("synthetic: %d/%d shards written", done, len(jobs))
+    for done, (uri, nrec, nbytes) in enumerate(_write_shards(jobs, workers, init), 1):
+        written[uri] = (nrec, nbytes)
+        if done % step == 0 or done == len(jobs):
+            log.info("synthetic: %d/%d shards written", done, len(jobs))
+    total_bytes = sum(nbytes for _, nbytes in written.values())
     if naming.kind == TFDS:
         _write_tfds_metadata(
             output_uri,
@@ -448,7 +450,7 @@ def generate(spec: Spec, output_uri: str, workers: int | None = None) -> dict:
     return summary
 
 
-def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m beam_jobs.source.synthetic",
         description="Write a synthetic ImageNet (train-*/validation-* TFRecords with real JPEGs).",
@@ -489,25 +491,30 @@ def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
         "dataset name)",
     )
     p.add_argument("--workers", type=int, help="processes (default: CPU count)")
-    a = p.parse_args(argv)
-    base = imagenet_spec() if a.imagenet else d
-    overrides = {
-        k: getattr(a, k)
-        for k in (
-            "num_classes",
-            "min_per_class",
-            "max_per_class",
-            "train_total",
-            "train_shards",
-            "validation_shards",
-            "validation_per_class",
-            "image_size",
-            "jpeg_quality",
-            "image_pool",
-            "seed",
-        )
-        if getattr(a, k) is not None
-    }
+    return p
+
+
+# The flags that override a field of the base Spec (the defaults, or --imagenet's).
+SPEC_FLAGS = (
+    "num_classes",
+    "min_per_class",
+    "max_per_class",
+    "train_total",
+    "train_shards",
+    "validation_shards",
+    "validation_per_class",
+    "image_size",
+    "jpeg_quality",
+    "image_pool",
+    "seed",
+)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Spec, str, int | None]:
+    """The dataset's Spec, the folder to write and the number of processes."""
+    a = _parser().parse_args(argv)
+    base = imagenet_spec() if a.imagenet else Spec()
+    overrides = {k: getattr(a, k) for k in SPEC_FLAGS if getattr(a, k) is not None}
     if a.names_from:
         overrides["names_from"] = tuple(a.names_from)
     if a.layout:

@@ -229,51 +229,16 @@ def scan_batches(
     """
     base = 0  # file offset of buf[0]
     pending = b""
-    value = google_crc32c.value
-    unpack_len = _LEN.unpack_from
     while True:
         more = f.read(chunk_bytes)
         eof = not more
         buf = pending + more if pending else more
         if not isinstance(buf, bytes):
             buf = bytes(buf)
-        n = len(buf)
-        starts: list[int] = []
-        datas: list[bytes] = []
-        add_start, add_data = starts.append, datas.append
-        off = 0
-        while off + HEADER_LEN <= n:
-            (length,) = unpack_len(buf, off)
-            end = off + length + OVERHEAD
-            if length > MAX_RECORD_LEN or end > n:
-                break
-            add_start(off)
-            add_data(buf[off + HEADER_LEN : end - FOOTER_LEN])
-            off = end
-        fatal: RecordError | None = None
-        if starts:
-            s = np.asarray(starts, dtype=np.int64)
-            raw = np.frombuffer(buf, dtype=np.uint8)
-            heads = raw[s[:, None] + np.arange(HEADER_LEN)]
-            want = mask_array(_crc_rows(heads[:, :8]))
-            got = heads[:, 8:].copy().view("<u4").ravel()
-            bad_head = np.flatnonzero(want != got)
-            keep = int(bad_head[0]) if len(bad_head) else len(starts)
-            if keep < len(starts):
-                fatal = RecordError(
-                    path,
-                    base + starts[keep],
-                    "length_crc",
-                    "length field fails its CRC32C check (corrupt data or not a TFRecord file)",
-                    fatal=True,
-                )
-                del datas[keep:]
-            if keep:
-                ln = heads[:keep, :8].copy().view("<u8").ravel().astype(np.int64)
-                foot = s[:keep] + HEADER_LEN + ln
-                stored = raw[foot[:, None] + np.arange(FOOTER_LEN)].copy().view("<u4").ravel()
-                computed = mask_array(np.fromiter(map(value, datas), dtype=np.uint32, count=keep))
-                yield FramedBatch(base + s[:keep], ln + OVERHEAD, datas, stored, computed == stored)
+        starts, datas, off = _frame_chunk(buf)
+        batch, fatal = _check_chunk(buf, base, starts, datas, path)
+        if batch is not None:
+            yield batch
         if fatal is not None:
             yield fatal
             return
@@ -289,20 +254,82 @@ def scan_batches(
                 return
         if eof:
             if pending:
-                # What iter_framed reports for a stream ending here (the
-                # complete records were taken above: only a fatal error is left).
-                for item in iter_framed(io.BytesIO(pending), path, start=base):
-                    if isinstance(item, RecordError):
-                        yield item
-                    else:  # unreachable; kept so that nothing is ever dropped
-                        yield FramedBatch(
-                            np.array([item.offset], np.int64),
-                            np.array([item.length], np.int64),
-                            [item.data],
-                            np.array([item.data_crc], np.uint32),
-                            np.ones(1, bool),
-                        )
+                yield from _stream_tail(pending, path, base)
             return
+
+
+def _frame_chunk(buf: bytes) -> tuple[list[int], list[bytes], int]:
+    """The complete records at the start of ``buf`` by their length fields
+    (not yet checked): their offsets in ``buf``, their payloads, and where the
+    first incomplete one starts."""
+    n = len(buf)
+    unpack_len = _LEN.unpack_from
+    starts: list[int] = []
+    datas: list[bytes] = []
+    add_start, add_data = starts.append, datas.append
+    off = 0
+    while off + HEADER_LEN <= n:
+        (length,) = unpack_len(buf, off)
+        end = off + length + OVERHEAD
+        if length > MAX_RECORD_LEN or end > n:
+            break
+        add_start(off)
+        add_data(buf[off + HEADER_LEN : end - FOOTER_LEN])
+        off = end
+    return starts, datas, off
+
+
+def _check_chunk(
+    buf: bytes, base: int, starts: list[int], datas: list[bytes], path: str
+) -> tuple[FramedBatch | None, RecordError | None]:
+    """Check the framed records of a chunk (``buf`` at file offset ``base``):
+    the batch of those before the first bad length CRC (None if none), and a
+    fatal error at that record (None if every length checks out). Drops the
+    payloads past the error from ``datas``."""
+    if not starts:
+        return None, None
+    s = np.asarray(starts, dtype=np.int64)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    heads = raw[s[:, None] + np.arange(HEADER_LEN)]
+    want = mask_array(_crc_rows(heads[:, :8]))
+    got = heads[:, 8:].copy().view("<u4").ravel()
+    bad_head = np.flatnonzero(want != got)
+    keep = int(bad_head[0]) if len(bad_head) else len(starts)
+    fatal: RecordError | None = None
+    if keep < len(starts):
+        fatal = RecordError(
+            path,
+            base + starts[keep],
+            "length_crc",
+            "length field fails its CRC32C check (corrupt data or not a TFRecord file)",
+            fatal=True,
+        )
+        del datas[keep:]
+    if not keep:
+        return None, fatal
+    ln = heads[:keep, :8].copy().view("<u8").ravel().astype(np.int64)
+    foot = s[:keep] + HEADER_LEN + ln
+    stored = raw[foot[:, None] + np.arange(FOOTER_LEN)].copy().view("<u4").ravel()
+    value = google_crc32c.value
+    computed = mask_array(np.fromiter(map(value, datas), dtype=np.uint32, count=keep))
+    return FramedBatch(base + s[:keep], ln + OVERHEAD, datas, stored, computed == stored), fatal
+
+
+def _stream_tail(pending: bytes, path: str, base: int) -> Iterator[FramedBatch | RecordError]:
+    """What :func:`iter_framed` reports for a stream ending with ``pending``
+    (at file offset ``base``): the complete records were taken already, so only
+    a fatal error is left."""
+    for item in iter_framed(io.BytesIO(pending), path, start=base):
+        if isinstance(item, RecordError):
+            yield item
+        else:  # unreachable; kept so that nothing is ever dropped
+            yield FramedBatch(
+                np.array([item.offset], np.int64),
+                np.array([item.length], np.int64),
+                [item.data],
+                np.array([item.data_crc], np.uint32),
+                np.ones(1, bool),
+            )
 
 
 def scan_framed(

@@ -457,84 +457,21 @@ def finalize(
         problems = Problems()
         for s in summaries:
             problems.merge(s["problems"])
-        tables = [read_arrow(s["part"]) for s in summaries]
-        sizes = [t.num_rows for t in tables]
-        # One chunk: the parts are sorted runs, which one sort merges fast. The file
-        # column is a dictionary of the shards' paths: an index per row to merge
-        # and sort, not a string.
-        table = (pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()).combine_chunks()
-        del tables
-        # Each row's shard (index into the sorted summaries).
-        shard = pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
-        paths = pa.array([s["path"] for s in summaries], pa.string())
-        table = table.add_column(
-            SCHEMA.get_field_index("file"),
-            "file",
-            pa.DictionaryArray.from_arrays(shard, paths),
-        )
+        table, shard = merge_parts(summaries)
         total = table.num_rows
-
-        # The catalog's rows, sorted by filename. Unique filenames across the whole
-        # set: no name equals the next.
-        catalog = table.take(pc.sort_indices(table.column("filename")))
-        sorted_names = catalog.column("filename")
-        if total > 1 and pc.any(pc.equal(sorted_names[1:], sorted_names[:-1])).as_py():
-            # Reported in the order the records come in the source: by shard, then record.
-            report_duplicates(
-                table.append_column("_shard", shard).sort_by(
-                    [("_shard", "ascending"), ("record", "ascending")]
-                ),
-                problems,
-            )
-
-        # Records per label, and the synsets that come with each label.
-        labels: Counter[int] = Counter(
-            dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column("label")).flatten())))
-        )
-        pairs = table.select(["label", "synset"]).group_by(["label", "synset"]).aggregate([])
-        synsets: dict[int, set[str]] = defaultdict(set)
-        for label, synset in zip(
-            pairs.column("label").to_pylist(), pairs.column("synset").to_pylist()
-        ):
-            if synset:
-                synsets[label].add(synset)
-        for label in labels if label_names else ():
-            if not synsets.get(label) and 0 <= label < len(label_names or ()):
-                synsets[label] = {label_names[label]}  # type: ignore[index]
-        for label in sorted(synsets):
-            if len(synsets[label]) > 1:
-                problems.add(
-                    "label_synset",
-                    f"label {label} comes with {len(synsets[label])} different synsets "
-                    "(records' synset features, or the line of label.labels.txt)",
-                    label=label,
-                )
-        if (
-            expected_total is not None
-            and total + sum(s["bad_records"] for s in summaries) != expected_total
-        ):
+        catalog = sorted_catalog(table, shard, problems)
+        labels, synsets = labels_and_synsets(table, label_names, problems)
+        bad_records = sum(s["bad_records"] for s in summaries)
+        if expected_total is not None and total + bad_records != expected_total:
             problems.add(
                 "total",
-                f"expected {expected_total:,} records, found "
-                f"{total + sum(s['bad_records'] for s in summaries):,}",
+                f"expected {expected_total:,} records, found {total + bad_records:,}",
                 file=source_uri,
             )
 
         ok = not problems
         catalog_uri = storage.join(catalog_dir, CATALOG_FILE)
-        # Records tables joined with an earlier catalog in this folder (plan.write_records).
-        storage.delete_tree(layout.records_dir(catalog_dir))
-        if ok:
-            file = catalog.column("file").cast(pa.string())
-            write_table(
-                catalog_uri,
-                catalog.set_column(SCHEMA.get_field_index("file"), SCHEMA.field("file"), file),
-                {"source_fingerprint": fp, "source_uri": source_uri},
-                use_dictionary=CATALOG_DICTIONARY,
-            )
-        else:
-            storage.delete([catalog_uri])
-        storage.delete_tree(storage.join(catalog_dir, PARTS_DIR))
+        write_catalog(catalog if ok else None, catalog_dir, fp, source_uri)
         report = build_report(
             ok=ok,
             source_uri=source_uri,
@@ -555,6 +492,89 @@ def finalize(
             "application/json",
         )
         return report
+
+
+def merge_parts(summaries: list[dict[str, Any]]) -> tuple[pa.Table, pa.Array]:
+    """The shards' parts (``summaries`` sorted by shard) as one table with a
+    ``file`` column, and each row's shard (index into ``summaries``)."""
+    tables = [read_arrow(s["part"]) for s in summaries]
+    sizes = [t.num_rows for t in tables]
+    # One chunk: the parts are sorted runs, which one sort merges fast. The file
+    # column is a dictionary of the shards' paths: an index per row to merge
+    # and sort, not a string.
+    table = (pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()).combine_chunks()
+    del tables
+    shard = pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
+    paths = pa.array([s["path"] for s in summaries], pa.string())
+    table = table.add_column(
+        SCHEMA.get_field_index("file"),
+        "file",
+        pa.DictionaryArray.from_arrays(shard, paths),
+    )
+    return table, shard
+
+
+def sorted_catalog(table: pa.Table, shard: pa.Array, problems: Problems) -> pa.Table:
+    """The catalog's rows, sorted by filename; adds a problem for each name
+    that is not unique across the whole set (no name may equal the next)."""
+    catalog = table.take(pc.sort_indices(table.column("filename")))
+    sorted_names = catalog.column("filename")
+    if table.num_rows > 1 and pc.any(pc.equal(sorted_names[1:], sorted_names[:-1])).as_py():
+        # Reported in the order the records come in the source: by shard, then record.
+        report_duplicates(
+            table.append_column("_shard", shard).sort_by(
+                [("_shard", "ascending"), ("record", "ascending")]
+            ),
+            problems,
+        )
+    return catalog
+
+
+def labels_and_synsets(
+    table: pa.Table, label_names: list[str] | None, problems: Problems
+) -> tuple[Counter[int], dict[int, set[str]]]:
+    """Records per label, and the synsets that come with each label (from the
+    records, else from ``label_names``); adds a problem for each label with
+    more than one."""
+    labels: Counter[int] = Counter(
+        dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column("label")).flatten())))
+    )
+    pairs = table.select(["label", "synset"]).group_by(["label", "synset"]).aggregate([])
+    synsets: dict[int, set[str]] = defaultdict(set)
+    for label, synset in zip(pairs.column("label").to_pylist(), pairs.column("synset").to_pylist()):
+        if synset:
+            synsets[label].add(synset)
+    for label in labels if label_names else ():
+        if not synsets.get(label) and 0 <= label < len(label_names or ()):
+            synsets[label] = {label_names[label]}  # type: ignore[index]
+    for label in sorted(synsets):
+        if len(synsets[label]) > 1:
+            problems.add(
+                "label_synset",
+                f"label {label} comes with {len(synsets[label])} different synsets "
+                "(records' synset features, or the line of label.labels.txt)",
+                label=label,
+            )
+    return labels, synsets
+
+
+def write_catalog(catalog: pa.Table | None, catalog_dir: str, fp: str, source_uri: str) -> None:
+    """Write the catalog (None: delete any earlier one, the source has
+    problems); delete the shards' parts and the records tables joined with an
+    earlier catalog in this folder (plan.write_records)."""
+    catalog_uri = storage.join(catalog_dir, CATALOG_FILE)
+    storage.delete_tree(layout.records_dir(catalog_dir))
+    if catalog is not None:
+        file = catalog.column("file").cast(pa.string())
+        write_table(
+            catalog_uri,
+            catalog.set_column(SCHEMA.get_field_index("file"), SCHEMA.field("file"), file),
+            {"source_fingerprint": fp, "source_uri": source_uri},
+            use_dictionary=CATALOG_DICTIONARY,
+        )
+    else:
+        storage.delete([catalog_uri])
+    storage.delete_tree(storage.join(catalog_dir, PARTS_DIR))
 
 
 def build_report(
@@ -796,29 +816,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     source = storage.normalize(args.source_uri)
     catalog_dir = storage.normalize(args.catalog_dir)
     naming = layout.naming(args.layout) if args.layout else layout.detect_source(source)
-    offset = (
-        args.label_offset
-        if args.label_offset is not None
-        else (0 if naming.kind == layout.TFDS else 1)
-    )
-    checks = Checks(
-        label_min=offset, label_max=offset + args.num_classes - 1, keys=record_keys(naming.kind)
-    )
+    checks = label_checks(args, naming)
     prefix = args.prefix or naming.file_prefix("train")
     files = storage.list_files(storage.join(source, f"{prefix}-*"))
     shard_files, problems = check_listing(files, prefix, source)
     fp = fingerprint(shard_files)
-    shards = [
-        {
-            "path": f.path,
-            "index": int(SHARD_RE.match(storage.basename(f.path)).group("index")),  # type: ignore[union-attr]
-            "size": f.size,
-            "crc32c": f.crc32c,
-            "generation": f.generation,
-            "mtime_ns": f.mtime_ns,
-        }
-        for f in shard_files
-    ]
+    shards = [shard_entry(f) for f in shard_files]
     log.info(
         "validating %d shards under %s (%s layout, fingerprint %s)",
         len(shards),
@@ -827,26 +830,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         fp[:16],
     )
     if problems:
-        report = build_report(
-            ok=False,
-            source_uri=source,
-            fp=fp,
-            files=shards,
-            summaries=[],
-            total=0,
-            labels=Counter(),
-            synsets={},
-            problems=problems,
-            checks=checks,
-            catalog_uri=None,
-            layout_spec=naming.spec,
-        )
-        storage.delete([storage.join(catalog_dir, CATALOG_FILE)])
-        storage.write_text(
-            storage.join(catalog_dir, REPORT_FILE),
-            json.dumps(report, indent=1) + "\n",
-            "application/json",
-        )
+        report = report_listing_problems(source, catalog_dir, fp, shards, problems, checks, naming)
     else:
         options = make_options(
             beam_args,
@@ -856,48 +840,106 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         )
         t0 = time.monotonic()
         p = new_pipeline(options)
-        _ = (
-            p
-            | "Shards" >> beam.Create(shards)
-            | "Validate"
-            >> ValidateSource(
-                catalog_dir,
-                source,
-                shards,
-                fp,
-                args.expected_total,
-                checks,
-                naming.spec,
-                read_label_names(source, naming),
-            )
+        label_names = read_label_names(source, naming)
+        validate = ValidateSource(
+            catalog_dir, source, shards, fp, args.expected_total, checks, naming.spec, label_names
         )
+        _ = p | "Shards" >> beam.Create(shards) | "Validate" >> validate
         staged = stage_template(p, options, "validate")
         if staged:
             return staged
-        with Progress(
-            "validate",
-            progress_dir(catalog_dir, "validate"),
-            len(shards),
-            total_bytes=sum(f.size for f in shard_files),
-            logger=log,
-        ):
-            result = p.run()
-            result.wait_until_finish()
-        report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
-        seconds = time.monotonic() - t0
-        report["seconds"] = round(seconds, 3)
-        report["metrics"] = counters(result)
-        log.info(
-            "validation of %d records took %.1f s (%.0f records/s)",
-            report["total_records"],
-            seconds,
-            report["total_records"] / max(seconds, 1e-9),
-        )
+        report = run_validation(p, catalog_dir, shard_files, t0)
     print(format_report(report), flush=True)
     if report.get("metrics"):
         print(f"validate: metrics {json.dumps(report['metrics'], sort_keys=True)}", flush=True)
     if not report["ok"]:
         raise ValidationFailed(format_report(report))
+    return report
+
+
+def label_checks(args: argparse.Namespace, naming: layout.Naming) -> Checks:
+    """The record checks: labels in ``label_offset`` (by default 0 for TFDS,
+    1 for the common layout) .. +num_classes-1, and the layout's feature keys."""
+    offset = (
+        args.label_offset
+        if args.label_offset is not None
+        else (0 if naming.kind == layout.TFDS else 1)
+    )
+    return Checks(
+        label_min=offset, label_max=offset + args.num_classes - 1, keys=record_keys(naming.kind)
+    )
+
+
+def shard_entry(f: FileInfo) -> dict[str, Any]:
+    """A shard file as the job's element (and the report's ``files`` entry)."""
+    return {
+        "path": f.path,
+        "index": int(SHARD_RE.match(storage.basename(f.path)).group("index")),  # type: ignore[union-attr]
+        "size": f.size,
+        "crc32c": f.crc32c,
+        "generation": f.generation,
+        "mtime_ns": f.mtime_ns,
+    }
+
+
+def report_listing_problems(
+    source: str,
+    catalog_dir: str,
+    fp: str,
+    shards: list[dict[str, Any]],
+    problems: Problems,
+    checks: Checks,
+    naming: layout.Naming,
+) -> dict[str, Any]:
+    """The shards' names are not one complete set: no record is read. Write
+    (and return) a failed report, and delete any earlier catalog."""
+    report = build_report(
+        ok=False,
+        source_uri=source,
+        fp=fp,
+        files=shards,
+        summaries=[],
+        total=0,
+        labels=Counter(),
+        synsets={},
+        problems=problems,
+        checks=checks,
+        catalog_uri=None,
+        layout_spec=naming.spec,
+    )
+    storage.delete([storage.join(catalog_dir, CATALOG_FILE)])
+    storage.write_text(
+        storage.join(catalog_dir, REPORT_FILE),
+        json.dumps(report, indent=1) + "\n",
+        "application/json",
+    )
+    return report
+
+
+def run_validation(
+    p: beam.Pipeline, catalog_dir: str, shard_files: list[FileInfo], t0: float
+) -> dict[str, Any]:
+    """Run the validation pipeline, with progress lines; return the report it
+    wrote, with the job's time (since ``t0``) and Beam counters."""
+    with Progress(
+        "validate",
+        progress_dir(catalog_dir, "validate"),
+        len(shard_files),
+        total_bytes=sum(f.size for f in shard_files),
+        logger=log,
+    ):
+        result = p.run()
+        result.wait_until_finish()
+    report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
+    seconds = time.monotonic() - t0
+    report["seconds"] = round(seconds, 3)
+    report["metrics"] = counters(result)
+    log.info(
+        "validation of %d records took %.1f s (%.0f records/s)",
+        report["total_records"],
+        seconds,
+        report["total_records"] / max(seconds, 1e-9),
+    )
     return report
 
 

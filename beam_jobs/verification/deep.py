@@ -43,11 +43,44 @@ from beam_jobs.source.example_proto import (
     parse_image_record,
     record_keys,
 )
-from beam_jobs.source.tfrecord import RecordError, iter_framed
+from beam_jobs.source.tfrecord import Framed, RecordError, iter_framed
 
 MAX_FINDINGS = 20
 
 Planned = tuple[list[str], list[int]]
+
+
+class _CrcTee:
+    """Reads through to a file and hashes the bytes as read (CRC32C), so that
+    the file is read once."""
+
+    def __init__(self, f: Any) -> None:
+        import google_crc32c
+
+        self._f = f
+        self._extend = google_crc32c.extend
+        self.crc = 0
+        self.nbytes = 0
+
+    def read(self, n: int) -> bytes:
+        b = self._f.read(n)
+        self.crc = self._extend(self.crc, b)
+        self.nbytes += len(b)
+        return b
+
+
+def _unplanned(item: Framed, name: str, data_crc: int | None, keys: RecordKeys) -> str | None:
+    """What is wrong with a staged record where the plan puts ``name`` (whose
+    source record has this data CRC; None: not known), or None."""
+    try:
+        got = parse_image_record(item.data, keys).filename
+    except ExampleError as err:
+        got = f"<unparseable: {err}>"
+    if got != name:
+        return f"holds {got}, the plan says {name}"
+    if data_crc is not None and item.data_crc != data_crc:
+        return f"({got}) differs from the source record"
+    return None
 
 
 def deep_check_shard(
@@ -59,24 +92,12 @@ def deep_check_shard(
     keys: RecordKeys = COMMON_KEYS,
 ) -> dict[str, Any]:
     """Re-read one shard: CRCs, count, file CRC32C, planned names and data CRCs."""
-    import google_crc32c
-
     findings: list[str] = []
-    crc = 0
     count = 0
-    nbytes = 0
     names, data_crcs = planned if planned is not None else (None, None)
     with storage.open_read(path) as f:
-        # Hash the bytes as read, through a small wrapper, so the file is read once.
-        class Tee:
-            def read(self, n: int) -> bytes:
-                nonlocal crc, nbytes
-                b = f.read(n)
-                crc = google_crc32c.extend(crc, b)
-                nbytes += len(b)
-                return b
-
-        for item in iter_framed(Tee(), path):
+        tee = _CrcTee(f)
+        for item in iter_framed(tee, path):
             if isinstance(item, RecordError):
                 findings.append(f"{split}: shard {shard} record {count}: {item}")
                 if item.fatal:
@@ -90,25 +111,16 @@ def deep_check_shard(
                         f"{len(names)} (extra record at byte offset {item.offset})"
                     )
                     break
-                try:
-                    got = parse_image_record(item.data, keys).filename
-                except ExampleError as err:
-                    got = f"<unparseable: {err}>"
-                if got != names[count]:
-                    findings.append(
-                        f"{split}: shard {shard} index {count} holds {got}, the plan "
-                        f"says {names[count]}"
-                    )
-                elif data_crcs is not None and item.data_crc != data_crcs[count]:
-                    findings.append(
-                        f"{split}: shard {shard} index {count} ({got}) differs from "
-                        f"the source record"
-                    )
+                planned_crc = data_crcs[count] if data_crcs is not None else None
+                finding = _unplanned(item, names[count], planned_crc, keys)
+                if finding:
+                    findings.append(f"{split}: shard {shard} index {count} {finding}")
             count += 1
             if len(findings) >= MAX_FINDINGS:
                 break
     if names is not None and count < len(names) and len(findings) < MAX_FINDINGS:
         findings.append(f"{split}: shard {shard} has {count} records, the plan {len(names)}")
+    crc, nbytes = tee.crc, tee.nbytes
     file_crc = f"{crc & 0xFFFFFFFF:08x}"
     if expected_crc is not None and not findings and file_crc != expected_crc:
         findings.append(
@@ -214,6 +226,17 @@ class DeepResult:
     staged: dict[str, Any] | None = None
 
 
+def _write_plan_table(work: str, split: str, plan_table: pa.Table) -> str:
+    """Write the planned records (shard, index, filename, data CRC) for the
+    workers to read; return where."""
+    # A name of its own per run: workers cache the table by its URI, and the
+    # same plan checked against a re-validated catalog must not be compared
+    # with the old catalog's CRCs.
+    table_uri = storage.join(verify_dir(work), f"{split}.{uuid.uuid4().hex[:16]}.parquet")
+    write_table(table_uri, plan_table.select(["shard", "index", "filename", "data_crc"]))
+    return table_uri
+
+
 def run_deep(
     split: str,
     work: str,
@@ -223,13 +246,7 @@ def run_deep(
     layout_kind: str = "common",
 ) -> DeepResult:
     """Run the deep check of a staged split (or stage it as a Dataflow template)."""
-    table_uri = None
-    if plan_table is not None:
-        # A name of its own per run: workers cache the table by its URI, and the
-        # same plan checked against a re-validated catalog must not be compared
-        # with the old catalog's CRCs.
-        table_uri = storage.join(verify_dir(work), f"{split}.{uuid.uuid4().hex[:16]}.parquet")
-        write_table(table_uri, plan_table.select(["shard", "index", "filename", "data_crc"]))
+    table_uri = _write_plan_table(work, split, plan_table) if plan_table is not None else None
     elements = [
         {"path": e["staged"], "shard": i, "crc32c": e["crc32c"]}
         for i, e in enumerate(stats["shards"])

@@ -267,6 +267,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SplitJob, li
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Verify a staged split; return the report (also written). Raises
+    :class:`VerificationFailed`."""
     setup_logging()
     args, job, beam_args = parse_args(argv)
     work, split, prefix, names = job.work_uri, job.split, job.prefix, job.naming
@@ -277,27 +279,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # publish step finds no report and refuses the split.
     storage.delete([report_uri(work, split)])
     spath = stats_uri(work, split)
-    if not storage.exists(spath):
-        raise VerificationFailed(f"{split}: no build stats at {spath}: was the split built?")
-    stats_bytes = storage.read_bytes(spath)
+    stats_bytes = read_stats(spath, split)
     stats = json.loads(stats_bytes)
-    verified_plan: str | None = None
-    plan_table = None
-    if args.plan_uri:
-        try:
-            plan_table, verified_plan = planned_records(args.plan_uri, args.catalog_dir)
-        except PlanError as err:
-            raise VerificationFailed(f"{split}: {err}") from None
-        if verified_plan != stats.get("plan_sha256"):
-            raise VerificationFailed(
-                f"{split}: the build used plan "
-                f"{(stats.get('plan_sha256') or 'none')[:16]}, "
-                f"not {args.plan_uri} ({verified_plan[:16]})"
-            )
-        expected = expected_from_plan(plan_table)
-    else:
-        assert job.copy_from is not None
-        expected = expected_from_copy(job.copy_from, prefix)
+    expected, plan_table, verified_plan = expectation(args, job, stats)
     staged = [e["staged"] for e in stats["shards"]]
     listed, crcs, strays, bytes_read = observe(staged, stats["staging"], prefix)
     findings = exact_findings(split, stats, expected, listed, crcs, strays, prefix)
@@ -334,18 +318,54 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         code_version=__version__,
     )
     storage.write_text(report_uri(work, split), report.to_json(), "application/json")
+    announce(split, findings, stats, report)
+    return report.to_dict()
+
+
+def announce(split: str, findings: list[str], stats: dict[str, Any], report: VerifyReport) -> None:
+    """Raise VerificationFailed with the first findings, or print the verdict."""
     if findings:
         msg = f"{split}: verification FAILED ({len(findings)} problems):\n  " + "\n  ".join(
             findings[:MAX_FINDINGS]
         )
         raise VerificationFailed(msg)
     print(
-        f"{split}: verified ({mode}): {stats['num_examples']:,} records in "
-        f"{stats['num_shards']} staged shards are exactly as planned ({bytes_read / 1e6:,.1f} MB "
-        f"read, {report.seconds:.1f} s)",
+        f"{split}: verified ({report.mode}): {stats['num_examples']:,} records in "
+        f"{stats['num_shards']} staged shards are exactly as planned "
+        f"({report.bytes_read / 1e6:,.1f} MB read, {report.seconds:.1f} s)",
         flush=True,
     )
-    return report.to_dict()
+
+
+def read_stats(spath: str, split: str) -> bytes:
+    """The build's stats file, byte for byte; raises VerificationFailed if
+    there is none."""
+    if not storage.exists(spath):
+        raise VerificationFailed(f"{split}: no build stats at {spath}: was the split built?")
+    return storage.read_bytes(spath)
+
+
+def expectation(
+    args: argparse.Namespace, job: SplitJob, stats: dict[str, Any]
+) -> tuple[Expected, pa.Table | None, str | None]:
+    """What the staged shards must hold: from the plan (plan mode; with the
+    planned records and the plan's sha256, which must be the one the build
+    used) or from the source shards (copy mode; None, None)."""
+    split = job.split
+    if not args.plan_uri:
+        assert job.copy_from is not None
+        return expected_from_copy(job.copy_from, job.prefix), None, None
+    try:
+        plan_table, verified_plan = planned_records(args.plan_uri, args.catalog_dir)
+    except PlanError as err:
+        raise VerificationFailed(f"{split}: {err}") from None
+    if verified_plan != stats.get("plan_sha256"):
+        raise VerificationFailed(
+            f"{split}: the build used plan "
+            f"{(stats.get('plan_sha256') or 'none')[:16]}, "
+            f"not {args.plan_uri} ({verified_plan[:16]})"
+        )
+    return expected_from_plan(plan_table), plan_table, verified_plan
 
 
 def main(argv: list[str] | None = None) -> int:
