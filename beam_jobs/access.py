@@ -8,6 +8,8 @@ key). This module holds the rules ``ssl_splits.config.resolve()`` applies to
 every such param before anything is read, and the bounded reader of the
 small text files params name:
 
+* :class:`AllowedLocations`: what a deployment allows, read once from the
+  environment and then passed explicitly (``ssl_splits.config.resolve_conf``).
 * :func:`allowed_roots`: the deployment setting ``SSL_SPLITS_ALLOWED_ROOTS``
   (absolute local roots and ``gs://bucket`` or ``gs://bucket/prefix``
   entries, separated by commas and/or white space). Unset or empty: any
@@ -31,6 +33,7 @@ import os
 import posixpath
 import re
 import stat as statmod
+from dataclasses import dataclass
 from typing import Mapping
 
 from beam_jobs import storage
@@ -143,6 +146,22 @@ def forbidden_locations(environ: Mapping[str, str] | None = None) -> tuple[str, 
     return tuple(dict.fromkeys(out))
 
 
+@dataclass(frozen=True)
+class AllowedLocations:
+    """Where a deployment lets params point: inside ``roots`` (empty: anywhere)
+    and never at or into ``forbidden`` (real paths: the Airflow home and
+    ``AIRFLOW_CONFIG``)."""
+
+    roots: tuple[str, ...] = ()
+    forbidden: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> AllowedLocations:
+        """:func:`allowed_roots` and :func:`forbidden_locations` of ``environ``
+        (default ``os.environ``); AccessError naming a malformed root."""
+        return cls(allowed_roots(environ), forbidden_locations(environ))
+
+
 def location_key(uri: str) -> str:
     """What a location is compared on: the real path of a local path, the
     normalised URI of a gs:// one. Two locations overlap when one key
@@ -155,10 +174,13 @@ def check_location(
     uri: str,
     roots: tuple[str, ...],
     environ: Mapping[str, str] | None = None,
+    *,
+    forbidden: tuple[str, ...] | None = None,
 ) -> None:
     """AccessError unless the param ``name`` may point at ``uri`` (an absolute
     local path or a gs:// URI): never into the Airflow home or at
-    ``AIRFLOW_CONFIG``; and, when ``roots`` is not empty, inside one of them
+    ``AIRFLOW_CONFIG`` (``forbidden``; default: :func:`forbidden_locations` of
+    ``environ``); and, when ``roots`` is not empty, inside one of them
     (a local path's real path inside a local root's real path; a gs:// URI
     inside a gs:// root on whole components). Reads nothing but the local
     file system's symlinks."""
@@ -170,7 +192,7 @@ def check_location(
     if not uri.startswith("/") or _REFUSED_CHARS.search(uri):
         raise AccessError(f"{name}={uri!r}: not an absolute local path")
     key = real_path(uri)
-    for place in forbidden_locations(environ):
+    for place in forbidden_locations(environ) if forbidden is None else forbidden:
         if is_within(key, place):
             via = "" if key == uri else f" (its real path is {key})"
             raise AccessError(
@@ -230,6 +252,7 @@ __all__ = [
     "ENV_ALLOWED_ROOTS",
     "MAX_LIST_BYTES",
     "AccessError",
+    "AllowedLocations",
     "airflow_home",
     "allowed_roots",
     "check_location",

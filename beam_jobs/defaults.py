@@ -1,6 +1,6 @@
 """The defaults the DAG's params, the plan step and the split algorithm share, in one place.
 
-Plain values, no imports: the DAG file's params (``ssl_splits.config``) read
+Plain values, no imports: the DAG file's params (``ssl_splits.form``) read
 them at parse time. The output folder's names (``_work`` and what is in it)
 are in ``beam_jobs.layout``; the Dataflow settings' defaults beside
 ``ssl_splits.config.DataflowSettings``.

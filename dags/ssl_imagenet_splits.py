@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 # keeps the provider's heavy imports (Google Dataflow hooks) out of every parse.
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator  # noqa: F401
 from airflow.sdk import DAG, Asset, get_current_context, task
-from ssl_splits.config import params, schedule
+from ssl_splits.form import params, schedule
 from ssl_splits.operators import SplitBeamOperator
 
 MANIFEST_ASSET = Asset("ssl_imagenet_splits_manifest")

@@ -4,7 +4,10 @@ naming the param and its value (pure: no DAG run, no storage)."""
 from __future__ import annotations
 
 import pytest
-from ssl_splits.config import ConfigError, RunConfig, resolve
+from ssl_splits.config import ConfigError, RunConfig, resolve, resolve_conf
+from ssl_splits.form import FIELDS, params
+
+from beam_jobs.access import AllowedLocations
 
 OK = {"source_uri": "/data/imagenet", "output_uri": "/data/ssl"}
 DATAFLOW = {
@@ -291,3 +294,36 @@ def test_config_xcom_is_the_json_earlier_versions_wrote():
     # An XCom written before a field existed reads with the field's default.
     old = {k: v for k, v in resolve(OK).to_dict().items() if k not in ("fractions", "protocol")}
     assert RunConfig.from_dict(old) == resolve(OK)
+
+
+def test_resolve_conf_reads_the_deployment_from_its_argument_only(monkeypatch, tmp_path):
+    """The pure function: the allowed locations come in, never from the environment."""
+    monkeypatch.setenv("SSL_SPLITS_ALLOWED_ROOTS", "gs://elsewhere")
+    with pytest.raises(ConfigError, match="source_uri=/data/imagenet is outside the allowed roots"):
+        resolve(OK)
+    assert resolve_conf(OK, AllowedLocations()).source_uri == "/data/imagenet"
+    with pytest.raises(
+        ConfigError, match=r"outside the allowed roots \(SSL_SPLITS_ALLOWED_ROOTS: /x\)"
+    ):
+        resolve_conf(OK, AllowedLocations(roots=("/x",)))
+    with pytest.raises(ConfigError, match="output_uri=/data/ssl points into the Airflow"):
+        resolve_conf(OK, AllowedLocations(forbidden=("/data/ssl",)))
+    monkeypatch.setenv("SSL_SPLITS_ALLOWED_ROOTS", "relative/path")
+    with pytest.raises(ConfigError, match="SSL_SPLITS_ALLOWED_ROOTS: entry 'relative/path'"):
+        resolve(OK)
+
+
+def test_the_form_is_its_table_of_fields_with_the_deployment_s_defaults():
+    form = params({"SSL_SPLITS_SOURCE_URI": "/src", "SSL_SPLITS_DATAFLOW_REGION": "eu"})
+    assert list(form) == [f.name for f in FIELDS]
+    assert (form["source_uri"].value, form["output_uri"].value) == ("/src", None)
+    assert form["dataflow_region"].value == "eu"
+    assert params({})["dataflow_region"].value == "us-central1"
+    assert form["num_shards"].schema["section"] == "Advanced: shards, checks, folders"
+    assert "section" not in form["seeds"].schema
+    # Each Param owns its value and schema: changing one leaves the next form as it was.
+    form["seeds"].value.append(6)
+    form["manifest_uri"].schema["anyOf"][1]["maxLength"] = 1
+    again = params({})
+    assert again["seeds"].value == [1, 2, 3, 4, 5]
+    assert again["manifest_uri"].schema["anyOf"][1]["maxLength"] == 2048

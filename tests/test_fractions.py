@@ -128,7 +128,7 @@ def test_resolve_refuses_fractions_that_make_no_sense(params, message):
 def test_the_fractions_schema_takes_the_form_text_box_and_json_numbers(value, ok):
     """What Airflow checks when a run is triggered: the param's JSON schema."""
     from airflow.sdk.exceptions import ParamValidationError
-    from ssl_splits.config import params
+    from ssl_splits.form import params
 
     param = params()["fractions"]
     if ok:
@@ -139,7 +139,7 @@ def test_the_fractions_schema_takes_the_form_text_box_and_json_numbers(value, ok
 
 
 def test_the_form_shows_fractions_as_a_text_box_beside_fraction():
-    from ssl_splits.config import params
+    from ssl_splits.form import params
 
     form = params()
     schema = form["fractions"].schema

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 from ssl_splits import config
 from ssl_splits.config import ConfigError, resolve
+from ssl_splits.form import params
 
 from beam_jobs import access
 from beam_jobs.planning import algorithm as split_algorithm
@@ -509,7 +510,7 @@ def test_overlap_through_symlinks_message(folders):
 
 def test_list_params_are_bounded_in_resolve_and_in_the_form(env):
     ok = {"source_uri": "/data/src", "output_uri": "/data/out"}
-    form = config.params()
+    form = params()
     assert form["seeds"].schema["maxItems"] == config.MAX_SEEDS
     assert form["fractions"].schema["maxItems"] == config.MAX_FRACTIONS
     assert form["sharding_files"].schema["maxProperties"] == config.MAX_SHARDING_FILES

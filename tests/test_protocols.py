@@ -120,6 +120,19 @@ def test_references_and_protocols():
             assert re.match(protocols.LABEL_PATTERN, label)
 
 
+def test_the_rules_a_protocol_sets():
+    """The facts both the DAG's params and the plan step check against."""
+    fixmatch = protocols.protocol("fixmatch")
+    assert fixmatch.unpublished([7, 2, 0]) == [7, 0]
+    assert protocols.protocol("seeded").unpublished([7]) == []  # any seed is drawn
+    assert fixmatch.published_files([3]) == {3: "published:fixmatch/split3"}
+    assert (fixmatch.fraction, fixmatch.sampling) == ("0.1", "stratified")
+    assert protocols.protocol("seeded").fraction is None
+    assert protocols.is_label("my_subset2") and protocols.is_label("simclr")
+    for bad in ("3", "Mine", "a.b", "", "x" * 33, None, 3):
+        assert not protocols.is_label(bad), bad
+
+
 def test_cli_lists_and_exports(tmp_path):
     out = run_module("beam_jobs.planning.protocols")
     assert out.returncode == 0, out.stderr

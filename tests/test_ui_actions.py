@@ -543,7 +543,7 @@ def test_the_seeds_schema_takes_the_form_text_box_and_json_integers(value, ok):
     """What Airflow checks when a run is triggered (before it exists): the param's
     JSON schema, through Airflow's own Param validation."""
     from airflow.sdk.exceptions import ParamValidationError
-    from ssl_splits.config import params
+    from ssl_splits.form import params
 
     param = params()["seeds"]
     if ok:
@@ -556,7 +556,7 @@ def test_the_seeds_schema_takes_the_form_text_box_and_json_integers(value, ok):
 def test_the_form_shows_seeds_as_a_text_box_one_per_line():
     """Airflow 3.3's form picks the widget from the schema: an array whose items have
     no single "type" (and no examples/enum) is a text box, one value per line."""
-    from ssl_splits.config import params
+    from ssl_splits.form import params
 
     schema = params()["seeds"].schema
     assert schema["type"] == "array" and "type" not in schema["items"]

@@ -103,12 +103,13 @@ class PlanRequest:
 def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, str]]]:
     """The sharding files per seed and the name lists a request's protocol and
     its own files amount to (pure). ``fixmatch`` gives each seed its published
-    file (seeds must be 1..5); the SimCLR protocols add their name lists."""
+    file (seeds must be 1..5); the SimCLR protocols add their name lists. The
+    rules are the protocol's (:mod:`beam_jobs.planning.protocols`); the DAG's
+    ``resolve`` applies them to the params first, this applies them to any request."""
     proto = protocols.protocol(req.protocol)
     files = dict(req.sharding_files)
     if proto.sharding:
-        known = dict(proto.sharding)
-        outside = [s for s in req.seeds if s not in known]
+        outside = proto.unpublished(req.seeds)
         if outside:
             raise PlanError(
                 f"protocol {proto.name} has published splits for seeds "
@@ -120,7 +121,7 @@ def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, s
                 f"seeds {both} have a sharding file and protocol {proto.name}'s "
                 "published file: give one"
             )
-        files.update({s: protocols.LISTS[known[s]].ref for s in req.seeds})
+        files.update(proto.published_files(req.seeds))
     if len(req.sizes()) > 1 and set(files) & set(req.seeds):
         raise PlanError(
             f"seeds {sorted(set(files) & set(req.seeds))} have a published file, "

@@ -30,6 +30,13 @@ A *protocol* is a named choice of lists (the DAG's ``protocol`` param):
 ``simclr_1pct``, ``simclr_10pct``  one of the two
 =============  ==============================================================
 
+The rules a protocol sets are defined here, once: which seeds it has published
+splits for (:meth:`Protocol.unpublished`), the fraction and sampling they were
+drawn at (``Protocol.fraction``, ``Protocol.sampling``), what a name-list label
+is (:func:`is_label`). The DAG's params (``ssl_splits.config``) and the plan
+step (``beam_jobs.planning.plans.expand_protocol``, which also serves the plan
+CLI without Airflow) both apply them, each with messages in its own terms.
+
 CLI::
 
     python -m beam_jobs.planning.protocols                 # the protocols and lists, checked
@@ -42,11 +49,12 @@ import argparse
 import hashlib
 import lzma
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 REF_PREFIX = "published:"
 # The label of a name list, whose split is train{n}.{label}: it starts with a
@@ -126,6 +134,9 @@ class Protocol:
     title: str  # one line, for the trigger form
     sharding: tuple[tuple[int, str], ...] = ()  # (seed, list key): the seed's split, as given
     name_lists: tuple[tuple[str, str], ...] = ()  # (label, list key): train{N}.{label}
+    # What the published splits of ``sharding`` were drawn at (None: no published splits).
+    fraction: str | None = None
+    sampling: str | None = None
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -137,6 +148,17 @@ class Protocol:
         """Whether the ``seeds`` param picks its splits (seeded and FixMatch: yes)."""
         return self.name in (SEEDED, "fixmatch")
 
+    def unpublished(self, seeds: Iterable[int]) -> list[int]:
+        """The ``seeds`` this protocol has no published split for, in their order
+        (none when the protocol publishes no seeds' splits: any seed is drawn)."""
+        return [s for s in seeds if s not in self.seeds] if self.sharding else []
+
+    def published_files(self, seeds: Iterable[int]) -> dict[int, str]:
+        """``{seed: published:{key}}``: the published file of each of ``seeds``
+        (KeyError for a seed :meth:`unpublished` names)."""
+        known = dict(self.sharding)
+        return {s: LISTS[known[s]].ref for s in seeds}
+
 
 SEEDED = "seeded"
 PROTOCOLS: dict[str, Protocol] = {
@@ -147,6 +169,8 @@ PROTOCOLS: dict[str, Protocol] = {
             "fixmatch",
             "FixMatch's published 10% splits: split s for each seed s in 1-5",
             sharding=tuple((s, f"fixmatch/split{s}") for s in range(1, 6)),
+            fraction="0.1",
+            sampling="stratified",
         ),
         Protocol(
             "simclr",
@@ -174,6 +198,11 @@ def protocol(name: str) -> Protocol:
         raise PublishedDataError(
             f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}"
         ) from None
+
+
+def is_label(label: object) -> bool:
+    """Whether ``label`` may label a name list (:data:`LABEL_PATTERN`)."""
+    return isinstance(label, str) and re.match(LABEL_PATTERN, label) is not None
 
 
 def is_ref(uri: str) -> bool:

@@ -1,31 +1,56 @@
-"""The DAG's params: JSON schema for the trigger form, and the run config.
+"""A run's conf -> its checked, typed run config (:class:`RunConfig`).
 
-``PARAMS`` is what the Airflow UI renders as the trigger form and what the
-CLI's ``--conf`` is validated against (per param, by JSON schema).
-``resolve(params)`` adds the checks a per-param schema cannot express (URIs
-that overlap, a sharding file for a seed that is not built, Dataflow settings
-when running on Dataflow) and fills the defaults that depend on other params.
-It runs in the DAG's first task, before any Beam job starts.
+The trigger form (``ssl_splits.form``) checks each param alone, by JSON
+schema. :func:`resolve_conf` checks them as a whole and fills the defaults
+that depend on other params; it is a pure function of the conf and of what the
+deployment allows (:class:`beam_jobs.access.AllowedLocations`, passed in), and
+reads nothing from the environment. :func:`resolve` is the thin wrapper the
+DAG's first task calls: it reads the deployment's settings, then resolves.
+It runs before any Beam job starts.
+
+One function per family of rules, in the order they are checked (the first
+error found is the one reported):
+
+* locations (:func:`_locations`, :func:`located`, :func:`check_overlap`):
+  URIs well-formed and normalised, inside the allowed roots, never in the
+  Airflow home; the source apart from the folders a run writes;
+* seeds and fractions (:func:`_draws`, :func:`parse_seeds`,
+  :func:`parse_fractions`);
+* protocol (:func:`_protocol`): what a protocol of published label sets
+  allows, and its name lists and sharding files (:func:`_sharding_files`,
+  :func:`_name_lists`);
+* Dataflow settings (:func:`_dataflow`).
+
+Where each rule lives. The facts about the published label sets (which
+seeds FixMatch published, at which fraction and sampling; what a name-list
+label is) are defined once, in ``beam_jobs.planning.protocols``, and both
+this module and the plan step (``beam_jobs.planning.plans.expand_protocol``)
+read them there. The location rules are ``beam_jobs.access``'s alone; the
+plan step applies them again to the files it reads, so its CLI is safe
+without Airflow. The plan step keeps its own checks of a plan request, and
+its own messages in its own terms (seeds and files of a request, for the CLI);
+this module phrases the same rules in the params' terms, for the trigger
+form, and checks the params the plan step never sees (fraction and sampling
+beside a published split, the labels a protocol takes). Both sets of
+messages are part of the product's behaviour.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import posixpath
 import re
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any
 
-from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 
 from beam_jobs import access, defaults, layout
-
-# gs://bucket/any/path, or an absolute local path; no ".." components.
+from beam_jobs.access import AllowedLocations
 from beam_jobs.planning import protocols
 
+# gs://bucket/any/path, or an absolute local path; no ".." components.
 URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
 DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
 MAX_SEED = 1_000_000
@@ -54,9 +79,6 @@ DATAFLOW_MAX_WORKERS = 20
 # from the plan and the catalog); "always" adds a Beam job that re-reads every
 # record. "never" is kept for confs written before the exact check existed.
 DEEP_VERIFY = {"auto": False, "always": True, "never": False}
-# Trigger-form sections (collapsed by default; the main fields stay in "Run Parameters").
-ADVANCED = "Advanced: shards, checks, folders"
-DATAFLOW = "Dataflow (runner DataflowRunner)"
 
 
 class ConfigError(AirflowFailException, ValueError):
@@ -64,360 +86,6 @@ class ConfigError(AirflowFailException, ValueError):
 
     An AirflowFailException: the task fails at once, without retries (the same
     params would fail again)."""
-
-
-# The deployment's default source and output folders: what scheduled runs (and
-# backfills) build, and the trigger form's initial values.
-SOURCE_ENV = "SSL_SPLITS_SOURCE_URI"
-OUTPUT_ENV = "SSL_SPLITS_OUTPUT_URI"
-SCHEDULE_ENV = "SSL_SPLITS_SCHEDULE"
-
-
-def schedule() -> str | None:
-    """The DAG's schedule (``SSL_SPLITS_SCHEDULE``; unset: none). A scheduled run
-    has no one to fill in the form: it needs the deployment's default source and
-    output folders, and says so (Airflow refuses a scheduled DAG with required
-    params that have no default)."""
-    value = (os.environ.get(SCHEDULE_ENV) or "").strip() or None
-    if value is not None:
-        missing = [k for k in (SOURCE_ENV, OUTPUT_ENV) if not os.environ.get(k)]
-        if missing:
-            raise ConfigError(
-                f"{SCHEDULE_ENV}={value!r}: a scheduled run needs the folders it builds from "
-                f"and into: set {' and '.join(missing)} (the deployment's default source_uri "
-                "and output_uri), or leave the schedule empty"
-            )
-    return value
-
-
-def _uri_param(
-    default: Any, title: str, description: str, nullable: bool = False, **extra: Any
-) -> Param:
-    string: dict[str, Any] = {
-        "type": "string",
-        "pattern": URI_PATTERN,
-        "not": {"pattern": DOTDOT_PATTERN},
-        "maxLength": MAX_URI_LENGTH,
-    }
-    if nullable:
-        return Param(
-            default,
-            type=["null", "string"],
-            title=title,
-            description=description,
-            anyOf=[{"type": "null"}, string],
-            **extra,
-        )
-    return Param(default, title=title, description=description, minLength=1, **string, **extra)
-
-
-def params() -> dict[str, Param]:
-    """The trigger form: every param with a title, help text and a fitting widget."""
-    env = os.environ.get
-    return {
-        "source_uri": _uri_param(
-            env(SOURCE_ENV) or None,
-            "Source folder",
-            "Folder holding ImageNet train-SSSSS-of-NNNNN TFRecords (and optional "
-            "validation-*): gs://bucket/path or an absolute local path, inside the "
-            "deployment's allowed roots (SSL_SPLITS_ALLOWED_ROOTS) when it sets them. Required "
-            f"(the deployment's default: {SOURCE_ENV}).",
-        ),
-        "output_uri": _uri_param(
-            env(OUTPUT_ENV) or None,
-            "Output folder",
-            "Where the splits are written as {split}-SSSSS-of-NNNNN. Must not be the source "
-            f"folder, inside it, or contain it. Required (the deployment's default: {OUTPUT_ENV}).",
-        ),
-        "manifest_uri": _uri_param(
-            None,
-            "Manifest URI",
-            "Where the manifest JSON is published. Empty: {output_uri}/manifest.json.",
-            nullable=True,
-        ),
-        "protocol": Param(
-            protocols.SEEDED,
-            type="string",
-            enum=list(protocols.PROTOCOLS),
-            title="Labelled splits",
-            description="seeded: our own draws, one per seed (Seeds, Fraction, Sampling). "
-            "fixmatch: FixMatch's published 10% splits, reproduced exactly: split s "
-            "for each seed s in Seeds (1-5), train128116.{s}. simclr: SimCLR's 1% "
-            "and 10% subsets, the standard protocol of SimCLR, BYOL, SwAV "
-            "(train12811.simclr, train128116.simclr; Seeds, Fraction and Sampling do "
-            "not apply). The published files ship with the product.",
-            values_display={name: f"{name}: {p.title}" for name, p in protocols.PROTOCOLS.items()},
-        ),
-        # Items without one "type": the form shows a text box, one seed per line (Airflow
-        # 3.3's multi-select picks only from a fixed list, and its JSON editor needs
-        # brackets); the box sends strings, which parse_seeds turns into integers.
-        "seeds": Param(
-            list(defaults.SEEDS),
-            type="array",
-            title="Seeds",
-            description="Labelled splits to build, one seed per line (train{N}.{seed}): "
-            "3 alone rebuilds seed 3. In --conf and the REST API a list of "
-            "integers: [3]; [] builds none. With protocol fixmatch: which of the "
-            "published splits 1-5.",
-            items={
-                "anyOf": [
-                    {"type": "integer", "minimum": 1, "maximum": MAX_SEED},
-                    {"type": "string", "pattern": SEED_LINE_PATTERN},
-                ]
-            },
-            uniqueItems=True,
-            maxItems=MAX_SEEDS,
-        ),
-        "fraction": Param(
-            float(defaults.FRACTION),
-            type="number",
-            title="Fraction",
-            description="Share of the training set in each labelled split, in (0, 1]. "
-            "0.1 gives 128,116 of ImageNet's 1,281,167.",
-            exclusiveMinimum=0,
-            maximum=1,
-        ),
-        # A text box, one fraction per line, as Seeds (the items have no single "type").
-        "fractions": Param(
-            [],
-            type="array",
-            title="Several fractions",
-            description="Build every seed at each of these fractions in one run, one per line: "
-            "0.1, 0.05 and 0.01 give train128116.{seed}, train64058.{seed} and "
-            "train12811.{seed} on ImageNet (what FixMatch's ImageNet trainer reads). "
-            "Set, it replaces Fraction. The splits of one seed are nested: the "
-            'smaller ones inside the larger (README, "How a split is derived"). '
-            "In --conf a list of numbers: [0.1, 0.05, 0.01]. Protocol seeded only.",
-            items={
-                "anyOf": [
-                    {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    {"type": "string", "pattern": FRACTION_LINE_PATTERN},
-                ]
-            },
-            maxItems=MAX_FRACTIONS,
-        ),
-        "sampling": Param(
-            defaults.SAMPLING,
-            type="string",
-            enum=SAMPLINGS,
-            title="Sampling",
-            description="stratified: the same share of every class (as FixMatch's published "
-            "splits); uniform: a plain random draw.",
-            values_display={
-                "stratified": "stratified (same share of every class)",
-                "uniform": "uniform (plain random draw)",
-            },
-        ),
-        "sharding_files": Param(
-            {},
-            type="object",
-            title="Published split files",
-            description='{"seed": "uri"} of filename,shard,index files to reproduce exactly, '
-            'e.g. {"1": "gs://bucket/fixmatch/files2shards_train_size128116_split1.txt"}. '
-            "Each seed must also be in Seeds. A file: at most 64 MiB, no more lines than "
-            "the source has records.",
-            patternProperties={
-                "^[0-9]+$": {
-                    "type": "string",
-                    "pattern": URI_PATTERN,
-                    "not": {"pattern": DOTDOT_PATTERN},
-                    "maxLength": MAX_URI_LENGTH,
-                }
-            },
-            additionalProperties=False,
-            maxProperties=MAX_SHARDING_FILES,
-        ),
-        "name_lists": Param(
-            {},
-            type="object",
-            title="Name lists",
-            description='{"label": "uri"} of files with one image file name per line '
-            '(SimCLR\'s format), e.g. {"mysubset": "gs://bucket/names.txt"}: each '
-            "gives the split train{N}.{label} of exactly those records (every name "
-            "must be in the source), in the product's order and sharding. A label "
-            "is a lower-case letter, then letters, digits or _. At most "
-            f"{MAX_NAME_LISTS} lists; a list: at most 64 MiB, no more names than the "
-            "source has records.",
-            patternProperties={
-                protocols.LABEL_PATTERN: {
-                    "type": "string",
-                    "pattern": URI_PATTERN,
-                    "not": {"pattern": DOTDOT_PATTERN},
-                    "maxLength": MAX_URI_LENGTH,
-                }
-            },
-            additionalProperties=False,
-            maxProperties=MAX_NAME_LISTS,
-        ),
-        "unsupervised": Param(
-            True,
-            type="boolean",
-            title="Build the full reshuffle",
-            description="Also build 'train': every training record once, reshuffled "
-            "(the unlabelled data).",
-        ),
-        "runner": Param(
-            "DirectRunner",
-            type="string",
-            enum=RUNNERS,
-            title="Beam runner",
-            description="DirectRunner runs the Beam jobs on this Airflow worker; "
-            "DataflowRunner on Google Cloud Dataflow (set the Dataflow params).",
-            values_display={
-                "DirectRunner": "DirectRunner (local, on the Airflow worker)",
-                "DataflowRunner": "DataflowRunner (Google Cloud Dataflow)",
-            },
-        ),
-        "force": Param(
-            False,
-            type="boolean",
-            title="Force rebuild",
-            description="Rebuild the requested splits even if a verified identical split "
-            "already exists (the validation copy is redone only when it differs "
-            "from the source).",
-        ),
-        "unsupervised_seed": Param(
-            0,
-            type="integer",
-            minimum=0,
-            maximum=MAX_SEED,
-            title="Reshuffle seed",
-            description="Seed of the full reshuffle's order.",
-            section=ADVANCED,
-        ),
-        "num_shards": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            maximum=100000,
-            title="Shards per labelled split",
-            description="Empty: keep the source's shard size (102 for 10% of ImageNet).",
-            section=ADVANCED,
-        ),
-        "unsupervised_shards": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            maximum=100000,
-            title="Shards of the reshuffle",
-            description="Empty: as many as the source (1,024).",
-            section=ADVANCED,
-        ),
-        "copy_validation": Param(
-            True,
-            type="boolean",
-            title="Copy the validation set",
-            description="Copy validation-* shards beside the splits, when the source has them.",
-            section=ADVANCED,
-        ),
-        "num_classes": Param(
-            DEFAULT_NUM_CLASSES,
-            type="integer",
-            minimum=1,
-            maximum=100000,
-            title="Number of classes",
-            description="Valid labels are 1..num_classes (the common converter's labels).",
-            section=ADVANCED,
-        ),
-        "expected_total": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            title="Expected training records",
-            description="Fail validation unless the source holds exactly this many "
-            "(1281167 for ImageNet). Empty: no check.",
-            section=ADVANCED,
-        ),
-        "deep_verify": Param(
-            "auto",
-            type="string",
-            enum=list(DEEP_VERIFY),
-            title="Deep verification",
-            description="Every split is verified exactly before it is published: each shard's "
-            "size and CRC32C must equal those its planned records give (from the "
-            "catalog; no record data is read on GCS). always: also re-read every "
-            "record in a Beam job, which names the record that differs.",
-            values_display={
-                "auto": "auto: exact check from metadata (on every runner)",
-                "always": "always: exact check + re-read every record",
-                "never": "never: same as auto (the exact check always runs)",
-            },
-            section=ADVANCED,
-        ),
-        "work_uri": _uri_param(
-            None,
-            "Work folder",
-            "Catalog, plans, staging and reports. Empty: {output_uri}/_work.",
-            nullable=True,
-            section=ADVANCED,
-        ),
-        "direct_num_workers": Param(
-            0,
-            type="integer",
-            minimum=0,
-            maximum=64,
-            title="DirectRunner workers",
-            description="Worker processes per local Beam job; 0: one per core.",
-            section=ADVANCED,
-        ),
-        "dataflow_project": Param(
-            env("SSL_SPLITS_DATAFLOW_PROJECT") or None,
-            type=["null", "string"],
-            title="Dataflow project",
-            description="Google Cloud project for Dataflow jobs.",
-            section=DATAFLOW,
-        ),
-        "dataflow_region": Param(
-            env("SSL_SPLITS_DATAFLOW_REGION") or DATAFLOW_REGION,
-            type="string",
-            title="Dataflow region",
-            description="Region for Dataflow jobs.",
-            section=DATAFLOW,
-        ),
-        "dataflow_temp_location": Param(
-            env("SSL_SPLITS_DATAFLOW_TEMP_LOCATION") or None,
-            type=["null", "string"],
-            title="Dataflow temp location",
-            description="gs:// folder for Dataflow's temp and staging files.",
-            section=DATAFLOW,
-        ),
-        "dataflow_machine_type": Param(
-            DATAFLOW_MACHINE_TYPE,
-            type="string",
-            title="Dataflow machine type",
-            description="Worker machine type.",
-            section=DATAFLOW,
-        ),
-        "dataflow_worker_package": Param(
-            env("SSL_SPLITS_WORKER_PACKAGE") or None,
-            type=["null", "string"],
-            title="Dataflow worker package",
-            description="The beam_jobs wheel Dataflow workers install (bin/build-worker-package "
-            "writes dist/ssl_imagenet_splits-*.whl): a path on the Airflow worker or "
-            "gs://.",
-            section=DATAFLOW,
-        ),
-        "dataflow_template_location": _uri_param(
-            None,
-            "Only stage Dataflow templates here",
-            "A gs:// folder. Set: every Beam job of the run is translated and staged, and its "
-            "Dataflow job description (a classic template, {folder}/ssl-{job}-{split}, e.g. "
-            "ssl-build-train128116-3) is written here instead of being submitted, for a platform team to review or launch "
-            "(gcloud dataflow jobs run). Nothing is built, verified or published. Empty: jobs "
-            "are submitted and run.",
-            nullable=True,
-            section=DATAFLOW,
-        ),
-        "dataflow_max_workers": Param(
-            DATAFLOW_MAX_WORKERS,
-            type="integer",
-            minimum=1,
-            maximum=1000,
-            title="Dataflow max workers",
-            description="Upper bound for autoscaling, per job.",
-            section=DATAFLOW,
-        ),
-    }
 
 
 @dataclass(frozen=True)
@@ -536,30 +204,31 @@ def check_uri(name: str, value: Any) -> str:
     return posixpath.normpath(v)
 
 
-def allowed_roots() -> tuple[str, ...]:
-    """The deployment's ``SSL_SPLITS_ALLOWED_ROOTS`` (``beam_jobs.access``); a
-    ConfigError naming a malformed entry (the run must not go on unrestricted)."""
+def allowed_locations() -> AllowedLocations:
+    """The deployment's ``SSL_SPLITS_ALLOWED_ROOTS`` and Airflow home, from the
+    environment (``beam_jobs.access``); a ConfigError naming a malformed entry
+    (the run must not go on unrestricted)."""
     try:
-        return access.allowed_roots()
+        return AllowedLocations.from_environ()
     except access.AccessError as err:
         raise ConfigError(str(err)) from None
 
 
-def check_location(name: str, uri: str, roots: tuple[str, ...]) -> None:
+def check_location(name: str, uri: str, allowed: AllowedLocations) -> None:
     """ConfigError unless the param ``name`` may point at ``uri`` (already
     :func:`check_uri`'d): inside the allowed roots when they are set (local
     paths on their real path, symlinks followed), never into the Airflow home
     or at ``AIRFLOW_CONFIG``. Says which param, its value and the roots."""
     try:
-        access.check_location(name, uri, roots)
+        access.check_location(name, uri, allowed.roots, forbidden=allowed.forbidden)
     except access.AccessError as err:
         raise ConfigError(str(err)) from None
 
 
-def located(name: str, value: Any, roots: tuple[str, ...]) -> str:
+def located(name: str, value: Any, allowed: AllowedLocations) -> str:
     """:func:`check_uri`, then :func:`check_location`: the param's normalized URI."""
     uri = check_uri(name, value)
-    check_location(name, uri, roots)
+    check_location(name, uri, allowed)
     return uri
 
 
@@ -681,15 +350,80 @@ def parse_fractions(value: Any) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- resolve
+
+
 def resolve(p: dict[str, Any]) -> RunConfig:
-    """Check a run's params as a whole and fill derived defaults.
+    """:func:`resolve_conf` with the deployment's allowed locations, read from the
+    environment (``SSL_SPLITS_ALLOWED_ROOTS``, ``AIRFLOW_HOME``, ``AIRFLOW_CONFIG``)."""
+    return resolve_conf(p, allowed_locations())
+
+
+def resolve_conf(p: dict[str, Any], allowed: AllowedLocations) -> RunConfig:
+    """Check a run's conf as a whole and fill derived defaults (pure: the
+    deployment's rules come in ``allowed``; only local symlinks are read).
 
     Every location a param names (and the defaults derived from them) is checked
-    against the deployment's allowed roots and the Airflow home
-    (:func:`check_location`) here, before any task reads or writes it."""
-    roots = allowed_roots()
-    source = located("source_uri", p.get("source_uri"), roots)
-    output = located("output_uri", p.get("output_uri"), roots)
+    against ``allowed`` (:func:`check_location`) here, before any task reads or
+    writes it. ConfigError names the first param found wrong, and why."""
+    where = _locations(p, allowed)
+    draws = _draws(p)
+    runner = _runner(p)
+    files = _sharding_files_param(p)
+    proto = _protocol(p, draws, files)
+    seeds = draws.seeds if proto.uses_seeds else []  # else the protocol's subsets
+    sharding = _sharding_files(files, seeds, allowed)
+    name_lists = _name_lists(p.get("name_lists"), proto, allowed)
+    unsupervised = bool(p.get("unsupervised", True))
+    if not seeds and not unsupervised and not name_lists and not proto.name_lists:
+        raise ConfigError("nothing to build: seeds is empty and unsupervised is false")
+    dataflow = _dataflow(p, runner, where, allowed)
+    return RunConfig(
+        source_uri=where.source_uri,
+        output_uri=where.output_uri,
+        manifest_uri=where.manifest_uri,
+        work_uri=where.work_uri,
+        seeds=list(seeds),
+        fraction=draws.fractions[0] if draws.fractions else draws.fraction_text,
+        sampling=draws.sampling,
+        sharding_files=sharding,
+        unsupervised=unsupervised,
+        unsupervised_seed=int(p.get("unsupervised_seed") or 0),
+        runner=runner,
+        force=bool(p.get("force", False)),
+        num_shards=p.get("num_shards"),
+        unsupervised_shards=p.get("unsupervised_shards"),
+        copy_validation=bool(p.get("copy_validation", True)),
+        num_classes=int(p.get("num_classes") or DEFAULT_NUM_CLASSES),
+        expected_total=p.get("expected_total"),
+        deep_verify=_deep_verify(p),
+        direct_num_workers=int(p.get("direct_num_workers") or 0),
+        dataflow=dataflow,
+        protocol=proto.name,
+        name_lists=name_lists,
+        fractions=draws.fractions if proto.uses_seeds else [],
+    )
+
+
+# --------------------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class Locations:
+    """The folders and files a run reads and writes, checked and normalised."""
+
+    source_uri: str
+    output_uri: str
+    manifest_uri: str
+    work_uri: str
+
+
+def _locations(p: dict[str, Any], allowed: AllowedLocations) -> Locations:
+    """The source, output, manifest and work locations: each allowed, the
+    defaults derived from the output too (``{output}/_work`` may be a symlink out
+    of the roots), and the source apart from the other three."""
+    source = located("source_uri", p.get("source_uri"), allowed)
+    output = located("output_uri", p.get("output_uri"), allowed)
     manifest = (
         check_uri("manifest_uri", p["manifest_uri"])
         if p.get("manifest_uri")
@@ -698,12 +432,29 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     work = (
         check_uri("work_uri", p["work_uri"]) if p.get("work_uri") else layout.work_default(output)
     )
-    # The defaults too: {output}/_work may be a symlink out of the roots.
-    check_location("manifest_uri", manifest, roots)
-    check_location("work_uri", work, roots)
-    check_overlap(
-        {"source_uri": source, "output_uri": output, "manifest_uri": manifest, "work_uri": work}
-    )
+    check_location("manifest_uri", manifest, allowed)
+    check_location("work_uri", work, allowed)
+    where = Locations(source, output, manifest, work)
+    check_overlap({f.name: getattr(where, f.name) for f in fields(where)})
+    return where
+
+
+# --------------------------------------------------------------------------- seeds and fractions
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The seeded draws a conf asks for."""
+
+    seeds: list[int]
+    fraction: Any  # as given (int or float): messages quote it as the user wrote it
+    fraction_text: str  # the same, as the plans write it (fraction_text)
+    fractions: list[str]  # several fractions (parse_fractions); empty: fraction alone
+    sampling: str
+
+
+def _draws(p: dict[str, Any]) -> Draws:
+    """``seeds``, ``fraction``, ``fractions`` and ``sampling``, checked alone and together."""
     seeds = parse_seeds(p.get("seeds", _SEEDED_ONLY["seeds"]))
     fraction = p.get("fraction", _SEEDED_ONLY["fraction"])
     if (
@@ -712,12 +463,12 @@ def resolve(p: dict[str, Any]) -> RunConfig:
         or not 0 < fraction <= 1
     ):
         raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
-    fraction_str = fraction_text(fraction)
+    text = fraction_text(fraction)
     fractions = parse_fractions(p.get("fractions"))
     if (
         fractions
         and fraction != _SEEDED_ONLY["fraction"]
-        and Fraction(fraction_str) not in {Fraction(f) for f in fractions}
+        and Fraction(text) not in {Fraction(f) for f in fractions}
     ):
         raise ConfigError(
             f"fraction={fraction!r} and fractions={p['fractions']!r}: with "
@@ -727,98 +478,10 @@ def resolve(p: dict[str, Any]) -> RunConfig:
     sampling = p.get("sampling", defaults.SAMPLING)
     if sampling not in SAMPLINGS:
         raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    runner = p.get("runner", "DirectRunner")
-    if runner not in RUNNERS:
-        raise ConfigError(f"runner must be one of {RUNNERS}, got {runner!r}")
-    files = p.get("sharding_files") or {}
-    if not isinstance(files, dict):
-        raise ConfigError("sharding_files must be an object {seed: uri}")
-    if len(files) > MAX_SHARDING_FILES:
-        raise ConfigError(
-            f"sharding_files: at most {MAX_SHARDING_FILES} files (one per seed), got {len(files)}"
-        )
-    proto = _protocol(p, seeds, fraction, sampling, files, fractions)
-    if not proto.uses_seeds:
-        seeds = []  # the protocol's subsets are the labelled splits
-    sharding: dict[str, str] = {}
-    for k, v in files.items():
-        if not str(k).isdigit() or int(k) not in seeds:
-            raise ConfigError(f"sharding_files names seed {k!r}, which is not in seeds {seeds}")
-        sharding[str(int(k))] = located(f"sharding_files[{k}]", v, roots)
-    name_lists = _name_lists(p.get("name_lists"), proto, roots)
-    unsupervised = bool(p.get("unsupervised", True))
-    copy_validation = bool(p.get("copy_validation", True))
-    if not seeds and not unsupervised and not name_lists and not proto.name_lists:
-        raise ConfigError("nothing to build: seeds is empty and unsupervised is false")
-    dataflow: DataflowSettings | None = None
-    if runner == "DataflowRunner":
-        project = p.get("dataflow_project")
-        temp = p.get("dataflow_temp_location")
-        if not project:
-            raise ConfigError("runner DataflowRunner needs dataflow_project")
-        if not temp or not str(temp).startswith("gs://"):
-            raise ConfigError("runner DataflowRunner needs dataflow_temp_location (a gs:// folder)")
-        for name, uri in (("source_uri", source), ("output_uri", output), ("work_uri", work)):
-            if not uri.startswith("gs://"):
-                raise ConfigError(
-                    f"runner DataflowRunner reads and writes GCS: {name} must be gs://, got {uri}"
-                )
-        package = p.get("dataflow_worker_package")
-        if not package:
-            raise ConfigError(
-                "runner DataflowRunner needs dataflow_worker_package: build it with "
-                "bin/build-worker-package (or set SSL_SPLITS_WORKER_PACKAGE)"
-            )
-        loc = None
-        if p.get("dataflow_template_location"):
-            loc = located("dataflow_template_location", p["dataflow_template_location"], roots)
-            if not loc.startswith("gs://"):
-                raise ConfigError(f"dataflow_template_location must be a gs:// folder, got {loc}")
-        dataflow = DataflowSettings(
-            worker_package=located("dataflow_worker_package", package, roots),
-            project=project,
-            region=p.get("dataflow_region") or DATAFLOW_REGION,
-            temp_location=located("dataflow_temp_location", temp, roots),
-            machine_type=p.get("dataflow_machine_type") or DATAFLOW_MACHINE_TYPE,
-            max_num_workers=int(p.get("dataflow_max_workers") or DATAFLOW_MAX_WORKERS),
-            template_location=loc,
-        )
-    elif p.get("dataflow_template_location"):
-        raise ConfigError(
-            "dataflow_template_location stages Dataflow templates: it needs runner "
-            f"DataflowRunner (runner is {runner})"
-        )
-    deep = p.get("deep_verify", "auto")
-    if isinstance(deep, str):  # the form's "auto" | "always" | "never"
-        if deep not in DEEP_VERIFY:
-            raise ConfigError(f"deep_verify must be one of {list(DEEP_VERIFY)}, got {deep!r}")
-        deep = DEEP_VERIFY[deep]
-    return RunConfig(
-        source_uri=source,
-        output_uri=output,
-        manifest_uri=manifest,
-        work_uri=work,
-        seeds=list(seeds),
-        fraction=fractions[0] if fractions else fraction_str,
-        sampling=sampling,
-        sharding_files=sharding,
-        unsupervised=unsupervised,
-        unsupervised_seed=int(p.get("unsupervised_seed") or 0),
-        runner=runner,
-        force=bool(p.get("force", False)),
-        num_shards=p.get("num_shards"),
-        unsupervised_shards=p.get("unsupervised_shards"),
-        copy_validation=copy_validation,
-        num_classes=int(p.get("num_classes") or DEFAULT_NUM_CLASSES),
-        expected_total=p.get("expected_total"),
-        deep_verify=bool(deep),
-        direct_num_workers=int(p.get("direct_num_workers") or 0),
-        dataflow=dataflow,
-        protocol=proto.name,
-        name_lists=name_lists,
-        fractions=fractions if proto.uses_seeds else [],
-    )
+    return Draws(seeds, fraction, text, fractions, sampling)
 
+
+# --------------------------------------------------------------------------- protocol
 
 # Params a SimCLR protocol leaves aside, with their defaults (what the form sends).
 _SEEDED_ONLY: dict[str, Any] = {
@@ -829,32 +492,28 @@ _SEEDED_ONLY: dict[str, Any] = {
 }
 
 
-def _protocol(
-    p: dict[str, Any],
-    seeds: list[int],
-    fraction: Any,
-    sampling: str,
-    files: dict[str, Any],
-    fractions: list[str],
-) -> protocols.Protocol:
+def _sharding_files_param(p: dict[str, Any]) -> dict[Any, Any]:
+    """The ``sharding_files`` param's object as given (its entries are checked
+    once the protocol has said which seeds are built: :func:`_sharding_files`)."""
+    files = p.get("sharding_files") or {}
+    if not isinstance(files, dict):
+        raise ConfigError("sharding_files must be an object {seed: uri}")
+    if len(files) > MAX_SHARDING_FILES:
+        raise ConfigError(
+            f"sharding_files: at most {MAX_SHARDING_FILES} files (one per seed), got {len(files)}"
+        )
+    return files
+
+
+def _protocol(p: dict[str, Any], draws: Draws, files: dict[Any, Any]) -> protocols.Protocol:
     """The ``protocol`` param, checked against the params it decides on."""
     name = p.get("protocol") or protocols.SEEDED
     if name not in protocols.PROTOCOLS:
         raise ConfigError(f"protocol must be one of {list(protocols.PROTOCOLS)}, got {name!r}")
     proto = protocols.PROTOCOLS[name]
     if not proto.uses_seeds:
-        for param, default in _SEEDED_ONLY.items():
-            if p.get(param, default) != default and not (param == "fractions" and not fractions):
-                raise ConfigError(
-                    f"{param}={p[param]!r} does not apply to protocol {name} (SimCLR's subsets are "
-                    f"given by their files): leave {param} at its default {default!r}, or use "
-                    "protocol seeded"
-                )
-        if files:
-            raise ConfigError(
-                f"sharding_files do not apply to protocol {name}: it builds no seeded splits"
-            )
-    elif len(fractions) > 1 and files:
+        _check_seeded_only_unset(p, proto, draws, files)
+    elif len(draws.fractions) > 1 and files:
         raise ConfigError(
             f"sharding_files and fractions={p['fractions']!r} do not go together: "
             "a sharding file is one seed's split exactly, at one size; build "
@@ -862,42 +521,79 @@ def _protocol(
             "fractions)"
         )
     if proto.sharding:
-        outside = [s for s in seeds if s not in proto.seeds]
-        if outside:
-            raise ConfigError(
-                f"seeds {outside}: protocol {name} has published splits for seeds "
-                f"{min(proto.seeds)}-{max(proto.seeds)} only"
-            )
-        if files:
-            raise ConfigError(
-                f"sharding_files and protocol {name} both give the seeds' files: "
-                f"use one (protocol {name} uses the published files it ships)"
-            )
-        if str(fraction) != "0.1":
-            raise ConfigError(
-                f"fraction={fraction!r}: FixMatch's published splits are 10% "
-                "(128,116 of ImageNet's records); leave fraction at 0.1"
-            )
-        if any(Fraction(f) != Fraction(1, 10) for f in fractions):
-            raise ConfigError(
-                f"fractions={p['fractions']!r}: protocol {name} reproduces "
-                "FixMatch's published 10% splits, and no 5% or 1% split was "
-                "published; leave fractions empty, or use protocol seeded to draw "
-                "train{N}.{seed} at several fractions"
-            )
-        if sampling != "stratified":
-            raise ConfigError(
-                f"sampling={sampling!r}: FixMatch's published splits are "
-                "stratified; leave sampling at stratified"
-            )
+        _check_published_splits(p, proto, draws, files)
     return proto
 
 
-def _name_lists(
-    value: Any, proto: protocols.Protocol, roots: tuple[str, ...] = ()
+def _check_seeded_only_unset(
+    p: dict[str, Any], proto: protocols.Protocol, draws: Draws, files: dict[Any, Any]
+) -> None:
+    """A protocol of name lists (SimCLR's) builds no seeded draws: the params of
+    seeded draws stay at their defaults, and no sharding file is given."""
+    for param, default in _SEEDED_ONLY.items():
+        if p.get(param, default) != default and not (param == "fractions" and not draws.fractions):
+            raise ConfigError(
+                f"{param}={p[param]!r} does not apply to protocol {proto.name} (SimCLR's subsets "
+                f"are given by their files): leave {param} at its default {default!r}, or use "
+                "protocol seeded"
+            )
+    if files:
+        raise ConfigError(
+            f"sharding_files do not apply to protocol {proto.name}: it builds no seeded splits"
+        )
+
+
+def _check_published_splits(
+    p: dict[str, Any], proto: protocols.Protocol, draws: Draws, files: dict[Any, Any]
+) -> None:
+    """A protocol of published splits (FixMatch's): only the seeds it published,
+    its own files, and the fraction and sampling they were drawn at."""
+    name = proto.name
+    outside = proto.unpublished(draws.seeds)
+    if outside:
+        raise ConfigError(
+            f"seeds {outside}: protocol {name} has published splits for seeds "
+            f"{min(proto.seeds)}-{max(proto.seeds)} only"
+        )
+    if files:
+        raise ConfigError(
+            f"sharding_files and protocol {name} both give the seeds' files: "
+            f"use one (protocol {name} uses the published files it ships)"
+        )
+    if draws.fraction_text != proto.fraction:
+        raise ConfigError(
+            f"fraction={draws.fraction!r}: FixMatch's published splits are 10% "
+            f"(128,116 of ImageNet's records); leave fraction at {proto.fraction}"
+        )
+    if any(Fraction(f) != Fraction(proto.fraction) for f in draws.fractions):
+        raise ConfigError(
+            f"fractions={p['fractions']!r}: protocol {name} reproduces "
+            "FixMatch's published 10% splits, and no 5% or 1% split was "
+            "published; leave fractions empty, or use protocol seeded to draw "
+            "train{N}.{seed} at several fractions"
+        )
+    if draws.sampling != proto.sampling:
+        raise ConfigError(
+            f"sampling={draws.sampling!r}: FixMatch's published splits are "
+            f"{proto.sampling}; leave sampling at {proto.sampling}"
+        )
+
+
+def _sharding_files(
+    files: dict[Any, Any], seeds: list[int], allowed: AllowedLocations
 ) -> dict[str, str]:
+    """``sharding_files`` as ``{seed: uri}``: each for a seed that is built, each allowed."""
+    sharding: dict[str, str] = {}
+    for k, v in files.items():
+        if not str(k).isdigit() or int(k) not in seeds:
+            raise ConfigError(f"sharding_files names seed {k!r}, which is not in seeds {seeds}")
+        sharding[str(int(k))] = located(f"sharding_files[{k}]", v, allowed)
+    return sharding
+
+
+def _name_lists(value: Any, proto: protocols.Protocol, allowed: AllowedLocations) -> dict[str, str]:
     """The ``name_lists`` param: ``{label: uri}``, labels that name splits apart,
-    at most :data:`MAX_NAME_LISTS`, each URI inside the allowed ``roots``."""
+    at most :data:`MAX_NAME_LISTS`, each URI allowed."""
     if value in (None, {}):
         return {}
     if not isinstance(value, dict):
@@ -907,7 +603,7 @@ def _name_lists(
     out = {}
     taken = {label for label, _ in proto.name_lists}
     for label, uri in sorted(value.items()):
-        if not isinstance(label, str) or not re.match(protocols.LABEL_PATTERN, label):
+        if not protocols.is_label(label):
             raise ConfigError(
                 f"name_lists label {label!r} must be a lower-case letter followed by "
                 "up to 31 lower-case letters, digits or _ (it names the split "
@@ -917,5 +613,77 @@ def _name_lists(
             raise ConfigError(
                 f"name_lists label {label!r} is protocol {proto.name}'s: choose another label"
             )
-        out[label] = located(f"name_lists[{label}]", uri, roots)
+        out[label] = located(f"name_lists[{label}]", uri, allowed)
     return out
+
+
+# --------------------------------------------------------------------------- runner and Dataflow
+
+
+def _runner(p: dict[str, Any]) -> str:
+    runner = p.get("runner", RUNNERS[0])
+    if runner not in RUNNERS:
+        raise ConfigError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    return str(runner)
+
+
+def _dataflow(
+    p: dict[str, Any], runner: str, where: Locations, allowed: AllowedLocations
+) -> DataflowSettings | None:
+    """The Dataflow settings of a DataflowRunner run (None for DirectRunner): a
+    project, a gs:// temp folder, a worker package, GCS locations throughout."""
+    if runner != "DataflowRunner":
+        if p.get("dataflow_template_location"):
+            raise ConfigError(
+                "dataflow_template_location stages Dataflow templates: it needs runner "
+                f"DataflowRunner (runner is {runner})"
+            )
+        return None
+    project = p.get("dataflow_project")
+    temp = p.get("dataflow_temp_location")
+    if not project:
+        raise ConfigError("runner DataflowRunner needs dataflow_project")
+    if not temp or not str(temp).startswith("gs://"):
+        raise ConfigError("runner DataflowRunner needs dataflow_temp_location (a gs:// folder)")
+    for name in ("source_uri", "output_uri", "work_uri"):
+        uri = getattr(where, name)
+        if not uri.startswith("gs://"):
+            raise ConfigError(
+                f"runner DataflowRunner reads and writes GCS: {name} must be gs://, got {uri}"
+            )
+    package = p.get("dataflow_worker_package")
+    if not package:
+        raise ConfigError(
+            "runner DataflowRunner needs dataflow_worker_package: build it with "
+            "bin/build-worker-package (or set SSL_SPLITS_WORKER_PACKAGE)"
+        )
+    template_location = _template_location(p, allowed)
+    return DataflowSettings(
+        worker_package=located("dataflow_worker_package", package, allowed),
+        project=project,
+        region=p.get("dataflow_region") or DATAFLOW_REGION,
+        temp_location=located("dataflow_temp_location", temp, allowed),
+        machine_type=p.get("dataflow_machine_type") or DATAFLOW_MACHINE_TYPE,
+        max_num_workers=int(p.get("dataflow_max_workers") or DATAFLOW_MAX_WORKERS),
+        template_location=template_location,
+    )
+
+
+def _template_location(p: dict[str, Any], allowed: AllowedLocations) -> str | None:
+    """``dataflow_template_location``: a gs:// folder, allowed; None when unset."""
+    if not p.get("dataflow_template_location"):
+        return None
+    loc = located("dataflow_template_location", p["dataflow_template_location"], allowed)
+    if not loc.startswith("gs://"):
+        raise ConfigError(f"dataflow_template_location must be a gs:// folder, got {loc}")
+    return loc
+
+
+def _deep_verify(p: dict[str, Any]) -> bool:
+    """``deep_verify``: the form's "auto" | "always" | "never", or a boolean."""
+    deep = p.get("deep_verify", "auto")
+    if isinstance(deep, str):
+        if deep not in DEEP_VERIFY:
+            raise ConfigError(f"deep_verify must be one of {list(DEEP_VERIFY)}, got {deep!r}")
+        deep = DEEP_VERIFY[deep]
+    return bool(deep)
