@@ -22,7 +22,7 @@ from support.common import ROOT
 pytest.importorskip("airflow")
 
 from ssl_splits.config import ConfigError, resolve  # noqa: E402
-from ssl_splits.operators import dataflow_config, pipeline_options, template_uri  # noqa: E402
+from ssl_splits.job_options import dataflow_config, pipeline_options, template_uri  # noqa: E402
 
 DATAFLOW_PARAMS = {
     "source_uri": "gs://src-bucket/imagenet",
@@ -70,11 +70,14 @@ def test_airflow_side_of_a_job_does_not_import_beam(tmp_path):
     code = (
         "import sys, json\n"
         "from ssl_splits.config import resolve\n"
-        "from ssl_splits.operators import dataflow_config, pipeline_options\n"
+        "from ssl_splits.job_options import dataflow_config, pipeline_options\n"
+        "from ssl_splits.operators import SplitBeamOperator\n"
+        "from ssl_splits.verifying import verify_argv\n"
         f"cfg = resolve({DATAFLOW_PARAMS!r})\n"
         f"spec = {SPEC!r}\n"
         "for job in ('build', 'verify'):\n"
         "    pipeline_options(cfg, job, spec); dataflow_config(cfg, job, spec)\n"
+        "verify_argv(cfg, spec)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam')))\n"
     )
     from support.airflow_env import airflow_env
