@@ -217,3 +217,19 @@ def test_worker_package_is_beam_jobs_only(tmp_path):
     requires = " ".join(meta.get_all("Requires-Dist") or []).lower()
     assert "apache-beam" in requires and "google-crc32c" in requires
     assert "airflow" not in requires and "tensorflow" not in requires
+
+
+def test_verify_task_arguments_exact_and_deep_on_dataflow():
+    """The verify task runs verify.run in its process: exact mode gets the split's
+    flags only; deep mode also the runner and Dataflow's options, as the provider
+    would pass them (labels as key=value, a job name of its own with a suffix)."""
+    from ssl_splits.verifying import verify_argv
+
+    exact = verify_argv(resolve(DATAFLOW_PARAMS), SPEC)
+    assert "--split=train128116.3" in exact and f"--plan_uri={SPEC['plan_uri']}" in exact
+    assert not [a for a in exact if a.startswith(("--runner", "--project", "--deep"))], exact
+    deep = verify_argv(resolve({**DATAFLOW_PARAMS, "deep_verify": "always"}), SPEC)
+    assert {"--deep", "--runner=DataflowRunner", "--project=my-project"} <= set(deep), deep
+    assert "--labels=split=train128116-3" in deep and "--labels=app=ssl-imagenet-splits" in deep
+    (name,) = [a for a in deep if a.startswith("--job_name=")]
+    assert re.fullmatch(r"--job_name=ssl-verify-train128116-3-[0-9a-f]{8}", name), name

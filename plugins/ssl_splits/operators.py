@@ -15,8 +15,9 @@ How a job is launched, as configured
     --split=...``: no launcher file, no replaced hook, this worker's interpreter
     (``py_interpreter``), no extra requirements (``py_requirements`` unset).
     The provider probes the interpreter's Beam version before each job
-    (``python -c "import apache_beam"``: about 2.7 s measured here), as it does
-    for every Python pipeline.
+    (``python -c "import apache_beam"``), as for every Python pipeline: about
+    1.2 s of CPU, 2.7 s wall on an idle machine here (the subclassed hook that
+    skipped it is gone).
 
 What the provider cannot know
     A job's options come from the run's config and its split's spec, XComs
