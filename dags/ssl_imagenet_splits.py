@@ -1,7 +1,11 @@
 """ssl_imagenet_splits: reproducible semi-supervised ImageNet splits.
 
-The DAG wires tasks together; the work is in ``plugins/ssl_splits`` (Airflow
-side) and ``beam_jobs`` (Beam jobs). Nothing heavy happens at parse time.
+The DAG wires tasks together, in the order a run's data flows: check params,
+lock the output folder, validate the source (Beam), plan, build each split
+(Beam, mapped), verify each split (mapped), publish the manifest, release the
+lock. Each Python task is one call into ``ssl_splits.steps`` with its context;
+the Beam tasks are the provider's operator (``ssl_splits.operators.beam_task``);
+the jobs themselves are ``beam_jobs``. Nothing heavy happens at parse time.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datetime import datetime, timedelta
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator  # noqa: F401
 from airflow.sdk import DAG, Asset, get_current_context, task
 from ssl_splits.form import params, schedule
-from ssl_splits.operators import SplitBeamOperator
+from ssl_splits.operators import beam_task
 
 MANIFEST_ASSET = Asset("ssl_imagenet_splits_manifest")
 
@@ -73,110 +77,71 @@ with DAG(
     @task(multiple_outputs=True)
     def check_params() -> dict:
         """Check the params as a whole and describe the source (no data read)."""
-        from ssl_splits import tasks
-        from ssl_splits.gcp import airflow_storage
+        from ssl_splits import steps
 
-        with airflow_storage():
-            return tasks.check_params(dict(get_current_context()["params"]))
-
-    checked = check_params()
+        return steps.check_params(get_current_context())
 
     @task(retries=0)
     def acquire_lock(config: dict) -> dict:
         """Setup: one run at a time writes an output folder (fails, naming the holder);
         returns the lease (a token) the run's other tasks hold the lock with."""
-        from ssl_splits import tasks
-        from ssl_splits.gcp import airflow_storage
-        from ssl_splits.tasks import runs_whole_dag_in_process
+        from ssl_splits import steps
 
-        ctx = get_current_context()
-        with airflow_storage():
-            return tasks.acquire_lock(
-                config,
-                {
-                    "dag_id": ctx["dag"].dag_id,
-                    "run_id": ctx["run_id"],
-                    "in_process": runs_whole_dag_in_process(ctx["dag_run"]),
-                },
-            )
-
-    locked = acquire_lock(checked["config"]).as_setup()
-
-    validate_source = SplitBeamOperator(
-        task_id="validate_source",
-        job="validate",
-        config=checked["config"],
-        spec=checked["source"],
-        execution_timeout=timedelta(hours=6),
-    )
+        return steps.acquire_lock(get_current_context(), config)
 
     @task(retries=0)
     def plan(config: dict, source: dict) -> list[dict]:
         """Plan every requested split; decide which to build."""
-        from ssl_splits import tasks
-        from ssl_splits.gcp import airflow_storage
-        from ssl_splits.templates import skip_plan_without_catalog
+        from ssl_splits import steps
 
-        skip_plan_without_catalog(config, source)
-        lease = get_current_context()["ti"].xcom_pull(task_ids="acquire_lock")
-        with airflow_storage(), tasks.holding_lock(lease) as fence:
-            return tasks.plan(config, source, fence)
+        return steps.plan(get_current_context(), config, source)
 
-    specs = plan(checked["config"], checked["source"])
-    locked >> validate_source >> specs
-
-    build = SplitBeamOperator.partial(
-        task_id="build",
-        job="build",
-        config=checked["config"],
-        map_index_template="{{ task.spec['split'] }}",
-        max_active_tis_per_dagrun=int(os.environ.get("SSL_SPLITS_MAX_PARALLEL_BUILDS") or "3"),
-        execution_timeout=timedelta(hours=12),
-    ).expand(spec=specs)
-
-    verify = SplitBeamOperator.partial(
-        task_id="verify",
-        job="verify",
-        config=checked["config"],
-        map_index_template="{{ task.spec['split'] }}",
+    @task(
         trigger_rule="none_failed",
         execution_timeout=timedelta(hours=6),
-    ).expand(spec=specs)
-    build >> verify
+        map_index_template="{{ split }}",
+    )
+    def verify(config: dict, spec: dict) -> dict:
+        """Check one split's staged build against its plan (exact, from metadata;
+        deep_verify: always also re-reads every record with Beam)."""
+        from ssl_splits import steps
+
+        return steps.verify(get_current_context(), config, spec)
 
     @task(outlets=[MANIFEST_ASSET], trigger_rule="none_failed", retries=3)
     def publish_manifest(config: dict, source: dict, specs: list[dict]) -> dict:
         """Publish the verified splits' entries to the manifest."""
-        from ssl_splits import tasks
-        from ssl_splits.gcp import airflow_storage
-        from ssl_splits.templates import skip_publish
+        from ssl_splits import steps
 
-        ctx = get_current_context()
-        skip_publish(config, ctx["ti"].xcom_pull(task_ids=["validate_source", "build"]) or [])
-        # task_ids as a list: a list back even when one split was built (a str pulls the
-        # single mapped value itself, a dict).
-        jobs = {r["split"]: r for r in (ctx["ti"].xcom_pull(task_ids=["build"]) or []) if r}
-        run_info = {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]}
-        lease = ctx["ti"].xcom_pull(task_ids="acquire_lock")
-        with airflow_storage(), tasks.holding_lock(lease) as fence:
-            result = tasks.publish_manifest(config, source, specs, jobs, run_info, fence)
-        ctx["outlet_events"][MANIFEST_ASSET].extra = {
-            "manifest_uri": result["manifest_uri"],
-            "changed": result["changed"],
-        }
-        return result
-
-    published = publish_manifest(checked["config"], checked["source"], specs)
-    verify >> published
+        return steps.publish_manifest(get_current_context(), config, source, specs, MANIFEST_ASSET)
 
     @task(retries=2)
     def release_lock() -> bool:
         """Teardown: free the output folder for the next run, whatever happened."""
-        from ssl_splits import tasks
-        from ssl_splits.gcp import airflow_storage
+        from ssl_splits import steps
 
-        lease = get_current_context()["ti"].xcom_pull(task_ids="acquire_lock")
-        with airflow_storage():
-            return tasks.release_lock(lease)
+        return steps.release_lock(get_current_context())
 
-    published >> release_lock().as_teardown(setups=locked)
+    checked = check_params()
+    config, source = checked["config"], checked["source"]
+    locked = acquire_lock(config).as_setup()
+    validated = beam_task(
+        "validate",
+        task_id="validate_source",
+        config=config,
+        spec=source,
+        execution_timeout=timedelta(hours=6),
+    )
+    specs = plan(config, source)
+    built = beam_task(
+        "build",
+        task_id="build",
+        config=config,
+        specs=specs,
+        max_active_tis_per_dagrun=int(os.environ.get("SSL_SPLITS_MAX_PARALLEL_BUILDS") or "3"),
+        execution_timeout=timedelta(hours=12),
+    )
+    verified = verify.partial(config=config).expand(spec=specs)
+    published = publish_manifest(config, source, specs)
+    locked >> validated >> specs
+    built >> verified >> published >> release_lock().as_teardown(setups=locked)

@@ -370,51 +370,13 @@ def manifest_view(
     this manifest; the links name it (and the split), nothing else, and the form's
     values are looked up from it server side (``ssl_splits.prefill``). Without it,
     no action links."""
-    from ssl_splits.prefill import (
-        ADD_SEEDS,
-        REBUILD,
-        PrefillRequest,
-        next_seeds,
-        seeded_splits,
-        trigger_url,
-    )
+    from ssl_splits.prefill import ADD_SEEDS, PrefillRequest, next_seeds, trigger_url
 
-    seeded = seeded_splits(doc)
-    splits = [
-        split_view(
-            n,
-            e,
-            ui_base=ui_base,
-            rebuild_url=trigger_url(PrefillRequest(REBUILD, run_id, n), ui_base=ui_base)
-            if run_id and n in seeded
-            else None,
-        )
-        for n, e in (doc.get("splits") or {}).items()
-        if isinstance(e, dict)
-    ]
+    splits = split_views(doc, run_id=run_id, ui_base=ui_base)
     src = doc.get("source") or {}
     files = src.get("files") or []
-    output = (doc.get("output_uri") or "").rstrip("/")
-    runs = []
-    for r in active or []:
-        conf = r.get("conf") or {}
-        mine = not conf.get("output_uri") or str(conf["output_uri"]).rstrip("/") == output
-        runs.append({**r, "this_output": mine})
-    building: dict[str, str] = {}  # split name -> the active run that rebuilds it
-    for r in runs:
-        if not r["this_output"]:
-            continue
-        seeds = (r.get("conf") or {}).get("seeds")
-        for sv in splits:
-            if (
-                sv["seed"] is not None
-                and sv["kind"] == "supervised"
-                and isinstance(seeds, list)
-                and str(sv["seed"]) in {str(x).strip() for x in seeds}
-            ):
-                building.setdefault(sv["name"], r["run_id"])
-    for sv in splits:
-        sv["building_in"] = building.get(sv["name"])
+    runs = runs_view(active or [], output=(doc.get("output_uri") or "").rstrip("/"))
+    mark_building(splits, runs)
     return {
         "splits": splits,
         "total_examples": sum(s["num_examples"] for s in splits),
@@ -433,6 +395,57 @@ def manifest_view(
         else None,
         "active_runs": runs,
     }
+
+
+def split_views(doc: dict[str, Any], *, run_id: str | None, ui_base: str) -> list[dict[str, Any]]:
+    """Every split of the manifest as the page shows it; a seeded split has a link
+    to rebuild it when the publishing run is known."""
+    from ssl_splits.prefill import REBUILD, PrefillRequest, seeded_splits, trigger_url
+
+    seeded = seeded_splits(doc)
+    return [
+        split_view(
+            n,
+            e,
+            ui_base=ui_base,
+            rebuild_url=trigger_url(PrefillRequest(REBUILD, run_id, n), ui_base=ui_base)
+            if run_id and n in seeded
+            else None,
+        )
+        for n, e in (doc.get("splits") or {}).items()
+        if isinstance(e, dict)
+    ]
+
+
+def runs_view(active: list[dict[str, Any]], *, output: str) -> list[dict[str, Any]]:
+    """The runs in progress, each marked ``this_output`` when it writes this
+    manifest's output folder (or names none: the default folder)."""
+    runs = []
+    for r in active:
+        conf = r.get("conf") or {}
+        mine = not conf.get("output_uri") or str(conf["output_uri"]).rstrip("/") == output
+        runs.append({**r, "this_output": mine})
+    return runs
+
+
+def mark_building(splits: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
+    """Set each split view's ``building_in``: the first active run on this output
+    folder whose seeds rebuild it (a seeded, supervised split), or None."""
+    building: dict[str, str] = {}  # split name -> the active run that rebuilds it
+    for r in runs:
+        if not r["this_output"]:
+            continue
+        seeds = (r.get("conf") or {}).get("seeds")
+        for sv in splits:
+            if (
+                sv["seed"] is not None
+                and sv["kind"] == "supervised"
+                and isinstance(seeds, list)
+                and str(sv["seed"]) in {str(x).strip() for x in seeds}
+            ):
+                building.setdefault(sv["name"], r["run_id"])
+    for sv in splits:
+        sv["building_in"] = building.get(sv["name"])
 
 
 # --------------------------------------------------------------------------- Airflow side
@@ -705,10 +718,94 @@ def render_page(
     )
 
 
+def _or_empty(fetch: Callable[[], list[dict[str, Any]]], what: str) -> list[dict[str, Any]]:
+    """``fetch()``, or ``[]`` (logged) when it fails: the page works without it."""
+    try:
+        return fetch()
+    except Exception as err:  # noqa: BLE001 (the page still shows a run's manifest)
+        log.warning("could not list %s: %s", what, err)
+        return []
+
+
+def _load_chosen(
+    chosen: str | None, error: str | None, recent: list[dict[str, Any]], latest: bool
+) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """The chosen manifest's document, the page's error and its note. ``latest``:
+    the page was asked for no manifest in particular (the newest is shown)."""
+    if error:
+        return None, error, None
+    if not chosen:
+        return None, None, f"No manifest published yet: trigger {DAG_ID}."
+    note = None
+    if latest:
+        note = (
+            f"The latest published manifest (run {recent[0]['run_id']}, "
+            f"{recent[0]['published_at']})."
+        )
+    try:
+        return read_manifest(chosen), None, note
+    except Exception as err:  # noqa: BLE001 (shown on the page, without its text)
+        log.warning("cannot read the published manifest %s: %s", chosen, err)
+        return None, f"Cannot read the manifest published at {chosen} ({type(err).__name__}).", note
+
+
+def page_response(uri: str | None, run_id: str | None, ui_base: str):  # -> HTMLResponse
+    """The Splits page (404 when the manifest asked for was not published), with
+    a ``Server-Timing`` header: the metadata DB, the manifest read, rendering."""
+    from fastapi.responses import HTMLResponse
+
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    recent = _or_empty(recent_manifests, "published manifests")
+    active = _or_empty(active_runs, "runs in progress")
+    chosen, chosen_run, error = choose_manifest(uri, run_id, recent)
+    t1 = time.perf_counter()
+    timing["db"] = t1 - t0
+    status = 404 if error else 200
+    doc, error, note = _load_chosen(chosen, error, recent, latest=not uri and not run_id)
+    t2 = time.perf_counter()
+    timing["manifest"] = t2 - t1
+    page = render_page(
+        uri=chosen or "",
+        run_id=chosen_run,
+        doc=doc,
+        error=error,
+        note=note,
+        recent=recent,
+        active=active,
+        ui_base=ui_base,
+    )
+    timing["render"] = time.perf_counter() - t2
+    server_timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items())
+    return HTMLResponse(page, status_code=status, headers={"Server-Timing": server_timing})
+
+
+def manifest_response(uri: str | None, run_id: str | None):  # -> JSONResponse
+    """A published manifest as JSON, chosen by its run (or its uri); 400 without
+    either, 404 when it was not published by the DAG or cannot be read."""
+    from fastapi import HTTPException
+    from fastapi.responses import JSONResponse
+
+    if not uri and not run_id:
+        raise HTTPException(400, "give run_id (or the uri of a published manifest)")
+    chosen, _, error = choose_manifest(uri, run_id, [])
+    if chosen is None:
+        raise HTTPException(404, error or NOT_PUBLISHED)
+    try:
+        return JSONResponse(read_manifest(chosen))
+    except Exception as err:  # noqa: BLE001 (ManifestError, storage errors)
+        log.warning("cannot read the published manifest %s: %s", chosen, err)
+        raise HTTPException(
+            404, f"cannot read the manifest published at {chosen} ({type(err).__name__})"
+        ) from None
+
+
 def create_app():  # -> fastapi.FastAPI
-    """The plugin's FastAPI app (built in the API server, on first use)."""
+    """The plugin's FastAPI app (built in the API server, on first use): the page,
+    its JSON API and its static files; the page and the API need read access to
+    the DAG."""
     from airflow.api_fastapi.core_api.security import requires_access_dag
-    from fastapi import Depends, FastAPI, HTTPException, Query
+    from fastapi import Depends, FastAPI, Query
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
     can_read_dag = [Depends(requires_access_dag("GET", param_dag_id=DAG_ID))]
@@ -719,76 +816,13 @@ def create_app():  # -> fastapi.FastAPI
 
     @app.get("/", response_class=HTMLResponse, dependencies=can_read_dag)
     def view(uri: str | None = Query(None), run_id: str | None = Query(None)) -> HTMLResponse:
-        error = note = None
-        doc = None
-        status = 200
-        timing: dict[str, float] = {}
-        t0 = time.perf_counter()
-        try:
-            recent = recent_manifests()
-        except Exception as err:  # noqa: BLE001 (the page still shows a run's manifest)
-            log.warning("could not list published manifests: %s", err)
-            recent = []
-        try:
-            active = active_runs()
-        except Exception as err:  # noqa: BLE001 (the page still works without them)
-            log.warning("could not list runs in progress: %s", err)
-            active = []
-        chosen, chosen_run, error = choose_manifest(uri, run_id, recent)
-        t1 = time.perf_counter()
-        timing["db"] = t1 - t0
-        if error:
-            status = 404
-        elif chosen:
-            if not uri and not run_id:
-                note = (
-                    f"The latest published manifest (run {recent[0]['run_id']}, "
-                    f"{recent[0]['published_at']})."
-                )
-            try:
-                doc = read_manifest(chosen)
-            except Exception as err:  # noqa: BLE001 (shown on the page, without its text)
-                log.warning("cannot read the published manifest %s: %s", chosen, err)
-                error = f"Cannot read the manifest published at {chosen} ({type(err).__name__})."
-        else:
-            note = f"No manifest published yet: trigger {DAG_ID}."
-        t2 = time.perf_counter()
-        timing["manifest"] = t2 - t1
-        page = render_page(
-            uri=chosen or "",
-            run_id=chosen_run,
-            doc=doc,
-            error=error,
-            note=note,
-            recent=recent,
-            active=active,
-            ui_base=ui_base,
-        )
-        timing["render"] = time.perf_counter() - t2
-        return HTMLResponse(
-            page,
-            status_code=status,
-            headers={
-                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items())
-            },
-        )
+        return page_response(uri, run_id, ui_base)
 
     @app.get("/api/manifest", dependencies=can_read_dag)
     def manifest_json(
         uri: str | None = Query(None), run_id: str | None = Query(None)
     ) -> JSONResponse:
-        if not uri and not run_id:
-            raise HTTPException(400, "give run_id (or the uri of a published manifest)")
-        chosen, _, error = choose_manifest(uri, run_id, [])
-        if chosen is None:
-            raise HTTPException(404, error or NOT_PUBLISHED)
-        try:
-            return JSONResponse(read_manifest(chosen))
-        except Exception as err:  # noqa: BLE001 (ManifestError, storage errors)
-            log.warning("cannot read the published manifest %s: %s", chosen, err)
-            raise HTTPException(
-                404, f"cannot read the manifest published at {chosen} ({type(err).__name__})"
-            ) from None
+        return manifest_response(uri, run_id)
 
     @app.get("/api/recent", dependencies=can_read_dag)
     def recent_json() -> JSONResponse:

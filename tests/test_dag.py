@@ -180,18 +180,27 @@ def test_beam_tasks_use_the_provider_operator(dag):
     from airflow.sdk.definitions.mappedoperator import MappedOperator
     from ssl_splits.operators import SplitBeamOperator
 
+    from beam_jobs.core import JOB_MODULES
+
     assert issubclass(SplitBeamOperator, BeamRunPythonPipelineOperator)
     validate = dag.get_task("validate_source")
     assert isinstance(validate, SplitBeamOperator) and validate.job == "validate"
     assert validate.deferrable is False  # a local pipeline must not run inside the triggerer
+    # python -m <the job's module>, as the provider runs py_options + py_file.
+    assert (validate.py_options, validate.py_file) == (["-m"], JOB_MODULES["validate"])
     for task_id in ("build", "verify"):
         task = dag.get_task(task_id)
         assert isinstance(task, MappedOperator), f"{task_id} is not mapped"
-        assert task.operator_class is SplitBeamOperator
-        assert task.partial_kwargs["job"] == task_id
-        assert "spec" in task.expand_input.value  # one task instance per planned split
+        # One task instance per planned split (a Python task maps its op_kwargs).
+        assert "spec" in task._get_specified_expand_input().value
         template = task.partial_kwargs.get("map_index_template") or task.map_index_template
         assert template and "split" in template, f"{task_id}: map_index_template {template!r}"
+    build = dag.get_task("build")
+    assert build.operator_class is SplitBeamOperator
+    assert build.partial_kwargs["job"] == "build"
+    assert build.partial_kwargs["py_file"] == JOB_MODULES["build"]
+    # Verification is a plain Python task (exact from metadata; deep runs Beam itself).
+    assert not issubclass(dag.get_task("verify").operator_class, BeamRunPythonPipelineOperator)
 
 
 def test_manifest_asset_and_run_policy(dag):

@@ -22,7 +22,7 @@ from support.common import ROOT
 pytest.importorskip("airflow")
 
 from ssl_splits.config import ConfigError, resolve  # noqa: E402
-from ssl_splits.operators import dataflow_config, pipeline_options, template_uri  # noqa: E402
+from ssl_splits.job_options import dataflow_config, pipeline_options, template_uri  # noqa: E402
 
 DATAFLOW_PARAMS = {
     "source_uri": "gs://src-bucket/imagenet",
@@ -70,11 +70,14 @@ def test_airflow_side_of_a_job_does_not_import_beam(tmp_path):
     code = (
         "import sys, json\n"
         "from ssl_splits.config import resolve\n"
-        "from ssl_splits.operators import dataflow_config, pipeline_options\n"
+        "from ssl_splits.job_options import dataflow_config, pipeline_options\n"
+        "from ssl_splits.operators import SplitBeamOperator\n"
+        "from ssl_splits.verifying import verify_argv\n"
         f"cfg = resolve({DATAFLOW_PARAMS!r})\n"
         f"spec = {SPEC!r}\n"
         "for job in ('build', 'verify'):\n"
         "    pipeline_options(cfg, job, spec); dataflow_config(cfg, job, spec)\n"
+        "verify_argv(cfg, spec)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam')))\n"
     )
     from support.airflow_env import airflow_env
@@ -214,3 +217,19 @@ def test_worker_package_is_beam_jobs_only(tmp_path):
     requires = " ".join(meta.get_all("Requires-Dist") or []).lower()
     assert "apache-beam" in requires and "google-crc32c" in requires
     assert "airflow" not in requires and "tensorflow" not in requires
+
+
+def test_verify_task_arguments_exact_and_deep_on_dataflow():
+    """The verify task runs verify.run in its process: exact mode gets the split's
+    flags only; deep mode also the runner and Dataflow's options, as the provider
+    would pass them (labels as key=value, a job name of its own with a suffix)."""
+    from ssl_splits.verifying import verify_argv
+
+    exact = verify_argv(resolve(DATAFLOW_PARAMS), SPEC)
+    assert "--split=train128116.3" in exact and f"--plan_uri={SPEC['plan_uri']}" in exact
+    assert not [a for a in exact if a.startswith(("--runner", "--project", "--deep"))], exact
+    deep = verify_argv(resolve({**DATAFLOW_PARAMS, "deep_verify": "always"}), SPEC)
+    assert {"--deep", "--runner=DataflowRunner", "--project=my-project"} <= set(deep), deep
+    assert "--labels=split=train128116-3" in deep and "--labels=app=ssl-imagenet-splits" in deep
+    (name,) = [a for a in deep if a.startswith("--job_name=")]
+    assert re.fullmatch(r"--job_name=ssl-verify-train128116-3-[0-9a-f]{8}", name), name

@@ -8,7 +8,7 @@ the DAG sends to Dataflow: validate, the build of a seeded split, the
 reshuffle, the validation copy, and the deep verification.
 
 Each job is staged through its CLI with exactly the options the DAG chooses
-(``pipeline_options`` and ``dataflow_config`` of ``ssl_splits.operators``,
+(``pipeline_options`` and ``dataflow_config`` of ``ssl_splits.job_options``,
 turned into flags by the Beam provider's own ``beam_options_to_args``), and
 through Airflow itself (``bin/airflow dags test`` with
 ``dataflow_template_location``: the operator, the provider's hook and Beam's
@@ -113,7 +113,7 @@ def dataflow_argv(cfg: Any, job: str, spec: dict[str, Any] | None) -> list[str]:
     then the provider's (job name, project, region, runner), through the provider's
     own options-to-flags function."""
     from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
-    from ssl_splits.operators import dataflow_config, pipeline_options
+    from ssl_splits.job_options import dataflow_config, pipeline_options
 
     opts = pipeline_options(cfg, job, spec)
     df = dataflow_config(cfg, job, spec)
@@ -262,7 +262,7 @@ def job_specs(world: dict[str, Any]) -> dict[str, tuple[Any, str, dict[str, Any]
 @pytest.fixture(scope="module")
 def staged(world) -> dict[str, dict[str, Any]]:
     """Every job staged through its CLI; name -> describe() of its template."""
-    from ssl_splits.operators import template_uri
+    from ssl_splits.job_options import template_uri
 
     from beam_jobs.building.template import describe
     from beam_jobs.core import JOB_MODULES
@@ -419,7 +419,7 @@ def test_sdk_and_container_are_the_locked_beam(staged):
 
 
 def test_options_are_the_ones_the_dag_chose(staged, world):
-    from ssl_splits.operators import dataflow_config, pipeline_options, template_uri
+    from ssl_splits.job_options import dataflow_config, pipeline_options, template_uri
 
     for name, (cfg, job, spec) in job_specs(world).items():
         d, ours, df = (

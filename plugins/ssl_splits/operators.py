@@ -1,12 +1,37 @@
-"""``SplitBeamOperator``: the Beam provider's Python operator, configured per run.
+"""The DAG's Beam tasks: the Beam provider's ``BeamRunPythonPipelineOperator``, as configured.
 
-A thin subclass of ``BeamRunPythonPipelineOperator``: it launches one of the
-``beam_jobs`` modules (``python -m beam_jobs.source.validate``, ``beam_jobs.building.build``, ``beam_jobs.verification.verify``) with the
-pipeline options derived from the run's config (an XCom of the DAG's first
-task) and, for mapped tasks, from one split's spec. So one DAG runs the jobs
-on the DirectRunner (a subprocess of the Airflow worker) or submits them to
-Dataflow, where the provider tracks the job, links it in the UI and cancels it
-on kill. Airflow workers never read the dataset themselves.
+``validate_source`` and the mapped ``build`` run a ``beam_jobs`` job
+(``beam_jobs.core.JOB_MODULES``) on the DirectRunner, as a subprocess of the
+Airflow worker, or submit it to Dataflow, where the provider tracks the job,
+links it in the UI and cancels it on kill. Airflow workers never read the
+dataset themselves. Verification is a plain task (``ssl_splits.verifying``).
+
+How a job is launched, as configured
+    The provider starts ``[py_interpreter, *py_options, py_file]`` followed by
+    ``--runner`` and the pipeline options as flags (``BeamHook.start_python_pipeline``).
+    :func:`beam_task` passes ``py_options=["-m"]`` and the job's module name as
+    ``py_file`` (the provider reads ``py_file`` as a path only when it starts with
+    ``gs://``), so the command is ``python -m beam_jobs.building.build --runner=...
+    --split=...``: no launcher file, no replaced hook, this worker's interpreter
+    (``py_interpreter``), no extra requirements (``py_requirements`` unset).
+    The provider probes the interpreter's Beam version before each job
+    (``python -c "import apache_beam"``), as for every Python pipeline: about
+    1.2 s of CPU, 2.7 s wall on an idle machine here (the subclassed hook that
+    skipped it is gone).
+
+What the provider cannot know
+    A job's options come from the run's config and its split's spec, XComs
+    known only when the task runs (both templated fields). So
+    :class:`SplitBeamOperator` overrides ``execute``, the entry point Airflow
+    gives every operator, and nothing below it: it sets ``runner``,
+    ``pipeline_options`` and ``dataflow_config`` (``ssl_splits.job_options``),
+    skips a split the plan skipped, holds the run's lock and hands the
+    ``google_cloud_default`` connection's credentials to the subprocess while
+    the provider's ``execute`` runs, and turns "process failed with return code
+    1" from the validation into what it found. In template mode
+    (``ssl_splits.templates``) it overrides ``execute_on_dataflow``, the
+    provider's public step after launching, because a staged job has no
+    Dataflow job to wait for.
 """
 
 from __future__ import annotations
@@ -16,101 +41,21 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
-from airflow.providers.apache.beam.hooks.beam import BeamHook
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
-from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from beam_jobs import storage
-from beam_jobs.core import JOB_MODULES, VALIDATION, job_name
+from beam_jobs.core import JOB_MODULES
 from ssl_splits.config import RunConfig
-from ssl_splits.gcp import gcp_credentials_for_subprocess
+from ssl_splits.job_options import JOBS, dataflow_config, pipeline_options, split_label
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
     from airflow.sdk.types import TaskInstanceKey
 
 log = logging.getLogger(__name__)
-
-JOBS = ("validate", "build", "verify")
-
-
-def pipeline_options(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``--flags`` a job gets: its own args plus runner options (pure)."""
-
-    opts: dict[str, Any] = {}
-    if job == "validate":
-        opts.update(
-            source_uri=cfg.source_uri,
-            catalog_dir=spec["catalog_dir"] if spec else None,
-            num_classes=cfg.num_classes,
-            expected_total=cfg.expected_total,
-        )
-    # The source's layout (common or tfds:DATASET), from check_params' listing and then
-    # the validation report: it names the files the jobs read and write.
-    if spec and spec.get("layout"):
-        opts["layout"] = spec["layout"]
-    if job != "validate":
-        assert spec is not None
-        opts.update(split=spec["split"], output_uri=cfg.output_uri, work_uri=cfg.work_uri)
-        if spec["kind"] == VALIDATION:
-            opts["copy_from"] = cfg.source_uri
-        else:
-            opts.update(plan_uri=spec["plan_uri"], catalog_dir=spec["catalog_dir"])
-            if job == "build":  # read where the source is now (it may have moved)
-                opts["source_uri"] = cfg.source_uri
-        if job == "verify":
-            opts["deep"] = bool(cfg.deep_verify)
-    if cfg.is_dataflow and cfg.dataflow:
-        df = cfg.dataflow
-        opts.update(
-            project=df.project,
-            region=df.region,
-            temp_location=df.temp_location,
-            staging_location=storage.join(df.temp_location, "staging"),
-            machine_type=df.machine_type,
-            max_num_workers=df.max_num_workers,
-            extra_packages=[df.worker_package] if df.worker_package else None,
-            labels={
-                "app": "ssl-imagenet-splits",
-                "split": job_name((spec or {}).get("split", "source")),
-            },
-        )
-        if cfg.template_location:
-            opts["template_location"] = template_uri(cfg, job, spec)
-    elif cfg.direct_num_workers:
-        opts["direct_num_workers"] = cfg.direct_num_workers
-    return {k: v for k, v in opts.items() if v is not None}
-
-
-def template_uri(cfg: RunConfig, job: str, spec: dict[str, Any] | None) -> str:
-    """Where template mode writes a job's Dataflow description (pure):
-    ``{dataflow_template_location}/ssl-{job}-{split}``, the job's name without
-    the run's suffix, so a later run of the same job replaces it."""
-
-    assert cfg.template_location is not None
-    return storage.join(
-        cfg.template_location, job_name("ssl", job, (spec or {}).get("split", "source"))
-    )
-
-
-def dataflow_config(
-    cfg: RunConfig, job: str, spec: dict[str, Any] | None
-) -> DataflowConfiguration | None:
-    """Dataflow job settings: the job name carries the split (``ssl-build-train128116-3``)."""
-    if not cfg.is_dataflow or not cfg.dataflow:
-        return None
-
-    return DataflowConfiguration(
-        job_name=job_name("ssl", job, (spec or {}).get("split", "source")),
-        append_job_name=True,
-        project_id=cfg.dataflow.project,
-        location=cfg.dataflow.region,
-        gcp_conn_id="google_cloud_default",
-        wait_until_finished=True,
-        max_num_workers=cfg.dataflow.max_num_workers,
-    )
 
 
 class OutputFolderLink(BaseOperatorLink):
@@ -129,60 +74,40 @@ class OutputFolderLink(BaseOperatorLink):
         return "file://" + value
 
 
-class SplitBeamHook(BeamHook):
-    """The provider's Beam hook without its per-job version probe.
-
-    ``BeamHook.start_python_pipeline`` starts ``python -c "import apache_beam;
-    print(apache_beam.__version__)"`` before every job only to log the version
-    (and to refuse impersonation before Beam 2.39): about 4 s of imports per
-    task here. The jobs run with this interpreter's own Beam, whose version the
-    package metadata gives at no cost; everything else is the provider's.
-    """
-
-    def start_python_pipeline(
-        self,
-        variables: dict,
-        py_file: str,
-        py_options: list[str],
-        py_interpreter: str = "python3",
-        py_requirements: list[str] | None = None,
-        py_system_site_packages: bool = False,
-        process_line_callback: Any = None,
-        is_dataflow_job_id_exist_callback: Any = None,
-    ) -> None:
-        if py_requirements is not None or py_interpreter != sys.executable:
-            return super().start_python_pipeline(
-                variables,
-                py_file,
-                py_options,
-                py_interpreter,
-                py_requirements,
-                py_system_site_packages,
-                process_line_callback,
-                is_dataflow_job_id_exist_callback,
-            )
-        from importlib.metadata import version
-
-        if "labels" in variables:
-            variables["labels"] = [f"{key}={value}" for key, value in variables["labels"].items()]
-        self.log.info("Beam version: %s", version("apache-beam"))
-        self._start_pipeline(
-            variables=variables,
-            command_prefix=[py_interpreter, *py_options, py_file],
-            process_line_callback=process_line_callback,
-            is_dataflow_job_id_exist_callback=is_dataflow_job_id_exist_callback,
-        )
-        return None
+def beam_task(
+    job: str, *, task_id: str, config: Any, spec: Any = None, specs: Any = None, **kwargs: Any
+) -> SplitBeamOperator | MappedOperator:
+    """The task running ``job`` (``validate`` or ``build``) with ``python -m <module>``
+    for one spec, or mapped over ``specs`` (one task instance per split, indexed by
+    the split's name). Other keyword arguments are the operator's."""
+    if job not in JOBS:
+        raise ValueError(f"job must be one of {JOBS}, got {job!r}")
+    launch: dict[str, Any] = {
+        "job": job,
+        "config": config,
+        "py_file": JOB_MODULES[job],
+        "py_options": ["-m"],
+        "py_interpreter": sys.executable,
+        # Local runs stay in the worker: deferrable mode would run the pipeline
+        # inside the triggerer.
+        "deferrable": False,
+        **kwargs,
+    }
+    if specs is None:
+        return SplitBeamOperator(task_id=task_id, spec=spec, **launch)
+    return SplitBeamOperator.partial(
+        task_id=task_id, map_index_template="{{ task.spec['split'] }}", **launch
+    ).expand(spec=specs)
 
 
 class SplitBeamOperator(BeamRunPythonPipelineOperator):
     """Run a ``beam_jobs`` job for this DAG run (and one split, when mapped).
 
-    :param job: ``validate``, ``build`` or ``verify``.
+    :param job: ``validate`` or ``build``.
     :param config: the run config (``RunConfig.to_dict()``), usually an XComArg.
-    :param spec: one split's spec from the plan task (build and verify), or
-        the source spec (validate). A spec with ``action == "skip"`` skips the
-        task with the reason in the log.
+    :param spec: one split's spec from the plan task (build), or the source
+        spec (validate). A spec with ``action == "skip"`` skips the task with
+        the reason in the log; ``cached`` (a source validated before) runs nothing.
     """
 
     template_fields: Sequence[str] = (
@@ -194,33 +119,64 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
     operator_extra_links = (OutputFolderLink(), *BeamRunPythonPipelineOperator.operator_extra_links)
 
     def __init__(self, *, job: str, config: Any, spec: Any = None, **kwargs: Any) -> None:
-        if job not in JOBS:
-            raise ValueError(f"job must be one of {JOBS}, got {job!r}")
-        kwargs.setdefault("py_file", JOB_MODULES[job])
-        kwargs.setdefault("py_options", ["-m"])
-        kwargs.setdefault("py_interpreter", sys.executable)
-        # Local runs stay in the worker: deferrable mode would run the pipeline
-        # inside the triggerer.
-        kwargs.setdefault("deferrable", False)
         super().__init__(**kwargs)
         self.job = job
         self.config = config
         self.spec = spec
 
-    def _init_pipeline_options(self, *args: Any, **kwargs: Any) -> Any:
-        out = super()._init_pipeline_options(*args, **kwargs)
-        self.beam_hook = SplitBeamHook(runner=self.runner)
-        return out
-
     def execute(self, context: Any) -> Any:
-        from ssl_splits.gcp import airflow_storage
+        from ssl_splits.gcp import airflow_storage, gcp_credentials_for_subprocess
         from ssl_splits.tasks import holding_lock
 
         # The run's lock: renewed now (a run whose lock was taken over stops
         # here) and in the background while the job runs, for hours if need be.
         lease = context["ti"].xcom_pull(task_ids="acquire_lock")
         with airflow_storage(), holding_lock(lease):
-            return self._execute(context)
+            cfg = RunConfig.from_dict(self.config)
+            if not self._configure(cfg, context):
+                return {"split": "source", "job": self.job, "runner": cfg.runner, "cached": True}
+            with gcp_credentials_for_subprocess():
+                try:
+                    result = super().execute(context)
+                except Exception as err:
+                    raise explain_failure(self.job, self.spec, err) from err
+                finally:
+                    # The provider clears operator_extra_links off Dataflow, ours included
+                    # (the worker stores these links when the task ends).
+                    self.operator_extra_links = self._extra_links(cfg)
+        return {
+            "split": split_label(self.spec),
+            "job": self.job,
+            "runner": cfg.runner,
+            "dataflow_job_id": self.dataflow_job_id,
+            **(result if isinstance(result, dict) else {}),
+        }
+
+    def _configure(self, cfg: RunConfig, context: Any) -> bool:
+        """Set this run's runner, options and Dataflow settings; False: nothing to run
+        (a source validated before). Skips the task when the plan skipped the split."""
+        spec = self.spec
+        self.operator_extra_links = self._extra_links(cfg)
+        if spec and spec.get("action") == "skip":
+            raise AirflowSkipException(f"{split_label(spec)}: {spec.get('reason')}")
+        if spec and spec.get("action") == "cached":
+            log.info("not running %s: %s", self.job, spec.get("reason"))
+            return False
+        self.runner = cfg.runner
+        self.pipeline_options = pipeline_options(cfg, self.job, spec)
+        df = dataflow_config(cfg, self.job, spec)
+        if df is not None:
+            self.dataflow_config = df
+        log.info(
+            "%s %s on %s with %s",
+            self.job,
+            split_label(spec),
+            cfg.runner,
+            json.dumps(self.pipeline_options, sort_keys=True),
+        )
+        if self.job == "build" and spec:
+            context["ti"].xcom_push(key="output_folder", value=cfg.output_uri)
+        return True
 
     def _extra_links(self, cfg: RunConfig) -> tuple[BaseOperatorLink, ...]:
         """The links this task stores when it ends: the output folder for a build, and
@@ -230,78 +186,6 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         if cfg.is_dataflow:
             return (*ours, *BeamRunPythonPipelineOperator.operator_extra_links)
         return ours
-
-    def _execute(self, context: Any) -> Any:
-        cfg = RunConfig.from_dict(self.config)
-        self.operator_extra_links = self._extra_links(cfg)
-        spec = self.spec
-        if spec and spec.get("action") == "skip":
-            raise AirflowSkipException(f"{spec.get('split', 'source')}: {spec.get('reason')}")
-        if spec and spec.get("action") == "cached":
-            log.info("not running %s: %s", self.job, spec.get("reason"))
-            return {"split": "source", "job": self.job, "runner": cfg.runner, "cached": True}
-        if cfg.template_location and self.job == "verify":
-            raise AirflowSkipException(
-                f"{spec.get('split') if spec else 'source'}: template mode: the build was staged "
-                "as a Dataflow template, not run; there is nothing to verify"
-            )
-        self.runner = cfg.runner
-        self.pipeline_options = pipeline_options(cfg, self.job, spec)
-        df = dataflow_config(cfg, self.job, spec)
-        if df is not None:
-            self.dataflow_config = df
-        label = spec.get("split", "source") if spec else "source"
-        log.info(
-            "%s %s on %s with %s",
-            self.job,
-            label,
-            cfg.runner,
-            json.dumps(self.pipeline_options, sort_keys=True),
-        )
-        if self.job == "build" and spec:
-            context["ti"].xcom_push(key="output_folder", value=cfg.output_uri)
-        if self.job == "verify" and not cfg.deep_verify:
-            return self._verify_exact(label)
-        with gcp_credentials_for_subprocess():
-            try:
-                result = super().execute(context)
-            except Exception as err:
-                raise self._explain(cfg, spec, err) from err
-            finally:
-                # The provider clears operator_extra_links off Dataflow, ours included (the
-                # worker stores these links when the task ends).
-                self.operator_extra_links = self._extra_links(cfg)
-        return {
-            "split": label,
-            "job": self.job,
-            "runner": cfg.runner,
-            "dataflow_job_id": self.dataflow_job_id,
-            **(result if isinstance(result, dict) else {}),
-        }
-
-    def _verify_exact(self, label: str) -> dict[str, Any]:
-        """The exact check from metadata needs no Beam job (no record data is
-        read on GCS): run it in this task, without a pipeline's start-up."""
-        from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
-
-        from beam_jobs.verification import verify
-        from ssl_splits.gcp import airflow_storage
-
-        own = {"split", "output_uri", "work_uri", "plan_uri", "catalog_dir", "copy_from", "layout"}
-        argv = beam_options_to_args({k: v for k, v in self.pipeline_options.items() if k in own})
-        with airflow_storage():
-            try:
-                report = verify.run(argv)
-            except verify.VerificationFailed as err:
-                raise AirflowFailException(f"{err}\nnothing was published") from None
-        return {
-            "split": label,
-            "job": self.job,
-            "runner": "in-process",
-            "mode": report["mode"],
-            "seconds": report["seconds"],
-            "bytes_read": report["bytes_read"],
-        }
 
     def execute_on_dataflow(self, context: Any) -> dict[str, Any]:
         """Submit to Dataflow and wait (the provider's), or in template mode only
@@ -324,30 +208,21 @@ class SplitBeamOperator(BeamRunPythonPipelineOperator):
         log.info("staged, not run: the Dataflow job description is at %s", template)
         return {"dataflow_job_id": None, "template_location": template}
 
-    def _explain(self, cfg: RunConfig, spec: dict[str, Any] | None, err: Exception) -> Exception:
-        """Turn "process failed with return code 1" into what the job found."""
-        from beam_jobs.layout import report_uri
-        from beam_jobs.source.catalog import REPORT_FILE
-        from beam_jobs.source.validate import format_report
 
-        try:
-            if self.job == "validate" and spec:
-                uri = storage.join(spec["catalog_dir"], REPORT_FILE)
-                if storage.exists(uri):
-                    report = json.loads(storage.read_text(uri))
-                    if not report["ok"]:
-                        return AirflowFailException(
-                            "the source is invalid:\n" + format_report(report)
-                        )
-            if self.job == "verify" and spec:
-                uri = report_uri(cfg.work_uri, spec["split"])
-                if storage.exists(uri):
-                    report = json.loads(storage.read_text(uri))
-                    if not report["ok"]:
-                        return AirflowFailException(
-                            f"{spec['split']} failed verification; nothing was published:\n  "
-                            + "\n  ".join(report["findings"][:20])
-                        )
-        except Exception as inner:  # explaining must never hide the original error
-            log.warning("could not read the job's report: %s", inner)
+def explain_failure(job: str, spec: dict[str, Any] | None, err: Exception) -> Exception:
+    """Turn "process failed with return code 1" into what the job found: for the
+    validation, the report it wrote (the original error otherwise)."""
+    from beam_jobs.source.catalog import REPORT_FILE
+    from beam_jobs.source.validate import format_report
+
+    if job != "validate" or not spec:
         return err
+    try:
+        uri = storage.join(spec["catalog_dir"], REPORT_FILE)
+        if storage.exists(uri):
+            report = json.loads(storage.read_text(uri))
+            if not report["ok"]:
+                return AirflowFailException("the source is invalid:\n" + format_report(report))
+    except Exception as inner:  # explaining must never hide the original error
+        log.warning("could not read the job's report: %s", inner)
+    return err

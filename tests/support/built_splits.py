@@ -5,7 +5,7 @@ The DAG's Python tasks (``ssl_splits.tasks.check_params``, ``plan``,
 ``publish_manifest``) run as they do in Airflow; the Beam jobs it launches
 with ``python -m beam_jobs.source.validate|build|verify`` run here through their
 ``run([...])`` functions, with the job flags that
-``ssl_splits.operators.pipeline_options`` derives from a split's spec, on the
+``ssl_splits.job_options.pipeline_options`` derives from a split's spec, on the
 in-process DirectRunner.
 """
 
