@@ -332,7 +332,7 @@ def announce(split: str, findings: list[str], stats: dict[str, Any], report: Ver
     print(
         f"{split}: verified ({report.mode}): {stats['num_examples']:,} records in "
         f"{stats['num_shards']} staged shards are exactly as planned "
-        f"({report.bytes_read / 1e6:,.1f} MB read, {report.seconds:.1f} s)",
+        f"({(report.bytes_read or 0) / 1e6:,.1f} MB read, {report.seconds:.1f} s)",
         flush=True,
     )
 
