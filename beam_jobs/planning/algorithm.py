@@ -37,7 +37,11 @@ The algorithm (version ``v1``; README "How a split is derived" says the same):
 
 Plans are written as ``filename,shard,index`` lines sorted by (shard, index)
 with no header: FixMatch's published format. Such a file can also be used as
-a plan as given (``read_plan_file`` checks it first).
+a plan as given (``beam_jobs.planning.inputs.read_plan_file`` checks it first).
+
+This module does no I/O and starts no process: reading the files params name
+is :mod:`beam_jobs.planning.inputs`, computing keys in worker processes
+:mod:`beam_jobs.planning.key_workers`.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from beam_jobs import access, defaults
+from beam_jobs import defaults
 from beam_jobs.planning import protocols
 from beam_jobs.planning.arrays import from_numpy, to_numpy
 from beam_jobs.planning.keys import ALGORITHM, key_bytes, key_prefix, split_names  # noqa: F401 (ALGORITHM re-exported)
@@ -135,14 +139,7 @@ def hash_keys(names: Sequence[str], purpose: str, seed: int) -> np.ndarray:
     )
 
 
-# Below this many names the keys are computed in this process; above, this
-# process and one worker per extra core each compute a share: SHA-256 of 1.28M
-# names takes ~0.7 s of Python per (purpose, seed), and a run needs one pass per
-# seed plus the reshuffle.
-PARALLEL_MIN_NAMES = 200_000
-
-
-def _string_array(names: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+def string_array(names: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
     """Names as one Arrow string array (no copy when they are one already)."""
     if isinstance(names, pa.ChunkedArray):
         names = names.combine_chunks()
@@ -155,7 +152,7 @@ def _string_array(names: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array
     return names
 
 
-def _offsets_and_data(arr: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
+def offsets_and_data(arr: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
     """Where each name's UTF-8 bytes start and end (``len + 1`` int64 offsets)
     in the array's data buffer, and that buffer."""
     width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
@@ -164,7 +161,7 @@ def _offsets_and_data(arr: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
     return offsets.astype(np.int64), data if data is not None else pa.py_buffer(b"")
 
 
-def _share_keys(
+def share_keys(
     offsets: np.ndarray, data: pa.Buffer, lo: int, hi: int, jobs: Sequence[tuple[str, int]]
 ) -> list[np.ndarray]:
     """The keys of names ``lo..hi`` for each job, in this process."""
@@ -176,68 +173,9 @@ def _share_keys(
 def fast_keys(names: Sequence[str] | pa.Array, purpose: str, seed: int) -> np.ndarray:
     """``hash_keys(names, purpose, seed)`` in this process, from the names' bytes
     as Arrow holds them (``beam_jobs.planning.keys``: ~20% less per name)."""
-    arr = _string_array(names)
-    offsets, data = _offsets_and_data(arr)
-    return _share_keys(offsets, data, 0, len(arr), [(purpose, seed)])[0].astype(np.uint64)
-
-
-def precompute_keys(
-    names: Sequence[str] | pa.Array | pa.ChunkedArray,
-    jobs: Sequence[tuple[str, int]],
-    workers: int | None = None,
-) -> dict[tuple[str, int], np.ndarray]:
-    """``hash_keys(names, purpose, seed)`` for every ``(purpose, seed)`` of
-    ``jobs``: the same values, with many names computed in shares by this
-    process and one worker process per extra core (``python -m
-    beam_jobs.planning.keys``, standard library only, fed the names' bytes through
-    a pipe: no fork of the calling process, which may be an Airflow task with
-    threads)."""
-    import os
-    import subprocess
-    import sys
-
-    jobs = list(dict.fromkeys(jobs))
-    if not jobs:
-        return {}
-    arr = _string_array(names)
-    n = len(arr)
-    workers = workers or min(os.cpu_count() or 1, 8)
-    shares = max(1, min(workers, n)) if n >= PARALLEL_MIN_NAMES else 1
-    offsets, data = _offsets_and_data(arr)
-    bounds = [n * k // shares for k in range(shares + 1)]
-    argv = [sys.executable, "-m", "beam_jobs.planning.keys", *(f"{p}:{s}" for p, s in jobs)]
-    procs: list[subprocess.Popen] = []
-    try:
-        for lo, hi in zip(bounds[1:], bounds[2:]):  # share 0 is this process's
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            procs.append(proc)
-            assert proc.stdin is not None
-            a, b = int(offsets[lo]), int(offsets[hi])
-            proc.stdin.write((hi - lo).to_bytes(8, "little") + (b - a).to_bytes(8, "little"))
-            proc.stdin.write((offsets[lo : hi + 1] - a).tobytes())
-            proc.stdin.write(memoryview(data)[a:b])
-            proc.stdin.close()  # the worker starts hashing; so does this process
-        out = {job: np.empty(n, dtype=np.uint64) for job in jobs}
-        for job, keys in zip(jobs, _share_keys(offsets, data, bounds[0], bounds[1], jobs)):
-            out[job][bounds[0] : bounds[1]] = keys
-        for proc, lo, hi in zip(procs, bounds[1:], bounds[2:]):
-            assert proc.stdout is not None
-            raw = proc.stdout.read()
-            if proc.wait() != 0 or len(raw) != 8 * (hi - lo) * len(jobs):
-                raise RuntimeError(
-                    f"computing plan keys in a subprocess failed (exit {proc.returncode}, "
-                    f"{len(raw)} bytes for {hi - lo} names x {len(jobs)} keys)"
-                )
-            part = np.frombuffer(raw, dtype=">u8").reshape(len(jobs), hi - lo)
-            for k, job in enumerate(jobs):
-                out[job][lo:hi] = part[k]
-            del raw, part
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return out
+    arr = string_array(names)
+    offsets, data = offsets_and_data(arr)
+    return share_keys(offsets, data, 0, len(arr), [(purpose, seed)])[0].astype(np.uint64)
 
 
 def _argsort_by_key(keys: np.ndarray) -> np.ndarray:
@@ -414,10 +352,6 @@ UNSUPERVISED_SPLIT = "train"
 KeyFunction = Callable[[pa.Array, str, int], np.ndarray]
 
 
-def _reference_keys(names: pa.Array, purpose: str, seed: int) -> np.ndarray:
-    return hash_keys(names.to_pylist(), purpose, seed)
-
-
 @dataclass(frozen=True, eq=False)
 class SortedCatalog:
     """A catalog's file names in code point order (= UTF-8 byte order), checked
@@ -449,7 +383,7 @@ def sorted_catalog(
     """Names in code point order, checked unique, with labels. Names already in
     order (strictly increasing: sorted and unique) are only checked, in Arrow,
     not sorted again."""
-    arr = _string_array(names)
+    arr = string_array(names)
     lab = None
     if labels is not None:
         if isinstance(labels, (pa.Array, pa.ChunkedArray)):
@@ -469,37 +403,6 @@ def sorted_catalog(
             dup = arr[int(np.flatnonzero(same)[0]) + 1].as_py()
             raise PlanError(f"duplicate file name in the catalog: {dup}")
     return SortedCatalog(arr, lab, rows)
-
-
-def plan_supervised(
-    names: Sequence[str],
-    labels: Sequence[int],
-    *,
-    seed: int,
-    fraction: float | str | Fraction | None = None,
-    count: int | None = None,
-    sampling: str = defaults.SAMPLING,
-    num_shards: int | None = None,
-    source_shards: int | None = None,
-    class_names: dict[int, str] | None = None,
-    select_keys: np.ndarray | None = None,
-) -> Plan:
-    """Plan a seeded labelled split (see the module docstring for the algorithm).
-    ``select_keys``: ``hash_keys(names, "select", seed)`` if already computed
-    (names in code point order)."""
-    _check_sampling(sampling, fraction, count)
-    return supervised_plan(
-        sorted_catalog(names, labels),
-        seed=seed,
-        fraction=fraction,
-        count=count,
-        sampling=sampling,
-        num_shards=num_shards,
-        source_shards=source_shards,
-        class_names=class_names,
-        select_keys=select_keys,
-        keys=_reference_keys,
-    )
 
 
 def _check_sampling(sampling: str, fraction: object, count: int | None) -> None:
@@ -522,8 +425,10 @@ def supervised_plan(
     select_keys: np.ndarray | None = None,
     keys: KeyFunction = fast_keys,
 ) -> Plan:
-    """:func:`plan_supervised` of a catalog already in order (a run's plans share
-    it); ``keys`` computes the keys not given."""
+    """Plan a seeded labelled split of a catalog in name order (a run's plans
+    share it; see the module docstring for the algorithm). ``select_keys``:
+    ``hash_keys(cat.names, "select", seed)`` if already computed; ``keys``
+    computes the keys not given."""
     _check_sampling(sampling, fraction, count)
     total = len(cat)
     if total == 0:
@@ -618,26 +523,6 @@ def _small_int(count: int) -> type:
     return np.int16 if count <= np.iinfo(np.int16).max else np.int64
 
 
-def plan_unsupervised(
-    names: Sequence[str],
-    *,
-    seed: int = 0,
-    num_shards: int | None = None,
-    source_shards: int | None = None,
-    order_keys: np.ndarray | None = None,
-) -> Plan:
-    """Plan the full reshuffle ``train``: every record once, in seeded order.
-    ``order_keys``: ``hash_keys(names, "order", seed)`` if already computed."""
-    return unsupervised_plan(
-        sorted_catalog(names),
-        seed=seed,
-        num_shards=num_shards,
-        source_shards=source_shards,
-        order_keys=order_keys,
-        keys=_reference_keys,
-    )
-
-
 def unsupervised_plan(
     cat: SortedCatalog,
     *,
@@ -647,7 +532,9 @@ def unsupervised_plan(
     order_keys: np.ndarray | None = None,
     keys: KeyFunction = fast_keys,
 ) -> Plan:
-    """:func:`plan_unsupervised` of a catalog already in order."""
+    """Plan the full reshuffle ``train`` of a catalog in name order: every
+    record once, in seeded order. ``order_keys``: ``hash_keys(cat.names,
+    "order", seed)`` if already computed; ``keys`` computes them otherwise."""
     n = len(cat)
     if n == 0:
         raise PlanError("the catalog is empty")
@@ -831,74 +718,6 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
     )
 
 
-def read_list_bytes(uri: str, what: str, max_lines: int | None = None) -> bytes:
-    """The bytes of a plan file or name list named by a param (a path, gs:// or a
-    shipped ``published:...`` list), checked to be UTF-8 text of at most
-    ``MAX_LIST_BYTES`` (from storage metadata, before it is read; the read is
-    bounded too) and, unless shipped, at most ``max_lines`` non-blank lines (the
-    source's records: a list cannot name more). PlanError naming the file, never
-    quoting it."""
-    try:
-        if protocols.is_ref(uri):
-            raw = protocols.read_bytes(uri)
-        else:
-            raw = access.read_bounded(uri, access.MAX_LIST_BYTES, what=what)
-    except FileNotFoundError:
-        raise PlanError(f"{what} {uri} does not exist") from None
-    except IsADirectoryError:
-        raise PlanError(f"{what} {uri} is a folder, not a file") from None
-    except access.AccessError as err:
-        raise PlanError(str(err)) from None
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise PlanError(
-            f"{what} {uri}: not UTF-8 text (line {line}, byte offset {err.start})"
-        ) from None
-    # A shipped list is the product's own, of a known size (its names may simply
-    # be missing from a small source: published_plan and named_plan say so).
-    if max_lines is not None and not protocols.is_ref(uri) and raw.count(b"\n") + 1 > max_lines:
-        lines = sum(1 for line in raw.split(b"\n") if line.strip())
-        if lines > max_lines:
-            raise PlanError(
-                f"{what} {uri} has {lines:,} lines: more than the {max_lines:,} records of "
-                "the source"
-            )
-    return raw
-
-
-def read_plan_file(
-    uri: str,
-    *,
-    seed: int | None = None,
-    split: str | None = None,
-    max_lines: int | None = None,
-) -> Plan:
-    """A published ``filename,shard,index`` file (a path, gs:// or a shipped
-    ``published:...`` list) as a plan, exactly as given. ``max_lines``: the
-    most lines it may have (the source's records); see :func:`read_list_bytes`."""
-    raw = read_list_bytes(uri, "plan file", max_lines)
-    # Arrow parses and checks a well-formed file; anything else is reported by line.
-    table = parse_plan_table(raw, uri)
-    names = table.column("filename").to_numpy()  # object array of str
-    shards = table.column("shard").to_numpy()
-    indices = table.column("index").to_numpy()
-    n = len(names)
-    return Plan(
-        split=split or (supervised_split_name(n, seed) if seed is not None else f"train{n}"),
-        kind="supervised",
-        names=names,
-        shards=shards,
-        indices=indices,
-        num_shards=int(shards.max()) + 1,
-        seed=seed,
-        fraction=None,
-        sampling="published",
-        source=uri,
-    )
-
-
 def published_plan(
     plan: Plan, cat: SortedCatalog, class_names: dict[int, str] | None = None
 ) -> Plan:
@@ -994,43 +813,6 @@ def parse_name_list(text: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, line_arr
 
 
-def read_name_list(uri: str, *, max_lines: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A name list from a path, gs:// or a shipped ``published:...`` list, checked
-    (at most ``max_lines`` names: the source's records; see :func:`read_list_bytes`)."""
-    raw = read_list_bytes(uri, "name list", max_lines)
-    return parse_name_list(raw.decode("utf-8"), uri)
-
-
-def plan_named(
-    list_names: Sequence[str] | np.ndarray,
-    catalog_names: Sequence[str],
-    catalog_labels: Sequence[int],
-    *,
-    label: str,
-    origin: str,
-    list_lines: Sequence[int] | np.ndarray | None = None,
-    num_shards: int | None = None,
-    source_shards: int | None = None,
-    class_names: dict[int, str] | None = None,
-) -> Plan:
-    """Plan the split ``train{n}.{label}`` of exactly the records a name list
-    names (step 8 of the module docstring). Every name must be in the catalog:
-    otherwise a PlanError with the count and the first missing names and their
-    line numbers. ``list_names`` must be unique (:func:`parse_name_list`)."""
-    check_label(label)
-    return named_plan(
-        list_names,
-        sorted_catalog(catalog_names, catalog_labels),
-        label=label,
-        origin=origin,
-        list_lines=list_lines,
-        num_shards=num_shards,
-        source_shards=source_shards,
-        class_names=class_names,
-        keys=_reference_keys,
-    )
-
-
 def named_plan(
     list_names: Sequence[str] | np.ndarray,
     cat: SortedCatalog,
@@ -1043,12 +825,16 @@ def named_plan(
     class_names: dict[int, str] | None = None,
     keys: KeyFunction = fast_keys,
 ) -> Plan:
-    """:func:`plan_named` of a catalog already in order."""
+    """Plan the split ``train{n}.{label}`` of exactly the records a name list
+    names (step 8 of the module docstring), from a catalog in name order.
+    Every name must be in the catalog: otherwise a PlanError with the count and
+    the first missing names' line numbers. ``list_names`` must be unique
+    (:func:`parse_name_list`)."""
     check_label(label)
     total = len(cat)
     if total == 0:
         raise PlanError("the catalog is empty")
-    wanted = _string_array(list_names)
+    wanted = string_array(list_names)
     pos = pc.index_in(wanted, value_set=cat.names)
     missing = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
     if len(missing):

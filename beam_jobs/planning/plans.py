@@ -51,15 +51,14 @@ from beam_jobs.planning.algorithm import (
     check_label,
     exact_fraction,
     named_plan,
-    precompute_keys,
     published_plan,
-    read_name_list,
-    read_plan_file,
     sorted_catalog,
     split_size,
     supervised_plan,
     unsupervised_plan,
 )
+from beam_jobs.planning.inputs import read_name_list, read_plan_file
+from beam_jobs.planning.key_workers import precompute_keys
 from beam_jobs.source.catalog import (
     CATALOG_FILE,
     REPORT_FILE,
