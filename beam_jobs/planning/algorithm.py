@@ -62,7 +62,6 @@ import pyarrow.csv as pacsv
 
 from beam_jobs import defaults
 from beam_jobs.planning import protocols
-from beam_jobs.planning.arrays import from_numpy, to_numpy
 from beam_jobs.planning.keys import ALGORITHM, key_bytes, key_prefix, split_names  # noqa: F401 (ALGORITHM re-exported)
 
 LABEL_PATTERN = protocols.LABEL_PATTERN  # of a name list: its split is train{n}.{label}
@@ -699,8 +698,8 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
         and len(pc.unique(name)) == n  # half of count_distinct's time (no nulls here)
     ):
         return fallback()
-    shard = to_numpy(pc.cast(t.column("shard"), pa.int64()))
-    index = to_numpy(pc.cast(t.column("index"), pa.int64()))
+    shard = pc.cast(t.column("shard"), pa.int64()).to_numpy()
+    index = pc.cast(t.column("index"), pa.int64()).to_numpy()
     if shard.max() >= MAX_SHARD_COUNT:
         return fallback()
     order = np.lexsort((index, shard))
@@ -711,9 +710,9 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
         return fallback()  # gaps, repeats or missing shards: let it say where
     return pa.table(
         {
-            "filename": pc.take(name, from_numpy(order, pa.int64())),
-            "shard": from_numpy(shard, pa.int32()),
-            "index": from_numpy(index, pa.int32()),
+            "filename": pc.take(name, pa.array(order, pa.int64())),
+            "shard": pa.array(shard, pa.int32()),
+            "index": pa.array(index, pa.int32()),
         }
     )
 
