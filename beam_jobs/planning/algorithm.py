@@ -432,50 +432,96 @@ def supervised_plan(
     total = len(cat)
     if total == 0:
         raise PlanError("the catalog is empty")
+    frac, n = _size(total, fraction, count)
+    S = _checked_num_shards(num_shards, n, source_shards, total)
+    select = select_keys if select_keys is not None else keys(cat.names, "select", seed)
+    chosen = _selected(cat, select, sampling, frac, n)
+    frac_text = f"{count}/{total}" if count is not None else str(fraction)
+    return _deal_by_order_key(
+        cat,
+        chosen,
+        seed,
+        keys,
+        class_names,
+        split=supervised_split_name(n, seed),
+        num_shards=S,
+        seed=seed,
+        fraction=frac_text,
+        sampling=sampling,
+    )
+
+
+def _size(
+    total: int, fraction: float | str | Fraction | None, count: int | None
+) -> tuple[Fraction, int]:
+    """The split's fraction and size ``n``, from a fraction or a count (exactly one given)."""
     if count is not None:
         if not 0 < count <= total:
             raise PlanError(f"count must be in 1..{total}, got {count}")
-        frac, n = Fraction(count, total), count
-    else:
-        frac = exact_fraction(fraction)  # type: ignore[arg-type]
-        n = split_size(total, frac)
-        if n == 0:
-            raise PlanError(f"fraction {fraction} of {total} records is 0 records")
+        return Fraction(count, total), count
+    frac = exact_fraction(fraction)  # type: ignore[arg-type]
+    n = split_size(total, frac)
+    if n == 0:
+        raise PlanError(f"fraction {fraction} of {total} records is 0 records")
+    return frac, n
+
+
+def _checked_num_shards(
+    num_shards: int | None, n: int, source_shards: int | None, total: int
+) -> int:
+    """The shard count given, else the default for ``n`` of ``total`` records;
+    a PlanError unless in 1..min(n, MAX_SHARD_COUNT)."""
     S = num_shards or default_num_shards(n, source_shards or 1, total)
     if not 1 <= S <= min(n, MAX_SHARD_COUNT):
         raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
-    lab = cat.labels
-    assert lab is not None
-    select = select_keys if select_keys is not None else keys(cat.names, "select", seed)
+    return S
+
+
+def _selected(
+    cat: SortedCatalog, select: np.ndarray, sampling: str, frac: Fraction, n: int
+) -> np.ndarray:
+    """Positions of the records a seeded split takes (step 4), in name order."""
     if sampling == "uniform":
-        group, quotas = np.zeros(total, np.int64), np.array([n])
+        group, quotas = np.zeros(len(cat), np.int64), np.array([n])
     else:
         classes, group, sizes = cat.classes
         by_label = class_quotas(dict(zip(classes.tolist(), sizes.tolist())), frac, n)
         quotas = np.array([by_label[c] for c in classes.tolist()])
-    chosen = lowest_keys(select, group, quotas, candidate_share(frac))
     # Back in name order (positions are in name order) before ordering by the
     # order key, so ties go by name.
-    chosen = np.sort(chosen)
+    return np.sort(lowest_keys(select, group, quotas, candidate_share(frac)))
+
+
+def _deal_by_order_key(
+    cat: SortedCatalog,
+    chosen: np.ndarray,
+    order_seed: int,
+    keys: KeyFunction,
+    class_names: dict[int, str] | None,
+    *,
+    split: str,
+    num_shards: int,
+    **meta: Any,
+) -> Plan:
+    """The plan of the records at ``chosen`` (positions in name order): ordered
+    by their ``order`` key with ``order_seed`` (ties by name), dealt into
+    ``num_shards`` shards, with their per-class counts."""
+    assert cat.labels is not None
     chosen_names = cat.names.take(pa.array(chosen))
-    by_order = _argsort_by_key(keys(chosen_names, "order", seed))
-    ordered = chosen[by_order]
-    labs, counts = np.unique(lab[chosen], return_counts=True)
+    by_order = _argsort_by_key(keys(chosen_names, "order", order_seed))
+    labs, counts = np.unique(cat.labels[chosen], return_counts=True)
     class_counts = {
         (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
     }
-    frac_text = f"{count}/{total}" if count is not None else str(fraction)
     return _deal_from(
         cat,
-        ordered,
-        supervised_split_name(n, seed),
+        chosen[by_order],
+        split,
         "supervised",
-        S,
+        num_shards,
         names=chosen_names.take(pa.array(by_order)),
-        seed=seed,
-        fraction=frac_text,
-        sampling=sampling,
         class_counts=class_counts,
+        **meta,
     )
 
 
@@ -537,9 +583,7 @@ def unsupervised_plan(
     n = len(cat)
     if n == 0:
         raise PlanError("the catalog is empty")
-    S = num_shards or default_num_shards(n, source_shards or 1, n)
-    if not 1 <= S <= min(n, MAX_SHARD_COUNT):
-        raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
+    S = _checked_num_shards(num_shards, n, source_shards, n)
     if order_keys is None:
         order_keys = keys(cat.names, "order", seed)
     ordered = _argsort_by_key(order_keys)
@@ -565,65 +609,90 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
     unique positions, shards 0..S-1 all present, indices 0..n-1 in every
     shard. Blank lines are ignored; there is no header.
     """
-    names: list[str] = []
-    shards: list[int] = []
-    indices: list[int] = []
+    names, sh, ix, line_arr = _plan_lines(text, origin)
+    problems = _duplicate_name_problems(names, line_arr)
+    order = np.lexsort((ix, sh))
+    sh, ix, names, line_arr = sh[order], ix[order], names[order], line_arr[order]
+    problems += _position_problems(sh, ix, line_arr)
+    if problems:
+        raise PlanError(f"{origin}: unusable plan file:\n  " + "\n  ".join(problems))
+    return names, sh.astype(np.int32), ix.astype(np.int32)
+
+
+def _plan_line(line: str, lineno: int) -> tuple[str, int, int] | str:
+    """One non-blank line's ``(name, shard, index)``, or what is wrong with it.
+
+    Messages name the line and what is wrong, never its text: the file may be
+    anything a param named (a secret, if the allowed roots let it through)."""
+    parts = line.split(",")
+    if len(parts) != 3:
+        return (
+            f"line {lineno}: expected 3 comma-separated fields (filename,shard,index), "
+            f"found {len(parts)}"
+        )
+    name, s, i = (p.strip() for p in parts)
+    # ASCII digits only: str.isdigit() also accepts '²', which int() rejects.
+    if not name:
+        return f"line {lineno}: the file name (field 1) is empty"
+    if not (s.isascii() and s.isdigit()):
+        return f"line {lineno}: the shard (field 2) is not a non-negative integer"
+    if not (i.isascii() and i.isdigit()):
+        return f"line {lineno}: the index (field 3) is not a non-negative integer"
+    if int(s) >= MAX_SHARD_COUNT:
+        return f"line {lineno}: the shard is too large (at most {MAX_SHARD_COUNT - 1})"
+    if int(i) >= 2**31:
+        return f"line {lineno}: the index is too large (at most {2**31 - 1})"
+    return name, int(s), int(i)
+
+
+def _plan_lines(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The names, shards, indices and line numbers of a plan file's lines, in
+    file order; a PlanError listing the first malformed lines, or if there are none."""
+    rows: list[tuple[str, int, int]] = []
     lines_of: list[int] = []
     bad: list[str] = []
     n_bad = 0
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        # Messages name the line and what is wrong, never its text: the file may be
-        # anything a param named (a secret, if the allowed roots let it through).
-        parts = line.split(",")
-        problem = None
-        if len(parts) != 3:
-            problem = (
-                f"line {lineno}: expected 3 comma-separated fields (filename,shard,index), "
-                f"found {len(parts)}"
-            )
-        else:
-            name, s, i = (p.strip() for p in parts)
-            # ASCII digits only: str.isdigit() also accepts '²', which int() rejects.
-            if not name:
-                problem = f"line {lineno}: the file name (field 1) is empty"
-            elif not (s.isascii() and s.isdigit()):
-                problem = f"line {lineno}: the shard (field 2) is not a non-negative integer"
-            elif not (i.isascii() and i.isdigit()):
-                problem = f"line {lineno}: the index (field 3) is not a non-negative integer"
-            elif int(s) >= MAX_SHARD_COUNT:
-                problem = f"line {lineno}: the shard is too large (at most {MAX_SHARD_COUNT - 1})"
-            elif int(i) >= 2**31:
-                problem = f"line {lineno}: the index is too large (at most {2**31 - 1})"
-        if problem is not None:
+        parsed = _plan_line(line, lineno)
+        if isinstance(parsed, str):
             n_bad += 1
             if len(bad) < 10:
-                bad.append(problem)
+                bad.append(parsed)
             continue
-        names.append(name)
-        shards.append(int(s))
-        indices.append(int(i))
+        rows.append(parsed)
         lines_of.append(lineno)
     if bad:
         more = f"\n  ... {n_bad:,} malformed lines in all" if n_bad > len(bad) else ""
         raise PlanError(f"{origin}: malformed plan file:\n  " + "\n  ".join(bad) + more)
-    if not names:
+    if not rows:
         raise PlanError(f"{origin}: the plan file is empty")
-    name_arr = np.asarray(names, dtype=object)
-    sh = np.asarray(shards, dtype=np.int64)
-    ix = np.asarray(indices, dtype=np.int64)
-    line_arr = np.asarray(lines_of)
-    problems: list[str] = []
-    by_name = np.argsort(name_arr, kind="stable")
-    dup = np.nonzero(name_arr[by_name][1:] == name_arr[by_name][:-1])[0]
+    return (
+        np.asarray([r[0] for r in rows], dtype=object),
+        np.asarray([r[1] for r in rows], dtype=np.int64),
+        np.asarray([r[2] for r in rows], dtype=np.int64),
+        np.asarray(lines_of),
+    )
+
+
+def _duplicate_name_problems(names: np.ndarray, line_arr: np.ndarray) -> list[str]:
+    """The first lines that give a file name already given, and their count."""
+    problems = []
+    by_name = np.argsort(names, kind="stable")
+    dup = np.nonzero(names[by_name][1:] == names[by_name][:-1])[0]
     for d in dup[:5]:
         a, b = sorted((line_arr[by_name][d], line_arr[by_name][d + 1]))
         problems.append(f"lines {a} and {b} give the same file name")
     if len(dup) > 5:
         problems.append(f"... {len(dup)} duplicate names in all")
-    order = np.lexsort((ix, sh))
-    sh, ix, name_arr, line_arr = sh[order], ix[order], name_arr[order], line_arr[order]
+    return problems
+
+
+def _position_problems(sh: np.ndarray, ix: np.ndarray, line_arr: np.ndarray) -> list[str]:
+    """What is wrong with the positions of rows sorted by (shard, index):
+    positions used twice, missing shards, gaps in a shard's indices."""
+    problems = []
     same = np.nonzero((sh[1:] == sh[:-1]) & (ix[1:] == ix[:-1]))[0]
     for d in same[:5]:
         problems.append(
@@ -648,9 +717,7 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
                 f"gaps; index {expected[g]} is missing (line {line_arr[g]} has "
                 f"index {ix[g]})"
             )
-    if problems:
-        raise PlanError(f"{origin}: unusable plan file:\n  " + "\n  ".join(problems))
-    return name_arr, sh.astype(np.int32), ix.astype(np.int32)
+    return problems
 
 
 def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
@@ -661,19 +728,25 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
     (C++), without a Python object per line; anything unusual is handed to
     :func:`parse_plan_text`, which reports it with line numbers.
     """
+    table = _read_plan_csv(raw)
+    if table is not None and table.num_rows and _fields_well_formed(table):
+        positioned = _sorted_by_position(table)
+        if positioned is not None:
+            return positioned
+    names, shards, indices = parse_plan_text(raw.decode("utf-8"), origin)
+    return pa.table(
+        {
+            "filename": pa.array(names.tolist(), pa.string()),
+            "shard": pa.array(shards, pa.int32()),
+            "index": pa.array(indices, pa.int32()),
+        }
+    )
 
-    def fallback() -> pa.Table:
-        names, shards, indices = parse_plan_text(raw.decode("utf-8"), origin)
-        return pa.table(
-            {
-                "filename": pa.array(names.tolist(), pa.string()),
-                "shard": pa.array(shards, pa.int32()),
-                "index": pa.array(indices, pa.int32()),
-            }
-        )
 
+def _read_plan_csv(raw: bytes) -> pa.Table | None:
+    """The three fields of every line as strings, read by Arrow; None if it cannot."""
     try:
-        t = pacsv.read_csv(
+        return pacsv.read_csv(
             pa.py_buffer(raw),
             read_options=pacsv.ReadOptions(column_names=["filename", "shard", "index"]),
             parse_options=pacsv.ParseOptions(quote_char=False, escape_char=False),
@@ -682,35 +755,42 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        return fallback()
-    n = t.num_rows
-    if n == 0:
-        return fallback()
+        return None
+
+
+def _fields_well_formed(t: pa.Table) -> bool:
+    """Shards and indices of 1 to 9 ASCII digits; names non-empty, without
+    surrounding white space, distinct."""
     name = t.column("filename")
     digits = "^[0-9]{1,9}$"
-    if not (
+    return bool(
         pc.all(pc.match_substring_regex(t.column("shard"), digits)).as_py()
         and pc.all(pc.match_substring_regex(t.column("index"), digits)).as_py()
         # No Python value in a compute call: converting one makes pyarrow import
         # pandas (~0.5 s, paid by every verify task process under a scheduler).
         and pc.min(pc.utf8_length(name)).as_py() > 0
         and pc.all(pc.equal(name, pc.utf8_trim_whitespace(name))).as_py()
-        and len(pc.unique(name)) == n  # half of count_distinct's time (no nulls here)
-    ):
-        return fallback()
+        and len(pc.unique(name)) == t.num_rows  # half of count_distinct's time (no nulls here)
+    )
+
+
+def _sorted_by_position(t: pa.Table) -> pa.Table | None:
+    """A well-formed table as (filename, shard, index) sorted by position; None
+    if its positions are not shards 0..S-1 each with indices 0..n-1."""
+    n = t.num_rows
     shard = pc.cast(t.column("shard"), pa.int64()).to_numpy()
     index = pc.cast(t.column("index"), pa.int64()).to_numpy()
     if shard.max() >= MAX_SHARD_COUNT:
-        return fallback()
+        return None
     order = np.lexsort((index, shard))
     shard, index = shard[order], index[order]
     present = np.bincount(shard)
     starts = np.concatenate([[0], np.cumsum(present)[:-1]])
     if (present == 0).any() or not np.array_equal(index, np.arange(n) - np.repeat(starts, present)):
-        return fallback()  # gaps, repeats or missing shards: let it say where
+        return None  # gaps, repeats or missing shards: parse_plan_text says where
     return pa.table(
         {
-            "filename": pc.take(name, pa.array(order, pa.int64())),
+            "filename": pc.take(t.column("filename"), pa.array(order, pa.int64())),
             "shard": pa.array(shard, pa.int32()),
             "index": pa.array(index, pa.int32()),
         }
@@ -833,6 +913,32 @@ def named_plan(
     total = len(cat)
     if total == 0:
         raise PlanError("the catalog is empty")
+    chosen = _listed(cat, list_names, origin, list_lines)
+    n = len(chosen)
+    S = _checked_num_shards(num_shards, n, source_shards, total)
+    return _deal_by_order_key(
+        cat,
+        chosen,
+        NAMES_ORDER_SEED,
+        keys,
+        class_names,
+        split=named_split_name(n, label),
+        num_shards=S,
+        seed=None,
+        fraction=f"{n}/{total}",
+        sampling="names",
+        source=origin,
+    )
+
+
+def _listed(
+    cat: SortedCatalog,
+    list_names: Sequence[str] | np.ndarray,
+    origin: str,
+    list_lines: Sequence[int] | np.ndarray | None,
+) -> np.ndarray:
+    """Positions of a name list's records, in name order; a PlanError with the
+    count and the first line numbers of names not in the catalog."""
     wanted = string_array(list_names)
     pos = pc.index_in(wanted, value_set=cat.names)
     missing = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
@@ -842,34 +948,9 @@ def named_plan(
         shown = ", ".join(str(int(lines[int(i)])) for i in missing[:5])
         raise PlanError(
             f"{origin}: {len(missing):,} of {len(wanted):,} names are not in the "
-            f"source catalog ({total:,} records), e.g. the names on lines {shown}"
+            f"source catalog ({len(cat):,} records), e.g. the names on lines {shown}"
         )
     chosen = np.sort(pos.to_numpy(zero_copy_only=False).astype(np.int64))
     if len(chosen) > 1 and bool(np.any(chosen[1:] == chosen[:-1])):
         raise PlanError(f"{origin}: the name list repeats names")  # parse_name_list refuses these
-    n = len(chosen)
-    S = num_shards or default_num_shards(n, source_shards or 1, total)
-    if not 1 <= S <= min(n, MAX_SHARD_COUNT):
-        raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
-    assert cat.labels is not None
-    # chosen is in name order
-    chosen_names = cat.names.take(pa.array(chosen))
-    by_order = _argsort_by_key(keys(chosen_names, "order", NAMES_ORDER_SEED))
-    ordered = chosen[by_order]
-    labs, counts = np.unique(cat.labels[chosen], return_counts=True)
-    class_counts = {
-        (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
-    }
-    return _deal_from(
-        cat,
-        ordered,
-        named_split_name(n, label),
-        "supervised",
-        S,
-        names=chosen_names.take(pa.array(by_order)),
-        seed=None,
-        fraction=f"{n}/{total}",
-        sampling="names",
-        source=origin,
-        class_counts=class_counts,
-    )
+    return chosen
