@@ -274,10 +274,6 @@ class Plan:
             self.to_csv_bytes()  # which records their sha256
         return self.__dict__["_sha256"]
 
-    def shard_names(self, shard: int) -> list[str]:
-        lo, hi = np.searchsorted(self.shards, [shard, shard + 1])
-        return self.names[lo:hi].tolist()
-
     def names_arrow(self) -> pa.Array:
         """``names`` as an Arrow string array (as given, or converted)."""
         given = self.__dict__["_names"]
