@@ -11,7 +11,6 @@ each intermediate state quickly.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -214,22 +213,3 @@ def test_reruns_decide_from_metadata_without_reading_a_shard(published, catalog_
     assert not set(read) & shards
     with pytest.raises(ManifestError, match="was replaced or modified since it was published"):
         load_split(run.manifest_uri, split)
-
-
-def test_an_entry_without_modification_times_is_checked_by_reading(published, catalog_cache):
-    """Manifests published before modification times were recorded: the
-    rerun reads those shards' CRC32C once instead of trusting their sizes."""
-    p, run = published
-    doc = load(run.manifest_uri)
-    for e in doc["splits"].values():
-        for s in e["shards"]:
-            s.pop("mtime_ns")
-    storage.write_text(run.manifest_uri, json.dumps(doc))
-    assert {s["action"] for s in bs.start(p, catalog_cache).specs} == {"skip"}
-    victim = Path(doc["splits"][SPLIT]["shards"][0]["path"])
-    st = victim.stat()
-    victim.write_bytes(bytes(b ^ 0xFF for b in victim.read_bytes()))
-    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-    decided = {s["split"]: s for s in bs.start(p, catalog_cache).specs}
-    assert decided[SPLIT]["action"] == "build"
-    assert "another CRC32C" in decided[SPLIT]["reason"]

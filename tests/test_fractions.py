@@ -64,10 +64,12 @@ def test_resolve_fractions(params, fraction, fractions):
 
     cfg = resolve({**OK, **params})
     assert (cfg.fraction, cfg.fractions) == (fraction, fractions)
-    assert cfg.planned_fractions == (fractions or [fraction])
     assert RunConfig.from_dict(cfg.to_dict()) == cfg  # the XCom round trip
     old = {k: v for k, v in cfg.to_dict().items() if k != "fractions"}  # an XCom of before
-    assert RunConfig.from_dict(old).planned_fractions == [cfg.fraction]
+    assert (RunConfig.from_dict(old).fraction, RunConfig.from_dict(old).fractions) == (
+        cfg.fraction,
+        [],
+    )
 
 
 @pytest.mark.parametrize(
@@ -362,9 +364,14 @@ def test_select_keys_shared_across_fractions_give_the_same_plan(source):
     labels = [labels[i] for i in canonical]
     keys = split_algorithm.hash_keys(names, "select", 7)
     for fraction in FIXMATCH_FRACTIONS:
-        a = split_algorithm.plan_supervised(names, labels, seed=7, fraction=fraction)
-        b = split_algorithm.plan_supervised(
-            names, labels, seed=7, fraction=fraction, select_keys=keys
+        a = split_algorithm.supervised_plan(
+            split_algorithm.sorted_catalog(names, labels), seed=7, fraction=fraction
+        )
+        b = split_algorithm.supervised_plan(
+            split_algorithm.sorted_catalog(names, labels),
+            seed=7,
+            fraction=fraction,
+            select_keys=keys,
         )
         assert a.to_csv_bytes() == b.to_csv_bytes()
 
@@ -444,8 +451,12 @@ def measure_nesting(
     for seed in seeds:
         keys = split_algorithm.hash_keys(names, "select", seed)
         plans = [
-            split_algorithm.plan_supervised(
-                names, labels, seed=seed, fraction=f, sampling=sampling, select_keys=keys
+            split_algorithm.supervised_plan(
+                split_algorithm.sorted_catalog(names, labels),
+                seed=seed,
+                fraction=f,
+                sampling=sampling,
+                select_keys=keys,
             )
             for f in fractions
         ]

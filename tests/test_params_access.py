@@ -18,7 +18,7 @@ from ssl_splits.config import ConfigError, resolve
 from ssl_splits.form import params
 
 from beam_jobs import access
-from beam_jobs.planning import algorithm as split_algorithm
+from beam_jobs.planning import inputs as split_algorithm
 from beam_jobs.planning import plans as plan_cli
 from beam_jobs.planning.algorithm import PlanError
 from beam_jobs.source import tfds_meta

@@ -23,6 +23,7 @@ from support.common import REFERENCE
 
 from beam_jobs import storage
 from beam_jobs.planning import algorithm as split_algorithm
+from beam_jobs.planning import key_workers
 from beam_jobs.planning import plans as plan_cli
 from beam_jobs.planning.algorithm import (
     MAX_SHARD_COUNT,
@@ -31,12 +32,13 @@ from beam_jobs.planning.algorithm import (
     default_num_shards,
     exact_fraction,
     parse_plan_text,
-    plan_supervised,
-    plan_unsupervised,
-    read_plan_file,
     shard_sizes,
+    sorted_catalog,
     split_size,
+    supervised_plan,
+    unsupervised_plan,
 )
+from beam_jobs.planning.inputs import read_plan_file
 from beam_jobs.source.catalog import CATALOG_FILE, REPORT_FILE, SCHEMA, write_table
 from beam_jobs.source.synthetic import Spec, layout
 
@@ -216,7 +218,9 @@ def test_stratified_per_class_counts_follow_the_rule(uneven):
     assert sum(expected.values()) == total == len(names) // 10
     per_seed = []
     for seed in range(1, 6):
-        plan = plan_supervised(names, labels, seed=seed, fraction="0.1", source_shards=40)
+        plan = supervised_plan(
+            sorted_catalog(names, labels), seed=seed, fraction="0.1", source_shards=40
+        )
         assert plan.num_examples == total
         assert plan.split == f"train{total}.{seed}"
         got = Counter(label_of[n] for n in plan.names.tolist())
@@ -230,7 +234,7 @@ def test_stratified_per_class_counts_follow_the_rule(uneven):
 
 def test_stratified_takes_smallest_select_keys_inside_each_class(uneven):
     names, labels = uneven
-    plan = plan_supervised(names, labels, seed=3, fraction="0.1")
+    plan = supervised_plan(sorted_catalog(names, labels), seed=3, fraction="0.1")
     chosen = set(plan.names.tolist())
     by_class: dict[int, list[str]] = {}
     for n, c in zip(names, labels):
@@ -245,8 +249,8 @@ def test_uniform_total_and_not_stratified(uneven):
     names, labels = uneven
     total = len(names) // 10
     label_of = dict(zip(names, labels))
-    strat = plan_supervised(names, labels, seed=1, fraction="0.1")
-    uni = plan_supervised(names, labels, seed=1, fraction="0.1", sampling="uniform")
+    strat = supervised_plan(sorted_catalog(names, labels), seed=1, fraction="0.1")
+    uni = supervised_plan(sorted_catalog(names, labels), seed=1, fraction="0.1", sampling="uniform")
     assert uni.num_examples == total
     assert uni.sampling == "uniform"
     # The n smallest select keys overall.
@@ -259,7 +263,7 @@ def test_uniform_total_and_not_stratified(uneven):
 
 def test_count_instead_of_fraction(uneven):
     names, labels = uneven
-    plan = plan_supervised(names, labels, seed=2, count=500, num_shards=7)
+    plan = supervised_plan(sorted_catalog(names, labels), seed=2, count=500, num_shards=7)
     assert plan.num_examples == 500
     assert plan.fraction == f"500/{len(names)}"
     assert plan.shard_lengths() == shard_sizes(500, 7)
@@ -271,7 +275,7 @@ def test_count_instead_of_fraction(uneven):
 
 def test_default_shard_count_and_dealing(uneven):
     names, labels = uneven
-    plan = plan_supervised(names, labels, seed=1, fraction="0.1", source_shards=40)
+    plan = supervised_plan(sorted_catalog(names, labels), seed=1, fraction="0.1", source_shards=40)
     n = plan.num_examples
     S = default_num_shards(n, 40, len(names))
     assert S == (n * 40) // len(names) and S > 1
@@ -281,7 +285,7 @@ def test_default_shard_count_and_dealing(uneven):
     assert np.all(np.diff(plan.shards) >= 0)
     for s, length in enumerate(shard_sizes(n, S)):
         assert plan.indices[plan.shards == s].tolist() == list(range(length))
-    unsup = plan_unsupervised(names, seed=0, source_shards=40)
+    unsup = unsupervised_plan(sorted_catalog(names), seed=0, source_shards=40)
     assert unsup.num_shards == 40 and unsup.num_examples == len(names)
     assert sorted(unsup.names.tolist()) == sorted(names)
     assert unsup.shard_lengths() == shard_sizes(len(names), 40)
@@ -290,12 +294,13 @@ def test_default_shard_count_and_dealing(uneven):
 @pytest.mark.parametrize("sampling", ["stratified", "uniform"])
 def test_plan_ignores_input_order(uneven, sampling):
     names, labels = uneven
-    a = plan_supervised(names, labels, seed=4, fraction="0.1", sampling=sampling, source_shards=40)
+    a = supervised_plan(
+        sorted_catalog(names, labels), seed=4, fraction="0.1", sampling=sampling, source_shards=40
+    )
     rows = list(zip(names, labels))
     random.Random(99).shuffle(rows)
-    b = plan_supervised(
-        [r[0] for r in rows],
-        [r[1] for r in rows],
+    b = supervised_plan(
+        sorted_catalog([r[0] for r in rows], [r[1] for r in rows]),
         seed=4,
         fraction="0.1",
         sampling=sampling,
@@ -305,17 +310,20 @@ def test_plan_ignores_input_order(uneven, sampling):
     assert a.shards.tolist() == b.shards.tolist()
     assert a.indices.tolist() == b.indices.tolist()
     assert a.sha256() == b.sha256()
-    ua = plan_unsupervised(names, seed=7, num_shards=9)
-    ub = plan_unsupervised([r[0] for r in rows], seed=7, num_shards=9)
+    ua = unsupervised_plan(sorted_catalog(names), seed=7, num_shards=9)
+    ub = unsupervised_plan(sorted_catalog([r[0] for r in rows]), seed=7, num_shards=9)
     assert ua.to_csv_bytes() == ub.to_csv_bytes()
 
 
 def test_seed_changes_the_plan(uneven):
     names, labels = uneven
-    a = plan_supervised(names, labels, seed=1, fraction="0.1")
-    b = plan_supervised(names, labels, seed=2, fraction="0.1")
+    a = supervised_plan(sorted_catalog(names, labels), seed=1, fraction="0.1")
+    b = supervised_plan(sorted_catalog(names, labels), seed=2, fraction="0.1")
     assert a.sha256() != b.sha256()
-    assert plan_unsupervised(names, seed=0).sha256() != plan_unsupervised(names, seed=1).sha256()
+    assert (
+        unsupervised_plan(sorted_catalog(names), seed=0).sha256()
+        != unsupervised_plan(sorted_catalog(names), seed=1).sha256()
+    )
 
 
 # --------------------------------------------------------------------------- the documented algorithm
@@ -402,7 +410,7 @@ def few():
 def test_supervised_matches_independent_reimplementation(few, kw):
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
-    got = plan_supervised(names, labels, **kw)
+    got = supervised_plan(sorted_catalog(names, labels), **kw)
     assert plan_rows(got) == ref_plan(few, **kw)
 
 
@@ -410,16 +418,16 @@ def test_supervised_matches_independent_reimplementation(few, kw):
 def test_unsupervised_matches_independent_reimplementation(few, seed, S):
     names = [r[0] for r in few]
     ordered = sorted(names, key=lambda nm: (ref_key("order", seed, nm), nm))
-    assert plan_rows(plan_unsupervised(names, seed=seed, num_shards=S)) == deal(ordered, S)
-
-
-def test_key_ties_are_broken_by_name_in_code_point_order(few, monkeypatch):
-    # Ties never happen with SHA-256 in practice; force them to test the documented rule.
-    monkeypatch.setattr(
-        split_algorithm,
-        "hash_keys",
-        lambda names, purpose, seed: np.zeros(len(names), dtype=np.uint64),
+    assert plan_rows(unsupervised_plan(sorted_catalog(names), seed=seed, num_shards=S)) == deal(
+        ordered, S
     )
+
+
+def test_key_ties_are_broken_by_name_in_code_point_order(few):
+    # Ties never happen with SHA-256 in practice; force them to test the documented rule.
+    def tied(names, purpose, seed):
+        return np.zeros(len(names), dtype=np.uint64)
+
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
 
@@ -430,9 +438,11 @@ def test_key_ties_are_broken_by_name_in_code_point_order(few, monkeypatch):
         {"seed": 1, "fraction": "0.25", "num_shards": 3},
         {"seed": 1, "fraction": "0.25", "num_shards": 3, "sampling": "uniform"},
     ):
-        got = plan_rows(plan_supervised(names, labels, **kw))
+        got = plan_rows(supervised_plan(sorted_catalog(names, labels), keys=tied, **kw))
         assert got == ref_plan(few, key=flat, **kw)
-    uni = plan_supervised(names, labels, seed=1, fraction="0.25", sampling="uniform")
+    uni = supervised_plan(
+        sorted_catalog(names, labels), seed=1, fraction="0.25", sampling="uniform", keys=tied
+    )
     assert uni.names.tolist() == sorted(names)[:15]  # "N0..." < "n0..." < "z0..." < "é0..."
 
 
@@ -456,33 +466,35 @@ def test_hash_keys_are_the_documented_keys(few):
         ({"seed": 1, "fraction": "0.1", "num_shards": 7}, r"num_shards must be in 1\.\.6"),
     ],
 )
-def test_plan_supervised_rejects(few, kw, message):
+def test_supervised_plan_rejects(few, kw, message):
     with pytest.raises(PlanError, match=message):
-        plan_supervised([r[0] for r in few], [r[1] for r in few], **kw)
+        supervised_plan(sorted_catalog([r[0] for r in few], [r[1] for r in few]), **kw)
 
 
 def test_plans_reject_duplicate_names_and_empty_catalogs():
     with pytest.raises(PlanError, match="duplicate file name in the catalog: b"):
-        plan_supervised(["a", "b", "c", "b"], [1, 1, 2, 2], seed=1, fraction="0.5")
+        supervised_plan(sorted_catalog(["a", "b", "c", "b"], [1, 1, 2, 2]), seed=1, fraction="0.5")
     with pytest.raises(PlanError, match="duplicate file name in the catalog: a"):
-        plan_unsupervised(["a", "a"])
+        unsupervised_plan(sorted_catalog(["a", "a"]))
     with pytest.raises(PlanError, match="catalog is empty"):
-        plan_unsupervised([])
+        unsupervised_plan(sorted_catalog([]))
 
 
 # --------------------------------------------------------------------------- plan files
 
 
 def test_csv_round_trip(few):
-    plan = plan_supervised(
-        [r[0] for r in few], [r[1] for r in few], seed=1, fraction="0.5", num_shards=4
+    plan = supervised_plan(
+        sorted_catalog([r[0] for r in few], [r[1] for r in few]),
+        seed=1,
+        fraction="0.5",
+        num_shards=4,
     )
     data = plan.to_csv_bytes()
     assert data.decode().splitlines()[0] == f"{plan.names[0]},0,0"
     assert plan.sha256() == hashlib.sha256(data).hexdigest()
     names, shards, indices = parse_plan_text(data.decode(), "mem")
     assert plan_rows(plan) == list(zip(names.tolist(), shards.tolist(), indices.tolist()))
-    assert plan.shard_names(1) == [n for n, s, _ in plan_rows(plan) if s == 1]
 
 
 def test_read_published_plan_file():
@@ -672,7 +684,7 @@ def test_make_plans_and_write_plans(tiny_catalog, tmp_path, few):
     assert [p.split for p in plans] == ["train30.1", "train30.2", "train"]
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
-    direct = plan_supervised(names, labels, seed=1, fraction="0.5", source_shards=6)
+    direct = supervised_plan(sorted_catalog(names, labels), seed=1, fraction="0.5", source_shards=6)
     assert plans[0].sha256() == direct.sha256()
     assert plans[0].num_shards == 3  # floor(30 * 6 / 60)
     assert plans[2].num_shards == 6
@@ -689,8 +701,11 @@ def test_make_plans_and_write_plans(tiny_catalog, tmp_path, few):
 
 
 def test_plan_cli_checks_published_files_against_the_catalog(tiny_catalog, tmp_path, few, capsys):
-    good = plan_supervised(
-        [r[0] for r in few], [r[1] for r in few], seed=9, fraction="0.25", num_shards=2
+    good = supervised_plan(
+        sorted_catalog([r[0] for r in few], [r[1] for r in few]),
+        seed=9,
+        fraction="0.25",
+        num_shards=2,
     )
     good_file = tmp_path / "good.txt"
     good_file.write_bytes(good.to_csv_bytes())
@@ -792,13 +807,17 @@ def test_many_comma_lines_are_counted():
         split_algorithm.parse_name_list(text, "x")
 
 
-def test_plan_named_takes_exactly_the_listed_records_in_order_key_order(few):
+def test_named_plan_takes_exactly_the_listed_records_in_order_key_order(few):
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
     listed = [n for n in names if n.endswith(("1.JPEG", "3.JPEG", "5.JPEG"))][::-1]
     assert 5 < len(listed) < len(names)
-    plan = split_algorithm.plan_named(
-        listed, names, labels, label="mine", origin="names.txt", num_shards=3
+    plan = split_algorithm.named_plan(
+        listed,
+        split_algorithm.sorted_catalog(names, labels),
+        label="mine",
+        origin="names.txt",
+        num_shards=3,
     )
     assert plan.split == f"train{len(listed)}.mine" and plan.kind == "supervised"
     assert plan.seed is None and plan.sampling == "names" and plan.source == "names.txt"
@@ -811,25 +830,37 @@ def test_plan_named_takes_exactly_the_listed_records_in_order_key_order(few):
         str(k): v for k, v in sorted(Counter(label_of[n] for n in listed).items())
     }
     # The same list in any order, or a shuffled catalog: the same plan.
-    again = split_algorithm.plan_named(
-        sorted(listed), names[::-1], labels[::-1], label="mine", origin="other.txt", num_shards=3
+    again = split_algorithm.named_plan(
+        sorted(listed),
+        split_algorithm.sorted_catalog(names[::-1], labels[::-1]),
+        label="mine",
+        origin="other.txt",
+        num_shards=3,
     )
     assert again.sha256() == plan.sha256()
     # Default shard count: the source's shard size kept.
-    default = split_algorithm.plan_named(
-        listed, names, labels, label="mine", origin="x", source_shards=12
+    default = split_algorithm.named_plan(
+        listed,
+        split_algorithm.sorted_catalog(names, labels),
+        label="mine",
+        origin="x",
+        source_shards=12,
     )
     assert default.num_shards == max(1, len(listed) * 12 // len(names))
 
 
-def test_plan_named_reports_missing_names_with_line_numbers(few):
+def test_named_plan_reports_missing_names_with_line_numbers(few):
     names = [r[0] for r in few]
     labels = [r[1] for r in few]
     text = "\n".join([names[0], "n99_1.JPEG", names[1], "", "n99_2.JPEG"]) + "\n"
     listed, lines = split_algorithm.parse_name_list(text, "names.txt")
     with pytest.raises(PlanError) as err:
-        split_algorithm.plan_named(
-            listed, names, labels, label="mine", origin="names.txt", list_lines=lines
+        split_algorithm.named_plan(
+            listed,
+            split_algorithm.sorted_catalog(names, labels),
+            label="mine",
+            origin="names.txt",
+            list_lines=lines,
         )
     assert str(err.value) == (
         "names.txt: 2 of 4 names are not in the source catalog (60 "
@@ -838,10 +869,13 @@ def test_plan_named_reports_missing_names_with_line_numbers(few):
 
 
 @pytest.mark.parametrize("label", ["3", "Mine", "my.list", "", "a" * 33, "_x"])
-def test_plan_named_rejects_labels_that_could_collide(few, label):
+def test_named_plan_rejects_labels_that_could_collide(few, label):
     with pytest.raises(PlanError, match="name list label"):
-        split_algorithm.plan_named(
-            [few[0][0]], [r[0] for r in few], [r[1] for r in few], label=label, origin="x"
+        split_algorithm.named_plan(
+            [few[0][0]],
+            split_algorithm.sorted_catalog([r[0] for r in few], [r[1] for r in few]),
+            label=label,
+            origin="x",
         )
 
 
@@ -939,13 +973,11 @@ def test_keys_computed_in_worker_processes_are_the_same(monkeypatch):
     """Many names: this process and one worker per extra core each compute a
     share of the SHA-256 keys (the workers fed the names' bytes through pipes);
     the keys are those of hash_keys, in order, whatever bytes the names hold."""
-    from beam_jobs.planning import algorithm as split_algorithm
-
     odd = ["é😀.JPEG", "a\nb.JPEG", "c,d.JPEG", "", "x\x00y"]
     names = [f"n{i % 7:08d}_{i}.JPEG" for i in range(5003)] + odd
     jobs = [("select", 1), ("select", 2), ("order", 0), ("select", 1)]
-    monkeypatch.setattr(split_algorithm, "PARALLEL_MIN_NAMES", 100)
-    got = split_algorithm.precompute_keys(names, jobs, workers=3)
+    monkeypatch.setattr(key_workers, "PARALLEL_MIN_NAMES", 100)
+    got = key_workers.precompute_keys(names, jobs, workers=3)
     assert sorted(got) == sorted(set(jobs))
     for (purpose, seed), keys in got.items():
         assert keys.dtype == np.uint64
@@ -975,8 +1007,10 @@ def test_csv_bytes_are_the_documented_lines(uneven, tiny_catalog):
     for plans holding Arrow names (the planner's) or arrays of str."""
     names, labels = uneven
     plans = [
-        plan_unsupervised(names, seed=4, num_shards=7),  # indices past 100
-        plan_supervised(names, labels, seed=2, count=150, num_shards=13),  # shards past 10
+        unsupervised_plan(sorted_catalog(names), seed=4, num_shards=7),  # indices past 100
+        supervised_plan(
+            sorted_catalog(names, labels), seed=2, count=150, num_shards=13
+        ),  # shards past 10
         split_algorithm.Plan(
             split="x",
             kind="supervised",

@@ -37,7 +37,11 @@ The algorithm (version ``v1``; README "How a split is derived" says the same):
 
 Plans are written as ``filename,shard,index`` lines sorted by (shard, index)
 with no header: FixMatch's published format. Such a file can also be used as
-a plan as given (``read_plan_file`` checks it first).
+a plan as given (``beam_jobs.planning.inputs.read_plan_file`` checks it first).
+
+This module does no I/O and starts no process: reading the files params name
+is :mod:`beam_jobs.planning.inputs`, computing keys in worker processes
+:mod:`beam_jobs.planning.key_workers`.
 """
 
 from __future__ import annotations
@@ -56,9 +60,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from beam_jobs import access, defaults
+from beam_jobs import defaults
 from beam_jobs.planning import protocols
-from beam_jobs.planning.arrays import from_numpy, to_numpy
 from beam_jobs.planning.keys import ALGORITHM, key_bytes, key_prefix, split_names  # noqa: F401 (ALGORITHM re-exported)
 
 LABEL_PATTERN = protocols.LABEL_PATTERN  # of a name list: its split is train{n}.{label}
@@ -135,14 +138,7 @@ def hash_keys(names: Sequence[str], purpose: str, seed: int) -> np.ndarray:
     )
 
 
-# Below this many names the keys are computed in this process; above, this
-# process and one worker per extra core each compute a share: SHA-256 of 1.28M
-# names takes ~0.7 s of Python per (purpose, seed), and a run needs one pass per
-# seed plus the reshuffle.
-PARALLEL_MIN_NAMES = 200_000
-
-
-def _string_array(names: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+def string_array(names: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
     """Names as one Arrow string array (no copy when they are one already)."""
     if isinstance(names, pa.ChunkedArray):
         names = names.combine_chunks()
@@ -155,7 +151,7 @@ def _string_array(names: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array
     return names
 
 
-def _offsets_and_data(arr: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
+def offsets_and_data(arr: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
     """Where each name's UTF-8 bytes start and end (``len + 1`` int64 offsets)
     in the array's data buffer, and that buffer."""
     width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
@@ -164,7 +160,7 @@ def _offsets_and_data(arr: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
     return offsets.astype(np.int64), data if data is not None else pa.py_buffer(b"")
 
 
-def _share_keys(
+def share_keys(
     offsets: np.ndarray, data: pa.Buffer, lo: int, hi: int, jobs: Sequence[tuple[str, int]]
 ) -> list[np.ndarray]:
     """The keys of names ``lo..hi`` for each job, in this process."""
@@ -176,68 +172,9 @@ def _share_keys(
 def fast_keys(names: Sequence[str] | pa.Array, purpose: str, seed: int) -> np.ndarray:
     """``hash_keys(names, purpose, seed)`` in this process, from the names' bytes
     as Arrow holds them (``beam_jobs.planning.keys``: ~20% less per name)."""
-    arr = _string_array(names)
-    offsets, data = _offsets_and_data(arr)
-    return _share_keys(offsets, data, 0, len(arr), [(purpose, seed)])[0].astype(np.uint64)
-
-
-def precompute_keys(
-    names: Sequence[str] | pa.Array | pa.ChunkedArray,
-    jobs: Sequence[tuple[str, int]],
-    workers: int | None = None,
-) -> dict[tuple[str, int], np.ndarray]:
-    """``hash_keys(names, purpose, seed)`` for every ``(purpose, seed)`` of
-    ``jobs``: the same values, with many names computed in shares by this
-    process and one worker process per extra core (``python -m
-    beam_jobs.planning.keys``, standard library only, fed the names' bytes through
-    a pipe: no fork of the calling process, which may be an Airflow task with
-    threads)."""
-    import os
-    import subprocess
-    import sys
-
-    jobs = list(dict.fromkeys(jobs))
-    if not jobs:
-        return {}
-    arr = _string_array(names)
-    n = len(arr)
-    workers = workers or min(os.cpu_count() or 1, 8)
-    shares = max(1, min(workers, n)) if n >= PARALLEL_MIN_NAMES else 1
-    offsets, data = _offsets_and_data(arr)
-    bounds = [n * k // shares for k in range(shares + 1)]
-    argv = [sys.executable, "-m", "beam_jobs.planning.keys", *(f"{p}:{s}" for p, s in jobs)]
-    procs: list[subprocess.Popen] = []
-    try:
-        for lo, hi in zip(bounds[1:], bounds[2:]):  # share 0 is this process's
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            procs.append(proc)
-            assert proc.stdin is not None
-            a, b = int(offsets[lo]), int(offsets[hi])
-            proc.stdin.write((hi - lo).to_bytes(8, "little") + (b - a).to_bytes(8, "little"))
-            proc.stdin.write((offsets[lo : hi + 1] - a).tobytes())
-            proc.stdin.write(memoryview(data)[a:b])
-            proc.stdin.close()  # the worker starts hashing; so does this process
-        out = {job: np.empty(n, dtype=np.uint64) for job in jobs}
-        for job, keys in zip(jobs, _share_keys(offsets, data, bounds[0], bounds[1], jobs)):
-            out[job][bounds[0] : bounds[1]] = keys
-        for proc, lo, hi in zip(procs, bounds[1:], bounds[2:]):
-            assert proc.stdout is not None
-            raw = proc.stdout.read()
-            if proc.wait() != 0 or len(raw) != 8 * (hi - lo) * len(jobs):
-                raise RuntimeError(
-                    f"computing plan keys in a subprocess failed (exit {proc.returncode}, "
-                    f"{len(raw)} bytes for {hi - lo} names x {len(jobs)} keys)"
-                )
-            part = np.frombuffer(raw, dtype=">u8").reshape(len(jobs), hi - lo)
-            for k, job in enumerate(jobs):
-                out[job][lo:hi] = part[k]
-            del raw, part
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return out
+    arr = string_array(names)
+    offsets, data = offsets_and_data(arr)
+    return share_keys(offsets, data, 0, len(arr), [(purpose, seed)])[0].astype(np.uint64)
 
 
 def _argsort_by_key(keys: np.ndarray) -> np.ndarray:
@@ -337,10 +274,6 @@ class Plan:
             self.to_csv_bytes()  # which records their sha256
         return self.__dict__["_sha256"]
 
-    def shard_names(self, shard: int) -> list[str]:
-        lo, hi = np.searchsorted(self.shards, [shard, shard + 1])
-        return self.names[lo:hi].tolist()
-
     def names_arrow(self) -> pa.Array:
         """``names`` as an Arrow string array (as given, or converted)."""
         given = self.__dict__["_names"]
@@ -414,10 +347,6 @@ UNSUPERVISED_SPLIT = "train"
 KeyFunction = Callable[[pa.Array, str, int], np.ndarray]
 
 
-def _reference_keys(names: pa.Array, purpose: str, seed: int) -> np.ndarray:
-    return hash_keys(names.to_pylist(), purpose, seed)
-
-
 @dataclass(frozen=True, eq=False)
 class SortedCatalog:
     """A catalog's file names in code point order (= UTF-8 byte order), checked
@@ -449,7 +378,7 @@ def sorted_catalog(
     """Names in code point order, checked unique, with labels. Names already in
     order (strictly increasing: sorted and unique) are only checked, in Arrow,
     not sorted again."""
-    arr = _string_array(names)
+    arr = string_array(names)
     lab = None
     if labels is not None:
         if isinstance(labels, (pa.Array, pa.ChunkedArray)):
@@ -469,37 +398,6 @@ def sorted_catalog(
             dup = arr[int(np.flatnonzero(same)[0]) + 1].as_py()
             raise PlanError(f"duplicate file name in the catalog: {dup}")
     return SortedCatalog(arr, lab, rows)
-
-
-def plan_supervised(
-    names: Sequence[str],
-    labels: Sequence[int],
-    *,
-    seed: int,
-    fraction: float | str | Fraction | None = None,
-    count: int | None = None,
-    sampling: str = defaults.SAMPLING,
-    num_shards: int | None = None,
-    source_shards: int | None = None,
-    class_names: dict[int, str] | None = None,
-    select_keys: np.ndarray | None = None,
-) -> Plan:
-    """Plan a seeded labelled split (see the module docstring for the algorithm).
-    ``select_keys``: ``hash_keys(names, "select", seed)`` if already computed
-    (names in code point order)."""
-    _check_sampling(sampling, fraction, count)
-    return supervised_plan(
-        sorted_catalog(names, labels),
-        seed=seed,
-        fraction=fraction,
-        count=count,
-        sampling=sampling,
-        num_shards=num_shards,
-        source_shards=source_shards,
-        class_names=class_names,
-        select_keys=select_keys,
-        keys=_reference_keys,
-    )
 
 
 def _check_sampling(sampling: str, fraction: object, count: int | None) -> None:
@@ -522,56 +420,104 @@ def supervised_plan(
     select_keys: np.ndarray | None = None,
     keys: KeyFunction = fast_keys,
 ) -> Plan:
-    """:func:`plan_supervised` of a catalog already in order (a run's plans share
-    it); ``keys`` computes the keys not given."""
+    """Plan a seeded labelled split of a catalog in name order (a run's plans
+    share it; see the module docstring for the algorithm). ``select_keys``:
+    ``hash_keys(cat.names, "select", seed)`` if already computed; ``keys``
+    computes the keys not given."""
     _check_sampling(sampling, fraction, count)
     total = len(cat)
     if total == 0:
         raise PlanError("the catalog is empty")
+    frac, n = _size(total, fraction, count)
+    S = _checked_num_shards(num_shards, n, source_shards, total)
+    select = select_keys if select_keys is not None else keys(cat.names, "select", seed)
+    chosen = _selected(cat, select, sampling, frac, n)
+    frac_text = f"{count}/{total}" if count is not None else str(fraction)
+    return _deal_by_order_key(
+        cat,
+        chosen,
+        seed,
+        keys,
+        class_names,
+        split=supervised_split_name(n, seed),
+        num_shards=S,
+        seed=seed,
+        fraction=frac_text,
+        sampling=sampling,
+    )
+
+
+def _size(
+    total: int, fraction: float | str | Fraction | None, count: int | None
+) -> tuple[Fraction, int]:
+    """The split's fraction and size ``n``, from a fraction or a count (exactly one given)."""
     if count is not None:
         if not 0 < count <= total:
             raise PlanError(f"count must be in 1..{total}, got {count}")
-        frac, n = Fraction(count, total), count
-    else:
-        frac = exact_fraction(fraction)  # type: ignore[arg-type]
-        n = split_size(total, frac)
-        if n == 0:
-            raise PlanError(f"fraction {fraction} of {total} records is 0 records")
+        return Fraction(count, total), count
+    frac = exact_fraction(fraction)  # type: ignore[arg-type]
+    n = split_size(total, frac)
+    if n == 0:
+        raise PlanError(f"fraction {fraction} of {total} records is 0 records")
+    return frac, n
+
+
+def _checked_num_shards(
+    num_shards: int | None, n: int, source_shards: int | None, total: int
+) -> int:
+    """The shard count given, else the default for ``n`` of ``total`` records;
+    a PlanError unless in 1..min(n, MAX_SHARD_COUNT)."""
     S = num_shards or default_num_shards(n, source_shards or 1, total)
     if not 1 <= S <= min(n, MAX_SHARD_COUNT):
         raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
-    lab = cat.labels
-    assert lab is not None
-    select = select_keys if select_keys is not None else keys(cat.names, "select", seed)
+    return S
+
+
+def _selected(
+    cat: SortedCatalog, select: np.ndarray, sampling: str, frac: Fraction, n: int
+) -> np.ndarray:
+    """Positions of the records a seeded split takes (step 4), in name order."""
     if sampling == "uniform":
-        group, quotas = np.zeros(total, np.int64), np.array([n])
+        group, quotas = np.zeros(len(cat), np.int64), np.array([n])
     else:
         classes, group, sizes = cat.classes
         by_label = class_quotas(dict(zip(classes.tolist(), sizes.tolist())), frac, n)
         quotas = np.array([by_label[c] for c in classes.tolist()])
-    chosen = lowest_keys(select, group, quotas, candidate_share(frac))
     # Back in name order (positions are in name order) before ordering by the
     # order key, so ties go by name.
-    chosen = np.sort(chosen)
+    return np.sort(lowest_keys(select, group, quotas, candidate_share(frac)))
+
+
+def _deal_by_order_key(
+    cat: SortedCatalog,
+    chosen: np.ndarray,
+    order_seed: int,
+    keys: KeyFunction,
+    class_names: dict[int, str] | None,
+    *,
+    split: str,
+    num_shards: int,
+    **meta: Any,
+) -> Plan:
+    """The plan of the records at ``chosen`` (positions in name order): ordered
+    by their ``order`` key with ``order_seed`` (ties by name), dealt into
+    ``num_shards`` shards, with their per-class counts."""
+    assert cat.labels is not None
     chosen_names = cat.names.take(pa.array(chosen))
-    by_order = _argsort_by_key(keys(chosen_names, "order", seed))
-    ordered = chosen[by_order]
-    labs, counts = np.unique(lab[chosen], return_counts=True)
+    by_order = _argsort_by_key(keys(chosen_names, "order", order_seed))
+    labs, counts = np.unique(cat.labels[chosen], return_counts=True)
     class_counts = {
         (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
     }
-    frac_text = f"{count}/{total}" if count is not None else str(fraction)
     return _deal_from(
         cat,
-        ordered,
-        supervised_split_name(n, seed),
+        chosen[by_order],
+        split,
         "supervised",
-        S,
+        num_shards,
         names=chosen_names.take(pa.array(by_order)),
-        seed=seed,
-        fraction=frac_text,
-        sampling=sampling,
         class_counts=class_counts,
+        **meta,
     )
 
 
@@ -618,26 +564,6 @@ def _small_int(count: int) -> type:
     return np.int16 if count <= np.iinfo(np.int16).max else np.int64
 
 
-def plan_unsupervised(
-    names: Sequence[str],
-    *,
-    seed: int = 0,
-    num_shards: int | None = None,
-    source_shards: int | None = None,
-    order_keys: np.ndarray | None = None,
-) -> Plan:
-    """Plan the full reshuffle ``train``: every record once, in seeded order.
-    ``order_keys``: ``hash_keys(names, "order", seed)`` if already computed."""
-    return unsupervised_plan(
-        sorted_catalog(names),
-        seed=seed,
-        num_shards=num_shards,
-        source_shards=source_shards,
-        order_keys=order_keys,
-        keys=_reference_keys,
-    )
-
-
 def unsupervised_plan(
     cat: SortedCatalog,
     *,
@@ -647,13 +573,13 @@ def unsupervised_plan(
     order_keys: np.ndarray | None = None,
     keys: KeyFunction = fast_keys,
 ) -> Plan:
-    """:func:`plan_unsupervised` of a catalog already in order."""
+    """Plan the full reshuffle ``train`` of a catalog in name order: every
+    record once, in seeded order. ``order_keys``: ``hash_keys(cat.names,
+    "order", seed)`` if already computed; ``keys`` computes them otherwise."""
     n = len(cat)
     if n == 0:
         raise PlanError("the catalog is empty")
-    S = num_shards or default_num_shards(n, source_shards or 1, n)
-    if not 1 <= S <= min(n, MAX_SHARD_COUNT):
-        raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
+    S = _checked_num_shards(num_shards, n, source_shards, n)
     if order_keys is None:
         order_keys = keys(cat.names, "order", seed)
     ordered = _argsort_by_key(order_keys)
@@ -679,65 +605,90 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
     unique positions, shards 0..S-1 all present, indices 0..n-1 in every
     shard. Blank lines are ignored; there is no header.
     """
-    names: list[str] = []
-    shards: list[int] = []
-    indices: list[int] = []
+    names, sh, ix, line_arr = _plan_lines(text, origin)
+    problems = _duplicate_name_problems(names, line_arr)
+    order = np.lexsort((ix, sh))
+    sh, ix, names, line_arr = sh[order], ix[order], names[order], line_arr[order]
+    problems += _position_problems(sh, ix, line_arr)
+    if problems:
+        raise PlanError(f"{origin}: unusable plan file:\n  " + "\n  ".join(problems))
+    return names, sh.astype(np.int32), ix.astype(np.int32)
+
+
+def _plan_line(line: str, lineno: int) -> tuple[str, int, int] | str:
+    """One non-blank line's ``(name, shard, index)``, or what is wrong with it.
+
+    Messages name the line and what is wrong, never its text: the file may be
+    anything a param named (a secret, if the allowed roots let it through)."""
+    parts = line.split(",")
+    if len(parts) != 3:
+        return (
+            f"line {lineno}: expected 3 comma-separated fields (filename,shard,index), "
+            f"found {len(parts)}"
+        )
+    name, s, i = (p.strip() for p in parts)
+    # ASCII digits only: str.isdigit() also accepts '²', which int() rejects.
+    if not name:
+        return f"line {lineno}: the file name (field 1) is empty"
+    if not (s.isascii() and s.isdigit()):
+        return f"line {lineno}: the shard (field 2) is not a non-negative integer"
+    if not (i.isascii() and i.isdigit()):
+        return f"line {lineno}: the index (field 3) is not a non-negative integer"
+    if int(s) >= MAX_SHARD_COUNT:
+        return f"line {lineno}: the shard is too large (at most {MAX_SHARD_COUNT - 1})"
+    if int(i) >= 2**31:
+        return f"line {lineno}: the index is too large (at most {2**31 - 1})"
+    return name, int(s), int(i)
+
+
+def _plan_lines(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The names, shards, indices and line numbers of a plan file's lines, in
+    file order; a PlanError listing the first malformed lines, or if there are none."""
+    rows: list[tuple[str, int, int]] = []
     lines_of: list[int] = []
     bad: list[str] = []
     n_bad = 0
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        # Messages name the line and what is wrong, never its text: the file may be
-        # anything a param named (a secret, if the allowed roots let it through).
-        parts = line.split(",")
-        problem = None
-        if len(parts) != 3:
-            problem = (
-                f"line {lineno}: expected 3 comma-separated fields (filename,shard,index), "
-                f"found {len(parts)}"
-            )
-        else:
-            name, s, i = (p.strip() for p in parts)
-            # ASCII digits only: str.isdigit() also accepts '²', which int() rejects.
-            if not name:
-                problem = f"line {lineno}: the file name (field 1) is empty"
-            elif not (s.isascii() and s.isdigit()):
-                problem = f"line {lineno}: the shard (field 2) is not a non-negative integer"
-            elif not (i.isascii() and i.isdigit()):
-                problem = f"line {lineno}: the index (field 3) is not a non-negative integer"
-            elif int(s) >= MAX_SHARD_COUNT:
-                problem = f"line {lineno}: the shard is too large (at most {MAX_SHARD_COUNT - 1})"
-            elif int(i) >= 2**31:
-                problem = f"line {lineno}: the index is too large (at most {2**31 - 1})"
-        if problem is not None:
+        parsed = _plan_line(line, lineno)
+        if isinstance(parsed, str):
             n_bad += 1
             if len(bad) < 10:
-                bad.append(problem)
+                bad.append(parsed)
             continue
-        names.append(name)
-        shards.append(int(s))
-        indices.append(int(i))
+        rows.append(parsed)
         lines_of.append(lineno)
     if bad:
         more = f"\n  ... {n_bad:,} malformed lines in all" if n_bad > len(bad) else ""
         raise PlanError(f"{origin}: malformed plan file:\n  " + "\n  ".join(bad) + more)
-    if not names:
+    if not rows:
         raise PlanError(f"{origin}: the plan file is empty")
-    name_arr = np.asarray(names, dtype=object)
-    sh = np.asarray(shards, dtype=np.int64)
-    ix = np.asarray(indices, dtype=np.int64)
-    line_arr = np.asarray(lines_of)
-    problems: list[str] = []
-    by_name = np.argsort(name_arr, kind="stable")
-    dup = np.nonzero(name_arr[by_name][1:] == name_arr[by_name][:-1])[0]
+    return (
+        np.asarray([r[0] for r in rows], dtype=object),
+        np.asarray([r[1] for r in rows], dtype=np.int64),
+        np.asarray([r[2] for r in rows], dtype=np.int64),
+        np.asarray(lines_of),
+    )
+
+
+def _duplicate_name_problems(names: np.ndarray, line_arr: np.ndarray) -> list[str]:
+    """The first lines that give a file name already given, and their count."""
+    problems = []
+    by_name = np.argsort(names, kind="stable")
+    dup = np.nonzero(names[by_name][1:] == names[by_name][:-1])[0]
     for d in dup[:5]:
         a, b = sorted((line_arr[by_name][d], line_arr[by_name][d + 1]))
         problems.append(f"lines {a} and {b} give the same file name")
     if len(dup) > 5:
         problems.append(f"... {len(dup)} duplicate names in all")
-    order = np.lexsort((ix, sh))
-    sh, ix, name_arr, line_arr = sh[order], ix[order], name_arr[order], line_arr[order]
+    return problems
+
+
+def _position_problems(sh: np.ndarray, ix: np.ndarray, line_arr: np.ndarray) -> list[str]:
+    """What is wrong with the positions of rows sorted by (shard, index):
+    positions used twice, missing shards, gaps in a shard's indices."""
+    problems = []
     same = np.nonzero((sh[1:] == sh[:-1]) & (ix[1:] == ix[:-1]))[0]
     for d in same[:5]:
         problems.append(
@@ -762,9 +713,7 @@ def parse_plan_text(text: str, origin: str) -> tuple[np.ndarray, np.ndarray, np.
                 f"gaps; index {expected[g]} is missing (line {line_arr[g]} has "
                 f"index {ix[g]})"
             )
-    if problems:
-        raise PlanError(f"{origin}: unusable plan file:\n  " + "\n  ".join(problems))
-    return name_arr, sh.astype(np.int32), ix.astype(np.int32)
+    return problems
 
 
 def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
@@ -775,19 +724,25 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
     (C++), without a Python object per line; anything unusual is handed to
     :func:`parse_plan_text`, which reports it with line numbers.
     """
+    table = _read_plan_csv(raw)
+    if table is not None and table.num_rows and _fields_well_formed(table):
+        positioned = _sorted_by_position(table)
+        if positioned is not None:
+            return positioned
+    names, shards, indices = parse_plan_text(raw.decode("utf-8"), origin)
+    return pa.table(
+        {
+            "filename": pa.array(names.tolist(), pa.string()),
+            "shard": pa.array(shards, pa.int32()),
+            "index": pa.array(indices, pa.int32()),
+        }
+    )
 
-    def fallback() -> pa.Table:
-        names, shards, indices = parse_plan_text(raw.decode("utf-8"), origin)
-        return pa.table(
-            {
-                "filename": pa.array(names.tolist(), pa.string()),
-                "shard": pa.array(shards, pa.int32()),
-                "index": pa.array(indices, pa.int32()),
-            }
-        )
 
+def _read_plan_csv(raw: bytes) -> pa.Table | None:
+    """The three fields of every line as strings, read by Arrow; None if it cannot."""
     try:
-        t = pacsv.read_csv(
+        return pacsv.read_csv(
             pa.py_buffer(raw),
             read_options=pacsv.ReadOptions(column_names=["filename", "shard", "index"]),
             parse_options=pacsv.ParseOptions(quote_char=False, escape_char=False),
@@ -796,106 +751,45 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        return fallback()
-    n = t.num_rows
-    if n == 0:
-        return fallback()
+        return None
+
+
+def _fields_well_formed(t: pa.Table) -> bool:
+    """Shards and indices of 1 to 9 ASCII digits; names non-empty, without
+    surrounding white space, distinct."""
     name = t.column("filename")
     digits = "^[0-9]{1,9}$"
-    if not (
+    return bool(
         pc.all(pc.match_substring_regex(t.column("shard"), digits)).as_py()
         and pc.all(pc.match_substring_regex(t.column("index"), digits)).as_py()
         # No Python value in a compute call: converting one makes pyarrow import
         # pandas (~0.5 s, paid by every verify task process under a scheduler).
         and pc.min(pc.utf8_length(name)).as_py() > 0
         and pc.all(pc.equal(name, pc.utf8_trim_whitespace(name))).as_py()
-        and len(pc.unique(name)) == n  # half of count_distinct's time (no nulls here)
-    ):
-        return fallback()
-    shard = to_numpy(pc.cast(t.column("shard"), pa.int64()))
-    index = to_numpy(pc.cast(t.column("index"), pa.int64()))
+        and len(pc.unique(name)) == t.num_rows  # half of count_distinct's time (no nulls here)
+    )
+
+
+def _sorted_by_position(t: pa.Table) -> pa.Table | None:
+    """A well-formed table as (filename, shard, index) sorted by position; None
+    if its positions are not shards 0..S-1 each with indices 0..n-1."""
+    n = t.num_rows
+    shard = pc.cast(t.column("shard"), pa.int64()).to_numpy()
+    index = pc.cast(t.column("index"), pa.int64()).to_numpy()
     if shard.max() >= MAX_SHARD_COUNT:
-        return fallback()
+        return None
     order = np.lexsort((index, shard))
     shard, index = shard[order], index[order]
     present = np.bincount(shard)
     starts = np.concatenate([[0], np.cumsum(present)[:-1]])
     if (present == 0).any() or not np.array_equal(index, np.arange(n) - np.repeat(starts, present)):
-        return fallback()  # gaps, repeats or missing shards: let it say where
+        return None  # gaps, repeats or missing shards: parse_plan_text says where
     return pa.table(
         {
-            "filename": pc.take(name, from_numpy(order, pa.int64())),
-            "shard": from_numpy(shard, pa.int32()),
-            "index": from_numpy(index, pa.int32()),
+            "filename": pc.take(t.column("filename"), pa.array(order, pa.int64())),
+            "shard": pa.array(shard, pa.int32()),
+            "index": pa.array(index, pa.int32()),
         }
-    )
-
-
-def read_list_bytes(uri: str, what: str, max_lines: int | None = None) -> bytes:
-    """The bytes of a plan file or name list named by a param (a path, gs:// or a
-    shipped ``published:...`` list), checked to be UTF-8 text of at most
-    ``MAX_LIST_BYTES`` (from storage metadata, before it is read; the read is
-    bounded too) and, unless shipped, at most ``max_lines`` non-blank lines (the
-    source's records: a list cannot name more). PlanError naming the file, never
-    quoting it."""
-    try:
-        if protocols.is_ref(uri):
-            raw = protocols.read_bytes(uri)
-        else:
-            raw = access.read_bounded(uri, access.MAX_LIST_BYTES, what=what)
-    except FileNotFoundError:
-        raise PlanError(f"{what} {uri} does not exist") from None
-    except IsADirectoryError:
-        raise PlanError(f"{what} {uri} is a folder, not a file") from None
-    except access.AccessError as err:
-        raise PlanError(str(err)) from None
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise PlanError(
-            f"{what} {uri}: not UTF-8 text (line {line}, byte offset {err.start})"
-        ) from None
-    # A shipped list is the product's own, of a known size (its names may simply
-    # be missing from a small source: published_plan and named_plan say so).
-    if max_lines is not None and not protocols.is_ref(uri) and raw.count(b"\n") + 1 > max_lines:
-        lines = sum(1 for line in raw.split(b"\n") if line.strip())
-        if lines > max_lines:
-            raise PlanError(
-                f"{what} {uri} has {lines:,} lines: more than the {max_lines:,} records of "
-                "the source"
-            )
-    return raw
-
-
-def read_plan_file(
-    uri: str,
-    *,
-    seed: int | None = None,
-    split: str | None = None,
-    max_lines: int | None = None,
-) -> Plan:
-    """A published ``filename,shard,index`` file (a path, gs:// or a shipped
-    ``published:...`` list) as a plan, exactly as given. ``max_lines``: the
-    most lines it may have (the source's records); see :func:`read_list_bytes`."""
-    raw = read_list_bytes(uri, "plan file", max_lines)
-    # Arrow parses and checks a well-formed file; anything else is reported by line.
-    table = parse_plan_table(raw, uri)
-    names = table.column("filename").to_numpy()  # object array of str
-    shards = table.column("shard").to_numpy()
-    indices = table.column("index").to_numpy()
-    n = len(names)
-    return Plan(
-        split=split or (supervised_split_name(n, seed) if seed is not None else f"train{n}"),
-        kind="supervised",
-        names=names,
-        shards=shards,
-        indices=indices,
-        num_shards=int(shards.max()) + 1,
-        seed=seed,
-        fraction=None,
-        sampling="published",
-        source=uri,
     )
 
 
@@ -994,43 +888,6 @@ def parse_name_list(text: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, line_arr
 
 
-def read_name_list(uri: str, *, max_lines: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A name list from a path, gs:// or a shipped ``published:...`` list, checked
-    (at most ``max_lines`` names: the source's records; see :func:`read_list_bytes`)."""
-    raw = read_list_bytes(uri, "name list", max_lines)
-    return parse_name_list(raw.decode("utf-8"), uri)
-
-
-def plan_named(
-    list_names: Sequence[str] | np.ndarray,
-    catalog_names: Sequence[str],
-    catalog_labels: Sequence[int],
-    *,
-    label: str,
-    origin: str,
-    list_lines: Sequence[int] | np.ndarray | None = None,
-    num_shards: int | None = None,
-    source_shards: int | None = None,
-    class_names: dict[int, str] | None = None,
-) -> Plan:
-    """Plan the split ``train{n}.{label}`` of exactly the records a name list
-    names (step 8 of the module docstring). Every name must be in the catalog:
-    otherwise a PlanError with the count and the first missing names and their
-    line numbers. ``list_names`` must be unique (:func:`parse_name_list`)."""
-    check_label(label)
-    return named_plan(
-        list_names,
-        sorted_catalog(catalog_names, catalog_labels),
-        label=label,
-        origin=origin,
-        list_lines=list_lines,
-        num_shards=num_shards,
-        source_shards=source_shards,
-        class_names=class_names,
-        keys=_reference_keys,
-    )
-
-
 def named_plan(
     list_names: Sequence[str] | np.ndarray,
     cat: SortedCatalog,
@@ -1043,12 +900,42 @@ def named_plan(
     class_names: dict[int, str] | None = None,
     keys: KeyFunction = fast_keys,
 ) -> Plan:
-    """:func:`plan_named` of a catalog already in order."""
+    """Plan the split ``train{n}.{label}`` of exactly the records a name list
+    names (step 8 of the module docstring), from a catalog in name order.
+    Every name must be in the catalog: otherwise a PlanError with the count and
+    the first missing names' line numbers. ``list_names`` must be unique
+    (:func:`parse_name_list`)."""
     check_label(label)
     total = len(cat)
     if total == 0:
         raise PlanError("the catalog is empty")
-    wanted = _string_array(list_names)
+    chosen = _listed(cat, list_names, origin, list_lines)
+    n = len(chosen)
+    S = _checked_num_shards(num_shards, n, source_shards, total)
+    return _deal_by_order_key(
+        cat,
+        chosen,
+        NAMES_ORDER_SEED,
+        keys,
+        class_names,
+        split=named_split_name(n, label),
+        num_shards=S,
+        seed=None,
+        fraction=f"{n}/{total}",
+        sampling="names",
+        source=origin,
+    )
+
+
+def _listed(
+    cat: SortedCatalog,
+    list_names: Sequence[str] | np.ndarray,
+    origin: str,
+    list_lines: Sequence[int] | np.ndarray | None,
+) -> np.ndarray:
+    """Positions of a name list's records, in name order; a PlanError with the
+    count and the first line numbers of names not in the catalog."""
+    wanted = string_array(list_names)
     pos = pc.index_in(wanted, value_set=cat.names)
     missing = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
     if len(missing):
@@ -1057,34 +944,9 @@ def named_plan(
         shown = ", ".join(str(int(lines[int(i)])) for i in missing[:5])
         raise PlanError(
             f"{origin}: {len(missing):,} of {len(wanted):,} names are not in the "
-            f"source catalog ({total:,} records), e.g. the names on lines {shown}"
+            f"source catalog ({len(cat):,} records), e.g. the names on lines {shown}"
         )
     chosen = np.sort(pos.to_numpy(zero_copy_only=False).astype(np.int64))
     if len(chosen) > 1 and bool(np.any(chosen[1:] == chosen[:-1])):
         raise PlanError(f"{origin}: the name list repeats names")  # parse_name_list refuses these
-    n = len(chosen)
-    S = num_shards or default_num_shards(n, source_shards or 1, total)
-    if not 1 <= S <= min(n, MAX_SHARD_COUNT):
-        raise PlanError(f"num_shards must be in 1..{min(n, MAX_SHARD_COUNT)}, got {S}")
-    assert cat.labels is not None
-    # chosen is in name order
-    chosen_names = cat.names.take(pa.array(chosen))
-    by_order = _argsort_by_key(keys(chosen_names, "order", NAMES_ORDER_SEED))
-    ordered = chosen[by_order]
-    labs, counts = np.unique(cat.labels[chosen], return_counts=True)
-    class_counts = {
-        (class_names or {}).get(int(c), str(int(c))): int(k) for c, k in zip(labs, counts)
-    }
-    return _deal_from(
-        cat,
-        ordered,
-        named_split_name(n, label),
-        "supervised",
-        S,
-        names=chosen_names.take(pa.array(by_order)),
-        seed=None,
-        fraction=f"{n}/{total}",
-        sampling="names",
-        source=origin,
-        class_counts=class_counts,
-    )
+    return chosen

@@ -5,7 +5,7 @@
 values for a whole catalog, from the names' UTF-8 bytes as Arrow holds them
 (one buffer and its offsets: no Python string per name). It imports the
 standard library only, so that ``python -m beam_jobs.planning.keys``, the worker
-process :func:`beam_jobs.planning.algorithm.precompute_keys` starts per extra
+process :func:`beam_jobs.planning.key_workers.precompute_keys` starts per extra
 core, is running in ~20 ms.
 
 Worker protocol: ``python -m beam_jobs.planning.keys PURPOSE:SEED ...`` reads

@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,18 +50,18 @@ from beam_jobs.planning import protocols
 from beam_jobs.planning.algorithm import (
     Plan,
     PlanError,
+    SortedCatalog,
     check_label,
     exact_fraction,
     named_plan,
-    precompute_keys,
     published_plan,
-    read_name_list,
-    read_plan_file,
     sorted_catalog,
     split_size,
     supervised_plan,
     unsupervised_plan,
 )
+from beam_jobs.planning.inputs import read_name_list, read_plan_file
+from beam_jobs.planning.key_workers import precompute_keys
 from beam_jobs.source.catalog import (
     CATALOG_FILE,
     REPORT_FILE,
@@ -150,10 +151,23 @@ def check_list_locations(files: dict[int, str], name_lists: list[tuple[str, str]
                 raise PlanError(str(err)) from None
 
 
-def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
-    """All plans a request asks for (pure given the catalog)."""
-    files, name_lists = expand_protocol(req)
-    check_list_locations(files, name_lists)
+@dataclass(frozen=True)
+class RunCatalog:
+    """What every plan of a run starts from: the catalog in name order, the
+    source's shard count and its class names (label -> synset)."""
+
+    cat: SortedCatalog
+    source_shards: int
+    class_names: dict[int, str]
+
+    @property
+    def total(self) -> int:
+        return len(self.cat)
+
+
+def read_run_catalog(catalog_dir: str) -> RunCatalog:
+    """The validation job's catalog (file names and labels, sorted by name
+    here unless in that order already) and report."""
     start = time.perf_counter()
     table = read_catalog(catalog_dir, ["filename", "label"])
     # In name order once here (only checked when the catalog is in that order
@@ -161,92 +175,43 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
     cat = sorted_catalog(table.column("filename"), table.column("label"))
     del table
     report = json.loads(storage.read_text(storage.join(catalog_dir, REPORT_FILE)))
-    source_shards = int(report["num_shards"])
-    class_names = {int(k): v for k, v in report.get("synsets", {}).items()}
-    total = len(cat)
     log.info(
         "plan: catalog of %s records read (%s) in %.1f s",
-        f"{total:,}",
+        f"{len(cat):,}",
         "in name order" if cat.rows is None else "sorted by name here",
         time.perf_counter() - start,
     )
-    sizes = req.sizes()
-    check_sizes(sizes, total)
-    plans: list[Plan] = []
-    # Every full pass of SHA-256 keys the plans need, in parallel (the rest is cheap); the
-    # select keys of a seed do not depend on the fraction: one pass serves all its fractions.
-    jobs = [("select", s) for s in req.seeds if s not in files] + (
-        [("order", req.unsupervised_seed)] if req.unsupervised else []
+    return RunCatalog(
+        cat,
+        source_shards=int(report["num_shards"]),
+        class_names={int(k): v for k, v in report.get("synsets", {}).items()},
     )
+
+
+def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
+    """All plans a request asks for (pure given the catalog): the seeded splits
+    (computed, or published files), the name lists' splits, the reshuffle."""
+    files, name_lists = expand_protocol(req)
+    check_list_locations(files, name_lists)
+    run = read_run_catalog(catalog_dir)
+    sizes = req.sizes()
+    check_sizes(sizes, run.total)
+    keys = precompute_run_keys(req, files, run)
     start = time.perf_counter()
-    keys = precompute_keys(cat.names, jobs)
-    if keys:
-        log.info(
-            "plan: keys for %d passes over %s names in %.1f s",
-            len(keys),
-            f"{total:,}",
-            time.perf_counter() - start,
-        )
-    start = time.perf_counter()
-    for fraction, count in sizes:
-        for seed in req.seeds:
-            if seed in files:
-                plans.append(
-                    published_plan(
-                        read_plan_file(files[seed], seed=seed, max_lines=total), cat, class_names
-                    )
-                )
-                continue
-            try:
-                plans.append(
-                    supervised_plan(
-                        cat,
-                        seed=seed,
-                        fraction=fraction,
-                        count=count,
-                        sampling=req.sampling,
-                        num_shards=req.num_shards,
-                        source_shards=source_shards,
-                        class_names=class_names,
-                        select_keys=keys.get(("select", seed)),
-                    )
-                )
-            except PlanError as err:
-                if len(sizes) == 1:
-                    raise
-                raise PlanError(f"fraction {fraction}, seed {seed}: {err}") from None
-    for label, uri in name_lists:
-        listed, lines = read_name_list(uri, max_lines=total)  # no more names than records
-        plans.append(
-            named_plan(
-                listed,
-                cat,
-                label=label,
-                origin=uri,
-                list_lines=lines,
-                num_shards=req.num_shards,
-                source_shards=source_shards,
-                class_names=class_names,
-            )
-        )
+    plans = seeded_plans(req, files, run, keys)
+    plans += [named_list_plan(req, run, label, uri) for label, uri in name_lists]
     if req.unsupervised:
         plans.append(
             unsupervised_plan(
-                cat,
+                run.cat,
                 seed=req.unsupervised_seed,
                 num_shards=req.unsupervised_shards,
-                source_shards=source_shards,
+                source_shards=run.source_shards,
                 order_keys=keys.pop(("order", req.unsupervised_seed)),
             )
         )
-    del keys, cat
-    splits = [p.split for p in plans]
-    twice = sorted({s for s in splits if splits.count(s) > 1})
-    if twice:
-        raise PlanError(
-            f"two plans would write the same split {', '.join(twice)}: give the "
-            "name lists different labels"
-        )
+    del keys, run
+    check_distinct_splits(plans)
     log.info(
         "plan: %d plan(s) in %.1f s: %s",
         len(plans),
@@ -254,6 +219,91 @@ def make_plans(catalog_dir: str, req: PlanRequest) -> list[Plan]:
         ", ".join(f"{p.split} ({p.num_examples:,} in {p.num_shards})" for p in plans),
     )
     return plans
+
+
+def precompute_run_keys(
+    req: PlanRequest, files: dict[int, str], run: RunCatalog
+) -> dict[tuple[str, int], np.ndarray]:
+    """Every full pass of SHA-256 keys the plans need, in parallel (the rest is
+    cheap); the select keys of a seed do not depend on the fraction: one pass
+    serves all its fractions."""
+    jobs = [("select", s) for s in req.seeds if s not in files] + (
+        [("order", req.unsupervised_seed)] if req.unsupervised else []
+    )
+    start = time.perf_counter()
+    keys = precompute_keys(run.cat.names, jobs)
+    if keys:
+        log.info(
+            "plan: keys for %d passes over %s names in %.1f s",
+            len(keys),
+            f"{run.total:,}",
+            time.perf_counter() - start,
+        )
+    return keys
+
+
+def seeded_plans(
+    req: PlanRequest,
+    files: dict[int, str],
+    run: RunCatalog,
+    keys: dict[tuple[str, int], np.ndarray],
+) -> list[Plan]:
+    """The seeded splits, size by size: each seed's published file if it has
+    one, else computed (a PlanError names the fraction and seed when there
+    are several sizes)."""
+    sizes = req.sizes()
+    plans: list[Plan] = []
+    for fraction, count in sizes:
+        for seed in req.seeds:
+            if seed in files:
+                published = read_plan_file(files[seed], seed=seed, max_lines=run.total)
+                plans.append(published_plan(published, run.cat, run.class_names))
+                continue
+            try:
+                plans.append(
+                    supervised_plan(
+                        run.cat,
+                        seed=seed,
+                        fraction=fraction,
+                        count=count,
+                        sampling=req.sampling,
+                        num_shards=req.num_shards,
+                        source_shards=run.source_shards,
+                        class_names=run.class_names,
+                        select_keys=keys.get(("select", seed)),
+                    )
+                )
+            except PlanError as err:
+                if len(sizes) == 1:
+                    raise
+                raise PlanError(f"fraction {fraction}, seed {seed}: {err}") from None
+    return plans
+
+
+def named_list_plan(req: PlanRequest, run: RunCatalog, label: str, uri: str) -> Plan:
+    """The split ``train{N}.{label}`` of a name list's records."""
+    listed, lines = read_name_list(uri, max_lines=run.total)  # no more names than records
+    return named_plan(
+        listed,
+        run.cat,
+        label=label,
+        origin=uri,
+        list_lines=lines,
+        num_shards=req.num_shards,
+        source_shards=run.source_shards,
+        class_names=run.class_names,
+    )
+
+
+def check_distinct_splits(plans: list[Plan]) -> None:
+    """A PlanError if two plans would write the same split."""
+    splits = [p.split for p in plans]
+    twice = sorted({s for s in splits if splits.count(s) > 1})
+    if twice:
+        raise PlanError(
+            f"two plans would write the same split {', '.join(twice)}: give the "
+            "name lists different labels"
+        )
 
 
 def check_sizes(sizes: list[tuple[str | None, int | None]], total: int) -> None:
@@ -379,18 +429,36 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
     catalog = read_table(
         storage.join(catalog_dir, CATALOG_FILE), columns=RECORD_COLUMNS, read_dictionary=["file"]
     )
-    filenames = catalog.column("filename")
+    rows = plan_catalog_rows(todo, catalog.column("filename"), catalog_dir)
+    # The names at those rows are the plans' own: only the other columns are taken.
+    catalog = catalog.drop_columns(["filename"])
+    out = []
+    for p, r in zip(todo, rows):
+        # One plan's rows at a time (the reshuffle alone is all 1.28M rows on ImageNet).
+        out.append(write_plan_records(p, catalog.take(r), catalog_dir))
+    log.info(
+        "plan: catalog rows of %d plan(s) written in %.1f s", len(out), time.perf_counter() - start
+    )
+    return out
+
+
+def plan_catalog_rows(
+    plans: list[Plan], filenames: pa.ChunkedArray, catalog_dir: str
+) -> list[pa.Array]:
+    """Each plan's rows in the catalog, name by name: known for a plan made
+    from this very catalog (checked, cheaply), else looked up, all plans'
+    names at once; a PlanError if any is not in the catalog."""
     rows: list[pa.Array | None] = []
-    for p in todo:
+    for p in plans:
         known = p.catalog_rows()
-        if known is not None and len(known) and int(known.max()) < catalog.num_rows:
+        if known is not None and len(known) and int(known.max()) < len(filenames):
             taken = pa.array(known, pa.int64())
-            # Made from this very catalog: its names are at those rows (checked, cheaply).
+            # Made from this very catalog: its names are at those rows.
             if pc.all(pc.equal(filenames.take(taken), p.names_arrow())).as_py():
                 rows.append(taken)
                 continue
         rows.append(None)
-    lookup = [p for p, r in zip(todo, rows) if r is None]
+    lookup = [p for p, r in zip(plans, rows) if r is None]
     if lookup:
         names = pa.chunked_array([p.names_arrow() for p in lookup], pa.string())
         pos = pc.index_in(names, value_set=filenames)
@@ -403,31 +471,24 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
         lo = 0
         for i, r in enumerate(rows):
             if r is None:
-                rows[i] = pos.slice(lo, todo[i].num_examples)
-                lo += todo[i].num_examples
-    # The names at those rows are the plans' own: only the other columns are taken.
-    del filenames
-    catalog = catalog.drop_columns(["filename"])
-    out = []
-    for p, r in zip(todo, rows):
-        # One plan's rows at a time (the reshuffle alone is all 1.28M rows on ImageNet).
-        part = catalog.take(r)
-        table = pa.table(
-            {
-                "shard": pa.array(p.shards, pa.int32()),
-                "index": pa.array(p.indices, pa.int32()),
-                "filename": p.names_arrow(),
-                **{c: part.column(c) for c in RECORD_COLUMNS[1:]},
-            }
-        )
-        del part
-        uri = records_uri(catalog_dir, p.sha256())
-        write_table(uri, table, {"plan_sha256": p.sha256()}, use_dictionary=RECORD_DICTIONARY)
-        out.append(uri)
-    log.info(
-        "plan: catalog rows of %d plan(s) written in %.1f s", len(out), time.perf_counter() - start
+                rows[i] = pos.slice(lo, plans[i].num_examples)
+                lo += plans[i].num_examples
+    return [r for r in rows if r is not None]
+
+
+def write_plan_records(plan: Plan, part: pa.Table, catalog_dir: str) -> str:
+    """One plan's records table (``part``: its catalog rows but the names), written."""
+    table = pa.table(
+        {
+            "shard": pa.array(plan.shards, pa.int32()),
+            "index": pa.array(plan.indices, pa.int32()),
+            "filename": plan.names_arrow(),
+            **{c: part.column(c) for c in RECORD_COLUMNS[1:]},
+        }
     )
-    return out
+    uri = records_uri(catalog_dir, plan.sha256())
+    write_table(uri, table, {"plan_sha256": plan.sha256()}, use_dictionary=RECORD_DICTIONARY)
+    return uri
 
 
 def parse_sharding_files(values: list[str]) -> tuple[tuple[int, str], ...]:
@@ -450,7 +511,8 @@ def parse_name_lists(values: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The CLI's options (see the module docstring)."""
     p = argparse.ArgumentParser(
         prog="python -m beam_jobs.planning.plans", description=__doc__.split("\n\n")[0]
     )
@@ -495,31 +557,41 @@ def main(argv: list[str] | None = None) -> int:
         help="LABEL=URI of a file with one image file name per line: the split "
         "train{N}.{LABEL} of exactly those records (repeatable)",
     )
-    a = p.parse_args(argv)
+    return p
+
+
+def request_from_args(a: argparse.Namespace) -> PlanRequest:
+    """The request the CLI's options make (a PlanError if they do not go together)."""
+    uses_seeds = protocols.protocol(a.protocol).uses_seeds
+    seeds_text = (
+        a.seeds
+        if a.seeds is not None
+        else (",".join(map(str, defaults.SEEDS)) if uses_seeds else "")
+    )
+    seeds = tuple(int(s) for s in seeds_text.split(",") if s.strip())
+    fractions = tuple(f.strip() for f in a.fraction.split(",") if f.strip())
+    if a.count and len(fractions) > 1:
+        raise PlanError("--count and several --fraction values do not go together")
+    return PlanRequest(
+        seeds=seeds,
+        fraction=None if a.count else fractions[0],
+        count=a.count,
+        fractions=fractions if len(fractions) > 1 else (),
+        sampling=a.sampling,
+        num_shards=a.num_shards,
+        unsupervised=a.unsupervised,
+        unsupervised_seed=a.unsupervised_seed,
+        sharding_files=parse_sharding_files(a.sharding_file),
+        name_lists=parse_name_lists(a.name_list),
+        protocol=a.protocol,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI: plan, write the plan files and records, print one line per plan."""
+    a = argument_parser().parse_args(argv)
     try:
-        uses_seeds = protocols.protocol(a.protocol).uses_seeds
-        seeds_text = (
-            a.seeds
-            if a.seeds is not None
-            else (",".join(map(str, defaults.SEEDS)) if uses_seeds else "")
-        )
-        seeds = tuple(int(s) for s in seeds_text.split(",") if s.strip())
-        fractions = tuple(f.strip() for f in a.fraction.split(",") if f.strip())
-        if a.count and len(fractions) > 1:
-            raise PlanError("--count and several --fraction values do not go together")
-        req = PlanRequest(
-            seeds=seeds,
-            fraction=None if a.count else fractions[0],
-            count=a.count,
-            fractions=fractions if len(fractions) > 1 else (),
-            sampling=a.sampling,
-            num_shards=a.num_shards,
-            unsupervised=a.unsupervised,
-            unsupervised_seed=a.unsupervised_seed,
-            sharding_files=parse_sharding_files(a.sharding_file),
-            name_lists=parse_name_lists(a.name_list),
-            protocol=a.protocol,
-        )
+        req = request_from_args(a)
         plans = make_plans(a.catalog_dir, req)
         summaries = write_plans(plans, a.out_dir)
         write_records(plans, a.catalog_dir)

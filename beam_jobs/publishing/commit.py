@@ -131,6 +131,17 @@ def switch_split(sw: SplitSwitch, fence: Fence | None = None) -> list[str]:
     already there), each only over the version of that name the journal
     recorded; then remove the earlier build's files that are still as
     recorded. Returns what could not be placed (empty when the split is switched)."""
+    todo, lost = _to_place(sw)
+    if lost:
+        return lost
+    _place_all(todo, fence)
+    _remove_stale(sw, fence)
+    return []
+
+
+def _to_place(sw: SplitSwitch) -> tuple[list[dict[str, Any]], list[str]]:
+    """The shards still to place (their final names do not hold them yet), and
+    what cannot be placed: staged shards gone or changed."""
     todo = []
     lost = []
     for shard in sw.shards:
@@ -142,49 +153,59 @@ def switch_split(sw: SplitSwitch, fence: Fence | None = None) -> list[str]:
             )
             continue
         todo.append(shard)
-    if lost:
-        return lost
+    return todo, lost
 
-    def place(shard: dict[str, Any]) -> None:
-        old = shard.get("replaces")
-        path = shard["path"]
-        _check(fence, f"placing {path}")
-        # Over the version the journal recorded; a name emptied since holds nothing to lose.
-        expect = old["version"] if isinstance(old, dict) else storage.MISSING
-        if expect != storage.MISSING and not storage.occupied(path):
-            expect = storage.MISSING
-        try:
-            storage.place(
-                shard["staged"],
-                path,
-                source_generation=shard.get("generation"),
-                if_version=expect,
-            )
-        except storage.PreconditionFailed:
-            if not _same_object(storage.stat(shard["staged"]), shard, staged=True):
-                raise  # the staged object changed: reported as a storage failure
-            raise ForeignFiles(
-                storage.dirname(path),
-                [path],
-                " (it appeared while this run published; this split's publication stops "
-                "here and its journal finishes it once the file is moved)",
-                done="written over",
-            ) from None
-        failpoint("publish.placed")
 
+def _place_all(todo: list[dict[str, Any]], fence: Fence | None) -> None:
+    """:func:`_place` of every shard, in threads where the storage gains from it."""
     threads = storage.place_concurrency(todo[0]["path"]) if todo else 1
     if threads > 1:
         carry = storage.carry(todo[0]["path"])
 
         def place_here(shard: dict[str, Any]) -> None:
             with carry():
-                place(shard)
+                _place(shard, fence)
 
         with cf.ThreadPoolExecutor(threads, thread_name_prefix="publish") as pool:
             list(pool.map(place_here, todo))
     else:
         for shard in todo:
-            place(shard)
+            _place(shard, fence)
+
+
+def _place(shard: dict[str, Any], fence: Fence | None) -> None:
+    """One staged shard under its final name, over the version the journal
+    recorded only; ForeignFiles if another file took the name meanwhile."""
+    old = shard.get("replaces")
+    path = shard["path"]
+    _check(fence, f"placing {path}")
+    # Over the version the journal recorded; a name emptied since holds nothing to lose.
+    expect = old["version"] if isinstance(old, dict) else storage.MISSING
+    if expect != storage.MISSING and not storage.occupied(path):
+        expect = storage.MISSING
+    try:
+        storage.place(
+            shard["staged"],
+            path,
+            source_generation=shard.get("generation"),
+            if_version=expect,
+        )
+    except storage.PreconditionFailed:
+        if not _same_object(storage.stat(shard["staged"]), shard, staged=True):
+            raise  # the staged object changed: reported as a storage failure
+        raise ForeignFiles(
+            storage.dirname(path),
+            [path],
+            " (it appeared while this run published; this split's publication stops "
+            "here and its journal finishes it once the file is moved)",
+            done="written over",
+        ) from None
+    failpoint("publish.placed")
+
+
+def _remove_stale(sw: SplitSwitch, fence: Fence | None) -> None:
+    """Remove the earlier build's files the journal recorded that are still as
+    recorded (a file changed since is someone else's now: left, with a warning)."""
     for old in sw.stale:
         _check(fence, f"removing {old['path']}")
         try:
@@ -196,7 +217,6 @@ def switch_split(sw: SplitSwitch, fence: Fence | None = None) -> list[str]:
                 old["path"],
                 sw.split,
             )
-    return []
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -246,29 +266,8 @@ def prepare(
     splits = {}
     foreign: list[str] = []
     for name, entry in entries.items():
-        keep = {s["path"] for s in entry["shards"]}
-        journal_shards = []
-        for s in shards[name]:
-            j = {k: s[k] for k in ("path", "staged", "num_bytes", "crc32c")}
-            for k in ("generation", "mtime_ns"):
-                if s.get(k) is not None:
-                    j[k] = s[k]
-            try:
-                j["replaces"] = _destination(s["path"], records)
-            except ForeignFiles as err:
-                foreign += err.paths
-            journal_shards.append(j)
-        old_paths = {
-            s.get("path")
-            for s in ((previous or {}).get("splits", {}).get(name) or {}).get("shards") or []
-        }
-        if journal and name in (journal.get("splits") or {}):
-            old_paths |= {s.get("path") for s in journal["splits"][name].get("shards") or []}
-        stale = []
-        for path in sorted(p for p in old_paths - keep if isinstance(p, str)):
-            info = storage.stat(path)
-            if info is not None and any(matches(info, r) for r in records):
-                stale.append({"path": path, **_identity(info)})
+        journal_shards = _journal_shards(shards[name], records, foreign)
+        stale = _stale(name, entry, previous, journal, records)
         splits[name] = SplitSwitch(name, entry, journal_shards, stagings[name], stale)
     if foreign:
         raise ForeignFiles(
@@ -288,6 +287,51 @@ def prepare(
         provenance,
         kept,
     )
+
+
+def _journal_shards(
+    shards: list[dict[str, Any]], records: list[Recorded], foreign: list[str]
+) -> list[dict[str, Any]]:
+    """What the journal records of a split's staged shards, each with what its
+    final name holds now (``replaces``); final names holding a file the
+    product did not write are added to ``foreign``."""
+    journal_shards = []
+    for s in shards:
+        j = {k: s[k] for k in ("path", "staged", "num_bytes", "crc32c")}
+        for k in ("generation", "mtime_ns"):
+            if s.get(k) is not None:
+                j[k] = s[k]
+        try:
+            j["replaces"] = _destination(s["path"], records)
+        except ForeignFiles as err:
+            foreign += err.paths
+        journal_shards.append(j)
+    return journal_shards
+
+
+def _stale(
+    name: str,
+    entry: dict[str, Any],
+    previous: dict[str, Any] | None,
+    journal: dict[str, Any] | None,
+    records: list[Recorded],
+) -> list[dict[str, Any]]:
+    """The earlier build's files of split ``name`` that the new entry does not
+    keep and that are still the product's, from its manifest entry and an
+    unfinished journal's (never from a listing), with their identity."""
+    keep = {s["path"] for s in entry["shards"]}
+    old_paths = {
+        s.get("path")
+        for s in ((previous or {}).get("splits", {}).get(name) or {}).get("shards") or []
+    }
+    if journal and name in (journal.get("splits") or {}):
+        old_paths |= {s.get("path") for s in journal["splits"][name].get("shards") or []}
+    stale = []
+    for path in sorted(p for p in old_paths - keep if isinstance(p, str)):
+        info = storage.stat(path)
+        if info is not None and any(matches(info, r) for r in records):
+            stale.append({"path": path, **_identity(info)})
+    return stale
 
 
 def check_staged(pub: Publication) -> None:
@@ -342,8 +386,21 @@ def _cause(err: BaseException) -> str:
 
 def _finish(pub: Publication, fence: Fence | None) -> Published | None:
     """Steps 3 to 5 (also what recovery does): switch, commit, clean."""
-    names = ", ".join(sorted(pub.splits))
-    journal = layout.journal_uri(pub.output_uri)
+    done, lost = _switch_all(pub, fence)
+    failpoint("publish.switched")
+    result = _commit(pub, done, fence) if done else None
+    unfinished = {**pub.kept, **{k: _lost(v) for k, v in pub.splits.items() if k in lost}}
+    _clean_up(pub, done, unfinished, fence)
+    if unfinished:
+        raise _unfinished(pub, sorted(unfinished), lost)
+    return result
+
+
+def _switch_all(
+    pub: Publication, fence: Fence | None
+) -> tuple[dict[str, SplitSwitch], dict[str, list[str]]]:
+    """Step 3: :func:`switch_split` of every split; the splits switched, and
+    why the others could not be. PublishError if storage fails on the way."""
     done = {}
     lost: dict[str, list[str]] = {}
     try:
@@ -357,47 +414,62 @@ def _finish(pub: Publication, fence: Fence | None) -> Published | None:
         raise
     except Exception as err:  # noqa: BLE001 (reported with what it means)
         raise PublishError(
-            f"publishing {names} to {pub.manifest_uri} stopped while their shards were taking "
-            f"their published names ({_cause(err)}). The manifest is unchanged; some of these "
-            f"splits' files may already be the new, verified ones, so load_split refuses them "
-            f"until the publication is finished: a retry of this task or the next run does "
-            f"that from the journal {journal}."
+            f"publishing {_names(pub)} to {pub.manifest_uri} stopped while their shards were "
+            f"taking their published names ({_cause(err)}). The manifest is unchanged; some of "
+            f"these splits' files may already be the new, verified ones, so load_split refuses "
+            f"them until the publication is finished: a retry of this task or the next run "
+            f"does that from the journal {layout.journal_uri(pub.output_uri)}."
         ) from err
-    failpoint("publish.switched")
-    result = None
-    if done:
-        entries = {name: sw.entry for name, sw in done.items()}
-        try:
-            result = publish(
-                pub.manifest_uri,
-                lambda current: merge(
-                    current,
-                    output_uri=pub.output_uri,
-                    splits=entries,
-                    source=pub.source,
-                    provenance=pub.provenance,
-                    work_uri=pub.work_uri,
-                ),
-                fence=fence,
-            )
-        except VersionNotWritten:
-            # Committed: its message says so. The journal stays, so a retry of this task
-            # (or the next run) publishes the same entries again, with the copy.
-            raise
-        except PublishError as err:
-            raise PublishError(
-                f"{err} The shards of {names} already have their published names (verified); "
-                f"load_split refuses these splits until the manifest is committed: a retry of "
-                f"this task or the next run does that from the journal {journal}."
-            ) from err
-        failpoint("publish.committed")
-        try:
-            mark_replaced(result, fence=fence)
-        except LockLost:
-            raise
-        except Exception as err:  # noqa: BLE001 (the publication itself is complete)
-            log.warning("could not mark earlier manifest versions as replaced: %s", _cause(err))
-    unfinished = {**pub.kept, **{k: _lost(v) for k, v in pub.splits.items() if k in lost}}
+    return done, lost
+
+
+def _commit(pub: Publication, done: dict[str, SplitSwitch], fence: Fence | None) -> Published:
+    """Step 4: the manifest with the switched splits' entries, committed; then
+    earlier manifest versions marked as replaced (best effort)."""
+    entries = {name: sw.entry for name, sw in done.items()}
+    try:
+        result = publish(
+            pub.manifest_uri,
+            lambda current: merge(
+                current,
+                output_uri=pub.output_uri,
+                splits=entries,
+                source=pub.source,
+                provenance=pub.provenance,
+                work_uri=pub.work_uri,
+            ),
+            fence=fence,
+        )
+    except VersionNotWritten:
+        # Committed: its message says so. The journal stays, so a retry of this task
+        # (or the next run) publishes the same entries again, with the copy.
+        raise
+    except PublishError as err:
+        raise PublishError(
+            f"{err} The shards of {_names(pub)} already have their published names (verified); "
+            f"load_split refuses these splits until the manifest is committed: a retry of "
+            f"this task or the next run does that from the journal "
+            f"{layout.journal_uri(pub.output_uri)}."
+        ) from err
+    failpoint("publish.committed")
+    try:
+        mark_replaced(result, fence=fence)
+    except LockLost:
+        raise
+    except Exception as err:  # noqa: BLE001 (the publication itself is complete)
+        log.warning("could not mark earlier manifest versions as replaced: %s", _cause(err))
+    return result
+
+
+def _clean_up(
+    pub: Publication,
+    done: dict[str, SplitSwitch],
+    unfinished: dict[str, SplitSwitch],
+    fence: Fence | None,
+) -> None:
+    """Step 5 (best effort): the journal rewritten with the unfinished splits
+    only, or deleted; the switched splits' staging folders deleted."""
+    journal = layout.journal_uri(pub.output_uri)
     try:
         if unfinished:
             _write_journal(pub, unfinished, fence)
@@ -411,13 +483,15 @@ def _finish(pub: Publication, fence: Fence | None) -> Published | None:
         log.warning(
             "published %s, but could not clean up (%s): the journal %s and staged "
             "copies may stay until the next run",
-            names,
+            _names(pub),
             _cause(err),
             journal,
         )
-    if unfinished:
-        raise _unfinished(pub, sorted(unfinished), lost)
-    return result
+
+
+def _names(pub: Publication) -> str:
+    """The publication's splits, for messages."""
+    return ", ".join(sorted(pub.splits))
 
 
 def _lost(sw: SplitSwitch) -> SplitSwitch:

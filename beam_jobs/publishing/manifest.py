@@ -147,21 +147,11 @@ class SplitFiles:
     entry: dict[str, Any]
 
 
-def shard_identity(info: storage.FileInfo) -> dict[str, int]:
-    """What a manifest records of a shard beyond its size and CRC32C, to see a
-    replaced file without reading it: locally the modification time (kept by
-    the rename that publishes it), nothing more on GCS (its listing carries
-    the CRC32C)."""
-    return {"mtime_ns": info.mtime_ns} if info.crc32c is None and info.mtime_ns is not None else {}
-
-
-def entry_problems(entry: dict[str, Any], *, read_legacy: bool = False) -> list[str]:
+def entry_problems(entry: dict[str, Any]) -> list[str]:
     """What differs between a split's manifest entry and the files under its
     glob, from storage metadata only: missing shards, sizes, CRC32C (GCS
     listings carry it), modification times (local files), and files a
-    reader of the glob would take for the split's. An entry written before
-    local modification times were recorded is checked by size only, or with
-    ``read_legacy`` by reading each file's CRC32C."""
+    reader of the glob would take for the split's."""
     shards = entry.get("shards") or []
     if not shards:
         return ["the manifest entry lists no shards"]
@@ -191,8 +181,6 @@ def entry_problems(entry: dict[str, Any], *, read_legacy: bool = False) -> list[
                     f"(modification time {info.mtime_ns}, the manifest says "
                     f"{s['mtime_ns']})"
                 )
-        elif read_legacy and storage.file_crc32c(s["path"]) != s.get("crc32c"):
-            problems.append(f"{s['path']} has another CRC32C than the manifest's {s.get('crc32c')}")
     paths = {s["path"] for s in shards}
     for extra in glob_strays(folder, split, [f for f in listed_all if f.path not in paths]):
         problems.append(f"unexpected file {extra} matches the split's glob")

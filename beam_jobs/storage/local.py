@@ -120,6 +120,13 @@ def _expect(uri: str, if_version: str) -> FileInfo | None:
         info: FileInfo | None = _info(uri)
     except FileNotFoundError:
         info = None
+    _require_version(uri, info, if_version)
+    return info
+
+
+def _require_version(uri: str, info: FileInfo | None, if_version: str) -> None:
+    """PreconditionFailed unless ``info`` (``uri`` as it is; None: missing)
+    is at ``if_version``."""
     found = (info.version if info is not None else None) or MISSING
     if found != if_version:
         what = (
@@ -130,7 +137,6 @@ def _expect(uri: str, if_version: str) -> FileInfo | None:
         raise PreconditionFailed(
             f"{uri} {what}: expected version {if_version}, found {found}; nothing was changed"
         )
-    return info
 
 
 class LocalWriter(AtomicWriter):
@@ -338,9 +344,11 @@ class LocalBackend(Backend):
 
     def delete_if(self, uri: str, if_version: str) -> bool:
         with folder_guard(os.path.dirname(uri)):
-            if _version(uri) == MISSING:
+            try:
+                info = _info(uri)  # one stat: missing, or its version is checked
+            except FileNotFoundError:
                 return False
-            _expect(uri, if_version)
+            _require_version(uri, info, if_version)
             os.remove(uri)
             return True
 

@@ -161,11 +161,6 @@ class RunConfig:
         return cls(**{**d, "dataflow": DataflowSettings.from_dict(df) if df else None})
 
     @property
-    def planned_fractions(self) -> list[str]:
-        """The fractions of the seeded splits: ``fractions``, or ``[fraction]``."""
-        return list(self.fractions) or [self.fraction]
-
-    @property
     def is_dataflow(self) -> bool:
         return self.runner == "DataflowRunner"
 

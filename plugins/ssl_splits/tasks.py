@@ -228,7 +228,7 @@ def decide(
         source_fingerprint=source_fp,
         force=force,
         num_shards=num_shards,
-        file_problems=lambda: entry_problems(entry or {}, read_legacy=True),
+        file_problems=lambda: entry_problems(entry or {}),
     )
     return d.action, d.reason
 
