@@ -62,6 +62,7 @@ import pyarrow.csv as pacsv
 
 from beam_jobs import defaults
 from beam_jobs.planning import protocols
+from beam_jobs.planning.arrays import from_numpy, to_numpy
 from beam_jobs.planning.keys import ALGORITHM, key_bytes, key_prefix, split_names  # noqa: F401 (ALGORITHM re-exported)
 
 LABEL_PATTERN = protocols.LABEL_PATTERN  # of a name list: its split is train{n}.{label}
@@ -774,8 +775,8 @@ def _sorted_by_position(t: pa.Table) -> pa.Table | None:
     """A well-formed table as (filename, shard, index) sorted by position; None
     if its positions are not shards 0..S-1 each with indices 0..n-1."""
     n = t.num_rows
-    shard = pc.cast(t.column("shard"), pa.int64()).to_numpy()
-    index = pc.cast(t.column("index"), pa.int64()).to_numpy()
+    shard = to_numpy(pc.cast(t.column("shard"), pa.int64()))
+    index = to_numpy(pc.cast(t.column("index"), pa.int64()))
     if shard.max() >= MAX_SHARD_COUNT:
         return None
     order = np.lexsort((index, shard))
@@ -786,9 +787,9 @@ def _sorted_by_position(t: pa.Table) -> pa.Table | None:
         return None  # gaps, repeats or missing shards: parse_plan_text says where
     return pa.table(
         {
-            "filename": pc.take(t.column("filename"), pa.array(order, pa.int64())),
-            "shard": pa.array(shard, pa.int32()),
-            "index": pa.array(index, pa.int32()),
+            "filename": pc.take(t.column("filename"), from_numpy(order, pa.int64())),
+            "shard": from_numpy(shard, pa.int32()),
+            "index": from_numpy(index, pa.int32()),
         }
     )
 

@@ -69,6 +69,7 @@ from beam_jobs.layout import (
 )
 from beam_jobs.logs import setup_logging
 from beam_jobs.planning.algorithm import PlanError, parse_plan_table
+from beam_jobs.planning.arrays import from_numpy, to_numpy
 from beam_jobs.process import freeze_heap_at_exit
 from beam_jobs.source.catalog import read_catalog
 from beam_jobs.source.crc32c_combine import shard_crcs
@@ -101,7 +102,7 @@ def catalog_rows(names: pa.ChunkedArray | pa.Array, catalog_names: pa.ChunkedArr
     a 10% split's plan hashes a tenth of what the catalog would (pure)."""
     at = pc.index_in(catalog_names, value_set=names)  # plan position of each catalog row
     rows = np.full(len(names), -1, np.int64)
-    rows[pc.drop_null(at).to_numpy()] = pc.indices_nonzero(pc.is_valid(at)).to_numpy()
+    rows[to_numpy(pc.drop_null(at))] = to_numpy(pc.indices_nonzero(pc.is_valid(at)))
     return rows
 
 
@@ -121,20 +122,20 @@ def planned_records(plan_uri: str, catalog_dir: str) -> tuple[pa.Table, str]:
         raise PlanError(f"plan {plan_uri}: {missing:,} names are not in the catalog {catalog_dir}")
     table = plan
     for column in ("length", "data_crc"):
-        values = catalog.column(column).to_numpy()[rows]
-        table = table.append_column(column, pa.array(values, catalog.schema.field(column).type))
+        values = to_numpy(catalog.column(column))[rows]
+        table = table.append_column(column, from_numpy(values, catalog.schema.field(column).type))
     return table, hashlib.sha256(raw).hexdigest()
 
 
 def expected_from_plan(table: pa.Table) -> Expected:
     """Every shard's count, size and CRC32C if it holds exactly the planned
     records in order (pure; ``table`` as from :func:`planned_records`)."""
-    shard = table.column("shard").to_numpy()
+    shard = to_numpy(table.column("shard"))
     num_shards = int(shard.max()) + 1 if len(shard) else 0
     counts = np.bincount(shard, minlength=num_shards)
     starts = np.concatenate([[0], np.cumsum(counts)])
     sizes, crcs = shard_crcs(
-        table.column("length").to_numpy(), table.column("data_crc").to_numpy(), starts
+        to_numpy(table.column("length")), to_numpy(table.column("data_crc")), starts
     )
     return Expected(counts.tolist(), sizes.tolist(), [crc32c_hex(int(c)) for c in crcs])
 
