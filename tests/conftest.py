@@ -109,3 +109,69 @@ def source_copy(small_source, tmp_path) -> Path:
     dst = tmp_path / "source"
     shutil.copytree(small_source, dst)
     return dst
+
+
+# --------------------------------------------------------------------------- tiers
+# `make test-fast` (`pytest --fast`): the pure units and in-process TestPipeline
+# transforms, under a minute on two cores. Left out: the files that run the DAG,
+# servers, browsers, builds of whole environments or mypy; tests marked slow,
+# gcs (the emulator), browser or stack; tests that need a built synthetic source,
+# an Airflow home or the emulator; and the few below that start Beam or Airflow
+# in a subprocess (measured with --durations, each several seconds).
+_HEAVY_FILES = {
+    "test_benchmark_smoke.py",
+    "test_compose.py",
+    "test_dag.py",
+    "test_dataflow_templates.py",
+    "test_faults.py",
+    "test_kills.py",
+    "test_team_stack.py",
+    "test_typecheck.py",
+    "test_ui_browser.py",
+    "test_ui_security.py",
+    "test_worker_wheel.py",
+}
+_HEAVY_MARKERS = {"slow", "gcs", "browser", "stack"}
+_HEAVY_FIXTURES = {
+    "gcs_emulator",
+    "gcs_bucket",
+    "proxy",
+    "small_source",
+    "source_copy",
+    "template_home",
+    "airflow_home",
+}
+_SLOW_UNITS: set[str] = set()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="only the fast tier (tests marked fast by tests/conftest.py): `make test-fast`",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if config.getoption("fast") and collection_path.name in _HEAVY_FILES:
+        return True  # not even imported: their imports alone cost seconds
+    return None
+
+
+def _is_fast(item: pytest.Item) -> bool:
+    if item.path.name in _HEAVY_FILES or item.nodeid.split("[")[0] in _SLOW_UNITS:
+        return False
+    if any(item.get_closest_marker(m) for m in _HEAVY_MARKERS):
+        return False
+    return not _HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the fast tier ``fast``; with ``--fast``, run only it."""
+    fast = [item for item in items if _is_fast(item)]
+    for item in fast:
+        item.add_marker(pytest.mark.fast)
+    if config.getoption("fast"):
+        kept = set(map(id, fast))
+        config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept])
+        items[:] = fast
