@@ -141,7 +141,28 @@ _HEAVY_FIXTURES = {
     "template_home",
     "airflow_home",
 }
-_SLOW_UNITS: set[str] = set()
+# Over ~2.5 s each on a busy two-core machine (--durations): subprocesses, wheel
+# builds, whole-ImageNet-shaped computations, module fixtures that build splits.
+_SLOW_UNITS = {
+    "tests/test_build.py::test_reproduces_published_split_exactly",
+    "tests/test_build.py::test_pythonhashseed_does_not_matter",
+    "tests/test_build.py::test_source_order_does_not_matter",
+    "tests/test_build.py::test_worker_count_does_not_matter",
+    "tests/test_build.py::test_name_missing_from_source_fails_before_any_output",
+    "tests/test_build.py::test_rerun_reuses_staged_shards",
+    "tests/test_build.py::test_staged_shards_of_an_older_source_are_not_reused",
+    "tests/test_dataflow.py::test_airflow_side_of_a_job_does_not_import_beam",
+    "tests/test_dataflow.py::test_worker_package_is_beam_jobs_only",
+    "tests/test_lock.py::test_processes_racing_for_one_output_with_one_run_id_one_wins",
+    "tests/test_lock.py::test_a_renewed_lease_keeps_a_long_run_s_lock",
+    "tests/test_lock.py::test_the_lock_module_needs_no_airflow",
+    "tests/test_protocols.py::test_the_facts_the_notices_state",
+    "tests/test_protocols.py::test_cli_lists_and_exports",
+    "tests/test_publish.py::test_two_publisher_processes_on_a_local_path_keep_both_splits",
+    "tests/test_synthetic.py::test_names_from_fixmatch_split_are_all_present",
+    "tests/test_synthetic.py::test_imagenet_shape_totals",
+    "tests/test_tfds_meta.py::test_tfds_source_published_and_read_back",
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -163,6 +184,9 @@ def _is_fast(item: pytest.Item) -> bool:
         return False
     if any(item.get_closest_marker(m) for m in _HEAVY_MARKERS):
         return False
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "gcs" in map(str, callspec.params.values()):
+        return False  # a "gcs" parameter: the case on the emulator
     return not _HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
 
 
