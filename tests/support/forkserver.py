@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -39,18 +40,26 @@ class Forkserver:
             stdout=subprocess.PIPE,
             env=env,
             cwd=cwd,
-            text=True,
+            bufsize=0,
         )
         self.script = script
+        self._pending = b""  # replies read from the pipe but not yet returned
         ready = self._reply(timeout=300)
         assert ready.get("ready"), ready
 
     def _reply(self, timeout: float) -> dict:
+        """The server's next reply line (unbuffered reads: two replies may arrive at once)."""
         assert self.proc.stdout is not None
-        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if readable else ""
-        if not line:
-            raise RuntimeError(f"forkserver for {self.script}: no reply (exit {self.proc.poll()})")
+        fd, deadline = self.proc.stdout.fileno(), time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            chunk = os.read(fd, 65536) if left > 0 and select.select([fd], [], [], left)[0] else b""
+            if not chunk:
+                raise RuntimeError(
+                    f"forkserver for {self.script}: no reply (exit {self.proc.poll()})"
+                )
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
         return json.loads(line)
 
     def run(
@@ -60,8 +69,7 @@ class Forkserver:
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             request = {"argv": argv, "env": env, "stdout": str(out), "stderr": str(err)}
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
             pid = self._reply(timeout=60)["pid"]
             try:
                 status = self._reply(timeout=timeout)["status"]
