@@ -14,15 +14,17 @@ demo: venv
 system-deps:
 	@bin/install-system-deps
 
-# Two tiers: everything but the team's stack on two workers, then the team's stack
-# (docker-compose.yaml as processes on Postgres, tests/test_team_stack.py) alone, so
-# that its timing checks (a killed scheduler's run within two minutes) own the cores.
+# Three tiers. `make test`: everything but the team's stack, on two workers (about
+# five minutes on two idle cores). `make test-fast`: the pure units and in-process
+# TestPipeline transforms (under a minute; the tier is chosen in tests/conftest.py).
+# `make test-stack`: the team's stack (docker-compose.yaml as processes on Postgres,
+# tests/test_team_stack.py) alone, so that its timing checks (a killed scheduler's run
+# within two minutes) own the cores. CI (.ci/run) runs `make test` then `make test-stack`.
 test: venv system-deps
 	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not stack"
-	@$(PY) -m pytest -q -m stack tests/test_team_stack.py
 
 test-fast: venv
-	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow and not browser and not stack"
+	@$(PY) -m pytest -n 2 -q --fast
 
 test-stack: venv system-deps
 	@$(PY) -m pytest -q -m stack tests/test_team_stack.py

@@ -109,3 +109,93 @@ def source_copy(small_source, tmp_path) -> Path:
     dst = tmp_path / "source"
     shutil.copytree(small_source, dst)
     return dst
+
+
+# --------------------------------------------------------------------------- tiers
+# `make test-fast` (`pytest --fast`): the pure units and in-process TestPipeline
+# transforms, under a minute on two cores. Left out: the files that run the DAG,
+# servers, browsers, builds of whole environments or mypy; tests marked slow,
+# gcs (the emulator), browser or stack; tests that need a built synthetic source,
+# an Airflow home or the emulator; and the few below that start Beam or Airflow
+# in a subprocess (measured with --durations, each several seconds).
+_HEAVY_FILES = {
+    "test_benchmark_smoke.py",
+    "test_compose.py",
+    "test_dag.py",
+    "test_dataflow_templates.py",
+    "test_faults.py",
+    "test_kills.py",
+    "test_team_stack.py",
+    "test_typecheck.py",
+    "test_ui_browser.py",
+    "test_ui_security.py",
+    "test_worker_wheel.py",
+}
+_HEAVY_MARKERS = {"slow", "gcs", "browser", "stack"}
+_HEAVY_FIXTURES = {
+    "gcs_emulator",
+    "gcs_bucket",
+    "proxy",
+    "small_source",
+    "source_copy",
+    "template_home",
+    "airflow_home",
+}
+# Over ~2.5 s each on a busy two-core machine (--durations): subprocesses, wheel
+# builds, whole-ImageNet-shaped computations, module fixtures that build splits.
+_SLOW_UNITS = {
+    "tests/test_build.py::test_reproduces_published_split_exactly",
+    "tests/test_build.py::test_pythonhashseed_does_not_matter",
+    "tests/test_build.py::test_source_order_does_not_matter",
+    "tests/test_build.py::test_worker_count_does_not_matter",
+    "tests/test_build.py::test_name_missing_from_source_fails_before_any_output",
+    "tests/test_build.py::test_rerun_reuses_staged_shards",
+    "tests/test_build.py::test_staged_shards_of_an_older_source_are_not_reused",
+    "tests/test_dataflow.py::test_airflow_side_of_a_job_does_not_import_beam",
+    "tests/test_dataflow.py::test_worker_package_is_beam_jobs_only",
+    "tests/test_lock.py::test_processes_racing_for_one_output_with_one_run_id_one_wins",
+    "tests/test_lock.py::test_a_renewed_lease_keeps_a_long_run_s_lock",
+    "tests/test_lock.py::test_the_lock_module_needs_no_airflow",
+    "tests/test_protocols.py::test_the_facts_the_notices_state",
+    "tests/test_protocols.py::test_cli_lists_and_exports",
+    "tests/test_publish.py::test_two_publisher_processes_on_a_local_path_keep_both_splits",
+    "tests/test_synthetic.py::test_names_from_fixmatch_split_are_all_present",
+    "tests/test_synthetic.py::test_imagenet_shape_totals",
+    "tests/test_tfds_meta.py::test_tfds_source_published_and_read_back",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="only the fast tier (tests marked fast by tests/conftest.py): `make test-fast`",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if config.getoption("fast") and collection_path.name in _HEAVY_FILES:
+        return True  # not even imported: their imports alone cost seconds
+    return None
+
+
+def _is_fast(item: pytest.Item) -> bool:
+    if item.path.name in _HEAVY_FILES or item.nodeid.split("[")[0] in _SLOW_UNITS:
+        return False
+    if any(item.get_closest_marker(m) for m in _HEAVY_MARKERS):
+        return False
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "gcs" in map(str, callspec.params.values()):
+        return False  # a "gcs" parameter: the case on the emulator
+    return not _HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the fast tier ``fast``; with ``--fast``, run only it."""
+    fast = [item for item in items if _is_fast(item)]
+    for item in fast:
+        item.add_marker(pytest.mark.fast)
+    if config.getoption("fast"):
+        kept = set(map(id, fast))
+        config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept])
+        items[:] = fast

@@ -2,8 +2,9 @@
 protocol, for a first build and for a forced rebuild of published splits,
 on local disk and on the GCS emulator.
 
-Each run is one process doing what the DAG's tasks do (tests/support/built_splits.py
-as a script), started in its own process group; a failpoint
+Each run is one process doing what the DAG's tasks do (tests/support/built_splits.py's
+main, in a process forked from one that has imported it: tests/support/forkserver.py),
+in its own session and process group; a failpoint
 (``beam_jobs.faults``) kills the whole group at the named step: no
 ``finally``, no teardown runs. After each kill:
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import pytest
 from support import built_splits as bs
 from support.common import PYTHON, ROOT
+from support.forkserver import Forkserver
 
 from beam_jobs import layout, storage
 from beam_jobs.publishing.manifest import ManifestError, load, load_split
@@ -71,9 +73,7 @@ def rebuild(source: str, output: str) -> dict:
     return {**base(source, output), "num_shards": 4, "unsupervised_seed": 1, "force": True}
 
 
-def harness(
-    params: dict, cache: Path, *, failpoint: str | None = None, run_id: str | None = None
-) -> subprocess.CompletedProcess:
+def harness_env(failpoint: str | None = None) -> dict[str, str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins"), str(ROOT / "tests")]),
@@ -81,21 +81,28 @@ def harness(
     env.pop("SSL_SPLITS_FAILPOINT", None)
     if failpoint:
         env["SSL_SPLITS_FAILPOINT"] = failpoint
-    return subprocess.run(
-        [
-            PYTHON,
-            HARNESS,
-            json.dumps(params),
-            run_id or f"manual__{uuid.uuid4().hex[:8]}",
-            str(cache),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        start_new_session=True,
-    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """The harness's imports paid once: each run a fresh forked process in its own
+    session and process group (tests/support/forkserver.py)."""
+    server = Forkserver(PYTHON, HARNESS, harness_env(), ROOT)
+    yield server
+    server.close()
+
+
+def harness(
+    server: Forkserver,
+    params: dict,
+    cache: Path,
+    *,
+    failpoint: str | None = None,
+    run_id: str | None = None,
+) -> subprocess.CompletedProcess:
+    argv = [json.dumps(params), run_id or f"manual__{uuid.uuid4().hex[:8]}", str(cache)]
+    return server.run(argv, harness_env(failpoint), timeout=600)
 
 
 def ok(proc: subprocess.CompletedProcess) -> None:
@@ -157,19 +164,19 @@ def place_template(template: Path, output: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def references(small_source, tmp_path_factory):
-    """Uninterrupted runs: the first build; and the first build (kept as the
-    template every rebuild case starts from) then the rebuild."""
+def references(small_source, tmp_path_factory, runs):
+    """Uninterrupted runs: the first build (never modified after: it is also the
+    template every rebuild case starts from, copied); and a copy of it rebuilt."""
     root = tmp_path_factory.mktemp("kill_refs")
     cache = root / "catalogs"
-    first = str(root / "first")
-    ok(harness(base(str(small_source), first), cache))
-    template = root / "template"
-    ok(harness(base(str(small_source), str(template)), cache))
+    template = root / "first"
+    first = str(template)
+    ok(harness(runs, base(str(small_source), first), cache))
     both = str(root / "both")
     place_template(template, both)
-    ok(harness(rebuild(str(small_source), both), cache))
+    ok(harness(runs, rebuild(str(small_source), both), cache))
     return {
+        "runs": runs,
         "cache": cache,
         "template": template,
         "first": (published_files(first), manifest_view(f"{first}/manifest.json")),
@@ -192,11 +199,11 @@ def kill_and_rerun(scenario: str, point: str, output: str, source: str, refs: di
         allowed = {n: {b} for n, b in refs["old"].items()}
         for n, b in want_files.items():
             allowed.setdefault(n, set()).add(b)
-    killed = harness(params, cache, failpoint=point)
+    killed = harness(refs["runs"], params, cache, failpoint=point)
     assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-4000:]
     assert f"failpoint {point.split('@')[0]}: killing" in killed.stderr
     check_after_kill(output, manifest_uri, allowed)
-    ok(harness(params, cache))
+    ok(harness(refs["runs"], params, cache))
     assert published_files(output) == want_files
     assert manifest_view(manifest_uri) == want_manifest
     for split in want_manifest:

@@ -3,8 +3,9 @@
 A Dataflow worker runs Beam's SDK container (apache-beam[gcp] at the launcher's
 version and its dependencies) and installs the staged wheel
 (``bin/build-worker-package``) with what it declares. This test builds that
-environment: a new virtualenv with only ``apache-beam[gcp]`` at the locked
-version and the wheel, both resolved against ``requirements.lock`` (uv, from
+environment: a virtualenv with only ``apache-beam[gcp]`` at the locked
+version and the wheel (the dependencies' environment kept between runs, named
+by what decides its contents; the wheel reinstalled on every run), both resolved against ``requirements.lock`` (uv, from
 its cache), and runs the product's jobs end to end in it on the DirectRunner
 (synthetic source, validate, plan, build of a seeded split and of the
 reshuffle, deep verification), from a temporary folder with no checkout on
@@ -14,11 +15,14 @@ Airflow and TensorFlow are not importable at all.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,24 +41,33 @@ def locked(name: str) -> str:
     return m.group(1)
 
 
-@pytest.fixture(scope="module")
-def worker_venv(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("worker")
-    out = subprocess.run(
-        [str(ROOT / "bin" / "build-worker-package"), str(tmp / "dist")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    wheel = out.stdout.strip().splitlines()[-1]
-    venv = tmp / "venv"
-    subprocess.run(
-        [str(UV), "venv", "-q", "--python", sys.executable, str(venv)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The wheel's declared requirements (its METADATA's Requires-Dist lines)."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode().splitlines()
+    return sorted(ln for ln in lines if ln.startswith("Requires-Dist:"))
+
+
+def cached_venv_dir(wheel: Path) -> Path:
+    """Where the environment for this wheel's dependencies is kept between runs:
+    named by what decides its contents (the lock, Beam's pin, this Python, the
+    wheel's declared requirements), so a change to any of them makes a new one."""
+    key = hashlib.sha256(
+        "\n".join(
+            [
+                (ROOT / "requirements.lock").read_text(),
+                locked("apache-beam"),
+                sys.version,
+                *wheel_requirements(wheel),
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    return tmp / f"ssl-splits-worker-venv-{os.getuid()}-{key}"
+
+
+def uv_install(venv: Path, *what: str) -> None:
     install = [
         str(UV),
         "pip",
@@ -64,23 +77,69 @@ def worker_venv(tmp_path_factory) -> Path:
         str(venv / "bin" / "python"),
         "-c",
         str(ROOT / "requirements.lock"),
-        f"apache-beam[gcp]=={locked('apache-beam')}",
-        wheel,
+        *what,
     ]
     # From uv's cache (filled by `make venv` from the same lock); online only if it is cold.
     proc = subprocess.run([*install, "--offline"], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         proc = subprocess.run(install, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def worker_venv(tmp_path_factory) -> Path:
+    """A virtualenv with apache-beam[gcp] at the locked version and the wheel
+    built now. The environment of its dependencies is built once and kept under
+    TMPDIR (cached_venv_dir: about a minute of installing and of compiling Beam
+    saved on every later run); the wheel itself is reinstalled into it on every
+    run, and the test checks that the installed modules are the wheel's."""
+    tmp = tmp_path_factory.mktemp("worker")
+    out = subprocess.run(
+        [str(ROOT / "bin" / "build-worker-package"), str(tmp / "dist")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    wheel = Path(out.stdout.strip().splitlines()[-1])
+    venv = cached_venv_dir(wheel)
+    if not (venv / ".complete").exists():
+        for old in venv.parent.glob(f"ssl-splits-worker-venv-{os.getuid()}-*"):
+            shutil.rmtree(old, ignore_errors=True)  # other keys: stale environments
+        fresh = venv.with_name(f"{venv.name}.tmp-{os.getpid()}")
+        subprocess.run(
+            [str(UV), "venv", "-q", "--python", sys.executable, str(fresh)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        uv_install(fresh, f"apache-beam[gcp]=={locked('apache-beam')}", str(wheel))
+        (fresh / ".complete").touch()
+        try:
+            fresh.rename(venv)  # complete or absent, whoever else builds it at once
+        except OSError:
+            shutil.rmtree(fresh, ignore_errors=True)
+    else:
+        name = wheel.name.split("-")[0]
+        uv_install(venv, "--reinstall-package", name, "--refresh-package", name, str(wheel))
+    installed = next((venv / "lib").glob("python*/site-packages"))
+    # Compiled modules of a previous wheel must not stand in for this one's.
+    shutil.rmtree(venv / "pycache" / str(installed / "beam_jobs").lstrip("/"), ignore_errors=True)
+    with zipfile.ZipFile(wheel) as z:
+        modules = [n for n in z.namelist() if n.startswith("beam_jobs/") and n.endswith(".py")]
+        assert modules, "the wheel holds no beam_jobs modules"
+        for n in modules:
+            assert (installed / n).read_bytes() == z.read(n), f"{n}: not the wheel's"
     return venv
 
 
-def _env(tmp: Path) -> dict[str, str]:
+def _env(venv: Path) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
     }
-    # One compile of Beam for all the processes below (this environment writes no .pyc).
-    env.update(PYTHONPYCACHEPREFIX=str(tmp / "pycache"), PYTHONDONTWRITEBYTECODE="")
+    # One compile of Beam for all the processes below and for later runs (this
+    # environment writes no .pyc beside its modules).
+    env.update(PYTHONPYCACHEPREFIX=str(venv / "pycache"), PYTHONDONTWRITEBYTECODE="")
     return env
 
 
@@ -88,7 +147,7 @@ def test_the_wheel_alone_runs_every_job(worker_venv, tmp_path):
     py = str(worker_venv / "bin" / "python")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    env = _env(tmp_path)
+    env = _env(worker_venv)
 
     def run(*args: str) -> str:
         proc = subprocess.run(

@@ -169,7 +169,7 @@ class Airflow:
                     return
             except (urllib.error.URLError, OSError, ValueError) as err:
                 last = str(err)
-            time.sleep(2)
+            time.sleep(0.5)
         raise AssertionError(
             f"Airflow was not ready after {timeout:.0f} s ({last}):\n{self.log_tails()}"
         )
@@ -187,7 +187,7 @@ class Airflow:
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.load(r)["dag_run_id"]
 
-    def wait_run(self, run_id: str, timeout: float, poll: float = 3.0) -> dict[str, Any]:
+    def wait_run(self, run_id: str, timeout: float, poll: float = 1.0) -> dict[str, Any]:
         """The run once it succeeded or failed (or as it is after ``timeout``)."""
         deadline = time.monotonic() + timeout
         run: dict[str, Any] = {}

@@ -19,6 +19,13 @@ from typing import Any
 from beam_jobs import storage
 
 BEAM = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+# What a run imports (tests/support/forkserver.py imports them once for many runs).
+PRELOAD = (
+    "ssl_splits.tasks",
+    "beam_jobs.source.validate",
+    "beam_jobs.building.build",
+    "beam_jobs.verification.verify",
+)
 DAG_ID = "ssl_imagenet_splits"
 
 
