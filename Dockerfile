@@ -3,7 +3,7 @@
 # LOCKED runtime requirements and its data-plane package (beam_jobs).
 #
 # * The base tag's Airflow version equals the pin in requirements.lock
-#   (tests/test_compose.py checks; change both together).
+#   (tests/airflow/test_compose.py checks; change both together).
 # * requirements-runtime.lock is requirements.lock minus TensorFlow and the test
 #   tools, with every pin equal to the main lock's and every file hashed: pip
 #   installs exactly those files (--require-hashes) or fails.

@@ -18,7 +18,7 @@ system-deps:
 # five minutes on two idle cores). `make test-fast`: the pure units and in-process
 # TestPipeline transforms (under a minute; the tier is chosen in tests/conftest.py).
 # `make test-stack`: the team's stack (docker-compose.yaml as processes on Postgres,
-# tests/test_team_stack.py) alone, so that its timing checks (a killed scheduler's run
+# tests/airflow/test_team_stack.py) alone, so that its timing checks (a killed scheduler's run
 # within two minutes) own the cores. CI (.ci/run) runs `make test` then `make test-stack`.
 test: venv system-deps
 	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not stack"
@@ -27,7 +27,7 @@ test-fast: venv
 	@$(PY) -m pytest -n 2 -q --fast
 
 test-stack: venv system-deps
-	@$(PY) -m pytest -q -m stack tests/test_team_stack.py
+	@$(PY) -m pytest -q -m stack tests/airflow/test_team_stack.py
 
 # ruff: lint rules and the formatter ([tool.ruff] in pyproject.toml); `make format` applies it.
 lint: venv
@@ -37,7 +37,7 @@ lint: venv
 format: venv
 	@.venv/bin/ruff format beam_jobs plugins dags tests benchmarks
 
-# mypy on beam_jobs and plugins/ssl_splits ([tool.mypy] in pyproject.toml); tests/test_typecheck.py runs it too.
+# mypy on beam_jobs and plugins/ssl_splits ([tool.mypy] in pyproject.toml); tests/core/test_typecheck.py runs it too.
 typecheck: venv
 	@.venv/bin/mypy --cache-dir "$${TMPDIR:-/tmp}/ssl-splits-mypy-$$(id -u)"
 

@@ -5,7 +5,7 @@ variable ``SSL_SPLITS_FAILPOINT`` names it, as ``name`` (the first time the
 point is reached) or ``name@N`` (the N-th time, counted per process). Then
 the whole process group gets SIGKILL, as an OOM killer or a lost machine
 would do it: no ``finally`` block, no teardown, no flush runs. The kill tests
-(``tests/test_kills.py``) start each run in its own process group and stop
+(``tests/airflow/test_kills.py``) start each run in its own process group and stop
 it at every step boundary of the commit protocol this way.
 
 ``name~SECONDS`` instead pauses there (every time): a test that needs a run

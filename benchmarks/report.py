@@ -3,7 +3,7 @@
 Pure functions over the rows ``benchmarks.jobs`` and ``benchmarks.dag`` record
 (one dict per job: ``dataset``, ``side`` product/seed/raw/dag, ``stage``,
 ``split``, ``kind``, the ``benchmarks.measure`` figures, the job's own counts),
-so that ``tests/test_benchmark_targets.py`` checks them without a run.
+so that ``tests/benchmarks/test_benchmark_targets.py`` checks them without a run.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Every function takes full URIs, picks the backend of the URI's scheme once
 
 Why not only ``apache_beam.io.filesystems``: see ``gcs.py``. Another scheme
 is one new module with a :class:`~beam_jobs.storage.base.Backend` subclass,
-registered in ``schemes.BACKENDS``; ``tests/test_storage.py`` runs the same
+registered in ``schemes.BACKENDS``; ``tests/storage/test_storage.py`` runs the same
 contract tests on every backend.
 
 Wildcards (``*``, ``?``, ``[...]``) are allowed in the last path component of

@@ -4,7 +4,7 @@ A backend serves the URIs of one scheme (``local.py``: absolute paths;
 ``gcs.py``: ``gs://``). The function API in ``beam_jobs.storage`` picks one
 by the URI's scheme and delegates; nothing else in the project talks to a
 backend directly. A backend's guarantees, which the contract tests
-(``tests/test_storage.py``) check on every backend alike:
+(``tests/storage/test_storage.py``) check on every backend alike:
 
 * whole-file writes and :class:`AtomicWriter` streams are atomic: readers see
   the old file or the new one, and a failed writer leaves nothing under the

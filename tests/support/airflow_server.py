@@ -2,8 +2,8 @@
 LocalExecutor, DAG processor, triggerer) as ``bin/airflow`` processes on
 127.0.0.1, with a private AIRFLOW_HOME, driven through the REST API.
 
-Used by the browser test (``tests/test_ui_browser.py``), the UI's security test
-(``tests/test_ui_security.py``, raw requests: ``Airflow.request``) and by the
+Used by the browser test (``tests/airflow/test_ui_browser.py``), the UI's security test
+(``tests/airflow/test_ui_security.py``, raw requests: ``Airflow.request``) and by the
 benchmark of the DAG under a real scheduler (``benchmarks/dag.py``).
 """
 

@@ -9,7 +9,7 @@ run's whole environment, writes its stdout and stderr to files, runs
 process of its own would. A failpoint's ``killpg`` kills the child's group
 only; the server reports how the child ended (``-9`` for SIGKILL). The server
 itself never runs ``main``: every child starts from the state right after the
-imports. (The kill matrix, tests/test_kills.py, runs about fifty such runs:
+imports. (The kill matrix, tests/airflow/test_kills.py, runs about fifty such runs:
 about 2.7 s of CPU each for the imports alone.)
 """
 

@@ -3,12 +3,12 @@
 Everything a container would get is read from ``docker-compose.yaml``, the one
 definition: the ``x-airflow-common`` environment (executor, auth manager, the
 recovery settings, the product settings, each ``${VAR:-default}`` at its
-default, which ``tests/test_compose.py`` proves equal to ``.env.example``), each
+default, which ``tests/airflow/test_compose.py`` proves equal to ``.env.example``), each
 service's command, the ``airflow-init`` steps (migrate the database, write the
 admin's password with ``docker/simple_auth_passwords.py``), the emulator's
 settings and the ``demo-data`` command. What differs is only what a container
 engine provides, and it is mapped here in one place (``HOST_MAP``,
-``PATH_MAP``, ``LAUNCHER_ONLY``; ``tests/test_team_stack.py`` checks nothing
+``PATH_MAP``, ``LAUNCHER_ONLY``; ``tests/airflow/test_team_stack.py`` checks nothing
 else differs):
 
 * service host names (``postgres``, ``airflow-apiserver``, ``gcs-emulator``)

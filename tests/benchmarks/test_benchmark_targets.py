@@ -13,7 +13,7 @@ from benchmarks import report, scale_model
 
 MIB = 2**20
 COUNT, HALF, BYTES = "count", "half", "bytes"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def job(ds: str, side: str, stage: str, split: str | None = None, **fields: Any) -> dict[str, Any]:

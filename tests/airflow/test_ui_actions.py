@@ -365,7 +365,7 @@ def _details_app():
 def _lookup(calls):
     """The middleware's lookup of a link's values, over a fixed state: run RUN published
     ``_doc()`` at /o/manifest.json with ``{"direct_num_workers": 1}`` as its conf (the
-    real one reads Airflow's DB: tests/test_ui_security.py)."""
+    real one reads Airflow's DB: tests/airflow/test_ui_security.py)."""
     from ssl_splits.prefill import prefill_conf
 
     def lookup(request):

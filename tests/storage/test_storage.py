@@ -335,7 +335,7 @@ def test_importing_storage_loads_no_gcs_library():
         capture_output=True,
         text=True,
         check=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
     )
     assert out.stdout.strip() == "[]"
 

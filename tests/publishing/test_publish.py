@@ -29,7 +29,7 @@ from beam_jobs.layout import report_uri, stats_uri
 from beam_jobs.publishing.manifest import load, load_split, merge
 from beam_jobs.publishing.publish import PublishError, publish, versions_folder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def entry(name: str, seed: int) -> dict:

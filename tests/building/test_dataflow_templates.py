@@ -23,7 +23,7 @@ What is checked, from the staged files themselves (``beam_jobs.building.template
   that matter. Any change to the graph, the wheel or the options fails here.
   If the change is intended, regenerate the golden file and review its diff::
 
-      SSL_SPLITS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_dataflow_templates.py
+      SSL_SPLITS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/building/test_dataflow_templates.py
 
 * explicitly: ``Create -> Reshuffle -> ParDo(the job's DoFn)`` (the Reshuffle
   makes Dataflow spread the shards over its workers instead of fusing them
@@ -330,9 +330,9 @@ def test_descriptions_match_the_golden_file(staged, world):
         GOLDEN.write_text(
             json.dumps(
                 {
-                    "about": "Dataflow job descriptions the DAG stages (tests/test_dataflow_templates.py); "
+                    "about": "Dataflow job descriptions the DAG stages (tests/building/test_dataflow_templates.py); "
                     "regenerate: SSL_SPLITS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest "
-                    "tests/test_dataflow_templates.py, then review the diff",
+                    "tests/building/test_dataflow_templates.py, then review the diff",
                     "jobs": got,
                 },
                 indent=1,

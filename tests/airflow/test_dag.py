@@ -975,7 +975,7 @@ def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
     summary = generate(spec, str(source), workers=1)
     total = summary["train_records"]
     n = total // 10
-    # (The validation copy in this layout is built in tests/test_tfds_meta.py, in-process.)
+    # (The validation copy in this layout is built in tests/source/test_tfds_meta.py, in-process.)
     conf = {
         "source_uri": str(source),
         "output_uri": str(output),

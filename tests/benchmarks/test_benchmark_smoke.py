@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEAM_STACK = os.environ.get("BENCH_SMOKE_TEAM_STACK") == "1"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
