@@ -12,18 +12,16 @@ How a job is launched, as configured
     :func:`beam_task` passes ``py_options=["-m"]`` and the job's module name as
     ``py_file`` (the provider reads ``py_file`` as a path only when it starts with
     ``gs://``), so the command is ``python -m beam_jobs.building.build --runner=...
-    --split=...``: no launcher file, no replaced hook, this worker's interpreter
+    --split=...``: no launcher file, this worker's interpreter
     (``py_interpreter``), no extra requirements (``py_requirements`` unset).
-    The provider probes the interpreter's Beam version before each job
-    (``python -c "import apache_beam"``), as for every Python pipeline: about
-    1.2 s of CPU, 2.7 s wall on an idle machine here (the subclassed hook that
-    skipped it is gone).
+    The provider's per-job Beam version probe is skipped for this interpreter
+    (``ssl_splits.beam_probe``, the one performance trick here, measured there).
 
 What the provider cannot know
     A job's options come from the run's config and its split's spec, XComs
     known only when the task runs (both templated fields). So
     :class:`SplitBeamOperator` overrides ``execute``, the entry point Airflow
-    gives every operator, and nothing below it: it sets ``runner``,
+    gives every operator (and, for the probe, the hook it makes): it sets ``runner``,
     ``pipeline_options`` and ``dataflow_config`` (``ssl_splits.job_options``),
     skips a split the plan skipped, holds the run's lock and hands the
     ``google_cloud_default`` connection's credentials to the subprocess while
@@ -47,6 +45,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from beam_jobs import storage
 from beam_jobs.core import JOB_MODULES
+from ssl_splits.beam_probe import SkipVersionProbe
 from ssl_splits.config import RunConfig
 from ssl_splits.job_options import JOBS, dataflow_config, pipeline_options, split_label
 
@@ -100,7 +99,7 @@ def beam_task(
     ).expand(spec=specs)
 
 
-class SplitBeamOperator(BeamRunPythonPipelineOperator):
+class SplitBeamOperator(SkipVersionProbe, BeamRunPythonPipelineOperator):
     """Run a ``beam_jobs`` job for this DAG run (and one split, when mapped).
 
     :param job: ``validate`` or ``build``.
