@@ -50,7 +50,6 @@ import dataclasses
 import functools
 import hashlib
 import math
-import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
@@ -832,7 +831,8 @@ def named_split_name(n: int, label: str) -> str:
 
 
 def check_label(label: str) -> str:
-    if not isinstance(label, str) or not re.match(LABEL_PATTERN, label):
+    """``label`` if it may label a name list (the rule: ``protocols.is_label``)."""
+    if not protocols.is_label(label):
         raise PlanError(
             f"name list label {label!r} must be a lower-case letter followed by up "
             "to 31 lower-case letters, digits or '_' (it names the split "
