@@ -14,10 +14,10 @@ from typing import Any
 from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
 
 from beam_jobs import storage
-from beam_jobs.core import VALIDATION, job_name
+from beam_jobs.core import JOB_MODULES, VALIDATION, job_name
 from ssl_splits.config import RunConfig
 
-JOBS = ("validate", "build", "verify")
+JOBS = tuple(JOB_MODULES)  # validate, build, verify: the jobs beam_jobs.core names
 
 
 def split_label(spec: dict[str, Any] | None) -> str:
