@@ -144,6 +144,7 @@ _HEAVY_FIXTURES = {
 # Over ~2.5 s each on a busy two-core machine (--durations): subprocesses, wheel
 # builds, whole-ImageNet-shaped computations, module fixtures that build splits.
 _SLOW_UNITS = {
+    "tests/core/test_test_groups.py::test_an_xdist_group_runs_on_one_worker",
     "tests/building/test_build.py::test_reproduces_published_split_exactly",
     "tests/building/test_build.py::test_pythonhashseed_does_not_matter",
     "tests/building/test_build.py::test_source_order_does_not_matter",
