@@ -109,26 +109,17 @@ def expand_protocol(req: PlanRequest) -> tuple[dict[int, str], list[tuple[str, s
     ``resolve`` applies them to the params first, this applies them to any request."""
     proto = protocols.protocol(req.protocol)
     files = dict(req.sharding_files)
+    problem = protocols.unpublished_seeds(proto, req.seeds) or protocols.seeds_given_twice(
+        proto, req.seeds, files
+    )
+    if problem:
+        raise PlanError(problem)
     if proto.sharding:
-        outside = proto.unpublished(req.seeds)
-        if outside:
-            raise PlanError(
-                f"protocol {proto.name} has published splits for seeds "
-                f"{list(proto.seeds)} only, not {outside}"
-            )
-        both = sorted(set(files) & set(req.seeds))
-        if both:
-            raise PlanError(
-                f"seeds {both} have a sharding file and protocol {proto.name}'s "
-                "published file: give one"
-            )
         files.update(proto.published_files(req.seeds))
-    if len(req.sizes()) > 1 and set(files) & set(req.seeds):
-        raise PlanError(
-            f"seeds {sorted(set(files) & set(req.seeds))} have a published file, "
-            f"which is one split of one size: they cannot be drawn at the fractions "
-            f"{', '.join(req.fractions)}; plan them in a request of their own"
-        )
+    if len(req.sizes()) > 1:
+        drawn = set(files) & set(req.seeds)
+        if problem := protocols.files_at_several_sizes(drawn, list(req.fractions)):
+            raise PlanError(problem)
     lists = [(check_label(label), uri) for label, uri in req.name_lists]
     lists += [(label, protocols.LISTS[key].ref) for label, key in proto.name_lists]
     return files, lists

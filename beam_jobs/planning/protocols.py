@@ -200,6 +200,54 @@ def protocol(name: str) -> Protocol:
         ) from None
 
 
+# --------------------------------------------------------------------------- request rules
+#
+# The rules a request (seeds, sharding files, fractions) must follow under a
+# protocol, written once: the DAG's ``resolve()`` raises each as a ConfigError
+# before any task runs, the plan step (``beam_jobs.planning.plans``, also a CLI)
+# as a PlanError. Each returns the problem in words, or None.
+
+
+def unpublished_seeds(proto: Protocol, seeds: Iterable[int]) -> str | None:
+    """Seeds a protocol of published splits (FixMatch's) has no split for."""
+    outside = proto.unpublished(seeds)
+    if not outside:
+        return None
+    return (
+        f"seeds {outside}: protocol {proto.name} has published splits for seeds "
+        f"{list(proto.seeds)} only, not {outside}"
+    )
+
+
+def seeds_given_twice(
+    proto: Protocol, seeds: Iterable[int], file_seeds: Iterable[int]
+) -> str | None:
+    """Seeds given a sharding file when the protocol gives them its published one."""
+    both = sorted(set(seeds) & set(file_seeds)) if proto.sharding else []
+    if not both:
+        return None
+    return (
+        f"sharding_files and protocol {proto.name} both give the files of seeds {both}: "
+        f"seeds {both} have a sharding file and protocol {proto.name}'s published file: "
+        f"give one (protocol {proto.name} uses the published files it ships)"
+    )
+
+
+def files_at_several_sizes(file_seeds: Iterable[int], fractions: list[str]) -> str | None:
+    """A sharding (or published) file is one split of one size: it cannot be
+    drawn at several fractions."""
+    seeds = sorted(set(file_seeds))
+    if not seeds or len(fractions) <= 1:
+        return None
+    listed = ", ".join(fractions)
+    return (
+        f"sharding_files and fractions=[{listed}] do not go together: "
+        f"seeds {seeds} have a published file, which is one split of one size: they "
+        f"cannot be drawn at the fractions {listed}; build (or plan) those seeds in a run "
+        "of their own, without fractions"
+    )
+
+
 def is_label(label: object) -> bool:
     """Whether ``label`` may label a name list (:data:`LABEL_PATTERN`)."""
     return isinstance(label, str) and re.match(LABEL_PATTERN, label) is not None

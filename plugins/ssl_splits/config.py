@@ -23,16 +23,15 @@ error found is the one reported):
 
 Where each rule lives. The facts about the published label sets (which
 seeds FixMatch published, at which fraction and sampling; what a name-list
-label is) are defined once, in ``beam_jobs.planning.protocols``, and both
-this module and the plan step (``beam_jobs.planning.plans.expand_protocol``)
-read them there. The location rules are ``beam_jobs.access``'s alone; the
-plan step applies them again to the files it reads, so its CLI is safe
-without Airflow. The plan step keeps its own checks of a plan request, and
-its own messages in its own terms (seeds and files of a request, for the CLI);
-this module phrases the same rules in the params' terms, for the trigger
-form, and checks the params the plan step never sees (fraction and sampling
-beside a published split, the labels a protocol takes). Both sets of
-messages are part of the product's behaviour.
+label is) and the rules a request follows under a protocol (seeds it has no
+split for, a seed given two files, a file drawn at several fractions) are
+written once, in ``beam_jobs.planning.protocols``: this module raises them as
+ConfigErrors before any task runs, the plan step
+(``beam_jobs.planning.plans.expand_protocol``, also a CLI) as PlanErrors. The
+location rules are ``beam_jobs.access``'s alone; the plan step applies them
+again to the files it reads, so its CLI is safe without Airflow. This module
+alone checks the params the plan step never sees (fraction and sampling beside
+a published split, params a protocol of name lists leaves aside).
 """
 
 from __future__ import annotations
@@ -508,16 +507,19 @@ def _protocol(p: dict[str, Any], draws: Draws, files: dict[Any, Any]) -> protoco
     proto = protocols.PROTOCOLS[name]
     if not proto.uses_seeds:
         _check_seeded_only_unset(p, proto, draws, files)
-    elif len(draws.fractions) > 1 and files:
-        raise ConfigError(
-            f"sharding_files and fractions={p['fractions']!r} do not go together: "
-            "a sharding file is one seed's split exactly, at one size; build "
-            "the seeds with sharding_files in a run of their own (without "
-            "fractions)"
-        )
+    elif files and (
+        problem := protocols.files_at_several_sizes(_file_seeds(files), draws.fractions)
+    ):
+        raise ConfigError(problem)
     if proto.sharding:
         _check_published_splits(p, proto, draws, files)
     return proto
+
+
+def _file_seeds(files: dict[Any, Any]) -> list[int]:
+    """The seeds ``sharding_files`` names (keys that are not seeds are refused
+    later, by :func:`_sharding_files`)."""
+    return [int(k) for k in files if str(k).isdigit()]
 
 
 def _check_seeded_only_unset(
@@ -544,17 +546,11 @@ def _check_published_splits(
     """A protocol of published splits (FixMatch's): only the seeds it published,
     its own files, and the fraction and sampling they were drawn at."""
     name = proto.name
-    outside = proto.unpublished(draws.seeds)
-    if outside:
-        raise ConfigError(
-            f"seeds {outside}: protocol {name} has published splits for seeds "
-            f"{min(proto.seeds)}-{max(proto.seeds)} only"
-        )
-    if files:
-        raise ConfigError(
-            f"sharding_files and protocol {name} both give the seeds' files: "
-            f"use one (protocol {name} uses the published files it ships)"
-        )
+    problem = protocols.unpublished_seeds(proto, draws.seeds) or protocols.seeds_given_twice(
+        proto, draws.seeds, _file_seeds(files)
+    )
+    if problem:
+        raise ConfigError(problem)
     if draws.fraction_text != proto.fraction:
         raise ConfigError(
             f"fraction={draws.fraction!r}: FixMatch's published splits are 10% "

@@ -327,3 +327,36 @@ def test_the_form_is_its_table_of_fields_with_the_deployment_s_defaults():
     again = params({})
     assert again["seeds"].value == [1, 2, 3, 4, 5]
     assert again["manifest_uri"].schema["anyOf"][1]["maxLength"] == 2048
+
+
+# A rule a request follows under a protocol is written once (beam_jobs.planning.protocols):
+# the params refused by resolve() and the same request refused by the plan step (its CLI)
+# give one message.
+SAME_RULE = [
+    pytest.param(
+        {"protocol": "fixmatch", "seeds": [2, 6]},
+        {"protocol": "fixmatch", "seeds": (2, 6)},
+        id="unpublished_seed",
+    ),
+    pytest.param(
+        {"protocol": "fixmatch", "seeds": [3], "sharding_files": {"3": "/data/split3.txt"}},
+        {"protocol": "fixmatch", "seeds": (3,), "sharding_files": ((3, "/data/split3.txt"),)},
+        id="seed_given_two_files",
+    ),
+    pytest.param(
+        {"seeds": [3], "sharding_files": {"3": "/data/s3.txt"}, "fractions": [0.1, 0.01]},
+        {"seeds": (3,), "sharding_files": ((3, "/data/s3.txt"),), "fractions": ("0.1", "0.01")},
+        id="file_at_several_sizes",
+    ),
+]
+
+
+@pytest.mark.parametrize("params, request_fields", SAME_RULE)
+def test_a_protocol_rule_says_the_same_to_the_form_and_to_the_plan_cli(params, request_fields):
+    from beam_jobs.planning.plans import PlanError, PlanRequest, expand_protocol
+
+    with pytest.raises(ConfigError) as by_config:
+        resolve({**OK, **params})
+    with pytest.raises(PlanError) as by_plan:
+        expand_protocol(PlanRequest(**request_fields))
+    assert str(by_config.value) == str(by_plan.value)
