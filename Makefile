@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: demo test test-fast test-stack venv system-deps lint format typecheck bench clean
+.PHONY: demo test test-fast test-long test-stack venv system-deps lint format typecheck bench clean
 
 venv:
 	@bin/setup-venv
@@ -14,17 +14,23 @@ demo: venv
 system-deps:
 	@bin/install-system-deps
 
-# Three tiers. `make test`: everything but the team's stack, on two workers (about
-# five minutes on two idle cores). `make test-fast`: the pure units and in-process
-# TestPipeline transforms (under a minute; the tier is chosen in tests/conftest.py).
-# `make test-stack`: the team's stack (docker-compose.yaml as processes on Postgres,
-# tests/airflow/test_team_stack.py) alone, so that its timing checks (a killed scheduler's run
-# within two minutes) own the cores. CI (.ci/run) runs `make test` then `make test-stack`.
+# Four tiers. `make test`: what a maintainer runs often, everything but the long
+# scenarios and the team's stack, on two workers (under five minutes on two idle
+# cores). `make test-fast`: the pure units and in-process TestPipeline transforms
+# (under a minute; the tier is chosen in tests/conftest.py). `make test-long`: the
+# scenarios of 30 s and more (marked `long`: several DAG runs in one test, the
+# browser, the benchmark harness). `make test-stack`: the team's stack
+# (docker-compose.yaml as processes on Postgres, tests/airflow/test_team_stack.py)
+# alone, so that its timing checks (a killed scheduler's run within two minutes)
+# own the cores. CI (.ci/run) runs `make test`, `make test-long`, `make test-stack`.
 test: venv system-deps
-	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not stack"
+	@$(PY) -m pytest -n 2 --dist loadgroup -q -m "not stack and not long"
 
 test-fast: venv
 	@$(PY) -m pytest -n 2 -q --fast
+
+test-long: venv system-deps
+	@$(PY) -m pytest -n 2 --dist loadgroup -q -m long
 
 test-stack: venv system-deps
 	@$(PY) -m pytest -q -m stack tests/airflow/test_team_stack.py

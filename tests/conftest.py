@@ -131,7 +131,7 @@ _HEAVY_FILES = {
     "test_ui_security.py",
     "test_worker_wheel.py",
 }
-_HEAVY_MARKERS = {"slow", "gcs", "browser", "stack"}
+_HEAVY_MARKERS = {"slow", "long", "gcs", "browser", "stack"}
 _HEAVY_FIXTURES = {
     "gcs_emulator",
     "gcs_bucket",

@@ -603,6 +603,7 @@ def _check_split_files(name: str, entry: dict) -> dict[str, int]:
     return {p: f.generation for p, f in listed.items()}
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.gcs
 def test_end_to_end_on_gcs_build_rebuild_one_seed_rerun(gcs_bucket, airflow_home, tmp_path):
@@ -788,6 +789,7 @@ def framed(path: Path) -> list[tuple[str, bytes]]:
     return out
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.xdist_group("dag_published")
 def test_fixmatch_protocol_builds_the_five_published_splits(
@@ -854,6 +856,7 @@ def test_fixmatch_protocol_builds_the_five_published_splits(
         assert entry["layout"] == "common"
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.xdist_group("dag_published")
 def test_simclr_1pct_protocol_holds_exactly_the_listed_records(
@@ -905,6 +908,7 @@ def test_simclr_1pct_protocol_holds_exactly_the_listed_records(
     assert entry["class_counts"] == counts and sorted(set(counts.values())) == [12, 13]
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.xdist_group("dag_published")
 def test_reproduces_fixmatch_split3_through_the_dag(published_source, airflow_home, tmp_path):
@@ -1107,6 +1111,7 @@ def _shard_files(output: Path, manifest: dict) -> dict[str, tuple[int, str]]:
     return out
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_one_run_builds_fixmatchs_three_sizes_for_every_seed(airflow_home, tmp_path):
     """Issue 20: ``fractions`` [0.1, 0.05, 0.01] and seeds 1-5 in one run give every

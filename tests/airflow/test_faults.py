@@ -294,6 +294,7 @@ CANARY_PASSWORD = "canary-pw-3f9a61"
 CANARY_EXTRA = "canary-extra-77c2d0"
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_killed_and_concurrent_runs_and_no_secrets_anywhere(small_source, tmp_path):
     """Runs on one output folder, as users meet them:

@@ -212,6 +212,7 @@ def switch_state(dialog, name: str) -> str | None:
 # --------------------------------------------------------------------------- the test
 
 
+@pytest.mark.long
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # three DAG runs: about 5 minutes on an idle 2-core machine

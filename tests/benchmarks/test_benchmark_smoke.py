@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TEAM_STACK = os.environ.get("BENCH_SMOKE_TEAM_STACK") == "1"
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(600)]
 
 
 def run_quick(work: Path) -> subprocess.CompletedProcess[str]:
