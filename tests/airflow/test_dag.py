@@ -451,6 +451,7 @@ def bad_param_runs(template_home, tmp_path_factory):
     return {c["name"]: (c, r) for c, r in zip(cases, results, strict=True)}, src, work
 
 
+@pytest.mark.long  # the module fixture triggers every case: about 50 s
 @pytest.mark.xdist_group("dag_bad_params")
 @pytest.mark.parametrize("name", [c["name"] for c in _bad_cases(Path("/s"), Path("/o"))])
 def test_bad_params_fail_before_any_job_starts(bad_param_runs, name):

@@ -36,7 +36,14 @@ import pytest
 from support.airflow_env import DAG_ID, migrated_home
 from support.airflow_server import Airflow
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# long: the module's Airflow (api-server, scheduler, a DAG run) takes about 40 s to set up;
+# one xdist group, so that one worker sets it up once.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.long,
+    pytest.mark.xdist_group("ui_security"),
+    pytest.mark.timeout(900),
+]
 
 NUM_CLASSES = 10
 SEEDS = [1, 2]

@@ -466,6 +466,7 @@ def test_template_location_needs_the_dataflow_runner(world):
 # --------------------------------------------------------------------------- through Airflow
 
 
+@pytest.mark.long  # a whole DAG run, about 40 s
 def test_dag_run_in_template_mode_stages_and_publishes_nothing(world, staged, tmp_path):
     """``bin/airflow dags test`` with runner DataflowRunner and
     dataflow_template_location: the operator and the provider's hook launch each
