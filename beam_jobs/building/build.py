@@ -291,30 +291,31 @@ def _load_build_table(uri: str, num_shards: int) -> tuple[pa.Table, np.ndarray]:
         return _TABLES[uri]
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardTarget:
+    """Where one split's shards are written and how their records are read:
+    what :class:`WriteShard` (a build's DoFn) and :func:`write_shard` (one
+    shard) share. ``prefix``: the split's file prefix in the source's layout
+    (``beam_jobs.layout``; None: the split's name)."""
+
+    split: str
+    num_shards: int
+    output_uri: str
+    staging: str
+    read_threads: int
+    prefix: str | None = None
+
+
 class WriteShard(beam.DoFn):
     """Write one output shard to staging from its planned records."""
 
     def __init__(
-        self,
-        table_uri: str,
-        files: list[str],
-        split: str,
-        num_shards: int,
-        output_uri: str,
-        staging: str,
-        read_threads: int,
-        progress: str | None = None,
-        prefix: str | None = None,
+        self, table_uri: str, files: list[str], target: ShardTarget, progress: str | None = None
     ) -> None:
         self.progress = progress  # marker folder (beam_jobs.progress)
-        self.prefix = prefix  # the split's file prefix in the source's layout (beam_jobs.layout)
         self.table_uri = table_uri
         self.files = files
-        self.split = split
-        self.num_shards = num_shards
-        self.output_uri = output_uri
-        self.staging = staging
-        self.read_threads = read_threads
+        self.target = target
         self.records = Metrics.counter("ssl_splits", "records_written")
         self.bytes_written = Metrics.counter("ssl_splits", "bytes_written")
         self.bytes_read = Metrics.counter("ssl_splits", "bytes_read")
@@ -333,23 +334,12 @@ class WriteShard(beam.DoFn):
             reader.close()
 
     def _rows(self, shard: int) -> pa.Table:
-        table, starts = _load_build_table(self.table_uri, self.num_shards)
+        table, starts = _load_build_table(self.table_uri, self.target.num_shards)
         lo, hi = int(starts[shard]), int(starts[shard + 1])
         return table.slice(lo, hi - lo)
 
     def process(self, shard: int) -> Iterator[dict[str, Any]]:
-        stats = write_shard(
-            shard,
-            self._rows(shard),
-            self.files,
-            split=self.split,
-            num_shards=self.num_shards,
-            output_uri=self.output_uri,
-            staging=self.staging,
-            read_threads=self.read_threads,
-            reader=self._reader,
-            prefix=self.prefix,
-        )
+        stats = write_shard(shard, self._rows(shard), self.files, self.target, self._reader)
         if stats.get("reused"):
             self.reused.inc()
         else:
@@ -451,22 +441,17 @@ def write_shard(
     shard: int,
     rows: pa.Table,
     files: list[str],
-    *,
-    split: str,
-    num_shards: int,
-    output_uri: str,
-    staging: str,
-    read_threads: int,
+    target: ShardTarget,
     reader: RangeReader | None = None,
-    prefix: str | None = None,
 ) -> dict[str, Any]:
     """Copy a shard's planned records into a staged file; return its stats.
 
     ``reader`` keeps source files open across calls (one is made and closed
-    here if not given). ``prefix``: the split's file prefix (default the split)."""
+    here if not given)."""
+    split, num_shards, staging = target.split, target.num_shards, target.staging
     t0 = time.monotonic()
-    name = shard_name(prefix or split, shard, num_shards)
-    final = storage.join(output_uri, name)
+    name = shard_name(target.prefix or split, shard, num_shards)
+    final = storage.join(target.output_uri, name)
     reused = _reusable(staging, shard, name, final)
     if reused is not None:
         log.debug(
@@ -478,7 +463,12 @@ def write_shard(
         return reused.to_dict()
     staged = storage.join(staging, name)
     w, bytes_read = _copy_counting_reads(
-        rows, files, reader, staged, read_threads=read_threads, what=f"{split}: shard {shard}"
+        rows,
+        files,
+        reader,
+        staged,
+        read_threads=target.read_threads,
+        what=f"{split}: shard {shard}",
     )
     names = rows.column("filename")
     stats = ShardStats(
@@ -817,9 +807,8 @@ def plan_stage(args: argparse.Namespace, job: SplitJob, meta: dict[str, Any]) ->
         threads,
     )
     progress = progress_dir(job.work_uri, "build", split)
-    fn = WriteShard(
-        table_uri, files, split, num_shards, job.output_uri, staging, threads, progress, job.prefix
-    )
+    target = ShardTarget(split, num_shards, job.output_uri, staging, threads, job.prefix)
+    fn = WriteShard(table_uri, files, target, progress)
     return Stage(
         list(range(num_shards)), fn, num_shards, staging, expected, work_bytes, table.num_rows
     )

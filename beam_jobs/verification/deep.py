@@ -197,21 +197,15 @@ class DeepCheck(beam.DoFn):
 
 
 class DeepVerify(beam.PTransform):
-    """Shards (``{"path", "shard", "crc32c"}``) -> one deep-check result each.
+    """Shards (``{"path", "shard", "crc32c"}``) -> one deep-check result each,
+    by ``check``.
 
     The Reshuffle after Create lets a runner spread the shards over workers
     instead of fusing them onto the one that created them."""
 
-    def __init__(
-        self,
-        split: str,
-        table_uri: str | None,
-        num_shards: int,
-        progress: str | None = None,
-        keys: RecordKeys = COMMON_KEYS,
-    ) -> None:
+    def __init__(self, check: DeepCheck) -> None:
         super().__init__()
-        self._fn = DeepCheck(split, table_uri, num_shards, progress, keys)
+        self._fn = check
 
     def expand(self, shards: beam.PCollection) -> beam.PCollection:
         return shards | "Spread" >> beam.Reshuffle() | "DeepCheck" >> beam.ParDo(self._fn)
@@ -267,11 +261,13 @@ def run_deep(
         | "Shards" >> beam.Create(elements)
         | "Verify"
         >> DeepVerify(
-            split,
-            table_uri,
-            len(elements),
-            progress_dir(work, "verify", split),
-            record_keys(layout_kind),
+            DeepCheck(
+                split,
+                table_uri,
+                len(elements),
+                progress_dir(work, "verify", split),
+                record_keys(layout_kind),
+            )
         )
         | "Collect" >> beam.combiners.ToList().without_defaults()
         | "Write" >> beam.Map(collect)

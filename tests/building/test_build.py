@@ -25,7 +25,7 @@ from support.common import REFERENCE, run_module
 
 from beam_jobs import storage
 from beam_jobs.building import build as build_mod
-from beam_jobs.building.build import BuildError, WriteShard, build_table, finish
+from beam_jobs.building.build import BuildError, ShardTarget, WriteShard, build_table, finish
 from beam_jobs.planning.algorithm import PlanError, default_num_shards, parse_plan_text
 from beam_jobs.planning.plans import PlanRequest, make_plans, write_plans
 from beam_jobs.source import validate
@@ -336,7 +336,7 @@ def test_write_shard_transform(small, tmp_path):
         stats = (
             p
             | beam.Create(list(range(S)))
-            | beam.ParDo(WriteShard(table_uri, files, split, S, out, staging, 1))
+            | beam.ParDo(WriteShard(table_uri, files, ShardTarget(split, S, out, staging, 1)))
             | beam.Map(
                 lambda st: (
                     st["shard"],
@@ -913,7 +913,7 @@ def test_stage_split_transform(small, tmp_path):
             p
             | beam.Create(list(range(S)))
             | StageSplit(
-                WriteShard(table_uri, files, split, S, out, staging, 1),
+                WriteShard(table_uri, files, ShardTarget(split, S, out, staging, 1)),
                 split=split,
                 num_shards=S,
                 output_uri=out,

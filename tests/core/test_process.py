@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from beam_jobs.building import build
-from beam_jobs.building.build import CopyShard, WriteShard
+from beam_jobs.building.build import CopyShard, ShardTarget, WriteShard
 from beam_jobs.verification import deep as deep_verify
 from beam_jobs.verification import verify
 from beam_jobs.verification.deep import DeepCheck
@@ -84,7 +84,7 @@ def test_build_and_verify_processes_freeze_their_heap_at_exit(monkeypatch, tmp_p
         name = module.__name__.rsplit(".", 1)[1]
         monkeypatch.setattr(module, "freeze_heap_at_exit", lambda n=name: calls.append(n))
     out = str(tmp_path)
-    WriteShard(out, [], "s", 1, out, out, 1).setup()  # a worker of a build
+    WriteShard(out, [], ShardTarget("s", 1, out, out, 1)).setup()  # a worker of a build
     CopyShard("validation", out, out).setup()  # a worker of the validation copy
     DeepCheck("s", None, 1).setup()  # a worker of a deep verification
     assert calls == ["build", "build", "deep"]

@@ -312,7 +312,7 @@ def test_deep_check_dofn_reports_each_shard(run):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from beam_jobs.verification.deep import DeepVerify
+    from beam_jobs.verification.deep import DeepCheck, DeepVerify
 
     st = stats(run)
     flip_byte(run)  # shard 1 now differs from what the build recorded
@@ -323,7 +323,7 @@ def test_deep_check_dofn_reports_each_shard(run):
         out = (
             p
             | beam.Create(elements)
-            | DeepVerify(SPLIT, None, 3)
+            | DeepVerify(DeepCheck(SPLIT, None, 3))
             | beam.Map(lambda r: (r["shard"], r["num_records"], len(r["findings"]) > 0))
         )
         assert_that(out, equal_to([(0, 33, False), (1, 32, True), (2, 32, False)]))
