@@ -486,7 +486,7 @@ def parse_sharding_files(values: list[str]) -> tuple[tuple[int, str], ...]:
     out = []
     for v in values:
         seed, sep, uri = v.partition("=")
-        if not sep or not seed.strip().isdigit():
+        if not sep or not (seed.strip().isascii() and seed.strip().isdigit()):
             raise PlanError(f"--sharding_file takes SEED=URI, got {v!r}")
         out.append((int(seed), uri.strip()))
     return tuple(out)

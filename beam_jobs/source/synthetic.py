@@ -226,7 +226,7 @@ def _split_even(items: list, parts: int) -> list[list]:
 def _name_number(name: str) -> int | None:
     """``n01440764_10026.JPEG`` -> 10026 (None if not of that form)."""
     digits = name.split("_", 1)[-1].split(".", 1)[0]
-    return int(digits) if digits.isdigit() else None
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def layout(spec: Spec) -> Layout:

@@ -516,10 +516,17 @@ def _protocol(p: dict[str, Any], draws: Draws, files: dict[Any, Any]) -> protoco
     return proto
 
 
+def _seed_key(key: Any) -> int | None:
+    """A ``sharding_files`` key as a seed: ASCII digits only (``str.isdigit``
+    also takes '³', which ``int`` refuses, and '٣', which it reads as 3)."""
+    text = str(key)
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def _file_seeds(files: dict[Any, Any]) -> list[int]:
     """The seeds ``sharding_files`` names (keys that are not seeds are refused
     later, by :func:`_sharding_files`)."""
-    return [int(k) for k in files if str(k).isdigit()]
+    return [s for s in map(_seed_key, files) if s is not None]
 
 
 def _check_seeded_only_unset(
@@ -576,9 +583,10 @@ def _sharding_files(
     """``sharding_files`` as ``{seed: uri}``: each for a seed that is built, each allowed."""
     sharding: dict[str, str] = {}
     for k, v in files.items():
-        if not str(k).isdigit() or int(k) not in seeds:
+        seed = _seed_key(k)
+        if seed is None or seed not in seeds:
             raise ConfigError(f"sharding_files names seed {k!r}, which is not in seeds {seeds}")
-        sharding[str(int(k))] = located(f"sharding_files[{k}]", v, allowed)
+        sharding[str(seed)] = located(f"sharding_files[{k}]", v, allowed)
     return sharding
 
 

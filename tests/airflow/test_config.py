@@ -198,6 +198,19 @@ BAD = [
         "'3'",
         id="sharding_file_seed_not_built",
     ),
+    # str.isdigit() takes these; int() refuses the first and reads the second as 3.
+    pytest.param(
+        {**OK, "seeds": [3], "sharding_files": {"³": "/s3.txt"}},
+        "sharding_files",
+        "'³'",
+        id="sharding_file_seed_superscript",
+    ),
+    pytest.param(
+        {**OK, "protocol": "fixmatch", "seeds": [3], "sharding_files": {"٣": "/s3.txt"}},
+        "sharding_files",
+        "'٣'",
+        id="sharding_file_seed_arabic_indic",
+    ),
     pytest.param(
         {**OK, "protocol": "simclr_5pct"}, "protocol", "'simclr_5pct'", id="protocol_unknown"
     ),

@@ -753,6 +753,10 @@ def test_plan_cli_rejects_bad_sharding_file_argument(tiny_catalog, tmp_path, cap
     )
     assert rc == 1
     assert "--sharding_file takes SEED=URI" in capsys.readouterr().err
+    # ASCII digits only: str.isdigit() also takes '³' (int() refuses it) and '٣' (read as 3).
+    for seed in ("³", "٣"):
+        with pytest.raises(PlanError, match="--sharding_file takes SEED=URI"):
+            plan_cli.parse_sharding_files([f"{seed}=/p/split3.txt"])
 
 
 def test_storage_reads_plan_files_by_uri(tmp_path):
