@@ -11,6 +11,9 @@ It runs before any Beam job starts.
 One function per family of rules, in the order they are checked (the first
 error found is the one reported):
 
+* JSON types (``ssl_splits.form.wrong_type``): each param this module does not
+  parse itself (:data:`PARSED_HERE`) is of its field's type, so a conf that did
+  not come through Airflow's form check still gets a ConfigError naming it;
 * locations (:func:`_locations`, :func:`located`, :func:`check_overlap`):
   URIs well-formed and normalised, inside the allowed roots, never in the
   Airflow home; the source apart from the folders a run writes;
@@ -347,6 +350,26 @@ def parse_fractions(value: Any) -> list[str]:
 # --------------------------------------------------------------------------- resolve
 
 
+# The params this module parses with its own words (locations, draws, protocol files and
+# lists, runner, checks, Dataflow); the others' JSON types are the form's (form.wrong_type).
+PARSED_HERE = frozenset(
+    {
+        "source_uri",
+        "output_uri",
+        "manifest_uri",
+        "work_uri",
+        "seeds",
+        "fraction",
+        "fractions",
+        "sampling",
+        "sharding_files",
+        "name_lists",
+        "runner",
+        "deep_verify",
+    }
+)
+
+
 def resolve(p: dict[str, Any]) -> RunConfig:
     """:func:`resolve_conf` with the deployment's allowed locations, read from the
     environment (``SSL_SPLITS_ALLOWED_ROOTS``, ``AIRFLOW_HOME``, ``AIRFLOW_CONFIG``)."""
@@ -360,6 +383,10 @@ def resolve_conf(p: dict[str, Any], allowed: AllowedLocations) -> RunConfig:
     Every location a param names (and the defaults derived from them) is checked
     against ``allowed`` (:func:`check_location`) here, before any task reads or
     writes it. ConfigError names the first param found wrong, and why."""
+    from ssl_splits.form import wrong_type  # the form's table imports this module
+
+    if problem := wrong_type(p, skip=PARSED_HERE):
+        raise ConfigError(problem)
     where = _locations(p, allowed)
     draws = _draws(p)
     runner = _runner(p)

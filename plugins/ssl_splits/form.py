@@ -113,6 +113,27 @@ def _param(spec: Field, env: Mapping[str, str]) -> Param:
     return Param(copy.deepcopy(default), description=spec.description, **schema)
 
 
+def wrong_type(conf: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> str | None:
+    """The first param of ``conf`` (but those in ``skip``) whose value is not of
+    its field's JSON type (a string for a number, an object for a name, ...), in
+    words; None if every one is. Airflow checks a triggered run's conf against
+    the whole schema; this lets ``ssl_splits.config.resolve_conf`` refuse a
+    wrong type with a ConfigError naming the param, whoever called it. None
+    counts as absent, as there; ``skip``: the params resolve parses and words
+    itself."""
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
+    for f in FIELDS:
+        value = conf.get(f.name)
+        if value is None or f.name in skip or "type" not in f.schema:
+            continue
+        if not Draft202012Validator({"type": f.schema["type"]}).is_valid(value):
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            return f"{f.name} must be of JSON type {f.schema['type']}, got {shown}"
+    return None
+
+
 # --------------------------------------------------------------------------- schemas
 
 # A location as a string: gs://bucket/path or an absolute local path, without "..".

@@ -205,6 +205,13 @@ BAD = [
         "'³'",
         id="sharding_file_seed_superscript",
     ),
+    # A value of the wrong JSON type, in a conf that did not come through Airflow's form
+    # check: refused naming the param, not a TypeError from inside (nor "false" read as true).
+    pytest.param({**OK, "num_classes": "gs://x"}, "num_classes", "'gs://x'", id="type_num_classes"),
+    pytest.param({**OK, "protocol": {"a": 1}}, "protocol", "{'a': 1}", id="type_protocol"),
+    pytest.param({**OK, "unsupervised": "false"}, "unsupervised", "'false'", id="type_bool"),
+    pytest.param({**OK, "unsupervised_seed": ["3"]}, "unsupervised_seed", "['3']", id="type_seed"),
+    pytest.param({**OK, "num_shards": 1.5}, "num_shards", "1.5", id="type_num_shards"),
     pytest.param(
         {**OK, "protocol": "fixmatch", "seeds": [3], "sharding_files": {"٣": "/s3.txt"}},
         "sharding_files",
@@ -373,3 +380,24 @@ def test_a_protocol_rule_says_the_same_to_the_form_and_to_the_plan_cli(params, r
     with pytest.raises(PlanError) as by_plan:
         expand_protocol(PlanRequest(**request_fields))
     assert str(by_config.value) == str(by_plan.value)
+
+
+def test_no_conf_gets_anything_but_a_config_error():
+    """Every param given a value of every JSON shape, a few at a time (20,000
+    seeded draws): resolve() returns a config or raises a ConfigError, never
+    another exception."""
+    import random
+
+    names = [f.name for f in FIELDS]
+    values = [None, True, False, 0, -1, 2**70, 1.5, float("nan"), "", "³", "٣", "../x"]
+    values += ["/data/imagenet", "gs://b/x", "gs://", "a" * 5000, [], [1], ["3"], ["³"], [None]]
+    values += [[[1]], {}, {"3": "/data/x"}, {"³": "/x"}, {"3": None}, {"a": "b"}, [0.1, "x"]]
+    rng = random.Random(1)
+    for _ in range(20_000):
+        conf = dict(OK)
+        for _ in range(rng.randint(1, 3)):
+            conf[rng.choice(names)] = rng.choice(values)
+        try:
+            resolve(conf)
+        except ConfigError:
+            pass
