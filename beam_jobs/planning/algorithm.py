@@ -729,7 +729,14 @@ def parse_plan_table(raw: bytes, origin: str) -> pa.Table:
         positioned = _sorted_by_position(table)
         if positioned is not None:
             return positioned
-    names, shards, indices = parse_plan_text(raw.decode("utf-8"), origin)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:  # where, never what: the file may be anyone's
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise PlanError(
+            f"{origin}: not UTF-8 text (line {line}, byte offset {err.start})"
+        ) from None
+    names, shards, indices = parse_plan_text(text, origin)
     return pa.table(
         {
             "filename": pa.array(names.tolist(), pa.string()),

@@ -624,6 +624,16 @@ def test_read_plan_file_errors(tmp_path):
         read_plan_file(str(bad))
 
 
+def test_parse_plan_table_refuses_bytes_that_are_not_utf8_by_position():
+    """A plan file read by the build or the verifier (not through read_plan_file):
+    a PlanError saying where, never the bytes."""
+    raw = b"a,0,0\nb,0,1\nS3cr\xe9t,0,2\n"
+    with pytest.raises(PlanError) as err:
+        split_algorithm.parse_plan_table(raw, "plan.csv")
+    assert str(err.value) == "plan.csv: not UTF-8 text (line 3, byte offset 16)"
+    assert "S3cr" not in str(err.value)
+
+
 def test_published_plan_reports_count_and_first_missing_names():
     plan = split_algorithm.Plan(
         split="x",
