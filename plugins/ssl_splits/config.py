@@ -712,4 +712,8 @@ def _deep_verify(p: dict[str, Any]) -> bool:
         if deep not in DEEP_VERIFY:
             raise ConfigError(f"deep_verify must be one of {list(DEEP_VERIFY)}, got {deep!r}")
         deep = DEEP_VERIFY[deep]
+    elif deep is not None and not isinstance(deep, bool):
+        raise ConfigError(
+            f"deep_verify must be one of {list(DEEP_VERIFY)} or a boolean, got {deep!r}"
+        )
     return bool(deep)

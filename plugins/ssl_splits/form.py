@@ -118,9 +118,9 @@ def wrong_type(conf: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> s
     its field's JSON type (a string for a number, an object for a name, ...), in
     words; None if every one is. Airflow checks a triggered run's conf against
     the whole schema; this lets ``ssl_splits.config.resolve_conf`` refuse a
-    wrong type with a ConfigError naming the param, whoever called it. None
-    counts as absent, as there; ``skip``: the params resolve parses and words
-    itself."""
+    wrong type with a ConfigError naming the param, whoever called it. None is
+    left to resolve (a default for most params, false for the switches);
+    ``skip``: the params resolve parses, type included, in its own words."""
     from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
     for f in FIELDS:

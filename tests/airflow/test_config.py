@@ -212,6 +212,7 @@ BAD = [
     pytest.param({**OK, "unsupervised": "false"}, "unsupervised", "'false'", id="type_bool"),
     pytest.param({**OK, "unsupervised_seed": ["3"]}, "unsupervised_seed", "['3']", id="type_seed"),
     pytest.param({**OK, "num_shards": 1.5}, "num_shards", "1.5", id="type_num_shards"),
+    pytest.param({**OK, "deep_verify": [1]}, "deep_verify", "[1]", id="type_deep_verify"),
     pytest.param(
         {**OK, "protocol": "fixmatch", "seeds": [3], "sharding_files": {"٣": "/s3.txt"}},
         "sharding_files",
