@@ -534,9 +534,7 @@ def _protocol(p: dict[str, Any], draws: Draws, files: dict[Any, Any]) -> protoco
     proto = protocols.PROTOCOLS[name]
     if not proto.uses_seeds:
         _check_seeded_only_unset(p, proto, draws, files)
-    elif files and (
-        problem := protocols.files_at_several_sizes(_file_seeds(files), draws.fractions)
-    ):
+    elif problem := protocols.files_at_several_sizes(_file_seeds(files), draws.fractions):
         raise ConfigError(problem)
     if proto.sharding:
         _check_published_splits(p, proto, draws, files)
