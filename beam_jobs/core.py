@@ -15,9 +15,10 @@ module: the Airflow side (``ssl_splits``) and the jobs Beam workers run.
 * :class:`PlanSummary`: one written plan (``{plan}.json`` beside the plan file).
 * :class:`BuildStats`: a staged split, the build's ``stats/{split}.json``.
 * :class:`VerifyReport`: the verifier's verdict, ``verify/{split}.json``.
-* :class:`SplitEntry` (with :class:`ManifestShard`, :class:`PlanRef`,
-  :class:`VerificationRef`, :class:`BuildProvenance`), :class:`SourceSection`
-  and :class:`PublicationProvenance`: the manifest's parts.
+* :class:`Manifest`: the manifest document; its parts :class:`SplitEntry`
+  (with :class:`ManifestShard`, :class:`PlanRef`, :class:`VerificationRef`,
+  :class:`BuildProvenance`), :class:`SourceSection` and
+  :class:`PublicationProvenance`.
 * :class:`PublishResult`: what ``publish_manifest`` returns (an XCom).
 * :class:`SplitSwitch` and :class:`Publication`: the publication journal
   (``_ssl_splits/publishing.json``, ``beam_jobs.publishing.commit``).
@@ -32,6 +33,7 @@ there and leaves the rest at its default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -775,6 +777,83 @@ class PublishResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PublishResult:
         return _known(cls, d)
+
+
+MANIFEST_SCHEMA_VERSION = 1
+# The manifest's top-level keys other than ``splits``, with their JSON types.
+_MANIFEST_TYPES: dict[str, tuple[type, str]] = {
+    "schema_version": (int, "an integer"),
+    "output_uri": (str, "a string"),
+    "work_uri": (str, "a string"),
+    "source": (dict, "an object"),
+    "provenance": (dict, "an object"),
+    "updated_at": (str, "a string"),
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The manifest document (schema in ``beam_jobs.publishing.manifest``), as
+    read or about to be written. Its split entries, ``source`` and
+    ``provenance`` stay the JSON they were published as: publishing a rebuild
+    of one seed must keep the other splits' entries exactly as the version that
+    wrote them (:meth:`entry` reads one as a :class:`SplitEntry`). ``other``:
+    top-level keys this version does not write, kept as they are."""
+
+    output_uri: str
+    splits: dict[str, dict[str, Any]]
+    work_uri: str | None = None
+    source: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
+    updated_at: str | None = None
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    other: dict[str, Any] = field(default_factory=dict)
+
+    def entry(self, split: str) -> SplitEntry | None:
+        """The published entry of ``split`` (None: not published)."""
+        d = self.splits.get(split)
+        return SplitEntry.from_dict(d) if d is not None else None
+
+    @property
+    def source_layout(self) -> str:
+        """The layout of the source its splits were built from."""
+        return str((self.source or {}).get("layout", COMMON))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "output_uri": self.output_uri,
+            "splits": self.splits,
+        }
+        for k in ("work_uri", "source", "provenance", "updated_at"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        return copy.deepcopy({**d, **self.other})
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Manifest:
+        """ValueError, naming the key (never quoting a value), unless ``d`` is
+        shaped as a manifest: an object whose ``splits`` maps names to objects."""
+        splits = d.get("splits") if isinstance(d, dict) else None
+        if not isinstance(splits, dict):
+            raise ValueError("it has no 'splits' object")
+        if not all(isinstance(e, dict) for e in splits.values()):
+            raise ValueError("an entry of its 'splits' is not an object")
+        for k, (kind, what) in _MANIFEST_TYPES.items():
+            v = d.get(k)
+            if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+                raise ValueError(f"its {k!r} is not {what}")
+        d = copy.deepcopy(d)
+        return cls(
+            output_uri=d.get("output_uri") or "",
+            splits=d["splits"],
+            work_uri=d.get("work_uri"),
+            source=d.get("source"),
+            provenance=d.get("provenance"),
+            updated_at=d.get("updated_at"),
+            schema_version=d.get("schema_version", MANIFEST_SCHEMA_VERSION),
+            other={k: v for k, v in d.items() if k != "splits" and k not in _MANIFEST_TYPES},
+        )
 
 
 # --------------------------------------------------------------------------- the journal and the lock

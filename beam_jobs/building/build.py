@@ -82,7 +82,7 @@ from beam_jobs.pipeline import (
     setup_logging,
     stage_template,
 )
-from beam_jobs.planning.algorithm import PlanError, parse_plan_table
+from beam_jobs.planning.algorithm import PlanError, catalog_positions, parse_plan_table
 from beam_jobs.process import freeze_heap_at_exit
 from beam_jobs.progress import Progress, mark_done, progress_dir
 from beam_jobs.source.catalog import REPORT_FILE, read_catalog, read_table, write_table
@@ -203,19 +203,15 @@ def _read_plan(plan_uri: str) -> bytes:
 
 def _join_catalog(plan: pa.Table, catalog_dir: str, plan_uri: str) -> pa.Table:
     """The catalog's file, offset, length and data CRC of each planned name, in
-    the plan's order; raises PlanError if a name is not in the catalog."""
+    the plan's order (``catalog_positions``: a PlanError if one is missing)."""
     catalog = read_catalog(catalog_dir, ["filename", "file", "offset", "length", "data_crc"])
-    # The plan comes sorted by (shard, index); look each name up in the
-    # catalog (names are unique there: validation rejects duplicates).
-    pos = pc.index_in(plan.column("filename"), value_set=catalog.column("filename"))
-    missing_mask = pc.is_null(pos)
-    n_missing = pc.sum(missing_mask).as_py() or 0
-    if n_missing:
-        missing = plan.filter(missing_mask).column("filename").to_pylist()
-        raise PlanError(
-            f"plan {plan_uri}: {n_missing:,} of {plan.num_rows:,} names are not in the source "
-            f"catalog {catalog_dir}, e.g. {', '.join(sorted(missing)[:5])}"
-        )
+    pos = catalog_positions(
+        plan.column("filename"),
+        catalog.column("filename"),
+        plan.column("shard"),
+        plan.column("index"),
+        plan_uri,
+    )
     return catalog.select(["file", "offset", "length", "data_crc"]).take(pos)
 
 

@@ -800,6 +800,29 @@ def _sorted_by_position(t: pa.Table) -> pa.Table | None:
     )
 
 
+def catalog_positions(
+    names: pa.Array | pa.ChunkedArray,
+    catalog_names: pa.Array | pa.ChunkedArray,
+    shards: Any,
+    indices: Any,
+    origin: str,
+) -> pa.Array:
+    """The join of a plan with a catalog: the catalog row of each planned name,
+    in plan order. A PlanError with the count and the first missing ones by
+    their place in the plan (``shards``, ``indices``), never by name: a plan's
+    names are its file's text (see parse_plan_text)."""
+    pos = pc.index_in(names, value_set=catalog_names)
+    if pos.null_count:
+        lost = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
+        shards, indices = np.asarray(shards), np.asarray(indices)
+        where = ", ".join(f"shard {int(shards[i])} index {int(indices[i])}" for i in lost[:5])
+        raise PlanError(
+            f"plan {origin}: {len(lost):,} of {len(names):,} names are not in the "
+            f"source catalog, e.g. the names at {where}"
+        )
+    return pos.combine_chunks() if isinstance(pos, pa.ChunkedArray) else pos
+
+
 def published_plan(
     plan: Plan, cat: SortedCatalog, class_names: dict[int, str] | None = None
 ) -> Plan:
@@ -807,17 +830,9 @@ def published_plan(
     with the count and the first missing names (in plan order) if the catalog
     lacks any, else a copy with its per-class counts (a label's class: its
     synset, else the label) and its catalog rows."""
-    pos = pc.index_in(pa.array(plan.names, pa.string()), value_set=cat.names)
-    if pos.null_count:
-        # By position, not by name: the names are the file's text (see parse_plan_text).
-        lost = np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))
-        where = ", ".join(
-            f"shard {int(plan.shards[i])} index {int(plan.indices[i])}" for i in lost[:5]
-        )
-        raise PlanError(
-            f"plan {plan.source}: {len(lost):,} of {plan.num_examples:,} names are not in the "
-            f"source catalog, e.g. the names at {where}"
-        )
+    pos = catalog_positions(
+        pa.array(plan.names, pa.string()), cat.names, plan.shards, plan.indices, plan.source
+    )
     positions = pos.to_numpy().astype(np.int64)
     assert cat.labels is not None
     counts: dict[str, int] = {}

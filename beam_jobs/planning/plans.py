@@ -51,6 +51,7 @@ from beam_jobs.planning.algorithm import (
     Plan,
     PlanError,
     SortedCatalog,
+    catalog_positions,
     check_label,
     exact_fraction,
     named_plan,
@@ -411,7 +412,7 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
     the plan's sha256 (``layout.records_uri``): a build job reads only its
     split's rows, not the whole catalog (1.28M rows on ImageNet). The rows of a
     plan made from this catalog are known (``Plan.catalog_rows``); the names of
-    any other are looked up, all in one lookup. Existing files are kept
+    any other are looked up. Existing files are kept
     (content-addressed)."""
     todo = [p for p in plans if not storage.exists(records_uri(catalog_dir, p.sha256()))]
     if not todo:
@@ -420,7 +421,7 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
     catalog = read_table(
         storage.join(catalog_dir, CATALOG_FILE), columns=RECORD_COLUMNS, read_dictionary=["file"]
     )
-    rows = plan_catalog_rows(todo, catalog.column("filename"), catalog_dir)
+    rows = plan_catalog_rows(todo, catalog.column("filename"))
     # The names at those rows are the plans' own: only the other columns are taken.
     catalog = catalog.drop_columns(["filename"])
     out = []
@@ -433,13 +434,11 @@ def write_records(plans: list[Plan], catalog_dir: str) -> list[str]:
     return out
 
 
-def plan_catalog_rows(
-    plans: list[Plan], filenames: pa.ChunkedArray, catalog_dir: str
-) -> list[pa.Array]:
+def plan_catalog_rows(plans: list[Plan], filenames: pa.ChunkedArray) -> list[pa.Array]:
     """Each plan's rows in the catalog, name by name: known for a plan made
-    from this very catalog (checked, cheaply), else looked up, all plans'
-    names at once; a PlanError if any is not in the catalog."""
-    rows: list[pa.Array | None] = []
+    from this very catalog (checked, cheaply), else joined with it
+    (``catalog_positions``: a PlanError if a name is not in the catalog)."""
+    rows = []
     for p in plans:
         known = p.catalog_rows()
         if known is not None and len(known) and int(known.max()) < len(filenames):
@@ -448,23 +447,9 @@ def plan_catalog_rows(
             if pc.all(pc.equal(filenames.take(taken), p.names_arrow())).as_py():
                 rows.append(taken)
                 continue
-        rows.append(None)
-    lookup = [p for p, r in zip(plans, rows) if r is None]
-    if lookup:
-        names = pa.chunked_array([p.names_arrow() for p in lookup], pa.string())
-        pos = pc.index_in(names, value_set=filenames)
-        if pos.null_count:
-            raise PlanError(
-                f"{pos.null_count:,} planned names are not in the catalog {catalog_dir}"
-            )
-        del names
-        pos = pos.combine_chunks().cast(pa.int64())
-        lo = 0
-        for i, r in enumerate(rows):
-            if r is None:
-                rows[i] = pos.slice(lo, plans[i].num_examples)
-                lo += plans[i].num_examples
-    return [r for r in rows if r is not None]
+        pos = catalog_positions(p.names_arrow(), filenames, p.shards, p.indices, p.source)
+        rows.append(pos.cast(pa.int64()))
+    return rows
 
 
 def write_plan_records(plan: Plan, part: pa.Table, catalog_dir: str) -> str:

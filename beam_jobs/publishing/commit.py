@@ -59,7 +59,7 @@ import logging
 from typing import Any
 
 from beam_jobs import layout, storage
-from beam_jobs.core import Publication, SplitSwitch
+from beam_jobs.core import Manifest, Publication, SplitSwitch
 from beam_jobs.faults import failpoint
 from beam_jobs.publishing.lock import Fence, LockLost
 from beam_jobs.publishing.manifest import merge
@@ -246,7 +246,7 @@ def prepare(
     stagings: dict[str, str],
     source: dict[str, Any] | None,
     provenance: dict[str, Any],
-    previous: dict[str, Any] | None = None,
+    previous: Manifest | None = None,
 ) -> Publication:
     """A publication of verified builds: ``entries`` (new manifest entries by
     split), ``shards`` (the verification report's staged objects by split),
@@ -312,7 +312,7 @@ def _journal_shards(
 def _stale(
     name: str,
     entry: dict[str, Any],
-    previous: dict[str, Any] | None,
+    previous: Manifest | None,
     journal: dict[str, Any] | None,
     records: list[Recorded],
 ) -> list[dict[str, Any]]:
@@ -320,18 +320,25 @@ def _stale(
     keep and that are still the product's, from its manifest entry and an
     unfinished journal's (never from a listing), with their identity."""
     keep = {s["path"] for s in entry["shards"]}
-    old_paths = {
-        s.get("path")
-        for s in ((previous or {}).get("splits", {}).get(name) or {}).get("shards") or []
-    }
+    old_paths = _shard_paths(previous.splits.get(name) if previous else None)
     if journal and name in (journal.get("splits") or {}):
-        old_paths |= {s.get("path") for s in journal["splits"][name].get("shards") or []}
+        old_paths |= _shard_paths(journal["splits"][name])
     stale = []
     for path in sorted(p for p in old_paths - keep if isinstance(p, str)):
         info = storage.stat(path)
         if info is not None and any(matches(info, r) for r in records):
             stale.append({"path": path, **_identity(info)})
     return stale
+
+
+def _shard_paths(entry: Any) -> set[Any]:
+    """The ``path`` of each shard an entry (as read from storage) lists."""
+    shards = entry.get("shards") if isinstance(entry, dict) else None
+    return (
+        {s.get("path") for s in shards if isinstance(s, dict)}
+        if isinstance(shards, list)
+        else set()
+    )
 
 
 def check_staged(pub: Publication) -> None:

@@ -49,9 +49,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from beam_jobs import storage
+from beam_jobs.core import MANIFEST_SCHEMA_VERSION, Manifest
 from beam_jobs.layout import glob_strays, journal_uri, parse_shard_name, split_glob
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = MANIFEST_SCHEMA_VERSION
 MANIFEST_NAME = "manifest.json"
 
 
@@ -63,52 +64,52 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def empty(output_uri: str) -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "output_uri": output_uri, "splits": {}}
-
-
 def merge(
-    current: dict[str, Any] | None,
+    current: Manifest | None,
     *,
     output_uri: str,
     splits: dict[str, dict[str, Any]],
     source: dict[str, Any] | None,
     provenance: dict[str, Any],
     work_uri: str | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """A new manifest: ``current`` with the given split entries replaced.
 
-    Pure. Other splits' entries are kept exactly as they were, so rebuilding
-    one seed changes only that split's entry (plus the top-level ``source``,
-    ``updated_at`` and ``provenance``).
+    Pure (copies what it keeps). Other splits' entries are kept exactly as they
+    were, so rebuilding one seed changes only that split's entry (plus the
+    top-level ``source``, ``updated_at`` and ``provenance``); ``source`` None
+    keeps the current source section.
     """
-    base = copy.deepcopy(current) if current else empty(output_uri)
-    if base.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+    base = current or Manifest(output_uri=output_uri, splits={})
+    if base.schema_version > SCHEMA_VERSION:
         raise ManifestError(
-            f"manifest schema_version {base['schema_version']} is newer than "
+            f"manifest schema_version {base.schema_version} is newer than "
             f"this code's {SCHEMA_VERSION}; upgrade before publishing"
         )
-    base["schema_version"] = SCHEMA_VERSION
-    base["output_uri"] = output_uri
-    if work_uri is not None:
-        base["work_uri"] = work_uri
-    base.setdefault("splits", {})
-    for name, entry in splits.items():
-        base["splits"][name] = copy.deepcopy(entry)
-    base["splits"] = dict(sorted(base["splits"].items()))
-    if source is not None:
-        base["source"] = copy.deepcopy(source)
-    base["provenance"] = copy.deepcopy(provenance)
-    base["updated_at"] = provenance.get("published_at") or now()
-    return base
+    return Manifest(
+        output_uri=output_uri,
+        splits=copy.deepcopy(dict(sorted({**base.splits, **splits}.items()))),
+        work_uri=work_uri if work_uri is not None else base.work_uri,
+        source=copy.deepcopy(source if source is not None else base.source),
+        provenance=copy.deepcopy(provenance),
+        updated_at=provenance.get("published_at") or now(),
+        other=copy.deepcopy(base.other),
+    )
 
 
-def dumps(manifest: dict[str, Any]) -> str:
-    return json.dumps(manifest, indent=1, sort_keys=False) + "\n"
+def dumps(manifest: Manifest) -> str:
+    return json.dumps(manifest.to_dict(), indent=1, sort_keys=False) + "\n"
 
 
 def load(uri: str) -> dict[str, Any]:
-    """Read a manifest (local path or gs://)."""
+    """Read a manifest (local path or gs://) as the JSON it is: what training
+    code reads (:func:`load_split` checks one split against storage)."""
+    return read(uri).to_dict()
+
+
+def read(uri: str) -> Manifest:
+    """Read a manifest (local path or gs://); ManifestError, naming ``uri`` and
+    never quoting it, if it is missing or not a manifest."""
     try:
         text = storage.read_text(uri)
     except FileNotFoundError:
@@ -121,14 +122,16 @@ def load(uri: str) -> dict[str, Any]:
         raise ManifestError(
             f"{uri} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
         ) from None
-    if not isinstance(doc, dict) or "splits" not in doc:
-        raise ManifestError(f"{uri} has no 'splits': not a manifest of this product")
-    return doc
-
-
-def load_or_none(uri: str) -> dict[str, Any] | None:
     try:
-        return load(uri)
+        return Manifest.from_dict(doc)
+    except ValueError as err:
+        raise ManifestError(f"{uri} is not a manifest of this product: {err}") from None
+
+
+def read_or_none(uri: str) -> Manifest | None:
+    """:func:`read`, or None if there is nothing at ``uri``."""
+    try:
+        return read(uri)
     except ManifestError:
         if storage.exists(uri):
             raise
@@ -187,10 +190,10 @@ def entry_problems(entry: dict[str, Any]) -> list[str]:
     return problems
 
 
-def pending_publication(doc: dict[str, Any], manifest_uri: str) -> dict[str, Any] | None:
+def pending_publication(doc: Manifest, manifest_uri: str) -> dict[str, Any] | None:
     """The journal of a publication into this manifest's folder that started
     and did not finish (``beam_jobs.publishing.commit``), if there is one."""
-    output = doc.get("output_uri") or storage.dirname(manifest_uri)
+    output = doc.output_uri or storage.dirname(manifest_uri)
     try:
         journal = json.loads(storage.read_text(journal_uri(output)))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -205,13 +208,13 @@ def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFil
     nothing else matches the split's glob. A split caught in the middle of
     being replaced (a publication that was interrupted) is refused with a
     message saying so; the next run of the DAG completes it."""
-    doc = load(manifest_uri)
-    if split not in doc["splits"]:
+    doc = read(manifest_uri)
+    if split not in doc.splits:
         raise ManifestError(
             f"{manifest_uri} has no split {split!r}; it has "
-            f"{', '.join(sorted(doc['splits'])) or 'none'}"
+            f"{', '.join(sorted(doc.splits)) or 'none'}"
         )
-    entry = doc["splits"][split]
+    entry = doc.splits[split]
     paths = [s["path"] for s in entry["shards"]]
     lengths = [int(s["num_records"]) for s in entry["shards"]]
     if sum(lengths) != entry["num_examples"] or len(paths) != entry["num_shards"]:
@@ -246,10 +249,10 @@ def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFil
     )
 
 
-def summary_lines(doc: dict[str, Any]) -> list[str]:
+def summary_lines(doc: Manifest) -> list[str]:
     """One line per split, for logs and the demo."""
     out = []
-    for name, e in doc["splits"].items():
+    for name, e in doc.splits.items():
         size = sum(s["num_bytes"] for s in e["shards"])
         extra = (
             f"seed {e.get('seed')}, "

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from beam_jobs import layout, storage
+from beam_jobs.core import Manifest
 from beam_jobs.source.tfds_meta import DATASET_INFO_FILE, FEATURES_FILE, LABEL_NAMES_FILE
 
 TFDS_FILES = (FEATURES_FILE, DATASET_INFO_FILE, LABEL_NAMES_FILE)
@@ -220,9 +221,12 @@ def record_tfds(output_uri: str, uris: Iterable[str]) -> None:
     )
 
 
-def is_our_manifest(doc: Any, output_uri: str) -> bool:
+def is_our_manifest(doc: Manifest | Any, output_uri: str) -> bool:
     """A manifest of this product for this output folder: its schema version,
-    this folder as its ``output_uri``, and splits shaped as it writes them."""
+    this folder as its ``output_uri``, and splits shaped as it writes them.
+    ``doc``: a Manifest, or whatever JSON document is at the manifest's name."""
+    if isinstance(doc, Manifest):
+        doc = doc.to_dict()
     if not isinstance(doc, dict) or "schema_version" not in doc:
         return False
     splits = doc.get("splits")
@@ -244,6 +248,8 @@ def product_records(
     """The product's records of files directly in ``output_uri``: the shards of
     its manifest (only a manifest of this product for this folder vouches) and
     of its journal."""
+    if isinstance(manifest, Manifest):
+        manifest = manifest.to_dict()
     published = manifest_records(manifest) if is_our_manifest(manifest, output_uri) else []
     return [r for r in published + journal_records(journal) if inside(output_uri, r.path)]
 

@@ -25,6 +25,7 @@ that still exist (:func:`mark_replaced`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -35,12 +36,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from beam_jobs import storage
+from beam_jobs.core import Manifest
 from beam_jobs.publishing.lock import Fence, LockLost
-from beam_jobs.publishing.manifest import dumps
+from beam_jobs.publishing.manifest import ManifestError, dumps
 
 log = logging.getLogger(__name__)
 
-Update = Callable[[dict[str, Any] | None], dict[str, Any]]
+Update = Callable[[Manifest | None], Manifest]
 MAX_MANIFEST_BYTES = 256 << 20
 
 
@@ -63,7 +65,7 @@ class Published:
     version_uri: str
     generation: int | None
     attempts: int
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 def versions_folder(uri: str) -> str:
@@ -80,17 +82,17 @@ def _cause(err: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause)[:300]}"
 
 
-def _read(uri: str) -> tuple[dict[str, Any] | None, str]:
+def _read(uri: str) -> tuple[Manifest | None, str]:
     """The manifest at ``uri`` and the version read (MISSING when there is none)."""
     try:
         data, info = storage.read_versioned(uri, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         return None, storage.MISSING
     try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = Manifest.from_dict(json.loads(data))
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
         doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("splits"), dict):
+    if doc is None:
         raise PublishError(
             f"{uri} exists and is not a manifest of this product: not replacing it. Move it "
             "elsewhere or choose another manifest_uri."
@@ -106,7 +108,7 @@ def publish(
     for attempt in range(1, attempts + 1):
         try:
             current, version = _read(uri)
-            doc = update(current)
+            doc = _updated(uri, update, current)
             text = dumps(doc)
             if fence is not None:
                 fence.check(f"the commit of {uri}")
@@ -145,6 +147,15 @@ def publish(
     )
 
 
+def _updated(uri: str, update: Update, current: Manifest | None) -> Manifest:
+    """``update(current)``; PublishError saying why if it refuses ``current``
+    (a ManifestError: written by a newer version of the product)."""
+    try:
+        return update(current)
+    except ManifestError as err:
+        raise PublishError(f"not publishing {uri}: {err}; the manifest is unchanged") from None
+
+
 def _write_version(published: Published, which: str) -> None:
     """Write the versioned copy of a manifest just committed (create-only);
     if that fails, say so truthfully: the manifest *was* published."""
@@ -157,7 +168,7 @@ def _write_version(published: Published, which: str) -> None:
     except Exception as err:  # noqa: BLE001 - any storage failure, reported as what it means
         raise VersionNotWritten(
             f"{published.uri} was published ({which}; splits: "
-            f"{', '.join(sorted(published.manifest.get('splits', {})))}), but its versioned copy "
+            f"{', '.join(sorted(published.manifest.splits))}), but its versioned copy "
             f"{published.version_uri} was not written ({_cause(err)}). Readers of the manifest "
             f"see the new version; only its copy under {versions_folder(published.uri)} is "
             "missing. Retrying the task publishes the same splits again (a new version, with its "
@@ -178,13 +189,13 @@ def _files(entry: Any) -> set[tuple[Any, Any, Any]]:
     }
 
 
-def replaced_in(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def replaced_in(old: Manifest, new: Manifest) -> list[str]:
     """The splits of ``old`` whose files ``new`` describes with other bytes
     (pure: two manifests in, split names out)."""
     out = []
-    for name, entry in (old.get("splits") or {}).items():
-        now = (new.get("splits") or {}).get(name)
-        if isinstance(entry, dict) and now is not None and "replaced" not in entry:
+    for name, entry in old.splits.items():
+        now = new.splits.get(name)
+        if now is not None and "replaced" not in entry:
             if _files(entry) != _files(now):
                 out.append(name)
     return sorted(out)
@@ -201,22 +212,25 @@ def mark_replaced(published: Published, *, fence: Fence | None = None) -> list[s
             continue
         try:
             data, info = storage.read_versioned(f.path, MAX_MANIFEST_BYTES)
-            doc = json.loads(data)
-        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if not isinstance(doc, dict):
-            continue
+            doc = Manifest.from_dict(json.loads(data))
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            continue  # ValueError: not JSON (JSONDecodeError), or not a manifest
         names = replaced_in(doc, published.manifest)
         if not names:
             continue
-        for name in names:
-            doc["splits"][name]["replaced"] = {
-                "at": at,
-                "by_version": published.version_uri,
-                "note": "a later build replaced this split's files: the shards listed here "
-                "no longer exist as described (their names now hold other bytes)",
-            }
-        doc["superseded_by"] = published.version_uri
+        replaced = {
+            "at": at,
+            "by_version": published.version_uri,
+            "note": "a later build replaced this split's files: the shards listed here "
+            "no longer exist as described (their names now hold other bytes)",
+        }
+        doc = dataclasses.replace(
+            doc,
+            splits={
+                n: {**e, "replaced": replaced} if n in names else e for n, e in doc.splits.items()
+            },
+            other={**doc.other, "superseded_by": published.version_uri},
+        )
         if fence is not None:
             fence.check(f"marking {f.path}")
         try:

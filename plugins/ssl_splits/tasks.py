@@ -37,6 +37,7 @@ from beam_jobs.core import (
     BuildStats,
     CatalogReport,
     Lease,
+    Manifest,
     PlanRef,
     PlanSummary,
     PublicationProvenance,
@@ -62,8 +63,8 @@ from beam_jobs.publishing import commit, lock
 from beam_jobs.publishing.manifest import (
     ManifestError,
     entry_problems,
-    load_or_none,
     now,
+    read_or_none,
     summary_lines,
 )
 from beam_jobs.publishing.ownership import (
@@ -214,12 +215,12 @@ def decide(
     split: str,
     plan_sha: str | None,
     source_fp: str | None,
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     force: bool,
     num_shards: int | None = None,
 ) -> tuple[str, str]:
     """``("build"|"skip", reason)`` for one split (``ssl_splits.rerun``)."""
-    entry = (manifest or {}).get("splits", {}).get(split)
+    entry = manifest.splits.get(split) if manifest else None
     # Storage metadata only (GCS: sizes and CRC32Cs; locally: sizes and the
     # modification times recorded at publication): no shard is read.
     d = rerun_decision(
@@ -309,11 +310,11 @@ def write_split_plans(cfg: RunConfig, catalog_dir: str) -> list[PlanSummary]:
 
 def published_manifest(
     cfg: RunConfig, summaries: list[PlanSummary], naming: Naming, source_layout: str
-) -> dict[str, Any] | None:
+) -> Manifest | None:
     """The output folder's manifest (None: none yet, or unreadable); TaskError if
     it is not this product's, or describes splits of a source in another layout."""
     try:
-        manifest = load_or_none(cfg.manifest_uri)
+        manifest = read_or_none(cfg.manifest_uri)
     except ManifestError:
         manifest = None
     if manifest is not None or storage.occupied(cfg.manifest_uri):
@@ -328,10 +329,9 @@ def published_manifest(
                 manifest=manifest,
             )
             raise TaskError(str(ForeignFiles(cfg.output_uri, found)))
-    published_layout = ((manifest or {}).get("source") or {}).get("layout", layout.COMMON)
-    if manifest and manifest.get("splits") and published_layout != source_layout:
+    if manifest and manifest.splits and manifest.source_layout != source_layout:
         raise TaskError(
-            f"{cfg.output_uri} holds splits of a source in the {published_layout} "
+            f"{cfg.output_uri} holds splits of a source in the {manifest.source_layout} "
             f"layout (its manifest {cfg.manifest_uri}); this source is in the "
             f"{source_layout} layout: write it to another output_uri"
         )
@@ -342,7 +342,7 @@ def decide_splits(
     cfg: RunConfig,
     source: SourceDescription,
     summaries: list[PlanSummary],
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     source_layout: str,
 ) -> list[SplitSpec]:
     """One spec per planned split (and the validation copy): build it or skip it."""
@@ -392,7 +392,7 @@ def rebuild_unfinished(
 
 
 def check_destinations(
-    cfg: RunConfig, building: list[SplitSpec], naming: Naming, manifest: dict[str, Any] | None
+    cfg: RunConfig, building: list[SplitSpec], naming: Naming, manifest: Manifest | None
 ) -> None:
     """TaskError if a file the product did not write sits under a name the
     splits to build would write (``beam_jobs.publishing.ownership``)."""
@@ -538,8 +538,8 @@ def publish_manifest(
     built = [spec for spec in map(SplitSpec.from_dict, specs) if spec.action == "build"]
     # A retry of this task (or a run after a killed one) first finishes what was started.
     commit.recover(cfg.output_uri, fence, rebuilding=frozenset(s.split for s in built))
-    previous = load_or_none(cfg.manifest_uri)
-    current = previous or {"splits": {}}
+    previous = read_or_none(cfg.manifest_uri)
+    current = previous or Manifest(cfg.output_uri, splits={})
     builds = {
         s.split: (s, *verified_build(cfg, s))
         for s in built
@@ -553,11 +553,11 @@ def publish_manifest(
         )
         # Derived from the manifest: rewritten here too, in case a run was
         # stopped between its manifest commit and these files.
-        tfds = describe_for_tfds(cfg, fence) if current["splits"] else []
+        tfds = describe_for_tfds(cfg, fence) if current.splits else []
         return PublishResult(
             manifest_uri=cfg.manifest_uri,
             changed=sorted(s.split for s in built),
-            splits=sorted(current["splits"]),
+            splits=sorted(current.splits),
             tfds_metadata=tfds,
         ).to_dict()
     run = {**run, "published_at": now()}
@@ -571,7 +571,7 @@ def publish_manifest(
         manifest_uri=result.uri,
         version_uri=result.version_uri,
         changed=sorted(entries),
-        splits=sorted(result.manifest["splits"]),
+        splits=sorted(result.manifest.splits),
         generation=result.generation,
         tfds_metadata=describe_for_tfds(cfg, fence),
     ).to_dict()
@@ -594,7 +594,7 @@ def commit_publication(
     builds: dict[str, tuple[SplitSpec, BuildStats, VerifyReport]],
     entries: dict[str, SplitEntry],
     run: dict[str, Any],
-    previous: dict[str, Any] | None,
+    previous: Manifest | None,
     fence: lock.Fence | None,
 ) -> Published:
     """The verified shards take their names and the manifest the new entries
@@ -636,12 +636,10 @@ def commit_publication(
     return result
 
 
-def _already_published(
-    manifest: dict[str, Any], split: str, cfg: RunConfig, run: dict[str, Any]
-) -> bool:
+def _already_published(manifest: Manifest, split: str, cfg: RunConfig, run: dict[str, Any]) -> bool:
     """Did this run already publish this very build (a retried task, after
     recovery finished its first attempt)?"""
-    entry = manifest.get("splits", {}).get(split)
+    entry = manifest.splits.get(split)
     if not entry or (entry.get("provenance") or {}).get("run_id") != run.get("run_id"):
         return False
     try:

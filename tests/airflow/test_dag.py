@@ -972,6 +972,7 @@ def test_reproduces_fixmatch_split3_through_the_dag(published_source, airflow_ho
 def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
     import tensorflow_datasets as tfds
 
+    from beam_jobs.core import Manifest, SourceSection
     from beam_jobs.source import example_proto, tfrecord
     from beam_jobs.source.synthetic import generate
 
@@ -998,6 +999,13 @@ def test_tfds_source_end_to_end_and_read_back_with_tfds(airflow_home, tmp_path):
 
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["source"]["layout"] == "tfds:imagenet2012"
+    # The typed manifest reads what the DAG wrote and gives it back key for key.
+    typed = Manifest.from_dict(manifest)
+    assert json.dumps(typed.to_dict()) == json.dumps(manifest) and not typed.other
+    assert typed.source_layout == "tfds:imagenet2012"
+    assert SourceSection.from_dict(manifest["source"]).to_dict() == manifest["source"]
+    for split, entry in manifest["splits"].items():
+        assert json.dumps(typed.entry(split).to_dict()) == json.dumps(entry)
     assert manifest["source"]["label_range"] == [0, 9]
     assert set(manifest["splits"]) == splits
     # Named as TFDS names its files; nothing in the common layout's names.

@@ -13,6 +13,7 @@ from beam_jobs.core import (
     CatalogReport,
     Lease,
     LockHolder,
+    Manifest,
     PlanSummary,
     PublishResult,
     ShardStats,
@@ -380,6 +381,64 @@ def test_catalog_report_and_the_manifest_source_section():
             ],
         },
     )
+
+
+def test_the_manifest_keeps_what_it_does_not_know_and_reads_its_entries():
+    entry = {
+        "kind": "validation",
+        "layout": "tfds:imagenet2012",
+        "num_examples": 10,
+        "num_shards": 1,
+        "file_pattern": "/o/validation-*-of-00001",
+        "shards": SHARDS,
+        "copied_from": "/src",
+        "source_fingerprint": None,
+        "verification": VERIFICATION,
+        "provenance": PROVENANCE,
+        "replaced": {"at": "2026-01-02T00:00:00+00:00"},  # another version's key
+    }
+    d = {
+        "schema_version": 1,
+        "output_uri": "/o",
+        "splits": {"validation": entry},
+        "work_uri": "/o/_work",
+        "source": {"uri": "/src", "layout": "tfds:imagenet2012"},
+        "provenance": {"run_id": "r"},
+        "updated_at": "2026-01-01T00:00:00+00:00",
+        "superseded_by": "/o/manifest.versions/x.json",
+    }
+    doc = Manifest.from_dict(d)
+    _same_json(doc.to_dict(), d)
+    assert doc.other == {"superseded_by": "/o/manifest.versions/x.json"}
+    assert doc.source_layout == "tfds:imagenet2012"
+    assert doc.entry("validation") == SplitEntry.from_dict(entry)
+    assert doc.entry("train") is None
+    d["splits"]["validation"]["num_examples"] = 11
+    assert doc.splits["validation"]["num_examples"] == 10, "from_dict copies"
+    bare = Manifest.from_dict({"splits": {}})
+    assert (bare.output_uri, bare.source_layout, bare.to_dict()["schema_version"]) == (
+        "",
+        "common",
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    "doc, says",
+    [
+        ([], "no 'splits' object"),
+        ({"splits": ["a"]}, "no 'splits' object"),
+        ({"splits": {"a": "secret"}}, "an entry of its 'splits' is not an object"),
+        ({"splits": {}, "schema_version": "secret"}, "'schema_version' is not an integer"),
+        ({"splits": {}, "output_uri": ["secret"]}, "'output_uri' is not a string"),
+        ({"splits": {}, "source": "secret"}, "'source' is not an object"),
+        ({"splits": {}, "work_uri": {"secret": 1}}, "'work_uri' is not a string"),
+    ],
+)
+def test_a_document_not_shaped_as_a_manifest_is_refused_without_quoting_it(doc, says):
+    with pytest.raises(ValueError, match=says) as err:
+        Manifest.from_dict(doc)
+    assert "secret" not in str(err.value)
 
 
 def test_publish_result_with_and_without_a_new_version():

@@ -1087,6 +1087,15 @@ def test_records_from_known_rows_are_those_of_a_lookup(tiny_catalog, tmp_path):
         for row in got.to_pylist():
             want = by_name[row["filename"]]
             assert (row["file"], row["offset"]) == (want["file"], want["offset"])
+    # A name the catalog lacks: named by its place in the plan, never by its text.
+    names = plans[0].names.copy()
+    names[3] = "secret-name"
+    stray = dataclasses.replace(plans[0], names=names)
+    shard, index = int(stray.shards[3]), int(stray.indices[3])
+    with pytest.raises(PlanError, match=rf"1 of {len(names)} names are not in the source ca") as e:
+        plan_cli.write_records([stray], str(copy))
+    assert f"e.g. the names at shard {shard} index {index}" in str(e.value)
+    assert "secret" not in str(e.value)
 
 
 @pytest.mark.parametrize("share", [1.0, 0.3, 0.05, 0.0])

@@ -1,4 +1,4 @@
-"""The manifest document: the pure ``merge``, ``load``/``load_or_none``, the
+"""The manifest document: the pure ``merge``, ``load``/``read``, the
 reader ``load_split`` (which checks the files against storage) and
 ``summary_lines``. Local files here, plus the reader on the GCS emulator."""
 
@@ -63,16 +63,20 @@ SOURCE = {"uri": "/data/imagenet", "fingerprint": "ab" * 32, "files": []}
 
 def test_merge_into_nothing_makes_a_complete_document():
     a = make_split("/out", "train10.1", [(10, b"x" * 40)], write=False)
-    doc = m.merge(
+    merged = m.merge(
         None, output_uri="/out", splits={"train10.1": a}, source=SOURCE, provenance=prov("r1")
     )
+    doc = merged.to_dict()
     assert doc["schema_version"] == m.SCHEMA_VERSION == 1
     assert doc["output_uri"] == "/out"
     assert doc["splits"] == {"train10.1": a}
     assert doc["source"] == SOURCE
     assert doc["provenance"]["run_id"] == "r1"
     assert doc["updated_at"] == "2026-01-01T00:00:00+00:00"
-    assert json.loads(m.dumps(doc)) == doc
+    assert json.loads(m.dumps(merged)) == doc
+    assert list(doc) == [
+        *("schema_version", "output_uri", "splits", "source", "provenance", "updated_at")
+    ]
 
 
 def test_merge_replaces_only_the_given_splits_and_copies_its_inputs():
@@ -94,26 +98,23 @@ def test_merge_replaces_only_the_given_splits_and_copies_its_inputs():
         source=None,
         provenance=prov("r2", "2026-02-02T00:00:00+00:00"),
     )
-    assert second["splits"]["train10.1"] == before["splits"]["train10.1"]
-    assert second["splits"]["train10.2"] == b2 != before["splits"]["train10.2"]
-    assert second["source"] == SOURCE, "source=None keeps the current source section"
-    assert second["provenance"]["run_id"] == "r2"
-    assert second["updated_at"] == "2026-02-02T00:00:00+00:00"
+    assert second.splits["train10.1"] == before.splits["train10.1"]
+    assert second.splits["train10.2"] == b2 != before.splits["train10.2"]
+    assert second.source == SOURCE, "source=None keeps the current source section"
+    assert second.provenance is not None and second.provenance["run_id"] == "r2"
+    assert second.updated_at == "2026-02-02T00:00:00+00:00"
     assert first == before, "merge must not modify the current manifest"
     b2["num_examples"] = -1
-    assert second["splits"]["train10.2"]["num_examples"] == 10, "entries are copied"
+    assert second.splits["train10.2"]["num_examples"] == 10, "entries are copied"
 
 
 def test_merge_orders_splits_by_name_and_keeps_unknown_top_level_keys():
-    current = {
-        "schema_version": 1,
-        "output_uri": "/out",
-        "splits": {"z": {"kind": "x"}},
-        "note": "kept",
-    }
+    current = m.Manifest.from_dict(
+        {"schema_version": 1, "output_uri": "/out", "splits": {"z": {"kind": "x"}}, "note": "kept"}
+    )
     doc = m.merge(
         current, output_uri="/out", splits={"a": {"kind": "y"}}, source=None, provenance=prov("r")
-    )
+    ).to_dict()
     assert list(doc["splits"]) == ["a", "z"]
     assert doc["note"] == "kept"
 
@@ -121,7 +122,7 @@ def test_merge_orders_splits_by_name_and_keeps_unknown_top_level_keys():
 def test_merge_refuses_a_manifest_from_newer_code():
     with pytest.raises(m.ManifestError, match="schema_version 2 is newer"):
         m.merge(
-            {"schema_version": 2, "splits": {}},
+            m.Manifest.from_dict({"schema_version": 2, "splits": {}}),
             output_uri="/o",
             splits={},
             source=None,
@@ -149,12 +150,16 @@ def test_load_rejects_what_is_not_a_manifest(tmp_path, content, error):
         m.load(uri)
 
 
-def test_load_or_none_is_none_only_when_there_is_no_file(tmp_path):
+def test_read_or_none_is_none_only_when_there_is_no_file(tmp_path):
     uri = str(tmp_path / "manifest.json")
-    assert m.load_or_none(uri) is None
+    assert m.read_or_none(uri) is None
     Path(uri).write_text("{broken")
     with pytest.raises(m.ManifestError):
-        m.load_or_none(uri)
+        m.read_or_none(uri)
+    Path(uri).write_text('{"splits": {"a": "secret"}}')
+    with pytest.raises(m.ManifestError, match="is not a manifest of this product") as err:
+        m.read_or_none(uri)
+    assert "secret" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- load_split
@@ -275,7 +280,7 @@ def test_load_split_on_gcs_checks_names_sizes_and_crc32c(gcs_bucket):
 
 def test_summary_lines_one_per_split(two_splits):
     uri, _ = two_splits
-    lines = m.summary_lines(m.load(uri))
+    lines = m.summary_lines(m.read(uri))
     assert len(lines) == 2
     train, sup = lines
     assert train.startswith("train ") and "unsupervised" in train and "seed" not in train

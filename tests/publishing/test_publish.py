@@ -26,7 +26,7 @@ from support import built_splits as bs
 from beam_jobs import storage
 from beam_jobs.core import BuildStats, PlanSummary, SourceDescription, SplitSpec, VerifyReport
 from beam_jobs.layout import report_uri, stats_uri
-from beam_jobs.publishing.manifest import load, load_split, merge
+from beam_jobs.publishing.manifest import dumps, load, load_split, merge, read
 from beam_jobs.publishing.publish import PublishError, publish, versions_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def adder(name: str, seed: int, calls: list, barrier: threading.Barrier | None =
     the same manifest version: the two then race to commit."""
 
     def update(current):
-        calls.append(sorted(current["splits"]) if current else None)
+        calls.append(sorted(current.splits) if current else None)
         if barrier is not None and len(calls) == 1:
             barrier.wait()
         return merge(
@@ -107,7 +107,7 @@ def test_two_publishers_at_once_on_gcs_keep_both_splits(gcs_bucket, existing):
     assert calls[winner] == [base]
     assert calls[loser] == [base, sorted((base or []) + [winner])]
     assert results[loser].generation == int(storage.stat(uri).generation)
-    assert results[loser].manifest == final
+    assert results[loser].manifest.to_dict() == final
     # One versioned copy per publication; the latest is the manifest itself.
     vs = versions(uri)
     assert len(vs) == 2 + existing
@@ -126,7 +126,7 @@ def test_gcs_publish_gives_up_without_writing_when_the_manifest_keeps_changing(g
         n[0] += 1
         storage.write_text(
             uri,
-            json.dumps(
+            dumps(
                 merge(
                     current,
                     output_uri="/x",
@@ -184,7 +184,7 @@ def test_a_manifest_replaced_between_reload_and_download_is_read_again(
     publish(uri, adder("train5.1", 1, []))
     bucket, name = storage.split_gcs(uri)
     other = merge(
-        load(uri),
+        read(uri),
         output_uri="/x",
         splits={"train5.2": entry("train5.2", 2)},
         source=None,
@@ -195,7 +195,7 @@ def test_a_manifest_replaced_between_reload_and_download_is_read_again(
     def replace_before_download(method: str, path: str) -> None:
         if method == "GET" and "alt=media" in path and name in unquote(path) and not fired:
             fired.append(path)  # another publisher commits between our reload and download
-            emulator_write(gcs_emulator, bucket, name, json.dumps(other).encode())
+            emulator_write(gcs_emulator, bucket, name, dumps(other).encode())
 
     proxy.faults.before = replace_before_download
     calls: list = []
@@ -289,7 +289,7 @@ PUBLISHER = textwrap.dedent("""
     seen = []
 
     def update(current):
-        seen.append(sorted(current["splits"]) if current else None)
+        seen.append(sorted(current.splits) if current else None)
         time.sleep(0.4)  # hold the lock: the other publisher must wait for it
         entry = {{"kind": "supervised", "seed": seed, "num_examples": 0, "num_shards": 0,
                   "file_pattern": name, "shards": []}}
