@@ -223,11 +223,6 @@ class Naming:
     def shard_path(self, folder: str, split: str, index: int, count: int) -> str:
         return storage.join(folder, self.shard_name(split, index, count))
 
-    def owns(self, name: str, split: str) -> bool:
-        """Is the file name ``name`` a shard of ``split``?"""
-        parsed = parse_shard_name(name)
-        return parsed is not None and parsed[0] == self.file_prefix(split)
-
     def split_glob(self, folder: str, split: str) -> str:
         return split_glob(folder, self.file_prefix(split))
 

@@ -59,14 +59,6 @@ def _info(path: str) -> FileInfo:
     return _from_stat(path, os.stat(path))
 
 
-def _version(path: str) -> str:
-    """The file's version now, or MISSING."""
-    try:
-        return _info(path).version or MISSING
-    except FileNotFoundError:
-        return MISSING
-
-
 def _durable_copy_beside(src: str, dst: str) -> str:
     """A copy of ``src`` beside ``dst`` (same file system) that keeps its
     modification time, fsynced; its name."""

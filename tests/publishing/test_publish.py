@@ -301,6 +301,25 @@ PUBLISHER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ('{"schema_version": 2, "splits": {}}', "schema_version 2 is newer than this code's 1"),
+        ('{"splits": {"a": "secret"}}', "is not a manifest of this product"),
+        ('{"splits": {}, "source": "secret"}', "is not a manifest of this product"),
+    ],
+    ids=["newer", "entry-not-an-object", "source-not-an-object"],
+)
+def test_publish_leaves_a_manifest_it_cannot_merge_into_as_it_is(tmp_path, content, says):
+    uri = str(tmp_path / "manifest.json")
+    Path(uri).write_text(content)
+    with pytest.raises(PublishError, match=says) as err:
+        publish(uri, adder("train5.1", 1, []))
+    assert "secret" not in str(err.value) and "storage kept failing" not in str(err.value)
+    assert Path(uri).read_text() == content
+    assert not Path(versions_folder(uri)).exists()
+
+
 def test_two_publisher_processes_on_a_local_path_keep_both_splits(tmp_path):
     uri = str(tmp_path / "out" / "manifest.json")
     script = tmp_path / "publisher.py"
