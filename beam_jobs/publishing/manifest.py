@@ -30,6 +30,9 @@ Schema (``schema_version`` 1)::
       "provenance": {"code_version", "dag_id", "run_id", "published_at"}
     }
 
+In code the document is a ``beam_jobs.core.Manifest`` (:func:`read`, and
+:func:`merge` for a publication); :func:`load` gives the JSON itself.
+
 Reading a split from training code::
 
     from beam_jobs.publishing.manifest import load_split
