@@ -798,15 +798,18 @@ class Manifest:
     ``provenance`` stay the JSON they were published as: publishing a rebuild
     of one seed must keep the other splits' entries exactly as the version that
     wrote them (:meth:`entry` reads one as a :class:`SplitEntry`). ``other``:
-    top-level keys this version does not write, kept as they are."""
+    top-level keys this version does not write, kept as they are. A key the
+    document lacks is None here and absent from its JSON again: whether it is
+    the product's manifest (``publishing.ownership.is_our_manifest``) is
+    judged on what is there."""
 
-    output_uri: str
+    output_uri: str | None
     splits: dict[str, dict[str, Any]]
     work_uri: str | None = None
     source: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
     updated_at: str | None = None
-    schema_version: int = MANIFEST_SCHEMA_VERSION
+    schema_version: int | None = MANIFEST_SCHEMA_VERSION
     other: dict[str, Any] = field(default_factory=dict)
 
     def entry(self, split: str) -> SplitEntry | None:
@@ -820,12 +823,9 @@ class Manifest:
         return str((self.source or {}).get("layout", COMMON))
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "schema_version": self.schema_version,
-            "output_uri": self.output_uri,
-            "splits": self.splits,
-        }
-        for k in ("work_uri", "source", "provenance", "updated_at"):
+        d: dict[str, Any] = {}
+        keys = ("schema_version", "output_uri", "splits", "work_uri", "source", "provenance")
+        for k in (*keys, "updated_at"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         return copy.deepcopy({**d, **self.other})
@@ -845,13 +845,13 @@ class Manifest:
                 raise ValueError(f"its {k!r} is not {what}")
         d = copy.deepcopy(d)
         return cls(
-            output_uri=d.get("output_uri") or "",
+            output_uri=d.get("output_uri"),
             splits=d["splits"],
             work_uri=d.get("work_uri"),
             source=d.get("source"),
             provenance=d.get("provenance"),
             updated_at=d.get("updated_at"),
-            schema_version=d.get("schema_version", MANIFEST_SCHEMA_VERSION),
+            schema_version=d.get("schema_version"),
             other={k: v for k, v in d.items() if k != "splits" and k not in _MANIFEST_TYPES},
         )
 

@@ -84,7 +84,7 @@ def merge(
     keeps the current source section.
     """
     base = current or Manifest(output_uri=output_uri, splits={})
-    if base.schema_version > SCHEMA_VERSION:
+    if (base.schema_version or SCHEMA_VERSION) > SCHEMA_VERSION:
         raise ManifestError(
             f"manifest schema_version {base.schema_version} is newer than "
             f"this code's {SCHEMA_VERSION}; upgrade before publishing"

@@ -415,12 +415,10 @@ def test_the_manifest_keeps_what_it_does_not_know_and_reads_its_entries():
     assert doc.entry("train") is None
     d["splits"]["validation"]["num_examples"] = 11
     assert doc.splits["validation"]["num_examples"] == 10, "from_dict copies"
-    bare = Manifest.from_dict({"splits": {}})
-    assert (bare.output_uri, bare.source_layout, bare.to_dict()["schema_version"]) == (
-        "",
-        "common",
-        1,
-    )
+    # What a document lacks stays absent (no schema_version: not the product's manifest).
+    bare = Manifest.from_dict({"splits": {}, "output_uri": "/o"})
+    assert (bare.schema_version, bare.source_layout) == (None, "common")
+    assert bare.to_dict() == {"output_uri": "/o", "splits": {}}
 
 
 @pytest.mark.parametrize(

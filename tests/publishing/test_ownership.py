@@ -193,14 +193,20 @@ def test_an_unreadable_manifest_does_not_hide_the_other_foreign_files(
     assert outside_work(output) == foreign
 
 
+@pytest.mark.parametrize("with_output_uri", [False, True], ids=["bare", "naming-this-folder"])
 def test_a_manifest_cannot_claim_files_for_the_product(
-    output, planned, small_source, catalog_cache
+    output, planned, small_source, catalog_cache, with_output_uri
 ):
     """A manifest that is not the product's (no schema_version) listing a
-    foreign shard does not make that shard the product's: both are named."""
+    foreign shard does not make that shard the product's: both are named,
+    even when it names this output folder as its own."""
     s1, _ = seeded(planned)
     shard = storage.join(output, layout.shard_name(s1, 1, 3))
-    forged = {"splits": {s1: {"shards": [{"path": shard, "num_bytes": 6, "crc32c": "00000000"}]}}}
+    forged: dict = {
+        "splits": {s1: {"shards": [{"path": shard, "num_bytes": 6, "crc32c": "00000000"}]}}
+    }
+    if with_output_uri:
+        forged["output_uri"] = output
     foreign = plant(
         output,
         {layout.shard_name(s1, 1, 3): b"mine!\n", "manifest.json": json.dumps(forged).encode()},
