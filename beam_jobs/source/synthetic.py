@@ -166,7 +166,7 @@ def read_names_files(uris: tuple[str, ...]) -> dict[str, set[str]]:
             name = line.split(",", 1)[0].strip()
             if "_" not in name:
                 raise ValueError(
-                    f"{uri} line {lineno}: {name!r} has no synset prefix (n..._N.JPEG)"
+                    f"{uri} line {lineno}: the name has no synset prefix (n..._N.JPEG)"
                 )
             by_synset[name.split("_", 1)[0]].add(name)
     return by_synset

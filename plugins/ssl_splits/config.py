@@ -46,48 +46,29 @@ from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from beam_jobs import access, defaults, layout
 from beam_jobs.access import AllowedLocations
 from beam_jobs.planning import protocols
-
-# gs://bucket/any/path, or an absolute local path; no ".." components.
-URI_PATTERN = r"^(gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?|/.*)$"
-DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
-MAX_SEED = 1_000_000
-# A seed as the trigger form's text box sends it: digits, spaces around them; a blank
-# line (a trailing newline) is allowed and ignored.
-SEED_LINE_PATTERN = r"^\s*([0-9]{1,7})?\s*$"
-# A fraction as the form's text box sends it (one per line): a decimal, spaces around it;
-# blank lines are ignored. Its range, (0, 1], is checked by resolve().
-FRACTION_LINE_PATTERN = r"^\s*([0-9]{0,3}(\.[0-9]{0,15})?)\s*$"
-MAX_FRACTIONS = 10
-# Bounds of the other lists a user passes (the form's maxItems/maxProperties say the
-# same): one sharding file per seed at most, and a few name lists.
-MAX_SEEDS = 100
-MAX_SHARDING_FILES = MAX_SEEDS
-MAX_NAME_LISTS = 20
-# A URI's length (GCS object names are at most 1,024 bytes; Linux paths 4,096).
-MAX_URI_LENGTH = 2048
-DEFAULT_NUM_CLASSES = 1000
-RUNNERS = ["DirectRunner", "DataflowRunner"]
-SAMPLINGS = list(defaults.SAMPLINGS)
-# Dataflow settings not given in the params (the form shows them as its defaults).
-DATAFLOW_REGION = "us-central1"
-DATAFLOW_MACHINE_TYPE = "n2-standard-4"
-DATAFLOW_MAX_WORKERS = 20
-# Every split is verified exactly from metadata (sizes and CRC32Cs predicted
-# from the plan and the catalog); "always" adds a Beam job that re-reads every
-# record. "never" is kept for confs written before the exact check existed.
-DEEP_VERIFY = {"auto": False, "always": True, "never": False}
-
-
-class ConfigError(AirflowFailException, ValueError):
-    """A param or a combination of params is not acceptable; says which and why.
-
-    An AirflowFailException: the task fails at once, without retries (the same
-    params would fail again)."""
+from ssl_splits.form import wrong_type
+from ssl_splits.limits import (  # the params' bounds; importers of this module use them too
+    DATAFLOW_MACHINE_TYPE,
+    DATAFLOW_MAX_WORKERS,
+    DATAFLOW_REGION,
+    DEEP_VERIFY,
+    DEFAULT_NUM_CLASSES,
+    DOTDOT_PATTERN,
+    FRACTION_LINE_PATTERN,
+    MAX_FRACTIONS,
+    MAX_NAME_LISTS,
+    MAX_SEED,
+    MAX_SEEDS,
+    MAX_SHARDING_FILES,
+    MAX_URI_LENGTH,
+    RUNNERS,
+    SAMPLINGS,
+    URI_PATTERN,
+    ConfigError,
+)
 
 
 @dataclass(frozen=True)
@@ -383,7 +364,6 @@ def resolve_conf(p: dict[str, Any], allowed: AllowedLocations) -> RunConfig:
     Every location a param names (and the defaults derived from them) is checked
     against ``allowed`` (:func:`check_location`) here, before any task reads or
     writes it. ConfigError names the first param found wrong, and why."""
-    from ssl_splits.form import wrong_type  # the form's table imports this module
 
     if problem := wrong_type(p, skip=PARSED_HERE):
         raise ConfigError(problem)

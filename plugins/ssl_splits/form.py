@@ -27,7 +27,7 @@ from airflow.sdk import Param
 
 from beam_jobs import defaults
 from beam_jobs.planning import protocols
-from ssl_splits.config import (
+from ssl_splits.limits import (
     DATAFLOW_MACHINE_TYPE,
     DATAFLOW_MAX_WORKERS,
     DATAFLOW_REGION,

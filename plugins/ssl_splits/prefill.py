@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ssl_splits.config import DEFAULT_NUM_CLASSES, RUNNERS
+from ssl_splits.limits import DEFAULT_NUM_CLASSES, RUNNERS
 
 DAG_ID = "ssl_imagenet_splits"
 DEFAULT_RUNNER = RUNNERS[0]  # the runner param's default
