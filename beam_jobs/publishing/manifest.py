@@ -153,12 +153,49 @@ class SplitFiles:
     entry: dict[str, Any]
 
 
+# What a split's entry must hold to be read, and what its shards must (each key:
+# its JSON type); crc32c (GCS) and mtime_ns (local) are checked when present.
+_ENTRY_KEYS = {"num_examples": int, "num_shards": int, "file_pattern": str, "shards": list}
+_SHARD_KEYS = {"path": str, "num_records": int, "num_bytes": int}
+_OPTIONAL_SHARD_KEYS = {"crc32c": str, "mtime_ns": int}
+_WHAT = {int: "a whole number >= 0", str: "a string", list: "a list"}
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, kind)
+
+
+def entry_shape(entry: dict[str, Any]) -> str | None:
+    """Why a split's manifest entry cannot be read, naming the key and never
+    quoting a value (a manifest may be hand-edited, or not this product's);
+    None if it reads."""
+    for key, kind in _ENTRY_KEYS.items():
+        if not _is(entry.get(key), kind):
+            return f"its {key!r} is not {_WHAT[kind]}"
+    for i, shard in enumerate(entry["shards"]):
+        if not isinstance(shard, dict):
+            return f"its shard {i} is not an object"
+        for key, kind in _SHARD_KEYS.items():
+            if not _is(shard.get(key), kind):
+                return f"its shard {i}'s {key!r} is not {_WHAT[kind]}"
+        for key, kind in _OPTIONAL_SHARD_KEYS.items():
+            if shard.get(key) is not None and not _is(shard[key], kind):
+                return f"its shard {i}'s {key!r} is not {_WHAT[kind]}"
+    return None
+
+
 def entry_problems(entry: dict[str, Any]) -> list[str]:
     """What differs between a split's manifest entry and the files under its
     glob, from storage metadata only: missing shards, sizes, CRC32C (GCS
     listings carry it), modification times (local files), and files a
-    reader of the glob would take for the split's."""
-    shards = entry.get("shards") or []
+    reader of the glob would take for the split's. An entry that cannot be
+    read (:func:`entry_shape`) is a problem of its own."""
+    shape = entry_shape(entry)
+    if shape is not None:
+        return [f"the manifest entry cannot be read: {shape}"]
+    shards = entry["shards"]
     if not shards:
         return ["the manifest entry lists no shards"]
     folder = storage.dirname(shards[0]["path"])
@@ -218,6 +255,9 @@ def load_split(manifest_uri: str, split: str, *, check: bool = True) -> SplitFil
             f"{', '.join(sorted(doc.splits)) or 'none'}"
         )
     entry = doc.splits[split]
+    shape = entry_shape(entry)
+    if shape is not None:
+        raise ManifestError(f"{manifest_uri}: the entry of split {split} cannot be read: {shape}")
     paths = [s["path"] for s in entry["shards"]]
     lengths = [int(s["num_records"]) for s in entry["shards"]]
     if sum(lengths) != entry["num_examples"] or len(paths) != entry["num_shards"]:

@@ -242,6 +242,51 @@ def test_load_split_detects_an_entry_that_contradicts_itself(two_splits):
         m.load_split(uri, "train12.1", check=False)
 
 
+def _set(path: list, value):
+    def change(entry: dict) -> None:
+        *where, key = path
+        for k in where:
+            entry = entry[k]
+        entry[key] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (_set(["shards"], "/secret"), "its 'shards' is not a list"),
+        (_set(["num_examples"], "secret"), "its 'num_examples' is not a whole number >= 0"),
+        (_set(["num_shards"], True), "its 'num_shards' is not a whole number >= 0"),
+        (_set(["file_pattern"], ["secret"]), "its 'file_pattern' is not a string"),
+        (_set(["shards", 1], "secret"), "its shard 1 is not an object"),
+        (_set(["shards", 0, "path"], ["/secret"]), "its shard 0's 'path' is not a string"),
+        (_set(["shards", 2, "num_records"], "secret"), "shard 2's 'num_records' is not a whole"),
+        (_set(["shards", 0, "num_bytes"], -1), "its shard 0's 'num_bytes' is not a whole number"),
+        (_set(["shards", 0, "crc32c"], {"secret": 1}), "its shard 0's 'crc32c' is not a string"),
+        (lambda e: e["shards"][1].pop("path"), "its shard 1's 'path' is not a string"),
+    ],
+)
+def test_an_entry_that_cannot_be_read_is_named_by_key_never_quoted(two_splits, change, says):
+    """A hand-edited (or foreign) entry: load_split refuses it with a
+    ManifestError naming the key, and the rerun decision sees a problem (the
+    split is rebuilt), instead of a KeyError or TypeError from inside."""
+    uri, _ = two_splits
+    doc = json.loads(Path(uri).read_text())
+    change(doc["splits"]["train12.1"])
+    Path(uri).write_text(json.dumps(doc))
+    for check in (False, True):
+        with pytest.raises(
+            m.ManifestError, match="the entry of split train12.1 cannot be read"
+        ) as e:
+            m.load_split(uri, "train12.1", check=check)
+        assert says in str(e.value) and "secret" not in str(e.value)
+    problems = m.entry_problems(doc["splits"]["train12.1"])
+    assert len(problems) == 1 and problems[0].startswith("the manifest entry cannot be read: ")
+    assert says in problems[0]
+    assert m.load_split(uri, "train").num_examples == 7, "the other split still loads"
+
+
 @pytest.mark.gcs
 def test_load_split_on_gcs_checks_names_sizes_and_crc32c(gcs_bucket):
     folder = f"{gcs_bucket}/ssl"
