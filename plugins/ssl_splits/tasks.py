@@ -655,7 +655,7 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     Derived from the manifest and rewritable at any time: a failure is a
     warning, never a failed publication. Never over a file the product did
     not write (``_ssl_splits/tfds.json`` records what it wrote)."""
-    from beam_jobs.publishing.manifest import load
+    from beam_jobs.publishing.manifest import entry_shape, read
     from beam_jobs.source.tfds_meta import TfdsMetadataError, read_label_names, write_tfds_metadata
 
     foreign = foreign_tfds(cfg.output_uri)
@@ -674,10 +674,24 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     except TfdsMetadataError as err:
         log.warning("TFDS metadata not written: %s", err)
         return []
+    doc = read(cfg.manifest_uri)
+    for split, entry in doc.splits.items():
+        shape = entry_shape(entry)  # an entry hand-edited since it was published
+        if shape is not None:
+            log.warning(
+                "TFDS metadata not written: the entry of %s cannot be read: %s", split, shape
+            )
+            return []
     try:
-        uris = write_tfds_metadata(load(cfg.manifest_uri), cfg.output_uri, label_names=label_names)
+        uris = write_tfds_metadata(doc.to_dict(), cfg.output_uri, label_names=label_names)
     except TfdsMetadataError as err:
         log.warning("TFDS metadata not written: %s", err)
+        return []
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        # The manifest's source or layout as hand-edited: nothing TFDS can be told.
+        log.warning(
+            "TFDS metadata not written: the manifest cannot be described (%s)", type(err).__name__
+        )
         return []
     record_tfds(cfg.output_uri, uris)
     log.info("TFDS metadata: %s", ", ".join(uris))

@@ -295,6 +295,37 @@ def test_a_rebuild_deletes_only_the_old_shards_its_manifest_listed(
     ]
 
 
+def test_an_entry_hand_edited_since_it_was_published_is_rebuilt_and_blocks_nothing(
+    output, planned, small_source, catalog_cache, caplog
+):
+    """Seed 2's entry edited by hand so that it no longer reads: a run of seed 1
+    publishes (leaving the TFDS metadata, which cannot describe seed 2, with a
+    warning that names the key and quotes nothing); a run of seed 2 rebuilds it."""
+    s1, s2 = seeded(planned)
+    p = params(small_source, output, copy_validation=False)
+    run, _ = bs.full_run(p, catalog_cache)
+    doc = load(run.manifest_uri)
+    doc["splits"][s2]["shards"][0]["num_records"] = "secret"
+    storage.write_text(run.manifest_uri, json.dumps(doc))
+    one = bs.start({**p, "seeds": [1], "force": True}, catalog_cache)
+    bs.build_all(one, deep=False)
+    with caplog.at_level(logging.WARNING):
+        result = bs.publish(one, "manual__2")
+    assert result["changed"] == [s1] and result["tfds_metadata"] == []
+    warned = [r.getMessage() for r in caplog.records if "TFDS metadata" in r.getMessage()]
+    assert any(
+        f"the entry of {s2} cannot be read: its shard 0's 'num_records'" in w for w in warned
+    )
+    assert not any("secret" in r.getMessage() for r in caplog.records)
+    two = bs.start({**p, "seeds": [2]}, catalog_cache)
+    (spec,) = two.specs
+    assert (spec["split"], spec["action"]) == (s2, "build")
+    assert "the manifest entry cannot be read" in spec["reason"]
+    bs.build_all(two, deep=False)
+    assert bs.publish(two, "manual__3")["changed"] == [s2]
+    assert load(run.manifest_uri)["splits"][s2]["shards"][0]["num_records"] > 0
+
+
 def test_foreign_tfds_metadata_written_after_plan_is_left_as_it_is(
     output, planned, small_source, catalog_cache, caplog
 ):
