@@ -59,6 +59,7 @@ plugins too (scheduler, workers) and import nothing heavy from here.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import html
 import json
 import logging
@@ -765,16 +766,18 @@ def page_response(uri: str | None, run_id: str | None, ui_base: str):  # -> HTML
     doc, error, note = _load_chosen(chosen, error, recent, latest=not uri and not run_id)
     t2 = time.perf_counter()
     timing["manifest"] = t2 - t1
-    page = render_page(
-        uri=chosen or "",
-        run_id=chosen_run,
-        doc=doc,
-        error=error,
-        note=note,
-        recent=recent,
-        active=active,
-        ui_base=ui_base,
+    page_of = functools.partial(
+        render_page, uri=chosen or "", run_id=chosen_run, recent=recent, active=active
     )
+    try:
+        page = page_of(doc=doc, error=error, note=note, ui_base=ui_base)
+    except Exception as err:  # noqa: BLE001 (a manifest edited since it was published)
+        log.warning("cannot show the published manifest %s: %r", chosen, type(err))
+        error = (
+            f"Cannot show the manifest published at {chosen}: it no longer reads as a "
+            f"manifest of this product ({type(err).__name__})."
+        )
+        page = page_of(doc=None, error=error, note=note, ui_base=ui_base)
     timing["render"] = time.perf_counter() - t2
     server_timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items())
     return HTMLResponse(page, status_code=status, headers={"Server-Timing": server_timing})

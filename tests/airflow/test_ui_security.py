@@ -312,6 +312,27 @@ def test_a_manifests_values_render_escaped(published):
         published.manifest.write_bytes(original)
 
 
+def test_a_manifest_edited_into_nonsense_shows_an_error_not_a_crash(published):
+    """Values of the wrong JSON type (hand-edited since it was published): the page
+    says it cannot show the manifest, without quoting it; the raw JSON stays served."""
+    af = published.airflow
+    original = published.manifest.read_bytes()
+    doc = published.doc
+    entry = doc["splits"][_seeded(doc, 1)]
+    entry["shards"][0]["num_records"] = "secret-text"
+    entry["class_counts"] = ["secret-list"]
+    try:
+        published.manifest.write_text(json.dumps(doc))
+        r = af.request(f"/ssl-splits/?{_q(run_id=published.run_id)}")
+        assert r.status == 200, r.text[:500]
+        assert "Cannot show the manifest published at" in r.text
+        assert "secret" not in r.text
+        raw = af.request(f"/ssl-splits/api/manifest?{_q(run_id=published.run_id)}")
+        assert raw.status == 200 and raw.json()["splits"] == doc["splits"]
+    finally:
+        published.manifest.write_bytes(original)
+
+
 # --------------------------------------------------------------------------- under a path
 
 
