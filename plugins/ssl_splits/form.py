@@ -8,8 +8,8 @@ objects: what the Airflow UI renders as the trigger form and what the CLI's
 
 The form says what each param may hold; the checks of the params as a whole
 (locations, protocols, Dataflow settings) are :func:`ssl_splits.config.resolve`'s.
-The limits and patterns both use (``MAX_SEEDS``, ``URI_PATTERN``, ...) are
-defined in ``ssl_splits.config``, beside the checks, and only read here.
+The limits and patterns both use (``limits.MAX_SEEDS``, ``limits.URI_PATTERN``,
+...) are defined once in ``ssl_splits.limits``, below both.
 
 A few defaults are the deployment's (:data:`ENV_DEFAULTS`): the source and
 output folders a scheduled run builds, and the Dataflow settings. They are
@@ -27,26 +27,8 @@ from airflow.sdk import Param
 
 from beam_jobs import defaults
 from beam_jobs.planning import protocols
-from ssl_splits.limits import (
-    DATAFLOW_MACHINE_TYPE,
-    DATAFLOW_MAX_WORKERS,
-    DATAFLOW_REGION,
-    DEEP_VERIFY,
-    DEFAULT_NUM_CLASSES,
-    DOTDOT_PATTERN,
-    FRACTION_LINE_PATTERN,
-    MAX_FRACTIONS,
-    MAX_NAME_LISTS,
-    MAX_SEED,
-    MAX_SEEDS,
-    MAX_SHARDING_FILES,
-    MAX_URI_LENGTH,
-    RUNNERS,
-    SAMPLINGS,
-    SEED_LINE_PATTERN,
-    URI_PATTERN,
-    ConfigError,
-)
+from ssl_splits import limits
+from ssl_splits.limits import ConfigError
 
 # The deployment's default source and output folders: what scheduled runs (and
 # backfills) build, and the trigger form's initial values.
@@ -139,9 +121,9 @@ def wrong_type(conf: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> s
 # A location as a string: gs://bucket/path or an absolute local path, without "..".
 _URI: dict[str, Any] = {
     "type": "string",
-    "pattern": URI_PATTERN,
-    "not": {"pattern": DOTDOT_PATTERN},
-    "maxLength": MAX_URI_LENGTH,
+    "pattern": limits.URI_PATTERN,
+    "not": {"pattern": limits.DOTDOT_PATTERN},
+    "maxLength": limits.MAX_URI_LENGTH,
 }
 REQUIRED_URI: dict[str, Any] = {"minLength": 1, **_URI}
 OPTIONAL_URI: dict[str, Any] = {"type": ["null", "string"], "anyOf": [{"type": "null"}, _URI]}
@@ -224,10 +206,10 @@ FIELDS: tuple[Field, ...] = (
         "integers: [3]; [] builds none. With protocol fixmatch: which of the "
         "published splits 1-5.",
         _text_lines(
-            {"type": "integer", "minimum": 1, "maximum": MAX_SEED},
-            {"type": "string", "pattern": SEED_LINE_PATTERN},
+            {"type": "integer", "minimum": 1, "maximum": limits.MAX_SEED},
+            {"type": "string", "pattern": limits.SEED_LINE_PATTERN},
             uniqueItems=True,
-            maxItems=MAX_SEEDS,
+            maxItems=limits.MAX_SEEDS,
         ),
     ),
     Field(
@@ -250,8 +232,8 @@ FIELDS: tuple[Field, ...] = (
         "In --conf a list of numbers: [0.1, 0.05, 0.01]. Protocol seeded only.",
         _text_lines(
             {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-            {"type": "string", "pattern": FRACTION_LINE_PATTERN},
-            maxItems=MAX_FRACTIONS,
+            {"type": "string", "pattern": limits.FRACTION_LINE_PATTERN},
+            maxItems=limits.MAX_FRACTIONS,
         ),
     ),
     Field(
@@ -261,7 +243,7 @@ FIELDS: tuple[Field, ...] = (
         "stratified: the same share of every class (as FixMatch's published "
         "splits); uniform: a plain random draw.",
         _choice(
-            SAMPLINGS,
+            limits.SAMPLINGS,
             {
                 "stratified": "stratified (same share of every class)",
                 "uniform": "uniform (plain random draw)",
@@ -276,7 +258,7 @@ FIELDS: tuple[Field, ...] = (
         'e.g. {"1": "gs://bucket/fixmatch/files2shards_train_size128116_split1.txt"}. '
         "Each seed must also be in Seeds. A file: at most 64 MiB, no more lines than "
         "the source has records.",
-        _uri_map("^[0-9]+$", MAX_SHARDING_FILES),
+        _uri_map("^[0-9]+$", limits.MAX_SHARDING_FILES),
     ),
     Field(
         "name_lists",
@@ -287,9 +269,9 @@ FIELDS: tuple[Field, ...] = (
         "gives the split train{N}.{label} of exactly those records (every name "
         "must be in the source), in the product's order and sharding. A label "
         "is a lower-case letter, then letters, digits or _. At most "
-        f"{MAX_NAME_LISTS} lists; a list: at most 64 MiB, no more names than the "
+        f"{limits.MAX_NAME_LISTS} lists; a list: at most 64 MiB, no more names than the "
         "source has records.",
-        _uri_map(protocols.LABEL_PATTERN, MAX_NAME_LISTS),
+        _uri_map(protocols.LABEL_PATTERN, limits.MAX_NAME_LISTS),
     ),
     Field(
         "unsupervised",
@@ -300,12 +282,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "runner",
-        RUNNERS[0],
+        limits.RUNNERS[0],
         "Beam runner",
         "DirectRunner runs the Beam jobs on this Airflow worker; "
         "DataflowRunner on Google Cloud Dataflow (set the Dataflow params).",
         _choice(
-            RUNNERS,
+            limits.RUNNERS,
             {
                 "DirectRunner": "DirectRunner (local, on the Airflow worker)",
                 "DataflowRunner": "DataflowRunner (Google Cloud Dataflow)",
@@ -326,7 +308,7 @@ FIELDS: tuple[Field, ...] = (
         0,
         "Reshuffle seed",
         "Seed of the full reshuffle's order.",
-        {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+        {"type": "integer", "minimum": 0, "maximum": limits.MAX_SEED},
         ADVANCED,
     ),
     Field(
@@ -355,7 +337,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "num_classes",
-        DEFAULT_NUM_CLASSES,
+        limits.DEFAULT_NUM_CLASSES,
         "Number of classes",
         "Valid labels are 1..num_classes (the common converter's labels).",
         {"type": "integer", "minimum": 1, "maximum": 100000},
@@ -379,7 +361,7 @@ FIELDS: tuple[Field, ...] = (
         "catalog; no record data is read on GCS). always: also re-read every "
         "record in a Beam job, which names the record that differs.",
         _choice(
-            list(DEEP_VERIFY),
+            list(limits.DEEP_VERIFY),
             {
                 "auto": "auto: exact check from metadata (on every runner)",
                 "always": "always: exact check + re-read every record",
@@ -414,7 +396,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "dataflow_region",
-        DATAFLOW_REGION,
+        limits.DATAFLOW_REGION,
         "Dataflow region",
         "Region for Dataflow jobs.",
         {"type": "string"},
@@ -430,7 +412,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "dataflow_machine_type",
-        DATAFLOW_MACHINE_TYPE,
+        limits.DATAFLOW_MACHINE_TYPE,
         "Dataflow machine type",
         "Worker machine type.",
         {"type": "string"},
@@ -460,7 +442,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "dataflow_max_workers",
-        DATAFLOW_MAX_WORKERS,
+        limits.DATAFLOW_MAX_WORKERS,
         "Dataflow max workers",
         "Upper bound for autoscaling, per job.",
         {"type": "integer", "minimum": 1, "maximum": 1000},
