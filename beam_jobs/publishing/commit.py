@@ -62,10 +62,12 @@ from beam_jobs import layout, storage
 from beam_jobs.core import Manifest, Publication, SplitSwitch
 from beam_jobs.faults import failpoint
 from beam_jobs.publishing.lock import Fence, LockLost
-from beam_jobs.publishing.manifest import merge
+from beam_jobs.publishing.manifest import MANIFEST_NAME, entry_shape, merge
 from beam_jobs.publishing.ownership import (
     ForeignFiles,
+    JournalRefused,
     Recorded,
+    inside,
     matches,
     product_records,
     read_json,
@@ -519,18 +521,93 @@ def _unfinished(pub: Publication, splits: list[str], why: dict[str, list[str]]) 
     )
 
 
+def journal_problem(
+    d: dict[str, Any], output_uri: str, manifest_uri: str, work_uri: str
+) -> str | None:
+    """Why the journal ``d`` of ``output_uri`` must not be acted on by a run that
+    publishes ``manifest_uri`` from ``work_uri`` (names keys and places, never
+    quotes a value); None if it may. Every file it would place, replace or
+    remove must be a shard name directly in the output folder, and every
+    staged object the shard of the same name in its split's staging folder
+    under this run's work folder: a journal edited to point elsewhere moves
+    or deletes nothing."""
+    try:
+        pub = Publication.from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        return f"it does not read as a publication journal ({type(err).__name__})"
+    for key, want in (
+        ("output_uri", output_uri),
+        ("manifest_uri", manifest_uri),
+        ("work_uri", work_uri),
+    ):
+        got = getattr(pub, key)
+        if not isinstance(got, str) or storage.normalize(got) != storage.normalize(want):
+            return f"its {key} is not this run's ({want})"
+    for i, (name, sw) in enumerate(sorted(pub.splits.items())):
+        problem = _switch_problem(name, sw, output_uri, work_uri)
+        if problem is not None:
+            return f"its split {i + 1} of {len(pub.splits)}: {problem}"
+    return None
+
+
+def _switch_problem(name: str, sw: SplitSwitch, output_uri: str, work_uri: str) -> str | None:
+    """:func:`journal_problem` of one split's entry."""
+    if not isinstance(sw.entry, dict) or entry_shape(sw.entry) is not None:
+        return "its manifest entry does not read"
+    root = storage.normalize(layout.staging_root(work_uri, name))
+    if not isinstance(sw.staging, str) or storage.dirname(storage.normalize(sw.staging)) != root:
+        return f"its staging folder is not in {root}"
+    if not isinstance(sw.shards, list) or not isinstance(sw.stale, list):
+        return "its shards or stale files are not lists"
+    for i, shard in enumerate(sw.shards):
+        path = shard.get("path") if isinstance(shard, dict) else None
+        if not isinstance(path, str) or not inside(output_uri, path):
+            return f"its shard {i} is not a shard name in {output_uri}"
+        if shard.get("staged") != storage.join(sw.staging, storage.basename(path)):
+            return f"its shard {i} is not staged in its staging folder"
+        if not isinstance(shard.get("num_bytes"), int) or isinstance(shard["num_bytes"], bool):
+            return f"its shard {i}'s num_bytes is not a whole number"
+    for i, old in enumerate(sw.stale):
+        path = old.get("path") if isinstance(old, dict) else None
+        if not isinstance(path, str) or not inside(output_uri, path):
+            return f"its stale file {i} is not a shard name in {output_uri}"
+    return None
+
+
 def recover(
-    output_uri: str, fence: Fence | None = None, *, rebuilding: frozenset[str] = frozenset()
+    output_uri: str,
+    fence: Fence | None = None,
+    *,
+    rebuilding: frozenset[str] = frozenset(),
+    manifest_uri: str | None = None,
+    work_uri: str | None = None,
 ) -> list[str]:
     """Finish a publication that was interrupted (its journal is still there):
     place what was not placed, commit the manifest, clean up. Returns the
     splits it published (empty when there was nothing to do). Raises
     UnfinishedSplits naming every split it could not finish, unless this run
     rebuilds each of them (``rebuilding``): then their journal entries stay
-    until this run's own publication replaces them, and it says so."""
-    d = read_json(layout.journal_uri(output_uri))
+    until this run's own publication replaces them, and it says so.
+
+    ``manifest_uri`` and ``work_uri``: the run's (default: the output folder's
+    defaults). JournalRefused, touching nothing, if the journal does not read
+    or names other places (:func:`journal_problem`)."""
+    uri = layout.journal_uri(output_uri)
+    d = read_json(uri)
     if d is None:
         return []
+    manifest_uri = manifest_uri or storage.join(output_uri, MANIFEST_NAME)
+    work_uri = work_uri or layout.work_default(output_uri)
+    problem = journal_problem(d, output_uri, manifest_uri, work_uri)
+    if problem is not None:
+        raise JournalRefused(
+            f"the publication journal {uri} cannot be acted on: {problem}. It is this "
+            "product's record of a publication an earlier run started and did not finish. "
+            "Nothing was placed, replaced or deleted. If an earlier run used another "
+            "manifest_uri or work_uri, trigger the DAG with those to finish it; if the "
+            "journal was edited, restore it, or move it away to give that publication up "
+            "(the next run then names any of its files that are left as not the product's)."
+        )
     pub = Publication.from_dict(d)
     todo = {k: v for k, v in pub.splits.items() if not v.lost}
     kept = {k: v for k, v in pub.splits.items() if v.lost}
@@ -563,6 +640,7 @@ def recover(
 
 
 __all__ = [
+    "JournalRefused",
     "Publication",
     "PublicationError",
     "SplitSwitch",

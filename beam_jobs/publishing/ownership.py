@@ -56,6 +56,12 @@ class ForeignFiles(_Base):
         self.paths = paths
 
 
+class JournalRefused(_Base):
+    """The output folder's publication journal cannot be acted on: it no longer
+    reads as the product wrote it, or it names places this run does not write
+    (``beam_jobs.publishing.commit.journal_problem``)."""
+
+
 PATH, IDENTITY, VERSION = "path", "identity", "version"
 
 

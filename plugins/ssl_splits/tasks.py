@@ -69,6 +69,7 @@ from beam_jobs.publishing.manifest import (
 )
 from beam_jobs.publishing.ownership import (
     ForeignFiles,
+    JournalRefused,
     check_no_foreign,
     foreign_files,
     foreign_tfds,
@@ -266,11 +267,13 @@ def finish_interrupted(cfg: RunConfig, fence: lock.Fence | None) -> list[str]:
     """Finish the publication an earlier run left half-done (``commit.recover``);
     return the splits whose publication could not be finished."""
     try:
-        finished = commit.recover(cfg.output_uri, fence)
+        finished = commit.recover(
+            cfg.output_uri, fence, manifest_uri=cfg.manifest_uri, work_uri=cfg.work_uri
+        )
     except commit.UnfinishedSplits as err:
         log.error("%s", err)
         return err.splits
-    except ForeignFiles as err:
+    except (ForeignFiles, JournalRefused) as err:
         raise TaskError(str(err)) from None
     if finished:
         log.info("finished the interrupted publication of %s", ", ".join(finished))
@@ -537,7 +540,13 @@ def publish_manifest(
     cfg, src = RunConfig.from_dict(config), SourceDescription.from_dict(source)
     built = [spec for spec in map(SplitSpec.from_dict, specs) if spec.action == "build"]
     # A retry of this task (or a run after a killed one) first finishes what was started.
-    commit.recover(cfg.output_uri, fence, rebuilding=frozenset(s.split for s in built))
+    commit.recover(
+        cfg.output_uri,
+        fence,
+        rebuilding=frozenset(s.split for s in built),
+        manifest_uri=cfg.manifest_uri,
+        work_uri=cfg.work_uri,
+    )
     previous = read_or_none(cfg.manifest_uri)
     current = previous or Manifest(cfg.output_uri, splits={})
     builds = {

@@ -188,6 +188,83 @@ def test_a_retried_publish_task_finishes_its_own_publication(published, catalog_
     load_split(run.manifest_uri, SPLIT)
 
 
+def _victim(where: Path) -> str:
+    """A file outside the output folder, named like a shard."""
+    where.mkdir(exist_ok=True)
+    victim = where / "train97-00000-of-00001"
+    victim.write_bytes(b"not the product's\n")
+    return str(victim)
+
+
+def _stale_outside(j: dict, victim: str) -> None:
+    info = storage.stat(victim)
+    j["splits"][SPLIT]["stale"].append({"path": victim, "version": info.version})
+
+
+def _staged_outside(j: dict, victim: str) -> None:
+    j["splits"][SPLIT]["shards"][0]["staged"] = victim
+
+
+def _placed_outside(j: dict, victim: str) -> None:
+    j["splits"][SPLIT]["shards"][0]["path"] = victim
+
+
+def _other_work_folder(j: dict, victim: str) -> None:
+    j["work_uri"] = str(Path(victim).parent)
+
+
+def _not_a_journal(j: dict, victim: str) -> None:
+    del j["run_id"]
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (_stale_outside, "its stale file 0 is not a shard name in"),
+        (_staged_outside, "its shard 0 is not staged in its staging folder"),
+        (_placed_outside, "its shard 0 is not a shard name in"),
+        (_other_work_folder, "its work_uri is not this run's"),
+        (_not_a_journal, "it does not read as a publication journal (KeyError)"),
+    ],
+)
+def test_a_journal_edited_to_point_elsewhere_moves_or_deletes_nothing(
+    published, catalog_cache, monkeypatch, tmp_path, edit, says
+):
+    """The journal is the product's record, but a record edited to name files
+    outside the output folder (or staged objects outside this run's staging) is
+    refused before anything is placed, replaced or deleted; restored, the
+    publication finishes."""
+    p, run = published
+    again = bs.start({**p, "seeds": [1], "force": True, "unsupervised": False}, catalog_cache)
+    bs.build_all(again, deep=False)
+    stop_at(monkeypatch, "publish.journaled")
+    with pytest.raises(Stop):
+        bs.publish(again, "manual__2")
+    monkeypatch.undo()
+    uri = layout.journal_uri(run.output_uri)
+    original = storage.read_text(uri)
+    victim = _victim(tmp_path / "elsewhere")
+    journal = json.loads(original)
+    edit(journal, victim)
+    storage.write_text(uri, json.dumps(journal))
+    before = {s: contents(run.output_uri, s) for s in (SPLIT, "train97.2", "train")}
+    manifest = storage.read_bytes(run.manifest_uri)
+    rerun = {**p, "seeds": [1], "num_shards": 4, "unsupervised": False}
+    with pytest.raises(TaskError) as err:
+        bs.start(rerun, catalog_cache)
+    assert f"the publication journal {uri} cannot be acted on: " in str(err.value)
+    assert says in str(err.value)
+    assert "Nothing was placed, replaced or deleted" in str(err.value)
+    assert Path(victim).read_bytes() == b"not the product's\n"
+    assert {s: contents(run.output_uri, s) for s in before} == before
+    assert storage.read_bytes(run.manifest_uri) == manifest
+    storage.write_text(uri, original)  # restored: the next run finishes it
+    bs.start(rerun, catalog_cache)
+    assert not storage.exists(uri)
+    load_split(run.manifest_uri, SPLIT)
+    assert load(run.manifest_uri)["splits"][SPLIT]["provenance"]["run_id"] == "manual__2"
+
+
 def test_reruns_decide_from_metadata_without_reading_a_shard(published, catalog_cache, monkeypatch):
     p, run = published
     read: list[str] = []
