@@ -56,6 +56,7 @@ import concurrent.futures as cf
 import datetime as dt
 import json
 import logging
+import re
 from typing import Any
 
 from beam_jobs import layout, storage
@@ -521,6 +522,10 @@ def _unfinished(pub: Publication, splits: list[str], why: dict[str, list[str]]) 
     )
 
 
+# A split name as the product writes one (seeds, fractions, name-list labels).
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def journal_problem(
     d: dict[str, Any], output_uri: str, manifest_uri: str, work_uri: str
 ) -> str | None:
@@ -552,26 +557,38 @@ def journal_problem(
 
 def _switch_problem(name: str, sw: SplitSwitch, output_uri: str, work_uri: str) -> str | None:
     """:func:`journal_problem` of one split's entry."""
+    if not isinstance(name, str) or not _SPLIT_NAME.fullmatch(name) or ".." in name:
+        return "its name is not a split name"
     if not isinstance(sw.entry, dict) or entry_shape(sw.entry) is not None:
         return "its manifest entry does not read"
     root = storage.normalize(layout.staging_root(work_uri, name))
-    if not isinstance(sw.staging, str) or storage.dirname(storage.normalize(sw.staging)) != root:
-        return f"its staging folder is not in {root}"
+    staging = sw.staging if isinstance(sw.staging, str) else ""
+    if storage.normalize(staging) != staging or storage.dirname(staging) != root:
+        return f"its staging folder is not one in {root}"
     if not isinstance(sw.shards, list) or not isinstance(sw.stale, list):
         return "its shards or stale files are not lists"
     for i, shard in enumerate(sw.shards):
         path = shard.get("path") if isinstance(shard, dict) else None
-        if not isinstance(path, str) or not inside(output_uri, path):
+        if not isinstance(path, str) or not _shard_in(output_uri, path):
             return f"its shard {i} is not a shard name in {output_uri}"
-        if shard.get("staged") != storage.join(sw.staging, storage.basename(path)):
+        if shard.get("staged") != storage.join(staging, storage.basename(path)):
             return f"its shard {i} is not staged in its staging folder"
         if not isinstance(shard.get("num_bytes"), int) or isinstance(shard["num_bytes"], bool):
             return f"its shard {i}'s num_bytes is not a whole number"
     for i, old in enumerate(sw.stale):
-        path = old.get("path") if isinstance(old, dict) else None
-        if not isinstance(path, str) or not inside(output_uri, path):
+        if not _shard_in(output_uri, old.get("path") if isinstance(old, dict) else None):
             return f"its stale file {i} is not a shard name in {output_uri}"
     return None
+
+
+def _shard_in(output_uri: str, path: Any) -> bool:
+    """Is ``path`` a shard name directly in ``output_uri``, written exactly as the
+    product writes one (no ``.``/``..`` steps a link could redirect)?"""
+    return (
+        isinstance(path, str)
+        and inside(output_uri, path)
+        and path == storage.join(output_uri, storage.basename(path))
+    )
 
 
 def recover(

@@ -217,6 +217,15 @@ def _not_a_journal(j: dict, victim: str) -> None:
     del j["run_id"]
 
 
+def _split_named_as_a_path(j: dict, victim: str) -> None:
+    j["splits"]["../../elsewhere"] = j["splits"].pop(SPLIT)
+
+
+def _staging_with_steps(j: dict, victim: str) -> None:
+    sw = j["splits"][SPLIT]
+    sw["staging"] = f"{sw['staging']}/../{sw['staging'].rsplit('/', 1)[1]}"
+
+
 @pytest.mark.parametrize(
     "edit, says",
     [
@@ -225,6 +234,8 @@ def _not_a_journal(j: dict, victim: str) -> None:
         (_placed_outside, "its shard 0 is not a shard name in"),
         (_other_work_folder, "its work_uri is not this run's"),
         (_not_a_journal, "it does not read as a publication journal (KeyError)"),
+        (_split_named_as_a_path, "its name is not a split name"),
+        (_staging_with_steps, "its staging folder is not one in"),
     ],
 )
 def test_a_journal_edited_to_point_elsewhere_moves_or_deletes_nothing(
