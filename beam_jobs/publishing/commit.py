@@ -617,14 +617,7 @@ def recover(
     work_uri = work_uri or layout.work_default(output_uri)
     problem = journal_problem(d, output_uri, manifest_uri, work_uri)
     if problem is not None:
-        raise JournalRefused(
-            f"the publication journal {uri} cannot be acted on: {problem}. It is this "
-            "product's record of a publication an earlier run started and did not finish. "
-            "Nothing was placed, replaced or deleted. If an earlier run used another "
-            "manifest_uri or work_uri, trigger the DAG with those to finish it; if the "
-            "journal was edited, restore it, or move it away to give that publication up "
-            "(the next run then names any of its files that are left as not the product's)."
-        )
+        raise JournalRefused(uri, problem)
     pub = Publication.from_dict(d)
     todo = {k: v for k, v in pub.splits.items() if not v.lost}
     kept = {k: v for k, v in pub.splits.items() if v.lost}

@@ -61,6 +61,16 @@ class JournalRefused(_Base):
     reads as the product wrote it, or it names places this run does not write
     (``beam_jobs.publishing.commit.journal_problem``)."""
 
+    def __init__(self, uri: str, problem: str) -> None:
+        super().__init__(
+            f"the publication journal {uri} cannot be acted on: {problem}. It is this "
+            "product's record of a publication an earlier run started and did not finish. "
+            "Nothing was placed, replaced or deleted. If an earlier run used another "
+            "manifest_uri or work_uri, trigger the DAG with those to finish it; if the "
+            "journal was edited, restore it, or move it away to give that publication up "
+            "(the next run then names any of its files that are left as not the product's)."
+        )
+
 
 PATH, IDENTITY, VERSION = "path", "identity", "version"
 
