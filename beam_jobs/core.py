@@ -822,6 +822,22 @@ class Manifest:
         """The layout of the source its splits were built from."""
         return str((self.source or {}).get("layout", COMMON))
 
+    @staticmethod
+    def shape_problem(d: Any) -> str | None:
+        """Why the JSON document ``d`` is not shaped as a manifest (an object
+        whose ``splits`` maps names to objects, its other keys of their types),
+        naming the key and never quoting a value; None if it is."""
+        splits = d.get("splits") if isinstance(d, dict) else None
+        if not isinstance(splits, dict):
+            return "it has no 'splits' object"
+        if not all(isinstance(e, dict) for e in splits.values()):
+            return "an entry of its 'splits' is not an object"
+        for k, (kind, what) in _MANIFEST_TYPES.items():
+            v = d.get(k)
+            if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+                return f"its {k!r} is not {what}"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
         keys = ("schema_version", "output_uri", "splits", "work_uri", "source", "provenance")
@@ -833,16 +849,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:
         """ValueError, naming the key (never quoting a value), unless ``d`` is
-        shaped as a manifest: an object whose ``splits`` maps names to objects."""
-        splits = d.get("splits") if isinstance(d, dict) else None
-        if not isinstance(splits, dict):
-            raise ValueError("it has no 'splits' object")
-        if not all(isinstance(e, dict) for e in splits.values()):
-            raise ValueError("an entry of its 'splits' is not an object")
-        for k, (kind, what) in _MANIFEST_TYPES.items():
-            v = d.get(k)
-            if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
-                raise ValueError(f"its {k!r} is not {what}")
+        shaped as a manifest (:meth:`shape_problem`)."""
+        problem = cls.shape_problem(d)
+        if problem is not None:
+            raise ValueError(problem)
         d = copy.deepcopy(d)
         return cls(
             output_uri=d.get("output_uri"),

@@ -106,13 +106,26 @@ def dumps(manifest: Manifest) -> str:
 
 def load(uri: str) -> dict[str, Any]:
     """Read a manifest (local path or gs://) as the JSON it is: what training
-    code reads (:func:`load_split` checks one split against storage)."""
-    return read(uri).to_dict()
+    code reads (:func:`load_split` checks one split against storage).
+    ManifestError as :func:`read`."""
+    doc = _parse(uri)
+    problem = Manifest.shape_problem(doc)
+    if problem is not None:
+        raise ManifestError(f"{uri} is not a manifest of this product: {problem}")
+    return doc
 
 
 def read(uri: str) -> Manifest:
     """Read a manifest (local path or gs://); ManifestError, naming ``uri`` and
     never quoting it, if it is missing or not a manifest."""
+    try:
+        return Manifest.from_dict(_parse(uri))
+    except ValueError as err:
+        raise ManifestError(f"{uri} is not a manifest of this product: {err}") from None
+
+
+def _parse(uri: str) -> Any:
+    """The JSON document at ``uri``; ManifestError if there is none or it is not JSON."""
     try:
         text = storage.read_text(uri)
     except FileNotFoundError:
@@ -120,15 +133,11 @@ def read(uri: str) -> Manifest:
     except UnicodeDecodeError as err:
         raise ManifestError(f"{uri} is not UTF-8 text (byte {err.start}): not a manifest") from None
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise ManifestError(
             f"{uri} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
         ) from None
-    try:
-        return Manifest.from_dict(doc)
-    except ValueError as err:
-        raise ManifestError(f"{uri} is not a manifest of this product: {err}") from None
 
 
 def read_or_none(uri: str) -> Manifest | None:

@@ -150,6 +150,21 @@ def test_load_rejects_what_is_not_a_manifest(tmp_path, content, error):
         m.load(uri)
 
 
+def test_load_gives_the_json_as_it_is(tmp_path):
+    """load is training code's reader: the document as stored, null values and
+    unknown keys included (the typed Manifest leaves absent what is null)."""
+    uri = str(tmp_path / "manifest.json")
+    doc = {"schema_version": 1, "output_uri": "/o", "splits": {}, "work_uri": None, "x": [1]}
+    Path(uri).write_text(json.dumps(doc))
+    assert m.load(uri) == doc and list(m.load(uri)) == list(doc)
+    assert m.read(uri).to_dict() == {
+        "schema_version": 1,
+        "output_uri": "/o",
+        "splits": {},
+        "x": [1],
+    }
+
+
 def test_read_or_none_is_none_only_when_there_is_no_file(tmp_path):
     uri = str(tmp_path / "manifest.json")
     assert m.read_or_none(uri) is None
