@@ -664,7 +664,7 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     Derived from the manifest and rewritable at any time: a failure is a
     warning, never a failed publication. Never over a file the product did
     not write (``_ssl_splits/tfds.json`` records what it wrote)."""
-    from beam_jobs.publishing.manifest import entry_shape, read
+    from beam_jobs.publishing.manifest import entry_shape, load
     from beam_jobs.source.tfds_meta import TfdsMetadataError, read_label_names, write_tfds_metadata
 
     foreign = foreign_tfds(cfg.output_uri)
@@ -683,8 +683,8 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
     except TfdsMetadataError as err:
         log.warning("TFDS metadata not written: %s", err)
         return []
-    doc = read(cfg.manifest_uri)
-    for split, entry in doc.splits.items():
+    doc = load(cfg.manifest_uri)
+    for split, entry in doc["splits"].items():
         shape = entry_shape(entry)  # an entry hand-edited since it was published
         if shape is not None:
             log.warning(
@@ -692,7 +692,7 @@ def describe_for_tfds(cfg: RunConfig, fence: lock.Fence | None = None) -> list[s
             )
             return []
     try:
-        uris = write_tfds_metadata(doc.to_dict(), cfg.output_uri, label_names=label_names)
+        uris = write_tfds_metadata(doc, cfg.output_uri, label_names=label_names)
     except TfdsMetadataError as err:
         log.warning("TFDS metadata not written: %s", err)
         return []
